@@ -1,0 +1,52 @@
+"""mlcache: the zone-local model cache runbook as a Pulumi program.
+
+Reads like the runbook: typed settings, the StorageClass (step 1), the cache PVC (step 3),
+the training Job pinned next to it (steps 5-6), and the verification commands (step 7).
+"""
+
+import pulumi
+
+from components.cache_volume import CacheVolume
+from components.storage_class import LinstorStorageClass
+from components.training_job import TrainingJob
+from components.verification import verification_commands
+from settings import load_settings
+
+settings = load_settings()
+
+storage_class = LinstorStorageClass("cache-storage-class", settings.linstor) if settings.manages_storage_class else None
+
+cache = CacheVolume(
+    "cache",
+    settings.cache,
+    storage_class_name=settings.storage_class_name,
+    namespace=settings.namespace,
+    zone_local=settings.is_linstor,
+    storage_class=storage_class.storage_class if storage_class else None,
+)
+
+training = None
+if settings.job.enabled:
+    training = TrainingJob(
+        "training",
+        settings.job,
+        cache=settings.cache,
+        placement=settings.placement,
+        namespace=settings.namespace,
+        claim_name=cache.claim_name,
+    )
+
+pulumi.export("backend", settings.backend)
+pulumi.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
+pulumi.export("storageClassManaged", settings.manages_storage_class)
+pulumi.export("pvcName", cache.claim_name)
+pulumi.export("namespace", cache.namespace)
+pulumi.export("volumeMode", settings.cache.volume_mode)
+pulumi.export("zone", settings.zone or "scheduler-chosen")
+pulumi.export("jobName", training.name if training else None)
+pulumi.export(
+    "verifyCommands",
+    pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(
+        lambda names: verification_commands(names[0], names[1], names[2], linstor=settings.is_linstor)
+    ),
+)

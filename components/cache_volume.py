@@ -1,0 +1,68 @@
+"""The model cache PersistentVolumeClaim (runbook step 3), in Filesystem or Block mode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.common import SKIP_AWAIT, constructor_kwargs, metadata
+from settings import CacheSettings
+
+# Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
+# replacement field and would try (and fail) to patch it in place.
+REPLACE_ON_CHANGES = ["spec.volumeMode"]
+
+ROOK_CEPH_WARNING = (
+    "backend rook-ceph: the cache volume is bound immediately in Rook-Ceph's pool, not in the zone "
+    "where the training pod lands, so reads may cross zones (1-10ms+ latency, limited bandwidth). "
+    "This is the runbook's rollback path, not the fast one."
+)
+
+
+def pvc_manifest(cache: CacheSettings, storage_class_name: str, namespace: str | None,
+                 binds_on_first_consumer: bool) -> dict[str, Any]:  # fmt: skip
+    # A WaitForFirstConsumer claim stays Pending until the training pod lands: do not let the
+    # provider wait for Bound (it only skips that wait itself when it can read the class).
+    annotations = SKIP_AWAIT if binds_on_first_consumer else None
+    return {
+        "metadata": metadata(cache.name, namespace, annotations=annotations),
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": storage_class_name,
+            "volumeMode": cache.volume_mode,
+            "resources": {"requests": {"storage": cache.size}},
+        },
+    }
+
+
+def pvc_options(parent: pulumi.Resource, cache: CacheSettings,
+                storage_class: pulumi.Resource | None) -> pulumi.ResourceOptions:  # fmt: skip
+    return pulumi.ResourceOptions(
+        parent=parent,
+        # A plain edge, not an output reference: replacing the class must not cascade into
+        # replacing (and wiping) the cache.
+        depends_on=[storage_class] if storage_class is not None else [],
+        protect=cache.protect,
+        delete_before_replace=True,
+        replace_on_changes=REPLACE_ON_CHANGES,
+    )
+
+
+class CacheVolume(pulumi.ComponentResource):
+    """The cache PVC. `claim_name` is the PVC's output, so consumers depend on it for real."""
+
+    def __init__(self, name: str, cache: CacheSettings, *, storage_class_name: str, namespace: str | None,
+                 zone_local: bool, storage_class: pulumi.Resource | None = None,
+                 opts: pulumi.ResourceOptions | None = None):  # fmt: skip
+        super().__init__("mlcache:index:CacheVolume", name, None, opts)
+        manifest = pvc_manifest(cache, storage_class_name, namespace, binds_on_first_consumer=zone_local)
+        self.pvc = k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-pvc", opts=pvc_options(self, cache, storage_class), **constructor_kwargs(manifest)
+        )
+        if not zone_local:
+            pulumi.log.warn(ROOK_CEPH_WARNING, resource=self)
+        self.claim_name = self.pvc.metadata.name
+        self.namespace = self.pvc.metadata.namespace
+        self.register_outputs({"claim_name": self.claim_name, "namespace": self.namespace})

@@ -1,0 +1,25 @@
+"""Helpers shared by the components: labels, and turning wire-format specs into constructor kwargs."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+LABELS = {"app.kubernetes.io/part-of": "mlcache", "app.kubernetes.io/managed-by": "pulumi"}
+# Provider annotation: do not wait for readiness (exactly the string "true").
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+
+def metadata(name: str, namespace: str | None = None, labels: dict[str, str] | None = None,
+             annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    meta: dict[str, Any] = {"name": name, "labels": {**LABELS, **(labels or {})}}
+    if namespace:
+        meta["namespace"] = namespace
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def constructor_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Top-level camelCase manifest fields as the snake_case kwargs pulumi_kubernetes takes."""
+    return {re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower(): value for key, value in manifest.items()}

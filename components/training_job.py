@@ -1,0 +1,133 @@
+"""The multi-GPU ms-swift fine-tuning Job that reads the cache (runbook steps 5 and 6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.common import SKIP_AWAIT, constructor_kwargs, metadata
+from components.placement import node_affinity
+from settings import CacheSettings, JobSettings, Placement
+
+CONTAINER = "sft"
+CACHE_VOLUME = "cache"
+SHM_VOLUME = "dshm"
+APP_LABEL = {"app": "ms-swift"}
+
+BLOCK_MODE_WARNING = (
+    "cache.volumeMode is Block: the Job gets the raw device at {device} (volumeDevices), not a "
+    "filesystem. ms-swift cannot keep its model cache there unless the application reads the device "
+    "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk."
+)
+
+
+def cache_env(cache: CacheSettings) -> dict[str, str]:
+    """Where ms-swift keeps models and datasets: on the cache volume (Filesystem mode only)."""
+    if cache.is_block:
+        return {}
+    return {"MODELSCOPE_CACHE": f"{cache.mount_path}/modelscope", "HF_HOME": f"{cache.mount_path}/huggingface"}
+
+
+def output_dir(job: JobSettings, cache: CacheSettings) -> str:
+    # Block mode has no filesystem to keep results on: they stay in the pod's scratch space.
+    root = f"/tmp/{job.name}" if cache.is_block else cache.mount_path
+    return f"{root}/output/{job.name}"
+
+
+def swift_args(job: JobSettings, cache: CacheSettings) -> list[str]:
+    """`swift sft` arguments: the configured ones, or a LoRA run of job.model on job.dataset."""
+    if job.args is not None:
+        return list(job.args)
+    return [
+        "--model", job.model,
+        "--tuner_type", "lora",
+        "--dataset", job.dataset,
+        "--torch_dtype", "bfloat16",
+        "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "1",
+        "--gradient_accumulation_steps", "4",
+        "--output_dir", output_dir(job, cache),
+    ]  # fmt: skip
+
+
+def container(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
+    # One node, N GPUs: NPROC_PER_NODE makes ms-swift run data-parallel instead of splitting
+    # the model across the GPUs.
+    env = {"NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
+    resources = {"cpu": job.cpu, "memory": job.memory, job.gpu_resource: str(job.gpus)}
+    spec: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": job.image,
+        "command": list(job.command),
+        "args": swift_args(job, cache),
+        "env": [{"name": name, "value": value} for name, value in env.items()],
+        # requests == limits: extended resources (GPUs) demand it, and it keeps the pod Guaranteed.
+        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+    }
+    if cache.is_block:
+        spec["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": cache.device_path}]
+    else:
+        spec["volumeMounts"].insert(0, {"name": CACHE_VOLUME, "mountPath": cache.mount_path})
+    return spec
+
+
+def tolerations(job: JobSettings) -> list[dict[str, Any]]:
+    wire = []
+    for t in job.tolerations:
+        fields = {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
+                  "tolerationSeconds": t.toleration_seconds}  # fmt: skip
+        wire.append({k: v for k, v in fields.items() if v is not None})
+    return wire
+
+
+def job_manifest(job: JobSettings, cache: CacheSettings, placement: Placement, namespace: str | None,
+                 claim_name: pulumi.Input[str]) -> dict[str, Any]:  # fmt: skip
+    pod_spec: dict[str, Any] = {
+        # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
+        "restartPolicy": "Never",
+        "affinity": node_affinity(placement),
+        "containers": [container(job, cache)],
+        "volumes": [
+            {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}},
+            # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
+            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}},
+        ],
+    }
+    if job.tolerations:
+        pod_spec["tolerations"] = tolerations(job)
+    if job.priority_class_name:
+        pod_spec["priorityClassName"] = job.priority_class_name
+    # Without skipAwait the provider waits for Complete: `pulumi up` would block for the whole
+    # training run and then record the Job as failed to become live.
+    annotations = None if job.wait_for_completion else SKIP_AWAIT
+    return {
+        "metadata": metadata(job.name, namespace, labels=APP_LABEL, annotations=annotations),
+        "spec": {
+            "backoffLimit": job.backoff_limit,
+            "template": {"metadata": {"labels": {**APP_LABEL, "mlcache/job": job.name}}, "spec": pod_spec},
+        },
+    }
+
+
+def job_options(parent: pulumi.Resource, job: JobSettings) -> pulumi.ResourceOptions:
+    timeouts = pulumi.CustomTimeouts(create=job.wait_timeout, update=job.wait_timeout) if job.wait_for_completion else None
+    # Never pulumi.com/replaceUnready: it would replace (kill) a Job that is still training.
+    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, custom_timeouts=timeouts)
+
+
+class TrainingJob(pulumi.ComponentResource):
+    """The ms-swift SFT Job, pinned like the cache it mounts."""
+
+    def __init__(self, name: str, job: JobSettings, *, cache: CacheSettings, placement: Placement,
+                 namespace: str | None, claim_name: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions | None = None):  # fmt: skip
+        super().__init__("mlcache:index:TrainingJob", name, None, opts)
+        manifest = job_manifest(job, cache, placement, namespace, claim_name)
+        self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
+        if cache.is_block:
+            pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
+        self.name = self.job.metadata.name
+        self.register_outputs({"name": self.name})

@@ -1,0 +1,27 @@
+"""The runbook's verification commands, filled in for one stack."""
+
+from __future__ import annotations
+
+import shlex
+
+ZONE_JSONPATH = r"{.metadata.labels.topology\.kubernetes\.io/zone}"
+LINSTOR_NAMESPACE = "piraeus-datastore"
+
+
+def verification_commands(pvc: str, job: str | None, namespace: str | None, linstor: bool) -> dict[str, str]:
+    ns = f" -n {shlex.quote(namespace)}" if namespace else ""
+    volume = f"$(kubectl get pvc {pvc}{ns} -o jsonpath='{{.spec.volumeName}}')"
+    commands = {
+        "pvcBinding": f"kubectl get pvc {pvc}{ns} -w",
+        "pvNodeAffinity": f"kubectl get pv {volume} -o jsonpath='{{.spec.nodeAffinity}}'",
+        "pvcUsage": f"kubectl get pvc {pvc}{ns} -o jsonpath='{{.status.capacity.storage}}'",
+    }
+    if job:
+        pod_node = f"$(kubectl get pods{ns} -l job-name={job} -o jsonpath='{{.items[0].spec.nodeName}}')"
+        commands["podNode"] = f"kubectl get pods{ns} -l job-name={job} -o wide"
+        commands["podZone"] = f"kubectl get node {pod_node} -o jsonpath='{ZONE_JSONPATH}'"
+    if linstor:
+        commands["linstorResources"] = (
+            f"kubectl -n {LINSTOR_NAMESPACE} exec deploy/linstor-controller -- linstor resource list -r {volume}"
+        )
+    return commands

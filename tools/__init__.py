@@ -1,0 +1,1 @@
+"""Offline tooling around the Pulumi program: rendering, and the engine capture it rests on."""
