@@ -7,6 +7,7 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 import pulumi
 
 from components.cache_volume import CacheVolume
+from components.hub_credentials import HubCredentials, read_tokens
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
 from components.verification import verification_commands
@@ -27,6 +28,12 @@ cache = CacheVolume(
 
 training = None
 if settings.job.enabled:
+    tokens = read_tokens(pulumi.Config("mlcache"))
+    credentials = None
+    if tokens:
+        credentials = HubCredentials(
+            "hub-credentials", tokens, secret_name=f"{settings.job.name}-hub-tokens", namespace=settings.namespace
+        )
     training = TrainingJob(
         "training",
         settings.job,
@@ -34,6 +41,7 @@ if settings.job.enabled:
         placement=settings.placement,
         namespace=settings.namespace,
         claim_name=cache.claim_name,
+        credentials=credentials,
     )
 
 pulumi.export("backend", settings.backend)

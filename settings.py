@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import pulumi
 
@@ -22,9 +23,17 @@ FS_TYPES = ("xfs", "ext4")
 RECLAIM_POLICIES = ("Delete", "Retain")
 LINSTOR_LAYERS = ("drbd", "luks", "nvme", "cache", "writecache", "bcache", "storage")
 RUNBOOK_ZONES = (
-    "ucsd", "sdsu", "gatech", "chico", "humboldt",
-    "ucmerced", "brookdale", "cau", "onenet", "udel",
-)  # fmt: skip
+    "ucsd",
+    "sdsu",
+    "gatech",
+    "chico",
+    "humboldt",
+    "ucmerced",
+    "brookdale",
+    "cau",
+    "onenet",
+    "udel",
+)
 DEFAULT_IMAGE = (
     "modelscope-registry.us-west-1.cr.aliyuncs.com/modelscope-repo/modelscope:"
     "ubuntu22.04-cuda12.9.1-py312-torch2.10.0-vllm0.19.1-modelscope1.35.4-swift4.1.3"
@@ -48,7 +57,9 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$")
-_QUANTITY = re.compile(r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$")
+_QUANTITY = re.compile(
+    r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
+)
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
@@ -198,8 +209,9 @@ class _Section:
         value = self.raw.get(field)
         return f"{self.key}.{field}", default if value is None else value
 
-    def text(self, field: str, default: str | None, check: Callable[[str], bool] | None = None,
-             allowed: str = "a non-empty string") -> str | None:  # fmt: skip
+    def text(
+        self, field: str, default: str | None, check: Callable[[str], bool] | None = None, allowed: str = "a non-empty string"
+    ) -> str | None:
         key, value = self._get(field, default)
         if value is None:
             return None
@@ -221,8 +233,9 @@ class _Section:
         key, value = self._get(field, default)
         return _quantity(key, value, minimum, what)
 
-    def texts(self, field: str, default: tuple[str, ...] | None, check: Callable[[str], bool],
-              allowed: str) -> tuple[str, ...] | None:  # fmt: skip
+    def texts(
+        self, field: str, default: tuple[str, ...] | None, check: Callable[[str], bool], allowed: str
+    ) -> tuple[str, ...] | None:
         key, value = self._get(field, default)
         if value is None:
             return None
@@ -301,28 +314,48 @@ def _is_layer_list(value: str) -> bool:
 
 
 def _parse_linstor(raw: Any) -> LinstorSettings:
-    s = _Section("linstor", raw, (
-        "storageClassName", "manageStorageClass", "replicas", "storagePool", "fsType", "layerList",
-        "allowRemoteVolumeAccess", "mountOptions", "reclaimPolicy", "allowVolumeExpansion",
-    ))  # fmt: skip
+    s = _Section(
+        "linstor",
+        raw,
+        (
+            "storageClassName",
+            "manageStorageClass",
+            "replicas",
+            "storagePool",
+            "fsType",
+            "layerList",
+            "allowRemoteVolumeAccess",
+            "mountOptions",
+            "reclaimPolicy",
+            "allowVolumeExpansion",
+        ),
+    )
     replicas = s.integer("replicas", 1, minimum=1)
-    layer_list = s.text("layerList", None, _is_layer_list,
-                        "space-separated LINSTOR layers from " + ", ".join(LINSTOR_LAYERS)
-                        + ", ending in storage (e.g. 'storage' or 'drbd storage')")  # fmt: skip
+    layer_list = s.text(
+        "layerList",
+        None,
+        _is_layer_list,
+        "space-separated LINSTOR layers from "
+        + ", ".join(LINSTOR_LAYERS)
+        + ", ending in storage (e.g. 'storage' or 'drbd storage')",
+    )
     if replicas > 1 and layer_list and "drbd" not in layer_list.split():
-        raise ConfigError("linstor.layerList", layer_list, f"a list with drbd: only DRBD replicates, and linstor.replicas is {replicas}")
+        raise ConfigError(
+            "linstor.layerList", layer_list, f"a list with drbd: only DRBD replicates, and linstor.replicas is {replicas}"
+        )
     return LinstorSettings(
-        storage_class_name=s.text("storageClassName", "linstor-fast-cache", _DNS_SUBDOMAIN.match,
-                                  "a DNS subdomain name such as linstor-fast-cache"),  # fmt: skip
+        storage_class_name=s.text(
+            "storageClassName", "linstor-fast-cache", _DNS_SUBDOMAIN.match, "a DNS subdomain name such as linstor-fast-cache"
+        ),
         manage_storage_class=s.flag("manageStorageClass", True),
         replicas=replicas,
-        storage_pool=s.text("storagePool", None, lambda v: bool(v.split()),
-                            "space-separated LINSTOR storage pool names"),  # fmt: skip
+        storage_pool=s.text("storagePool", None, lambda v: bool(v.split()), "space-separated LINSTOR storage pool names"),
         fs_type=s.choice("fsType", "xfs", FS_TYPES),
         layer_list=layer_list,
         allow_remote_volume_access=s.flag("allowRemoteVolumeAccess", False),
-        mount_options=s.texts("mountOptions", ("noatime",), lambda v: bool(v) and "," not in v,
-                              "mount options, one per item (e.g. noatime)"),  # fmt: skip
+        mount_options=s.texts(
+            "mountOptions", ("noatime",), lambda v: bool(v) and "," not in v, "mount options, one per item (e.g. noatime)"
+        ),
         reclaim_policy=s.choice("reclaimPolicy", "Delete", RECLAIM_POLICIES),
         allow_volume_expansion=s.flag("allowVolumeExpansion", True),
     )
@@ -334,8 +367,12 @@ def _parse_cache(raw: Any, fs_type: str | None) -> CacheSettings:
     xfs = fs_type == "xfs" and volume_mode == "Filesystem"
     return CacheSettings(
         name=s.text("name", "ms-swift-cache-pvc", _DNS_SUBDOMAIN.match, "a DNS subdomain name such as ms-swift-cache-pvc"),
-        size=s.quantity("size", "100Gi", Decimal(XFS_MIN_BYTES - 1) if xfs else Decimal(0),
-                        "300Mi (the LINSTOR minimum for XFS)" if xfs else "0"),  # fmt: skip
+        size=s.quantity(
+            "size",
+            "100Gi",
+            Decimal(XFS_MIN_BYTES - 1) if xfs else Decimal(0),
+            "300Mi (the LINSTOR minimum for XFS)" if xfs else "0",
+        ),
         volume_mode=volume_mode,
         mount_path=s.path("mountPath", "/cache"),
         device_path=s.path("devicePath", "/dev/cache"),
@@ -354,13 +391,17 @@ def _parse_tolerations(key: str, value: Any) -> tuple[Toleration, ...]:
         s = _Section(f"{key}[{index}]", item, fields)
         operator = s.choice("operator", "Equal", ("Equal", "Exists"))
         seconds = s.raw.get("tolerationSeconds")
-        tolerations.append(Toleration(
-            key=s.text("key", None),
-            operator=operator,
-            value=s.text("value", None, allowed="a string (omit it with operator Exists)"),
-            effect=None if s.raw.get("effect") is None else s.choice("effect", "", ("NoSchedule", "PreferNoSchedule", "NoExecute")),
-            toleration_seconds=None if seconds is None else s.integer("tolerationSeconds", 0, minimum=0),
-        ))  # fmt: skip
+        tolerations.append(
+            Toleration(
+                key=s.text("key", None),
+                operator=operator,
+                value=s.text("value", None, allowed="a string (omit it with operator Exists)"),
+                effect=None
+                if s.raw.get("effect") is None
+                else s.choice("effect", "", ("NoSchedule", "PreferNoSchedule", "NoExecute")),
+                toleration_seconds=None if seconds is None else s.integer("tolerationSeconds", 0, minimum=0),
+            )
+        )
     return tuple(tolerations)
 
 
@@ -378,28 +419,62 @@ def _parse_env(key: str, value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _parse_job(raw: Any) -> JobSettings:
-    s = _Section("job", raw, (
-        "enabled", "name", "image", "model", "dataset", "command", "args", "gpus", "gpuResource",
-        "gpuProduct", "cpu", "memory", "shmSize", "env", "tolerations", "priorityClassName",
-        "backoffLimit", "waitForCompletion", "waitTimeout",
-    ))  # fmt: skip
+    s = _Section(
+        "job",
+        raw,
+        (
+            "enabled",
+            "name",
+            "image",
+            "model",
+            "dataset",
+            "command",
+            "args",
+            "gpus",
+            "gpuResource",
+            "gpuProduct",
+            "cpu",
+            "memory",
+            "shmSize",
+            "env",
+            "tolerations",
+            "priorityClassName",
+            "backoffLimit",
+            "waitForCompletion",
+            "waitTimeout",
+        ),
+    )
     shm_size = s.quantity("shmSize", "32Gi")
-    memory = s.quantity("memory", "128Gi", parse_quantity(shm_size), f"job.shmSize ({shm_size}: /dev/shm counts against the memory limit)")
+    memory = s.quantity(
+        "memory", "128Gi", parse_quantity(shm_size), f"job.shmSize ({shm_size}: /dev/shm counts against the memory limit)"
+    )
     any_text = lambda v: True  # noqa: E731 - any string item
     return JobSettings(
         enabled=s.flag("enabled", True),
-        name=s.text("name", "sft-qwen3vl-fire-4gpu", lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= 63,
-                    "a DNS label of at most 63 characters such as sft-qwen3vl-fire-4gpu"),  # fmt: skip
+        name=s.text(
+            "name",
+            "sft-qwen3vl-fire-4gpu",
+            lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= 63,
+            "a DNS label of at most 63 characters such as sft-qwen3vl-fire-4gpu",
+        ),
         image=s.text("image", DEFAULT_IMAGE, _is_pinned_image, "an image with an explicit tag other than latest, or a digest"),
         model=s.text("model", "Qwen/Qwen3-VL-8B-Instruct"),
         dataset=s.text("dataset", "AI-ModelScope/LaTeX_OCR#20000"),
         command=s.texts("command", ("swift", "sft"), any_text, "strings") or (),
         args=s.texts("args", None, any_text, "strings"),
         gpus=s.integer("gpus", 4, minimum=1),
-        gpu_resource=s.text("gpuResource", "nvidia.com/gpu", _RESOURCE_NAME.match,
-                            "a qualified resource name such as nvidia.com/gpu or nvidia.com/a100"),  # fmt: skip
-        gpu_product=s.text("gpuProduct", "NVIDIA-A100-SXM4-80GB", lambda v: len(v) <= 63 and bool(_LABEL_VALUE.match(v)),
-                           "a node label value such as NVIDIA-A100-SXM4-80GB"),  # fmt: skip
+        gpu_resource=s.text(
+            "gpuResource",
+            "nvidia.com/gpu",
+            _RESOURCE_NAME.match,
+            "a qualified resource name such as nvidia.com/gpu or nvidia.com/a100",
+        ),
+        gpu_product=s.text(
+            "gpuProduct",
+            "NVIDIA-A100-SXM4-80GB",
+            lambda v: len(v) <= 63 and bool(_LABEL_VALUE.match(v)),
+            "a node label value such as NVIDIA-A100-SXM4-80GB",
+        ),
         cpu=s.quantity("cpu", "16"),
         memory=memory,
         shm_size=shm_size,
@@ -417,8 +492,11 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     backend = _choice("backend", raw.get("backend") or "linstor", BACKENDS)
     zones_raw = raw.get("zones")
     zones = RUNBOOK_ZONES if zones_raw is None else zones_raw
-    if (not isinstance(zones, (list, tuple)) or not zones
-            or not all(isinstance(z, str) and _LABEL_VALUE.match(z) and z for z in zones)):  # fmt: skip
+    if (
+        not isinstance(zones, (list, tuple))
+        or not zones
+        or not all(isinstance(z, str) and _LABEL_VALUE.match(z) and z for z in zones)
+    ):
         raise ConfigError("zones", zones_raw, "a non-empty list of zone names (node label values)")
     zone = raw.get("zone") or None
     if zone is not None and zone not in zones:
@@ -428,7 +506,9 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         _text("namespace", namespace, lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= 63, "a DNS label such as ml-training")
     linstor = _parse_linstor(raw.get("linstor"))
     rook = _Section("rookCeph", raw.get("rookCeph"), ("storageClassName",))
-    rook_class = rook.text("storageClassName", "rook-ceph-block", _DNS_SUBDOMAIN.match, "a StorageClass name such as rook-ceph-block")
+    rook_class = rook.text(
+        "storageClassName", "rook-ceph-block", _DNS_SUBDOMAIN.match, "a StorageClass name such as rook-ceph-block"
+    )
     return Settings(
         backend=backend,
         zone=zone,

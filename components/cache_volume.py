@@ -21,8 +21,9 @@ ROOK_CEPH_WARNING = (
 )
 
 
-def pvc_manifest(cache: CacheSettings, storage_class_name: str, namespace: str | None,
-                 binds_on_first_consumer: bool) -> dict[str, Any]:  # fmt: skip
+def pvc_manifest(
+    cache: CacheSettings, storage_class_name: str, namespace: str | None, binds_on_first_consumer: bool
+) -> dict[str, Any]:
     # A WaitForFirstConsumer claim stays Pending until the training pod lands: do not let the
     # provider wait for Bound (it only skips that wait itself when it can read the class).
     annotations = SKIP_AWAIT if binds_on_first_consumer else None
@@ -37,8 +38,7 @@ def pvc_manifest(cache: CacheSettings, storage_class_name: str, namespace: str |
     }
 
 
-def pvc_options(parent: pulumi.Resource, cache: CacheSettings,
-                storage_class: pulumi.Resource | None) -> pulumi.ResourceOptions:  # fmt: skip
+def pvc_options(parent: pulumi.Resource, cache: CacheSettings, storage_class: pulumi.Resource | None) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(
         parent=parent,
         # A plain edge, not an output reference: replacing the class must not cascade into
@@ -53,9 +53,17 @@ def pvc_options(parent: pulumi.Resource, cache: CacheSettings,
 class CacheVolume(pulumi.ComponentResource):
     """The cache PVC. `claim_name` is the PVC's output, so consumers depend on it for real."""
 
-    def __init__(self, name: str, cache: CacheSettings, *, storage_class_name: str, namespace: str | None,
-                 zone_local: bool, storage_class: pulumi.Resource | None = None,
-                 opts: pulumi.ResourceOptions | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        cache: CacheSettings,
+        *,
+        storage_class_name: str,
+        namespace: str | None,
+        zone_local: bool,
+        storage_class: pulumi.Resource | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
         manifest = pvc_manifest(cache, storage_class_name, namespace, binds_on_first_consumer=zone_local)
         self.pvc = k8s.core.v1.PersistentVolumeClaim(

@@ -10,8 +10,9 @@ LABELS = {"app.kubernetes.io/part-of": "mlcache", "app.kubernetes.io/managed-by"
 SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
 
 
-def metadata(name: str, namespace: str | None = None, labels: dict[str, str] | None = None,
-             annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+def metadata(
+    name: str, namespace: str | None = None, labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "labels": {**LABELS, **(labels or {})}}
     if namespace:
         meta["namespace"] = namespace

@@ -8,6 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.common import SKIP_AWAIT, constructor_kwargs, metadata
+from components.hub_credentials import HubCredentials, secret_env
 from components.placement import node_affinity
 from settings import CacheSettings, JobSettings, Placement
 
@@ -41,18 +42,26 @@ def swift_args(job: JobSettings, cache: CacheSettings) -> list[str]:
     if job.args is not None:
         return list(job.args)
     return [
-        "--model", job.model,
-        "--tuner_type", "lora",
-        "--dataset", job.dataset,
-        "--torch_dtype", "bfloat16",
-        "--num_train_epochs", "1",
-        "--per_device_train_batch_size", "1",
-        "--gradient_accumulation_steps", "4",
-        "--output_dir", output_dir(job, cache),
-    ]  # fmt: skip
+        "--model",
+        job.model,
+        "--tuner_type",
+        "lora",
+        "--dataset",
+        job.dataset,
+        "--torch_dtype",
+        "bfloat16",
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "1",
+        "--gradient_accumulation_steps",
+        "4",
+        "--output_dir",
+        output_dir(job, cache),
+    ]
 
 
-def container(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
+def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
     # One node, N GPUs: NPROC_PER_NODE makes ms-swift run data-parallel instead of splitting
     # the model across the GPUs.
     env = {"NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
@@ -62,7 +71,7 @@ def container(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
         "image": job.image,
         "command": list(job.command),
         "args": swift_args(job, cache),
-        "env": [{"name": name, "value": value} for name, value in env.items()],
+        "env": [{"name": name, "value": value} for name, value in env.items()] + token_env,
         # requests == limits: extended resources (GPUs) demand it, and it keeps the pod Guaranteed.
         "resources": {"requests": dict(resources), "limits": dict(resources)},
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
@@ -77,19 +86,30 @@ def container(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
 def tolerations(job: JobSettings) -> list[dict[str, Any]]:
     wire = []
     for t in job.tolerations:
-        fields = {"key": t.key, "operator": t.operator, "value": t.value, "effect": t.effect,
-                  "tolerationSeconds": t.toleration_seconds}  # fmt: skip
+        fields = {
+            "key": t.key,
+            "operator": t.operator,
+            "value": t.value,
+            "effect": t.effect,
+            "tolerationSeconds": t.toleration_seconds,
+        }
         wire.append({k: v for k, v in fields.items() if v is not None})
     return wire
 
 
-def job_manifest(job: JobSettings, cache: CacheSettings, placement: Placement, namespace: str | None,
-                 claim_name: pulumi.Input[str]) -> dict[str, Any]:  # fmt: skip
+def job_manifest(
+    job: JobSettings,
+    cache: CacheSettings,
+    placement: Placement,
+    namespace: str | None,
+    claim_name: pulumi.Input[str],
+    token_env: list[dict[str, Any]] = (),
+) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
         "restartPolicy": "Never",
         "affinity": node_affinity(placement),
-        "containers": [container(job, cache)],
+        "containers": [container(job, cache, list(token_env))],
         "volumes": [
             {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}},
             # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
@@ -121,11 +141,21 @@ def job_options(parent: pulumi.Resource, job: JobSettings) -> pulumi.ResourceOpt
 class TrainingJob(pulumi.ComponentResource):
     """The ms-swift SFT Job, pinned like the cache it mounts."""
 
-    def __init__(self, name: str, job: JobSettings, *, cache: CacheSettings, placement: Placement,
-                 namespace: str | None, claim_name: pulumi.Input[str],
-                 opts: pulumi.ResourceOptions | None = None):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        job: JobSettings,
+        *,
+        cache: CacheSettings,
+        placement: Placement,
+        namespace: str | None,
+        claim_name: pulumi.Input[str],
+        credentials: HubCredentials | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mlcache:index:TrainingJob", name, None, opts)
-        manifest = job_manifest(job, cache, placement, namespace, claim_name)
+        token_env = secret_env(credentials.secret_name, credentials.keys) if credentials else []
+        manifest = job_manifest(job, cache, placement, namespace, claim_name, token_env)
         self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
         if cache.is_block:
             pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)

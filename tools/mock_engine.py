@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-from pulumi.runtime import mocks, rpc, settings as runtime_settings
+from pulumi.runtime import mocks, rpc
+from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
@@ -115,7 +116,7 @@ def _registration(request, urn: str) -> Registration:
         urn=urn,
         parent=request.parent,
         custom=request.custom,
-        inputs=_integers(rpc.deserialize_properties(request.object)),
+        inputs=_plain(rpc.deserialize_properties(request.object)),
         protect=request.protect,
         dependencies=list(request.dependencies),
         property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
@@ -124,19 +125,26 @@ def _registration(request, urn: str) -> Registration:
         ignore_changes=list(request.ignoreChanges),
         retain_on_delete=request.retainOnDelete,
         import_id=request.importId,
-        custom_timeouts={k: v for k, v in (("create", timeouts.create), ("update", timeouts.update),
-                                          ("delete", timeouts.delete)) if v},  # fmt: skip
+        custom_timeouts={
+            k: v for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete)) if v
+        },
     )
 
 
-def _integers(value: Any) -> Any:
-    """The mock engine hands numbers back as floats; Kubernetes manifests hold integers."""
+def _plain(value: Any) -> Any:
+    """Values as the provider would write them to the API server.
+
+    The mock engine hands numbers back as floats (manifests hold integers) and leaves
+    secrets wrapped in the wire format's secret envelope (the provider unwraps them).
+    """
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _integers(v) for k, v in value.items()}
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return _plain(value.get("value"))
+        return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_integers(v) for v in value]
+        return [_plain(v) for v in value]
     return value
 
 
@@ -149,20 +157,20 @@ class _WarningCollector(logging.Handler):
         self.run.warnings.append(record.getMessage())
 
 
-def run_program(config: dict[str, str], secret_keys: list[str], stack: str) -> ProgramRun:
+def run_program(config: dict[str, str], secret_keys: list[str], stack: str, run: ProgramRun | None = None) -> ProgramRun:
     """Evaluate the program once, in isolation from earlier runs in this process.
 
     `config` maps full keys ("mlcache:cache") to the strings the CLI would pass (JSON for
-    structured values). Exceptions from the program (ConfigError included) propagate.
+    structured values). Exceptions from the program (ConfigError included) propagate; pass
+    `run` to see what was captured before one.
     """
-    run = ProgramRun()
+    run = run if run is not None else ProgramRun()
     logger = logging.getLogger(f"mlcache.mock.{id(run)}")
     logger.propagate = False
     logger.addHandler(_WarningCollector(run))
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
-    mocks.set_mocks(_Provider(), project=PROJECT, stack=stack, preview=False, logger=logger,
-                    monitor=_CapturingMonitor(run))  # fmt: skip
+    mocks.set_mocks(_Provider(), project=PROJECT, stack=stack, preview=False, logger=logger, monitor=_CapturingMonitor(run))
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
 
@@ -173,7 +181,7 @@ def run_program(config: dict[str, str], secret_keys: list[str], stack: str) -> P
     root = runtime_settings.get_root_resource()
     for name, value in root.outputs.items():
         output = pulumi.Output.from_input(value)
-        run.outputs[name] = _integers(_sync_await(output.future()))
+        run.outputs[name] = _plain(_sync_await(output.future()))
         if _sync_await(output.is_secret()):
             run.secret_outputs.add(name)
     return run

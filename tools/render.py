@@ -23,7 +23,25 @@ from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
 REDACTED = "<redacted>"
-_HEAD = ("apiVersion", "kind", "metadata")
+# Keys printed first, in this order; the rest sorted, so the output is stable for review.
+_FIRST = ("apiVersion", "kind", "metadata", "name", "key")
+# Apply order of `kubectl apply -f`: what others reference comes first.
+KIND_ORDER = ("Namespace", "StorageClass", "Secret", "ConfigMap", "PersistentVolumeClaim", "Job")
+
+
+def _ordered(value: Any) -> Any:
+    if isinstance(value, dict):
+        keys = [k for k in _FIRST if k in value] + sorted(k for k in value if k not in _FIRST)
+        return {k: _ordered(value[k]) for k in keys}
+    if isinstance(value, list):
+        return [_ordered(v) for v in value]
+    return value
+
+
+def ordered_objects(run: ProgramRun) -> list[Registration]:
+    """Kubernetes objects in a stable order (registration order varies with async RPCs)."""
+    rank = {kind: index for index, kind in enumerate(KIND_ORDER)}
+    return sorted(run.kubernetes_objects(), key=lambda r: (rank.get(r.kind, len(rank)), r.kind, r.object_name))
 
 
 def manifest(registration: Registration) -> dict[str, Any]:
@@ -33,9 +51,7 @@ def manifest(registration: Registration) -> dict[str, Any]:
         for field in ("data", "stringData"):
             if field in inputs:
                 inputs[field] = {key: REDACTED for key in inputs[field]}
-    ordered = {key: inputs[key] for key in _HEAD if key in inputs}
-    ordered.update((key, inputs[key]) for key in sorted(inputs) if key not in _HEAD)
-    return ordered
+    return _ordered(inputs)
 
 
 def secret_values(config: StackConfig) -> list[str]:
@@ -77,7 +93,7 @@ def summary(run: ProgramRun) -> str:
     """What the engine sees beyond the manifests: options, dependencies, warnings, outputs."""
     names = {r.urn: r.name for r in run.registrations}
     lines = ["resources:"]
-    for r in run.registrations:
+    for r in sorted(run.registrations, key=lambda r: r.urn):
         label = f"{r.kind}/{r.object_name}" if r.is_kubernetes_object else "component"
         lines.append(f"  - {r.name} ({r.type}) {label}")
         extra_deps = sorted(names.get(u, u) for u in r.dependencies if u != r.parent)
@@ -95,7 +111,7 @@ def summary(run: ProgramRun) -> str:
             "skipAwait": annotations.get("pulumi.com/skipAwait") == "true",
         }
         for key, value in details.items():
-            if value or key in ("protect", "skipAwait") and r.is_kubernetes_object:
+            if value or (key in ("protect", "skipAwait") and r.is_kubernetes_object):
                 lines.append(f"      {key}: {value}")
     lines.append("outputs:")
     for name, value in run.outputs.items():
@@ -114,10 +130,16 @@ def render(stack: str, overrides: list[str], secrets: list[str]) -> tuple[Progra
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a key as `pulumi config set --path` would; empty VALUE unsets it")  # fmt: skip
-    parser.add_argument("--secret", action="append", default=[], metavar="KEY=VALUE",
-                        help="supply a secret config value (never printed)")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key as `pulumi config set --path` would; empty VALUE unsets it",
+    )
+    parser.add_argument(
+        "--secret", action="append", default=[], metavar="KEY=VALUE", help="supply a secret config value (never printed)"
+    )
     parser.add_argument("--out", type=Path, help="write one file per object into DIR instead of stdout")
     parser.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")
     args = parser.parse_args(argv)
@@ -130,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     secrets = secret_values(config)
     for warning in run.warnings:
         print(scrub(f"warning: {warning}", secrets), file=sys.stderr)
-    objects = run.kubernetes_objects()
+    objects = ordered_objects(run)
     if args.summary:
         sys.stdout.write(scrub(summary(run), secrets))
     elif args.out:

@@ -34,7 +34,7 @@ class StackConfig:
 
 
 def stack_names(project_dir: Path = PROJECT_DIR) -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
 
 
 def full_key(key: str) -> str:
@@ -62,15 +62,19 @@ def _set_path(layer: dict[str, Any], key: str, value: Any) -> None:
         layer[top] = value
         return
     node = layer.setdefault(top, {} if isinstance(rest[0], str) else [])
-    for part, following in zip(rest, rest[1:] + [None]):
+    for part, following in zip(rest, [*rest[1:], None], strict=True):
         if following is None:
             if isinstance(node, list) and isinstance(part, int) and part == len(node):
                 node.append(value)
             else:
                 node[part] = value
             return
+        child = {} if isinstance(following, str) else []
         if isinstance(node, dict):
-            node = node.setdefault(part, {} if isinstance(following, str) else [])
+            node = node.setdefault(part, child)
+        elif part == len(node):
+            node.append(child)
+            node = child
         else:
             node = node[part]
 
@@ -118,8 +122,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), (yaml.safe_load(raw) if raw != "" else None)
 
 
-def load_stack_config(stack: str, overrides: list[str] = (), secrets: list[str] = (),
-                      project_dir: Path = PROJECT_DIR) -> StackConfig:  # fmt: skip
+def load_stack_config(
+    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = PROJECT_DIR
+) -> StackConfig:
     stack_file = project_dir / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():
         raise FileNotFoundError(f"no stack file {stack_file.name}; stacks here: {', '.join(stack_names(project_dir))}")
@@ -149,8 +154,8 @@ def load_stack_config(stack: str, overrides: list[str] = (), secrets: list[str] 
         _set_path(stack_layer, key, value)
         secret_keys.add(full_key(key).split(".")[0].split("[")[0])
     values = {**defaults, **stack_layer}
-    for key in values:
+    for key, value in values.items():
         namespace, _, name = key.partition(":")
         if namespace == NAMESPACE and name not in KNOWN_KEYS:
-            raise ConfigError(name, values[key], "a known key: " + ", ".join(KNOWN_KEYS), secret=key in secret_keys)
+            raise ConfigError(name, value, "a known key: " + ", ".join(KNOWN_KEYS), secret=key in secret_keys)
     return StackConfig(values=values, secret_keys=secret_keys)

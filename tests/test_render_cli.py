@@ -1,0 +1,112 @@
+"""`python -m tools.render`: the contract other tools and reviewers rely on."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tools.render import main
+
+
+def _render(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_prints_every_object_as_multi_document_yaml(capsys, stack):
+    code, out, _ = _render(capsys, "--stack", stack)
+    assert code == 0
+    docs = list(yaml.safe_load_all(out))
+    assert [d["kind"] for d in docs] == ["StorageClass", "PersistentVolumeClaim", "Job"]
+    assert all(d["apiVersion"] and d["metadata"]["name"] for d in docs)
+
+
+def test_integers_stay_integers(capsys):
+    _, out, _ = _render(capsys, "--stack", "dev")
+    job = next(d for d in yaml.safe_load_all(out) if d["kind"] == "Job")
+    assert job["spec"]["backoffLimit"] == 2 and isinstance(job["spec"]["backoffLimit"], int)
+    assert "backoffLimit: 2.0" not in out
+
+
+def test_output_is_stable(capsys):
+    first = _render(capsys, "--stack", "prod")[1]
+    assert _render(capsys, "--stack", "prod")[1] == first
+
+
+def test_out_writes_one_file_per_object(capsys, tmp_path):
+    code, out, _ = _render(capsys, "--stack", "dev", "--out", str(tmp_path))
+    assert code == 0 and out == ""
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == [
+        "01-storageclass-linstor-fast-cache.yaml",
+        "02-persistentvolumeclaim-ms-swift-cache-pvc.yaml",
+        "03-job-sft-qwen3vl-fire-4gpu.yaml",
+    ]
+    assert yaml.safe_load((tmp_path / files[1]).read_text())["kind"] == "PersistentVolumeClaim"
+
+
+def test_summary_shows_what_manifests_cannot(capsys):
+    code, out, _ = _render(capsys, "--stack", "prod", "--summary")
+    assert code == 0
+    pvc_block = out.split("cache-pvc (kubernetes:core/v1:PersistentVolumeClaim)")[1].split("  - ")[0]
+    assert "protect: True" in pvc_block
+    assert "deleteBeforeReplace: True" in pvc_block
+    assert "spec.volumeMode" in pvc_block
+    assert "dependsOn: ['cache-storage-class-class']" in pvc_block
+    assert "verifyCommands" in out
+
+
+def test_secrets_never_printed(capsys, tmp_path):
+    token = "hf_TopSecretValue42"
+    for extra in ([], ["--summary"], ["--out", str(tmp_path)]):
+        code, out, err = _render(capsys, "--stack", "dev", "--secret", f"hfToken={token}", *extra)
+        assert code == 0
+        written = "".join(p.read_text() for p in tmp_path.iterdir())
+        for text in (out, err, written):
+            assert token not in text
+            assert base64.b64encode(token.encode()).decode() not in text
+    _, out, _ = _render(capsys, "--stack", "dev", "--secret", f"hfToken={token}")
+    secret = next(d for d in yaml.safe_load_all(out) if d["kind"] == "Secret")
+    assert secret["stringData"] == {"HF_TOKEN": "<redacted>"}
+
+
+BAD = [
+    ("zone=mars", "mlcache:zone", "mars"),
+    ("linstor.replicas=0", "mlcache:linstor.replicas", "0"),
+    ("linstor.replicas=two", "mlcache:linstor.replicas", "two"),
+    ("cache.volumeMode=Blocky", "mlcache:cache.volumeMode", "Blocky"),
+    ("backend=ceph", "mlcache:backend", "ceph"),
+    ("cache.size=lots", "mlcache:cache.size", "lots"),
+    ("cache.size=-5Gi", "mlcache:cache.size", "-5Gi"),
+    ("job.gpus=0", "mlcache:job.gpus", "0"),
+    ("job.gpus=1.5", "mlcache:job.gpus", "1.5"),
+    ("linstor.fsType=ntfs", "mlcache:linstor.fsType", "ntfs"),
+    ("cache.mountPath=cache", "mlcache:cache.mountPath", "cache"),
+    ("zon=ucsd", "mlcache:zon", "ucsd"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "value"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_one_line_on_stderr_and_nothing_on_stdout(capsys, override, key, value):
+    code, out, err = _render(capsys, "--stack", "dev", "--config", override)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and key in err and value in err and "expected" in err
+    assert "Traceback" not in err
+
+
+def test_the_real_command_line_fails_cleanly():
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.render", "--stack", "prod", "--config", "zone=mars"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().startswith('error: invalid config mlcache:zone = "mars"')
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,80 @@
+"""Config layering as the Pulumi CLI does it, read offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from settings import ConfigError
+from tools.stack_config import SECURE_PLACEHOLDER, load_stack_config, parse_assignment, stack_names
+
+
+def test_stacks_are_discovered():
+    assert {"dev", "prod"} <= set(stack_names())
+
+
+def test_project_defaults_then_stack_values():
+    values = load_stack_config("dev").values
+    assert values["mlcache:backend"] == "linstor"  # stack file
+    assert values["mlcache:rookCeph"] == {"storageClassName": "rook-ceph-block"}  # Pulumi.yaml default
+    assert len(values["mlcache:zones"]) == 10
+
+
+def test_a_stack_object_replaces_the_project_default_whole():
+    values = load_stack_config("dev").values
+    assert values["mlcache:linstor"] == {"replicas": 1}
+
+
+def test_path_overrides_write_into_the_stack_layer():
+    values = load_stack_config("dev", ["cache.volumeMode=Block", "mlcache:linstor.replicas=3"]).values
+    assert values["mlcache:cache"]["volumeMode"] == "Block" and values["mlcache:cache"]["size"] == "100Gi"
+    assert values["mlcache:linstor"] == {"replicas": 3}
+
+
+def test_an_override_of_an_unset_object_starts_from_empty_like_the_cli():
+    values = load_stack_config("dev", ["rookCeph.storageClassName=rook-ceph-block-east"]).values
+    assert values["mlcache:rookCeph"] == {"storageClassName": "rook-ceph-block-east"}
+
+
+def test_empty_value_unsets_the_key():
+    assert "protect" not in load_stack_config("prod", ["cache.protect="]).values["mlcache:cache"]
+    assert load_stack_config("prod", ["zone="]).values["mlcache:zone"] == ""  # back to the project default
+
+
+def test_values_are_yaml_scalars():
+    assert parse_assignment("linstor.replicas=2") == ("linstor.replicas", 2)
+    assert parse_assignment("cache.protect=true") == ("cache.protect", True)
+    assert parse_assignment("job.gpus=1.5") == ("job.gpus", 1.5)
+    assert parse_assignment("zone=ucsd") == ("zone", "ucsd")
+
+
+def test_engine_config_is_strings_with_json_for_structures():
+    config = load_stack_config("dev", ["cache.protect=true"]).engine_config()
+    assert config["mlcache:backend"] == "linstor"
+    assert json.loads(config["mlcache:cache"])["protect"] is True
+
+
+def test_secure_values_become_secret_placeholders(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text("name: mlcache\nruntime: python\nconfig:\n  backend:\n    default: linstor\n")
+    (tmp_path / "Pulumi.ci.yaml").write_text("config:\n  mlcache:hfToken:\n    secure: v1:AAAA/encrypted==\n")
+    config = load_stack_config("ci", project_dir=tmp_path)
+    assert config.values["mlcache:hfToken"] == SECURE_PLACEHOLDER
+    assert config.secret_keys == {"mlcache:hfToken"}
+
+
+def test_secrets_are_taken_verbatim_and_marked_secret():
+    config = load_stack_config("dev", secrets=["hfToken=0123"])
+    assert config.values["mlcache:hfToken"] == "0123"
+    assert "mlcache:hfToken" in config.secret_keys
+
+
+def test_unknown_keys_and_stacks_are_refused():
+    with pytest.raises(ConfigError, match=r"mlcache:zon = .*known key"):
+        load_stack_config("dev", ["zon=ucsd"])
+    with pytest.raises(FileNotFoundError, match="stacks here: dev, prod"):
+        load_stack_config("staging")
+
+
+def test_other_namespaces_pass_through():
+    assert load_stack_config("dev", ["kubernetes:context=gpu-cluster"]).values["kubernetes:context"] == "gpu-cluster"
