@@ -115,8 +115,13 @@ def summary(run: ProgramRun) -> str:
                 lines.append(f"      {key}: {value}")
     lines.append("outputs:")
     for name, value in run.outputs.items():
-        shown = "[secret]" if name in run.secret_outputs else value
-        lines.append(f"  {name}: {shown}")
+        if name in run.secret_outputs:
+            lines.append(f"  {name}: [secret]")
+        elif isinstance(value, dict):
+            lines.append(f"  {name}:")
+            lines.extend(f"    {key}: {item}" for key, item in value.items())
+        else:
+            lines.append(f"  {name}: {value}")
     lines.append("warnings:")
     lines.extend(f"  - {warning}" for warning in run.warnings)
     return "\n".join(lines) + "\n"

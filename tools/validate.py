@@ -1,0 +1,66 @@
+"""Validate a stack's rendered manifests strictly against Kubernetes OpenAPI schemas.
+
+    python -m tools.validate --stack dev [--config KEY=VALUE]... [--kubernetes-version 1.33]...
+
+Strict mode rejects unknown fields, so a misspelt field fails here instead of being
+silently dropped by the API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import kubernetes_validate
+
+from settings import ConfigError
+from tools.render import manifest, ordered_objects, render
+
+# The Kubernetes minors the manifests must be valid for (oldest supported, newest in use).
+TARGET_VERSIONS = ("1.30", "1.33")
+
+
+def validation_errors(documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS) -> list[str]:
+    errors = []
+    for version in versions:
+        for doc in documents:
+            try:
+                kubernetes_validate.validate(doc, f"{version}.0", strict=True)
+            except kubernetes_validate.ValidationError as err:
+                path = ".".join(str(p) for p in err.path) or "(root)"
+                errors.append(f"{doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}) at {path}: {err.message}")
+    return errors
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--kubernetes-version",
+        action="append",
+        dest="versions",
+        metavar="MINOR",
+        help=f"target version (repeatable; default {', '.join(TARGET_VERSIONS)})",
+    )
+    args = parser.parse_args(argv)
+    try:
+        run, _ = render(args.stack, args.config, [])
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    documents = [manifest(r) for r in ordered_objects(run)]
+    versions = tuple(args.versions or TARGET_VERSIONS)
+    errors = validation_errors(documents, versions)
+    for error in errors:
+        print(f"invalid: {error}", file=sys.stderr)
+    if errors:
+        return 1
+    kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
+    print(f"{args.stack}: {len(documents)} objects valid (strict) for Kubernetes {', '.join(versions)}: {kinds}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
