@@ -88,7 +88,7 @@ BAD = [
     ("job.gpus=1.5", "mlcache:job.gpus", "1.5"),
     ("linstor.fsType=ntfs", "mlcache:linstor.fsType", "ntfs"),
     ("cache.mountPath=cache", "mlcache:cache.mountPath", "cache"),
-    ("zon=ucsd", "mlcache:zon", "ucsd"),
+    ("zon=ucsd", "mlcache:zon", "zone"),
 ]
 
 

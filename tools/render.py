@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import yaml
 
-from settings import ConfigError
 from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
@@ -127,6 +128,27 @@ def summary(run: ProgramRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+def as_json(run: ProgramRun) -> dict[str, Any]:
+    """Machine-readable plan: each object with the options the engine sees (for tools.diff)."""
+    names = {r.urn: r.name for r in run.registrations}
+    return {
+        "objects": [
+            {
+                "urn": r.urn,
+                "manifest": manifest(r),
+                "protect": r.protect,
+                "deleteBeforeReplace": r.delete_before_replace,
+                "replaceOnChanges": r.replace_on_changes,
+                "propertyDependencies": sorted({u for urns in r.property_dependencies.values() for u in urns}),
+                "dependencies": sorted(u for u in r.dependencies if u != r.parent and u in names),
+            }
+            for r in ordered_objects(run)
+        ],
+        "outputs": {name: "[secret]" if name in run.secret_outputs else value for name, value in run.outputs.items()},
+        "warnings": run.warnings,
+    }
+
+
 def render(stack: str, overrides: list[str], secrets: list[str]) -> tuple[ProgramRun, StackConfig]:
     config = load_stack_config(stack, overrides, secrets)
     return run_program(config.engine_config(), sorted(config.secret_keys), stack), config
@@ -147,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="write one file per object into DIR instead of stdout")
     parser.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")
+    parser.add_argument("--json", action="store_true", help="print objects with their engine options as JSON")
     args = parser.parse_args(argv)
 
     try:
         run, config = render(args.stack, args.config, args.secret)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (pulumi.RunError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     secrets = secret_values(config)
@@ -160,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     objects = ordered_objects(run)
     if args.summary:
         sys.stdout.write(scrub(summary(run), secrets))
+    elif args.json:
+        sys.stdout.write(scrub(json.dumps(as_json(run), indent=1), secrets) + "\n")
     elif args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         for index, registration in enumerate(objects, start=1):

@@ -15,12 +15,15 @@ from typing import Any
 
 import yaml
 
-from settings import KNOWN_KEYS, NAMESPACE, ConfigError
-from tools.mock_engine import PROJECT_DIR
+from tools.mock_engine import PROJECT, PROJECT_DIR
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
 SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
 _PATH_PART = re.compile(r'\.?([^.\[\]]+)|\[(\d+)\]|\["([^"]+)"\]')
+
+
+class UnknownKeyError(ValueError):
+    """A key in the project's namespace that Pulumi.yaml does not declare (a typo, usually)."""
 
 
 @dataclass
@@ -38,7 +41,7 @@ def stack_names(project_dir: Path = PROJECT_DIR) -> list[str]:
 
 
 def full_key(key: str) -> str:
-    return key if ":" in key else f"{NAMESPACE}:{key}"
+    return key if ":" in key else f"{PROJECT}:{key}"
 
 
 def _split_path(path: str) -> list[str | int]:
@@ -129,11 +132,8 @@ def load_stack_config(
     if not stack_file.is_file():
         raise FileNotFoundError(f"no stack file {stack_file.name}; stacks here: {', '.join(stack_names(project_dir))}")
     project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
-    defaults = {
-        full_key(key): decl["default"]
-        for key, decl in (project.get("config") or {}).items()
-        if isinstance(decl, dict) and "default" in decl
-    }
+    declared = project.get("config") or {}
+    defaults = {full_key(key): decl["default"] for key, decl in declared.items() if isinstance(decl, dict) and "default" in decl}
     stack_layer = dict((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {})
     secret_keys: set[str] = set()
     for key, value in list(stack_layer.items()):
@@ -154,8 +154,9 @@ def load_stack_config(
         _set_path(stack_layer, key, value)
         secret_keys.add(full_key(key).split(".")[0].split("[")[0])
     values = {**defaults, **stack_layer}
-    for key, value in values.items():
-        namespace, _, name = key.partition(":")
-        if namespace == NAMESPACE and name not in KNOWN_KEYS:
-            raise ConfigError(name, value, "a known key: " + ", ".join(KNOWN_KEYS), secret=key in secret_keys)
+    known = {full_key(key) for key in declared}
+    for key in values:
+        if key.startswith(f"{PROJECT}:") and key not in known:
+            names = ", ".join(sorted(k.partition(":")[2] for k in known))
+            raise UnknownKeyError(f"invalid config {key}: not a key of this project; expected one of {names}")
     return StackConfig(values=values, secret_keys=secret_keys)

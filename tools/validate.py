@@ -13,8 +13,8 @@ import sys
 from typing import Any
 
 import kubernetes_validate
+import pulumi
 
-from settings import ConfigError
 from tools.render import manifest, ordered_objects, render
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use).
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run, _ = render(args.stack, args.config, [])
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (pulumi.RunError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     documents = [manifest(r) for r in ordered_objects(run)]
