@@ -55,7 +55,9 @@ def test_engine_config_is_strings_with_json_for_structures():
 
 
 def test_secure_values_become_secret_placeholders(tmp_path):
-    (tmp_path / "Pulumi.yaml").write_text("name: mlcache\nruntime: python\nconfig:\n  backend:\n    default: linstor\n  hfToken:\n    secret: true\n")
+    (tmp_path / "Pulumi.yaml").write_text(
+        "name: mlcache\nruntime: python\nconfig:\n  backend:\n    default: linstor\n  hfToken:\n    secret: true\n"
+    )
     (tmp_path / "Pulumi.ci.yaml").write_text("config:\n  mlcache:hfToken:\n    secure: v1:AAAA/encrypted==\n")
     config = load_stack_config("ci", project_dir=tmp_path)
     assert config.values["mlcache:hfToken"] == SECURE_PLACEHOLDER

@@ -1,0 +1,245 @@
+"""Offline preview: what `pulumi up` would do to each stack, from a git revision to the working tree.
+
+    python -m tools.diff --base REF [--stack STACK]... [--fail-on-data-loss]
+
+Both sides are rendered with this checkout's tools (the base revision's program, stack files
+and components, run under the mock engine). Each changed object gets the action the engine
+would take: create, update, replace or delete. Replacements follow the provider's force-new
+fields, the fields Kubernetes makes immutable, the program's replaceOnChanges, and the
+delete-before-replace cascade into resources that use a replaced resource's outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tools.mock_engine import PROJECT_DIR
+
+# Fields whose change the provider turns into a replacement, per kind (facts: provider/pkg/metadata).
+FORCE_NEW = {
+    "*": ("metadata.name", "metadata.namespace"),
+    "PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName"),
+    "Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+    "StorageClass": ("parameters", "provisioner"),
+}
+# Fields Kubernetes refuses to patch although the provider would try (a failing update, not a
+# replacement, unless the program asks for replaceOnChanges).
+IMMUTABLE = {
+    "PersistentVolumeClaim": ("spec.volumeMode",),
+    "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
+}
+DATA_LOSS = "DATA LOSS"
+# Where this module's tools package lives: both revisions are rendered with these tools.
+TOOLS_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Change:
+    action: str  # create | update | replace | delete
+    urn: str
+    label: str
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    old: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+    cascaded: bool = False
+
+    @property
+    def data_loss(self) -> bool:
+        return any(w.startswith(DATA_LOSS) for w in self.warnings)
+
+
+def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths (camelCase, list items by index) whose values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        paths = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}.{key}" if prefix else key
+            paths += changed_paths(old.get(key), new.get(key), path)
+        return paths
+    return [] if old == new else [prefix]
+
+
+def _under(path: str, field_path: str) -> bool:
+    return path == field_path or path.startswith(field_path + ".")
+
+
+def _label(obj: dict[str, Any]) -> str:
+    manifest = obj["manifest"]
+    return f"{manifest['kind']}/{manifest['metadata']['name']}"
+
+
+def _kind(obj: dict[str, Any]) -> str:
+    return obj["manifest"]["kind"]
+
+
+def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]:
+    """The engine's actions to go from the `old` rendered plan to the `new` one (tools.render --json)."""
+    before = {o["urn"]: o for o in (old or {}).get("objects", [])}
+    after = {o["urn"]: o for o in (new or {}).get("objects", [])}
+    changes: dict[str, Change] = {}
+    for urn, obj in after.items():
+        if urn not in before:
+            changes[urn] = Change("create", urn, _label(obj), new=obj)
+            continue
+        previous = before[urn]
+        paths = changed_paths(previous["manifest"], obj["manifest"])
+        if not paths and previous["protect"] == obj["protect"]:
+            continue
+        kind = _kind(obj)
+        force_new = FORCE_NEW["*"] + FORCE_NEW.get(kind, ()) + tuple(obj["replaceOnChanges"])
+        replacing = sorted({f for p in paths for f in force_new if _under(p, f)})
+        change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
+        if replacing:
+            change.reasons.append("changes " + ", ".join(replacing))
+        elif paths:
+            change.reasons.append("changes " + ", ".join(paths))
+            immutable = sorted({f for p in paths for f in IMMUTABLE.get(kind, ()) if _under(p, f)})
+            if immutable:
+                change.warnings.append(f"the API server will refuse this update: {', '.join(immutable)} is immutable")
+        else:
+            change.reasons.append(f"protect {previous['protect']} -> {obj['protect']} (state only)")
+        changes[urn] = change
+    for urn, obj in before.items():
+        if urn not in after:
+            changes[urn] = Change("delete", urn, _label(obj), old=obj)
+    _cascade(changes, after)
+    for change in changes.values():
+        _annotate(change)
+    order = {urn: i for i, urn in enumerate([*after, *before])}
+    return sorted(changes.values(), key=lambda c: order[c.urn])
+
+
+def _cascade(changes: dict[str, Change], after: dict[str, dict[str, Any]]) -> None:
+    """A delete-before-replace also replaces the resources whose inputs use its outputs."""
+    grew = True
+    while grew:
+        grew = False
+        replaced = {urn for urn, c in changes.items() if c.action == "replace" and after[urn]["deleteBeforeReplace"]}
+        for urn, obj in after.items():
+            sources = [s for s in obj["propertyDependencies"] if s in replaced]
+            current = changes.get(urn)
+            if not sources or (current and (current.action == "create" or current.cascaded)):
+                continue
+            change = current or Change("update", urn, _label(obj), old=obj, new=obj)
+            grew = grew or change.action != "replace"
+            change.action = "replace"
+            change.cascaded = True
+            change.reasons.append("uses the outputs of " + ", ".join(changes[s].label for s in sources) + ", which is replaced")
+            changes[urn] = change
+
+
+def _annotate(change: Change) -> None:
+    kind = _kind(change.new or change.old)
+    guard = change.new if change.action == "replace" else change.old
+    if change.action in ("replace", "delete") and guard and guard["protect"]:
+        change.warnings.append("BLOCKED: the resource is protected; the preview fails until cache.protect is false")
+    if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
+        verb = "deletes and re-creates" if change.action == "replace" else "deletes"
+        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}: every cached model and dataset on it is wiped")
+    if kind == "Job" and change.action in ("replace", "delete"):
+        effect = "killed and started over" if change.action == "replace" else "stopped"
+        change.warnings.append(f"a running training run of {change.label} is {effect}")
+
+
+def manifest_diff(change: Change) -> str:
+    def text(obj):
+        return yaml.safe_dump(obj["manifest"], sort_keys=False).splitlines(keepends=True) if obj else []
+
+    return "".join(difflib.unified_diff(text(change.old), text(change.new), "before", "after", n=3))
+
+
+def report(stack: str, changes: list[Change]) -> str:
+    if not changes:
+        return f"stack {stack}: no changes\n"
+    out = io.StringIO()
+    counts = {a: sum(c.action == a for c in changes) for a in ("create", "update", "replace", "delete")}
+    out.write(f"stack {stack}: " + ", ".join(f"{n} to {a}" for a, n in counts.items() if n) + "\n")
+    for change in changes:
+        out.write(f"  {change.action:<8} {change.label}")
+        out.write(f"  ({'; '.join(change.reasons)})\n" if change.reasons else "\n")
+        for warning in change.warnings:
+            out.write(f"           !! {warning}\n")
+    for change in changes:
+        diff = manifest_diff(change)
+        if diff:
+            out.write(f"\n--- {change.action} {change.label}\n{diff}")
+    return out.getvalue()
+
+
+def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, str | None]:
+    """tools.render --json of `stack` for the program in `project_dir` (None if no such stack)."""
+    if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
+        return None, None
+    env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.render", "--stack", stack, "--json"],
+        cwd=TOOLS_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "render failed"
+    return json.loads(result.stdout), None
+
+
+def export_revision(ref: str, into: Path) -> None:
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=PROJECT_DIR, capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise ValueError(f"cannot read git revision {ref!r}: {archive.stderr.decode().strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
+    parser.add_argument("--stack", action="append", help="stack (repeatable; default: every Pulumi.*.yaml)")
+    parser.add_argument("--fail-on-data-loss", action="store_true", help="exit 1 when a change wipes the cache")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
+        base_dir = Path(tmp)
+        try:
+            export_revision(args.base, base_dir)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        names = {p.name[7:-5] for d in (PROJECT_DIR, base_dir) for p in d.glob("Pulumi.*.yaml")}
+        stacks = args.stack or sorted(names)
+        jobs = [(d, s) for s in stacks for d in (base_dir, PROJECT_DIR)]
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            rendered = list(pool.map(lambda job: _render_json(*job), jobs))
+    failed = data_loss = False
+    for index, stack in enumerate(stacks):
+        (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
+        if old_error or new_error:
+            side = "base" if old_error else "working tree"
+            print(f"stack {stack}: cannot render the {side}: {old_error or new_error}")
+            failed = True
+            continue
+        changes = plan(old, new)
+        data_loss = data_loss or any(c.data_loss for c in changes)
+        sys.stdout.write(report(stack, changes))
+    if failed:
+        return 2
+    return 1 if args.fail_on_data_loss and data_loss else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
