@@ -1,0 +1,51 @@
+"""GitHub Actions workflows validate against the GitHub workflow JSON schema (vendored, offline)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
+
+
+def test_workflows_exist():
+    assert {p.name for p in WORKFLOWS} == {"preview.yml", "deploy.yml"}
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_matches_the_github_schema(workflow):
+    result = subprocess.run(
+        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(workflow)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_workflow_is_caught(tmp_path):
+    broken = tmp_path / "broken.yml"
+    broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    step: []\n")
+    result = subprocess.run([str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", str(broken)])
+    assert result.returncode != 0
+
+
+def test_preview_runs_the_offline_diff_and_the_real_preview():
+    preview = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())
+    steps = preview["jobs"]["offline-diff"]["steps"]
+    assert any("tools.diff" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
+    actions = [s for s in preview["jobs"]["pulumi-preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions")]
+    assert actions[0]["with"]["command"] == "preview" and actions[0]["with"]["comment-on-pr"] is True
+
+
+def test_prod_deploys_through_its_protected_environment():
+    deploy = yaml.safe_load((ROOT / ".github/workflows/deploy.yml").read_text())
+    job = deploy["jobs"]["up"]
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"] and job["strategy"]["max-parallel"] == 1
+    assert job["environment"] == "${{ matrix.stack }}"
