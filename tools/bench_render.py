@@ -1,0 +1,52 @@
+"""Benchmark: the offline render against the import floor, side by side in one run.
+
+    python -m tools.bench_render [--runs N] [--stack dev]
+
+Prints the median wall time of `python -m tools.render --stack STACK` and of a bare
+interpreter importing `pulumi` and the pulumi_kubernetes modules the program uses, and the
+ratio (target: <= 1.3). Runs alternate so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+
+from tools.mock_engine import PROJECT_DIR
+
+FLOOR = "import pulumi, pulumi_kubernetes.core.v1, pulumi_kubernetes.batch.v1, pulumi_kubernetes.storage.v1"
+TARGET_RATIO = 1.3
+
+
+def timed(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=PROJECT_DIR, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=9)
+    parser.add_argument("--stack", default="dev")
+    args = parser.parse_args(argv)
+    render = [sys.executable, "-m", "tools.render", "--stack", args.stack]
+    floor = [sys.executable, "-c", FLOOR]
+    timed(render), timed(floor)  # warm the file cache and bytecode
+    render_times, floor_times = [], []
+    for _ in range(args.runs):
+        render_times.append(timed(render))
+        floor_times.append(timed(floor))
+    render_median, floor_median = statistics.median(render_times), statistics.median(floor_times)
+    ratio = render_median / floor_median
+    print(f"runs: {args.runs} each, alternating")
+    print(f"render ({' '.join(render[1:])}): median {render_median:.3f} s")
+    print(f"import floor (pulumi + pulumi_kubernetes core/batch/storage v1): median {floor_median:.3f} s")
+    print(f"ratio: {ratio:.2f}x (target <= {TARGET_RATIO}x): {'met' if ratio <= TARGET_RATIO else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

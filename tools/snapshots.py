@@ -1,0 +1,32 @@
+"""Golden snapshots of each stack's rendered manifests (tests/snapshots/<stack>.yaml).
+
+    python -m tools.snapshots        # refresh them after an intended change, then review the git diff
+"""
+
+from __future__ import annotations
+
+import sys
+
+from tools.mock_engine import PROJECT_DIR
+from tools.render import manifest, ordered_objects, render, to_yaml
+from tools.stack_config import stack_names
+
+SNAPSHOT_DIR = PROJECT_DIR / "tests" / "snapshots"
+
+
+def rendered_text(stack: str) -> str:
+    run, _ = render(stack, [], [])
+    return to_yaml([manifest(r) for r in ordered_objects(run)])
+
+
+def main() -> int:
+    SNAPSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    for stack in stack_names():
+        path = SNAPSHOT_DIR / f"{stack}.yaml"
+        path.write_text(rendered_text(stack))
+        print(f"wrote {path.relative_to(PROJECT_DIR)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
