@@ -1,6 +1,6 @@
 """Golden snapshots of each stack's rendered manifests (tests/snapshots/<stack>.yaml).
 
-    python -m tools.snapshots        # refresh them after an intended change, then review the git diff
+python -m tools.snapshots        # refresh them after an intended change, then review the git diff
 """
 
 from __future__ import annotations
