@@ -7,11 +7,11 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 import pulumi
 
 from components.cache_volume import CacheVolume
-from components.hub_credentials import HubCredentials, read_tokens
+from components.hub_credentials import HubCredentials
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
 from components.verification import verification_commands
-from settings import load_settings
+from settings import load_settings, read_tokens
 
 settings = load_settings()
 
@@ -28,7 +28,7 @@ cache = CacheVolume(
 
 training = None
 if settings.job.enabled:
-    tokens = read_tokens(pulumi.Config("mlcache"))
+    tokens = read_tokens()
     credentials = None
     if tokens:
         credentials = HubCredentials(

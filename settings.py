@@ -44,7 +44,9 @@ XFS_MIN_BYTES = 300 * 2**20
 # Top-level keys: scalars are read as strings, the rest are JSON (Pulumi structured config).
 SCALAR_KEYS = ("backend", "zone", "namespace")
 STRUCTURED_KEYS = ("zones", "linstor", "rookCeph", "cache", "job")
-SECRET_KEYS = ("hfToken", "modelscopeToken")
+# Secret keys -> the environment variable the hub clients read.
+TOKEN_ENV = {"hfToken": "HF_TOKEN", "modelscopeToken": "MODELSCOPE_API_TOKEN"}
+SECRET_KEYS = tuple(TOKEN_ENV)
 KNOWN_KEYS = SCALAR_KEYS + STRUCTURED_KEYS + SECRET_KEYS
 
 # Set by the program from other settings (or, for tokens, from secrets): overriding them would
@@ -533,6 +535,24 @@ def read_raw_config(config: pulumi.Config) -> dict[str, Any]:
         except json.JSONDecodeError:
             raise ConfigError(key, text, "structured config (an object or list)") from None
     return raw
+
+
+def read_tokens(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[str]]:
+    """The hub tokens that are set, as secret Outputs keyed by the environment variable to fill.
+
+    Pulumi.yaml defaults them to "" (a typed key without a default would be required in every
+    stack), so empty means unset. A token stored in plain text is refused, without showing it.
+    """
+    config = config or pulumi.Config(NAMESPACE)
+    tokens = {}
+    for key, env in TOKEN_ENV.items():
+        full_key = f"{NAMESPACE}:{key}"
+        if not pulumi.runtime.get_config(full_key):
+            continue
+        if not pulumi.runtime.is_config_secret(full_key):
+            raise ConfigError(key, None, f"a secret: pulumi config set --secret {full_key} <token>", secret=True)
+        tokens[env] = config.require_secret(key)
+    return tokens
 
 
 def load_settings(config: pulumi.Config | None = None) -> Settings:

@@ -7,19 +7,6 @@ import pulumi_kubernetes as k8s
 
 from components.common import metadata
 
-# Config key -> environment variable the hub clients read.
-TOKEN_ENV = {"hfToken": "HF_TOKEN", "modelscopeToken": "MODELSCOPE_API_TOKEN"}
-
-
-def read_tokens(config: pulumi.Config) -> dict[str, pulumi.Output[str]]:
-    """The tokens that are set, as secret Outputs keyed by environment variable name."""
-    tokens = {}
-    for key, env in TOKEN_ENV.items():
-        value = config.get_secret(key)
-        if value is not None:
-            tokens[env] = value
-    return tokens
-
 
 def secret_env(secret_name: pulumi.Input[str], keys: list[str]) -> list[dict]:
     """Container env entries that read each token from the Secret (never a plain value)."""

@@ -296,3 +296,16 @@ def test_bad_config_registers_nothing():
     with pytest.raises(ConfigError):
         run_program(config.engine_config(), [], "dev", run=captured)
     assert captured.registrations == []
+
+
+def test_a_plain_text_token_is_refused_without_being_shown():
+    token = "hf_" + "p" * 20
+    config = load_stack_config("dev", [f"hfToken={token}"])
+    with pytest.raises(ConfigError) as err:
+        run_program(config.engine_config(), [], "dev")
+    assert "mlcache:hfToken" in str(err.value) and "--secret" in str(err.value)
+    assert token not in str(err.value)
+
+
+def test_empty_tokens_mean_none():
+    assert rendered("dev", secrets=("hfToken=",)).find("Secret") == []
