@@ -194,7 +194,7 @@ class Settings:
 
 
 class _Section:
-    """Reads the fields of one structured key, remembering which it saw to reject typos."""
+    """Reads the fields of one structured key; an unknown field (a typo, usually) is refused up front."""
 
     def __init__(self, key: str, raw: Any, fields: tuple[str, ...]):
         if raw is None:
@@ -296,6 +296,10 @@ def _quantity(key: str, value: Any, minimum: Decimal, what: str) -> str:
     if amount <= minimum:
         raise ConfigError(key, value, allowed)
     return text
+
+
+def _any_text(_: str) -> bool:
+    return True
 
 
 def _is_absolute_path(path: str) -> bool:
@@ -450,7 +454,6 @@ def _parse_job(raw: Any) -> JobSettings:
     memory = s.quantity(
         "memory", "128Gi", parse_quantity(shm_size), f"job.shmSize ({shm_size}: /dev/shm counts against the memory limit)"
     )
-    any_text = lambda v: True  # noqa: E731 - any string item
     return JobSettings(
         enabled=s.flag("enabled", True),
         name=s.text(
@@ -462,8 +465,8 @@ def _parse_job(raw: Any) -> JobSettings:
         image=s.text("image", DEFAULT_IMAGE, _is_pinned_image, "an image with an explicit tag other than latest, or a digest"),
         model=s.text("model", "Qwen/Qwen3-VL-8B-Instruct"),
         dataset=s.text("dataset", "AI-ModelScope/LaTeX_OCR#20000"),
-        command=s.texts("command", ("swift", "sft"), any_text, "strings") or (),
-        args=s.texts("args", None, any_text, "strings"),
+        command=s.texts("command", ("swift", "sft"), _any_text, "strings") or (),
+        args=s.texts("args", None, _any_text, "strings"),
         gpus=s.integer("gpus", 4, minimum=1),
         gpu_resource=s.text(
             "gpuResource",
