@@ -309,3 +309,13 @@ def test_a_plain_text_token_is_refused_without_being_shown():
 
 def test_empty_tokens_mean_none():
     assert rendered("dev", secrets=("hfToken=",)).find("Secret") == []
+
+
+def test_nothing_takes_the_storage_class_outputs():
+    """Replacing the class (replica count, pool, fs type) cascades into nothing: no resource's
+    inputs use its outputs, and only the PVC waits for it through a plain depends_on edge."""
+    run = rendered("prod")
+    sc = only(run, "StorageClass")
+    for r in run.kubernetes_objects():
+        assert all(sc.urn not in urns for urns in r.property_dependencies.values()), r.name
+    assert [r.kind for r in run.kubernetes_objects() if sc.urn in r.dependencies] == ["PersistentVolumeClaim"]
