@@ -9,6 +9,7 @@ silently dropped by the API server.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -17,8 +18,10 @@ import pulumi
 
 from tools.render import manifest, ordered_objects, render
 
-# The Kubernetes minors the manifests must be valid for (oldest supported, newest in use).
-TARGET_VERSIONS = ("1.30", "1.33")
+# The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
+# MLCACHE_KUBERNETES_VERSIONS="1.31,1.34" retargets the tool and the test suite.
+DEFAULT_VERSIONS = ("1.30", "1.33")
+TARGET_VERSIONS = tuple(v.strip() for v in os.environ.get("MLCACHE_KUBERNETES_VERSIONS", ",".join(DEFAULT_VERSIONS)).split(","))
 
 
 def validation_errors(documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS) -> list[str]:
