@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from tests.conftest import rendered
-from tools.render import manifest, ordered_objects
+from tools.render import documents
 from tools.validate import DEFAULT_VERSIONS, TARGET_VERSIONS, validation_errors
 
 VARIANTS = list(
@@ -21,7 +21,7 @@ VARIANTS = list(
 
 
 def _documents(stack, *overrides, secrets=()):
-    return [manifest(r) for r in ordered_objects(rendered(stack, *overrides, secrets=secrets))]
+    return documents(rendered(stack, *overrides, secrets=secrets))
 
 
 def test_default_target_versions():

@@ -55,6 +55,11 @@ def manifest(registration: Registration) -> dict[str, Any]:
     return _ordered(inputs)
 
 
+def documents(run: ProgramRun) -> list[dict[str, Any]]:
+    """Every Kubernetes object of a run, as printed: stable order, Secret payloads redacted."""
+    return [manifest(r) for r in ordered_objects(run)]
+
+
 def secret_values(config: StackConfig) -> list[str]:
     """Plain-text secret config values (leaves of secret keys), to scrub from any output."""
     found: list[str] = []
@@ -180,19 +185,18 @@ def main(argv: list[str] | None = None) -> int:
     secrets = secret_values(config)
     for warning in run.warnings:
         print(scrub(f"warning: {warning}", secrets), file=sys.stderr)
-    objects = ordered_objects(run)
     if args.summary:
         sys.stdout.write(scrub(summary(run), secrets))
     elif args.json:
         sys.stdout.write(scrub(json.dumps(as_json(run), indent=1), secrets) + "\n")
     elif args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        for index, registration in enumerate(objects, start=1):
+        for index, registration in enumerate(ordered_objects(run), start=1):
             path = args.out / file_name(index, registration)
             path.write_text(scrub(to_yaml([manifest(registration)]), secrets))
             print(path, file=sys.stderr)
     else:
-        sys.stdout.write(scrub(to_yaml([manifest(r) for r in objects]), secrets))
+        sys.stdout.write(scrub(to_yaml(documents(run)), secrets))
     return 0
 
 

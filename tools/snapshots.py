@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from tools.mock_engine import PROJECT_DIR
-from tools.render import manifest, ordered_objects, render, to_yaml
+from tools.render import documents, render, to_yaml
 from tools.stack_config import stack_names
 
 SNAPSHOT_DIR = PROJECT_DIR / "tests" / "snapshots"
@@ -16,7 +16,7 @@ SNAPSHOT_DIR = PROJECT_DIR / "tests" / "snapshots"
 
 def rendered_text(stack: str) -> str:
     run, _ = render(stack, [], [])
-    return to_yaml([manifest(r) for r in ordered_objects(run)])
+    return to_yaml(documents(run))
 
 
 def main() -> int:

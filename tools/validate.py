@@ -16,7 +16,7 @@ from typing import Any
 import kubernetes_validate
 import pulumi
 
-from tools.render import manifest, ordered_objects, render
+from tools.render import documents, render
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
 # MLCACHE_KUBERNETES_VERSIONS="1.31,1.34" retargets the tool and the test suite.
@@ -53,15 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     except (pulumi.RunError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    documents = [manifest(r) for r in ordered_objects(run)]
+    objects = documents(run)
     versions = tuple(args.versions or TARGET_VERSIONS)
-    errors = validation_errors(documents, versions)
+    errors = validation_errors(objects, versions)
     for error in errors:
         print(f"invalid: {error}", file=sys.stderr)
     if errors:
         return 1
-    kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in documents)
-    print(f"{args.stack}: {len(documents)} objects valid (strict) for Kubernetes {', '.join(versions)}: {kinds}")
+    kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in objects)
+    print(f"{args.stack}: {len(objects)} objects valid (strict) for Kubernetes {', '.join(versions)}: {kinds}")
     return 0
 
 
