@@ -173,7 +173,8 @@ def run_program(config: dict[str, str], secret_keys: list[str], stack: str, run:
     logger.addHandler(_WarningCollector(run))
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
-    mocks.set_mocks(_Provider(), project=PROJECT, stack=stack, preview=False, logger=logger, monitor=_CapturingMonitor(run))
+    monitor = _CapturingMonitor(run)
+    mocks.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
 

@@ -24,6 +24,9 @@ from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
 REDACTED = "<redacted>"
+# What a stack that cannot be rendered raises: bad config (the program's ConfigError is a
+# RunError), an unknown stack, a malformed override or an unknown key.
+RENDER_ERRORS = (pulumi.RunError, FileNotFoundError, ValueError)
 # Keys printed first, in this order; the rest sorted, so the output is stable for review.
 _FIRST = ("apiVersion", "kind", "metadata", "name", "key")
 # Apply order of `kubectl apply -f`: what others reference comes first.
@@ -179,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run, config = render(args.stack, args.config, args.secret)
-    except (pulumi.RunError, FileNotFoundError, ValueError) as err:
+    except RENDER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     secrets = secret_values(config)

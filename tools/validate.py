@@ -14,9 +14,8 @@ import sys
 from typing import Any
 
 import kubernetes_validate
-import pulumi
 
-from tools.render import documents, render
+from tools.render import RENDER_ERRORS, documents, render
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
 # MLCACHE_KUBERNETES_VERSIONS="1.31,1.34" retargets the tool and the test suite.
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         run, _ = render(args.stack, args.config, [])
-    except (pulumi.RunError, FileNotFoundError, ValueError) as err:
+    except RENDER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     objects = documents(run)
