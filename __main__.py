@@ -52,6 +52,7 @@ pulumi.export("namespace", cache.namespace)
 pulumi.export("volumeMode", settings.cache.volume_mode)
 pulumi.export("zone", settings.zone or "scheduler-chosen")
 pulumi.export("jobName", training.name if training else None)
+pulumi.export("runMarker", training.run_marker if training else None)
 pulumi.export(
     "verifyCommands",
     pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(

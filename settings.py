@@ -51,7 +51,15 @@ KNOWN_KEYS = SCALAR_KEYS + STRUCTURED_KEYS + SECRET_KEYS
 
 # Set by the program from other settings (or, for tokens, from secrets): overriding them would
 # desynchronise the Job from its config (NPROC_PER_NODE != gpus) or leak a token in plain text.
-RESERVED_ENV = ("NPROC_PER_NODE", "MODELSCOPE_CACHE", "HF_HOME", "HF_TOKEN", "MODELSCOPE_API_TOKEN")
+RESERVED_ENV = (
+    "NPROC_PER_NODE",
+    "MODELSCOPE_CACHE",
+    "HF_HOME",
+    "HF_TOKEN",
+    "MODELSCOPE_API_TOKEN",
+    "MLCACHE_RUN_NAME",
+    "MLCACHE_RUN_MARKER",
+)
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -154,6 +162,12 @@ class JobSettings:
     backoff_limit: int
     wait_for_completion: bool
     wait_timeout: str
+    run_id: str | None
+
+    @property
+    def run_name(self) -> str:
+        """The Job's name: one run of job.name, identified by job.runId when set."""
+        return f"{self.name}-{self.run_id}" if self.run_id else self.name
 
 
 @dataclass(frozen=True)
@@ -448,24 +462,33 @@ def _parse_job(raw: Any) -> JobSettings:
             "backoffLimit",
             "waitForCompletion",
             "waitTimeout",
+            "runId",
         ),
     )
     shm_size = s.quantity("shmSize", "32Gi")
     memory = s.quantity(
         "memory", "128Gi", parse_quantity(shm_size), f"job.shmSize ({shm_size}: /dev/shm counts against the memory limit)"
     )
+    name = s.text(
+        "name",
+        "sft-qwen3vl-fire-4gpu",
+        lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= 63,
+        "a DNS label of at most 63 characters such as sft-qwen3vl-fire-4gpu",
+    )
+    room = 63 - len(name) - 1
+    run_id = s.text(
+        "runId",
+        None,
+        lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= room,
+        f"a DNS label of at most {max(room, 0)} characters such as 2026-11-28 or r2 (the Job is named job.name-runId)",
+    )
     return JobSettings(
         enabled=s.flag("enabled", True),
-        name=s.text(
-            "name",
-            "sft-qwen3vl-fire-4gpu",
-            lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= 63,
-            "a DNS label of at most 63 characters such as sft-qwen3vl-fire-4gpu",
-        ),
+        name=name,
         image=s.text("image", DEFAULT_IMAGE, _is_pinned_image, "an image with an explicit tag other than latest, or a digest"),
         model=s.text("model", "Qwen/Qwen3-VL-8B-Instruct"),
         dataset=s.text("dataset", "AI-ModelScope/LaTeX_OCR#20000"),
-        command=s.texts("command", ("swift", "sft"), _any_text, "strings") or (),
+        command=s.texts("command", ("swift", "sft"), _any_text, "strings") or _empty_command(),
         args=s.texts("args", None, _any_text, "strings"),
         gpus=s.integer("gpus", 4, minimum=1),
         gpu_resource=s.text(
@@ -489,7 +512,13 @@ def _parse_job(raw: Any) -> JobSettings:
         backoff_limit=s.integer("backoffLimit", 2, minimum=1),
         wait_for_completion=s.flag("waitForCompletion", False),
         wait_timeout=s.text("waitTimeout", "24h", _DURATION.match, "a duration such as 24h or 90m"),
+        run_id=run_id,
     )
+
+
+def _empty_command() -> tuple[str, ...]:
+    # The run-once wrapper execs the command itself, so the image's entrypoint cannot stand in.
+    raise ConfigError("job.command", [], "a non-empty list such as [swift, sft]")
 
 
 def parse_settings(raw: Mapping[str, Any]) -> Settings:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import pulumi
@@ -24,6 +26,47 @@ BLOCK_MODE_WARNING = (
 )
 
 
+# Runs the training command once per run identity. A Job re-created for a run that already
+# finished (garbage-collected by a TTL, dropped by `pulumi refresh`, re-created by `pulumi up`)
+# finds the marker on the cache and exits 0 at once instead of training again. The shell stays
+# PID 1 to write the marker, so it forwards SIGTERM to the trainer for a clean shutdown.
+RUN_ONCE_SCRIPT = """\
+marker="$MLCACHE_RUN_MARKER"
+if [ -e "$marker" ]; then
+  echo "mlcache: run $MLCACHE_RUN_NAME already completed ($(cat "$marker")); marker $marker; nothing to do"
+  exit 0
+fi
+"$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+wait "$child"; status=$?
+while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
+if [ "$status" -eq 0 ]; then
+  mkdir -p "$(dirname "$marker")" && date -u +%Y-%m-%dT%H:%M:%SZ > "$marker.tmp" && mv "$marker.tmp" "$marker"
+  echo "mlcache: run $MLCACHE_RUN_NAME completed; marker $marker"
+fi
+exit "$status"
+"""
+
+
+def run_fingerprint(job: JobSettings, cache: CacheSettings) -> str:
+    """Short hash of what the run computes: a changed image, command or argument is a new run."""
+    identity = {
+        "image": job.image,
+        "command": [*job.command, *swift_args(job, cache)],
+        "env": list(job.env),
+        "gpus": job.gpus,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def completion_marker(job: JobSettings, cache: CacheSettings) -> str | None:
+    """Path of the run's completion marker on the cache; Block mode has no filesystem to hold it."""
+    if cache.is_block:
+        return None
+    return f"{cache.mount_path}/.mlcache/runs/{job.run_name}-{run_fingerprint(job, cache)}.done"
+
+
 def cache_env(cache: CacheSettings) -> dict[str, str]:
     """Where ms-swift keeps models and datasets: on the cache volume (Filesystem mode only)."""
     if cache.is_block:
@@ -33,8 +76,8 @@ def cache_env(cache: CacheSettings) -> dict[str, str]:
 
 def output_dir(job: JobSettings, cache: CacheSettings) -> str:
     # Block mode has no filesystem to keep results on: they stay in the pod's scratch space.
-    root = f"/tmp/{job.name}" if cache.is_block else cache.mount_path
-    return f"{root}/output/{job.name}"
+    root = f"/tmp/{job.run_name}" if cache.is_block else cache.mount_path
+    return f"{root}/output/{job.run_name}"
 
 
 def swift_args(job: JobSettings, cache: CacheSettings) -> list[str]:
@@ -65,12 +108,17 @@ def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, 
     # One node, N GPUs: NPROC_PER_NODE makes ms-swift run data-parallel instead of splitting
     # the model across the GPUs.
     env = {"NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
+    command, args = list(job.command), swift_args(job, cache)
+    marker = completion_marker(job, cache)
+    if marker:
+        env.update(MLCACHE_RUN_NAME=job.run_name, MLCACHE_RUN_MARKER=marker)
+        command, args = ["/bin/sh", "-c", RUN_ONCE_SCRIPT, "mlcache-run-once"], command + args
     resources = {"cpu": job.cpu, "memory": job.memory, job.gpu_resource: str(job.gpus)}
     spec: dict[str, Any] = {
         "name": CONTAINER,
         "image": job.image,
-        "command": list(job.command),
-        "args": swift_args(job, cache),
+        "command": command,
+        "args": args,
         "env": [{"name": name, "value": value} for name, value in env.items()] + token_env,
         # requests == limits: extended resources (GPUs) demand it, and it keeps the pod Guaranteed.
         "resources": {"requests": dict(resources), "limits": dict(resources)},
@@ -124,10 +172,10 @@ def job_manifest(
     # training run and then record the Job as failed to become live.
     annotations = None if job.wait_for_completion else SKIP_AWAIT
     return {
-        "metadata": metadata(job.name, namespace, labels=APP_LABEL, annotations=annotations),
+        "metadata": metadata(job.run_name, namespace, labels=APP_LABEL, annotations=annotations),
         "spec": {
             "backoffLimit": job.backoff_limit,
-            "template": {"metadata": {"labels": {**APP_LABEL, "mlcache/job": job.name}}, "spec": pod_spec},
+            "template": {"metadata": {"labels": {**APP_LABEL, "mlcache/job": job.run_name}}, "spec": pod_spec},
         },
     }
 
@@ -160,4 +208,5 @@ class TrainingJob(pulumi.ComponentResource):
         if cache.is_block:
             pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
         self.name = self.job.metadata.name
-        self.register_outputs({"name": self.name})
+        self.run_marker = completion_marker(job, cache)
+        self.register_outputs({"name": self.name, "run_marker": self.run_marker})

@@ -210,7 +210,8 @@ def test_tolerations_env_and_priority_class_reach_the_pod():
 
 def test_custom_args_replace_the_default_swift_arguments():
     c = main_container(rendered("dev", "job.args[0]=--model", "job.args[1]=Qwen/Qwen3-VL-2B-Instruct"))
-    assert c["command"] == ["swift", "sft"] and c["args"] == ["--model", "Qwen/Qwen3-VL-2B-Instruct"]
+    assert c["command"][0] == "/bin/sh"
+    assert c["args"] == ["swift", "sft", "--model", "Qwen/Qwen3-VL-2B-Instruct"]
 
 
 def test_default_args_run_lora_on_the_configured_model_and_write_to_the_cache():
