@@ -8,6 +8,7 @@ import pulumi
 
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
+from components.ingress_isolation import IngressIsolation
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
 from components.verification import verification_commands
@@ -25,6 +26,9 @@ cache = CacheVolume(
     zone_local=settings.is_linstor,
     storage_class=storage_class.storage_class if storage_class else None,
 )
+
+# No pod that mounts the cache accepts inbound connections.
+IngressIsolation("ingress-isolation", policy_name="mlcache-deny-ingress", namespace=settings.namespace)
 
 training = None
 if settings.job.enabled:

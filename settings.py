@@ -163,6 +163,7 @@ class JobSettings:
     wait_for_completion: bool
     wait_timeout: str
     run_id: str | None
+    run_as_user: int
 
     @property
     def run_name(self) -> str:
@@ -463,6 +464,7 @@ def _parse_job(raw: Any) -> JobSettings:
             "waitForCompletion",
             "waitTimeout",
             "runId",
+            "runAsUser",
         ),
     )
     shm_size = s.quantity("shmSize", "32Gi")
@@ -513,6 +515,7 @@ def _parse_job(raw: Any) -> JobSettings:
         wait_for_completion=s.flag("waitForCompletion", False),
         wait_timeout=s.text("waitTimeout", "24h", _DURATION.match, "a duration such as 24h or 90m"),
         run_id=run_id,
+        run_as_user=s.integer("runAsUser", 10001, minimum=1),
     )
 
 

@@ -6,6 +6,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.common import metadata
+from components.security import checkov_skips, namespace_skip
 
 
 def secret_env(secret_name: pulumi.Input[str], keys: list[str]) -> list[dict]:
@@ -28,7 +29,7 @@ class HubCredentials(pulumi.ComponentResource):
         super().__init__("mlcache:index:HubCredentials", name, None, opts)
         self.secret = k8s.core.v1.Secret(
             f"{name}-secret",
-            metadata=metadata(secret_name, namespace),
+            metadata=metadata(secret_name, namespace, annotations=checkov_skips(namespace_skip(namespace)) or None),
             type="Opaque",
             string_data={key: pulumi.Output.secret(value) for key, value in tokens.items()},
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["data", "stringData"]),

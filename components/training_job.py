@@ -9,9 +9,19 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import SKIP_AWAIT, constructor_kwargs, metadata
+from components.common import POD_LABELS, SKIP_AWAIT, constructor_kwargs, metadata
 from components.hub_credentials import HubCredentials, secret_env
 from components.placement import node_affinity
+from components.security import (
+    SCRATCH_ENV,
+    checkov_skips,
+    container_security_context,
+    image_skips,
+    namespace_skip,
+    pod_security_context,
+    scratch_mount,
+    scratch_volume,
+)
 from settings import CacheSettings, JobSettings, Placement
 
 CONTAINER = "sft"
@@ -107,7 +117,7 @@ def swift_args(job: JobSettings, cache: CacheSettings) -> list[str]:
 def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
     # One node, N GPUs: NPROC_PER_NODE makes ms-swift run data-parallel instead of splitting
     # the model across the GPUs.
-    env = {"NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
+    env = {**SCRATCH_ENV, "NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
     command, args = list(job.command), swift_args(job, cache)
     marker = completion_marker(job, cache)
     if marker:
@@ -117,12 +127,14 @@ def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, 
     spec: dict[str, Any] = {
         "name": CONTAINER,
         "image": job.image,
+        "imagePullPolicy": "IfNotPresent",
         "command": command,
         "args": args,
         "env": [{"name": name, "value": value} for name, value in env.items()] + token_env,
         # requests == limits: extended resources (GPUs) demand it, and it keeps the pod Guaranteed.
         "resources": {"requests": dict(resources), "limits": dict(resources)},
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}],
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount()],
+        "securityContext": container_security_context(job.run_as_user),
     }
     if cache.is_block:
         spec["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": cache.device_path}]
@@ -157,11 +169,15 @@ def job_manifest(
         # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
         "restartPolicy": "Never",
         "affinity": node_affinity(placement),
+        # The trainer never talks to the Kubernetes API.
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(job.run_as_user),
         "containers": [container(job, cache, list(token_env))],
         "volumes": [
             {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}},
             # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}},
+            scratch_volume(),
         ],
     }
     if job.tolerations:
@@ -170,12 +186,20 @@ def job_manifest(
         pod_spec["priorityClassName"] = job.priority_class_name
     # Without skipAwait the provider waits for Complete: `pulumi up` would block for the whole
     # training run and then record the Job as failed to become live.
-    annotations = None if job.wait_for_completion else SKIP_AWAIT
+    annotations = {} if job.wait_for_completion else dict(SKIP_AWAIT)
+    skips = {**namespace_skip(namespace), **image_skips(job.image)}
+    if token_env:
+        skips["CKV_K8S_35"] = (
+            "huggingface_hub and modelscope read their tokens only from HF_TOKEN and MODELSCOPE_API_TOKEN; "
+            "the values come from the hub-tokens Secret by secretKeyRef, never inline"
+        )
+    annotations.update(checkov_skips(skips))
+    pod_labels = {**POD_LABELS, **APP_LABEL, "mlcache/job": job.run_name}
     return {
         "metadata": metadata(job.run_name, namespace, labels=APP_LABEL, annotations=annotations),
         "spec": {
             "backoffLimit": job.backoff_limit,
-            "template": {"metadata": {"labels": {**APP_LABEL, "mlcache/job": job.run_name}}, "spec": pod_spec},
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
         },
     }
 
