@@ -23,7 +23,8 @@ cache = CacheVolume(
     settings.cache,
     storage_class_name=settings.storage_class_name,
     namespace=settings.namespace,
-    zone_local=settings.is_linstor,
+    backend=settings.backend,
+    zone=settings.zone,
     storage_class=storage_class.storage_class if storage_class else None,
 )
 

@@ -21,12 +21,22 @@ ROOK_CEPH_WARNING = (
 )
 
 
+# Where the storage settings put the cache: read by the policy pack (policy/) to check that
+# every pod mounting it is pinned to the same zone.
+BACKEND_ANNOTATION = "mlcache/backend"
+ZONE_ANNOTATION = "mlcache/zone"
+
+
 def pvc_manifest(
-    cache: CacheSettings, storage_class_name: str, namespace: str | None, binds_on_first_consumer: bool
+    cache: CacheSettings, storage_class_name: str, namespace: str | None, backend: str, zone: str | None
 ) -> dict[str, Any]:
-    # A WaitForFirstConsumer claim stays Pending until the training pod lands: do not let the
-    # provider wait for Bound (it only skips that wait itself when it can read the class).
-    annotations = SKIP_AWAIT if binds_on_first_consumer else None
+    annotations = {BACKEND_ANNOTATION: backend}
+    if zone:
+        annotations[ZONE_ANNOTATION] = zone
+    if backend == "linstor":
+        # A WaitForFirstConsumer claim stays Pending until the training pod lands: do not let the
+        # provider wait for Bound (it only skips that wait itself when it can read the class).
+        annotations.update(SKIP_AWAIT)
     return {
         "metadata": metadata(cache.name, namespace, annotations=annotations),
         "spec": {
@@ -60,16 +70,17 @@ class CacheVolume(pulumi.ComponentResource):
         *,
         storage_class_name: str,
         namespace: str | None,
-        zone_local: bool,
+        backend: str,
+        zone: str | None,
         storage_class: pulumi.Resource | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
-        manifest = pvc_manifest(cache, storage_class_name, namespace, binds_on_first_consumer=zone_local)
+        manifest = pvc_manifest(cache, storage_class_name, namespace, backend, zone)
         self.pvc = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-pvc", opts=pvc_options(self, cache, storage_class), **constructor_kwargs(manifest)
         )
-        if not zone_local:
+        if backend != "linstor":
             pulumi.log.warn(ROOK_CEPH_WARNING, resource=self)
         self.claim_name = self.pvc.metadata.name
         self.namespace = self.pvc.metadata.namespace

@@ -177,9 +177,15 @@ def test_job_is_not_awaited_unless_asked():
 
 
 def test_wait_for_first_consumer_pvc_is_not_awaited_but_rook_ceph_is():
-    assert only(rendered("dev"), "PersistentVolumeClaim").inputs["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
-    rook = only(rendered("dev", "backend=rook-ceph"), "PersistentVolumeClaim")
-    assert "annotations" not in rook.inputs["metadata"]
+    linstor = only(rendered("dev"), "PersistentVolumeClaim").inputs["metadata"]["annotations"]
+    assert linstor == {"pulumi.com/skipAwait": "true", "mlcache/backend": "linstor"}
+    rook = only(rendered("dev", "backend=rook-ceph"), "PersistentVolumeClaim").inputs["metadata"]["annotations"]
+    assert rook == {"mlcache/backend": "rook-ceph"}
+
+
+def test_the_pvc_records_the_pinned_zone_for_the_policy_pack():
+    annotations = only(rendered("prod"), "PersistentVolumeClaim").inputs["metadata"]["annotations"]
+    assert annotations["mlcache/zone"] == "ucsd"
 
 
 def test_never_replace_unready(stack):

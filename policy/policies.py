@@ -1,0 +1,234 @@
+"""CrossGuard policies for mlcache stacks.
+
+The pack runs in its own directory and virtualenv (`pulumi preview --policy-pack policy`), so
+it cannot import the program's modules: the few constants it shares with them are repeated
+here. Every validate function is plain Python over the engine's view of the resources, so the
+tests call them directly with resources rendered from the real stacks.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+
+PVC = "kubernetes:core/v1:PersistentVolumeClaim"
+STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
+LINSTOR_PROVISIONER = "linstor.csi.linbit.com"
+LINSTOR_PARAMETER = "linstor.csi.linbit.com/"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+# Set on the cache PVC by components/cache_volume.py.
+BACKEND_ANNOTATION = "mlcache/backend"
+ZONE_ANNOTATION = "mlcache/zone"
+
+# Where each workload kind keeps its pod spec.
+POD_SPEC_PATHS = {
+    "kubernetes:core/v1:Pod": ("spec",),
+    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+}
+GPU_RESOURCE = re.compile(r"^(nvidia\.com/|amd\.com/gpu|gpu\.intel\.com/)")
+TOKEN_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL)", re.IGNORECASE)
+TOKEN_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|ms-[0-9a-f-]{20,})$")
+
+
+def _get(value: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def pod_spec(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None:
+    path = POD_SPEC_PATHS.get(resource_type)
+    spec = _get(props, *path) if path else None
+    return spec if isinstance(spec, dict) else None
+
+
+def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for field in ("initContainers", "containers"):
+        yield from spec.get(field) or []
+
+
+def pinned_zones(spec: dict[str, Any]) -> set[str]:
+    """Zones a pod is restricted to by required node affinity or nodeSelector (empty: any)."""
+    zones: set[str] = set()
+    selector = spec.get("nodeSelector") or {}
+    if ZONE_LABEL in selector:
+        zones.add(selector[ZONE_LABEL])
+    terms = _get(spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
+    for term in terms or []:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == ZONE_LABEL and expression.get("operator") == "In":
+                zones.update(expression.get("values") or [])
+    return zones
+
+
+def is_pinned_image(image: str) -> bool:
+    """An explicit tag other than latest, or a digest (same rule as settings.py's job.image)."""
+    if "@sha256:" in image:
+        return True
+    name, _, tag = image.rpartition(":")
+    return bool(name) and "/" not in tag and tag not in ("", "latest")
+
+
+def _name(props: dict[str, Any]) -> str | None:
+    return _get(props, "metadata", "name")
+
+
+def _annotations(props: dict[str, Any]) -> dict[str, str]:
+    return _get(props, "metadata", "annotations") or {}
+
+
+def _storage_classes(args: StackValidationArgs) -> dict[str, Any]:
+    return {_name(r.props): r for r in args.resources if r.resource_type == STORAGE_CLASS}
+
+
+def _pvcs(args: StackValidationArgs) -> list[Any]:
+    return [r for r in args.resources if r.resource_type == PVC]
+
+
+def validate_linstor_cache_binding(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    classes = _storage_classes(args)
+    for pvc in _pvcs(args):
+        storage_class = classes.get(_get(pvc.props, "spec", "storageClassName"))
+        on_linstor = _annotations(pvc.props).get(BACKEND_ANNOTATION) == "linstor" or (
+            storage_class is not None and storage_class.props.get("provisioner") == LINSTOR_PROVISIONER
+        )
+        if not on_linstor or storage_class is None:
+            continue  # a class this stack does not manage cannot be inspected here
+        props = storage_class.props
+        problems = []
+        if props.get("volumeBindingMode") != "WaitForFirstConsumer":
+            problems.append(f"volumeBindingMode is {props.get('volumeBindingMode')!r}, not WaitForFirstConsumer")
+        remote = (props.get("parameters") or {}).get(LINSTOR_PARAMETER + "allowRemoteVolumeAccess")
+        if remote != "false":
+            problems.append(f"allowRemoteVolumeAccess is {remote!r}, not 'false'")
+        if problems:
+            report_violation(
+                f"cache PVC {_name(pvc.props)} uses LINSTOR class {_name(props)} that does not bind zone-locally: "
+                + "; ".join(problems)
+                + ". The volume would not follow the training pod, so shard reads cross nodes or zones.",
+                pvc.urn,
+            )
+
+
+def validate_zone_matches_storage(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    zone_of_claim = {_name(p.props): _annotations(p.props).get(ZONE_ANNOTATION) for p in _pvcs(args)}
+    for resource in args.resources:
+        spec = pod_spec(resource.resource_type, resource.props)
+        if spec is None:
+            continue
+        for volume in spec.get("volumes") or []:
+            claim = _get(volume, "persistentVolumeClaim", "claimName")
+            storage_zone = zone_of_claim.get(claim)
+            if not storage_zone:
+                continue
+            zones = pinned_zones(spec)
+            if zones != {storage_zone}:
+                shown = ", ".join(sorted(zones)) or "no zone"
+                report_violation(
+                    f"{_name(resource.props)} mounts cache {claim}, whose storage settings pin zone {storage_zone}, "
+                    f"but the pod is pinned to {shown}: it would wait forever or strand the volume in another zone.",
+                    resource.urn,
+                )
+
+
+def validate_images_pinned(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    spec = pod_spec(args.resource_type, args.props)
+    for container in containers(spec or {}):
+        image = container.get("image") or ""
+        if not is_pinned_image(image):
+            report_violation(
+                f"container {container.get('name')} uses image {image!r}: give an explicit tag other than latest, or a digest."
+            )
+
+
+def validate_gpu_requests_equal_limits(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    spec = pod_spec(args.resource_type, args.props)
+    for container in containers(spec or {}):
+        resources = container.get("resources") or {}
+        requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+        for name in sorted(n for n in {*requests, *limits} if GPU_RESOURCE.match(n)):
+            if str(requests.get(name)) != str(limits.get(name)):
+                report_violation(
+                    f"container {container.get('name')} requests {requests.get(name)} and limits {limits.get(name)} "
+                    f"of {name}: GPU requests must equal limits."
+                )
+
+
+def validate_no_plaintext_tokens(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    spec = pod_spec(args.resource_type, args.props)
+    for container in containers(spec or {}):
+        for env in container.get("env") or []:
+            value = env.get("value")
+            if not isinstance(value, str) or not value:
+                continue
+            if TOKEN_NAME.search(env.get("name", "")) or TOKEN_VALUE.match(value):
+                report_violation(
+                    f"container {container.get('name')} sets {env.get('name')} to a plain-text value that looks like a "
+                    "credential: keep it in a Secret and use valueFrom.secretKeyRef (mlcache:hfToken and "
+                    "mlcache:modelscopeToken do this)."
+                )
+
+
+def validate_protected_cache_replicas(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    classes = _storage_classes(args)
+    for pvc in _pvcs(args):
+        storage_class = classes.get(_get(pvc.props, "spec", "storageClassName"))
+        if not pvc.opts.protect or storage_class is None:
+            continue
+        replicas = (storage_class.props.get("parameters") or {}).get(LINSTOR_PARAMETER + "placementCount", "1")
+        if replicas == "1":
+            report_violation(
+                f"protected cache {_name(pvc.props)} has a single LINSTOR replica: losing its node loses the cache "
+                "(the runbook's speed-over-HA trade-off; the next run re-downloads). Set linstor.replicas to 2 "
+                "with a drbd layer if a re-download is too costly.",
+                pvc.urn,
+            )
+
+
+def _resource_policy(name: str, description: str, validate: Callable) -> ResourceValidationPolicy:
+    return ResourceValidationPolicy(
+        name=name, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY
+    )
+
+
+POLICIES = [
+    StackValidationPolicy(
+        name="linstor-cache-binds-locally",
+        description="A cache PVC on the LINSTOR backend uses a WaitForFirstConsumer class with remote access off.",
+        validate=validate_linstor_cache_binding,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    StackValidationPolicy(
+        name="cache-consumers-pin-the-storage-zone",
+        description="A pod that mounts the cache is pinned to the zone of the storage settings.",
+        validate=validate_zone_matches_storage,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    _resource_policy("images-pinned", "Container images carry an explicit tag (not latest) or a digest.", validate_images_pinned),
+    _resource_policy("gpu-requests-equal-limits", "GPU requests equal GPU limits.", validate_gpu_requests_equal_limits),
+    _resource_policy(
+        "no-plaintext-tokens", "No plain-text env value that looks like a token or password.", validate_no_plaintext_tokens
+    ),
+    StackValidationPolicy(
+        name="protected-cache-single-replica",
+        description="A protected (prod) cache with a single LINSTOR replica has no HA.",
+        validate=validate_protected_cache_replicas,
+        enforcement_level=EnforcementLevel.ADVISORY,
+    ),
+]
