@@ -16,7 +16,9 @@ from settings import load_settings, read_tokens
 
 settings = load_settings()
 
-storage_class = LinstorStorageClass("cache-storage-class", settings.linstor) if settings.manages_storage_class else None
+storage_class = (
+    LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt) if settings.manages_storage_class else None
+)
 
 cache = CacheVolume(
     "cache",
@@ -26,6 +28,7 @@ cache = CacheVolume(
     backend=settings.backend,
     zone=settings.zone,
     storage_class=storage_class.storage_class if storage_class else None,
+    adopt=settings.adopt,
 )
 
 # No pod that mounts the cache accepts inbound connections.

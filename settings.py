@@ -42,7 +42,7 @@ DEFAULT_IMAGE = (
 XFS_MIN_BYTES = 300 * 2**20
 
 # Top-level keys: scalars are read as strings, the rest are JSON (Pulumi structured config).
-SCALAR_KEYS = ("backend", "zone", "namespace")
+SCALAR_KEYS = ("backend", "zone", "namespace", "adopt")
 STRUCTURED_KEYS = ("zones", "linstor", "rookCeph", "cache", "job")
 # Secret keys -> the environment variable the hub clients read.
 TOKEN_ENV = {"hfToken": "HF_TOKEN", "modelscopeToken": "MODELSCOPE_API_TOKEN"}
@@ -189,6 +189,7 @@ class Settings:
     rook_ceph_storage_class_name: str
     cache: CacheSettings
     job: JobSettings
+    adopt: bool
 
     @property
     def is_linstor(self) -> bool:
@@ -546,7 +547,11 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     rook_class = rook.text(
         "storageClassName", "rook-ceph-block", _DNS_SUBDOMAIN.match, "a StorageClass name such as rook-ceph-block"
     )
+    adopt = _flag("adopt", raw.get("adopt") or False)
+    if adopt and namespace is None:
+        raise ConfigError("adopt", adopt, "false unless mlcache:namespace is set: the PVC's import id is <namespace>/<name>")
     return Settings(
+        adopt=adopt,
         backend=backend,
         zone=zone,
         zones=tuple(zones),

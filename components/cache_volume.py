@@ -7,7 +7,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import SKIP_AWAIT, constructor_kwargs, metadata
+from components.common import SKIP_AWAIT, adoption_options, constructor_kwargs, metadata
 from settings import CacheSettings
 
 # Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
@@ -48,8 +48,15 @@ def pvc_manifest(
     }
 
 
-def pvc_options(parent: pulumi.Resource, cache: CacheSettings, storage_class: pulumi.Resource | None) -> pulumi.ResourceOptions:
+def pvc_options(
+    parent: pulumi.Resource,
+    cache: CacheSettings,
+    storage_class: pulumi.Resource | None,
+    namespace: str | None,
+    adopt: bool,
+) -> pulumi.ResourceOptions:
     return pulumi.ResourceOptions(
+        **adoption_options(f"{namespace}/{cache.name}", adopt),
         parent=parent,
         # A plain edge, not an output reference: replacing the class must not cascade into
         # replacing (and wiping) the cache.
@@ -73,12 +80,13 @@ class CacheVolume(pulumi.ComponentResource):
         backend: str,
         zone: str | None,
         storage_class: pulumi.Resource | None = None,
+        adopt: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
         manifest = pvc_manifest(cache, storage_class_name, namespace, backend, zone)
         self.pvc = k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-pvc", opts=pvc_options(self, cache, storage_class), **constructor_kwargs(manifest)
+            f"{name}-pvc", opts=pvc_options(self, cache, storage_class, namespace, adopt), **constructor_kwargs(manifest)
         )
         if backend != "linstor":
             pulumi.log.warn(ROOK_CEPH_WARNING, resource=self)

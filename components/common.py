@@ -26,3 +26,15 @@ def metadata(
 def constructor_kwargs(manifest: dict[str, Any]) -> dict[str, Any]:
     """Top-level camelCase manifest fields as the snake_case kwargs pulumi_kubernetes takes."""
     return {re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower(): value for key, value in manifest.items()}
+
+
+# What kubectl-made objects never have: our labels and annotations. Ignored while adopting, so
+# the import compares only what matters (the spec); the next `up` without adopt adds them.
+ADOPTION_IGNORED = ["metadata.labels", "metadata.annotations"]
+
+
+def adoption_options(import_id: str, adopt: bool) -> dict[str, Any]:
+    """Resource options that import an existing object (id `name` or `namespace/name`) instead of creating it."""
+    if not adopt:
+        return {}
+    return {"import_": import_id, "ignore_changes": list(ADOPTION_IGNORED)}

@@ -7,7 +7,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import constructor_kwargs, metadata
+from components.common import adoption_options, constructor_kwargs, metadata
 from settings import LinstorSettings
 
 PROVISIONER = "linstor.csi.linbit.com"
@@ -46,19 +46,26 @@ def storage_class_manifest(linstor: LinstorSettings) -> dict[str, Any]:
     return manifest
 
 
-def storage_class_options(parent: pulumi.Resource) -> pulumi.ResourceOptions:
+def storage_class_options(parent: pulumi.Resource, linstor: LinstorSettings, adopt: bool) -> pulumi.ResourceOptions:
     # An explicit name can only be replaced by deleting first; the PVC is not affected
     # because it references the class by a plain string (see CacheVolume).
-    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, replace_on_changes=IMMUTABLE_FIELDS)
+    return pulumi.ResourceOptions(
+        parent=parent,
+        delete_before_replace=True,
+        replace_on_changes=IMMUTABLE_FIELDS,
+        **adoption_options(linstor.storage_class_name, adopt),
+    )
 
 
 class LinstorStorageClass(pulumi.ComponentResource):
     """A LINSTOR StorageClass: WaitForFirstConsumer, N replicas, XFS, no remote volume access."""
 
-    def __init__(self, name: str, linstor: LinstorSettings, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, linstor: LinstorSettings, *, adopt: bool = False, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlcache:index:LinstorStorageClass", name, None, opts)
         self.storage_class = k8s.storage.v1.StorageClass(
-            f"{name}-class", opts=storage_class_options(self), **constructor_kwargs(storage_class_manifest(linstor))
+            f"{name}-class",
+            opts=storage_class_options(self, linstor, adopt),
+            **constructor_kwargs(storage_class_manifest(linstor)),
         )
         if linstor.allow_remote_volume_access:
             pulumi.log.warn(

@@ -71,7 +71,7 @@ def test_secrets_are_taken_verbatim_and_marked_secret():
 
 
 def test_unknown_keys_and_stacks_are_refused():
-    with pytest.raises(UnknownKeyError, match=r"mlcache:zon: not a key of this project; expected one of backend"):
+    with pytest.raises(UnknownKeyError, match=r"mlcache:zon: not a key of this project; expected one of adopt, backend"):
         load_stack_config("dev", ["zon=ucsd"])
     with pytest.raises(FileNotFoundError, match="stacks here: dev, prod"):
         load_stack_config("staging")
