@@ -73,6 +73,47 @@ _QUANTITY = re.compile(
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _DECIMAL = {"m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
 
+LINSTOR_FIELDS = (
+    "storageClassName",
+    "manageStorageClass",
+    "replicas",
+    "storagePool",
+    "fsType",
+    "layerList",
+    "allowRemoteVolumeAccess",
+    "mountOptions",
+    "reclaimPolicy",
+    "allowVolumeExpansion",
+)
+JOB_FIELDS = (
+    "enabled",
+    "name",
+    "image",
+    "model",
+    "dataset",
+    "command",
+    "args",
+    "gpus",
+    "gpuResource",
+    "gpuProduct",
+    "cpu",
+    "memory",
+    "shmSize",
+    "env",
+    "tolerations",
+    "priorityClassName",
+    "backoffLimit",
+    "waitForCompletion",
+    "waitTimeout",
+    "runId",
+    "runAsUser",
+)
+CACHE_FIELDS = ("name", "size", "volumeMode", "mountPath", "devicePath", "protect")
+ROOK_CEPH_FIELDS = ("storageClassName",)
+TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
+# Fields of each structured key.
+FIELDS = {"linstor": LINSTOR_FIELDS, "rookCeph": ROOK_CEPH_FIELDS, "cache": CACHE_FIELDS, "job": JOB_FIELDS}
+
 
 class ConfigError(pulumi.RunError):
     """A config value that is not allowed. RunError: the CLI prints it without a traceback."""
@@ -336,22 +377,7 @@ def _is_layer_list(value: str) -> bool:
 
 
 def _parse_linstor(raw: Any) -> LinstorSettings:
-    s = _Section(
-        "linstor",
-        raw,
-        (
-            "storageClassName",
-            "manageStorageClass",
-            "replicas",
-            "storagePool",
-            "fsType",
-            "layerList",
-            "allowRemoteVolumeAccess",
-            "mountOptions",
-            "reclaimPolicy",
-            "allowVolumeExpansion",
-        ),
-    )
+    s = _Section("linstor", raw, LINSTOR_FIELDS)
     replicas = s.integer("replicas", 1, minimum=1)
     layer_list = s.text(
         "layerList",
@@ -384,7 +410,7 @@ def _parse_linstor(raw: Any) -> LinstorSettings:
 
 
 def _parse_cache(raw: Any, fs_type: str | None) -> CacheSettings:
-    s = _Section("cache", raw, ("name", "size", "volumeMode", "mountPath", "devicePath", "protect"))
+    s = _Section("cache", raw, CACHE_FIELDS)
     volume_mode = s.choice("volumeMode", "Filesystem", VOLUME_MODES)
     xfs = fs_type == "xfs" and volume_mode == "Filesystem"
     return CacheSettings(
@@ -407,10 +433,9 @@ def _parse_tolerations(key: str, value: Any) -> tuple[Toleration, ...]:
         return ()
     if not isinstance(value, list):
         raise ConfigError(key, value, "a list of tolerations")
-    fields = ("key", "operator", "value", "effect", "tolerationSeconds")
     tolerations = []
     for index, item in enumerate(value):
-        s = _Section(f"{key}[{index}]", item, fields)
+        s = _Section(f"{key}[{index}]", item, TOLERATION_FIELDS)
         operator = s.choice("operator", "Equal", ("Equal", "Exists"))
         seconds = s.raw.get("tolerationSeconds")
         tolerations.append(
@@ -441,33 +466,7 @@ def _parse_env(key: str, value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _parse_job(raw: Any) -> JobSettings:
-    s = _Section(
-        "job",
-        raw,
-        (
-            "enabled",
-            "name",
-            "image",
-            "model",
-            "dataset",
-            "command",
-            "args",
-            "gpus",
-            "gpuResource",
-            "gpuProduct",
-            "cpu",
-            "memory",
-            "shmSize",
-            "env",
-            "tolerations",
-            "priorityClassName",
-            "backoffLimit",
-            "waitForCompletion",
-            "waitTimeout",
-            "runId",
-            "runAsUser",
-        ),
-    )
+    s = _Section("job", raw, JOB_FIELDS)
     shm_size = s.quantity("shmSize", "32Gi")
     memory = s.quantity(
         "memory", "128Gi", parse_quantity(shm_size), f"job.shmSize ({shm_size}: /dev/shm counts against the memory limit)"
@@ -543,11 +542,11 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     if namespace is not None:
         _text("namespace", namespace, lambda v: bool(_DNS_LABEL.match(v)) and len(v) <= 63, "a DNS label such as ml-training")
     linstor = _parse_linstor(raw.get("linstor"))
-    rook = _Section("rookCeph", raw.get("rookCeph"), ("storageClassName",))
+    rook = _Section("rookCeph", raw.get("rookCeph"), ROOK_CEPH_FIELDS)
     rook_class = rook.text(
         "storageClassName", "rook-ceph-block", _DNS_SUBDOMAIN.match, "a StorageClass name such as rook-ceph-block"
     )
-    adopt = _flag("adopt", raw.get("adopt") or False)
+    adopt = _flag("adopt", False if raw.get("adopt") is None else raw["adopt"])
     if adopt and namespace is None:
         raise ConfigError("adopt", adopt, "false unless mlcache:namespace is set: the PVC's import id is <namespace>/<name>")
     return Settings(
