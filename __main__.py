@@ -9,9 +9,11 @@ import pulumi
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
+from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
 from components.verification import verification_commands
+from components.workload_scripts import WorkloadScripts
 from settings import load_settings, read_tokens
 
 settings = load_settings()
@@ -30,6 +32,11 @@ cache = CacheVolume(
     storage_class=storage_class.storage_class if storage_class else None,
     adopt=settings.adopt,
 )
+
+# The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).
+scripts = None
+if not settings.cache.is_block:
+    scripts = WorkloadScripts("workload-scripts", settings.cache, config_map_name="mlcache-scripts", namespace=settings.namespace)
 
 # No pod that mounts the cache accepts inbound connections.
 IngressIsolation("ingress-isolation", policy_name="mlcache-deny-ingress", namespace=settings.namespace)
@@ -50,6 +57,20 @@ if settings.job.enabled:
         namespace=settings.namespace,
         claim_name=cache.claim_name,
         credentials=credentials,
+        scripts=scripts.name if scripts else None,
+    )
+
+benchmark = None
+if settings.benchmark.enabled:
+    benchmark = StorageBenchmark(
+        "storage-benchmark",
+        settings.benchmark,
+        cache=settings.cache,
+        job=settings.job,
+        placement=settings.placement,
+        namespace=settings.namespace,
+        claim_name=cache.claim_name,
+        scripts=scripts.name if scripts else None,
     )
 
 pulumi.export("backend", settings.backend)
@@ -61,6 +82,7 @@ pulumi.export("volumeMode", settings.cache.volume_mode)
 pulumi.export("zone", settings.zone or "scheduler-chosen")
 pulumi.export("jobName", training.name if training else None)
 pulumi.export("runMarker", training.run_marker if training else None)
+pulumi.export("benchmarkJob", benchmark.name if benchmark else None)
 pulumi.export(
     "verifyCommands",
     pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(

@@ -43,7 +43,7 @@ XFS_MIN_BYTES = 300 * 2**20
 
 # Top-level keys: scalars are read as strings, the rest are JSON (Pulumi structured config).
 SCALAR_KEYS = ("backend", "zone", "namespace", "adopt")
-STRUCTURED_KEYS = ("zones", "linstor", "rookCeph", "cache", "job")
+STRUCTURED_KEYS = ("zones", "linstor", "rookCeph", "cache", "job", "benchmark")
 # Secret keys -> the environment variable the hub clients read.
 TOKEN_ENV = {"hfToken": "HF_TOKEN", "modelscopeToken": "MODELSCOPE_API_TOKEN"}
 SECRET_KEYS = tuple(TOKEN_ENV)
@@ -66,6 +66,10 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _RESOURCE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# A model on a hub: [huggingface:|modelscope:]org/name (no prefix: ModelScope, ms-swift's default).
+_MODEL_ID = re.compile(r"^(huggingface:|modelscope:)?[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# fio's size syntax: a whole number with an optional binary suffix (fio's default kb_base=1024).
+_FIO_SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(h|m|s|ms))+$")
 _QUANTITY = re.compile(
     r"^(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?$"
@@ -108,11 +112,19 @@ JOB_FIELDS = (
     "runId",
     "runAsUser",
 )
-CACHE_FIELDS = ("name", "size", "volumeMode", "mountPath", "devicePath", "protect")
+CACHE_FIELDS = ("name", "size", "volumeMode", "mountPath", "devicePath", "protect", "prefetch")
+BENCHMARK_FIELDS = ("enabled", "profiles", "fioImage", "size", "shardLoad", "shardCount", "shardSize", "readers")
+FIO_PROFILES = ("seqread", "shards")
 ROOK_CEPH_FIELDS = ("storageClassName",)
 TOLERATION_FIELDS = ("key", "operator", "value", "effect", "tolerationSeconds")
 # Fields of each structured key.
-FIELDS = {"linstor": LINSTOR_FIELDS, "rookCeph": ROOK_CEPH_FIELDS, "cache": CACHE_FIELDS, "job": JOB_FIELDS}
+FIELDS = {
+    "linstor": LINSTOR_FIELDS,
+    "rookCeph": ROOK_CEPH_FIELDS,
+    "cache": CACHE_FIELDS,
+    "job": JOB_FIELDS,
+    "benchmark": BENCHMARK_FIELDS,
+}
 
 
 class ConfigError(pulumi.RunError):
@@ -176,6 +188,7 @@ class CacheSettings:
     mount_path: str
     device_path: str
     protect: bool
+    prefetch: tuple[str, ...]
 
     @property
     def is_block(self) -> bool:
@@ -213,6 +226,18 @@ class JobSettings:
 
 
 @dataclass(frozen=True)
+class BenchmarkSettings:
+    enabled: bool
+    profiles: tuple[str, ...]
+    fio_image: str | None
+    size: str
+    shard_load: bool
+    shard_count: int
+    shard_size: str
+    readers: int
+
+
+@dataclass(frozen=True)
 class Placement:
     """Where pods that use the cache may run: the GPU product, and the zone when pinned."""
 
@@ -230,6 +255,7 @@ class Settings:
     rook_ceph_storage_class_name: str
     cache: CacheSettings
     job: JobSettings
+    benchmark: BenchmarkSettings
     adopt: bool
 
     @property
@@ -425,6 +451,39 @@ def _parse_cache(raw: Any, fs_type: str | None) -> CacheSettings:
         mount_path=s.path("mountPath", "/cache"),
         device_path=s.path("devicePath", "/dev/cache"),
         protect=s.flag("protect", False),
+        prefetch=_parse_prefetch(s, volume_mode),
+    )
+
+
+def _parse_prefetch(s: _Section, volume_mode: str) -> tuple[str, ...]:
+    models = s.texts("prefetch", (), _MODEL_ID.match, "model ids such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name")
+    if models and volume_mode == "Block":
+        raise ConfigError("cache.prefetch", list(models), "an empty list in Block mode: models are files, a raw device has none")
+    return models
+
+
+def _parse_benchmark(raw: Any, volume_mode: str) -> BenchmarkSettings:
+    s = _Section("benchmark", raw, BENCHMARK_FIELDS)
+    enabled = s.flag("enabled", False)
+    profiles = s.texts("profiles", FIO_PROFILES, lambda v: v in FIO_PROFILES, "fio profiles from " + ", ".join(FIO_PROFILES))
+    fio_image = s.text("fioImage", None, _is_pinned_image, "an fio image with an explicit tag other than latest, or a digest")
+    shard_load = s.flag("shardLoad", True)
+    if enabled and shard_load and volume_mode == "Block":
+        raise ConfigError("benchmark.shardLoad", True, "false in Block mode: shards are files, a raw device has none")
+    if enabled and profiles and fio_image is None:
+        raise ConfigError("benchmark.fioImage", None, "a pinned fio image (tag or digest) when benchmark.profiles is not empty")
+    if enabled and not profiles and not shard_load:
+        raise ConfigError("benchmark.profiles", [], "at least one profile, or benchmark.shardLoad true")
+    fio_size = "a size in fio's syntax such as 10G or 512M"
+    return BenchmarkSettings(
+        enabled=enabled,
+        profiles=profiles,
+        fio_image=fio_image,
+        size=s.text("size", "10G", _FIO_SIZE.match, fio_size),
+        shard_load=shard_load,
+        shard_count=s.integer("shardCount", 8, minimum=1),
+        shard_size=s.text("shardSize", "1G", _FIO_SIZE.match, fio_size),
+        readers=s.integer("readers", 8, minimum=1),
     )
 
 
@@ -546,6 +605,7 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     rook_class = rook.text(
         "storageClassName", "rook-ceph-block", _DNS_SUBDOMAIN.match, "a StorageClass name such as rook-ceph-block"
     )
+    cache = _parse_cache(raw.get("cache"), linstor.fs_type if backend == "linstor" else None)
     adopt = _flag("adopt", False if raw.get("adopt") is None else raw["adopt"])
     if adopt and namespace is None:
         raise ConfigError("adopt", adopt, "false unless mlcache:namespace is set: the PVC's import id is <namespace>/<name>")
@@ -557,8 +617,9 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         namespace=namespace,
         linstor=linstor,
         rook_ceph_storage_class_name=rook_class,
-        cache=_parse_cache(raw.get("cache"), linstor.fs_type if backend == "linstor" else None),
+        cache=cache,
         job=_parse_job(raw.get("job")),
+        benchmark=_parse_benchmark(raw.get("benchmark"), cache.volume_mode),
     )
 
 

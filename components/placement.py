@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from settings import Placement
+from settings import JobSettings, Placement
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -24,3 +24,34 @@ def node_affinity(placement: Placement) -> dict[str, Any]:
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}
         }
     }
+
+
+def tolerations(job: JobSettings) -> list[dict[str, Any]]:
+    wire = []
+    for t in job.tolerations:
+        fields = {
+            "key": t.key,
+            "operator": t.operator,
+            "value": t.value,
+            "effect": t.effect,
+            "tolerationSeconds": t.toleration_seconds,
+        }
+        wire.append({k: v for k, v in fields.items() if v is not None})
+    return wire
+
+
+def pod_scheduling(job: JobSettings, placement: Placement) -> dict[str, Any]:
+    """Where the training pod may run: every other pod on the cache copies it exactly."""
+    scheduling: dict[str, Any] = {"affinity": node_affinity(placement)}
+    if job.tolerations:
+        scheduling["tolerations"] = tolerations(job)
+    if job.priority_class_name:
+        scheduling["priorityClassName"] = job.priority_class_name
+    return scheduling
+
+
+def training_resources(job: JobSettings) -> dict[str, Any]:
+    """The training pod's resources, requests == limits: extended resources (GPUs) demand it,
+    and it keeps the pod Guaranteed. A pod asking for exactly these fits only where training fits."""
+    resources = {"cpu": job.cpu, "memory": job.memory, job.gpu_resource: str(job.gpus)}
+    return {"requests": dict(resources), "limits": dict(resources)}

@@ -59,12 +59,12 @@ def namespace_skip(namespace: str | None) -> dict[str, str]:
     return {"CKV_K8S_21": "mlcache:namespace is unset: the object goes to the kubeconfig context's namespace"}
 
 
-def image_skips(image: str) -> dict[str, str]:
-    """Skips for a training or benchmark image that is pinned, as job.image must be."""
+def image_skips(*images: str) -> dict[str, str]:
+    """Skips for training or benchmark images that are pinned, as the settings require."""
     skips = {
         "CKV_K8S_15": "imagePullPolicy IfNotPresent: the image is pinned, and Always would make every GPU pod "
         "start depend on reaching the registry although the node has the image",
     }
-    if "@sha256:" not in image:
+    if any("@sha256:" not in image for image in images):
         skips["CKV_K8S_43"] = "pinned by an explicit release tag (latest is refused); a digest in the setting pins content"
     return skips

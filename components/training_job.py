@@ -11,7 +11,7 @@ import pulumi_kubernetes as k8s
 
 from components.common import POD_LABELS, SKIP_AWAIT, constructor_kwargs, metadata
 from components.hub_credentials import HubCredentials, secret_env
-from components.placement import node_affinity
+from components.placement import pod_scheduling, training_resources
 from components.security import (
     SCRATCH_ENV,
     checkov_skips,
@@ -22,9 +22,17 @@ from components.security import (
     scratch_mount,
     scratch_volume,
 )
+from components.workload_scripts import (
+    PREFETCH_LIST,
+    PREFETCH_SCRIPT,
+    SCRIPTS_PATH,
+    SCRIPTS_VOLUME,
+    prefetch_markers,
+)
 from settings import CacheSettings, JobSettings, Placement
 
 CONTAINER = "sft"
+PREFETCH_CONTAINER = "prefetch"
 CACHE_VOLUME = "cache"
 SHM_VOLUME = "dshm"
 APP_LABEL = {"app": "ms-swift"}
@@ -114,25 +122,49 @@ def swift_args(job: JobSettings, cache: CacheSettings) -> list[str]:
     ]
 
 
-def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+def container_env(job: JobSettings, cache: CacheSettings) -> dict[str, str]:
     # One node, N GPUs: NPROC_PER_NODE makes ms-swift run data-parallel instead of splitting
     # the model across the GPUs.
-    env = {**SCRATCH_ENV, "NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
+    return {**SCRATCH_ENV, "NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
+
+
+def env_list(env: dict[str, str], token_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"name": name, "value": value} for name, value in env.items()] + list(token_env)
+
+
+def prefetch_container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+    """Init container: download cache.prefetch (listed in the scripts ConfigMap) before training starts."""
+    return {
+        "name": PREFETCH_CONTAINER,
+        "image": job.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", f"{SCRIPTS_PATH}/{PREFETCH_SCRIPT}", f"{SCRIPTS_PATH}/{PREFETCH_LIST}", prefetch_markers(cache)],
+        "env": env_list(container_env(job, cache), token_env),
+        "resources": training_resources(job),
+        "volumeMounts": [
+            {"name": CACHE_VOLUME, "mountPath": cache.mount_path},
+            {"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True},
+            scratch_mount(),
+        ],
+        "securityContext": container_security_context(job.run_as_user),
+    }
+
+
+def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+    env = container_env(job, cache)
     command, args = list(job.command), swift_args(job, cache)
     marker = completion_marker(job, cache)
     if marker:
         env.update(MLCACHE_RUN_NAME=job.run_name, MLCACHE_RUN_MARKER=marker)
         command, args = ["/bin/sh", "-c", RUN_ONCE_SCRIPT, "mlcache-run-once"], command + args
-    resources = {"cpu": job.cpu, "memory": job.memory, job.gpu_resource: str(job.gpus)}
     spec: dict[str, Any] = {
         "name": CONTAINER,
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "args": args,
-        "env": [{"name": name, "value": value} for name, value in env.items()] + token_env,
-        # requests == limits: extended resources (GPUs) demand it, and it keeps the pod Guaranteed.
-        "resources": {"requests": dict(resources), "limits": dict(resources)},
+        "env": env_list(env, token_env),
+        "resources": training_resources(job),
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount()],
         "securityContext": container_security_context(job.run_as_user),
     }
@@ -143,20 +175,6 @@ def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, 
     return spec
 
 
-def tolerations(job: JobSettings) -> list[dict[str, Any]]:
-    wire = []
-    for t in job.tolerations:
-        fields = {
-            "key": t.key,
-            "operator": t.operator,
-            "value": t.value,
-            "effect": t.effect,
-            "tolerationSeconds": t.toleration_seconds,
-        }
-        wire.append({k: v for k, v in fields.items() if v is not None})
-    return wire
-
-
 def job_manifest(
     job: JobSettings,
     cache: CacheSettings,
@@ -164,11 +182,12 @@ def job_manifest(
     namespace: str | None,
     claim_name: pulumi.Input[str],
     token_env: list[dict[str, Any]] = (),
+    scripts: pulumi.Input[str] | None = None,
 ) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
         "restartPolicy": "Never",
-        "affinity": node_affinity(placement),
+        **pod_scheduling(job, placement),
         # The trainer never talks to the Kubernetes API.
         "automountServiceAccountToken": False,
         "securityContext": pod_security_context(job.run_as_user),
@@ -180,10 +199,11 @@ def job_manifest(
             scratch_volume(),
         ],
     }
-    if job.tolerations:
-        pod_spec["tolerations"] = tolerations(job)
-    if job.priority_class_name:
-        pod_spec["priorityClassName"] = job.priority_class_name
+    if scripts is not None:
+        # Always present in Filesystem mode: changing cache.prefetch then edits the ConfigMap
+        # only, never the Job's pod template (which would replace, i.e. kill, the Job).
+        pod_spec["initContainers"] = [prefetch_container(job, cache, list(token_env))]
+        pod_spec["volumes"].append({"name": SCRIPTS_VOLUME, "configMap": {"name": scripts}})
     # Without skipAwait the provider waits for Complete: `pulumi up` would block for the whole
     # training run and then record the Job as failed to become live.
     annotations = {} if job.wait_for_completion else dict(SKIP_AWAIT)
@@ -223,11 +243,12 @@ class TrainingJob(pulumi.ComponentResource):
         namespace: str | None,
         claim_name: pulumi.Input[str],
         credentials: HubCredentials | None = None,
+        scripts: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:TrainingJob", name, None, opts)
         token_env = secret_env(credentials.secret_name, credentials.keys) if credentials else []
-        manifest = job_manifest(job, cache, placement, namespace, claim_name, token_env)
+        manifest = job_manifest(job, cache, placement, namespace, claim_name, token_env, scripts)
         self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
         if cache.is_block:
             pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)

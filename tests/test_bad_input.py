@@ -97,6 +97,17 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "cache.mountPath": BAD_PATH,
     "cache.devicePath": BAD_PATH,
     "cache.protect": BAD_FLAG,
+    "cache.prefetch": st.one_of(
+        NOT_A_LIST.filter(lambda v: v != ""), st.just(["Qwen"]), st.just(["hf:org/model"]), st.just(["a/b/c"]), st.just([1])
+    ),
+    "benchmark.enabled": BAD_FLAG,
+    "benchmark.profiles": st.one_of(NOT_A_LIST, st.just(["randwrite"]), st.just(["seqread", 4])),
+    "benchmark.fioImage": st.one_of(st.just("dmonakhov/alpine-fio"), st.just("dmonakhov/alpine-fio:latest"), NOT_A_STRING),
+    "benchmark.size": bad_text(lambda v: bool(re.fullmatch(r"[1-9][0-9]*[KMGT]?", v))),
+    "benchmark.shardLoad": BAD_FLAG,
+    "benchmark.shardCount": bad_int(1),
+    "benchmark.shardSize": bad_text(lambda v: bool(re.fullmatch(r"[1-9][0-9]*[KMGT]?", v))),
+    "benchmark.readers": bad_int(1),
     "job.enabled": BAD_FLAG,
     "job.name": bad_text(lambda v: is_dns_label(v)),
     "job.image": st.one_of(st.just("repo/trainer:latest"), st.just("repo/trainer"), st.just("host:5000/trainer"), NOT_A_STRING),

@@ -28,8 +28,9 @@ def test_no_change():
 
 def test_volume_mode_change_replaces_the_cache_and_the_job():
     changes = _plan((), ("cache.volumeMode=Block",))
-    assert _actions(changes) == {"PersistentVolumeClaim": "replace", "Job": "replace"}
-    pvc, job = changes
+    # Block mode has no files to warm up or load: the scripts ConfigMap goes too.
+    assert _actions(changes) == {"PersistentVolumeClaim": "replace", "Job": "replace", "ConfigMap": "delete"}
+    pvc, job = (next(c for c in changes if c.label.startswith(kind)) for kind in ("PersistentVolumeClaim", "Job"))
     assert pvc.data_loss and "spec.volumeMode" in pvc.reasons[0]
     assert not job.data_loss and any("training run" in w for w in job.warnings)
     assert any("uses the outputs of PersistentVolumeClaim/ms-swift-cache-pvc" in r for r in job.reasons)
@@ -75,10 +76,11 @@ def test_an_immutable_field_without_replace_on_changes_is_flagged():
 
 def test_protected_cache_blocks_the_replacement_until_unprotected():
     blocked = _plan((), ("cache.volumeMode=Block",), stack="prod")
-    assert any("BLOCKED" in w for w in blocked[0].warnings)
+    pvc = next(c for c in blocked if c.label.startswith("PersistentVolumeClaim"))
+    assert any("BLOCKED" in w for w in pvc.warnings)
     allowed = _plan((), ("cache.volumeMode=Block", "cache.protect=false"), stack="prod")
     assert not any("BLOCKED" in w for c in allowed for w in c.warnings)
-    assert allowed[0].data_loss
+    assert next(c for c in allowed if c.label.startswith("PersistentVolumeClaim")).data_loss
 
 
 def test_job_disabled_is_a_delete_that_stops_the_run():

@@ -23,7 +23,7 @@ def test_prints_every_object_as_multi_document_yaml(capsys, stack):
     code, out, _ = _render(capsys, "--stack", stack)
     assert code == 0
     docs = list(yaml.safe_load_all(out))
-    assert [d["kind"] for d in docs] == ["StorageClass", "PersistentVolumeClaim", "Job", "NetworkPolicy"]
+    assert [d["kind"] for d in docs] == ["StorageClass", "ConfigMap", "PersistentVolumeClaim", "Job", "NetworkPolicy"]
     assert all(d["apiVersion"] and d["metadata"]["name"] for d in docs)
 
 
@@ -45,11 +45,12 @@ def test_out_writes_one_file_per_object(capsys, tmp_path):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == [
         "01-storageclass-linstor-fast-cache.yaml",
-        "02-persistentvolumeclaim-ms-swift-cache-pvc.yaml",
-        "03-job-sft-qwen3vl-fire-4gpu.yaml",
-        "04-networkpolicy-mlcache-deny-ingress.yaml",
+        "02-configmap-mlcache-scripts.yaml",
+        "03-persistentvolumeclaim-ms-swift-cache-pvc.yaml",
+        "04-job-sft-qwen3vl-fire-4gpu.yaml",
+        "05-networkpolicy-mlcache-deny-ingress.yaml",
     ]
-    assert yaml.safe_load((tmp_path / files[1]).read_text())["kind"] == "PersistentVolumeClaim"
+    assert yaml.safe_load((tmp_path / files[2]).read_text())["kind"] == "PersistentVolumeClaim"
 
 
 def test_summary_shows_what_manifests_cannot(capsys):

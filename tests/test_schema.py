@@ -41,7 +41,7 @@ def test_with_secret_tolerations_and_env():
         "job.env.WANDB_MODE=offline",
         secrets=("hfToken=hf_x", "modelscopeToken=ms_y"),
     )
-    assert {d["kind"] for d in docs} == {"StorageClass", "Secret", "PersistentVolumeClaim", "Job", "NetworkPolicy"}
+    assert {d["kind"] for d in docs} == {"StorageClass", "Secret", "ConfigMap", "PersistentVolumeClaim", "Job", "NetworkPolicy"}
     assert validation_errors(docs) == []
 
 

@@ -1,0 +1,54 @@
+"""The ConfigMap that carries the in-cluster scripts (warm-up, shard-loading benchmark) and
+the warm-up list to the pods that mount the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.common import constructor_kwargs, metadata
+from components.security import checkov_skips, namespace_skip
+from settings import CacheSettings
+
+WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
+PREFETCH_SCRIPT = "prefetch.py"
+SHARD_BENCH_SCRIPT = "shard_bench.py"
+PREFETCH_LIST = "prefetch.txt"
+SCRIPTS_VOLUME = "scripts"
+SCRIPTS_PATH = "/opt/mlcache"
+
+
+def prefetch_markers(cache: CacheSettings) -> str:
+    return f"{cache.mount_path}/.mlcache/prefetch"
+
+
+def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings) -> dict[str, Any]:
+    data = {script: (WORKLOADS / script).read_text() for script in (PREFETCH_SCRIPT, SHARD_BENCH_SCRIPT)}
+    data[PREFETCH_LIST] = "".join(f"{model}\n" for model in cache.prefetch)
+    annotations = checkov_skips(namespace_skip(namespace)) or None
+    return {"metadata": metadata(name, namespace, annotations=annotations), "data": data}
+
+
+class WorkloadScripts(pulumi.ComponentResource):
+    """ConfigMap with prefetch.py, shard_bench.py and the prefetch list (cache.prefetch)."""
+
+    def __init__(
+        self,
+        name: str,
+        cache: CacheSettings,
+        *,
+        config_map_name: str,
+        namespace: str | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("mlcache:index:WorkloadScripts", name, None, opts)
+        self.config_map = k8s.core.v1.ConfigMap(
+            f"{name}-configmap",
+            opts=pulumi.ResourceOptions(parent=self),
+            **constructor_kwargs(scripts_manifest(config_map_name, namespace, cache)),
+        )
+        self.name = self.config_map.metadata.name
+        self.register_outputs({"name": self.name})

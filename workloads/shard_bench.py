@@ -1,0 +1,154 @@
+"""Shard-loading benchmark: read a directory of safetensors shards with parallel readers,
+deserialise every tensor, and report aggregate GB/s, time to first shard and per-shard times.
+
+Standalone (Python 3.10+, numpy, safetensors): it runs in the cluster from the mlcache-scripts
+ConfigMap with the training image, and locally through `python -m tools.bench shards`.
+
+    python shard_bench.py write DIR --count 8 --size 1G     synthetic shards (kept if present)
+    python shard_bench.py load DIR [--readers 8] [--evict]  the measurement, JSON on stdout
+    python shard_bench.py run DIR --count 8 --size 1G       write if missing, evict, load
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load, save_file
+
+TENSOR_BYTES = 64 * 2**20  # synthetic shards hold tensors of at most 64 MiB, like real checkpoints
+READ_CHUNK = 16 * 2**20
+_SIZE = re.compile(r"^([1-9][0-9]*)([KMGT]?)$")
+
+
+def parse_size(text: str) -> int:
+    """fio's size syntax (binary suffixes): 512M, 1G."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r} (expected e.g. 512M or 1G)")
+    return int(match[1]) * 1024 ** " KMGT".index(match[2] or " ")
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.safetensors"))
+
+
+def write_shards(directory: Path, count: int, size: int) -> list[Path]:
+    """Shards named like a Hugging Face checkpoint, each about `size` bytes of bf16-like data."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        path = directory / f"model-{index + 1:05d}-of-{count:05d}.safetensors"
+        paths.append(path)
+        if path.exists() and abs(path.stat().st_size - size) < TENSOR_BYTES:
+            continue
+        tensors, remaining, part = {}, size, 0
+        while remaining > 0:
+            nbytes = min(TENSOR_BYTES, remaining)
+            tensors[f"layers.{part}.weight"] = rng.integers(0, 2**16, nbytes // 2, dtype=np.uint16)
+            remaining -= nbytes
+            part += 1
+        save_file(tensors, str(path))
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+    return paths
+
+
+def evict(paths: list[Path]) -> None:
+    """Drop the files' pages from the page cache so the next read comes from the device."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _load_one(path: Path, start: float) -> dict:
+    began = time.perf_counter()
+    size = path.stat().st_size
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        offset = 0
+        while offset < size:
+            read = handle.readinto(view[offset : offset + READ_CHUNK])
+            if not read:
+                break
+            offset += read
+    tensors = load(bytes(buffer))
+    done = time.perf_counter()
+    return {
+        "shard": path.name,
+        "bytes": size,
+        "tensors": len(tensors),
+        "tensor_bytes": int(sum(t.nbytes for t in tensors.values())),
+        "seconds": done - began,
+        "finished_at": done - start,
+    }
+
+
+def load_shards(directory: Path, readers: int) -> dict:
+    paths = shard_paths(directory)
+    if not paths:
+        raise SystemExit(f"shard_bench: no *.safetensors in {directory}")
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=readers) as pool:
+        shards = list(pool.map(lambda p: _load_one(p, start), paths))
+    wall = time.perf_counter() - start
+    total = sum(s["bytes"] for s in shards)
+    return {
+        "benchmark": "shard-load",
+        "directory": str(directory),
+        "readers": readers,
+        "shards": shards,
+        "total_bytes": total,
+        "wall_seconds": wall,
+        "gb_per_s": total / wall / 1e9,
+        "first_shard_seconds": min(s["finished_at"] for s in shards),
+    }
+
+
+def summary(result: dict) -> str:
+    lines = [
+        f"shard-load: {len(result['shards'])} shards, {result['total_bytes'] / 1e9:.2f} GB in "
+        f"{result['wall_seconds']:.2f} s = {result['gb_per_s']:.2f} GB/s with {result['readers']} readers; "
+        f"first shard after {result['first_shard_seconds']:.2f} s"
+    ]
+    lines += [f"  {s['shard']}: {s['bytes'] / 1e9:.2f} GB in {s['seconds']:.2f} s" for s in result["shards"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shard_bench.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("action", choices=("write", "load", "run"))
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--size", default="1G")
+    parser.add_argument("--readers", type=int, default=8)
+    parser.add_argument("--evict", action="store_true", help="drop the shards from the page cache first")
+    args = parser.parse_args(argv)
+    if args.action in ("write", "run"):
+        paths = write_shards(args.directory, args.count, parse_size(args.size))
+        if args.action == "write":
+            print(f"shard_bench: {len(paths)} shards in {args.directory}", file=sys.stderr)
+            return 0
+    if args.evict or args.action == "run":
+        evict(shard_paths(args.directory))
+    result = load_shards(args.directory, args.readers)
+    print(summary(result), file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
