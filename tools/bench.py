@@ -1,0 +1,197 @@
+"""Storage benchmark report and the local shard-loading benchmark.
+
+python -m tools.bench report RESULT.json [MORE.json]... [--plot FILE.png]
+    fio JSON (also as `kubectl logs` prints it, with other lines around it): read MB/s,
+    IOPS, mean and p99 completion latency per result; each one's ratio to the first.
+python -m tools.bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3]
+    writes synthetic safetensors shards (kept if present), then with the same page-cache
+    state (files evicted before each run) loads them and runs fio's sequential read over
+    the same files; prints both throughputs and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from workloads import shard_bench
+
+
+@dataclass(frozen=True)
+class FioResult:
+    label: str
+    job: str
+    fio_version: str
+    read_bytes_per_s: float
+    iops: float
+    mean_latency_ms: float
+    p99_latency_ms: float
+
+    @property
+    def read_mb_per_s(self) -> float:
+        return self.read_bytes_per_s / 1e6
+
+
+def extract_json(text: str) -> dict:
+    """The fio JSON document in `text`: lines before the first `{` and after the last `}` dropped."""
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0 or end < start:
+        raise ValueError("no fio JSON found (run fio with --output-format=json)")
+    return json.loads(text[start : end + 1])
+
+
+def parse_fio(document: dict, label: str) -> FioResult:
+    """Aggregate the read side of every job (one with --group_reporting, else summed)."""
+    jobs = [job for job in document.get("jobs", []) if job.get("read", {}).get("io_bytes", 0) > 0]
+    if not jobs:
+        raise ValueError(f"{label}: no job read any data")
+    reads = [job["read"] for job in jobs]
+    total_ios = sum(r.get("total_ios", 0) for r in reads) or len(reads)
+    mean_ns = sum(r["clat_ns"]["mean"] * r.get("total_ios", 1) for r in reads) / total_ios
+    p99_ns = max(r["clat_ns"].get("percentile", {}).get("99.000000", 0) for r in reads)
+    return FioResult(
+        label=label,
+        job=",".join(sorted({job["jobname"] for job in jobs})),
+        fio_version=document.get("fio version", "?"),
+        read_bytes_per_s=sum(r["bw_bytes"] for r in reads),
+        iops=sum(r["iops"] for r in reads),
+        mean_latency_ms=mean_ns / 1e6,
+        p99_latency_ms=p99_ns / 1e6,
+    )
+
+
+def load_result(path: Path) -> FioResult:
+    return parse_fio(extract_json(path.read_text()), path.stem)
+
+
+def report(results: list[FioResult]) -> str:
+    header = f"{'result':<24} {'job':<12} {'read MB/s':>10} {'IOPS':>9} {'mean ms':>9} {'p99 ms':>9}"
+    lines = [header + (f" {'vs first':>9}" if len(results) > 1 else ""), "-" * (len(header) + 10)]
+    for result in results:
+        line = (
+            f"{result.label:<24} {result.job:<12} {result.read_mb_per_s:>10.1f} {result.iops:>9.1f} "
+            f"{result.mean_latency_ms:>9.3f} {result.p99_latency_ms:>9.3f}"
+        )
+        if len(results) > 1:
+            line += f" {result.read_bytes_per_s / results[0].read_bytes_per_s:>8.2f}x"
+        lines.append(line)
+    versions = sorted({r.fio_version for r in results})
+    lines.append(f"({', '.join(versions)})")
+    return "\n".join(lines)
+
+
+def plot(results: list[FioResult], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415  (only --plot needs it, and it is slow to import)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    labels = [r.label for r in results]
+    fig, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
+    bars = throughput.bar(labels, [r.read_mb_per_s for r in results], color="#3b7dd8")
+    throughput.set_title("read throughput (MB/s, higher is better)")
+    for bar, result in zip(bars, results, strict=True):
+        ratio = result.read_bytes_per_s / results[0].read_bytes_per_s
+        top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
+        throughput.annotate(f"{result.read_mb_per_s:.0f}\n{ratio:.2f}x", top, ha="center", va="bottom", fontsize=8)
+    x = range(len(results))
+    latency.bar([i - 0.2 for i in x], [r.mean_latency_ms for r in results], width=0.4, label="mean")
+    latency.bar([i + 0.2 for i in x], [r.p99_latency_ms for r in results], width=0.4, label="p99")
+    latency.set_xticks(list(x), labels)
+    latency.set_title("completion latency (ms, lower is better)")
+    latency.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fio_over(paths: list[Path], readers: int) -> FioResult:
+    """fio's buffered sequential read of exactly these files, `readers` jobs at a time."""
+    if not shutil.which("fio"):
+        raise SystemExit("tools.bench: fio is not installed (Debian: apt-get install fio)")
+    args = ["fio", "--output-format=json", "--group_reporting"]
+    groups = [paths[i::readers] for i in range(min(readers, len(paths)))]
+    for index, group in enumerate(groups):
+        args += [
+            f"--name=reader{index}",
+            "--rw=read",
+            "--bs=4M",
+            "--ioengine=psync",
+            "--file_service_type=sequential",
+            "--invalidate=1",
+            "--filename=" + ":".join(str(p).replace(":", "\\:") for p in group),
+        ]
+    done = subprocess.run(args, capture_output=True, text=True, check=True)
+    return parse_fio(extract_json(done.stdout), "fio seqread")
+
+
+def shards_benchmark(directory: Path, count: int, size: str, readers: int, rounds: int) -> dict:
+    """`rounds` of (shard load, fio) over the same files, evicted before every run; the order
+    alternates so neither side profits from running second (a VM's host cache, say). Medians."""
+    paths = shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
+    loads, fios = [], []
+    for index in range(rounds):
+        for side in ("load", "fio") if index % 2 == 0 else ("fio", "load"):
+            shard_bench.evict(paths)
+            if side == "load":
+                loads.append(shard_bench.load_shards(directory, readers))
+            else:
+                fios.append(fio_over(paths, readers))
+    loaded = sorted(loads, key=lambda r: r["gb_per_s"])[len(loads) // 2]
+    fio = sorted(fios, key=lambda r: r.read_bytes_per_s)[len(fios) // 2]
+    return {
+        "shard_load": loaded,
+        "fio": fio,
+        "ratio": loaded["total_bytes"] / loaded["wall_seconds"] / fio.read_bytes_per_s,
+        "rounds": rounds,
+        "all_ratios": [load["gb_per_s"] * 1e9 / f.read_bytes_per_s for load, f in zip(loads, fios, strict=True)],
+    }
+
+
+def shards_report(result: dict) -> str:
+    loaded, fio = result["shard_load"], result["fio"]
+    return "\n".join(
+        [
+            shard_bench.summary(loaded),
+            f"fio seqread over the same files: {fio.read_bytes_per_s / 1e9:.2f} GB/s ({fio.fio_version})",
+            f"shard loading / fio = {result['ratio']:.2f}x (medians of {result['rounds']} rounds; target >= 0.90x); "
+            "per round: " + " ".join(f"{r:.2f}x" for r in result["all_ratios"]),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    rep = commands.add_parser("report", help="summarise fio JSON results")
+    rep.add_argument("results", nargs="+", type=Path)
+    rep.add_argument("--plot", type=Path, help="write a comparison chart (PNG)")
+    shards = commands.add_parser("shards", help="shard loading vs fio on the same files")
+    shards.add_argument("--dir", type=Path, required=True)
+    shards.add_argument("--count", type=int, default=8)
+    shards.add_argument("--size", default="1G")
+    shards.add_argument("--readers", type=int, default=8)
+    shards.add_argument("--rounds", type=int, default=3, help="alternating (load, fio) rounds; medians reported")
+    args = parser.parse_args(argv)
+    if args.command == "report":
+        try:
+            results = [load_result(path) for path in args.results]
+        except (OSError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(report(results))
+        if args.plot:
+            plot(results, args.plot)
+            print(f"chart: {args.plot}", file=sys.stderr)
+        return 0
+    print(shards_report(shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
