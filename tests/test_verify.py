@@ -1,0 +1,149 @@
+"""tools.verify's decisions on API objects shaped as the API server returns them (the client's
+models serialised with ApiClient.sanitize_for_serialization), for every runbook failure mode."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from tools.verify import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_for, render_findings
+
+API = client.ApiClient()
+EXPECT = Expectation("ms-swift-cache-pvc", "ml-training", "linstor-fast-cache", "linstor", "ucsd", "sft-qwen3vl-fire-4gpu")
+
+
+def as_api(obj) -> dict:
+    return API.sanitize_for_serialization(obj)
+
+
+def pvc(phase="Bound", volume="pvc-0a1b", storage_class="linstor-fast-cache") -> dict:
+    return as_api(
+        client.V1PersistentVolumeClaim(
+            metadata=client.V1ObjectMeta(name="ms-swift-cache-pvc", namespace="ml-training"),
+            spec=client.V1PersistentVolumeClaimSpec(
+                access_modes=["ReadWriteOnce"],
+                storage_class_name=storage_class,
+                volume_name=volume if phase == "Bound" else None,
+                resources=client.V1VolumeResourceRequirements(requests={"storage": "500Gi"}),
+            ),
+            status=client.V1PersistentVolumeClaimStatus(phase=phase),
+        )
+    )
+
+
+def pv(node="gpu-ucsd-1", zone=None) -> dict:
+    expressions = [client.V1NodeSelectorRequirement(key="kubernetes.io/hostname", operator="In", values=[node])]
+    if zone:
+        expressions.append(client.V1NodeSelectorRequirement(key="topology.kubernetes.io/zone", operator="In", values=[zone]))
+    return as_api(
+        client.V1PersistentVolume(
+            metadata=client.V1ObjectMeta(name="pvc-0a1b"),
+            spec=client.V1PersistentVolumeSpec(
+                capacity={"storage": "500Gi"},
+                storage_class_name="linstor-fast-cache",
+                node_affinity=client.V1VolumeNodeAffinity(
+                    required=client.V1NodeSelector(node_selector_terms=[client.V1NodeSelectorTerm(match_expressions=expressions)])
+                ),
+            ),
+        )
+    )
+
+
+def node(name: str, zone: str) -> dict:
+    labels = {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": zone, "nvidia.com/gpu.product": "NVIDIA-A100"}
+    return as_api(client.V1Node(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+
+
+NODES = {n["metadata"]["name"]: n for n in (node("gpu-ucsd-1", "ucsd"), node("gpu-ucsd-2", "ucsd"), node("gpu-sdsu-1", "sdsu"))}
+
+
+def pod(node_name=None, unschedulable=None) -> dict:
+    conditions = None
+    if unschedulable:
+        conditions = [client.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable", message=unschedulable)]
+    return as_api(
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="sft-qwen3vl-fire-4gpu-x7k2p", labels={"job-name": "sft-qwen3vl-fire-4gpu"}),
+            spec=client.V1PodSpec(node_name=node_name, containers=[client.V1Container(name="sft", image="img:1")]),
+            status=client.V1PodStatus(phase="Running" if node_name else "Pending", conditions=conditions),
+        )
+    )
+
+
+def levels(findings, check: str) -> list[str]:
+    return [f.level for f in findings if f.check == check]
+
+
+def test_pending_pvc_without_consumer_is_expected():
+    findings = diagnose(Snapshot(pvc=pvc("Pending"), nodes=NODES), EXPECT)
+    assert levels(findings, "pvc") == [OK] and "WaitForFirstConsumer" in findings[1].message
+    assert not any(f.level == FAIL for f in findings)
+
+
+def test_bound_volume_and_pod_on_the_same_node_pass():
+    findings = diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-ucsd-1"), pods=[pod("gpu-ucsd-1")], nodes=NODES), EXPECT)
+    assert levels(findings, "locality") == [OK] and not any(f.level == FAIL for f in findings)
+    assert any("linstor resource list -r pvc-0a1b" in f.message for f in findings)
+
+
+def test_pvc_bound_elsewhere_is_a_locality_failure():
+    findings = diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-ucsd-2"), pods=[pod("gpu-ucsd-1")], nodes=NODES), EXPECT)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert failure.check == "locality" and "gpu-ucsd-2" in failure.message and failure.remedy
+
+
+def test_pod_pending_on_volume_node_affinity_conflict_names_the_remedy():
+    message = "0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 Insufficient nvidia.com/gpu."
+    findings = diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-sdsu-1"), pods=[pod(unschedulable=message)], nodes=NODES), EXPECT)
+    failures = [f for f in findings if f.level == FAIL]
+    assert [f.check for f in failures] == ["pod scheduling"]
+    assert "PVC bound elsewhere" in failures[0].remedy and "Delete the PVC" in failures[0].remedy
+
+
+def test_no_nodes_in_zone():
+    expect = Expectation(**{**EXPECT.__dict__, "zone": "udel"})
+    message = "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    findings = diagnose(Snapshot(pvc=pvc("Pending"), pods=[pod(unschedulable=message)], nodes=NODES), expect)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert "no node is in zone udel" in failure.message and "no nodes in the requested zone" in failure.remedy
+
+
+def test_insufficient_gpus_in_the_zone():
+    message = "0/3 nodes are available: 2 Insufficient nvidia.com/gpu, 1 node(s) didn't match Pod's node affinity/selector."
+    findings = diagnose(Snapshot(pvc=pvc("Pending"), pods=[pod(unschedulable=message)], nodes=NODES), EXPECT)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert "insufficient resources" in failure.remedy
+
+
+def test_pod_in_the_wrong_zone_and_volume_in_the_wrong_zone():
+    findings = diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-sdsu-1", "sdsu"), pods=[pod("gpu-sdsu-1")], nodes=NODES), EXPECT)
+    assert {f.check for f in findings if f.level == FAIL} == {"pod zone", "volume zone"}
+
+
+def test_wrong_class_and_missing_pvc():
+    findings = diagnose(Snapshot(pvc=pvc(storage_class="rook-ceph-block"), nodes=NODES), EXPECT)
+    assert levels(findings, "storage class") == [FAIL]
+    (missing,) = diagnose(Snapshot(pvc=None), EXPECT)
+    assert missing.level == FAIL and "not found" in missing.message
+
+
+def test_rook_ceph_reports_network_storage_not_a_failure():
+    expect = Expectation(**{**EXPECT.__dict__, "backend": "rook-ceph", "storage_class": "rook-ceph-block", "zone": None})
+    rook_pv = as_api(client.V1PersistentVolume(metadata=client.V1ObjectMeta(name="pvc-9"), spec=client.V1PersistentVolumeSpec()))
+    findings = diagnose(
+        Snapshot(pvc=pvc(storage_class="rook-ceph-block", volume="pvc-9"), pv=rook_pv, pods=[pod("gpu-ucsd-1")], nodes=NODES),
+        expect,
+    )
+    assert not any(f.level == FAIL for f in findings) and levels(findings, "locality") == [INFO]
+
+
+def test_findings_render_with_remedies():
+    text = render_findings(diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-ucsd-2"), pods=[pod("gpu-ucsd-1")], nodes=NODES), EXPECT))
+    assert "[FAIL] locality" in text and "remedy:" in text
+
+
+@pytest.mark.parametrize(("stack", "namespace", "zone"), [("dev", "team-ns", None), ("prod", "ml-training", "ucsd")])
+def test_expectation_comes_from_the_stacks_outputs(stack, namespace, zone):
+    expect = expectation_for(stack, [], kube_namespace="team-ns")
+    assert expect.pvc == "ms-swift-cache-pvc" and expect.namespace == namespace and expect.zone == zone
+    assert expect.storage_class == "linstor-fast-cache" and expect.job == "sft-qwen3vl-fire-4gpu"
