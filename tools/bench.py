@@ -95,6 +95,7 @@ def plot(results: list[FioResult], path: Path) -> None:
     fig, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
     bars = throughput.bar(labels, [r.read_mb_per_s for r in results], color="#3b7dd8")
     throughput.set_title("read throughput (MB/s, higher is better)")
+    throughput.set_ylim(0, max(r.read_mb_per_s for r in results) * 1.2)  # room for the labels
     for bar, result in zip(bars, results, strict=True):
         ratio = result.read_bytes_per_s / results[0].read_bytes_per_s
         top = (bar.get_x() + bar.get_width() / 2, bar.get_height())
