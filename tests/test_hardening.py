@@ -22,6 +22,20 @@ VARIANTS = {
     "prod": ("prod", (), ("hfToken=hf_example", "modelscopeToken=ms_example")),
     "prod-block-digest": ("prod", ("cache.volumeMode=Block", f"job.image={DIGEST_IMAGE}"), ()),
     "rook-ceph": ("dev", ("backend=rook-ceph",), ()),
+    "prod-benchmark-warm-up": (
+        "prod",
+        (
+            "benchmark.enabled=true",
+            "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35",
+            "cache.prefetch[0]=Qwen/Qwen3-VL-8B-Instruct",
+        ),
+        ("hfToken=hf_example",),
+    ),
+    "block-benchmark": (
+        "dev",
+        ("cache.volumeMode=Block", "benchmark.enabled=true", f"benchmark.fioImage={DIGEST_IMAGE}", "benchmark.shardLoad=false"),
+        (),
+    ),
 }
 # The only checks skipped, each for a reason stated on the object.
 ALLOWED_SKIPS = {"CKV_K8S_15", "CKV_K8S_21", "CKV_K8S_35", "CKV_K8S_43"}

@@ -195,3 +195,15 @@ def test_single_replica_advisory_fires_on_protected_prod_only():
 def test_single_replica_advisory_is_quiet_with_two_replicas():
     run = rendered("prod", "linstor.replicas=2", "linstor.layerList=drbd storage")
     assert violations(policies.validate_protected_cache_replicas, stack_args(run)) == []
+
+
+def test_zone_policy_covers_the_benchmark_job():
+    run = rendered("prod", "benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
+    assert violations(policies.validate_zone_matches_storage, stack_args(run)) == []
+
+    def edit(kind, props):
+        if kind == "Job" and props["metadata"]["name"].endswith("-storage-bench"):
+            del props["spec"]["template"]["spec"]["affinity"]
+
+    found = violations(policies.validate_zone_matches_storage, stack_args(run, edit))
+    assert len(found) == 1 and "storage-bench" in found[0][0]
