@@ -1,0 +1,3 @@
+module mlcache.local/langhost
+
+go 1.26
