@@ -9,7 +9,7 @@ tests call them directly with resources rendered from the real stacks.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from pulumi_policy import (
@@ -46,16 +46,16 @@ TOKEN_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA
 
 def _get(value: Any, *path: str) -> Any:
     for key in path:
-        if not isinstance(value, dict):
+        if not isinstance(value, Mapping):  # the engine hands props over as read-only Mapping proxies
             return None
         value = value.get(key)
     return value
 
 
-def pod_spec(resource_type: str, props: dict[str, Any]) -> dict[str, Any] | None:
+def pod_spec(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
     path = POD_SPEC_PATHS.get(resource_type)
     spec = _get(props, *path) if path else None
-    return spec if isinstance(spec, dict) else None
+    return spec if isinstance(spec, Mapping) else None
 
 
 def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -17,6 +17,7 @@ from pulumi_policy import (
     ResourceValidationArgs,
     StackValidationArgs,
 )
+from pulumi_policy.proxy import unknown_checking_proxy
 
 from tests.conftest import ROOT, rendered
 from tools.mock_engine import ProgramRun, Registration
@@ -37,7 +38,9 @@ def policy_resource(r: Registration, props: dict | None = None) -> PolicyResourc
         additional_secret_outputs=[],
         parent=r.parent,
     )
-    return PolicyResource(r.type, props if props is not None else r.inputs, r.urn, r.name, opts, None, None, [], {})
+    # The engine hands policies read-only proxies (Mapping/Sequence, not dict/list): so do we.
+    wrapped = unknown_checking_proxy(props if props is not None else r.inputs)
+    return PolicyResource(r.type, wrapped, r.urn, r.name, opts, None, None, [], {})
 
 
 def stack_args(run: ProgramRun, edit=None) -> StackValidationArgs:
@@ -56,7 +59,7 @@ def resource_args(run: ProgramRun, kind: str, edit=None) -> ResourceValidationAr
     props = copy.deepcopy(r.inputs)
     if edit:
         edit(props)
-    return ResourceValidationArgs(r.type, props, r.urn, r.name, policy_resource(r).opts, None)
+    return ResourceValidationArgs(r.type, unknown_checking_proxy(props), r.urn, r.name, policy_resource(r).opts, None)
 
 
 def violations(validate, args) -> list[tuple[str, str | None]]:

@@ -1,7 +1,7 @@
 // A minimal Pulumi language host for Python programs, used only by mlcache's real-engine
 // tests: the Go module proxy serves no github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python
 // module, so this stands in for it. It implements what `pulumi preview/up/destroy` and policy
-// packs need: Run starts the SDK's own pulumi-language-python-exec script (shipped in the
+// packs (RunPlugin) need: Run starts the SDK's own pulumi-language-python-exec script (shipped in the
 // sdk/v3 module) with the project's virtualenv python, passing config the way the real host
 // does (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS and the same flags). Dependency installation
 // is left to scripts/setup; plugins are resolved on demand by the engine.
@@ -15,9 +15,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 
-	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"github.com/pulumi/pulumi/sdk/v3/go/common/util/rpcutil"
+	pulumirpc "github.com/pulumi/pulumi/sdk/v3/proto/go"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
@@ -120,6 +121,54 @@ func (h *host) Run(ctx context.Context, req *pulumirpc.RunRequest) (*pulumirpc.R
 		return &pulumirpc.RunResponse{Error: err.Error()}, nil
 	}
 	return &pulumirpc.RunResponse{}, nil
+}
+
+// streamWriter forwards a plugin's output to the engine as RunPlugin responses.
+type streamWriter struct {
+	mu     *sync.Mutex
+	stream grpc.ServerStreamingServer[pulumirpc.RunPluginResponse]
+	stderr bool
+}
+
+func (w streamWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	data := append([]byte(nil), p...)
+	response := &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stdout{Stdout: data}}
+	if w.stderr {
+		response = &pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Stderr{Stderr: data}}
+	}
+	if err := w.stream.Send(response); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// RunPlugin runs a Python plugin directory (a policy pack: `pulumi preview --policy-pack DIR`)
+// with the venv its PulumiPolicy.yaml names, forwarding its output; the pack prints its port.
+func (h *host) RunPlugin(req *pulumirpc.RunPluginRequest, stream grpc.ServerStreamingServer[pulumirpc.RunPluginResponse]) error {
+	info := req.GetInfo()
+	dir := info.GetProgramDirectory()
+	if dir == "" {
+		dir = req.GetPwd()
+	}
+	cmd := exec.CommandContext(stream.Context(), python(info), append([]string{"-u", dir}, req.GetArgs()...)...)
+	cmd.Dir = req.GetPwd()
+	cmd.Env = append(os.Environ(), req.GetEnv()...)
+	mu := &sync.Mutex{}
+	cmd.Stdout = streamWriter{mu: mu, stream: stream}
+	cmd.Stderr = streamWriter{mu: mu, stream: stream, stderr: true}
+	code := int32(0)
+	if err := cmd.Run(); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			return err
+		}
+		code = int32(exit.ExitCode())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	return stream.Send(&pulumirpc.RunPluginResponse{Output: &pulumirpc.RunPluginResponse_Exitcode{Exitcode: code}})
 }
 
 func main() {

@@ -61,6 +61,8 @@ class Engine:
             (directory / file).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / file, directory / file)
         (directory / "venv").symlink_to(ROOT / "venv")
+        # The policy pack's virtualenv (PulumiPolicy.yaml): ./venv has pulumi-policy too.
+        (directory / "policy" / "venv").symlink_to(ROOT / "venv")
         state = self.work / f"{name}-state"
         state.mkdir()
         project = Project(directory, {**self.env, "PULUMI_BACKEND_URL": f"file://{state}"})

@@ -192,3 +192,16 @@ def test_verify_reports_the_expected_states(engine, kube):
     assert "PVC uses linstor-fast-cache" in result.stdout
     assert "PVC is Pending: expected under WaitForFirstConsumer" in result.stdout
     project.destroy("prod")
+
+
+def test_policy_pack_runs_under_the_cli_and_blocks_a_bad_config(engine, kube):
+    project = engine.project("policy")
+    project.init("prod")
+    clean = project.pulumi("preview", "--policy-pack", "policy", stack="prod")
+    assert "[advisory]  protected-cache-single-replica" in clean.stdout
+    assert "protected cache ms-swift-cache-pvc has a single LINSTOR replica" in clean.stdout
+    project.set("prod", "linstor.allowRemoteVolumeAccess", "true")
+    blocked = project.pulumi("preview", "--policy-pack", "policy", stack="prod", check=False)
+    assert blocked.returncode != 0
+    assert "[mandatory]  linstor-cache-binds-locally" in blocked.stdout
+    assert "allowRemoteVolumeAccess is 'true'" in blocked.stdout
