@@ -29,6 +29,12 @@ def pod_security_context(run_as_user: int) -> dict[str, Any]:
     }
 
 
+def pod_hardening(run_as_user: int) -> dict[str, Any]:
+    """Pod-level fields of every pod on the cache: no API token (none of them talks to the
+    Kubernetes API) and the non-root security context."""
+    return {"automountServiceAccountToken": False, "securityContext": pod_security_context(run_as_user)}
+
+
 def container_security_context(run_as_user: int) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,

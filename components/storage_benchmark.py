@@ -8,6 +8,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.cache_volume import attach_cache, cache_volume
 from components.common import POD_LABELS, SKIP_AWAIT, constructor_kwargs, metadata
 from components.placement import pod_scheduling, training_resources
 from components.security import (
@@ -16,14 +17,13 @@ from components.security import (
     container_security_context,
     image_skips,
     namespace_skip,
-    pod_security_context,
+    pod_hardening,
     scratch_mount,
     scratch_volume,
 )
 from components.workload_scripts import SCRIPTS_PATH, SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
 from settings import BenchmarkSettings, CacheSettings, JobSettings, Placement
 
-CACHE_VOLUME = "cache"
 APP_LABEL = {"app": "mlcache-benchmark"}
 
 
@@ -92,11 +92,7 @@ def _container(name: str, image: str, command: list[str], cache: CacheSettings, 
         "volumeMounts": [scratch_mount()],
         "securityContext": container_security_context(job.run_as_user),
     }
-    if cache.is_block:
-        spec["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": cache.device_path}]
-    else:
-        spec["volumeMounts"].insert(0, {"name": CACHE_VOLUME, "mountPath": cache.mount_path})
-    return spec
+    return attach_cache(spec, cache)
 
 
 def benchmark_manifest(
@@ -113,14 +109,13 @@ def benchmark_manifest(
     steps = [fio_container(profile, bench, cache, job) for profile in bench.profiles]
     if bench.shard_load:
         steps.append(shard_load_container(bench, cache, job))
-    volumes = [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}}, scratch_volume()]
+    volumes = [cache_volume(claim_name), scratch_volume()]
     if bench.shard_load:
         volumes.append({"name": SCRIPTS_VOLUME, "configMap": {"name": scripts}})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         **pod_scheduling(job, placement),
-        "automountServiceAccountToken": False,
-        "securityContext": pod_security_context(job.run_as_user),
+        **pod_hardening(job.run_as_user),
         "containers": steps[-1:],
         "volumes": volumes,
     }

@@ -9,6 +9,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.cache_volume import attach_cache, cache_volume
 from components.common import POD_LABELS, SKIP_AWAIT, constructor_kwargs, metadata
 from components.hub_credentials import HubCredentials, secret_env
 from components.placement import pod_scheduling, training_resources
@@ -18,7 +19,7 @@ from components.security import (
     container_security_context,
     image_skips,
     namespace_skip,
-    pod_security_context,
+    pod_hardening,
     scratch_mount,
     scratch_volume,
 )
@@ -33,7 +34,6 @@ from settings import CacheSettings, JobSettings, Placement
 
 CONTAINER = "sft"
 PREFETCH_CONTAINER = "prefetch"
-CACHE_VOLUME = "cache"
 SHM_VOLUME = "dshm"
 APP_LABEL = {"app": "ms-swift"}
 
@@ -134,20 +134,17 @@ def env_list(env: dict[str, str], token_env: list[dict[str, Any]]) -> list[dict[
 
 def prefetch_container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
     """Init container: download cache.prefetch (listed in the scripts ConfigMap) before training starts."""
-    return {
+    spec = {
         "name": PREFETCH_CONTAINER,
         "image": job.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", f"{SCRIPTS_PATH}/{PREFETCH_SCRIPT}", f"{SCRIPTS_PATH}/{PREFETCH_LIST}", prefetch_markers(cache)],
         "env": env_list(container_env(job, cache), token_env),
         "resources": training_resources(job),
-        "volumeMounts": [
-            {"name": CACHE_VOLUME, "mountPath": cache.mount_path},
-            {"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True},
-            scratch_mount(),
-        ],
+        "volumeMounts": [{"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True}, scratch_mount()],
         "securityContext": container_security_context(job.run_as_user),
     }
+    return attach_cache(spec, cache)
 
 
 def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
@@ -168,11 +165,7 @@ def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, 
         "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount()],
         "securityContext": container_security_context(job.run_as_user),
     }
-    if cache.is_block:
-        spec["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": cache.device_path}]
-    else:
-        spec["volumeMounts"].insert(0, {"name": CACHE_VOLUME, "mountPath": cache.mount_path})
-    return spec
+    return attach_cache(spec, cache)
 
 
 def job_manifest(
@@ -188,12 +181,10 @@ def job_manifest(
         # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
         "restartPolicy": "Never",
         **pod_scheduling(job, placement),
-        # The trainer never talks to the Kubernetes API.
-        "automountServiceAccountToken": False,
-        "securityContext": pod_security_context(job.run_as_user),
+        **pod_hardening(job.run_as_user),
         "containers": [container(job, cache, list(token_env))],
         "volumes": [
-            {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}},
+            cache_volume(claim_name),
             # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
             {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}},
             scratch_volume(),
