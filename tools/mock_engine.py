@@ -7,10 +7,12 @@ dependencies, delete_before_replace, replace_on_changes, import ids, custom time
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import runpy
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,10 +107,26 @@ class _CapturingMonitor(mocks.MockMonitor):
         self.run = run
 
     def RegisterResource(self, request):
-        response = super().RegisterResource(request)
+        try:
+            response = super().RegisterResource(request)
+        finally:
+            _close_worker_loop()
         if request.type != "pulumi:pulumi:Stack":
             self.run.registrations.append(_registration(request, response.urn))
         return response
+
+
+def _close_worker_loop() -> None:
+    """The SDK's mock monitor opens an event loop in the executor thread that serves an RPC and
+    never closes it; closed here, so none is left for the interpreter to finalise at exit."""
+    if threading.current_thread() is threading.main_thread():
+        return
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # none in this thread
+        return
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def _registration(request, urn: str) -> Registration:
@@ -168,6 +186,10 @@ def run_program(config: dict[str, str], secret_keys: list[str], stack: str, run:
     `run` to see what was captured before one.
     """
     run = run if run is not None else ProgramRun()
+    # A loop of its own, closed at the end: an unclosed one is finalised at interpreter exit,
+    # sometimes after its executor's threads are gone ("Exception ignored in BaseEventLoop.__del__").
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     logger = logging.getLogger(f"mlcache.mock.{id(run)}")
     logger.propagate = False
     logger.addHandler(_WarningCollector(run))
@@ -181,11 +203,25 @@ def run_program(config: dict[str, str], secret_keys: list[str], stack: str, run:
     def program() -> None:
         runpy.run_path(str(PROGRAM), run_name="__main__")
 
-    _sync_await(run_pulumi_func(program))
-    root = runtime_settings.get_root_resource()
-    for name, value in root.outputs.items():
-        output = pulumi.Output.from_input(value)
-        run.outputs[name] = _plain(_sync_await(output.future()))
-        if _sync_await(output.is_secret()):
-            run.secret_outputs.add(name)
+    try:
+        _sync_await(run_pulumi_func(program))
+        root = runtime_settings.get_root_resource()
+        for name, value in root.outputs.items():
+            output = pulumi.Output.from_input(value)
+            run.outputs[name] = _plain(_sync_await(output.future()))
+            if _sync_await(output.is_secret()):
+                run.secret_outputs.add(name)
+    finally:
+        _close(loop)
     return run
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
+    asyncio.set_event_loop(None)
+    loop.close()

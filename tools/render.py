@@ -1,11 +1,13 @@
 """Render a stack offline: every Kubernetes object the program would send, as YAML.
 
     python -m tools.render --stack dev [--config KEY=VALUE]... [--secret KEY=VALUE]...
-                           [--out DIR] [--summary]
+                           [--out DIR] [--summary | --json]
 
 Runs `__main__.py` under the Pulumi SDK's mock engine with the stack's config (Pulumi.yaml
-defaults, then Pulumi.<stack>.yaml, then the overrides). Bad config exits 2 with one line
-on stderr and nothing on stdout.
+defaults, then Pulumi.<stack>.yaml, then the overrides). Prints the manifests; with --out
+writes them to DIR instead (one file each, replacing an earlier render's), and stdout then
+carries only --summary or --json if asked. Bad input exits 2 with one line on stderr and
+nothing on stdout (tools/cli.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
@@ -98,6 +102,33 @@ def file_name(index: int, registration: Registration) -> str:
     return f"{index:02d}-{registration.kind.lower()}-{registration.object_name}.yaml"
 
 
+# What file_name writes: the files of an earlier render that --out replaces.
+RENDERED_FILE = re.compile(r"[0-9]{2,}-[a-z0-9]+-[^/]*\.yaml")
+
+
+def out_dir(text: str) -> Path:
+    """argparse type of --out: a directory path (created if missing), never the empty string."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a directory, got an empty path")
+    return Path(text)
+
+
+def write_out(directory: Path, files: dict[str, str]) -> None:
+    """Write `files` into `directory` and remove the files of an earlier render that this one did not write
+    (a stale benchmark Job would otherwise be applied by `kubectl apply -f DIR`)."""
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--out {directory}: not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        stale = {p.name for p in directory.iterdir() if RENDERED_FILE.fullmatch(p.name)} - set(files)
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        for name in stale:
+            (directory / name).unlink()
+    except OSError as err:
+        raise UsageError(f"--out {directory}: cannot write there: {err.strerror or err}") from None
+
+
 def summary(run: ProgramRun) -> str:
     """What the engine sees beyond the manifests: options, dependencies, warnings, outputs."""
     names = {r.urn: r.name for r in run.registrations}
@@ -162,8 +193,15 @@ def render(stack: str, overrides: list[str], secrets: list[str]) -> tuple[Progra
     return run_program(config.engine_config(), sorted(config.secret_keys), stack), config
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
+def render_or_refuse(stack: str, overrides: list[str], secrets: list[str]) -> tuple[ProgramRun, StackConfig]:
+    """render() for a command line: input it cannot render is a UsageError (exit 2, one line)."""
+    try:
+        return render(stack, overrides, secrets)
+    except RENDER_ERRORS as err:
+        raise UsageError(str(err)) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
     parser.add_argument(
         "--config",
@@ -172,33 +210,36 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a key as `pulumi config set --path` would; empty VALUE unsets it",
     )
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
     parser.add_argument(
         "--secret", action="append", default=[], metavar="KEY=VALUE", help="supply a secret config value (never printed)"
     )
-    parser.add_argument("--out", type=Path, help="write one file per object into DIR instead of stdout")
-    parser.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")
-    parser.add_argument("--json", action="store_true", help="print objects with their engine options as JSON")
+    parser.add_argument("--out", type=out_dir, metavar="DIR", help="write one file per object into DIR instead of stdout")
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")
+    formats.add_argument("--json", action="store_true", help="print objects with their engine options as JSON")
     args = parser.parse_args(argv)
 
-    try:
-        run, config = render(args.stack, args.config, args.secret)
-    except RENDER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run, config = render_or_refuse(args.stack, args.config, args.secret)
     secrets = secret_values(config)
+    if args.out:
+        objects = ordered_objects(run)
+        files = {file_name(i, r): scrub(to_yaml([manifest(r)]), secrets) for i, r in enumerate(objects, start=1)}
+        write_out(args.out, files)
+        for name in files:
+            print(args.out / name, file=sys.stderr)
     for warning in run.warnings:
         print(scrub(f"warning: {warning}", secrets), file=sys.stderr)
     if args.summary:
         sys.stdout.write(scrub(summary(run), secrets))
     elif args.json:
         sys.stdout.write(scrub(json.dumps(as_json(run), indent=1), secrets) + "\n")
-    elif args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for index, registration in enumerate(ordered_objects(run), start=1):
-            path = args.out / file_name(index, registration)
-            path.write_text(scrub(to_yaml([manifest(registration)]), secrets))
-            print(path, file=sys.stderr)
-    else:
+    elif not args.out:
         sys.stdout.write(scrub(to_yaml(documents(run)), secrets))
     return 0
 
