@@ -14,8 +14,10 @@ import sys
 from typing import Any
 
 import kubernetes_validate
+from kubernetes_validate.utils import all_versions
 
-from tools.render import RENDER_ERRORS, documents, render
+from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.render import add_config_arguments, documents, render_or_refuse
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
 # MLCACHE_KUBERNETES_VERSIONS="1.31,1.34" retargets the tool and the test suite.
@@ -35,25 +37,37 @@ def validation_errors(documents: list[dict[str, Any]], versions: tuple[str, ...]
     return errors
 
 
+def kubernetes_minor(text: str) -> str:
+    """argparse type: a minor version the schemas cover, such as 1.33."""
+    known = sorted({v.rpartition(".")[0] for v in all_versions()}, key=lambda v: tuple(map(int, v.split("."))))
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes minor with schemas here: {known[0]} to {known[-1]}")
+    return text
+
+
+def kubernetes_minor_from_env(text: str) -> str:
+    try:
+        return kubernetes_minor(text)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"MLCACHE_KUBERNETES_VERSIONS: {err}") from None
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    parser = ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
     parser.add_argument(
         "--kubernetes-version",
         action="append",
         dest="versions",
+        type=kubernetes_minor,
         metavar="MINOR",
         help=f"target version (repeatable; default {', '.join(TARGET_VERSIONS)})",
     )
     args = parser.parse_args(argv)
-    try:
-        run, _ = render(args.stack, args.config, [])
-    except RENDER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    versions = tuple(args.versions or (kubernetes_minor_from_env(v) for v in TARGET_VERSIONS))
+    run, _ = render_or_refuse(args.stack, args.config, [])
     objects = documents(run)
-    versions = tuple(args.versions or TARGET_VERSIONS)
     errors = validation_errors(objects, versions)
     for error in errors:
         print(f"invalid: {error}", file=sys.stderr)
