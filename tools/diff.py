@@ -11,7 +11,6 @@ delete-before-replace cascade into resources that use a replaced resource's outp
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import io
 import json
@@ -27,7 +26,9 @@ from typing import Any
 
 import yaml
 
+from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.mock_engine import PROJECT_DIR
+from tools.stack_config import StackConfigError, stack_file
 
 # Fields whose change the provider turns into a replacement, per kind (facts: provider/pkg/metadata).
 FORCE_NEW = {
@@ -182,7 +183,8 @@ def report(stack: str, changes: list[Change]) -> str:
 
 
 def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, str | None]:
-    """tools.render --json of `stack` for the program in `project_dir` (None if no such stack)."""
+    """tools.render --json of `stack` for the program in `project_dir`: (plan, None), (None, None) when the
+    revision has no such stack, or (None, the render's error line)."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
     env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir)}
@@ -195,49 +197,88 @@ def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, 
         check=False,
     )
     if result.returncode != 0:
-        return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "render failed"
+        return None, error_line(result.stderr)
     return json.loads(result.stdout), None
 
 
+def error_line(stderr: str) -> str:
+    """The line that says what failed, among warnings and whatever else a failed render printed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or ["render failed with no message"])[-1]
+
+
+def resolve_revision(ref: str) -> str:
+    """The commit `ref` names. A revision, never an option: `--base=--output=FILE` must not reach git as one."""
+    if not ref or ref.startswith("-"):
+        raise UsageError(f"--base {ref!r}: expected a git revision such as origin/main or HEAD~1")
+    found = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0:
+        raise UsageError(f"--base {ref!r}: not a commit in this repository")
+    return found.stdout.strip()
+
+
 def export_revision(ref: str, into: Path) -> None:
-    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=PROJECT_DIR, capture_output=True, check=False)
+    commit = resolve_revision(ref)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=PROJECT_DIR, capture_output=True, check=False)
     if archive.returncode != 0:
-        raise ValueError(f"cannot read git revision {ref!r}: {archive.stderr.decode().strip()}")
+        raise UsageError(f"cannot read git revision {ref!r}: {archive.stderr.decode(errors='replace').strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
 
 
+def _stack_names(directory: Path) -> set[str]:
+    return {p.name[len("Pulumi.") : -len(".yaml")] for p in directory.glob("Pulumi.*.yaml")}
+
+
+def chosen_stacks(requested: list[str] | None, base_dir: Path) -> list[str]:
+    """The stacks to compare: every stack of either side, or those asked for, each of which must exist on one side."""
+    known = _stack_names(PROJECT_DIR) | _stack_names(base_dir)
+    for stack in requested or []:
+        try:
+            stack_file(stack, PROJECT_DIR)
+        except FileNotFoundError:
+            if stack not in known:
+                raise UsageError(
+                    f"--stack {stack}: no Pulumi.{stack}.yaml in the working tree or the base revision; "
+                    f"stacks: {', '.join(sorted(known))}"
+                ) from None
+        except StackConfigError as err:
+            raise UsageError(str(err)) from None
+    return sorted(set(requested)) if requested else sorted(known)
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
     parser.add_argument("--stack", action="append", help="stack (repeatable; default: every Pulumi.*.yaml)")
     parser.add_argument("--fail-on-data-loss", action="store_true", help="exit 1 when a change wipes the cache")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
-        try:
-            export_revision(args.base, base_dir)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        names = {p.name[7:-5] for d in (PROJECT_DIR, base_dir) for p in d.glob("Pulumi.*.yaml")}
-        stacks = args.stack or sorted(names)
+        export_revision(args.base, base_dir)
+        stacks = chosen_stacks(args.stack, base_dir)
         jobs = [(d, s) for s in stacks for d in (base_dir, PROJECT_DIR)]
         with ThreadPoolExecutor(max_workers=2) as pool:
             rendered = list(pool.map(lambda job: _render_json(*job), jobs))
-    failed = data_loss = False
+    data_loss = False
+    reports = []
     for index, stack in enumerate(stacks):
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
         if old_error or new_error:
-            side = "base" if old_error else "working tree"
-            print(f"stack {stack}: cannot render the {side}: {old_error or new_error}")
-            failed = True
-            continue
+            side = f"the base revision {args.base}" if old_error else "the working tree"
+            raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new)
         data_loss = data_loss or any(c.data_loss for c in changes)
-        sys.stdout.write(report(stack, changes))
-    if failed:
-        return 2
+        reports.append(report(stack, changes))
+    sys.stdout.write("".join(reports))
     return 1 if args.fail_on_data_loss and data_loss else 0
 
 
