@@ -38,13 +38,19 @@ class _ConfigLoader(yaml.SafeLoader):
     """YAML as the Pulumi CLI (Go yaml.v3) hands it to a program: text, numbers, booleans, lists and maps.
 
     Dates stay the text typed (yaml.v3 does the same for an untyped target); mapping keys are
-    the text typed (`1: x` is the key "1"); binary, sets and ordered maps are refused.
+    the text typed (`1: x` is the key "1"); a key given twice, binary, sets and ordered maps
+    are refused (yaml.v3 refuses duplicate keys too).
     """
 
     def construct_mapping(self, node, deep=False):
+        seen = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(None, None, "a map key must be text", key_node.start_mark)
+            if key_node.value in seen and key_node.tag != "tag:yaml.org,2002:merge":
+                problem = f"the key {key_node.value!r} appears twice"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key_node.value)
         self.flatten_mapping(node)
         return {key_node.value: self.construct_object(value_node, deep=deep) for key_node, value_node in node.value}
 
@@ -250,8 +256,8 @@ def load_stack_config(
     defaults = {full_key(key): decl["default"] for key, decl in declared.items() if isinstance(decl, dict) and "default" in decl}
     stack_layer = dict(_read_mapping_file(path, "config"))
     for key in stack_layer:
-        if ":" not in key:
-            raise StackConfigError(f"{path.name}: config key {key!r} has no namespace (write {PROJECT}:{key})")
+        if not key.partition(":")[0] or not key.partition(":")[2]:
+            raise StackConfigError(f"{path.name}: config key {key!r} is not NAMESPACE:NAME (such as {PROJECT}:zone)")
     secret_keys: set[str] = set()
     for key, value in list(stack_layer.items()):
         stack_layer[key], secure = _strip_secure(value)
