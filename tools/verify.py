@@ -17,9 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-LINSTOR_NAMESPACE = "piraeus-datastore"
+from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
+
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -210,7 +209,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} deploy/linstor-controller -- linstor resource list -r {volume}",
+                f"kubectl exec -n {LINSTOR_NAMESPACE} {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}",
             )
         )
     return findings
