@@ -83,9 +83,11 @@ def is_qualified_name(value: str) -> bool:
 
 
 def is_extended_resource_name(value: str) -> bool:
-    """A resource name such as nvidia.com/gpu: a qualified name with a domain prefix."""
+    """A resource name such as nvidia.com/gpu: a qualified name with a domain prefix outside
+    kubernetes.io (the API server takes names there, or without a domain, as native resources)."""
     prefix, slash, _ = value.partition("/")
-    return bool(slash) and "/" not in value[len(prefix) + 1 :] and is_qualified_name(value)
+    native = prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io") or prefix.startswith("requests.")
+    return bool(slash) and not native and "/" not in value[len(prefix) + 1 :] and is_qualified_name(value)
 
 
 def is_env_name(value: str) -> bool:

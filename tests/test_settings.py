@@ -131,6 +131,8 @@ BAD_VALUES = [
     ({"job": {"cpu": "0.5 "}}, "job.cpu", "quantity"),
     ({"linstor": {"mountOptions": ["noatime\n"]}}, "linstor.mountOptions[0]", "mount option"),
     ({"zones": ["ucsd", "bad zone"]}, "zones[1]", "label value"),
+    ({"job": {"gpuResource": "kubernetes.io/gpu"}}, "job.gpuResource", "extended resource name"),
+    ({"job": {"gpuResource": "nvidia.com/gpu/x"}}, "job.gpuResource", "extended resource name"),
 ]
 
 
