@@ -19,7 +19,6 @@ WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
 PREFETCH_SCRIPT = "prefetch.py"
 SHARD_BENCH_SCRIPT = "shard_bench.py"
 PREFETCH_LIST = "prefetch.txt"
-SCRIPTS_VOLUME = "scripts"
 
 
 def prefetch_markers(cache: CacheSettings) -> str:
