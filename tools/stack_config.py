@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from tools.mock_engine import PROJECT, PROJECT_DIR
+from names import PROJECT
+from tools.mock_engine import PROJECT_DIR
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
 SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
@@ -26,20 +27,18 @@ class StackConfigError(ValueError):
     """A stack file, override or key that cannot be read: the message names it (never a secret value)."""
 
 
-class UnknownKeyError(StackConfigError):
-    """A key in the project's namespace that Pulumi.yaml does not declare (a typo, usually)."""
-
-
 # Pulumi's stack names: letters, digits, '-', '_' and '.' (what also keeps a name inside this directory).
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class _ConfigLoader(yaml.SafeLoader):
-    """YAML as the Pulumi CLI (Go yaml.v3) hands it to a program: text, numbers, booleans, lists and maps.
+class AsTypedLoader(yaml.SafeLoader):
+    """YAML as the user typed it: plain scalars stay strings, except YAML 1.2's true/false and null.
 
-    Dates stay the text typed (yaml.v3 does the same for an untyped target); mapping keys are
-    the text typed (`1: x` is the key "1"); a key given twice, binary, sets and ordered maps
-    are refused (yaml.v3 refuses duplicate keys too).
+    PyYAML's YAML 1.1 resolvers would turn `0022` into 18, `1.10` into 1.1, `0x10` into 16,
+    `2026-11-28` into a date and `yes` into true; each setting's kind decides instead what
+    its text means (settings.py). Mapping keys are the text typed; a key given twice (Go's
+    yaml.v3, which the CLI uses, refuses it too), explicit binary, sets and ordered maps are
+    refused, and an explicit timestamp stays text.
     """
 
     def construct_mapping(self, node, deep=False):
@@ -58,10 +57,13 @@ class _ConfigLoader(yaml.SafeLoader):
         raise yaml.constructor.ConstructorError(None, None, f"{node.tag} is not a config value", node.start_mark)
 
 
-_ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
-_ConfigLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
+AsTypedLoader.yaml_implicit_resolvers = {}
+AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
+AsTypedLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+AsTypedLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
 for _tag in ("binary", "set", "omap", "pairs"):
-    _ConfigLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _ConfigLoader.refuse)
+    AsTypedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", AsTypedLoader.refuse)
 
 
 # Bounds that no real setting comes near; they keep hostile input (deep nesting, alias
@@ -86,7 +88,7 @@ def _check_shape(value: Any, what: str) -> None:
 def read_yaml(text: str, what: str) -> Any:
     """Parse config YAML; StackConfigError naming `what` and the place if it is not valid."""
     try:
-        value = yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no Python objects
+        value = yaml.load(text, Loader=AsTypedLoader)  # a SafeLoader: no Python objects
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -226,7 +228,7 @@ def _strip_secure(value: Any) -> tuple[Any, bool]:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """KEY=VALUE, VALUE read as YAML; an empty VALUE means "unset" (None)."""
+    """KEY=VALUE, VALUE read as YAML, as typed; an empty VALUE means "unset" (None)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise StackConfigError(f"expected KEY=VALUE, got {text!r}")
@@ -276,10 +278,5 @@ def load_stack_config(
             raise StackConfigError("expected KEY=VALUE for --secret (the value is not shown)")
         _set_path(stack_layer, key.strip(), value)
         secret_keys.add(split_key(key.strip())[0])
-    values = {**defaults, **stack_layer}
-    known = {full_key(key) for key in declared}
-    for key in values:
-        if key.startswith(f"{PROJECT}:") and key not in known:
-            names = ", ".join(sorted(k.partition(":")[2] for k in known))
-            raise UnknownKeyError(f"invalid config {key}: not a key of this project; expected one of {names}")
-    return StackConfig(values=values, secret_keys=secret_keys)
+    # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
+    return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)

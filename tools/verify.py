@@ -17,11 +17,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
 from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-LINSTOR_NAMESPACE = "piraeus-datastore"
 # Seconds per API request: an unreachable server fails the tool instead of hanging it.
 REQUEST_TIMEOUT = 15
 OK, INFO, FAIL = "ok", "info", "FAIL"
@@ -214,7 +212,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} deploy/linstor-controller -- linstor resource list -r {volume}",
+                f"kubectl exec -n {LINSTOR_NAMESPACE} {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}",
             )
         )
     return findings
