@@ -69,7 +69,10 @@ def _under(path: str, field_path: str) -> bool:
 
 def _label(obj: dict[str, Any]) -> str:
     manifest = obj["manifest"]
-    return f"{manifest['kind']}/{manifest['metadata']['name']}"
+    metadata = manifest.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    # A secret name is printed as tools.render shows it; a wholly secret metadata by the resource's own name.
+    return f"{manifest['kind']}/{name if isinstance(name, str) else obj['urn'].rpartition('::')[2]}"
 
 
 def _kind(obj: dict[str, Any]) -> str:

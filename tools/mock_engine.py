@@ -44,6 +44,8 @@ class Registration:
     parent: str
     custom: bool
     inputs: dict[str, Any]
+    # The inputs as serialised: what the engine keeps secret (state, previews) still in its envelope.
+    wire: dict[str, Any]
     protect: bool
     dependencies: list[str]
     property_dependencies: dict[str, list[str]]
@@ -65,6 +67,17 @@ class Registration:
     @property
     def is_kubernetes_object(self) -> bool:
         return self.custom and self.type.startswith("kubernetes:")
+
+    def shown(self, secret_as: Any) -> dict[str, Any]:
+        """The inputs with every value the engine received as a secret replaced by `secret_as`."""
+        return _plain(self.wire, secret_as)
+
+    @property
+    def shown_name(self) -> str:
+        """The object's name where it may be printed: the resource's own name when the name is secret."""
+        metadata = self.wire.get("metadata") or {}
+        secret = is_secret_envelope(metadata) or is_secret_envelope(metadata.get("name"))
+        return self.name if secret else self.object_name
 
 
 @dataclass
@@ -132,13 +145,15 @@ def _close_worker_loop() -> None:
 
 def _registration(request, urn: str) -> Registration:
     timeouts = request.customTimeouts
+    wire = rpc.deserialize_properties(request.object)
     return Registration(
         type=request.type,
         name=request.name,
         urn=urn,
         parent=request.parent,
         custom=request.custom,
-        inputs=_plain(rpc.deserialize_properties(request.object)),
+        inputs=_plain(wire),
+        wire=wire,
         protect=request.protect,
         dependencies=list(request.dependencies),
         property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
@@ -153,21 +168,28 @@ def _registration(request, urn: str) -> Registration:
     )
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, secret_as: Any = None) -> Any:
     """Values as the provider would write them to the API server.
 
     The mock engine hands numbers back as floats (manifests hold integers) and leaves
     secrets wrapped in the wire format's secret envelope (the provider unwraps them).
+    With `secret_as`, each value the engine received as a secret becomes that instead:
+    redaction by where a secret flows, not by what its text looks like.
     """
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
-            return _plain(value.get("value"))
-        return {k: _plain(v) for k, v in value.items()}
+        if is_secret_envelope(value):
+            return secret_as if secret_as is not None else _plain(value.get("value"))
+        return {k: _plain(v, secret_as) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_plain(v, secret_as) for v in value]
     return value
+
+
+def is_secret_envelope(value: Any) -> bool:
+    """A value of the RegisterResource wire format that the engine keeps secret (state, previews)."""
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
 
 
 class _WarningCollector(logging.Handler):
