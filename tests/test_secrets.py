@@ -4,6 +4,7 @@ no error line repeats one."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT
+from tests.test_diff import _diff, project_copy  # noqa: F401  (a fixture)
 from tools import render
 from tools.mock_engine import ProgramRun, is_secret_envelope, run_program
 from tools.stack_config import SECURE_PLACEHOLDER, load_stack_config
@@ -136,3 +138,16 @@ def test_no_error_line_repeats_a_secret(capsys, assignment, config):
     assert code == 2 and out == "" and err.count("\n") == 1
     assert "= [secret]" in err or "rule is not shown" in err
     assert assignment.partition("=")[2] not in err
+
+
+def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(project_copy):  # noqa: F811
+    stack_file = project_copy / "Pulumi.dev.yaml"
+    text = stack_file.read_text().replace("  mlcache:cache:\n", "  mlcache:cache:\n    name:\n      secure: v1:AAAA\n")
+    stack_file.write_text(text)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "commit", "-qam", "secret cache name"], cwd=project_copy, check=True)
+    stack_file.write_text(text.replace("volumeMode: Filesystem", "volumeMode: Block"))
+    result = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert result.returncode == 1, result.stderr
+    assert "replace  PersistentVolumeClaim/cache-pvc" in result.stdout and "DATA LOSS" in result.stdout
+    assert SECURE_PLACEHOLDER not in result.stdout and "Block" not in result.stdout.split("\n---")[1]

@@ -15,6 +15,7 @@ import difflib
 import io
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -29,6 +30,7 @@ import yaml
 from names import IMMUTABLE_FIELDS, PROVIDER_REPLACES
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.mock_engine import PROJECT_DIR
+from tools.render import DIGEST_KEY_ENV
 from tools.stack_config import StackConfigError, stack_file
 
 DATA_LOSS = "DATA LOSS"
@@ -94,7 +96,8 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
             continue
         kind = _kind(obj)
         force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + tuple(obj["replaceOnChanges"])
-        replacing = sorted({f for p in paths for f in force_new if _under(p, f)})
+        # A changed secret hides which of its fields changed: one that holds a force-new field may replace.
+        replacing = sorted({f for p in paths for f in force_new if _under(p, f) or _under(f, p)})
         change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
         if replacing:
             change.reasons.append("changes " + ", ".join(replacing))
@@ -173,12 +176,12 @@ def report(stack: str, changes: list[Change]) -> str:
     return out.getvalue()
 
 
-def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, str | None]:
+def _render_json(project_dir: Path, stack: str, digest_key: str) -> tuple[dict[str, Any] | None, str | None]:
     """tools.render --json of `stack` for the program in `project_dir`: (plan, None), (None, None) when the
     revision has no such stack, or (None, the render's error line)."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir)}
+    env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir), DIGEST_KEY_ENV: digest_key}
     result = subprocess.run(
         [sys.executable, "-m", "tools.render", "--stack", stack, "--json"],
         cwd=TOOLS_ROOT,
@@ -258,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         stacks = chosen_stacks(args.stack, base_dir)
         jobs = [(d, s) for s in stacks for d in (base_dir, PROJECT_DIR)]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            rendered = list(pool.map(lambda job: _render_json(*job), jobs))
+            # One key for both sides: equal secrets show equal digests, and nothing else can read them.
+            digest_key = secrets.token_hex(16)
+            rendered = list(pool.map(lambda job: _render_json(*job, digest_key), jobs))
     data_loss = False
     reports = []
     for index, stack in enumerate(stacks):

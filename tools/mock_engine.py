@@ -173,14 +173,17 @@ def _plain(value: Any, secret_as: Any = None) -> Any:
 
     The mock engine hands numbers back as floats (manifests hold integers) and leaves
     secrets wrapped in the wire format's secret envelope (the provider unwraps them).
-    With `secret_as`, each value the engine received as a secret becomes that instead:
-    redaction by where a secret flows, not by what its text looks like.
+    With `secret_as`, each value the engine received as a secret becomes that instead (or
+    secret_as(value), if callable): redaction by where a secret flows, not by what its text
+    looks like.
     """
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
         if is_secret_envelope(value):
-            return secret_as if secret_as is not None else _plain(value.get("value"))
+            if secret_as is None:
+                return _plain(value.get("value"))
+            return secret_as(_plain(value.get("value"))) if callable(secret_as) else secret_as
         return {k: _plain(v, secret_as) for k, v in value.items()}
     if isinstance(value, list):
         return [_plain(v, secret_as) for v in value]

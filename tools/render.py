@@ -13,9 +13,13 @@ nothing on stdout (tools/cli.py).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import json
+import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +64,12 @@ def manifest(registration: Registration) -> dict[str, Any]:
 def documents(run: ProgramRun) -> list[dict[str, Any]]:
     """Every Kubernetes object of a run, as printed: stable order, secrets redacted."""
     return [manifest(r) for r in ordered_objects(run)]
+
+
+def sent_documents(run: ProgramRun) -> list[tuple[dict[str, Any], bool]]:
+    """Every object as the API server would receive it, secrets in the clear (to check, never to print),
+    each with whether it holds a secret."""
+    return [(_ordered(r.inputs), r.shown(None) != r.shown(REDACTED)) for r in ordered_objects(run)]
 
 
 def to_yaml(documents: list[dict[str, Any]]) -> str:
@@ -135,14 +145,29 @@ def summary(run: ProgramRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Set by tools.diff for its two renders (a random key, never printed): each secret value is then
+# shown with a keyed digest, so that a change inside a secret is seen without its value.
+DIGEST_KEY_ENV = "MLCACHE_SECRET_DIGEST_KEY"
+
+
+def _keyed_digest(key: str) -> Callable[[Any], str]:
+    def shown(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str).encode()
+        return f"{REDACTED} {hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:20]}"
+
+    return shown
+
+
 def as_json(run: ProgramRun) -> dict[str, Any]:
     """Machine-readable plan: each object with the options the engine sees (for tools.diff)."""
     names = {r.urn: r.name for r in run.registrations}
+    key = os.environ.get(DIGEST_KEY_ENV)
+    secret_as = _keyed_digest(key) if key else REDACTED
     return {
         "objects": [
             {
                 "urn": r.urn,
-                "manifest": manifest(r),
+                "manifest": _ordered(r.shown(secret_as)),
                 "protect": r.protect,
                 "deleteBeforeReplace": r.delete_before_replace,
                 "replaceOnChanges": r.replace_on_changes,

@@ -17,7 +17,7 @@ import kubernetes_validate
 from kubernetes_validate.utils import all_versions
 
 from tools.cli import ArgumentParser, UsageError, entry_point
-from tools.render import add_config_arguments, documents, render_or_refuse
+from tools.render import add_config_arguments, ordered_objects, render_or_refuse, sent_documents
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
 # MLCACHE_KUBERNETES_VERSIONS="1.31,1.34" retargets the tool and the test suite.
@@ -25,15 +25,22 @@ DEFAULT_VERSIONS = ("1.30", "1.33")
 TARGET_VERSIONS = tuple(v.strip() for v in os.environ.get("MLCACHE_KUBERNETES_VERSIONS", ",".join(DEFAULT_VERSIONS)).split(","))
 
 
-def validation_errors(documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS) -> list[str]:
+def validation_errors(
+    documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS, holds_secret: list[bool] | None = None
+) -> list[str]:
+    """Schema errors of the objects as sent; for an object that holds a secret, where but not what
+    (the schema's message quotes the value)."""
     errors = []
     for version in versions:
-        for doc in documents:
+        for index, doc in enumerate(documents):
             try:
                 kubernetes_validate.validate(doc, f"{version}.0", strict=True)
             except kubernetes_validate.ValidationError as err:
                 path = ".".join(str(p) for p in err.path) or "(root)"
-                errors.append(f"{doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}) at {path}: {err.message}")
+                secret = holds_secret is not None and holds_secret[index]
+                message = "invalid (not shown: the object holds a secret)" if secret else err.message
+                name = "[secret]" if secret else doc["metadata"]["name"]
+                errors.append(f"{doc['kind']}/{name} (Kubernetes {version}) at {path}: {message}")
     return errors
 
 
@@ -67,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     versions = tuple(args.versions or (kubernetes_minor_from_env(v) for v in TARGET_VERSIONS))
     run, _ = render_or_refuse(args.stack, args.config, [])
-    objects = documents(run)
-    errors = validation_errors(objects, versions)
+    sent = sent_documents(run)
+    objects = [doc for doc, _ in sent]
+    errors = validation_errors(objects, versions, [secret for _, secret in sent])
     for error in errors:
         print(f"invalid: {error}", file=sys.stderr)
     if errors:
         return 1
-    kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in objects)
+    kinds = ", ".join(f"{r.kind}/{r.shown_name}" for r in ordered_objects(run))
     print(f"{args.stack}: {len(objects)} objects valid (strict) for Kubernetes {', '.join(versions)}: {kinds}")
     return 0
 
