@@ -300,15 +300,12 @@ def test_run_refuses_anything_but_a_stack_name(args):
 # --- property: generated command lines and stack files
 
 
-SUFFIXES = ["", ".x", "[0]", "[3]", '["a"]', "..", "["]
 KEYS = ["zone", "zones", "cache", "cache.size", "job.env.A", "job.command", "linstor.replicas", "mlcache:job", "x:y", ""]
 YAMLISH = st.text(alphabet=st.sampled_from(list("ab1-:.[]{}\"'*&!#|>%@`, \n\t\\0x=")), max_size=12)
-PATHS = st.builds(
-    lambda k, suffix: k + suffix, st.sampled_from(KEYS), st.sampled_from(["", ".x", "[0]", "[3]", '["a"]', "..", "["])
-)
-ASSIGNMENTS = st.builds(
-    lambda key, sep, value: f"{key}{sep}{value}", PATHS, st.sampled_from(["=", "", "=="]), YAMLISH | st.text(max_size=8)
-)
+VALUES = YAMLISH | st.text(max_size=8)
+SUFFIXES = st.sampled_from(["", ".x", "[0]", "[3]", '["a"]', "..", "["])
+PATHS = st.builds(lambda k, suffix: k + suffix, st.sampled_from(KEYS), SUFFIXES)
+ASSIGNMENTS = st.builds(lambda key, sep, value: f"{key}{sep}{value}", PATHS, st.sampled_from(["=", "", "=="]), VALUES)
 ARGUMENT = st.one_of(
     st.tuples(st.sampled_from(["--config", "--secret"]), ASSIGNMENTS),
     st.tuples(st.sampled_from(["--stack"]), st.sampled_from(["dev", "prod", "", "-", "dev/..", "x"]) | st.text(max_size=5)),
@@ -348,3 +345,35 @@ def test_any_stack_file_loads_or_is_refused_in_one_line(tmp_path_factory, text):
         assert "\n" not in str(err) and str(err)
     else:
         assert all(isinstance(v, str) for v in config.engine_config().values())
+
+
+NOWHERE = "/proc/no/such/place"
+TOOLS = {
+    "validate": (validate.main, ["--stack", "--config", "--kubernetes-version", "--secret"], (cli.OK, cli.USAGE)),
+    "verify": (verify.main, ["--stack", "--config", "--context"], (cli.OK, cli.USAGE, cli.UNREACHABLE)),
+    "bench report": (lambda argv: bench.main(["report", *argv]), ["--plot", NOWHERE, "/dev/null"], (cli.OK, cli.USAGE)),
+    "bench shards": (
+        lambda argv: bench.main(["shards", "--dir", NOWHERE, *argv]),
+        ["--count", "--size", "--readers", "--rounds"],  # --dir stays NOWHERE: nothing is ever written
+        (cli.OK, cli.USAGE),
+    ),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_any_command_line_of_the_other_tools_ends_in_a_documented_status(capsys, monkeypatch, tool):
+    main, vocabulary, statuses = TOOLS[tool]
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", NOWHERE)
+    words = st.sampled_from(vocabulary) | st.sampled_from(["dev", "prod", "1.33", "0", "-1", "1X", "zone=mars"]) | VALUES
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(words, min_size=1, max_size=5))
+    def check(argv):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code in statuses, (argv, err)
+        assert "Traceback" not in err
+        if code != cli.OK:
+            assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+
+    check()

@@ -37,8 +37,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def one_line(text: object) -> str:
-    """A message on one line: a library's multi-line error folded, never a traceback."""
-    return " ".join(str(text).split()) or "(no message)"
+    """A message on one line: a library's multi-line error folded (spacing within a line kept)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
 
 
 def positive_int(text: str) -> int:
