@@ -206,13 +206,16 @@ def resolve_revision(ref: str) -> str:
     """The commit `ref` names. A revision, never an option: `--base=--output=FILE` must not reach git as one."""
     if not ref or ref.startswith("-"):
         raise UsageError(f"--base {ref!r}: expected a git revision such as origin/main or HEAD~1")
-    found = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as err:
+        raise UsageError(f"cannot run git to read --base: {err.strerror}") from None
     if found.returncode != 0:
         raise UsageError(f"--base {ref!r}: not a commit in this repository")
     return found.stdout.strip()
