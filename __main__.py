@@ -13,10 +13,10 @@ from components.ingress_isolation import IngressIsolation
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
-from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
 from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
 from settings import load_settings, read_tokens
+from verification import verification_commands
 
 settings = load_settings()
 

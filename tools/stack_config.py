@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from names import PROJECT
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
 SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
@@ -51,7 +51,7 @@ class StackConfig:
         return {key: value if isinstance(value, str) else json.dumps(value) for key, value in self.values.items()}
 
 
-def stack_names(project_dir: Path = PROJECT_DIR) -> list[str]:
+def stack_names(project_dir: Path = CHECKOUT) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
 
 
@@ -141,7 +141,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def load_stack_config(
-    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = PROJECT_DIR
+    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = CHECKOUT
 ) -> StackConfig:
     stack_file = project_dir / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():

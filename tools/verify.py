@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
+from names import HOSTNAME_LABEL, ZONE_LABEL
+from verification import linstor_resources_command
 
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
@@ -187,6 +188,8 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 Finding(FAIL, "pod zone", f"pod {name} is in zone {zone}, the stack pins {expect.zone}", "check job affinity")
             )
         if constraints and node is not None:
+            # `duplicates` pairs the Finding below with the storage-class one by shape: one
+            # Finding per check is data, not repeated logic.
             if node_satisfies(node, constraints):
                 findings.append(Finding(OK, "locality", f"pod {name} and its volume share node {node_name} and zone {zone}"))
             else:
@@ -209,7 +212,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}",
+                linstor_resources_command(volume),
             )
         )
     return findings
