@@ -139,7 +139,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 FAIL,
                 "storage class",
                 f"PVC uses {used_class}, the stack expects {expect.storage_class}",
-                "the PVC predates the backend switch: follow the README's rollback procedure",
+                "the PVC predates the backend switch: follow the rollback procedure in docs/operations-and-rollback.md",
             )
         )
     pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
