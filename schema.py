@@ -431,4 +431,6 @@ def reference_rows(cls: type, prefix: str = "") -> list[str]:
             f"| `{key}` | {kind.type_name} | {_default_cell(declaration.default)} | {_cell(kind.allowed)} "
             f"| {_cell(declaration.description)} |"
         )
+        if getattr(kind, "item_cls", None) is not None:  # a list of objects: one row per field of an item
+            rows += reference_rows(kind.item_cls, f"{key}[].")
     return rows

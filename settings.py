@@ -188,6 +188,7 @@ class _Tolerations(Kind):
     """A list of tolerations, checked by the API server's rules (ValidateTolerations)."""
 
     type_name = "list of objects"
+    item_cls = Toleration
     allowed = "a list of tolerations (objects with " + ", ".join(schema.setting_names(Toleration)) + ")"
 
     def parse(self, key: str, value: Any) -> tuple[Toleration, ...]:
