@@ -191,6 +191,7 @@ def test_ext4_or_block_lifts_the_xfs_minimum():
         ({"job": {"image": "localhost:5000/img:1"}}, lambda s: s.job.image == "localhost:5000/img:1"),
         ({"job": {"runAsUser": 2**31 - 1}}, lambda s: s.job.run_as_user == 2**31 - 1),
         ({"job": {"tolerations": [{"operator": "Exists"}]}}, lambda s: s.job.tolerations[0].key is None),
+        ({"job": {"tolerations": [{"key": "a", "value": ""}]}}, lambda s: s.job.tolerations[0].value is None),
         ({"job": {"name": "a" * 49}, "benchmark": {"enabled": True, "fioImage": "fio:3.36"}}, lambda s: s.benchmark.enabled),
         ({"cache": {"mountPath": "/cache/models"}}, lambda s: s.cache.mount_path == "/cache/models"),
     ],
