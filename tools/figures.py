@@ -133,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"figures: measuring {name}", file=sys.stderr)
-        body = measure(args)
+        try:
+            body = measure(args)
+        except subprocess.CalledProcessError as err:
+            last = (err.stdout or err.stderr or "").strip().splitlines()[-1:] or [""]
+            print(f"figures: {name} not measured: `{' '.join(err.cmd)}` exited {err.returncode}: {last[0]}", file=sys.stderr)
+            return 1
         if body is not None:
             sections[name] = f"_{stamp}_\n\n{body}".rstrip("\n") + "\n"
     FIGURES.write_text(HEAD + "".join(f"\n## {name}\n{sections[name]}" for name in SECTIONS if name in sections))
