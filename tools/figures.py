@@ -48,7 +48,9 @@ def _block(command: str, output: str) -> str:
 def tests_section(_: argparse.Namespace) -> str:
     def count(*paths: str) -> int:
         out = _run([sys.executable, "-m", "pytest", "--collect-only", "-q", *paths])
-        return sum(1 for line in out.splitlines() if "::" in line)
+        # One node id per line, or (quieter) one "file: count" line per file.
+        per_file = [int(m[1]) for m in (re.fullmatch(r"\S+\.py: (\d+)", line) for line in out.splitlines()) if m]
+        return sum(per_file) or sum(1 for line in out.splitlines() if "::" in line)
 
     unit = count("tests", "--ignore=tests/integration")
     integration = count("tests/integration")
@@ -128,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-log", type=Path, help="a scripts/build-engine log (for the build section)")
     args = parser.parse_args(argv)
     sections = previous_sections(FIGURES.read_text()) if FIGURES.is_file() else {}
-    stamp = f"measured {datetime.date.today()} on {os.cpu_count()} cores, Python {platform.python_version()}"
+    stamp = (
+        f"measured {datetime.date.today()} on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
+        f"Python {platform.python_version()}"
+    )
     for name, measure in SECTIONS.items():
         if args.only and name not in args.only:
             continue
