@@ -14,10 +14,10 @@ from components.secret_flow import SecretFlow
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
-from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
 from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
 from settings import load_settings, read_tokens, secret_keys
+from verification import verification_commands
 
 settings = load_settings()
 # A key given as a secret keeps every object input and output it flows into secret.

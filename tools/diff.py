@@ -28,14 +28,12 @@ from typing import Any
 import yaml
 
 from names import IMMUTABLE_FIELDS, PROVIDER_REPLACES
+from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
-from tools.mock_engine import PROJECT_DIR
 from tools.render import DIGEST_KEY_ENV
 from tools.stack_config import StackConfigError, stack_file
 
 DATA_LOSS = "DATA LOSS"
-# Where this module's tools package lives: both revisions are rendered with these tools.
-TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -181,11 +179,11 @@ def _render_json(project_dir: Path, stack: str, digest_key: str) -> tuple[dict[s
     revision has no such stack, or (None, the render's error line)."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir), DIGEST_KEY_ENV: digest_key}
+    # A process of its own per render: the two revisions' programs never share imported modules.
     result = subprocess.run(
-        [sys.executable, "-m", "tools.render", "--stack", stack, "--json"],
-        cwd=TOOLS_ROOT,
-        env=env,
+        [sys.executable, "-m", "tools.render", "--project", str(project_dir), "--stack", stack, "--json"],
+        cwd=CHECKOUT,
+        env={**os.environ, DIGEST_KEY_ENV: digest_key},
         capture_output=True,
         text=True,
         check=False,
@@ -202,14 +200,14 @@ def error_line(stderr: str) -> str:
     return (errors or lines or ["render failed with no message"])[-1]
 
 
-def resolve_revision(ref: str) -> str:
+def resolve_revision(ref: str, project_dir: Path) -> str:
     """The commit `ref` names. A revision, never an option: `--base=--output=FILE` must not reach git as one."""
     if not ref or ref.startswith("-"):
         raise UsageError(f"--base {ref!r}: expected a git revision such as origin/main or HEAD~1")
     try:
         found = subprocess.run(
             ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
-            cwd=PROJECT_DIR,
+            cwd=project_dir,
             capture_output=True,
             text=True,
             check=False,
@@ -221,9 +219,9 @@ def resolve_revision(ref: str) -> str:
     return found.stdout.strip()
 
 
-def export_revision(ref: str, into: Path) -> None:
-    commit = resolve_revision(ref)
-    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=PROJECT_DIR, capture_output=True, check=False)
+def export_revision(ref: str, into: Path, project_dir: Path) -> None:
+    commit = resolve_revision(ref, project_dir)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=project_dir, capture_output=True, check=False)
     if archive.returncode != 0:
         raise UsageError(f"cannot read git revision {ref!r}: {archive.stderr.decode(errors='replace').strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
@@ -234,12 +232,12 @@ def _stack_names(directory: Path) -> set[str]:
     return {p.name[len("Pulumi.") : -len(".yaml")] for p in directory.glob("Pulumi.*.yaml")}
 
 
-def chosen_stacks(requested: list[str] | None, base_dir: Path) -> list[str]:
+def chosen_stacks(requested: list[str] | None, base_dir: Path, project_dir: Path) -> list[str]:
     """The stacks to compare: every stack of either side, or those asked for, each of which must exist on one side."""
-    known = _stack_names(PROJECT_DIR) | _stack_names(base_dir)
+    known = _stack_names(project_dir) | _stack_names(base_dir)
     for stack in requested or []:
         try:
-            stack_file(stack, PROJECT_DIR)
+            stack_file(stack, project_dir)
         except FileNotFoundError:
             if stack not in known:
                 raise UsageError(
@@ -260,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
-        export_revision(args.base, base_dir)
-        stacks = chosen_stacks(args.stack, base_dir)
-        jobs = [(d, s) for s in stacks for d in (base_dir, PROJECT_DIR)]
+        export_revision(args.base, base_dir, CHECKOUT)
+        stacks = chosen_stacks(args.stack, base_dir, CHECKOUT)
+        jobs = [(d, s) for s in stacks for d in (base_dir, CHECKOUT)]
         with ThreadPoolExecutor(max_workers=2) as pool:
             # One key for both sides: equal secrets show equal digests, and nothing else can read them.
             digest_key = secrets.token_hex(16)

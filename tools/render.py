@@ -26,6 +26,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
@@ -181,21 +182,26 @@ def as_json(run: ProgramRun) -> dict[str, Any]:
     }
 
 
-def render(stack: str, overrides: list[str], secrets: list[str]) -> tuple[ProgramRun, StackConfig]:
-    config = load_stack_config(stack, overrides, secrets)
-    return run_program(config.engine_config(), sorted(config.secret_keys), stack), config
+def render(stack: str, overrides: list[str], secrets: list[str], project_dir: Path = CHECKOUT) -> tuple[ProgramRun, StackConfig]:
+    config = load_stack_config(stack, overrides, secrets, project_dir)
+    return run_program(config.engine_config(), sorted(config.secret_keys), stack, project_dir=project_dir), config
 
 
-def render_or_refuse(stack: str, overrides: list[str], secrets: list[str]) -> tuple[ProgramRun, StackConfig]:
+def render_or_refuse(
+    stack: str, overrides: list[str], secrets: list[str], project_dir: Path = CHECKOUT
+) -> tuple[ProgramRun, StackConfig]:
     """render() for a command line: input it cannot render is a UsageError (exit 2, one line)."""
     try:
-        return render(stack, overrides, secrets)
+        return render(stack, overrides, secrets, project_dir)
     except RENDER_ERRORS as err:
         raise UsageError(str(err)) from None
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
+    parser.add_argument(
+        "--project", type=Path, default=CHECKOUT, metavar="DIR", help="the program and its stack files (default: this checkout)"
+    )
     parser.add_argument(
         "--config",
         action="append",
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     formats.add_argument("--json", action="store_true", help="print objects with their engine options as JSON")
     args = parser.parse_args(argv)
 
-    run, _ = render_or_refuse(args.stack, args.config, args.secret)
+    run, _ = render_or_refuse(args.stack, args.config, args.secret, args.project)
     if args.out:
         objects = ordered_objects(run)
         files = {file_name(i, r): to_yaml([manifest(r)]) for i, r in enumerate(objects, start=1)}

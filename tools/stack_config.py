@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from names import PROJECT
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
 SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
@@ -131,7 +131,7 @@ class StackConfig:
         return {key: value if isinstance(value, str) else json.dumps(value) for key, value in self.values.items()}
 
 
-def stack_names(project_dir: Path = PROJECT_DIR) -> list[str]:
+def stack_names(project_dir: Path = CHECKOUT) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
 
 
@@ -241,7 +241,7 @@ def _check_stack_name(stack: str) -> None:
         raise StackConfigError(f"invalid stack name {stack!r}: letters, digits, '-', '_' and '.' only")
 
 
-def stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:
+def stack_file(stack: str, project_dir: Path = CHECKOUT) -> Path:
     """Pulumi.<stack>.yaml, after checking the name (FileNotFoundError when there is none)."""
     _check_stack_name(stack)
     path = project_dir / f"Pulumi.{stack}.yaml"
@@ -251,7 +251,7 @@ def stack_file(stack: str, project_dir: Path = PROJECT_DIR) -> Path:
 
 
 def load_stack_config(
-    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = PROJECT_DIR
+    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = CHECKOUT
 ) -> StackConfig:
     path = stack_file(stack, project_dir)
     declared = _read_mapping_file(project_dir / "Pulumi.yaml", "config")
