@@ -9,13 +9,13 @@ ratio (target: <= 1.3). Runs alternate so machine noise hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
 
 from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
 
 FLOOR = "import pulumi, pulumi_kubernetes.core.v1, pulumi_kubernetes.batch.v1, pulumi_kubernetes.storage.v1"
 TARGET_RATIO = 1.3
@@ -23,13 +23,17 @@ TARGET_RATIO = 1.3
 
 def timed(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=CHECKOUT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, cwd=CHECKOUT, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise UsageError(f"`{' '.join(command[1:])}` failed: {last[0].removeprefix('error: ')}")
     return time.perf_counter() - start
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=9)
+    parser = ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=positive_int, default=9)
     parser.add_argument("--stack", default="dev")
     args = parser.parse_args(argv)
     render = [sys.executable, "-m", "tools.render", "--stack", args.stack]
