@@ -286,8 +286,7 @@ def test_bench_shards_checks_its_arguments_first(capsys, tmp_path, argv):
 
 def test_bench_plot_to_an_unwritable_place_prints_nothing(capsys, tmp_path):
     data = ROOT / "tests" / "data" / "fio-kubectl-logs.txt"
-    for target, words in (("/proc/no/chart.png", "No such file"), (str(tmp_path / "chart.xyz"), "not supported")):
-        assert_refused(*_call(capsys, bench.main, "report", str(data), "--plot", target), "cannot write the chart", words)
+    assert_refused(*_call(capsys, bench.main, "report", str(data), "--plot", "/proc/no/chart.png"), "cannot write the chart")
 
 
 @pytest.mark.parametrize("args", [["-x"], ["a b"], ["../Pulumi"], ["dev", "prod"], ["prdo"]], ids=repr)
@@ -325,7 +324,7 @@ def test_any_render_command_line_ends_in_a_documented_status(capsys, arguments):
         assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     st.one_of(
         YAMLISH,
