@@ -376,3 +376,16 @@ def test_any_command_line_of_the_other_tools_ends_in_a_documented_status(capsys,
             assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
 
     check()
+
+
+@pytest.mark.parametrize(("raised", "status", "err"), [(None, 0, ""), (0, 0, ""), ("fio is not installed", 2, "error: fio is not installed\n")])
+def test_an_exit_inside_a_tool_keeps_the_contract(raised, status, err):
+    @cli.entry_point
+    def exits(argv):
+        print("the report")
+        raise SystemExit(raised)
+
+    out, errors = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(errors):
+        assert exits([]) == status
+    assert errors.getvalue() == err and out.getvalue() == ("the report\n" if status == 0 else "")

@@ -74,10 +74,10 @@ def entry_point(main: Callable[[list[str] | None], int]) -> Callable[[list[str] 
             with contextlib.redirect_stdout(held):
                 code = main(argv)
         except SystemExit as exit_:  # --help (0), or a library's exit with a message
-            code = exit_.code if isinstance(exit_.code, int) else USAGE
             if not isinstance(exit_.code, int | None):
                 print(f"error: {one_line(exit_.code)}", file=sys.stderr)
-            code = code or OK
+                return USAGE
+            code = exit_.code or OK
         except UsageError as err:
             print(f"error: {one_line(err)}", file=sys.stderr)
             return USAGE
