@@ -378,7 +378,9 @@ def test_any_command_line_of_the_other_tools_ends_in_a_documented_status(capsys,
     check()
 
 
-@pytest.mark.parametrize(("raised", "status", "err"), [(None, 0, ""), (0, 0, ""), ("fio is not installed", 2, "error: fio is not installed\n")])
+@pytest.mark.parametrize(
+    ("raised", "status", "err"), [(None, 0, ""), (0, 0, ""), ("fio is not installed", 2, "error: fio is not installed\n")]
+)
 def test_an_exit_inside_a_tool_keeps_the_contract(raised, status, err):
     @cli.entry_point
     def exits(argv):
