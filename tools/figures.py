@@ -67,9 +67,10 @@ def tests_section(_: argparse.Namespace) -> str:
     )
 
 
-def render_section(_: argparse.Namespace) -> str:
-    command = [sys.executable, "-m", "tools.bench_render", "--runs", "5"]
-    return _block("python -m tools.bench_render --runs 5", _run(command))
+def render_section(args: argparse.Namespace) -> str:
+    extra = ["--baseline", str(args.render_baseline)] if args.render_baseline else []
+    command = [sys.executable, "-m", "tools.bench_render", "--runs", "7", *extra]
+    return _block(" ".join(["python", *command[1:]]), _run(command))
 
 
 def fio_section(_: argparse.Namespace) -> str:
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m tools.figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=list(SECTIONS), help="refresh only these sections (repeatable)")
     parser.add_argument("--build-log", type=Path, help="a scripts/build-engine log (for the build section)")
+    parser.add_argument("--render-baseline", type=Path, metavar="DIR", help="another checkout to time the render against")
     args = parser.parse_args(argv)
     sections = previous_sections(FIGURES.read_text()) if FIGURES.is_file() else {}
     stamp = (
