@@ -438,7 +438,17 @@ def check_keys(values: Mapping[str, Any]) -> None:
         if not sep:
             continue
         if namespace == NAMESPACE:
-            if name.split(".")[0].split("[")[0] not in KNOWN_KEYS:
+            top = name.split(".")[0].split("[")[0]
+            if top in KNOWN_KEYS and name != top:
+                # `pulumi config set mlcache:job.gpus 8` without --path stores that literal key,
+                # which nothing reads: the run would silently keep the default.
+                raise ConfigError(
+                    key,
+                    values.get(key),
+                    f"a key set with --path (pulumi config set --path {key} ...): as typed it is never read",
+                    secret=secret(key),
+                )
+            if top not in KNOWN_KEYS:
                 close = difflib.get_close_matches(name, KNOWN_KEYS, n=1)
                 hint = f"did you mean {NAMESPACE}:{close[0]}? " if close else ""
                 raise ConfigError(

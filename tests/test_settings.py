@@ -215,6 +215,14 @@ def test_a_mistyped_key_is_refused_naming_the_key_it_probably_meant(key, hint):
     assert err.value.key == key and hint in str(err.value)
 
 
+@pytest.mark.parametrize("key", ["mlcache:job.gpus", "mlcache:cache.size", "mlcache:zones[0]"])
+def test_a_nested_key_set_without_path_is_refused_not_ignored(key):
+    # What `pulumi config set mlcache:job.gpus 8` (no --path) stores: a literal key nothing reads.
+    with pytest.raises(ConfigError) as err:
+        check_keys({key: "8"})
+    assert err.value.key == key and f"pulumi config set --path {key}" in str(err.value)
+
+
 def test_other_namespaces_are_left_alone():
     check_keys({"kubernetes:context": "gpu", "pulumi:tags": "{}", "aws:region": "x"})
 
