@@ -114,6 +114,23 @@ def test_a_stack_file_that_is_a_symlink_to_a_binary(project):
         load_stack_config("x", project_dir=project)
 
 
+def test_a_stack_file_that_is_a_device_or_a_fifo_is_named_as_such(project):
+    (project / "Pulumi.x.yaml").symlink_to("/dev/zero")
+    with pytest.raises(StackConfigError, match=r"^Pulumi.x.yaml: not a regular file$"):
+        load_stack_config("x", project_dir=project)
+
+
+def test_text_that_is_not_unicode_is_refused_and_a_secret_one_not_shown(project):
+    # A YAML escape of a lone surrogate, and command-line bytes that are not UTF-8 (surrogateescape).
+    (project / "Pulumi.x.yaml").write_text('config:\n  mlcache:job:\n    env: {A: "\\ud800"}\n')
+    with pytest.raises(StackConfigError, match=r"^invalid config mlcache:job: not valid Unicode text"):
+        load_stack_config("x", project_dir=project)
+    (project / "Pulumi.x.yaml").write_text("config: {}\n")
+    with pytest.raises(StackConfigError) as raised:
+        load_stack_config("x", secrets=["hfToken=tok\udcffen"], project_dir=project)
+    assert "not shown" in str(raised.value) and "tok" not in str(raised.value)
+
+
 def test_dates_in_stack_files_stay_text(project):
     (project / "Pulumi.x.yaml").write_text("config:\n  mlcache:job:\n    runId: 2026-11-28\n")
     assert load_stack_config("x", project_dir=project).values["mlcache:job"] == {"runId": "2026-11-28"}

@@ -227,6 +227,28 @@ def _strip_secure(value: Any) -> tuple[Any, bool]:
     return value, False
 
 
+def _check_encodable(key: str, value: Any, *, secret: bool) -> None:
+    """Refuse text that is not Unicode the API server can take: a lone surrogate, from a YAML
+    escape such as "\\ud800" or from command-line bytes that are not UTF-8."""
+    texts = [key]
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            texts.extend(k for k in item if isinstance(k, str))
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = "the value is not shown" if secret else f"{text.encode('utf-8', 'backslashreplace').decode()!r}"
+            raise StackConfigError(f"invalid config {key}: not valid Unicode text ({shown})") from None
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
     """KEY=VALUE, VALUE read as YAML, as typed; an empty VALUE means "unset" (None)."""
     key, sep, raw = text.partition("=")
@@ -245,6 +267,9 @@ def stack_file(stack: str, project_dir: Path = CHECKOUT) -> Path:
     """Pulumi.<stack>.yaml, after checking the name (FileNotFoundError when there is none)."""
     _check_stack_name(stack)
     path = project_dir / f"Pulumi.{stack}.yaml"
+    if path.exists() and not path.is_file():
+        # A symlink to /dev/zero or a FIFO would block or never end: refused by what it is.
+        raise StackConfigError(f"{path.name}: not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"no stack file {path.name}; stacks here: {', '.join(stack_names(project_dir))}")
     return path
@@ -278,5 +303,7 @@ def load_stack_config(
             raise StackConfigError("expected KEY=VALUE for --secret (the value is not shown)")
         _set_path(stack_layer, key.strip(), value)
         secret_keys.add(split_key(key.strip())[0])
+    for key, value in stack_layer.items():
+        _check_encodable(key, value, secret=key in secret_keys)
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)
