@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from tools.verify import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_for, render_findings
+from tools.render import render_or_refuse
+from tools.verify import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_from, render_findings
 
 API = client.ApiClient()
 EXPECT = Expectation("ms-swift-cache-pvc", "ml-training", "linstor-fast-cache", "linstor", "ucsd", "sft-qwen3vl-fire-4gpu")
@@ -144,6 +145,6 @@ def test_findings_render_with_remedies():
 
 @pytest.mark.parametrize(("stack", "namespace", "zone"), [("dev", "team-ns", None), ("prod", "ml-training", "ucsd")])
 def test_expectation_comes_from_the_stacks_outputs(stack, namespace, zone):
-    expect = expectation_for(stack, [], kube_namespace="team-ns")
+    expect = expectation_from(*render_or_refuse(stack, [], []), kube_namespace="team-ns")
     assert expect.pvc == "ms-swift-cache-pvc" and expect.namespace == namespace and expect.zone == zone
     assert expect.storage_class == "linstor-fast-cache" and expect.job == "sft-qwen3vl-fire-4gpu"

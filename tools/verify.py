@@ -230,12 +230,6 @@ def render_findings(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Expectation:
-    from tools.render import render_or_refuse  # noqa: PLC0415  (runs the program: only the CLI needs it)
-
-    return expectation_from(*render_or_refuse(stack, overrides, []), kube_namespace)
-
-
 def expectation_from(run: Any, config: Any, kube_namespace: str) -> Expectation:
     """What a rendered stack (ProgramRun, StackConfig) asks for; the kubeconfig's namespace when it sets none."""
     outputs = run.outputs
