@@ -33,10 +33,12 @@ cache = CacheVolume(
     adopt=settings.adopt,
 )
 
-# The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).
+# The warm-up, prewarm and benchmark scripts (Filesystem mode: Block mode has no files to fetch or load).
 scripts = None
 if not settings.cache.is_block:
-    scripts = WorkloadScripts("workload-scripts", settings.cache, config_map_name="mlcache-scripts", namespace=settings.namespace)
+    scripts = WorkloadScripts(
+        "workload-scripts", settings.cache, settings.job, config_map_name="mlcache-scripts", namespace=settings.namespace
+    )
 
 # No pod that mounts the cache accepts inbound connections.
 IngressIsolation("ingress-isolation", policy_name="mlcache-deny-ingress", namespace=settings.namespace)

@@ -1,5 +1,6 @@
-"""The optional storage benchmark Job: fio profiles, then the shard-loading benchmark, on the
-cache, scheduled exactly like the training Job (see "The first-consumer trap" in the README)."""
+"""The optional storage benchmark Job: fio profiles, then the shard-loading and cold-start
+benchmarks, on the cache, scheduled exactly like the training Job (see "The first-consumer trap"
+in the README)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ from components.security import (
     scratch_mount,
     scratch_volume,
 )
-from components.workload_scripts import SCRIPTS_PATH, SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
+from components.workload_scripts import COLDSTART_SCRIPT, SCRIPTS_PATH, SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
 from settings import BenchmarkSettings, CacheSettings, JobSettings, Placement
 
 APP_LABEL = {"app": "mlcache-benchmark"}
+COLDSTART_ROUNDS = 3
 
 
 def bench_dir(cache: CacheSettings, what: str) -> str:
@@ -66,16 +68,28 @@ def fio_container(profile: str, bench: BenchmarkSettings, cache: CacheSettings, 
 
 
 def shard_load_container(bench: BenchmarkSettings, cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
-    command = [
-        "python",
-        f"{SCRIPTS_PATH}/{SHARD_BENCH_SCRIPT}",
-        "run",
+    command = ["python", f"{SCRIPTS_PATH}/{SHARD_BENCH_SCRIPT}", "run", *_shard_args(bench, cache)]
+    return _script_container("shard-load", command, cache, job)
+
+
+def coldstart_container(bench: BenchmarkSettings, cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
+    """fio (when the image has it), the default loader, prewarm + loader and the shard reader on
+    the shards the shard-load step left, alternating rounds (docs/coldstart.md)."""
+    command = ["python", f"{SCRIPTS_PATH}/{COLDSTART_SCRIPT}", *_shard_args(bench, cache), f"--rounds={COLDSTART_ROUNDS}"]
+    return _script_container("cold-start", command, cache, job)
+
+
+def _shard_args(bench: BenchmarkSettings, cache: CacheSettings) -> list[str]:
+    return [
         bench_dir(cache, "shards"),
         f"--count={bench.shard_count}",
         f"--size={bench.shard_size}",
         f"--readers={bench.readers}",
     ]
-    spec = _container("shard-load", job.image, command, cache, job)
+
+
+def _script_container(name: str, command: list[str], cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
+    spec = _container(name, job.image, command, cache, job)
     spec["volumeMounts"].append({"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True})
     return spec
 
@@ -108,7 +122,7 @@ def benchmark_manifest(
     # One step after the other (init containers run in order): no run disturbs another.
     steps = [fio_container(profile, bench, cache, job) for profile in bench.profiles]
     if bench.shard_load:
-        steps.append(shard_load_container(bench, cache, job))
+        steps += [shard_load_container(bench, cache, job), coldstart_container(bench, cache, job)]
     volumes = [cache_volume(claim_name), scratch_volume()]
     if bench.shard_load:
         volumes.append({"name": SCRIPTS_VOLUME, "configMap": {"name": scripts}})

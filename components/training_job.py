@@ -26,6 +26,7 @@ from components.security import (
 from components.workload_scripts import (
     PREFETCH_LIST,
     PREFETCH_SCRIPT,
+    PREWARM_SCRIPT,
     SCRIPTS_PATH,
     SCRIPTS_VOLUME,
     prefetch_markers,
@@ -46,17 +47,26 @@ BLOCK_MODE_WARNING = (
 
 # Runs the training command once per run identity. A Job re-created for a run that already
 # finished (garbage-collected by a TTL, dropped by `pulumi refresh`, re-created by `pulumi up`)
-# finds the marker on the cache and exits 0 at once instead of training again. The shell stays
-# PID 1 to write the marker, so it forwards SIGTERM to the trainer for a clean shutdown.
+# finds the marker on the cache and exits 0 at once instead of training again. Before training,
+# the prewarm (when MLCACHE_PREWARM names it) reads the model into the page cache; whatever it
+# does, training starts after it. The shell stays PID 1 to write the marker, so it forwards
+# SIGTERM to the prewarm or the trainer for a clean shutdown.
 RUN_ONCE_SCRIPT = """\
 marker="$MLCACHE_RUN_MARKER"
 if [ -e "$marker" ]; then
   echo "mlcache: run $MLCACHE_RUN_NAME already completed ($(cat "$marker")); marker $marker; nothing to do"
   exit 0
 fi
+stopping=
+trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
+if [ -n "${MLCACHE_PREWARM:-}" ]; then
+  python3 "$MLCACHE_PREWARM" -- "$@" &
+  child=$!
+  wait "$child" || echo "mlcache: prewarm exited with status $?; training starts without it"
+  [ -z "$stopping" ] || exit 143
+fi
 "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT
 wait "$child"; status=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
 if [ "$status" -eq 0 ]; then
@@ -147,13 +157,18 @@ def prefetch_container(job: JobSettings, cache: CacheSettings, token_env: list[d
     return attach_cache(spec, cache)
 
 
-def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]], scripts: bool) -> dict[str, Any]:
     env = container_env(job, cache)
     command, args = list(job.command), swift_args(job, cache)
+    mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount()]
     marker = completion_marker(job, cache)
     if marker:
         env.update(MLCACHE_RUN_NAME=job.run_name, MLCACHE_RUN_MARKER=marker)
         command, args = ["/bin/sh", "-c", RUN_ONCE_SCRIPT, "mlcache-run-once"], command + args
+    if marker and scripts:
+        # Always there in Filesystem mode: job.prewarm* edit the ConfigMap, never this template.
+        env["MLCACHE_PREWARM"] = f"{SCRIPTS_PATH}/{PREWARM_SCRIPT}"
+        mounts.append({"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True})
     spec: dict[str, Any] = {
         "name": CONTAINER,
         "image": job.image,
@@ -162,7 +177,7 @@ def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, 
         "args": args,
         "env": env_list(env, token_env),
         "resources": training_resources(job),
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount()],
+        "volumeMounts": mounts,
         "securityContext": container_security_context(job.run_as_user),
     }
     return attach_cache(spec, cache)
@@ -182,7 +197,7 @@ def job_manifest(
         "restartPolicy": "Never",
         **pod_scheduling(job, placement),
         **pod_hardening(job.run_as_user),
-        "containers": [container(job, cache, list(token_env))],
+        "containers": [container(job, cache, list(token_env), scripts is not None)],
         "volumes": [
             cache_volume(claim_name),
             # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.

@@ -1,15 +1,16 @@
-"""Prewarm: read the prefetched models' weight files into the page cache with parallel readers
+"""Prewarm: read the training model's weight files into the page cache with parallel readers
 before training starts, so that every rank's mmap load is served from memory.
 
-Runs in the training container, inside the run-once wrapper, just before `swift sft` (Python 3
-standard library only). Its settings come from prewarm.json in the mlcache-scripts ConfigMap, so
-changing them edits the ConfigMap, never the Job's pod template. The page cache it fills is
-charged to the container's memory cgroup: it reads at most what fits in the headroom (limit minus
-current usage minus what training itself needs), truncating or skipping with a log line. Any
-failure is a log line; the wrapper starts training whatever the exit status.
+Runs in the training container, inside the run-once wrapper, just before the training command,
+which it is given: the model is that command's --model (a directory, or a hub id that prefetch.py
+put on the cache). Python 3 standard library only. Its settings come from prewarm.json in the
+mlcache-scripts ConfigMap, so changing them edits the ConfigMap, never the Job's pod template.
+The page cache it fills is charged to the container's memory cgroup: it reads at most what fits
+in the headroom (limit minus usage minus what training itself needs), truncating or skipping with
+a log line. Any failure is a log line; the wrapper starts training whatever the exit status.
 
-    python3 prewarm.py [--config FILE]                   the pod's step (default: prewarm.json here)
-    python3 prewarm.py DIR... [--readers 8] [--max-bytes N]   explicit model directories
+    python3 prewarm.py [--config FILE] -- swift sft --model ORG/NAME ...   the pod's step
+    python3 prewarm.py --dir DIR [--dir DIR]... [--readers 8] [--max-bytes N]
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    from workloads import prefetch
+except ImportError:  # in the pod: beside this file in the scripts ConfigMap
+    import prefetch
 
 CHUNK = 16 * 2**20  # one read per chunk; chunks are handed out in load order
 WEIGHT_PATTERN = "*.safetensors"  # what transformers (and so ms-swift) mmaps
@@ -48,17 +54,30 @@ def weight_files(directory: Path) -> list[Path]:
     return sorted(directory.glob(WEIGHT_PATTERN))
 
 
-def model_directories(markers: list[Path]) -> list[Path]:
-    """Where prefetch.py put each model: the `path` its completion marker records."""
-    directories = []
-    for marker in markers:
-        try:
-            directories.append(Path(json.loads(marker.read_text())["path"]))
-        except FileNotFoundError:
-            log(f"no prefetch marker {marker}: that model is not on the cache yet, not prewarmed")
-        except (ValueError, KeyError, TypeError) as err:
-            log(f"unreadable prefetch marker {marker} ({type(err).__name__}: {err}), not prewarmed")
-    return directories
+def training_model(command: list[str]) -> str | None:
+    """The --model of a training command line (ms-swift's and transformers' scripts' flag)."""
+    for index, arg in enumerate(command):
+        if arg == "--model" and index + 1 < len(command):
+            return command[index + 1]
+        if arg.startswith("--model="):
+            return arg.partition("=")[2]
+    return None
+
+
+def model_directory(model: str, marker_dir: Path) -> Path | None:
+    """A directory as it is; a hub id where prefetch.py put it (its marker records the path),
+    from the hub the training uses (ms-swift: ModelScope unless USE_HF is set) first."""
+    if Path(model).is_dir():
+        return Path(model)
+    hubs = [prefetch.MODELSCOPE, prefetch.HUGGINGFACE]
+    if os.environ.get("USE_HF", "").lower() in ("1", "true", "yes"):
+        hubs.reverse()
+    for hub in hubs:
+        marker = prefetch.marker_path(marker_dir, hub, model)
+        if marker.exists():
+            return Path(json.loads(marker.read_text())["path"])
+    log(f"{model} has no prefetch marker in {marker_dir} (list it in cache.prefetch to prewarm it); nothing to read")
+    return None
 
 
 def _read_int(path: Path) -> int | None:
@@ -167,32 +186,39 @@ def prewarm(directories: list[Path], readers: int, max_bytes: int | None, reserv
     return result
 
 
-def from_config(config_file: Path) -> int:
+def from_config(config_file: Path, command: list[str]) -> None:
     config = json.loads(config_file.read_text())
     if not config["enabled"]:
         log("off (job.prewarm is false)")
-        return 0
-    directories = model_directories([Path(marker) for marker in config["markers"]])
-    prewarm(directories, config["readers"], config["maxBytes"], config["reserveBytes"])
-    return 0
+        return
+    model = training_model(command)
+    if model is None:
+        log("the training command has no --model; nothing to read")
+        return
+    directory = model_directory(model, Path(config["markers"]))
+    if directory is not None:
+        prewarm([directory], config["readers"], config["maxBytes"], config["reserveBytes"])
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(prog="prewarm.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("directories", nargs="*", type=Path)
     parser.add_argument("--config", type=Path, default=Path(__file__).with_name("prewarm.json"))
+    parser.add_argument("--dir", type=Path, action="append", help="a model directory (instead of the command's --model)")
     parser.add_argument("--readers", type=int, default=8)
     parser.add_argument("--max-bytes", type=int)
     parser.add_argument("--reserve-bytes", type=int, default=0)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv[:split])
     try:
-        if args.directories:
-            prewarm(args.directories, args.readers, args.max_bytes, args.reserve_bytes)
-            return 0
-        return from_config(args.config)
+        if args.dir:
+            prewarm(args.dir, args.readers, args.max_bytes, args.reserve_bytes)
+        else:
+            from_config(args.config, argv[split + 1 :])
     except Exception as err:  # one line for the log; the wrapper starts training regardless
         log(f"failed: {type(err).__name__}: {err}")
         return 1
+    return 0
 
 
 if __name__ == "__main__":
