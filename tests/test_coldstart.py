@@ -5,6 +5,7 @@ benchmark compares fio, the default loader, prewarm + loader and the shard reade
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -14,7 +15,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import load
 
 from components.training_job import RUN_ONCE_SCRIPT
 from tests.conftest import ROOT
@@ -304,3 +307,32 @@ def test_sigterm_during_the_prewarm_stops_the_pod_without_training(tmp_path):
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 143 and "trained" not in out and not (tmp_path / "run.done").exists()
+
+
+@pytest.mark.parametrize("io", ["direct", "buffered"])
+def test_the_shard_reader_reads_exactly_the_shards_and_direct_io_bypasses_the_page_cache(tmp_path, io):
+    paths = shards(tmp_path, count=2, size=5 * MiB + 123)
+    result = shard_bench.load_shards(tmp_path, readers=2, io=io)
+    assert result["io"] == io and result["total_bytes"] == sum(p.stat().st_size for p in paths)
+    assert resident(paths) == (0 if io == "direct" else result["total_bytes"])
+    for path in paths:
+        size = path.stat().st_size
+        buffer = shard_bench.staging_buffer(size)
+        assert shard_bench.read_whole(path, buffer, size, io) == io
+        ours, reference = shard_bench.deserialize(buffer[:size]), load(path.read_bytes())
+        assert ours.keys() == reference.keys()
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], reference[name])
+
+
+def test_a_filesystem_without_o_direct_is_read_buffered(tmp_path, monkeypatch):
+    shards(tmp_path, count=1)
+    real_open = os.open
+
+    def no_direct(path, flags, *args):  # what open(2) answers on a filesystem without O_DIRECT
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    assert shard_bench.load_shards(tmp_path, readers=1)["io"] == "buffered"
