@@ -20,7 +20,10 @@ import pytest
 from safetensors.numpy import load
 
 from components.training_job import RUN_ONCE_SCRIPT
-from tests.conftest import ROOT
+from components.workload_scripts import RANK_HOST_MEMORY
+from settings import ConfigError, parse_settings
+from tests.conftest import ROOT, env_of, main_container, only, rendered
+from tests.test_data_path import comparable
 from tools import bench
 from workloads import coldstart, prefetch, prewarm, shard_bench
 
@@ -336,3 +339,98 @@ def test_a_filesystem_without_o_direct_is_read_buffered(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "open", no_direct)
     assert shard_bench.load_shards(tmp_path, readers=1)["io"] == "buffered"
+
+
+# The prewarm in the rendered program.
+
+
+def scripts_data(run) -> dict[str, str]:
+    return only(run, "ConfigMap").inputs["data"]
+
+
+def test_the_training_container_runs_the_prewarm_from_the_scripts_configmap():
+    run = rendered("dev")
+    c = main_container(run)
+    assert env_of(c)["MLCACHE_PREWARM"] == "/opt/mlcache/prewarm.py"
+    assert {"name": "scripts", "mountPath": "/opt/mlcache", "readOnly": True} in c["volumeMounts"]
+    data = scripts_data(run)
+    for script in ("prewarm.py", "prefetch.py", "coldstart.py", "shard_bench.py"):
+        assert data[script] == (ROOT / "workloads" / script).read_text()
+    assert json.loads(data["prewarm.json"]) == {
+        "enabled": True,
+        "readers": 8,
+        "maxBytes": None,
+        "reserveBytes": 32 * 2**30 + 4 * RANK_HOST_MEMORY,  # job.shmSize + job.gpus ranks
+        "markers": "/cache/.mlcache/prefetch",
+    }
+
+
+def test_block_mode_has_no_prewarm():
+    c = main_container(rendered("dev", "cache.volumeMode=Block"))
+    assert "MLCACHE_PREWARM" not in env_of(c) and all(m["name"] != "scripts" for m in c.get("volumeMounts", []))
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_prewarm_settings_edit_only_the_configmap(stack):
+    base = rendered(stack)
+    after = rendered(stack, "job.prewarm=false", "job.prewarmReaders=4", "job.prewarmMaxBytes=20Gi")
+    is_scripts = lambda r: r.kind == "ConfigMap"  # noqa: E731
+    assert comparable(after, is_scripts) == comparable(base, is_scripts)
+    config = json.loads(scripts_data(after)["prewarm.json"])
+    assert (config["enabled"], config["readers"], config["maxBytes"]) == (False, 4, 20 * 2**30)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"), [("prewarmReaders", 0), ("prewarmReaders", "many"), ("prewarmMaxBytes", "lots"), ("prewarm", "yes please")]
+)
+def test_bad_prewarm_settings_are_refused_naming_the_key(key, value):
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"job": {key: value}})
+    assert err.value.key == f"mlcache:job.{key}"
+
+
+def test_the_benchmark_job_ends_with_the_cold_start_comparison_on_the_shard_loads_files():
+    run = rendered("dev", "benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
+    (bench_job,) = [j for j in run.find("Job") if j.object_name.endswith("-storage-bench")]
+    spec = bench_job.inputs["spec"]["template"]["spec"]
+    shard_load, cold = spec["initContainers"][-1], spec["containers"][0]
+    assert (shard_load["name"], cold["name"]) == ("shard-load", "cold-start")
+    assert cold["command"][:3] == ["python", "/opt/mlcache/coldstart.py", shard_load["command"][3]]
+    assert {"--count=8", "--size=1G", "--readers=8", "--rounds=3"} <= set(cold["command"])
+    assert cold["image"] == main_container(run)["image"]
+
+
+def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_path):
+    """The rendered container command and the ConfigMap's files, copied where the pod mounts them
+    (paths moved under tmp_path); a prefetch marker for job.model points at real shards."""
+    run = rendered("dev", "cache.prefetch[0]=Qwen/Qwen3-VL-8B-Instruct")
+    c, data = main_container(run), scripts_data(run)
+    scripts, markers = tmp_path / "opt", tmp_path / "markers"
+    scripts.mkdir()
+    markers.mkdir()
+    for name in ("prewarm.py", "prefetch.py"):
+        (scripts / name).write_text(data[name])
+    config = json.loads(data["prewarm.json"])
+    # This machine has less memory than the rendered reserve (64 GiB): the default skips, see below.
+    (scripts / "prewarm.json").write_text(json.dumps({**config, "markers": str(markers), "reserveBytes": 0}))
+    paths = shards(tmp_path / "model")
+    prefetch.marker_path(markers, prefetch.MODELSCOPE, "Qwen/Qwen3-VL-8B-Instruct").write_text(
+        json.dumps({"path": str(tmp_path / "model")})
+    )
+    env = {
+        **os.environ,
+        "MLCACHE_RUN_NAME": "r",
+        "MLCACHE_RUN_MARKER": str(tmp_path / "run.done"),
+        "MLCACHE_PREWARM": str(scripts / "prewarm.py"),
+    }
+    training = ["sh", "-c", 'echo "trained with $*"', *c["args"]]  # swift sft --model ... as the trainer's arguments
+    done = subprocess.run([*c["command"], *training], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.index("mlcache: prewarm: read") < done.stdout.index("trained with")
+    assert resident(paths) == sum(p.stat().st_size for p in paths)
+    # With the rendered reserve (job.shmSize + 4 ranks) this 24 GiB machine has no room: skipped, trained anyway.
+    shard_bench.evict(paths)
+    (tmp_path / "run.done").unlink()
+    (scripts / "prewarm.json").write_text(json.dumps({**config, "markers": str(markers)}))
+    done = subprocess.run([*c["command"], *training], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert "mlcache: prewarm: skipped: " in done.stdout and "trained with" in done.stdout and resident(paths) == 0
