@@ -30,19 +30,13 @@ def prefetch_markers(cache: CacheSettings) -> str:
     return f"{cache.mount_path}/.mlcache/prefetch"
 
 
-# What one training rank needs of host memory while the model loads (Python, torch, the CUDA
-# context, dataloader workers): the prewarm leaves it free, so it never squeezes training.
-RANK_HOST_MEMORY = 8 * 2**30
-
-
 def prewarm_config(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
-    """prewarm.py's settings; the container's cgroup limit and usage are read when it runs."""
+    """prewarm.py's settings; the container's memory limit, usage and ranks are read when it runs."""
     return {
         "enabled": job.prewarm,
         "readers": job.prewarm_readers,
         "maxBytes": None if job.prewarm_max_bytes is None else int(parse_quantity(job.prewarm_max_bytes)),
-        # /dev/shm fills during training and counts against the same memory limit.
-        "reserveBytes": int(parse_quantity(job.shm_size)) + job.gpus * RANK_HOST_MEMORY,
+        "shmBytes": int(parse_quantity(job.shm_size)),
         "markers": prefetch_markers(cache),
     }
 

@@ -20,7 +20,6 @@ import pytest
 from safetensors.numpy import load
 
 from components.training_job import RUN_ONCE_SCRIPT
-from components.workload_scripts import RANK_HOST_MEMORY
 from settings import ConfigError, parse_settings
 from tests.conftest import ROOT, env_of, main_container, only, rendered
 from tests.test_data_path import comparable
@@ -140,7 +139,7 @@ def test_a_hub_model_is_found_through_its_prefetch_marker_on_the_trainings_hub(t
 
 
 def write_config(tmp_path: Path, **overrides) -> Path:
-    config = {"enabled": True, "readers": 2, "maxBytes": None, "reserveBytes": 0, "markers": str(tmp_path / "markers")}
+    config = {"enabled": True, "readers": 2, "maxBytes": None, "shmBytes": 0, "markers": str(tmp_path / "markers")}
     path = tmp_path / "prewarm.json"
     path.write_text(json.dumps({**config, **overrides}))
     return path
@@ -360,7 +359,7 @@ def test_the_training_container_runs_the_prewarm_from_the_scripts_configmap():
         "enabled": True,
         "readers": 8,
         "maxBytes": None,
-        "reserveBytes": 32 * 2**30 + 4 * RANK_HOST_MEMORY,  # job.shmSize + job.gpus ranks
+        "shmBytes": 32 * 2**30,  # job.shmSize
         "markers": "/cache/.mlcache/prefetch",
     }
 
@@ -391,17 +390,17 @@ def test_bad_prewarm_settings_are_refused_naming_the_key(key, value):
 
 def test_the_benchmark_job_ends_with_the_cold_start_comparison_on_the_shard_loads_files():
     run = rendered("dev", "benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
-    (bench_job,) = [j for j in run.find("Job") if j.object_name.endswith("-storage-bench")]
+    training, bench_job = sorted(run.find("Job"), key=lambda j: j.object_name.endswith("-storage-bench"))
     spec = bench_job.inputs["spec"]["template"]["spec"]
     shard_load, cold = spec["initContainers"][-1], spec["containers"][0]
     assert (shard_load["name"], cold["name"]) == ("shard-load", "cold-start")
     assert cold["command"][:3] == ["python", "/opt/mlcache/coldstart.py", shard_load["command"][3]]
     assert {"--count=8", "--size=1G", "--readers=8", "--rounds=3"} <= set(cold["command"])
-    assert cold["image"] == main_container(run)["image"]
+    assert cold["image"] == training.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_path):
-    """The rendered container command and the ConfigMap's files, copied where the pod mounts them
+    """The rendered container command, env and ConfigMap files, copied where the pod mounts them
     (paths moved under tmp_path); a prefetch marker for job.model points at real shards."""
     run = rendered("dev", "cache.prefetch[0]=Qwen/Qwen3-VL-8B-Instruct")
     c, data = main_container(run), scripts_data(run)
@@ -411,26 +410,30 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
     for name in ("prewarm.py", "prefetch.py"):
         (scripts / name).write_text(data[name])
     config = json.loads(data["prewarm.json"])
-    # This machine has less memory than the rendered reserve (64 GiB): the default skips, see below.
-    (scripts / "prewarm.json").write_text(json.dumps({**config, "markers": str(markers), "reserveBytes": 0}))
     paths = shards(tmp_path / "model")
-    prefetch.marker_path(markers, prefetch.MODELSCOPE, "Qwen/Qwen3-VL-8B-Instruct").write_text(
-        json.dumps({"path": str(tmp_path / "model")})
-    )
+    marker = prefetch.marker_path(markers, prefetch.MODELSCOPE, "Qwen/Qwen3-VL-8B-Instruct")
+    marker.write_text(json.dumps({"path": str(tmp_path / "model")}))
     env = {
         **os.environ,
-        "MLCACHE_RUN_NAME": "r",
+        **env_of(c),
         "MLCACHE_RUN_MARKER": str(tmp_path / "run.done"),
         "MLCACHE_PREWARM": str(scripts / "prewarm.py"),
     }
     training = ["sh", "-c", 'echo "trained with $*"', *c["args"]]  # swift sft --model ... as the trainer's arguments
-    done = subprocess.run([*c["command"], *training], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    # This machine (24 GiB) has less memory than the rendered reserve: first one rank and no /dev/shm.
+    (scripts / "prewarm.json").write_text(json.dumps({**config, "markers": str(markers), "shmBytes": 0}))
+    done = subprocess.run(
+        [*c["command"], *training], env={**env, "NPROC_PER_NODE": "1"}, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.index("mlcache: prewarm: read") < done.stdout.index("trained with")
+    assert done.stdout.index("mlcache: prewarm: read") < done.stdout.index("trained with sft --model Qwen/Qwen3-VL-8B-Instruct")
     assert resident(paths) == sum(p.stat().st_size for p in paths)
-    # With the rendered reserve (job.shmSize + 4 ranks) this 24 GiB machine has no room: skipped, trained anyway.
+
+    # The rendered reserve (job.shmSize 32Gi + 4 ranks of 8 GiB) does not fit here: skipped, trained anyway.
     shard_bench.evict(paths)
     (tmp_path / "run.done").unlink()
     (scripts / "prewarm.json").write_text(json.dumps({**config, "markers": str(markers)}))
-    done = subprocess.run([*c["command"], *training], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert "mlcache: prewarm: skipped: " in done.stdout and "trained with" in done.stdout and resident(paths) == 0
+    done = subprocess.run([*c["command"], *training], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "mlcache: prewarm: skipped: " in done.stdout and "trained with" in done.stdout
+    assert resident(paths) == 0

@@ -32,6 +32,9 @@ except ImportError:  # in the pod: beside this file in the scripts ConfigMap
 
 CHUNK = 16 * 2**20  # one read per chunk; chunks are handed out in load order
 WEIGHT_PATTERN = "*.safetensors"  # what transformers (and so ms-swift) mmaps
+# What one training rank needs of host memory while the model loads (Python, torch, the CUDA
+# context, dataloader workers): the prewarm leaves it free for each of NPROC_PER_NODE ranks.
+RANK_HOST_BYTES = 8 * 2**30
 CGROUP = Path("/sys/fs/cgroup")
 MEMINFO = Path("/proc/meminfo")
 
@@ -197,7 +200,14 @@ def from_config(config_file: Path, command: list[str]) -> None:
         return
     directory = model_directory(model, Path(config["markers"]))
     if directory is not None:
-        prewarm([directory], config["readers"], config["maxBytes"], config["reserveBytes"])
+        prewarm([directory], config["readers"], config["maxBytes"], training_reserve(config["shmBytes"]))
+
+
+def training_reserve(shm_bytes: int) -> int:
+    """Memory the training needs besides the page cache: /dev/shm (it fills during training and
+    counts against the same limit) and each rank's own host memory."""
+    ranks = os.environ.get("NPROC_PER_NODE", "1")
+    return shm_bytes + (int(ranks) if ranks.isdigit() else 1) * RANK_HOST_BYTES
 
 
 def main(argv: list[str] | None = None) -> int:
