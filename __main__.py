@@ -6,15 +6,17 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 
 import pulumi
 
+from components.cache_pod import CachePod
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
-from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
+from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
 from settings import load_settings, read_tokens
+from verification import verification_commands
 
 settings = load_settings()
 
@@ -37,11 +39,21 @@ cache = CacheVolume(
 scripts = None
 if not settings.cache.is_block:
     scripts = WorkloadScripts(
-        "workload-scripts", settings.cache, settings.job, config_map_name="mlcache-scripts", namespace=settings.namespace
+        "workload-scripts", settings.cache, settings.job, config_map_name=SCRIPTS_CONFIG_MAP, namespace=settings.namespace
     )
 
 # No pod that mounts the cache accepts inbound connections.
-IngressIsolation("ingress-isolation", policy_name="mlcache-deny-ingress", namespace=settings.namespace)
+IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=settings.namespace)
+
+# Every pod on the cache (training, warm-up, benchmark) is placed, hardened and attached alike.
+cache_pod = CachePod(
+    job=settings.job,
+    cache=settings.cache,
+    placement=settings.placement,
+    namespace=settings.namespace,
+    claim_name=cache.claim_name,
+    scripts=scripts.name if scripts else None,
+)
 
 training = None
 if settings.job.enabled:
@@ -49,31 +61,13 @@ if settings.job.enabled:
     credentials = None
     if tokens:
         credentials = HubCredentials(
-            "hub-credentials", tokens, secret_name=f"{settings.job.name}-hub-tokens", namespace=settings.namespace
+            "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
-    training = TrainingJob(
-        "training",
-        settings.job,
-        cache=settings.cache,
-        placement=settings.placement,
-        namespace=settings.namespace,
-        claim_name=cache.claim_name,
-        credentials=credentials,
-        scripts=scripts.name if scripts else None,
-    )
+    training = TrainingJob("training", cache_pod, credentials=credentials)
 
 benchmark = None
 if settings.benchmark.enabled:
-    benchmark = StorageBenchmark(
-        "storage-benchmark",
-        settings.benchmark,
-        cache=settings.cache,
-        job=settings.job,
-        placement=settings.placement,
-        namespace=settings.namespace,
-        claim_name=cache.claim_name,
-        scripts=scripts.name if scripts else None,
-    )
+    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark)
 
 pulumi.export("backend", settings.backend)
 pulumi.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)

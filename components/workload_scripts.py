@@ -14,6 +14,8 @@ from components.common import constructor_kwargs, metadata
 from components.security import checkov_skips, namespace_skip
 from settings import CacheSettings, JobSettings, parse_quantity
 
+# Names private to the pods that read the ConfigMap (`duplicates` pairs this block with the
+# shared names in names.py by shape only: different facts).
 WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
 PREFETCH_SCRIPT = "prefetch.py"
 SHARD_BENCH_SCRIPT = "shard_bench.py"
@@ -22,8 +24,6 @@ COLDSTART_SCRIPT = "coldstart.py"
 SCRIPTS = (PREFETCH_SCRIPT, SHARD_BENCH_SCRIPT, PREWARM_SCRIPT, COLDSTART_SCRIPT)
 PREFETCH_LIST = "prefetch.txt"
 PREWARM_CONFIG = "prewarm.json"
-SCRIPTS_VOLUME = "scripts"
-SCRIPTS_PATH = "/opt/mlcache"
 
 
 def prefetch_markers(cache: CacheSettings) -> str:
@@ -49,6 +49,9 @@ def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings, job
     return {"metadata": metadata(name, namespace, annotations=annotations), "data": data}
 
 
+# `duplicates` pairs this class with HubCredentials and IngressIsolation by shape alone: the
+# ComponentResource idiom (keyword-only settings, super().__init__, one child with
+# parent=self, register_outputs last) written out, as in every component. Nothing to share.
 class WorkloadScripts(pulumi.ComponentResource):
     """ConfigMap with the workload scripts, the prefetch list (cache.prefetch) and prewarm.json (job.prewarm*)."""
 

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT
 
 FLOOR = "import pulumi, pulumi_kubernetes.core.v1, pulumi_kubernetes.batch.v1, pulumi_kubernetes.storage.v1"
 TARGET_RATIO = 1.3
@@ -23,7 +23,7 @@ TARGET_RATIO = 1.3
 
 def timed(command: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=PROJECT_DIR, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, cwd=CHECKOUT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 

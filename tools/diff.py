@@ -15,7 +15,6 @@ import argparse
 import difflib
 import io
 import json
-import os
 import subprocess
 import sys
 import tarfile
@@ -27,24 +26,10 @@ from typing import Any
 
 import yaml
 
-from tools.mock_engine import PROJECT_DIR
+from names import IMMUTABLE_FIELDS, PROVIDER_REPLACES
+from tools import CHECKOUT
 
-# Fields whose change the provider turns into a replacement, per kind (facts: provider/pkg/metadata).
-FORCE_NEW = {
-    "*": ("metadata.name", "metadata.namespace"),
-    "PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName"),
-    "Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
-    "StorageClass": ("parameters", "provisioner"),
-}
-# Fields Kubernetes refuses to patch although the provider would try (a failing update, not a
-# replacement, unless the program asks for replaceOnChanges).
-IMMUTABLE = {
-    "PersistentVolumeClaim": ("spec.volumeMode",),
-    "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
-}
 DATA_LOSS = "DATA LOSS"
-# Where this module's tools package lives: both revisions are rendered with these tools.
-TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -101,14 +86,14 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
         if not paths and previous["protect"] == obj["protect"]:
             continue
         kind = _kind(obj)
-        force_new = FORCE_NEW["*"] + FORCE_NEW.get(kind, ()) + tuple(obj["replaceOnChanges"])
+        force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + tuple(obj["replaceOnChanges"])
         replacing = sorted({f for p in paths for f in force_new if _under(p, f)})
         change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
         if replacing:
             change.reasons.append("changes " + ", ".join(replacing))
         elif paths:
             change.reasons.append("changes " + ", ".join(paths))
-            immutable = sorted({f for p in paths for f in IMMUTABLE.get(kind, ()) if _under(p, f)})
+            immutable = sorted({f for p in paths for f in IMMUTABLE_FIELDS.get(kind, ()) if _under(p, f)})
             if immutable:
                 change.warnings.append(f"the API server will refuse this update: {', '.join(immutable)} is immutable")
         else:
@@ -185,11 +170,10 @@ def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, 
     """tools.render --json of `stack` for the program in `project_dir` (None if no such stack)."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir)}
+    # A process of its own per render: the two revisions' programs never share imported modules.
     result = subprocess.run(
-        [sys.executable, "-m", "tools.render", "--stack", stack, "--json"],
-        cwd=TOOLS_ROOT,
-        env=env,
+        [sys.executable, "-m", "tools.render", "--project", str(project_dir), "--stack", stack, "--json"],
+        cwd=CHECKOUT,
         capture_output=True,
         text=True,
         check=False,
@@ -199,8 +183,8 @@ def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, 
     return json.loads(result.stdout), None
 
 
-def export_revision(ref: str, into: Path) -> None:
-    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=PROJECT_DIR, capture_output=True, check=False)
+def export_revision(ref: str, into: Path, project_dir: Path) -> None:
+    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=project_dir, capture_output=True, check=False)
     if archive.returncode != 0:
         raise ValueError(f"cannot read git revision {ref!r}: {archive.stderr.decode().strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
@@ -216,13 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
         try:
-            export_revision(args.base, base_dir)
+            export_revision(args.base, base_dir, CHECKOUT)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        names = {p.name[7:-5] for d in (PROJECT_DIR, base_dir) for p in d.glob("Pulumi.*.yaml")}
+        names = {p.name[7:-5] for d in (CHECKOUT, base_dir) for p in d.glob("Pulumi.*.yaml")}
         stacks = args.stack or sorted(names)
-        jobs = [(d, s) for s in stacks for d in (base_dir, PROJECT_DIR)]
+        jobs = [(d, s) for s in stacks for d in (base_dir, CHECKOUT)]
         with ThreadPoolExecutor(max_workers=2) as pool:
             rendered = list(pool.map(lambda job: _render_json(*job), jobs))
     failed = data_loss = False

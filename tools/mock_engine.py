@@ -8,9 +8,10 @@ dependencies, delete_before_replace, replace_on_changes, import ids, custom time
 from __future__ import annotations
 
 import logging
-import os
 import runpy
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,9 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-# The program to run: this checkout, or another revision of it (tools.diff renders the base
-# revision's program with this revision's tools).
-PROJECT_DIR = Path(os.environ.get("MLCACHE_PROJECT_DIR") or Path(__file__).resolve().parent.parent).resolve()
-PROGRAM = PROJECT_DIR / "__main__.py"
-PROJECT = "mlcache"
+from names import PROJECT
+from tools import CHECKOUT
+
 # Kinds the provider defaults into the kubeconfig's namespace when metadata.namespace is unset.
 CLUSTER_SCOPED_KINDS = {"StorageClass", "Namespace", "PersistentVolume", "PriorityClass"}
 DEFAULT_NAMESPACE = "default"
@@ -76,9 +75,6 @@ class ProgramRun:
 
     def find(self, kind: str) -> list[Registration]:
         return [r for r in self.kubernetes_objects() if r.kind == kind]
-
-    def by_urn(self, urn: str) -> Registration:
-        return next(r for r in self.registrations if r.urn == urn)
 
 
 class _Provider(mocks.Mocks):
@@ -160,8 +156,42 @@ class _WarningCollector(logging.Handler):
         self.run.warnings.append(record.getMessage())
 
 
-def run_program(config: dict[str, str], secret_keys: list[str], stack: str, run: ProgramRun | None = None) -> ProgramRun:
-    """Evaluate the program once, in isolation from earlier runs in this process.
+def _top_level_modules(directory: Path) -> set[str]:
+    """The program's own modules and packages in a project directory (not the tools or tests)."""
+    found = {p.stem for p in directory.glob("*.py")} | {p.parent.name for p in directory.glob("*/__init__.py")}
+    return found - {"__main__", "tools", "tests"}
+
+
+@contextmanager
+def _program_imports(project_dir: Path) -> Iterator[None]:
+    """The program imports its modules (settings, names, components...) from `project_dir`.
+
+    Modules of this checkout already imported in the process (the tools import `names`) are set
+    aside while another project directory's program runs (tools.diff renders another
+    revision), and put back after it.
+    """
+    own = _top_level_modules(CHECKOUT) if project_dir != CHECKOUT else set()
+    aside = {name: module for name, module in list(sys.modules.items()) if name.partition(".")[0] in own}
+    for name in aside:
+        del sys.modules[name]
+    sys.path.insert(0, str(project_dir))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(project_dir))
+        for name in [name for name in sys.modules if name.partition(".")[0] in own]:
+            del sys.modules[name]
+        sys.modules.update(aside)
+
+
+def run_program(
+    config: dict[str, str],
+    secret_keys: list[str],
+    stack: str,
+    run: ProgramRun | None = None,
+    project_dir: Path = CHECKOUT,
+) -> ProgramRun:
+    """Evaluate the program in `project_dir` once, in isolation from earlier runs in this process.
 
     `config` maps full keys ("mlcache:cache") to the strings the CLI would pass (JSON for
     structured values). Exceptions from the program (ConfigError included) propagate; pass
@@ -175,13 +205,12 @@ def run_program(config: dict[str, str], secret_keys: list[str], stack: str, run:
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))
     monitor = _CapturingMonitor(run)
     mocks.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
-    if str(PROJECT_DIR) not in sys.path:
-        sys.path.insert(0, str(PROJECT_DIR))
 
     def program() -> None:
-        runpy.run_path(str(PROGRAM), run_name="__main__")
+        runpy.run_path(str(project_dir / "__main__.py"), run_name="__main__")
 
-    _sync_await(run_pulumi_func(program))
+    with _program_imports(project_dir.resolve()):
+        _sync_await(run_pulumi_func(program))
     root = runtime_settings.get_root_resource()
     for name, value in root.outputs.items():
         output = pulumi.Output.from_input(value)

@@ -20,6 +20,7 @@ from typing import Any
 import pulumi
 import yaml
 
+from tools import CHECKOUT
 from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
@@ -157,14 +158,17 @@ def as_json(run: ProgramRun) -> dict[str, Any]:
     }
 
 
-def render(stack: str, overrides: list[str], secrets: list[str]) -> tuple[ProgramRun, StackConfig]:
-    config = load_stack_config(stack, overrides, secrets)
-    return run_program(config.engine_config(), sorted(config.secret_keys), stack), config
+def render(stack: str, overrides: list[str], secrets: list[str], project_dir: Path = CHECKOUT) -> tuple[ProgramRun, StackConfig]:
+    config = load_stack_config(stack, overrides, secrets, project_dir)
+    return run_program(config.engine_config(), sorted(config.secret_keys), stack, project_dir=project_dir), config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
+    parser.add_argument(
+        "--project", type=Path, default=CHECKOUT, metavar="DIR", help="the program and its stack files (default: this checkout)"
+    )
     parser.add_argument(
         "--config",
         action="append",
@@ -181,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     try:
-        run, config = render(args.stack, args.config, args.secret)
+        run, config = render(args.stack, args.config, args.secret, args.project)
     except RENDER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import sys
 
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT
 from tools.render import documents, render, to_yaml
 from tools.stack_config import stack_names
 
-SNAPSHOT_DIR = PROJECT_DIR / "tests" / "snapshots"
+SNAPSHOT_DIR = CHECKOUT / "tests" / "snapshots"
 
 
 def rendered_text(stack: str) -> str:
@@ -21,10 +21,10 @@ def rendered_text(stack: str) -> str:
 
 def main() -> int:
     SNAPSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    for stack in stack_names():
+    for stack in stack_names(CHECKOUT):
         path = SNAPSHOT_DIR / f"{stack}.yaml"
         path.write_text(rendered_text(stack))
-        print(f"wrote {path.relative_to(PROJECT_DIR)}")
+        print(f"wrote {path.relative_to(CHECKOUT)}")
     return 0
 
 

@@ -17,9 +17,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-LINSTOR_NAMESPACE = "piraeus-datastore"
+from names import HOSTNAME_LABEL, ZONE_LABEL
+from verification import linstor_resources_command
+
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -139,7 +139,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 FAIL,
                 "storage class",
                 f"PVC uses {used_class}, the stack expects {expect.storage_class}",
-                "the PVC predates the backend switch: follow the README's rollback procedure",
+                "the PVC predates the backend switch: follow the rollback procedure in docs/operations-and-rollback.md",
             )
         )
     pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
@@ -188,6 +188,8 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 Finding(FAIL, "pod zone", f"pod {name} is in zone {zone}, the stack pins {expect.zone}", "check job affinity")
             )
         if constraints and node is not None:
+            # `duplicates` pairs the Finding below with the storage-class one by shape: one
+            # Finding per check is data, not repeated logic.
             if node_satisfies(node, constraints):
                 findings.append(Finding(OK, "locality", f"pod {name} and its volume share node {node_name} and zone {zone}"))
             else:
@@ -210,7 +212,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} deploy/linstor-controller -- linstor resource list -r {volume}",
+                linstor_resources_command(volume),
             )
         )
     return findings
