@@ -31,7 +31,6 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 DNS_LABEL_MAX = 63
 DNS_SUBDOMAIN_MAX = 253
 _QUANTITY = re.compile(
@@ -88,10 +87,6 @@ def is_extended_resource_name(value: str) -> bool:
     prefix, slash, _ = value.partition("/")
     native = prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io") or prefix.startswith("requests.")
     return bool(slash) and not native and "/" not in value[len(prefix) + 1 :] and is_qualified_name(value)
-
-
-def is_env_name(value: str) -> bool:
-    return bool(_ENV_NAME.fullmatch(value))
 
 
 def is_pinned_image(image: str) -> bool:
@@ -436,4 +431,6 @@ def reference_rows(cls: type, prefix: str = "") -> list[str]:
             f"| `{key}` | {kind.type_name} | {_default_cell(declaration.default)} | {_cell(kind.allowed)} "
             f"| {_cell(declaration.description)} |"
         )
+        if getattr(kind, "item_cls", None) is not None:  # a list of objects: one row per field of an item
+            rows += reference_rows(kind.item_cls, f"{key}[].")
     return rows

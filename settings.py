@@ -96,7 +96,7 @@ def _is_layer_list(value: str) -> bool:
 
 
 class _Optional(Text):
-    """A top-level string where "" (Pulumi.yaml's default for an unset string) means unset."""
+    """A string where "" means unset (Pulumi.yaml's default for an unset top-level string)."""
 
     def parse(self, key: str, value: Any) -> str | None:
         return None if value == "" else super().parse(key, value)
@@ -176,7 +176,7 @@ class Toleration:
     key: str | None = setting(Text("a label key such as nvidia.com/gpu", is_qualified_name), None, "Taint key to tolerate.")
     operator: str = setting(Choice("Equal", "Exists"), "Equal", "Equal (key and value) or Exists (key only).")
     value: str | None = setting(
-        Text("a label value (at most 63 characters)", is_label_value), None, "Taint value (operator Equal)."
+        _Optional("a label value (at most 63 characters)", is_label_value), None, "Taint value (operator Equal; empty = unset)."
     )
     effect: str | None = setting(Choice("NoSchedule", "PreferNoSchedule", "NoExecute"), None, "Taint effect; unset = all.")
     toleration_seconds: int | None = setting(
@@ -188,6 +188,7 @@ class _Tolerations(Kind):
     """A list of tolerations, checked by the API server's rules (ValidateTolerations)."""
 
     type_name = "list of objects"
+    item_cls = Toleration
     allowed = "a list of tolerations (objects with " + ", ".join(schema.setting_names(Toleration)) + ")"
 
     def parse(self, key: str, value: Any) -> tuple[Toleration, ...]:
