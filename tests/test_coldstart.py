@@ -197,7 +197,7 @@ def test_coldstart_prints_every_side_with_ratios_to_fio(tmp_path, capsys):
         bench.main(["coldstart", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "2", "--rounds", "2"]) == 0
     )
     out = capsys.readouterr().out
-    for side in ("fio", "loader", "prewarm+loader", "shard reader"):
+    for side in ("fio", "loader", "prewarm+loader", "  prewarm", "  loader from page cache", "prewarm|loader", "shard reader"):
         assert f"\n{side} " in out
     assert "target prewarm+loader <= 1.15x fio time: " in out and "target shard reader >= 0.95x fio GB/s: " in out
     assert "(at most 0 bytes left resident)" in out
@@ -210,6 +210,8 @@ def test_coldstart_uses_a_directorys_own_shards_and_writes_none(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [own.name]
     assert result["shards"] == 1 and result["total_bytes"] == own.stat().st_size
     assert all(len(times) == 1 and times[0] > 0 for times in result["seconds"].values())
+    parts = result["parts"]
+    assert result["seconds"]["prewarm+loader"] == [parts["prewarm"][0] + parts["loader from page cache"][0]]
 
 
 def test_default_loader_reads_every_tensor(tmp_path):
@@ -241,7 +243,7 @@ def test_coldstart_runs_standalone_like_in_the_cluster_without_fio(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert set(result["seconds"]) == {"loader", "prewarm+loader", "shard reader"}
+    assert set(result["seconds"]) == {"loader", "prewarm+loader", "prewarm|loader", "shard reader"}
     assert result["fio"] == "skipped: fio is not on PATH" and "no device reference, so no ratios" in done.stderr
 
 
