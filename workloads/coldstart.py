@@ -25,6 +25,7 @@ import ctypes.util
 import json
 import mmap
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -77,9 +78,9 @@ def resident_bytes(path: Path) -> int:
         os.close(fd)
 
 
-def fio_seconds(paths: list[Path], readers: int) -> float:
-    """fio's buffered sequential read of exactly these files, `readers` jobs at a time; the time
-    the device takes for these bytes at fio's measured rate."""
+def fio_seconds(paths: list[Path], readers: int) -> tuple[float, float]:
+    """fio's buffered sequential read of exactly these files, `readers` jobs at a time: the time
+    the device takes for these bytes at fio's measured rate, and fio's CPU seconds."""
     # 4 MiB reads, as a loader's; fio refuses a block larger than a file (small test shards).
     block = max(4096, min(FIO_BLOCK, *(p.stat().st_size // 4096 * 4096 for p in paths)))
     args = ["fio", "--output-format=json", "--group_reporting"]
@@ -94,9 +95,15 @@ def fio_seconds(paths: list[Path], readers: int) -> float:
             "--invalidate=1",
             "--filename=" + ":".join(str(p).replace(":", "\\:") for p in group),
         ]
+    before = _children_cpu()
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
     read = json.loads(out[out.find("{") :])["jobs"][0]["read"]
-    return read["io_bytes"] / read["bw_bytes"]
+    return read["io_bytes"] / read["bw_bytes"], _children_cpu() - before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def default_load(paths: list[Path]) -> int:
@@ -113,13 +120,13 @@ def _all_of(paths: list[Path]) -> list[prewarm.Read]:
     return prewarm.plan([(p, p.stat().st_size) for p in paths], sum(p.stat().st_size for p in paths))
 
 
-def prewarm_then_load(paths: list[Path], readers: int) -> tuple[float, float]:
-    """The prewarm, then the loader; the seconds of each."""
-    began = time.perf_counter()
-    prewarm.read_into_cache(_all_of(paths), readers)
-    warmed = time.perf_counter()
-    default_load(paths)
-    return warmed - began, time.perf_counter() - warmed
+def prewarm_then_load(paths: list[Path], readers: int) -> tuple[Clock, Clock]:
+    """The prewarm, then the loader; the clock of each."""
+    with Clock() as warming:
+        prewarm.read_into_cache(_all_of(paths), readers)
+    with Clock() as loading:
+        default_load(paths)
+    return warming, loading
 
 
 def prewarm_alongside_load(paths: list[Path], readers: int) -> None:
@@ -152,22 +159,37 @@ def host_to_device(paths: list[Path]) -> dict:
     return {"device": torch.cuda.get_device_name(), "bytes": total, "seconds": seconds, "gb_per_s": total / seconds / 1e9}
 
 
-def run_side(side: str, directory: Path, paths: list[Path], readers: int, parts: dict[str, list[float]]) -> float:
+class Clock:
+    """Wall and CPU seconds (this process, all threads) of a `with` block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_side(side: str, directory: Path, paths: list[Path], readers: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of the side, and of its parts."""
     if side == FIO:
-        return fio_seconds(paths, readers)
-    if side == SHARD_READER:  # its own clock: staging buffers are allocated before it starts
-        return shard_bench.load_shards(directory, readers)["wall_seconds"]
+        return {FIO: fio_seconds(paths, readers)}
+    if side == SHARD_READER:  # its own clocks: staging buffers are allocated before they start
+        result = shard_bench.load_shards(directory, readers)
+        return {SHARD_READER: (result["wall_seconds"], result["cpu_seconds"])}
     if side == PREWARM_LOADER:
         warming, loading = prewarm_then_load(paths, readers)
-        parts[PREWARM_PART].append(warming)
-        parts[WARM_LOADER_PART].append(loading)
-        return warming + loading
-    began = time.perf_counter()
-    if side == LOADER:
-        default_load(paths)
-    else:
-        prewarm_alongside_load(paths, readers)
-    return time.perf_counter() - began
+        return {
+            PREWARM_LOADER: (warming.wall + loading.wall, warming.cpu + loading.cpu),
+            PREWARM_PART: (warming.wall, warming.cpu),
+            WARM_LOADER_PART: (loading.wall, loading.cpu),
+        }
+    with Clock() as clock:
+        if side == LOADER:
+            default_load(paths)
+        else:
+            prewarm_alongside_load(paths, readers)
+    return {side: (clock.wall, clock.cpu)}
 
 
 def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str) -> dict:
@@ -175,14 +197,17 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str)
     always runs first (or right after the same neighbour)."""
     paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
     sides = list(SIDES) if shutil.which("fio") else [s for s in SIDES if s != FIO]
-    seconds: dict[str, list[float]] = {side: [] for side in sides}
-    parts: dict[str, list[float]] = {PREWARM_PART: [], WARM_LOADER_PART: []}
+    rows = [row for side in sides for row in ([side, PREWARM_PART, WARM_LOADER_PART] if side == PREWARM_LOADER else [side])]
+    seconds: dict[str, list[float]] = {row: [] for row in rows}
+    cpu_seconds: dict[str, list[float]] = {row: [] for row in rows}
     left_resident = 0
     for index in range(rounds):
         for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
             shard_bench.evict(paths)
             left_resident = max(left_resident, sum(resident_bytes(p) for p in paths))
-            seconds[side].append(run_side(side, directory, paths, readers, parts))
+            for row, (wall, cpu) in run_side(side, directory, paths, readers).items():
+                seconds[row].append(wall)
+                cpu_seconds[row].append(cpu)
     return {
         "benchmark": "coldstart",
         "directory": str(directory),
@@ -191,7 +216,7 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str)
         "readers": readers,
         "rounds": rounds,
         "seconds": seconds,
-        "parts": parts,
+        "cpu_seconds": cpu_seconds,
         "resident_after_evict_bytes": left_resident,
         "fio": "fio" if FIO in sides else "skipped: fio is not on PATH",
         "host_to_device": host_to_device(paths),
@@ -201,9 +226,13 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str)
 def report(result: dict) -> str:
     total, seconds, fio = result["total_bytes"], result["seconds"], result["seconds"].get(FIO)
 
-    def row(label: str, times: list[float]) -> str:
-        median = statistics.median(times)
-        line = f"{label:<25} {median:>8.2f} {min(times):>6.2f}-{max(times):<6.2f} {total / median / 1e9:>6.2f}"
+    def row(label: str) -> str:
+        times, median = seconds[label], statistics.median(seconds[label])
+        indent = "  " if label in (PREWARM_PART, WARM_LOADER_PART) else ""
+        line = (
+            f"{indent + label:<25} {median:>8.2f} {min(times):>6.2f}-{max(times):<6.2f} {total / median / 1e9:>6.2f} "
+            f"{statistics.median(result['cpu_seconds'][label]):>6.2f}"
+        )
         if fio:
             per_round = [t / f for t, f in zip(times, fio, strict=True)]
             line += f" {statistics.median(per_round):>8.2f}x   {' '.join(f'{r:.2f}' for r in per_round)}"
@@ -213,12 +242,9 @@ def report(result: dict) -> str:
         f"coldstart: {result['shards']} shards, {total / 1e9:.2f} GB in {result['directory']}, {result['readers']} readers, "
         f"{result['rounds']} rounds (order rotating), page cache evicted before each run "
         f"(at most {result['resident_after_evict_bytes']} bytes left resident)",
-        f"{'':<25} {'median s':>8} {'min-max s':>13} {'GB/s':>6} {'time/fio':>9}   per round",
+        f"{'':<25} {'median s':>8} {'min-max s':>13} {'GB/s':>6} {'CPU s':>6} {'time/fio':>9}   per round",
+        *(row(label) for label in seconds),
     ]
-    for side, times in seconds.items():
-        lines.append(row(side, times))
-        if side == PREWARM_LOADER:
-            lines += [row(f"  {part}", result["parts"][part]) for part in (PREWARM_PART, WARM_LOADER_PART)]
     if not fio:
         lines.append(f"fio {result['fio']}: no device reference, so no ratios (the Job's fio-shards step measures the volume)")
     for side, (kind, target) in TARGETS.items() if fio else ():
