@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import pulumi
@@ -117,18 +117,18 @@ def parse_quantity(text: str) -> Decimal:
     match = _QUANTITY.fullmatch(text)
     if not match:
         raise ValueError(text)
+    suffix = match["suffix"] or ""
     try:
         number = Decimal(match["num"])
-    except InvalidOperation as err:
+        if suffix in _BINARY:
+            return number * _BINARY[suffix]
+        if suffix in _DECIMAL:
+            return number * _DECIMAL[suffix]
+        if suffix:
+            return number * Decimal(10) ** int(suffix[1:])
+        return number
+    except ArithmeticError as err:  # InvalidOperation, and the Overflow of an exponent such as 1e999999999
         raise ValueError(text) from err
-    suffix = match["suffix"] or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return number * _DECIMAL[suffix]
-    if suffix:
-        return number * Decimal(10) ** int(suffix[1:])
-    return number
 
 
 class ConfigError(pulumi.RunError):

@@ -130,6 +130,7 @@ BAD_VALUES = [
     ({"job": {"image": "repo/img@sha256:" + "a" * 63}}, "job.image", "pinned"),
     ({"job": {"env": {"UMASK": 18}}}, "job.env.UMASK", "quote numbers"),
     ({"job": {"cpu": "0.5 "}}, "job.cpu", "quantity"),
+    ({"cache": {"size": "1e999999999"}}, "cache.size", "quantity"),
     ({"linstor": {"mountOptions": ["noatime\n"]}}, "linstor.mountOptions[0]", "mount option"),
     ({"zones": ["ucsd", "bad zone"]}, "zones[1]", "label value"),
     ({"job": {"gpuResource": "kubernetes.io/gpu"}}, "job.gpuResource", "extended resource name"),

@@ -48,7 +48,9 @@ def _block(command: str, output: str) -> str:
 def tests_section(_: argparse.Namespace) -> str:
     def count(*paths: str) -> int:
         out = _run([sys.executable, "-m", "pytest", "--collect-only", "-q", *paths])
-        return sum(1 for line in out.splitlines() if "::" in line)
+        # One node id per line, or (quieter) one "file: count" line per file.
+        per_file = [int(m[1]) for m in (re.fullmatch(r"\S+\.py: (\d+)", line) for line in out.splitlines()) if m]
+        return sum(per_file) or sum(1 for line in out.splitlines() if "::" in line)
 
     unit = count("tests", "--ignore=tests/integration")
     integration = count("tests/integration")
@@ -64,9 +66,10 @@ def tests_section(_: argparse.Namespace) -> str:
     )
 
 
-def render_section(_: argparse.Namespace) -> str:
-    command = [sys.executable, "-m", "tools.bench_render", "--runs", "5"]
-    return _block("python -m tools.bench_render --runs 5", _run(command))
+def render_section(args: argparse.Namespace) -> str:
+    extra = ["--baseline", str(args.render_baseline)] if args.render_baseline else []
+    command = [sys.executable, "-m", "tools.bench_render", "--runs", "7", *extra]
+    return _block(" ".join(["python", *command[1:]]), _run(command))
 
 
 def fio_section(_: argparse.Namespace) -> str:
@@ -126,14 +129,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=list(SECTIONS), help="refresh only these sections (repeatable)")
     parser.add_argument("--build-log", type=Path, help="a scripts/build-engine log (for the build section)")
+    parser.add_argument("--render-baseline", type=Path, metavar="DIR", help="another checkout to time the render against")
     args = parser.parse_args(argv)
     sections = previous_sections(FIGURES.read_text()) if FIGURES.is_file() else {}
-    stamp = f"measured {datetime.date.today()} on {os.cpu_count()} cores, Python {platform.python_version()}"
+    stamp = (
+        f"measured {datetime.date.today()} on {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at the start), "
+        f"Python {platform.python_version()}"
+    )
     for name, measure in SECTIONS.items():
         if args.only and name not in args.only:
             continue
         print(f"figures: measuring {name}", file=sys.stderr)
-        body = measure(args)
+        try:
+            body = measure(args)
+        except subprocess.CalledProcessError as err:
+            last = (err.stdout or err.stderr or "").strip().splitlines()[-1:] or [""]
+            print(f"figures: {name} not measured: `{' '.join(err.cmd)}` exited {err.returncode}: {last[0]}", file=sys.stderr)
+            return 1
         if body is not None:
             sections[name] = f"_{stamp}_\n\n{body}".rstrip("\n") + "\n"
     FIGURES.write_text(HEAD + "".join(f"\n## {name}\n{sections[name]}" for name in SECTIONS if name in sections))
