@@ -124,7 +124,9 @@ def test_bad_revision_and_bad_config_fail(project_copy):
     stack_file = project_copy / "Pulumi.dev.yaml"
     stack_file.write_text(stack_file.read_text().replace("replicas: 1", "replicas: 0"))
     result = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
-    assert result.returncode == 2 and "mlcache:linstor.replicas" in result.stdout
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: stack dev: cannot render the working tree: invalid config mlcache:linstor.replicas")
+    assert result.stderr.count("\n") == 1
 
 
 def test_another_project_directory_renders_its_own_modules(tmp_path):

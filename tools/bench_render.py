@@ -9,7 +9,6 @@ ratio (target: <= 1.3). Runs alternate so machine noise hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
 
 FLOOR = "import pulumi, pulumi_kubernetes.core.v1, pulumi_kubernetes.batch.v1, pulumi_kubernetes.storage.v1"
 TARGET_RATIO = 1.3
@@ -24,13 +24,20 @@ TARGET_RATIO = 1.3
 
 def timed(command: list[str], cwd: Path = CHECKOUT) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run(command, cwd=cwd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError as err:  # a --baseline that is not a directory
+        raise UsageError(f"cannot run `{' '.join(command[1:])}` in {cwd}: {err.strerror}") from None
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise UsageError(f"`{' '.join(command[1:])}` in {cwd} failed: {last[0].removeprefix('error: ')}")
     return time.perf_counter() - start
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=9)
+    parser = ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=positive_int, default=9)
     parser.add_argument("--stack", default="dev")
     parser.add_argument(
         "--baseline",

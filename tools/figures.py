@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point
 
 FIGURES = CHECKOUT / "docs" / "figures.md"
 HEAD = """\
@@ -102,7 +103,10 @@ def shards_section(_: argparse.Namespace) -> str:
 def build_section(args: argparse.Namespace) -> str | None:
     if not args.build_log:
         return None
-    lines = args.build_log.read_text().splitlines()
+    try:
+        lines = args.build_log.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--build-log {args.build_log}: cannot read it ({err})") from None
     steps = [m.groups() for m in (re.search(r"\] (\S+) (\S+): built in (\d+) s", line) for line in lines) if m]
     total = [m[1] for m in (re.search(r"toolchain ready in .* \((\d+) s\)", line) for line in lines) if m]
     rows = "\n".join(f"| {step} | {version} | {seconds} s |" for step, version, seconds in steps)
@@ -125,8 +129,9 @@ def previous_sections(text: str) -> dict[str, str]:
     return {name: body.strip("\n") + "\n" for name, body in zip(parts[1::2], parts[2::2], strict=True)}
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.figures", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=list(SECTIONS), help="refresh only these sections (repeatable)")
     parser.add_argument("--build-log", type=Path, help="a scripts/build-engine log (for the build section)")
     parser.add_argument("--render-baseline", type=Path, metavar="DIR", help="another checkout to time the render against")
