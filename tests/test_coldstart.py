@@ -447,3 +447,15 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
     done = subprocess.run([*c["command"], *training], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "mlcache: prewarm: skipped: " in done.stdout and "trained with" in done.stdout
     assert resident(paths) == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--readers", "0"], ["--size", "1X"], ["--count", "-1"], ["--rounds", "0"], ["--dir", "/proc/no/such/place"]],
+    ids=lambda a: " ".join(a),
+)
+def test_bench_coldstart_refuses_bad_arguments_in_one_line_before_writing_anything(capsys, tmp_path, argv):
+    code = bench.main(["coldstart", "--dir", str(tmp_path / "s"), *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and argv[0] in err, err
+    assert not (tmp_path / "s").exists()
