@@ -34,23 +34,26 @@ BLOCK_MODE_WARNING = (
 # finds the marker on the cache and exits 0 at once instead of training again. Before training,
 # the prewarm (when MLCACHE_PREWARM names it) reads the model into the page cache; whatever it
 # does, training starts after it. The shell stays PID 1 to write the marker, so it forwards
-# SIGTERM to the prewarm or the trainer for a clean shutdown.
+# SIGTERM to the prewarm or the trainer for a clean shutdown (also one that arrives between
+# starting a child and learning its PID).
 RUN_ONCE_SCRIPT = """\
 marker="$MLCACHE_RUN_MARKER"
 if [ -e "$marker" ]; then
   echo "mlcache: run $MLCACHE_RUN_NAME already completed ($(cat "$marker")); marker $marker; nothing to do"
   exit 0
 fi
-stopping=
-trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
+stopping= child=
+trap 'stopping=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM INT
 if [ -n "${MLCACHE_PREWARM:-}" ]; then
   python3 "$MLCACHE_PREWARM" -- "$@" &
   child=$!
+  [ -z "$stopping" ] || kill -TERM "$child" 2>/dev/null
   wait "$child" || echo "mlcache: prewarm exited with status $?; training starts without it"
   [ -z "$stopping" ] || exit 143
 fi
 "$@" &
 child=$!
+[ -z "$stopping" ] || kill -TERM "$child" 2>/dev/null
 wait "$child"; status=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
 if [ "$status" -eq 0 ]; then
