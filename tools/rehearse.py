@@ -321,9 +321,11 @@ class Rehearsal:
         self.configure(stack, config)
         self.progress(f"pulumi up --stack {stack} (Automation API, file backend in {self.work / 'state'})")
         try:
-            return up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
+            outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
         except UpFailed as err:
             raise UpFailed(scrub(str(err), secret_values(config))) from None
+        self.progress("pulumi up done")
+        return outputs
 
     def view(self, namespace: str) -> ClusterView:
         from kubernetes import client  # noqa: PLC0415
