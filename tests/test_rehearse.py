@@ -368,10 +368,10 @@ def test_toolchain_prefers_path_then_the_newest_cached_build(tmp_path):
     assert found["pulumi"] == on_path / "pulumi"
     assert found["kube-scheduler"] == cache / "apiserver-v2" / "kube-scheduler"
     assert found["stages"] == cache / "kwok-v2" / "stages"
-    bin_dir, layout = rehearse.link_toolchain(found, tmp_path / "links")
+    bin_dir = rehearse.link_toolchain(found, tmp_path / "bin")
     assert (bin_dir / "pulumi").resolve() == on_path / "pulumi"
-    assert (layout / "kwok-rehearsal" / "stages").resolve() == cache / "kwok-v2" / "stages"
-    assert (layout / "apiserver-rehearsal" / "kube-apiserver").resolve() == cache / "apiserver-v2" / "kube-apiserver"
+    assert (bin_dir / "stages").resolve() == cache / "kwok-v2" / "stages"
+    assert (bin_dir / "kube-apiserver").resolve() == cache / "apiserver-v2" / "kube-apiserver"
 
 
 def test_rehearsal_config_points_at_the_rehearsal_cluster_and_keeps_secure_values_secret(tmp_path):

@@ -127,18 +127,14 @@ def find_toolchain(cache: Path | None = None, path: str | None = None) -> dict[s
     return found
 
 
-def link_toolchain(found: dict[str, Path], directory: Path) -> tuple[Path, Path]:
-    """A bin directory (for the Automation API's CLI and the language host) and an engine-cache
-    layout of the chosen binaries (MLCACHE_ENGINE_CACHE for scripts/local-cluster)."""
-    bin_dir, layout = directory / "bin", directory / "engine-cache"
-    bin_dir.mkdir(parents=True)
+def link_toolchain(found: dict[str, Path], directory: Path) -> Path:
+    """One bin directory with the chosen binaries and kwok's stages: first on PATH for the
+    Automation API's CLI, the language host and scripts/local-cluster (which looks on PATH
+    first, and for the stages beside kwok)."""
+    directory.mkdir(parents=True)
     for name, source in found.items():
-        step_dir = layout / f"{TOOLCHAIN.get(name, 'kwok')}-rehearsal"
-        step_dir.mkdir(parents=True, exist_ok=True)
-        (step_dir / name).symlink_to(source)
-        if name in TOOLCHAIN:
-            (bin_dir / name).symlink_to(source)
-    return bin_dir, layout
+        (directory / name).symlink_to(source)
+    return directory
 
 
 def copy_program(destination: Path, project_dir: Path = PROJECT_DIR) -> Path:
@@ -197,6 +193,9 @@ class Rehearsal:
     """A rehearsal cluster and a Pulumi workspace pointed at it. Use as a context manager."""
 
     fleet: Path | None = None
+    # Job pods succeed at once (kwok's pod-complete stage) instead of running on: a benchmark
+    # Job finishes in minutes and frees its GPUs for training, which runs for hours.
+    complete_jobs: bool = False
     keep: bool = False
     progress: Progress = quiet
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlcache-rehearse-")))
@@ -210,7 +209,7 @@ class Rehearsal:
         self._api = None
 
     def __enter__(self) -> Rehearsal:
-        self.bin_dir, layout = link_toolchain(self.toolchain, self.work / "toolchain")
+        self.bin_dir = link_toolchain(self.toolchain, self.work / "toolchain" / "bin")
         self.env = {
             "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}",
             "PULUMI_HOME": str(self.work / "pulumi-home"),
@@ -218,7 +217,6 @@ class Rehearsal:
             "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
             "PULUMI_SKIP_UPDATE_CHECK": "true",
             "KUBECONFIG": str(self.kubeconfig),
-            "MLCACHE_ENGINE_CACHE": str(layout),
         }
         (self.work / "state").mkdir()
         self.running = True
@@ -235,6 +233,8 @@ class Rehearsal:
         command = [str(LOCAL_CLUSTER), "start", str(self.cluster)]
         if self.fleet:
             command += ["--fleet", str(self.fleet)]
+        if self.complete_jobs:
+            command.append("--complete-jobs")
         self.progress(f"starting the rehearsal cluster ({f'fleet {self.fleet}' if self.fleet else 'the runbook fleet'})")
         try:
             started = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=300)
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the scheduler to settle")
     args = parser.parse_args(argv)
     try:
-        render(args.stack, args.config, [])  # the program's own validation, before anything starts
+        run, _ = render(args.stack, args.config, [])  # the program's own validation, before anything starts
     except RENDER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -451,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = stderr_progress()
     try:
-        with Rehearsal(fleet=args.fleet, keep=args.keep, progress=progress) as rehearsal:
+        benchmark = run.outputs.get("benchmarkJob") is not None
+        with Rehearsal(fleet=args.fleet, complete_jobs=benchmark, keep=args.keep, progress=progress) as rehearsal:
             try:
                 outputs = rehearsal.up(args.stack, args.config)
             except UpFailed as err:

@@ -39,13 +39,14 @@ def _missing(reason: str) -> None:
 @pytest.fixture
 def rehearsal(request):
     """A fresh rehearsal cluster, deployed to through tools.rehearse (the same code path as
-    `python -m tools.rehearse`): the runbook's fleet, or the fleet file a test passes with
-    `@pytest.mark.parametrize("rehearsal", [FILE], indirect=True)`."""
+    `python -m tools.rehearse`): the runbook's fleet, or what a test passes with
+    `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`."""
     try:
         toolchain = find_toolchain()
     except SetupError as err:
         _missing(str(err))
-    with Rehearsal(fleet=getattr(request, "param", None), toolchain=toolchain, progress=stderr_progress()) as cluster:
+    options = getattr(request, "param", {})
+    with Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()) as cluster:
         yield cluster
 
 

@@ -131,6 +131,7 @@ def test_prod_with_the_pinned_zones_a100s_taken_training_stays_pending_with_the_
     assert "remedy:" in verify.stdout and "mlcache:zone=" in verify.stdout
 
 
+@pytest.mark.parametrize("rehearsal", [{"complete_jobs": True}], indirect=True)
 def test_first_consumer_benchmark_binds_the_volume_where_training_fits_and_training_lands_with_it(rehearsal):
     bench = ["benchmark.enabled=true", "benchmark.fioImage=docker.io/library/fio:3.38"]
     outputs = rehearsal.up("dev", ["job.enabled=false", *bench])
@@ -148,7 +149,7 @@ def test_first_consumer_benchmark_binds_the_volume_where_training_fits_and_train
     assert report.exit_code == 0, report.problems
 
 
-@pytest.mark.parametrize("rehearsal", [FLEETS / "tainted-gpus.yaml"], indirect=True)
+@pytest.mark.parametrize("rehearsal", [{"fleet": FLEETS / "tainted-gpus.yaml"}], indirect=True)
 def test_first_consumer_trap_the_runbooks_fio_pod_applied_first_strands_the_volume_and_training_never_places(rehearsal):
     outputs = rehearsal.up("dev", ["job.enabled=false", GPU_TOLERATION])
     namespace = outputs["namespace"]
@@ -171,7 +172,7 @@ def test_first_consumer_trap_the_runbooks_fio_pod_applied_first_strands_the_volu
     assert report.exit_code == 1
 
 
-@pytest.mark.parametrize("rehearsal", [FLEETS / "two-a100-satellites.yaml"], indirect=True)
+@pytest.mark.parametrize("rehearsal", [{"fleet": FLEETS / "two-a100-satellites.yaml"}], indirect=True)
 def test_two_replicas_pin_the_volume_to_both_replica_nodes_and_training_can_use_either(rehearsal):
     outputs = rehearsal.up("dev", ["linstor.replicas=2"])
     report = rehearsal.report("dev", outputs, SETTLE)
