@@ -258,8 +258,11 @@ def build_report(
         if not placed.mounts_cache:
             continue
         if placed.node is None:
+            # The scheduler's words are in the report's Pending section; here what they mean.
             finding = diagnose_pending_pod(raw, expect, snapshot)
-            problems.append(Problem(f"pod {placed.pod}", finding.message.split(": ", 1)[-1], finding.remedy))
+            _, arrow, meaning = finding.message.partition(" -> ")
+            what = f"is not placed: {meaning}" if arrow else "is not placed (the scheduler's reason above)"
+            problems.append(Problem(f"pod {placed.pod}", what, finding.remedy or "`kubectl describe pod` for its events"))
         elif placed.with_cache is False:
             problems.append(
                 Problem(

@@ -346,7 +346,7 @@ class Rehearsal:
         """Watch pods, claims, volumes and events until nothing is moving (tools.placement.
         still_moving), or until `timeout`: then return what was still moving."""
         changes: queue.Queue[str] = queue.Queue()
-        watchers = self._watch(changes, namespace)
+        watchers = self._watch(changes, namespace, timeout)
         deadline = time.monotonic() + timeout
         volumes_changed_at, last_volumes = time.monotonic(), None
         verdicts: dict[str, tuple[Any, float]] = {}
@@ -381,7 +381,9 @@ class Rehearsal:
             for watcher in watchers:
                 watcher.stop()
 
-    def _watch(self, changes: queue.Queue, namespace: str) -> list[Any]:
+    def _watch(self, changes: queue.Queue, namespace: str, timeout: float) -> list[Any]:
+        """A thread per watched kind; each change wakes the settle loop. The server ends the
+        watches when the wait would end anyway."""
         from kubernetes import client, watch  # noqa: PLC0415
 
         core = client.CoreV1Api(self.api)
@@ -397,7 +399,7 @@ class Rehearsal:
 
             def stream(watcher=watcher, source=source, kwargs=kwargs) -> None:
                 try:
-                    for _ in watcher.stream(source, timeout_seconds=600, **kwargs):
+                    for _ in watcher.stream(source, timeout_seconds=int(timeout) + 1, **kwargs):
                         changes.put(source.__name__)
                 except Exception:  # the cluster went away: the main loop reads what is left
                     changes.put("stopped")
