@@ -284,14 +284,27 @@ class Rehearsal:
         return yaml.safe_load(self.kubeconfig.read_text())["current-context"]
 
     def ensure_namespace(self, namespace: str) -> None:
-        from kubernetes import client  # noqa: PLC0415
-        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+        """The namespace, with the default service account pods need (ServiceAccount
+        admission): the serviceaccount controller adds it, watched for here."""
+        from kubernetes import client, watch  # noqa: PLC0415
 
         try:
             self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
         except ApiException as err:
             if err.status != 409:
                 raise
+        accounts = self.core.list_namespaced_service_account(namespace, field_selector="metadata.name=default")
+        if accounts.items:
+            return
+        stream = watch.Watch().stream(
+            self.core.list_namespaced_service_account,
+            namespace,
+            field_selector="metadata.name=default",
+            resource_version=accounts.metadata.resource_version,
+            timeout_seconds=60,
+        )
+        if next(stream, None) is None:
+            raise SetupError(f"namespace {namespace} got no default service account within 60 s (serviceaccount controller)")
 
     def configure(self, stack: str, config: StackConfig) -> None:
         """Create the stack in the rehearsal's backend and write its layered config."""
