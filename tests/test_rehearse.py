@@ -396,7 +396,8 @@ def test_the_program_copy_has_no_stack_files_and_the_projects_virtualenv(tmp_pat
     [
         (["--stack", "nope"], "error: no stack file Pulumi.nope.yaml"),
         (["--stack", "prod", "--config", "job.gpus=0"], "mlcache:job.gpus"),
-        (["--stack", "prod", "--fleet", "/no/such/fleet.yaml"], "error: --fleet /no/such/fleet.yaml: no such file"),
+        (["--stack", "prod", "--fleet", "/no/such/fleet.yaml"], "error: fleet /no/such/fleet.yaml: cannot read it"),
+        (["--stack", "prod", "--fleet", "Pulumi.yaml"], "neither a fleet description"),
         (["--stack", "prod", "--timeout", "0"], "error: --timeout 0: must be a positive number of seconds"),
     ],
 )

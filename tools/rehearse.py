@@ -33,6 +33,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from tools.fleet import FleetError
+from tools.fleet import load as load_fleet
 from tools.mock_engine import PROJECT_DIR
 from tools.placement import (
     ClusterView,
@@ -458,8 +460,11 @@ def main(argv: list[str] | None = None) -> int:
     except RENDER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.fleet and not args.fleet.is_file():
-        print(f"error: --fleet {args.fleet}: no such file", file=sys.stderr)
+    try:
+        if args.fleet:
+            load_fleet(args.fleet)  # scripts/local-cluster reads it the same way; a bad file stops here
+    except FleetError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if args.timeout <= 0:
         print(f"error: --timeout {args.timeout:g}: must be a positive number of seconds", file=sys.stderr)
