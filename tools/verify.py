@@ -22,6 +22,8 @@ from typing import Any
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
+VOLUME_CONFLICT = ("volume node affinity conflict", "didn't match PersistentVolume's node affinity")
 # Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
 STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
 LINSTOR_NAMESPACE = "piraeus-datastore"
@@ -357,7 +359,7 @@ def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tup
 def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
     name = _get(pod, "metadata", "name")
     message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
-    if "volume node affinity conflict" in message:
+    if any(words in message for words in VOLUME_CONFLICT):
         explanation, remedy = stranded_volume(pod, expect, snapshot)
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
     if expect.zone and not any(node_zone(n) == expect.zone for n in snapshot.nodes.values()):
