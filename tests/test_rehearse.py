@@ -382,7 +382,7 @@ def test_rehearsal_config_points_at_the_rehearsal_cluster_and_keeps_secure_value
     config.secret_keys.add("mlcache:hfToken")
     plain, secret = rehearse.rehearsal_config(config, tmp_path / "kubeconfig", "rehearsal")
     assert plain["kubernetes:kubeconfig"] == str(tmp_path / "kubeconfig") and plain["kubernetes:context"] == "rehearsal"
-    assert plain["mlcache:job"]["gpus"] == 8 and plain["mlcache:zone"] == "ucsd"
+    assert str(plain["mlcache:job"]["gpus"]) == "8" and plain["mlcache:zone"] == "ucsd"
     assert "mlcache:hfToken" not in plain and secret == {"mlcache:hfToken": "offline-placeholder-for-a-secure-value"}
 
 

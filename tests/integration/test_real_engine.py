@@ -51,13 +51,14 @@ def placed(api, objects: dict[str, dict]) -> tuple[dict, dict]:
     """The training pod once Running and the PV its claim is bound to (both as dicts)."""
     core = client.CoreV1Api(api)
     job, pvc = objects["Job"]["metadata"], objects["PersistentVolumeClaim"]["metadata"]
+    namespace = job.get("namespace", "default")
 
     def running_pod():
-        pods = core.list_namespaced_pod(job["namespace"], label_selector=f"job-name={job['name']}").items
+        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job['name']}").items
         return next((p for p in pods if p.status.phase == "Running"), None)
 
     def bound_volume():
-        claim = core.read_namespaced_persistent_volume_claim(pvc["name"], pvc["namespace"])
+        claim = core.read_namespaced_persistent_volume_claim(pvc["name"], namespace)
         return claim.spec.volume_name if claim.status.phase == "Bound" else None
 
     pod = wait_for(running_pod, 90, f"a Running pod of Job {job['name']}")
@@ -132,7 +133,7 @@ def test_prod_refuses_to_replace_the_protected_cache_until_unprotected(engine, k
     refused = project.up("prod", check=False)
     assert refused.returncode != 0 and "protect" in (refused.stdout + refused.stderr)
     assert uid(kube, pvc) == original  # nothing was deleted
-    # The README's one-`up` procedure: unprotect in the same change.
+    # The one-`up` procedure of docs/operations-and-rollback.md: unprotect in the same change.
     project.set("prod", "cache.protect", "false")
     project.up("prod")
     assert uid(kube, pvc) != original
@@ -150,7 +151,7 @@ def test_replica_change_replaces_the_class_but_neither_the_cache_nor_the_job(eng
     assert diff_actions("dev", ("linstor.replicas=2",)) == {"StorageClass": "replace"}
     # `pulumi preview` of this change fails with the provider build available here (its
     # server-side dry run of the same-named replacement hits "updates to parameters are
-    # forbidden"; see the README). `up` is what matters for the data-loss guard:
+    # forbidden"; see docs/real-engine-testing.md). `up` is what matters for the data-loss guard:
     preview = project.pulumi("preview", stack="dev", check=False)
     if preview.returncode != 0:
         assert "updates to parameters are forbidden" in preview.stdout + preview.stderr

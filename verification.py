@@ -1,11 +1,18 @@
-"""The runbook's verification commands, filled in for one stack."""
+"""The runbook's verification commands (step 7), filled in for one stack: the program exports
+them (`verifyCommands`) and tools.verify prints them as remedies."""
 
 from __future__ import annotations
 
 import shlex
 
-ZONE_JSONPATH = r"{.metadata.labels.topology\.kubernetes\.io/zone}"
-LINSTOR_NAMESPACE = "piraeus-datastore"
+from names import LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
+
+ZONE_JSONPATH = "{.metadata.labels." + ZONE_LABEL.replace(".", "\\.") + "}"
+
+
+def linstor_resources_command(volume: str) -> str:
+    """The LINSTOR view of a volume's replicas (which nodes hold it, in which state)."""
+    return f"kubectl -n {LINSTOR_NAMESPACE} exec {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}"
 
 
 def verification_commands(pvc: str, job: str | None, namespace: str | None, linstor: bool) -> dict[str, str]:
@@ -21,7 +28,5 @@ def verification_commands(pvc: str, job: str | None, namespace: str | None, lins
         commands["podNode"] = f"kubectl get pods{ns} -l job-name={job} -o wide"
         commands["podZone"] = f"kubectl get node {pod_node} -o jsonpath='{ZONE_JSONPATH}'"
     if linstor:
-        commands["linstorResources"] = (
-            f"kubectl -n {LINSTOR_NAMESPACE} exec deploy/linstor-controller -- linstor resource list -r {volume}"
-        )
+        commands["linstorResources"] = linstor_resources_command(volume)
     return commands
