@@ -25,11 +25,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tools.rehearse import PROVIDER_VERSION, Rehearsal, SetupError, UpFailed, find_toolchain, stderr_progress, up_stack
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(
     os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
 )
-PROVIDER_VERSION = "4.34.2"
 PASSPHRASE = "mlcache-integration-tests"
 
 
@@ -50,6 +51,26 @@ def _binary(pattern: str) -> Path | None:
     return found[-1] if found else None  # the most recent build
 
 
+def _missing(reason: str) -> None:
+    if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def rehearsal(request):
+    """A fresh rehearsal cluster, deployed to through tools.rehearse (the same code path as
+    `python -m tools.rehearse`): the runbook's fleet, or what a test passes with
+    `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`."""
+    try:
+        toolchain = find_toolchain()
+    except SetupError as err:
+        _missing(str(err))
+    options = getattr(request, "param", {})
+    with Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()) as cluster:
+        yield cluster
+
+
 def toolchain() -> dict[str, Path]:
     wanted = {
         "pulumi": "cli-*/pulumi",
@@ -64,10 +85,7 @@ def toolchain() -> dict[str, Path]:
     found = {name: _binary(pattern) for name, pattern in wanted.items()}
     missing = [name for name, path in found.items() if path is None]
     if missing:
-        reason = f"real-engine toolchain missing in {CACHE} ({', '.join(missing)}): run scripts/build-engine"
-        if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        _missing(f"real-engine toolchain missing in {CACHE} ({', '.join(missing)}): run scripts/build-engine")
     return found
 
 
@@ -118,7 +136,15 @@ class Project:
         self.pulumi("config", "set", "--path", f"mlcache:{key}", value, stack=stack)
 
     def up(self, stack: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.pulumi("up", "--yes", "--skip-preview", stack=stack, check=check)
+        """`pulumi up` the way tools.rehearse deploys (the Automation API, tools.rehearse.up_stack)."""
+        bin_dir = Path(shutil.which("pulumi", path=self.env["PATH"])).parent
+        try:
+            outputs = up_stack(self.directory, stack, self.env, bin_dir)
+        except UpFailed as err:
+            if check:
+                raise AssertionError(f"pulumi up failed:\n{err}") from None
+            return subprocess.CompletedProcess(["pulumi", "up"], 1, "", str(err))
+        return subprocess.CompletedProcess(["pulumi", "up"], 0, json.dumps(outputs), "")
 
     def preview_ops(self, stack: str) -> dict[str, str]:
         """Kubernetes kind -> step op of a `pulumi preview --json` (changed objects only)."""
