@@ -12,6 +12,7 @@ from components.ingress_isolation import IngressIsolation
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
+from components.training_workers import TrainingWorkers
 from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
 from settings import load_settings, read_tokens
@@ -31,6 +32,7 @@ cache = CacheVolume(
     zone=settings.zone,
     storage_class=storage_class.storage_class if storage_class else None,
     adopt=settings.adopt,
+    workers=settings.job.nodes,
 )
 
 # The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).
@@ -49,16 +51,29 @@ if settings.job.enabled:
         credentials = HubCredentials(
             "hub-credentials", tokens, secret_name=f"{settings.job.name}-hub-tokens", namespace=settings.namespace
         )
-    training = TrainingJob(
-        "training",
-        settings.job,
-        cache=settings.cache,
-        placement=settings.placement,
-        namespace=settings.namespace,
-        claim_name=cache.claim_name,
-        credentials=credentials,
-        scripts=scripts.name if scripts else None,
-    )
+    if settings.job.nodes == 1:
+        training = TrainingJob(
+            "training",
+            settings.job,
+            cache=settings.cache,
+            placement=settings.placement,
+            namespace=settings.namespace,
+            claim_name=cache.claim_name,
+            credentials=credentials,
+            scripts=scripts.name if scripts else None,
+        )
+    else:
+        # Several nodes: one worker per node, each on its own cache claim, all in one zone.
+        training = TrainingWorkers(
+            "training",
+            settings.job,
+            cache=settings.cache,
+            placement=settings.placement,
+            namespace=settings.namespace,
+            claim_names=cache.claim_names,
+            credentials=credentials,
+            scripts=scripts.name if scripts else None,
+        )
 
 benchmark = None
 if settings.benchmark.enabled:
@@ -69,7 +84,7 @@ if settings.benchmark.enabled:
         job=settings.job,
         placement=settings.placement,
         namespace=settings.namespace,
-        claim_name=cache.claim_name,
+        claim_names=cache.claim_names,
         scripts=scripts.name if scripts else None,
     )
 
@@ -82,6 +97,20 @@ pulumi.export("volumeMode", settings.cache.volume_mode)
 pulumi.export("zone", settings.zone or "scheduler-chosen")
 pulumi.export("jobName", training.name if training else None)
 pulumi.export("runMarker", training.run_marker if training else None)
+# The run's workers: what tools.verify and tools.rehearse check placement against.
+pulumi.export(
+    "run",
+    {
+        "name": settings.job.run_name,
+        "nodes": settings.job.nodes,
+        "engine": settings.job.engine,
+        "cacheClaims": cache.claim_names,
+        "jobs": training.names if training else [],
+        "gpuProduct": settings.job.gpu_product,
+        "gpuResource": settings.job.gpu_resource,
+        "gpusPerNode": settings.job.gpus,
+    },
+)
 pulumi.export("benchmarkJob", benchmark.name if benchmark else None)
 pulumi.export(
     "verifyCommands",

@@ -21,6 +21,7 @@ from components.security import (
     scratch_mount,
     scratch_volume,
 )
+from components.workers import as_worker
 from components.workload_scripts import SCRIPTS_PATH, SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
 from settings import BenchmarkSettings, CacheSettings, JobSettings, Placement
 
@@ -132,8 +133,32 @@ def benchmark_manifest(
     }
 
 
+def worker_benchmark_manifests(
+    name: str,
+    bench: BenchmarkSettings,
+    cache: CacheSettings,
+    job: JobSettings,
+    placement: Placement,
+    namespace: str | None,
+    claim_names: list[pulumi.Input[str]],
+    scripts: pulumi.Input[str] | None,
+) -> list[dict[str, Any]]:
+    """One benchmark per cache claim. With several workers, worker i's benchmark is placed as
+    worker i (its node, the run's zone): as the first consumer of the claim it decides the node
+    the training worker then needs, so it must land where that worker may run."""
+    manifests = []
+    for index, claim_name in enumerate(claim_names):
+        manifest = benchmark_manifest(name, bench, cache, job, placement, namespace, claim_name, scripts)
+        if len(claim_names) > 1:
+            template = manifest["spec"]["template"]
+            manifest["spec"]["template"] = as_worker(template, job.run_name, index, pinned=placement.zone is not None)
+            manifest["metadata"]["name"] = name if index == 0 else f"{name}-{index}"
+        manifests.append(manifest)
+    return manifests
+
+
 class StorageBenchmark(pulumi.ComponentResource):
-    """fio (seqread, shards) and shard-loading runs on the cache, placed like the training Job."""
+    """fio (seqread, shards) and shard-loading runs on each cache claim, placed like the training Job."""
 
     def __init__(
         self,
@@ -144,16 +169,22 @@ class StorageBenchmark(pulumi.ComponentResource):
         job: JobSettings,
         placement: Placement,
         namespace: str | None,
-        claim_name: pulumi.Input[str],
+        claim_names: list[pulumi.Input[str]],
         scripts: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:StorageBenchmark", name, None, opts)
-        manifest = benchmark_manifest(f"{job.name}-storage-bench", bench, cache, job, placement, namespace, claim_name, scripts)
-        self.job = k8s.batch.v1.Job(
-            f"{name}-job",
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-            **constructor_kwargs(manifest),
+        manifests = worker_benchmark_manifests(
+            f"{job.name}-storage-bench", bench, cache, job, placement, namespace, claim_names, scripts
         )
-        self.name = self.job.metadata.name
-        self.register_outputs({"name": self.name})
+        self.jobs = [
+            k8s.batch.v1.Job(
+                f"{name}-job" if index == 0 else f"{name}-job-{index}",
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                **constructor_kwargs(manifest),
+            )
+            for index, manifest in enumerate(manifests)
+        ]
+        self.name = self.jobs[0].metadata.name
+        self.names = [j.metadata.name for j in self.jobs]
+        self.register_outputs({"name": self.name, "names": self.names})

@@ -36,6 +36,8 @@ CONTAINER = "sft"
 PREFETCH_CONTAINER = "prefetch"
 SHM_VOLUME = "dshm"
 APP_LABEL = {"app": "ms-swift"}
+# The run a training pod belongs to (the headless Service of a multi-node run selects on it).
+JOB_LABEL = "mlcache/job"
 
 BLOCK_MODE_WARNING = (
     "cache.volumeMode is Block: the Job gets the raw device at {device} (volumeDevices), not a "
@@ -75,6 +77,10 @@ def run_fingerprint(job: JobSettings, cache: CacheSettings) -> str:
         "env": list(job.env),
         "gpus": job.gpus,
     }
+    if job.nodes > 1:
+        # A run on more nodes computes something else (its global batch): a new run. Absent on
+        # one node, so single-node fingerprints (and markers already written) stay as they were.
+        identity["nodes"] = job.nodes
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -205,7 +211,7 @@ def job_manifest(
             "the values come from the hub-tokens Secret by secretKeyRef, never inline"
         )
     annotations.update(checkov_skips(skips))
-    pod_labels = {**POD_LABELS, **APP_LABEL, "mlcache/job": job.run_name}
+    pod_labels = {**POD_LABELS, **APP_LABEL, JOB_LABEL: job.run_name}
     return {
         "metadata": metadata(job.run_name, namespace, labels=APP_LABEL, annotations=annotations),
         "spec": {
@@ -244,5 +250,6 @@ class TrainingJob(pulumi.ComponentResource):
         if cache.is_block:
             pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
         self.name = self.job.metadata.name
+        self.names = [self.name]
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"name": self.name, "run_marker": self.run_marker})

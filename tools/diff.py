@@ -43,6 +43,8 @@ IMMUTABLE = {
     "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
 }
 DATA_LOSS = "DATA LOSS"
+# Label of each worker's cache claim in a multi-node run (components/workers.py).
+WORKER_LABEL = "mlcache/worker"
 # Where this module's tools package lives: both revisions are rendered with these tools.
 TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +56,7 @@ class Change:
     label: str
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said, not flagged
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None
     cascaded: bool = False
@@ -143,15 +146,24 @@ def _cascade(changes: dict[str, Change], after: dict[str, dict[str, Any]]) -> No
             changes[urn] = change
 
 
+def _worker(obj: dict[str, Any] | None) -> str | None:
+    """The multi-node worker a cache claim belongs to (its mlcache/worker label), if any."""
+    return ((obj or {}).get("manifest", {}).get("metadata", {}).get("labels") or {}).get(WORKER_LABEL)
+
+
 def _annotate(change: Change) -> None:
     kind = _kind(change.new or change.old)
     guard = change.new if change.action == "replace" else change.old
     if change.action in ("replace", "delete") and guard and guard["protect"]:
         change.warnings.append("BLOCKED: the resource is protected; the preview fails until cache.protect is false")
+    worker = _worker(change.old if change.action == "delete" else change.new)
     if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
         verb = "deletes and re-creates" if change.action == "replace" else "deletes"
-        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}: every cached model and dataset on it is wiped")
-    if kind == "Job" and change.action in ("replace", "delete"):
+        whose = f" (worker {worker}'s cache)" if worker is not None else ""
+        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped")
+    if kind == "PersistentVolumeClaim" and change.action == "create" and worker is not None:
+        change.notes.append(f"a new, empty cache for worker {worker}: its first run downloads the models again")
+    if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
         effect = "killed and started over" if change.action == "replace" else "stopped"
         change.warnings.append(f"a running training run of {change.label} is {effect}")
 
@@ -174,6 +186,8 @@ def report(stack: str, changes: list[Change]) -> str:
         out.write(f"  ({'; '.join(change.reasons)})\n" if change.reasons else "\n")
         for warning in change.warnings:
             out.write(f"           !! {warning}\n")
+        for note in change.notes:
+            out.write(f"           -- {note}\n")
     for change in changes:
         diff = manifest_diff(change)
         if diff:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
@@ -33,6 +33,22 @@ class Expectation:
     backend: str
     zone: str | None
     job: str | None
+    run: RunExpectation | None = None
+
+
+@dataclass(frozen=True)
+class RunExpectation:
+    """A multi-node run (job.nodes > 1): its workers, each with its own cache claim."""
+
+    name: str
+    claims: tuple[str, ...]
+    gpu_product: str
+    gpu_resource: str
+    gpus: int
+
+    @property
+    def nodes(self) -> int:
+        return len(self.claims)
 
 
 @dataclass
@@ -216,6 +232,142 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
     return findings
 
 
+# On the pods of a multi-node run (components/workers.py) and on its training pods (training_job.py).
+RUN_LABEL = "mlcache/run"
+WORKER_LABEL = "mlcache/worker"
+JOB_LABEL = "mlcache/job"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    """Where one worker of a run is, and where its cache is."""
+
+    worker: int
+    claim: str
+    pod: str | None
+    node: str | None
+    zone: str | None
+    cache_nodes: tuple[str, ...]
+    cache_zones: tuple[str, ...]
+    pending: str | None  # the scheduler's reason, while the pod waits
+
+
+def worker_placement(worker: int, claim: str, snapshot: Snapshot) -> WorkerPlacement:
+    pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
+    live = [p for p in pods if _get(p, "status", "phase") not in TERMINAL] or pods
+    pod = live[-1] if live else None
+    node = _get(pod, "spec", "nodeName") if pod else None
+    constraints = pv_constraints(snapshot.pv) if snapshot.pv else {}
+    cache_nodes = sorted(constraints.get(HOSTNAME_LABEL, set()))
+    cache_zones = sorted(constraints.get(ZONE_LABEL, set()) or {node_zone(snapshot.nodes.get(n)) or "?" for n in cache_nodes})
+    return WorkerPlacement(
+        worker=worker,
+        claim=claim,
+        pod=_get(pod, "metadata", "name") if pod else None,
+        node=node,
+        zone=node_zone(snapshot.nodes.get(node)) if node else None,
+        cache_nodes=tuple(cache_nodes),
+        cache_zones=tuple(cache_zones),
+        pending=(scheduling_message(pod) or "not scheduled yet") if pod and not node else None,
+    )
+
+
+def requested(pod: dict, resource: str) -> int:
+    total = 0
+    for container in _get(pod, "spec", "containers") or []:
+        value = _get(container, "resources", "requests", resource)
+        total += int(value) if value is not None else 0
+    return total
+
+
+def free_worker_nodes(run: RunExpectation, nodes: dict[str, dict], pods: list[dict]) -> dict[str, list[str]]:
+    """Zone -> nodes where one worker fits: the GPU product, and enough GPUs not taken by pods
+    outside this run (the run's own workers would move with it)."""
+    used: dict[str, int] = {}
+    for pod in pods:
+        node = _get(pod, "spec", "nodeName")
+        if (
+            not node
+            or _get(pod, "status", "phase") in TERMINAL
+            or (_get(pod, "metadata", "labels") or {}).get(RUN_LABEL) == run.name
+        ):
+            continue
+        used[node] = used.get(node, 0) + requested(pod, run.gpu_resource)
+    fits: dict[str, list[str]] = {}
+    for name, node in sorted(nodes.items()):
+        labels = _get(node, "metadata", "labels") or {}
+        allocatable = int(_get(node, "status", "allocatable", run.gpu_resource) or 0)
+        if labels.get(GPU_PRODUCT_LABEL) == run.gpu_product and allocatable - used.get(name, 0) >= run.gpus:
+            fits.setdefault(labels.get(ZONE_LABEL, "?"), []).append(name)
+    return fits
+
+
+def diagnose_run(
+    placements: list[WorkerPlacement], expect: Expectation, nodes: dict[str, dict], pods: list[dict]
+) -> list[Finding]:
+    """Run-level checks of a multi-node run: each worker with its cache, one node each, one zone."""
+    run = expect.run
+    findings: list[Finding] = []
+    for p in placements:
+        cache = f"cache {p.claim} on {', '.join(p.cache_nodes) or 'no node yet'}"
+        if p.node is None:
+            why = p.pending if p.pod else "no pod"
+            findings.append(Finding(FAIL if p.pod else INFO, f"worker {p.worker}", f"not placed ({why}); {cache}"))
+        elif p.cache_nodes and p.node not in p.cache_nodes:
+            findings.append(
+                Finding(FAIL, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) but its {cache}", "see locality")
+            )
+        else:
+            findings.append(Finding(OK, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) with its {cache}"))
+    placed = [p for p in placements if p.node]
+    shared = sorted({p.node for p in placed if sum(q.node == p.node for q in placed) > 1})
+    if shared:
+        findings.append(
+            Finding(FAIL, "one node per worker", f"several workers on {', '.join(shared)}", "check the anti-affinity")
+        )
+    zones = sorted({p.zone for p in placed} | {z for p in placements for z in p.cache_zones})
+    if len(zones) > 1:
+        findings.append(
+            Finding(
+                FAIL,
+                "one zone",
+                f"the workers and their caches span zones {', '.join(zones)}",
+                "NCCL across zones is slow: pin mlcache:zone, or delete the caches outside one zone (DATA LOSS) and re-run",
+            )
+        )
+    elif len(placed) == run.nodes:
+        findings.append(Finding(OK, "one zone", f"all {run.nodes} workers and their caches in zone {zones[0]}"))
+    waiting = [p for p in placements if p.node is None and p.pod]
+    if waiting:
+        fits = free_worker_nodes(run, nodes, pods)
+        here = zones[0] if len(zones) == 1 else expect.zone
+        room = len(fits.get(here, [])) if here else 0
+        reason = (
+            f"zone {here} has {room} node(s) where a worker fits ({run.gpus} x {run.gpu_resource}, {run.gpu_product}) "
+            f"for {run.nodes} workers"
+            if here
+            else "no zone chosen yet"
+        )
+        others = sorted(
+            ((z, n) for z, n in fits.items() if z != here and len(n) >= run.nodes), key=lambda item: (-len(item[1]), item[0])
+        )
+        if expect.zone:
+            remedy = f"free {run.gpu_product} nodes in {expect.zone}, lower job.nodes, or pin a zone with room"
+        elif others:
+            bound = [p.claim for p in placements if p.cache_nodes]
+            remedy = "another zone would fit: " + "; ".join(f"{z} ({len(n)} free nodes)" for z, n in others)
+            if bound:
+                remedy += (
+                    f". The run stays in {here} while its caches are there: delete {', '.join(bound)} (DATA LOSS) to move it"
+                )
+        else:
+            remedy = "no zone has room for every worker: free nodes, or lower job.nodes"
+        findings.append(Finding(FAIL, "capacity", f"{len(waiting)} of {run.nodes} workers Pending: {reason}", remedy))
+    return findings
+
+
 def render_findings(findings: list[Finding]) -> str:
     lines = []
     for finding in findings:
@@ -231,6 +383,16 @@ def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Ex
     run, config = render(stack, overrides, [])
     outputs = run.outputs
     namespace = config.values.get("mlcache:namespace") or kube_namespace
+    run_out = outputs.get("run") or {}
+    run = None
+    if run_out.get("nodes", 1) > 1:
+        run = RunExpectation(
+            name=run_out["name"],
+            claims=tuple(run_out["cacheClaims"]),
+            gpu_product=run_out["gpuProduct"],
+            gpu_resource=run_out["gpuResource"],
+            gpus=run_out["gpusPerNode"],
+        )
     return Expectation(
         pvc=outputs["pvcName"],
         namespace=namespace,
@@ -238,6 +400,7 @@ def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Ex
         backend=outputs["backend"],
         zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
         job=outputs["jobName"],
+        run=run,
     )
 
 
@@ -254,7 +417,11 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     volume = _get(pvc, "spec", "volumeName")
     pv = serialize(core.read_persistent_volume(volume)) if volume else None
     pods = []
-    if expect.job:
+    if expect.run:
+        worker = expect.run.claims.index(expect.pvc)
+        selector = f"{JOB_LABEL}={expect.run.name},{WORKER_LABEL}={worker}"
+        pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=selector).items)
+    elif expect.job:
         pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}").items)
     nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node().items)}
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes)
@@ -277,11 +444,26 @@ def main(argv: list[str] | None = None) -> int:
     kube_namespace = (active or {}).get("context", {}).get("namespace") or "default"
     expect = expectation_for(args.stack, args.config, kube_namespace)
     api = client.ApiClient()
-    snapshot = read_snapshot(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
-    findings = diagnose(snapshot, expect)
+    findings = verify(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
     print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
     print(render_findings(findings))
     return 1 if any(f.level == FAIL for f in findings) else 0
+
+
+def verify(expect: Expectation, core: Any, serialize) -> list[Finding]:
+    """Every finding for the stack: its cache and training pod, or each worker's and the run's."""
+    if expect.run is None:
+        return diagnose(read_snapshot(expect, core, serialize), expect)
+    findings: list[Finding] = []
+    placements = []
+    for worker, claim in enumerate(expect.run.claims):
+        worker_expect = replace(expect, pvc=claim)
+        snapshot = read_snapshot(worker_expect, core, serialize)
+        findings += [replace(f, check=f"worker {worker} {f.check}") for f in diagnose(snapshot, worker_expect)]
+        placements.append(worker_placement(worker, claim, snapshot))
+    nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node().items)}
+    pods = serialize(core.list_pod_for_all_namespaces().items)
+    return findings + diagnose_run(placements, expect, nodes, pods)
 
 
 if __name__ == "__main__":

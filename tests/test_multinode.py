@@ -1,0 +1,351 @@
+"""Multi-node training (job.nodes > 1) through the real program under the mock engine: one cache
+claim per worker, launch env, one zone, both engines, the queue label, the policy pack, tools.diff
+and tools.verify's run report."""
+
+from __future__ import annotations
+
+import pytest
+
+from components.workers import RUN_LABEL, WORKER_LABEL
+from tests.conftest import env_of, rendered
+from tests.test_policy import stack_args, violations
+from tools.diff import DATA_LOSS, plan, report
+from tools.render import as_json, documents
+from tools.validate import validation_errors
+from tools.verify import FAIL, OK, Expectation, RunExpectation, WorkerPlacement, diagnose_run
+
+RUN = "sft-qwen3vl-fire-4gpu"
+JOBSET = "kubernetes:jobset.x-k8s.io/v1alpha2:JobSet"
+
+import policies  # noqa: E402  (tests.test_policy put policy/ on sys.path)
+
+
+def workers(run) -> list[dict]:
+    """Each worker's pod template, by worker index, whichever engine."""
+    jobsets = [r for r in run.kubernetes_objects() if r.type == JOBSET]
+    if jobsets:
+        return [j["template"]["spec"]["template"] for j in jobsets[0].inputs["spec"]["replicatedJobs"]]
+    jobs = [r for r in run.find("Job") if r.inputs["spec"]["template"]["metadata"]["labels"].get("app") == "ms-swift"]
+    return [j.inputs["spec"]["template"] for j in sorted(jobs, key=lambda j: j.object_name)]
+
+
+def claim_of(template: dict) -> str:
+    return next(v["persistentVolumeClaim"]["claimName"] for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v)
+
+
+def sft_env(template: dict) -> dict[str, str]:
+    return env_of(next(c for c in template["spec"]["containers"] if c["name"] == "sft"))
+
+
+# --- one node: nothing changes
+
+
+def test_one_node_has_no_worker_objects(stack):
+    run = rendered(stack)
+    assert run.find("Service") == [] and [r for r in run.kubernetes_objects() if r.type == JOBSET] == []
+    assert len(run.find("PersistentVolumeClaim")) == 1
+    assert RUN_LABEL not in run.find("Job")[0].inputs["spec"]["template"]["metadata"]["labels"]
+    assert run.outputs["run"]["nodes"] == 1 and run.outputs["run"]["cacheClaims"] == ["ms-swift-cache-pvc"]
+
+
+# --- the caches
+
+
+def test_one_claim_per_worker_named_from_the_cache_name_with_the_single_cache_options():
+    run = rendered("prod", "job.nodes=3")
+    pvcs = sorted(run.find("PersistentVolumeClaim"), key=lambda r: r.object_name)
+    assert [p.object_name for p in pvcs] == ["ms-swift-cache-pvc", "ms-swift-cache-pvc-1", "ms-swift-cache-pvc-2"]
+    (storage_class,) = run.find("StorageClass")
+    for index, pvc in enumerate(pvcs):
+        assert pvc.inputs["metadata"]["labels"][WORKER_LABEL] == str(index)
+        assert pvc.inputs["spec"]["resources"] == {"requests": {"storage": "500Gi"}}
+        assert pvc.protect is True, "prod protects every worker's cache"
+        assert pvc.delete_before_replace and pvc.replace_on_changes == ["spec.volumeMode"]
+        # The class as a plain dependency, never through its outputs (no cascade into a replace).
+        assert storage_class.urn in pvc.dependencies
+        assert all(storage_class.urn not in deps for deps in pvc.property_dependencies.values())
+    assert run.outputs["run"]["cacheClaims"] == [p.object_name for p in pvcs]
+
+
+def test_claims_do_not_depend_on_the_run_id():
+    first, second = rendered("dev", "job.nodes=2"), rendered("dev", "job.nodes=2", "job.runId=r2")
+    names = {r.object_name for r in first.find("PersistentVolumeClaim")}
+    assert names == {r.object_name for r in second.find("PersistentVolumeClaim")}
+
+
+def test_raising_nodes_keeps_worker_zeros_cache_resource():
+    one, two = rendered("prod"), rendered("prod", "job.nodes=2")
+    assert one.find("PersistentVolumeClaim")[0].urn in {r.urn for r in two.find("PersistentVolumeClaim")}
+
+
+# --- the workers (engine jobs)
+
+
+@pytest.mark.parametrize("nodes", [2, 3])
+def test_each_worker_mounts_its_own_claim_with_the_static_launch_env(nodes):
+    run = rendered("dev", f"job.nodes={nodes}", "job.gpus=8")
+    templates = workers(run)
+    assert [claim_of(t) for t in templates] == run.outputs["run"]["cacheClaims"]
+    assert len(set(run.outputs["run"]["cacheClaims"])) == nodes
+    for index, template in enumerate(templates):
+        env = sft_env(template)
+        assert env["NNODES"] == str(nodes) and env["NODE_RANK"] == str(index)
+        assert env["MASTER_ADDR"] == f"{RUN}-worker-0.{RUN}" and env["MASTER_PORT"] == "29500"
+        assert env["NPROC_PER_NODE"] == "8"
+        assert (template["spec"]["hostname"], template["spec"]["subdomain"]) == (f"{RUN}-worker-{index}", RUN)
+        assert template["metadata"]["labels"][WORKER_LABEL] == str(index)
+
+
+def test_the_headless_service_resolves_the_training_workers_before_they_are_ready():
+    run = rendered("dev", "job.nodes=2")
+    (service,) = run.find("Service")
+    assert service.object_name == RUN
+    assert service.inputs["spec"]["clusterIP"] == "None" and service.inputs["spec"]["publishNotReadyAddresses"] is True
+    for template in workers(run):
+        labels = template["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in service.inputs["spec"]["selector"].items())
+
+
+def test_worker_jobs_fail_at_the_first_failed_pod():
+    jobs = rendered("dev", "job.nodes=2").find("Job")
+    assert sorted(j.object_name for j in jobs) == [f"{RUN}-worker-0", f"{RUN}-worker-1"]
+    assert {j.inputs["spec"]["backoffLimit"] for j in jobs} == {0}
+
+
+def test_unpinned_workers_share_one_zone_chosen_by_whichever_lands_first():
+    for index, template in enumerate(workers(rendered("dev", "job.nodes=3"))):
+        affinity = template["spec"]["affinity"]
+        (zone,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert zone["topologyKey"] == "topology.kubernetes.io/zone"
+        assert zone["labelSelector"] == {"matchLabels": {RUN_LABEL: RUN}}
+        (host,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert host["topologyKey"] == "kubernetes.io/hostname"
+        assert host["labelSelector"]["matchExpressions"][0]["values"] == [str(index)]
+
+
+def test_pinned_workers_carry_the_zone_node_affinity_and_one_node_each():
+    for template in workers(rendered("prod", "job.nodes=2")):
+        affinity = template["spec"]["affinity"]
+        terms = affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["ucsd"]} in terms[0]["matchExpressions"]
+        assert "podAffinity" not in affinity and "podAntiAffinity" in affinity
+
+
+def test_workers_reach_each_other_and_nothing_else_does():
+    run = rendered("dev", "job.nodes=2")
+    peers = next(p for p in run.find("NetworkPolicy") if p.object_name == f"{RUN}-peers").inputs["spec"]
+    assert peers["ingress"] == [{"from": [{"podSelector": {"matchLabels": {RUN_LABEL: RUN}}}]}]
+    assert any(p.object_name == "mlcache-deny-ingress" for p in run.find("NetworkPolicy"))
+
+
+def test_warm_up_and_run_once_marker_work_per_worker_on_its_own_cache():
+    run = rendered("dev", "job.nodes=2", 'cache.prefetch=["Qwen/Qwen3-VL-8B-Instruct"]')
+    for template in workers(run):
+        (init,) = template["spec"]["initContainers"]
+        mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+        assert mounts["cache"] == "/cache"
+        assert sft_env(template)["MLCACHE_RUN_MARKER"].startswith("/cache/.mlcache/runs/")
+    # A run on two nodes is another run than on one: another marker.
+    assert rendered("dev").outputs["runMarker"] != run.outputs["runMarker"]
+
+
+def test_every_worker_has_its_own_benchmark_placed_as_that_worker():
+    run = rendered("dev", "job.nodes=2", "benchmark.enabled=true", "benchmark.fioImage=fio:3.38")
+    benches = sorted(
+        (r for r in run.find("Job") if r.inputs["metadata"]["labels"].get("app") == "mlcache-benchmark"),
+        key=lambda r: r.object_name,
+    )
+    assert [b.object_name for b in benches] == [f"{RUN}-storage-bench", f"{RUN}-storage-bench-1"]
+    for index, bench in enumerate(benches):
+        template = bench.inputs["spec"]["template"]
+        assert claim_of(template) == run.outputs["run"]["cacheClaims"][index]
+        assert template["metadata"]["labels"][WORKER_LABEL] == str(index)
+        assert "podAffinity" in template["spec"]["affinity"]
+
+
+# --- engine jobset
+
+
+def test_jobset_engine_is_one_jobset_with_one_single_replica_job_per_worker():
+    run = rendered("prod", "job.nodes=3", "job.engine=jobset")
+    (jobset,) = [r for r in run.kubernetes_objects() if r.type == JOBSET]
+    assert run.find("Job") == [] and run.find("Service") == [], "JobSet makes the Jobs and the headless Service"
+    spec = jobset.inputs["spec"]
+    assert [r["replicas"] for r in spec["replicatedJobs"]] == [1, 1, 1]
+    assert spec["failurePolicy"] == {"maxRestarts": 2} and spec["successPolicy"] == {"operator": "All"}
+    assert spec["network"]["publishNotReadyAddresses"] is True
+    templates = workers(run)
+    assert [claim_of(t) for t in templates] == ["ms-swift-cache-pvc", "ms-swift-cache-pvc-1", "ms-swift-cache-pvc-2"]
+    assert sft_env(templates[2])["MASTER_ADDR"] == f"{RUN}-worker-0-0-0.{RUN}"
+    assert "hostname" not in templates[0]["spec"]
+    # JobSet refuses most spec updates: a changed run is replaced, never patched.
+    assert jobset.replace_on_changes == ["spec"] and jobset.delete_before_replace
+    assert jobset.inputs["metadata"]["annotations"] == {"pulumi.com/skipAwait": "true"}
+
+
+def test_jobset_engine_waits_for_completed_when_asked():
+    run = rendered("prod", "job.nodes=2", "job.engine=jobset", "job.waitForCompletion=true")
+    (jobset,) = [r for r in run.kubernetes_objects() if r.type == JOBSET]
+    assert jobset.inputs["metadata"]["annotations"] == {"pulumi.com/waitFor": "condition=Completed"}
+
+
+def test_jobset_pod_templates_are_valid_jobs_for_kubernetes():
+    objects = documents(rendered("prod", "job.nodes=2", "job.engine=jobset"))
+    assert validation_errors(objects) == []
+    assert any(d["kind"] == "JobSet" for d in objects)
+
+
+# --- Kueue
+
+
+@pytest.mark.parametrize(("engine", "kinds"), [("jobs", {"Job"}), ("jobset", {"JobSet"})])
+def test_queue_label_goes_on_what_kueue_admits(engine, kinds):
+    run = rendered("dev", "job.nodes=2", f"job.engine={engine}", "job.queue=team-a")
+    labelled = {
+        r.kind for r in run.kubernetes_objects() if r.inputs["metadata"].get("labels", {}).get("kueue.x-k8s.io/queue-name")
+    }
+    assert labelled == kinds
+    assert all("kueue.x-k8s.io/queue-name" not in t["metadata"]["labels"] for t in workers(run))
+
+
+def test_no_queue_label_by_default():
+    run = rendered("dev", "job.nodes=2")
+    assert all("kueue.x-k8s.io/queue-name" not in r.inputs["metadata"].get("labels", {}) for r in run.kubernetes_objects())
+
+
+# --- policy pack
+
+
+@pytest.mark.parametrize(("stack", "engine"), [("dev", "jobs"), ("prod", "jobs"), ("dev", "jobset"), ("prod", "jobset")])
+def test_policies_pass_on_multinode_runs(stack, engine):
+    args = stack_args(rendered(stack, "job.nodes=3", f"job.engine={engine}"))
+    assert violations(policies.validate_workers_in_one_zone, args) == []
+    assert violations(policies.validate_one_claim_per_worker, args) == []
+    assert violations(policies.validate_zone_matches_storage, args) == []
+
+
+def _worker_template(kind: str, props: dict, index: str) -> dict | None:
+    if kind == "Job" and props["spec"]["template"]["metadata"]["labels"].get(WORKER_LABEL) == index:
+        return props["spec"]["template"]
+    return None
+
+
+def test_policy_flags_a_worker_let_out_of_the_zone():
+    def edit(kind, props):
+        template = _worker_template(kind, props, "1")
+        if template is not None:
+            del template["spec"]["affinity"]["podAffinity"]
+
+    found = violations(policies.validate_workers_in_one_zone, stack_args(rendered("dev", "job.nodes=2"), edit))
+    assert len(found) == 1 and "workers 1 carry no required pod affinity" in found[0][0]
+
+
+def test_policy_flags_pinned_workers_in_two_zones():
+    def edit(kind, props):
+        template = _worker_template(kind, props, "1")
+        if template is not None:
+            terms = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            terms["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] = ["sdsu"]
+
+    found = violations(policies.validate_workers_in_one_zone, stack_args(rendered("prod", "job.nodes=2"), edit))
+    assert len(found) == 1 and "sdsu" in found[0][0] and "ucsd" in found[0][0]
+
+
+def test_policy_flags_two_workers_on_one_claim():
+    def edit(kind, props):
+        template = _worker_template(kind, props, "1")
+        if template is not None:
+            claim = next(v for v in template["spec"]["volumes"] if "persistentVolumeClaim" in v)
+            claim["persistentVolumeClaim"]["claimName"] = "ms-swift-cache-pvc"
+
+    found = violations(policies.validate_one_claim_per_worker, stack_args(rendered("dev", "job.nodes=2"), edit))
+    assert len(found) == 1 and "both mount claim ms-swift-cache-pvc" in found[0][0]
+
+
+# --- tools.diff
+
+
+def _plan(base: tuple[str, ...], head: tuple[str, ...], stack: str = "dev"):
+    return plan(as_json(rendered(stack, *base)), as_json(rendered(stack, *head)))
+
+
+def test_lowering_nodes_deletes_caches_data_loss_named_per_worker():
+    changes = _plan(("job.nodes=3",), ("job.nodes=1",))
+    deleted = {c.label: c for c in changes if c.action == "delete" and c.label.startswith("PersistentVolumeClaim")}
+    assert set(deleted) == {"PersistentVolumeClaim/ms-swift-cache-pvc-1", "PersistentVolumeClaim/ms-swift-cache-pvc-2"}
+    for index, label in enumerate(sorted(deleted), 1):
+        assert deleted[label].data_loss
+        assert f"worker {index}'s cache" in deleted[label].warnings[0] and deleted[label].warnings[0].startswith(DATA_LOSS)
+    kept = next(c for c in changes if c.label == "PersistentVolumeClaim/ms-swift-cache-pvc")
+    assert kept.action == "update" and not kept.data_loss
+
+
+def test_raising_nodes_adds_empty_caches_said_not_flagged():
+    changes = _plan((), ("job.nodes=2",))
+    created = next(c for c in changes if c.label == "PersistentVolumeClaim/ms-swift-cache-pvc-1")
+    assert created.action == "create" and not created.data_loss and created.warnings == []
+    assert created.notes == ["a new, empty cache for worker 1: its first run downloads the models again"]
+    assert not any(c.data_loss for c in changes)
+    assert "-- a new, empty cache for worker 1" in report("dev", changes)
+
+
+# --- tools.verify: the run report (pure, on API-shaped objects)
+
+
+def _node(name: str, zone: str, gpus: int = 8, product: str = "NVIDIA-A100-SXM4-80GB") -> dict:
+    labels = {"topology.kubernetes.io/zone": zone, "kubernetes.io/hostname": name, "nvidia.com/gpu.product": product}
+    return {"metadata": {"name": name, "labels": labels}, "status": {"allocatable": {"nvidia.com/gpu": str(gpus)}}}
+
+
+def _busy(node: str, gpus: int) -> dict:
+    container = {"resources": {"requests": {"nvidia.com/gpu": str(gpus)}}}
+    return {
+        "metadata": {"name": f"other-{node}", "labels": {}},
+        "spec": {"nodeName": node, "containers": [container]},
+        "status": {},
+    }
+
+
+def _expect(zone: str | None, nodes: int = 2) -> Expectation:
+    claims = tuple(["cache"] + [f"cache-{i}" for i in range(1, nodes)])
+    run = RunExpectation(name=RUN, claims=claims, gpu_product="NVIDIA-A100-SXM4-80GB", gpu_resource="nvidia.com/gpu", gpus=4)
+    return Expectation(pvc="cache", namespace="ml", storage_class="c", backend="linstor", zone=zone, job=None, run=run)
+
+
+def _placed(worker: int, node: str, zone: str) -> WorkerPlacement:
+    return WorkerPlacement(worker, f"cache-{worker}", f"pod-{worker}", node, zone, (node,), (zone,), None)
+
+
+def test_run_report_all_workers_with_their_caches_in_one_zone():
+    findings = diagnose_run([_placed(0, "a1", "ucsd"), _placed(1, "a2", "ucsd")], _expect(None), {}, [])
+    assert [f.level for f in findings] == [OK, OK, OK]
+    assert findings[-1].message == "all 2 workers and their caches in zone ucsd"
+
+
+def test_run_report_flags_workers_in_two_zones_and_two_workers_on_one_node():
+    spread = diagnose_run([_placed(0, "a1", "ucsd"), _placed(1, "b1", "sdsu")], _expect(None), {}, [])
+    assert any(f.level == FAIL and f.check == "one zone" and "sdsu, ucsd" in f.message for f in spread)
+    shared = diagnose_run([_placed(0, "a1", "ucsd"), _placed(1, "a1", "ucsd")], _expect(None), {}, [])
+    assert any(f.level == FAIL and f.check == "one node per worker" for f in shared)
+
+
+def test_run_report_says_why_a_worker_is_pending_and_that_another_zone_would_fit():
+    nodes = {
+        n["metadata"]["name"]: n for n in (_node("a1", "ucsd"), _node("a2", "ucsd"), _node("b1", "sdsu"), _node("b2", "sdsu"))
+    }
+    pending = WorkerPlacement(1, "cache-1", "pod-1", None, None, (), (), "0/4 nodes are available: ...")
+    findings = diagnose_run([_placed(0, "a1", "ucsd"), pending], _expect(None), nodes, [_busy("a2", 8)])
+    (capacity,) = [f for f in findings if f.check == "capacity"]
+    assert capacity.level == FAIL
+    assert "1 of 2 workers Pending: zone ucsd has 1 node(s) where a worker fits" in capacity.message
+    assert "another zone would fit: sdsu (2 free nodes)" in capacity.remedy
+    assert "delete cache-0 (DATA LOSS)" in capacity.remedy
+    assert any(f.check == "worker 1" and f.level == FAIL and "0/4 nodes are available" in f.message for f in findings)
+
+
+def test_run_report_pinned_says_to_free_nodes_not_to_move():
+    nodes = {n["metadata"]["name"]: n for n in (_node("a1", "ucsd"), _node("b1", "sdsu"), _node("b2", "sdsu"))}
+    pending = WorkerPlacement(1, "cache-1", "pod-1", None, None, (), (), "0/3 nodes are available")
+    findings = diagnose_run([_placed(0, "a1", "ucsd"), pending], _expect("ucsd"), nodes, [])
+    (capacity,) = [f for f in findings if f.check == "capacity"]
+    assert "another zone" not in capacity.remedy and "free NVIDIA-A100-SXM4-80GB nodes in ucsd" in capacity.remedy
