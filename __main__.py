@@ -106,6 +106,7 @@ pulumi.export(
         "engine": settings.job.engine,
         "cacheClaims": cache.claim_names,
         "jobs": training.names if training else [],
+        "benchmarkJobs": benchmark.names if benchmark else [],
         "gpuProduct": settings.job.gpu_product,
         "gpuResource": settings.job.gpu_resource,
         "gpusPerNode": settings.job.gpus,

@@ -18,6 +18,7 @@ from components.workers import (
     headless_service_manifest,
     jobset_manifest,
     peer_ingress_manifest,
+    replicated_job_name,
     with_launch,
     worker_job_name,
 )
@@ -102,7 +103,9 @@ class TrainingWorkers(pulumi.ComponentResource):
                 spec=jobset["spec"],
                 opts=options,
             )
-            self.names = [self.jobset.metadata["name"]]
+            self.name = self.jobset.metadata["name"]
+            # The Jobs JobSet makes: <jobset>-<replicated job>-<job index>.
+            self.names = [f"{job.run_name}-{replicated_job_name(i)}-0" for i in range(job.nodes)]
         else:
             selector = {JOB_LABEL: job.run_name}
             self.service = k8s.core.v1.Service(
@@ -115,6 +118,6 @@ class TrainingWorkers(pulumi.ComponentResource):
                 for index, manifest in enumerate(manifests)
             ]
             self.names = [j.metadata.name for j in self.jobs]
-        self.name = self.names[0]
+            self.name = self.names[0]
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"names": self.names, "run_marker": self.run_marker})

@@ -343,9 +343,11 @@ def test_run_report_says_why_a_worker_is_pending_and_that_another_zone_would_fit
     assert any(f.check == "worker 1" and f.level == FAIL and "0/4 nodes are available" in f.message for f in findings)
 
 
-def test_run_report_pinned_says_to_free_nodes_not_to_move():
+def test_run_report_pinned_says_to_free_nodes_or_pin_a_zone_with_room():
     nodes = {n["metadata"]["name"]: n for n in (_node("a1", "ucsd"), _node("b1", "sdsu"), _node("b2", "sdsu"))}
     pending = WorkerPlacement(1, "cache-1", "pod-1", None, None, (), (), "0/3 nodes are available")
     findings = diagnose_run([_placed(0, "a1", "ucsd"), pending], _expect("ucsd"), nodes, [])
     (capacity,) = [f for f in findings if f.check == "capacity"]
-    assert "another zone" not in capacity.remedy and "free NVIDIA-A100-SXM4-80GB nodes in ucsd" in capacity.remedy
+    assert capacity.remedy == (
+        "free NVIDIA-A100-SXM4-80GB nodes in ucsd, or lower job.nodes, or pin a zone with room for all 2: sdsu (2 free nodes)"
+    )

@@ -342,26 +342,32 @@ def diagnose_run(
     waiting = [p for p in placements if p.node is None and p.pod]
     if waiting:
         fits = free_worker_nodes(run, nodes, pods)
-        here = zones[0] if len(zones) == 1 else expect.zone
+        # The zone the run is held in: the pinned one, else where its caches (then its pods) are.
+        cache_zones = sorted({z for p in placements for z in p.cache_zones})
+        placed_zones = sorted({p.zone for p in placed})
+        here = expect.zone or next((z[0] for z in (cache_zones, placed_zones) if len(z) == 1), None)
         room = len(fits.get(here, [])) if here else 0
         reason = (
             f"zone {here} has {room} node(s) where a worker fits ({run.gpus} x {run.gpu_resource}, {run.gpu_product}) "
             f"for {run.nodes} workers"
             if here
-            else "no zone chosen yet"
+            else "the run's workers are not in one zone yet"
         )
         others = sorted(
             ((z, n) for z, n in fits.items() if z != here and len(n) >= run.nodes), key=lambda item: (-len(item[1]), item[0])
         )
+        room_elsewhere = "; ".join(f"{z} ({len(n)} free nodes)" for z, n in others)
         if expect.zone:
-            remedy = f"free {run.gpu_product} nodes in {expect.zone}, lower job.nodes, or pin a zone with room"
+            remedy = f"free {run.gpu_product} nodes in {expect.zone}, or lower job.nodes"
+            if others:
+                remedy += f", or pin a zone with room for all {run.nodes}: {room_elsewhere}"
         elif others:
             bound = [p.claim for p in placements if p.cache_nodes]
-            remedy = "another zone would fit: " + "; ".join(f"{z} ({len(n)} free nodes)" for z, n in others)
+            remedy = f"another zone would fit: {room_elsewhere}"
             if bound:
-                remedy += (
-                    f". The run stays in {here} while its caches are there: delete {', '.join(bound)} (DATA LOSS) to move it"
-                )
+                held = here or ", ".join(cache_zones)
+                remedy += f". The run stays in {held} while its caches are there: "
+                remedy += f"delete {', '.join(bound)} (DATA LOSS) to move it"
         else:
             remedy = "no zone has room for every worker: free nodes, or lower job.nodes"
         findings.append(Finding(FAIL, "capacity", f"{len(waiting)} of {run.nodes} workers Pending: {reason}", remedy))
