@@ -67,6 +67,13 @@ if [ "$status" -eq 0 ]; then
 fi
 exit "$status"
 """
+# Where a step can run between the trainer's end and the wrapper's exit (multi-node peers).
+RUN_ONCE_EXIT = 'exit "$status"\n'
+
+
+def run_once_script(on_failure: str = "") -> str:
+    """The run-once wrapper; `on_failure` (shell, sees $status) runs before it exits."""
+    return RUN_ONCE_SCRIPT.replace(RUN_ONCE_EXIT, on_failure + RUN_ONCE_EXIT)
 
 
 def run_fingerprint(job: JobSettings, cache: CacheSettings) -> str:

@@ -4,6 +4,9 @@ and tools.verify's run report."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from components.workers import RUN_LABEL, WORKER_LABEL
@@ -351,3 +354,68 @@ def test_run_report_pinned_says_to_free_nodes_or_pin_a_zone_with_room():
     assert capacity.remedy == (
         "free NVIDIA-A100-SXM4-80GB nodes in ucsd, or lower job.nodes, or pin a zone with room for all 2: sdsu (2 free nodes)"
     )
+
+
+# --- engine jobs: a failed worker ends the others (the wrapper, run for real with /bin/sh)
+
+
+def _run_worker(template: dict, tmp_path, trainer_exit: int):
+    """The worker's rendered wrapper with its env, the trainer replaced by `exit N` and python3
+    by a recorder of its arguments and script."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    recorder = bin_dir / "python3"
+    recorder.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/argv\ncat > {tmp_path}/script\n')
+    recorder.chmod(0o755)
+    container = next(c for c in template["spec"]["containers"] if c["name"] == "sft")
+    env = {
+        **os.environ,
+        **{k: v for k, v in sft_env(template).items() if v is not None},
+        "MLCACHE_RUN_MARKER": str(tmp_path / "marker"),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    command = [*container["command"][:4], "sh", "-c", f"exit {trainer_exit}"]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+
+
+def test_a_failed_worker_ends_the_other_workers_jobs(tmp_path):
+    template = workers(rendered("dev", "job.nodes=3"))[1]
+    result = _run_worker(template, tmp_path, trainer_exit=3)
+    assert result.returncode == 3, "the worker still fails with its trainer's status"
+    assert (tmp_path / "argv").read_text().split() == ["-", f"{RUN}-worker-0", f"{RUN}-worker-2"]
+    script = (tmp_path / "script").read_text()
+    assert '{"spec": {"activeDeadlineSeconds": 1}}' in script and "application/merge-patch+json" in script
+    assert "ending the run's other workers" in result.stdout
+
+
+def test_a_worker_that_succeeds_ends_nobody(tmp_path):
+    template = workers(rendered("dev", "job.nodes=2"))[0]
+    result = _run_worker(template, tmp_path, trainer_exit=0)
+    assert result.returncode == 0 and not (tmp_path / "argv").exists()
+
+
+def test_the_workers_may_patch_exactly_their_runs_jobs_and_nothing_else():
+    run = rendered("prod", "job.nodes=3")
+    (role,) = run.find("Role")
+    (rule,) = role.inputs["rules"]
+    assert rule == {
+        "apiGroups": ["batch"],
+        "resources": ["jobs"],
+        "resourceNames": [f"{RUN}-worker-{i}" for i in range(3)],
+        "verbs": ["get", "patch"],
+    }
+    (binding,) = run.find("RoleBinding")
+    assert binding.inputs["subjects"] == [{"kind": "ServiceAccount", "name": f"{RUN}-workers", "namespace": "ml-training"}]
+    (account,) = run.find("ServiceAccount")
+    assert account.inputs["automountServiceAccountToken"] is False
+    for template in workers(run):
+        assert template["spec"]["serviceAccountName"] == f"{RUN}-workers"
+        assert template["spec"]["automountServiceAccountToken"] is True
+
+
+def test_jobset_workers_have_no_api_access_jobset_restarts_them():
+    run = rendered("prod", "job.nodes=2", "job.engine=jobset")
+    assert run.find("Role") == [] and run.find("ServiceAccount") == []
+    for template in workers(run):
+        assert template["spec"]["automountServiceAccountToken"] is False
+        assert "MLCACHE_PEER_JOBS" not in sft_env(template)
