@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 from tools.placement import ClusterView
 
@@ -185,3 +188,46 @@ def test_jobset_engine_under_the_real_jobset_controller(rehearsal):
     pods = workers(view, namespace)
     assert [pods[i]["spec"]["hostname"] for i in range(2)] == [f"{RUN}-worker-0-0-0", f"{RUN}-worker-1-0-0"]
     assert all(p["spec"]["subdomain"] == RUN for p in pods.values())
+
+
+def test_engine_jobs_a_failed_worker_ends_the_others_with_its_own_narrow_token(rehearsal, tmp_path):
+    from components.training_workers import STOP_PEERS_PY  # noqa: PLC0415
+
+    outputs, _, moving = up_and_settle(rehearsal, "dev", ["job.nodes=3"])
+    assert moving == []
+    namespace = outputs["namespace"]
+    batch = client.BatchV1Api(rehearsal.api)
+    # Worker 1's identity, as its pod gets it: a token of the run's ServiceAccount.
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600))
+    token = rehearsal.core.create_namespaced_service_account_token(f"{RUN}-workers", namespace, request).status.token
+    kubeconfig = yaml.safe_load(rehearsal.kubeconfig.read_text())
+    cluster = kubeconfig["clusters"][0]["cluster"]
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "namespace").write_text(namespace)
+    (tmp_path / "ca.crt").write_text(Path(cluster["certificate-authority"]).read_text())
+    host, port = cluster["server"].removeprefix("https://").rsplit(":", 1)
+    env = {**os.environ, "MLCACHE_SA_DIR": str(tmp_path), "KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}
+    peers = [f"{RUN}-worker-0", f"{RUN}-worker-2"]
+    # What worker 1's wrapper runs when its training fails.
+    ended = subprocess.run(["python3", "-", *peers], input=STOP_PEERS_PY, env=env, capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 0, ended.stderr
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        failed = {
+            j.metadata.name: c.reason
+            for j in batch.list_namespaced_job(namespace).items
+            for c in j.status.conditions or []
+            if c.type == "Failed" and c.status == "True"
+        }
+        if set(peers) <= set(failed):
+            break
+        time.sleep(1)
+    assert {name: failed.get(name) for name in peers} == dict.fromkeys(peers, "DeadlineExceeded")
+    # The job controller stopped their pods; worker 1 itself was untouched by the token.
+    live = workers(rehearsal.view(namespace), namespace)
+    assert all(live[i]["metadata"].get("deletionTimestamp") or live[i]["status"]["phase"] == "Failed" for i in (0, 2))
+    # The token can touch nothing else: not another Job, not a pod.
+    denied = subprocess.run(
+        ["python3", "-", "some-other-job"], input=STOP_PEERS_PY, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert denied.returncode != 0 and "403" in denied.stderr
