@@ -224,8 +224,14 @@ def test_engine_jobs_a_failed_worker_ends_the_others_with_its_own_narrow_token(r
         time.sleep(1)
     assert {name: failed.get(name) for name in peers} == dict.fromkeys(peers, "DeadlineExceeded")
     # The job controller stopped their pods; worker 1 itself was untouched by the token.
-    live = workers(rehearsal.view(namespace), namespace)
-    assert all(live[i]["metadata"].get("deletionTimestamp") or live[i]["status"]["phase"] == "Failed" for i in (0, 2))
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        live = workers(rehearsal.view(namespace), namespace)
+        if all(i not in live or live[i]["status"]["phase"] in ("Failed", "Succeeded") for i in (0, 2)):
+            break
+        time.sleep(1)
+    assert all(i not in live or live[i]["status"]["phase"] in ("Failed", "Succeeded") for i in (0, 2)), live
+    assert live[1]["status"]["phase"] == "Running"
     # The token can touch nothing else: not another Job, not a pod.
     denied = subprocess.run(
         ["python3", "-", "some-other-job"], input=STOP_PEERS_PY, env=env, capture_output=True, text=True, timeout=60
