@@ -6,6 +6,7 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 
 import pulumi
 
+from components.cache_pod import CachePod
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
@@ -15,6 +16,7 @@ from components.training_job import TrainingJob
 from components.training_workers import TrainingWorkers
 from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
+from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
 from settings import load_settings, read_tokens
 
 settings = load_settings()
@@ -38,10 +40,22 @@ cache = CacheVolume(
 # The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).
 scripts = None
 if not settings.cache.is_block:
-    scripts = WorkloadScripts("workload-scripts", settings.cache, config_map_name="mlcache-scripts", namespace=settings.namespace)
+    scripts = WorkloadScripts(
+        "workload-scripts", settings.cache, config_map_name=SCRIPTS_CONFIG_MAP, namespace=settings.namespace
+    )
 
 # No pod that mounts the cache accepts inbound connections.
-IngressIsolation("ingress-isolation", policy_name="mlcache-deny-ingress", namespace=settings.namespace)
+IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=settings.namespace)
+
+# Every pod on the cache (training, warm-up, benchmark) is placed, hardened and attached alike.
+cache_pod = CachePod(
+    job=settings.job,
+    cache=settings.cache,
+    placement=settings.placement,
+    namespace=settings.namespace,
+    claim_name=cache.claim_name,
+    scripts=scripts.name if scripts else None,
+)
 
 training = None
 if settings.job.enabled:
@@ -49,44 +63,17 @@ if settings.job.enabled:
     credentials = None
     if tokens:
         credentials = HubCredentials(
-            "hub-credentials", tokens, secret_name=f"{settings.job.name}-hub-tokens", namespace=settings.namespace
+            "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
     if settings.job.nodes == 1:
-        training = TrainingJob(
-            "training",
-            settings.job,
-            cache=settings.cache,
-            placement=settings.placement,
-            namespace=settings.namespace,
-            claim_name=cache.claim_name,
-            credentials=credentials,
-            scripts=scripts.name if scripts else None,
-        )
+        training = TrainingJob("training", cache_pod, credentials=credentials)
     else:
         # Several nodes: one worker per node, each on its own cache claim, all in one zone.
-        training = TrainingWorkers(
-            "training",
-            settings.job,
-            cache=settings.cache,
-            placement=settings.placement,
-            namespace=settings.namespace,
-            claim_names=cache.claim_names,
-            credentials=credentials,
-            scripts=scripts.name if scripts else None,
-        )
+        training = TrainingWorkers("training", cache_pod, claim_names=cache.claim_names, credentials=credentials)
 
 benchmark = None
 if settings.benchmark.enabled:
-    benchmark = StorageBenchmark(
-        "storage-benchmark",
-        settings.benchmark,
-        cache=settings.cache,
-        job=settings.job,
-        placement=settings.placement,
-        namespace=settings.namespace,
-        claim_names=cache.claim_names,
-        scripts=scripts.name if scripts else None,
-    )
+    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=cache.claim_names)
 
 pulumi.export("backend", settings.backend)
 pulumi.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
@@ -97,6 +84,7 @@ pulumi.export("volumeMode", settings.cache.volume_mode)
 pulumi.export("zone", settings.zone or "scheduler-chosen")
 pulumi.export("jobName", training.name if training else None)
 pulumi.export("runMarker", training.run_marker if training else None)
+pulumi.export("benchmarkJob", benchmark.name if benchmark else None)
 # The run's workers: what tools.verify and tools.rehearse check placement against.
 pulumi.export(
     "run",
@@ -112,7 +100,6 @@ pulumi.export(
         "gpusPerNode": settings.job.gpus,
     },
 )
-pulumi.export("benchmarkJob", benchmark.name if benchmark else None)
 pulumi.export(
     "verifyCommands",
     pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(

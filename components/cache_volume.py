@@ -7,28 +7,18 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import SKIP_AWAIT, adoption_options, constructor_kwargs, metadata
-from components.workers import WORKER_LABEL, worker_claim_name
+from components.common import adoption_options, constructor_kwargs, metadata
+from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, SKIP_AWAIT, WORKER_LABEL, ZONE_ANNOTATION, worker_claim_name
 from settings import CacheSettings
 
 # Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
 # replacement field and would try (and fail) to patch it in place.
-REPLACE_ON_CHANGES = ["spec.volumeMode"]
-
-# The name of the cache in every pod spec that mounts it.
-CACHE_VOLUME = "cache"
-
+REPLACE_ON_CHANGES = list(IMMUTABLE_FIELDS["PersistentVolumeClaim"])
 ROOK_CEPH_WARNING = (
     "backend rook-ceph: the cache volume is bound immediately in Rook-Ceph's pool, not in the zone "
     "where the training pod lands, so reads may cross zones (1-10ms+ latency, limited bandwidth). "
     "This is the runbook's rollback path, not the fast one."
 )
-
-
-# Where the storage settings put the cache: read by the policy pack (policy/) to check that
-# every pod mounting it is pinned to the same zone.
-BACKEND_ANNOTATION = "mlcache/backend"
-ZONE_ANNOTATION = "mlcache/zone"
 
 
 def pvc_manifest(
@@ -58,20 +48,6 @@ def pvc_manifest(
             "resources": {"requests": {"storage": cache.size}},
         },
     }
-
-
-def cache_volume(claim_name: pulumi.Input[str]) -> dict[str, Any]:
-    """The pod volume of the cache; `claim_name` is the PVC's output, a real dependency."""
-    return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}}
-
-
-def attach_cache(container: dict[str, Any], cache: CacheSettings) -> dict[str, Any]:
-    """The cache in a container: the raw device in Block mode, else mounted (first mount)."""
-    if cache.is_block:
-        container["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": cache.device_path}]
-    else:
-        container["volumeMounts"].insert(0, {"name": CACHE_VOLUME, "mountPath": cache.mount_path})
-    return container
 
 
 def pvc_options(

@@ -3,34 +3,34 @@ its own cache claim, all in one zone, launched as one ms-swift run (see componen
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import SKIP_AWAIT, constructor_kwargs, metadata
+from components.cache_pod import CachePod
+from components.common import constructor_kwargs, metadata
 from components.hub_credentials import HubCredentials, secret_env
 from components.security import checkov_skips, namespace_skip, with_checkov_skips
 from components.training_job import (
     APP_LABEL,
+    BLOCK_MODE_WARNING,
     CONTAINER,
-    JOB_LABEL,
     completion_marker,
-    job_manifest,
     job_options,
     run_once_script,
+    training_job_manifest,
 )
 from components.workers import (
-    QUEUE_LABEL,
     as_worker,
     headless_service_manifest,
     jobset_manifest,
     peer_ingress_manifest,
-    replicated_job_name,
     with_launch,
-    worker_job_name,
 )
-from settings import CacheSettings, JobSettings, Placement
+from names import QUEUE_LABEL, RUN_LABEL, SKIP_AWAIT, replicated_job_name, worker_job_name
+from settings import JobSettings
 
 # The provider's await for a custom resource: the JobSet's own Completed condition.
 JOBSET_WAIT_FOR = {"pulumi.com/waitFor": "condition=Completed"}
@@ -72,21 +72,16 @@ def queue_labels(job: JobSettings) -> dict[str, str]:
 
 
 def worker_job_manifests(
-    job: JobSettings,
-    cache: CacheSettings,
-    placement: Placement,
-    namespace: str | None,
-    claim_names: list[pulumi.Input[str]],
-    token_env: list[dict[str, Any]] = (),
-    scripts: pulumi.Input[str] | None = None,
+    pod: CachePod, claim_names: list[pulumi.Input[str]], token_env: list[dict[str, Any]] = ()
 ) -> list[dict[str, Any]]:
     """One Job per worker: the single-node training Job with the worker's claim, labels,
     affinities and launch env. A worker's Job fails at its first failed pod (backoffLimit 0):
     one worker restarted alone cannot rejoin a torch group that is already running."""
+    job = pod.job
     manifests = []
     for index, claim_name in enumerate(claim_names):
-        manifest = job_manifest(job, cache, placement, namespace, claim_name, token_env, scripts)
-        template = as_worker(manifest["spec"]["template"], job.run_name, index, pinned=placement.zone is not None)
+        manifest = training_job_manifest(dataclasses.replace(pod, claim_name=claim_name), token_env)
+        template = as_worker(manifest["spec"]["template"], job.run_name, index, pinned=pod.placement.zone is not None)
         template = with_launch(
             template, CONTAINER, run_name=job.run_name, index=index, nodes=job.nodes, gpus=job.gpus, engine=job.engine
         )
@@ -147,19 +142,16 @@ class TrainingWorkers(pulumi.ComponentResource):
     def __init__(
         self,
         name: str,
-        job: JobSettings,
+        pod: CachePod,
         *,
-        cache: CacheSettings,
-        placement: Placement,
-        namespace: str | None,
         claim_names: list[pulumi.Input[str]],
         credentials: HubCredentials | None = None,
-        scripts: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:TrainingWorkers", name, None, opts)
+        job, cache, namespace = pod.job, pod.cache, pod.namespace
         token_env = secret_env(credentials.secret_name, credentials.keys) if credentials else []
-        manifests = worker_job_manifests(job, cache, placement, namespace, claim_names, token_env, scripts)
+        manifests = worker_job_manifests(pod, claim_names, token_env)
         skips = checkov_skips(namespace_skip(namespace)) or None
         self.peer_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-peers",
@@ -190,7 +182,7 @@ class TrainingWorkers(pulumi.ComponentResource):
             # The Jobs JobSet makes: <jobset>-<replicated job>-<job index>.
             self.names = [f"{job.run_name}-{replicated_job_name(i)}-0" for i in range(job.nodes)]
         else:
-            selector = {JOB_LABEL: job.run_name}
+            selector = {RUN_LABEL: job.run_name}
             self.service = k8s.core.v1.Service(
                 f"{name}-service",
                 opts=pulumi.ResourceOptions(parent=self),
@@ -211,5 +203,7 @@ class TrainingWorkers(pulumi.ComponentResource):
             ]
             self.names = [j.metadata.name for j in self.jobs]
             self.name = self.names[0]
+        if cache.is_block:
+            pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"names": self.names, "run_marker": self.run_marker})

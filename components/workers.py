@@ -12,58 +12,24 @@ from __future__ import annotations
 from typing import Any
 
 from components.common import metadata
-from components.placement import ZONE_LABEL
+from names import (
+    HOSTNAME_LABEL,
+    MULTINODE_RUN_LABEL,
+    WORKER_LABEL,
+    ZONE_LABEL,
+    replicated_job_name,
+    worker_hostname,
+    workers_service_name,
+)
 
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-# On every pod of a multi-node run (training workers and their benchmarks): the zone and
-# one-worker-per-node affinities select on them.
-RUN_LABEL = "mlcache/run"
-WORKER_LABEL = "mlcache/worker"
 # torchrun's default rendezvous port.
 MASTER_PORT = 29500
 JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
-QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-
-
-def worker_claim_name(cache_name: str, index: int) -> str:
-    """Worker 0 keeps the single-node claim, so raising job.nodes from 1 never touches it;
-    the others are named from cache.name and their index, never from the run id (re-runs reuse them)."""
-    return cache_name if index == 0 else f"{cache_name}-{index}"
-
-
-def worker_job_name(run_name: str, index: int) -> str:
-    """The worker's Job (engine jobs) or replicated job (engine jobset, without the run prefix)."""
-    return f"{run_name}-worker-{index}"
-
-
-def replicated_job_name(index: int) -> str:
-    return f"worker-{index}"
-
-
-def worker_hostname(run_name: str, index: int, engine: str) -> str:
-    """The worker pod's stable hostname. JobSet names its pods' hosts itself:
-    <jobset>-<replicated job>-<job index>-<pod index> (one Job, one pod per worker: -0-0)."""
-    if engine == "jobset":
-        return f"{run_name}-{replicated_job_name(index)}-0-0"
-    return worker_job_name(run_name, index)
-
-
-def service_name(run_name: str) -> str:
-    """The headless Service (and pod subdomain) of the workers; JobSet's default is its own name too."""
-    return run_name
 
 
 def master_addr(run_name: str, engine: str) -> str:
     """Worker 0, reachable by name through the headless Service (resolved in the pod's namespace)."""
-    return f"{worker_hostname(run_name, 0, engine)}.{service_name(run_name)}"
-
-
-def longest_generated_name(run_name: str, nodes: int, engine: str) -> str:
-    """The longest name Kubernetes must accept for this run: a hostname (jobs) or, for JobSet,
-    a pod name with the Job controller's 5-character suffix (what JobSet's webhook checks)."""
-    if engine == "jobset":
-        return f"{worker_hostname(run_name, nodes - 1, engine)}-abcde"
-    return worker_hostname(run_name, nodes - 1, engine)
+    return f"{worker_hostname(run_name, 0, engine)}.{workers_service_name(run_name)}"
 
 
 def launch_env(nodes: int, index: int, master: str, gpus: int) -> dict[str, str]:
@@ -78,7 +44,7 @@ def launch_env(nodes: int, index: int, master: str, gpus: int) -> dict[str, str]
 
 
 def worker_labels(run_name: str, index: int) -> dict[str, str]:
-    return {RUN_LABEL: run_name, WORKER_LABEL: str(index)}
+    return {MULTINODE_RUN_LABEL: run_name, WORKER_LABEL: str(index)}
 
 
 def worker_affinity(run_name: str, index: int, pinned: bool) -> dict[str, Any]:
@@ -91,7 +57,7 @@ def worker_affinity(run_name: str, index: int, pinned: bool) -> dict[str, Any]:
     Pinned, the zone node affinity every worker already carries is the one zone.
     """
     other_workers = {
-        "matchLabels": {RUN_LABEL: run_name},
+        "matchLabels": {MULTINODE_RUN_LABEL: run_name},
         "matchExpressions": [{"key": WORKER_LABEL, "operator": "NotIn", "values": [str(index)]}],
     }
     affinity: dict[str, Any] = {
@@ -102,7 +68,7 @@ def worker_affinity(run_name: str, index: int, pinned: bool) -> dict[str, Any]:
     if not pinned:
         affinity["podAffinity"] = {
             "requiredDuringSchedulingIgnoredDuringExecution": [
-                {"labelSelector": {"matchLabels": {RUN_LABEL: run_name}}, "topologyKey": ZONE_LABEL}
+                {"labelSelector": {"matchLabels": {MULTINODE_RUN_LABEL: run_name}}, "topologyKey": ZONE_LABEL}
             ]
         }
     return affinity
@@ -136,7 +102,7 @@ def with_launch(
     spec = {**pod_template["spec"], "containers": [launched(c) for c in pod_template["spec"]["containers"]]}
     if engine == "jobs":
         spec["hostname"] = worker_hostname(run_name, index, engine)
-        spec["subdomain"] = service_name(run_name)
+        spec["subdomain"] = workers_service_name(run_name)
     return {**pod_template, "spec": spec}
 
 
@@ -146,7 +112,7 @@ def headless_service_manifest(
     """Stable DNS names for the workers (engine jobs). Not-ready addresses are published: a
     worker must resolve worker 0 before any readiness could be reported."""
     return {
-        "metadata": metadata(service_name(run_name), namespace, annotations=annotations),
+        "metadata": metadata(workers_service_name(run_name), namespace, annotations=annotations),
         "spec": {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": dict(selector)},
     }
 
@@ -154,11 +120,11 @@ def headless_service_manifest(
 def peer_ingress_manifest(name: str, run_name: str, namespace: str | None, annotations: dict[str, str] | None) -> dict[str, Any]:
     """The one exception to the cache pods' ingress isolation: a run's workers reach each other
     (rendezvous on MASTER_PORT, then NCCL on ports it picks)."""
-    peers = {"podSelector": {"matchLabels": {RUN_LABEL: run_name}}}
+    peers = {"podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: run_name}}}
     return {
         "metadata": metadata(name, namespace, annotations=annotations),
         "spec": {
-            "podSelector": {"matchLabels": {RUN_LABEL: run_name}},
+            "podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: run_name}},
             "policyTypes": ["Ingress"],
             "ingress": [{"from": [peers]}],
         },
@@ -190,7 +156,11 @@ def jobset_manifest(
         "kind": "JobSet",
         "metadata": metadata(run_name, namespace, labels=labels, annotations=annotations),
         "spec": {
-            "network": {"enableDNSHostnames": True, "publishNotReadyAddresses": True, "subdomain": service_name(run_name)},
+            "network": {
+                "enableDNSHostnames": True,
+                "publishNotReadyAddresses": True,
+                "subdomain": workers_service_name(run_name),
+            },
             "successPolicy": {"operator": "All"},
             "failurePolicy": {"maxRestarts": max_restarts},
             "replicatedJobs": replicated,

@@ -42,7 +42,7 @@ POD_TEMPLATE_PATHS = {
 # A JobSet (multi-node engine jobset) holds one Job template per replicated job.
 JOBSET = "kubernetes:jobset.x-k8s.io/v1alpha2:JobSet"
 # Set on every pod of a multi-node run by components/workers.py.
-RUN_LABEL = "mlcache/run"
+MULTINODE_RUN_LABEL = "mlcache/multinode-run"
 WORKER_LABEL = "mlcache/worker"
 GPU_RESOURCE = re.compile(r"^(nvidia\.com/|amd\.com/gpu|gpu\.intel\.com/)")
 TOKEN_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL)", re.IGNORECASE)
@@ -220,15 +220,15 @@ def _run_workers(args: StackValidationArgs) -> dict[str, list[tuple[str, Mapping
     for resource in args.resources:
         for template in pod_templates(resource.resource_type, resource.props):
             labels = _get(template, "metadata", "labels") or {}
-            if RUN_LABEL in labels and WORKER_LABEL in labels and isinstance(template.get("spec"), Mapping):
-                runs.setdefault(labels[RUN_LABEL], []).append((labels[WORKER_LABEL], template["spec"], resource))
+            if MULTINODE_RUN_LABEL in labels and WORKER_LABEL in labels and isinstance(template.get("spec"), Mapping):
+                runs.setdefault(labels[MULTINODE_RUN_LABEL], []).append((labels[WORKER_LABEL], template["spec"], resource))
     return runs
 
 
 def _has_zone_pod_affinity(spec: Mapping[str, Any], run: str) -> bool:
     terms = _get(spec, "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution") or []
     return any(
-        t.get("topologyKey") == ZONE_LABEL and (_get(t, "labelSelector", "matchLabels") or {}).get(RUN_LABEL) == run
+        t.get("topologyKey") == ZONE_LABEL and (_get(t, "labelSelector", "matchLabels") or {}).get(MULTINODE_RUN_LABEL) == run
         for t in terms
     )
 
@@ -244,7 +244,7 @@ def validate_workers_in_one_zone(args: StackValidationArgs, report_violation: Re
         shown = "; ".join(sorted(", ".join(sorted(z)) or "any zone" for z in zones))
         report_violation(
             f"the workers of run {run} are not held in one zone: pinned to {shown}, and workers {', '.join(loose)} "
-            f"carry no required pod affinity on {ZONE_LABEL} to the run's pods ({RUN_LABEL}={run}). NCCL across "
+            f"carry no required pod affinity on {ZONE_LABEL} to the run's pods ({MULTINODE_RUN_LABEL}={run}). NCCL across "
             "zones is slow and costly, and each worker's cache binds where the worker lands.",
             workers[0][2].urn,
         )

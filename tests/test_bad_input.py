@@ -126,6 +126,7 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
         st.just({"1BAD": "x"}),
         st.just({"HF_TOKEN": "hf_plain"}),
         st.just({"NPROC_PER_NODE": "8"}),
+        st.just({"MASTER_ADDR": "elsewhere"}),
         st.just({"OK": [1]}),
         st.just({"OK": True}),
     ),
@@ -140,6 +141,9 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     ),
     "job.runId": bad_text(lambda v: is_dns_label(v, 63 - len("sft-qwen3vl-fire-4gpu") - 1)),
     "job.runAsUser": bad_int(1),
+    "job.nodes": st.one_of(bad_int(1), st.integers(min_value=65)),
+    "job.engine": bad_choice(("jobs", "jobset")),
+    "job.queue": bad_text(lambda v: is_dns_label(v)),
 }
 OBJECT_KEYS = {key: NOT_AN_OBJECT for key in FIELDS}
 

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from components.workers import RUN_LABEL, WORKER_LABEL
+from names import MULTINODE_RUN_LABEL, WORKER_LABEL
 from tests.conftest import env_of, rendered
 from tests.test_policy import stack_args, violations
 from tools.diff import DATA_LOSS, plan, report
@@ -47,7 +47,7 @@ def test_one_node_has_no_worker_objects(stack):
     run = rendered(stack)
     assert run.find("Service") == [] and [r for r in run.kubernetes_objects() if r.type == JOBSET] == []
     assert len(run.find("PersistentVolumeClaim")) == 1
-    assert RUN_LABEL not in run.find("Job")[0].inputs["spec"]["template"]["metadata"]["labels"]
+    assert MULTINODE_RUN_LABEL not in run.find("Job")[0].inputs["spec"]["template"]["metadata"]["labels"]
     assert run.outputs["run"]["nodes"] == 1 and run.outputs["run"]["cacheClaims"] == ["ms-swift-cache-pvc"]
 
 
@@ -120,7 +120,7 @@ def test_unpinned_workers_share_one_zone_chosen_by_whichever_lands_first():
         affinity = template["spec"]["affinity"]
         (zone,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert zone["topologyKey"] == "topology.kubernetes.io/zone"
-        assert zone["labelSelector"] == {"matchLabels": {RUN_LABEL: RUN}}
+        assert zone["labelSelector"] == {"matchLabels": {MULTINODE_RUN_LABEL: RUN}}
         (host,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         assert host["topologyKey"] == "kubernetes.io/hostname"
         assert host["labelSelector"]["matchExpressions"][0]["values"] == [str(index)]
@@ -137,7 +137,7 @@ def test_pinned_workers_carry_the_zone_node_affinity_and_one_node_each():
 def test_workers_reach_each_other_and_nothing_else_does():
     run = rendered("dev", "job.nodes=2")
     peers = next(p for p in run.find("NetworkPolicy") if p.object_name == f"{RUN}-peers").inputs["spec"]
-    assert peers["ingress"] == [{"from": [{"podSelector": {"matchLabels": {RUN_LABEL: RUN}}}]}]
+    assert peers["ingress"] == [{"from": [{"podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: RUN}}}]}]
     assert any(p.object_name == "mlcache-deny-ingress" for p in run.find("NetworkPolicy"))
 
 
@@ -419,3 +419,32 @@ def test_jobset_workers_have_no_api_access_jobset_restarts_them():
     for template in workers(run):
         assert template["spec"]["automountServiceAccountToken"] is False
         assert "MLCACHE_PEER_JOBS" not in sft_env(template)
+
+
+# --- settings
+
+
+@pytest.mark.parametrize(
+    ("job", "key", "says"),
+    [
+        # A Service name (engine jobs) and JobSet's names must start with a letter.
+        ({"nodes": 2, "name": "1st-run"}, "job.name", "a run name starting with a letter"),
+        ({"nodes": 3, "name": "x" * 55}, "job.name", f"the longest, {'x' * 55}-worker-2, has 64"),
+        ({"nodes": 2, "engine": "jobset", "name": "x" * 45}, "job.name", "-worker-1-0-0-abcde, has 64"),
+        ({"nodes": 2, "engine": "jobset", "name": "sft", "runId": "r" * 41}, "job.runId", "fit 63 characters"),
+        ({"nodes": 2, "env": {"NODE_RANK": "1"}}, "job.env.NODE_RANK", "other than"),
+    ],
+)
+def test_names_kubernetes_would_refuse_are_refused_up_front(job, key, says):
+    from settings import ConfigError, parse_settings  # noqa: PLC0415
+
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"job": job})
+    assert err.value.key == f"mlcache:{key}" and says in str(err.value)
+
+
+def test_the_longest_names_that_fit_are_accepted():
+    from settings import parse_settings  # noqa: PLC0415
+
+    assert parse_settings({"job": {"nodes": 3, "name": "x" * 54}}).job.nodes == 3
+    assert parse_settings({"job": {"nodes": 2, "engine": "jobset", "name": "x" * 44}}).job.engine == "jobset"

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from components.placement import ZONE_LABEL
 from components.workers import (
-    HOSTNAME_LABEL,
-    RUN_LABEL,
-    WORKER_LABEL,
     as_worker,
     headless_service_manifest,
     jobset_manifest,
     launch_env,
-    longest_generated_name,
     master_addr,
     peer_ingress_manifest,
     with_launch,
     worker_affinity,
+)
+from names import (
+    HOSTNAME_LABEL,
+    MULTINODE_RUN_LABEL,
+    WORKER_LABEL,
+    ZONE_LABEL,
+    longest_generated_name,
     worker_claim_name,
     worker_hostname,
 )
@@ -58,10 +60,10 @@ def test_launch_env_is_ms_swifts_static_multi_node_launch():
 def test_unpinned_workers_share_a_zone_with_every_worker_and_a_node_with_none():
     affinity = worker_affinity("sft", 1, pinned=False)
     (zone_term,) = affinity["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert zone_term == {"labelSelector": {"matchLabels": {RUN_LABEL: "sft"}}, "topologyKey": ZONE_LABEL}
+    assert zone_term == {"labelSelector": {"matchLabels": {MULTINODE_RUN_LABEL: "sft"}}, "topologyKey": ZONE_LABEL}
     (host_term,) = affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert host_term["topologyKey"] == HOSTNAME_LABEL
-    assert host_term["labelSelector"]["matchLabels"] == {RUN_LABEL: "sft"}
+    assert host_term["labelSelector"]["matchLabels"] == {MULTINODE_RUN_LABEL: "sft"}
     # Not itself (its benchmark shares its node and cache), every other worker.
     assert host_term["labelSelector"]["matchExpressions"] == [{"key": WORKER_LABEL, "operator": "NotIn", "values": ["1"]}]
 
@@ -89,7 +91,7 @@ def _template() -> dict:
 def test_as_worker_adds_labels_and_affinities_and_keeps_the_node_affinity():
     original = _template()
     template = as_worker(original, "sft", 2, pinned=False)
-    assert template["metadata"]["labels"] == {"app": "ms-swift", RUN_LABEL: "sft", WORKER_LABEL: "2"}
+    assert template["metadata"]["labels"] == {"app": "ms-swift", MULTINODE_RUN_LABEL: "sft", WORKER_LABEL: "2"}
     assert set(template["spec"]["affinity"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
     assert original == _template(), "the single-node template is not modified"
 
@@ -117,8 +119,8 @@ def test_headless_service_publishes_not_ready_workers():
 
 def test_peer_ingress_admits_only_the_runs_own_pods():
     policy = peer_ingress_manifest("sft-peers", "sft", None, None)["spec"]
-    assert policy["podSelector"] == {"matchLabels": {RUN_LABEL: "sft"}}
-    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": {RUN_LABEL: "sft"}}}]}]
+    assert policy["podSelector"] == {"matchLabels": {MULTINODE_RUN_LABEL: "sft"}}
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: "sft"}}}]}]
 
 
 def test_jobset_has_one_single_replica_job_per_worker_all_or_nothing():

@@ -17,9 +17,17 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-LINSTOR_NAMESPACE = "piraeus-datastore"
+from names import (
+    GPU_PRODUCT_LABEL,
+    HOSTNAME_LABEL,
+    LINSTOR_CONTROLLER,
+    LINSTOR_NAMESPACE,
+    MULTINODE_RUN_LABEL,
+    RUN_LABEL,
+    WORKER_LABEL,
+    ZONE_LABEL,
+)
+
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -226,17 +234,12 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} deploy/linstor-controller -- linstor resource list -r {volume}",
+                f"kubectl exec -n {LINSTOR_NAMESPACE} {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}",
             )
         )
     return findings
 
 
-# On the pods of a multi-node run (components/workers.py) and on its training pods (training_job.py).
-RUN_LABEL = "mlcache/run"
-WORKER_LABEL = "mlcache/worker"
-JOB_LABEL = "mlcache/job"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 TERMINAL = ("Succeeded", "Failed")
 
 
@@ -291,7 +294,7 @@ def free_worker_nodes(run: RunExpectation, nodes: dict[str, dict], pods: list[di
         if (
             not node
             or _get(pod, "status", "phase") in TERMINAL
-            or (_get(pod, "metadata", "labels") or {}).get(RUN_LABEL) == run.name
+            or (_get(pod, "metadata", "labels") or {}).get(MULTINODE_RUN_LABEL) == run.name
         ):
             continue
         used[node] = used.get(node, 0) + requested(pod, run.gpu_resource)
@@ -425,7 +428,7 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     pods = []
     if expect.run:
         worker = expect.run.claims.index(expect.pvc)
-        selector = f"{JOB_LABEL}={expect.run.name},{WORKER_LABEL}={worker}"
+        selector = f"{RUN_LABEL}={expect.run.name},{WORKER_LABEL}={worker}"
         pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=selector).items)
     elif expect.job:
         pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}").items)

@@ -1,0 +1,123 @@
+"""Every name shared between the program, its tools and the policy pack, declared once.
+
+Labels and annotation keys, namespaces and drivers of the systems mlcache drives, the names
+mlcache gives its own objects and mount points, and the replace rules (which field changes
+make the engine replace an object, which ones Kubernetes refuses to patch). A leaf module: it
+imports nothing of the project, so settings, components and tools can all use it. The policy
+pack (policy/, which cannot import the program) repeats a few of these; tests/test_names.py
+pins its copies to this module.
+"""
+
+from __future__ import annotations
+
+PROJECT = "mlcache"
+
+# Node labels (well-known Kubernetes labels and NVIDIA's GPU feature discovery).
+ZONE_LABEL = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# Labels on every object mlcache creates, and on every pod that mounts the cache (the ingress
+# NetworkPolicy selects those pods by them).
+LABELS = {"app.kubernetes.io/part-of": PROJECT, "app.kubernetes.io/managed-by": "pulumi"}
+POD_LABELS = {"app.kubernetes.io/part-of": PROJECT}
+# The run a training pod belongs to (value: the Job's name).
+RUN_LABEL = "mlcache/job"
+# Multi-node runs (job.nodes > 1): on every pod of the run, its workers and their benchmarks
+# (value: the run's name; the zone and one-node-per-worker affinities select on it), and the
+# worker index on each of those pods and on each worker's cache claim.
+MULTINODE_RUN_LABEL = "mlcache/multinode-run"
+WORKER_LABEL = "mlcache/worker"
+# Kueue's queue label (job.queue), on what Kueue admits: each worker Job, or the JobSet.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+# Where the storage settings put the cache, on the PVC: the policy pack checks that every pod
+# mounting it is pinned to the same zone.
+BACKEND_ANNOTATION = "mlcache/backend"
+ZONE_ANNOTATION = "mlcache/zone"
+# Provider annotation: do not wait for readiness (exactly the string "true").
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+# LINSTOR (piraeus operator v2) and the CSI driver.
+LINSTOR_PROVISIONER = "linstor.csi.linbit.com"
+LINSTOR_PARAMETER_PREFIX = "linstor.csi.linbit.com/"
+LINSTOR_NAMESPACE = "piraeus-datastore"
+LINSTOR_CONTROLLER = "deploy/linstor-controller"
+
+# Objects mlcache names itself (the rest are named by settings).
+SCRIPTS_CONFIG_MAP = "mlcache-scripts"
+INGRESS_POLICY = "mlcache-deny-ingress"
+
+
+def hub_secret_name(job_name: str) -> str:
+    return f"{job_name}-hub-tokens"
+
+
+def benchmark_job_name(job_name: str) -> str:
+    return f"{job_name}-storage-bench"
+
+
+# Multi-node runs (job.nodes > 1): the names of each worker's objects.
+
+
+def worker_claim_name(cache_name: str, index: int) -> str:
+    """Worker 0 keeps the single-node claim, so raising job.nodes from 1 never touches it;
+    the others are named from cache.name and their index, never from the run id (re-runs reuse them)."""
+    return cache_name if index == 0 else f"{cache_name}-{index}"
+
+
+def worker_job_name(run_name: str, index: int) -> str:
+    """The worker's Job (engine jobs) or replicated job (engine jobset, without the run prefix)."""
+    return f"{run_name}-worker-{index}"
+
+
+def replicated_job_name(index: int) -> str:
+    return f"worker-{index}"
+
+
+def worker_hostname(run_name: str, index: int, engine: str) -> str:
+    """The worker pod's stable hostname. JobSet names its pods' hosts itself:
+    <jobset>-<replicated job>-<job index>-<pod index> (one Job, one pod per worker: -0-0)."""
+    if engine == "jobset":
+        return f"{run_name}-{replicated_job_name(index)}-0-0"
+    return worker_job_name(run_name, index)
+
+
+def workers_service_name(run_name: str) -> str:
+    """The headless Service (and pod subdomain) of the workers; JobSet's default is its own name too."""
+    return run_name
+
+
+def longest_generated_name(run_name: str, nodes: int, engine: str) -> str:
+    """The longest name Kubernetes must accept for this run: a hostname (jobs) or, for JobSet,
+    a pod name with the Job controller's 5-character suffix (what JobSet's webhook checks)."""
+    if engine == "jobset":
+        return f"{worker_hostname(run_name, nodes - 1, engine)}-abcde"
+    return worker_hostname(run_name, nodes - 1, engine)
+
+
+# Mount points of the pods that mount the cache: cache.mountPath and cache.devicePath must stay
+# clear of them (a collision is a pod the API server refuses, or a mount that hides another).
+SCRATCH_PATH = "/tmp"
+SHM_PATH = "/dev/shm"
+SCRIPTS_PATH = "/opt/mlcache"
+POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH)
+
+# Fields whose change the provider turns into a replacement, per kind (provider/pkg/metadata).
+PROVIDER_REPLACES = {
+    "*": ("metadata.name", "metadata.namespace"),
+    "PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName"),
+    "Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+    "StorageClass": ("parameters", "provisioner"),
+}
+# Fields Kubernetes refuses to patch although the provider would try: the components ask for a
+# replacement (replaceOnChanges) on exactly these; tools.diff warns when one changes without it.
+IMMUTABLE_FIELDS = {
+    "PersistentVolumeClaim": ("spec.volumeMode",),
+    "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
+}
+
+
+def worker_benchmark_name(job_name: str, index: int) -> str:
+    """Worker i's storage benchmark Job (worker 0 keeps the single-node name)."""
+    return benchmark_job_name(job_name) if index == 0 else f"{benchmark_job_name(job_name)}-{index}"
