@@ -448,3 +448,68 @@ def test_the_longest_names_that_fit_are_accepted():
 
     assert parse_settings({"job": {"nodes": 3, "name": "x" * 54}}).job.nodes == 3
     assert parse_settings({"job": {"nodes": 2, "engine": "jobset", "name": "x" * 44}}).job.engine == "jobset"
+
+
+# --- tools.rehearse: the placement report of a multi-node run (recorded API objects)
+
+
+def _rehearse_view(placed: dict[int, str | None]):
+    """Two workers (sdsu has two A100 nodes in the test fleet); `placed` maps a worker to its node."""
+    from tests import test_rehearse as r  # noqa: PLC0415
+
+    pods, claims, volumes = [], [], []
+    for worker, node_name in placed.items():
+        claim_name = "ms-swift-cache-pvc" if worker == 0 else f"ms-swift-cache-pvc-{worker}"
+        p = r.pod(
+            f"{RUN}-worker-{worker}-abc",
+            node_name,
+            job=f"{RUN}-worker-{worker}",
+            zone=None,
+            claim=claim_name,
+            unschedulable=None if node_name else "0/5 nodes are available: 1 node(s) didn't match pod anti-affinity rules",
+        )
+        p["metadata"]["labels"].update({"mlcache/job": RUN, WORKER_LABEL: str(worker), MULTINODE_RUN_LABEL: RUN})
+        pods.append(p)
+        c = r.claim("Bound" if node_name else "Pending", volume=f"pv-{worker}" if node_name else None)
+        c["metadata"]["name"] = claim_name
+        claims.append(c)
+        if node_name:
+            volumes.append(r.volume(node_name, name=f"pv-{worker}"))
+    return r.view(pods, claims, volumes)
+
+
+def _run_expect(zone: str | None = None) -> Expectation:
+    run = RunExpectation(
+        name=RUN,
+        claims=("ms-swift-cache-pvc", "ms-swift-cache-pvc-1"),
+        gpu_product="NVIDIA-A100-SXM4-80GB",
+        gpu_resource="nvidia.com/gpu",
+        gpus=4,
+        jobs=(f"{RUN}-worker-0", f"{RUN}-worker-1"),
+    )
+    return Expectation("ms-swift-cache-pvc", "ml-training", "linstor-fast-cache", "linstor", zone, f"{RUN}-worker-0", run)
+
+
+def test_rehearse_reports_every_worker_with_its_cache_and_one_zone():
+    from tools.placement import build_report, render_report  # noqa: PLC0415
+
+    report = build_report(_rehearse_view({0: "a100-sdsu-1", 1: "a100-sdsu-2"}), _run_expect(), "dev")
+    assert [p.role for p in report.pods] == ["worker 0", "worker 1"]
+    assert all(p.with_cache for p in report.pods) and report.exit_code == 0, report.problems
+    text = render_report(report)
+    assert f"worker 0: {RUN}-worker-0-abc on a100-sdsu-1 (zone sdsu); cache ms-swift-cache-pvc on a100-sdsu-1: with it" in text
+    assert f"worker 1: {RUN}-worker-1-abc on a100-sdsu-2 (zone sdsu); cache ms-swift-cache-pvc-1 on a100-sdsu-2: with it" in text
+    assert "All workers in one zone: yes (sdsu), each on its own node with its cache" in text
+    assert "claim ml-training/ms-swift-cache-pvc-1: Bound -> pv-1" in text
+
+
+def test_rehearse_reports_a_pending_worker_with_the_schedulers_reason_and_fails():
+    from tools.placement import build_report, render_report  # noqa: PLC0415
+
+    report = build_report(_rehearse_view({0: "a100-ucsd-1", 1: None}), _run_expect(), "dev")
+    assert report.exit_code == 1
+    text = render_report(report)
+    assert "worker 1: " in text and "not placed (0/5 nodes are available: 1 node(s) didn't match pod anti-affinity rules)" in text
+    assert "All workers in one zone: not yet (1 not placed)" in text
+    # ucsd has one A100 node; sdsu has two: the run report says another zone would fit.
+    assert "another zone would fit: sdsu (2 free nodes)" in text

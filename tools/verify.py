@@ -57,6 +57,8 @@ class RunExpectation:
     gpu_product: str
     gpu_resource: str
     gpus: int
+    jobs: tuple[str, ...] = ()  # each worker's Job
+    benchmark_jobs: tuple[str, ...] = ()
 
     @property
     def nodes(self) -> int:
@@ -521,9 +523,10 @@ def worker_placement(worker: int, claim: str, snapshot: Snapshot) -> WorkerPlace
     live = [p for p in pods if _get(p, "status", "phase") not in TERMINAL] or pods
     pod = live[-1] if live else None
     node = _get(pod, "spec", "nodeName") if pod else None
-    constraints = pv_constraints(snapshot.pv) if snapshot.pv else {}
-    cache_nodes = sorted(constraints.get(HOSTNAME_LABEL, set()))
-    cache_zones = sorted(constraints.get(ZONE_LABEL, set()) or {node_zone(snapshot.nodes.get(n)) or "?" for n in cache_nodes})
+    # The nodes the volume's node affinity admits (whatever keys the driver wrote: LINSTOR's own
+    # linbit.com/hostname, or the zone); none for network storage.
+    cache_nodes = (volume_nodes(snapshot.pv, snapshot.nodes) or []) if snapshot.pv else []
+    cache_zones = sorted({node_zone(snapshot.nodes.get(n)) or "?" for n in cache_nodes})
     return WorkerPlacement(
         worker=worker,
         claim=claim,
@@ -663,6 +666,8 @@ def expectation_from_outputs(outputs: dict[str, Any], namespace: str) -> Expecta
             gpu_product=run_out["gpuProduct"],
             gpu_resource=run_out["gpuResource"],
             gpus=run_out["gpusPerNode"],
+            jobs=tuple(run_out["jobs"]),
+            benchmark_jobs=tuple(run_out["benchmarkJobs"]),
         )
     return Expectation(
         pvc=outputs["pvcName"],
@@ -727,16 +732,25 @@ def verify(expect: Expectation, core: Any, serialize) -> list[Finding]:
     """Every finding for the stack: its cache and training pod, or each worker's and the run's."""
     if expect.run is None:
         return diagnose(read_snapshot(expect, core, serialize), expect)
-    findings: list[Finding] = []
-    placements = []
-    for worker, claim in enumerate(expect.run.claims):
-        worker_expect = replace(expect, pvc=claim)
-        snapshot = read_snapshot(worker_expect, core, serialize)
-        findings += [replace(f, check=f"worker {worker} {f.check}") for f in diagnose(snapshot, worker_expect)]
-        placements.append(worker_placement(worker, claim, snapshot))
+    snapshots = [read_snapshot(replace(expect, pvc=claim), core, serialize) for claim in expect.run.claims]
     nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node().items)}
     pods = serialize(core.list_pod_for_all_namespaces().items)
-    return findings + diagnose_run(placements, expect, nodes, pods)
+    findings, _ = diagnose_workers(expect, snapshots, nodes, pods)
+    return findings
+
+
+def diagnose_workers(
+    expect: Expectation, snapshots: list[Snapshot], nodes: dict[str, dict], pods: list[dict]
+) -> tuple[list[Finding], list[WorkerPlacement]]:
+    """A multi-node run: each worker's cache checks (prefixed with the worker), then the run's.
+    `snapshots` in worker order, each with that worker's claim, volume and training pods."""
+    findings: list[Finding] = []
+    placements = []
+    for worker, (claim, snapshot) in enumerate(zip(expect.run.claims, snapshots, strict=True)):
+        worker_expect = replace(expect, pvc=claim)
+        findings += [replace(f, check=f"worker {worker} {f.check}") for f in diagnose(snapshot, worker_expect)]
+        placements.append(worker_placement(worker, claim, snapshot))
+    return findings + diagnose_run(placements, expect, nodes, pods), placements
 
 
 if __name__ == "__main__":
