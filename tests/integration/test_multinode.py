@@ -16,7 +16,7 @@ from kubernetes import client
 from tools.placement import ClusterView
 
 from tests.integration.conftest import ROOT
-from tools.verify import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL
+from tools.verify import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL, volume_nodes
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 SETTLE = 180.0
@@ -25,13 +25,13 @@ WORKER_LABEL = "mlcache/worker"
 
 
 def volume_node(view: ClusterView, claim_name: str) -> str | None:
+    """The one node the claim's volume is pinned to (its node affinity, as the driver wrote it)."""
     claim = next(c for c in view.claims if c["metadata"]["name"] == claim_name)
     volume = view.volumes.get(claim["spec"].get("volumeName") or "")
     if volume is None:
         return None
-    terms = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
-    (host,) = {v for t in terms for e in t["matchExpressions"] if e["key"] == HOSTNAME_LABEL for v in e["values"]}
-    return host
+    (node,) = volume_nodes(volume, view.nodes)
+    return node
 
 
 def workers(view: ClusterView, namespace: str) -> dict[int, dict]:
