@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from kubernetes import client
-from tools.placement import ClusterView
 
 from tests.integration.conftest import ROOT
+from tools.placement import ClusterView
 from tools.verify import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL, volume_nodes
 
 A100 = "NVIDIA-A100-SXM4-80GB"
