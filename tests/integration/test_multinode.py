@@ -188,6 +188,26 @@ def test_jobset_engine_under_the_real_jobset_controller(rehearsal):
     pods = workers(view, namespace)
     assert [pods[i]["spec"]["hostname"] for i in range(2)] == [f"{RUN}-worker-0-0-0", f"{RUN}-worker-1-0-0"]
     assert all(p["spec"]["subdomain"] == RUN for p in pods.values())
+    first = {i: p["spec"]["nodeName"] for i, p in pods.items()}
+    # Worker 1 fails (its pod marked Failed, as the kubelet would): JobSet re-creates every
+    # worker's Job (all or nothing), and each new worker lands back on its cache's node.
+    failed = pods[1]["metadata"]["name"]
+    status = {"name": "sft", "ready": False, "restartCount": 0, "image": "x", "imageID": ""}
+    status["state"] = {"terminated": {"exitCode": 1, "reason": "Error"}}
+    rehearsal.core.patch_namespaced_pod_status(failed, namespace, {"status": {"phase": "Failed", "containerStatuses": [status]}})
+    jobsets = client.CustomObjectsApi(rehearsal.api)
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        restarts = jobsets.get_namespaced_custom_object("jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", RUN)["status"].get(
+            "restarts"
+        )
+        again = workers(rehearsal.view(namespace), namespace)
+        fresh = {i: p for i, p in again.items() if p["metadata"]["name"] not in {q["metadata"]["name"] for q in pods.values()}}
+        if restarts == 1 and len(fresh) == 2 and all(p["spec"].get("nodeName") for p in fresh.values()):
+            break
+        time.sleep(1)
+    assert restarts == 1, "JobSet restarted the run once"
+    assert {i: p["spec"]["nodeName"] for i, p in fresh.items()} == first, "every worker back on its cache's node"
 
 
 def test_engine_jobs_a_failed_worker_ends_the_others_with_its_own_narrow_token(rehearsal, tmp_path):
