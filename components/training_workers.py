@@ -61,6 +61,12 @@ if [ "$status" -ne 0 ] && [ -n "$MLCACHE_PEER_JOBS" ]; then
 {STOP_PEERS_PY}MLCACHE_PY
 fi
 """
+UNPINNED_WARNING = (
+    "job.nodes is {nodes} and mlcache:zone is unset: the first worker the scheduler places chooses the zone "
+    "for the whole run, without knowing the others. In a zone with fewer than {nodes} free {product} nodes "
+    "the other workers wait (Pending). Pin mlcache:zone to a zone with room; `python -m tools.rehearse` shows "
+    "where a run lands, `python -m tools.verify` which zone would fit."
+)
 TOKEN_SKIP = {
     "CKV_K8S_38": "engine jobs, several nodes: a failed worker ends its peers' Jobs through the API; its "
     "ServiceAccount may only get and patch this run's worker Jobs"
@@ -205,5 +211,7 @@ class TrainingWorkers(pulumi.ComponentResource):
             self.name = self.names[0]
         if cache.is_block:
             pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
+        if pod.placement.zone is None:
+            pulumi.log.warn(UNPINNED_WARNING.format(nodes=job.nodes, product=job.gpu_product), resource=self)
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"names": self.names, "run_marker": self.run_marker})

@@ -513,3 +513,9 @@ def test_rehearse_reports_a_pending_worker_with_the_schedulers_reason_and_fails(
     assert "All workers in one zone: not yet (1 not placed)" in text
     # ucsd has one A100 node; sdsu has two: the run report says another zone would fit.
     assert "another zone would fit: sdsu (2 free nodes)" in text
+
+
+def test_an_unpinned_multinode_run_warns_that_its_first_worker_chooses_the_zone():
+    (warning,) = [w for w in rendered("dev", "job.nodes=3").warnings if "chooses the zone" in w]
+    assert "fewer than 3 free NVIDIA-A100-SXM4-80GB nodes" in warning and "Pin mlcache:zone" in warning
+    assert not [w for w in rendered("prod", "job.nodes=3").warnings if "chooses the zone" in w]
