@@ -34,12 +34,12 @@ def volume_node(view: ClusterView, claim_name: str) -> str | None:
     return node
 
 
-def workers(view: ClusterView, namespace: str) -> dict[int, dict]:
-    """The live training pod of each worker (the newest, if a re-run left older ones)."""
+def workers(view: ClusterView, namespace: str, run: str = RUN) -> dict[int, dict]:
+    """The live training pod of each worker of `run` (the newest, if a re-run left older ones)."""
     found: dict[int, dict] = {}
     for pod in sorted(view.pods, key=lambda p: p["metadata"]["creationTimestamp"]):
         labels = pod["metadata"].get("labels") or {}
-        if pod["metadata"]["namespace"] == namespace and labels.get("mlcache/job") == RUN and WORKER_LABEL in labels:
+        if pod["metadata"]["namespace"] == namespace and labels.get("mlcache/job") == run and WORKER_LABEL in labels:
             found[int(labels[WORKER_LABEL])] = pod
     return found
 
@@ -51,7 +51,7 @@ def zone_of(view: ClusterView, node: str) -> str:
 def assert_placed_in_one_zone(view: ClusterView, outputs: dict, nodes: int) -> dict[int, str]:
     """Every worker Running on its own A100 node, with its own volume on that node, one zone."""
     namespace, claims = outputs["namespace"], outputs["run"]["cacheClaims"]
-    pods = workers(view, namespace)
+    pods = workers(view, namespace, outputs["run"]["name"])
     assert sorted(pods) == list(range(nodes))
     placed = {i: p["spec"].get("nodeName") for i, p in pods.items()}
     assert all(placed.values()), {i: p["status"] for i, p in pods.items() if not p["spec"].get("nodeName")}
@@ -104,7 +104,7 @@ def test_a_rerun_lands_every_worker_back_on_its_caches_node(rehearsal):
     old_pods = {p["metadata"]["uid"] for p in workers(view, outputs["namespace"]).values()}
     outputs, view, moving = up_and_settle(rehearsal, "dev", ["job.nodes=3", "job.runId=r2"])
     assert moving == []
-    pods = workers(view, outputs["namespace"])
+    pods = workers(view, outputs["namespace"], outputs["run"]["name"])
     assert not old_pods & {p["metadata"]["uid"] for p in pods.values()}, "the workers were re-created"
     assert assert_placed_in_one_zone(view, outputs, 3) == first
 
