@@ -10,16 +10,19 @@ from components.cache_pod import CachePod
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
+from components.secret_flow import SecretFlow
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
 from components.training_workers import TrainingWorkers
-from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
 from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
-from settings import load_settings, read_tokens
+from settings import load_settings, read_tokens, secret_keys
+from verification import verification_commands
 
 settings = load_settings()
+# A key given as a secret keeps every object input and output it flows into secret.
+secrets = SecretFlow(secret_keys())
 
 storage_class = (
     LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt) if settings.manages_storage_class else None
@@ -75,18 +78,18 @@ benchmark = None
 if settings.benchmark.enabled:
     benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=cache.claim_names)
 
-pulumi.export("backend", settings.backend)
-pulumi.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
-pulumi.export("storageClassManaged", settings.manages_storage_class)
-pulumi.export("pvcName", cache.claim_name)
-pulumi.export("namespace", cache.namespace)
-pulumi.export("volumeMode", settings.cache.volume_mode)
-pulumi.export("zone", settings.zone or "scheduler-chosen")
-pulumi.export("jobName", training.name if training else None)
-pulumi.export("runMarker", training.run_marker if training else None)
-pulumi.export("benchmarkJob", benchmark.name if benchmark else None)
+secrets.export("backend", settings.backend)
+secrets.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
+secrets.export("storageClassManaged", settings.manages_storage_class)
+secrets.export("pvcName", cache.claim_name)
+secrets.export("namespace", cache.namespace)
+secrets.export("volumeMode", settings.cache.volume_mode)
+secrets.export("zone", settings.zone or "scheduler-chosen")
+secrets.export("jobName", training.name if training else None)
+secrets.export("runMarker", training.run_marker if training else None)
+secrets.export("benchmarkJob", benchmark.name if benchmark else None)
 # The run's workers: what tools.verify and tools.rehearse check placement against.
-pulumi.export(
+secrets.export(
     "run",
     {
         "name": settings.job.run_name,
@@ -100,7 +103,7 @@ pulumi.export(
         "gpusPerNode": settings.job.gpus,
     },
 )
-pulumi.export(
+secrets.export(
     "verifyCommands",
     pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(
         lambda names: verification_commands(names[0], names[1], names[2], linstor=settings.is_linstor)

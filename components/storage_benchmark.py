@@ -1,5 +1,5 @@
 """The optional storage benchmark Job: fio profiles, then the shard-loading benchmark, on the
-cache, scheduled exactly like the training Job (see "The first-consumer trap" in the README)."""
+cache, scheduled exactly like the training Job (see "The first-consumer trap" in docs/benchmarking.md)."""
 
 from __future__ import annotations
 

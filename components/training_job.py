@@ -23,7 +23,7 @@ SHM_VOLUME = "dshm"
 APP_LABEL = {"app": "ms-swift"}
 
 BLOCK_MODE_WARNING = (
-    "cache.volumeMode is Block: the Job gets the raw device at {device} (volumeDevices), not a "
+    "cache.volumeMode is Block: the Job gets the raw device at cache.devicePath (volumeDevices), not a "
     "filesystem. ms-swift cannot keep its model cache there unless the application reads the device "
     "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk."
 )
@@ -197,7 +197,8 @@ class TrainingJob(pulumi.ComponentResource):
         manifest = training_job_manifest(pod, token_env)
         self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
         if cache.is_block:
-            pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
+            # Names the key, not its value: logs are kept in the clear, and cache may be a secret key.
+            pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
         self.name = self.job.metadata.name
         self.names = [self.name]
         self.run_marker = completion_marker(job, cache)
