@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT
 
 TARGET_SECONDS = 60.0
 # Progress lines of tools.rehearse ("[ 12.3s] rehearse: <message>") that mark phase boundaries.
@@ -50,7 +50,7 @@ def phase_times(stderr: str) -> dict[str, float]:
 def run(stack: str) -> tuple[int, float, dict[str, float]]:
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "tools.rehearse", "--stack", stack], cwd=PROJECT_DIR, capture_output=True, text=True
+        [sys.executable, "-m", "tools.rehearse", "--stack", stack], cwd=CHECKOUT, capture_output=True, text=True
     )
     total = time.perf_counter() - started
     if done.returncode == 2:

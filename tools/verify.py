@@ -32,6 +32,8 @@ from verification import linstor_resources_command
 
 # Seconds per API request: an unreachable server fails the tool instead of hanging it.
 REQUEST_TIMEOUT = 15
+# How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
+VOLUME_CONFLICT = ("volume node affinity conflict", "didn't match PersistentVolume's node affinity")
 # Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
 STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
 OK, INFO, FAIL = "ok", "info", "FAIL"
@@ -384,7 +386,7 @@ def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tup
 def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
     name = _get(pod, "metadata", "name")
     message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
-    if "volume node affinity conflict" in message:
+    if any(words in message for words in VOLUME_CONFLICT):
         explanation, remedy = stranded_volume(pod, expect, snapshot)
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
     if expect.zone and not any(node_zone(n) == expect.zone for n in snapshot.nodes.values()):

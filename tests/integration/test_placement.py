@@ -16,7 +16,7 @@ from kubernetes import client
 
 from tests.integration.conftest import ROOT
 from tools.placement import ClusterView, Report
-from tools.verify import GPU_PRODUCT_LABEL, ZONE_LABEL, pod_fits_labels
+from tools.verify import GPU_PRODUCT_LABEL, VOLUME_CONFLICT, ZONE_LABEL, pod_fits_labels
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 FLEETS = ROOT / "tests" / "data" / "fleets"
@@ -163,7 +163,7 @@ def test_first_consumer_trap_the_runbooks_fio_pod_applied_first_strands_the_volu
     assert GPU_PRODUCT_LABEL not in view.nodes[fio.node]["metadata"]["labels"]  # the volume went where fio landed
     assert report.volume.nodes == [fio.node]
     pod = training(report)
-    assert pod.node is None and "volume node affinity conflict" in pod.reason
+    assert pod.node is None and any(words in pod.reason for words in VOLUME_CONFLICT)
     # Never: no node that the volume allows is one the training pod may run on.
     (raw,) = [p for p in view.pods if p["metadata"]["name"] == pod.pod.split("/")[1]]
     assert not [n for n in report.volume.nodes if pod_fits_labels(raw, view.nodes[n])]
