@@ -47,6 +47,8 @@ LINSTOR_CONTROLLER = "deploy/linstor-controller"
 # Objects mlcache names itself (the rest are named by settings).
 SCRIPTS_CONFIG_MAP = "mlcache-scripts"
 INGRESS_POLICY = "mlcache-deny-ingress"
+# Multi-node runs: lets the workers reach each other through the ingress isolation.
+WORKERS_POLICY = "mlcache-workers"
 
 
 def hub_secret_name(job_name: str) -> str:

@@ -162,7 +162,7 @@ class TrainingWorkers(pulumi.ComponentResource):
         self.peer_policy = k8s.networking.v1.NetworkPolicy(
             f"{name}-peers",
             opts=pulumi.ResourceOptions(parent=self),
-            **constructor_kwargs(peer_ingress_manifest(f"{job.run_name}-peers", job.run_name, namespace, skips)),
+            **constructor_kwargs(peer_ingress_manifest(namespace, skips)),
         )
         if job.engine == "jobset":
             wait = JOBSET_WAIT_FOR if job.wait_for_completion else SKIP_AWAIT

@@ -16,6 +16,7 @@ from names import (
     HOSTNAME_LABEL,
     MULTINODE_RUN_LABEL,
     WORKER_LABEL,
+    WORKERS_POLICY,
     ZONE_LABEL,
     replicated_job_name,
     worker_hostname,
@@ -117,17 +118,14 @@ def headless_service_manifest(
     }
 
 
-def peer_ingress_manifest(name: str, run_name: str, namespace: str | None, annotations: dict[str, str] | None) -> dict[str, Any]:
-    """The one exception to the cache pods' ingress isolation: a run's workers reach each other
-    (rendezvous on MASTER_PORT, then NCCL on ports it picks)."""
-    peers = {"podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: run_name}}}
+def peer_ingress_manifest(namespace: str | None, annotations: dict[str, str] | None) -> dict[str, Any]:
+    """The one exception to the cache pods' ingress isolation: the workers of multi-node runs reach
+    each other (rendezvous on MASTER_PORT, then NCCL on ports it picks). Selected by the label's
+    presence, not the run's name, so no setting flows into it (a secret job.name stays out)."""
+    workers = {"matchExpressions": [{"key": MULTINODE_RUN_LABEL, "operator": "Exists"}]}
     return {
-        "metadata": metadata(name, namespace, annotations=annotations),
-        "spec": {
-            "podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: run_name}},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [peers]}],
-        },
+        "metadata": metadata(WORKERS_POLICY, namespace, annotations=annotations),
+        "spec": {"podSelector": workers, "policyTypes": ["Ingress"], "ingress": [{"from": [{"podSelector": workers}]}]},
     }
 
 

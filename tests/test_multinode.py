@@ -136,8 +136,9 @@ def test_pinned_workers_carry_the_zone_node_affinity_and_one_node_each():
 
 def test_workers_reach_each_other_and_nothing_else_does():
     run = rendered("dev", "job.nodes=2")
-    peers = next(p for p in run.find("NetworkPolicy") if p.object_name == f"{RUN}-peers").inputs["spec"]
-    assert peers["ingress"] == [{"from": [{"podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: RUN}}}]}]
+    peers = next(p for p in run.find("NetworkPolicy") if p.object_name == "mlcache-workers").inputs["spec"]
+    workers_only = {"matchExpressions": [{"key": MULTINODE_RUN_LABEL, "operator": "Exists"}]}
+    assert peers["podSelector"] == workers_only and peers["ingress"] == [{"from": [{"podSelector": workers_only}]}]
     assert any(p.object_name == "mlcache-deny-ingress" for p in run.find("NetworkPolicy"))
 
 
@@ -519,3 +520,12 @@ def test_an_unpinned_multinode_run_warns_that_its_first_worker_chooses_the_zone(
     (warning,) = [w for w in rendered("dev", "job.nodes=3").warnings if "chooses the zone" in w]
     assert "fewer than 3 free NVIDIA-A100-SXM4-80GB nodes" in warning and "Pin mlcache:zone" in warning
     assert not [w for w in rendered("prod", "job.nodes=3").warnings if "chooses the zone" in w]
+
+
+@pytest.mark.parametrize("engine", ["jobs", "jobset"])
+def test_a_secret_run_name_stays_secret_in_every_worker_object(engine):
+    from tests.test_secrets import assert_kept_secret  # noqa: PLC0415
+    from tools import render  # noqa: PLC0415
+
+    run, _ = render.render("dev", ["job.nodes=2", f"job.engine={engine}"], ["job.name=sft-hidden-run-77"])
+    assert_kept_secret(run, "sft-hidden-run-77")

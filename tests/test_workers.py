@@ -117,10 +117,12 @@ def test_headless_service_publishes_not_ready_workers():
     assert service["spec"] == {"clusterIP": "None", "publishNotReadyAddresses": True, "selector": {"mlcache/job": "sft"}}
 
 
-def test_peer_ingress_admits_only_the_runs_own_pods():
-    policy = peer_ingress_manifest("sft-peers", "sft", None, None)["spec"]
-    assert policy["podSelector"] == {"matchLabels": {MULTINODE_RUN_LABEL: "sft"}}
-    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": {MULTINODE_RUN_LABEL: "sft"}}}]}]
+def test_peer_ingress_admits_only_multinode_workers():
+    policy = peer_ingress_manifest(None, None)
+    workers_only = {"matchExpressions": [{"key": MULTINODE_RUN_LABEL, "operator": "Exists"}]}
+    assert policy["metadata"]["name"] == "mlcache-workers"
+    assert policy["spec"]["podSelector"] == workers_only
+    assert policy["spec"]["ingress"] == [{"from": [{"podSelector": workers_only}]}]
 
 
 def test_jobset_has_one_single_replica_job_per_worker_all_or_nothing():

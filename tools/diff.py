@@ -139,7 +139,10 @@ def _cascade(changes: dict[str, Change], after: dict[str, dict[str, Any]]) -> No
 
 def _worker(obj: dict[str, Any] | None) -> str | None:
     """The multi-node worker a cache claim belongs to (its mlcache/worker label), if any."""
-    return ((obj or {}).get("manifest", {}).get("metadata", {}).get("labels") or {}).get(WORKER_LABEL)
+    value: Any = obj
+    for key in ("manifest", "metadata", "labels", WORKER_LABEL):
+        value = value.get(key) if isinstance(value, dict) else None  # a secret manifest is redacted
+    return value
 
 
 def _annotate(change: Change) -> None:
