@@ -294,6 +294,16 @@ class JobSettings:
         None,
         "Kueue LocalQueue of the run (label kueue.x-k8s.io/queue-name); unset = no Kueue.",
     )
+    prewarm: bool = setting(
+        Flag(),
+        True,
+        "Before training, read the model (its --model, prefetched by cache.prefetch) into the page cache "
+        "within the memory headroom (Filesystem mode; docs/coldstart.md).",
+    )
+    prewarm_readers: int = setting(Integer(1, 64), 8, "Parallel readers of the prewarm.")
+    prewarm_max_bytes: str | None = setting(
+        Quantity("64Gi"), None, "Upper bound of the prewarm in bytes; unset = whatever fits in the memory headroom."
+    )
 
     @property
     def run_name(self) -> str:

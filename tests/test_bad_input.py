@@ -144,6 +144,9 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "job.nodes": st.one_of(bad_int(1), st.integers(min_value=65)),
     "job.engine": bad_choice(("jobs", "jobset")),
     "job.queue": bad_text(lambda v: is_dns_label(v)),
+    "job.prewarm": BAD_FLAG,
+    "job.prewarmReaders": bad_int(1),
+    "job.prewarmMaxBytes": bad_quantity(0),
 }
 OBJECT_KEYS = {key: NOT_AN_OBJECT for key in FIELDS}
 

@@ -366,7 +366,8 @@ def _run_worker(template: dict, tmp_path, trainer_exit: int):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     recorder = bin_dir / "python3"
-    recorder.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/argv\ncat > {tmp_path}/script\n')
+    # Only the peer stop reads its script from stdin (python3 - JOB...); the prewarm is left alone.
+    recorder.write_text(f'#!/bin/sh\n[ "$1" = - ] || exit 0\necho "$@" > {tmp_path}/argv\ncat > {tmp_path}/script\n')
     recorder.chmod(0o755)
     container = next(c for c in template["spec"]["containers"] if c["name"] == "sft")
     env = {
