@@ -14,6 +14,7 @@ from components.secret_flow import SecretFlow
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
+from components.training_workers import TrainingWorkers
 from components.workload_scripts import WorkloadScripts
 from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
 from settings import load_settings, read_tokens, secret_keys
@@ -36,6 +37,7 @@ cache = CacheVolume(
     zone=settings.zone,
     storage_class=storage_class.storage_class if storage_class else None,
     adopt=settings.adopt,
+    workers=settings.job.nodes,
 )
 
 # The warm-up, prewarm and benchmark scripts (Filesystem mode: Block mode has no files to fetch or load).
@@ -66,11 +68,15 @@ if settings.job.enabled:
         credentials = HubCredentials(
             "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
-    training = TrainingJob("training", cache_pod, credentials=credentials)
+    if settings.job.nodes == 1:
+        training = TrainingJob("training", cache_pod, credentials=credentials)
+    else:
+        # Several nodes: one worker per node, each on its own cache claim, all in one zone.
+        training = TrainingWorkers("training", cache_pod, claim_names=cache.claim_names, credentials=credentials)
 
 benchmark = None
 if settings.benchmark.enabled:
-    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark)
+    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=cache.claim_names)
 
 secrets.export("backend", settings.backend)
 secrets.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
@@ -82,6 +88,21 @@ secrets.export("zone", settings.zone or "scheduler-chosen")
 secrets.export("jobName", training.name if training else None)
 secrets.export("runMarker", training.run_marker if training else None)
 secrets.export("benchmarkJob", benchmark.name if benchmark else None)
+# The run's workers: what tools.verify and tools.rehearse check placement against.
+secrets.export(
+    "run",
+    {
+        "name": settings.job.run_name,
+        "nodes": settings.job.nodes,
+        "engine": settings.job.engine,
+        "cacheClaims": cache.claim_names,
+        "jobs": training.names if training else [],
+        "benchmarkJobs": benchmark.names if benchmark else [],
+        "gpuProduct": settings.job.gpu_product,
+        "gpuResource": settings.job.gpu_resource,
+        "gpusPerNode": settings.job.gpus,
+    },
+)
 secrets.export(
     "verifyCommands",
     pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(

@@ -23,6 +23,13 @@ LABELS = {"app.kubernetes.io/part-of": PROJECT, "app.kubernetes.io/managed-by": 
 POD_LABELS = {"app.kubernetes.io/part-of": PROJECT}
 # The run a training pod belongs to (value: the Job's name).
 RUN_LABEL = "mlcache/job"
+# Multi-node runs (job.nodes > 1): on every pod of the run, its workers and their benchmarks
+# (value: the run's name; the zone and one-node-per-worker affinities select on it), and the
+# worker index on each of those pods and on each worker's cache claim.
+MULTINODE_RUN_LABEL = "mlcache/multinode-run"
+WORKER_LABEL = "mlcache/worker"
+# Kueue's queue label (job.queue), on what Kueue admits: each worker Job, or the JobSet.
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 # Where the storage settings put the cache, on the PVC: the policy pack checks that every pod
 # mounting it is pinned to the same zone.
@@ -40,6 +47,8 @@ LINSTOR_CONTROLLER = "deploy/linstor-controller"
 # Objects mlcache names itself (the rest are named by settings).
 SCRIPTS_CONFIG_MAP = "mlcache-scripts"
 INGRESS_POLICY = "mlcache-deny-ingress"
+# Multi-node runs: lets the workers reach each other through the ingress isolation.
+WORKERS_POLICY = "mlcache-workers"
 
 
 def hub_secret_name(job_name: str) -> str:
@@ -48,6 +57,45 @@ def hub_secret_name(job_name: str) -> str:
 
 def benchmark_job_name(job_name: str) -> str:
     return f"{job_name}-storage-bench"
+
+
+# Multi-node runs (job.nodes > 1): the names of each worker's objects.
+
+
+def worker_claim_name(cache_name: str, index: int) -> str:
+    """Worker 0 keeps the single-node claim, so raising job.nodes from 1 never touches it;
+    the others are named from cache.name and their index, never from the run id (re-runs reuse them)."""
+    return cache_name if index == 0 else f"{cache_name}-{index}"
+
+
+def worker_job_name(run_name: str, index: int) -> str:
+    """The worker's Job (engine jobs) or replicated job (engine jobset, without the run prefix)."""
+    return f"{run_name}-worker-{index}"
+
+
+def replicated_job_name(index: int) -> str:
+    return f"worker-{index}"
+
+
+def worker_hostname(run_name: str, index: int, engine: str) -> str:
+    """The worker pod's stable hostname. JobSet names its pods' hosts itself:
+    <jobset>-<replicated job>-<job index>-<pod index> (one Job, one pod per worker: -0-0)."""
+    if engine == "jobset":
+        return f"{run_name}-{replicated_job_name(index)}-0-0"
+    return worker_job_name(run_name, index)
+
+
+def workers_service_name(run_name: str) -> str:
+    """The headless Service (and pod subdomain) of the workers; JobSet's default is its own name too."""
+    return run_name
+
+
+def longest_generated_name(run_name: str, nodes: int, engine: str) -> str:
+    """The longest name Kubernetes must accept for this run: a hostname (jobs) or, for JobSet,
+    a pod name with the Job controller's 5-character suffix (what JobSet's webhook checks)."""
+    if engine == "jobset":
+        return f"{worker_hostname(run_name, nodes - 1, engine)}-abcde"
+    return worker_hostname(run_name, nodes - 1, engine)
 
 
 # Mount points of the pods that mount the cache: cache.mountPath and cache.devicePath must stay
@@ -70,3 +118,8 @@ IMMUTABLE_FIELDS = {
     "PersistentVolumeClaim": ("spec.volumeMode",),
     "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
 }
+
+
+def worker_benchmark_name(job_name: str, index: int) -> str:
+    """Worker i's storage benchmark Job (worker 0 keeps the single-node name)."""
+    return benchmark_job_name(job_name) if index == 0 else f"{benchmark_job_name(job_name)}-{index}"

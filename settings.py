@@ -25,7 +25,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 import schema
-from names import POD_MOUNT_PATHS, PROJECT, benchmark_job_name
+from names import POD_MOUNT_PATHS, PROJECT, longest_generated_name, worker_benchmark_name
 from schema import (
     DNS_LABEL_MAX,
     INT32_MAX,
@@ -74,6 +74,12 @@ RESERVED_ENV = (
     "MODELSCOPE_API_TOKEN",
     "MLCACHE_RUN_NAME",
     "MLCACHE_RUN_MARKER",
+    # The multi-node launch (job.nodes > 1) and the peers a failed worker ends.
+    "NNODES",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "MLCACHE_PEER_JOBS",
 )
 # Secret keys -> the environment variable the hub clients read.
 TOKEN_ENV = {"hfToken": "HF_TOKEN", "modelscopeToken": "MODELSCOPE_API_TOKEN"}
@@ -85,6 +91,9 @@ TOKEN_DESCRIPTIONS = {
 }
 SECRET_KEYS = tuple(TOKEN_ENV)
 
+# Workers of one run (job.nodes): each has its own cache and Job; more is beyond what one run of
+# this program is meant for.
+MAX_NODES = 64
 # A model on a hub: [huggingface:|modelscope:]org/name (no prefix: ModelScope, ms-swift's default).
 _MODEL_ID = r"(huggingface:|modelscope:)?[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*"
 # fio's size syntax: a whole number with an optional binary suffix (fio's default kb_base=1024).
@@ -270,6 +279,21 @@ class JobSettings:
         "Identity of one run: the Job is named name-runId, and a finished run is not repeated.",
     )
     run_as_user: int = setting(Integer(1, INT32_MAX), 10001, "UID (and GID, fsGroup) the pods run as.")
+    nodes: int = setting(
+        Integer(1, MAX_NODES),
+        1,
+        "Nodes of the run: one worker per node, each with its own cache claim, all in one zone (docs/multinode.md).",
+    )
+    engine: str = setting(
+        Choice("jobs", "jobset"),
+        "jobs",
+        "With nodes > 1: one Job per worker (core Kubernetes) or one JobSet (needs the JobSet controller).",
+    )
+    queue: str | None = setting(
+        dns_label("team-a", DNS_LABEL_MAX),
+        None,
+        "Kueue LocalQueue of the run (label kueue.x-k8s.io/queue-name); unset = no Kueue.",
+    )
     prewarm: bool = setting(
         Flag(),
         True,
@@ -411,8 +435,18 @@ def _check(s: Settings) -> None:
             job.run_id,
             f"a DNS label of at most {max(room, 0)} characters (the Job is named job.name-runId, at most 63)",
         )
+    if job.nodes > 1:
+        longest = longest_generated_name(job.run_name, job.nodes, job.engine)
+        key, value = ("job.runId", job.run_id) if job.run_id else ("job.name", job.name)
+        if len(longest) > DNS_LABEL_MAX or not job.run_name[0].isalpha():
+            raise ConfigError(
+                key,
+                value,
+                f"with job.nodes {job.nodes} (engine {job.engine}), a run name starting with a letter whose workers' "
+                f"names fit {DNS_LABEL_MAX} characters (the longest, {longest}, has {len(longest)})",
+            )
     if bench.enabled:
-        bench_name = benchmark_job_name(job.name)
+        bench_name = worker_benchmark_name(job.name, job.nodes - 1)
         if len(bench_name) > DNS_LABEL_MAX:
             raise ConfigError(
                 "job.name",

@@ -8,7 +8,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.common import adoption_options, constructor_kwargs, metadata
-from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, SKIP_AWAIT, ZONE_ANNOTATION
+from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, SKIP_AWAIT, WORKER_LABEL, ZONE_ANNOTATION, worker_claim_name
 from settings import CacheSettings
 
 # Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
@@ -22,8 +22,16 @@ ROOK_CEPH_WARNING = (
 
 
 def pvc_manifest(
-    cache: CacheSettings, storage_class_name: str, namespace: str | None, backend: str, zone: str | None
+    cache: CacheSettings,
+    storage_class_name: str,
+    namespace: str | None,
+    backend: str,
+    zone: str | None,
+    worker: int | None = None,
 ) -> dict[str, Any]:
+    """The cache claim; `worker` (multi-node runs only) makes it that worker's own claim."""
+    claim_name = cache.name if worker is None else worker_claim_name(cache.name, worker)
+    labels = None if worker is None else {WORKER_LABEL: str(worker)}
     annotations = {BACKEND_ANNOTATION: backend}
     if zone:
         annotations[ZONE_ANNOTATION] = zone
@@ -32,7 +40,7 @@ def pvc_manifest(
         # provider wait for Bound (it only skips that wait itself when it can read the class).
         annotations.update(SKIP_AWAIT)
     return {
-        "metadata": metadata(cache.name, namespace, annotations=annotations),
+        "metadata": metadata(claim_name, namespace, labels=labels, annotations=annotations),
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "storageClassName": storage_class_name,
@@ -49,6 +57,8 @@ def pvc_options(
     namespace: str | None,
     adopt: bool,
 ) -> pulumi.ResourceOptions:
+    """Every cache claim's options (each worker's too): protect, delete-before-replace on a volume
+    mode change, and the class as a plain dependency."""
     return pulumi.ResourceOptions(
         **adoption_options(f"{namespace}/{cache.name}", adopt),
         parent=parent,
@@ -62,7 +72,8 @@ def pvc_options(
 
 
 class CacheVolume(pulumi.ComponentResource):
-    """The cache PVC. `claim_name` is the PVC's output, so consumers depend on it for real."""
+    """The cache PVC, one per worker of a multi-node run (`workers`). `claim_name` (worker 0)
+    and `claim_names` are the PVCs' outputs, so consumers depend on them for real."""
 
     def __init__(
         self,
@@ -75,15 +86,26 @@ class CacheVolume(pulumi.ComponentResource):
         zone: str | None,
         storage_class: pulumi.Resource | None = None,
         adopt: bool = False,
+        workers: int = 1,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
-        manifest = pvc_manifest(cache, storage_class_name, namespace, backend, zone)
-        self.pvc = k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-pvc", opts=pvc_options(self, cache, storage_class, namespace, adopt), **constructor_kwargs(manifest)
-        )
+        self.pvcs = []
+        for index in range(workers):
+            manifest = pvc_manifest(cache, storage_class_name, namespace, backend, zone, index if workers > 1 else None)
+            # Worker 0 is the single-node claim (same resource name): raising job.nodes keeps it.
+            # Only it can be adopted: the runbook made one claim.
+            self.pvcs.append(
+                k8s.core.v1.PersistentVolumeClaim(
+                    f"{name}-pvc" if index == 0 else f"{name}-pvc-{index}",
+                    opts=pvc_options(self, cache, storage_class, namespace, adopt and index == 0),
+                    **constructor_kwargs(manifest),
+                )
+            )
+        self.pvc = self.pvcs[0]
         if backend != "linstor":
             pulumi.log.warn(ROOK_CEPH_WARNING, resource=self)
         self.claim_name = self.pvc.metadata.name
+        self.claim_names = [pvc.metadata.name for pvc in self.pvcs]
         self.namespace = self.pvc.metadata.namespace
-        self.register_outputs({"claim_name": self.claim_name, "namespace": self.namespace})
+        self.register_outputs({"claim_name": self.claim_name, "claim_names": self.claim_names, "namespace": self.namespace})

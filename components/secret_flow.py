@@ -24,6 +24,12 @@ OBJECT_INPUTS: dict[str, frozenset[str]] = {
     "NetworkPolicy": frozenset({"namespace"}),
     "Secret": frozenset({"job", "namespace"}),  # its payload, the hub tokens, is secret already (read_tokens)
     "Job": frozenset({"job", "cache", "zone", "namespace", "benchmark"}),
+    # Multi-node runs only (job.nodes > 1): named and labelled from the run.
+    "JobSet": frozenset({"job", "cache", "zone", "namespace"}),
+    "Service": frozenset({"job", "namespace"}),
+    "ServiceAccount": frozenset({"job", "namespace"}),
+    "Role": frozenset({"job", "namespace"}),
+    "RoleBinding": frozenset({"job", "namespace"}),
 }
 # Stack output -> the config keys its value comes from.
 OUTPUT_INPUTS: dict[str, frozenset[str]] = {
@@ -37,6 +43,7 @@ OUTPUT_INPUTS: dict[str, frozenset[str]] = {
     "jobName": frozenset({"job"}),
     "runMarker": frozenset({"job", "cache"}),
     "benchmarkJob": frozenset({"job", "benchmark"}),
+    "run": frozenset({"job", "cache", "benchmark"}),
     "verifyCommands": frozenset({"cache", "job", "namespace", "backend"}),
 }
 # Never secret: they say what an object is, and the engine needs them in the clear.

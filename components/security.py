@@ -61,6 +61,14 @@ def checkov_skips(reasons: dict[str, str]) -> dict[str, str]:
     return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(sorted(reasons.items()), 1)}
 
 
+def with_checkov_skips(annotations: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    """`annotations` with its checkov skips renumbered to include `extra`."""
+    prefix = "checkov.io/skip"
+    skips = dict(v.split("=", 1) for k, v in annotations.items() if k.startswith(prefix))
+    kept = {k: v for k, v in annotations.items() if not k.startswith(prefix)}
+    return {**kept, **checkov_skips({**skips, **extra})}
+
+
 def namespace_skip(namespace: str | None) -> dict[str, str]:
     """No namespace is set in a stack that deploys into the kubeconfig's own namespace (dev)."""
     if namespace:

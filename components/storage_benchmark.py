@@ -13,8 +13,9 @@ import pulumi_kubernetes as k8s
 from components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
 from components.common import constructor_kwargs
 from components.security import scratch_mount
+from components.workers import as_worker
 from components.workload_scripts import COLDSTART_SCRIPT, SHARD_BENCH_SCRIPT
-from names import SCRIPTS_PATH, benchmark_job_name
+from names import SCRIPTS_PATH, benchmark_job_name, worker_benchmark_name
 from settings import BenchmarkSettings, CacheSettings
 
 APP_LABEL = {"app": "mlcache-benchmark"}
@@ -89,17 +90,46 @@ def benchmark_manifest(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any
     return job_manifest(pod, benchmark_job_name(pod.job.name), pod_spec(pod, steps), app_label=APP_LABEL, backoff_limit=1)
 
 
-class StorageBenchmark(pulumi.ComponentResource):
-    """fio (seqread, shards) and shard-loading runs on the cache, placed like the training Job."""
+def worker_benchmark_manifests(
+    pod: CachePod, bench: BenchmarkSettings, claim_names: list[pulumi.Input[str]]
+) -> list[dict[str, Any]]:
+    """One benchmark per cache claim. With several workers, worker i's benchmark is placed as
+    worker i (its node, the run's zone): as the first consumer of the claim it decides the node
+    the training worker then needs, so it must land where that worker may run."""
+    manifests = []
+    for index, claim_name in enumerate(claim_names):
+        manifest = benchmark_manifest(dataclasses.replace(pod, claim_name=claim_name), bench)
+        if len(claim_names) > 1:
+            template = manifest["spec"]["template"]
+            manifest["spec"]["template"] = as_worker(template, pod.job.run_name, index, pinned=pod.placement.zone is not None)
+            manifest["metadata"]["name"] = worker_benchmark_name(pod.job.name, index)
+        manifests.append(manifest)
+    return manifests
 
-    def __init__(self, name: str, pod: CachePod, bench: BenchmarkSettings, *, opts: pulumi.ResourceOptions | None = None):
+
+class StorageBenchmark(pulumi.ComponentResource):
+    """fio (seqread, shards) and shard-loading runs on each cache claim, placed like the training Job."""
+
+    def __init__(
+        self,
+        name: str,
+        pod: CachePod,
+        bench: BenchmarkSettings,
+        *,
+        claim_names: list[pulumi.Input[str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ):
         super().__init__("mlcache:index:StorageBenchmark", name, None, opts)
         # The scripts ConfigMap only for the shard-loading run (fio needs none).
         pod = dataclasses.replace(pod, scripts=pod.scripts if bench.shard_load else None)
-        self.job = k8s.batch.v1.Job(
-            f"{name}-job",
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-            **constructor_kwargs(benchmark_manifest(pod, bench)),
-        )
-        self.name = self.job.metadata.name
-        self.register_outputs({"name": self.name})
+        self.jobs = [
+            k8s.batch.v1.Job(
+                f"{name}-job" if index == 0 else f"{name}-job-{index}",
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                **constructor_kwargs(manifest),
+            )
+            for index, manifest in enumerate(worker_benchmark_manifests(pod, bench, claim_names))
+        ]
+        self.name = self.jobs[0].metadata.name
+        self.names = [j.metadata.name for j in self.jobs]
+        self.register_outputs({"name": self.name, "names": self.names})

@@ -62,6 +62,13 @@ if [ "$status" -eq 0 ]; then
 fi
 exit "$status"
 """
+# Where a step can run between the trainer's end and the wrapper's exit (multi-node peers).
+RUN_ONCE_EXIT = 'exit "$status"\n'
+
+
+def run_once_script(on_failure: str = "") -> str:
+    """The run-once wrapper; `on_failure` (shell, sees $status) runs before it exits."""
+    return RUN_ONCE_SCRIPT.replace(RUN_ONCE_EXIT, on_failure + RUN_ONCE_EXIT)
 
 
 def run_fingerprint(job: JobSettings, cache: CacheSettings) -> str:
@@ -72,6 +79,10 @@ def run_fingerprint(job: JobSettings, cache: CacheSettings) -> str:
         "env": list(job.env),
         "gpus": job.gpus,
     }
+    if job.nodes > 1:
+        # A run on more nodes computes something else (its global batch): a new run. Absent on
+        # one node, so single-node fingerprints (and markers already written) stay as they were.
+        identity["nodes"] = job.nodes
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -205,5 +216,6 @@ class TrainingJob(pulumi.ComponentResource):
             # Names the key, not its value: logs are kept in the clear, and cache may be a secret key.
             pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
         self.name = self.job.metadata.name
+        self.names = [self.name]
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"name": self.name, "run_marker": self.run_marker})

@@ -30,15 +30,20 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 BACKEND_ANNOTATION = "mlcache/backend"
 ZONE_ANNOTATION = "mlcache/zone"
 
-# Where each workload kind keeps its pod spec.
-POD_SPEC_PATHS = {
-    "kubernetes:core/v1:Pod": ("spec",),
-    "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
-    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
-    "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:StatefulSet": ("spec", "template", "spec"),
-    "kubernetes:apps/v1:DaemonSet": ("spec", "template", "spec"),
+# Where each workload kind keeps its pod template (a Pod is its own).
+POD_TEMPLATE_PATHS = {
+    "kubernetes:core/v1:Pod": (),
+    "kubernetes:batch/v1:Job": ("spec", "template"),
+    "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template"),
+    "kubernetes:apps/v1:Deployment": ("spec", "template"),
+    "kubernetes:apps/v1:StatefulSet": ("spec", "template"),
+    "kubernetes:apps/v1:DaemonSet": ("spec", "template"),
 }
+# A JobSet (multi-node engine jobset) holds one Job template per replicated job.
+JOBSET = "kubernetes:jobset.x-k8s.io/v1alpha2:JobSet"
+# Set on every pod of a multi-node run by components/workers.py.
+MULTINODE_RUN_LABEL = "mlcache/multinode-run"
+WORKER_LABEL = "mlcache/worker"
 GPU_RESOURCE = re.compile(r"^(nvidia\.com/|amd\.com/gpu|gpu\.intel\.com/)")
 TOKEN_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|CREDENTIAL)", re.IGNORECASE)
 TOKEN_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|ms-[0-9a-f-]{20,})$")
@@ -52,10 +57,19 @@ def _get(value: Any, *path: str) -> Any:
     return value
 
 
-def pod_spec(resource_type: str, props: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    path = POD_SPEC_PATHS.get(resource_type)
-    spec = _get(props, *path) if path else None
-    return spec if isinstance(spec, Mapping) else None
+def pod_templates(resource_type: str, props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Every pod template of a workload: one, or one per replicated job of a JobSet."""
+    if resource_type == JOBSET:
+        found = [_get(job, "template", "spec", "template") for job in _get(props, "spec", "replicatedJobs") or []]
+    elif resource_type in POD_TEMPLATE_PATHS:
+        found = [_get(props, *POD_TEMPLATE_PATHS[resource_type])]
+    else:
+        found = []
+    return [t for t in found if isinstance(t, Mapping)]
+
+
+def pod_specs(resource_type: str, props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [spec for t in pod_templates(resource_type, props) if isinstance(spec := t.get("spec"), Mapping)]
 
 
 def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -129,27 +143,28 @@ def validate_linstor_cache_binding(args: StackValidationArgs, report_violation: 
 def validate_zone_matches_storage(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     zone_of_claim = {_name(p.props): _annotations(p.props).get(ZONE_ANNOTATION) for p in _pvcs(args)}
     for resource in args.resources:
-        spec = pod_spec(resource.resource_type, resource.props)
-        if spec is None:
+        for spec in pod_specs(resource.resource_type, resource.props):
+            _check_zone_matches_storage(resource, spec, zone_of_claim, report_violation)
+
+
+def _check_zone_matches_storage(resource: Any, spec: Mapping[str, Any], zone_of_claim: dict, report_violation) -> None:
+    for volume in spec.get("volumes") or []:
+        claim = _get(volume, "persistentVolumeClaim", "claimName")
+        storage_zone = zone_of_claim.get(claim)
+        if not storage_zone:
             continue
-        for volume in spec.get("volumes") or []:
-            claim = _get(volume, "persistentVolumeClaim", "claimName")
-            storage_zone = zone_of_claim.get(claim)
-            if not storage_zone:
-                continue
-            zones = pinned_zones(spec)
-            if zones != {storage_zone}:
-                shown = ", ".join(sorted(zones)) or "no zone"
-                report_violation(
-                    f"{_name(resource.props)} mounts cache {claim}, whose storage settings pin zone {storage_zone}, "
-                    f"but the pod is pinned to {shown}: it would wait forever or strand the volume in another zone.",
-                    resource.urn,
-                )
+        zones = pinned_zones(spec)
+        if zones != {storage_zone}:
+            shown = ", ".join(sorted(zones)) or "no zone"
+            report_violation(
+                f"{_name(resource.props)} mounts cache {claim}, whose storage settings pin zone {storage_zone}, "
+                f"but the pod is pinned to {shown}: it would wait forever or strand the volume in another zone.",
+                resource.urn,
+            )
 
 
 def validate_images_pinned(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    spec = pod_spec(args.resource_type, args.props)
-    for container in containers(spec or {}):
+    for container in (c for spec in pod_specs(args.resource_type, args.props) for c in containers(spec)):
         image = container.get("image") or ""
         if not is_pinned_image(image):
             report_violation(
@@ -158,8 +173,7 @@ def validate_images_pinned(args: ResourceValidationArgs, report_violation: Repor
 
 
 def validate_gpu_requests_equal_limits(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    spec = pod_spec(args.resource_type, args.props)
-    for container in containers(spec or {}):
+    for container in (c for spec in pod_specs(args.resource_type, args.props) for c in containers(spec)):
         resources = container.get("resources") or {}
         requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
         for name in sorted(n for n in {*requests, *limits} if GPU_RESOURCE.match(n)):
@@ -171,8 +185,7 @@ def validate_gpu_requests_equal_limits(args: ResourceValidationArgs, report_viol
 
 
 def validate_no_plaintext_tokens(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    spec = pod_spec(args.resource_type, args.props)
-    for container in containers(spec or {}):
+    for container in (c for spec in pod_specs(args.resource_type, args.props) for c in containers(spec)):
         for env in container.get("env") or []:
             value = env.get("value")
             if not isinstance(value, str) or not value:
@@ -201,6 +214,60 @@ def validate_protected_cache_replicas(args: StackValidationArgs, report_violatio
             )
 
 
+def _run_workers(args: StackValidationArgs) -> dict[str, list[tuple[str, Mapping[str, Any], Any]]]:
+    """Pod templates of each multi-node run: run -> [(worker index, pod spec, resource)]."""
+    runs: dict[str, list[tuple[str, Mapping[str, Any], Any]]] = {}
+    for resource in args.resources:
+        for template in pod_templates(resource.resource_type, resource.props):
+            labels = _get(template, "metadata", "labels") or {}
+            if MULTINODE_RUN_LABEL in labels and WORKER_LABEL in labels and isinstance(template.get("spec"), Mapping):
+                runs.setdefault(labels[MULTINODE_RUN_LABEL], []).append((labels[WORKER_LABEL], template["spec"], resource))
+    return runs
+
+
+def _has_zone_pod_affinity(spec: Mapping[str, Any], run: str) -> bool:
+    terms = _get(spec, "affinity", "podAffinity", "requiredDuringSchedulingIgnoredDuringExecution") or []
+    return any(
+        t.get("topologyKey") == ZONE_LABEL and (_get(t, "labelSelector", "matchLabels") or {}).get(MULTINODE_RUN_LABEL) == run
+        for t in terms
+    )
+
+
+def validate_workers_in_one_zone(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """Every pod of a multi-node run is held in one zone: all pinned to the same single zone, or
+    all tied together by a required pod affinity on the zone label (NCCL across zones is slow)."""
+    for run, workers in sorted(_run_workers(args).items()):
+        zones = {frozenset(pinned_zones(spec)) for _, spec, _ in workers}
+        loose = sorted({w for w, spec, _ in workers if not _has_zone_pod_affinity(spec, run)})
+        if (len(zones) == 1 and len(next(iter(zones))) == 1) or not loose:
+            continue
+        shown = "; ".join(sorted(", ".join(sorted(z)) or "any zone" for z in zones))
+        report_violation(
+            f"the workers of run {run} are not held in one zone: pinned to {shown}, and workers {', '.join(loose)} "
+            f"carry no required pod affinity on {ZONE_LABEL} to the run's pods ({MULTINODE_RUN_LABEL}={run}). NCCL across "
+            "zones is slow and costly, and each worker's cache binds where the worker lands.",
+            workers[0][2].urn,
+        )
+
+
+def validate_one_claim_per_worker(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """Each worker of a multi-node run mounts exactly one claim, and no other worker mounts it
+    (a single-replica volume is reachable from one node only)."""
+    for run, workers in sorted(_run_workers(args).items()):
+        owner: dict[str, str] = {}
+        for worker, spec, resource in workers:
+            claims = [c for v in spec.get("volumes") or [] if (c := _get(v, "persistentVolumeClaim", "claimName"))]
+            if len(claims) != 1:
+                report_violation(f"worker {worker} of run {run} mounts {len(claims)} claims, not one: {claims}", resource.urn)
+                continue
+            if owner.setdefault(claims[0], worker) != worker:
+                report_violation(
+                    f"workers {owner[claims[0]]} and {worker} of run {run} both mount claim {claims[0]}: each worker "
+                    "needs its own cache, reachable from its node only.",
+                    resource.urn,
+                )
+
+
 def _resource_policy(name: str, description: str, validate: Callable) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(
         name=name, description=description, validate=validate, enforcement_level=EnforcementLevel.MANDATORY
@@ -224,6 +291,18 @@ POLICIES = [
     _resource_policy("gpu-requests-equal-limits", "GPU requests equal GPU limits.", validate_gpu_requests_equal_limits),
     _resource_policy(
         "no-plaintext-tokens", "No plain-text env value that looks like a token or password.", validate_no_plaintext_tokens
+    ),
+    StackValidationPolicy(
+        name="multinode-workers-one-zone",
+        description="Every worker of a multi-node run is held in one zone.",
+        validate=validate_workers_in_one_zone,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    StackValidationPolicy(
+        name="multinode-one-claim-per-worker",
+        description="Each worker of a multi-node run mounts its own cache claim.",
+        validate=validate_one_claim_per_worker,
+        enforcement_level=EnforcementLevel.MANDATORY,
     ),
     StackValidationPolicy(
         name="protected-cache-single-replica",

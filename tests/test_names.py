@@ -20,6 +20,8 @@ def test_the_policy_packs_copies_match_the_names_module():
     assert policies.ZONE_ANNOTATION == names.ZONE_ANNOTATION
     assert policies.LINSTOR_PROVISIONER == names.LINSTOR_PROVISIONER
     assert policies.LINSTOR_PARAMETER == names.LINSTOR_PARAMETER_PREFIX
+    assert policies.MULTINODE_RUN_LABEL == names.MULTINODE_RUN_LABEL
+    assert policies.WORKER_LABEL == names.WORKER_LABEL
 
 
 def test_components_replace_on_the_immutable_fields():

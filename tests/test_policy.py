@@ -79,6 +79,8 @@ def test_the_pack_declares_every_policy_and_the_advisory_one():
         "images-pinned",
         "gpu-requests-equal-limits",
         "no-plaintext-tokens",
+        "multinode-workers-one-zone",
+        "multinode-one-claim-per-worker",
         "protected-cache-single-replica",
     }
     levels = {name: p.enforcement_level for name, p in POLICY_BY_NAME.items()}

@@ -91,7 +91,7 @@ def test_only_what_a_secret_flows_into_is_secret():
     run, _ = render.render("dev", [], ["job.env.WANDB_API_KEY=wandb-9f8e7d6c"])
     secret_kinds = {r.kind for r in run.kubernetes_objects() if any(is_secret_envelope(v) for v in r.wire.values())}
     assert secret_kinds == {"Job"}
-    assert run.secret_outputs == {"jobName", "runMarker", "benchmarkJob", "verifyCommands"}
+    assert run.secret_outputs == {"jobName", "runMarker", "benchmarkJob", "verifyCommands", "run"}
 
 
 def _render_cli(capsys, *argv):

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from names import IMMUTABLE_FIELDS, PROVIDER_REPLACES
+from names import IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.render import DIGEST_KEY_ENV
@@ -43,6 +43,7 @@ class Change:
     label: str
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said, not flagged
     old: dict[str, Any] | None = None
     new: dict[str, Any] | None = None
     cascaded: bool = False
@@ -136,15 +137,27 @@ def _cascade(changes: dict[str, Change], after: dict[str, dict[str, Any]]) -> No
             changes[urn] = change
 
 
+def _worker(obj: dict[str, Any] | None) -> str | None:
+    """The multi-node worker a cache claim belongs to (its mlcache/worker label), if any."""
+    value: Any = obj
+    for key in ("manifest", "metadata", "labels", WORKER_LABEL):
+        value = value.get(key) if isinstance(value, dict) else None  # a secret manifest is redacted
+    return value
+
+
 def _annotate(change: Change) -> None:
     kind = _kind(change.new or change.old)
     guard = change.new if change.action == "replace" else change.old
     if change.action in ("replace", "delete") and guard and guard["protect"]:
         change.warnings.append("BLOCKED: the resource is protected; the preview fails until cache.protect is false")
+    worker = _worker(change.old if change.action == "delete" else change.new)
     if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
         verb = "deletes and re-creates" if change.action == "replace" else "deletes"
-        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}: every cached model and dataset on it is wiped")
-    if kind == "Job" and change.action in ("replace", "delete"):
+        whose = f" (worker {worker}'s cache)" if worker is not None else ""
+        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped")
+    if kind == "PersistentVolumeClaim" and change.action == "create" and worker is not None:
+        change.notes.append(f"a new, empty cache for worker {worker}: its first run downloads the models again")
+    if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
         effect = "killed and started over" if change.action == "replace" else "stopped"
         change.warnings.append(f"a running training run of {change.label} is {effect}")
 
@@ -167,6 +180,8 @@ def report(stack: str, changes: list[Change]) -> str:
         out.write(f"  ({'; '.join(change.reasons)})\n" if change.reasons else "\n")
         for warning in change.warnings:
             out.write(f"           !! {warning}\n")
+        for note in change.notes:
+            out.write(f"           -- {note}\n")
     for change in changes:
         diff = manifest_diff(change)
         if diff:

@@ -6,16 +6,19 @@ prints; tests/test_rehearse.py feeds these functions recorded objects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from names import RUN_LABEL, WORKER_LABEL
 from tools.verify import (
     FAIL,
     Expectation,
     Finding,
     Snapshot,
+    WorkerPlacement,
     _get,
     diagnose,
     diagnose_pending_pod,
+    diagnose_workers,
     event_time,
     events_about,
     mounts_claim,
@@ -172,6 +175,9 @@ class Report:
     problems: list[Problem]
     findings: list[Finding]
     moving: list[str]
+    # A multi-node run: every worker's cache (worker order) and where each worker is.
+    volumes: list[VolumePlacement] = field(default_factory=list)
+    workers: list[WorkerPlacement] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -197,12 +203,32 @@ def volume_placement(view: ClusterView, claim: dict) -> VolumePlacement:
 
 
 def role_of(pod: dict, expect: Expectation, benchmark_job: str | None) -> str:
-    job = (_get(pod, "metadata", "labels") or {}).get(JOB_NAME_LABEL)
+    labels = _get(pod, "metadata", "labels") or {}
+    job = labels.get(JOB_NAME_LABEL)
+    if expect.run and job and WORKER_LABEL in labels:
+        if job in expect.run.jobs:
+            return f"worker {labels[WORKER_LABEL]}"
+        if job in expect.run.benchmark_jobs:
+            return f"benchmark {labels[WORKER_LABEL]}"
     if job and job == expect.job:
         return "training"
     if job and job == benchmark_job:
         return "benchmark"
     return "other"
+
+
+def training_pods(view: ClusterView, expect: Expectation) -> list[dict]:
+    """The pods that train on `expect.pvc`: the Job's, or the worker's of a multi-node run."""
+    if expect.run:
+        worker = str(expect.run.claims.index(expect.pvc))
+        return [
+            p
+            for p in view.pods
+            if _get(p, "metadata", "namespace") == expect.namespace
+            and (_get(p, "metadata", "labels") or {}).get(RUN_LABEL) == expect.run.name
+            and (_get(p, "metadata", "labels") or {}).get(WORKER_LABEL) == worker
+        ]
+    return job_pods(view, expect.namespace, expect.job) if expect.job else []
 
 
 def snapshot_of(view: ClusterView, expect: Expectation) -> Snapshot:
@@ -211,7 +237,7 @@ def snapshot_of(view: ClusterView, expect: Expectation) -> Snapshot:
     return Snapshot(
         pvc=claim,
         pv=volume_of(view, claim),
-        pods=job_pods(view, expect.namespace, expect.job) if expect.job else [],
+        pods=training_pods(view, expect),
         nodes=view.nodes,
         bound_pods=[p for p in view.pods if _get(p, "spec", "nodeName")],
         events=[e for e in view.events if _get(e, "involvedObject", "namespace") in (None, expect.namespace)],
@@ -240,26 +266,36 @@ def pod_placement(pod: dict, view: ClusterView, cache: VolumePlacement | None, r
 def build_report(
     view: ClusterView, expect: Expectation, stack: str, benchmark_job: str | None = None, moving: list[str] = ()
 ) -> Report:
-    claim = claim_of(view, expect.namespace, expect.pvc)
-    cache = volume_placement(view, claim) if claim else None
-    snapshot = snapshot_of(view, expect)
+    # Every cache of the stack: one, or one per worker of a multi-node run.
+    claims = list(expect.run.claims) if expect.run else [expect.pvc]
+    expects = {name: replace(expect, pvc=name) for name in claims}
+    snapshots = {name: snapshot_of(view, expects[name]) for name in claims}
+    caches = {name: volume_placement(view, s.pvc) for name, s in snapshots.items() if s.pvc is not None}
     in_namespace = [p for p in view.pods if _get(p, "metadata", "namespace") == expect.namespace]
     ordered = sorted(in_namespace, key=lambda p: (_get(p, "metadata", "creationTimestamp") or "", name_of(p)))
-    pods = [pod_placement(p, view, cache, role_of(p, expect, benchmark_job)) for p in ordered]
-    problems = []
-    if claim is None:
-        problems.append(Problem(f"claim {expect.namespace}/{expect.pvc}", "not found", "run the stack's `pulumi up`"))
-    for job in [j for j in (expect.job, benchmark_job) if j]:
+    mounted = [next((name for name in claims if mounts_claim(p, name)), claims[0]) for p in ordered]
+    pods = [
+        pod_placement(p, view, caches.get(name), role_of(p, expect, benchmark_job))
+        for p, name in zip(ordered, mounted, strict=True)
+    ]
+    problems = [
+        Problem(f"claim {expect.namespace}/{name}", "not found", "run the stack's `pulumi up`")
+        for name in claims
+        if name not in caches
+    ]
+    jobs = [*expect.run.jobs, *expect.run.benchmark_jobs] if expect.run else [j for j in (expect.job, benchmark_job) if j]
+    for job in jobs:
         if not job_pods(view, expect.namespace, job):
             problems.append(
                 Problem(f"Job {expect.namespace}/{job}", "has no pod", "`kubectl describe job` for the job controller's events")
             )
-    for raw, placed in zip(ordered, pods, strict=True):
+    for raw, placed, name in zip(ordered, pods, mounted, strict=True):
         if not placed.mounts_cache:
             continue
+        cache = caches[name]
         if placed.node is None:
             # The scheduler's words are in the report's Pending section; here what they mean.
-            finding = diagnose_pending_pod(raw, expect, snapshot)
+            finding = diagnose_pending_pod(raw, expects[name], snapshots[name])
             _, arrow, meaning = finding.message.partition(" -> ")
             what = f"is not placed: {meaning}" if arrow else "is not placed (the scheduler's reason above)"
             problems.append(Problem(f"pod {placed.pod}", what, finding.remedy or "`kubectl describe pod` for its events"))
@@ -281,14 +317,21 @@ def build_report(
                     "pin mlcache:zone to the volume's zone, or re-create the PVC next to the pod",
                 )
             )
+    workers: list[WorkerPlacement] = []
+    if expect.run:
+        findings, workers = diagnose_workers(expect, [snapshots[name] for name in claims], view.nodes, view.pods)
+    else:
+        findings = diagnose(snapshots[expect.pvc], expect)
     return Report(
         stack=stack,
         expect=expect,
-        volume=cache,
+        volume=caches.get(claims[0]),
         pods=pods,
         problems=problems,
-        findings=diagnose(snapshot, expect),
+        findings=findings,
         moving=list(moving),
+        volumes=[caches[name] for name in claims if name in caches] if expect.run else [],
+        workers=workers,
     )
 
 
@@ -319,6 +362,26 @@ def training_verdict(report: Report) -> str:
     return "; ".join(lines)
 
 
+def workers_section(report: Report) -> list[str]:
+    """A multi-node run: each worker's node and zone with its cache's node, and the one-zone verdict."""
+    run = report.expect.run
+    lines = [f"Workers (run {run.name}: {run.nodes} nodes, {run.gpus} x {run.gpu_resource} each)"]
+    for w in report.workers:
+        where = f"on {w.node} (zone {w.zone})" if w.node else f"not placed ({w.pending or 'no pod yet'})"
+        cache = f"cache {w.claim} on {', '.join(w.cache_nodes) or 'no node yet'}"
+        verdict = "with it" if w.node and w.node in w.cache_nodes else ("ELSEWHERE" if w.node and w.cache_nodes else "")
+        lines.append(f"  worker {w.worker}: {w.pod or 'no pod'} {where}; {cache}{f': {verdict}' if verdict else ''}")
+    zones = sorted({w.zone for w in report.workers if w.zone} | {z for w in report.workers for z in w.cache_zones})
+    placed = all(w.node for w in report.workers)
+    if len(zones) == 1 and placed:
+        lines.append(f"All workers in one zone: yes ({zones[0]}), each on its own node with its cache")
+    elif len(zones) > 1:
+        lines.append(f"All workers in one zone: NO ({', '.join(zones)})")
+    else:
+        lines.append(f"All workers in one zone: not yet ({sum(not w.node for w in report.workers)} not placed)")
+    return lines
+
+
 def render_report(report: Report) -> str:
     expect = report.expect
     zone = expect.zone or "scheduler's choice"
@@ -327,10 +390,10 @@ def render_report(report: Report) -> str:
         "",
         "Volume",
     ]
-    volume = report.volume
-    if volume is None:
-        lines.append(f"  claim {expect.namespace}/{expect.pvc}: not found")
-    else:
+    for volume in report.volumes or [report.volume]:
+        if volume is None:
+            lines.append(f"  claim {expect.namespace}/{expect.pvc}: not found")
+            continue
         details = ", ".join(x for x in (volume.volume_mode, volume.size) if x)
         bound = f" -> {volume.volume} ({details})" if volume.volume else ""
         lines.append(f"  claim {volume.claim}: {volume.phase}{bound}, class {volume.storage_class}")
@@ -345,7 +408,10 @@ def render_report(report: Report) -> str:
         if pod.mounts_cache:
             cache = {True: "  cache: with it", False: "  cache: ELSEWHERE", None: "  cache: mounts it"}[pod.with_cache]
         lines.append(f"  {pod.pod} [{pod.role}] {pod.phase}  {where}{cache}")
-    lines += ["", f"Training pod and cache: {training_verdict(report)}"]
+    if report.workers:
+        lines += ["", *workers_section(report)]
+    else:
+        lines += ["", f"Training pod and cache: {training_verdict(report)}"]
     pending = [p for p in report.pods if p.node is None]
     if pending:
         lines += ["", "Pending (the scheduler's reason)"]

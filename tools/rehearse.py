@@ -198,6 +198,8 @@ class Rehearsal:
     # Job pods succeed at once (kwok's pod-complete stage) instead of running on: a benchmark
     # Job finishes in minutes and frees its GPUs for training, which runs for hours.
     complete_jobs: bool = False
+    # The JobSet controller, for multi-node stacks with job.engine jobset.
+    jobset: bool = False
     keep: bool = False
     progress: Progress = quiet
     work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlcache-rehearse-")))
@@ -237,6 +239,8 @@ class Rehearsal:
             command += ["--fleet", str(self.fleet)]
         if self.complete_jobs:
             command.append("--complete-jobs")
+        if self.jobset:
+            command.append("--jobset")
         self.progress(f"starting the rehearsal cluster ({f'fleet {self.fleet}' if self.fleet else 'the runbook fleet'})")
         try:
             started = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=300)
@@ -435,7 +439,7 @@ class Rehearsal:
     def report(self, stack: str, outputs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Report:
         """Wait for the scheduler to settle, then the placement report of the stack's outputs."""
         expect = expectation_from_outputs(outputs, outputs["namespace"])
-        jobs = [job for job in (expect.job, outputs.get("benchmarkJob")) if job]
+        jobs = [*outputs["run"]["jobs"], *outputs["run"]["benchmarkJobs"]]
         started = time.monotonic()
         view, moving = self.settle(expect.namespace, jobs, timeout)
         if moving:
@@ -464,7 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     benchmark = run.outputs.get("benchmarkJob") is not None
     try:
-        with Rehearsal(fleet=args.fleet, complete_jobs=benchmark, keep=args.keep, progress=stderr_progress()) as rehearsal:
+        jobset = run.outputs["run"]["nodes"] > 1 and run.outputs["run"]["engine"] == "jobset"
+        with Rehearsal(
+            fleet=args.fleet, complete_jobs=benchmark, jobset=jobset, keep=args.keep, progress=stderr_progress()
+        ) as rehearsal:
             try:
                 outputs = rehearsal.up(args.stack, args.config)
             except UpFailed as err:

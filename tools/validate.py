@@ -25,6 +25,18 @@ DEFAULT_VERSIONS = ("1.30", "1.33")
 TARGET_VERSIONS = tuple(v.strip() for v in os.environ.get("MLCACHE_KUBERNETES_VERSIONS", ",".join(DEFAULT_VERSIONS)).split(","))
 
 
+def core_documents(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the core schemas can check: the object, or for a JobSet (a CRD, checked against its own
+    schema by tests/integration/test_jobset_crd.py) the Job of each replicated job."""
+    if doc.get("kind") != "JobSet":
+        return [doc]
+    name = doc["metadata"]["name"]
+    return [
+        {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{name}-{r['name']}-0"}, "spec": r["template"]["spec"]}
+        for r in doc["spec"]["replicatedJobs"]
+    ]
+
+
 def validation_errors(
     documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS, holds_secret: list[bool] | None = None
 ) -> list[str]:
@@ -32,7 +44,7 @@ def validation_errors(
     (the schema's message quotes the value)."""
     errors = []
     for version in versions:
-        for index, doc in enumerate(documents):
+        for index, doc in ((i, d) for i, document in enumerate(documents) for d in core_documents(document)):
             try:
                 kubernetes_validate.validate(doc, f"{version}.0", strict=True)
             except kubernetes_validate.ValidationError as err:

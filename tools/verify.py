@@ -14,12 +14,19 @@ config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from names import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL
+from names import (
+    GPU_PRODUCT_LABEL,
+    HOSTNAME_LABEL,
+    MULTINODE_RUN_LABEL,
+    RUN_LABEL,
+    WORKER_LABEL,
+    ZONE_LABEL,
+)
 from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
 from verification import linstor_resources_command
 
@@ -42,6 +49,24 @@ class Expectation:
     backend: str
     zone: str | None
     job: str | None
+    run: RunExpectation | None = None
+
+
+@dataclass(frozen=True)
+class RunExpectation:
+    """A multi-node run (job.nodes > 1): its workers, each with its own cache claim."""
+
+    name: str
+    claims: tuple[str, ...]
+    gpu_product: str
+    gpu_resource: str
+    gpus: int
+    jobs: tuple[str, ...] = ()  # each worker's Job
+    benchmark_jobs: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> int:
+        return len(self.claims)
 
 
 @dataclass
@@ -482,6 +507,144 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
     return findings
 
 
+TERMINAL = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    """Where one worker of a run is, and where its cache is."""
+
+    worker: int
+    claim: str
+    pod: str | None
+    node: str | None
+    zone: str | None
+    cache_nodes: tuple[str, ...]
+    cache_zones: tuple[str, ...]
+    pending: str | None  # the scheduler's reason, while the pod waits
+
+
+def worker_placement(worker: int, claim: str, snapshot: Snapshot) -> WorkerPlacement:
+    pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
+    live = [p for p in pods if _get(p, "status", "phase") not in TERMINAL] or pods
+    pod = live[-1] if live else None
+    node = _get(pod, "spec", "nodeName") if pod else None
+    # The nodes the volume's node affinity admits (whatever keys the driver wrote: LINSTOR's own
+    # linbit.com/hostname, or the zone); none for network storage.
+    cache_nodes = (volume_nodes(snapshot.pv, snapshot.nodes) or []) if snapshot.pv else []
+    cache_zones = sorted({node_zone(snapshot.nodes.get(n)) or "?" for n in cache_nodes})
+    return WorkerPlacement(
+        worker=worker,
+        claim=claim,
+        pod=_get(pod, "metadata", "name") if pod else None,
+        node=node,
+        zone=node_zone(snapshot.nodes.get(node)) if node else None,
+        cache_nodes=tuple(cache_nodes),
+        cache_zones=tuple(cache_zones),
+        pending=(scheduling_message(pod, snapshot.events) or "not scheduled yet") if pod and not node else None,
+    )
+
+
+def requested(pod: dict, resource: str) -> int:
+    total = 0
+    for container in _get(pod, "spec", "containers") or []:
+        value = _get(container, "resources", "requests", resource)
+        total += int(value) if value is not None else 0
+    return total
+
+
+def free_worker_nodes(run: RunExpectation, nodes: dict[str, dict], pods: list[dict]) -> dict[str, list[str]]:
+    """Zone -> nodes where one worker fits: the GPU product, and enough GPUs not taken by pods
+    outside this run (the run's own workers would move with it)."""
+    used: dict[str, int] = {}
+    for pod in pods:
+        node = _get(pod, "spec", "nodeName")
+        if (
+            not node
+            or _get(pod, "status", "phase") in TERMINAL
+            or (_get(pod, "metadata", "labels") or {}).get(MULTINODE_RUN_LABEL) == run.name
+        ):
+            continue
+        used[node] = used.get(node, 0) + requested(pod, run.gpu_resource)
+    fits: dict[str, list[str]] = {}
+    for name, node in sorted(nodes.items()):
+        labels = _get(node, "metadata", "labels") or {}
+        allocatable = int(_get(node, "status", "allocatable", run.gpu_resource) or 0)
+        if labels.get(GPU_PRODUCT_LABEL) == run.gpu_product and allocatable - used.get(name, 0) >= run.gpus:
+            fits.setdefault(labels.get(ZONE_LABEL, "?"), []).append(name)
+    return fits
+
+
+def diagnose_run(
+    placements: list[WorkerPlacement], expect: Expectation, nodes: dict[str, dict], pods: list[dict]
+) -> list[Finding]:
+    """Run-level checks of a multi-node run: each worker with its cache, one node each, one zone."""
+    run = expect.run
+    findings: list[Finding] = []
+    for p in placements:
+        cache = f"cache {p.claim} on {', '.join(p.cache_nodes) or 'no node yet'}"
+        if p.node is None:
+            why = p.pending if p.pod else "no pod"
+            findings.append(Finding(FAIL if p.pod else INFO, f"worker {p.worker}", f"not placed ({why}); {cache}"))
+        elif p.cache_nodes and p.node not in p.cache_nodes:
+            findings.append(
+                Finding(FAIL, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) but its {cache}", "see locality")
+            )
+        else:
+            findings.append(Finding(OK, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) with its {cache}"))
+    placed = [p for p in placements if p.node]
+    shared = sorted({p.node for p in placed if sum(q.node == p.node for q in placed) > 1})
+    if shared:
+        findings.append(
+            Finding(FAIL, "one node per worker", f"several workers on {', '.join(shared)}", "check the anti-affinity")
+        )
+    zones = sorted({p.zone for p in placed} | {z for p in placements for z in p.cache_zones})
+    if len(zones) > 1:
+        findings.append(
+            Finding(
+                FAIL,
+                "one zone",
+                f"the workers and their caches span zones {', '.join(zones)}",
+                "NCCL across zones is slow: pin mlcache:zone, or delete the caches outside one zone (DATA LOSS) and re-run",
+            )
+        )
+    elif len(placed) == run.nodes:
+        findings.append(Finding(OK, "one zone", f"all {run.nodes} workers and their caches in zone {zones[0]}"))
+    waiting = [p for p in placements if p.node is None and p.pod]
+    if waiting:
+        fits = free_worker_nodes(run, nodes, pods)
+        # The zone the run is held in: the pinned one, else where its caches (then its pods) are.
+        cache_zones = sorted({z for p in placements for z in p.cache_zones})
+        placed_zones = sorted({p.zone for p in placed})
+        here = expect.zone or next((z[0] for z in (cache_zones, placed_zones) if len(z) == 1), None)
+        room = len(fits.get(here, [])) if here else 0
+        reason = (
+            f"zone {here} has {room} node(s) where a worker fits ({run.gpus} x {run.gpu_resource}, {run.gpu_product}) "
+            f"for {run.nodes} workers"
+            if here
+            else "the run's workers are not in one zone yet"
+        )
+        others = sorted(
+            ((z, n) for z, n in fits.items() if z != here and len(n) >= run.nodes), key=lambda item: (-len(item[1]), item[0])
+        )
+        room_elsewhere = "; ".join(f"{z} ({len(n)} free nodes)" for z, n in others)
+        if expect.zone:
+            remedy = f"free {run.gpu_product} nodes in {expect.zone}, or lower job.nodes"
+            if others:
+                remedy += f", or pin a zone with room for all {run.nodes}: {room_elsewhere}"
+        elif others:
+            bound = [p.claim for p in placements if p.cache_nodes]
+            remedy = f"another zone would fit: {room_elsewhere}"
+            if bound:
+                held = here or ", ".join(cache_zones)
+                remedy += f". The run stays in {held} while its caches are there: "
+                remedy += f"delete {', '.join(bound)} (DATA LOSS) to move it"
+        else:
+            remedy = "no zone has room for every worker: free nodes, or lower job.nodes"
+        findings.append(Finding(FAIL, "capacity", f"{len(waiting)} of {run.nodes} workers Pending: {reason}", remedy))
+    return findings
+
+
 def render_findings(findings: list[Finding]) -> str:
     lines = []
     for finding in findings:
@@ -498,6 +661,18 @@ def expectation_from(run: Any, config: Any, kube_namespace: str) -> Expectation:
 
 def expectation_from_outputs(outputs: dict[str, Any], namespace: str) -> Expectation:
     """What the stack asked for, from its outputs (`pulumi stack output`, or the mock engine's)."""
+    run_out = outputs.get("run") or {}
+    run = None
+    if run_out.get("nodes", 1) > 1:
+        run = RunExpectation(
+            name=run_out["name"],
+            claims=tuple(run_out["cacheClaims"]),
+            gpu_product=run_out["gpuProduct"],
+            gpu_resource=run_out["gpuResource"],
+            gpus=run_out["gpusPerNode"],
+            jobs=tuple(run_out["jobs"]),
+            benchmark_jobs=tuple(run_out["benchmarkJobs"]),
+        )
     return Expectation(
         pvc=outputs["pvcName"],
         namespace=namespace,
@@ -505,6 +680,7 @@ def expectation_from_outputs(outputs: dict[str, Any], namespace: str) -> Expecta
         backend=outputs["backend"],
         zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
         job=outputs.get("jobName"),
+        run=run,
     )
 
 
@@ -522,7 +698,11 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     volume = _get(pvc, "spec", "volumeName")
     pv = serialize(core.read_persistent_volume(volume, **timeout)) if volume else None
     pods = []
-    if expect.job:
+    if expect.run:
+        worker = expect.run.claims.index(expect.pvc)
+        selector = f"{RUN_LABEL}={expect.run.name},{WORKER_LABEL}={worker}"
+        pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=selector, **timeout).items)
+    elif expect.job:
         pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}", **timeout).items)
     nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node(**timeout).items)}
     bound = serialize(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=", **timeout).items)
@@ -530,9 +710,10 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
-def read_cluster(expect_for, context: str | None) -> tuple[Expectation, Snapshot]:
-    """The stack's expectation (config checked first, offline) and the live objects; the cluster's
-    failures (no kubeconfig, unknown context, unreachable, forbidden) as Unreachable or UsageError."""
+def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Finding]]:
+    """The stack's expectation (config checked first, offline) and the findings on the live objects;
+    the cluster's failures (no kubeconfig, unknown context, unreachable, forbidden) as Unreachable or
+    UsageError."""
     from kubernetes import client, config  # noqa: PLC0415
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
     from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
@@ -556,12 +737,12 @@ def read_cluster(expect_for, context: str | None) -> tuple[Expectation, Snapshot
         raise Unreachable(f"cannot load {which} from the kubeconfig ({type(err).__name__}: {err})") from None
     try:
         api = client.ApiClient()
-        snapshot = read_snapshot(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
+        findings = verify(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
     except ApiException as err:
         raise Unreachable(f"the API server answered {err.status} {err.reason}") from None
     except (OSError, HTTPError) as err:
         raise Unreachable(str(err)) from None
-    return expect, snapshot
+    return expect, findings
 
 
 @entry_point
@@ -574,11 +755,35 @@ def main(argv: list[str] | None = None) -> int:
     from tools.render import render_or_refuse  # noqa: PLC0415
 
     rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
-    expect, snapshot = read_cluster(lambda namespace: expectation_from(*rendered, namespace), args.context)
-    findings = diagnose(snapshot, expect)
+    expect, findings = read_cluster(lambda namespace: expectation_from(*rendered, namespace), args.context)
     print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
     print(render_findings(findings))
     return 1 if any(f.level == FAIL for f in findings) else 0
+
+
+def verify(expect: Expectation, core: Any, serialize) -> list[Finding]:
+    """Every finding for the stack: its cache and training pod, or each worker's and the run's."""
+    if expect.run is None:
+        return diagnose(read_snapshot(expect, core, serialize), expect)
+    snapshots = [read_snapshot(replace(expect, pvc=claim), core, serialize) for claim in expect.run.claims]
+    timeout = {"_request_timeout": REQUEST_TIMEOUT}
+    pods = serialize(core.list_pod_for_all_namespaces(**timeout).items)
+    findings, _ = diagnose_workers(expect, snapshots, snapshots[0].nodes, pods)
+    return findings
+
+
+def diagnose_workers(
+    expect: Expectation, snapshots: list[Snapshot], nodes: dict[str, dict], pods: list[dict]
+) -> tuple[list[Finding], list[WorkerPlacement]]:
+    """A multi-node run: each worker's cache checks (prefixed with the worker), then the run's.
+    `snapshots` in worker order, each with that worker's claim, volume and training pods."""
+    findings: list[Finding] = []
+    placements = []
+    for worker, (claim, snapshot) in enumerate(zip(expect.run.claims, snapshots, strict=True)):
+        worker_expect = replace(expect, pvc=claim)
+        findings += [replace(f, check=f"worker {worker} {f.check}") for f in diagnose(snapshot, worker_expect)]
+        placements.append(worker_placement(worker, claim, snapshot))
+    return findings + diagnose_run(placements, expect, nodes, pods), placements
 
 
 if __name__ == "__main__":
