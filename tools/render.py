@@ -147,6 +147,7 @@ def as_json(run: ProgramRun) -> dict[str, Any]:
                 "protect": r.protect,
                 "deleteBeforeReplace": r.delete_before_replace,
                 "replaceOnChanges": r.replace_on_changes,
+                "ignoreChanges": r.ignore_changes,
                 "propertyDependencies": sorted({u for urns in r.property_dependencies.values() for u in urns}),
                 "dependencies": sorted(u for u in r.dependencies if u != r.parent and u in names),
             }

@@ -44,7 +44,7 @@ def full_key(key: str) -> str:
     return key if ":" in key else f"{PROJECT}:{key}"
 
 
-def _split_path(path: str) -> list[str | int]:
+def split_path(path: str) -> list[str | int]:
     parts: list[str | int] = []
     position = 0
     while position < len(path):
@@ -59,7 +59,7 @@ def _split_path(path: str) -> list[str | int]:
 
 def _set_path(layer: dict[str, Any], key: str, value: Any) -> None:
     namespace, _, path = full_key(key).partition(":")
-    head, *rest = _split_path(path)
+    head, *rest = split_path(path)
     top = f"{namespace}:{head}"
     if not rest:
         layer[top] = value
@@ -84,7 +84,7 @@ def _set_path(layer: dict[str, Any], key: str, value: Any) -> None:
 
 def _unset_path(layer: dict[str, Any], key: str) -> None:
     namespace, _, path = full_key(key).partition(":")
-    head, *rest = _split_path(path)
+    head, *rest = split_path(path)
     top = f"{namespace}:{head}"
     if not rest:
         layer.pop(top, None)

@@ -7,6 +7,8 @@ Reads the PVC, its PV, the training pod(s) and the nodes with the kubernetes cli
 kubeconfig), then decides with pure functions (`diagnose`): PVC phase (Pending is expected
 before the first consumer under WaitForFirstConsumer), the class it used, the PV's node
 affinity, the training pod's node and zone, and whether pod and volume share node and zone.
+It also recognises node loss: the volume's only node is NotReady or gone, so the pod that
+mounts the claim cannot be placed; it says what is lost and the command that heals it.
 Exit 0 when everything holds, 1 on a mismatch (with the runbook's remedy), 2 on bad usage.
 """
 
@@ -16,6 +18,8 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+from bound_cache import has_taint, pinned_node_names, ready_condition
 
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
@@ -33,6 +37,7 @@ class Expectation:
     backend: str
     zone: str | None
     job: str | None
+    stack: str = "STACK"
 
 
 @dataclass
@@ -92,9 +97,49 @@ def scheduling_message(pod: dict) -> str | None:
     return None
 
 
+def lost_volume_node(snapshot: Snapshot) -> tuple[str, str] | None:
+    """(node, how) when the volume's only node is gone or NotReady; None otherwise.
+
+    A node with no Ready condition at all has not reported yet and is not judged."""
+    pinned = pinned_node_names(snapshot.pv)
+    if len(pinned) != 1:
+        return None
+    (name,) = pinned
+    node = snapshot.nodes.get(name)
+    if node is None:
+        return name, "gone (its Node object no longer exists)"
+    condition = ready_condition(node)
+    if condition is None or condition.get("status") == "True":
+        return None
+    since = condition.get("lastTransitionTime") or "?"
+    reason = "the kubelet stopped reporting" if condition.get("status") == "Unknown" else condition.get("reason") or "NotReady"
+    marked = ", marked out-of-service" if has_taint(node, "node.kubernetes.io/out-of-service") else ""
+    return name, f"NotReady (Ready={condition.get('status')} since {since}: {reason}{marked})"
+
+
+def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, str]) -> Finding:
+    node, how = lost
+    stuck = [
+        _get(p, "metadata", "name")
+        for p in snapshot.pods
+        if not _get(p, "spec", "nodeName") or _get(p, "spec", "nodeName") == node
+    ]
+    pods = f"; pod(s) {', '.join(stuck)} cannot be placed (the volume exists only there)" if stuck else ""
+    return Finding(
+        FAIL,
+        "node loss",
+        f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
+        "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
+        f"rebuildable); the training run restarts from its last checkpoint. Heal: `python -m tools.heal --stack "
+        f"{expect.stack}` (a dry run that says what it would do), then the same with --apply.",
+    )
+
+
 def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
     name = _get(pod, "metadata", "name")
     message = scheduling_message(pod) or "not scheduled yet"
+    if lost_volume_node(snapshot):
+        return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message} (see node loss)")
     if "volume node affinity conflict" in message:
         return Finding(
             FAIL,
@@ -173,6 +218,9 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 )
             )
 
+    lost = lost_volume_node(snapshot)
+    if lost:
+        findings.append(node_loss_finding(snapshot, expect, lost))
     if expect.job and not pods:
         findings.append(Finding(INFO, "training pod", f"no pod of Job {expect.job} (finished and cleaned up, or not created)"))
     for pod in pods:
@@ -229,6 +277,11 @@ def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Ex
     from tools.render import render  # noqa: PLC0415  (runs the program: only the CLI needs it)
 
     run, config = render(stack, overrides, [])
+    return expectation_of(stack, run, config, kube_namespace)
+
+
+def expectation_of(stack: str, run: Any, config: Any, kube_namespace: str) -> Expectation:
+    """What a rendered stack asks for (tools.render's ProgramRun and StackConfig)."""
     outputs = run.outputs
     namespace = config.values.get("mlcache:namespace") or kube_namespace
     return Expectation(
@@ -238,6 +291,7 @@ def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Ex
         backend=outputs["backend"],
         zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
         job=outputs["jobName"],
+        stack=stack,
     )
 
 
