@@ -214,6 +214,9 @@ class Verdict:
     notes: tuple[str, ...] = ()
 
 
+PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
+
+
 def relocate_key_hint(value: bool) -> str:
     return f"pulumi config set --path mlcache:cache.relocate {'true' if value else 'false'}"
 
@@ -305,7 +308,7 @@ def _placement_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | Non
     if any(node_reaches(n, wanted.placement) for n in nodes):
         return None
     bound = node_labels(nodes[0])
-    protected = " and cache.protect false" if wanted.protect else ""
+    protected = f" plus `{PROTECT_FALSE}`" if wanted.protect else ""
     return (
         f"bound-cache guard: the cache {where} is bound to {_bound_location(live)}; the configured placement "
         f"({wanted.placement.describe()}) cannot reach it: the training pod would stay Pending for ever "
@@ -322,7 +325,7 @@ def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
     requested = get(claim, "spec", "resources", "requests", "storage")
     capacity = get(claim, "status", "capacity", "storage")
     new, old, held = quantity_bytes(wanted.size), quantity_bytes(requested), quantity_bytes(capacity)
-    relocate = f"`{relocate_key_hint(True)}`" + (" and cache.protect false" if wanted.protect else "")
+    relocate = f"`{relocate_key_hint(True)}`" + (f" plus `{PROTECT_FALSE}`" if wanted.protect else "")
     # The API server lets a request shrink only to recover from a failed expansion (above status.capacity).
     if new < old and (held is None or new <= held):
         return (
@@ -356,7 +359,7 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
         return Verdict(
             refusal=(
                 f"mlcache:cache.relocate = true re-creates the protected cache {where} ({trigger}): set "
-                f"`pulumi config set --path mlcache:cache.protect false` in the same change to accept the DATA LOSS, "
+                f"`{PROTECT_FALSE}` in the same change to accept the DATA LOSS, "
                 f"or `{relocate_key_hint(False)}` to keep the cache. Nothing was changed."
             )
         )
@@ -475,3 +478,56 @@ def _nodes_of(core: Any, plain: Any, volume: Mapping) -> list[Mapping]:
     if not volume_terms(volume):
         return []
     return volume_nodes(volume, plain(core.list_node(_request_timeout=REQUEST_TIMEOUT).items))
+
+
+# --- in the program ---------------------------------------------------------------------------
+
+
+def _under_mock_engine() -> bool:
+    from pulumi.runtime import mocks  # noqa: PLC0415
+    from pulumi.runtime import settings as runtime  # noqa: PLC0415
+
+    return isinstance(runtime.SETTINGS.monitor, mocks.MockMonitor)
+
+
+def guard_bound_cache(settings: Any) -> None:
+    """Read the live cache and refuse, before anything is registered, a change it cannot take.
+
+    Under the mock engine (tools.render, tools.diff, the tests) no cluster is read: the guard
+    stands aside and says so (a note in `tools.render --summary`)."""
+    import os  # noqa: PLC0415
+
+    import pulumi  # noqa: PLC0415
+
+    wanted = Wanted(
+        stack=pulumi.get_stack(),
+        claim=settings.cache.name,
+        storage_class=settings.storage_class_name,
+        volume_mode=settings.cache.volume_mode,
+        size=settings.cache.size,
+        placement=PlacementRecord(settings.placement.zone, settings.placement.gpu_product),
+        relocate=settings.cache.relocate,
+        protect=settings.cache.protect,
+        expansion_allowed=settings.linstor.allow_volume_expansion if settings.manages_storage_class else None,
+        has_consumer=settings.job.enabled or settings.benchmark.enabled,
+    )
+    if _under_mock_engine():
+        live: LiveCache | Unread = Unread("offline render (mock engine): the live claim was not read")
+    else:
+        provider = pulumi.Config("kubernetes")
+        live = read_live_cache(
+            settings.cache.name,
+            settings.namespace,
+            ProviderSettings(
+                kubeconfig=provider.get("kubeconfig"),
+                context=provider.get("context"),
+                cluster=provider.get("cluster"),
+                namespace=provider.get("namespace"),
+            ),
+            os.environ,
+        )
+    verdict = judge(wanted, live)
+    for note in verdict.notes:
+        pulumi.log.info(note)
+    if verdict.refusal:
+        raise pulumi.RunError(verdict.refusal)

@@ -50,7 +50,7 @@ def test_a_zone_change_is_refused_naming_node_zone_placement_and_both_ways_out()
 
 def test_protected_cache_refusal_says_to_unprotect_with_the_relocation():
     refusal = judge(wanted(placement=PlacementRecord("sdsu", A100), protect=True), bound()).refusal
-    assert "cache.relocate true` and cache.protect false" in refusal
+    assert "cache.relocate true` plus `pulumi config set --path mlcache:cache.protect false`" in refusal
 
 
 def test_a_gpu_product_the_volume_node_lacks_is_refused_and_pinning_its_own_zone_is_not():

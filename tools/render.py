@@ -133,6 +133,8 @@ def summary(run: ProgramRun) -> str:
             lines.append(f"  {name}: {value}")
     lines.append("warnings:")
     lines.extend(f"  - {warning}" for warning in run.warnings)
+    lines.append("notes:")
+    lines.extend(f"  - {note}" for note in run.notes)
     return "\n".join(lines) + "\n"
 
 
