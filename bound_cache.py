@@ -212,6 +212,9 @@ class Unread:
 class Verdict:
     refusal: str | None = None
     notes: tuple[str, ...] = ()
+    # The claim is known to be absent or not bound: no volume pins it yet, so its placement
+    # record may follow the config (otherwise the record keeps the placement it was bound under).
+    unbound: bool = False
 
 
 PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
@@ -252,7 +255,9 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     where = f"{live.namespace}/{wanted.claim}"
     claim = live.claim
     if claim is None:
-        return Verdict(notes=(f"bound-cache guard: claim {where} does not exist yet; its first consumer places it",))
+        return Verdict(
+            notes=(f"bound-cache guard: claim {where} does not exist yet; its first consumer places it",), unbound=True
+        )
     replaced = _replacement(wanted, claim)
     if replaced:
         return Verdict(notes=(f"bound-cache guard: claim {where} is re-created by this change ({replaced})",))
@@ -272,7 +277,8 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
                 )
             )
         return Verdict(
-            notes=(f"bound-cache guard: claim {where} is not bound yet (phase {phase}); its first consumer places it",)
+            notes=(f"bound-cache guard: claim {where} is not bound yet (phase {phase}); its first consumer places it",),
+            unbound=True,
         )
     notes = [*_placement_notes(wanted, live, where)]
     refusal = _placement_refusal(wanted, live, where) or _resize_refusal(wanted, live, where)
@@ -490,7 +496,7 @@ def _under_mock_engine() -> bool:
     return isinstance(runtime.SETTINGS.monitor, mocks.MockMonitor)
 
 
-def guard_bound_cache(settings: Any) -> None:
+def guard_bound_cache(settings: Any) -> Verdict:
     """Read the live cache and refuse, before anything is registered, a change it cannot take.
 
     Under the mock engine (tools.render, tools.diff, the tests) no cluster is read: the guard
@@ -531,3 +537,4 @@ def guard_bound_cache(settings: Any) -> None:
         pulumi.log.info(note)
     if verdict.refusal:
         raise pulumi.RunError(verdict.refusal)
+    return verdict

@@ -114,7 +114,9 @@ def test_growth_needs_a_class_that_allows_expansion(expansion_allowed, live_clas
 def test_an_unbound_claim_takes_no_size_change_but_any_placement():
     pending = LiveCache(NAMESPACE, claim(phase="Pending"))
     assert "not bound yet" in judge(wanted(size="600Gi"), pending).refusal
-    assert judge(wanted(placement=PlacementRecord("sdsu", H100)), pending).refusal is None
+    moved = judge(wanted(placement=PlacementRecord("sdsu", H100)), pending)
+    assert moved.refusal is None and moved.unbound  # the placement record may follow the config
+    assert not judge(WANTED, bound()).unbound and not judge(WANTED, Unread("offline")).unbound
 
 
 def test_absent_claim_network_storage_replacement_and_offline_stand_aside():
