@@ -422,10 +422,20 @@ def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
         raise LookupError(f"no kubeconfig found at {source}")
     loader = kube_config.KubeConfigLoader(config_dict=merged, active_context=provider.context, config_base_path=None)
     if provider.cluster:
-        context = loader.current_context["context"]
-        getattr(context, "value", context)["cluster"] = provider.cluster
+        _plain(_plain(loader.current_context)["context"])["cluster"] = provider.cluster
         loader.set_active_context(provider.context)
     return loader
+
+
+def _plain(node: Any) -> Any:
+    """The dict inside the kubeconfig loader's ConfigNode wrappers (merged files wrap twice)."""
+    while hasattr(node, "value"):
+        node = node.value
+    return node
+
+
+def _context_namespace(loader: Any) -> str | None:
+    return _plain(_plain(loader.current_context).get("context")).get("namespace")
 
 
 def read_live_cache(
@@ -440,7 +450,7 @@ def read_live_cache(
         configuration = client.Configuration()
         loader.load_and_set(configuration)
         configuration.retries = 1
-        namespace = namespace or provider.namespace or loader.current_context["context"].safe_get("namespace") or "default"
+        namespace = namespace or provider.namespace or _context_namespace(loader) or "default"
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin
         return Unread(f"no cluster to read ({type(err).__name__}: {err})")
     api = client.ApiClient(configuration)

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from bound_cache import LiveCache, PlacementRecord, Unread, Wanted, judge, quantity_bytes
+from bound_cache import LiveCache, PlacementRecord, ProviderSettings, Unread, Wanted, judge, quantity_bytes, read_live_cache
 from tests.api_objects import A100, CLAIM, H100, NAMESPACE, claim, node, storage_class, volume
 
 UCSD = node("gpu-ucsd-1", "ucsd")
@@ -144,3 +144,28 @@ def test_placement_records_round_trip_and_quantities_parse():
         assert PlacementRecord.parse(record.text()) == record
     assert PlacementRecord.parse("something else") is None and PlacementRecord.parse(None) is None
     assert quantity_bytes("500Gi") == 500 * 2**30 and quantity_bytes("1T") == 10**12 and quantity_bytes("1024") == 1024
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- {name: gone, cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}}
+users:
+- {name: me, user: {token: not-a-real-token}}
+contexts:
+- {name: gone, context: {cluster: gone, user: me, namespace: team}}
+current-context: gone
+"""
+
+
+def test_no_kubeconfig_or_no_reachable_cluster_makes_the_guard_stand_aside(tmp_path):
+    missing = read_live_cache(CLAIM, None, ProviderSettings(kubeconfig=str(tmp_path / "none")), {})
+    assert isinstance(missing, Unread) and missing.reason.startswith("no cluster to read")
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG)
+    for provider, environ in ((ProviderSettings(), {"KUBECONFIG": str(path)}), (ProviderSettings(kubeconfig=KUBECONFIG), {})):
+        unreachable = read_live_cache(CLAIM, None, provider, environ)
+        assert isinstance(unreachable, Unread)
+        assert unreachable.reason.startswith("cannot reach the cluster to read PersistentVolumeClaim team/ms-swift-cache-pvc")
+    unknown_context = read_live_cache(CLAIM, None, ProviderSettings(context="elsewhere"), {"KUBECONFIG": str(path)})
+    assert isinstance(unknown_context, Unread) and "elsewhere" in unknown_context.reason
