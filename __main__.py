@@ -14,6 +14,7 @@ from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
 from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
+from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
 from settings import load_settings, read_tokens
 
 settings = load_settings()
@@ -36,10 +37,12 @@ cache = CacheVolume(
 # The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).
 scripts = None
 if not settings.cache.is_block:
-    scripts = WorkloadScripts("workload-scripts", settings.cache, config_map_name="mlcache-scripts", namespace=settings.namespace)
+    scripts = WorkloadScripts(
+        "workload-scripts", settings.cache, config_map_name=SCRIPTS_CONFIG_MAP, namespace=settings.namespace
+    )
 
 # No pod that mounts the cache accepts inbound connections.
-IngressIsolation("ingress-isolation", policy_name="mlcache-deny-ingress", namespace=settings.namespace)
+IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=settings.namespace)
 
 training = None
 if settings.job.enabled:
@@ -47,7 +50,7 @@ if settings.job.enabled:
     credentials = None
     if tokens:
         credentials = HubCredentials(
-            "hub-credentials", tokens, secret_name=f"{settings.job.name}-hub-tokens", namespace=settings.namespace
+            "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
     training = TrainingJob(
         "training",

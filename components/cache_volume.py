@@ -7,12 +7,13 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import SKIP_AWAIT, adoption_options, constructor_kwargs, metadata
+from components.common import adoption_options, constructor_kwargs, metadata
+from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, SKIP_AWAIT, ZONE_ANNOTATION
 from settings import CacheSettings
 
 # Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
 # replacement field and would try (and fail) to patch it in place.
-REPLACE_ON_CHANGES = ["spec.volumeMode"]
+REPLACE_ON_CHANGES = list(IMMUTABLE_FIELDS["PersistentVolumeClaim"])
 
 # The name of the cache in every pod spec that mounts it.
 CACHE_VOLUME = "cache"
@@ -22,12 +23,6 @@ ROOK_CEPH_WARNING = (
     "where the training pod lands, so reads may cross zones (1-10ms+ latency, limited bandwidth). "
     "This is the runbook's rollback path, not the fast one."
 )
-
-
-# Where the storage settings put the cache: read by the policy pack (policy/) to check that
-# every pod mounting it is pinned to the same zone.
-BACKEND_ANNOTATION = "mlcache/backend"
-ZONE_ANNOTATION = "mlcache/zone"
 
 
 def pvc_manifest(

@@ -1,15 +1,11 @@
-"""Helpers shared by the components: labels, and turning wire-format specs into constructor kwargs."""
+"""Helpers shared by the components: object metadata, and turning wire-format specs into constructor kwargs."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-LABELS = {"app.kubernetes.io/part-of": "mlcache", "app.kubernetes.io/managed-by": "pulumi"}
-# On every pod that mounts the cache: the ingress NetworkPolicy selects them by it.
-POD_LABELS = {"app.kubernetes.io/part-of": "mlcache"}
-# Provider annotation: do not wait for readiness (exactly the string "true").
-SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+from names import LABELS
 
 
 def metadata(

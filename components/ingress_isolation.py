@@ -7,8 +7,9 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.common import POD_LABELS, constructor_kwargs, metadata
+from components.common import constructor_kwargs, metadata
 from components.security import checkov_skips, namespace_skip
+from names import POD_LABELS
 
 
 def network_policy_manifest(name: str, namespace: str | None) -> dict[str, Any]:

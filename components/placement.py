@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from names import GPU_PRODUCT_LABEL, ZONE_LABEL
 from settings import JobSettings, Placement
-
-ZONE_LABEL = "topology.kubernetes.io/zone"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 
 def node_affinity(placement: Placement) -> dict[str, Any]:

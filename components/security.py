@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from names import SCRATCH_PATH
+
 SCRATCH_VOLUME = "scratch"
-SCRATCH_PATH = "/tmp"
 # A writable HOME and a user name for libraries that look them up (getpass, triton, torch).
 SCRATCH_ENV = {"HOME": f"{SCRATCH_PATH}/home", "USER": "mlcache"}
 

@@ -9,7 +9,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cache_volume import attach_cache, cache_volume
-from components.common import POD_LABELS, SKIP_AWAIT, constructor_kwargs, metadata
+from components.common import constructor_kwargs, metadata
 from components.placement import pod_scheduling, training_resources
 from components.security import (
     SCRATCH_ENV,
@@ -21,7 +21,8 @@ from components.security import (
     scratch_mount,
     scratch_volume,
 )
-from components.workload_scripts import SCRIPTS_PATH, SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
+from components.workload_scripts import SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
+from names import POD_LABELS, SCRIPTS_PATH, SKIP_AWAIT, benchmark_job_name
 from settings import BenchmarkSettings, CacheSettings, JobSettings, Placement
 
 APP_LABEL = {"app": "mlcache-benchmark"}
@@ -149,7 +150,7 @@ class StorageBenchmark(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:StorageBenchmark", name, None, opts)
-        manifest = benchmark_manifest(f"{job.name}-storage-bench", bench, cache, job, placement, namespace, claim_name, scripts)
+        manifest = benchmark_manifest(benchmark_job_name(job.name), bench, cache, job, placement, namespace, claim_name, scripts)
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),

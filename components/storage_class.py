@@ -8,33 +8,32 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.common import adoption_options, constructor_kwargs, metadata
+from names import IMMUTABLE_FIELDS, LINSTOR_PARAMETER_PREFIX, LINSTOR_PROVISIONER
 from settings import LinstorSettings
 
-PROVISIONER = "linstor.csi.linbit.com"
-PARAMETER_PREFIX = "linstor.csi.linbit.com/"
 # Kubernetes refuses in-place updates of these although the provider would try a patch.
-IMMUTABLE_FIELDS = ["reclaimPolicy", "volumeBindingMode"]
+REPLACE_ON_CHANGES = list(IMMUTABLE_FIELDS["StorageClass"])
 
 
 def linstor_parameters(linstor: LinstorSettings) -> dict[str, str]:
     """CSI parameters; every value is a string (Kubernetes rejects anything else)."""
     params = {
-        f"{PARAMETER_PREFIX}placementCount": str(linstor.replicas),
-        f"{PARAMETER_PREFIX}allowRemoteVolumeAccess": "true" if linstor.allow_remote_volume_access else "false",
+        f"{LINSTOR_PARAMETER_PREFIX}placementCount": str(linstor.replicas),
+        f"{LINSTOR_PARAMETER_PREFIX}allowRemoteVolumeAccess": "true" if linstor.allow_remote_volume_access else "false",
         # The operator defaults to ext4: XFS must be asked for.
         "csi.storage.k8s.io/fstype": linstor.fs_type,
     }
     if linstor.storage_pool:
-        params[f"{PARAMETER_PREFIX}storagePool"] = linstor.storage_pool
+        params[f"{LINSTOR_PARAMETER_PREFIX}storagePool"] = linstor.storage_pool
     if linstor.layer_list:
-        params[f"{PARAMETER_PREFIX}layerList"] = linstor.layer_list
+        params[f"{LINSTOR_PARAMETER_PREFIX}layerList"] = linstor.layer_list
     return params
 
 
 def storage_class_manifest(linstor: LinstorSettings) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "metadata": metadata(linstor.storage_class_name),
-        "provisioner": PROVISIONER,
+        "provisioner": LINSTOR_PROVISIONER,
         "parameters": linstor_parameters(linstor),
         # The volume is created where the first consumer lands, so it shares the pod's zone.
         "volumeBindingMode": "WaitForFirstConsumer",
@@ -52,7 +51,7 @@ def storage_class_options(parent: pulumi.Resource, linstor: LinstorSettings, ado
     return pulumi.ResourceOptions(
         parent=parent,
         delete_before_replace=True,
-        replace_on_changes=IMMUTABLE_FIELDS,
+        replace_on_changes=REPLACE_ON_CHANGES,
         **adoption_options(linstor.storage_class_name, adopt),
     )
 

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.cache_volume import attach_cache, cache_volume
-from components.common import POD_LABELS, SKIP_AWAIT, constructor_kwargs, metadata
+from components.common import constructor_kwargs, metadata
 from components.hub_credentials import HubCredentials, secret_env
 from components.placement import pod_scheduling, training_resources
 from components.security import (
@@ -26,10 +26,10 @@ from components.security import (
 from components.workload_scripts import (
     PREFETCH_LIST,
     PREFETCH_SCRIPT,
-    SCRIPTS_PATH,
     SCRIPTS_VOLUME,
     prefetch_markers,
 )
+from names import POD_LABELS, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, SKIP_AWAIT
 from settings import CacheSettings, JobSettings, Placement
 
 CONTAINER = "sft"
@@ -162,7 +162,7 @@ def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, 
         "args": args,
         "env": env_list(env, token_env),
         "resources": training_resources(job),
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}, scratch_mount()],
+        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": SHM_PATH}, scratch_mount()],
         "securityContext": container_security_context(job.run_as_user),
     }
     return attach_cache(spec, cache)
@@ -205,7 +205,7 @@ def job_manifest(
             "the values come from the hub-tokens Secret by secretKeyRef, never inline"
         )
     annotations.update(checkov_skips(skips))
-    pod_labels = {**POD_LABELS, **APP_LABEL, "mlcache/job": job.run_name}
+    pod_labels = {**POD_LABELS, **APP_LABEL, RUN_LABEL: job.run_name}
     return {
         "metadata": metadata(job.run_name, namespace, labels=APP_LABEL, annotations=annotations),
         "spec": {

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shlex
 
-ZONE_JSONPATH = r"{.metadata.labels.topology\.kubernetes\.io/zone}"
-LINSTOR_NAMESPACE = "piraeus-datastore"
+from names import LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
+
+ZONE_JSONPATH = "{.metadata.labels." + ZONE_LABEL.replace(".", "\\.") + "}"
 
 
 def verification_commands(pvc: str, job: str | None, namespace: str | None, linstor: bool) -> dict[str, str]:
@@ -22,6 +23,6 @@ def verification_commands(pvc: str, job: str | None, namespace: str | None, lins
         commands["podZone"] = f"kubectl get node {pod_node} -o jsonpath='{ZONE_JSONPATH}'"
     if linstor:
         commands["linstorResources"] = (
-            f"kubectl -n {LINSTOR_NAMESPACE} exec deploy/linstor-controller -- linstor resource list -r {volume}"
+            f"kubectl -n {LINSTOR_NAMESPACE} exec {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}"
         )
     return commands

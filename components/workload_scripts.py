@@ -13,12 +13,13 @@ from components.common import constructor_kwargs, metadata
 from components.security import checkov_skips, namespace_skip
 from settings import CacheSettings
 
+# Names private to the pods that read the ConfigMap (`duplicates` pairs this block with the
+# shared names in names.py by shape only: different facts).
 WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
 PREFETCH_SCRIPT = "prefetch.py"
 SHARD_BENCH_SCRIPT = "shard_bench.py"
 PREFETCH_LIST = "prefetch.txt"
 SCRIPTS_VOLUME = "scripts"
-SCRIPTS_PATH = "/opt/mlcache"
 
 
 def prefetch_markers(cache: CacheSettings) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.placement import GPU_PRODUCT_LABEL, ZONE_LABEL
+from names import GPU_PRODUCT_LABEL, ZONE_LABEL
 from settings import ConfigError
 from tests.conftest import env_of, main_container, only, pod_spec, rendered
 from tools.mock_engine import ProgramRun, run_program

@@ -91,6 +91,9 @@ BAD = [
     ("linstor.fsType=ntfs", "mlcache:linstor.fsType", "ntfs"),
     ("cache.mountPath=cache", "mlcache:cache.mountPath", "cache"),
     ("zon=ucsd", "mlcache:zon", "zone"),
+    ("mlcahce:backend=linstor", "mlcahce:backend", "expected the key mlcache:backend"),
+    ("job.gpus=0x10", "mlcache:job.gpus", '"0x10"'),
+    ('cache.name="c\\n"', "mlcache:cache.name", '"c\\n"'),
 ]
 
 
@@ -112,3 +115,14 @@ def test_the_real_command_line_fails_cleanly():
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().startswith('error: invalid config mlcache:zone = "mars"')
     assert "Traceback" not in result.stderr
+
+
+def test_values_reach_the_manifests_as_typed(capsys):
+    code, out, _ = _render(
+        capsys, "--stack", "dev", "--config", "job.env.UMASK=0022", "--config", "job.env.V=1.10", "--config", "job.cpu=0.5"
+    )
+    job = next(d for d in yaml.safe_load_all(out) if d["kind"] == "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert code == 0 and env["UMASK"] == "0022" and env["V"] == "1.10"
+    assert container["resources"]["limits"]["cpu"] == "0.5"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from settings import KNOWN_KEYS, RUNBOOK_ZONES, ConfigError, parse_quantity, parse_settings
+from settings import KNOWN_KEYS, RUNBOOK_ZONES, SECRET_KEYS, ConfigError, check_keys, parse_quantity, parse_settings
 from tests.conftest import ROOT
+from tools import config_reference
 
 
 def test_defaults_follow_the_runbook():
@@ -21,33 +22,25 @@ def test_defaults_follow_the_runbook():
     assert not s.job.wait_for_completion
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def test_pulumi_yaml_defaults_match_the_typed_defaults():
-    """Pulumi.yaml documents the defaults; settings.py applies them. They must not drift."""
-    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
-    typed = parse_settings({})
-    sections = {"linstor": typed.linstor, "cache": typed.cache, "job": typed.job}
-    for section, values in sections.items():
-        for field, default in declared[section]["default"].items():
-            attribute = {"env": "env", "tolerations": "tolerations"}.get(field, field)
-            actual = next(v for k, v in vars(values).items() if _camel(k) == attribute)
-            if isinstance(actual, tuple):
-                actual = dict(actual) if field == "env" else list(actual)
-            assert actual == default, f"{section}.{field}: Pulumi.yaml says {default!r}, settings.py {actual!r}"
-    assert declared["rookCeph"]["default"]["storageClassName"] == typed.rook_ceph_storage_class_name
-    assert tuple(declared["zones"]["default"]) == typed.zones
-    assert declared["backend"]["default"] == typed.backend
-
-
-def test_every_key_is_declared_with_a_description():
+def test_pulumi_yaml_and_the_reference_are_derived_from_the_declarations():
+    """Pulumi.yaml's config block and docs/configuration.md come from settings.py; stale = fail."""
+    assert config_reference.stale() == []
     declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
     assert set(declared) == set(KNOWN_KEYS)
-    for key, declaration in declared.items():
-        assert declaration.get("description"), key
+    assert all(declaration.get("description") for declaration in declared.values())
+
+
+def test_every_declared_default_is_valid_and_is_what_an_empty_config_gets():
+    """The defaults of Pulumi.yaml, as the CLI hands them over, parse to the same settings as none."""
+    declared = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())["config"]
+    raw = {key: d["default"] for key, d in declared.items() if key not in SECRET_KEYS}
+    assert parse_settings(raw) == parse_settings({})
+
+
+def test_a_stale_reference_is_detected(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_reference, "REFERENCE", tmp_path / "configuration.md")
+    (tmp_path / "configuration.md").write_text(config_reference.reference_text().replace("`100Gi`", "`200Gi`"))
+    assert config_reference.stale() == [tmp_path / "configuration.md"]
 
 
 BAD_VALUES = [
@@ -57,10 +50,10 @@ BAD_VALUES = [
     ({"zones": []}, "zones", "non-empty list"),
     ({"zones": "ucsd"}, "zones", "list"),
     ({"namespace": "Bad_NS"}, "namespace", "DNS label"),
-    ({"linstor": {"replicas": 0}}, "linstor.replicas", ">= 1"),
-    ({"linstor": {"replicas": "two"}}, "linstor.replicas", ">= 1"),
-    ({"linstor": {"replicas": 1.5}}, "linstor.replicas", ">= 1"),
-    ({"linstor": {"replicas": True}}, "linstor.replicas", ">= 1"),
+    ({"linstor": {"replicas": 0}}, "linstor.replicas", "from 1"),
+    ({"linstor": {"replicas": "two"}}, "linstor.replicas", "from 1"),
+    ({"linstor": {"replicas": 1.5}}, "linstor.replicas", "from 1"),
+    ({"linstor": {"replicas": True}}, "linstor.replicas", "from 1"),
     ({"linstor": {"fsType": "ntfs"}}, "linstor.fsType", "xfs, ext4"),
     ({"linstor": {"layerList": "drbd,storage"}}, "linstor.layerList", "space-separated"),
     ({"linstor": {"layerList": "storage drbd"}}, "linstor.layerList", "ending in storage"),
@@ -83,12 +76,12 @@ BAD_VALUES = [
     ({"cache": {"devicePath": "/dev/../etc"}}, "cache.devicePath", "absolute path"),
     ({"cache": {"name": "Cache PVC"}}, "cache.name", "DNS subdomain"),
     ({"cache": {"protect": "maybe"}}, "cache.protect", "true or false"),
-    ({"job": {"gpus": 0}}, "job.gpus", ">= 1"),
-    ({"job": {"gpus": 1.5}}, "job.gpus", ">= 1"),
-    ({"job": {"gpuResource": "gpu"}}, "job.gpuResource", "qualified resource name"),
+    ({"job": {"gpus": 0}}, "job.gpus", "from 1"),
+    ({"job": {"gpus": 1.5}}, "job.gpus", "from 1"),
+    ({"job": {"gpuResource": "gpu"}}, "job.gpuResource", "extended resource name"),
     ({"job": {"gpuProduct": "A100 80GB"}}, "job.gpuProduct", "label value"),
-    ({"job": {"image": "modelscope:latest"}}, "job.image", "explicit tag"),
-    ({"job": {"image": "modelscope"}}, "job.image", "explicit tag"),
+    ({"job": {"image": "modelscope:latest"}}, "job.image", "pinned by a tag"),
+    ({"job": {"image": "modelscope"}}, "job.image", "pinned by a tag"),
     ({"job": {"name": "SFT_job"}}, "job.name", "DNS label"),
     ({"job": {"cpu": "many"}}, "job.cpu", "quantity"),
     ({"job": {"memory": "16Gi"}}, "job.memory", "job.shmSize"),
@@ -100,12 +93,44 @@ BAD_VALUES = [
     ({"job": {"tolerations": [{"operator": "Maybe"}]}}, "job.tolerations[0].operator", "Equal, Exists"),
     ({"job": {"tolerations": [{"effect": "Never"}]}}, "job.tolerations[0].effect", "NoSchedule"),
     ({"job": {"tolerations": {"key": "a"}}}, "job.tolerations", "list"),
-    ({"job": {"backoffLimit": 0}}, "job.backoffLimit", ">= 1"),
+    ({"job": {"backoffLimit": 0}}, "job.backoffLimit", "from 1"),
     ({"job": {"waitForCompletion": "sometimes"}}, "job.waitForCompletion", "true or false"),
     ({"job": {"waitTimeout": "a day"}}, "job.waitTimeout", "duration"),
     ({"job": {"command": "swift sft"}}, "job.command", "list"),
     ({"job": {"enabled": "no"}}, "job.enabled", "true or false"),
     ({"job": {"gpu": 4}}, "job.gpu", "known field"),
+    # As strict as the API server (issue 12 section 2).
+    ({"cache": {"name": "c\n"}}, "cache.name", "DNS subdomain"),
+    ({"job": {"name": "sft\n"}}, "job.name", "DNS label"),
+    ({"cache": {"name": "c" * 254}}, "cache.name", "at most 253"),
+    ({"linstor": {"storageClassName": "a" * 300}}, "linstor.storageClassName", "at most 253"),
+    ({"job": {"name": "a" * 50}, "benchmark": {"enabled": True, "fioImage": "fio:3.36"}}, "job.name", "storage-bench"),
+    ({"job": {"name": "a" * 40, "runId": "r" * 23}}, "job.runId", "at most 22"),
+    ({"job": {"runAsUser": 2**31}}, "job.runAsUser", "2147483647"),
+    ({"job": {"gpus": "0x10"}}, "job.gpus", "whole number"),
+    ({"job": {"gpus": "1e1"}}, "job.gpus", "whole number"),
+    ({"job": {"gpus": "010"}}, "job.gpus", "whole number"),
+    ({"job": {"tolerations": [{"key": "a", "operator": "Exists", "value": "b"}]}}, "job.tolerations[0].value", "Exists"),
+    ({"job": {"tolerations": [{"key": "a", "tolerationSeconds": 5}]}}, "job.tolerations[0].effect", "NoExecute"),
+    ({"job": {"tolerations": [{"operator": "Equal", "value": "b"}]}}, "job.tolerations[0].operator", "Exists when the key"),
+    ({"job": {"tolerations": [{"key": "bad key!", "operator": "Exists"}]}}, "job.tolerations[0].key", "label key"),
+    ({"job": {"tolerations": [{"key": "a", "value": "x" * 64}]}}, "job.tolerations[0].value", "label value"),
+    ({"cache": {"mountPath": "/tmp"}}, "cache.mountPath", "/tmp"),
+    ({"cache": {"mountPath": "/dev/shm"}}, "cache.mountPath", "/dev/shm"),
+    ({"cache": {"mountPath": "/opt/mlcache"}}, "cache.mountPath", "/opt/mlcache"),
+    ({"cache": {"mountPath": "/opt"}}, "cache.mountPath", "overlaps /opt/mlcache"),
+    ({"cache": {"mountPath": "/tmp/cache"}}, "cache.mountPath", "overlaps /tmp"),
+    ({"cache": {"mountPath": "/ca che"}}, "cache.mountPath", "absolute path"),
+    ({"cache": {"volumeMode": "Block", "devicePath": "/dev/shm/x"}}, "cache.devicePath", "/dev/shm"),
+    ({"job": {"image": "Repo/Img:1.0"}}, "job.image", "pinned"),
+    ({"job": {"image": "repo img:1"}}, "job.image", "pinned"),
+    ({"job": {"image": "repo/img:1:2"}}, "job.image", "pinned"),
+    ({"job": {"image": "repo/img@sha256:zz"}}, "job.image", "pinned"),
+    ({"job": {"image": "repo/img@sha256:" + "a" * 63}}, "job.image", "pinned"),
+    ({"job": {"env": {"UMASK": 18}}}, "job.env.UMASK", "quote numbers"),
+    ({"job": {"cpu": "0.5 "}}, "job.cpu", "quantity"),
+    ({"linstor": {"mountOptions": ["noatime\n"]}}, "linstor.mountOptions[0]", "mount option"),
+    ({"zones": ["ucsd", "bad zone"]}, "zones[1]", "label value"),
 ]
 
 
@@ -151,3 +176,39 @@ def test_parse_quantity_rejects(text):
 def test_ext4_or_block_lifts_the_xfs_minimum():
     assert parse_settings({"linstor": {"fsType": "ext4"}, "cache": {"size": "100Mi"}}).cache.size == "100Mi"
     assert parse_settings({"cache": {"size": "100Mi", "volumeMode": "Block"}}).cache.size == "100Mi"
+
+
+@pytest.mark.parametrize(
+    ("raw", "check"),
+    [
+        ({"job": {"cpu": 0.5}}, lambda s: s.job.cpu == "0.5"),
+        ({"job": {"cpu": "500m"}}, lambda s: s.job.cpu == "500m"),
+        ({"job": {"env": {"UMASK": "0022", "V": "1.10"}}}, lambda s: dict(s.job.env) == {"UMASK": "0022", "V": "1.10"}),
+        ({"job": {"image": "repo/img@sha256:" + "a" * 64}}, lambda s: s.job.image.endswith("a" * 64)),
+        ({"job": {"image": "localhost:5000/img:1"}}, lambda s: s.job.image == "localhost:5000/img:1"),
+        ({"job": {"runAsUser": 2**31 - 1}}, lambda s: s.job.run_as_user == 2**31 - 1),
+        ({"job": {"tolerations": [{"operator": "Exists"}]}}, lambda s: s.job.tolerations[0].key is None),
+        ({"job": {"name": "a" * 49}, "benchmark": {"enabled": True, "fioImage": "fio:3.36"}}, lambda s: s.benchmark.enabled),
+        ({"cache": {"mountPath": "/cache/models"}}, lambda s: s.cache.mount_path == "/cache/models"),
+    ],
+)
+def test_values_at_the_edge_of_what_kubernetes_allows_are_accepted(raw, check):
+    assert check(parse_settings(raw))
+
+
+@pytest.mark.parametrize(
+    ("key", "hint"),
+    [
+        ("mlcahce:backend", "expected the key mlcache:backend"),
+        ("mlcache:zon", "did you mean mlcache:zone?"),
+        ("mlcache:jobs", "did you mean mlcache:job?"),
+    ],
+)
+def test_a_mistyped_key_is_refused_naming_the_key_it_probably_meant(key, hint):
+    with pytest.raises(ConfigError) as err:
+        check_keys({key: "linstor"})
+    assert err.value.key == key and hint in str(err.value)
+
+
+def test_other_namespaces_are_left_alone():
+    check_keys({"kubernetes:context": "gpu", "pulumi:tags": "{}", "aws:region": "x"})

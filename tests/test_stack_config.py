@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tools.stack_config import SECURE_PLACEHOLDER, UnknownKeyError, load_stack_config, parse_assignment, stack_names
+from tests.conftest import ROOT
+from tools.stack_config import SECURE_PLACEHOLDER, load_stack_config, parse_assignment, stack_names
 
 
 def test_stacks_are_discovered():
@@ -22,13 +23,13 @@ def test_project_defaults_then_stack_values():
 
 def test_a_stack_object_replaces_the_project_default_whole():
     values = load_stack_config("dev").values
-    assert values["mlcache:linstor"] == {"replicas": 1}
+    assert values["mlcache:linstor"] == {"replicas": "1"}
 
 
 def test_path_overrides_write_into_the_stack_layer():
     values = load_stack_config("dev", ["cache.volumeMode=Block", "mlcache:linstor.replicas=3"]).values
     assert values["mlcache:cache"]["volumeMode"] == "Block" and values["mlcache:cache"]["size"] == "100Gi"
-    assert values["mlcache:linstor"] == {"replicas": 3}
+    assert values["mlcache:linstor"] == {"replicas": "3"}
 
 
 def test_an_override_of_an_unset_object_starts_from_empty_like_the_cli():
@@ -41,10 +42,10 @@ def test_empty_value_unsets_the_key():
     assert load_stack_config("prod", ["zone="]).values["mlcache:zone"] == ""  # back to the project default
 
 
-def test_values_are_yaml_scalars():
-    assert parse_assignment("linstor.replicas=2") == ("linstor.replicas", 2)
+def test_values_are_yaml_read_as_typed():
+    assert parse_assignment("linstor.replicas=2") == ("linstor.replicas", "2")
     assert parse_assignment("cache.protect=true") == ("cache.protect", True)
-    assert parse_assignment("job.gpus=1.5") == ("job.gpus", 1.5)
+    assert parse_assignment("job.gpus=1.5") == ("job.gpus", "1.5")
     assert parse_assignment("zone=ucsd") == ("zone", "ucsd")
 
 
@@ -70,12 +71,35 @@ def test_secrets_are_taken_verbatim_and_marked_secret():
     assert "mlcache:hfToken" in config.secret_keys
 
 
-def test_unknown_keys_and_stacks_are_refused():
-    with pytest.raises(UnknownKeyError, match=r"mlcache:zon: not a key of this project; expected one of adopt, backend"):
-        load_stack_config("dev", ["zon=ucsd"])
+def test_unknown_stacks_are_refused():
     with pytest.raises(FileNotFoundError, match="stacks here: dev, prod"):
         load_stack_config("staging")
 
 
 def test_other_namespaces_pass_through():
     assert load_stack_config("dev", ["kubernetes:context=gpu-cluster"]).values["kubernetes:context"] == "gpu-cluster"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("job.env.UMASK=0022", "0022"),
+        ("job.env.VERSION=1.10", "1.10"),
+        ("job.gpus=0x10", "0x10"),
+        ("job.runId=2026-11-28", "2026-11-28"),
+        ("job.cpu=0.5", "0.5"),
+        ("cache.protect=yes", "yes"),
+        ("cache.protect=true", True),
+        ("job.args=[--x, 010]", ["--x", "010"]),
+        ("job.priorityClassName=~", None),
+    ],
+)
+def test_values_are_read_as_typed(text, value):
+    assert parse_assignment(text)[1] == value
+
+
+def test_stack_files_are_read_as_typed(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.t.yaml").write_text("config:\n  mlcache:job:\n    gpus: 0x10\n    env: {A: 0022, B: 1.10}\n")
+    job = load_stack_config("t", project_dir=tmp_path).values["mlcache:job"]
+    assert job == {"gpus": "0x10", "env": {"A": "0022", "B": "1.10"}}

@@ -32,27 +32,13 @@ from typing import Any
 
 import yaml
 
-from bound_cache import GPU_PRODUCT_LABEL, ZONE_LABEL, quantity_bytes
+from bound_cache import quantity_bytes
+from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, ZONE_LABEL
 from tools.mock_engine import PROJECT_DIR
 from tools.stack_config import split_path
 
-# Fields whose change the provider turns into a replacement, per kind (facts: provider/pkg/metadata).
-FORCE_NEW = {
-    "*": ("metadata.name", "metadata.namespace"),
-    "PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName"),
-    "Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
-    "StorageClass": ("parameters", "provisioner"),
-}
-# Fields Kubernetes refuses to patch although the provider would try (a failing update, not a
-# replacement, unless the program asks for replaceOnChanges).
-IMMUTABLE = {
-    "PersistentVolumeClaim": ("spec.volumeMode",),
-    "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
-}
 DATA_LOSS = "DATA LOSS"
 STRANDS = "STRANDS THE CACHE"
-BACKEND_ANNOTATION = "mlcache/backend"
-SIZE_PATH = "spec.resources.requests.storage"
 # Where this module's tools package lives: both revisions are rendered with these tools.
 TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
@@ -139,14 +125,15 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
         if not paths and previous["protect"] == obj["protect"]:
             continue
         kind = _kind(obj)
-        force_new = FORCE_NEW["*"] + FORCE_NEW.get(kind, ()) + tuple(".".join(_path_parts(p)) for p in obj["replaceOnChanges"])
+        replace_on_changes = tuple(".".join(_path_parts(p)) for p in obj["replaceOnChanges"])
+        force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + replace_on_changes
         replacing = sorted({f for p in paths for f in force_new if _under(p, f)})
         change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
         if replacing:
             change.reasons.append("changes " + ", ".join(replacing))
         elif paths:
             change.reasons.append("changes " + ", ".join(paths))
-            immutable = sorted({f for p in paths for f in IMMUTABLE.get(kind, ()) if _under(p, f)})
+            immutable = sorted({f for p in paths for f in IMMUTABLE_FIELDS.get(kind, ()) if _under(p, f)})
             if immutable:
                 change.warnings.append(f"the API server will refuse this update: {', '.join(immutable)} is immutable")
         else:

@@ -21,11 +21,12 @@ from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
+from names import PROJECT
+
 # The program to run: this checkout, or another revision of it (tools.diff renders the base
 # revision's program with this revision's tools).
 PROJECT_DIR = Path(os.environ.get("MLCACHE_PROJECT_DIR") or Path(__file__).resolve().parent.parent).resolve()
 PROGRAM = PROJECT_DIR / "__main__.py"
-PROJECT = "mlcache"
 # Kinds the provider defaults into the kubeconfig's namespace when metadata.namespace is unset.
 CLUSTER_SCOPED_KINDS = {"StorageClass", "Namespace", "PersistentVolume", "PriorityClass"}
 DEFAULT_NAMESPACE = "default"

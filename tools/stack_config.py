@@ -15,15 +15,30 @@ from typing import Any
 
 import yaml
 
-from tools.mock_engine import PROJECT, PROJECT_DIR
+from names import PROJECT
+from tools.mock_engine import PROJECT_DIR
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
 SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
 _PATH_PART = re.compile(r'\.?([^.\[\]]+)|\[(\d+)\]|\["([^"]+)"\]')
 
 
-class UnknownKeyError(ValueError):
-    """A key in the project's namespace that Pulumi.yaml does not declare (a typo, usually)."""
+class AsTypedLoader(yaml.SafeLoader):
+    """YAML as the user typed it: plain scalars stay strings, except YAML 1.2's true/false and null.
+
+    PyYAML's YAML 1.1 resolvers would turn `0022` into 18, `1.10` into 1.1, `0x10` into 16,
+    `2026-11-28` into a date and `yes` into true; each setting's kind decides instead what
+    its text means (settings.py).
+    """
+
+
+AsTypedLoader.yaml_implicit_resolvers = {}
+AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=AsTypedLoader)
 
 
 @dataclass
@@ -118,11 +133,11 @@ def _strip_secure(value: Any) -> tuple[Any, bool]:
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """KEY=VALUE, VALUE read as a YAML scalar; an empty VALUE means "unset" (None)."""
+    """KEY=VALUE, VALUE read as YAML, as typed; an empty VALUE means "unset" (None)."""
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), (yaml.safe_load(raw) if raw != "" else None)
+    return key.strip(), (load_yaml(raw) if raw != "" else None)
 
 
 def load_stack_config(
@@ -131,10 +146,10 @@ def load_stack_config(
     stack_file = project_dir / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():
         raise FileNotFoundError(f"no stack file {stack_file.name}; stacks here: {', '.join(stack_names(project_dir))}")
-    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text()) or {}
+    project = load_yaml((project_dir / "Pulumi.yaml").read_text()) or {}
     declared = project.get("config") or {}
     defaults = {full_key(key): decl["default"] for key, decl in declared.items() if isinstance(decl, dict) and "default" in decl}
-    stack_layer = dict((yaml.safe_load(stack_file.read_text()) or {}).get("config") or {})
+    stack_layer = dict((load_yaml(stack_file.read_text()) or {}).get("config") or {})
     secret_keys: set[str] = set()
     for key, value in list(stack_layer.items()):
         stack_layer[key], secure = _strip_secure(value)
@@ -153,10 +168,5 @@ def load_stack_config(
             raise ValueError("expected KEY=VALUE for --secret (the value is not shown)")
         _set_path(stack_layer, key, value)
         secret_keys.add(full_key(key).split(".")[0].split("[")[0])
-    values = {**defaults, **stack_layer}
-    known = {full_key(key) for key in declared}
-    for key in values:
-        if key.startswith(f"{PROJECT}:") and key not in known:
-            names = ", ".join(sorted(k.partition(":")[2] for k in known))
-            raise UnknownKeyError(f"invalid config {key}: not a key of this project; expected one of {names}")
-    return StackConfig(values=values, secret_keys=secret_keys)
+    # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
+    return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)

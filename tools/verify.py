@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bound_cache import has_taint, pinned_node_names, ready_condition
+from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-LINSTOR_NAMESPACE = "piraeus-datastore"
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -258,7 +256,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} deploy/linstor-controller -- linstor resource list -r {volume}",
+                f"kubectl exec -n {LINSTOR_NAMESPACE} {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}",
             )
         )
     return findings

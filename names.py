@@ -1,0 +1,72 @@
+"""Every name shared between the program, its tools and the policy pack, declared once.
+
+Labels and annotation keys, namespaces and drivers of the systems mlcache drives, the names
+mlcache gives its own objects and mount points, and the replace rules (which field changes
+make the engine replace an object, which ones Kubernetes refuses to patch). A leaf module: it
+imports nothing of the project, so settings, components and tools can all use it. The policy
+pack (policy/, which cannot import the program) repeats a few of these; tests/test_names.py
+pins its copies to this module.
+"""
+
+from __future__ import annotations
+
+PROJECT = "mlcache"
+
+# Node labels (well-known Kubernetes labels and NVIDIA's GPU feature discovery).
+ZONE_LABEL = "topology.kubernetes.io/zone"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+
+# Labels on every object mlcache creates, and on every pod that mounts the cache (the ingress
+# NetworkPolicy selects those pods by them).
+LABELS = {"app.kubernetes.io/part-of": PROJECT, "app.kubernetes.io/managed-by": "pulumi"}
+POD_LABELS = {"app.kubernetes.io/part-of": PROJECT}
+# The run a training pod belongs to (value: the Job's name).
+RUN_LABEL = "mlcache/job"
+
+# Where the storage settings put the cache, on the PVC: the policy pack checks that every pod
+# mounting it is pinned to the same zone.
+BACKEND_ANNOTATION = "mlcache/backend"
+ZONE_ANNOTATION = "mlcache/zone"
+# Provider annotation: do not wait for readiness (exactly the string "true").
+SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+
+# LINSTOR (piraeus operator v2) and the CSI driver.
+LINSTOR_PROVISIONER = "linstor.csi.linbit.com"
+LINSTOR_PARAMETER_PREFIX = "linstor.csi.linbit.com/"
+LINSTOR_NAMESPACE = "piraeus-datastore"
+LINSTOR_CONTROLLER = "deploy/linstor-controller"
+
+# Objects mlcache names itself (the rest are named by settings).
+SCRIPTS_CONFIG_MAP = "mlcache-scripts"
+INGRESS_POLICY = "mlcache-deny-ingress"
+
+
+def hub_secret_name(job_name: str) -> str:
+    return f"{job_name}-hub-tokens"
+
+
+def benchmark_job_name(job_name: str) -> str:
+    return f"{job_name}-storage-bench"
+
+
+# Mount points of the pods that mount the cache: cache.mountPath and cache.devicePath must stay
+# clear of them (a collision is a pod the API server refuses, or a mount that hides another).
+SCRATCH_PATH = "/tmp"
+SHM_PATH = "/dev/shm"
+SCRIPTS_PATH = "/opt/mlcache"
+POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH)
+
+# Fields whose change the provider turns into a replacement, per kind (provider/pkg/metadata).
+PROVIDER_REPLACES = {
+    "*": ("metadata.name", "metadata.namespace"),
+    "PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName", "spec.volumeName"),
+    "Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+    "StorageClass": ("parameters", "provisioner"),
+}
+# Fields Kubernetes refuses to patch although the provider would try: the components ask for a
+# replacement (replaceOnChanges) on exactly these; tools.diff warns when one changes without it.
+IMMUTABLE_FIELDS = {
+    "PersistentVolumeClaim": ("spec.volumeMode",),
+    "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
+}
