@@ -6,6 +6,7 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 
 import pulumi
 
+from bound_cache import guard_bound_cache
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
@@ -19,6 +20,10 @@ from settings import load_settings, read_tokens
 
 settings = load_settings()
 
+# Day 2: read the live cache and refuse, before anything is registered, a change of placement or
+# size that its bound volume cannot take (docs/day2.md).
+live_cache = guard_bound_cache(settings)
+
 storage_class = (
     LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt) if settings.manages_storage_class else None
 )
@@ -29,9 +34,10 @@ cache = CacheVolume(
     storage_class_name=settings.storage_class_name,
     namespace=settings.namespace,
     backend=settings.backend,
-    zone=settings.zone,
+    placement=settings.placement,
     storage_class=storage_class.storage_class if storage_class else None,
     adopt=settings.adopt,
+    claim_unbound=live_cache.unbound,
 )
 
 # The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).

@@ -20,16 +20,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-ZONE_LABEL = "topology.kubernetes.io/zone"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-# Kubernetes' own marker for "this node is shut down" (non-graceful node shutdown), set by an
-# admin who checked: the only proof of a dead node short of its Node object being deleted.
-OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
-UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
-# On the cache PVC: the placement it was created for. Written at creation, then ignored
-# (ignore_changes) unless cache.relocate is on, when a change of it re-creates the claim.
-PLACEMENT_ANNOTATION = "mlcache/placement"
+from names import GPU_PRODUCT_LABEL, PLACEMENT_ANNOTATION, ZONE_LABEL
+from schema import parse_quantity
+
+# Zone of a placement record created unpinned.
 ANY_ZONE = "*"
 
 
@@ -152,20 +146,10 @@ def describe_node(node: Mapping) -> str:
 
 # --- quantities -------------------------------------------------------------------------------
 
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
-
 
 def quantity_bytes(text: str | None) -> Decimal | None:
     """A storage quantity as the API returns it ("500Gi", "1T", "536870912000"); None if absent."""
-    if not text:
-        return None
-    text = str(text)
-    for suffixes in (_BINARY, _DECIMAL):
-        for suffix, factor in suffixes.items():
-            if text.endswith(suffix):
-                return Decimal(text[: -len(suffix)]) * factor
-    return Decimal(text)
+    return parse_quantity(str(text)) if text else None
 
 
 # --- the guard --------------------------------------------------------------------------------

@@ -7,13 +7,25 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from bound_cache import PlacementRecord
 from components.common import adoption_options, constructor_kwargs, metadata
-from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, SKIP_AWAIT, ZONE_ANNOTATION
-from settings import CacheSettings
+from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, PLACEMENT_ANNOTATION, SKIP_AWAIT, ZONE_ANNOTATION
+from settings import CacheSettings, Placement
 
 # Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
 # replacement field and would try (and fail) to patch it in place.
 REPLACE_ON_CHANGES = list(IMMUTABLE_FIELDS["PersistentVolumeClaim"])
+# The placement record (docs/day2.md): kept as created, or, with cache.relocate, a replacement
+# when it changes, as when the size changes (the claim is re-created at the new size).
+PLACEMENT_PATH = f'metadata.annotations["{PLACEMENT_ANNOTATION}"]'
+SIZE_PATH = "spec.resources.requests.storage"
+RELOCATE_REPLACES = [PLACEMENT_PATH, SIZE_PATH]
+
+RELOCATE_WARNING = (
+    "cache.relocate is true: a change of zone, GPU product, pinning or cache.size re-creates the cache "
+    "(DATA LOSS) instead of being refused or expanded in place. Once the cache has moved, set it back: "
+    "pulumi config set --path mlcache:cache.relocate false"
+)
 
 # The name of the cache in every pod spec that mounts it.
 CACHE_VOLUME = "cache"
@@ -25,12 +37,17 @@ ROOK_CEPH_WARNING = (
 )
 
 
+def placement_record(placement: Placement) -> PlacementRecord:
+    return PlacementRecord(zone=placement.zone, gpu_product=placement.gpu_product)
+
+
 def pvc_manifest(
-    cache: CacheSettings, storage_class_name: str, namespace: str | None, backend: str, zone: str | None
+    cache: CacheSettings, storage_class_name: str, namespace: str | None, backend: str, placement: Placement
 ) -> dict[str, Any]:
     annotations = {BACKEND_ANNOTATION: backend}
-    if zone:
-        annotations[ZONE_ANNOTATION] = zone
+    if placement.zone:
+        annotations[ZONE_ANNOTATION] = placement.zone
+    annotations[PLACEMENT_ANNOTATION] = placement_record(placement).text()
     if backend == "linstor":
         # A WaitForFirstConsumer claim stays Pending until the training pod lands: do not let the
         # provider wait for Bound (it only skips that wait itself when it can read the class).
@@ -66,16 +83,25 @@ def pvc_options(
     storage_class: pulumi.Resource | None,
     namespace: str | None,
     adopt: bool,
+    claim_unbound: bool = False,
 ) -> pulumi.ResourceOptions:
+    """`claim_unbound`: the live claim is known absent or not bound (the bound-cache guard read
+    it), so no volume pins it yet and its placement record may follow the config."""
+    adoption = adoption_options(f"{namespace}/{cache.name}", adopt)
+    # While adopting, every annotation is ignored already (the record is written by the next up).
+    ignored = adoption.pop("ignore_changes", [])
+    if not adopt and not cache.relocate and not claim_unbound:
+        ignored.append(PLACEMENT_PATH)
     return pulumi.ResourceOptions(
-        **adoption_options(f"{namespace}/{cache.name}", adopt),
+        **adoption,
         parent=parent,
         # A plain edge, not an output reference: replacing the class must not cascade into
         # replacing (and wiping) the cache.
         depends_on=[storage_class] if storage_class is not None else [],
         protect=cache.protect,
         delete_before_replace=True,
-        replace_on_changes=REPLACE_ON_CHANGES,
+        replace_on_changes=REPLACE_ON_CHANGES + (RELOCATE_REPLACES if cache.relocate else []),
+        ignore_changes=ignored,
     )
 
 
@@ -90,18 +116,20 @@ class CacheVolume(pulumi.ComponentResource):
         storage_class_name: str,
         namespace: str | None,
         backend: str,
-        zone: str | None,
+        placement: Placement,
         storage_class: pulumi.Resource | None = None,
         adopt: bool = False,
+        claim_unbound: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
-        manifest = pvc_manifest(cache, storage_class_name, namespace, backend, zone)
-        self.pvc = k8s.core.v1.PersistentVolumeClaim(
-            f"{name}-pvc", opts=pvc_options(self, cache, storage_class, namespace, adopt), **constructor_kwargs(manifest)
-        )
+        manifest = pvc_manifest(cache, storage_class_name, namespace, backend, placement)
+        options = pvc_options(self, cache, storage_class, namespace, adopt, claim_unbound)
+        self.pvc = k8s.core.v1.PersistentVolumeClaim(f"{name}-pvc", opts=options, **constructor_kwargs(manifest))
         if backend != "linstor":
             pulumi.log.warn(ROOK_CEPH_WARNING, resource=self)
+        if cache.relocate:
+            pulumi.log.warn(RELOCATE_WARNING, resource=self)
         self.claim_name = self.pvc.metadata.name
         self.namespace = self.pvc.metadata.namespace
         self.register_outputs({"claim_name": self.claim_name, "namespace": self.namespace})

@@ -117,6 +117,23 @@ def test_a_placement_change_that_recreates_the_cache_does_not_strand_it():
     assert not [w for w in _warnings(_plan(("backend=rook-ceph",), ("backend=rook-ceph", "zone=ucsd")), "Job") if STRANDS in w]
 
 
+def test_relocate_in_the_same_change_recreates_the_cache_instead_of_stranding_it():
+    changes = _plan((), ("zone=sdsu", "cache.relocate=true", "cache.protect=false"), stack="prod")
+    assert _actions(changes) == {"PersistentVolumeClaim": "replace", "Job": "replace"}
+    pvc = next(c for c in changes if c.label.startswith("PersistentVolumeClaim"))
+    assert pvc.data_loss and "mlcache/placement" in pvc.reasons[0]
+    assert not [w for c in changes for w in c.warnings if w.startswith(STRANDS)]
+    blocked = _plan((), ("zone=sdsu", "cache.relocate=true"), stack="prod")
+    assert any("BLOCKED" in w for w in _warnings(blocked, "PersistentVolumeClaim"))
+
+
+def test_relocate_on_or_off_alone_changes_nothing_and_left_on_a_growth_recreates():
+    assert _plan((), ("cache.relocate=true",)) == []
+    assert _plan(("zone=ucsd", "cache.relocate=true"), ("zone=ucsd",)) == []
+    grown = _plan(("cache.relocate=true",), ("cache.relocate=true", "cache.size=200Gi"))
+    assert _actions(grown)["PersistentVolumeClaim"] == "replace" and any(c.data_loss for c in grown)
+
+
 def test_other_job_changes_do_not_strand_the_cache():
     assert not [w for w in _warnings(_plan((), ("job.gpus=8",)), "Job") if w.startswith(STRANDS)]
 

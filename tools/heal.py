@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bound_cache import OUT_OF_SERVICE_TAINT, get, has_taint, is_ready, pinned_node_names
+from bound_cache import get, has_taint, is_ready, pinned_node_names
+from names import OUT_OF_SERVICE_TAINT
 from tools.verify import Expectation, Snapshot
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone

@@ -113,6 +113,7 @@ def summary(run: ProgramRun) -> str:
             "protect": r.protect,
             "deleteBeforeReplace": r.delete_before_replace,
             "replaceOnChanges": r.replace_on_changes,
+            "ignoreChanges": r.ignore_changes,
             "dependsOn": extra_deps,
             "propertyDependencies": property_deps,
             "customTimeouts": r.custom_timeouts,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bound_cache import has_taint, pinned_node_names, ready_condition
-from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
+from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, OUT_OF_SERVICE_TAINT, ZONE_LABEL
 
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
@@ -111,7 +111,7 @@ def lost_volume_node(snapshot: Snapshot) -> tuple[str, str] | None:
         return None
     since = condition.get("lastTransitionTime") or "?"
     reason = "the kubelet stopped reporting" if condition.get("status") == "Unknown" else condition.get("reason") or "NotReady"
-    marked = ", marked out-of-service" if has_taint(node, "node.kubernetes.io/out-of-service") else ""
+    marked = ", marked out-of-service" if has_taint(node, OUT_OF_SERVICE_TAINT) else ""
     return name, f"NotReady (Ready={condition.get('status')} since {since}: {reason}{marked})"
 
 
