@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from kubernetes import client, config  # noqa: PLC0415
 
     from tools.render import RENDER_ERRORS, render  # noqa: PLC0415
-    from tools.verify import expectation_of  # noqa: PLC0415
+    from tools.verify import expectation_from_outputs  # noqa: PLC0415
 
     try:
         config.load_kube_config(context=args.context)
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     except RENDER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    expect = expectation_of(args.stack, run, stack_config, (active or {}).get("context", {}).get("namespace") or "default")
+    namespace = stack_config.values.get("mlcache:namespace") or (active or {}).get("context", {}).get("namespace") or "default"
+    expect = expectation_from_outputs(run.outputs, namespace, args.stack)
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
     api = client.ApiClient()
     core = client.CoreV1Api(api)

@@ -17,11 +17,22 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from bound_cache import has_taint, pinned_node_names, ready_condition
-from names import HOSTNAME_LABEL, LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, OUT_OF_SERVICE_TAINT, ZONE_LABEL
+from names import (
+    GPU_PRODUCT_LABEL,
+    HOSTNAME_LABEL,
+    LINSTOR_CONTROLLER,
+    LINSTOR_NAMESPACE,
+    OUT_OF_SERVICE_TAINT,
+    ZONE_LABEL,
+)
 
+# Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
+STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -46,6 +57,10 @@ class Snapshot:
     pv: dict | None = None
     pods: list[dict] = field(default_factory=list)
     nodes: dict[str, dict] = field(default_factory=dict)
+    # Every pod bound to a node, any namespace (who holds the GPUs), and the events of the
+    # stack's namespace (the scheduler's FailedScheduling verdicts): optional, for the reasons.
+    bound_pods: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,38 @@ def node_satisfies(node: dict, constraints: dict[str, set[str]]) -> bool:
     return True
 
 
-def scheduling_message(pod: dict) -> str | None:
+def event_time(event: dict) -> datetime:
+    """When an event (core/v1 or events.k8s.io shape) was last seen."""
+    stamp = (
+        _get(event, "series", "lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or _get(event, "metadata", "creationTimestamp")
+    )
+    if isinstance(stamp, datetime):
+        return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+    return datetime.fromisoformat(stamp) if stamp else datetime.min.replace(tzinfo=UTC)
+
+
+def events_about(obj: dict, events: list[dict], reason: str) -> list[dict]:
+    """Events with this reason about this object, oldest first."""
+    name, uid = _get(obj, "metadata", "name"), _get(obj, "metadata", "uid")
+    found = [
+        event
+        for event in events
+        if event.get("reason") == reason
+        and _get(event, "involvedObject", "name") == name
+        and (uid is None or _get(event, "involvedObject", "uid") in (None, uid))
+    ]
+    return sorted(found, key=event_time)
+
+
+def scheduling_message(pod: dict, events: list[dict] = ()) -> str | None:
+    """The scheduler's own reason a pod is not placed: its latest FailedScheduling event, else
+    the PodScheduled condition it wrote."""
+    failed = events_about(pod, list(events), "FailedScheduling")
+    if failed and not _get(pod, "spec", "nodeName"):
+        return failed[-1].get("message") or failed[-1].get("note")
     for condition in _get(pod, "status", "conditions") or []:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return condition.get("message") or condition.get("reason") or "unschedulable"
@@ -133,20 +179,236 @@ def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, 
     )
 
 
+def _requirement_holds(labels: dict[str, str], expression: dict) -> bool:
+    value, values = labels.get(expression.get("key")), expression.get("values") or []
+    operator = expression.get("operator")
+    if operator == "In":
+        return value in values
+    if operator == "NotIn":
+        return value not in values
+    if operator == "Exists":
+        return value is not None
+    if operator == "DoesNotExist":
+        return value is None
+    if operator in ("Gt", "Lt") and value is not None and values:
+        try:
+            return int(value) > int(values[0]) if operator == "Gt" else int(value) < int(values[0])
+        except ValueError:
+            return False
+    return False
+
+
+def term_matches(node: dict, term: dict) -> bool:
+    """A node selector term as the scheduler reads it: expressions ANDed, on labels and fields."""
+    labels = _get(node, "metadata", "labels") or {}
+    fields = {"metadata.name": _get(node, "metadata", "name")}
+    return all(_requirement_holds(labels, e) for e in term.get("matchExpressions") or []) and all(
+        _requirement_holds(fields, e) for e in term.get("matchFields") or []
+    )
+
+
+def selector_matches(node: dict, terms: list[dict]) -> bool:
+    """Node selector terms are ORed; no terms means any node."""
+    return not terms or any(term_matches(node, term) for term in terms)
+
+
+def pod_node_terms(pod: dict) -> list[dict]:
+    return (
+        _get(pod, "spec", "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms") or []
+    )
+
+
+def pod_fits_labels(pod: dict, node: dict, ignore: set[str] = frozenset()) -> bool:
+    """Whether the pod's nodeSelector and required node affinity admit the node (keys in
+    `ignore` left out, e.g. the zone, to ask "where else would it fit")."""
+    labels = _get(node, "metadata", "labels") or {}
+    selector = _get(pod, "spec", "nodeSelector") or {}
+    if any(labels.get(key) != value for key, value in selector.items() if key not in ignore):
+        return False
+    terms = [
+        {**term, "matchExpressions": [e for e in term.get("matchExpressions") or [] if e.get("key") not in ignore]}
+        for term in pod_node_terms(pod)
+    ]
+    return selector_matches(node, terms)
+
+
+def quantity(value: Any) -> Decimal:
+    from kubernetes.utils.quantity import parse_quantity  # noqa: PLC0415  (imports the client: only when needed)
+
+    return parse_quantity(value)
+
+
+def pod_requests(pod: dict) -> dict[str, Decimal]:
+    """What the scheduler counts for a pod: the sum over its containers, or the largest init
+    container's request if that is more."""
+    total: dict[str, Decimal] = {}
+    for container in _get(pod, "spec", "containers") or []:
+        for name, value in (_get(container, "resources", "requests") or {}).items():
+            total[name] = total.get(name, Decimal(0)) + quantity(value)
+    for container in _get(pod, "spec", "initContainers") or []:
+        for name, value in (_get(container, "resources", "requests") or {}).items():
+            total[name] = max(total.get(name, Decimal(0)), quantity(value))
+    return total
+
+
+def pods_on(node_name: str, bound_pods: list[dict]) -> list[dict]:
+    """Pods that hold resources on the node (bound, not finished)."""
+    return [
+        p
+        for p in bound_pods
+        if _get(p, "spec", "nodeName") == node_name and _get(p, "status", "phase") not in ("Succeeded", "Failed")
+    ]
+
+
+def free_on(node: dict, bound_pods: list[dict]) -> dict[str, Decimal]:
+    """Allocatable minus what the pods on the node request."""
+    free = {name: quantity(value) for name, value in (_get(node, "status", "allocatable") or {}).items()}
+    for pod in pods_on(_get(node, "metadata", "name"), bound_pods):
+        for name, value in pod_requests(pod).items():
+            if name in free:
+                free[name] -= value
+    return free
+
+
+def _amount(value: Decimal) -> str:
+    return str(int(value)) if value == value.to_integral_value() else str(value)
+
+
+def _pod_label(pod: dict) -> str:
+    return f"{_get(pod, 'metadata', 'namespace') or 'default'}/{_get(pod, 'metadata', 'name')}"
+
+
+def volume_nodes(pv: dict, nodes: dict[str, dict]) -> list[str] | None:
+    """Nodes the PV's required node affinity admits, or None when it has none (network storage)."""
+    terms = _get(pv, "spec", "nodeAffinity", "required", "nodeSelectorTerms")
+    if not terms:
+        return None
+    return sorted(name for name, node in nodes.items() if selector_matches(node, terms))
+
+
+def mounts_claim(pod: dict, claim: str) -> bool:
+    return any(_get(v, "persistentVolumeClaim", "claimName") == claim for v in _get(pod, "spec", "volumes") or [])
+
+
+def _wants_gpu(pod: dict) -> bool:
+    requests_gpu = any(r not in STANDARD_RESOURCES for r in pod_requests(pod))
+    return requests_gpu or any(
+        e.get("key") == GPU_PRODUCT_LABEL for t in pod_node_terms(pod) for e in t.get("matchExpressions") or []
+    )
+
+
+def stranded_volume(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple[str, str]:
+    """Why a volume node affinity conflict: where the volume is, who put it there, what that
+    node lacks for this pod. Returns (explanation, remedy)."""
+    remedy = (
+        "PVC bound elsewhere. Delete the PVC and let the training pod create it (runbook step 2: this deletes the cached data)"
+    )
+    where = volume_nodes(snapshot.pv, snapshot.nodes) if snapshot.pv else None
+    if not where:
+        return (
+            "the volume was created on a node (or zone) the pod cannot use",
+            remedy + ", or pin mlcache:zone to the volume's zone.",
+        )
+    explanation = "the volume is on " + ", ".join(f"{n} (zone {node_zone(snapshot.nodes[n])})" for n in where)
+    consumers = [
+        p
+        for p in snapshot.bound_pods
+        if _get(p, "spec", "nodeName") in where
+        and mounts_claim(p, expect.pvc)
+        and (_get(p, "metadata", "namespace") or expect.namespace) == expect.namespace
+    ]
+    if consumers:
+        consumer = consumers[0]
+        explanation += f", where its consumer {_pod_label(consumer)} runs"
+        if not _wants_gpu(consumer):
+            explanation += " (no GPU request, no GPU affinity: it bound the volume wherever it landed)"
+            remedy += (
+                "; benchmark with `benchmark.enabled: true`, whose pod asks for the training pod's GPUs and placement, "
+                "never with a hand-made pod"
+            )
+    needs = pod_requests(pod)
+    for node_name in where:
+        node = snapshot.nodes[node_name]
+        free = free_on(node, snapshot.bound_pods)
+        short = [
+            f"{_amount(free.get(r, Decimal(0)))} of {_amount(q)} {r} free"
+            for r, q in needs.items()
+            if free.get(r, Decimal(0)) < q
+        ]
+        if not pod_fits_labels(pod, node, ignore={ZONE_LABEL}):
+            product = (_get(node, "metadata", "labels") or {}).get(GPU_PRODUCT_LABEL, "none")
+            explanation += f"; {node_name} does not match the pod's node affinity ({GPU_PRODUCT_LABEL}={product})"
+        elif short:
+            explanation += f"; {node_name} has {', '.join(short)}"
+        elif not pod_fits_labels(pod, node):
+            remedy += f", or pin mlcache:zone={node_zone(node)} to keep the data ({node_name} has room)"
+    return explanation, remedy + "."
+
+
+def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple[str, str] | None:
+    """When the nodes the pod may use lack an extended resource (GPUs): who holds it, and where
+    else the pod would fit. None without node allocatable data (a plain snapshot)."""
+    needs = pod_requests(pod)
+    extended = {r: q for r, q in needs.items() if r not in STANDARD_RESOURCES}
+    candidates = {n: node for n, node in snapshot.nodes.items() if pod_fits_labels(pod, node)}
+    if not extended or not candidates or not any(_get(n, "status", "allocatable") for n in candidates.values()):
+        return None
+    resource, wanted = next(iter(extended.items()))
+    scope = f"zone {expect.zone}" if expect.zone else "the cluster"
+    product = next(
+        (
+            v
+            for t in pod_node_terms(pod)
+            for e in t.get("matchExpressions") or []
+            if e.get("key") == GPU_PRODUCT_LABEL
+            for v in e.get("values") or []
+        ),
+        None,
+    )
+    described, best = [], Decimal(0)
+    for node_name in sorted(candidates):
+        node = candidates[node_name]
+        allocatable = quantity((_get(node, "status", "allocatable") or {}).get(resource, 0))
+        free = free_on(node, snapshot.bound_pods).get(resource, Decimal(0))
+        best = max(best, free)
+        holders = [
+            f"{_pod_label(p)} {_amount(pod_requests(p)[resource])}"
+            for p in pods_on(node_name, snapshot.bound_pods)
+            if pod_requests(p).get(resource)
+        ]
+        held = f" (held by {', '.join(holders)})" if holders else ""
+        described.append(f"{node_name} {_amount(free)}/{_amount(allocatable)} free{held}")
+    what = f"{product} " if product else ""
+    explanation = (
+        f"{scope}'s {what}{resource} capacity is taken: {'; '.join(described)}; the pod needs {_amount(wanted)} on one node"
+    )
+    elsewhere = []
+    for node_name, node in sorted(snapshot.nodes.items()):
+        if node_name in candidates or not pod_fits_labels(pod, node, ignore={ZONE_LABEL}):
+            continue
+        free = free_on(node, snapshot.bound_pods)
+        if all(free.get(r, Decimal(0)) >= q for r, q in needs.items()):
+            elsewhere.append((node_zone(node), node_name, free.get(resource, Decimal(0))))
+    fixes = [f"free {resource} in {scope} (the pods holding it above)"]
+    if 0 < best < wanted:
+        fixes.append(f"lower job.gpus to {_amount(best)} (the most free on one node)")
+    if expect.zone and elsewhere:
+        zones = {}
+        for zone, node_name, free in elsewhere:
+            zones.setdefault(zone, f"{node_name}: {_amount(free)} free")
+        fixes.append("pin a zone with room: " + ", ".join(f"mlcache:zone={z} ({n})" for z, n in sorted(zones.items())))
+        fixes.append("or unset mlcache:zone to let the scheduler choose")
+    return explanation, "; ".join(fixes)
+
+
 def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
     name = _get(pod, "metadata", "name")
-    message = scheduling_message(pod) or "not scheduled yet"
+    message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
     if lost_volume_node(snapshot):
         return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message} (see node loss)")
     if "volume node affinity conflict" in message:
-        return Finding(
-            FAIL,
-            "pod scheduling",
-            f"pod {name} is Pending: {message}",
-            "the volume was created on a node (or zone) the pod cannot use (PVC bound elsewhere). "
-            "Delete the PVC and let the training pod create it (runbook step 2: this deletes the cached data), "
-            "or pin mlcache:zone to the volume's zone.",
-        )
+        explanation, remedy = stranded_volume(pod, expect, snapshot)
+        return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
     if expect.zone and not any(node_zone(n) == expect.zone for n in snapshot.nodes.values()):
         return Finding(
             FAIL,
@@ -155,6 +417,10 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
             f"no nodes in the requested zone: check `kubectl get nodes -l {ZONE_LABEL}={expect.zone}`, "
             "fix mlcache:zone, or unset it to let the scheduler choose.",
         )
+    shortage = capacity_shortage(pod, expect, snapshot) if "Insufficient" in message else None
+    if shortage:
+        explanation, remedy = shortage
+        return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
     if "Insufficient" in message or "didn't match" in message:
         return Finding(
             FAIL,
@@ -275,20 +541,18 @@ def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Ex
     from tools.render import render  # noqa: PLC0415  (runs the program: only the CLI needs it)
 
     run, config = render(stack, overrides, [])
-    return expectation_of(stack, run, config, kube_namespace)
+    return expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace, stack)
 
 
-def expectation_of(stack: str, run: Any, config: Any, kube_namespace: str) -> Expectation:
-    """What a rendered stack asks for (tools.render's ProgramRun and StackConfig)."""
-    outputs = run.outputs
-    namespace = config.values.get("mlcache:namespace") or kube_namespace
+def expectation_from_outputs(outputs: dict[str, Any], namespace: str, stack: str = "STACK") -> Expectation:
+    """What the stack asked for, from its outputs (`pulumi stack output`, or the mock engine's)."""
     return Expectation(
         pvc=outputs["pvcName"],
         namespace=namespace,
         storage_class=outputs["storageClass"],
         backend=outputs["backend"],
         zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
-        job=outputs["jobName"],
+        job=outputs.get("jobName"),
         stack=stack,
     )
 
@@ -309,7 +573,9 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     if expect.job:
         pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}").items)
     nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node().items)}
-    return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes)
+    bound = serialize(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=").items)
+    events = serialize(core.list_namespaced_event(expect.namespace).items)
+    return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,15 @@
-"""The real engine: the pulumi CLI, the Kubernetes provider and a local kube-apiserver, all built
-by scripts/build-engine. Without them every test here is skipped with the reason printed; with
-MLCACHE_REQUIRE_ENGINE=1 (as .ci/run sets it) a missing toolchain is a failure instead."""
+"""The real engine: the pulumi CLI, the Kubernetes provider and the rehearsal cluster
+(scripts/local-cluster: control plane, scheduler, kwok nodes, provisioner stand-ins), all built by
+scripts/build-engine. Without them every test here is skipped with the reason printed; with
+MLCACHE_REQUIRE_ENGINE=1 (as .ci/run sets it) a missing toolchain is a failure instead.
+
+Fixtures for other suites:
+  `cluster_factory` starts a rehearsal cluster on a fleet file: `cluster_factory(fleet=PATH)` ->
+      Cluster (kubeconfig, api client, kill_node); stopped at the end of the session.
+  `cluster` / `kube`: one shared cluster on fleets/runbook.yaml, and its kubernetes ApiClient
+      (namespace ml-training created).
+  `engine`: the pulumi CLI and provider wired to the shared cluster (Engine.project(...)).
+"""
 
 from __future__ import annotations
 
@@ -8,25 +17,58 @@ import json
 import os
 import shutil
 import subprocess
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tools.rehearse import PROVIDER_VERSION, Rehearsal, SetupError, UpFailed, find_toolchain, stderr_progress, up_stack
+
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(
     os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
 )
-PROVIDER_VERSION = "4.34.2"
 PASSPHRASE = "mlcache-integration-tests"
+
+
+def wait_for(probe: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll `probe` until it returns something truthy (returned); fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached after {timeout} s")
+        time.sleep(0.2)
 
 
 def _binary(pattern: str) -> Path | None:
     found = sorted(CACHE.glob(pattern))
     return found[-1] if found else None
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def rehearsal(request):
+    """A fresh rehearsal cluster, deployed to through tools.rehearse (the same code path as
+    `python -m tools.rehearse`): the runbook's fleet, or what a test passes with
+    `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`."""
+    try:
+        toolchain = find_toolchain()
+    except SetupError as err:
+        _missing(str(err))
+    options = getattr(request, "param", {})
+    with Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()) as cluster:
+        yield cluster
 
 
 def toolchain() -> dict[str, Path]:
@@ -36,14 +78,14 @@ def toolchain() -> dict[str, Path]:
         "provider": f"provider-{PROVIDER_VERSION}-*/pulumi-resource-kubernetes",
         "etcd": "etcd-*/etcd",
         "apiserver": "apiserver-*/kube-apiserver",
+        "scheduler": "apiserver-*/kube-scheduler",
+        "kwok": "kwok-*/kwok",
+        "provisioner": "provisioner-*/mlcache-provisioner",
     }
     found = {name: _binary(pattern) for name, pattern in wanted.items()}
     missing = [name for name, path in found.items() if path is None]
     if missing:
-        reason = f"real-engine toolchain missing in {CACHE} ({', '.join(missing)}): run scripts/build-engine"
-        if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        _missing(f"real-engine toolchain missing in {CACHE} ({', '.join(missing)}): run scripts/build-engine")
     return found
 
 
@@ -94,7 +136,15 @@ class Project:
         self.pulumi("config", "set", "--path", f"mlcache:{key}", value, stack=stack)
 
     def up(self, stack: str, check: bool = True) -> subprocess.CompletedProcess:
-        return self.pulumi("up", "--yes", "--skip-preview", stack=stack, check=check)
+        """`pulumi up` the way tools.rehearse deploys (the Automation API, tools.rehearse.up_stack)."""
+        bin_dir = Path(shutil.which("pulumi", path=self.env["PATH"])).parent
+        try:
+            outputs = up_stack(self.directory, stack, self.env, bin_dir)
+        except UpFailed as err:
+            if check:
+                raise AssertionError(f"pulumi up failed:\n{err}") from None
+            return subprocess.CompletedProcess(["pulumi", "up"], 1, "", str(err))
+        return subprocess.CompletedProcess(["pulumi", "up"], 0, json.dumps(outputs), "")
 
     def preview_ops(self, stack: str) -> dict[str, str]:
         """Kubernetes kind -> step op of a `pulumi preview --json` (changed objects only)."""
@@ -114,12 +164,74 @@ class Project:
         self.pulumi("destroy", "--yes", "--skip-preview", stack=stack)
 
 
+@dataclass
+class Cluster:
+    """A running rehearsal cluster (scripts/local-cluster) and a client logged in to it."""
+
+    directory: Path
+    fleet: Path
+    api: object = field(repr=False)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    def kill_node(self, node: str, wait: bool = True) -> subprocess.CompletedProcess:
+        """kwok stops managing the node: it goes NotReady as a dead machine does."""
+        args = [str(ROOT / "scripts" / "local-cluster"), "kill-node", str(self.directory), node]
+        return subprocess.run([*args] if wait else [*args, "--no-wait"], check=True, capture_output=True, text=True, timeout=120)
+
+    def stop(self) -> None:
+        subprocess.run([str(ROOT / "scripts" / "local-cluster"), "stop", str(self.directory)], check=False, timeout=60)
+
+
+def start_cluster(directory: Path, fleet: Path = ROOT / "fleets" / "runbook.yaml", *extra: str) -> Cluster:
+    """Start a rehearsal cluster in `directory` on `fleet`; returns once its nodes are Ready."""
+    from kubernetes import client, config  # noqa: PLC0415
+
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "local-cluster"), "start", str(directory), "--fleet", str(fleet), *extra],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    if result.returncode != 0:
+        subprocess.run([str(ROOT / "scripts" / "local-cluster"), "stop", str(directory)], check=False, timeout=60)
+        raise AssertionError(f"scripts/local-cluster start failed:\n{result.stderr[-3000:]}")
+    api = config.new_client_from_config(config_file=str(directory / "kubeconfig"))
+    core = client.CoreV1Api(api)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ml-training")))
+    # Pods need the namespace's default service account (made by the serviceaccount controller).
+    wait_for(lambda: core.list_namespaced_service_account("ml-training").items, 30, "ml-training/default service account")
+    return Cluster(directory=directory, fleet=fleet, api=api)
+
+
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory) -> Engine:
+def cluster_factory(tmp_path_factory) -> Callable[..., Cluster]:
+    """Start extra clusters (another fleet, --complete-jobs...); all are stopped at session end."""
+    toolchain()
+    started: list[Cluster] = []
+
+    def factory(fleet: Path = ROOT / "fleets" / "runbook.yaml", *extra: str) -> Cluster:
+        cluster = start_cluster(tmp_path_factory.mktemp("cluster"), fleet, *extra)
+        started.append(cluster)
+        return cluster
+
+    yield factory
+    for cluster in started:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_factory) -> Cluster:
+    """The shared rehearsal cluster on the default fleet (fleets/runbook.yaml)."""
+    return cluster_factory()
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory, cluster) -> Engine:
     tools = toolchain()
     work = tmp_path_factory.mktemp("engine")
-    cluster = work / "cluster"
-    subprocess.run([str(ROOT / "scripts" / "local-cluster"), "start", str(cluster)], check=True, timeout=120)
     bin_dir = work / "bin"
     bin_dir.mkdir()
     for tool in ("pulumi", "langhost"):
@@ -131,7 +243,7 @@ def engine(tmp_path_factory) -> Engine:
         "PULUMI_HOME": str(work / "pulumi-home"),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
-        "KUBECONFIG": str(cluster / "kubeconfig"),
+        "KUBECONFIG": str(cluster.kubeconfig),
     }
     subprocess.run(
         ["pulumi", "plugin", "install", "resource", "kubernetes", f"v{PROVIDER_VERSION}", "--file", str(tools["provider"])],
@@ -140,50 +252,13 @@ def engine(tmp_path_factory) -> Engine:
         capture_output=True,
         timeout=120,
     )
-    yield Engine(env=env, kubeconfig=cluster / "kubeconfig", work=work)
-    subprocess.run([str(ROOT / "scripts" / "local-cluster"), "stop", str(cluster)], check=False, timeout=60)
+    return Engine(env=env, kubeconfig=cluster.kubeconfig, work=work)
 
 
 @pytest.fixture(scope="session")
-def kube(engine):
-    """The kubernetes client, logged in to the local API server."""
-    from kubernetes import client, config  # noqa: PLC0415
-
-    config.load_kube_config(config_file=str(engine.kubeconfig))
-    api = client.ApiClient()
-    core = client.CoreV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ml-training")))
-    return api
-
-
-class FakeBinder:
-    """Plays the provisioner for Immediate-binding (Rook-Ceph) claims: no controller runs here,
-    so a claim on `storage_class` is marked Bound, as a real provisioner would do."""
-
-    def __init__(self, api, storage_class: str):
-        from kubernetes import client  # noqa: PLC0415
-
-        self.core = client.CoreV1Api(api)
-        self.storage_class = storage_class
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self) -> None:
-        while not self.stopped.is_set():
-            for pvc in self.core.list_persistent_volume_claim_for_all_namespaces().items:
-                if pvc.spec.storage_class_name == self.storage_class and (pvc.status.phase or "Pending") == "Pending":
-                    self.core.patch_namespaced_persistent_volume_claim_status(
-                        pvc.metadata.name, pvc.metadata.namespace, {"status": {"phase": "Bound"}}
-                    )
-            time.sleep(0.2)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopped.set()
-        self.thread.join(timeout=5)
+def kube(cluster):
+    """The kubernetes client, logged in to the shared rehearsal cluster."""
+    return cluster.api
 
 
 def rendered_objects(stack: str, overrides: tuple[str, ...] = ()) -> list[dict]:

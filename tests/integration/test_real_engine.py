@@ -1,5 +1,6 @@
-"""`pulumi up/preview/destroy` with the real CLI and Kubernetes provider against a local
-kube-apiserver: what the mock-engine tests can only assume, proven (issue: real engine in the loop)."""
+"""`pulumi up/preview/destroy` with the real CLI and Kubernetes provider against the rehearsal
+cluster (real scheduler, volume binder and provisioner stand-ins): what the mock-engine tests can
+only assume, proven (issue: real engine in the loop)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
-from tests.integration.conftest import ROOT, FakeBinder, rendered_objects
+from tests.integration.conftest import ROOT, rendered_objects, wait_for
 from tools.diff import plan
 from tools.render import as_json, render
 
@@ -46,6 +47,32 @@ def uid(api, obj: dict) -> str:
     return live(api, obj)["metadata"]["uid"]
 
 
+def placed(api, objects: dict[str, dict]) -> tuple[dict, dict]:
+    """The training pod once Running and the PV its claim is bound to (both as dicts)."""
+    core = client.CoreV1Api(api)
+    job, pvc = objects["Job"]["metadata"], objects["PersistentVolumeClaim"]["metadata"]
+
+    def running_pod():
+        pods = core.list_namespaced_pod(job["namespace"], label_selector=f"job-name={job['name']}").items
+        return next((p for p in pods if p.status.phase == "Running"), None)
+
+    def bound_volume():
+        claim = core.read_namespaced_persistent_volume_claim(pvc["name"], pvc["namespace"])
+        return claim.spec.volume_name if claim.status.phase == "Bound" else None
+
+    pod = wait_for(running_pod, 90, f"a Running pod of Job {job['name']}")
+    pv = core.read_persistent_volume(wait_for(bound_volume, 60, f"claim {pvc['name']} Bound"))
+    return api.sanitize_for_serialization(pod), api.sanitize_for_serialization(pv)
+
+
+def affinity_values(pv: dict) -> dict[str, set[str]]:
+    values: dict[str, set[str]] = {}
+    for term in ((pv["spec"].get("nodeAffinity") or {}).get("required") or {}).get("nodeSelectorTerms", []):
+        for expression in term["matchExpressions"]:
+            values.setdefault(expression["key"], set()).update(expression["values"])
+    return values
+
+
 def objects_by_kind(stack: str, *overrides: str) -> dict[str, dict]:
     return {obj["kind"]: obj for obj in rendered_objects(stack, overrides)}
 
@@ -63,14 +90,15 @@ def test_up_matches_the_offline_render_does_not_hang_and_destroy_cleans_up(engin
     project.init(stack)
     started = time.monotonic()
     project.up(stack)
-    # Nothing awaited: the WaitForFirstConsumer PVC stays Pending and the Job is not watched.
+    # Nothing awaited: the WaitForFirstConsumer PVC is not waited for and the Job is not watched.
     assert time.monotonic() - started < 120
     objects = rendered_objects(stack)
     assert {o["kind"] for o in objects} >= {"StorageClass", "PersistentVolumeClaim", "Job", "ConfigMap", "NetworkPolicy"}
     for obj in objects:
         assert_contains(obj, live(kube, obj), f"{obj['kind']}/{obj['metadata']['name']}")
-    pvc = live(kube, next(o for o in objects if o["kind"] == "PersistentVolumeClaim"))
-    assert pvc["status"]["phase"] == "Pending"
+    # The scheduler places the training pod; the claim binds to a volume on that very node.
+    pod, pv = placed(kube, {o["kind"]: o for o in objects})
+    assert affinity_values(pv) == {"linbit.com/hostname": {pod["spec"]["nodeName"]}}
     project.destroy(stack)
     assert [o["metadata"]["name"] for o in objects if live(kube, o) is not None] == []
 
@@ -140,11 +168,13 @@ def test_backend_switch_to_rook_ceph_and_back(engine, kube):
     project.up("dev")
     linstor = objects_by_kind("dev")
     project.set("dev", "backend", "rook-ceph")
-    # Rook-Ceph binds immediately and the provider waits for Bound: play the provisioner.
-    with FakeBinder(kube, "rook-ceph-block"):
-        project.up("dev")
+    # Rook-Ceph binds immediately (the cluster's rook-ceph-block class) and the provider waits for Bound.
+    project.up("dev")
     rook = objects_by_kind("dev", "backend=rook-ceph")
-    assert live(kube, rook["PersistentVolumeClaim"])["spec"]["storageClassName"] == "rook-ceph-block"
+    claim = live(kube, rook["PersistentVolumeClaim"])
+    assert claim["spec"]["storageClassName"] == "rook-ceph-block" and claim["status"]["phase"] == "Bound"
+    volume = client.CoreV1Api(kube).read_persistent_volume(claim["spec"]["volumeName"])
+    assert volume.spec.csi.driver == "rook-ceph.rbd.csi.ceph.com" and volume.spec.node_affinity is None
     assert live(kube, linstor["StorageClass"]) is None  # the stack-managed LINSTOR class is gone
     project.set("dev", "backend", "linstor")
     project.up("dev")
@@ -180,6 +210,7 @@ def test_verify_reports_the_expected_states(engine, kube):
     project = engine.project("verify")
     project.init("prod")
     project.up("prod")
+    pod, pv = placed(kube, objects_by_kind("prod"))
     result = subprocess.run(
         [str(ROOT / "venv" / "bin" / "python"), "-m", "tools.verify", "--stack", "prod"],
         cwd=ROOT,
@@ -190,7 +221,9 @@ def test_verify_reports_the_expected_states(engine, kube):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PVC uses linstor-fast-cache" in result.stdout
-    assert "PVC is Pending: expected under WaitForFirstConsumer" in result.stdout
+    assert f"PVC is Bound to {pv['metadata']['name']}" in result.stdout
+    node = pod["spec"]["nodeName"]
+    assert f"and its volume share node {node} and zone ucsd" in result.stdout
     project.destroy("prod")
 
 
