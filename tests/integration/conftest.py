@@ -47,8 +47,8 @@ def wait_for(probe: Callable[[], object], timeout: float, what: str) -> object:
 
 
 def _binary(pattern: str) -> Path | None:
-    found = sorted(CACHE.glob(pattern))
-    return found[-1] if found else None
+    found = sorted(CACHE.glob(pattern), key=lambda path: path.stat().st_mtime)
+    return found[-1] if found else None  # the most recent build
 
 
 def _missing(reason: str) -> None:
