@@ -174,7 +174,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
         if event.res_outputs_event and event.res_outputs_event.metadata.type.startswith("kubernetes:"):
             step = event.res_outputs_event.metadata
             if step.op != "same":
-                progress(f"up: {step.op} {step.type.split(':')[-1]} {step.urn.split('::')[-1]}")
+                progress(f"up: {getattr(step.op, 'value', step.op)} {step.type.split(':')[-1]} {step.urn.split('::')[-1]}")
         elif event.diagnostic_event and event.diagnostic_event.severity == "error":
             errors.append(event.diagnostic_event.message.strip())
 
