@@ -6,6 +6,11 @@ Runs `pulumi preview --refresh --expect-no-changes --json --stack STACK` (the re
 every object back from the cluster; a hand edit of a field the stack sets shows as a change),
 then names each object that differs and the fields that differ. With GITHUB_STEP_SUMMARY set
 (GitHub Actions), the same summary is appended there as Markdown.
+
+A hand edit also makes its editor (kubectl, a client) the Server-Side Apply owner of the field,
+so the provider's dry run of the stack's value conflicts and the preview would stop at the first
+such object, leaving those that depend on it unchecked. The check therefore previews with
+PULUMI_K8S_ENABLE_PATCH_FORCE=true: a preview writes nothing, and every drifted object is named.
 Exit 0 when nothing drifted, 1 on drift, 2 when the preview itself failed.
 """
 
@@ -22,6 +27,8 @@ from typing import Any
 
 # Step ops that are not changes (a refresh that found nothing, a read, an unchanged resource).
 NO_CHANGE = {"same", "read", "refresh", "discard"}
+# The provider's switch to overwrite field-ownership conflicts (pulumi-kubernetes await.patchForce).
+PATCH_FORCE = "PULUMI_K8S_ENABLE_PATCH_FORCE"
 
 
 @dataclass(frozen=True)
@@ -60,15 +67,17 @@ def summary(stack: str, drifts: list[Drift], markdown: bool = False) -> str:
         fields = ", ".join(drift.fields) or "(no field detail)"
         lines.append(f"- `{drift.label}` ({drift.op}): {fields}" if markdown else f"  {drift.op:<8} {drift.label}: {fields}")
     lines.append(
-        "Someone edited these objects outside Pulumi. `pulumi up` puts the stack's values back; or make the "
-        "edit part of the stack's config."
+        "Someone edited these objects outside Pulumi. To put the stack's values back: "
+        f"`{PATCH_FORCE}=true pulumi up --stack {stack}` (a plain `pulumi up` is refused with a Server-Side Apply "
+        "conflict while the editor owns the field); or make the edit part of the stack's config."
     )
     return "\n".join(lines) + "\n"
 
 
 def run_preview(stack: str, cwd: Path) -> tuple[int, dict[str, Any] | None, str]:
     command = ["pulumi", "preview", "--refresh", "--expect-no-changes", "--json", "--non-interactive", "--stack", stack]
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    env = {**os.environ, PATCH_FORCE: "true"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     try:
         document = json.loads(result.stdout)
     except json.JSONDecodeError:

@@ -146,18 +146,21 @@ def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api
     assert "no drift" in clean.stdout
 
     core, batch = rehearsal.core, client.BatchV1Api(rehearsal.api)
-    core.patch_namespaced_persistent_volume_claim(
-        CLAIM, namespace, {"metadata": {"labels": {"app.kubernetes.io/part-of": "someone-else"}}}
-    )
-    drifted = tool(rehearsal, "tools.drift", "--stack", "prod")
-    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
-    assert f"PersistentVolumeClaim/{CLAIM}" in drifted.stdout and "DRIFT" in drifted.stdout
-
     # A started Job's pod template (its affinity) is immutable: the API server refuses the edit.
     affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
     with pytest.raises(ApiException) as immutable:
         batch.patch_namespaced_job(JOB, namespace, {"spec": {"template": {"spec": {"affinity": affinity}}}})
     assert immutable.value.status == 422 and "immutable" in immutable.value.body
+    # Its labels are not: an edit of one the stack sets is drift.
     batch.patch_namespaced_job(JOB, namespace, {"metadata": {"labels": {"app.kubernetes.io/managed-by": "kubectl"}}})
+    job_drift = tool(rehearsal, "tools.drift", "--stack", "prod")
+    assert job_drift.returncode == 1, job_drift.stdout + job_drift.stderr
+    assert f"Job/{JOB}" in job_drift.stdout and "app.kubernetes.io/managed-by" in job_drift.stdout
+
+    # So is one of the PVC's labels; the PVC's ownership conflict does not hide the Job's drift.
+    core.patch_namespaced_persistent_volume_claim(
+        CLAIM, namespace, {"metadata": {"labels": {"app.kubernetes.io/part-of": "someone-else"}}}
+    )
     both = tool(rehearsal, "tools.drift", "--stack", "prod")
-    assert both.returncode == 1 and f"Job/{JOB}" in both.stdout and f"PersistentVolumeClaim/{CLAIM}" in both.stdout
+    assert both.returncode == 1, both.stdout + both.stderr
+    assert f"PersistentVolumeClaim/{CLAIM}" in both.stdout and f"Job/{JOB}" in both.stdout and "DRIFT in 2" in both.stdout
