@@ -7,18 +7,22 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 import pulumi
 
 from bound_cache import guard_bound_cache
+from components.cache_pod import CachePod
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
+from components.secret_flow import SecretFlow
 from components.storage_benchmark import StorageBenchmark
 from components.storage_class import LinstorStorageClass
 from components.training_job import TrainingJob
-from components.verification import verification_commands
 from components.workload_scripts import WorkloadScripts
 from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
-from settings import load_settings, read_tokens
+from settings import load_settings, read_tokens, secret_keys
+from verification import verification_commands
 
 settings = load_settings()
+# A key given as a secret keeps every object input and output it flows into secret.
+secrets = SecretFlow(secret_keys())
 
 # Day 2: read the live cache and refuse, before anything is registered, a change of placement or
 # size that its bound volume cannot take (docs/day2.md).
@@ -50,6 +54,16 @@ if not settings.cache.is_block:
 # No pod that mounts the cache accepts inbound connections.
 IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=settings.namespace)
 
+# Every pod on the cache (training, warm-up, benchmark) is placed, hardened and attached alike.
+cache_pod = CachePod(
+    job=settings.job,
+    cache=settings.cache,
+    placement=settings.placement,
+    namespace=settings.namespace,
+    claim_name=cache.claim_name,
+    scripts=scripts.name if scripts else None,
+)
+
 training = None
 if settings.job.enabled:
     tokens = read_tokens()
@@ -58,41 +72,23 @@ if settings.job.enabled:
         credentials = HubCredentials(
             "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
-    training = TrainingJob(
-        "training",
-        settings.job,
-        cache=settings.cache,
-        placement=settings.placement,
-        namespace=settings.namespace,
-        claim_name=cache.claim_name,
-        credentials=credentials,
-        scripts=scripts.name if scripts else None,
-    )
+    training = TrainingJob("training", cache_pod, credentials=credentials)
 
 benchmark = None
 if settings.benchmark.enabled:
-    benchmark = StorageBenchmark(
-        "storage-benchmark",
-        settings.benchmark,
-        cache=settings.cache,
-        job=settings.job,
-        placement=settings.placement,
-        namespace=settings.namespace,
-        claim_name=cache.claim_name,
-        scripts=scripts.name if scripts else None,
-    )
+    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark)
 
-pulumi.export("backend", settings.backend)
-pulumi.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
-pulumi.export("storageClassManaged", settings.manages_storage_class)
-pulumi.export("pvcName", cache.claim_name)
-pulumi.export("namespace", cache.namespace)
-pulumi.export("volumeMode", settings.cache.volume_mode)
-pulumi.export("zone", settings.zone or "scheduler-chosen")
-pulumi.export("jobName", training.name if training else None)
-pulumi.export("runMarker", training.run_marker if training else None)
-pulumi.export("benchmarkJob", benchmark.name if benchmark else None)
-pulumi.export(
+secrets.export("backend", settings.backend)
+secrets.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
+secrets.export("storageClassManaged", settings.manages_storage_class)
+secrets.export("pvcName", cache.claim_name)
+secrets.export("namespace", cache.namespace)
+secrets.export("volumeMode", settings.cache.volume_mode)
+secrets.export("zone", settings.zone or "scheduler-chosen")
+secrets.export("jobName", training.name if training else None)
+secrets.export("runMarker", training.run_marker if training else None)
+secrets.export("benchmarkJob", benchmark.name if benchmark else None)
+secrets.export(
     "verifyCommands",
     pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(
         lambda names: verification_commands(names[0], names[1], names[2], linstor=settings.is_linstor)

@@ -17,7 +17,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import pulumi
@@ -31,7 +31,6 @@ _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 DNS_LABEL_MAX = 63
 DNS_SUBDOMAIN_MAX = 253
 _QUANTITY = re.compile(
@@ -83,13 +82,11 @@ def is_qualified_name(value: str) -> bool:
 
 
 def is_extended_resource_name(value: str) -> bool:
-    """A resource name such as nvidia.com/gpu: a qualified name with a domain prefix."""
+    """A resource name such as nvidia.com/gpu: a qualified name with a domain prefix outside
+    kubernetes.io (the API server takes names there, or without a domain, as native resources)."""
     prefix, slash, _ = value.partition("/")
-    return bool(slash) and "/" not in value[len(prefix) + 1 :] and is_qualified_name(value)
-
-
-def is_env_name(value: str) -> bool:
-    return bool(_ENV_NAME.fullmatch(value))
+    native = prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io") or prefix.startswith("requests.")
+    return bool(slash) and not native and "/" not in value[len(prefix) + 1 :] and is_qualified_name(value)
 
 
 def is_pinned_image(image: str) -> bool:
@@ -120,18 +117,18 @@ def parse_quantity(text: str) -> Decimal:
     match = _QUANTITY.fullmatch(text)
     if not match:
         raise ValueError(text)
+    suffix = match["suffix"] or ""
     try:
         number = Decimal(match["num"])
-    except InvalidOperation as err:
+        if suffix in _BINARY:
+            return number * _BINARY[suffix]
+        if suffix in _DECIMAL:
+            return number * _DECIMAL[suffix]
+        if suffix:
+            return number * Decimal(10) ** int(suffix[1:])
+        return number
+    except ArithmeticError as err:  # InvalidOperation, and the Overflow of an exponent such as 1e999999999
         raise ValueError(text) from err
-    suffix = match["suffix"] or ""
-    if suffix in _BINARY:
-        return number * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return number * _DECIMAL[suffix]
-    if suffix:
-        return number * Decimal(10) ** int(suffix[1:])
-    return number
 
 
 class ConfigError(pulumi.RunError):
@@ -434,4 +431,6 @@ def reference_rows(cls: type, prefix: str = "") -> list[str]:
             f"| `{key}` | {kind.type_name} | {_default_cell(declaration.default)} | {_cell(kind.allowed)} "
             f"| {_cell(declaration.description)} |"
         )
+        if getattr(kind, "item_cls", None) is not None:  # a list of objects: one row per field of an item
+            rows += reference_rows(kind.item_cls, f"{key}[].")
     return rows

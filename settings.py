@@ -13,6 +13,7 @@ registered, with a one-line error naming the key, the value as typed and what is
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import re
@@ -96,7 +97,7 @@ def _is_layer_list(value: str) -> bool:
 
 
 class _Optional(Text):
-    """A top-level string where "" (Pulumi.yaml's default for an unset string) means unset."""
+    """A string where "" means unset (Pulumi.yaml's default for an unset top-level string)."""
 
     def parse(self, key: str, value: Any) -> str | None:
         return None if value == "" else super().parse(key, value)
@@ -182,7 +183,7 @@ class Toleration:
     key: str | None = setting(Text("a label key such as nvidia.com/gpu", is_qualified_name), None, "Taint key to tolerate.")
     operator: str = setting(Choice("Equal", "Exists"), "Equal", "Equal (key and value) or Exists (key only).")
     value: str | None = setting(
-        Text("a label value (at most 63 characters)", is_label_value), None, "Taint value (operator Equal)."
+        _Optional("a label value (at most 63 characters)", is_label_value), None, "Taint value (operator Equal; empty = unset)."
     )
     effect: str | None = setting(Choice("NoSchedule", "PreferNoSchedule", "NoExecute"), None, "Taint effect; unset = all.")
     toleration_seconds: int | None = setting(
@@ -194,6 +195,7 @@ class _Tolerations(Kind):
     """A list of tolerations, checked by the API server's rules (ValidateTolerations)."""
 
     type_name = "list of objects"
+    item_cls = Toleration
     allowed = "a list of tolerations (objects with " + ", ".join(schema.setting_names(Toleration)) + ")"
 
     def parse(self, key: str, value: Any) -> tuple[Toleration, ...]:
@@ -490,8 +492,42 @@ def read_tokens(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[
     return tokens
 
 
+def secret_keys() -> frozenset[str]:
+    """The keys of this project given as secrets (`--secret`, `secure:`): what they flow into stays secret."""
+    return frozenset(key for key in KNOWN_KEYS if runtime_config.is_config_secret(f"{NAMESPACE}:{key}"))
+
+
+def _secret_leaves() -> list[str]:
+    """The text of every value under a secret key, to keep error lines clear of them."""
+    leaves: list[str] = []
+    for key in secret_keys():
+        pending: list[Any] = [runtime_config.get_config(f"{NAMESPACE}:{key}")]
+        with contextlib.suppress(TypeError, json.JSONDecodeError):  # structured keys arrive as JSON
+            pending.append(json.loads(pending[0]))
+        while pending:
+            item = pending.pop()
+            if isinstance(item, dict):
+                pending += list(item.values())
+            elif isinstance(item, list):
+                pending += item
+            elif item is not None and str(item):
+                leaves.append(str(item))
+    return leaves
+
+
 def load_settings(config: pulumi.Config | None = None) -> Settings:
-    return parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
+    """The settings; an error about a secret key shows neither its value nor, when it would hold one, the rule."""
+    try:
+        return parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
+    except ConfigError as err:
+        secret = err.key.partition(":")[2].split(".")[0].split("[")[0] in secret_keys()
+        leaves = _secret_leaves()
+        if not secret and not any(leaf in err.allowed for leaf in leaves):
+            raise
+        allowed = err.allowed
+        if any(leaf in allowed for leaf in leaves):
+            allowed = "a valid value (the rule is not shown: it would show a secret value)"
+        raise ConfigError(err.key, None if secret else err.value, allowed, secret=secret) from None
 
 
 def pulumi_config() -> dict[str, dict[str, Any]]:

@@ -27,9 +27,6 @@ RELOCATE_WARNING = (
     "pulumi config set --path mlcache:cache.relocate false"
 )
 
-# The name of the cache in every pod spec that mounts it.
-CACHE_VOLUME = "cache"
-
 ROOK_CEPH_WARNING = (
     "backend rook-ceph: the cache volume is bound immediately in Rook-Ceph's pool, not in the zone "
     "where the training pod lands, so reads may cross zones (1-10ms+ latency, limited bandwidth). "
@@ -61,20 +58,6 @@ def pvc_manifest(
             "resources": {"requests": {"storage": cache.size}},
         },
     }
-
-
-def cache_volume(claim_name: pulumi.Input[str]) -> dict[str, Any]:
-    """The pod volume of the cache; `claim_name` is the PVC's output, a real dependency."""
-    return {"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": claim_name}}
-
-
-def attach_cache(container: dict[str, Any], cache: CacheSettings) -> dict[str, Any]:
-    """The cache in a container: the raw device in Block mode, else mounted (first mount)."""
-    if cache.is_block:
-        container["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": cache.device_path}]
-    else:
-        container["volumeMounts"].insert(0, {"name": CACHE_VOLUME, "mountPath": cache.mount_path})
-    return container
 
 
 def pvc_options(

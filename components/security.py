@@ -17,10 +17,13 @@ SCRATCH_VOLUME = "scratch"
 SCRATCH_ENV = {"HOME": f"{SCRATCH_PATH}/home", "USER": "mlcache"}
 
 
+def _non_root(run_as_user: int) -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": run_as_user}
+
+
 def pod_security_context(run_as_user: int) -> dict[str, Any]:
     return {
-        "runAsNonRoot": True,
-        "runAsUser": run_as_user,
+        **_non_root(run_as_user),
         "runAsGroup": run_as_user,
         # The cache is writable through its group; OnRootMismatch chowns it only once, not on
         # every start of a pod over hundreds of GiB of shards.
@@ -38,8 +41,7 @@ def pod_hardening(run_as_user: int) -> dict[str, Any]:
 
 def container_security_context(run_as_user: int) -> dict[str, Any]:
     return {
-        "runAsNonRoot": True,
-        "runAsUser": run_as_user,
+        **_non_root(run_as_user),
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},

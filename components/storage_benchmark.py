@@ -1,29 +1,20 @@
 """The optional storage benchmark Job: fio profiles, then the shard-loading benchmark, on the
-cache, scheduled exactly like the training Job (see "The first-consumer trap" in the README)."""
+cache, scheduled exactly like the training Job (see "The first-consumer trap" in docs/benchmarking.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.cache_volume import attach_cache, cache_volume
-from components.common import constructor_kwargs, metadata
-from components.placement import pod_scheduling, training_resources
-from components.security import (
-    SCRATCH_ENV,
-    checkov_skips,
-    container_security_context,
-    image_skips,
-    namespace_skip,
-    pod_hardening,
-    scratch_mount,
-    scratch_volume,
-)
-from components.workload_scripts import SCRIPTS_VOLUME, SHARD_BENCH_SCRIPT
-from names import POD_LABELS, SCRIPTS_PATH, SKIP_AWAIT, benchmark_job_name
-from settings import BenchmarkSettings, CacheSettings, JobSettings, Placement
+from components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
+from components.common import constructor_kwargs
+from components.security import scratch_mount
+from components.workload_scripts import SHARD_BENCH_SCRIPT
+from names import SCRIPTS_PATH, benchmark_job_name
+from settings import BenchmarkSettings, CacheSettings
 
 APP_LABEL = {"app": "mlcache-benchmark"}
 
@@ -58,103 +49,47 @@ def fio_args(profile: str, bench: BenchmarkSettings, cache: CacheSettings) -> li
     return [*args, "--output-format=json"]
 
 
-def fio_container(profile: str, bench: BenchmarkSettings, cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
+def fio_container(pod: CachePod, profile: str, bench: BenchmarkSettings) -> dict[str, Any]:
+    cache = pod.cache
     args = fio_args(profile, bench, cache)
     # In Filesystem mode fio needs its directory to exist first.
     mkdir_then_fio = ["sh", "-c", 'mkdir -p "$0" && exec fio "$@"', bench_dir(cache, "fio")]
     command = ["fio", *args] if cache.is_block else [*mkdir_then_fio, *args]
-    return _container(f"fio-{profile}", bench.fio_image, command, cache, job)
+    return container(pod, f"fio-{profile}", bench.fio_image, command)
 
 
-def shard_load_container(bench: BenchmarkSettings, cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
+def shard_load_container(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any]:
     command = [
         "python",
         f"{SCRIPTS_PATH}/{SHARD_BENCH_SCRIPT}",
         "run",
-        bench_dir(cache, "shards"),
+        bench_dir(pod.cache, "shards"),
         f"--count={bench.shard_count}",
         f"--size={bench.shard_size}",
         f"--readers={bench.readers}",
     ]
-    spec = _container("shard-load", job.image, command, cache, job)
-    spec["volumeMounts"].append({"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True})
-    return spec
+    return container(pod, "shard-load", pod.job.image, command, mounts=[scratch_mount(), scripts_mount()])
 
 
-def _container(name: str, image: str, command: list[str], cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "name": name,
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "env": [{"name": k, "value": v} for k, v in SCRATCH_ENV.items()],
-        # The training pod's own resources: the pod fits only on a node where training fits.
-        "resources": training_resources(job),
-        "volumeMounts": [scratch_mount()],
-        "securityContext": container_security_context(job.run_as_user),
-    }
-    return attach_cache(spec, cache)
-
-
-def benchmark_manifest(
-    name: str,
-    bench: BenchmarkSettings,
-    cache: CacheSettings,
-    job: JobSettings,
-    placement: Placement,
-    namespace: str | None,
-    claim_name: pulumi.Input[str],
-    scripts: pulumi.Input[str] | None,
-) -> dict[str, Any]:
+def benchmark_manifest(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any]:
     # One step after the other (init containers run in order): no run disturbs another.
-    steps = [fio_container(profile, bench, cache, job) for profile in bench.profiles]
+    steps = [fio_container(pod, profile, bench) for profile in bench.profiles]
     if bench.shard_load:
-        steps.append(shard_load_container(bench, cache, job))
-    volumes = [cache_volume(claim_name), scratch_volume()]
-    if bench.shard_load:
-        volumes.append({"name": SCRIPTS_VOLUME, "configMap": {"name": scripts}})
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        **pod_scheduling(job, placement),
-        **pod_hardening(job.run_as_user),
-        "containers": steps[-1:],
-        "volumes": volumes,
-    }
-    if steps[:-1]:
-        pod_spec["initContainers"] = steps[:-1]
-    images = sorted({c["image"] for c in steps})
-    annotations = {**SKIP_AWAIT, **checkov_skips({**namespace_skip(namespace), **image_skips(*images)})}
-    return {
-        "metadata": metadata(name, namespace, labels=APP_LABEL, annotations=annotations),
-        "spec": {
-            "backoffLimit": 1,
-            "template": {"metadata": {"labels": {**POD_LABELS, **APP_LABEL}}, "spec": pod_spec},
-        },
-    }
+        steps.append(shard_load_container(pod, bench))
+    return job_manifest(pod, benchmark_job_name(pod.job.name), pod_spec(pod, steps), app_label=APP_LABEL, backoff_limit=1)
 
 
 class StorageBenchmark(pulumi.ComponentResource):
     """fio (seqread, shards) and shard-loading runs on the cache, placed like the training Job."""
 
-    def __init__(
-        self,
-        name: str,
-        bench: BenchmarkSettings,
-        *,
-        cache: CacheSettings,
-        job: JobSettings,
-        placement: Placement,
-        namespace: str | None,
-        claim_name: pulumi.Input[str],
-        scripts: pulumi.Input[str] | None,
-        opts: pulumi.ResourceOptions | None = None,
-    ):
+    def __init__(self, name: str, pod: CachePod, bench: BenchmarkSettings, *, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlcache:index:StorageBenchmark", name, None, opts)
-        manifest = benchmark_manifest(benchmark_job_name(job.name), bench, cache, job, placement, namespace, claim_name, scripts)
+        # The scripts ConfigMap only for the shard-loading run (fio needs none).
+        pod = dataclasses.replace(pod, scripts=pod.scripts if bench.shard_load else None)
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
             opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
-            **constructor_kwargs(manifest),
+            **constructor_kwargs(benchmark_manifest(pod, bench)),
         )
         self.name = self.job.metadata.name
         self.register_outputs({"name": self.name})

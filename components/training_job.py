@@ -9,28 +9,13 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.cache_volume import attach_cache, cache_volume
-from components.common import constructor_kwargs, metadata
+from components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
+from components.common import constructor_kwargs
 from components.hub_credentials import HubCredentials, secret_env
-from components.placement import pod_scheduling, training_resources
-from components.security import (
-    SCRATCH_ENV,
-    checkov_skips,
-    container_security_context,
-    image_skips,
-    namespace_skip,
-    pod_hardening,
-    scratch_mount,
-    scratch_volume,
-)
-from components.workload_scripts import (
-    PREFETCH_LIST,
-    PREFETCH_SCRIPT,
-    SCRIPTS_VOLUME,
-    prefetch_markers,
-)
-from names import POD_LABELS, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, SKIP_AWAIT
-from settings import CacheSettings, JobSettings, Placement
+from components.security import scratch_mount
+from components.workload_scripts import PREFETCH_LIST, PREFETCH_SCRIPT, prefetch_markers
+from names import RUN_LABEL, SCRIPTS_PATH, SHM_PATH
+from settings import CacheSettings, JobSettings
 
 CONTAINER = "sft"
 PREFETCH_CONTAINER = "prefetch"
@@ -38,7 +23,7 @@ SHM_VOLUME = "dshm"
 APP_LABEL = {"app": "ms-swift"}
 
 BLOCK_MODE_WARNING = (
-    "cache.volumeMode is Block: the Job gets the raw device at {device} (volumeDevices), not a "
+    "cache.volumeMode is Block: the Job gets the raw device at cache.devicePath (volumeDevices), not a "
     "filesystem. ms-swift cannot keep its model cache there unless the application reads the device "
     "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk."
 )
@@ -125,94 +110,57 @@ def swift_args(job: JobSettings, cache: CacheSettings) -> list[str]:
 def container_env(job: JobSettings, cache: CacheSettings) -> dict[str, str]:
     # One node, N GPUs: NPROC_PER_NODE makes ms-swift run data-parallel instead of splitting
     # the model across the GPUs.
-    return {**SCRATCH_ENV, "NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
+    return {"NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
 
 
-def env_list(env: dict[str, str], token_env: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{"name": name, "value": value} for name, value in env.items()] + list(token_env)
-
-
-def prefetch_container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+def prefetch_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[str, Any]:
     """Init container: download cache.prefetch (listed in the scripts ConfigMap) before training starts."""
-    spec = {
-        "name": PREFETCH_CONTAINER,
-        "image": job.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["python", f"{SCRIPTS_PATH}/{PREFETCH_SCRIPT}", f"{SCRIPTS_PATH}/{PREFETCH_LIST}", prefetch_markers(cache)],
-        "env": env_list(container_env(job, cache), token_env),
-        "resources": training_resources(job),
-        "volumeMounts": [{"name": SCRIPTS_VOLUME, "mountPath": SCRIPTS_PATH, "readOnly": True}, scratch_mount()],
-        "securityContext": container_security_context(job.run_as_user),
-    }
-    return attach_cache(spec, cache)
+    job, cache = pod.job, pod.cache
+    command = ["python", f"{SCRIPTS_PATH}/{PREFETCH_SCRIPT}", f"{SCRIPTS_PATH}/{PREFETCH_LIST}", prefetch_markers(cache)]
+    mounts = [scripts_mount(), scratch_mount()]
+    return container(
+        pod, PREFETCH_CONTAINER, job.image, command, env=container_env(job, cache), secret_env=token_env, mounts=mounts
+    )
 
 
-def container(job: JobSettings, cache: CacheSettings, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+def training_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+    job, cache = pod.job, pod.cache
     env = container_env(job, cache)
     command, args = list(job.command), swift_args(job, cache)
     marker = completion_marker(job, cache)
     if marker:
         env.update(MLCACHE_RUN_NAME=job.run_name, MLCACHE_RUN_MARKER=marker)
         command, args = ["/bin/sh", "-c", RUN_ONCE_SCRIPT, "mlcache-run-once"], command + args
-    spec: dict[str, Any] = {
-        "name": CONTAINER,
-        "image": job.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": command,
-        "args": args,
-        "env": env_list(env, token_env),
-        "resources": training_resources(job),
-        "volumeMounts": [{"name": SHM_VOLUME, "mountPath": SHM_PATH}, scratch_mount()],
-        "securityContext": container_security_context(job.run_as_user),
-    }
-    return attach_cache(spec, cache)
+    mounts = [{"name": SHM_VOLUME, "mountPath": SHM_PATH}, scratch_mount()]
+    return container(pod, CONTAINER, job.image, command, args=args, env=env, secret_env=token_env, mounts=mounts)
 
 
-def job_manifest(
-    job: JobSettings,
-    cache: CacheSettings,
-    placement: Placement,
-    namespace: str | None,
-    claim_name: pulumi.Input[str],
-    token_env: list[dict[str, Any]] = (),
-    scripts: pulumi.Input[str] | None = None,
-) -> dict[str, Any]:
-    pod_spec: dict[str, Any] = {
-        # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
-        "restartPolicy": "Never",
-        **pod_scheduling(job, placement),
-        **pod_hardening(job.run_as_user),
-        "containers": [container(job, cache, list(token_env))],
-        "volumes": [
-            cache_volume(claim_name),
-            # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
-            {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}},
-            scratch_volume(),
-        ],
-    }
-    if scripts is not None:
+def training_job_manifest(pod: CachePod, token_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
+    job = pod.job
+    token_env = list(token_env)
+    steps = [training_container(pod, token_env)]
+    if pod.scripts is not None:
         # Always present in Filesystem mode: changing cache.prefetch then edits the ConfigMap
         # only, never the Job's pod template (which would replace, i.e. kill, the Job).
-        pod_spec["initContainers"] = [prefetch_container(job, cache, list(token_env))]
-        pod_spec["volumes"].append({"name": SCRIPTS_VOLUME, "configMap": {"name": scripts}})
-    # Without skipAwait the provider waits for Complete: `pulumi up` would block for the whole
-    # training run and then record the Job as failed to become live.
-    annotations = {} if job.wait_for_completion else dict(SKIP_AWAIT)
-    skips = {**namespace_skip(namespace), **image_skips(job.image)}
+        steps.insert(0, prefetch_container(pod, token_env))
+    # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
+    shm = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}}
+    skips = {}
     if token_env:
         skips["CKV_K8S_35"] = (
             "huggingface_hub and modelscope read their tokens only from HF_TOKEN and MODELSCOPE_API_TOKEN; "
             "the values come from the hub-tokens Secret by secretKeyRef, never inline"
         )
-    annotations.update(checkov_skips(skips))
-    pod_labels = {**POD_LABELS, **APP_LABEL, RUN_LABEL: job.run_name}
-    return {
-        "metadata": metadata(job.run_name, namespace, labels=APP_LABEL, annotations=annotations),
-        "spec": {
-            "backoffLimit": job.backoff_limit,
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
-        },
-    }
+    return job_manifest(
+        pod,
+        job.run_name,
+        pod_spec(pod, steps, volumes=[shm]),
+        app_label=APP_LABEL,
+        backoff_limit=job.backoff_limit,
+        pod_labels={RUN_LABEL: job.run_name},
+        skip_await=not job.wait_for_completion,
+        skips=skips,
+    )
 
 
 def job_options(parent: pulumi.Resource, job: JobSettings) -> pulumi.ResourceOptions:
@@ -227,22 +175,19 @@ class TrainingJob(pulumi.ComponentResource):
     def __init__(
         self,
         name: str,
-        job: JobSettings,
+        pod: CachePod,
         *,
-        cache: CacheSettings,
-        placement: Placement,
-        namespace: str | None,
-        claim_name: pulumi.Input[str],
         credentials: HubCredentials | None = None,
-        scripts: pulumi.Input[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:TrainingJob", name, None, opts)
+        job, cache = pod.job, pod.cache
         token_env = secret_env(credentials.secret_name, credentials.keys) if credentials else []
-        manifest = job_manifest(job, cache, placement, namespace, claim_name, token_env, scripts)
+        manifest = training_job_manifest(pod, token_env)
         self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
         if cache.is_block:
-            pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
+            # Names the key, not its value: logs are kept in the clear, and cache may be a secret key.
+            pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
         self.name = self.job.metadata.name
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"name": self.name, "run_marker": self.run_marker})

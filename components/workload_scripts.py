@@ -19,7 +19,6 @@ WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
 PREFETCH_SCRIPT = "prefetch.py"
 SHARD_BENCH_SCRIPT = "shard_bench.py"
 PREFETCH_LIST = "prefetch.txt"
-SCRIPTS_VOLUME = "scripts"
 
 
 def prefetch_markers(cache: CacheSettings) -> str:
@@ -33,6 +32,9 @@ def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings) -> 
     return {"metadata": metadata(name, namespace, annotations=annotations), "data": data}
 
 
+# `duplicates` pairs this class with HubCredentials and IngressIsolation by shape alone: the
+# ComponentResource idiom (keyword-only settings, super().__init__, one child with
+# parent=self, register_outputs last) written out, as in every component. Nothing to share.
 class WorkloadScripts(pulumi.ComponentResource):
     """ConfigMap with prefetch.py, shard_bench.py and the prefetch list (cache.prefetch)."""
 

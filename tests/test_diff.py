@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+import names
 from tests.conftest import ROOT, rendered
 from tools.diff import DATA_LOSS, STRANDS, plan, report, with_ignored_changes
-from tools.render import as_json
+from tools.render import as_json, documents, render
 
 
 def _plan(base: tuple[str, ...], head: tuple[str, ...], stack: str = "dev"):
@@ -200,4 +201,22 @@ def test_bad_revision_and_bad_config_fail(project_copy):
     stack_file = project_copy / "Pulumi.dev.yaml"
     stack_file.write_text(stack_file.read_text().replace("replicas: 1", "replicas: 0"))
     result = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
-    assert result.returncode == 2 and "mlcache:linstor.replicas" in result.stdout
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: stack dev: cannot render the working tree: invalid config mlcache:linstor.replicas")
+    assert result.stderr.count("\n") == 1
+
+
+def test_another_project_directory_renders_its_own_modules(tmp_path):
+    """tools.diff renders another revision with these tools: that program must import its own
+    settings and names, not the ones these tools already imported."""
+    for item in [*ROOT.glob("*.py"), *ROOT.glob("Pulumi*.yaml")]:
+        shutil.copy(item, tmp_path / item.name)
+    for package in ("components", "workloads"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    original = 'INGRESS_POLICY = "mlcache-deny-ingress"'
+    (tmp_path / "names.py").write_text((ROOT / "names.py").read_text().replace(original, 'INGRESS_POLICY = "other"'))
+    other, _ = render("dev", [], [], tmp_path)
+    assert "other" in {d["metadata"]["name"] for d in documents(other)}
+    assert names.INGRESS_POLICY == "mlcache-deny-ingress"
+    mine, _ = render("dev", [], [])
+    assert "mlcache-deny-ingress" in {d["metadata"]["name"] for d in documents(mine)}

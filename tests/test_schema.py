@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from tests.conftest import rendered
-from tools.render import documents
+from tools.render import sent_documents
 from tools.validate import DEFAULT_VERSIONS, TARGET_VERSIONS, validation_errors
 
 VARIANTS = list(
@@ -21,7 +21,7 @@ VARIANTS = list(
 
 
 def _documents(stack, *overrides, secrets=()):
-    return documents(rendered(stack, *overrides, secrets=secrets))
+    return [doc for doc, _ in sent_documents(rendered(stack, *overrides, secrets=secrets))]
 
 
 def test_default_target_versions():

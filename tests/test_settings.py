@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from settings import KNOWN_KEYS, RUNBOOK_ZONES, SECRET_KEYS, ConfigError, check_keys, parse_quantity, parse_settings
+import schema
+from settings import KNOWN_KEYS, RUNBOOK_ZONES, SECRET_KEYS, ConfigError, Settings, check_keys, parse_quantity, parse_settings
 from tests.conftest import ROOT
 from tools import config_reference
 
@@ -129,8 +130,11 @@ BAD_VALUES = [
     ({"job": {"image": "repo/img@sha256:" + "a" * 63}}, "job.image", "pinned"),
     ({"job": {"env": {"UMASK": 18}}}, "job.env.UMASK", "quote numbers"),
     ({"job": {"cpu": "0.5 "}}, "job.cpu", "quantity"),
+    ({"cache": {"size": "1e999999999"}}, "cache.size", "quantity"),
     ({"linstor": {"mountOptions": ["noatime\n"]}}, "linstor.mountOptions[0]", "mount option"),
     ({"zones": ["ucsd", "bad zone"]}, "zones[1]", "label value"),
+    ({"job": {"gpuResource": "kubernetes.io/gpu"}}, "job.gpuResource", "extended resource name"),
+    ({"job": {"gpuResource": "nvidia.com/gpu/x"}}, "job.gpuResource", "extended resource name"),
 ]
 
 
@@ -188,6 +192,7 @@ def test_ext4_or_block_lifts_the_xfs_minimum():
         ({"job": {"image": "localhost:5000/img:1"}}, lambda s: s.job.image == "localhost:5000/img:1"),
         ({"job": {"runAsUser": 2**31 - 1}}, lambda s: s.job.run_as_user == 2**31 - 1),
         ({"job": {"tolerations": [{"operator": "Exists"}]}}, lambda s: s.job.tolerations[0].key is None),
+        ({"job": {"tolerations": [{"key": "a", "value": ""}]}}, lambda s: s.job.tolerations[0].value is None),
         ({"job": {"name": "a" * 49}, "benchmark": {"enabled": True, "fioImage": "fio:3.36"}}, lambda s: s.benchmark.enabled),
         ({"cache": {"mountPath": "/cache/models"}}, lambda s: s.cache.mount_path == "/cache/models"),
     ],
@@ -212,3 +217,30 @@ def test_a_mistyped_key_is_refused_naming_the_key_it_probably_meant(key, hint):
 
 def test_other_namespaces_are_left_alone():
     check_keys({"kubernetes:context": "gpu", "pulumi:tags": "{}", "aws:region": "x"})
+
+
+def _declared_text_keys():
+    """(key, a valid value) for every declared setting whose kind checks a string's whole text."""
+    cases = []
+    for name, (_, declaration) in schema.declarations(Settings).items():
+        kinds = (
+            [(f"{name}.{field}", d) for field, (_, d) in schema.declarations(declaration.kind.cls).items()]
+            if isinstance(declaration.kind, schema.Section)
+            else [(name, declaration)]
+        )
+        for key, d in kinds:
+            checked = isinstance(d.kind, (schema.Choice, schema.Quantity)) or getattr(d.kind, "check", None) is not None
+            if checked and isinstance(d.default, str) and d.default:
+                cases.append((key, d.default))
+    return cases
+
+
+@pytest.mark.parametrize(("key", "valid"), _declared_text_keys())
+def test_a_trailing_newline_is_refused_for_every_checked_string(key, valid):
+    """Patterns match the whole value: `$` would let "value\\n" through into names and commands."""
+    assert len(_declared_text_keys()) >= 20
+    top, _, field = key.partition(".")
+    raw = {top: {field: valid + "\n"} if field else valid + "\n"}
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw)
+    assert err.value.key == f"mlcache:{key}"

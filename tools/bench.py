@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
 from workloads import shard_bench
 
 
@@ -47,6 +48,16 @@ def extract_json(text: str) -> dict:
 
 def parse_fio(document: dict, label: str) -> FioResult:
     """Aggregate the read side of every job (one with --group_reporting, else summed)."""
+    try:
+        result = _aggregate(document, label)
+    except (KeyError, TypeError, AttributeError) as err:  # JSON, but not the shape fio writes
+        raise ValueError(f"{label}: not fio's JSON output ({type(err).__name__}: {err})") from None
+    if not result.read_bytes_per_s > 0:
+        raise ValueError(f"{label}: read bandwidth is {result.read_bytes_per_s} B/s (no time measured: run longer)")
+    return result
+
+
+def _aggregate(document: dict, label: str) -> FioResult:
     jobs = [job for job in document.get("jobs", []) if job.get("read", {}).get("io_bytes", 0) > 0]
     if not jobs:
         raise ValueError(f"{label}: no job read any data")
@@ -166,31 +177,50 @@ def shards_report(result: dict) -> str:
     )
 
 
+def shard_size(text: str) -> str:
+    """argparse type of --size: fio's size syntax, checked up front."""
+    try:
+        shard_bench.parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     rep = commands.add_parser("report", help="summarise fio JSON results")
     rep.add_argument("results", nargs="+", type=Path)
     rep.add_argument("--plot", type=Path, help="write a comparison chart (PNG)")
     shards = commands.add_parser("shards", help="shard loading vs fio on the same files")
     shards.add_argument("--dir", type=Path, required=True)
-    shards.add_argument("--count", type=int, default=8)
-    shards.add_argument("--size", default="1G")
-    shards.add_argument("--readers", type=int, default=8)
-    shards.add_argument("--rounds", type=int, default=3, help="alternating (load, fio) rounds; medians reported")
+    shards.add_argument("--count", type=positive_int, default=8)
+    shards.add_argument("--size", type=shard_size, default="1G")
+    shards.add_argument("--readers", type=positive_int, default=8)
+    shards.add_argument("--rounds", type=positive_int, default=3, help="alternating (load, fio) rounds; medians reported")
     args = parser.parse_args(argv)
     if args.command == "report":
         try:
             results = [load_result(path) for path in args.results]
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         print(report(results))
         if args.plot:
-            plot(results, args.plot)
+            try:
+                plot(results, args.plot)
+            except (OSError, ValueError) as err:  # unwritable, or a format matplotlib does not know
+                raise UsageError(f"--plot {args.plot}: cannot write the chart: {err}") from None
             print(f"chart: {args.plot}", file=sys.stderr)
         return 0
-    print(shards_report(shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)))
+    try:
+        result = shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)
+    except OSError as err:
+        raise UsageError(f"--dir {args.dir}: {err.strerror or err}") from None
+    except subprocess.CalledProcessError as err:
+        raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
+    print(shards_report(result))
     return 0
 
 

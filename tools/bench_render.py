@@ -1,6 +1,6 @@
 """Benchmark: the offline render against the import floor, side by side in one run.
 
-    python -m tools.bench_render [--runs N] [--stack dev]
+    python -m tools.bench_render [--runs N] [--stack dev] [--baseline DIR]
 
 Prints the median wall time of `python -m tools.render --stack STACK` and of a bare
 interpreter importing `pulumi` and the pulumi_kubernetes modules the program uses, and the
@@ -9,42 +9,65 @@ ratio (target: <= 1.3). Runs alternate so machine noise hits both alike.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
 
 FLOOR = "import pulumi, pulumi_kubernetes.core.v1, pulumi_kubernetes.batch.v1, pulumi_kubernetes.storage.v1"
 TARGET_RATIO = 1.3
 
 
-def timed(command: list[str]) -> float:
+def timed(command: list[str], cwd: Path = CHECKOUT) -> float:
     start = time.perf_counter()
-    subprocess.run(command, cwd=PROJECT_DIR, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        done = subprocess.run(command, cwd=cwd, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except OSError as err:  # a --baseline that is not a directory
+        raise UsageError(f"cannot run `{' '.join(command[1:])}` in {cwd}: {err.strerror}") from None
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1:] or [f"exit status {done.returncode}"]
+        raise UsageError(f"`{' '.join(command[1:])}` in {cwd} failed: {last[0].removeprefix('error: ')}")
     return time.perf_counter() - start
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=9)
+    parser = ArgumentParser(prog="python -m tools.bench_render", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=positive_int, default=9)
     parser.add_argument("--stack", default="dev")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="DIR",
+        help="also time the render of another checkout (e.g. `git worktree add DIR main`) with its own tools, "
+        "in the same rotation: whether a change slows the render, independent of machine load",
+    )
     args = parser.parse_args(argv)
     render = [sys.executable, "-m", "tools.render", "--stack", args.stack]
     floor = [sys.executable, "-c", FLOOR]
     timed(render), timed(floor)  # warm the file cache and bytecode
-    render_times, floor_times = [], []
+    render_times, floor_times, baseline_times = [], [], []
     for _ in range(args.runs):
         render_times.append(timed(render))
         floor_times.append(timed(floor))
+        if args.baseline:
+            baseline_times.append(timed(render, args.baseline))
     render_median, floor_median = statistics.median(render_times), statistics.median(floor_times)
     ratio = render_median / floor_median
     print(f"runs: {args.runs} each, alternating")
     print(f"render ({' '.join(render[1:])}): median {render_median:.3f} s")
     print(f"import floor (pulumi + pulumi_kubernetes core/batch/storage v1): median {floor_median:.3f} s")
     print(f"ratio: {ratio:.2f}x (target <= {TARGET_RATIO}x): {'met' if ratio <= TARGET_RATIO else 'NOT met'}")
+    if baseline_times:
+        baseline_median = statistics.median(baseline_times)
+        print(
+            f"baseline render in {args.baseline}: median {baseline_median:.3f} s; this checkout / baseline: "
+            f"{render_median / baseline_median:.2f}x"
+        )
     return 0
 
 

@@ -6,13 +6,13 @@ python -m tools.config_reference --check  # exit 1 if either is stale (the tests
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import yaml
 
 import settings
+from tools.cli import ArgumentParser, entry_point
 
 ROOT = Path(__file__).resolve().parent.parent
 PULUMI_YAML = ROOT / "Pulumi.yaml"
@@ -89,8 +89,9 @@ def stale() -> list[Path]:
     return [path for path, text in wanted.items() if not path.is_file() or path.read_text() != text]
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.config_reference", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.config_reference", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if Pulumi.yaml or the reference is stale")
     args = parser.parse_args(argv)
     if args.check:

@@ -16,11 +16,11 @@ flagged as an update the API server will refuse, with the way out.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import io
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -34,13 +34,13 @@ import yaml
 
 from bound_cache import quantity_bytes
 from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, ZONE_LABEL
-from tools.mock_engine import PROJECT_DIR
-from tools.stack_config import split_path
+from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.render import DIGEST_KEY_ENV
+from tools.stack_config import StackConfigError, split_key, stack_file
 
 DATA_LOSS = "DATA LOSS"
 STRANDS = "STRANDS THE CACHE"
-# Where this module's tools package lives: both revisions are rendered with these tools.
-TOOLS_ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -77,7 +77,10 @@ def _under(path: str, field_path: str) -> bool:
 
 def _label(obj: dict[str, Any]) -> str:
     manifest = obj["manifest"]
-    return f"{manifest['kind']}/{manifest['metadata']['name']}"
+    metadata = manifest.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    # A secret name is printed as tools.render shows it; a wholly secret metadata by the resource's own name.
+    return f"{manifest['kind']}/{name if isinstance(name, str) else obj['urn'].rpartition('::')[2]}"
 
 
 def _kind(obj: dict[str, Any]) -> str:
@@ -85,8 +88,9 @@ def _kind(obj: dict[str, Any]) -> str:
 
 
 def _path_parts(path: str) -> list[str]:
-    """A Pulumi property path (`a.b["c/d"]`, `a[0]`) as its keys."""
-    return [str(part) for part in split_path(path)]
+    """A Pulumi property path (`a.b["c/d"]`, `a[0]`) as its keys (parsed as `pulumi config set --path` does)."""
+    top, rest = split_key(path)
+    return [top.partition(":")[2], *(str(part) for part in rest)]
 
 
 def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[str]) -> dict[str, Any]:
@@ -127,7 +131,8 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
         kind = _kind(obj)
         replace_on_changes = tuple(".".join(_path_parts(p)) for p in obj["replaceOnChanges"])
         force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + replace_on_changes
-        replacing = sorted({f for p in paths for f in force_new if _under(p, f)})
+        # A changed secret hides which of its fields changed: one that holds a force-new field may replace.
+        replacing = sorted({f for p in paths for f in force_new if _under(p, f) or _under(f, p)})
         change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
         if replacing:
             change.reasons.append("changes " + ", ".join(replacing))
@@ -300,63 +305,108 @@ def report(stack: str, changes: list[Change]) -> str:
     return out.getvalue()
 
 
-def _render_json(project_dir: Path, stack: str) -> tuple[dict[str, Any] | None, str | None]:
-    """tools.render --json of `stack` for the program in `project_dir` (None if no such stack)."""
+def _render_json(project_dir: Path, stack: str, digest_key: str) -> tuple[dict[str, Any] | None, str | None]:
+    """tools.render --json of `stack` for the program in `project_dir`: (plan, None), (None, None) when the
+    revision has no such stack, or (None, the render's error line)."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    env = {**os.environ, "MLCACHE_PROJECT_DIR": str(project_dir)}
+    # A process of its own per render: the two revisions' programs never share imported modules.
     result = subprocess.run(
-        [sys.executable, "-m", "tools.render", "--stack", stack, "--json"],
-        cwd=TOOLS_ROOT,
-        env=env,
+        [sys.executable, "-m", "tools.render", "--project", str(project_dir), "--stack", stack, "--json"],
+        cwd=CHECKOUT,
+        env={**os.environ, DIGEST_KEY_ENV: digest_key},
         capture_output=True,
         text=True,
         check=False,
     )
     if result.returncode != 0:
-        return None, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "render failed"
+        return None, error_line(result.stderr)
     return json.loads(result.stdout), None
 
 
-def export_revision(ref: str, into: Path) -> None:
-    archive = subprocess.run(["git", "archive", "--format=tar", ref], cwd=PROJECT_DIR, capture_output=True, check=False)
+def error_line(stderr: str) -> str:
+    """The line that says what failed, among warnings and whatever else a failed render printed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or ["render failed with no message"])[-1]
+
+
+def resolve_revision(ref: str, project_dir: Path) -> str:
+    """The commit `ref` names. A revision, never an option: `--base=--output=FILE` must not reach git as one."""
+    if not ref or ref.startswith("-"):
+        raise UsageError(f"--base {ref!r}: expected a git revision such as origin/main or HEAD~1")
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as err:
+        raise UsageError(f"cannot run git to read --base: {err.strerror}") from None
+    if found.returncode != 0:
+        raise UsageError(f"--base {ref!r}: not a commit in this repository")
+    return found.stdout.strip()
+
+
+def export_revision(ref: str, into: Path, project_dir: Path) -> None:
+    commit = resolve_revision(ref, project_dir)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=project_dir, capture_output=True, check=False)
     if archive.returncode != 0:
-        raise ValueError(f"cannot read git revision {ref!r}: {archive.stderr.decode().strip()}")
+        raise UsageError(f"cannot read git revision {ref!r}: {archive.stderr.decode(errors='replace').strip()}")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(into, filter="data")
 
 
+def _stack_names(directory: Path) -> set[str]:
+    return {p.name[len("Pulumi.") : -len(".yaml")] for p in directory.glob("Pulumi.*.yaml")}
+
+
+def chosen_stacks(requested: list[str] | None, base_dir: Path, project_dir: Path) -> list[str]:
+    """The stacks to compare: every stack of either side, or those asked for, each of which must exist on one side."""
+    known = _stack_names(project_dir) | _stack_names(base_dir)
+    for stack in requested or []:
+        try:
+            stack_file(stack, project_dir)
+        except FileNotFoundError:
+            if stack not in known:
+                raise UsageError(
+                    f"--stack {stack}: no Pulumi.{stack}.yaml in the working tree or the base revision; "
+                    f"stacks: {', '.join(sorted(known))}"
+                ) from None
+        except StackConfigError as err:
+            raise UsageError(str(err)) from None
+    return sorted(set(requested)) if requested else sorted(known)
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
     parser.add_argument("--stack", action="append", help="stack (repeatable; default: every Pulumi.*.yaml)")
     parser.add_argument("--fail-on-data-loss", action="store_true", help="exit 1 when a change wipes the cache")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
-        try:
-            export_revision(args.base, base_dir)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        names = {p.name[7:-5] for d in (PROJECT_DIR, base_dir) for p in d.glob("Pulumi.*.yaml")}
-        stacks = args.stack or sorted(names)
-        jobs = [(d, s) for s in stacks for d in (base_dir, PROJECT_DIR)]
+        export_revision(args.base, base_dir, CHECKOUT)
+        stacks = chosen_stacks(args.stack, base_dir, CHECKOUT)
+        jobs = [(d, s) for s in stacks for d in (base_dir, CHECKOUT)]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            rendered = list(pool.map(lambda job: _render_json(*job), jobs))
-    failed = data_loss = False
+            # One key for both sides: equal secrets show equal digests, and nothing else can read them.
+            digest_key = secrets.token_hex(16)
+            rendered = list(pool.map(lambda job: _render_json(*job, digest_key), jobs))
+    data_loss = False
+    reports = []
     for index, stack in enumerate(stacks):
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
         if old_error or new_error:
-            side = "base" if old_error else "working tree"
-            print(f"stack {stack}: cannot render the {side}: {old_error or new_error}")
-            failed = True
-            continue
+            side = f"the base revision {args.base}" if old_error else "the working tree"
+            raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new)
         data_loss = data_loss or any(c.data_loss for c in changes)
-        sys.stdout.write(report(stack, changes))
-    if failed:
-        return 2
+        reports.append(report(stack, changes))
+    sys.stdout.write("".join(reports))
     return 1 if args.fail_on_data_loss and data_loss else 0
 
 

@@ -1,25 +1,33 @@
 """Render a stack offline: every Kubernetes object the program would send, as YAML.
 
     python -m tools.render --stack dev [--config KEY=VALUE]... [--secret KEY=VALUE]...
-                           [--out DIR] [--summary]
+                           [--out DIR] [--summary | --json]
 
 Runs `__main__.py` under the Pulumi SDK's mock engine with the stack's config (Pulumi.yaml
-defaults, then Pulumi.<stack>.yaml, then the overrides). Bad config exits 2 with one line
-on stderr and nothing on stdout.
+defaults, then Pulumi.<stack>.yaml, then the overrides). Prints the manifests; with --out
+writes them to DIR instead (one file each, replacing an earlier render's), and stdout then
+carries only --summary or --json if asked. Bad input exits 2 with one line on stderr and
+nothing on stdout (tools/cli.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
+import hashlib
+import hmac
 import json
+import os
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import yaml
 
+from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
@@ -49,45 +57,20 @@ def ordered_objects(run: ProgramRun) -> list[Registration]:
 
 
 def manifest(registration: Registration) -> dict[str, Any]:
-    """The object as sent, head fields first; Secret payloads redacted."""
-    inputs = dict(registration.inputs)
-    if inputs.get("kind") == "Secret":
-        for field in ("data", "stringData"):
-            if field in inputs:
-                inputs[field] = {key: REDACTED for key in inputs[field]}
-    return _ordered(inputs)
+    """The object as sent, head fields first; every value the engine received as a secret shown as
+    <redacted> (where secrets flow decides, not what their text looks like: components/secret_flow.py)."""
+    return _ordered(registration.shown(REDACTED))
 
 
 def documents(run: ProgramRun) -> list[dict[str, Any]]:
-    """Every Kubernetes object of a run, as printed: stable order, Secret payloads redacted."""
+    """Every Kubernetes object of a run, as printed: stable order, secrets redacted."""
     return [manifest(r) for r in ordered_objects(run)]
 
 
-def secret_values(config: StackConfig) -> list[str]:
-    """Plain-text secret config values (leaves of secret keys), to scrub from any output."""
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str) and len(value) >= 4:
-            found.append(value)
-
-    for key in config.secret_keys:
-        walk(config.values.get(key))
-    return found
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """Belt and braces: no secret value leaves this tool, in plain text or base64."""
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-        text = text.replace(base64.b64encode(secret.encode()).decode(), REDACTED)
-    return text
+def sent_documents(run: ProgramRun) -> list[tuple[dict[str, Any], bool]]:
+    """Every object as the API server would receive it, secrets in the clear (to check, never to print),
+    each with whether it holds a secret."""
+    return [(_ordered(r.inputs), r.shown(None) != r.shown(REDACTED)) for r in ordered_objects(run)]
 
 
 def to_yaml(documents: list[dict[str, Any]]) -> str:
@@ -95,7 +78,34 @@ def to_yaml(documents: list[dict[str, Any]]) -> str:
 
 
 def file_name(index: int, registration: Registration) -> str:
-    return f"{index:02d}-{registration.kind.lower()}-{registration.object_name}.yaml"
+    return f"{index:02d}-{registration.kind.lower()}-{registration.shown_name}.yaml"
+
+
+# What file_name writes: the files of an earlier render that --out replaces.
+RENDERED_FILE = re.compile(r"[0-9]{2,}-[a-z0-9]+-[^/]*\.yaml")
+
+
+def out_dir(text: str) -> Path:
+    """argparse type of --out: a directory path (created if missing), never the empty string."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("needs a directory, got an empty path")
+    return Path(text)
+
+
+def write_out(directory: Path, files: dict[str, str]) -> None:
+    """Write `files` into `directory` and remove the files of an earlier render that this one did not write
+    (a stale benchmark Job would otherwise be applied by `kubectl apply -f DIR`)."""
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--out {directory}: not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        stale = {p.name for p in directory.iterdir() if RENDERED_FILE.fullmatch(p.name)} - set(files)
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        for name in stale:
+            (directory / name).unlink()
+    except OSError as err:
+        raise UsageError(f"--out {directory}: cannot write there: {err.strerror or err}") from None
 
 
 def summary(run: ProgramRun) -> str:
@@ -103,11 +113,11 @@ def summary(run: ProgramRun) -> str:
     names = {r.urn: r.name for r in run.registrations}
     lines = ["resources:"]
     for r in sorted(run.registrations, key=lambda r: r.urn):
-        label = f"{r.kind}/{r.object_name}" if r.is_kubernetes_object else "component"
+        label = f"{r.kind}/{r.shown_name}" if r.is_kubernetes_object else "component"
         lines.append(f"  - {r.name} ({r.type}) {label}")
         extra_deps = sorted(names.get(u, u) for u in r.dependencies if u != r.parent)
         property_deps = {k: sorted(names.get(u, u) for u in v) for k, v in r.property_dependencies.items() if v}
-        annotations = r.inputs.get("metadata", {}).get("annotations", {})
+        annotations = r.inputs.get("metadata", {}).get("annotations", {})  # skipAwait: a constant, never secret
         details = {
             "parent": names.get(r.parent, "stack"),
             "protect": r.protect,
@@ -139,14 +149,29 @@ def summary(run: ProgramRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Set by tools.diff for its two renders (a random key, never printed): each secret value is then
+# shown with a keyed digest, so that a change inside a secret is seen without its value.
+DIGEST_KEY_ENV = "MLCACHE_SECRET_DIGEST_KEY"
+
+
+def _keyed_digest(key: str) -> Callable[[Any], str]:
+    def shown(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str).encode()
+        return f"{REDACTED} {hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:20]}"
+
+    return shown
+
+
 def as_json(run: ProgramRun) -> dict[str, Any]:
     """Machine-readable plan: each object with the options the engine sees (for tools.diff)."""
     names = {r.urn: r.name for r in run.registrations}
+    key = os.environ.get(DIGEST_KEY_ENV)
+    secret_as = _keyed_digest(key) if key else REDACTED
     return {
         "objects": [
             {
                 "urn": r.urn,
-                "manifest": manifest(r),
+                "manifest": _ordered(r.shown(secret_as)),
                 "protect": r.protect,
                 "deleteBeforeReplace": r.delete_before_replace,
                 "replaceOnChanges": r.replace_on_changes,
@@ -161,14 +186,26 @@ def as_json(run: ProgramRun) -> dict[str, Any]:
     }
 
 
-def render(stack: str, overrides: list[str], secrets: list[str]) -> tuple[ProgramRun, StackConfig]:
-    config = load_stack_config(stack, overrides, secrets)
-    return run_program(config.engine_config(), sorted(config.secret_keys), stack), config
+def render(stack: str, overrides: list[str], secrets: list[str], project_dir: Path = CHECKOUT) -> tuple[ProgramRun, StackConfig]:
+    config = load_stack_config(stack, overrides, secrets, project_dir)
+    return run_program(config.engine_config(), sorted(config.secret_keys), stack, project_dir=project_dir), config
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
+def render_or_refuse(
+    stack: str, overrides: list[str], secrets: list[str], project_dir: Path = CHECKOUT
+) -> tuple[ProgramRun, StackConfig]:
+    """render() for a command line: input it cannot render is a UsageError (exit 2, one line)."""
+    try:
+        return render(stack, overrides, secrets, project_dir)
+    except RENDER_ERRORS as err:
+        raise UsageError(str(err)) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
+    parser.add_argument(
+        "--project", type=Path, default=CHECKOUT, metavar="DIR", help="the program and its stack files (default: this checkout)"
+    )
     parser.add_argument(
         "--config",
         action="append",
@@ -176,34 +213,36 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a key as `pulumi config set --path` would; empty VALUE unsets it",
     )
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
     parser.add_argument(
         "--secret", action="append", default=[], metavar="KEY=VALUE", help="supply a secret config value (never printed)"
     )
-    parser.add_argument("--out", type=Path, help="write one file per object into DIR instead of stdout")
-    parser.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")
-    parser.add_argument("--json", action="store_true", help="print objects with their engine options as JSON")
+    parser.add_argument("--out", type=out_dir, metavar="DIR", help="write one file per object into DIR instead of stdout")
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")
+    formats.add_argument("--json", action="store_true", help="print objects with their engine options as JSON")
     args = parser.parse_args(argv)
 
-    try:
-        run, config = render(args.stack, args.config, args.secret)
-    except RENDER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    secrets = secret_values(config)
+    run, _ = render_or_refuse(args.stack, args.config, args.secret, args.project)
+    if args.out:
+        objects = ordered_objects(run)
+        files = {file_name(i, r): to_yaml([manifest(r)]) for i, r in enumerate(objects, start=1)}
+        write_out(args.out, files)
+        for name in files:
+            print(args.out / name, file=sys.stderr)
     for warning in run.warnings:
-        print(scrub(f"warning: {warning}", secrets), file=sys.stderr)
+        print(f"warning: {warning}", file=sys.stderr)
     if args.summary:
-        sys.stdout.write(scrub(summary(run), secrets))
+        sys.stdout.write(summary(run))
     elif args.json:
-        sys.stdout.write(scrub(json.dumps(as_json(run), indent=1), secrets) + "\n")
-    elif args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        for index, registration in enumerate(ordered_objects(run), start=1):
-            path = args.out / file_name(index, registration)
-            path.write_text(scrub(to_yaml([manifest(registration)]), secrets))
-            print(path, file=sys.stderr)
-    else:
-        sys.stdout.write(scrub(to_yaml(documents(run)), secrets))
+        sys.stdout.write(json.dumps(as_json(run), indent=1) + "\n")
+    elif not args.out:
+        sys.stdout.write(to_yaml(documents(run)))
     return 0
 
 

@@ -14,8 +14,10 @@ import sys
 from typing import Any
 
 import kubernetes_validate
+from kubernetes_validate.utils import all_versions
 
-from tools.render import RENDER_ERRORS, documents, render
+from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.render import add_config_arguments, ordered_objects, render_or_refuse, sent_documents
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
 # MLCACHE_KUBERNETES_VERSIONS="1.31,1.34" retargets the tool and the test suite.
@@ -23,43 +25,63 @@ DEFAULT_VERSIONS = ("1.30", "1.33")
 TARGET_VERSIONS = tuple(v.strip() for v in os.environ.get("MLCACHE_KUBERNETES_VERSIONS", ",".join(DEFAULT_VERSIONS)).split(","))
 
 
-def validation_errors(documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS) -> list[str]:
+def validation_errors(
+    documents: list[dict[str, Any]], versions: tuple[str, ...] = TARGET_VERSIONS, holds_secret: list[bool] | None = None
+) -> list[str]:
+    """Schema errors of the objects as sent; for an object that holds a secret, where but not what
+    (the schema's message quotes the value)."""
     errors = []
     for version in versions:
-        for doc in documents:
+        for index, doc in enumerate(documents):
             try:
                 kubernetes_validate.validate(doc, f"{version}.0", strict=True)
             except kubernetes_validate.ValidationError as err:
                 path = ".".join(str(p) for p in err.path) or "(root)"
-                errors.append(f"{doc['kind']}/{doc['metadata']['name']} (Kubernetes {version}) at {path}: {err.message}")
+                secret = holds_secret is not None and holds_secret[index]
+                message = "invalid (not shown: the object holds a secret)" if secret else err.message
+                name = "[secret]" if secret else doc["metadata"]["name"]
+                errors.append(f"{doc['kind']}/{name} (Kubernetes {version}) at {path}: {message}")
     return errors
 
 
+def kubernetes_minor(text: str) -> str:
+    """argparse type: a minor version the schemas cover, such as 1.33."""
+    known = sorted({v.rpartition(".")[0] for v in all_versions()}, key=lambda v: tuple(map(int, v.split("."))))
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes minor with schemas here: {known[0]} to {known[-1]}")
+    return text
+
+
+def kubernetes_minor_from_env(text: str) -> str:
+    try:
+        return kubernetes_minor(text)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"MLCACHE_KUBERNETES_VERSIONS: {err}") from None
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    parser = ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
     parser.add_argument(
         "--kubernetes-version",
         action="append",
         dest="versions",
+        type=kubernetes_minor,
         metavar="MINOR",
         help=f"target version (repeatable; default {', '.join(TARGET_VERSIONS)})",
     )
     args = parser.parse_args(argv)
-    try:
-        run, _ = render(args.stack, args.config, [])
-    except RENDER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    objects = documents(run)
-    versions = tuple(args.versions or TARGET_VERSIONS)
-    errors = validation_errors(objects, versions)
+    versions = tuple(args.versions or (kubernetes_minor_from_env(v) for v in TARGET_VERSIONS))
+    run, _ = render_or_refuse(args.stack, args.config, [], args.project)
+    sent = sent_documents(run)
+    objects = [doc for doc, _ in sent]
+    errors = validation_errors(objects, versions, [secret for _, secret in sent])
     for error in errors:
         print(f"invalid: {error}", file=sys.stderr)
     if errors:
         return 1
-    kinds = ", ".join(f"{d['kind']}/{d['metadata']['name']}" for d in objects)
+    kinds = ", ".join(f"{r.kind}/{r.shown_name}" for r in ordered_objects(run))
     print(f"{args.stack}: {len(objects)} objects valid (strict) for Kubernetes {', '.join(versions)}: {kinds}")
     return 0
 

@@ -9,12 +9,12 @@ before the first consumer under WaitForFirstConsumer), the class it used, the PV
 affinity, the training pod's node and zone, and whether pod and volume share node and zone.
 It also recognises node loss: the volume's only node is NotReady or gone, so the pod that
 mounts the claim cannot be placed; it says what is lost and the command that heals it.
-Exit 0 when everything holds, 1 on a mismatch (with the runbook's remedy), 2 on bad usage.
+Exit 0 when everything holds, 1 on a mismatch (with the runbook's remedy), 2 on bad usage or
+config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,17 +22,14 @@ from decimal import Decimal
 from typing import Any
 
 from bound_cache import has_taint, pinned_node_names, ready_condition
-from names import (
-    GPU_PRODUCT_LABEL,
-    HOSTNAME_LABEL,
-    LINSTOR_CONTROLLER,
-    LINSTOR_NAMESPACE,
-    OUT_OF_SERVICE_TAINT,
-    ZONE_LABEL,
-)
+from names import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, OUT_OF_SERVICE_TAINT, ZONE_LABEL
+from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
+from verification import linstor_resources_command
 
 # Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
 STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
+# Seconds per API request: an unreachable server fails the tool instead of hanging it.
+REQUEST_TIMEOUT = 15
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -448,7 +445,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 FAIL,
                 "storage class",
                 f"PVC uses {used_class}, the stack expects {expect.storage_class}",
-                "the PVC predates the backend switch: follow the README's rollback procedure",
+                "the PVC predates the backend switch: follow the rollback procedure in docs/operations-and-rollback.md",
             )
         )
     pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
@@ -500,6 +497,8 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 Finding(FAIL, "pod zone", f"pod {name} is in zone {zone}, the stack pins {expect.zone}", "check job affinity")
             )
         if constraints and node is not None:
+            # `duplicates` pairs the Finding below with the storage-class one by shape: one
+            # Finding per check is data, not repeated logic.
             if node_satisfies(node, constraints):
                 findings.append(Finding(OK, "locality", f"pod {name} and its volume share node {node_name} and zone {zone}"))
             else:
@@ -522,7 +521,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
             Finding(
                 INFO,
                 "linstor replicas",
-                f"kubectl exec -n {LINSTOR_NAMESPACE} {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}",
+                linstor_resources_command(volume),
             )
         )
     return findings
@@ -538,9 +537,13 @@ def render_findings(findings: list[Finding]) -> str:
 
 
 def expectation_for(stack: str, overrides: list[str], kube_namespace: str) -> Expectation:
-    from tools.render import render  # noqa: PLC0415  (runs the program: only the CLI needs it)
+    from tools.render import render_or_refuse  # noqa: PLC0415  (runs the program: only the CLI needs it)
 
-    run, config = render(stack, overrides, [])
+    return expectation_from(*render_or_refuse(stack, overrides, []), kube_namespace, stack)
+
+
+def expectation_from(run: Any, config: Any, kube_namespace: str, stack: str = "STACK") -> Expectation:
+    """What a rendered stack (ProgramRun, StackConfig) asks for; the kubeconfig's namespace when it sets none."""
     return expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace, stack)
 
 
@@ -561,41 +564,69 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     """The live objects, read with a kubernetes CoreV1Api."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
+    timeout = {"_request_timeout": REQUEST_TIMEOUT}
     try:
-        pvc = serialize(core.read_namespaced_persistent_volume_claim(expect.pvc, expect.namespace))
+        pvc = serialize(core.read_namespaced_persistent_volume_claim(expect.pvc, expect.namespace, **timeout))
     except ApiException as err:
         if err.status == 404:
             return Snapshot(pvc=None)
         raise
     volume = _get(pvc, "spec", "volumeName")
-    pv = serialize(core.read_persistent_volume(volume)) if volume else None
+    pv = serialize(core.read_persistent_volume(volume, **timeout)) if volume else None
     pods = []
     if expect.job:
-        pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}").items)
-    nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node().items)}
-    bound = serialize(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=").items)
-    events = serialize(core.list_namespaced_event(expect.namespace).items)
+        pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}", **timeout).items)
+    nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node(**timeout).items)}
+    bound = serialize(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=", **timeout).items)
+    events = serialize(core.list_namespaced_event(expect.namespace, **timeout).items)
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
+def read_cluster(expect_for, context: str | None) -> tuple[Expectation, Snapshot]:
+    """The stack's expectation (config checked first, offline) and the live objects; the cluster's
+    failures (no kubeconfig, unknown context, unreachable, forbidden) as Unreachable or UsageError."""
+    from kubernetes import client, config  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
+    try:
+        contexts, active = config.list_kube_config_contexts()
+        if not isinstance(contexts, list) or not all(isinstance(c, dict) for c in contexts):
+            raise ConfigException("contexts is not a list of contexts")
+    except Exception as err:  # no kubeconfig, or one the client cannot parse (its errors are of many types)
+        raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
+    if context is not None and context not in {c.get("name") for c in contexts}:
+        names = ", ".join(sorted(str(c.get("name")) for c in contexts)) or "none"
+        raise UsageError(f"--context {context!r} is not in the kubeconfig; contexts: {names}")
+    chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
+    expect = expect_for((chosen or {}).get("context", {}).get("namespace") or "default")
+    try:
+        config.load_kube_config(context=context)
+    except Exception as err:  # a context whose cluster, user or certificate files cannot be loaded
+        which = f"context {context}" if context else "the current context"
+        raise Unreachable(f"cannot load {which} from the kubeconfig ({type(err).__name__}: {err})") from None
+    try:
+        api = client.ApiClient()
+        snapshot = read_snapshot(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
+    except ApiException as err:
+        raise Unreachable(f"the API server answered {err.status} {err.reason}") from None
+    except (OSError, HTTPError) as err:
+        raise Unreachable(str(err)) from None
+    return expect, snapshot
+
+
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.verify", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.verify", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     args = parser.parse_args(argv)
-    from kubernetes import client, config  # noqa: PLC0415
+    from tools.render import render_or_refuse  # noqa: PLC0415
 
-    try:
-        config.load_kube_config(context=args.context)
-        _, active = config.list_kube_config_contexts()
-    except Exception as err:  # no kubeconfig, unknown context
-        print(f"error: cannot load the kubeconfig: {err}", file=sys.stderr)
-        return 2
-    kube_namespace = (active or {}).get("context", {}).get("namespace") or "default"
-    expect = expectation_for(args.stack, args.config, kube_namespace)
-    api = client.ApiClient()
-    snapshot = read_snapshot(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
+    rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
+    expect, snapshot = read_cluster(lambda namespace: expectation_from(*rendered, namespace), args.context)
     findings = diagnose(snapshot, expect)
     print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
     print(render_findings(findings))

@@ -132,7 +132,7 @@ def test_prod_refuses_to_replace_the_protected_cache_until_unprotected(engine, k
     refused = project.up("prod", check=False)
     assert refused.returncode != 0 and "protect" in (refused.stdout + refused.stderr)
     assert uid(kube, pvc) == original  # nothing was deleted
-    # The README's one-`up` procedure: unprotect in the same change.
+    # The one-`up` procedure of docs/operations-and-rollback.md: unprotect in the same change.
     project.set("prod", "cache.protect", "false")
     project.up("prod")
     assert uid(kube, pvc) != original
@@ -150,7 +150,7 @@ def test_replica_change_replaces_the_class_but_neither_the_cache_nor_the_job(eng
     assert diff_actions("dev", ("linstor.replicas=2",)) == {"StorageClass": "replace"}
     # `pulumi preview` of this change fails with the provider build available here (its
     # server-side dry run of the same-named replacement hits "updates to parameters are
-    # forbidden"; see the README). `up` is what matters for the data-loss guard:
+    # forbidden"; see docs/real-engine-testing.md). `up` is what matters for the data-loss guard:
     preview = project.pulumi("preview", stack="dev", check=False)
     if preview.returncode != 0:
         assert "updates to parameters are forbidden" in preview.stdout + preview.stderr

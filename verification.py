@@ -1,4 +1,5 @@
-"""The runbook's verification commands, filled in for one stack."""
+"""The runbook's verification commands (step 7), filled in for one stack: the program exports
+them (`verifyCommands`) and tools.verify prints them as remedies."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import shlex
 from names import LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
 
 ZONE_JSONPATH = "{.metadata.labels." + ZONE_LABEL.replace(".", "\\.") + "}"
+
+
+def linstor_resources_command(volume: str) -> str:
+    """The LINSTOR view of a volume's replicas (which nodes hold it, in which state)."""
+    return f"kubectl -n {LINSTOR_NAMESPACE} exec {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}"
 
 
 def verification_commands(pvc: str, job: str | None, namespace: str | None, linstor: bool) -> dict[str, str]:
@@ -22,7 +28,5 @@ def verification_commands(pvc: str, job: str | None, namespace: str | None, lins
         commands["podNode"] = f"kubectl get pods{ns} -l job-name={job} -o wide"
         commands["podZone"] = f"kubectl get node {pod_node} -o jsonpath='{ZONE_JSONPATH}'"
     if linstor:
-        commands["linstorResources"] = (
-            f"kubectl -n {LINSTOR_NAMESPACE} exec {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}"
-        )
+        commands["linstorResources"] = linstor_resources_command(volume)
     return commands

@@ -1,0 +1,66 @@
+"""Where each config key flows, so that a key given as a secret keeps everything it reaches secret.
+
+Pulumi marks secrets per top-level key (`pulumi config set --secret --path job.env.TOKEN`
+makes all of `mlcache:job` secret; the engine tells a program no finer). Whatever such a key
+flows into, the engine must receive as a secret: the inputs of each Kubernetes object it
+reaches (all but apiVersion and kind) and each stack output derived from it. The engine then
+keeps them encrypted in state and shows them as [secret] in previews; `tools.render` shows
+them as <redacted>. The tables below say what reaches what; tests/test_secrets.py proves them
+against the program (a distinctive secret value for each key appears in no request outside a
+secret envelope).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+
+# Kubernetes kind -> the config keys its inputs are built from.
+OBJECT_INPUTS: dict[str, frozenset[str]] = {
+    "StorageClass": frozenset({"linstor"}),
+    "PersistentVolumeClaim": frozenset({"cache", "namespace", "backend", "zone", "linstor", "rookCeph"}),
+    "ConfigMap": frozenset({"cache", "namespace"}),
+    "NetworkPolicy": frozenset({"namespace"}),
+    "Secret": frozenset({"job", "namespace"}),  # its payload, the hub tokens, is secret already (read_tokens)
+    "Job": frozenset({"job", "cache", "zone", "namespace", "benchmark"}),
+}
+# Stack output -> the config keys its value comes from.
+OUTPUT_INPUTS: dict[str, frozenset[str]] = {
+    "backend": frozenset({"backend"}),
+    "storageClass": frozenset({"backend", "linstor", "rookCeph"}),
+    "storageClassManaged": frozenset({"backend", "linstor"}),
+    "pvcName": frozenset({"cache"}),
+    "namespace": frozenset({"namespace"}),
+    "volumeMode": frozenset({"cache"}),
+    "zone": frozenset({"zone"}),
+    "jobName": frozenset({"job"}),
+    "runMarker": frozenset({"job", "cache"}),
+    "benchmarkJob": frozenset({"job", "benchmark"}),
+    "verifyCommands": frozenset({"cache", "job", "namespace", "backend"}),
+}
+# Never secret: they say what an object is, and the engine needs them in the clear.
+_OBJECT_TYPE_FIELDS = ("api_version", "kind")
+
+
+class SecretFlow:
+    """The keys given as secrets, and what they make secret."""
+
+    def __init__(self, secret_keys: frozenset[str]):
+        self.secret_keys = secret_keys
+        if any(self.secret_keys & keys for keys in OBJECT_INPUTS.values()):
+            pulumi.runtime.register_stack_transformation(self._mark_object)
+
+    def _mark_object(self, args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
+        props = args.props if isinstance(args.props, dict) else None
+        if not props or not self.secret_keys & OBJECT_INPUTS.get(props.get("kind"), frozenset()):
+            return None
+        marked = {
+            key: value if key in _OBJECT_TYPE_FIELDS or value is None else pulumi.Output.secret(value)
+            for key, value in props.items()
+        }
+        return pulumi.ResourceTransformationResult(marked, args.opts)
+
+    def export(self, name: str, value: Any) -> None:
+        """pulumi.export, secret when a secret key flows into the output."""
+        pulumi.export(name, pulumi.Output.secret(value) if self.secret_keys & OUTPUT_INPUTS[name] else value)

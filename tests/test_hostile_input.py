@@ -1,0 +1,393 @@
+"""Hostile input (issue 12 §1, §4): every tool answers anything with a documented exit status and
+one line on stderr, never a traceback, and nothing on stdout unless it succeeded."""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import subprocess
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ROOT
+from tools import bench, cli, diff, render, snapshots, validate, verify
+from tools.stack_config import StackConfigError, load_stack_config
+
+
+def _call(capsys, main, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(code: int, out: str, err: str, *words: str, status: int = cli.USAGE) -> None:
+    assert code == status, err
+    assert out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for word in words:
+        assert word in err
+
+
+# Each crashed with a traceback before; now each is one line naming what was wrong.
+CONFIG_INPUTS = [
+    ("--config", "cache.size.x=1", "cannot take .x of a single value"),
+    ("--config", "cache.size[0]=1", "cannot take [0] of a single value"),
+    ("--config", "zones[5]=x", "index 5 is past the end"),
+    ("--config", "job.command[7]=x", "index 7 is past the end"),
+    ("--config", "job.tolerations[1].key=x", "index 1 is past the end"),
+    ("--secret", "hfToken[1]=x", "index 1 is past the end"),
+    ("--config", "mlcache:=x", "expected [NAMESPACE:]NAME"),
+    ("--config", "cache=[unclosed", "the value of cache: not valid YAML"),
+    ("--config", 'cache.name="unterminated', "not valid YAML"),
+    ("--config", "cache.name=*alias", "undefined alias"),
+    ("--config", "cache.name=!!python/object/apply:os.system [x]", "could not determine a constructor"),
+    ("--config", "cache.name=!!binary aGVsbG8=", "binary is not a config value"),
+    ("--config", "cache.prefetch[0]=!!set {a}", "set is not a config value"),
+    ("--config", "job.env={[a]: x}", "a map key must be text"),
+    ("--config", "job.env={A: 1, A: 2}", "appears twice"),
+    ("--config", "job.env.X=\x00", "unacceptable character"),
+    ("--config", "job.args=" + "[" * 40 + "]" * 40, "nested more than"),
+    ("--config", "cache.size=1e999999999", "mlcache:cache.size"),
+    ("--config", "[0]=x", "starts with a key name"),
+    ("--stack", "../Pulumi", "invalid stack name"),
+]
+
+
+@pytest.mark.parametrize(("option", "value", "words"), CONFIG_INPUTS, ids=[f"{o} {v[:30]!r}" for o, v, _ in CONFIG_INPUTS])
+def test_malformed_config_is_one_line(capsys, option, value, words):
+    argv = ["--stack", "dev", option, value] if option != "--stack" else [option, value]
+    assert_refused(*_call(capsys, render.main, *argv), words)
+
+
+def test_the_readme_run_id_renders_as_typed(capsys):
+    code, out, _ = _call(capsys, render.main, "--stack", "dev", "--config", "job.runId=2026-11-28")
+    assert code == 0
+    job = next(d for d in yaml.safe_load_all(out) if d["kind"] == "Job")
+    assert job["metadata"]["name"] == "sft-qwen3vl-fire-4gpu-2026-11-28"
+
+
+STACK_FILES = {
+    "a list": ("- a\n", "expected a mapping with a `config:` key"),
+    "config not a mapping": ("config: [1, 2]\n", "`config:` must be a mapping"),
+    "bad YAML": ("config: [unclosed\n", "not valid YAML"),
+    "a tab": ("config:\n\tx: 1\n", "not valid YAML"),
+    "binary": ("config:\n  mlcache:zone: !!binary aGVsbG8=\n", "binary is not a config value"),
+    "a list as a key": ("config:\n  ? [a]\n  : x\n", "a map key must be text"),
+    "a key twice": ("config:\n  mlcache:zone: a\n  mlcache:zone: b\n", "appears twice"),
+    "no namespace": ("config:\n  zone: ucsd\n", "is not NAMESPACE:NAME"),
+    "a recursive alias": ("config: &x\n  mlcache:job: *x\n", "recursive"),
+    "an alias bomb": (
+        "a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\nconfig:\n  mlcache:zones: *e\n",
+        "more than 100000 values",
+    ),
+}
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", STACK_FILES)
+def test_malformed_stack_files_name_the_file_and_the_problem(project, case):
+    text, words = STACK_FILES[case]
+    (project / "Pulumi.x.yaml").write_text(text)
+    with pytest.raises(StackConfigError) as raised:
+        load_stack_config("x", project_dir=project)
+    assert str(raised.value).startswith("Pulumi.x.yaml: ") and words in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_stack_file_that_is_a_symlink_to_a_binary(project):
+    (project / "Pulumi.x.yaml").symlink_to(sys.executable)
+    with pytest.raises(StackConfigError, match=r"Pulumi.x.yaml: not a text file"):
+        load_stack_config("x", project_dir=project)
+
+
+def test_dates_in_stack_files_stay_text(project):
+    (project / "Pulumi.x.yaml").write_text("config:\n  mlcache:job:\n    runId: 2026-11-28\n")
+    assert load_stack_config("x", project_dir=project).values["mlcache:job"] == {"runId": "2026-11-28"}
+
+
+# --- render --out / --summary / --json
+
+
+def test_out_replaces_an_earlier_render_and_keeps_other_files(capsys, tmp_path):
+    bench_on = ("--config", "benchmark.enabled=true", "--config", "benchmark.fioImage=example.org/fio:3.36")
+    assert _call(capsys, render.main, "--stack", "dev", "--out", str(tmp_path), *bench_on)[0] == 0
+    assert any("storage-bench" in p.name for p in tmp_path.iterdir())
+    (tmp_path / "README.txt").write_text("mine")
+    assert _call(capsys, render.main, "--stack", "dev", "--out", str(tmp_path))[0] == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert not any("storage-bench" in name for name in names) and "README.txt" in names
+    assert len(names) == 6
+
+
+@pytest.mark.parametrize(
+    ("out", "words"),
+    [("", "needs a directory"), ("/proc/version", "not a directory"), ("/proc/no/such", "cannot write there")],
+)
+def test_out_that_cannot_be_a_directory_is_refused(capsys, out, words):
+    assert_refused(*_call(capsys, render.main, "--stack", "dev", "--out", out), words)
+
+
+def test_summary_with_out_writes_the_files_and_prints_the_summary(capsys, tmp_path):
+    code, out, _ = _call(capsys, render.main, "--stack", "prod", "--out", str(tmp_path), "--summary")
+    assert code == 0 and out.startswith("resources:") and len(list(tmp_path.iterdir())) == 5
+    code, out, _ = _call(capsys, render.main, "--stack", "prod", "--out", str(tmp_path), "--json")
+    assert code == 0 and len(json.loads(out)["objects"]) == 5
+
+
+def test_summary_and_json_together_are_refused(capsys):
+    assert_refused(*_call(capsys, render.main, "--stack", "dev", "--summary", "--json"), "not allowed with argument")
+
+
+def _tool(*argv, stdout=subprocess.PIPE, env=None):
+    return subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, check=False
+    )
+
+
+class _FullDevice(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_stdout_that_cannot_be_written_is_one_line():
+    err = io.StringIO()
+    with redirect_stdout(_FullDevice()), redirect_stderr(err):
+        assert render.main(["--stack", "dev"]) == cli.USAGE
+    assert err.getvalue() == "error: cannot write the output to stdout: No space left on device\n"
+
+
+def test_no_event_loop_noise_after_a_render():
+    # -W default shows the ResourceWarning an unclosed loop gives when the interpreter finalises it.
+    result = _tool("-W", "default", "-m", "tools.render", "--stack", "prod", "--summary")
+    assert result.returncode == 0 and result.stderr == ""
+
+
+def test_a_bug_is_one_line_without_its_message():
+    @cli.entry_point
+    def broken(argv):
+        print("half an output")
+        raise TypeError("hf_value_that_must_not_show")
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        assert broken([]) == cli.INTERNAL
+    assert out.getvalue() == ""
+    assert err.getvalue().startswith("error: internal error (TypeError at test_hostile_input.py:")
+    assert "hf_value" not in err.getvalue() and err.getvalue().count("\n") == 1
+
+
+# --- the other tools
+
+
+def test_validate_refuses_an_unknown_kubernetes_version(capsys):
+    code, out, err = _call(capsys, validate.main, "--stack", "dev", "--kubernetes-version", "abc")
+    assert_refused(code, out, err, "'abc' is not a Kubernetes minor")
+
+
+def test_snapshots_takes_no_arguments(capsys):
+    assert_refused(*_call(capsys, snapshots.main, "--bogus"), "unrecognized arguments")
+
+
+def test_diff_base_is_a_revision_never_an_option(capsys, tmp_path):
+    target = tmp_path / "truncated"
+    assert_refused(*_call(capsys, diff.main, f"--base=--output={target}"), "expected a git revision")
+    assert not target.exists()
+
+
+def test_diff_of_a_stack_that_exists_nowhere_is_an_error(capsys):
+    assert_refused(*_call(capsys, diff.main, "--base", "HEAD", "--stack", "prdo", "--fail-on-data-loss"), "no Pulumi.prdo.yaml")
+
+
+def test_diff_picks_the_error_line_among_warnings():
+    assert diff.error_line("warning: a\nerror: invalid config mlcache:zone\n") == "invalid config mlcache:zone"
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    def write(text: str) -> None:
+        path = tmp_path / "kubeconfig"
+        path.write_text(text)
+        # The client reads $KUBECONFIG once, at import: a fresh process per run, one process here.
+        monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+
+    return write
+
+
+UNREACHABLE_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: not-a-real-token}}]
+contexts: [{name: here, context: {cluster: c, user: u}}]
+current-context: here
+"""
+
+
+def test_verify_checks_the_config_before_the_cluster(capsys, kubeconfig):
+    kubeconfig("garbage: [")
+    assert_refused(*_call(capsys, verify.main, "--stack", "dev", "--config", "zone=mars"), "mlcache:zone")
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [("garbage: [", "no usable kubeconfig"), ("contexts: 5\n", "no usable kubeconfig"), (UNREACHABLE_KUBECONFIG, "refused")],
+    ids=["unparsable", "wrong shape", "unreachable server"],
+)
+def test_verify_without_a_cluster_exits_3(capsys, kubeconfig, text, words):
+    kubeconfig(text)
+    code, out, err = _call(capsys, verify.main, "--stack", "dev")
+    assert_refused(code, out, err, "cannot read the cluster", words, status=cli.UNREACHABLE)
+    assert "not-a-real-token" not in err
+
+
+def test_verify_unknown_context_is_usage(capsys, kubeconfig):
+    kubeconfig(UNREACHABLE_KUBECONFIG)
+    assert_refused(*_call(capsys, verify.main, "--stack", "dev", "--context", "there"), "'there' is not in the kubeconfig")
+
+
+FIO = {
+    "a null job": '{"jobs": [null]}',
+    "no clat_ns": '{"jobs": [{"jobname": "a", "read": {"io_bytes": 5, "bw_bytes": 1, "iops": 1}}]}',
+    "jobs not a list": '{"jobs": 5}',
+    "io_bytes as text": '{"jobs": [{"read": {"io_bytes": "5"}}]}',
+    "zero bandwidth": '{"jobs": [{"jobname": "a", "read": {"io_bytes": 5, "bw_bytes": 0, "iops": 1, "clat_ns": {"mean": 1}}}]}',
+    "deeply nested": "{" + '"a":[' * 5000 + "]" * 5000 + "}",
+}
+
+
+@pytest.mark.parametrize("case", FIO)
+def test_bench_report_refuses_fio_json_of_the_wrong_shape(capsys, tmp_path, case):
+    (tmp_path / "r.json").write_text(FIO[case])
+    assert_refused(*_call(capsys, bench.main, "report", str(tmp_path / "r.json")))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--readers", "0"], ["--size", "1X"], ["--count", "-1"], ["--rounds", "0"], ["--count", "x"]],
+    ids=lambda a: " ".join(a),
+)
+def test_bench_shards_checks_its_arguments_first(capsys, tmp_path, argv):
+    assert_refused(*_call(capsys, bench.main, "shards", "--dir", str(tmp_path / "s"), *argv), argv[0])
+    assert not (tmp_path / "s").exists()
+
+
+def test_bench_plot_to_an_unwritable_place_prints_nothing(capsys, tmp_path):
+    data = ROOT / "tests" / "data" / "fio-kubectl-logs.txt"
+    assert_refused(*_call(capsys, bench.main, "report", str(data), "--plot", "/proc/no/chart.png"), "cannot write the chart")
+
+
+@pytest.mark.parametrize("args", [["-x"], ["a b"], ["../Pulumi"], ["dev", "prod"], ["prdo"]], ids=repr)
+def test_run_refuses_anything_but_a_stack_name(args):
+    result = subprocess.run([str(ROOT / "run"), *args], capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("run: ") and result.stderr.count("\n") == 1
+
+
+# --- property: generated command lines and stack files
+
+
+KEYS = ["zone", "zones", "cache", "cache.size", "job.env.A", "job.command", "linstor.replicas", "mlcache:job", "x:y", ""]
+YAMLISH = st.text(alphabet=st.sampled_from(list("ab1-:.[]{}\"'*&!#|>%@`, \n\t\\0x=")), max_size=12)
+VALUES = YAMLISH | st.text(max_size=8)
+SUFFIXES = st.sampled_from(["", ".x", "[0]", "[3]", '["a"]', "..", "["])
+PATHS = st.builds(lambda k, suffix: k + suffix, st.sampled_from(KEYS), SUFFIXES)
+ASSIGNMENTS = st.builds(lambda key, sep, value: f"{key}{sep}{value}", PATHS, st.sampled_from(["=", "", "=="]), VALUES)
+ARGUMENT = st.one_of(
+    st.tuples(st.sampled_from(["--config", "--secret"]), ASSIGNMENTS),
+    st.tuples(st.sampled_from(["--stack"]), st.sampled_from(["dev", "prod", "", "-", "dev/..", "x"]) | st.text(max_size=5)),
+    st.tuples(st.sampled_from(["--summary", "--json", "--bogus", "-h"])),
+    st.tuples(st.text(max_size=6)),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(ARGUMENT, max_size=4))
+def test_any_render_command_line_ends_in_a_documented_status(capsys, arguments):
+    argv = [part for argument in arguments for part in argument]
+    code, out, err = _call(capsys, render.main, *argv)
+    assert code in (cli.OK, cli.USAGE), err
+    assert "Traceback" not in err
+    if code != cli.OK:
+        assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.one_of(
+        YAMLISH,
+        st.builds(
+            lambda key, value: f"config:\n  {key}: {value}\n", st.sampled_from(["mlcache:zone", "mlcache:job", "a", "1"]), YAMLISH
+        ),
+        st.builds(lambda body: f"config:\n  mlcache:job:\n    env: {body}\n", YAMLISH),
+    )
+)
+def test_any_stack_file_loads_or_is_refused_in_one_line(tmp_path_factory, text):
+    project = tmp_path_factory.mktemp("p")
+    (project / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (project / "Pulumi.g.yaml").write_text(text)
+    try:
+        config = load_stack_config("g", project_dir=project)
+    except StackConfigError as err:
+        assert "\n" not in str(err) and str(err)
+    else:
+        assert all(isinstance(v, str) for v in config.engine_config().values())
+
+
+NOWHERE = "/proc/no/such/place"
+TOOLS = {
+    "validate": (validate.main, ["--stack", "--config", "--kubernetes-version", "--secret"], (cli.OK, cli.USAGE)),
+    "verify": (verify.main, ["--stack", "--config", "--context"], (cli.OK, cli.USAGE, cli.UNREACHABLE)),
+    "bench report": (lambda argv: bench.main(["report", *argv]), ["--plot", NOWHERE, "/dev/null"], (cli.OK, cli.USAGE)),
+    "bench shards": (
+        lambda argv: bench.main(["shards", "--dir", NOWHERE, *argv]),
+        ["--count", "--size", "--readers", "--rounds"],  # --dir stays NOWHERE: nothing is ever written
+        (cli.OK, cli.USAGE),
+    ),
+}
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_any_command_line_of_the_other_tools_ends_in_a_documented_status(capsys, monkeypatch, tool):
+    main, vocabulary, statuses = TOOLS[tool]
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", NOWHERE)
+    words = st.sampled_from(vocabulary) | st.sampled_from(["dev", "prod", "1.33", "0", "-1", "1X", "zone=mars"]) | VALUES
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.lists(words, min_size=1, max_size=5))
+    def check(argv):
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code in statuses, (argv, err)
+        assert "Traceback" not in err
+        if code != cli.OK:
+            assert out == "" and err.startswith("error: ") and err.count("\n") == 1, err
+
+    check()
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "err"), [(None, 0, ""), (0, 0, ""), ("fio is not installed", 2, "error: fio is not installed\n")]
+)
+def test_an_exit_inside_a_tool_keeps_the_contract(raised, status, err):
+    @cli.entry_point
+    def exits(argv):
+        print("the report")
+        raise SystemExit(raised)
+
+    out, errors = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(errors):
+        assert exits([]) == status
+    assert errors.getvalue() == err and out.getvalue() == ("the report\n" if status == 0 else "")

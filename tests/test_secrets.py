@@ -1,0 +1,153 @@
+"""Secrets (issue 12 §3): any key may be secret, and its value reaches the engine only inside a
+secret envelope, wherever it flows; tools print secrets by where they flow, never by their text;
+no error line repeats one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tools import render
+from tools.diff import manifest_diff, plan, report
+from tools.mock_engine import ProgramRun, is_secret_envelope, run_program
+from tools.stack_config import SECURE_PLACEHOLDER, load_stack_config
+
+
+def plain_text(value: Any) -> Iterator[str]:
+    """Every string of a RegisterResource request that the engine would store and show in the clear."""
+    if is_secret_envelope(value):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from plain_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from plain_text(item)
+    elif value is not None:
+        yield str(value)
+
+
+def secret_text(value: Any) -> Iterator[str]:
+    """Every string inside a secret envelope."""
+    if is_secret_envelope(value):
+        yield from plain_text(value.get("value"))
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from secret_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from secret_text(item)
+
+
+def assert_kept_secret(run: ProgramRun, secret: str) -> None:
+    assert any(secret in text for r in run.registrations for text in secret_text(r.wire)), "the value reached no object"
+    for registration in run.registrations:
+        leaked = [text for text in plain_text(registration.wire) if secret in text]
+        assert not leaked, f"{registration.type} {registration.name} holds the secret in the clear: {leaked[:2]}"
+    for name, value in run.outputs.items():
+        assert name in run.secret_outputs or secret not in str(value), f"output {name} shows the secret"
+
+
+# A distinctive value for each key, so that a plain occurrence can only be a leak.
+SECRET_KEYS = [
+    ("job.env.WANDB_API_KEY=wandb-9f8e7d6c", ()),
+    ("job.name=sft-hidden-run-77", ()),
+    ("job.image=registry.example.org/private/trainer:7.7.7", ()),
+    ("job.args[0]=--hidden-flag-77", ()),
+    ("job.runId=hidden-run-77", ()),
+    ("cache.name=hidden-cache-pvc-77", ()),
+    ("cache.prefetch[0]=hiddenorg/hidden-model-77", ()),
+    ("namespace=hidden-ns-77", ()),
+    ("zone=hiddenzone77", ("zones=[ucsd, hiddenzone77]",)),
+    ("linstor.storageClassName=hidden-class-77", ()),
+    ("linstor.storagePool=hiddenpool77", ()),
+    ("rookCeph.storageClassName=hidden-ceph-77", ("backend=rook-ceph",)),
+    ("benchmark.fioImage=registry.example.org/hidden/fio:3.36", ("benchmark.enabled=true",)),
+    ("benchmark.size=77G", ("benchmark.enabled=true", "benchmark.fioImage=example.org/fio:3.36")),
+    ("hfToken=hf_hidden77", ()),
+]
+
+
+@pytest.mark.parametrize(("assignment", "config"), SECRET_KEYS, ids=[a.partition("=")[0] for a, _ in SECRET_KEYS])
+def test_a_secret_key_reaches_the_engine_only_as_a_secret(assignment, config):
+    run, _ = render.render("dev", list(config), [assignment])
+    assert_kept_secret(run, assignment.partition("=")[2])
+
+
+def test_a_secure_value_in_a_stack_file_is_secret_where_it_flows(tmp_path):
+    (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
+    (tmp_path / "Pulumi.ci.yaml").write_text("config:\n  mlcache:job:\n    env:\n      WANDB_API_KEY:\n        secure: v1:AAA=\n")
+    config = load_stack_config("ci", project_dir=tmp_path)
+    assert config.secret_keys == {"mlcache:job"}
+    assert_kept_secret(run_program(config.engine_config(), sorted(config.secret_keys), "ci"), SECURE_PLACEHOLDER)
+
+
+def test_only_what_a_secret_flows_into_is_secret():
+    run, _ = render.render("dev", [], ["job.env.WANDB_API_KEY=wandb-9f8e7d6c"])
+    secret_kinds = {r.kind for r in run.kubernetes_objects() if any(is_secret_envelope(v) for v in r.wire.values())}
+    assert secret_kinds == {"Job"}
+    assert run.secret_outputs == {"jobName", "runMarker", "benchmarkJob", "verifyCommands"}
+
+
+def _render_cli(capsys, *argv):
+    code = render.main(["--stack", "dev", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "token", ["abc", "cache", "pässwörd-ß", "line one\nline two", "x" * 300 + " folded " + "y" * 300], ids=repr
+)
+def test_redaction_is_by_where_a_secret_flows_not_by_its_text(capsys, tmp_path, token):
+    _, plain, _ = _render_cli(capsys)
+    outputs = []
+    for extra in ([], ["--summary"], ["--json"], ["--out", str(tmp_path)]):
+        code, out, err = _render_cli(capsys, "--secret", f"hfToken={token}", *extra)
+        assert code == 0
+        outputs += [out, err, *(p.read_text() for p in tmp_path.iterdir())]
+    if token not in plain:  # "cache" is a word of every render: there, only the structure below can tell
+        assert not any(token in text for text in outputs)
+    _, with_token, _ = _render_cli(capsys, "--secret", f"hfToken={token}")
+    # The rest of the output is untouched: "cache" still reads ms-swift-cache-pvc, /cache, ...
+    unrelated = [d for d in yaml.safe_load_all(with_token) if d["kind"] not in ("Secret", "Job")]
+    assert unrelated == [d for d in yaml.safe_load_all(plain) if d["kind"] != "Job"]
+    assert with_token.count("<redacted>") == 1
+
+
+@pytest.mark.parametrize(
+    ("assignment", "config"),
+    [
+        ("cache.name=Bad_Secret_Name", ()),
+        ("job.shmSize=999Gi", ()),  # job.memory's rule would quote job.shmSize
+        ("job.env.lower-case=SecretEnvValue9", ()),
+        ("zone=hiddenzone77", ()),
+        ("mlcahce:zone=hiddenzone77", ()),
+        ("linstor.replicas=3", ("linstor.layerList=storage",)),
+    ],
+    ids=lambda a: a if isinstance(a, str) else "",
+)
+def test_no_error_line_repeats_a_secret(capsys, assignment, config):
+    argv = [arg for c in config for arg in ("--config", c)]
+    code, out, err = _render_cli(capsys, *argv, "--secret", assignment)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "= [secret]" in err or "rule is not shown" in err
+    assert assignment.partition("=")[2] not in err
+
+
+def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch):
+    # tools.diff renders both sides with one random digest key (here set by hand, in-process).
+    monkeypatch.setenv(render.DIGEST_KEY_ENV, "k3y")
+    secret = ["cache.name=hidden-cache-pvc-77"]
+    old = render.as_json(render.render("dev", [], secret)[0])
+    new = render.as_json(render.render("dev", ["cache.volumeMode=Block"], secret)[0])
+    assert plan(old, render.as_json(render.render("dev", [], secret)[0])) == []  # equal secrets, equal digests
+    changes = {c.label: c for c in plan(old, new)}
+    pvc = changes["PersistentVolumeClaim/cache-pvc"]
+    assert pvc.action == "replace" and pvc.data_loss
+    shown = report("dev", list(changes.values()))
+    assert "hidden-cache-pvc-77" not in shown and "Block" not in manifest_diff(pvc)
