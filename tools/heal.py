@@ -166,11 +166,11 @@ def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> int:
             )
             return 2
         time.sleep(1)
-    from tools.mock_engine import PROJECT_DIR  # noqa: PLC0415
+    from tools import CHECKOUT  # noqa: PLC0415
 
     command = ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", expect.stack]
     print("running: " + " ".join(command), file=sys.stderr)
-    return subprocess.run(command, cwd=PROJECT_DIR, check=False).returncode
+    return subprocess.run(command, cwd=CHECKOUT, check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
