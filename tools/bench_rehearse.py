@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from tools.mock_engine import PROJECT_DIR
+from tools import CHECKOUT as PROJECT_DIR
 
 TARGET_SECONDS = 60.0
 # Progress lines of tools.rehearse ("[ 12.3s] rehearse: <message>") that mark phase boundaries.

@@ -33,9 +33,9 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from tools import CHECKOUT as PROJECT_DIR
 from tools.fleet import FleetError
 from tools.fleet import load as load_fleet
-from tools.mock_engine import PROJECT_DIR
 from tools.placement import (
     ClusterView,
     Report,
@@ -47,7 +47,7 @@ from tools.placement import (
     still_moving,
     volume_state,
 )
-from tools.render import RENDER_ERRORS, render, scrub, secret_values
+from tools.render import RENDER_ERRORS, render
 from tools.stack_config import StackConfig, load_stack_config
 from tools.verify import _get, expectation_from_outputs, node_zone
 
@@ -137,6 +137,34 @@ def link_toolchain(found: dict[str, Path], directory: Path) -> Path:
     for name, source in found.items():
         (directory / name).symlink_to(source)
     return directory
+
+
+def secret_values(config: StackConfig) -> list[str]:
+    """Plain-text secret config values (leaves of secret keys), to scrub from error text."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+
+    for key in config.secret_keys:
+        walk(config.values.get(key))
+    return found
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """No secret value leaves a rehearsal's error, in plain text or base64."""
+    import base64  # noqa: PLC0415
+
+    for secret in secrets:
+        text = text.replace(secret, "<redacted>").replace(base64.b64encode(secret.encode()).decode(), "<redacted>")
+    return text
 
 
 def copy_program(destination: Path, project_dir: Path = PROJECT_DIR) -> Path:
