@@ -188,18 +188,26 @@ def _annotate(change: Change) -> None:
         change.warnings.append(f"a running training run of {change.label} is {effect}")
 
 
+def _dig(value: Any, *path: str) -> Any:
+    """A nested field, or None (a secret shows as a digest string, not an object: nothing to read)."""
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
-    return ((manifest.get("spec") or {}).get("template") or {}).get("spec") or {}
+    spec = _dig(manifest, "spec", "template", "spec")
+    return spec if isinstance(spec, dict) else {}
 
 
 def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(zones, GPU products) a Job's pods are restricted to by required node affinity (() = any)."""
-    terms = (
-        (pod_spec(manifest).get("affinity") or {})
-        .get("nodeAffinity", {})
-        .get("requiredDuringSchedulingIgnoredDuringExecution", {})
-        .get("nodeSelectorTerms", [])
+    terms = _dig(
+        pod_spec(manifest), "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms"
     )
+    terms = terms if isinstance(terms, list) else []
     found: dict[str, set[str]] = {ZONE_LABEL: set(), GPU_PRODUCT_LABEL: set()}
     for term in terms:
         for expression in term.get("matchExpressions") or []:
@@ -214,11 +222,12 @@ def _describe_placement(placement: tuple[tuple[str, ...], tuple[str, ...]]) -> s
 
 
 def _claims_of(manifest: dict[str, Any]) -> set[str]:
-    return {
-        (v.get("persistentVolumeClaim") or {}).get("claimName")
-        for v in pod_spec(manifest).get("volumes") or []
-        if v.get("persistentVolumeClaim")
-    }
+    volumes = pod_spec(manifest).get("volumes")
+    return (
+        {_dig(v, "persistentVolumeClaim", "claimName") for v in volumes if isinstance(v, dict)}
+        if isinstance(volumes, list)
+        else set()
+    )
 
 
 def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -229,9 +238,11 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
             continue
         if changes.get(urn) and changes[urn].action != "update":
             continue  # re-created in this change (relocated, or replaced for another reason)
-        if (manifest["metadata"].get("annotations") or {}).get(BACKEND_ANNOTATION, "linstor") != "linstor":
+        if (_dig(manifest, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor") != "linstor":
             continue  # network storage: reachable from every zone
-        claim = manifest["metadata"]["name"]
+        claim = _dig(manifest, "metadata", "name")
+        if not isinstance(claim, str):
+            continue
         for job_urn, job in after.items():
             previous = before.get(job_urn)
             if _kind(job) != "Job" or previous is None or claim not in _claims_of(job["manifest"]):
@@ -252,14 +263,14 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
 
 def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> None:
     """Shrinks, and growth the class does not allow: updates the API server refuses mid-up."""
-    classes = {o["manifest"]["metadata"]["name"]: o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
+    classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
     for change in changes.values():
         if change.action != "update" or _kind(change.new) != "PersistentVolumeClaim":
             continue
         old_size, new_size = (_size(c["manifest"]) for c in (change.old, change.new))
         if old_size == new_size or None in (old_size, new_size):
             continue
-        old_text, new_text = (c["manifest"]["spec"]["resources"]["requests"]["storage"] for c in (change.old, change.new))
+        old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (change.old, change.new))
         relocate = "or re-create the cache at the new size with cache.relocate true (DATA LOSS)"
         if new_size < old_size:
             change.warnings.append(
@@ -267,17 +278,21 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
                 f"cannot shrink; way out: keep cache.size at {old_text} or more, {relocate}"
             )
             continue
-        storage_class = classes.get(change.new["manifest"]["spec"].get("storageClassName"))
+        storage_class = classes.get(_dig(change.new["manifest"], "spec", "storageClassName"))
         if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
             change.warnings.append(
                 f"the API server will refuse this update: cache.size grows {old_text} -> {new_text} but StorageClass "
-                f"{storage_class['metadata']['name']} has allowVolumeExpansion false; way out: set "
+                f"{_dig(storage_class, 'metadata', 'name')} has allowVolumeExpansion false; way out: set "
                 f"linstor.allowVolumeExpansion true (expands in place, keeps the data), {relocate}"
             )
 
 
 def _size(manifest: dict[str, Any]):
-    return quantity_bytes(((manifest.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage"))
+    size = _dig(manifest, "spec", "resources", "requests", "storage")
+    try:
+        return quantity_bytes(size) if isinstance(size, str) else None
+    except ValueError:  # a secret's digest, not a quantity
+        return None
 
 
 def manifest_diff(change: Change) -> str:
