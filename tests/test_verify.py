@@ -149,7 +149,7 @@ def test_findings_render_with_remedies():
 def test_expectation_comes_from_the_stacks_outputs(stack, namespace, zone):
     expect = expectation_for(stack, [], kube_namespace="team-ns")
     assert expect.pvc == "ms-swift-cache-pvc" and expect.namespace == namespace and expect.zone == zone
-    assert expect.storage_class == "linstor-fast-cache" and expect.job == "sft-qwen3vl-fire-4gpu"
+    assert expect.storage_class == "linstor-fast-cache" and expect.job == "sft-qwen3vl-fire-4gpu" and expect.stack == stack
 
 
 def test_node_loss_names_the_lost_node_what_is_lost_and_the_heal_command():

@@ -626,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.render import render_or_refuse  # noqa: PLC0415
 
     rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
-    expect, snapshot = read_cluster(lambda namespace: expectation_from(*rendered, namespace), args.context)
+    expect, snapshot = read_cluster(lambda namespace: expectation_from(*rendered, namespace, args.stack), args.context)
     findings = diagnose(snapshot, expect)
     print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
     print(render_findings(findings))
