@@ -44,11 +44,11 @@ cache = CacheVolume(
     claim_unbound=live_cache.unbound,
 )
 
-# The warm-up and shard-loading scripts (Filesystem mode: Block mode has no files to fetch or load).
+# The warm-up, prewarm and benchmark scripts (Filesystem mode: Block mode has no files to fetch or load).
 scripts = None
 if not settings.cache.is_block:
     scripts = WorkloadScripts(
-        "workload-scripts", settings.cache, config_map_name=SCRIPTS_CONFIG_MAP, namespace=settings.namespace
+        "workload-scripts", settings.cache, settings.job, config_map_name=SCRIPTS_CONFIG_MAP, namespace=settings.namespace
     )
 
 # No pod that mounts the cache accepts inbound connections.

@@ -276,6 +276,16 @@ class JobSettings:
         "Identity of one run: the Job is named name-runId, and a finished run is not repeated.",
     )
     run_as_user: int = setting(Integer(1, INT32_MAX), 10001, "UID (and GID, fsGroup) the pods run as.")
+    prewarm: bool = setting(
+        Flag(),
+        True,
+        "Before training, read the model (its --model, prefetched by cache.prefetch) into the page cache "
+        "within the memory headroom (Filesystem mode; docs/coldstart.md).",
+    )
+    prewarm_readers: int = setting(Integer(1, 64), 8, "Parallel readers of the prewarm.")
+    prewarm_max_bytes: str | None = setting(
+        Quantity("64Gi"), None, "Upper bound of the prewarm in bytes; unset = whatever fits in the memory headroom."
+    )
 
     @property
     def run_name(self) -> str:

@@ -1,5 +1,6 @@
-"""The optional storage benchmark Job: fio profiles, then the shard-loading benchmark, on the
-cache, scheduled exactly like the training Job (see "The first-consumer trap" in docs/benchmarking.md)."""
+"""The optional storage benchmark Job: fio profiles, then the shard-loading and cold-start
+benchmarks, on the cache, scheduled exactly like the training Job (see "The first-consumer trap"
+in docs/benchmarking.md)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import pulumi_kubernetes as k8s
 from components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
 from components.common import constructor_kwargs
 from components.security import scratch_mount
-from components.workload_scripts import SHARD_BENCH_SCRIPT
+from components.workload_scripts import COLDSTART_SCRIPT, SHARD_BENCH_SCRIPT
 from names import SCRIPTS_PATH, benchmark_job_name
 from settings import BenchmarkSettings, CacheSettings
 
 APP_LABEL = {"app": "mlcache-benchmark"}
+COLDSTART_ROUNDS = 3
 
 
 def bench_dir(cache: CacheSettings, what: str) -> str:
@@ -59,23 +61,31 @@ def fio_container(pod: CachePod, profile: str, bench: BenchmarkSettings) -> dict
 
 
 def shard_load_container(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any]:
-    command = [
-        "python",
-        f"{SCRIPTS_PATH}/{SHARD_BENCH_SCRIPT}",
-        "run",
-        bench_dir(pod.cache, "shards"),
+    command = ["python", f"{SCRIPTS_PATH}/{SHARD_BENCH_SCRIPT}", "run", *_shard_args(pod.cache, bench)]
+    return container(pod, "shard-load", pod.job.image, command, mounts=[scratch_mount(), scripts_mount()])
+
+
+def coldstart_container(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any]:
+    """fio (when the image has it), the default loader, prewarm + loader and the shard reader on
+    the shards the shard-load step left, alternating rounds (docs/coldstart.md)."""
+    command = ["python", f"{SCRIPTS_PATH}/{COLDSTART_SCRIPT}", *_shard_args(pod.cache, bench), f"--rounds={COLDSTART_ROUNDS}"]
+    return container(pod, "cold-start", pod.job.image, command, mounts=[scratch_mount(), scripts_mount()])
+
+
+def _shard_args(cache: CacheSettings, bench: BenchmarkSettings) -> list[str]:
+    return [
+        bench_dir(cache, "shards"),
         f"--count={bench.shard_count}",
         f"--size={bench.shard_size}",
         f"--readers={bench.readers}",
     ]
-    return container(pod, "shard-load", pod.job.image, command, mounts=[scratch_mount(), scripts_mount()])
 
 
 def benchmark_manifest(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any]:
     # One step after the other (init containers run in order): no run disturbs another.
     steps = [fio_container(pod, profile, bench) for profile in bench.profiles]
     if bench.shard_load:
-        steps.append(shard_load_container(pod, bench))
+        steps += [shard_load_container(pod, bench), coldstart_container(pod, bench)]
     return job_manifest(pod, benchmark_job_name(pod.job.name), pod_spec(pod, steps), app_label=APP_LABEL, backoff_limit=1)
 
 

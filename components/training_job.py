@@ -13,7 +13,7 @@ from components.cache_pod import CachePod, container, job_manifest, pod_spec, sc
 from components.common import constructor_kwargs
 from components.hub_credentials import HubCredentials, secret_env
 from components.security import scratch_mount
-from components.workload_scripts import PREFETCH_LIST, PREFETCH_SCRIPT, prefetch_markers
+from components.workload_scripts import PREFETCH_LIST, PREFETCH_SCRIPT, PREWARM_SCRIPT, prefetch_markers
 from names import RUN_LABEL, SCRIPTS_PATH, SHM_PATH
 from settings import CacheSettings, JobSettings
 
@@ -31,17 +31,29 @@ BLOCK_MODE_WARNING = (
 
 # Runs the training command once per run identity. A Job re-created for a run that already
 # finished (garbage-collected by a TTL, dropped by `pulumi refresh`, re-created by `pulumi up`)
-# finds the marker on the cache and exits 0 at once instead of training again. The shell stays
-# PID 1 to write the marker, so it forwards SIGTERM to the trainer for a clean shutdown.
+# finds the marker on the cache and exits 0 at once instead of training again. Before training,
+# the prewarm (when MLCACHE_PREWARM names it) reads the model into the page cache; whatever it
+# does, training starts after it. The shell stays PID 1 to write the marker, so it forwards
+# SIGTERM to the prewarm or the trainer for a clean shutdown (also one that arrives between
+# starting a child and learning its PID).
 RUN_ONCE_SCRIPT = """\
 marker="$MLCACHE_RUN_MARKER"
 if [ -e "$marker" ]; then
   echo "mlcache: run $MLCACHE_RUN_NAME already completed ($(cat "$marker")); marker $marker; nothing to do"
   exit 0
 fi
+stopping= child=
+trap 'stopping=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM INT
+if [ -n "${MLCACHE_PREWARM:-}" ]; then
+  python3 "$MLCACHE_PREWARM" -- "$@" &
+  child=$!
+  [ -z "$stopping" ] || kill -TERM "$child" 2>/dev/null
+  wait "$child" || echo "mlcache: prewarm exited with status $?; training starts without it"
+  [ -z "$stopping" ] || exit 143
+fi
 "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+[ -z "$stopping" ] || kill -TERM "$child" 2>/dev/null
 wait "$child"; status=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
 if [ "$status" -eq 0 ]; then
@@ -128,10 +140,14 @@ def training_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[s
     env = container_env(job, cache)
     command, args = list(job.command), swift_args(job, cache)
     marker = completion_marker(job, cache)
+    mounts = [{"name": SHM_VOLUME, "mountPath": SHM_PATH}, scratch_mount()]
     if marker:
         env.update(MLCACHE_RUN_NAME=job.run_name, MLCACHE_RUN_MARKER=marker)
         command, args = ["/bin/sh", "-c", RUN_ONCE_SCRIPT, "mlcache-run-once"], command + args
-    mounts = [{"name": SHM_VOLUME, "mountPath": SHM_PATH}, scratch_mount()]
+    if marker and pod.scripts is not None:
+        # Always there in Filesystem mode: job.prewarm* edit the ConfigMap, never this template.
+        env["MLCACHE_PREWARM"] = f"{SCRIPTS_PATH}/{PREWARM_SCRIPT}"
+        mounts.append(scripts_mount())
     return container(pod, CONTAINER, job.image, command, args=args, env=env, secret_env=token_env, mounts=mounts)
 
 

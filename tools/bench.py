@@ -7,6 +7,10 @@ python -m tools.bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--
     writes synthetic safetensors shards (kept if present), then with the same page-cache
     state (files evicted before each run) loads them and runs fio's sequential read over
     the same files; prints both throughputs and their ratio.
+python -m tools.bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 3]
+    fio, the default loader (safetensors safe_open + get_tensor), prewarm + that loader and the
+    shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
+    alternating rounds, evicted before each run: times, GB/s, ratios to fio (docs/coldstart.md).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
-from workloads import shard_bench
+from workloads import coldstart, shard_bench
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     shards.add_argument("--size", type=shard_size, default="1G")
     shards.add_argument("--readers", type=positive_int, default=8)
     shards.add_argument("--rounds", type=positive_int, default=3, help="alternating (load, fio) rounds; medians reported")
+    cold = commands.add_parser("coldstart", help="model shards to process memory: fio, loader, prewarm+loader, shard reader")
+    cold.add_argument("--dir", type=Path, required=True)
+    cold.add_argument(
+        "--count", type=positive_int, default=8, help="synthetic shards, written only into a DIR without *.safetensors"
+    )
+    cold.add_argument("--size", type=shard_size, default="512M")
+    cold.add_argument("--readers", type=positive_int, default=8)
+    cold.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians reported")
     args = parser.parse_args(argv)
+    if args.command == "coldstart":
+        try:
+            result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size)
+        except OSError as err:
+            raise UsageError(f"--dir {args.dir}: {err.strerror or err}") from None
+        except subprocess.CalledProcessError as err:
+            raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
+        print(coldstart.report(result))
+        return 0
     if args.command == "report":
         try:
             results = [load_result(path) for path in args.results]

@@ -14,7 +14,6 @@ findings. Exit 0 when every pod that mounts the cache is placed with it, 1 when 
 
 from __future__ import annotations
 
-import argparse
 import os
 import queue
 import secrets
@@ -33,7 +32,8 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from tools import CHECKOUT as PROJECT_DIR
+from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.fleet import FleetError
 from tools.fleet import load as load_fleet
 from tools.placement import (
@@ -47,7 +47,7 @@ from tools.placement import (
     still_moving,
     volume_state,
 )
-from tools.render import RENDER_ERRORS, render
+from tools.render import render_or_refuse
 from tools.stack_config import StackConfig, load_stack_config
 from tools.verify import _get, expectation_from_outputs, node_zone
 
@@ -71,7 +71,7 @@ TOOLCHAIN = {
 }
 # What kwok needs beside its binary (scripts/build-engine copies its Stage documents there).
 KWOK_STAGES = "stages"
-LOCAL_CLUSTER = PROJECT_DIR / "scripts" / "local-cluster"
+LOCAL_CLUSTER = CHECKOUT / "scripts" / "local-cluster"
 # The scheduler re-tries an unschedulable pod within its maximum backoff (kube-scheduler
 # --pod-max-backoff-seconds, default 10 s) of a change to the claims or volumes it waits on.
 SCHEDULER_MAX_BACKOFF = 10.0
@@ -139,35 +139,7 @@ def link_toolchain(found: dict[str, Path], directory: Path) -> Path:
     return directory
 
 
-def secret_values(config: StackConfig) -> list[str]:
-    """Plain-text secret config values (leaves of secret keys), to scrub from error text."""
-    found: list[str] = []
-
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str) and len(value) >= 4:
-            found.append(value)
-
-    for key in config.secret_keys:
-        walk(config.values.get(key))
-    return found
-
-
-def scrub(text: str, secrets: list[str]) -> str:
-    """No secret value leaves a rehearsal's error, in plain text or base64."""
-    import base64  # noqa: PLC0415
-
-    for secret in secrets:
-        text = text.replace(secret, "<redacted>").replace(base64.b64encode(secret.encode()).decode(), "<redacted>")
-    return text
-
-
-def copy_program(destination: Path, project_dir: Path = PROJECT_DIR) -> Path:
+def copy_program(destination: Path, project_dir: Path = CHECKOUT) -> Path:
     """The Pulumi program without the user's stack files, with the project's virtualenv."""
     shutil.copytree(project_dir, destination, ignore=shutil.ignore_patterns(*NOT_PROGRAM), symlinks=True)
     venv = project_dir / "venv"
@@ -363,10 +335,8 @@ class Rehearsal:
             self.ensure_namespace(namespace)
         self.configure(stack, config)
         self.progress(f"pulumi up --stack {stack} (Automation API, file backend in {self.work / 'state'})")
-        try:
-            outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
-        except UpFailed as err:
-            raise UpFailed(scrub(str(err), secret_values(config))) from None
+        # No secret can be in an error here: secure values never reach the rehearsal (placeholders).
+        outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
         self.progress("pulumi up done")
         return outputs
 
@@ -475,32 +445,26 @@ class Rehearsal:
         return build_report(view, expect, stack, outputs.get("benchmarkJob"), moving)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.rehearse", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m tools.rehearse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="override a key as `--path` would")
     parser.add_argument("--fleet", type=Path, help="fleet file (default: the runbook's fleet), or `kubectl get nodes -o yaml`")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running and print its kubeconfig")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the scheduler to settle")
     args = parser.parse_args(argv)
-    try:
-        run, _ = render(args.stack, args.config, [])  # the program's own validation, before anything starts
-    except RENDER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    run, _ = render_or_refuse(args.stack, args.config, [])  # the program's own validation, before anything starts
     try:
         if args.fleet:
             load_fleet(args.fleet)  # scripts/local-cluster reads it the same way; a bad file stops here
     except FleetError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.timeout <= 0:
-        print(f"error: --timeout {args.timeout:g}: must be a positive number of seconds", file=sys.stderr)
-        return 2
-    progress = stderr_progress()
+        raise UsageError(str(err)) from None
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    benchmark = run.outputs.get("benchmarkJob") is not None
     try:
-        benchmark = run.outputs.get("benchmarkJob") is not None
-        with Rehearsal(fleet=args.fleet, complete_jobs=benchmark, keep=args.keep, progress=progress) as rehearsal:
+        with Rehearsal(fleet=args.fleet, complete_jobs=benchmark, keep=args.keep, progress=stderr_progress()) as rehearsal:
             try:
                 outputs = rehearsal.up(args.stack, args.config)
             except UpFailed as err:
@@ -513,15 +477,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}")
             return report.exit_code
     except SetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     except (ApiException, HTTPError) as err:
-        reason = f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err).splitlines()[0]
-        print(f"error: the rehearsal cluster stopped answering: {reason}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; the rehearsal cluster was stopped", file=sys.stderr)
-        return 2
+        reason = f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+        raise UsageError(f"the rehearsal cluster stopped answering: {reason}") from None
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from verification import linstor_resources_command
 STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
 # Seconds per API request: an unreachable server fails the tool instead of hanging it.
 REQUEST_TIMEOUT = 15
+# How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
+VOLUME_CONFLICT = ("volume node affinity conflict", "didn't match PersistentVolume's node affinity")
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -403,7 +405,7 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
     message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
     if lost_volume_node(snapshot):
         return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message} (see node loss)")
-    if "volume node affinity conflict" in message:
+    if any(words in message for words in VOLUME_CONFLICT):
         explanation, remedy = stranded_volume(pod, expect, snapshot)
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
     if expect.zone and not any(node_zone(n) == expect.zone for n in snapshot.nodes.values()):

@@ -1,18 +1,22 @@
 """Shard-loading benchmark: read a directory of safetensors shards with parallel readers,
 deserialise every tensor, and report aggregate GB/s, time to first shard and per-shard times.
+Each reader reads a whole shard into its page-aligned staging buffer with O_DIRECT (no page
+cache, no copy) where the filesystem allows it, buffered otherwise (or with --io buffered).
 
 Standalone (Python 3.10+, numpy, safetensors): it runs in the cluster from the mlcache-scripts
 ConfigMap with the training image, and locally through `python -m tools.bench shards`.
 
     python shard_bench.py write DIR --count 8 --size 1G     synthetic shards (kept if present)
-    python shard_bench.py load DIR [--readers 8] [--evict]  the measurement, JSON on stdout
+    python shard_bench.py load DIR [--readers 8] [--io direct] [--evict]   the measurement, JSON on stdout
     python shard_bench.py run DIR --count 8 --size 1G       write if missing, evict, load
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import mmap
 import os
 import queue
 import re
@@ -25,7 +29,11 @@ import numpy as np
 from safetensors.numpy import save_file
 
 TENSOR_BYTES = 64 * 2**20  # synthetic shards hold tensors of at most 64 MiB, like real checkpoints
-PAGE = 4096
+PAGE = mmap.PAGESIZE
+DIRECT, BUFFERED = "direct", "buffered"
+IO_MODES = (DIRECT, BUFFERED)
+# O_DIRECT read size: a few max_sectors_kb-sized requests in flight per reader (docs/coldstart.md).
+DIRECT_CHUNK = 16 * 2**20
 # safetensors dtypes as numpy reads them (bf16 and fp8 have no numpy type: their raw bits).
 DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8,
@@ -99,27 +107,57 @@ def deserialize(buffer: memoryview) -> dict[str, np.ndarray]:
 
 
 def staging_buffer(size: int) -> memoryview:
-    """A host buffer with every page touched: what a loader's pinned staging memory is."""
-    buffer = bytearray(size)
-    buffer[::PAGE] = b"\1" * len(range(0, size, PAGE))
-    return memoryview(buffer)
+    """A page-aligned host buffer (O_DIRECT reads land in it) with every page touched: what a
+    loader's pinned staging memory is. Rounded up to whole pages for the last direct read."""
+    buffer = mmap.mmap(-1, _whole_pages(size))
+    view = memoryview(buffer)
+    view[::PAGE] = b"\1" * len(range(0, len(buffer), PAGE))
+    return view
 
 
-def _load_one(path: Path, buffer: memoryview, start: float) -> dict:
-    began = time.perf_counter()
-    size = path.stat().st_size
-    with open(path, "rb", buffering=0) as handle:
+def _whole_pages(size: int) -> int:
+    return -(-size // PAGE) * PAGE
+
+
+def _open(path: Path, io: str) -> tuple[int, str]:
+    """O_DIRECT when asked and the filesystem allows it (else EINVAL), buffered otherwise."""
+    if io == DIRECT:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_DIRECT), DIRECT
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+    return os.open(path, os.O_RDONLY), BUFFERED
+
+
+def read_whole(path: Path, buffer: memoryview, size: int, io: str) -> str:
+    """The file into buffer[:size]. O_DIRECT: the device writes straight into the buffer, chunk by
+    chunk (no page cache, no copy); the last chunk is rounded up to a page and stops at the end
+    of the file. Buffered: one read of the rest at a time, through the page cache."""
+    fd, mode = _open(path, io)
+    try:
         offset = 0
         while offset < size:
-            read = handle.readinto(buffer[offset:size])
+            end = min(offset + DIRECT_CHUNK, _whole_pages(size)) if mode == DIRECT else size
+            read = os.preadv(fd, [buffer[offset:end]], offset)
             if not read:
                 raise OSError(f"{path}: short read at {offset} of {size} bytes")
             offset += read
+    finally:
+        os.close(fd)
+    return mode
+
+
+def _load_one(path: Path, buffer: memoryview, start: float, io: str) -> dict:
+    began = time.perf_counter()
+    size = path.stat().st_size
+    mode = read_whole(path, buffer, size, io)
     tensors = deserialize(buffer[:size])
     done = time.perf_counter()
     return {
         "shard": path.name,
         "bytes": size,
+        "io": mode,
         "tensors": len(tensors),
         "tensor_bytes": int(sum(t.nbytes for t in tensors.values())),
         "seconds": done - began,
@@ -127,7 +165,7 @@ def _load_one(path: Path, buffer: memoryview, start: float) -> dict:
     }
 
 
-def load_shards(directory: Path, readers: int) -> dict:
+def load_shards(directory: Path, readers: int, io: str = DIRECT) -> dict:
     """Read every shard whole with `readers` parallel readers, each into its own staging buffer
     (allocated before the clock starts, reused shard after shard), and build its tensors."""
     paths = shard_paths(directory)
@@ -141,22 +179,24 @@ def load_shards(directory: Path, readers: int) -> dict:
     def load_with_a_buffer(path: Path) -> dict:
         buffer = buffers.get()
         try:
-            return _load_one(path, buffer, start)
+            return _load_one(path, buffer, start, io)
         finally:
             buffers.put(buffer)
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=readers) as pool:
         shards = list(pool.map(load_with_a_buffer, paths))
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     total = sum(s["bytes"] for s in shards)
     return {
         "benchmark": "shard-load",
         "directory": str(directory),
         "readers": readers,
+        "io": "+".join(sorted({s["io"] for s in shards})),
         "shards": shards,
         "total_bytes": total,
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "gb_per_s": total / wall / 1e9,
         "first_shard_seconds": min(s["finished_at"] for s in shards),
     }
@@ -165,7 +205,7 @@ def load_shards(directory: Path, readers: int) -> dict:
 def summary(result: dict) -> str:
     lines = [
         f"shard-load: {len(result['shards'])} shards, {result['total_bytes'] / 1e9:.2f} GB in "
-        f"{result['wall_seconds']:.2f} s = {result['gb_per_s']:.2f} GB/s with {result['readers']} readers; "
+        f"{result['wall_seconds']:.2f} s = {result['gb_per_s']:.2f} GB/s with {result['readers']} readers ({result['io']}); "
         f"first shard after {result['first_shard_seconds']:.2f} s"
     ]
     lines += [f"  {s['shard']}: {s['bytes'] / 1e9:.2f} GB in {s['seconds']:.2f} s" for s in result["shards"]]
@@ -179,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=8)
     parser.add_argument("--size", default="1G")
     parser.add_argument("--readers", type=int, default=8)
+    parser.add_argument("--io", choices=IO_MODES, default=DIRECT, help="direct: O_DIRECT where the filesystem allows it")
     parser.add_argument("--evict", action="store_true", help="drop the shards from the page cache first")
     args = parser.parse_args(argv)
     if args.action in ("write", "run"):
@@ -188,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     if args.evict or args.action == "run":
         evict(shard_paths(args.directory))
-    result = load_shards(args.directory, args.readers)
+    result = load_shards(args.directory, args.readers, args.io)
     print(summary(result), file=sys.stderr)
     print(json.dumps(result))
     return 0

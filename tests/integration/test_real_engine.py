@@ -51,13 +51,14 @@ def placed(api, objects: dict[str, dict]) -> tuple[dict, dict]:
     """The training pod once Running and the PV its claim is bound to (both as dicts)."""
     core = client.CoreV1Api(api)
     job, pvc = objects["Job"]["metadata"], objects["PersistentVolumeClaim"]["metadata"]
+    namespace = job.get("namespace", "default")
 
     def running_pod():
-        pods = core.list_namespaced_pod(job["namespace"], label_selector=f"job-name={job['name']}").items
+        pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={job['name']}").items
         return next((p for p in pods if p.status.phase == "Running"), None)
 
     def bound_volume():
-        claim = core.read_namespaced_persistent_volume_claim(pvc["name"], pvc["namespace"])
+        claim = core.read_namespaced_persistent_volume_claim(pvc["name"], namespace)
         return claim.spec.volume_name if claim.status.phase == "Bound" else None
 
     pod = wait_for(running_pod, 90, f"a Running pod of Job {job['name']}")

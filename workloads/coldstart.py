@@ -1,0 +1,282 @@
+"""Cold-start benchmark: how fast a model's shards reach process memory, side by side on the
+same files, in alternating rounds, with the files evicted from the page cache before every run.
+
+  fio              fio's sequential read of the files: the device limit (skipped if fio is missing)
+  loader           safetensors safe_open + get_tensor, file after file: the path transformers takes
+                   (numpy framework, so no torch is needed)
+  prewarm+loader   prewarm.py's parallel readers into the page cache, then the same loader (what
+                   the training pod does); both parts are timed: the second is the loader from memory
+  prewarm|loader   the prewarm and the loader started together (a prewarm alongside training's start)
+  shard reader     shard_bench.py's parallel reader (whole shards into staging buffers)
+
+Standalone (Python 3.10+, numpy, safetensors; fio when on PATH): it runs in the benchmark Job from
+the mlcache-scripts ConfigMap, and locally through `python -m tools.bench coldstart`.
+
+    python coldstart.py DIR [--count 8] [--size 512M] [--readers 8] [--rounds 3]
+
+DIR's *.safetensors are used as they are; synthetic shards are written only into a DIR without any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import mmap
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from safetensors import safe_open
+
+try:
+    from workloads import prewarm, shard_bench
+except ImportError:  # in the pod: beside this file in the scripts ConfigMap
+    import prewarm
+    import shard_bench
+
+FIO, LOADER, PREWARM_LOADER, ALONGSIDE, SHARD_READER = "fio", "loader", "prewarm+loader", "prewarm|loader", "shard reader"
+FIO_BLOCK = 4 * 2**20
+SIDES = (FIO, LOADER, PREWARM_LOADER, ALONGSIDE, SHARD_READER)
+PREWARM_PART, WARM_LOADER_PART = "prewarm", "loader from page cache"
+TARGETS = {PREWARM_LOADER: ("time", 1.15), SHARD_READER: ("rate", 0.95)}  # issue 14's targets, relative to fio
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long)
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_libc.mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte))
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of `path` is in the page cache now (mincore(2) over a mapping of the file)."""
+    size = path.stat().st_size
+    if not size:
+        return 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        address = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if address == _MAP_FAILED:
+            raise OSError(ctypes.get_errno(), f"mmap {path}")
+        try:
+            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vector = (ctypes.c_ubyte * pages)()
+            if _libc.mincore(address, size, vector) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore {path}")
+            return min(sum(byte & 1 for byte in bytes(vector)) * mmap.PAGESIZE, size)
+        finally:
+            _libc.munmap(address, size)
+    finally:
+        os.close(fd)
+
+
+def fio_seconds(paths: list[Path], readers: int) -> tuple[float, float]:
+    """fio's buffered sequential read of exactly these files, `readers` jobs at a time: the time
+    the device takes for these bytes at fio's measured rate, and fio's CPU seconds."""
+    # 4 MiB reads, as a loader's; fio refuses a block larger than a file (small test shards).
+    block = max(4096, min(FIO_BLOCK, *(p.stat().st_size // 4096 * 4096 for p in paths)))
+    args = ["fio", "--output-format=json", "--group_reporting"]
+    for index in range(min(readers, len(paths))):
+        group = paths[index::readers]
+        args += [
+            f"--name=reader{index}",
+            "--rw=read",
+            f"--bs={block}",
+            "--ioengine=psync",
+            "--file_service_type=sequential",
+            "--invalidate=1",
+            "--filename=" + ":".join(str(p).replace(":", "\\:") for p in group),
+        ]
+    before = _children_cpu()
+    out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+    read = json.loads(out[out.find("{") :])["jobs"][0]["read"]
+    return read["io_bytes"] / read["bw_bytes"], _children_cpu() - before
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def default_load(paths: list[Path]) -> int:
+    """Every tensor of every shard through safe_open + get_tensor (mmap page faults, tensor by tensor)."""
+    loaded = 0
+    for path in paths:
+        with safe_open(str(path), framework="np") as shard:
+            for name in shard.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                loaded += shard.get_tensor(name).nbytes
+    return loaded
+
+
+def _all_of(paths: list[Path]) -> list[prewarm.Read]:
+    return prewarm.plan([(p, p.stat().st_size) for p in paths], sum(p.stat().st_size for p in paths))
+
+
+def prewarm_then_load(paths: list[Path], readers: int) -> tuple[Clock, Clock]:
+    """The prewarm, then the loader; the clock of each."""
+    with Clock() as warming:
+        prewarm.read_into_cache(_all_of(paths), readers)
+    with Clock() as loading:
+        default_load(paths)
+    return warming, loading
+
+
+def prewarm_alongside_load(paths: list[Path], readers: int) -> None:
+    """The prewarm and the loader at once: the loader's faults wait on pages the prewarm is still
+    reading, and are served from memory where it has been."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        warming = pool.submit(prewarm.read_into_cache, _all_of(paths), readers)
+        default_load(paths)
+        warming.result()
+
+
+def host_to_device(paths: list[Path]) -> dict:
+    """Host-to-device copy of every tensor after the load, when torch and a CUDA device are there."""
+    try:
+        import torch  # noqa: PLC0415  (optional: only where a GPU is)
+    except ImportError:
+        return {"skipped": "torch is not installed"}
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA device visible (torch.cuda.is_available() is False)"}
+    tensors = []
+    for path in paths:
+        with safe_open(str(path), framework="pt") as shard:
+            tensors += [shard.get_tensor(name) for name in shard.keys()]  # noqa: SIM118
+    torch.cuda.synchronize()
+    began = time.perf_counter()
+    copies = [tensor.to("cuda") for tensor in tensors]
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - began
+    total = sum(t.numel() * t.element_size() for t in copies)
+    return {"device": torch.cuda.get_device_name(), "bytes": total, "seconds": seconds, "gb_per_s": total / seconds / 1e9}
+
+
+class Clock:
+    """Wall and CPU seconds (this process, all threads) of a `with` block."""
+
+    def __enter__(self) -> Clock:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_side(side: str, directory: Path, paths: list[Path], readers: int) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of the side, and of its parts."""
+    if side == FIO:
+        return {FIO: fio_seconds(paths, readers)}
+    if side == SHARD_READER:  # its own clocks: staging buffers are allocated before they start
+        result = shard_bench.load_shards(directory, readers)
+        return {SHARD_READER: (result["wall_seconds"], result["cpu_seconds"])}
+    if side == PREWARM_LOADER:
+        warming, loading = prewarm_then_load(paths, readers)
+        return {
+            PREWARM_LOADER: (warming.wall + loading.wall, warming.cpu + loading.cpu),
+            PREWARM_PART: (warming.wall, warming.cpu),
+            WARM_LOADER_PART: (loading.wall, loading.cpu),
+        }
+    with Clock() as clock:
+        if side == LOADER:
+            default_load(paths)
+        else:
+            prewarm_alongside_load(paths, readers)
+    return {side: (clock.wall, clock.cpu)}
+
+
+def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str) -> dict:
+    """`rounds` rounds of every side; each round starts one side later than the last, so no side
+    always runs first (or right after the same neighbour)."""
+    paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
+    sides = list(SIDES) if shutil.which("fio") else [s for s in SIDES if s != FIO]
+    rows = [row for side in sides for row in ([side, PREWARM_PART, WARM_LOADER_PART] if side == PREWARM_LOADER else [side])]
+    seconds: dict[str, list[float]] = {row: [] for row in rows}
+    cpu_seconds: dict[str, list[float]] = {row: [] for row in rows}
+    left_resident = 0
+    for index in range(rounds):
+        for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
+            shard_bench.evict(paths)
+            left_resident = max(left_resident, sum(resident_bytes(p) for p in paths))
+            for row, (wall, cpu) in run_side(side, directory, paths, readers).items():
+                seconds[row].append(wall)
+                cpu_seconds[row].append(cpu)
+    return {
+        "benchmark": "coldstart",
+        "directory": str(directory),
+        "shards": len(paths),
+        "total_bytes": sum(p.stat().st_size for p in paths),
+        "readers": readers,
+        "rounds": rounds,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "resident_after_evict_bytes": left_resident,
+        "fio": "fio" if FIO in sides else "skipped: fio is not on PATH",
+        "host_to_device": host_to_device(paths),
+    }
+
+
+def report(result: dict) -> str:
+    total, seconds, fio = result["total_bytes"], result["seconds"], result["seconds"].get(FIO)
+
+    def row(label: str) -> str:
+        times, median = seconds[label], statistics.median(seconds[label])
+        indent = "  " if label in (PREWARM_PART, WARM_LOADER_PART) else ""
+        line = (
+            f"{indent + label:<25} {median:>8.2f} {min(times):>6.2f}-{max(times):<6.2f} {total / median / 1e9:>6.2f} "
+            f"{statistics.median(result['cpu_seconds'][label]):>6.2f}"
+        )
+        if fio:
+            per_round = [t / f for t, f in zip(times, fio, strict=True)]
+            line += f" {statistics.median(per_round):>8.2f}x   {' '.join(f'{r:.2f}' for r in per_round)}"
+        return line
+
+    lines = [
+        f"coldstart: {result['shards']} shards, {total / 1e9:.2f} GB in {result['directory']}, {result['readers']} readers, "
+        f"{result['rounds']} rounds (order rotating), page cache evicted before each run "
+        f"(at most {result['resident_after_evict_bytes']} bytes left resident)",
+        f"{'':<25} {'median s':>8} {'min-max s':>13} {'GB/s':>6} {'CPU s':>6} {'time/fio':>9}   per round",
+        *(row(label) for label in seconds),
+    ]
+    if not fio:
+        lines.append(f"fio {result['fio']}: no device reference, so no ratios (the Job's fio-shards step measures the volume)")
+    for side, (kind, target) in TARGETS.items() if fio else ():
+        ratio = statistics.median(t / f for t, f in zip(seconds[side], fio, strict=True))
+        if kind == "time":
+            lines.append(f"target {side} <= {target:.2f}x fio time: {ratio:.2f}x, {'met' if ratio <= target else 'NOT met'}")
+        else:
+            lines.append(
+                f"target {side} >= {target:.2f}x fio GB/s: {1 / ratio:.2f}x, {'met' if 1 / ratio >= target else 'NOT met'}"
+            )
+    h2d = result["host_to_device"]
+    if "skipped" in h2d:
+        lines.append(f"host-to-device: skipped ({h2d['skipped']})")
+    else:
+        copied = f"{h2d['bytes'] / 1e9:.2f} GB in {h2d['seconds']:.2f} s = {h2d['gb_per_s']:.2f} GB/s"
+        lines.append(f"host-to-device ({h2d['device']}): {copied}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coldstart.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--count", type=int, default=8, help="synthetic shards to write into an empty DIR")
+    parser.add_argument("--size", default="512M", help="size of each synthetic shard")
+    parser.add_argument("--readers", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size)
+    print(report(result), file=sys.stderr)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
