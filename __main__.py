@@ -6,6 +6,7 @@ the training Job pinned next to it (steps 5-6), and the verification commands (s
 
 import pulumi
 
+from bound_cache import guard_bound_cache
 from components.cache_pod import CachePod
 from components.cache_volume import CacheVolume
 from components.hub_credentials import HubCredentials
@@ -24,6 +25,10 @@ settings = load_settings()
 # A key given as a secret keeps every object input and output it flows into secret.
 secrets = SecretFlow(secret_keys())
 
+# Day 2: read the live cache and refuse, before anything is registered, a change of placement or
+# size that its bound volume cannot take (docs/day2.md).
+live_cache = guard_bound_cache(settings)
+
 storage_class = (
     LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt) if settings.manages_storage_class else None
 )
@@ -34,10 +39,11 @@ cache = CacheVolume(
     storage_class_name=settings.storage_class_name,
     namespace=settings.namespace,
     backend=settings.backend,
-    zone=settings.zone,
+    placement=settings.placement,
     storage_class=storage_class.storage_class if storage_class else None,
     adopt=settings.adopt,
     workers=settings.job.nodes,
+    claim_unbound=live_cache.unbound,
 )
 
 # The warm-up, prewarm and benchmark scripts (Filesystem mode: Block mode has no files to fetch or load).

@@ -35,6 +35,12 @@ QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 # mounting it is pinned to the same zone.
 BACKEND_ANNOTATION = "mlcache/backend"
 ZONE_ANNOTATION = "mlcache/zone"
+# The placement the cache PVC was created for (`zone=ucsd gpuProduct=X`, zone=* when unpinned):
+# kept by ignore_changes, so the policy pack sees where the claim's volume was bound; a change of
+# it re-creates the claim while cache.relocate is on (bound_cache.py, docs/day2.md).
+PLACEMENT_ANNOTATION = "mlcache/placement"
+# Kubernetes' marker of a node checked to be shut down (non-graceful node shutdown).
+OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 # Provider annotation: do not wait for readiness (exactly the string "true").
 SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
 

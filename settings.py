@@ -170,6 +170,12 @@ class CacheSettings:
     mount_path: str = setting(absolute_path(), "/cache", "Where the cache is mounted in Filesystem mode.")
     device_path: str = setting(absolute_path(), "/dev/cache", "Where the raw device appears in Block mode.")
     protect: bool = setting(Flag(), False, "Refuse any replace or delete of the cache (Pulumi protect).")
+    relocate: bool = setting(
+        Flag(),
+        False,
+        "Re-create the cache (DATA LOSS) when its placement (zone, GPU product, pinning) or size changes, instead "
+        "of refusing the change; set it back to false afterwards (docs/day2.md).",
+    )
     prefetch: tuple[str, ...] = setting(
         ListOf(pattern(_MODEL_ID, "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name"), "model ids"),
         [],

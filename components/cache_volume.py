@@ -7,13 +7,34 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from bound_cache import PlacementRecord
 from components.common import adoption_options, constructor_kwargs, metadata
-from names import BACKEND_ANNOTATION, IMMUTABLE_FIELDS, SKIP_AWAIT, WORKER_LABEL, ZONE_ANNOTATION, worker_claim_name
-from settings import CacheSettings
+from names import (
+    BACKEND_ANNOTATION,
+    IMMUTABLE_FIELDS,
+    PLACEMENT_ANNOTATION,
+    SKIP_AWAIT,
+    WORKER_LABEL,
+    ZONE_ANNOTATION,
+    worker_claim_name,
+)
+from settings import CacheSettings, Placement
 
 # Kubernetes makes spec.volumeMode immutable, but the provider does not list it as a
 # replacement field and would try (and fail) to patch it in place.
 REPLACE_ON_CHANGES = list(IMMUTABLE_FIELDS["PersistentVolumeClaim"])
+# The placement record (docs/day2.md): kept as created, or, with cache.relocate, a replacement
+# when it changes, as when the size changes (the claim is re-created at the new size).
+PLACEMENT_PATH = f'metadata.annotations["{PLACEMENT_ANNOTATION}"]'
+SIZE_PATH = "spec.resources.requests.storage"
+RELOCATE_REPLACES = [PLACEMENT_PATH, SIZE_PATH]
+
+RELOCATE_WARNING = (
+    "cache.relocate is true: a change of zone, GPU product, pinning or cache.size re-creates the cache "
+    "(DATA LOSS) instead of being refused or expanded in place. Once the cache has moved, set it back: "
+    "pulumi config set --path mlcache:cache.relocate false"
+)
+
 ROOK_CEPH_WARNING = (
     "backend rook-ceph: the cache volume is bound immediately in Rook-Ceph's pool, not in the zone "
     "where the training pod lands, so reads may cross zones (1-10ms+ latency, limited bandwidth). "
@@ -21,20 +42,25 @@ ROOK_CEPH_WARNING = (
 )
 
 
+def placement_record(placement: Placement) -> PlacementRecord:
+    return PlacementRecord(zone=placement.zone, gpu_product=placement.gpu_product)
+
+
 def pvc_manifest(
     cache: CacheSettings,
     storage_class_name: str,
     namespace: str | None,
     backend: str,
-    zone: str | None,
+    placement: Placement,
     worker: int | None = None,
 ) -> dict[str, Any]:
     """The cache claim; `worker` (multi-node runs only) makes it that worker's own claim."""
     claim_name = cache.name if worker is None else worker_claim_name(cache.name, worker)
     labels = None if worker is None else {WORKER_LABEL: str(worker)}
     annotations = {BACKEND_ANNOTATION: backend}
-    if zone:
-        annotations[ZONE_ANNOTATION] = zone
+    if placement.zone:
+        annotations[ZONE_ANNOTATION] = placement.zone
+    annotations[PLACEMENT_ANNOTATION] = placement_record(placement).text()
     if backend == "linstor":
         # A WaitForFirstConsumer claim stays Pending until the training pod lands: do not let the
         # provider wait for Bound (it only skips that wait itself when it can read the class).
@@ -56,18 +82,27 @@ def pvc_options(
     storage_class: pulumi.Resource | None,
     namespace: str | None,
     adopt: bool,
+    claim_unbound: bool = False,
 ) -> pulumi.ResourceOptions:
     """Every cache claim's options (each worker's too): protect, delete-before-replace on a volume
-    mode change, and the class as a plain dependency."""
+    mode change, and the class as a plain dependency. `claim_unbound`: the live claim is known
+    absent or not bound (the bound-cache guard read it), so no volume pins it yet and its
+    placement record may follow the config."""
+    adoption = adoption_options(f"{namespace}/{cache.name}", adopt)
+    # While adopting, every annotation is ignored already (the record is written by the next up).
+    ignored = adoption.pop("ignore_changes", [])
+    if not adopt and not cache.relocate and not claim_unbound:
+        ignored.append(PLACEMENT_PATH)
     return pulumi.ResourceOptions(
-        **adoption_options(f"{namespace}/{cache.name}", adopt),
+        **adoption,
         parent=parent,
         # A plain edge, not an output reference: replacing the class must not cascade into
         # replacing (and wiping) the cache.
         depends_on=[storage_class] if storage_class is not None else [],
         protect=cache.protect,
         delete_before_replace=True,
-        replace_on_changes=REPLACE_ON_CHANGES,
+        replace_on_changes=REPLACE_ON_CHANGES + (RELOCATE_REPLACES if cache.relocate else []),
+        ignore_changes=ignored,
     )
 
 
@@ -83,28 +118,31 @@ class CacheVolume(pulumi.ComponentResource):
         storage_class_name: str,
         namespace: str | None,
         backend: str,
-        zone: str | None,
+        placement: Placement,
         storage_class: pulumi.Resource | None = None,
         adopt: bool = False,
+        claim_unbound: bool = False,
         workers: int = 1,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
         self.pvcs = []
         for index in range(workers):
-            manifest = pvc_manifest(cache, storage_class_name, namespace, backend, zone, index if workers > 1 else None)
+            manifest = pvc_manifest(cache, storage_class_name, namespace, backend, placement, index if workers > 1 else None)
             # Worker 0 is the single-node claim (same resource name): raising job.nodes keeps it.
-            # Only it can be adopted: the runbook made one claim.
+            # Only it can be adopted: the runbook made one claim. The bound-cache guard reads
+            # worker 0's claim; its verdict stands for the run's other claims.
+            options = pvc_options(self, cache, storage_class, namespace, adopt and index == 0, claim_unbound)
             self.pvcs.append(
                 k8s.core.v1.PersistentVolumeClaim(
-                    f"{name}-pvc" if index == 0 else f"{name}-pvc-{index}",
-                    opts=pvc_options(self, cache, storage_class, namespace, adopt and index == 0),
-                    **constructor_kwargs(manifest),
+                    f"{name}-pvc" if index == 0 else f"{name}-pvc-{index}", opts=options, **constructor_kwargs(manifest)
                 )
             )
         self.pvc = self.pvcs[0]
         if backend != "linstor":
             pulumi.log.warn(ROOK_CEPH_WARNING, resource=self)
+        if cache.relocate:
+            pulumi.log.warn(RELOCATE_WARNING, resource=self)
         self.claim_name = self.pvc.metadata.name
         self.claim_names = [pvc.metadata.name for pvc in self.pvcs]
         self.namespace = self.pvc.metadata.namespace

@@ -26,9 +26,13 @@ STORAGE_CLASS = "kubernetes:storage.k8s.io/v1:StorageClass"
 LINSTOR_PROVISIONER = "linstor.csi.linbit.com"
 LINSTOR_PARAMETER = "linstor.csi.linbit.com/"
 ZONE_LABEL = "topology.kubernetes.io/zone"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # Set on the cache PVC by components/cache_volume.py.
 BACKEND_ANNOTATION = "mlcache/backend"
 ZONE_ANNOTATION = "mlcache/zone"
+# The placement the cache was created for (bound_cache.py): the engine keeps its old value
+# (ignore_changes) unless cache.relocate re-creates the claim, so here it is the storage side.
+PLACEMENT_ANNOTATION = "mlcache/placement"
 
 # Where each workload kind keeps its pod template (a Pod is its own).
 POD_TEMPLATE_PATHS = {
@@ -77,18 +81,31 @@ def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from spec.get(field) or []
 
 
-def pinned_zones(spec: dict[str, Any]) -> set[str]:
-    """Zones a pod is restricted to by required node affinity or nodeSelector (empty: any)."""
-    zones: set[str] = set()
+def pinned_values(spec: dict[str, Any], label: str) -> set[str]:
+    """Values of `label` a pod is restricted to by required node affinity or nodeSelector (empty: any)."""
+    values: set[str] = set()
     selector = spec.get("nodeSelector") or {}
-    if ZONE_LABEL in selector:
-        zones.add(selector[ZONE_LABEL])
+    if label in selector:
+        values.add(selector[label])
     terms = _get(spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
     for term in terms or []:
         for expression in term.get("matchExpressions") or []:
-            if expression.get("key") == ZONE_LABEL and expression.get("operator") == "In":
-                zones.update(expression.get("values") or [])
-    return zones
+            if expression.get("key") == label and expression.get("operator") == "In":
+                values.update(expression.get("values") or [])
+    return values
+
+
+def pinned_zones(spec: dict[str, Any]) -> set[str]:
+    """Zones a pod is restricted to by required node affinity or nodeSelector (empty: any)."""
+    return pinned_values(spec, ZONE_LABEL)
+
+
+def recorded_placement(text: str | None) -> dict[str, str | None] | None:
+    """`zone=ucsd gpuProduct=X` (zone=* when created unpinned) as {"zone", "gpuProduct"}; None if absent."""
+    fields = dict(part.partition("=")[::2] for part in (text or "").split())
+    if "zone" not in fields or "gpuProduct" not in fields:
+        return None
+    return {"zone": None if fields["zone"] == "*" else fields["zone"], "gpuProduct": fields["gpuProduct"]}
 
 
 def is_pinned_image(image: str) -> bool:
@@ -161,6 +178,45 @@ def _check_zone_matches_storage(resource: Any, spec: Mapping[str, Any], zone_of_
                 f"but the pod is pinned to {shown}: it would wait forever or strand the volume in another zone.",
                 resource.urn,
             )
+
+
+def validate_cache_not_stranded(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    """A pod must not move away from the placement its LINSTOR cache was created for.
+
+    Both sides are visible only when the claim carries its placement record: a claim created
+    before the record existed, or created unpinned (for the zone), is not judged here (the
+    program's bound-cache guard judges it against the live volume)."""
+    records = {}
+    for pvc in _pvcs(args):
+        annotations = _annotations(pvc.props)
+        record = recorded_placement(annotations.get(PLACEMENT_ANNOTATION))
+        if record is not None and annotations.get(BACKEND_ANNOTATION, "linstor") == "linstor":
+            records[_name(pvc.props)] = record
+    for resource in args.resources:
+        for spec in pod_specs(resource.resource_type, resource.props):
+            for volume in spec.get("volumes") or []:
+                claim = _get(volume, "persistentVolumeClaim", "claimName")
+                record = records.get(claim)
+                if record is None:
+                    continue
+                zones, products = pinned_zones(spec), pinned_values(spec, GPU_PRODUCT_LABEL)
+                moved = []
+                if record["zone"] and zones != {record["zone"]}:
+                    moved.append(f"zone {', '.join(sorted(zones)) or 'any'} instead of {record['zone']}")
+                if products != {record["gpuProduct"]}:
+                    moved.append(f"GPU product {', '.join(sorted(products)) or 'any'} instead of {record['gpuProduct']}")
+                if moved:
+                    report_violation(
+                        f"STRANDS THE CACHE: {_name(resource.props)} mounts cache {claim}, created for "
+                        f"{annotations_text(record)}, but its pods are placed by {'; '.join(moved)}: the volume stays "
+                        "pinned where it was bound and the pod would never be placed. Put the placement back, or set "
+                        "cache.relocate true in the same change to re-create the cache there (DATA LOSS).",
+                        resource.urn,
+                    )
+
+
+def annotations_text(record: dict[str, str | None]) -> str:
+    return f"zone {record['zone'] or 'any'}, GPU product {record['gpuProduct']}"
 
 
 def validate_images_pinned(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -285,6 +341,12 @@ POLICIES = [
         name="cache-consumers-pin-the-storage-zone",
         description="A pod that mounts the cache is pinned to the zone of the storage settings.",
         validate=validate_zone_matches_storage,
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    StackValidationPolicy(
+        name="cache-not-stranded",
+        description="A pod that mounts a LINSTOR cache stays within the placement the cache was created for.",
+        validate=validate_cache_not_stranded,
         enforcement_level=EnforcementLevel.MANDATORY,
     ),
     _resource_policy("images-pinned", "Container images carry an explicit tag (not latest) or a digest.", validate_images_pinned),

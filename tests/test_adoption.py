@@ -24,9 +24,10 @@ def test_adopt_leaves_the_job_and_everything_else_to_be_created():
     assert only(run, "PersistentVolumeClaim").protect  # still protected once adopted
 
 
-def test_without_adopt_nothing_is_imported_or_ignored(stack):
+def test_without_adopt_nothing_is_imported_or_ignored_but_the_caches_placement_record(stack):
     for r in rendered(stack).kubernetes_objects():
-        assert r.import_id == "" and r.ignore_changes == [], r.name
+        record = ['metadata.annotations["mlcache/placement"]'] if r.kind == "PersistentVolumeClaim" else []
+        assert r.import_id == "" and r.ignore_changes == record, r.name
 
 
 def test_adopt_follows_configured_names():

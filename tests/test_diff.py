@@ -10,7 +10,7 @@ import pytest
 
 import names
 from tests.conftest import ROOT, rendered
-from tools.diff import DATA_LOSS, plan, report
+from tools.diff import DATA_LOSS, STRANDS, plan, report, with_ignored_changes
 from tools.render import as_json, documents, render
 
 
@@ -90,6 +90,78 @@ def test_job_disabled_is_a_delete_that_stops_the_run():
     assert "stopped" in changes[0].warnings[0]
 
 
+def _warnings(changes, kind: str) -> list[str]:
+    return [w for c in changes if c.label.startswith(kind) for w in c.warnings]
+
+
+@pytest.mark.parametrize(
+    ("stack", "change"),
+    [
+        ("prod", "zone=sdsu"),
+        ("prod", "zone="),
+        ("dev", "zone=ucsd"),
+        ("dev", "job.gpuProduct=NVIDIA-H100-80GB-HBM3"),
+    ],
+)
+def test_a_placement_change_that_keeps_the_cache_strands_it(stack, change):
+    changes = _plan((), (change,), stack=stack)
+    (stranded,) = [w for w in _warnings(changes, "Job") if w.startswith(STRANDS)]
+    assert "cache.relocate true" in stranded and "PersistentVolumeClaim/ms-swift-cache-pvc" in stranded
+    assert next(c for c in changes if c.label.startswith("Job")).data_loss
+    assert _actions(changes).get("PersistentVolumeClaim", "update") == "update"
+
+
+def test_a_placement_change_that_recreates_the_cache_does_not_strand_it():
+    for head in (("zone=ucsd", "cache.volumeMode=Block"), ("zone=ucsd", "backend=rook-ceph")):
+        changes = _plan((), head)
+        assert not [w for w in _warnings(changes, "Job") if w.startswith(STRANDS)]
+    assert not [w for w in _warnings(_plan(("backend=rook-ceph",), ("backend=rook-ceph", "zone=ucsd")), "Job") if STRANDS in w]
+
+
+def test_relocate_in_the_same_change_recreates_the_cache_instead_of_stranding_it():
+    changes = _plan((), ("zone=sdsu", "cache.relocate=true", "cache.protect=false"), stack="prod")
+    assert _actions(changes) == {"PersistentVolumeClaim": "replace", "Job": "replace"}
+    pvc = next(c for c in changes if c.label.startswith("PersistentVolumeClaim"))
+    assert pvc.data_loss and "mlcache/placement" in pvc.reasons[0]
+    assert not [w for c in changes for w in c.warnings if w.startswith(STRANDS)]
+    blocked = _plan((), ("zone=sdsu", "cache.relocate=true"), stack="prod")
+    assert any("BLOCKED" in w for w in _warnings(blocked, "PersistentVolumeClaim"))
+
+
+def test_relocate_on_or_off_alone_changes_nothing_and_left_on_a_growth_recreates():
+    assert _plan((), ("cache.relocate=true",)) == []
+    assert _plan(("zone=ucsd", "cache.relocate=true"), ("zone=ucsd",)) == []
+    grown = _plan(("cache.relocate=true",), ("cache.relocate=true", "cache.size=200Gi"))
+    assert _actions(grown)["PersistentVolumeClaim"] == "replace" and any(c.data_loss for c in grown)
+
+
+def test_other_job_changes_do_not_strand_the_cache():
+    assert not [w for w in _warnings(_plan((), ("job.gpus=8",)), "Job") if w.startswith(STRANDS)]
+
+
+def test_a_shrink_is_flagged_as_refused_with_the_way_out():
+    changes = _plan((), ("cache.size=100Gi",), stack="prod")
+    (warning,) = _warnings(changes, "PersistentVolumeClaim")
+    assert "refuse" in warning and "500Gi -> 100Gi" in warning and "cache.relocate true" in warning
+    assert not changes[0].data_loss
+
+
+def test_growth_is_flagged_only_when_the_class_forbids_expansion():
+    assert _warnings(_plan((), ("cache.size=200Gi",)), "PersistentVolumeClaim") == []
+    forbidden = _plan(("linstor.allowVolumeExpansion=false",), ("linstor.allowVolumeExpansion=false", "cache.size=200Gi"))
+    (warning,) = _warnings(forbidden, "PersistentVolumeClaim")
+    assert "allowVolumeExpansion false" in warning and "linstor.allowVolumeExpansion true" in warning
+    allowed_now = _plan(("linstor.allowVolumeExpansion=false",), ("cache.size=200Gi",))
+    assert _warnings(allowed_now, "PersistentVolumeClaim") == []
+
+
+def test_ignored_changes_keep_the_old_value_or_stay_absent():
+    old = {"metadata": {"annotations": {"a/b": "1", "keep": "x"}}}
+    new = {"metadata": {"annotations": {"a/b": "2", "keep": "y", "c.d/e": "3"}}}
+    paths = ['metadata.annotations["a/b"]', 'metadata.annotations["c.d/e"]']
+    assert with_ignored_changes(old, new, paths) == {"metadata": {"annotations": {"a/b": "1", "keep": "y"}}}
+
+
 @pytest.fixture
 def project_copy(tmp_path):
     copy = tmp_path / "repo"
@@ -117,6 +189,11 @@ def test_command_line_against_a_git_revision(project_copy):
     assert "+  volumeMode: Block" in changed.stdout
     gated = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
     assert gated.returncode == 1 and "stack prod: no changes" in gated.stdout
+    stack_file.write_text(stack_file.read_text().replace("volumeMode: Block", "volumeMode: Filesystem"))
+    prod = project_copy / "Pulumi.prod.yaml"
+    prod.write_text(prod.read_text().replace("mlcache:zone: ucsd", "mlcache:zone: sdsu"))
+    stranded = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
+    assert stranded.returncode == 1 and STRANDS in stranded.stdout and f"!! {DATA_LOSS}" not in stranded.stdout
 
 
 def test_bad_revision_and_bad_config_fail(project_copy):

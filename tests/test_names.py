@@ -18,6 +18,8 @@ def test_the_policy_packs_copies_match_the_names_module():
     assert policies.ZONE_LABEL == names.ZONE_LABEL
     assert policies.BACKEND_ANNOTATION == names.BACKEND_ANNOTATION
     assert policies.ZONE_ANNOTATION == names.ZONE_ANNOTATION
+    assert policies.PLACEMENT_ANNOTATION == names.PLACEMENT_ANNOTATION
+    assert policies.GPU_PRODUCT_LABEL == names.GPU_PRODUCT_LABEL
     assert policies.LINSTOR_PROVISIONER == names.LINSTOR_PROVISIONER
     assert policies.LINSTOR_PARAMETER == names.LINSTOR_PARAMETER_PREFIX
     assert policies.MULTINODE_RUN_LABEL == names.MULTINODE_RUN_LABEL

@@ -82,6 +82,7 @@ def test_the_pack_declares_every_policy_and_the_advisory_one():
         "multinode-workers-one-zone",
         "multinode-one-claim-per-worker",
         "protected-cache-single-replica",
+        "cache-not-stranded",
     }
     levels = {name: p.enforcement_level for name, p in POLICY_BY_NAME.items()}
     assert levels.pop("protected-cache-single-replica") == EnforcementLevel.ADVISORY
@@ -212,3 +213,60 @@ def test_zone_policy_covers_the_benchmark_job():
 
     found = violations(policies.validate_zone_matches_storage, stack_args(run, edit))
     assert len(found) == 1 and "storage-bench" in found[0][0]
+
+
+# --- cache-not-stranded
+
+
+def engine_view(created: ProgramRun, now: ProgramRun) -> StackValidationArgs:
+    """What the engine hands the pack: objects as `now` registers them, except the claim's placement
+    record, which ignore_changes keeps at its value when the claim was created (`created`)."""
+    record = created.find("PersistentVolumeClaim")[0].inputs["metadata"]["annotations"][policies.PLACEMENT_ANNOTATION]
+
+    def edit(kind, props):
+        if kind == "PersistentVolumeClaim":
+            props["metadata"].setdefault("annotations", {})[policies.PLACEMENT_ANNOTATION] = record
+
+    return stack_args(now, edit)
+
+
+def test_cache_not_stranded_passes_when_the_placement_is_unchanged(stack):
+    assert violations(policies.validate_cache_not_stranded, engine_view(rendered(stack), rendered(stack))) == []
+
+
+@pytest.mark.parametrize(
+    ("stack", "change", "expected"),
+    [
+        ("prod", "zone=sdsu", "zone sdsu instead of ucsd"),
+        ("prod", "zone=", "zone any instead of ucsd"),
+        ("prod", "job.gpuProduct=NVIDIA-H100-80GB-HBM3", "GPU product NVIDIA-H100-80GB-HBM3 instead of"),
+        ("dev", "job.gpuProduct=NVIDIA-L40", "GPU product NVIDIA-L40 instead of"),
+    ],
+)
+def test_cache_not_stranded_flags_a_consumer_that_moves_away_from_where_the_cache_was_created(stack, change, expected):
+    now = rendered(stack, change)
+    found = violations(policies.validate_cache_not_stranded, engine_view(rendered(stack), now))
+    assert len(found) == 1 and found[0][0].startswith("STRANDS THE CACHE") and expected in found[0][0]
+    assert found[0][1] == now.find("Job")[0].urn and "cache.relocate true" in found[0][0]
+
+
+def test_cache_not_stranded_cannot_judge_the_zone_of_a_cache_created_unpinned_nor_an_unrecorded_claim():
+    assert violations(policies.validate_cache_not_stranded, engine_view(rendered("dev"), rendered("dev", "zone=ucsd"))) == []
+
+    def unrecorded(kind, props):
+        if kind == "PersistentVolumeClaim":
+            props["metadata"]["annotations"].pop(policies.PLACEMENT_ANNOTATION, None)
+            props["metadata"]["annotations"][policies.ZONE_ANNOTATION] = "ucsd"
+
+    now = rendered("prod", "zone=sdsu")
+    assert violations(policies.validate_cache_not_stranded, stack_args(now, unrecorded)) == []
+
+
+def test_cache_not_stranded_is_satisfied_by_a_relocation_that_records_the_new_placement():
+    relocated = rendered("prod", "zone=sdsu")
+    assert violations(policies.validate_cache_not_stranded, engine_view(relocated, relocated)) == []
+
+
+def test_cache_not_stranded_ignores_network_storage():
+    now = rendered("prod", "backend=rook-ceph", "zone=sdsu")
+    assert violations(policies.validate_cache_not_stranded, engine_view(rendered("prod"), now)) == []

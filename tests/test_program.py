@@ -177,10 +177,11 @@ def test_job_is_not_awaited_unless_asked():
 
 
 def test_wait_for_first_consumer_pvc_is_not_awaited_but_rook_ceph_is():
+    record = {"mlcache/placement": "zone=* gpuProduct=NVIDIA-A100-SXM4-80GB"}
     linstor = only(rendered("dev"), "PersistentVolumeClaim").inputs["metadata"]["annotations"]
-    assert linstor == {"pulumi.com/skipAwait": "true", "mlcache/backend": "linstor"}
+    assert linstor == {"pulumi.com/skipAwait": "true", "mlcache/backend": "linstor", **record}
     rook = only(rendered("dev", "backend=rook-ceph"), "PersistentVolumeClaim").inputs["metadata"]["annotations"]
-    assert rook == {"mlcache/backend": "rook-ceph"}
+    assert rook == {"mlcache/backend": "rook-ceph", **record}
 
 
 def test_the_pvc_records_the_pinned_zone_for_the_policy_pack():
@@ -326,3 +327,22 @@ def test_nothing_takes_the_storage_class_outputs():
     for r in run.kubernetes_objects():
         assert all(sc.urn not in urns for urns in r.property_dependencies.values()), r.name
     assert [r.kind for r in run.kubernetes_objects() if sc.urn in r.dependencies] == ["PersistentVolumeClaim"]
+
+
+def test_the_cache_records_its_placement_and_keeps_it_unless_relocating(stack):
+    pvc = only(rendered(stack), "PersistentVolumeClaim")
+    zone = "ucsd" if stack == "prod" else "*"
+    assert pvc.inputs["metadata"]["annotations"]["mlcache/placement"] == f"zone={zone} gpuProduct=NVIDIA-A100-SXM4-80GB"
+    assert pvc.ignore_changes == ['metadata.annotations["mlcache/placement"]']
+    assert pvc.replace_on_changes == ["spec.volumeMode"]
+    relocating = rendered(stack, "cache.relocate=true")
+    moved = only(relocating, "PersistentVolumeClaim")
+    assert moved.ignore_changes == []
+    assert moved.replace_on_changes == [
+        "spec.volumeMode",
+        'metadata.annotations["mlcache/placement"]',
+        "spec.resources.requests.storage",
+    ]
+    assert any("cache.relocate is true" in w and "DATA LOSS" in w for w in relocating.warnings)
+    assert not any("relocate" in w for w in rendered(stack).warnings)
+    assert "bound-cache guard stood aside: offline render" in rendered(stack).notes[0]

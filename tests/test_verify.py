@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
+from tests.api_objects import claim, volume
+from tests.api_objects import node as api_node
+from tests.api_objects import pod as api_pod
 from tools.render import render_or_refuse
 from tools.verify import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_from, render_findings
 
@@ -145,6 +148,27 @@ def test_findings_render_with_remedies():
 
 @pytest.mark.parametrize(("stack", "namespace", "zone"), [("dev", "team-ns", None), ("prod", "ml-training", "ucsd")])
 def test_expectation_comes_from_the_stacks_outputs(stack, namespace, zone):
-    expect = expectation_from(*render_or_refuse(stack, [], []), kube_namespace="team-ns")
+    expect = expectation_from(*render_or_refuse(stack, [], []), kube_namespace="team-ns", stack=stack)
     assert expect.pvc == "ms-swift-cache-pvc" and expect.namespace == namespace and expect.zone == zone
-    assert expect.storage_class == "linstor-fast-cache" and expect.job == "sft-qwen3vl-fire-4gpu"
+    assert expect.storage_class == "linstor-fast-cache" and expect.job == "sft-qwen3vl-fire-4gpu" and expect.stack == stack
+
+
+def test_node_loss_names_the_lost_node_what_is_lost_and_the_heal_command():
+    expect = Expectation(**{**EXPECT.__dict__, "stack": "prod"})
+    dead = api_node("gpu-ucsd-1", "ucsd", ready="Unknown")
+    message = "0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 node(s) had untolerated taint."
+    for nodes in ({"gpu-ucsd-1": dead}, {}):
+        findings = diagnose(
+            Snapshot(pvc=claim(), pv=volume("gpu-ucsd-1"), pods=[api_pod(unschedulable=message)], nodes=nodes), expect
+        )
+        (loss,) = [f for f in findings if f.level == FAIL]
+        assert loss.check == "node loss" and "gpu-ucsd-1" in loss.message and "cannot be placed" in loss.message
+        assert "only cache data" in loss.remedy and "python -m tools.heal --stack prod" in loss.remedy
+    bare = diagnose(Snapshot(pvc=claim(), pv=volume("gpu-ucsd-1"), nodes={"gpu-ucsd-1": dead}), expect)
+    assert any(f.check == "node loss" and "NotReady (Ready=Unknown" in f.message for f in bare)
+
+
+def test_a_ready_node_or_a_second_replica_is_no_node_loss():
+    live = {"gpu-ucsd-1": api_node("gpu-ucsd-1", "ucsd"), "gpu-ucsd-2": api_node("gpu-ucsd-2", "ucsd", ready="Unknown")}
+    for pv in (volume("gpu-ucsd-1"), volume("gpu-ucsd-1", "gpu-ucsd-2")):
+        assert not [f for f in diagnose(Snapshot(pvc=claim(), pv=pv, nodes=live), EXPECT) if f.check == "node loss"]

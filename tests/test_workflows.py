@@ -16,7 +16,7 @@ CHECK_JSONSCHEMA = Path(sys.executable).with_name("check-jsonschema")
 
 
 def test_workflows_exist():
-    assert {p.name for p in WORKFLOWS} == {"preview.yml", "deploy.yml"}
+    assert {p.name for p in WORKFLOWS} == {"preview.yml", "deploy.yml", "drift.yml"}
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
@@ -49,3 +49,13 @@ def test_prod_deploys_through_its_protected_environment():
     job = deploy["jobs"]["up"]
     assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"] and job["strategy"]["max-parallel"] == 1
     assert job["environment"] == "${{ matrix.stack }}"
+
+
+def test_drift_runs_on_a_schedule_and_on_demand_per_stack_through_tools_drift():
+    drift = yaml.safe_load((ROOT / ".github/workflows/drift.yml").read_text())
+    triggers = drift[True]  # PyYAML reads the key `on` as true
+    assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
+    job = drift["jobs"]["drift"]
+    assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"] and job["strategy"]["fail-fast"] is False
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert any('python -m tools.drift --stack "${{ matrix.stack }}"' in r for r in runs)

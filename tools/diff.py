@@ -5,8 +5,13 @@
 Both sides are rendered with this checkout's tools (the base revision's program, stack files
 and components, run under the mock engine). Each changed object gets the action the engine
 would take: create, update, replace or delete. Replacements follow the provider's force-new
-fields, the fields Kubernetes makes immutable, the program's replaceOnChanges, and the
-delete-before-replace cascade into resources that use a replaced resource's outputs.
+fields, the fields Kubernetes makes immutable, the program's replaceOnChanges and ignoreChanges,
+and the delete-before-replace cascade into resources that use a replaced resource's outputs.
+
+Day-2 rules on top (docs/day2.md): a change of zone, GPU product or pinning that keeps an existing
+LINSTOR cache STRANDS THE CACHE (its volume stays pinned where it was bound) unless the cache is
+re-created in the same change (cache.relocate); a shrink, or a growth the class does not allow, is
+flagged as an update the API server will refuse, with the way out.
 """
 
 from __future__ import annotations
@@ -27,13 +32,15 @@ from typing import Any
 
 import yaml
 
-from names import IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL
+from bound_cache import quantity_bytes
+from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL, ZONE_LABEL
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.render import DIGEST_KEY_ENV
-from tools.stack_config import StackConfigError, stack_file
+from tools.stack_config import StackConfigError, split_key, stack_file
 
 DATA_LOSS = "DATA LOSS"
+STRANDS = "STRANDS THE CACHE"
 
 
 @dataclass
@@ -50,7 +57,8 @@ class Change:
 
     @property
     def data_loss(self) -> bool:
-        return any(w.startswith(DATA_LOSS) for w in self.warnings)
+        """Cached data is wiped, or made unreachable (what --fail-on-data-loss gates on)."""
+        return any(w.startswith((DATA_LOSS, STRANDS)) for w in self.warnings)
 
 
 def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -80,6 +88,32 @@ def _kind(obj: dict[str, Any]) -> str:
     return obj["manifest"]["kind"]
 
 
+def _path_parts(path: str) -> list[str]:
+    """A Pulumi property path (`a.b["c/d"]`, `a[0]`) as its keys (parsed as `pulumi config set --path` does)."""
+    top, rest = split_key(path)
+    return [top.partition(":")[2], *(str(part) for part in rest)]
+
+
+def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """The new manifest as the engine sends it: each ignoreChanges path keeps its old value
+    (or stays absent when the old object had none)."""
+    result = json.loads(json.dumps(new))
+    for path in paths:
+        *parents, leaf = _path_parts(path)
+        source, target = old, result
+        for key in parents:
+            source = source.get(key) if isinstance(source, dict) else None
+            if not isinstance(target.get(key), dict):
+                break
+            target = target[key]
+        else:
+            if isinstance(source, dict) and leaf in source:
+                target[leaf] = source[leaf]
+            else:
+                target.pop(leaf, None)
+    return result
+
+
 def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]:
     """The engine's actions to go from the `old` rendered plan to the `new` one (tools.render --json)."""
     before = {o["urn"]: o for o in (old or {}).get("objects", [])}
@@ -90,11 +124,14 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
             changes[urn] = Change("create", urn, _label(obj), new=obj)
             continue
         previous = before[urn]
+        obj = {**obj, "manifest": with_ignored_changes(previous["manifest"], obj["manifest"], obj.get("ignoreChanges", []))}
+        after[urn] = obj
         paths = changed_paths(previous["manifest"], obj["manifest"])
         if not paths and previous["protect"] == obj["protect"]:
             continue
         kind = _kind(obj)
-        force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + tuple(obj["replaceOnChanges"])
+        replace_on_changes = tuple(".".join(_path_parts(p)) for p in obj["replaceOnChanges"])
+        force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + replace_on_changes
         # A changed secret hides which of its fields changed: one that holds a force-new field may replace.
         replacing = sorted({f for p in paths for f in force_new if _under(p, f) or _under(f, p)})
         change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
@@ -114,6 +151,8 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
     _cascade(changes, after)
     for change in changes.values():
         _annotate(change)
+    _flag_stranded_cache(changes, before, after)
+    _flag_refused_resizes(changes, after)
     order = {urn: i for i, urn in enumerate([*after, *before])}
     return sorted(changes.values(), key=lambda c: order[c.urn])
 
@@ -160,6 +199,113 @@ def _annotate(change: Change) -> None:
     if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
         effect = "killed and started over" if change.action == "replace" else "stopped"
         change.warnings.append(f"a running training run of {change.label} is {effect}")
+
+
+def _dig(value: Any, *path: str) -> Any:
+    """A nested field, or None (a secret shows as a digest string, not an object: nothing to read)."""
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = _dig(manifest, "spec", "template", "spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(zones, GPU products) a Job's pods are restricted to by required node affinity (() = any)."""
+    terms = _dig(
+        pod_spec(manifest), "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms"
+    )
+    terms = terms if isinstance(terms, list) else []
+    found: dict[str, set[str]] = {ZONE_LABEL: set(), GPU_PRODUCT_LABEL: set()}
+    for term in terms:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") in found and expression.get("operator") == "In":
+                found[expression["key"]].update(expression.get("values") or [])
+    return tuple(sorted(found[ZONE_LABEL])), tuple(sorted(found[GPU_PRODUCT_LABEL]))
+
+
+def _describe_placement(placement: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    zones, products = placement
+    return f"zone {', '.join(zones) or 'any (unpinned)'}, GPU product {', '.join(products) or 'any'}"
+
+
+def _claims_of(manifest: dict[str, Any]) -> set[str]:
+    volumes = pod_spec(manifest).get("volumes")
+    return (
+        {_dig(v, "persistentVolumeClaim", "claimName") for v in volumes if isinstance(v, dict)}
+        if isinstance(volumes, list)
+        else set()
+    )
+
+
+def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+    """A LINSTOR cache that stays while its consumers move is stranded where it was bound."""
+    for urn, obj in after.items():
+        manifest = obj["manifest"]
+        if urn not in before or _kind(obj) != "PersistentVolumeClaim":
+            continue
+        if changes.get(urn) and changes[urn].action != "update":
+            continue  # re-created in this change (relocated, or replaced for another reason)
+        if (_dig(manifest, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor") != "linstor":
+            continue  # network storage: reachable from every zone
+        claim = _dig(manifest, "metadata", "name")
+        if not isinstance(claim, str):
+            continue
+        for job_urn, job in after.items():
+            previous = before.get(job_urn)
+            if _kind(job) != "Job" or previous is None or claim not in _claims_of(job["manifest"]):
+                continue
+            was, now = job_placement(previous["manifest"]), job_placement(job["manifest"])
+            change = changes.get(job_urn)
+            if was == now or change is None:
+                continue
+            change.warnings.insert(
+                0,
+                f"{STRANDS}: {_label(obj)} keeps its volume where the previous placement "
+                f"({_describe_placement(was)}) bound it, while {change.label} moves to {_describe_placement(now)}: "
+                "if that node is outside the new placement the pod can never be placed (volume node affinity "
+                "conflict); the program's guard then refuses the up. To move the cache, set cache.relocate true "
+                "in the same change (DATA LOSS, re-warmed by cache.prefetch).",
+            )
+
+
+def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> None:
+    """Shrinks, and growth the class does not allow: updates the API server refuses mid-up."""
+    classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
+    for change in changes.values():
+        if change.action != "update" or _kind(change.new) != "PersistentVolumeClaim":
+            continue
+        old_size, new_size = (_size(c["manifest"]) for c in (change.old, change.new))
+        if old_size == new_size or None in (old_size, new_size):
+            continue
+        old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (change.old, change.new))
+        relocate = "or re-create the cache at the new size with cache.relocate true (DATA LOSS)"
+        if new_size < old_size:
+            change.warnings.append(
+                f"the API server will refuse this update: cache.size shrinks {old_text} -> {new_text} and a volume "
+                f"cannot shrink; way out: keep cache.size at {old_text} or more, {relocate}"
+            )
+            continue
+        storage_class = classes.get(_dig(change.new["manifest"], "spec", "storageClassName"))
+        if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
+            change.warnings.append(
+                f"the API server will refuse this update: cache.size grows {old_text} -> {new_text} but StorageClass "
+                f"{_dig(storage_class, 'metadata', 'name')} has allowVolumeExpansion false; way out: set "
+                f"linstor.allowVolumeExpansion true (expands in place, keeps the data), {relocate}"
+            )
+
+
+def _size(manifest: dict[str, Any]):
+    size = _dig(manifest, "spec", "resources", "requests", "storage")
+    try:
+        return quantity_bytes(size) if isinstance(size, str) else None
+    except ValueError:  # a secret's digest, not a quantity
+        return None
 
 
 def manifest_diff(change: Change) -> str:

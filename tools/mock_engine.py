@@ -84,6 +84,8 @@ class ProgramRun:
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
+    # pulumi.log.info messages (the bound-cache guard says here that it stood aside).
+    notes: list[str] = field(default_factory=list)
 
     def kubernetes_objects(self) -> list[Registration]:
         return [r for r in self.registrations if r.is_kubernetes_object]
@@ -192,11 +194,11 @@ def is_secret_envelope(value: Any) -> bool:
 
 class _WarningCollector(logging.Handler):
     def __init__(self, run: ProgramRun):
-        super().__init__(logging.WARNING)
+        super().__init__(logging.INFO)
         self.run = run
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.run.warnings.append(record.getMessage())
+        (self.run.warnings if record.levelno >= logging.WARNING else self.run.notes).append(record.getMessage())
 
 
 def _top_level_modules(directory: Path) -> set[str]:
@@ -247,6 +249,7 @@ def run_program(
     asyncio.set_event_loop(loop)
     logger = logging.getLogger(f"mlcache.mock.{id(run)}")
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     logger.addHandler(_WarningCollector(run))
     runtime_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(dict(config), list(secret_keys))

@@ -123,6 +123,7 @@ def summary(run: ProgramRun) -> str:
             "protect": r.protect,
             "deleteBeforeReplace": r.delete_before_replace,
             "replaceOnChanges": r.replace_on_changes,
+            "ignoreChanges": r.ignore_changes,
             "dependsOn": extra_deps,
             "propertyDependencies": property_deps,
             "customTimeouts": r.custom_timeouts,
@@ -143,6 +144,8 @@ def summary(run: ProgramRun) -> str:
             lines.append(f"  {name}: {value}")
     lines.append("warnings:")
     lines.extend(f"  - {warning}" for warning in run.warnings)
+    lines.append("notes:")
+    lines.extend(f"  - {note}" for note in run.notes)
     return "\n".join(lines) + "\n"
 
 
@@ -172,6 +175,7 @@ def as_json(run: ProgramRun) -> dict[str, Any]:
                 "protect": r.protect,
                 "deleteBeforeReplace": r.delete_before_replace,
                 "replaceOnChanges": r.replace_on_changes,
+                "ignoreChanges": r.ignore_changes,
                 "propertyDependencies": sorted({u for urns in r.property_dependencies.values() for u in urns}),
                 "dependencies": sorted(u for u in r.dependencies if u != r.parent and u in names),
             }

@@ -7,6 +7,8 @@ Reads the PVC, its PV, the training pod(s) and the nodes with the kubernetes cli
 kubeconfig), then decides with pure functions (`diagnose`): PVC phase (Pending is expected
 before the first consumer under WaitForFirstConsumer), the class it used, the PV's node
 affinity, the training pod's node and zone, and whether pod and volume share node and zone.
+It also recognises node loss: the volume's only node is NotReady or gone, so the pod that
+mounts the claim cannot be placed; it says what is lost and the command that heals it.
 Exit 0 when everything holds, 1 on a mismatch (with the runbook's remedy), 2 on bad usage or
 config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden).
 """
@@ -19,10 +21,12 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from bound_cache import has_taint, pinned_node_names, ready_condition
 from names import (
     GPU_PRODUCT_LABEL,
     HOSTNAME_LABEL,
     MULTINODE_RUN_LABEL,
+    OUT_OF_SERVICE_TAINT,
     RUN_LABEL,
     WORKER_LABEL,
     ZONE_LABEL,
@@ -30,12 +34,12 @@ from names import (
 from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
 from verification import linstor_resources_command
 
+# Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
+STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
 # Seconds per API request: an unreachable server fails the tool instead of hanging it.
 REQUEST_TIMEOUT = 15
 # How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
 VOLUME_CONFLICT = ("volume node affinity conflict", "didn't match PersistentVolume's node affinity")
-# Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
-STANDARD_RESOURCES = {"cpu", "memory", "ephemeral-storage", "pods"}
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -50,6 +54,7 @@ class Expectation:
     zone: str | None
     job: str | None
     run: RunExpectation | None = None
+    stack: str = "STACK"
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,44 @@ def scheduling_message(pod: dict, events: list[dict] = ()) -> str | None:
         if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
             return condition.get("message") or condition.get("reason") or "unschedulable"
     return None
+
+
+def lost_volume_node(snapshot: Snapshot) -> tuple[str, str] | None:
+    """(node, how) when the volume's only node is gone or NotReady; None otherwise.
+
+    A node with no Ready condition at all has not reported yet and is not judged."""
+    pinned = pinned_node_names(snapshot.pv)
+    if len(pinned) != 1:
+        return None
+    (name,) = pinned
+    node = snapshot.nodes.get(name)
+    if node is None:
+        return name, "gone (its Node object no longer exists)"
+    condition = ready_condition(node)
+    if condition is None or condition.get("status") == "True":
+        return None
+    since = condition.get("lastTransitionTime") or "?"
+    reason = "the kubelet stopped reporting" if condition.get("status") == "Unknown" else condition.get("reason") or "NotReady"
+    marked = ", marked out-of-service" if has_taint(node, OUT_OF_SERVICE_TAINT) else ""
+    return name, f"NotReady (Ready={condition.get('status')} since {since}: {reason}{marked})"
+
+
+def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, str]) -> Finding:
+    node, how = lost
+    stuck = [
+        _get(p, "metadata", "name")
+        for p in snapshot.pods
+        if not _get(p, "spec", "nodeName") or _get(p, "spec", "nodeName") == node
+    ]
+    pods = f"; pod(s) {', '.join(stuck)} cannot be placed (the volume exists only there)" if stuck else ""
+    return Finding(
+        FAIL,
+        "node loss",
+        f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
+        "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
+        f"rebuildable); the training run restarts from its last checkpoint. Heal: `python -m tools.heal --stack "
+        f"{expect.stack}` (a dry run that says what it would do), then the same with --apply.",
+    )
 
 
 def _requirement_holds(labels: dict[str, str], expression: dict) -> bool:
@@ -386,6 +429,8 @@ def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tup
 def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
     name = _get(pod, "metadata", "name")
     message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
+    if lost_volume_node(snapshot):
+        return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message} (see node loss)")
     if any(words in message for words in VOLUME_CONFLICT):
         explanation, remedy = stranded_volume(pod, expect, snapshot)
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
@@ -462,6 +507,9 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 )
             )
 
+    lost = lost_volume_node(snapshot)
+    if lost:
+        findings.append(node_loss_finding(snapshot, expect, lost))
     if expect.job and not pods:
         findings.append(Finding(INFO, "training pod", f"no pod of Job {expect.job} (finished and cleaned up, or not created)"))
     for pod in pods:
@@ -654,12 +702,12 @@ def render_findings(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def expectation_from(run: Any, config: Any, kube_namespace: str) -> Expectation:
+def expectation_from(run: Any, config: Any, kube_namespace: str, stack: str = "STACK") -> Expectation:
     """What a rendered stack (ProgramRun, StackConfig) asks for; the kubeconfig's namespace when it sets none."""
-    return expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace)
+    return expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace, stack)
 
 
-def expectation_from_outputs(outputs: dict[str, Any], namespace: str) -> Expectation:
+def expectation_from_outputs(outputs: dict[str, Any], namespace: str, stack: str = "STACK") -> Expectation:
     """What the stack asked for, from its outputs (`pulumi stack output`, or the mock engine's)."""
     run_out = outputs.get("run") or {}
     run = None
@@ -681,6 +729,7 @@ def expectation_from_outputs(outputs: dict[str, Any], namespace: str) -> Expecta
         zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
         job=outputs.get("jobName"),
         run=run,
+        stack=stack,
     )
 
 
@@ -755,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     from tools.render import render_or_refuse  # noqa: PLC0415
 
     rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
-    expect, findings = read_cluster(lambda namespace: expectation_from(*rendered, namespace), args.context)
+    expect, findings = read_cluster(lambda namespace: expectation_from(*rendered, namespace, args.stack), args.context)
     print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
     print(render_findings(findings))
     return 1 if any(f.level == FAIL for f in findings) else 0

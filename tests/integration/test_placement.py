@@ -16,7 +16,8 @@ from kubernetes import client
 
 from tests.integration.conftest import ROOT
 from tools.placement import ClusterView, Report
-from tools.verify import GPU_PRODUCT_LABEL, VOLUME_CONFLICT, ZONE_LABEL, pod_fits_labels
+from tools.rehearse import UpFailed
+from tools.verify import GPU_PRODUCT_LABEL, ZONE_LABEL, selector_matches
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 FLEETS = ROOT / "tests" / "data" / "fleets"
@@ -156,20 +157,22 @@ def test_first_consumer_trap_the_runbooks_fio_pod_applied_first_strands_the_volu
     client.BatchV1Api(rehearsal.api).create_namespaced_job(namespace, yaml.safe_load(RUNBOOK_FIO_JOB))
     _, moving = rehearsal.settle(namespace, ["storage-benchmark"], SETTLE)
     assert moving == []
-    outputs = rehearsal.up("dev", [GPU_TOLERATION])
-    report = rehearsal.report("dev", outputs, SETTLE)
     view = rehearsal.view(namespace)
-    (fio,) = [p for p in report.pods if p.pod.startswith(f"{namespace}/storage-benchmark-")]
-    assert GPU_PRODUCT_LABEL not in view.nodes[fio.node]["metadata"]["labels"]  # the volume went where fio landed
-    assert report.volume.nodes == [fio.node]
-    pod = training(report)
-    assert pod.node is None and any(words in pod.reason for words in VOLUME_CONFLICT)
-    # Never: no node that the volume allows is one the training pod may run on.
-    (raw,) = [p for p in view.pods if p["metadata"]["name"] == pod.pod.split("/")[1]]
-    assert not [n for n in report.volume.nodes if pod_fits_labels(raw, view.nodes[n])]
-    (problem,) = report.problems
-    assert "no GPU request" in problem.what and "benchmark.enabled: true" in problem.fix
-    assert report.exit_code == 1
+    (fio,) = [p for p in view.pods if p["metadata"]["name"].startswith("storage-benchmark-")]
+    fio_node = fio["spec"]["nodeName"]
+    assert GPU_PRODUCT_LABEL not in view.nodes[fio_node]["metadata"]["labels"]  # the volume went where fio landed
+    (claim,) = view.claims
+    volume = view.volumes[claim["spec"]["volumeName"]]
+    terms = volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
+    assert [n for n, node in view.nodes.items() if selector_matches(node, terms)] == [fio_node]
+    # The training pod could never be placed there: the bound-cache guard (docs/day2.md) refuses
+    # the up that would create it, before anything is registered, naming the node and the way out.
+    with pytest.raises(UpFailed) as refused:
+        rehearsal.up("dev", [GPU_TOLERATION])
+    message = str(refused.value)
+    assert "bound-cache guard" in message and f"node {fio_node}" in message and "GPU product none" in message
+    assert "would stay Pending for ever" in message and "mlcache:cache.relocate true" in message
+    assert [j["metadata"]["name"] for j in rehearsal.view(namespace).jobs] == ["storage-benchmark"]
 
 
 @pytest.mark.parametrize("rehearsal", [{"fleet": FLEETS / "two-a100-satellites.yaml"}], indirect=True)

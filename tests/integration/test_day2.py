@@ -1,0 +1,166 @@
+"""Day-2 hazards, observed on the rehearsal cluster (issue: day-2 hazards of a zone-local cache).
+
+Every stack goes up through tools.rehearse (the Automation API); the real kube-scheduler, volume
+binder, job and node-lifecycle controllers place things and notice a dead node; the LINSTOR
+provisioner stand-in pins each volume to its node. The tests read UIDs, nodes and zones back."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.integration.conftest import ROOT
+from tools.rehearse import UpFailed
+
+SETTLE = 120.0
+CLAIM = "ms-swift-cache-pvc"
+JOB = "sft-qwen3vl-fire-4gpu"
+OUT_OF_SERVICE = client.V1Taint(key="node.kubernetes.io/out-of-service", value="nodeshutdown", effect="NoExecute")
+
+
+def training(report):
+    (pod,) = [p for p in report.pods if p.role == "training"]
+    return pod
+
+
+def uids(rehearsal, namespace: str) -> dict[str, str]:
+    """Kind/name -> UID of every object the stack manages, and the cache's PV."""
+    view = rehearsal.view(namespace)
+    found = {f"Job/{j['metadata']['name']}": j["metadata"]["uid"] for j in view.jobs}
+    found.update({f"PersistentVolumeClaim/{c['metadata']['name']}": c["metadata"]["uid"] for c in view.claims})
+    found.update({f"StorageClass/{n}": c["metadata"]["uid"] for n, c in view.classes.items() if n.startswith("linstor")})
+    for claim in view.claims:
+        if claim["spec"].get("volumeName"):
+            found["PersistentVolume"] = claim["spec"]["volumeName"]
+    for kind, listing in (
+        ("ConfigMap", client.CoreV1Api(rehearsal.api).list_namespaced_config_map(namespace).items),
+        ("NetworkPolicy", client.NetworkingV1Api(rehearsal.api).list_namespaced_network_policy(namespace).items),
+    ):
+        found.update({f"{kind}/{o.metadata.name}": o.metadata.uid for o in listing if o.metadata.name.startswith("mlcache")})
+    return found
+
+
+def tool(rehearsal, module: str, *args: str) -> subprocess.CompletedProcess:
+    """A tool run as users run it: in the rehearsal's project, against the rehearsal cluster."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=rehearsal.project,
+        env={**os.environ, **rehearsal.env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_zone_change_is_refused_with_nothing_changed_and_relocate_moves_the_cache(rehearsal):
+    outputs = rehearsal.up("prod")
+    namespace = outputs["namespace"]
+    report = rehearsal.report("prod", outputs, SETTLE)
+    bound = training(report)
+    assert bound.zone == "ucsd" and report.volume.zones == ["ucsd"] and report.volume.nodes == [bound.node]
+    before = uids(rehearsal, namespace)
+
+    with pytest.raises(UpFailed) as refused:
+        rehearsal.up("prod", ["zone=sdsu"])
+    message = str(refused.value)
+    assert "bound-cache guard" in message and f"node {bound.node} (zone ucsd" in message
+    assert "configured placement (zone sdsu" in message and "Nothing was changed" in message
+    assert "mlcache:zone ucsd or unset" in message and "mlcache:cache.relocate true" in message
+    assert uids(rehearsal, namespace) == before
+
+    outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=true", "cache.protect=false"])
+    report = rehearsal.report("prod", outputs, SETTLE)
+    moved = training(report)
+    assert moved.zone == "sdsu" and report.volume.zones == ["sdsu"] and report.volume.nodes == [moved.node]
+    assert moved.with_cache is True and report.exit_code == 0, report.problems
+    after = uids(rehearsal, namespace)
+    assert after["PersistentVolume"] != before["PersistentVolume"]
+    assert after[f"PersistentVolumeClaim/{CLAIM}"] != before[f"PersistentVolumeClaim/{CLAIM}"]
+    assert after["StorageClass/linstor-fast-cache"] == before["StorageClass/linstor-fast-cache"]
+
+    # Set back (relocate off, protected again): nothing is replaced.
+    rehearsal.up("prod", ["zone=sdsu"])
+    assert uids(rehearsal, namespace) == after
+
+
+def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_in_the_same_zone(rehearsal):
+    outputs = rehearsal.up("prod")
+    namespace = outputs["namespace"]
+    report = rehearsal.report("prod", outputs, SETTLE)
+    first = training(report)
+    assert first.zone == "ucsd" and report.volume.nodes == [first.node]
+    before = uids(rehearsal, namespace)
+
+    killed = subprocess.run(
+        [str(ROOT / "scripts" / "local-cluster"), "kill-node", str(rehearsal.cluster), first.node],
+        env={**os.environ, **rehearsal.env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert killed.returncode == 0, killed.stderr
+
+    verify = tool(rehearsal, "tools.verify", "--stack", "prod")
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "[FAIL] node loss" in verify.stdout and first.node in verify.stdout
+    assert "only cache data" in verify.stdout and "python -m tools.heal --stack prod" in verify.stdout
+
+    # Not yet proven gone (it only stopped reporting), and prod protects its cache.
+    unproven = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply", "--allow-protected")
+    assert unproven.returncode == 1 and f"cannot prove node {first.node} is gone" in unproven.stdout
+    # The operator checks the machine is off and says so the Kubernetes way (non-graceful shutdown).
+    taints = rehearsal.core.read_node(first.node).spec.taints or []
+    rehearsal.core.patch_node(first.node, {"spec": {"taints": [t.to_dict() for t in taints] + [OUT_OF_SERVICE.to_dict()]}})
+    protected = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply")
+    assert protected.returncode == 1 and "--allow-protected" in protected.stdout
+    dry = tool(rehearsal, "tools.heal", "--stack", "prod")
+    assert dry.returncode == 1 and "--allow-protected" in dry.stdout
+    assert uids(rehearsal, namespace)[f"PersistentVolumeClaim/{CLAIM}"] == before[f"PersistentVolumeClaim/{CLAIM}"]
+
+    healed = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply", "--allow-protected")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
+
+    report = rehearsal.report("prod", outputs, SETTLE)
+    again = training(report)
+    assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
+    assert again.with_cache is True
+    after = uids(rehearsal, namespace)
+    assert after["PersistentVolume"] != before["PersistentVolume"]
+    assert after[f"PersistentVolumeClaim/{CLAIM}"] != before[f"PersistentVolumeClaim/{CLAIM}"]
+    unchanged = {k: v for k, v in before.items() if not k.startswith(("PersistentVolume",))}
+    assert {k: after[k] for k in unchanged} == unchanged  # the Job, the class and the rest were not replaced
+
+
+def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api(rehearsal):
+    outputs = rehearsal.up("prod")
+    namespace = outputs["namespace"]
+    rehearsal.report("prod", outputs, SETTLE)
+    clean = tool(rehearsal, "tools.drift", "--stack", "prod")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "no drift" in clean.stdout
+
+    core, batch = rehearsal.core, client.BatchV1Api(rehearsal.api)
+    # A started Job's pod template (its affinity) is immutable: the API server refuses the edit.
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    with pytest.raises(ApiException) as immutable:
+        batch.patch_namespaced_job(JOB, namespace, {"spec": {"template": {"spec": {"affinity": affinity}}}})
+    assert immutable.value.status == 422 and "immutable" in immutable.value.body
+    # Its labels are not: an edit of one the stack sets is drift.
+    batch.patch_namespaced_job(JOB, namespace, {"metadata": {"labels": {"app.kubernetes.io/managed-by": "kubectl"}}})
+    job_drift = tool(rehearsal, "tools.drift", "--stack", "prod")
+    assert job_drift.returncode == 1, job_drift.stdout + job_drift.stderr
+    assert f"Job/{JOB}" in job_drift.stdout and "app.kubernetes.io/managed-by" in job_drift.stdout
+
+    # So is one of the PVC's labels; the PVC's ownership conflict does not hide the Job's drift.
+    core.patch_namespaced_persistent_volume_claim(
+        CLAIM, namespace, {"metadata": {"labels": {"app.kubernetes.io/part-of": "someone-else"}}}
+    )
+    both = tool(rehearsal, "tools.drift", "--stack", "prod")
+    assert both.returncode == 1, both.stdout + both.stderr
+    assert f"PersistentVolumeClaim/{CLAIM}" in both.stdout and f"Job/{JOB}" in both.stdout and "DRIFT in 2" in both.stdout

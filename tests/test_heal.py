@@ -1,0 +1,86 @@
+"""tools.heal's decisions on API-shaped objects: it heals only a proven node loss of a
+single-replica volume, and refuses, saying why, in every other case."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.api_objects import claim, node, pod, volume
+from tools.heal import main, plan_heal, render_plan
+from tools.verify import Expectation, Snapshot
+
+EXPECT = Expectation(
+    "ms-swift-cache-pvc", "ml-training", "linstor-fast-cache", "linstor", "ucsd", "sft-qwen3vl-fire-4gpu", stack="prod"
+)
+HEALTHY = node("gpu-ucsd-2", "ucsd")
+
+
+def snapshot(dead: dict | None, *, pv=None, pods=()) -> Snapshot:
+    nodes = {"gpu-ucsd-2": HEALTHY}
+    if dead is not None:
+        nodes[dead["metadata"]["name"]] = dead
+    return Snapshot(pvc=claim(), pv=pv or volume("gpu-ucsd-1"), pods=list(pods), nodes=nodes)
+
+
+def heal(snap: Snapshot, protected=False, allow_protected=False):
+    return plan_heal(snap, EXPECT, protected=protected, allow_protected=allow_protected)
+
+
+def test_a_deleted_node_is_proof_and_the_plan_recreates_the_claim():
+    stuck = pod("sft-old", node_name="gpu-ucsd-1")
+    pending = pod("sft-new", unschedulable="1 node(s) had volume node affinity conflict")
+    plan = heal(snapshot(None, pods=[stuck, pending]))
+    assert plan.refusal is None and plan.dead_node == "gpu-ucsd-1" and "no longer exists" in plan.proof
+    assert plan.stuck_pods == ("sft-old",)
+    text = render_plan(plan, apply=False)
+    assert "dry run" in text and "force-delete pod ml-training/sft-old" in text
+    assert "delete claim ml-training/ms-swift-cache-pvc" in text and "pulumi up --refresh --yes --stack prod" in text
+
+
+def test_the_out_of_service_taint_is_proof():
+    dead = node("gpu-ucsd-1", "ucsd", ready="Unknown", taints=("node.kubernetes.io/out-of-service",))
+    plan = heal(snapshot(dead))
+    assert plan.refusal is None and "out-of-service" in plan.proof
+
+
+def test_an_unreachable_node_is_not_proof():
+    dead = node("gpu-ucsd-1", "ucsd", ready="Unknown", taints=("node.kubernetes.io/unreachable",))
+    plan = heal(snapshot(dead))
+    assert plan.refusal.startswith("cannot prove node gpu-ucsd-1 is gone: Ready is Unknown")
+    assert "kubectl taint nodes gpu-ucsd-1 node.kubernetes.io/out-of-service=nodeshutdown:NoExecute" in plan.refusal
+
+
+@pytest.mark.parametrize(
+    ("dead", "reason"),
+    [
+        (node("gpu-ucsd-1", "ucsd", cordoned=True), "only cordoned"),
+        (node("gpu-ucsd-1", "ucsd"), "is Ready"),
+        (node("gpu-ucsd-1", "ucsd", ready="False"), "cannot prove"),
+    ],
+)
+def test_a_live_node_is_refused(dead, reason):
+    assert reason in heal(snapshot(dead)).refusal
+
+
+def test_more_than_one_replica_is_refused():
+    plan = heal(snapshot(None, pv=volume("gpu-ucsd-1", "gpu-ucsd-2")))
+    assert "2 replicas" in plan.refusal and "LINSTOR fails over by itself" in plan.refusal
+
+
+def test_protected_stack_needs_the_explicit_flag():
+    assert "--allow-protected" in heal(snapshot(None), protected=True).refusal
+    assert heal(snapshot(None), protected=True, allow_protected=True).refusal is None
+
+
+def test_nothing_to_heal_without_a_bound_pinned_volume():
+    assert "does not exist" in plan_heal(Snapshot(pvc=None), EXPECT, protected=False, allow_protected=False).refusal
+    unbound = Snapshot(pvc=claim(phase="Pending"), nodes={})
+    assert "not bound" in plan_heal(unbound, EXPECT, protected=False, allow_protected=False).refusal
+    network = snapshot(None, pv=volume())
+    assert "network storage" in heal(network).refusal
+
+
+def test_command_line_needs_a_stack(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2

@@ -1,0 +1,216 @@
+"""Heal a cache lost with its node: re-create the claim so the next pod binds a fresh volume.
+
+    python -m tools.heal --stack STACK [--context CONTEXT] [--apply] [--allow-protected]
+
+A single-replica LINSTOR volume lives on one node; when that node is gone, the training pod's
+replacement stays Pending for ever (volume node affinity conflict). Only cache data is lost, and
+the cache is rebuildable, so the remedy is a new claim: this tool force-deletes the pods still
+bound to the dead node that mount the claim, deletes the claim, and runs
+`pulumi up --refresh --yes --stack STACK`, which re-creates it (nothing else is replaced); the
+pending pod then binds a fresh volume on a healthy node and the warm-up refills it.
+
+Dry run by default: it prints what it would do. It refuses, saying why, when the node is only
+cordoned or still Ready, when the volume has more than one replica (LINSTOR fails over by itself),
+when the stack protects its cache and --allow-protected is not given, or when it cannot prove the
+node is gone: proof is the Node object being deleted, or the node carrying Kubernetes'
+`node.kubernetes.io/out-of-service` taint (set by whoever checked it is powered off). A node that
+merely stopped reporting (Ready=Unknown) may be partitioned, not dead.
+Exit 0 when healed (or, dry run, when it would heal), 1 when it refuses, 2 on usage or set-up errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bound_cache import get, has_taint, is_ready, pinned_node_names
+from names import OUT_OF_SERVICE_TAINT
+from tools.verify import Expectation, Snapshot
+
+DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
+
+
+@dataclass(frozen=True)
+class HealPlan:
+    refusal: str | None = None
+    dead_node: str | None = None
+    proof: str = ""
+    stuck_pods: tuple[str, ...] = ()
+    steps: tuple[str, ...] = field(default_factory=tuple)
+
+
+def mounts_claim(pod: dict, claim: str) -> bool:
+    return any(get(v, "persistentVolumeClaim", "claimName") == claim for v in get(pod, "spec", "volumes") or [])
+
+
+def plan_heal(snapshot: Snapshot, expect: Expectation, *, protected: bool, allow_protected: bool) -> HealPlan:
+    """What healing would do, or why it must not. Pure: the tests feed it API-shaped objects."""
+    where = f"{expect.namespace}/{expect.pvc}"
+    if snapshot.pvc is None:
+        return HealPlan(refusal=f"claim {where} does not exist: nothing to heal (`pulumi up` creates it)")
+    volume = get(snapshot.pvc, "spec", "volumeName")
+    if get(snapshot.pvc, "status", "phase") != "Bound" or not volume or snapshot.pv is None:
+        return HealPlan(refusal=f"claim {where} is not bound to a volume: nothing is lost, nothing to heal")
+    nodes = pinned_node_names(snapshot.pv)
+    if not nodes:
+        return HealPlan(refusal=f"volume {volume} is not pinned to a node (network storage): a node loss does not strand it")
+    if len(nodes) > 1:
+        return HealPlan(
+            refusal=(
+                f"volume {volume} has {len(nodes)} replicas ({', '.join(nodes)}): LINSTOR fails over by itself and "
+                "the pod can use a surviving replica; nothing to heal (check `linstor resource list -r "
+                f"{volume}` in the piraeus-datastore namespace)"
+            )
+        )
+    (name,) = nodes
+    node = snapshot.nodes.get(name)
+    if node is None:
+        proof = f"node {name} no longer exists (its Node object was deleted)"
+    elif has_taint(node, OUT_OF_SERVICE_TAINT):
+        proof = f"node {name} is marked {OUT_OF_SERVICE_TAINT} (checked to be shut down)"
+    elif is_ready(node) and get(node, "spec", "unschedulable"):
+        return HealPlan(
+            refusal=(
+                f"node {name} is only cordoned and still Ready: volume {volume} and its data are there. "
+                f"`kubectl uncordon {name}` lets the pod back on it; nothing to heal"
+            )
+        )
+    elif is_ready(node):
+        return HealPlan(
+            refusal=f"node {name} is Ready: volume {volume} is intact; nothing to heal (tools.verify says why a pod waits)"
+        )
+    else:
+        condition = next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), {})
+        return HealPlan(
+            refusal=(
+                f"cannot prove node {name} is gone: Ready is {condition.get('status', 'unreported')} since "
+                f"{condition.get('lastTransitionTime', '?')}, which a network partition or a reboot also shows, and the "
+                "volume may come back with it. Once you have checked that it is powered off, mark it the Kubernetes "
+                f"way: `kubectl taint nodes {name} {OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute` (or `kubectl delete "
+                f"node {name}`), then run this again"
+            )
+        )
+    if protected and not allow_protected:
+        return HealPlan(
+            refusal=(
+                f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
+                "--allow-protected (its data is already lost with the node; the new claim is protected again)"
+            ),
+            dead_node=name,
+            proof=proof,
+        )
+    stuck = tuple(
+        sorted(
+            get(p, "metadata", "name")
+            for p in snapshot.pods
+            if get(p, "spec", "nodeName") == name and mounts_claim(p, expect.pvc)
+        )
+    )
+    steps = [f"force-delete pod {expect.namespace}/{pod} (bound to the dead node {name})" for pod in stuck]
+    steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
+    steps.append(
+        f"pulumi up --refresh --yes --stack {expect.stack}: re-creates the claim (nothing else is replaced); the "
+        "training pod binds a fresh volume on a healthy node and the warm-up refills it"
+    )
+    return HealPlan(dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps))
+
+
+def render_plan(plan: HealPlan, apply: bool) -> str:
+    if plan.refusal:
+        return f"refused: {plan.refusal}"
+    lines = [f"node loss proven: {plan.proof}", "will:" if apply else "would (dry run; add --apply to act):"]
+    lines += [f"  {index}. {step}" for index, step in enumerate(plan.steps, start=1)]
+    return "\n".join(lines)
+
+
+def read_heal_snapshot(expect: Expectation, core: Any, serialize: Any) -> Snapshot:
+    """The claim, its PV, every node, and every pod of the namespace that mounts the claim."""
+    from tools.verify import read_snapshot  # noqa: PLC0415
+
+    snapshot = read_snapshot(expect, core, serialize)
+    pods = serialize(core.list_namespaced_pod(expect.namespace).items)
+    snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
+    return snapshot
+
+
+def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> int:
+    from kubernetes.client import V1DeleteOptions  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    for pod in plan.stuck_pods:
+        print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
+        try:
+            core.delete_namespaced_pod(pod, expect.namespace, body=V1DeleteOptions(grace_period_seconds=0))
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    print(f"deleting claim {expect.namespace}/{expect.pvc}", file=sys.stderr)
+    core.delete_namespaced_persistent_volume_claim(expect.pvc, expect.namespace)
+    deadline = time.monotonic() + DELETE_TIMEOUT
+    while True:
+        try:
+            core.read_namespaced_persistent_volume_claim(expect.pvc, expect.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                break
+            raise
+        if time.monotonic() > deadline:
+            print(
+                f"error: claim {expect.namespace}/{expect.pvc} still exists after {DELETE_TIMEOUT}s (a pod on a live "
+                "node still uses it: `kubectl describe pvc`)",
+                file=sys.stderr,
+            )
+            return 2
+        time.sleep(1)
+    from tools import CHECKOUT  # noqa: PLC0415
+
+    command = ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", expect.stack]
+    print("running: " + " ".join(command), file=sys.stderr)
+    return subprocess.run(command, cwd=CHECKOUT, check=False).returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.heal", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")
+    parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
+    args = parser.parse_args(argv)
+    from kubernetes import client, config  # noqa: PLC0415
+
+    from tools.render import RENDER_ERRORS, render  # noqa: PLC0415
+    from tools.verify import expectation_from_outputs  # noqa: PLC0415
+
+    try:
+        config.load_kube_config(context=args.context)
+        _, active = config.list_kube_config_contexts()
+    except Exception as err:  # no kubeconfig, unknown context
+        print(f"error: cannot load the kubeconfig: {err}", file=sys.stderr)
+        return 2
+    try:
+        run, stack_config = render(args.stack, [], [])
+    except RENDER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    namespace = stack_config.values.get("mlcache:namespace") or (active or {}).get("context", {}).get("namespace") or "default"
+    expect = expectation_from_outputs(run.outputs, namespace, args.stack)
+    protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
+    api = client.ApiClient()
+    core = client.CoreV1Api(api)
+    snapshot = read_heal_snapshot(expect, core, api.sanitize_for_serialization)
+    plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected)
+    print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")
+    print(render_plan(plan, args.apply))
+    if plan.refusal:
+        return 1
+    if not args.apply:
+        return 0
+    return apply_plan(plan, expect, core)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
