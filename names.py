@@ -110,6 +110,10 @@ SCRATCH_PATH = "/tmp"
 SHM_PATH = "/dev/shm"
 SCRIPTS_PATH = "/opt/mlcache"
 POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH)
+# The container runtime mounts these itself and refuses a volume on or under them, once the pod
+# has been scheduled (its GPUs reserved); /dev only as a whole (devices and /dev/shm live below it).
+RUNTIME_PATHS = ("/proc", "/sys")
+RUNTIME_DEV = "/dev"
 
 # Fields whose change the provider turns into a replacement, per kind (provider/pkg/metadata).
 PROVIDER_REPLACES = {

@@ -25,7 +25,7 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 import schema
-from names import POD_MOUNT_PATHS, PROJECT, longest_generated_name, worker_benchmark_name
+from names import POD_MOUNT_PATHS, PROJECT, RUNTIME_DEV, RUNTIME_PATHS, longest_generated_name, worker_benchmark_name
 from schema import (
     DNS_LABEL_MAX,
     INT32_MAX,
@@ -419,6 +419,13 @@ def _check(s: Settings) -> None:
     if s.is_linstor and linstor.fs_type == "xfs" and not cache.is_block and parse_quantity(cache.size) < XFS_MIN_BYTES:
         raise ConfigError("cache.size", cache.size, "a Kubernetes quantity of at least 300Mi (the LINSTOR minimum for XFS)")
     path_key, path = ("cache.devicePath", cache.device_path) if cache.is_block else ("cache.mountPath", cache.mount_path)
+    kernel = [p for p in RUNTIME_PATHS if paths_overlap(path, p)] + ([RUNTIME_DEV] if path == RUNTIME_DEV else [])
+    if kernel:
+        raise ConfigError(
+            path_key,
+            path,
+            f"a path outside {', '.join(RUNTIME_PATHS)} and not {RUNTIME_DEV} itself (the runtime mounts {kernel[0]})",
+        )
     taken = [p for p in POD_MOUNT_PATHS if paths_overlap(path, p)]
     if taken:
         raise ConfigError(

@@ -62,6 +62,8 @@ the drivers apply at `up`:
 - `cache.size` is at least 300Mi for LINSTOR XFS in Filesystem mode.
 - `cache.mountPath` (Filesystem) or `cache.devicePath` (Block) stays clear of the pods' own
   mounts (`/tmp`, `/dev/shm`, `/opt/mlcache`): neither equal to one nor above or below one.
+  Nor is it on or under `/proc` or `/sys`, or `/dev` itself: the container runtime mounts those
+  and refuses the pod once it is scheduled.
 - `cache.prefetch` is empty in Block mode; so is `benchmark.shardLoad` when the benchmark runs.
 - `job.memory` is greater than `job.shmSize` (/dev/shm counts against the memory limit).
 - Derived names keep to their kind's limit: the Job `job.name-job.runId` and, with the

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
 from bound_cache import quantity_bytes
 from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL, ZONE_LABEL
 from tools import CHECKOUT
@@ -199,15 +200,6 @@ def _annotate(change: Change) -> None:
     if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
         effect = "killed and started over" if change.action == "replace" else "stopped"
         change.warnings.append(f"a running training run of {change.label} is {effect}")
-
-
-def _dig(value: Any, *path: str) -> Any:
-    """A nested field, or None (a secret shows as a digest string, not an object: nothing to read)."""
-    for key in path:
-        if not isinstance(value, dict):
-            return None
-        value = value.get(key)
-    return value
 
 
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:

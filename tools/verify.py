@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from bound_cache import get as _get
 from bound_cache import has_taint, pinned_node_names, ready_condition
 from names import (
     GPU_PRODUCT_LABEL,
@@ -94,14 +95,6 @@ class Finding:
     check: str
     message: str
     remedy: str = ""
-
-
-def _get(obj: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(key)
-    return obj
 
 
 def node_zone(node: dict | None) -> str | None:
