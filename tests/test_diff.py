@@ -165,7 +165,7 @@ def test_ignored_changes_keep_the_old_value_or_stay_absent():
 @pytest.fixture
 def project_copy(tmp_path):
     copy = tmp_path / "repo"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("venv", ".git", "__pycache__", ".*cache"))
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("venv*", ".git", "__pycache__", ".*cache"))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
@@ -183,12 +183,12 @@ def test_command_line_against_a_git_revision(project_copy):
     assert unchanged.stdout == "stack dev: no changes\nstack prod: no changes\n"
     stack_file = project_copy / "Pulumi.dev.yaml"
     stack_file.write_text(stack_file.read_text().replace("volumeMode: Filesystem", "volumeMode: Block"))
-    changed = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
-    assert changed.returncode == 0
-    assert "replace  PersistentVolumeClaim/ms-swift-cache-pvc" in changed.stdout and DATA_LOSS in changed.stdout
-    assert "+  volumeMode: Block" in changed.stdout
     gated = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
     assert gated.returncode == 1 and "stack prod: no changes" in gated.stdout
+    assert "replace  PersistentVolumeClaim/ms-swift-cache-pvc" in gated.stdout and DATA_LOSS in gated.stdout
+    assert "+  volumeMode: Block" in gated.stdout
+    changed = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
+    assert changed.returncode == 0 and "stack prod" not in changed.stdout
     stack_file.write_text(stack_file.read_text().replace("volumeMode: Block", "volumeMode: Filesystem"))
     prod = project_copy / "Pulumi.prod.yaml"
     prod.write_text(prod.read_text().replace("mlcache:zone: ucsd", "mlcache:zone: sdsu"))

@@ -37,7 +37,7 @@ from bound_cache import quantity_bytes
 from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL, ZONE_LABEL
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
-from tools.render import DIGEST_KEY_ENV
+from tools.render import DIGEST_KEY_ENV, RENDER_ERRORS, as_json, render
 from tools.stack_config import StackConfigError, split_key, stack_file
 
 DATA_LOSS = "DATA LOSS"
@@ -332,7 +332,14 @@ def _render_json(project_dir: Path, stack: str, digest_key: str) -> tuple[dict[s
     revision has no such stack, or (None, the render's error line)."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    # A process of its own per render: the two revisions' programs never share imported modules.
+    if project_dir == CHECKOUT:
+        # This checkout's program is the one these tools already imported: rendered in this process.
+        try:
+            run, _ = render(stack, [], [], project_dir)
+        except RENDER_ERRORS as err:
+            return None, str(err)
+        return as_json(run, digest_key), None
+    # Another revision gets a process of its own: the two programs never share imported modules.
     result = subprocess.run(
         [sys.executable, "-m", "tools.render", "--project", str(project_dir), "--stack", stack, "--json"],
         cwd=CHECKOUT,
@@ -413,11 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         base_dir = Path(tmp)
         export_revision(args.base, base_dir, CHECKOUT)
         stacks = chosen_stacks(args.stack, base_dir, CHECKOUT)
-        jobs = [(d, s) for s in stacks for d in (base_dir, CHECKOUT)]
+        # One key for both sides: equal secrets show equal digests, and nothing else can read them.
+        digest_key = secrets.token_hex(16)
         with ThreadPoolExecutor(max_workers=2) as pool:
-            # One key for both sides: equal secrets show equal digests, and nothing else can read them.
-            digest_key = secrets.token_hex(16)
-            rendered = list(pool.map(lambda job: _render_json(*job, digest_key), jobs))
+            # The base revision renders in subprocesses while the working tree renders here.
+            base = pool.map(lambda stack: _render_json(base_dir, stack, digest_key), stacks)
+            head = [_render_json(CHECKOUT, stack, digest_key) for stack in stacks]
+            rendered = [side for pair in zip(base, head, strict=True) for side in pair]
     data_loss = False
     reports = []
     for index, stack in enumerate(stacks):

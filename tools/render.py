@@ -162,10 +162,10 @@ def _keyed_digest(key: str) -> Callable[[Any], str]:
     return shown
 
 
-def as_json(run: ProgramRun) -> dict[str, Any]:
+def as_json(run: ProgramRun, digest_key: str | None = None) -> dict[str, Any]:
     """Machine-readable plan: each object with the options the engine sees (for tools.diff)."""
     names = {r.urn: r.name for r in run.registrations}
-    key = os.environ.get(DIGEST_KEY_ENV)
+    key = digest_key or os.environ.get(DIGEST_KEY_ENV)
     secret_as = _keyed_digest(key) if key else REDACTED
     return {
         "objects": [

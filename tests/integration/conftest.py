@@ -51,6 +51,32 @@ def _binary(pattern: str) -> Path | None:
     return found[-1] if found else None  # the most recent build
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Every test under this folder carries the `integration` marker (`./test unit` leaves them
+    out). Without the toolchain they are not run, and the reason is said once, not per test;
+    with MLCACHE_REQUIRE_ENGINE=1 (CI) they run and fail instead."""
+    here = Path(__file__).parent
+    ours = [item for item in items if here in Path(item.fspath).parents]
+    for item in ours:
+        item.add_marker(pytest.mark.integration)
+    if not ours or os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
+        return
+    try:
+        find_toolchain()
+    except SetupError as err:
+        items[:] = [item for item in items if item not in ours]
+        config.hook.pytest_deselected(items=ours)
+        config.stash[_NOT_RUN] = f"{len(ours)} real-engine tests not run: {err}"
+
+
+_NOT_RUN = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter, config) -> None:
+    if _NOT_RUN in config.stash:
+        terminalreporter.write_line(config.stash[_NOT_RUN], yellow=True)
+
+
 def _missing(reason: str) -> None:
     if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
         pytest.fail(reason, pytrace=False)
