@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools import copy_bench
 from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
 from workloads import coldstart, shard_bench
 
@@ -211,7 +212,31 @@ def main(argv: list[str] | None = None) -> int:
     cold.add_argument("--size", type=shard_size, default="512M")
     cold.add_argument("--readers", type=positive_int, default=8)
     cold.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians reported")
+    copy = commands.add_parser("copy", help="cache_copy.py local and send|receive vs fio read and write")
+    copy.add_argument("--dir", type=Path, required=True, help="where the source cache and the copies go")
+    copy.add_argument("--files", type=positive_int, default=2, help="large incompressible files")
+    copy.add_argument("--size", type=shard_size, default="1G", help="size of each large file")
+    copy.add_argument("--streams", type=positive_int, default=4)
+    copy.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians")
     args = parser.parse_args(argv)
+    if args.command == "copy":
+        if not shutil.which("fio"):
+            raise UsageError("fio is not installed (Debian: apt-get install fio)")
+        try:
+            result = copy_bench.benchmark(
+                args.dir,
+                args.files,
+                shard_bench.parse_size(args.size),
+                args.streams,
+                args.rounds,
+                lambda line: print(f"bench copy: {line}", file=sys.stderr, flush=True),
+            )
+        except OSError as err:
+            raise UsageError(f"--dir {args.dir}: {err.strerror or err}") from None
+        except subprocess.CalledProcessError as err:
+            raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
+        print(copy_bench.report(result))
+        return 0
     if args.command == "coldstart":
         try:
             result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size)

@@ -1,11 +1,11 @@
 """Every measured figure the docs quote, in one generated file: docs/figures.md.
 
-    python -m tools.figures [--only SECTION]... [--build-log FILE]
+    python -m tools.figures [--only SECTION]... [--integration] [--build-log FILE]
 
-Sections: `tests` (test counts and the unit suite's wall time), `render` (tools.bench_render),
-`fio` (the benchmark Job's two fio profiles, scaled down, on a local directory, through
-tools.bench report), `shards` (tools.bench shards), `build` (per-step times of a
-scripts/build-engine log, given with --build-log). A section that is not run keeps its
+Sections: `loop` (test counts, and tools.bench_loop: the unit suite, with --integration the
+real-engine suite, and the toolchain build's per-step times from scripts/build-engine's log),
+`render` (tools.bench_render), `fio` (the benchmark Job's two fio profiles, scaled down, on a local
+directory, through tools.bench report), `shards` (tools.bench shards). A section that is not run keeps its
 previous text, so one figure can be refreshed at a time. The docs link here instead of
 repeating numbers in prose.
 """
@@ -17,16 +17,14 @@ import datetime
 import os
 import platform
 import re
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tools import CHECKOUT
-from tools.cli import ArgumentParser, UsageError, entry_point
+from tools import CHECKOUT, bench_loop
+from tools.cli import ArgumentParser, entry_point
 
 FIGURES = CHECKOUT / "docs" / "figures.md"
 HEAD = """\
@@ -46,7 +44,7 @@ def _block(command: str, output: str) -> str:
     return f"```\n$ {command}\n{output.rstrip()}\n```\n"
 
 
-def tests_section(_: argparse.Namespace) -> str:
+def loop_section(args: argparse.Namespace) -> str:
     def count(*paths: str) -> int:
         out = _run([sys.executable, "-m", "pytest", "--collect-only", "-q", *paths])
         # One node id per line, or (quieter) one "file: count" line per file.
@@ -55,15 +53,12 @@ def tests_section(_: argparse.Namespace) -> str:
 
     unit = count("tests", "--ignore=tests/integration")
     integration = count("tests/integration")
-    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", "--ignore=tests/integration"])
-    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    load = os.getloadavg()[0]
+    figures = bench_loop.measure(args.integration, args.build_log or bench_loop.ENGINE_CACHE / "build-engine.log")
+    command = "python -m tools.bench_loop" + (" --integration" if args.integration else "")
     return (
-        f"- unit tests: **{unit}**; the whole unit suite (`pytest tests --ignore=tests/integration`, target < 60 s) "
-        f"took **{seconds:.0f} s** wall time and {cpu:.0f} s of CPU (load average {load:.1f} at the end)\n"
-        f"- real-engine tests (`tests/integration`, run when scripts/build-engine has built the toolchain): **{integration}**\n"
+        f"- unit tests: **{unit}**; real-engine tests (`tests/integration`, marker `integration`): **{integration}**\n\n"
+        f"`{command}` (the build rows: the newest scripts/build-engine run that built something):\n\n"
+        f"{bench_loop.table(figures)}"
     )
 
 
@@ -100,27 +95,11 @@ def shards_section(_: argparse.Namespace) -> str:
     return _block("python -m tools.bench shards --dir DIR --count 8 --size 256M --readers 8 --rounds 5", out)
 
 
-def build_section(args: argparse.Namespace) -> str | None:
-    if not args.build_log:
-        return None
-    try:
-        lines = args.build_log.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"--build-log {args.build_log}: cannot read it ({err})") from None
-    steps = [m.groups() for m in (re.search(r"\] (\S+) (\S+): built in (\d+) s", line) for line in lines) if m]
-    total = [m[1] for m in (re.search(r"toolchain ready in .* \((\d+) s\)", line) for line in lines) if m]
-    rows = "\n".join(f"| {step} | {version} | {seconds} s |" for step, version, seconds in steps)
-    head = "| step | version | built in |\n| --- | --- | --- |"
-    text = f"From `{args.build_log.name}` (scripts/build-engine's own timings):\n\n{head}\n{rows}\n"
-    return text + (f"\nWhole toolchain: **{total[-1]} s**.\n" if total else "")
-
-
 SECTIONS: dict[str, Callable[[argparse.Namespace], str | None]] = {
-    "tests": tests_section,
+    "loop": loop_section,
     "render": render_section,
     "fio": fio_section,
     "shards": shards_section,
-    "build": build_section,
 }
 
 
@@ -133,7 +112,8 @@ def previous_sections(text: str) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m tools.figures", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", choices=list(SECTIONS), help="refresh only these sections (repeatable)")
-    parser.add_argument("--build-log", type=Path, help="a scripts/build-engine log (for the build section)")
+    parser.add_argument("--build-log", type=Path, help="a scripts/build-engine log (default: the engine cache's)")
+    parser.add_argument("--integration", action="store_true", help="the loop section also times ./test integration")
     parser.add_argument("--render-baseline", type=Path, metavar="DIR", help="another checkout to time the render against")
     args = parser.parse_args(argv)
     sections = previous_sections(FIGURES.read_text()) if FIGURES.is_file() else {}

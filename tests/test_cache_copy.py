@@ -1,0 +1,242 @@
+"""workloads/cache_copy.py as the copy pods run it: real processes, real files, the loopback network."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = ROOT / "workloads" / "cache_copy.py"
+BIG = 48 << 20  # two files of 12 segments each at --segment-mib 4
+
+
+def tree(root: Path) -> Path:
+    """A Hugging Face style cache: incompressible blobs, relative snapshot links, a thousand small
+    files, an empty file, an empty read-only directory, a read-only file."""
+    blobs = root / "hub" / "models--org--name" / "blobs"
+    snapshot = root / "hub" / "models--org--name" / "snapshots" / "0123abcd"
+    blobs.mkdir(parents=True)
+    (snapshot / "nested" / "deeper").mkdir(parents=True)
+    for name in ("a" * 64, "b" * 64):
+        with open(blobs / name, "wb") as file:
+            file.write(os.urandom(BIG))
+        (snapshot / f"model-{name[0]}.safetensors").symlink_to(f"../../blobs/{name}")
+    for index in range(1000):
+        (snapshot / "nested" / "deeper" / f"part-{index:04d}.json").write_text(json.dumps({"index": index}))
+    (snapshot / "empty.txt").touch()
+    (root / "read-only-dir").mkdir(mode=0o555)
+    (blobs / ("a" * 64)).chmod(0o444)
+    return root
+
+
+def listing(root: Path) -> dict[str, tuple]:
+    """Every entry: type, mode, size, link target and content digest (links not followed)."""
+    import hashlib  # noqa: PLC0415
+
+    found = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if path.is_symlink():
+            found[str(path.relative_to(root))] = ("link", os.readlink(path))
+        elif path.is_dir():
+            found[str(path.relative_to(root))] = ("dir", oct(info.st_mode & 0o7777))
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            found[str(path.relative_to(root))] = ("file", oct(info.st_mode & 0o7777), info.st_size, digest)
+    return found
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    return tree(tmp_path_factory.mktemp("copy") / "src")
+
+
+def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_sender(source: Path, token: Path) -> tuple[subprocess.Popen, str]:
+    address = f"127.0.0.1:{free_port()}"
+    sender = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "send", "--root", str(source), "--listen", address, "--token-file", str(token)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert "serving" in sender.stderr.readline()  # listening before any receiver starts
+    return sender, address
+
+
+@pytest.fixture
+def token(tmp_path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(os.urandom(24).hex() + "\n")
+    return path
+
+
+def test_local_copy_is_exact_and_verified(source, tmp_path):
+    destination = tmp_path / "dst"
+    done = run("local", "--from", str(source), "--to", str(destination), "--segment-mib", "4", "--progress-every", "0.01")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["verified"] is True and summary["files"] == 2 + 1000 + 1
+    assert (
+        summary["bytes"]
+        == summary["bytesSent"]
+        == sum(p.stat().st_size for p in source.rglob("*") if p.is_file() and not p.is_symlink())
+    )
+    assert listing(destination) == listing(source)
+    link = destination / "hub" / "models--org--name" / "snapshots" / "0123abcd" / "model-a.safetensors"
+    assert os.readlink(link) == "../../blobs/" + "a" * 64 and link.resolve().is_relative_to(destination)
+    assert "GB (" in done.stderr and "MB/s, ETA" in done.stderr  # progress lines
+
+
+def test_send_receive_over_the_network_leaves_nothing_extra_and_a_rerun_sends_nothing(source, tmp_path, token):
+    destination = tmp_path / "dst"
+    (destination / "stale" / "dir").mkdir(parents=True)
+    (destination / "stale" / "dir" / "old-model.bin").write_bytes(b"x" * 1000)
+    (destination / "read-only-dir").mkdir()
+    (destination / "read-only-dir" / "leftover").write_text("gone after the copy")
+    (destination / "read-only-dir").chmod(0o555)
+    sender, address = start_sender(source, token)
+    received = run(
+        "receive",
+        "--root",
+        str(destination),
+        "--source",
+        address,
+        "--token-file",
+        str(token),
+        "--streams",
+        "3",
+        "--segment-mib",
+        "4",
+    )
+    assert received.returncode == 0, received.stderr
+    out, err = sender.communicate(timeout=30)
+    assert sender.returncode == 0, err
+    assert json.loads(out)["bytesSent"] == json.loads(received.stdout)["bytesSent"] == json.loads(received.stdout)["bytes"]
+    assert json.loads(out)["connections"] == 3
+    assert listing(destination) == listing(source)
+
+    sender, address = start_sender(source, token)
+    again = run("receive", "--root", str(destination), "--source", address, "--token-file", str(token), "--segment-mib", "4")
+    sender.communicate(timeout=30)
+    summary = json.loads(again.stdout)
+    assert again.returncode == 0 and summary["bytesSent"] == 0 and summary["bytesKept"] == summary["bytes"]
+
+
+def test_a_wrong_token_is_refused_before_the_destination_is_touched(source, tmp_path, token):
+    sender, address = start_sender(source, token)
+    wrong = tmp_path / "wrong"
+    wrong.write_text(os.urandom(24).hex())
+    refused = run("receive", "--root", str(tmp_path / "dst"), "--source", address, "--token-file", str(wrong))
+    assert refused.returncode == 3 and refused.stdout == ""
+    assert refused.stderr == "cache_copy: error: the sender refused the connection: wrong token\n"
+    assert not (tmp_path / "dst").exists()
+    sender.send_signal(signal.SIGTERM)
+    _, err = sender.communicate(timeout=30)
+    assert "refused a connection from 127.0.0.1: wrong token" in err and token.read_text().strip() not in err
+
+
+def test_killed_half_way_a_rerun_resends_under_15_percent(source, tmp_path, token):
+    destination = tmp_path / "dst"
+    sender, address = start_sender(source, token)
+    receiver = subprocess.Popen(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "receive",
+            "--root",
+            str(destination),
+            "--source",
+            address,
+            "--token-file",
+            str(token),
+            "--streams",
+            "2",
+            "--segment-mib",
+            "1",
+            "--progress-every",
+            "0.005",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for line in receiver.stderr:
+        if "%)" in line and int(line.split("(")[1].split("%")[0]) >= 45:
+            receiver.kill()
+            break
+    receiver.wait(timeout=30)
+    assert receiver.returncode == -signal.SIGKILL, "the copy ended before it could be killed half-way"
+    resumed = run("receive", "--root", str(destination), "--source", address, "--token-file", str(token), "--segment-mib", "1")
+    out, _ = sender.communicate(timeout=30)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["bytesKept"] > 0.4 * summary["bytes"]  # what the killed run had written stays
+    sent_twice = json.loads(out)["bytesSent"] - summary["bytes"]  # the sender served both runs
+    assert 0 <= sent_twice < 0.15 * summary["bytes"]
+    assert listing(destination) == listing(source)
+
+
+def test_one_flipped_byte_fails_verification_and_a_rerun_repairs_only_its_segment(source, tmp_path):
+    destination = tmp_path / "dst"
+    assert run("local", "--from", str(source), "--to", str(destination), "--segment-mib", "4").returncode == 0
+    blob = destination / "hub" / "models--org--name" / "blobs" / ("b" * 64)
+    with open(blob, "r+b") as file:
+        file.seek(5 << 20)
+        byte = file.read(1)
+        file.seek(5 << 20)
+        file.write(bytes([byte[0] ^ 1]))
+    checked = run("verify", "--root", str(destination), "--from", str(source), "--segment-mib", "4")
+    assert checked.returncode == 1 and checked.stdout == ""
+    assert checked.stderr.endswith(
+        f"verification failed: hub/models--org--name/blobs/{'b' * 64}: bytes 4194304-8388608 differ from the source\n"
+    )
+    repaired = run("local", "--from", str(source), "--to", str(destination), "--segment-mib", "4")
+    assert repaired.returncode == 0 and json.loads(repaired.stdout)["bytesSent"] == 4 << 20
+    assert run("verify", "--root", str(destination), "--from", str(source)).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["receive", "--root", "D", "--source", "nohost", "--token-file", "T"], "expected HOST:PORT"),
+        (["local", "--from", "S", "--to", "D", "--streams", "0"], "expected a whole number from 1 to 64"),
+    ],
+)
+def test_bad_usage_is_exit_2(args, message):
+    result = run(*args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_short_token_or_missing_source_is_one_line(tmp_path):
+    short = tmp_path / "short"
+    short.write_text("abc")
+    result = run("receive", "--root", str(tmp_path / "d"), "--source", "127.0.0.1:1", "--token-file", str(short))
+    assert (
+        result.returncode == 2
+        and result.stderr == f"cache_copy: error: --token-file {short}: the token has 3 bytes; at least 16 are needed\n"
+    )
+    missing = run("local", "--from", str(tmp_path / "none"), "--to", str(tmp_path / "d"))
+    assert missing.returncode == 2 and missing.stderr == f"cache_copy: error: {tmp_path / 'none'}: not a directory\n"
+    assert not (tmp_path / "d").exists()
+    unreachable = run(
+        "receive", "--root", str(tmp_path / "d"), "--source", f"127.0.0.1:{free_port()}", "--token-file", str(tmp_path / "short")
+    )
+    assert unreachable.returncode == 2  # the token is checked first

@@ -1,0 +1,41 @@
+"""The lock files scripts/setup installs pin exactly what the hand-edited requirements files pin,
+each package with its hashes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)")
+
+
+def direct_pins(path: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("-r "):
+            pins |= direct_pins(path.parent / line.split(maxsplit=1)[1])
+        elif match := PIN.match(line.strip()):
+            pins[match[1].lower().replace("_", "-")] = match[2]
+    return pins
+
+
+def locked(path: Path) -> dict[str, str]:
+    text = path.read_text()
+    entries = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)(?: ;[^\\\n]*)?((?:\s*\\\n\s+--hash=sha256:[0-9a-f]{64})+)", text, flags=re.MULTILINE)
+    assert len(entries) == len(re.findall(r"^[A-Za-z0-9_.-]+==", text, flags=re.MULTILINE)), f"{path.name}: a pin without hashes"
+    return {name.lower().replace("_", "-"): version for name, version, _ in entries}
+
+
+@pytest.mark.parametrize("name", ["dev", "checkov"])
+def test_each_lock_pins_its_requirements_with_hashes(name):
+    lock = locked(ROOT / f"requirements-{name}.lock")
+    wanted = direct_pins(ROOT / f"requirements-{name}.txt")
+    assert {package: lock.get(package) for package in wanted} == wanted
+
+
+def test_the_installer_is_pinned_with_hashes():
+    assert locked(ROOT / "requirements-uv.lock") == {"uv": "0.13.9"}

@@ -1,0 +1,124 @@
+"""The development loop's figures side by side: the unit suite, the real-engine suite and the
+toolchain build, each beside its target.
+
+    python -m tools.bench_loop [--integration] [--build-log FILE] [--json]
+
+The unit suite is timed as `./test unit` runs it (set-up and lint included: the loop a developer
+waits on); `--integration` also times `./test integration` (minutes; needs the toolchain). The
+build's per-step times come from scripts/build-engine's own log (every line it prints is appended
+to $MLCACHE_ENGINE_CACHE/build-engine.log): the newest run that built something.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tools import CHECKOUT
+from tools.cli import ArgumentParser, UsageError, entry_point
+
+ENGINE_CACHE = Path(
+    os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
+)
+# The loop's targets (seconds): the unit suite; the real-engine suite (warm CI); the cold toolchain
+# build, which with the real-engine suite must fit a cold CI run of 40 minutes.
+TARGETS = {"unit": 30, "integration": 10 * 60, "build": 30 * 60}
+
+
+@dataclass
+class Figure:
+    name: str
+    wall_s: float
+    cpu_s: float | None
+    target_s: float | None
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.wall_s / self.target_s if self.target_s else None
+
+
+def timed(command: list[str], name: str, target: float | None, progress: str) -> Figure:
+    print(f"bench_loop: {progress}", file=sys.stderr, flush=True)
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    result = subprocess.run(command, cwd=CHECKOUT, capture_output=True, text=True, check=False)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode != 0:
+        last = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
+        raise UsageError(f"`{' '.join(command)}` failed (exit {result.returncode}): {last[0]}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    summary = [line for line in result.stdout.splitlines() if re.search(r"\d+ passed", line)]
+    return Figure(name, wall, cpu, target, summary[-1].strip("= ") if summary else "")
+
+
+def build_figures(log: Path) -> list[Figure]:
+    """Per-step times of the newest scripts/build-engine run that built something."""
+    try:
+        lines = log.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--build-log {log}: cannot read it ({err})") from None
+    runs: list[list[str]] = [[]]
+    for line in lines:
+        runs[-1].append(line)
+        if "toolchain ready in" in line:
+            runs.append([])
+    built = [run for run in runs if any("built in" in line for line in run)]
+    if not built:
+        return []
+    figures = [
+        Figure(f"build {m[1]} ({m[2]})", float(m[3]), None, None)
+        for m in (re.search(r"\] (\S+) (\S+): built in (\d+) s", line) for line in built[-1])
+        if m
+    ]
+    total = [m for m in (re.search(r"toolchain ready in .* \((\d+) s\)", line) for line in built[-1]) if m]
+    if total:
+        figures.append(Figure("build, whole toolchain (two lanes)", float(total[-1][1]), None, TARGETS["build"]))
+    return figures
+
+
+def table(figures: list[Figure]) -> str:
+    rows = ["| figure | wall | CPU | target | wall / target | |", "| --- | --- | --- | --- | --- | --- |"]
+    for f in figures:
+        cpu = f"{f.cpu_s:.0f} s" if f.cpu_s is not None else ""
+        target = f"{f.target_s:.0f} s" if f.target_s else ""
+        ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
+        rows.append(f"| {f.name} | {f.wall_s:.0f} s | {cpu} | {target} | {ratio} | {f.detail} |")
+    return "\n".join(rows) + "\n"
+
+
+def measure(integration: bool, build_log: Path) -> list[Figure]:
+    build = build_figures(build_log)  # read first: a bad log is refused before minutes of tests
+    figures = [timed(["./test", "unit"], "./test unit", TARGETS["unit"], "timing ./test unit (about half a minute)")]
+    if integration:
+        progress = "timing ./test integration (several minutes; needs scripts/build-engine's toolchain)"
+        figures.append(timed(["./test", "integration"], "./test integration", TARGETS["integration"], progress))
+    return figures + build
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m tools.bench_loop", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--integration", action="store_true", help="also time ./test integration")
+    parser.add_argument("--build-log", type=Path, default=ENGINE_CACHE / "build-engine.log", metavar="FILE")
+    parser.add_argument("--json", action="store_true", help="the figures as JSON")
+    args = parser.parse_args(argv)
+    figures = measure(args.integration, args.build_log)
+    load = os.getloadavg()[0]
+    if args.json:
+        sys.stdout.write(json.dumps({"loadAverage": load, "figures": [asdict(f) | {"ratio": f.ratio} for f in figures]}) + "\n")
+    else:
+        sys.stdout.write(table(figures) + f"\n{os.cpu_count()} cores, load average {load:.1f} at the end\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,680 @@
+"""Copy a model cache from one volume to another and prove the copy: every file, symlink, empty
+file and directory, with its mode, compared against the source's sha256 manifest after the data is
+on the destination's disk. Python 3 standard library only: it runs in the training image.
+
+    python3 cache_copy.py send    --root SRC --listen HOST:PORT --token-file F
+    python3 cache_copy.py receive --root DST --source HOST:PORT --token-file F [--streams N]
+    python3 cache_copy.py local   --from SRC --to DST [--streams N]
+    python3 cache_copy.py verify  --root DST (--source HOST:PORT --token-file F | --from SRC)
+
+`send` serves SRC read-only until a receiver says it is done. `receive` and `local` make DST an
+exact copy of SRC and exit 0 only once it is verified; `verify` checks DST without changing it.
+
+How a copy works. Files are cut into segments of 64 MiB; each segment's sha256 is the manifest's
+unit, computed by the sender as it reads (a file's digest is the list of its segments' digests).
+Segments travel over N parallel streams (TCP connections, or threads for `local`), uncompressed
+(model weights do not compress). Each large segment is written, fsync'ed, dropped from the page
+cache and read back from the device, and its sha256 compared with the sender's; small files are
+checked the same way after one sync at the end. Symlinks stay links with their targets as written
+(Hugging Face's relative snapshots/ -> blobs/ links), modes and mtimes are kept, and anything in
+DST that is not in SRC is removed, so DST ends equal to SRC.
+
+Resume. A re-run after a failure sends only what is missing: a destination segment that already
+holds the sender's bytes (both sides hash it locally, no data crosses the network) is kept.
+
+Auth. Every connection starts with a challenge: the receiver proves it holds the token (HMAC-SHA256
+of a fresh nonce), so the token never crosses the network; a wrong token is refused before the
+receiver touches DST.
+
+Output: progress on stderr every --progress-every seconds (bytes done/total, rate, ETA); one JSON
+line on stdout at the end: files, bytes, bytesSent, bytesKept, seconds, verified.
+Exit status: 0 copied and verified; 1 verification failed (the line names the first bad path);
+2 bad usage or a source that cannot be copied; 3 the sender is unreachable or refused the token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import queue
+import secrets
+import socket
+import socketserver
+import stat
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+SEGMENT = 64 << 20  # the unit of transfer, verification and resume
+CHUNK = 4 << 20  # one read or send
+SMALL = 1 << 20  # files below this are synced and checked once, at the end, not one fsync each
+PROTOCOL = "mlcache-cache-copy/1"
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_PEER = 0, 1, 2, 3
+
+
+class CopyError(Exception):
+    """Input or a source that cannot be copied: exit 2, one line."""
+
+
+class PeerError(Exception):
+    """The sender is unreachable, refused the token or broke off: exit 3, one line."""
+
+
+class Mismatch(Exception):
+    """The destination does not hold what the source holds: exit 1, one line."""
+
+
+# --- the manifest
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: str  # relative, POSIX
+    type: str  # dir | file | link
+    mode: int
+    size: int = 0
+    mtime_ns: int = 0
+    target: str = ""  # a link's target, as written
+
+    def segments(self, segment: int = SEGMENT) -> list[tuple[int, int]]:
+        if self.type != "file" or self.size == 0:
+            return []
+        return [(offset, min(segment, self.size - offset)) for offset in range(0, self.size, segment)]
+
+
+def scan(root: Path) -> list[Entry]:
+    """Every entry under root, parents before children; links are not followed."""
+    if not root.is_dir():
+        raise CopyError(f"{root}: not a directory")
+    entries: list[Entry] = []
+
+    def walk(directory: Path, relative: PurePosixPath) -> None:
+        with os.scandir(directory) as items:
+            for item in sorted(items, key=lambda i: i.name):
+                path = relative / item.name
+                info = item.stat(follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    entries.append(Entry(str(path), "link", 0o777, mtime_ns=info.st_mtime_ns, target=os.readlink(item.path)))
+                elif stat.S_ISDIR(info.st_mode):
+                    entries.append(Entry(str(path), "dir", stat.S_IMODE(info.st_mode)))
+                    walk(Path(item.path), path)
+                elif stat.S_ISREG(info.st_mode):
+                    entries.append(Entry(str(path), "file", stat.S_IMODE(info.st_mode), info.st_size, info.st_mtime_ns))
+                else:
+                    raise CopyError(f"{item.path}: not a file, directory or symlink; a cache holds none of those")
+
+    walk(root, PurePosixPath())
+    return entries
+
+
+def checked_manifest(raw: list[dict]) -> list[Entry]:
+    """The sender's manifest, refused unless every path stays inside DST and every parent is a directory
+    of the manifest (so no write can pass through a link)."""
+    entries = [Entry(**item) for item in raw]
+    dirs = {""}
+    for entry in entries:
+        path = PurePosixPath(entry.path)
+        if path.is_absolute() or ".." in path.parts or not path.parts or str(path) != entry.path:
+            raise PeerError(f"the sender's manifest names an unsafe path: {entry.path!r}")
+        parent = "" if path.parent == PurePosixPath(".") else str(path.parent)
+        if parent not in dirs:
+            raise PeerError(f"the sender's manifest lists {entry.path!r} before its directory")
+        if entry.type == "dir":
+            dirs.add(entry.path)
+        elif entry.type not in ("file", "link"):
+            raise PeerError(f"the sender's manifest has an unknown entry type {entry.type!r}")
+    return entries
+
+
+def read_range(path: Path, offset: int, length: int, sink: Callable[[memoryview], None] | None = None) -> str:
+    """sha256 of a file's range, each chunk handed to `sink` on the way."""
+    digest = hashlib.sha256()
+    buffer = bytearray(min(CHUNK, length) or 1)
+    with open(path, "rb", buffering=0) as file:
+        file.seek(offset)
+        left = length
+        while left:
+            view = memoryview(buffer)[: min(len(buffer), left)]
+            got = file.readinto(view)
+            if not got:
+                raise CopyError(f"{path}: shorter than its size ({offset + length - left} of {offset + length} bytes)")
+            digest.update(view[:got])
+            if sink:
+                sink(view[:got])
+            left -= got
+    return digest.hexdigest()
+
+
+def device_digest(path: Path, offset: int, length: int, synced: bool = False) -> str:
+    """sha256 of what the device holds for a range: synced (unless the caller synced everything
+    already), dropped from the page cache, read back."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if not synced:
+            os.fdatasync(fd)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return read_range(path, offset, length)
+
+
+# --- sources: the local tree, or a sender over the network
+
+
+class LocalSource:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def manifest(self) -> list[Entry]:
+        return scan(self.root)
+
+    def fetch(self, path: str, offset: int, length: int, write: Callable[[memoryview], None]) -> str:
+        return read_range(self.root / path, offset, length, write)
+
+    def digest(self, path: str, offset: int, length: int) -> str:
+        return read_range(self.root / path, offset, length)
+
+    def close(self, done: bool = False) -> None:
+        pass
+
+
+def _send_frame(sock: socket.socket, message: dict) -> None:
+    data = json.dumps(message).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        got = sock.recv(size - len(data))
+        if not got:
+            raise PeerError("the sender closed the connection")
+        data += got
+    return bytes(data)
+
+
+def _recv_frame(sock: socket.socket, limit: int = 256 << 20) -> dict:
+    (size,) = struct.unpack(">I", _recv_exact(sock, 4))
+    if size > limit:
+        raise PeerError(f"a message of {size} bytes is over the limit")
+    return json.loads(_recv_exact(sock, size))
+
+
+def _proof(token: bytes, nonce: str) -> str:
+    return hmac.new(token, f"{PROTOCOL} {nonce}".encode(), hashlib.sha256).hexdigest()
+
+
+class RemoteSource:
+    """One connection (one stream) to a sender."""
+
+    def __init__(self, address: tuple[str, int], token: bytes, timeout: float = 60) -> None:
+        try:
+            self.sock = socket.create_connection(address, timeout=timeout)
+        except OSError as err:
+            raise PeerError(f"cannot reach the sender at {address[0]}:{address[1]}: {err.strerror or err}") from None
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            hello = _recv_frame(self.sock, 4096)
+            if hello.get("hello") != PROTOCOL:
+                raise PeerError(f"{address[0]}:{address[1]} does not speak {PROTOCOL}")
+            _send_frame(self.sock, {"proof": _proof(token, hello["nonce"])})
+            answer = _recv_frame(self.sock, 4096)
+        except (OSError, ValueError, KeyError) as err:
+            raise PeerError(f"the sender at {address[0]}:{address[1]} broke off the handshake: {err}") from None
+        if not answer.get("ok"):
+            raise PeerError(f"the sender refused the connection: {answer.get('error', 'no reason given')}")
+
+    def _ask(self, message: dict) -> dict:
+        try:
+            _send_frame(self.sock, message)
+            answer = _recv_frame(self.sock)
+        except OSError as err:
+            raise PeerError(f"the connection to the sender failed: {err}") from None
+        if "error" in answer:
+            raise PeerError(f"the sender: {answer['error']}")
+        return answer
+
+    def manifest(self) -> list[Entry]:
+        return checked_manifest(self._ask({"op": "manifest"})["entries"])
+
+    def fetch(self, path: str, offset: int, length: int, write: Callable[[memoryview], None]) -> str:
+        self._ask({"op": "fetch", "path": path, "offset": offset, "length": length})
+        buffer = bytearray(min(CHUNK, length) or 1)
+        left = length
+        try:
+            while left:
+                got = self.sock.recv_into(buffer, min(len(buffer), left))
+                if not got:
+                    raise PeerError("the sender closed the connection in the middle of a segment")
+                write(memoryview(buffer)[:got])
+                left -= got
+            return _recv_frame(self.sock)["sha256"]
+        except OSError as err:
+            raise PeerError(f"the connection to the sender failed: {err}") from None
+
+    def digest(self, path: str, offset: int, length: int) -> str:
+        return self._ask({"op": "digest", "path": path, "offset": offset, "length": length})["sha256"]
+
+    def close(self, done: bool = False) -> None:
+        try:
+            if done:
+                self._ask({"op": "done"})
+        finally:
+            self.sock.close()
+
+
+# --- the sender
+
+
+def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str], None]) -> dict:
+    """Serve `root` until a receiver says it is done; returns what was sent."""
+    entries = scan(root)
+    files = {e.path: e for e in entries if e.type == "file"}
+    sent = {"bytesSent": 0, "connections": 0, "refused": 0}
+    lock = threading.Lock()
+    finished = threading.Event()
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            sock: socket.socket = self.request
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            nonce = secrets.token_hex(16)
+            try:
+                _send_frame(sock, {"hello": PROTOCOL, "nonce": nonce})
+                proof = _recv_frame(sock, 4096).get("proof", "")
+                if not hmac.compare_digest(str(proof), _proof(token, nonce)):
+                    _send_frame(sock, {"error": "wrong token"})
+                    with lock:
+                        sent["refused"] += 1
+                    log(f"refused a connection from {self.client_address[0]}: wrong token")
+                    return
+                _send_frame(sock, {"ok": True})
+                with lock:
+                    sent["connections"] += 1
+                while self.answer(sock, _recv_frame(sock, 1 << 20)):
+                    pass
+            except (OSError, ValueError, PeerError):
+                return  # the receiver went away; it resumes on a new connection
+
+        def answer(self, sock: socket.socket, request: dict) -> bool:
+            op = request.get("op")
+            if op == "manifest":
+                _send_frame(sock, {"entries": [e.__dict__ for e in entries]})
+                return True
+            if op == "done":
+                _send_frame(sock, {"ok": True})
+                finished.set()
+                return False
+            entry = files.get(str(request.get("path")))
+            offset, length = request.get("offset"), request.get("length")
+            if (
+                op not in ("fetch", "digest")
+                or entry is None
+                or not isinstance(offset, int)
+                or not isinstance(length, int)
+                or offset < 0
+                or length < 0
+                or offset + length > entry.size
+            ):
+                _send_frame(sock, {"error": f"bad request {json.dumps(request)[:200]}"})
+                return False
+            if op == "digest":
+                _send_frame(sock, {"sha256": read_range(root / entry.path, offset, length)})
+                return True
+            _send_frame(sock, {"ok": True, "length": length})
+            digest = read_range(root / entry.path, offset, length, sock.sendall)
+            _send_frame(sock, {"sha256": digest})
+            with lock:
+                sent["bytesSent"] += length
+            return True
+
+    class Server(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    try:
+        server = Server(address, Handler)
+    except OSError as err:
+        raise CopyError(f"cannot listen on {address[0]}:{address[1]}: {err.strerror or err}") from None
+    with server:
+        log(
+            f"serving {root} ({sum(e.size for e in files.values())} bytes in {len(entries)} entries) on {address[0]}:{address[1]}"
+        )
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        finished.wait()
+        server.shutdown()
+    return sent
+
+
+# --- the receiver
+
+
+@dataclass
+class Progress:
+    total: int
+    log: Callable[[str], None]
+    every: float
+    done: int = 0
+    sent: int = 0
+    kept: int = 0
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, size: int, sent: bool) -> None:
+        with self.lock:
+            self.done += size
+            if sent:
+                self.sent += size
+            else:
+                self.kept += size
+
+    def line(self) -> str:
+        seconds = max(time.monotonic() - self.started, 1e-6)
+        rate = self.done / seconds
+        eta = f"{(self.total - self.done) / rate:.0f} s" if rate > 0 else "unknown"
+        share = 100 * self.done / self.total if self.total else 100
+        return (
+            f"{self.done / 1e9:.2f} of {self.total / 1e9:.2f} GB ({share:.0f}%), {rate / 1e6:.0f} MB/s, ETA {eta}; "
+            f"sent {self.sent / 1e9:.2f} GB, kept {self.kept / 1e9:.2f} GB already there"
+        )
+
+    def report_until(self, stop: threading.Event) -> None:
+        while not stop.wait(self.every):
+            self.log(self.line())
+
+
+class _Writer:
+    """Writes a segment at its offset; never through a link."""
+
+    def __init__(self, path: Path, offset: int) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        self.position = offset
+
+    def __call__(self, data: memoryview) -> None:
+        while data:
+            written = os.pwrite(self.fd, data, self.position)
+            self.position += written
+            data = data[written:]
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def prepare(root: Path, entries: list[Entry]) -> set[str]:
+    """Make DST's shape SRC's: remove what SRC lacks (or has as another type), create directories,
+    links and files at their sizes. Returns the files that were there already at the right size,
+    whose segments may already hold the right bytes."""
+    wanted = {e.path: e for e in entries}
+    root.mkdir(parents=True, exist_ok=True)
+    for directory, _, _ in os.walk(root):  # an earlier run may have left read-only directories
+        os.chmod(directory, stat.S_IMODE(os.lstat(directory).st_mode) | 0o700)
+    for directory, dirnames, filenames in os.walk(root, topdown=False):
+        for name in [*filenames, *dirnames]:
+            path = Path(directory, name)
+            relative = path.relative_to(root).as_posix()
+            entry = wanted.get(relative)
+            info = path.lstat()
+            kind = "link" if stat.S_ISLNK(info.st_mode) else "dir" if stat.S_ISDIR(info.st_mode) else "file"
+            if entry is None or entry.type != kind or (kind == "link" and os.readlink(path) != entry.target):
+                if kind == "dir":
+                    path.chmod(0o700)
+                    os.rmdir(path)  # bottom-up: its contents are already gone
+                else:
+                    path.unlink()
+    present = set()
+    for entry in entries:
+        path = root / entry.path
+        if entry.type == "dir":
+            path.mkdir(mode=0o700, exist_ok=True)
+            path.chmod(0o700 | entry.mode)  # writable until the end
+        elif entry.type == "link":
+            if not path.is_symlink():
+                os.symlink(entry.target, path)
+        else:
+            if path.exists():
+                path.chmod(0o600 | entry.mode)
+                if path.stat().st_size == entry.size:
+                    present.add(entry.path)
+            with open(path, "ab"):
+                pass
+            os.truncate(path, entry.size)
+    return present
+
+
+def copy_tree(sources: list, root: Path, log: Callable[[str], None], progress_every: float = 5.0, segment: int = SEGMENT) -> dict:
+    """Make `root` an exact, verified copy of what the sources (one per stream) serve."""
+    started = time.monotonic()
+    entries = sources[0].manifest()
+    present = prepare(root, entries)
+    files = [e for e in entries if e.type == "file"]
+    total = sum(e.size for e in files)
+    work: queue.Queue = queue.Queue()
+    for entry in sorted(files, key=lambda e: -e.size):  # the big files first: the streams end together
+        for offset, length in entry.segments(segment):
+            work.put((entry, offset, length))
+    small: list[tuple[Entry, int, int, str]] = []
+    progress = Progress(total, log, progress_every)
+    log(f"copying {total / 1e9:.2f} GB in {len(files)} files over {len(sources)} streams")
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def stream(source) -> None:
+        while not errors:
+            try:
+                entry, offset, length = work.get_nowait()
+            except queue.Empty:
+                return
+            path = root / entry.path
+            try:
+                if entry.path in present:
+                    expected = source.digest(entry.path, offset, length)
+                    if read_range(path, offset, length) == expected:
+                        progress.add(length, sent=False)
+                        continue
+                write = _Writer(path, offset)
+                try:
+                    expected = source.fetch(entry.path, offset, length, write)
+                finally:
+                    write.close()
+                if entry.size < SMALL:
+                    with lock:
+                        small.append((entry, offset, length, expected))
+                elif device_digest(path, offset, length) != expected:
+                    raise Mismatch(f"{entry.path}: bytes {offset}-{offset + length} differ from the source after writing")
+                progress.add(length, sent=True)
+            except BaseException as err:
+                errors.append(err)
+
+    stop = threading.Event()
+    reporter = threading.Thread(target=progress.report_until, args=(stop,), daemon=True)
+    reporter.start()
+    threads = [threading.Thread(target=stream, args=(source,)) for source in sources]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    if errors:
+        raise errors[0]
+    os.sync()
+    for entry, offset, length, expected in small:
+        if device_digest(root / entry.path, offset, length, synced=True) != expected:
+            raise Mismatch(f"{entry.path}: bytes {offset}-{offset + length} differ from the source after writing")
+    finish(root, entries)
+    mismatch = compare_shape(root, entries)
+    if mismatch:
+        raise Mismatch(mismatch)
+    log(progress.line())
+    return {
+        "files": len(files),
+        "bytes": total,
+        "bytesSent": progress.sent,
+        "bytesKept": progress.kept,
+        "seconds": round(time.monotonic() - started, 3),
+        "verified": True,
+    }
+
+
+def finish(root: Path, entries: list[Entry]) -> None:
+    """Modes and mtimes as in SRC, directories last and deepest first (a read-only directory is
+    finished only once nothing more goes into it)."""
+    for entry in entries:
+        path = root / entry.path
+        if entry.type == "file":
+            path.chmod(entry.mode)
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
+        elif entry.type == "link":
+            os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    for entry in sorted((e for e in entries if e.type == "dir"), key=lambda e: -e.path.count("/")):
+        (root / entry.path).chmod(entry.mode)
+
+
+def compare_shape(root: Path, entries: list[Entry]) -> str | None:
+    """The first difference between DST's entries (types, modes, sizes, link targets) and the manifest's."""
+    try:
+        here = {e.path: e for e in scan(root)}
+    except CopyError as err:
+        return str(err)
+    for entry in entries:
+        found = here.pop(entry.path, None)
+        if found is None:
+            return f"{entry.path}: missing"
+        if (found.type, found.mode, found.size, found.target) != (entry.type, entry.mode, entry.size, entry.target):
+            here_is = f"{found.type} mode {found.mode:o} size {found.size}"
+            return f"{entry.path}: is {here_is}, the source has {entry.type} mode {entry.mode:o} size {entry.size}"
+    if here:
+        return f"{sorted(here)[0]}: not in the source"
+    return None
+
+
+def verify_tree(source, root: Path, log: Callable[[str], None], segment: int = SEGMENT) -> dict:
+    """Check DST against the source without changing it: shape, then every segment's sha256 as read
+    back from the device."""
+    started = time.monotonic()
+    entries = source.manifest()
+    mismatch = compare_shape(root, entries)
+    if mismatch:
+        raise Mismatch(mismatch)
+    files = [e for e in entries if e.type == "file"]
+    for entry in files:
+        for offset, length in entry.segments(segment):
+            if device_digest(root / entry.path, offset, length) != source.digest(entry.path, offset, length):
+                raise Mismatch(f"{entry.path}: bytes {offset}-{offset + length} differ from the source")
+    log(f"verified {len(files)} files")
+    return {
+        "files": len(files),
+        "bytes": sum(e.size for e in files),
+        "seconds": round(time.monotonic() - started, 3),
+        "verified": True,
+    }
+
+
+# --- the command line
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT with a port from 1 to 65535")
+    return host.strip("[]"), int(port)
+
+
+def _streams(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 64")
+    return int(text)
+
+
+def _token(path: Path) -> bytes:
+    try:
+        token = path.read_bytes().strip()
+    except OSError as err:
+        raise CopyError(f"--token-file {path}: cannot read it ({err.strerror or err})") from None
+    if len(token) < 16:
+        raise CopyError(f"--token-file {path}: the token has {len(token)} bytes; at least 16 are needed")
+    return token
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="cache_copy.py", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    send = commands.add_parser("send", help="serve SRC to one receiver")
+    send.add_argument("--root", type=Path, required=True)
+    send.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    send.add_argument("--token-file", type=Path, required=True)
+    receive = commands.add_parser("receive", help="copy from a sender into DST and verify")
+    receive.add_argument("--root", type=Path, required=True)
+    receive.add_argument("--source", type=_address, required=True, metavar="HOST:PORT")
+    receive.add_argument("--token-file", type=Path, required=True)
+    receive.add_argument("--streams", type=_streams, default=4)
+    local = commands.add_parser("local", help="copy SRC into DST on this machine and verify")
+    local.add_argument("--from", dest="source_root", type=Path, required=True)
+    local.add_argument("--to", dest="root", type=Path, required=True)
+    local.add_argument("--streams", type=_streams, default=4)
+    verify = commands.add_parser("verify", help="check DST against a sender or SRC, changing nothing")
+    verify.add_argument("--root", type=Path, required=True)
+    origin = verify.add_mutually_exclusive_group(required=True)
+    origin.add_argument("--source", type=_address, metavar="HOST:PORT")
+    origin.add_argument("--from", dest="source_root", type=Path)
+    verify.add_argument("--token-file", type=Path)
+    for sub in (receive, local, verify, send):
+        sub.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
+    for sub in (receive, local, verify):
+        sub.add_argument("--segment-mib", type=_streams, default=SEGMENT >> 20, help="unit of transfer and resume (MiB)")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"cache_copy: {message}", file=sys.stderr, flush=True)
+
+    sources: list = []
+    try:
+        if args.command == "send":
+            result = serve(args.root, args.listen, _token(args.token_file), log)
+        elif args.command == "local":
+            if args.source_root.resolve() == args.root.resolve():
+                raise CopyError("--from and --to are the same directory")
+            scan(args.source_root)  # refused before DST is touched
+            sources = [LocalSource(args.source_root) for _ in range(args.streams)]
+            result = copy_tree(sources, args.root, log, args.progress_every, args.segment_mib << 20)
+        elif args.command == "receive":
+            token = _token(args.token_file)
+            sources = [RemoteSource(args.source, token) for _ in range(args.streams)]
+            result = copy_tree(sources, args.root, log, args.progress_every, args.segment_mib << 20)
+            sources.pop(0).close(done=True)
+        else:
+            if args.source is not None and args.token_file is None:
+                raise CopyError("verify --source needs --token-file")
+            source = LocalSource(args.source_root) if args.source is None else RemoteSource(args.source, _token(args.token_file))
+            sources = [source]
+            result = verify_tree(source, args.root, log, args.segment_mib << 20)
+            if args.source is not None:
+                sources.pop(0).close(done=True)
+    except CopyError as err:
+        log(f"error: {err}")
+        return EXIT_USAGE
+    except PeerError as err:
+        log(f"error: {err}")
+        return EXIT_PEER
+    except Mismatch as err:
+        log(f"verification failed: {err}")
+        return EXIT_MISMATCH
+    except OSError as err:
+        log(f"error: {err.filename or ''}: {err.strerror or err}")
+        return EXIT_USAGE
+    finally:
+        for source in sources:
+            source.close()
+    print(json.dumps(result), flush=True)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
