@@ -25,7 +25,8 @@ def direct_pins(path: Path) -> dict[str, str]:
 
 def locked(path: Path) -> dict[str, str]:
     text = path.read_text()
-    entries = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;]+)(?: ;[^\\\n]*)?((?:\s*\\\n\s+--hash=sha256:[0-9a-f]{64})+)", text, flags=re.MULTILINE)
+    pin = r"^([A-Za-z0-9_.-]+)==([^\s;]+)(?: ;[^\\\n]*)?((?:\s*\\\n\s+--hash=sha256:[0-9a-f]{64})+)"
+    entries = re.findall(pin, text, flags=re.MULTILINE)
     assert len(entries) == len(re.findall(r"^[A-Za-z0-9_.-]+==", text, flags=re.MULTILINE)), f"{path.name}: a pin without hashes"
     return {name.lower().replace("_", "-"): version for name, version, _ in entries}
 
