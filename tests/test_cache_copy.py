@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "workloads" / "cache_copy.py"
-BIG = 48 << 20  # two files of 12 segments each at --segment-mib 4
+BIG = 24 << 20  # two files of 6 segments each at --segment-mib 4
 
 
 def tree(root: Path) -> Path:
