@@ -7,6 +7,8 @@ where a stack value for an object key replaces the project default whole. Overri
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -85,10 +87,16 @@ def _check_shape(value: Any, what: str) -> None:
         pending.extend((child, depth + 1) for child in children)
 
 
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> Any:
+    # The same stack files are read for every render of a session (tests, diff): parsed once.
+    return yaml.load(text, Loader=AsTypedLoader)  # a SafeLoader: no Python objects
+
+
 def read_yaml(text: str, what: str) -> Any:
     """Parse config YAML; StackConfigError naming `what` and the place if it is not valid."""
     try:
-        value = yaml.load(text, Loader=AsTypedLoader)  # a SafeLoader: no Python objects
+        value = copy.deepcopy(_parsed(text))  # a copy: callers may change what they get
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
