@@ -240,3 +240,22 @@ def test_a_short_token_or_missing_source_is_one_line(tmp_path):
         "receive", "--root", str(tmp_path / "d"), "--source", f"127.0.0.1:{free_port()}", "--token-file", str(tmp_path / "short")
     )
     assert unreachable.returncode == 2  # the token is checked first
+
+
+def test_the_copy_benchmark_prints_each_side_against_the_slower_fio_figure(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.bench", "copy", "--dir", str(tmp_path), "--files", "1", "--size", "32M", "--rounds", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = {line[:14].strip(): line[14:].split() for line in result.stdout.splitlines()[2:6]}  # side: GB/s, ratio, rounds
+    assert set(rows) == {"fio read", "fio write", "local", "send|receive"}
+    ratios = {side: float(row[1].rstrip("x")) for side, row in rows.items()}
+    assert min(ratios["fio read"], ratios["fio write"]) == 1.0  # the limit is the slower fio figure
+    assert all(float(row[0]) > 0 for row in rows.values())  # GB/s, measured for every side
+    assert "limit = the slower fio figure" in result.stdout
+    assert result.stderr.count("bench copy: round 1/1:") == 4  # progress, one line per side
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "token"]  # the copies are removed

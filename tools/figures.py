@@ -5,7 +5,8 @@
 Sections: `loop` (test counts, and tools.bench_loop: the unit suite, with --integration the
 real-engine suite, and the toolchain build's per-step times from scripts/build-engine's log),
 `render` (tools.bench_render), `fio` (the benchmark Job's two fio profiles, scaled down, on a local
-directory, through tools.bench report), `shards` (tools.bench shards). A section that is not run keeps its
+directory, through tools.bench report), `shards` (tools.bench shards), `copy` (tools.bench copy:
+workloads/cache_copy.py against fio's read and write). A section that is not run keeps its
 previous text, so one figure can be refreshed at a time. The docs link here instead of
 repeating numbers in prose.
 """
@@ -95,11 +96,19 @@ def shards_section(_: argparse.Namespace) -> str:
     return _block("python -m tools.bench shards --dir DIR --count 8 --size 256M --readers 8 --rounds 5", out)
 
 
+def copy_section(_: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory(prefix="mlcache-copy-", dir=CHECKOUT) as tmp:
+        args = ["--dir", tmp, "--files", "2", "--size", "1G", "--streams", "4", "--rounds", "3"]
+        out = _run([sys.executable, "-m", "tools.bench", "copy", *args])
+    return _block("python -m tools.bench copy --dir DIR --files 2 --size 1G --streams 4 --rounds 3", out)
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], str | None]] = {
     "loop": loop_section,
     "render": render_section,
     "fio": fio_section,
     "shards": shards_section,
+    "copy": copy_section,
 }
 
 
