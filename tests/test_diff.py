@@ -144,6 +144,7 @@ def test_a_shrink_is_flagged_as_refused_with_the_way_out():
     (warning,) = _warnings(changes, "PersistentVolumeClaim")
     assert "refuse" in warning and "500Gi -> 100Gi" in warning and "cache.relocate true" in warning
     assert not changes[0].data_loss
+    assert changes[0].gated  # --fail-on-data-loss stops a preview whose `up` would fail
 
 
 def test_growth_is_flagged_only_when_the_class_forbids_expansion():
@@ -151,8 +152,10 @@ def test_growth_is_flagged_only_when_the_class_forbids_expansion():
     forbidden = _plan(("linstor.allowVolumeExpansion=false",), ("linstor.allowVolumeExpansion=false", "cache.size=200Gi"))
     (warning,) = _warnings(forbidden, "PersistentVolumeClaim")
     assert "allowVolumeExpansion false" in warning and "linstor.allowVolumeExpansion true" in warning
+    assert any(c.gated for c in forbidden)
     allowed_now = _plan(("linstor.allowVolumeExpansion=false",), ("cache.size=200Gi",))
     assert _warnings(allowed_now, "PersistentVolumeClaim") == []
+    assert not any(c.gated for c in allowed_now)
 
 
 def test_ignored_changes_keep_the_old_value_or_stay_absent():

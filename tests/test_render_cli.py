@@ -9,8 +9,8 @@ import sys
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tools.render import main
+from tests.conftest import ROOT, rendered
+from tools.render import documents, main, to_yaml
 
 
 def _render(capsys, *argv):
@@ -126,3 +126,14 @@ def test_values_reach_the_manifests_as_typed(capsys):
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert code == 0 and env["UMASK"] == "0022" and env["V"] == "1.10"
     assert container["resources"]["limits"]["cpu"] == "0.5"
+
+
+@pytest.mark.parametrize("value", ["1e-4", "0o17", "0x1F", "1.", "+1", ".inf", ".NaN", "0123", "20261128"])
+def test_an_env_value_a_yaml_12_reader_would_type_is_printed_quoted(value):
+    """kubectl and YAML 1.2 readers type plain 1e-4 or 0o17 as numbers; the render quotes them."""
+    run = rendered("dev", f"job.env.V={value}")
+    lines = to_yaml(documents(run)).splitlines()
+    assert lines[lines.index("        - name: V") + 1] == f"          value: '{value}'"
+    job = next(d for d in yaml.safe_load_all("\n".join(lines)) if d["kind"] == "Job")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["V"] == value

@@ -42,6 +42,7 @@ from tools.stack_config import StackConfigError, split_key, stack_file
 
 DATA_LOSS = "DATA LOSS"
 STRANDS = "STRANDS THE CACHE"
+REFUSED = "the API server will refuse this update"
 
 
 @dataclass
@@ -58,8 +59,13 @@ class Change:
 
     @property
     def data_loss(self) -> bool:
-        """Cached data is wiped, or made unreachable (what --fail-on-data-loss gates on)."""
+        """Cached data is wiped, or made unreachable."""
         return any(w.startswith((DATA_LOSS, STRANDS)) for w in self.warnings)
+
+    @property
+    def gated(self) -> bool:
+        """What --fail-on-data-loss stops: data loss, or an update `pulumi up` would fail on."""
+        return self.data_loss or any(w.startswith(REFUSED) for w in self.warnings)
 
 
 def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -279,14 +285,14 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
         relocate = "or re-create the cache at the new size with cache.relocate true (DATA LOSS)"
         if new_size < old_size:
             change.warnings.append(
-                f"the API server will refuse this update: cache.size shrinks {old_text} -> {new_text} and a volume "
+                f"{REFUSED}: cache.size shrinks {old_text} -> {new_text} and a volume "
                 f"cannot shrink; way out: keep cache.size at {old_text} or more, {relocate}"
             )
             continue
         storage_class = classes.get(_dig(change.new["manifest"], "spec", "storageClassName"))
         if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
             change.warnings.append(
-                f"the API server will refuse this update: cache.size grows {old_text} -> {new_text} but StorageClass "
+                f"{REFUSED}: cache.size grows {old_text} -> {new_text} but StorageClass "
                 f"{_dig(storage_class, 'metadata', 'name')} has allowVolumeExpansion false; way out: set "
                 f"linstor.allowVolumeExpansion true (expands in place, keeps the data), {relocate}"
             )
@@ -414,7 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
     parser.add_argument("--stack", action="append", help="stack (repeatable; default: every Pulumi.*.yaml)")
-    parser.add_argument("--fail-on-data-loss", action="store_true", help="exit 1 when a change wipes the cache")
+    parser.add_argument(
+        "--fail-on-data-loss",
+        action="store_true",
+        help="exit 1 when a change wipes or strands the cache, or is an update the API server will refuse",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
@@ -427,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             base = pool.map(lambda stack: _render_json(base_dir, stack, digest_key), stacks)
             head = [_render_json(CHECKOUT, stack, digest_key) for stack in stacks]
             rendered = [side for pair in zip(base, head, strict=True) for side in pair]
-    data_loss = False
+    gated = False
     reports = []
     for index, stack in enumerate(stacks):
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
@@ -435,10 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             side = f"the base revision {args.base}" if old_error else "the working tree"
             raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new)
-        data_loss = data_loss or any(c.data_loss for c in changes)
+        gated = gated or any(c.gated for c in changes)
         reports.append(report(stack, changes))
     sys.stdout.write("".join(reports))
-    return 1 if args.fail_on_data_loss and data_loss else 0
+    return 1 if args.fail_on_data_loss and gated else 0
 
 
 if __name__ == "__main__":

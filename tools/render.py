@@ -73,8 +73,27 @@ def sent_documents(run: ProgramRun) -> list[tuple[dict[str, Any], bool]]:
     return [(_ordered(r.inputs), r.shown(None) != r.shown(REDACTED)) for r in ordered_objects(run)]
 
 
+# Plain scalars a YAML 1.2 reader (and kubectl's Go YAML) types as numbers, booleans or null that
+# PyYAML (YAML 1.1) would print unquoted: "1e-4", "0o17", "1." stay strings only when quoted.
+_NOT_TEXT_IN_YAML_12 = re.compile(
+    r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+|[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?"
+    r"|[-+]?\.(inf|Inf|INF)|\.(nan|NaN|NAN)|true|True|TRUE|false|False|FALSE|~|null|Null|NULL"
+)
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if _NOT_TEXT_IN_YAML_12.fullmatch(data):
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+        return super().represent_str(data)
+
+
+_ManifestDumper.add_representer(str, _ManifestDumper.represent_str)
+
+
 def to_yaml(documents: list[dict[str, Any]]) -> str:
-    return yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=False, width=120)
+    """The manifests as YAML that every reader (YAML 1.1 or 1.2, kubectl) reads back with the same types."""
+    return yaml.dump_all(documents, Dumper=_ManifestDumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def file_name(index: int, registration: Registration) -> str:
