@@ -63,6 +63,11 @@ def run(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120, **kwargs)
 
 
+def receiving(destination: Path, address: str, token: Path, *extra: str) -> list[str]:
+    """The arguments of `cache_copy.py receive` into `destination` from the sender at `address`."""
+    return ["receive", "--root", str(destination), "--source", address, "--token-file", str(token), *extra]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -113,19 +118,7 @@ def test_send_receive_over_the_network_leaves_nothing_extra_and_a_rerun_sends_no
     (destination / "read-only-dir" / "leftover").write_text("gone after the copy")
     (destination / "read-only-dir").chmod(0o555)
     sender, address = start_sender(source, token)
-    received = run(
-        "receive",
-        "--root",
-        str(destination),
-        "--source",
-        address,
-        "--token-file",
-        str(token),
-        "--streams",
-        "3",
-        "--segment-mib",
-        "4",
-    )
+    received = run(*receiving(destination, address, token, "--streams", "3", "--segment-mib", "4"))
     assert received.returncode == 0, received.stderr
     out, err = sender.communicate(timeout=30)
     assert sender.returncode == 0, err
@@ -134,7 +127,7 @@ def test_send_receive_over_the_network_leaves_nothing_extra_and_a_rerun_sends_no
     assert listing(destination) == listing(source)
 
     sender, address = start_sender(source, token)
-    again = run("receive", "--root", str(destination), "--source", address, "--token-file", str(token), "--segment-mib", "4")
+    again = run(*receiving(destination, address, token, "--segment-mib", "4"))
     sender.communicate(timeout=30)
     summary = json.loads(again.stdout)
     assert again.returncode == 0 and summary["bytesSent"] == 0 and summary["bytesKept"] == summary["bytes"]
@@ -160,19 +153,7 @@ def test_killed_half_way_a_rerun_resends_under_15_percent(source, tmp_path, toke
         [
             sys.executable,
             str(SCRIPT),
-            "receive",
-            "--root",
-            str(destination),
-            "--source",
-            address,
-            "--token-file",
-            str(token),
-            "--streams",
-            "2",
-            "--segment-mib",
-            "1",
-            "--progress-every",
-            "0.005",
+            *receiving(destination, address, token, "--streams", "2", "--segment-mib", "1", "--progress-every", "0.005"),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -184,7 +165,7 @@ def test_killed_half_way_a_rerun_resends_under_15_percent(source, tmp_path, toke
             break
     receiver.wait(timeout=30)
     assert receiver.returncode == -signal.SIGKILL, "the copy ended before it could be killed half-way"
-    resumed = run("receive", "--root", str(destination), "--source", address, "--token-file", str(token), "--segment-mib", "1")
+    resumed = run(*receiving(destination, address, token, "--segment-mib", "1"))
     out, _ = sender.communicate(timeout=30)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)

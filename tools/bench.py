@@ -20,6 +20,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +193,17 @@ def shard_size(text: str) -> str:
     return text
 
 
+@contextmanager
+def benchmark_errors(directory: Path) -> Iterator[None]:
+    """A benchmark's failures as one usage line: the directory, or fio's own message."""
+    try:
+        yield
+    except OSError as err:
+        raise UsageError(f"--dir {directory}: {err.strerror or err}") from None
+    except subprocess.CalledProcessError as err:
+        raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "copy":
         if not shutil.which("fio"):
             raise UsageError("fio is not installed (Debian: apt-get install fio)")
-        try:
+        with benchmark_errors(args.dir):
             result = copy_bench.benchmark(
                 args.dir,
                 args.files,
@@ -231,19 +244,11 @@ def main(argv: list[str] | None = None) -> int:
                 args.rounds,
                 lambda line: print(f"bench copy: {line}", file=sys.stderr, flush=True),
             )
-        except OSError as err:
-            raise UsageError(f"--dir {args.dir}: {err.strerror or err}") from None
-        except subprocess.CalledProcessError as err:
-            raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
         print(copy_bench.report(result))
         return 0
     if args.command == "coldstart":
-        try:
+        with benchmark_errors(args.dir):
             result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size)
-        except OSError as err:
-            raise UsageError(f"--dir {args.dir}: {err.strerror or err}") from None
-        except subprocess.CalledProcessError as err:
-            raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
         print(coldstart.report(result))
         return 0
     if args.command == "report":
@@ -260,12 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise UsageError(f"--plot {args.plot}: cannot write the chart: {err}") from None
             print(f"chart: {args.plot}", file=sys.stderr)
         return 0
-    try:
+    with benchmark_errors(args.dir):
         result = shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)
-    except OSError as err:
-        raise UsageError(f"--dir {args.dir}: {err.strerror or err}") from None
-    except subprocess.CalledProcessError as err:
-        raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
     print(shards_report(result))
     return 0
 

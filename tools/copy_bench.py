@@ -143,7 +143,7 @@ def report(result: dict) -> str:
     limit = min(medians["fio read"], medians["fio write"])
     lines = [
         f"{result['bytes'] / 1e9:.2f} GB: {result['files']} files of {result['size'] / 2**20:.0f} MiB + 1000 small; "
-        f"{result['streams']} streams; medians of {result['rounds']} rounds (min-max)",
+        f"{result['streams']} streams; medians of {result['rounds']} rounds, then each round",
         f"{'side':<14} {'GB/s':>6} {'x limit':>8}   per round GB/s",
     ]
     for side, values in result["rates"].items():
