@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, wait_for
 from tools.rehearse import UpFailed
 
 SETTLE = 120.0
@@ -126,7 +126,14 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
 
-    report = rehearsal.report("prod", outputs, SETTLE)
+    # After the heal the Job controller makes a new pod; until it is scheduled there is nothing "moving"
+    # to wait for, so a report taken too early (seen under load) shows the pod unplaced or no pod.
+    def placed():
+        report = rehearsal.report("prod", outputs, SETTLE)
+        pods = [p for p in report.pods if p.role == "training"]
+        return report if len(pods) == 1 and pods[0].node else None
+
+    report = wait_for(placed, SETTLE, "the healed training pod placed")
     again = training(report)
     assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
     assert again.with_cache is True
