@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
+from tools.copy_bench import start_sender
 
 SCRIPT = ROOT / "workloads" / "cache_copy.py"
 BIG = 24 << 20  # two files of 6 segments each at --segment-mib 4
@@ -72,18 +73,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def start_sender(source: Path, token: Path) -> tuple[subprocess.Popen, str]:
-    address = f"127.0.0.1:{free_port()}"
-    sender = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "send", "--root", str(source), "--listen", address, "--token-file", str(token)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert "serving" in sender.stderr.readline()  # listening before any receiver starts
-    return sender, address
 
 
 @pytest.fixture

@@ -23,10 +23,8 @@ from pathlib import Path
 
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.rehearse import ENGINE_CACHE
 
-ENGINE_CACHE = Path(
-    os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
-)
 # The loop's targets (seconds): the unit suite; the real-engine suite (warm CI); the cold toolchain
 # build, which with the real-engine suite must fit a cold CI run of 40 minutes.
 TARGETS = {"unit": 30, "integration": 10 * 60, "build": 30 * 60}

@@ -87,22 +87,31 @@ def local_copy(source: Path, destination: Path, streams: int) -> float:
     return result["bytes"] / (time.perf_counter() - start)
 
 
-def network_copy(source: Path, destination: Path, streams: int, work: Path) -> float:
-    shutil.rmtree(destination, ignore_errors=True)
-    token = work / "token"
-    token.write_text(secrets.token_hex(24))
+def start_sender(source: Path, token: Path) -> tuple[subprocess.Popen, str]:
+    """`cache_copy.py send` of `source` on a free loopback port, returned once it is listening."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
     sender = subprocess.Popen(
         [sys.executable, str(SCRIPT), "send", "--root", str(source), "--listen", address, "--token-file", str(token)],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    first = sender.stderr.readline() if sender.stderr else ""
+    if "serving" not in first:
+        sender.kill()
+        sender.wait()
+        raise RuntimeError(f"cache_copy.py send did not start: {first.strip() or 'no output'}")
+    return sender, address
+
+
+def network_copy(source: Path, destination: Path, streams: int, work: Path) -> float:
+    shutil.rmtree(destination, ignore_errors=True)
+    token = work / "token"
+    token.write_text(secrets.token_hex(24))
+    sender, address = start_sender(source, token)
     try:
-        assert sender.stderr is not None
-        sender.stderr.readline()  # "serving ...": listening
         start = time.perf_counter()
         result = _copy(
             ["receive", "--root", str(destination), "--source", address, "--token-file", str(token), "--streams", str(streams)]
