@@ -286,7 +286,7 @@ def _placement_notes(wanted: Wanted, live: LiveCache, where: str) -> list[str]:
         pinned = ", ".join(pinned_node_names(live.volume)) or "?"
         return [
             f"bound-cache guard: the node(s) of claim {where} ({pinned}) are gone: the cache is lost (node loss); "
-            f"heal it with `python -m tools.heal --stack {wanted.stack}`"
+            f"heal it with `mlcache heal --stack {wanted.stack}`"
         ]
     return [f"bound-cache guard: claim {where} is bound to {_bound_location(live)}"]
 

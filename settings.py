@@ -3,7 +3,7 @@
 Each setting is one dataclass field below: `setting(kind, default, description)` gives its
 type and constraint (the kind, see schema.py), its default and its description; its config
 name is the field name in camelCase. Parsing, the `config:` block of Pulumi.yaml and
-docs/configuration.md all derive from these declarations (`python -m tools.config_reference`
+docs/configuration.md all derive from these declarations (`mlcache config`
 rewrites both; a test fails when either is stale). Rules that tie settings together, and
 the limits of the names derived from them, are in `_check`.
 

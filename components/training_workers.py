@@ -64,8 +64,8 @@ fi
 UNPINNED_WARNING = (
     "job.nodes is {nodes} and mlcache:zone is unset: the first worker the scheduler places chooses the zone "
     "for the whole run, without knowing the others. In a zone with fewer than {nodes} free {product} nodes "
-    "the other workers wait (Pending). Pin mlcache:zone to a zone with room; `python -m tools.rehearse` shows "
-    "where a run lands, `python -m tools.verify` which zone would fit."
+    "the other workers wait (Pending). Pin mlcache:zone to a zone with room; `mlcache rehearse` shows "
+    "where a run lands, `mlcache verify` which zone would fit."
 )
 TOKEN_SKIP = {
     "CKV_K8S_38": "engine jobs, several nodes: a failed worker ends its peers' Jobs through the API; its "

@@ -132,7 +132,7 @@ def test_absent_claim_network_storage_replacement_and_offline_stand_aside():
 
 def test_a_gone_node_is_reported_as_node_loss_not_refused():
     verdict = judge(wanted(placement=PlacementRecord("sdsu", A100)), bound(nodes=()))
-    assert verdict.refusal is None and "python -m tools.heal --stack prod" in verdict.notes[0]
+    assert verdict.refusal is None and "mlcache heal --stack prod" in verdict.notes[0]
 
 
 def test_no_consumer_no_placement_refusal():

@@ -163,7 +163,7 @@ def test_node_loss_names_the_lost_node_what_is_lost_and_the_heal_command():
         )
         (loss,) = [f for f in findings if f.level == FAIL]
         assert loss.check == "node loss" and "gpu-ucsd-1" in loss.message and "cannot be placed" in loss.message
-        assert "only cache data" in loss.remedy and "python -m tools.heal --stack prod" in loss.remedy
+        assert "only cache data" in loss.remedy and "mlcache heal --stack prod" in loss.remedy
     bare = diagnose(Snapshot(pvc=claim(), pv=volume("gpu-ucsd-1"), nodes={"gpu-ucsd-1": dead}), expect)
     assert any(f.check == "node loss" and "NotReady (Ready=Unknown" in f.message for f in bare)
 

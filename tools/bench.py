@@ -1,13 +1,13 @@
 """Storage benchmark report and the local shard-loading benchmark.
 
-python -m tools.bench report RESULT.json [MORE.json]... [--plot FILE.png]
+mlcache bench report RESULT.json [MORE.json]... [--plot FILE.png]
     fio JSON (also as `kubectl logs` prints it, with other lines around it): read MB/s,
     IOPS, mean and p99 completion latency per result; each one's ratio to the first.
-python -m tools.bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3]
+mlcache bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3]
     writes synthetic safetensors shards (kept if present), then with the same page-cache
     state (files evicted before each run) loads them and runs fio's sequential read over
     the same files; prints both throughputs and their ratio.
-python -m tools.bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 3]
+mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 3]
     fio, the default loader (safetensors safe_open + get_tensor), prewarm + that loader and the
     shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
     alternating rounds, evicted before each run: times, GB/s, ratios to fio (docs/coldstart.md).
@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tools import copy_bench
 from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
+from tools.main import prog
 from workloads import coldstart, shard_bench
 
 
@@ -206,7 +207,7 @@ def benchmark_errors(directory: Path) -> Iterator[None]:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.bench"), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     rep = commands.add_parser("report", help="summarise fio JSON results")
     rep.add_argument("results", nargs="+", type=Path)

@@ -1,4 +1,4 @@
-"""Benchmark: a stack to placed pods with `python -m tools.rehearse`, phase by phase.
+"""Benchmark: a stack to placed pods with `mlcache rehearse`, phase by phase.
 
     python -m tools.bench_rehearse [--runs N] [--stack dev --stack prod]
 

@@ -2,7 +2,7 @@
 
     python -m tools.bench_render [--runs N] [--stack dev] [--baseline DIR]
 
-Prints the median wall time of `python -m tools.render --stack STACK` and of a bare
+Prints the median wall time of `python -m tools.render --stack STACK` (what `mlcache render` runs) and of a bare
 interpreter importing `pulumi` and the pulumi_kubernetes modules the program uses, and the
 ratio (target: <= 1.3). Runs alternate so machine noise hits both alike.
 """

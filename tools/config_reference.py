@@ -1,7 +1,7 @@
 """Derive Pulumi.yaml's `config:` block and docs/configuration.md from the declarations in settings.py.
 
-python -m tools.config_reference          # rewrite both after changing a setting
-python -m tools.config_reference --check  # exit 1 if either is stale (the tests do the same)
+mlcache config          # rewrite both after changing a setting
+mlcache config --check  # exit 1 if either is stale (the tests do the same)
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import yaml
 
 import settings
 from tools.cli import ArgumentParser, entry_point
+from tools.main import prog
 
 ROOT = Path(__file__).resolve().parent.parent
 PULUMI_YAML = ROOT / "Pulumi.yaml"
 REFERENCE = ROOT / "docs" / "configuration.md"
 
 PULUMI_YAML_NOTE = """\
-# Generated from the declarations in settings.py by `python -m tools.config_reference`: edit
+# Generated from the declarations in settings.py by `mlcache config`: edit
 # those, not this block. Every key lives in the `mlcache:` namespace. Pulumi's project schema
 # types only strings, integers, booleans and arrays, so the object keys carry a description
 # and their defaults but no `type`. A stack value for an object key replaces the default
@@ -29,7 +30,7 @@ PULUMI_YAML_NOTE = """\
 REFERENCE_HEAD = """\
 # Configuration reference
 
-Generated from the declarations in `settings.py` by `python -m tools.config_reference`
+Generated from the declarations in `settings.py` by `mlcache config`
 (a test fails when this file is stale). Every key lives in the `mlcache:` namespace: set
 top-level keys with `pulumi config set mlcache:zone ucsd`, fields of the object keys with
 `pulumi config set --path 'mlcache:cache.size' 500Gi` (or in `Pulumi.<stack>.yaml`).
@@ -93,12 +94,12 @@ def stale() -> list[Path]:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.config_reference", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.config_reference"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if Pulumi.yaml or the reference is stale")
     args = parser.parse_args(argv)
     if args.check:
         for path in stale():
-            print(f"stale: {path.relative_to(ROOT)} (run python -m tools.config_reference)", file=sys.stderr)
+            print(f"stale: {path.relative_to(ROOT)} (run mlcache config)", file=sys.stderr)
         return 1 if stale() else 0
     PULUMI_YAML.write_text(pulumi_yaml_text(PULUMI_YAML.read_text()))
     REFERENCE.write_text(reference_text())

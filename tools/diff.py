@@ -1,6 +1,6 @@
 """Offline preview: what `pulumi up` would do to each stack, from a git revision to the working tree.
 
-    python -m tools.diff --base REF [--stack STACK]... [--fail-on-data-loss]
+    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss]
 
 Both sides are rendered with this checkout's tools (the base revision's program, stack files
 and components, run under the mock engine). Each changed object gets the action the engine
@@ -37,6 +37,7 @@ from bound_cache import quantity_bytes
 from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL, ZONE_LABEL
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.main import prog
 from tools.render import DIGEST_KEY_ENV, RENDER_ERRORS, as_json, render
 from tools.stack_config import StackConfigError, split_key, stack_file
 
@@ -417,7 +418,7 @@ def chosen_stacks(requested: list[str] | None, base_dir: Path, project_dir: Path
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.diff", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.diff"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
     parser.add_argument("--stack", action="append", help="stack (repeatable; default: every Pulumi.*.yaml)")
     parser.add_argument(

@@ -1,6 +1,6 @@
 """Drift check: does the live cluster still match the stack?
 
-    python -m tools.drift --stack STACK [--cwd DIR]
+    mlcache drift --stack STACK [--cwd DIR]
 
 Runs `pulumi preview --refresh --expect-no-changes --json --stack STACK` (the refresh reads
 every object back from the cluster; a hand edit of a field the stack sets shows as a change),
@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tools.main import prog
 
 # Step ops that are not changes (a refresh that found nothing, a read, an unchanged resource).
 NO_CHANGE = {"same", "read", "refresh", "discard"}
@@ -86,7 +88,7 @@ def run_preview(stack: str, cwd: Path) -> tuple[int, dict[str, Any] | None, str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.drift", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("tools.drift"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the project directory (default: here)")
     args = parser.parse_args(argv)

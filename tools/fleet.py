@@ -1,6 +1,6 @@
 """The rehearsal cluster's fake nodes, from a fleet file (docs/rehearsal-cluster.md).
 
-    python -m tools.fleet FILE [--pool-size SIZE]
+    mlcache fleet FILE [--pool-size SIZE]
 
 Prints one Node object per line (JSON), ready to create: labels, taints and allocatable from
 the file, the annotation and label that hand the node to kwok, and the LINSTOR storage pools
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tools.main import prog
 
 KWOK_KEY = "kwok.x-k8s.io/node"
 KWOK_MANAGED = "fake"
@@ -218,7 +220,7 @@ def load(path: Path, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.fleet", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("tools.fleet"), description=__doc__.split("\n\n")[0])
     parser.add_argument("fleet", type=Path)
     parser.add_argument(
         "--pool-size",

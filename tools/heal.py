@@ -1,6 +1,6 @@
 """Heal a cache lost with its node: re-create the claim so the next pod binds a fresh volume.
 
-    python -m tools.heal --stack STACK [--context CONTEXT] [--apply] [--allow-protected]
+    mlcache heal --stack STACK [--context CONTEXT] [--apply] [--allow-protected]
 
 A single-replica LINSTOR volume lives on one node; when that node is gone, the training pod's
 replacement stays Pending for ever (volume node affinity conflict). Only cache data is lost, and
@@ -29,6 +29,7 @@ from typing import Any
 
 from bound_cache import get, has_taint, is_ready, pinned_node_names
 from names import OUT_OF_SERVICE_TAINT
+from tools.main import prog
 from tools.verify import Expectation, Snapshot
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
@@ -174,7 +175,7 @@ def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.heal", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=prog("tools.heal"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")

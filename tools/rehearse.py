@@ -1,6 +1,6 @@
 """Rehearse a stack before deploying it: where would the scheduler put the cache and its pods?
 
-    python -m tools.rehearse --stack STACK [--config KEY=VALUE]... [--fleet FILE] [--keep]
+    mlcache rehearse --stack STACK [--config KEY=VALUE]... [--fleet FILE] [--keep]
                              [--timeout SECONDS]
 
 Starts the rehearsal cluster (scripts/local-cluster: the real API server, scheduler, controller
@@ -36,6 +36,7 @@ from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.fleet import FleetError
 from tools.fleet import load as load_fleet
+from tools.main import prog
 from tools.placement import (
     ClusterView,
     Report,
@@ -451,7 +452,7 @@ class Rehearsal:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.rehearse", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.rehearse"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="override a key as `--path` would")
     parser.add_argument("--fleet", type=Path, help="fleet file (default: the runbook's fleet), or `kubectl get nodes -o yaml`")

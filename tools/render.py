@@ -1,6 +1,6 @@
 """Render a stack offline: every Kubernetes object the program would send, as YAML.
 
-    python -m tools.render --stack dev [--config KEY=VALUE]... [--secret KEY=VALUE]...
+    mlcache render --stack dev [--config KEY=VALUE]... [--secret KEY=VALUE]...
                            [--out DIR] [--summary | --json]
 
 Runs `__main__.py` under the Pulumi SDK's mock engine with the stack's config (Pulumi.yaml
@@ -28,6 +28,7 @@ import yaml
 
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.main import prog
 from tools.mock_engine import ProgramRun, Registration, run_program
 from tools.stack_config import StackConfig, load_stack_config
 
@@ -236,7 +237,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.render", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.render"), description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument(
         "--secret", action="append", default=[], metavar="KEY=VALUE", help="supply a secret config value (never printed)"

@@ -1,6 +1,6 @@
 """Validate a stack's rendered manifests strictly against Kubernetes OpenAPI schemas.
 
-    python -m tools.validate --stack dev [--config KEY=VALUE]... [--kubernetes-version 1.33]...
+    mlcache validate --stack dev [--config KEY=VALUE]... [--kubernetes-version 1.33]...
 
 Strict mode rejects unknown fields, so a misspelt field fails here instead of being
 silently dropped by the API server.
@@ -20,6 +20,7 @@ from kubernetes_validate.utils import all_versions, major_minor, schema_contents
 from referencing import Registry, Resource
 
 from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.main import prog
 from tools.render import add_config_arguments, ordered_objects, render_or_refuse, sent_documents
 
 # The Kubernetes minors the manifests must be valid for (oldest supported, newest in use);
@@ -92,7 +93,7 @@ def kubernetes_minor_from_env(text: str) -> str:
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.validate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.validate"), description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument(
         "--kubernetes-version",

@@ -1,7 +1,7 @@
 """Check a deployed stack against the live cluster: the runbook's troubleshooting and
 performance checks, automated.
 
-    python -m tools.verify --stack STACK [--config KEY=VALUE]... [--context CONTEXT]
+    mlcache verify --stack STACK [--config KEY=VALUE]... [--context CONTEXT]
 
 Reads the PVC, its PV, the training pod(s) and the nodes with the kubernetes client (your
 kubeconfig), then decides with pure functions (`diagnose`): PVC phase (Pending is expected
@@ -33,6 +33,7 @@ from names import (
     ZONE_LABEL,
 )
 from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
+from tools.main import prog
 from verification import linstor_resources_command
 
 # Requests every pod makes; anything else a pod requests (GPUs) is an extended resource.
@@ -192,7 +193,7 @@ def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, 
         "node loss",
         f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
         "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
-        f"rebuildable); the training run restarts from its last checkpoint. Heal: `python -m tools.heal --stack "
+        f"rebuildable); the training run restarts from its last checkpoint. Heal: `mlcache heal --stack "
         f"{expect.stack}` (a dry run that says what it would do), then the same with --apply.",
     )
 
@@ -789,7 +790,7 @@ def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Fin
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m tools.verify", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.verify"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")

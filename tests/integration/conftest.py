@@ -86,7 +86,7 @@ def _missing(reason: str) -> None:
 @pytest.fixture
 def rehearsal(request):
     """A fresh rehearsal cluster, deployed to through tools.rehearse (the same code path as
-    `python -m tools.rehearse`): the runbook's fleet, or what a test passes with
+    `mlcache rehearse`): the runbook's fleet, or what a test passes with
     `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`."""
     try:
         toolchain = find_toolchain()

@@ -108,7 +108,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     verify = tool(rehearsal, "tools.verify", "--stack", "prod")
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "[FAIL] node loss" in verify.stdout and first.node in verify.stdout
-    assert "only cache data" in verify.stdout and "python -m tools.heal --stack prod" in verify.stdout
+    assert "only cache data" in verify.stdout and "mlcache heal --stack prod" in verify.stdout
 
     # Not yet proven gone (it only stopped reporting), and prod protects its cache.
     unproven = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply", "--allow-protected")
