@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 from tools.drift import drifted, summary
+from tools.drift import main as drift_main
 
 PVC_URN = "urn:pulumi:prod::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::cache-pvc"
 JOB_URN = "urn:pulumi:prod::mlcache::mlcache:index:TrainingJob$kubernetes:batch/v1:Job::training-job"
@@ -30,3 +33,41 @@ def test_changed_steps_are_named_with_their_fields():
 def test_no_changed_steps_is_no_drift():
     assert drifted({"steps": [{"op": "same", "urn": JOB_URN}]}) == []
     assert summary("dev", []) == "stack dev: no drift (the live cluster matches the stack)\n"
+
+
+def _drift(capsys, *argv):
+    code = drift_main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _fake_pulumi(directory, script: str) -> None:
+    pulumi = directory / "pulumi"
+    pulumi.write_text("#!/bin/sh\n" + script)
+    pulumi.chmod(0o755)
+
+
+def test_a_missing_project_directory_or_cli_is_usage_not_drift(tmp_path, capsys, monkeypatch):
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path / "gone"))
+    assert (code, out) == (2, "") and "is not a directory" in err and err.count("\n") == 1
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pulumi here
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    assert (code, out) == (2, "") and "the Pulumi CLI is not on PATH" in err and "Traceback" not in err
+
+
+def test_a_preview_that_fails_is_could_not_check_and_a_crash_is_not_drift(tmp_path, capsys, monkeypatch):
+    _fake_pulumi(tmp_path, 'echo "error: failed to read the cluster: connection refused" >&2; exit 255\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    assert (code, out) == (3, "") and "could not run: error: failed to read the cluster: connection refused" in err
+    _fake_pulumi(tmp_path, 'echo \'{"steps": [{"op": "update"}]}\'; exit 1\n')  # a step without its urn: a bug here
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    assert (code, out) == (70, "") and "internal error" in err
+
+
+def test_drift_found_through_the_cli_is_exit_1_with_the_objects_on_stdout(tmp_path, capsys, monkeypatch):
+    step = {"op": "update", "urn": PVC_URN, "detailedDiff": {"metadata.labels.x": {}}}
+    _fake_pulumi(tmp_path, f"echo '{json.dumps({'steps': [step]})}'; exit 1\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    code, out, _ = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    assert code == 1 and "DRIFT in 1 object" in out and "metadata.labels.x" in out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import yaml
 
 from tests.conftest import ROOT
 from tools.fleet import KWOK_KEY, POOLS_ANNOTATION, FleetError, fleet_nodes, kubectl_nodes, load
+from tools.fleet import main as fleet_main
 
 ZONE, PRODUCT, COUNT = "topology.kubernetes.io/zone", "nvidia.com/gpu.product", "nvidia.com/gpu.count"
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -172,6 +174,37 @@ def test_cli_prints_one_node_per_line_and_one_line_on_bad_input(tmp_path):
     assert result.returncode == 2
     assert (
         result.stderr.strip()
-        == f"fleet {bad}: nodes[0] (a).pool: 'lots' is not a Kubernetes quantity (e.g. 96, 500m, 1Ti, 512Gi)"
+        == f"error: fleet {bad}: nodes[0] (a).pool: 'lots' is not a Kubernetes quantity (e.g. 96, 500m, 1Ti, 512Gi)"
     )
     assert result.stdout == ""
+
+
+NODE = "{name: a, zone: ucsd, cpu: 8, memory: 64Gi"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (f"nodes:\n- {NODE}, labels: {{'bad key!': x}}}}\n", "'bad key!' is not a label key"),
+        (f"nodes:\n- {NODE}, labels: {{topology.kubernetes.io/zone: sdsu}}}}\n", "comes from the node's `zone`"),
+        (f"nodes:\n- {NODE}, labels: {{nvidia.com/gpu.product: H100}}}}\n", "comes from the node's `gpu.product`"),
+        ("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(f"b{i}: [*a, *a, *a]\n" for i in range(40)), "at most 100"),
+        ("nodes: []\n" + "#" * (5 * 1024 * 1024) + "\n", "larger than 4096 KiB"),
+        (b"nodes: [\xff]\n", "not UTF-8"),
+    ],
+    ids=["bad label key", "zone label", "gpu label", "alias bomb", "huge", "not utf-8"],
+)
+def test_hostile_fleet_files_are_refused_in_one_line_before_anything_starts(tmp_path, capsys, text, message):
+    path = tmp_path / "fleet.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert fleet_main([str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and message in err, err
+
+
+def test_a_device_or_a_fifo_as_fleet_file_is_refused_at_once(tmp_path, capsys):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):  # /dev/zero never ends; a FIFO without a writer would block
+        assert fleet_main([path]) == 2
+        assert "not a regular file" in capsys.readouterr().err

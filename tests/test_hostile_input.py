@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT
-from tools import bench, cli, diff, render, snapshots, validate, verify
+from tools import bench, cli, diff, heal, render, snapshots, validate, verify
 from tools.stack_config import StackConfigError, load_stack_config
 
 
@@ -263,11 +263,19 @@ def test_verify_checks_the_config_before_the_cluster(capsys, kubeconfig):
     [("garbage: [", "no usable kubeconfig"), ("contexts: 5\n", "no usable kubeconfig"), (UNREACHABLE_KUBECONFIG, "refused")],
     ids=["unparsable", "wrong shape", "unreachable server"],
 )
-def test_verify_without_a_cluster_exits_3(capsys, kubeconfig, text, words):
+@pytest.mark.parametrize("command", [verify.main, heal.main], ids=["verify", "heal"])
+def test_verify_and_heal_without_a_cluster_exit_3(capsys, kubeconfig, text, words, command):
     kubeconfig(text)
-    code, out, err = _call(capsys, verify.main, "--stack", "dev")
+    code, out, err = _call(capsys, command, "--stack", "dev")
     assert_refused(code, out, err, "cannot read the cluster", words, status=cli.UNREACHABLE)
     assert "not-a-real-token" not in err
+
+
+def test_heal_apply_without_the_pulumi_cli_is_usage_before_the_cluster_is_asked(capsys, kubeconfig, monkeypatch, tmp_path):
+    kubeconfig(UNREACHABLE_KUBECONFIG)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    code, out, err = _call(capsys, heal.main, "--stack", "dev", "--apply")
+    assert_refused(code, out, err, "the Pulumi CLI is not on PATH")
 
 
 def test_verify_unknown_context_is_usage(capsys, kubeconfig):

@@ -12,15 +12,18 @@ entry, the value as typed and what is allowed; exit 2.
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import re
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from schema import is_qualified_name
+from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.main import prog
 
 KWOK_KEY = "kwok.x-k8s.io/node"
@@ -39,6 +42,16 @@ _QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[mkMGTP
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
 _TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+# A fleet file is a few KiB: the bounds refuse a device, a huge file or an alias bomb at once.
+MAX_FLEET_BYTES = 4 * 1024 * 1024
+MAX_ALIASES = 100
+# Labels a node's own fields set: a `labels:` entry may not override them.
+PLACED_BY_FIELDS = {
+    "topology.kubernetes.io/zone": "zone",
+    "topology.kubernetes.io/region": "region",
+    "nvidia.com/gpu.product": "gpu.product",
+    "nvidia.com/gpu.count": "gpu.count",
+}
 NODE_FIELDS = ("name", "zone", "region", "cpu", "memory", "pods", "gpu", "pool", "labels", "taints")
 
 
@@ -151,7 +164,13 @@ def fleet_nodes(doc: dict) -> list[dict]:
         if not isinstance(extra, dict):
             raise FleetError(f"{where}.labels: {extra!r} is not a mapping of label: value")
         for key, value in extra.items():
-            labels[str(key)] = _label_value(f"{where}.labels.{key}", value)
+            if not isinstance(key, str) or not is_qualified_name(key):
+                raise FleetError(
+                    f"{where}.labels: {key!r} is not a label key (e.g. example.com/name: a DNS prefix, a name of 63)"
+                )
+            if key in PLACED_BY_FIELDS:
+                raise FleetError(f"{where}.labels: {key!r} comes from the node's `{PLACED_BY_FIELDS[key]}`; set that instead")
+            labels[key] = _label_value(f"{where}.labels.{key}", value)
         pools = None if raw.get("pool") is None else {pool_name: _quantity(f"{where}.pool", raw["pool"])}
         nodes.append(_node_object(name, labels, _taints(f"{where}.taints", raw.get("taints")), allocatable, pools))
     return nodes
@@ -199,14 +218,35 @@ def kubectl_nodes(doc: dict, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
     return nodes
 
 
-def load(path: Path, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
-    """Nodes from a fleet file of either format."""
+def read_bounded(path: Path) -> str:
+    """A fleet file's text: a regular file (not a FIFO or a device, which would hang or never end)
+    of at most MAX_FLEET_BYTES, whose YAML has at most MAX_ALIASES aliases (no alias bomb)."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        # O_NONBLOCK: opening a FIFO does not wait for a writer (regular files ignore the flag).
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise FleetError(f"fleet {path}: not a regular file")
+            data = file.read(MAX_FLEET_BYTES + 1)
     except OSError as error:
         raise FleetError(f"fleet {path}: cannot read it ({error.strerror})") from None
+    if len(data) > MAX_FLEET_BYTES:
+        raise FleetError(f"fleet {path}: larger than {MAX_FLEET_BYTES // 1024} KiB (a fleet is a few KiB)")
+    try:
+        text = data.decode("utf-8")
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+    except UnicodeDecodeError:
+        raise FleetError(f"fleet {path}: not UTF-8 text") from None
     except yaml.YAMLError as error:
         raise FleetError(f"fleet {path}: not YAML ({str(error).splitlines()[0]})") from None
+    if aliases > MAX_ALIASES:
+        raise FleetError(f"fleet {path}: {aliases} YAML aliases; at most {MAX_ALIASES} are expanded")
+    return text
+
+
+def load(path: Path, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
+    """Nodes from a fleet file of either format."""
+    doc = yaml.safe_load(read_bounded(path))
     if not isinstance(doc, dict):
         raise FleetError(f"fleet {path}: {type(doc).__name__} at the top; expected a mapping with nodes: or kind: List")
     try:
@@ -219,8 +259,9 @@ def load(path: Path, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
     raise FleetError(f"fleet {path}: neither a fleet description (nodes:) nor `kubectl get nodes -o yaml` output (kind: List)")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("tools.fleet"), description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.fleet"), description=__doc__.split("\n\n")[0])
     parser.add_argument("fleet", type=Path)
     parser.add_argument(
         "--pool-size",
@@ -231,8 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         nodes = load(args.fleet, args.pool_size)
     except FleetError as error:
-        print(error, file=sys.stderr)
-        return 2
+        raise UsageError(str(error)) from None
     for node in nodes:
         print(json.dumps(node, separators=(",", ":")))
     return 0

@@ -15,12 +15,14 @@ when the stack protects its cache and --allow-protected is not given, or when it
 node is gone: proof is the Node object being deleted, or the node carrying Kubernetes'
 `node.kubernetes.io/out-of-service` taint (set by whoever checked it is powered off). A node that
 merely stopped reporting (Ready=Unknown) may be partitioned, not dead.
-Exit 0 when healed (or, dry run, when it would heal), 1 when it refuses, 2 on usage or set-up errors.
+Exit 0 when healed (or, dry run, when it would heal); 1 when it refuses or could not finish (why,
+on stdout); 2 on bad usage or config, or --apply without the Pulumi CLI on PATH; 3 when the
+cluster cannot be read (no usable kubeconfig, unreachable, forbidden).
 """
 
 from __future__ import annotations
 
-import argparse
+import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from typing import Any
 
 from bound_cache import get, has_taint, is_ready, pinned_node_names
 from names import OUT_OF_SERVICE_TAINT
+from tools.cli import CHECK_FAILED, OK, ArgumentParser, UsageError, entry_point
 from tools.main import prog
 from tools.verify import Expectation, Snapshot
 
@@ -161,48 +164,46 @@ def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> int:
             raise
         if time.monotonic() > deadline:
             print(
-                f"error: claim {expect.namespace}/{expect.pvc} still exists after {DELETE_TIMEOUT}s (a pod on a live "
-                "node still uses it: `kubectl describe pvc`)",
-                file=sys.stderr,
+                f"not healed: claim {expect.namespace}/{expect.pvc} still exists after {DELETE_TIMEOUT}s (a pod on a "
+                "live node still uses it: `kubectl describe pvc`)"
             )
-            return 2
+            return CHECK_FAILED
         time.sleep(1)
     from tools import CHECKOUT  # noqa: PLC0415
 
     command = ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", expect.stack]
     print("running: " + " ".join(command), file=sys.stderr)
-    return subprocess.run(command, cwd=CHECKOUT, check=False).returncode
+    # pulumi's own output is progress: stderr. stdout keeps the report (the plan and its outcome).
+    code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode
+    if code != 0:
+        print(f"not healed: the claim is deleted, but `{' '.join(command)}` failed (exit {code}); run it again")
+        return CHECK_FAILED
+    print(f"healed: claim {expect.namespace}/{expect.pvc} re-created; the pending pod binds a fresh volume")
+    return OK
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("tools.heal"), description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=prog("tools.heal"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
     args = parser.parse_args(argv)
-    from kubernetes import client, config  # noqa: PLC0415
+    from tools.render import render_or_refuse  # noqa: PLC0415
+    from tools.verify import cluster_errors, connect, expectation_from_outputs  # noqa: PLC0415
 
-    from tools.render import RENDER_ERRORS, render  # noqa: PLC0415
-    from tools.verify import expectation_from_outputs  # noqa: PLC0415
+    run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
+    if args.apply and shutil.which("pulumi") is None:
+        raise UsageError("--apply re-creates the claim with `pulumi up`: the Pulumi CLI is not on PATH")
 
-    try:
-        config.load_kube_config(context=args.context)
-        _, active = config.list_kube_config_contexts()
-    except Exception as err:  # no kubeconfig, unknown context
-        print(f"error: cannot load the kubeconfig: {err}", file=sys.stderr)
-        return 2
-    try:
-        run, stack_config = render(args.stack, [], [])
-    except RENDER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    namespace = stack_config.values.get("mlcache:namespace") or (active or {}).get("context", {}).get("namespace") or "default"
-    expect = expectation_from_outputs(run.outputs, namespace, args.stack)
+    def expect_for(namespace: str) -> Expectation:
+        return expectation_from_outputs(run.outputs, stack_config.values.get("mlcache:namespace") or namespace, args.stack)
+
+    expect, core, serialize = connect(expect_for, args.context)
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
-    api = client.ApiClient()
-    core = client.CoreV1Api(api)
-    snapshot = read_heal_snapshot(expect, core, api.sanitize_for_serialization)
+    with cluster_errors():
+        snapshot = read_heal_snapshot(expect, core, serialize)
     plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected)
     print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")
     print(render_plan(plan, args.apply))
@@ -210,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if not args.apply:
         return 0
-    return apply_plan(plan, expect, core)
+    with cluster_errors():
+        return apply_plan(plan, expect, core)
 
 
 if __name__ == "__main__":

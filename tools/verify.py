@@ -16,6 +16,8 @@ config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -753,14 +755,12 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
-def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Finding]]:
-    """The stack's expectation (config checked first, offline) and the findings on the live objects;
-    the cluster's failures (no kubeconfig, unknown context, unreachable, forbidden) as Unreachable or
-    UsageError."""
+def connect(expect_for, context: str | None) -> tuple[Expectation, Any, Any]:
+    """The stack's expectation (`expect_for(namespace)`, config checked first, offline), a CoreV1Api
+    and its serializer, logged in to `context`; a kubeconfig that cannot be used as Unreachable,
+    an unknown context as UsageError."""
     from kubernetes import client, config  # noqa: PLC0415
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
     from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
-    from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
     try:
         contexts, active = config.list_kube_config_contexts()
@@ -778,14 +778,29 @@ def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Fin
     except Exception as err:  # a context whose cluster, user or certificate files cannot be loaded
         which = f"context {context}" if context else "the current context"
         raise Unreachable(f"cannot load {which} from the kubeconfig ({type(err).__name__}: {err})") from None
+    api = client.ApiClient()
+    return expect, client.CoreV1Api(api), api.sanitize_for_serialization
+
+
+@contextmanager
+def cluster_errors() -> Iterator[None]:
+    """The API server's refusals and the network's failures, as Unreachable (exit 3)."""
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+    from urllib3.exceptions import HTTPError  # noqa: PLC0415
+
     try:
-        api = client.ApiClient()
-        findings = verify(expect, client.CoreV1Api(api), api.sanitize_for_serialization)
+        yield
     except ApiException as err:
         raise Unreachable(f"the API server answered {err.status} {err.reason}") from None
     except (OSError, HTTPError) as err:
         raise Unreachable(str(err)) from None
-    return expect, findings
+
+
+def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Finding]]:
+    """The stack's expectation and the findings on the live objects (errors as in `connect`)."""
+    expect, core, serialize = connect(expect_for, context)
+    with cluster_errors():
+        return expect, verify(expect, core, serialize)
 
 
 @entry_point

@@ -125,6 +125,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     healed = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply", "--allow-protected")
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
+    assert f"healed: claim {namespace}/{CLAIM} re-created" in healed.stdout
 
     # After the heal the Job controller makes a new pod; until it is scheduled there is nothing "moving"
     # to wait for, so a report taken too early (seen under load) shows the pod unplaced or no pod.
