@@ -147,7 +147,45 @@ def test_out_replaces_an_earlier_render_and_keeps_other_files(capsys, tmp_path):
     assert _call(capsys, render.main, "--stack", "dev", "--out", str(tmp_path))[0] == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not any("storage-bench" in name for name in names) and "README.txt" in names
-    assert len(names) == 6
+    assert len(names) == 7  # five objects, README.txt, the render record
+
+
+def _dev_out(capsys, directory):
+    return _call(capsys, render.main, "--stack", "dev", "--out", str(directory))
+
+
+def test_out_never_writes_through_a_link_planted_under_one_of_its_names(capsys, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "04-job-sft-qwen3vl-fire-4gpu.yaml").symlink_to(victim)
+    assert_refused(*_dev_out(capsys, out), "04-job-sft-qwen3vl-fire-4gpu.yaml exists and was not written by an earlier render")
+    assert victim.read_text() == "precious" and [p.name for p in out.iterdir()] == ["04-job-sft-qwen3vl-fire-4gpu.yaml"]
+
+
+def test_out_touches_only_files_an_earlier_render_wrote_unchanged(capsys, tmp_path):
+    assert _dev_out(capsys, tmp_path)[0] == 0
+    job = tmp_path / "04-job-sft-qwen3vl-fire-4gpu.yaml"
+    job.write_text(job.read_text() + "# my edit\n")  # edited since: no longer the render's
+    assert_refused(*_dev_out(capsys, tmp_path), "was changed since")
+    assert job.read_text().endswith("# my edit\n")
+    job.unlink()
+    # A link planted after a render, under a name the record holds, is not the render's file either.
+    victim = tmp_path.parent / f"{tmp_path.name}-victim"
+    victim.write_text("precious")
+    job.symlink_to(victim)
+    assert_refused(*_dev_out(capsys, tmp_path), "not written by an earlier render")
+    assert victim.read_text() == "precious"
+
+
+def test_a_render_that_drops_an_object_removes_only_its_own_unchanged_file(capsys, tmp_path):
+    bench_on = ("--config", "benchmark.enabled=true", "--config", "benchmark.fioImage=example.org/fio:3.36")
+    assert _call(capsys, render.main, "--stack", "dev", "--out", str(tmp_path), *bench_on)[0] == 0
+    (bench,) = [p for p in tmp_path.iterdir() if "storage-bench" in p.name]
+    bench.write_text("kind: Job # kept by hand\n")
+    assert _dev_out(capsys, tmp_path)[0] == 0
+    assert bench.read_text() == "kind: Job # kept by hand\n"  # changed since: never removed
 
 
 @pytest.mark.parametrize(
@@ -160,7 +198,7 @@ def test_out_that_cannot_be_a_directory_is_refused(capsys, out, words):
 
 def test_summary_with_out_writes_the_files_and_prints_the_summary(capsys, tmp_path):
     code, out, _ = _call(capsys, render.main, "--stack", "prod", "--out", str(tmp_path), "--summary")
-    assert code == 0 and out.startswith("resources:") and len(list(tmp_path.iterdir())) == 5
+    assert code == 0 and out.startswith("resources:") and len(list(tmp_path.glob("*.yaml"))) == 5
     code, out, _ = _call(capsys, render.main, "--stack", "prod", "--out", str(tmp_path), "--json")
     assert code == 0 and len(json.loads(out)["objects"]) == 5
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, rendered
-from tools.render import documents, main, to_yaml
+from tools.render import RENDER_RECORD, documents, main, to_yaml
 
 
 def _render(capsys, *argv):
@@ -42,7 +42,7 @@ def test_output_is_stable(capsys):
 def test_out_writes_one_file_per_object(capsys, tmp_path):
     code, out, _ = _render(capsys, "--stack", "dev", "--out", str(tmp_path))
     assert code == 0 and out == ""
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name != RENDER_RECORD)
     assert files == [
         "01-storageclass-linstor-fast-cache.yaml",
         "02-configmap-mlcache-scripts.yaml",

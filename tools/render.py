@@ -13,11 +13,13 @@ nothing on stdout (tools/cli.py).
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import hmac
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -101,8 +103,9 @@ def file_name(index: int, registration: Registration) -> str:
     return f"{index:02d}-{registration.kind.lower()}-{registration.shown_name}.yaml"
 
 
-# What file_name writes: the files of an earlier render that --out replaces.
-RENDERED_FILE = re.compile(r"[0-9]{2,}-[a-z0-9]+-[^/]*\.yaml")
+# The record --out keeps in DIR of the files it wrote and their digests: only those are ever replaced
+# or removed. No extension, so `kubectl apply -f DIR` passes it by.
+RENDER_RECORD = ".mlcache-render"
 
 
 def out_dir(text: str) -> Path:
@@ -112,18 +115,62 @@ def out_dir(text: str) -> Path:
     return Path(text)
 
 
+def _digest(text: bytes) -> str:
+    return hashlib.sha256(text).hexdigest()
+
+
+def _read_own(path: Path) -> bytes | None:
+    """A regular file's bytes, opened without following a link; None if absent, a link or not regular."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:  # a link planted under the name
+            return None
+        raise
+    with os.fdopen(descriptor, "rb") as file:
+        return file.read() if stat.S_ISREG(os.fstat(file.fileno()).st_mode) else None
+
+
+def _write_fresh(directory: Path, name: str, data: bytes) -> None:
+    """Write a file that did not exist (O_EXCL: never through a link), then rename it over `name`:
+    a link or file planted under the name is replaced, never written through."""
+    temporary = directory / f".{name}.{os.getpid()}.tmp"
+    with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as file:
+        file.write(data)
+    os.replace(temporary, directory / name)
+
+
 def write_out(directory: Path, files: dict[str, str]) -> None:
-    """Write `files` into `directory` and remove the files of an earlier render that this one did not write
-    (a stale benchmark Job would otherwise be applied by `kubectl apply -f DIR`)."""
+    """Write `files` into `directory` and remove the files of an earlier render that this one did not
+    write (a stale benchmark Job would otherwise be applied by `kubectl apply -f DIR`). A file is
+    replaced or removed only if an earlier render wrote it and nobody changed it since (RENDER_RECORD
+    holds their digests); anything else under one of our names stops the render before it writes."""
     if directory.exists() and not directory.is_dir():
         raise UsageError(f"--out {directory}: not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        stale = {p.name for p in directory.iterdir() if RENDERED_FILE.fullmatch(p.name)} - set(files)
-        for name, text in files.items():
-            (directory / name).write_text(text)
-        for name in stale:
+        record_bytes = _read_own(directory / RENDER_RECORD)
+        try:
+            earlier = json.loads(record_bytes) if record_bytes else {}
+        except ValueError:
+            earlier = {}
+        earlier = earlier if isinstance(earlier, dict) else {}
+        ours = {name for name, digest in earlier.items() if (data := _read_own(directory / name)) and _digest(data) == digest}
+        foreign = sorted(n for n in files if n not in ours and os.path.lexists(directory / n))
+        if foreign:
+            raise UsageError(
+                f"--out {directory}: {foreign[0]} exists and was not written by an earlier render (or was changed since); "
+                "move it away or choose an empty directory"
+            )
+        encoded = {name: text.encode() for name, text in files.items()}
+        for name, data in encoded.items():
+            _write_fresh(directory, name, data)
+        for name in sorted(ours - set(files)):
             (directory / name).unlink()
+        record = json.dumps({name: _digest(data) for name, data in encoded.items()}, indent=1, sort_keys=True)
+        _write_fresh(directory, RENDER_RECORD, record.encode())
     except OSError as err:
         raise UsageError(f"--out {directory}: cannot write there: {err.strerror or err}") from None
 
