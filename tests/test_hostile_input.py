@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import os
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
@@ -454,3 +455,12 @@ def test_an_exit_inside_a_tool_keeps_the_contract(raised, status, err):
     with redirect_stdout(out), redirect_stderr(errors):
         assert exits([]) == status
     assert errors.getvalue() == err and out.getvalue() == ("the report\n" if status == 0 else "")
+
+
+def test_a_report_that_is_a_device_a_fifo_or_huge_is_refused_at_once(capsys, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (bench.MAX_REPORT_BYTES + 1))
+    for path, words in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"), (str(huge), "larger than")):
+        assert_refused(*_call(capsys, bench.main, "report", path), path, words)

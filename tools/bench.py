@@ -26,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tools import copy_bench
-from tools.cli import ArgumentParser, UsageError, entry_point, positive_int
+from tools.cli import ArgumentParser, UsageError, entry_point, positive_int, read_user_file
 from tools.main import prog
 from workloads import coldstart, shard_bench
+
+# A fio report (or `kubectl logs` around one) is tens of KiB: a bigger file is not one.
+MAX_REPORT_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,7 @@ def _aggregate(document: dict, label: str) -> FioResult:
 
 
 def load_result(path: Path) -> FioResult:
-    return parse_fio(extract_json(path.read_text()), path.stem)
+    return parse_fio(extract_json(read_user_file(path, MAX_REPORT_BYTES)), path.stem)
 
 
 def report(results: list[FioResult]) -> str:

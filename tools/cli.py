@@ -13,6 +13,7 @@ import contextlib
 import functools
 import io
 import os
+import stat
 import sys
 import traceback
 from collections.abc import Callable
@@ -50,6 +51,25 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not >= 1")
     return value
+
+
+def read_user_file(path: Path, limit: int) -> str:
+    """A file a user names (fleet, report): UTF-8 text of a regular file of at most `limit` bytes.
+    A FIFO or a device is refused at once (opened without waiting for a writer), never read to the end."""
+    try:
+        # O_NONBLOCK: opening a FIFO does not wait for a writer (regular files ignore the flag).
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise UsageError(f"{path}: not a regular file")
+            data = file.read(limit + 1)
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read it ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise UsageError(f"{path}: larger than {limit // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text") from None
 
 
 def _write_stdout(text: str) -> None:

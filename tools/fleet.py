@@ -13,9 +13,7 @@ entry, the value as typed and what is allowed; exit 2.
 from __future__ import annotations
 
 import json
-import os
 import re
-import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from typing import Any
 import yaml
 
 from schema import is_qualified_name
-from tools.cli import ArgumentParser, UsageError, entry_point
+from tools.cli import ArgumentParser, UsageError, entry_point, read_user_file
 from tools.main import prog
 
 KWOK_KEY = "kwok.x-k8s.io/node"
@@ -219,24 +217,13 @@ def kubectl_nodes(doc: dict, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
 
 
 def read_bounded(path: Path) -> str:
-    """A fleet file's text: a regular file (not a FIFO or a device, which would hang or never end)
-    of at most MAX_FLEET_BYTES, whose YAML has at most MAX_ALIASES aliases (no alias bomb)."""
+    """A fleet file's text: a regular file of at most MAX_FLEET_BYTES (tools.cli.read_user_file) whose
+    YAML has at most MAX_ALIASES aliases (no alias bomb)."""
     try:
-        # O_NONBLOCK: opening a FIFO does not wait for a writer (regular files ignore the flag).
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
-            info = os.fstat(file.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise FleetError(f"fleet {path}: not a regular file")
-            data = file.read(MAX_FLEET_BYTES + 1)
-    except OSError as error:
-        raise FleetError(f"fleet {path}: cannot read it ({error.strerror})") from None
-    if len(data) > MAX_FLEET_BYTES:
-        raise FleetError(f"fleet {path}: larger than {MAX_FLEET_BYTES // 1024} KiB (a fleet is a few KiB)")
-    try:
-        text = data.decode("utf-8")
+        text = read_user_file(path, MAX_FLEET_BYTES)
         aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
-    except UnicodeDecodeError:
-        raise FleetError(f"fleet {path}: not UTF-8 text") from None
+    except UsageError as error:
+        raise FleetError(f"fleet {error}") from None
     except yaml.YAMLError as error:
         raise FleetError(f"fleet {path}: not YAML ({str(error).splitlines()[0]})") from None
     if aliases > MAX_ALIASES:
