@@ -399,8 +399,6 @@ KEYS = schema.declarations(Settings)
 STRUCTURED_KEYS = tuple(name for name, (_, d) in KEYS.items() if d.kind.pulumi_type in (None, "array"))
 SCALAR_KEYS = tuple(name for name in KEYS if name not in STRUCTURED_KEYS)
 KNOWN_KEYS = (*KEYS, *SECRET_KEYS)
-# Fields of each structured (object) key.
-FIELDS = {name: tuple(schema.setting_names(d.kind.cls)) for name, (_, d) in KEYS.items() if isinstance(d.kind, Section)}
 
 
 def _check(s: Settings) -> None:

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from settings import FIELDS, RUNBOOK_ZONES, SCALAR_KEYS, STRUCTURED_KEYS, ConfigError, parse_quantity, parse_settings
+import schema
+from settings import KEYS, RUNBOOK_ZONES, SCALAR_KEYS, STRUCTURED_KEYS, ConfigError, parse_quantity, parse_settings
 from tools.mock_engine import ProgramRun, run_program
 
 # Values of the wrong JSON type for a field that wants a string, list or object.
@@ -19,6 +20,9 @@ NOT_A_STRING = st.one_of(st.integers(), st.booleans(), st.lists(st.text(), max_s
 NOT_A_LIST = st.one_of(st.text(), st.integers(), st.booleans(), st.dictionaries(st.text(), st.text(), max_size=2))
 NOT_AN_OBJECT = st.one_of(st.text(min_size=1), st.integers(), st.booleans(), st.lists(st.integers(), min_size=1, max_size=2))
 NON_EMPTY_TEXT = st.text(min_size=1, max_size=20)
+
+# Fields of each structured (object) key, from the declarations.
+FIELDS = {name: tuple(schema.setting_names(d.kind.cls)) for name, (_, d) in KEYS.items() if isinstance(d.kind, schema.Section)}
 
 
 def bad_text(valid) -> st.SearchStrategy:

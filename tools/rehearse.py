@@ -32,6 +32,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from bound_cache import node_zone
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.fleet import FleetError
@@ -50,7 +51,7 @@ from tools.placement import (
 )
 from tools.render import render_or_refuse
 from tools.stack_config import StackConfig, load_stack_config
-from tools.verify import _get, expectation_from_outputs, node_zone
+from tools.verify import _get, expectation_from_outputs
 
 ENGINE_CACHE = Path(
     os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")

@@ -24,7 +24,7 @@ from decimal import Decimal
 from typing import Any
 
 from bound_cache import get as _get
-from bound_cache import has_taint, pinned_node_names, ready_condition
+from bound_cache import has_taint, node_zone, pinned_node_names, ready_condition
 from names import (
     GPU_PRODUCT_LABEL,
     HOSTNAME_LABEL,
@@ -98,10 +98,6 @@ class Finding:
     check: str
     message: str
     remedy: str = ""
-
-
-def node_zone(node: dict | None) -> str | None:
-    return _get(node, "metadata", "labels", ZONE_LABEL)
 
 
 def pv_constraints(pv: dict) -> dict[str, set[str]]:
