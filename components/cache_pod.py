@@ -36,6 +36,7 @@ from components.security import (
     scratch_mount,
     scratch_volume,
 )
+from components.workers import Worker
 from names import POD_LABELS, SCRIPTS_PATH, SKIP_AWAIT
 from settings import CacheSettings, JobSettings, Placement
 
@@ -50,6 +51,7 @@ class CachePod:
 
     `claim_name` is the PVC's output (a real dependency: replacing the claim replaces the pod).
     `scripts` is the scripts ConfigMap's name when the pod runs one of its scripts.
+    `worker` is the pod's place in a multi-node run (labels, affinities), None on one node.
     """
 
     job: JobSettings
@@ -58,6 +60,7 @@ class CachePod:
     namespace: str | None
     claim_name: pulumi.Input[str]
     scripts: pulumi.Input[str] | None = None
+    worker: Worker | None = None
 
 
 def scripts_mount() -> dict[str, Any]:
@@ -73,16 +76,20 @@ def container(
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
     secret_env: list[dict[str, Any]] = (),
+    worker_env: dict[str, str] | None = None,
     mounts: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """A container on the cache. `mounts` lists the pod's own mounts in order (default: the
-    scratch /tmp); the cache comes first, or as a raw device in Block mode."""
+    """A container on the cache. Its env: `env`, then `secret_env` (secretKeyRef entries), then
+    `worker_env` (a multi-node worker's launch). `mounts` lists the pod's own mounts in order
+    (default: the scratch /tmp); the cache comes first, or as a raw device in Block mode."""
+    env_entries = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **(env or {})}.items()]
+    env_entries += [*secret_env, *({"name": k, "value": v} for k, v in (worker_env or {}).items())]
     spec: dict[str, Any] = {
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": command,
-        "env": [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **(env or {})}.items()] + list(secret_env),
+        "env": env_entries,
         "resources": training_resources(pod.job),
         "volumeMounts": list(mounts) if mounts is not None else [scratch_mount()],
         "securityContext": container_security_context(pod.job.run_as_user),
@@ -113,6 +120,8 @@ def pod_spec(
         spec["initContainers"] = steps[:-containers]
     if pod.scripts is not None:
         spec["volumes"].append({"name": SCRIPTS_VOLUME, "configMap": {"name": pod.scripts}})
+    if pod.worker is not None:
+        spec["affinity"] = {**spec.get("affinity", {}), **pod.worker.affinity}
     return spec
 
 
@@ -124,18 +133,24 @@ def job_manifest(
     app_label: dict[str, str],
     backoff_limit: int,
     pod_labels: dict[str, str] | None = None,
+    job_labels: dict[str, str] | None = None,
     skip_await: bool = True,
     skips: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Job around a cache pod. With skipAwait the provider does not wait for Complete (a
-    training run would block `pulumi up` for hours, then be recorded as failed to become live)."""
+    training run would block `pulumi up` for hours, then be recorded as failed to become live).
+    `job_labels` are the Job's own; its pods carry `app_label`, `pod_labels` and the worker's."""
     images = sorted({c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]})
+    template_labels = {**POD_LABELS, **app_label, **(pod_labels or {}), **(pod.worker.labels if pod.worker else {})}
     annotations = dict(SKIP_AWAIT) if skip_await else {}
     annotations.update(checkov_skips({**namespace_skip(pod.namespace), **image_skips(*images), **(skips or {})}))
     return {
-        "metadata": metadata(name, pod.namespace, labels=app_label, annotations=annotations),
+        "metadata": metadata(name, pod.namespace, labels={**app_label, **(job_labels or {})}, annotations=annotations),
         "spec": {
             "backoffLimit": backoff_limit,
-            "template": {"metadata": {"labels": {**POD_LABELS, **app_label, **(pod_labels or {})}}, "spec": spec},
+            "template": {
+                "metadata": {"labels": template_labels},
+                "spec": spec,
+            },
         },
     }

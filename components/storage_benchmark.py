@@ -13,7 +13,7 @@ import pulumi_kubernetes as k8s
 from components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
 from components.common import constructor_kwargs
 from components.security import scratch_mount
-from components.workers import as_worker
+from components.workers import run_workers
 from components.workload_scripts import COLDSTART_SCRIPT, SHARD_BENCH_SCRIPT
 from names import SCRIPTS_PATH, benchmark_job_name, worker_benchmark_name
 from settings import BenchmarkSettings, CacheSettings
@@ -87,7 +87,9 @@ def benchmark_manifest(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any
     steps = [fio_container(pod, profile, bench) for profile in bench.profiles]
     if bench.shard_load:
         steps += [shard_load_container(pod, bench), coldstart_container(pod, bench)]
-    return job_manifest(pod, benchmark_job_name(pod.job.name), pod_spec(pod, steps), app_label=APP_LABEL, backoff_limit=1)
+    worker = pod.worker
+    name = worker_benchmark_name(pod.job.name, worker.index) if worker else benchmark_job_name(pod.job.name)
+    return job_manifest(pod, name, pod_spec(pod, steps), app_label=APP_LABEL, backoff_limit=1)
 
 
 def worker_benchmark_manifests(
@@ -96,15 +98,14 @@ def worker_benchmark_manifests(
     """One benchmark per cache claim. With several workers, worker i's benchmark is placed as
     worker i (its node, the run's zone): as the first consumer of the claim it decides the node
     the training worker then needs, so it must land where that worker may run."""
-    manifests = []
-    for index, claim_name in enumerate(claim_names):
-        manifest = benchmark_manifest(dataclasses.replace(pod, claim_name=claim_name), bench)
-        if len(claim_names) > 1:
-            template = manifest["spec"]["template"]
-            manifest["spec"]["template"] = as_worker(template, pod.job.run_name, index, pinned=pod.placement.zone is not None)
-            manifest["metadata"]["name"] = worker_benchmark_name(pod.job.name, index)
-        manifests.append(manifest)
-    return manifests
+    if len(claim_names) == 1:
+        return [benchmark_manifest(dataclasses.replace(pod, claim_name=claim_names[0]), bench)]
+    job = pod.job
+    workers = run_workers(job.run_name, job.nodes, job.engine, pinned=pod.placement.zone is not None)
+    return [
+        benchmark_manifest(dataclasses.replace(pod, claim_name=claim_name, worker=worker), bench)
+        for worker, claim_name in zip(workers, claim_names, strict=True)
+    ]
 
 
 class StorageBenchmark(pulumi.ComponentResource):

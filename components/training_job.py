@@ -13,8 +13,9 @@ from components.cache_pod import CachePod, container, job_manifest, pod_spec, sc
 from components.common import constructor_kwargs
 from components.hub_credentials import HubCredentials, secret_env
 from components.security import scratch_mount
+from components.workers import PEER_STOP_SKIP, STOP_PEERS, service_account_name
 from components.workload_scripts import PREFETCH_LIST, PREFETCH_SCRIPT, PREWARM_SCRIPT, prefetch_markers
-from names import RUN_LABEL, SCRIPTS_PATH, SHM_PATH
+from names import QUEUE_LABEL, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, worker_job_name
 from settings import CacheSettings, JobSettings
 
 CONTAINER = "sft"
@@ -147,23 +148,39 @@ def prefetch_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[s
 
 
 def training_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[str, Any]:
-    job, cache = pod.job, pod.cache
+    job, cache, worker = pod.job, pod.cache, pod.worker
     env = container_env(job, cache)
+    worker_env = worker.launch_env(job.gpus) if worker else {}
+    env = {name: value for name, value in env.items() if name not in worker_env}
     command, args = list(job.command), swift_args(job, cache)
     marker = completion_marker(job, cache)
     mounts = [{"name": SHM_VOLUME, "mountPath": SHM_PATH}, scratch_mount()]
     if marker:
         env.update(MLCACHE_RUN_NAME=job.run_name, MLCACHE_RUN_MARKER=marker)
-        command, args = ["/bin/sh", "-c", RUN_ONCE_SCRIPT, "mlcache-run-once"], command + args
+        # A worker of engine jobs ends its peers when its training fails (Block mode runs the
+        # command bare: no wrapper to do it, torch ends them).
+        on_failure = STOP_PEERS if worker and worker.ends_peers else ""
+        command, args = ["/bin/sh", "-c", run_once_script(on_failure), "mlcache-run-once"], command + args
+        if on_failure:
+            worker_env["MLCACHE_PEER_JOBS"] = " ".join(worker.peers)
     if marker and pod.scripts is not None:
         # Always there in Filesystem mode: job.prewarm* edit the ConfigMap, never this template.
         env["MLCACHE_PREWARM"] = f"{SCRIPTS_PATH}/{PREWARM_SCRIPT}"
         mounts.append(scripts_mount())
-    return container(pod, CONTAINER, job.image, command, args=args, env=env, secret_env=token_env, mounts=mounts)
+    return container(
+        pod, CONTAINER, job.image, command, args=args, env=env, secret_env=token_env, worker_env=worker_env, mounts=mounts
+    )
+
+
+def queue_labels(job: JobSettings) -> dict[str, str]:
+    return {QUEUE_LABEL: job.queue} if job.queue else {}
 
 
 def training_job_manifest(pod: CachePod, token_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
-    job = pod.job
+    """The training Job; for a worker of a multi-node run, worker `index`'s Job (its claim is the
+    pod's): it fails at its first failed pod (backoffLimit 0), since one worker restarted alone
+    cannot rejoin a torch group that is already running."""
+    job, worker = pod.job, pod.worker
     token_env = list(token_env)
     steps = [training_container(pod, token_env)]
     if pod.scripts is not None:
@@ -178,13 +195,20 @@ def training_job_manifest(pod: CachePod, token_env: list[dict[str, Any]] = ()) -
             "huggingface_hub and modelscope read their tokens only from HF_TOKEN and MODELSCOPE_API_TOKEN; "
             "the values come from the hub-tokens Secret by secretKeyRef, never inline"
         )
+    spec = pod_spec(pod, steps, volumes=[shm])
+    if worker:
+        spec |= worker.network
+    if worker and worker.ends_peers:
+        spec |= {"serviceAccountName": service_account_name(job.run_name), "automountServiceAccountToken": True}
+        skips |= PEER_STOP_SKIP
     return job_manifest(
         pod,
-        job.run_name,
-        pod_spec(pod, steps, volumes=[shm]),
+        worker_job_name(job.run_name, worker.index) if worker else job.run_name,
+        spec,
         app_label=APP_LABEL,
-        backoff_limit=job.backoff_limit,
+        backoff_limit=0 if worker else job.backoff_limit,
         pod_labels={RUN_LABEL: job.run_name},
+        job_labels=queue_labels(job) if worker else None,
         skip_await=not job.wait_for_completion,
         skips=skips,
     )

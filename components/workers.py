@@ -9,6 +9,7 @@ replicated job per worker (engine `jobset`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from components.common import metadata
@@ -20,12 +21,96 @@ from names import (
     ZONE_LABEL,
     replicated_job_name,
     worker_hostname,
+    worker_job_name,
     workers_service_name,
 )
 
 # torchrun's default rendezvous port.
 MASTER_PORT = 29500
 JOBSET_API_VERSION = "jobset.x-k8s.io/v1alpha2"
+
+
+# Engine jobs: a worker whose training fails ends the run's other workers, with core Kubernetes
+# only. It sets activeDeadlineSeconds: 1 on their Jobs (a mutable field), so the job controller
+# fails them (DeadlineExceeded) and stops their pods. Its ServiceAccount may get and patch exactly
+# those Jobs, nothing else.
+STOP_PEERS_PY = """\
+import json, os, ssl, sys, urllib.request
+sa = os.environ.get("MLCACHE_SA_DIR", "/var/run/secrets/kubernetes.io/serviceaccount")
+def read(name):
+    with open(os.path.join(sa, name)) as f:
+        return f.read().strip()
+api = "https://%s:%s" % (os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+context = ssl.create_default_context(cafile=os.path.join(sa, "ca.crt"))
+body = json.dumps({"spec": {"activeDeadlineSeconds": 1}}).encode()
+for job in sys.argv[1:]:
+    url = "%s/apis/batch/v1/namespaces/%s/jobs/%s" % (api, read("namespace"), job)
+    headers = {"Authorization": "Bearer " + read("token"), "Content-Type": "application/merge-patch+json"}
+    urllib.request.urlopen(urllib.request.Request(url, body, headers, method="PATCH"), context=context, timeout=10)
+    print("mlcache: ended worker Job " + job, flush=True)
+"""
+STOP_PEERS = f"""\
+if [ "$status" -ne 0 ] && [ -n "$MLCACHE_PEER_JOBS" ]; then
+  echo "mlcache: this worker failed (exit $status): ending the run's other workers: $MLCACHE_PEER_JOBS"
+  python3 - $MLCACHE_PEER_JOBS <<'MLCACHE_PY' || echo "mlcache: could not end the other workers (torch ends them)"
+{STOP_PEERS_PY}MLCACHE_PY
+fi
+"""
+PEER_STOP_SKIP = {
+    "CKV_K8S_38": "engine jobs, several nodes: a failed worker ends its peers' Jobs through the API; its "
+    "ServiceAccount may only get and patch this run's worker Jobs"
+}
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Worker `index` of a multi-node run of `nodes` workers: the facts its pods are built from
+    (the training pod and, before it, the benchmark that binds its claim)."""
+
+    run_name: str
+    index: int
+    nodes: int
+    engine: str  # "jobs" (one Job per worker, ours to connect) or "jobset" (JobSet connects them)
+    pinned: bool  # mlcache:zone set: the zone is fixed, no need to follow the first worker
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return worker_labels(self.run_name, self.index)
+
+    @property
+    def affinity(self) -> dict[str, Any]:
+        return worker_affinity(self.run_name, self.index, self.pinned)
+
+    def launch_env(self, gpus: int) -> dict[str, str]:
+        return launch_env(self.nodes, self.index, master_addr(self.run_name, self.engine), gpus)
+
+    @property
+    def ends_peers(self) -> bool:
+        """Engine jobs: nothing above the Jobs ends a run whose worker failed, so its wrapper does."""
+        return self.engine == "jobs"
+
+    @property
+    def peers(self) -> list[str]:
+        return [worker_job_name(self.run_name, i) for i in range(self.nodes) if i != self.index]
+
+    @property
+    def network(self) -> dict[str, str]:
+        """Engine jobs: the worker's stable name in the headless Service (JobSet sets it itself)."""
+        if self.engine != "jobs":
+            return {}
+        return {
+            "hostname": worker_hostname(self.run_name, self.index, self.engine),
+            "subdomain": workers_service_name(self.run_name),
+        }
+
+
+def run_workers(run_name: str, nodes: int, engine: str, pinned: bool) -> list[Worker]:
+    return [Worker(run_name, index, nodes, engine, pinned) for index in range(nodes)]
+
+
+def service_account_name(run_name: str) -> str:
+    """The workers' ServiceAccount (engine jobs): it may end the run's other worker Jobs."""
+    return f"{run_name}-workers"
 
 
 def master_addr(run_name: str, engine: str) -> str:
@@ -73,38 +158,6 @@ def worker_affinity(run_name: str, index: int, pinned: bool) -> dict[str, Any]:
             ]
         }
     return affinity
-
-
-def as_worker(pod_template: dict[str, Any], run_name: str, index: int, pinned: bool) -> dict[str, Any]:
-    """A copy of a pod template (training or benchmark) placed as worker `index` of the run."""
-    # Copied along the changed paths only: the template holds Outputs (claim names), which do not deep-copy.
-    spec = pod_template["spec"]
-    labels = {**pod_template["metadata"]["labels"], **worker_labels(run_name, index)}
-    return {
-        **pod_template,
-        "metadata": {**pod_template["metadata"], "labels": labels},
-        "spec": {**spec, "affinity": {**spec.get("affinity", {}), **worker_affinity(run_name, index, pinned)}},
-    }
-
-
-def with_launch(
-    pod_template: dict[str, Any], container_name: str, *, run_name: str, index: int, nodes: int, gpus: int, engine: str
-) -> dict[str, Any]:
-    """The training pod template of worker `index`: launch env and, for engine jobs, its stable
-    hostname in the headless Service's subdomain (JobSet sets both itself)."""
-    env = launch_env(nodes, index, master_addr(run_name, engine), gpus)
-
-    def launched(container: dict[str, Any]) -> dict[str, Any]:
-        if container["name"] != container_name:
-            return container
-        kept = [e for e in container["env"] if e["name"] not in env]
-        return {**container, "env": kept + [{"name": name, "value": value} for name, value in env.items()]}
-
-    spec = {**pod_template["spec"], "containers": [launched(c) for c in pod_template["spec"]["containers"]]}
-    if engine == "jobs":
-        spec["hostname"] = worker_hostname(run_name, index, engine)
-        spec["subdomain"] = workers_service_name(run_name)
-    return {**pod_template, "spec": spec}
 
 
 def headless_service_manifest(

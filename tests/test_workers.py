@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 
 from components.workers import (
-    as_worker,
+    Worker,
     headless_service_manifest,
     jobset_manifest,
     launch_env,
     master_addr,
     peer_ingress_manifest,
-    with_launch,
     worker_affinity,
 )
 from names import (
@@ -23,6 +22,7 @@ from names import (
     worker_claim_name,
     worker_hostname,
 )
+from tests.conftest import env_of, pod_spec, rendered
 
 
 def test_worker_zero_keeps_the_single_node_claim_the_others_are_indexed():
@@ -74,41 +74,50 @@ def test_pinned_workers_rely_on_the_zone_node_affinity_and_still_take_one_node_e
     assert affinity["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == HOSTNAME_LABEL
 
 
-def _template() -> dict:
-    node_affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
-    return {
-        "metadata": {"labels": {"app": "ms-swift"}},
-        "spec": {
-            "affinity": {"nodeAffinity": node_affinity},
-            "containers": [
-                {"name": "sft", "env": [{"name": "NPROC_PER_NODE", "value": "4"}, {"name": "HOME", "value": "/tmp/home"}]},
-                {"name": "other", "env": []},
-            ],
-        },
-    }
+def _worker_templates(*overrides: str) -> list[dict]:
+    """The workers' pod templates in worker order: of their Jobs, or of the JobSet's replicated jobs."""
+    objects = rendered("dev", "job.nodes=3", *overrides).kubernetes_objects()
+    templates = [r.inputs["spec"]["template"] for r in objects if r.kind == "Job"]
+    templates += [
+        rj["template"]["spec"]["template"] for r in objects if r.kind == "JobSet" for rj in r.inputs["spec"]["replicatedJobs"]
+    ]
+    workers = [t for t in templates if WORKER_LABEL in t["metadata"]["labels"]]
+    return sorted(workers, key=lambda t: int(t["metadata"]["labels"][WORKER_LABEL]))
 
 
-def test_as_worker_adds_labels_and_affinities_and_keeps_the_node_affinity():
-    original = _template()
-    template = as_worker(original, "sft", 2, pinned=False)
-    assert template["metadata"]["labels"] == {"app": "ms-swift", MULTINODE_RUN_LABEL: "sft", WORKER_LABEL: "2"}
-    assert set(template["spec"]["affinity"]) == {"nodeAffinity", "podAffinity", "podAntiAffinity"}
-    assert original == _template(), "the single-node template is not modified"
+def test_each_worker_is_built_with_its_labels_affinities_and_the_training_node_affinity():
+    single = pod_spec(rendered("dev"))
+    templates = _worker_templates("job.engine=jobs")
+    assert [t["metadata"]["labels"][WORKER_LABEL] for t in templates] == ["0", "1", "2"]
+    for index, template in enumerate(templates):
+        assert template["metadata"]["labels"][MULTINODE_RUN_LABEL] == template["metadata"]["labels"]["mlcache/job"]
+        affinity = template["spec"]["affinity"]
+        assert affinity["nodeAffinity"] == single["affinity"]["nodeAffinity"]  # where training fits, as on one node
+        assert (
+            affinity["podAntiAffinity"]
+            == worker_affinity(template["metadata"]["labels"][MULTINODE_RUN_LABEL], index, False)["podAntiAffinity"]
+        )
 
 
-def test_with_launch_sets_env_once_on_the_training_container_and_the_hostname_for_jobs():
-    template = with_launch(_template(), "sft", run_name="sft", index=1, nodes=2, gpus=4, engine="jobs")
-    sft, other = template["spec"]["containers"]
-    names = [e["name"] for e in sft["env"]]
-    assert names.count("NPROC_PER_NODE") == 1
-    assert {"NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "HOME"} <= set(names)
-    assert other["env"] == []
-    assert (template["spec"]["hostname"], template["spec"]["subdomain"]) == ("sft-worker-1", "sft")
+def test_launch_env_once_on_the_training_container_and_the_hostname_only_for_engine_jobs():
+    for engine, hostnames in (("jobs", True), ("jobset", False)):
+        templates = _worker_templates(f"job.engine={engine}")
+        assert len(templates) == 3, engine
+        for index, template in enumerate(templates):
+            (sft,) = [c for c in template["spec"]["containers"] if c["name"] == "sft"]
+            names = [e["name"] for e in sft["env"]]
+            assert all(names.count(n) == 1 for n in ("NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE"))
+            assert env_of(sft)["NODE_RANK"] == str(index) and env_of(sft)["NNODES"] == "3"
+            assert ("hostname" in template["spec"]) is hostnames and ("subdomain" in template["spec"]) is hostnames
+            assert ("MLCACHE_PEER_JOBS" in names) is hostnames  # engine jobs: a failed worker ends its peers
 
 
-def test_with_launch_leaves_hostnames_to_jobset():
-    template = with_launch(_template(), "sft", run_name="sft", index=1, nodes=2, gpus=4, engine="jobset")
-    assert "hostname" not in template["spec"] and "subdomain" not in template["spec"]
+def test_a_worker_knows_its_peers_and_its_name_in_the_service():
+    worker = Worker("sft", 1, 3, "jobs", pinned=True)
+    assert worker.peers == ["sft-worker-0", "sft-worker-2"]
+    assert worker.network == {"hostname": "sft-worker-1", "subdomain": "sft"}
+    assert Worker("sft", 1, 3, "jobset", pinned=True).network == {}
+    assert worker.labels == {MULTINODE_RUN_LABEL: "sft", WORKER_LABEL: "1"}
 
 
 def test_headless_service_publishes_not_ready_workers():

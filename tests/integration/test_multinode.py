@@ -227,7 +227,7 @@ def test_jobset_engine_under_the_real_jobset_controller(rehearsal):
 
 
 def test_engine_jobs_a_failed_worker_ends_the_others_with_its_own_narrow_token(rehearsal, tmp_path):
-    from components.training_workers import STOP_PEERS_PY  # noqa: PLC0415
+    from components.workers import STOP_PEERS_PY  # noqa: PLC0415
 
     only_ucsd_has_room(rehearsal)
     outputs, _, moving = up_and_settle(rehearsal, "dev", ["job.nodes=3"])
