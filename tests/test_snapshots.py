@@ -1,4 +1,5 @@
-"""The rendered dev and prod manifests match their reviewed snapshots."""
+"""The rendered manifests of each stack, and of the variants tools.snapshots names, match their
+reviewed snapshots."""
 
 from __future__ import annotations
 
@@ -6,14 +7,15 @@ import difflib
 
 import pytest
 
-from tools.snapshots import SNAPSHOT_DIR, rendered_text
-from tools.stack_config import stack_names
+from tools.snapshots import SNAPSHOT_DIR, rendered_text, snapshot_cases
+
+CASES = snapshot_cases()
 
 
-@pytest.mark.parametrize("stack", stack_names())
-def test_rendered_manifests_match_the_snapshot(stack):
-    path = SNAPSHOT_DIR / f"{stack}.yaml"
-    assert path.is_file(), f"no snapshot for {stack}: run `venv/bin/python -m tools.snapshots`"
-    expected, actual = path.read_text(), rendered_text(stack)
+@pytest.mark.parametrize("name", list(CASES))
+def test_rendered_manifests_match_the_snapshot(name):
+    path = SNAPSHOT_DIR / f"{name}.yaml"
+    assert path.is_file(), f"no snapshot {name}: run `venv/bin/python -m tools.snapshots`"
+    expected, actual = path.read_text(), rendered_text(*CASES[name])
     drift = "".join(difflib.unified_diff(expected.splitlines(True), actual.splitlines(True), str(path), "rendered"))
     assert not drift, f"rendered manifests drifted from the snapshot:\n{drift}\nIf intended: venv/bin/python -m tools.snapshots"
