@@ -125,3 +125,15 @@ def test_every_documented_command_parses(where, words, shown_failing, monkeypatc
     except Parsed:
         return  # (a line shown failing may fail on a value, after parsing)
     assert shown_failing, f"{where}: mlcache {shlex.join(words)} does not parse (exit {code}): {err.strip()}"
+
+
+def test_every_command_named_in_the_docs_prose_exists():
+    """`mlcache <command> ...` in running text names a command (its flags are mentioned, not a full
+    command line: those are in fenced blocks, parsed above)."""
+    named = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for span in re.findall(r"`(?:venv/bin/)?mlcache ([^`]+)`", page.read_text(encoding="utf-8")):
+            named.append((page.name, span.split()[0].rstrip(":")))  # `mlcache render: ...`: an error line
+    assert len(named) >= 50
+    unknown = [(page, word) for page, word in named if word not in command.COMMANDS and word != "--help"]
+    assert not unknown, f"commands named in the docs that `mlcache` does not have: {unknown}"
