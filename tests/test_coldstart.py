@@ -196,7 +196,8 @@ def test_coldstart_prints_every_side_with_ratios_to_fio(tmp_path, capsys):
     assert (
         bench.main(["coldstart", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "2", "--rounds", "2"]) == 0
     )
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "coldstart: round 1/2: " in err and "coldstart: round 2/2: shard reader " in err  # progress while it runs
     for side in ("fio", "loader", "prewarm+loader", "  prewarm", "  loader from page cache", "prewarm|loader", "shard reader"):
         assert f"\n{side} " in out
     assert "target prewarm+loader <= 1.15x fio time: " in out and "target shard reader >= 0.95x fio GB/s: " in out

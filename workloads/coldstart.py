@@ -208,6 +208,8 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str)
             for row, (wall, cpu) in run_side(side, directory, paths, readers).items():
                 seconds[row].append(wall)
                 cpu_seconds[row].append(cpu)
+            # Progress on stderr: a round of every side takes minutes on a real model.
+            print(f"coldstart: round {index + 1}/{rounds}: {side} {seconds[side][-1]:.2f} s", file=sys.stderr, flush=True)
     return {
         "benchmark": "coldstart",
         "directory": str(directory),
