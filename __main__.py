@@ -4,11 +4,14 @@ Reads like the runbook: typed settings, the StorageClass (step 1), the cache PVC
 the training Job pinned next to it (steps 5-6), and the verification commands (step 7).
 """
 
+from dataclasses import replace
+
 import pulumi
 
 from bound_cache import guard_bound_cache
+from components.cache_copy import CacheCopy, move_output
 from components.cache_pod import CachePod
-from components.cache_volume import CacheVolume
+from components.cache_volume import CacheVolume, placement_of
 from components.hub_credentials import HubCredentials
 from components.ingress_isolation import IngressIsolation
 from components.secret_flow import SecretFlow
@@ -33,6 +36,8 @@ storage_class = (
     LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt) if settings.manages_storage_class else None
 )
 
+# A move (cache.relocate copy) keeps the old claim until the copy into the new one is verified.
+move = live_cache.move
 cache = CacheVolume(
     "cache",
     settings.cache,
@@ -44,6 +49,8 @@ cache = CacheVolume(
     adopt=settings.adopt,
     workers=settings.job.nodes,
     claim_unbound=live_cache.unbound,
+    generation=live_cache.generation,
+    kept=move.source if move and move.copying else None,
 )
 
 # The warm-up, prewarm and benchmark scripts (Filesystem mode: Block mode has no files to fetch or load).
@@ -56,7 +63,7 @@ if not settings.cache.is_block:
 # No pod that mounts the cache accepts inbound connections.
 IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=settings.namespace)
 
-# Every pod on the cache (training, warm-up, benchmark) is placed, hardened and attached alike.
+# Every pod on the cache (training, warm-up, benchmark, copy) is placed, hardened and attached alike.
 cache_pod = CachePod(
     job=settings.job,
     cache=settings.cache,
@@ -65,6 +72,18 @@ cache_pod = CachePod(
     claim_name=cache.claim_name,
     scripts=scripts.name if scripts else None,
 )
+if move and move.copying:
+    CacheCopy(
+        "cache-copy",
+        move,
+        target=cache_pod,
+        source_claim=cache.kept_claim_name,
+    )
+if move and not move.switched:
+    # Until the copy is verified, training stays where it was: on the old claim, placed as it was made for.
+    cache_pod = replace(cache_pod, claim_name=cache.kept_claim_name, placement=placement_of(move.source.placement))
+# The claims training mounts, worker 0's first.
+claim_names = [cache_pod.claim_name, *cache.claim_names[1:]]
 
 training = None
 if settings.job.enabled:
@@ -78,19 +97,20 @@ if settings.job.enabled:
         training = TrainingJob("training", cache_pod, credentials=credentials)
     else:
         # Several nodes: one worker per node, each on its own cache claim, all in one zone.
-        training = TrainingWorkers("training", cache_pod, claim_names=cache.claim_names, credentials=credentials)
+        training = TrainingWorkers("training", cache_pod, claim_names=claim_names, credentials=credentials)
 
 benchmark = None
 if settings.benchmark.enabled:
-    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=cache.claim_names)
+    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=claim_names)
 
 secrets.export("backend", settings.backend)
 secrets.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)
 secrets.export("storageClassManaged", settings.manages_storage_class)
-secrets.export("pvcName", cache.claim_name)
+secrets.export("pvcName", cache_pod.claim_name)
 secrets.export("namespace", cache.namespace)
 secrets.export("volumeMode", settings.cache.volume_mode)
 secrets.export("zone", settings.zone or "scheduler-chosen")
+secrets.export("cacheMove", move_output(move, settings.cache.name, cache.claim_name))
 secrets.export("jobName", training.name if training else None)
 secrets.export("runMarker", training.run_marker if training else None)
 secrets.export("benchmarkJob", benchmark.name if benchmark else None)
@@ -101,7 +121,7 @@ secrets.export(
         "name": settings.job.run_name,
         "nodes": settings.job.nodes,
         "engine": settings.job.engine,
-        "cacheClaims": cache.claim_names,
+        "cacheClaims": claim_names,
         "jobs": training.names if training else [],
         "benchmarkJobs": benchmark.names if benchmark else [],
         "gpuProduct": settings.job.gpu_product,
@@ -111,7 +131,7 @@ secrets.export(
 )
 secrets.export(
     "verifyCommands",
-    pulumi.Output.all(cache.claim_name, training.name if training else None, cache.namespace).apply(
+    pulumi.Output.all(cache_pod.claim_name, training.name if training else None, cache.namespace).apply(
         lambda names: verification_commands(names[0], names[1], names[2], linstor=settings.is_linstor)
     ),
 )

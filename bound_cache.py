@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from names import GPU_PRODUCT_LABEL, PLACEMENT_ANNOTATION, ZONE_LABEL
+from names import (
+    BACKEND_ANNOTATION,
+    COPY_ATTEMPT_ANNOTATION,
+    GPU_PRODUCT_LABEL,
+    HOSTNAME_LABEL,
+    PLACEMENT_ANNOTATION,
+    ZONE_LABEL,
+    claim_generation,
+    copy_name,
+    generation_claim_name,
+)
 from schema import parse_quantity
 
 # Zone of a placement record created unpinned.
@@ -165,12 +175,13 @@ class Wanted:
     volume_mode: str
     size: str
     placement: PlacementRecord
-    relocate: bool
+    relocate: str  # settings.RELOCATE_MODES
     protect: bool
     # The stack's own class setting (None: the class is not managed here, read it live).
     expansion_allowed: bool | None
     # A Job that mounts the cache is configured (training or benchmark).
     has_consumer: bool
+    backend: str = "linstor"
 
 
 @dataclass(frozen=True)
@@ -183,6 +194,11 @@ class LiveCache:
     volume: Mapping | None = None
     nodes: list[Mapping] = field(default_factory=list)
     storage_class: Mapping | None = None
+    # The claim's generation (names.generation_claim_name); while a move is under way, the
+    # generation it copies from (still live) and the copy Job into this one (None: absent).
+    generation: int = 0
+    older: LiveCache | None = None
+    copy_job: Mapping | None = None
 
 
 @dataclass(frozen=True)
@@ -199,13 +215,27 @@ class Verdict:
     # The claim is known to be absent or not bound: no volume pins it yet, so its placement
     # record may follow the config (otherwise the record keeps the placement it was bound under).
     unbound: bool = False
+    # The generation of the claim the settings describe, and the move into it (None: no move).
+    generation: int = 0
+    move: Move | None = None
 
 
 PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
 
 
-def relocate_key_hint(value: bool) -> str:
-    return f"pulumi config set --path mlcache:cache.relocate {'true' if value else 'false'}"
+def relocate_key_hint(mode: str) -> str:
+    return f"pulumi config set --path mlcache:cache.relocate {mode}"
+
+
+# The ways out of a change the bound cache cannot follow, offered by every refusal: move it (kept
+# until the copy is verified), or re-create it empty.
+def move_ways(protect: bool) -> str:
+    protected = f" plus `{PROTECT_FALSE}`" if protect else ""
+    return (
+        f"move the cache with `{relocate_key_hint('copy')}` (the cached models are copied and verified; the old "
+        f"cache is kept until then), or re-create it empty with `{relocate_key_hint('fresh')}`{protected} "
+        f"(DATA LOSS: re-downloaded by cache.prefetch), then set cache.relocate back to false"
+    )
 
 
 def _replacement(wanted: Wanted, claim: Mapping) -> str | None:
@@ -220,8 +250,8 @@ def _replacement(wanted: Wanted, claim: Mapping) -> str | None:
 
 
 def _relocation_trigger(wanted: Wanted, claim: Mapping) -> str | None:
-    """With cache.relocate on, what makes this up re-create the claim (replaceOnChanges), or None."""
-    if not wanted.relocate:
+    """With cache.relocate fresh, what makes this up re-create the claim (replaceOnChanges), or None."""
+    if wanted.relocate != "fresh":
         return None
     recorded = get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION)
     if recorded != wanted.placement.text():
@@ -236,37 +266,53 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     """Refuse (one message, before anything is registered) a change the bound cache cannot take."""
     if isinstance(live, Unread):
         return Verdict(notes=(f"bound-cache guard stood aside: {live.reason}",))
-    where = f"{live.namespace}/{wanted.claim}"
     claim = live.claim
     if claim is None:
+        where = f"{live.namespace}/{wanted.claim}"
         return Verdict(
             notes=(f"bound-cache guard: claim {where} does not exist yet; its first consumer places it",), unbound=True
         )
+    where = f"{live.namespace}/{get(claim, 'metadata', 'name')}"
+    if live.older is not None:
+        return _judge_move_under_way(wanted, live)
     replaced = _replacement(wanted, claim)
+    bound = get(claim, "status", "phase") == "Bound" and bool(get(claim, "spec", "volumeName"))
+    if replaced and wanted.relocate == "copy" and bound:
+        return _start_move(wanted, live, where, replaced)
     if replaced:
-        return Verdict(notes=(f"bound-cache guard: claim {where} is re-created by this change ({replaced})",))
+        return Verdict(
+            notes=(f"bound-cache guard: claim {where} is re-created by this change ({replaced})",),
+            generation=live.generation,
+        )
     relocating = _relocation_trigger(wanted, claim)
     if relocating:
         return _judge_relocation(wanted, live, where, relocating)
     phase = get(claim, "status", "phase")
     requested = get(claim, "spec", "resources", "requests", "storage")
-    if phase != "Bound" or not get(claim, "spec", "volumeName"):
+    if not bound:
         if quantity_bytes(requested) != quantity_bytes(wanted.size):
             return Verdict(
                 refusal=(
                     f"mlcache:cache.size = {wanted.size!r}: claim {where} is not bound yet (phase {phase}) and Kubernetes "
                     f"allows no size change before a claim is bound (it asks for {requested}). Nothing was changed. "
                     f"Either put cache.size back to {requested}, or re-create the claim at the new size with "
-                    f"`{relocate_key_hint(True)}` (nothing is cached on an unbound claim), then set it back to false."
+                    f"`{relocate_key_hint('fresh')}` (nothing is cached on an unbound claim), then set it back to false."
                 )
             )
         return Verdict(
             notes=(f"bound-cache guard: claim {where} is not bound yet (phase {phase}); its first consumer places it",),
             unbound=True,
+            generation=live.generation,
         )
     notes = [*_placement_notes(wanted, live, where)]
-    refusal = _placement_refusal(wanted, live, where) or _resize_refusal(wanted, live, where)
-    return Verdict(refusal=refusal, notes=tuple(notes))
+    stranded = _placement_refusal(wanted, live, where)
+    refusal = stranded or _resize_refusal(wanted, live, where)
+    lost = bool(volume_terms(live.volume)) and not volume_nodes(live.volume, live.nodes)
+    moved = get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) != wanted.placement.text()
+    if wanted.relocate == "copy" and (refusal or (lost and moved)):
+        reason = "the configured placement cannot reach its volume" if stranded or lost else "its size cannot change in place"
+        return _start_move(wanted, live, where, reason)
+    return Verdict(refusal=refusal, notes=tuple(notes), generation=live.generation)
 
 
 def _bound_location(live: LiveCache) -> str:
@@ -298,15 +344,12 @@ def _placement_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | Non
     if any(node_reaches(n, wanted.placement) for n in nodes):
         return None
     bound = node_labels(nodes[0])
-    protected = f" plus `{PROTECT_FALSE}`" if wanted.protect else ""
     return (
         f"bound-cache guard: the cache {where} is bound to {_bound_location(live)}; the configured placement "
         f"({wanted.placement.describe()}) cannot reach it: the training pod would stay Pending for ever "
         f"(volume node affinity conflict) holding its GPU quota. Nothing was changed. Either put the placement back "
         f"(mlcache:zone {bound.get(ZONE_LABEL, '?')} or unset, job.gpuProduct {bound.get(GPU_PRODUCT_LABEL, '?')}), "
-        f"or re-create the cache where the Job will land: "
-        f"`{relocate_key_hint(True)}`{protected} (DATA LOSS: the cached models are re-downloaded by "
-        f"cache.prefetch), then set cache.relocate back to false."
+        f"or {move_ways(wanted.protect)}."
     )
 
 
@@ -315,14 +358,13 @@ def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
     requested = get(claim, "spec", "resources", "requests", "storage")
     capacity = get(claim, "status", "capacity", "storage")
     new, old, held = quantity_bytes(wanted.size), quantity_bytes(requested), quantity_bytes(capacity)
-    relocate = f"`{relocate_key_hint(True)}`" + (f" plus `{PROTECT_FALSE}`" if wanted.protect else "")
     # The API server lets a request shrink only to recover from a failed expansion (above status.capacity).
     if new < old and (held is None or new <= held):
         return (
             f"mlcache:cache.size = {wanted.size!r} is smaller than the live claim {where} ({requested}): Kubernetes "
             f"cannot shrink a volume and the API server would refuse the update half-way through the up. Nothing was "
-            f"changed. Either put cache.size back to {requested} or more, or re-create the cache at {wanted.size} with "
-            f"{relocate} (DATA LOSS: re-warmed by cache.prefetch), then set cache.relocate back to false."
+            f"changed. Either put cache.size back to {requested} or more, or, to have it at {wanted.size}, "
+            f"{move_ways(wanted.protect)}."
         )
     if new > old:
         allowed = wanted.expansion_allowed
@@ -339,7 +381,7 @@ def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
                 f"mlcache:cache.size = {wanted.size!r} grows the live claim {where} ({requested}) but StorageClass "
                 f"{class_name} does not allow expansion: the API server would refuse the update. Nothing was changed. "
                 f"Either put cache.size back to {requested}, allow expansion ({allow}; expansion keeps the data), or "
-                f"re-create the cache at {wanted.size} with {relocate} (DATA LOSS), then set cache.relocate back to false."
+                f"{move_ways(wanted.protect)}."
             )
     return None
 
@@ -348,9 +390,9 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
     if wanted.protect:
         return Verdict(
             refusal=(
-                f"mlcache:cache.relocate = true re-creates the protected cache {where} ({trigger}): set "
-                f"`{PROTECT_FALSE}` in the same change to accept the DATA LOSS, "
-                f"or `{relocate_key_hint(False)}` to keep the cache. Nothing was changed."
+                f"mlcache:cache.relocate = fresh re-creates the protected cache {where} ({trigger}): set "
+                f"`{PROTECT_FALSE}` in the same change to accept the DATA LOSS, `{relocate_key_hint('copy')}` to "
+                f"move it with its contents, or `{relocate_key_hint('false')}` to keep it. Nothing was changed."
             )
         )
     claim = live.claim
@@ -363,9 +405,9 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
     if growth_only and get(claim, "status", "phase") == "Bound":
         return Verdict(
             refusal=(
-                f"mlcache:cache.relocate is still true, so growing cache.size to {wanted.size!r} would re-create the "
+                f"mlcache:cache.relocate is still fresh, so growing cache.size to {wanted.size!r} would re-create the "
                 f"cache {where} (DATA LOSS) although it can expand in place. Nothing was changed. Set "
-                f"`{relocate_key_hint(False)}` to expand it in place, keeping the data."
+                f"`{relocate_key_hint('false')}` to expand it in place, keeping the data."
             )
         )
     bound = _bound_location(live) if get(claim, "spec", "volumeName") else "no volume yet"
@@ -373,7 +415,197 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
         notes=(
             f"bound-cache guard: relocating: claim {where} ({bound}) is deleted and re-created because {trigger}; "
             f"the Job's pod binds a fresh volume where it lands (DATA LOSS: cache.prefetch re-warms it)",
+        ),
+        generation=live.generation,
+    )
+
+
+# --- moves (cache.relocate copy) ----------------------------------------------------------------
+
+# A move's states, as `up` and `mlcache verify` tell them.
+COPYING, VERIFIED, FAILED = "copying", "verified", "failed"
+# How the copy runs: one pod mounting both claims, or a sender beside the old volume streaming to
+# a receiver where the new one binds.
+LOCAL, STREAM = "local", "stream"
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    """A live generation of the cache: what the program needs to keep it exactly as it is during a
+    move, and to place the pods that read it."""
+
+    name: str
+    generation: int
+    storage_class: str
+    backend: str
+    size: str
+    placement: PlacementRecord
+    # The hostnames of the nodes its volume may be used from; `pinned` False: it attaches anywhere.
+    nodes: tuple[str, ...]
+    pinned: bool
+
+    @staticmethod
+    def of(live: LiveCache) -> ClaimFacts:
+        claim = live.claim
+        nodes = volume_nodes(live.volume, live.nodes)
+        record = PlacementRecord.parse(get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION))
+        if record is None:  # made before placement records (adopted): where its volume is
+            record = PlacementRecord(None, node_labels(nodes[0]).get(GPU_PRODUCT_LABEL, "") if nodes else "")
+        return ClaimFacts(
+            name=get(claim, "metadata", "name"),
+            generation=live.generation,
+            storage_class=get(claim, "spec", "storageClassName") or "",
+            backend=get(claim, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor",
+            size=get(claim, "spec", "resources", "requests", "storage"),
+            placement=record,
+            nodes=tuple(sorted({_label_value(n, HOSTNAME_LABEL) or "" for n in nodes})),
+            pinned=bool(volume_terms(live.volume)),
         )
+
+
+@dataclass(frozen=True)
+class Move:
+    """A move of the cache from `source` into a new claim of generation `generation`."""
+
+    source: ClaimFacts
+    generation: int
+    mode: str  # LOCAL or STREAM
+    state: str  # COPYING, VERIFIED or FAILED (the last copy failed: this up retries it, resuming)
+    attempt: int = 1  # the copy's attempt this up registers
+    keep_source: bool = False  # verified, but cache.protect keeps the old claim
+
+    @property
+    def switched(self) -> bool:
+        """Training runs on the new claim (the copy is verified)."""
+        return self.state == VERIFIED
+
+    @property
+    def copying(self) -> bool:
+        """The copy objects are registered: until the old claim is gone."""
+        return not self.switched or self.keep_source
+
+
+def copy_mode(source: ClaimFacts, backend: str) -> str:
+    """One pod mounting both claims where one side attaches anywhere (a Rook-Ceph volume: the
+    runbook's migration and its rollback); else a sender beside the old volume and a receiver where
+    training will run."""
+    return LOCAL if not source.pinned or backend != "linstor" else STREAM
+
+
+def copy_state(job: Mapping | None) -> tuple[str, int]:
+    """The copy Job's state and attempt (a Job not created yet, or deleted, is still copying)."""
+    conditions = {c.get("type"): c.get("status") for c in get(job, "status", "conditions") or []}
+    attempt = int(get(job, "spec", "template", "metadata", "annotations", COPY_ATTEMPT_ANNOTATION) or 1)
+    if conditions.get("Complete") == "True":
+        return VERIFIED, attempt
+    if conditions.get("Failed") == "True":
+        return FAILED, attempt
+    return COPYING, attempt
+
+
+def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
+    """The settings are exactly what this claim was made for."""
+    return (
+        get(claim, "spec", "storageClassName") == wanted.storage_class
+        and (get(claim, "spec", "volumeMode") or "Filesystem") == wanted.volume_mode
+        and quantity_bytes(get(claim, "spec", "resources", "requests", "storage")) == quantity_bytes(wanted.size)
+        and get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
+    )
+
+
+def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Verdict:
+    if (get(live.claim, "spec", "volumeMode") or "Filesystem") == "Block":
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = 'copy': the cache {where} is a Block-mode volume, which holds no files to copy "
+                f"and verify. Nothing was changed. Use `{relocate_key_hint('fresh')}` (DATA LOSS) or put the settings back."
+            )
+        )
+    source = ClaimFacts.of(live)
+    if source.pinned and not source.nodes:
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = 'copy': the node(s) of the cache {where} are gone, so there is nothing left to "
+                f"copy from (node loss). Nothing was changed. Heal it with `mlcache heal --stack {wanted.stack}`, or "
+                f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
+            )
+        )
+    move = Move(source, live.generation + 1, copy_mode(source, wanted.backend), COPYING)
+    target = f"{live.namespace}/{generation_claim_name(wanted.claim, move.generation)}"
+    return Verdict(
+        notes=(
+            f"bound-cache guard: moving the cache because {reason}: {where} ({_bound_location(live)}) is copied into "
+            f"the new claim {target} ({move.mode} copy, Job {copy_name(wanted.claim, move.generation)}); training stays on "
+            f"{where} until the copy is verified. Follow it with `mlcache verify --stack {wanted.stack}`, then run "
+            f"`pulumi up` again to switch training to the new claim (docs/moving-the-cache.md)",
+        ),
+        generation=move.generation,
+        move=move,
+    )
+
+
+def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
+    """Two generations live: a move from the older into the newer. Finish it, retry it, or call it off."""
+    older = live.older
+    assert older is not None
+    target = f"{live.namespace}/{get(live.claim, 'metadata', 'name')}"
+    source_where = f"{older.namespace}/{get(older.claim, 'metadata', 'name')}"
+    job = copy_name(wanted.claim, live.generation)
+    state, attempt = copy_state(live.copy_job)
+    if _describes(wanted, live.claim):
+        source = ClaimFacts.of(older)
+        if state == VERIFIED:
+            kept = (
+                f"{source_where} is kept because cache.protect is true: to delete it, `{PROTECT_FALSE}` and `pulumi up`"
+                if wanted.protect
+                else f"{source_where} and the copy's objects are deleted"
+            )
+            note = f"bound-cache guard: the copy into {target} is verified: training switches to it; {kept}"
+        elif state == FAILED:
+            note = (
+                f"bound-cache guard: the copy Job {job} failed (attempt {attempt}; its logs: `kubectl logs -n "
+                f"{live.namespace} job/{job}`): this up retries it as attempt {attempt + 1}, resuming; training stays "
+                f"on {source_where}"
+            )
+            attempt += 1
+        else:
+            note = (
+                f"bound-cache guard: the copy Job {job} into {target} is not verified yet: training stays on "
+                f"{source_where}; `mlcache verify --stack {wanted.stack}` shows its progress"
+            )
+        move = Move(
+            source,
+            live.generation,
+            copy_mode(source, wanted.backend),
+            state,
+            attempt,
+            keep_source=state == VERIFIED and wanted.protect,
+        )
+        return Verdict(notes=(note,), generation=live.generation, move=move)
+    if _describes(wanted, older.claim):
+        return Verdict(
+            notes=(
+                f"bound-cache guard: the settings are back to those of {source_where}: the move into {target} is called "
+                f"off ({target} and the copy's objects are deleted); the cache stays on {source_where}",
+            ),
+            generation=older.generation,
+        )
+    return Verdict(
+        refusal=(
+            f"bound-cache guard: a move of the cache from {source_where} into {target} is under way (copy {state}), and "
+            f"the settings describe neither claim. Nothing was changed. Put zone, job.gpuProduct, backend and cache.size "
+            f"back to what {target} was made for ({_made_for(live.claim)}) to finish the move, or to what "
+            f"{source_where} was made for ({_made_for(older.claim)}) to call it off; move again once it is done."
+        )
+    )
+
+
+def _made_for(claim: Mapping | None) -> str:
+    record = PlacementRecord.parse(get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION))
+    placement = record.describe() if record else "placement unrecorded"
+    return (
+        f"{placement}, class {get(claim, 'spec', 'storageClassName')}, "
+        f"size {get(claim, 'spec', 'resources', 'requests', 'storage')}"
     )
 
 
@@ -423,9 +655,10 @@ def _context_namespace(loader: Any) -> str | None:
 
 
 def read_live_cache(
-    claim: str, namespace: str | None, provider: ProviderSettings, environ: Mapping[str, str]
+    cache_name: str, namespace: str | None, provider: ProviderSettings, environ: Mapping[str, str]
 ) -> LiveCache | Unread:
-    """The claim, its PV, the nodes the PV selects and its class, read like the provider would connect."""
+    """The cache's newest claim, its PV, the nodes the PV selects and its class, read like the provider
+    would connect; while a move is under way also the claim it copies from and the copy Job."""
     try:
         from kubernetes import client  # noqa: PLC0415
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
@@ -438,38 +671,51 @@ def read_live_cache(
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin
         return Unread(f"no cluster to read ({type(err).__name__}: {err})")
     api = client.ApiClient(configuration)
-    core, storage = client.CoreV1Api(api), client.StorageV1Api(api)
+    core, storage, batch = client.CoreV1Api(api), client.StorageV1Api(api), client.BatchV1Api(api)
     plain = api.sanitize_for_serialization
-    what = f"PersistentVolumeClaim {namespace}/{claim}"
-    try:
+    what = [f"PersistentVolumeClaim {namespace}/{cache_name}"]
+
+    def optional(read: Any, name: str) -> Mapping | None:
         try:
-            live_claim = plain(core.read_namespaced_persistent_volume_claim(claim, namespace, _request_timeout=REQUEST_TIMEOUT))
+            return plain(read(name, _request_timeout=REQUEST_TIMEOUT))
         except ApiException as err:
             if err.status == 404:
-                return LiveCache(namespace=namespace, claim=None)
+                return None
             raise
-        volume = None
-        nodes: list[Mapping] = []
-        if get(live_claim, "spec", "volumeName"):
-            what = f"PersistentVolume {live_claim['spec']['volumeName']}"
-            volume = plain(core.read_persistent_volume(live_claim["spec"]["volumeName"], _request_timeout=REQUEST_TIMEOUT))
-            what = "the nodes the volume may be used from"
+
+    def generation(number: int, claim: Mapping, older: LiveCache | None = None) -> LiveCache:
+        volume, nodes, storage_class = None, [], None
+        if get(claim, "spec", "volumeName"):
+            what[0] = f"PersistentVolume {claim['spec']['volumeName']}"
+            volume = plain(core.read_persistent_volume(claim["spec"]["volumeName"], _request_timeout=REQUEST_TIMEOUT))
+            what[0] = "the nodes the volume may be used from"
             nodes = _nodes_of(core, plain, volume)
-        storage_class = None
-        if get(live_claim, "spec", "storageClassName"):
-            what = f"StorageClass {live_claim['spec']['storageClassName']}"
-            try:
-                storage_class = plain(
-                    storage.read_storage_class(live_claim["spec"]["storageClassName"], _request_timeout=REQUEST_TIMEOUT)
-                )
-            except ApiException as err:
-                if err.status != 404:
-                    raise
+        if get(claim, "spec", "storageClassName"):
+            what[0] = f"StorageClass {claim['spec']['storageClassName']}"
+            storage_class = optional(storage.read_storage_class, claim["spec"]["storageClassName"])
+        copy_job = None
+        if older is not None:
+            what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
+            copy_job = optional(
+                lambda name, **kw: batch.read_namespaced_job(name, namespace, **kw), copy_name(cache_name, number)
+            )
+        return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
+
+    try:
+        claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
+        generations = sorted(
+            (number, claim)
+            for claim in claims
+            if (number := claim_generation(cache_name, get(claim, "metadata", "name") or "")) is not None
+        )
+        if not generations:
+            return LiveCache(namespace=namespace, claim=None)
+        older = generation(*generations[-2]) if len(generations) > 1 else None
+        return generation(*generations[-1], older=older)
     except ApiException as err:
-        return Unread(f"cannot read {what}: HTTP {err.status} {err.reason}")
+        return Unread(f"cannot read {what[0]}: HTTP {err.status} {err.reason}")
     except Exception as err:  # connection refused, DNS, TLS, timeout
-        return Unread(f"cannot reach the cluster to read {what} ({type(err).__name__})")
-    return LiveCache(namespace=namespace, claim=live_claim, volume=volume, nodes=nodes, storage_class=storage_class)
+        return Unread(f"cannot reach the cluster to read {what[0]} ({type(err).__name__})")
 
 
 def _nodes_of(core: Any, plain: Any, volume: Mapping) -> list[Mapping]:
@@ -508,6 +754,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         placement=PlacementRecord(settings.placement.zone, settings.placement.gpu_product),
         relocate=settings.cache.relocate,
         protect=settings.cache.protect,
+        backend=settings.backend,
         expansion_allowed=settings.linstor.allow_volume_expansion if settings.manages_storage_class else None,
         has_consumer=settings.job.enabled or settings.benchmark.enabled,
     )

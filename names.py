@@ -39,6 +39,19 @@ ZONE_ANNOTATION = "mlcache/zone"
 # kept by ignore_changes, so the policy pack sees where the claim's volume was bound; a change of
 # it re-creates the claim while cache.relocate is on (bound_cache.py, docs/day2.md).
 PLACEMENT_ANNOTATION = "mlcache/placement"
+# Moves (cache.relocate copy): each move makes a new generation of the cache claim, copied from
+# the one before and verified before training switches to it (bound_cache.py, docs/moving-the-cache.md).
+# On the new claim: the claim it is copied from. On the copy pods: their component and role.
+COPY_FROM_ANNOTATION = "mlcache/copy-from"
+COPY_COMPONENT_LABEL = {"app.kubernetes.io/component": "cache-copy"}
+COPY_ROLE_LABEL = "mlcache/copy-role"
+COPY_LABEL = "mlcache/copy"  # value: the copy's name (names.copy_name)
+# On the copy Jobs' pod templates: raised by the up after a failed copy, which replaces the Jobs (a retry resumes).
+COPY_ATTEMPT_ANNOTATION = "mlcache/copy-attempt"
+COPY_PORT = 7700
+# The longest cache.name a move can name its objects after (the copy Jobs' pods carry their Job's
+# name as a label value, at most 63 characters: name + "-copy-g" + generation + "-send").
+COPY_CACHE_NAME_MAX = 44
 # Kubernetes' marker of a node checked to be shut down (non-graceful node shutdown).
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 # Provider annotation: do not wait for readiness (exactly the string "true").
@@ -55,6 +68,28 @@ SCRIPTS_CONFIG_MAP = "mlcache-scripts"
 INGRESS_POLICY = "mlcache-deny-ingress"
 # Multi-node runs: lets the workers reach each other through the ingress isolation.
 WORKERS_POLICY = "mlcache-workers"
+
+
+def generation_claim_name(cache_name: str, generation: int) -> str:
+    """Generation 0 is cache.name (the runbook's claim, which existing stacks keep); each move adds one."""
+    return cache_name if generation == 0 else f"{cache_name}-g{generation}"
+
+
+def claim_generation(cache_name: str, claim_name: str) -> int | None:
+    """The generation a claim's name gives, or None when it is not one of this cache's."""
+    if claim_name == cache_name:
+        return 0
+    prefix = f"{cache_name}-g"
+    suffix = claim_name[len(prefix) :]
+    if claim_name.startswith(prefix) and suffix.isdigit() and not suffix.startswith("0"):
+        return int(suffix)
+    return None
+
+
+def copy_name(cache_name: str, generation: int) -> str:
+    """The copy into generation `generation`: its Job (the receiver, or the one local copy pod), and
+    with a suffix its sender Job, Service, NetworkPolicy, token Secret and script ConfigMap."""
+    return f"{cache_name}-copy-g{generation}"
 
 
 def hub_secret_name(job_name: str) -> str:
@@ -109,7 +144,10 @@ def longest_generated_name(run_name: str, nodes: int, engine: str) -> str:
 SCRATCH_PATH = "/tmp"
 SHM_PATH = "/dev/shm"
 SCRIPTS_PATH = "/opt/mlcache"
-POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH)
+# A move's copy pods: the old claim (read-only) and the copy's token.
+COPY_SOURCE_PATH = "/opt/mlcache-source"
+COPY_TOKEN_PATH = "/opt/mlcache-token"
+POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH, COPY_SOURCE_PATH, COPY_TOKEN_PATH)
 # The container runtime mounts these itself and refuses a volume on or under them, once the pod
 # has been scheduled (its GPUs reserved); /dev only as a whole (devices and /dev/shm live below it).
 RUNTIME_PATHS = ("/proc", "/sys")

@@ -207,14 +207,20 @@ class AnyText(Kind):
 
 
 class Choice(Kind):
-    def __init__(self, *choices: str):
+    """One of `choices`; `aliases` are older spellings still accepted (a YAML boolean as its text)."""
+
+    def __init__(self, *choices: str, aliases: dict[str, str] | None = None):
         self.choices = choices
-        self.allowed = "one of " + ", ".join(choices)
+        self.aliases = aliases or {}
+        self.allowed = "one of " + ", ".join([*choices, *(f"{old} (= {new})" for old, new in self.aliases.items())])
 
     def parse(self, key: str, value: Any) -> str:
-        if not isinstance(value, str) or value not in self.choices:
+        text = ("true" if value else "false") if isinstance(value, bool) and self.aliases else value
+        if isinstance(text, str) and text in self.aliases:
+            return self.aliases[text]
+        if not isinstance(text, str) or text not in self.choices:
             raise self.refuse(key, value)
-        return value
+        return text
 
 
 class Flag(Kind):

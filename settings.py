@@ -25,7 +25,15 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 import schema
-from names import POD_MOUNT_PATHS, PROJECT, RUNTIME_DEV, RUNTIME_PATHS, longest_generated_name, worker_benchmark_name
+from names import (
+    COPY_CACHE_NAME_MAX,
+    POD_MOUNT_PATHS,
+    PROJECT,
+    RUNTIME_DEV,
+    RUNTIME_PATHS,
+    longest_generated_name,
+    worker_benchmark_name,
+)
 from schema import (
     DNS_LABEL_MAX,
     INT32_MAX,
@@ -42,6 +50,7 @@ from schema import (
     absolute_path,
     dns_label,
     dns_subdomain,
+    is_dns_label,
     is_label_value,
     is_qualified_name,
     parse_quantity,
@@ -160,6 +169,10 @@ class RookCephSettings:
     )
 
 
+# cache.relocate: refuse, move by a verified copy, or re-create empty.
+RELOCATE_MODES = ("false", "copy", "fresh")
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     name: str = setting(dns_subdomain("ms-swift-cache-pvc", "PVC name"), "ms-swift-cache-pvc", "Name of the cache PVC.")
@@ -170,11 +183,12 @@ class CacheSettings:
     mount_path: str = setting(absolute_path(), "/cache", "Where the cache is mounted in Filesystem mode.")
     device_path: str = setting(absolute_path(), "/dev/cache", "Where the raw device appears in Block mode.")
     protect: bool = setting(Flag(), False, "Refuse any replace or delete of the cache (Pulumi protect).")
-    relocate: bool = setting(
-        Flag(),
-        False,
-        "Re-create the cache (DATA LOSS) when its placement (zone, GPU product, pinning) or size changes, instead "
-        "of refusing the change; set it back to false afterwards (docs/day2.md).",
+    relocate: str = setting(
+        Choice(*RELOCATE_MODES, aliases={"true": "fresh"}),
+        "false",
+        "What a change of zone, GPU product, backend or cache.size does to a bound cache its volume cannot "
+        "follow: false refuses it; copy moves the cache to a new claim, copied and verified before training "
+        "switches to it (docs/moving-the-cache.md); fresh re-creates it empty (DATA LOSS; set it back to false afterwards).",
     )
     prefetch: tuple[str, ...] = setting(
         ListOf(pattern(_MODEL_ID, "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name"), "model ids"),
@@ -185,6 +199,14 @@ class CacheSettings:
     @property
     def is_block(self) -> bool:
         return self.volume_mode == "Block"
+
+    @property
+    def relocates_fresh(self) -> bool:
+        return self.relocate == "fresh"
+
+    @property
+    def relocates_copy(self) -> bool:
+        return self.relocate == "copy"
 
 
 @dataclass(frozen=True)
@@ -401,6 +423,30 @@ SCALAR_KEYS = tuple(name for name in KEYS if name not in STRUCTURED_KEYS)
 KNOWN_KEYS = (*KEYS, *SECRET_KEYS)
 
 
+def _check_copy(cache: CacheSettings, job: JobSettings) -> None:
+    """What a move by copy needs: files to copy, one claim, and room for the names of its objects."""
+    if cache.is_block:
+        raise ConfigError(
+            "cache.relocate",
+            "copy",
+            "false or fresh in Block mode: a raw device holds no files to copy and verify (fresh re-creates it empty, DATA LOSS)",
+        )
+    if job.nodes > 1:
+        raise ConfigError(
+            "cache.relocate",
+            "copy",
+            f"false or fresh with job.nodes {job.nodes}: a copy moves a single-node cache "
+            "(each worker's claim is not copied yet)",
+        )
+    if len(cache.name) > COPY_CACHE_NAME_MAX or not is_dns_label(cache.name) or not cache.name[0].isalpha():
+        raise ConfigError(
+            "cache.name",
+            cache.name,
+            f"with cache.relocate copy, a DNS label starting with a letter of at most {COPY_CACHE_NAME_MAX} characters "
+            "(the copy's Jobs and Service are named after it)",
+        )
+
+
 def _check(s: Settings) -> None:
     """Rules that tie settings together, and the limits of the names derived from them."""
     if s.zone is not None and s.zone not in s.zones:
@@ -429,6 +475,8 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             path_key, path, f"a path clear of the pod's own mounts {', '.join(POD_MOUNT_PATHS)} (it overlaps {taken[0]})"
         )
+    if cache.relocates_copy:
+        _check_copy(cache, job)
     if cache.prefetch and cache.is_block:
         raise ConfigError(
             "cache.prefetch", list(cache.prefetch), "an empty list in Block mode: models are files, a raw device has none"

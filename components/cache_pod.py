@@ -78,10 +78,13 @@ def container(
     secret_env: list[dict[str, Any]] = (),
     worker_env: dict[str, str] | None = None,
     mounts: list[dict[str, Any]] | None = None,
+    resources: dict[str, Any] | None = None,
+    read_only: bool = False,
 ) -> dict[str, Any]:
     """A container on the cache. Its env: `env`, then `secret_env` (secretKeyRef entries), then
     `worker_env` (a multi-node worker's launch). `mounts` lists the pod's own mounts in order
-    (default: the scratch /tmp); the cache comes first, or as a raw device in Block mode."""
+    (default: the scratch /tmp); the cache comes first (`read_only`: mounted read-only), or as a
+    raw device in Block mode. `resources`: the training pod's unless given."""
     env_entries = [{"name": k, "value": v} for k, v in {**SCRATCH_ENV, **(env or {})}.items()]
     env_entries += [*secret_env, *({"name": k, "value": v} for k, v in (worker_env or {}).items())]
     spec: dict[str, Any] = {
@@ -90,7 +93,7 @@ def container(
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "env": env_entries,
-        "resources": training_resources(pod.job),
+        "resources": resources or training_resources(pod.job),
         "volumeMounts": list(mounts) if mounts is not None else [scratch_mount()],
         "securityContext": container_security_context(pod.job.run_as_user),
     }
@@ -99,19 +102,26 @@ def container(
     if pod.cache.is_block:
         spec["volumeDevices"] = [{"name": CACHE_VOLUME, "devicePath": pod.cache.device_path}]
     else:
-        spec["volumeMounts"].insert(0, {"name": CACHE_VOLUME, "mountPath": pod.cache.mount_path})
+        mount = {"name": CACHE_VOLUME, "mountPath": pod.cache.mount_path}
+        spec["volumeMounts"].insert(0, mount | {"readOnly": True} if read_only else mount)
     return spec
 
 
 def pod_spec(
-    pod: CachePod, steps: list[dict[str, Any]], *, volumes: list[dict[str, Any]] = (), containers: int = 1
+    pod: CachePod,
+    steps: list[dict[str, Any]],
+    *,
+    volumes: list[dict[str, Any]] = (),
+    containers: int = 1,
+    scheduling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A run-to-completion pod: `steps` run in order (all but the last `containers` as init
-    containers). Volumes: the cache, the pod's own `volumes`, scratch, then the scripts."""
+    containers). Volumes: the cache, the pod's own `volumes`, scratch, then the scripts.
+    `scheduling`: where it may run, the training pod's placement unless given."""
     spec: dict[str, Any] = {
         # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
         "restartPolicy": "Never",
-        **pod_scheduling(pod.job, pod.placement),
+        **(scheduling if scheduling is not None else pod_scheduling(pod.job, pod.placement)),
         **pod_hardening(pod.job.run_as_user),
         "containers": steps[-containers:],
         "volumes": [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": pod.claim_name}}, *volumes, scratch_volume()],
@@ -134,6 +144,7 @@ def job_manifest(
     backoff_limit: int,
     pod_labels: dict[str, str] | None = None,
     job_labels: dict[str, str] | None = None,
+    pod_annotations: dict[str, str] | None = None,
     skip_await: bool = True,
     skips: dict[str, str] | None = None,
 ) -> dict[str, Any]:
@@ -149,7 +160,7 @@ def job_manifest(
         "spec": {
             "backoffLimit": backoff_limit,
             "template": {
-                "metadata": {"labels": template_labels},
+                "metadata": {"labels": template_labels, **({"annotations": pod_annotations} if pod_annotations else {})},
                 "spec": spec,
             },
         },

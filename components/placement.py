@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from names import GPU_PRODUCT_LABEL, ZONE_LABEL
+from names import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL
 from settings import JobSettings, Placement
 
 
@@ -17,6 +17,10 @@ def node_affinity(placement: Placement) -> dict[str, Any]:
     expressions = [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": [placement.gpu_product]}]
     if placement.zone:
         expressions.insert(0, {"key": ZONE_LABEL, "operator": "In", "values": [placement.zone]})
+    return required_node_term(expressions)
+
+
+def required_node_term(expressions: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": expressions}]}
@@ -45,6 +49,16 @@ def pod_scheduling(job: JobSettings, placement: Placement) -> dict[str, Any]:
         scheduling["tolerations"] = tolerations(job)
     if job.priority_class_name:
         scheduling["priorityClassName"] = job.priority_class_name
+    return scheduling
+
+
+def node_pinning(job: JobSettings, hostnames: tuple[str, ...]) -> dict[str, Any]:
+    """Where a pod beside a node-local volume may run: on its node(s) only, tolerating what training
+    tolerates (GPU taints). No priority class: such a pod holds no GPU."""
+    expressions = [{"key": HOSTNAME_LABEL, "operator": "In", "values": list(hostnames)}]
+    scheduling: dict[str, Any] = {"affinity": required_node_term(expressions)}
+    if job.tolerations:
+        scheduling["tolerations"] = tolerations(job)
     return scheduling
 
 

@@ -21,12 +21,14 @@ OBJECT_INPUTS: dict[str, frozenset[str]] = {
     "StorageClass": frozenset({"linstor"}),
     "PersistentVolumeClaim": frozenset({"cache", "namespace", "backend", "zone", "linstor", "rookCeph"}),
     "ConfigMap": frozenset({"cache", "namespace"}),
-    "NetworkPolicy": frozenset({"namespace"}),
-    "Secret": frozenset({"job", "namespace"}),  # its payload, the hub tokens, is secret already (read_tokens)
-    "Job": frozenset({"job", "cache", "zone", "namespace", "benchmark"}),
+    # A move's copy objects are named after cache.name.
+    "NetworkPolicy": frozenset({"cache", "namespace"}),
+    # Its payload (hub tokens, a move's token) is secret already.
+    "Secret": frozenset({"job", "cache", "namespace"}),
+    "Job": frozenset({"job", "cache", "zone", "namespace", "benchmark", "backend"}),
     # Multi-node runs only (job.nodes > 1): named and labelled from the run.
     "JobSet": frozenset({"job", "cache", "zone", "namespace"}),
-    "Service": frozenset({"job", "namespace"}),
+    "Service": frozenset({"job", "cache", "namespace"}),
     "ServiceAccount": frozenset({"job", "namespace"}),
     "Role": frozenset({"job", "namespace"}),
     "RoleBinding": frozenset({"job", "namespace"}),
@@ -37,6 +39,7 @@ OUTPUT_INPUTS: dict[str, frozenset[str]] = {
     "storageClass": frozenset({"backend", "linstor", "rookCeph"}),
     "storageClassManaged": frozenset({"backend", "linstor"}),
     "pvcName": frozenset({"cache"}),
+    "cacheMove": frozenset({"cache", "backend"}),
     "namespace": frozenset({"namespace"}),
     "volumeMode": frozenset({"cache"}),
     "zone": frozenset({"zone"}),

@@ -24,11 +24,12 @@ def claim(
     storage_class: str = "linstor-fast-cache",
     placement: str | None = f"zone=ucsd gpuProduct={A100}",
     volume_mode: str = "Filesystem",
+    name: str = CLAIM,
 ) -> dict:
     annotations = {"mlcache/placement": placement} if placement else None
     return as_api(
         client.V1PersistentVolumeClaim(
-            metadata=client.V1ObjectMeta(name=CLAIM, namespace=NAMESPACE, annotations=annotations),
+            metadata=client.V1ObjectMeta(name=name, namespace=NAMESPACE, annotations=annotations),
             spec=client.V1PersistentVolumeClaimSpec(
                 access_modes=["ReadWriteOnce"],
                 storage_class_name=storage_class,

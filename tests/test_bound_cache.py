@@ -18,7 +18,7 @@ WANTED = Wanted(
     volume_mode="Filesystem",
     size="500Gi",
     placement=PlacementRecord("ucsd", A100),
-    relocate=False,
+    relocate="false",
     protect=False,
     expansion_allowed=True,
     has_consumer=True,
@@ -45,12 +45,12 @@ def test_a_zone_change_is_refused_naming_node_zone_placement_and_both_ways_out()
     assert "configured placement (zone sdsu, GPU product NVIDIA-A100-SXM4-80GB) cannot reach it" in refusal
     assert "Nothing was changed" in refusal
     assert "put the placement back (mlcache:zone ucsd or unset, job.gpuProduct NVIDIA-A100-SXM4-80GB)" in refusal
-    assert "pulumi config set --path mlcache:cache.relocate true" in refusal and "DATA LOSS" in refusal
+    assert "pulumi config set --path mlcache:cache.relocate fresh" in refusal and "DATA LOSS" in refusal
 
 
 def test_protected_cache_refusal_says_to_unprotect_with_the_relocation():
     refusal = judge(wanted(placement=PlacementRecord("sdsu", A100), protect=True), bound()).refusal
-    assert "cache.relocate true` plus `pulumi config set --path mlcache:cache.protect false`" in refusal
+    assert "cache.relocate fresh` plus `pulumi config set --path mlcache:cache.protect false`" in refusal
 
 
 def test_a_gpu_product_the_volume_node_lacks_is_refused_and_pinning_its_own_zone_is_not():
@@ -62,31 +62,31 @@ def test_a_gpu_product_the_volume_node_lacks_is_refused_and_pinning_its_own_zone
 
 
 def test_relocate_lets_the_placement_change_through_and_says_it_recreates_the_cache():
-    verdict = judge(wanted(placement=PlacementRecord("sdsu", A100), relocate=True), bound())
+    verdict = judge(wanted(placement=PlacementRecord("sdsu", A100), relocate="fresh"), bound())
     assert verdict.refusal is None and "relocating" in verdict.notes[0] and "DATA LOSS" in verdict.notes[0]
 
 
 def test_relocate_of_a_protected_cache_is_refused_until_unprotected():
-    refusal = judge(wanted(placement=PlacementRecord("sdsu", A100), relocate=True, protect=True), bound()).refusal
+    refusal = judge(wanted(placement=PlacementRecord("sdsu", A100), relocate="fresh", protect=True), bound()).refusal
     assert "re-creates the protected cache" in refusal and "mlcache:cache.protect false" in refusal
 
 
 def test_relocate_left_on_does_nothing_while_nothing_changes_and_refuses_a_growth_it_would_wipe():
-    verdict = judge(wanted(relocate=True), bound())
+    verdict = judge(wanted(relocate="fresh"), bound())
     assert verdict.refusal is None and "relocating" not in " ".join(verdict.notes)
-    refusal = judge(wanted(relocate=True, size="600Gi"), bound()).refusal
-    assert "relocate is still true" in refusal and "relocate false" in refusal
+    refusal = judge(wanted(relocate="fresh", size="600Gi"), bound()).refusal
+    assert "relocate is still fresh" in refusal and "relocate false" in refusal
 
 
 def test_relocate_left_on_recreates_for_a_shrink():
-    verdict = judge(wanted(relocate=True, size="100Gi"), bound())
+    verdict = judge(wanted(relocate="fresh", size="100Gi"), bound())
     assert verdict.refusal is None and "its size changes (500Gi -> 100Gi)" in verdict.notes[0]
 
 
 def test_a_shrink_is_refused_with_the_way_out():
     refusal = judge(wanted(size="100Gi"), bound()).refusal
     assert "smaller than the live claim ml-training/ms-swift-cache-pvc (500Gi)" in refusal
-    assert "put cache.size back to 500Gi or more" in refusal and "cache.relocate true" in refusal
+    assert "put cache.size back to 500Gi or more" in refusal and "cache.relocate fresh" in refusal
 
 
 def test_shrinking_back_after_a_failed_expansion_is_allowed_as_kubernetes_allows_it():

@@ -343,6 +343,6 @@ def test_the_cache_records_its_placement_and_keeps_it_unless_relocating(stack):
         'metadata.annotations["mlcache/placement"]',
         "spec.resources.requests.storage",
     ]
-    assert any("cache.relocate is true" in w and "DATA LOSS" in w for w in relocating.warnings)
+    assert any("cache.relocate is fresh" in w and "DATA LOSS" in w for w in relocating.warnings)
     assert not any("relocate" in w for w in rendered(stack).warnings)
     assert "bound-cache guard stood aside: offline render" in rendered(stack).notes[0]

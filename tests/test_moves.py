@@ -1,0 +1,285 @@
+"""Moving the cache (cache.relocate copy): what the guard decides from the live claims, and what
+the program then registers, read from the requests the engine would receive."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import bound_cache
+from bound_cache import COPYING, FAILED, LOCAL, STREAM, VERIFIED, LiveCache, PlacementRecord, Wanted, judge
+from schema import ConfigError
+from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
+from tools.mock_engine import is_secret_envelope
+from tools.render import render
+
+UCSD, SDSU = node("gpu-ucsd-1", "ucsd"), node("gpu-sdsu-1", "sdsu")
+NEW = f"{CLAIM}-g1"
+WANTED = Wanted(
+    stack="prod",
+    claim=CLAIM,
+    storage_class="linstor-fast-cache",
+    volume_mode="Filesystem",
+    size="500Gi",
+    placement=PlacementRecord("sdsu", A100),
+    relocate="copy",
+    protect=False,
+    expansion_allowed=True,
+    has_consumer=True,
+)
+ROOK = "rook-ceph-block"
+
+
+def wanted(**changes) -> Wanted:
+    return dataclasses.replace(WANTED, **changes)
+
+
+def bound_in_ucsd(**claim_fields) -> LiveCache:
+    return LiveCache(NAMESPACE, claim(**claim_fields), volume("gpu-ucsd-1"), [UCSD], storage_class())
+
+
+def on_rook_ceph() -> LiveCache:
+    """The runbook's first state: the cache on Rook-Ceph, a network volume with no node affinity."""
+    return LiveCache(NAMESPACE, claim(storage_class=ROOK), volume(), [], None)
+
+
+def copy_job(condition: str | None, attempt: int = 1) -> dict:
+    conditions = [{"type": condition, "status": "True"}] if condition else []
+    annotations = {"mlcache/copy-attempt": str(attempt)}
+    return {
+        "metadata": {"name": f"{CLAIM}-copy-g1"},
+        "spec": {"template": {"metadata": {"annotations": annotations}}},
+        "status": {"conditions": conditions},
+    }
+
+
+def under_way(condition: str | None = None, attempt: int = 1, new_phase: str = "Bound") -> LiveCache:
+    """ucsd's claim (generation 0) being copied into sdsu's (generation 1)."""
+    target = claim(name=NEW, placement=f"zone=sdsu gpuProduct={A100}", phase=new_phase, volume="pvc-9f8e")
+    return LiveCache(
+        NAMESPACE,
+        target,
+        volume("gpu-sdsu-1", name="pvc-9f8e"),
+        [SDSU],
+        storage_class(),
+        1,
+        bound_in_ucsd(),
+        copy_job(condition, attempt),
+    )
+
+
+# --- the guard -------------------------------------------------------------------------------
+
+
+def test_a_zone_the_bound_volume_cannot_reach_starts_a_streamed_move_and_keeps_training_on_the_old_claim():
+    verdict = judge(WANTED, bound_in_ucsd())
+    assert verdict.refusal is None and verdict.generation == 1
+    move = verdict.move
+    assert move.state == COPYING and move.mode == STREAM and move.generation == 1 and not move.switched
+    assert move.source.name == CLAIM and move.source.nodes == ("gpu-ucsd-1",) and move.source.pinned
+    assert move.source.placement == PlacementRecord("ucsd", A100) and move.source.size == "500Gi"
+    (note,) = verdict.notes
+    assert f"copied into the new claim {NAMESPACE}/{NEW}" in note and "training stays on" in note
+    assert "pulumi up` again" in note
+
+
+def test_without_copy_the_same_change_is_still_refused_and_offers_copy_first():
+    refusal = judge(wanted(relocate="false"), bound_in_ucsd()).refusal
+    assert "Nothing was changed" in refusal
+    assert refusal.index("mlcache:cache.relocate copy") < refusal.index("mlcache:cache.relocate fresh")
+
+
+def test_a_shrink_or_an_expansion_the_class_refuses_moves_but_a_growth_it_allows_expands_in_place():
+    assert judge(wanted(placement=PlacementRecord("ucsd", A100), size="100Gi"), bound_in_ucsd()).move.generation == 1
+    no_expansion = wanted(placement=PlacementRecord("ucsd", A100), size="1Ti", expansion_allowed=False)
+    assert judge(no_expansion, bound_in_ucsd()).move is not None
+    grown = judge(wanted(placement=PlacementRecord("ucsd", A100), size="1Ti"), bound_in_ucsd())
+    assert grown.move is None and grown.refusal is None and grown.generation == 0
+
+
+def test_the_runbook_migration_from_rook_ceph_is_one_local_pod_and_the_rollback_too():
+    migration = judge(wanted(placement=PlacementRecord("ucsd", A100)), on_rook_ceph()).move
+    assert migration.mode == LOCAL and not migration.source.pinned and migration.source.backend == "linstor"
+    rollback = judge(wanted(storage_class=ROOK, backend="rook-ceph", placement=PlacementRecord("ucsd", A100)), bound_in_ucsd())
+    assert rollback.move.mode == LOCAL and rollback.move.source.nodes == ("gpu-ucsd-1",)
+
+
+def test_nothing_to_copy_is_refused_in_one_line():
+    block = judge(wanted(), bound_in_ucsd(volume_mode="Block")).refusal
+    assert "Block-mode volume" in block and "Nothing was changed" in block
+    gone = LiveCache(NAMESPACE, claim(), volume("gpu-ucsd-1"), [], storage_class())
+    refusal = judge(wanted(), gone).refusal
+    assert "nothing left to copy from" in refusal and "mlcache heal --stack prod" in refusal
+    # Not bound yet: nothing is cached, so no move: the claim simply follows (as without copy).
+    pending = judge(wanted(), LiveCache(NAMESPACE, claim(phase="Pending"))).move
+    assert pending is None
+
+
+@pytest.mark.parametrize(
+    ("condition", "state", "attempt", "switched"),
+    [(None, COPYING, 1, False), ("Failed", FAILED, 3, False), ("Complete", VERIFIED, 2, True)],
+)
+def test_a_move_under_way_waits_retries_or_switches_by_the_copy_jobs_condition(condition, state, attempt, switched):
+    verdict = judge(WANTED, under_way(condition, attempt=2 if condition else 1))
+    assert verdict.refusal is None and verdict.generation == 1
+    move = verdict.move
+    assert (move.state, move.attempt, move.switched) == (state, attempt, switched)
+    assert move.copying is not switched and move.source.name == CLAIM
+    if state == FAILED:
+        assert "retries it as attempt 3, resuming" in verdict.notes[0]
+    if state == VERIFIED:
+        assert "training switches to it" in verdict.notes[0] and "are deleted" in verdict.notes[0]
+
+
+def test_a_verified_move_keeps_a_protected_old_claim_until_unprotected():
+    move = judge(wanted(protect=True), under_way("Complete")).move
+    assert move.switched and move.keep_source and move.copying
+
+
+def test_putting_the_settings_back_calls_the_move_off_and_anything_else_is_refused():
+    off = judge(wanted(placement=PlacementRecord("ucsd", A100)), under_way())
+    assert off.move is None and off.generation == 0 and "called off" in off.notes[0]
+    refusal = judge(wanted(placement=PlacementRecord("sdsc", A100)), under_way()).refusal
+    assert "under way (copy copying)" in refusal and "describe neither claim" in refusal and "Nothing was changed" in refusal
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "mode"), [("true", "fresh"), (True, "fresh"), ("false", "false"), (False, "false"), ("copy", "copy")]
+)
+def test_relocate_keeps_its_old_spellings(given, mode):
+    from schema import parse_section  # noqa: PLC0415
+    from settings import CacheSettings  # noqa: PLC0415
+
+    assert parse_section("cache", {"relocate": given}, CacheSettings).relocate == mode
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "allowed"),
+    [
+        (["cache.relocate=copy", "cache.volumeMode=Block"], "cache.relocate", "false or fresh in Block mode"),
+        (["cache.relocate=copy", "job.nodes=2"], "cache.relocate", "false or fresh with job.nodes 2"),
+        (["cache.relocate=copy", f"cache.name={'c' * 45}"], "cache.name", "at most 44 characters"),
+        (["cache.relocate=move"], "cache.relocate", "one of false, copy, fresh, true (= fresh)"),
+    ],
+)
+def test_a_copy_that_cannot_be_made_is_refused_before_anything_is_registered(overrides, key, allowed):
+    with pytest.raises(ConfigError) as refused:
+        render("prod", overrides, [])
+    assert f"mlcache:{key}" in str(refused.value) and allowed in str(refused.value)
+
+
+# --- the program, given live claims ------------------------------------------------------------
+
+
+def render_against(monkeypatch, live: LiveCache, *overrides: str):
+    """The program as `pulumi up` runs it against a cluster holding `live`."""
+    monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
+    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args: live)
+    run, _ = render("prod", ["zone=sdsu", "cache.relocate=copy", *overrides], [])
+    return run
+
+
+def named(run, kind: str) -> dict:
+    return {r.object_name: r for r in run.find(kind)}
+
+
+def affinity_values(spec: dict) -> dict[str, list[str]]:
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    return {e["key"]: e["values"] for e in terms[0]["matchExpressions"]}
+
+
+def test_the_first_up_of_a_move_adds_the_new_claim_and_the_copy_and_leaves_the_old_claim_and_training(monkeypatch):
+    run = render_against(monkeypatch, bound_in_ucsd())
+    claims = named(run, "PersistentVolumeClaim")
+    assert set(claims) == {CLAIM, NEW}
+    old, new = claims[CLAIM], claims[NEW]
+    assert old.name == "cache-pvc" and old.ignore_changes == ["metadata", "spec"] and old.protect
+    assert old.inputs["metadata"]["annotations"]["mlcache/placement"] == f"zone=ucsd gpuProduct={A100}"
+    assert new.name == "cache-pvc-g1" and new.inputs["metadata"]["annotations"]["mlcache/copy-from"] == CLAIM
+    assert new.inputs["metadata"]["annotations"]["mlcache/placement"] == f"zone=sdsu gpuProduct={A100}"
+
+    jobs = named(run, "Job")
+    training = jobs["sft-qwen3vl-fire-4gpu"].inputs["spec"]["template"]["spec"]
+    assert training["volumes"][0]["persistentVolumeClaim"]["claimName"] == CLAIM
+    assert affinity_values(training)["topology.kubernetes.io/zone"] == ["ucsd"]
+
+    sender = jobs[f"{CLAIM}-copy-g1-send"].inputs["spec"]["template"]
+    receiver = jobs[f"{CLAIM}-copy-g1"].inputs["spec"]["template"]
+    for pod, role in ((sender, "sender"), (receiver, "receiver")):
+        assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "cache-copy"
+        assert pod["metadata"]["labels"]["mlcache/copy-role"] == role
+        assert pod["spec"]["containers"][0]["image"] == training["containers"][0]["image"]
+        assert pod["spec"]["automountServiceAccountToken"] is False
+        assert pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert affinity_values(sender["spec"]) == {"kubernetes.io/hostname": ["gpu-ucsd-1"]}
+    assert sender["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == CLAIM
+    assert sender["spec"]["containers"][0]["volumeMounts"][0] == {"name": "cache", "mountPath": "/cache", "readOnly": True}
+    assert "nvidia.com/gpu" not in sender["spec"]["containers"][0]["resources"]["limits"]
+    # The receiver asks for exactly what training asks, where training will run.
+    assert affinity_values(receiver["spec"]) == affinity_values(training) | {"topology.kubernetes.io/zone": ["sdsu"]}
+    assert receiver["spec"]["containers"][0]["resources"] == training["containers"][0]["resources"]
+    assert receiver["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == NEW
+    command = receiver["spec"]["containers"][0]["command"]
+    assert command[2:7] == ["receive", "--root", "/cache", "--source", f"{CLAIM}-copy-g1:7700"]
+
+    (policy,) = [p for p in run.find("NetworkPolicy") if p.object_name == f"{CLAIM}-copy-g1"]
+    ingress = policy.inputs["spec"]["ingress"][0]
+    assert policy.inputs["spec"]["podSelector"]["matchLabels"]["mlcache/copy-role"] == "sender"
+    assert ingress["from"][0]["podSelector"]["matchLabels"]["mlcache/copy-role"] == "receiver"
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 7700}]
+    (token,) = [s for s in run.find("Secret") if s.object_name == f"{CLAIM}-copy-g1-token"]
+    assert token.ignore_changes == ["stringData", "data"]
+    # The token travels only inside a secret envelope; its name and every other field stay visible.
+    assert is_secret_envelope(token.wire["stringData"]) and len(token.inputs["stringData"]["token"]) >= 32
+    assert token.wire["metadata"]["name"] == f"{CLAIM}-copy-g1-token"
+
+    assert run.outputs["pvcName"] == CLAIM
+    assert run.outputs["cacheMove"] == {
+        "state": "copying",
+        "from": CLAIM,
+        "to": NEW,
+        "copyJob": f"{CLAIM}-copy-g1",
+        "mode": "stream",
+        "attempt": 1,
+        "oldKept": True,
+    }
+
+
+def test_the_up_after_the_copy_is_verified_switches_training_and_retires_the_old_claim_and_the_copy(monkeypatch):
+    run = render_against(monkeypatch, under_way("Complete"), "cache.protect=false")
+    assert set(named(run, "PersistentVolumeClaim")) == {NEW}
+    jobs = named(run, "Job")
+    assert set(jobs) == {"sft-qwen3vl-fire-4gpu"}
+    training = jobs["sft-qwen3vl-fire-4gpu"].inputs["spec"]["template"]["spec"]
+    assert training["volumes"][0]["persistentVolumeClaim"]["claimName"] == NEW
+    assert affinity_values(training)["topology.kubernetes.io/zone"] == ["sdsu"]
+    assert not [s for s in run.find("Secret") if "copy" in s.object_name]
+    assert run.outputs["pvcName"] == NEW and run.outputs["run"]["cacheClaims"] == [NEW]
+    assert run.outputs["cacheMove"]["state"] == "verified" and run.outputs["cacheMove"]["oldKept"] is False
+
+
+def test_a_failed_copy_is_retried_as_a_new_attempt_with_the_old_claim_and_training_as_they_were(monkeypatch):
+    first = render_against(monkeypatch, bound_in_ucsd())
+    retry = render_against(monkeypatch, under_way("Failed"))
+    assert named(retry, "PersistentVolumeClaim")[CLAIM].ignore_changes == ["metadata", "spec"]
+    training = "sft-qwen3vl-fire-4gpu"
+    assert named(retry, "Job")[training].inputs == named(first, "Job")[training].inputs
+    receiver = named(retry, "Job")[f"{CLAIM}-copy-g1"].inputs["spec"]["template"]["metadata"]
+    assert receiver["annotations"]["mlcache/copy-attempt"] == "2"
+
+
+def test_the_runbook_migration_copies_in_one_pod_mounting_both_claims(monkeypatch):
+    monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
+    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args: on_rook_ceph())
+    run, _ = render("prod", ["cache.relocate=copy"], [])
+    jobs = named(run, "Job")
+    assert set(jobs) == {"sft-qwen3vl-fire-4gpu", f"{CLAIM}-copy-g1"}
+    pod = jobs[f"{CLAIM}-copy-g1"].inputs["spec"]["template"]["spec"]
+    claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": NEW}, {"claimName": CLAIM, "readOnly": True}]
+    assert pod["containers"][0]["command"][2:] == ["local", "--from", "/opt/mlcache-source", "--to", "/cache", "--streams", "4"]
+    assert not run.find("Service") and not [s for s in run.find("Secret") if "copy" in s.object_name]
