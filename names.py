@@ -56,6 +56,10 @@ COPY_CACHE_NAME_MAX = 44
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 # Provider annotation: do not wait for readiness (exactly the string "true").
 SKIP_AWAIT = {"pulumi.com/skipAwait": "true"}
+# On a Job with skipAwait the provider does not wait for a delete either; its default foreground
+# delete leaves the old Job terminating, and a replacement's create then collides with it
+# (server-side apply field conflict). Background: the Job goes at once, its pods after it.
+DELETE_IN_BACKGROUND = {"pulumi.com/deletionPropagationPolicy": "background"}
 
 # LINSTOR (piraeus operator v2) and the CSI driver.
 LINSTOR_PROVISIONER = "linstor.csi.linbit.com"

@@ -42,6 +42,7 @@ from names import (
     COPY_SOURCE_PATH,
     COPY_TOKEN_PATH,
     SCRIPTS_PATH,
+    SKIP_AWAIT,
     copy_name,
 )
 
@@ -77,9 +78,10 @@ def token_manifest(name: str, namespace: str | None, token: pulumi.Input[str]) -
 
 
 def service_manifest(name: str, namespace: str | None) -> dict[str, Any]:
-    """The receiver's way to the sender: a stable name for the sender pod's port."""
+    """The receiver's way to the sender: a stable name for the sender pod's port. skipAwait: the
+    sender may wait for its node, and `up` must not wait with it."""
     return {
-        "metadata": metadata(name, namespace),
+        "metadata": metadata(name, namespace, annotations=SKIP_AWAIT),
         "spec": {
             "selector": {**COPY_COMPONENT_LABEL, **pod_labels(name, SENDER)},
             "ports": [{"name": "copy", "port": COPY_PORT, "targetPort": COPY_PORT, "protocol": "TCP"}],

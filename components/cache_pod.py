@@ -37,7 +37,7 @@ from components.security import (
     scratch_volume,
 )
 from components.workers import Worker
-from names import POD_LABELS, SCRIPTS_PATH, SKIP_AWAIT
+from names import DELETE_IN_BACKGROUND, POD_LABELS, SCRIPTS_PATH, SKIP_AWAIT
 from settings import CacheSettings, JobSettings, Placement
 
 # Names of the volumes in every pod spec that mounts the cache.
@@ -153,7 +153,7 @@ def job_manifest(
     `job_labels` are the Job's own; its pods carry `app_label`, `pod_labels` and the worker's."""
     images = sorted({c["image"] for c in [*spec.get("initContainers", []), *spec["containers"]]})
     template_labels = {**POD_LABELS, **app_label, **(pod_labels or {}), **(pod.worker.labels if pod.worker else {})}
-    annotations = dict(SKIP_AWAIT) if skip_await else {}
+    annotations = {**SKIP_AWAIT, **DELETE_IN_BACKGROUND} if skip_await else {}
     annotations.update(checkov_skips({**namespace_skip(pod.namespace), **image_skips(*images), **(skips or {})}))
     return {
         "metadata": metadata(name, pod.namespace, labels={**app_label, **(job_labels or {})}, annotations=annotations),

@@ -13,6 +13,7 @@ from schema import ConfigError
 from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
 from tools.mock_engine import is_secret_envelope
 from tools.render import render
+from tools.verify import Expectation, follow_move
 
 UCSD, SDSU = node("gpu-ucsd-1", "ucsd"), node("gpu-sdsu-1", "sdsu")
 NEW = f"{CLAIM}-g1"
@@ -283,3 +284,35 @@ def test_the_runbook_migration_copies_in_one_pod_mounting_both_claims(monkeypatc
     assert claims == [{"claimName": NEW}, {"claimName": CLAIM, "readOnly": True}]
     assert pod["containers"][0]["command"][2:] == ["local", "--from", "/opt/mlcache-source", "--to", "/cache", "--streams", "4"]
     assert not run.find("Service") and not [s for s in run.find("Secret") if "copy" in s.object_name]
+
+
+# --- verify follows the claim training mounts ---------------------------------------------------
+
+
+def expectation() -> Expectation:
+    return Expectation(
+        pvc=CLAIM, namespace=NAMESPACE, storage_class="linstor-fast-cache", backend="linstor", zone="sdsu", job="sft"
+    )
+
+
+def test_verify_follows_the_newest_generation_once_the_old_claim_is_gone():
+    expect, findings = follow_move(expectation(), [claim(name=NEW, placement=f"zone=sdsu gpuProduct={A100}")], None, None, None)
+    assert expect.pvc == NEW and findings == []
+
+
+def test_verify_checks_the_old_claim_where_it_was_made_while_the_copy_runs_and_shows_its_progress():
+    live = [claim(storage_class=ROOK, placement=f"zone=ucsd gpuProduct={A100}"), claim(name=NEW)]
+    progress = "12.0 of 40.0 GB (30%), 410 MB/s, ETA 68 s; sent 12.0 GB, kept 0.0 GB already there"
+    expect, (finding,) = follow_move(expectation(), live, copy_job(None), CLAIM, progress)
+    assert (expect.pvc, expect.storage_class, expect.zone) == (CLAIM, ROOK, "ucsd")
+    assert finding.level == "info" and progress in finding.message and f"training stays on {CLAIM}" in finding.message
+
+
+def test_verify_says_a_verified_copy_waits_for_the_switch_and_a_failed_one_is_a_failure():
+    live = [claim(), claim(name=NEW)]
+    expect, (verified,) = follow_move(expectation(), live, copy_job("Complete"), CLAIM, None)
+    assert expect.pvc == CLAIM and "is verified" in verified.message and "pulumi up" in verified.remedy
+    expect, (kept,) = follow_move(expectation(), live, copy_job("Complete"), NEW, None)
+    assert expect.pvc == NEW and "kept while cache.protect is true" in kept.message
+    _, (failed,) = follow_move(expectation(), live, copy_job("Failed", attempt=2), CLAIM, None)
+    assert failed.level == "FAIL" and "attempt 2" in failed.message and f"job/{CLAIM}-copy-g1" in failed.remedy

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
     args = parser.parse_args(argv)
     from tools.render import render_or_refuse  # noqa: PLC0415
-    from tools.verify import cluster_errors, connect, expectation_from_outputs  # noqa: PLC0415
+    from tools.verify import cluster_errors, connect, expectation_from_outputs, read_move  # noqa: PLC0415
 
     run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
     if args.apply and shutil.which("pulumi") is None:
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     expect, core, serialize = connect(expect_for, args.context)
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
     with cluster_errors():
+        # After a move the cache is a later generation of the claim: heal the one training mounts.
+        expect, _ = read_move(expect, core, serialize)
         snapshot = read_heal_snapshot(expect, core, serialize)
     plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected)
     print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")

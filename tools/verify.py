@@ -15,6 +15,7 @@ config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,16 +24,21 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from bound_cache import FAILED, VERIFIED, PlacementRecord, copy_state, has_taint, node_zone, pinned_node_names, ready_condition
 from bound_cache import get as _get
-from bound_cache import has_taint, node_zone, pinned_node_names, ready_condition
 from names import (
+    COPY_LABEL,
+    COPY_ROLE_LABEL,
     GPU_PRODUCT_LABEL,
     HOSTNAME_LABEL,
     MULTINODE_RUN_LABEL,
     OUT_OF_SERVICE_TAINT,
+    PLACEMENT_ANNOTATION,
     RUN_LABEL,
     WORKER_LABEL,
     ZONE_LABEL,
+    claim_generation,
+    copy_name,
 )
 from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
 from tools.main import prog
@@ -815,10 +821,107 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(f.level == FAIL for f in findings) else 0
 
 
+# --- moves: which generation of the claim training mounts now ------------------------------------
+
+# The last progress line of the copy (workloads/cache_copy.py prints them on stderr).
+COPY_PROGRESS_PREFIX = "cache_copy: "
+GENERATION_SUFFIX = re.compile(r"-g[1-9][0-9]*$")
+
+
+def cache_base_name(claim: str) -> str:
+    """cache.name, from any generation's claim name."""
+    return GENERATION_SUFFIX.sub("", claim)
+
+
+def follow_move(
+    expect: Expectation, claims: list[dict], copy_job: dict | None, mounted: str | None, progress: str | None
+) -> tuple[Expectation, list[Finding]]:
+    """The expectation for the claim training mounts now, and what a move under way says. `claims`:
+    the namespace's claims; `mounted`: the claim the training Job mounts (None: no Job yet)."""
+    base = cache_base_name(expect.pvc)
+    generations = sorted((n, c) for c in claims if (n := claim_generation(base, _get(c, "metadata", "name") or "")) is not None)
+    if not generations:
+        return expect, []
+    (newest_number, newest), older = generations[-1], (generations[-2][1] if len(generations) > 1 else None)
+    new_name = _get(newest, "metadata", "name")
+    if older is None:
+        return replace(expect, pvc=new_name), []
+    old_name = _get(older, "metadata", "name")
+    state, attempt = copy_state(copy_job)
+    job = copy_name(base, newest_number)
+    current = mounted if mounted in (old_name, new_name) else (new_name if state == VERIFIED else old_name)
+    if current == old_name:
+        # Until the switch, training runs where the old claim was made for.
+        record = PlacementRecord.parse(_get(older, "metadata", "annotations", PLACEMENT_ANNOTATION))
+        expect = replace(expect, storage_class=_get(older, "spec", "storageClassName"), zone=record.zone if record else None)
+    expect = replace(expect, pvc=current)
+    where = f"{expect.namespace}/{old_name} -> {expect.namespace}/{new_name}"
+    if state == FAILED:
+        finding = Finding(
+            FAIL,
+            "move",
+            f"the copy {where} failed (Job {job}, attempt {attempt}); the old cache and training are untouched",
+            f"read `kubectl logs -n {expect.namespace} job/{job}`, then `pulumi up` retries it, resuming",
+        )
+    elif state == VERIFIED and current == old_name:
+        finding = Finding(INFO, "move", f"the copy {where} is verified", "run `pulumi up` to switch training to the new claim")
+    elif state == VERIFIED:
+        finding = Finding(
+            INFO, "move", f"training runs on {new_name}; the old claim {old_name} is kept while cache.protect is true"
+        )
+    else:
+        finding = Finding(
+            INFO,
+            "move",
+            f"copying {where} (Job {job}, attempt {attempt}): {progress or 'no progress reported yet'}; "
+            f"training stays on {old_name}",
+            "run `pulumi up` again once this says verified",
+        )
+    return expect, [finding]
+
+
+def read_move(expect: Expectation, core: Any, serialize) -> tuple[Expectation, list[Finding]]:
+    """follow_move on the live claims, the copy Job, the training Job and the copy pod's last progress line."""
+    from kubernetes import client  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    timeout = {"_request_timeout": REQUEST_TIMEOUT}
+    claims = serialize(core.list_namespaced_persistent_volume_claim(expect.namespace, **timeout).items)
+    base = cache_base_name(expect.pvc)
+    numbers = [n for c in claims if (n := claim_generation(base, _get(c, "metadata", "name") or "")) is not None]
+    if len(numbers) < 2:
+        return follow_move(expect, claims, None, None, None)
+    batch = client.BatchV1Api(core.api_client)
+    job_name = copy_name(base, max(numbers))
+
+    def job(name: str | None) -> dict | None:
+        try:
+            return serialize(batch.read_namespaced_job(name, expect.namespace, **timeout)) if name else None
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    training = job(expect.job)
+    volumes = _get(training, "spec", "template", "spec", "volumes") or []
+    mounted = next((v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v), None)
+    progress = None
+    selector = f"{COPY_LABEL}={job_name},{COPY_ROLE_LABEL} in (receiver,local)"
+    for pod in core.list_namespaced_pod(expect.namespace, label_selector=selector, **timeout).items:
+        try:
+            log = core.read_namespaced_pod_log(pod.metadata.name, expect.namespace, tail_lines=20, **timeout)
+        except ApiException:
+            continue  # not started yet, or no log kept (a kwok node runs nothing)
+        lines = [line.removeprefix(COPY_PROGRESS_PREFIX) for line in log.splitlines() if line.startswith(COPY_PROGRESS_PREFIX)]
+        progress = lines[-1] if lines else progress
+    return follow_move(expect, claims, job(job_name), mounted, progress)
+
+
 def verify(expect: Expectation, core: Any, serialize) -> list[Finding]:
     """Every finding for the stack: its cache and training pod, or each worker's and the run's."""
     if expect.run is None:
-        return diagnose(read_snapshot(expect, core, serialize), expect)
+        expect, moving = read_move(expect, core, serialize)
+        return moving + diagnose(read_snapshot(expect, core, serialize), expect)
     snapshots = [read_snapshot(replace(expect, pvc=claim), core, serialize) for claim in expect.run.claims]
     timeout = {"_request_timeout": REQUEST_TIMEOUT}
     pods = serialize(core.list_pod_for_all_namespaces(**timeout).items)

@@ -1,0 +1,135 @@
+"""Moving the cache with cache.relocate copy, on the rehearsal cluster: the real engine, scheduler,
+volume binder and Job controller; kwok completes every Job's pods at once (--complete-jobs), so a
+copy Job completes as a verified copy would. What the copy pods do with the bytes is tested as real
+processes on real files (tests/test_cache_copy.py); here, where they land, which claim each pod
+mounts, and what each `up` keeps, creates and deletes, read back by UID."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+
+from tests.integration.conftest import wait_for
+
+SETTLE = 120.0
+CLAIM = "ms-swift-cache-pvc"
+NEW = f"{CLAIM}-g1"
+COPY = f"{CLAIM}-copy-g1"
+JOB = "sft-qwen3vl-fire-4gpu"
+COMPLETE_JOBS = [{"complete_jobs": True}]
+
+
+def training(report):
+    (pod,) = [p for p in report.pods if p.role == "training"]
+    return pod
+
+
+def claims(rehearsal, namespace: str) -> dict[str, dict]:
+    return {c["metadata"]["name"]: c for c in rehearsal.view(namespace).claims}
+
+
+def jobs(rehearsal, namespace: str) -> dict[str, dict]:
+    return {j["metadata"]["name"]: j for j in rehearsal.view(namespace).jobs}
+
+
+def mounted_claims(job: dict) -> list[str]:
+    volumes = job["spec"]["template"]["spec"]["volumes"]
+    return [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
+
+
+def copy_pods(rehearsal, namespace: str) -> dict[str, dict]:
+    """role -> the copy pod of that role."""
+    pods = client.CoreV1Api(rehearsal.api).list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=cache-copy")
+    return {p.metadata.labels["mlcache/copy-role"]: rehearsal.api.sanitize_for_serialization(p) for p in pods.items}
+
+
+def completed(rehearsal, namespace: str, name: str) -> bool:
+    job = jobs(rehearsal, namespace).get(name)
+    return any(c["type"] == "Complete" and c["status"] == "True" for c in (job or {}).get("status", {}).get("conditions") or [])
+
+
+def zone_of(rehearsal, node: str) -> str:
+    return rehearsal.view("default").nodes[node]["metadata"]["labels"]["topology.kubernetes.io/zone"]
+
+
+@pytest.mark.parametrize("rehearsal", COMPLETE_JOBS, indirect=True)
+def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_training_lands_then_switches(rehearsal):
+    outputs = rehearsal.up("prod")
+    namespace = outputs["namespace"]
+    report = rehearsal.report("prod", outputs, SETTLE)
+    old_node = training(report).node
+    assert report.volume.zones == ["ucsd"] and report.volume.nodes == [old_node]
+    before = claims(rehearsal, namespace)[CLAIM]
+    training_uid = jobs(rehearsal, namespace)[JOB]["metadata"]["uid"]
+
+    # First up: the new claim and the copy; the old claim and the training Job untouched.
+    outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"])
+    assert outputs["cacheMove"]["state"] == "copying" and outputs["cacheMove"]["mode"] == "stream"
+    assert outputs["pvcName"] == CLAIM
+    wait_for(lambda: completed(rehearsal, namespace, COPY), SETTLE, "the copy Job completes")
+    pods = copy_pods(rehearsal, namespace)
+    assert pods["sender"]["spec"]["nodeName"] == old_node
+    receiver_node = pods["receiver"]["spec"]["nodeName"]
+    assert zone_of(rehearsal, receiver_node) == "sdsu"
+    live = claims(rehearsal, namespace)
+    assert live[CLAIM]["metadata"]["uid"] == before["metadata"]["uid"]
+    assert live[CLAIM]["spec"]["volumeName"] == before["spec"]["volumeName"]
+    assert live[NEW]["status"]["phase"] == "Bound" and live[NEW]["metadata"]["annotations"]["mlcache/copy-from"] == CLAIM
+    new_volume = rehearsal.view(namespace).volumes[live[NEW]["spec"]["volumeName"]]
+    pinned = new_volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"]
+    assert pinned == [receiver_node]
+    running = jobs(rehearsal, namespace)
+    assert running[JOB]["metadata"]["uid"] == training_uid and mounted_claims(running[JOB]) == [CLAIM]
+    assert mounted_claims(running[f"{COPY}-send"]) == [CLAIM] and mounted_claims(running[COPY]) == [NEW]
+
+    # Next up, the copy verified: training on the new claim where it is bound; the old claim and the copy gone.
+    outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"])
+    assert outputs["cacheMove"]["state"] == "verified" and outputs["pvcName"] == NEW
+    report = rehearsal.report("prod", outputs, SETTLE)
+    moved = training(report)
+    assert moved.node == receiver_node and moved.with_cache is True and report.exit_code == 0, report.problems
+    assert set(claims(rehearsal, namespace)) == {NEW}
+    assert set(jobs(rehearsal, namespace)) == {JOB} and mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
+
+    # Set back (relocate off, protected again): the move is over, nothing is replaced.
+    after = claims(rehearsal, namespace)[NEW]["metadata"]["uid"]
+    outputs = rehearsal.up("prod", ["zone=sdsu"])
+    assert outputs.get("cacheMove") is None and claims(rehearsal, namespace)[NEW]["metadata"]["uid"] == after
+
+
+@pytest.mark.parametrize("rehearsal", COMPLETE_JOBS, indirect=True)
+def test_the_runbook_migration_from_rook_ceph_and_back_copies_in_one_pod_mounting_both_claims(rehearsal):
+    outputs = rehearsal.up("dev", ["backend=rook-ceph"])
+    namespace = outputs["namespace"]
+    rook = claims(rehearsal, namespace)[CLAIM]
+    assert rook["spec"]["storageClassName"] == "rook-ceph-block"
+
+    outputs = rehearsal.up("dev", ["cache.relocate=copy"])
+    assert outputs["cacheMove"]["mode"] == "local" and outputs["pvcName"] == CLAIM
+    wait_for(lambda: completed(rehearsal, namespace, COPY), SETTLE, "the local copy Job completes")
+    (only,) = copy_pods(rehearsal, namespace).values()
+    assert only["metadata"]["labels"]["mlcache/copy-role"] == "local"
+    live = claims(rehearsal, namespace)
+    assert live[CLAIM]["metadata"]["uid"] == rook["metadata"]["uid"]
+    # The new LINSTOR claim was bound by the copy pod (its first consumer), placed like training.
+    new_volume = rehearsal.view(namespace).volumes[live[NEW]["spec"]["volumeName"]]
+    assert new_volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [
+        only["spec"]["nodeName"]
+    ]
+
+    outputs = rehearsal.up("dev", ["cache.relocate=copy"])
+    report = rehearsal.report("dev", outputs, SETTLE)
+    assert outputs["pvcName"] == NEW and training(report).node == only["spec"]["nodeName"] and report.exit_code == 0
+    assert set(claims(rehearsal, namespace)) == {NEW}
+
+    # And back (the rollback): the LINSTOR claim is node-local, the Rook-Ceph one attaches anywhere:
+    # one pod beside the LINSTOR volume mounts both.
+    linstor_node = only["spec"]["nodeName"]
+    outputs = rehearsal.up("dev", ["cache.relocate=copy", "backend=rook-ceph"])
+    assert outputs["cacheMove"]["mode"] == "local" and outputs["cacheMove"]["to"] == f"{CLAIM}-g2"
+    wait_for(lambda: completed(rehearsal, namespace, f"{CLAIM}-copy-g2"), SETTLE, "the rollback copy completes")
+    (back,) = copy_pods(rehearsal, namespace).values()
+    assert back["spec"]["nodeName"] == linstor_node
+    outputs = rehearsal.up("dev", ["cache.relocate=copy", "backend=rook-ceph"])
+    assert outputs["pvcName"] == f"{CLAIM}-g2" and set(claims(rehearsal, namespace)) == {f"{CLAIM}-g2"}
+    assert claims(rehearsal, namespace)[f"{CLAIM}-g2"]["spec"]["storageClassName"] == "rook-ceph-block"
