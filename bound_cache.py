@@ -15,7 +15,8 @@ and tools.heal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -729,6 +730,44 @@ def _nodes_of(core: Any, plain: Any, volume: Mapping) -> list[Mapping]:
 # --- in the program ---------------------------------------------------------------------------
 
 
+# The live cache an offline preview assumes (`mlcache diff`: what the base revision deployed, bound),
+# judged instead of the "stood aside" of an offline render.
+_assumed_live: LiveCache | None = None
+
+
+@contextmanager
+def assume_live(live: LiveCache | None) -> Iterator[None]:
+    global _assumed_live  # one offline render at a time in this process
+    _assumed_live = live
+    try:
+        yield
+    finally:
+        _assumed_live = None
+
+
+# What an offline preview cannot know: the node a base revision's LINSTOR volume was bound on.
+BOUND_NODE = "node-bound-at-up"
+
+
+def live_from_manifest(claim: Mapping) -> LiveCache:
+    """A rendered claim as the live, bound claim it becomes: on a LINSTOR node of its recorded
+    zone and GPU product (named BOUND_NODE), or on network storage."""
+    name = get(claim, "metadata", "name")
+    bound = {**claim, "spec": {**claim["spec"], "volumeName": f"pvc-of-{name}"}, "status": {"phase": "Bound"}}
+    if (get(claim, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor") != "linstor":
+        return LiveCache(get(claim, "metadata", "namespace") or "default", bound, {"spec": {}})
+    record = PlacementRecord.parse(get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION))
+    labels = {HOSTNAME_LABEL: BOUND_NODE}
+    if record and record.zone:
+        labels[ZONE_LABEL] = record.zone
+    if record:
+        labels[GPU_PRODUCT_LABEL] = record.gpu_product
+    term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [BOUND_NODE]}]}
+    volume = {"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [term]}}}}
+    node = {"metadata": {"name": BOUND_NODE, "labels": labels}}
+    return LiveCache(get(claim, "metadata", "namespace") or "default", bound, volume, [node])
+
+
 def _under_mock_engine() -> bool:
     from pulumi.runtime import mocks  # noqa: PLC0415
     from pulumi.runtime import settings as runtime  # noqa: PLC0415
@@ -759,7 +798,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         has_consumer=settings.job.enabled or settings.benchmark.enabled,
     )
     if _under_mock_engine():
-        live: LiveCache | Unread = Unread("offline render (mock engine): the live claim was not read")
+        live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")
     else:
         provider = pulumi.Config("kubernetes")
         live = read_live_cache(

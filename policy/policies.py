@@ -27,6 +27,10 @@ LINSTOR_PROVISIONER = "linstor.csi.linbit.com"
 LINSTOR_PARAMETER = "linstor.csi.linbit.com/"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+# A move's copy pods (components/cache_copy.py). Those pinned by hostname run beside a node-local
+# volume, on the node its PV names: pinned more narrowly than any zone, so not judged by zone.
+COPY_COMPONENT_LABEL = {"app.kubernetes.io/component": "cache-copy"}
 # Set on the cache PVC by components/cache_volume.py.
 BACKEND_ANNOTATION = "mlcache/backend"
 ZONE_ANNOTATION = "mlcache/zone"
@@ -74,6 +78,19 @@ def pod_templates(resource_type: str, props: Mapping[str, Any]) -> list[Mapping[
 
 def pod_specs(resource_type: str, props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [spec for t in pod_templates(resource_type, props) if isinstance(spec := t.get("spec"), Mapping)]
+
+
+def beside_a_volume(template: Mapping[str, Any]) -> bool:
+    """A copy pod pinned to the node(s) of the volume it reads."""
+    labels = _get(template, "metadata", "labels") or {}
+    copy = all(labels.get(key) == value for key, value in COPY_COMPONENT_LABEL.items())
+    return copy and bool(pinned_values(template.get("spec") or {}, HOSTNAME_LABEL))
+
+
+def placed_pod_specs(resource_type: str, props: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The pod specs placed by zone and GPU product: all but the copy pods pinned beside a volume."""
+    templates = pod_templates(resource_type, props)
+    return [spec for t in templates if not beside_a_volume(t) and isinstance(spec := t.get("spec"), Mapping)]
 
 
 def containers(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -160,7 +177,7 @@ def validate_linstor_cache_binding(args: StackValidationArgs, report_violation: 
 def validate_zone_matches_storage(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     zone_of_claim = {_name(p.props): _annotations(p.props).get(ZONE_ANNOTATION) for p in _pvcs(args)}
     for resource in args.resources:
-        for spec in pod_specs(resource.resource_type, resource.props):
+        for spec in placed_pod_specs(resource.resource_type, resource.props):
             _check_zone_matches_storage(resource, spec, zone_of_claim, report_violation)
 
 
@@ -193,7 +210,7 @@ def validate_cache_not_stranded(args: StackValidationArgs, report_violation: Rep
         if record is not None and annotations.get(BACKEND_ANNOTATION, "linstor") == "linstor":
             records[_name(pvc.props)] = record
     for resource in args.resources:
-        for spec in pod_specs(resource.resource_type, resource.props):
+        for spec in placed_pod_specs(resource.resource_type, resource.props):
             for volume in spec.get("volumes") or []:
                 claim = _get(volume, "persistentVolumeClaim", "claimName")
                 record = records.get(claim)
@@ -210,7 +227,7 @@ def validate_cache_not_stranded(args: StackValidationArgs, report_violation: Rep
                         f"STRANDS THE CACHE: {_name(resource.props)} mounts cache {claim}, created for "
                         f"{annotations_text(record)}, but its pods are placed by {'; '.join(moved)}: the volume stays "
                         "pinned where it was bound and the pod would never be placed. Put the placement back, or set "
-                        "cache.relocate true in the same change to re-create the cache there (DATA LOSS).",
+                        "cache.relocate copy in the same change to move the cache there with its contents.",
                         resource.urn,
                     )
 

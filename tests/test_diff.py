@@ -9,8 +9,9 @@ import sys
 import pytest
 
 import names
+from bound_cache import assume_live
 from tests.conftest import ROOT, rendered
-from tools.diff import DATA_LOSS, STRANDS, plan, report, with_ignored_changes
+from tools.diff import DATA_LOSS, STRANDS, _base_claim, plan, report, with_ignored_changes
 from tools.render import as_json, documents, render
 
 
@@ -106,7 +107,7 @@ def _warnings(changes, kind: str) -> list[str]:
 def test_a_placement_change_that_keeps_the_cache_strands_it(stack, change):
     changes = _plan((), (change,), stack=stack)
     (stranded,) = [w for w in _warnings(changes, "Job") if w.startswith(STRANDS)]
-    assert "cache.relocate true" in stranded and "PersistentVolumeClaim/ms-swift-cache-pvc" in stranded
+    assert "cache.relocate copy" in stranded and "PersistentVolumeClaim/ms-swift-cache-pvc" in stranded
     assert next(c for c in changes if c.label.startswith("Job")).data_loss
     assert _actions(changes).get("PersistentVolumeClaim", "update") == "update"
 
@@ -142,7 +143,7 @@ def test_other_job_changes_do_not_strand_the_cache():
 def test_a_shrink_is_flagged_as_refused_with_the_way_out():
     changes = _plan((), ("cache.size=100Gi",), stack="prod")
     (warning,) = _warnings(changes, "PersistentVolumeClaim")
-    assert "refuse" in warning and "500Gi -> 100Gi" in warning and "cache.relocate true" in warning
+    assert "refuse" in warning and "500Gi -> 100Gi" in warning and "cache.relocate copy" in warning
     assert not changes[0].data_loss
     assert changes[0].gated  # --fail-on-data-loss stops a preview whose `up` would fail
 
@@ -197,6 +198,11 @@ def test_command_line_against_a_git_revision(project_copy):
     prod.write_text(prod.read_text().replace("mlcache:zone: ucsd", "mlcache:zone: sdsu"))
     stranded = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
     assert stranded.returncode == 1 and STRANDS in stranded.stdout and f"!! {DATA_LOSS}" not in stranded.stdout
+    # The same zone change as a move by copy: the gate lets it through, and the preview says MOVE.
+    prod.write_text(prod.read_text().replace("    protect: true\n", "    protect: true\n    relocate: copy\n"))
+    moved = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
+    assert moved.returncode == 0 and "MOVE: the cache is copied from ms-swift-cache-pvc" in moved.stdout
+    assert "create   PersistentVolumeClaim/ms-swift-cache-pvc-g1" in moved.stdout and STRANDS not in moved.stdout
 
 
 def test_bad_revision_and_bad_config_fail(project_copy):
@@ -223,3 +229,21 @@ def test_another_project_directory_renders_its_own_modules(tmp_path):
     assert names.INGRESS_POLICY == "mlcache-deny-ingress"
     mine, _ = render("dev", [], [])
     assert "mlcache-deny-ingress" in {d["metadata"]["name"] for d in documents(mine)}
+
+
+def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss():
+    base = as_json(rendered("prod"))
+    with assume_live(_base_claim(base)):
+        head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], [])
+    changes = plan(base, as_json(head))
+    # Everything is new; the cache, its claim and the training Job stay as they are.
+    assert {c.action for c in changes} == {"create"}
+    assert {c.label for c in changes} >= {
+        "PersistentVolumeClaim/ms-swift-cache-pvc-g1",
+        "Job/ms-swift-cache-pvc-copy-g1",
+        "Job/ms-swift-cache-pvc-copy-g1-send",
+    }
+    (claim,) = [c for c in changes if c.label.startswith("PersistentVolumeClaim")]
+    assert claim.notes[0].startswith("MOVE: the cache is copied from ms-swift-cache-pvc into this new claim (500Gi)")
+    assert not any(c.gated for c in changes)
+    assert any(c.data_loss for c in _plan((), ("zone=sdsu", "cache.relocate=fresh", "cache.protect=false"), stack="prod"))

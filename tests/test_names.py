@@ -24,6 +24,8 @@ def test_the_policy_packs_copies_match_the_names_module():
     assert policies.LINSTOR_PARAMETER == names.LINSTOR_PARAMETER_PREFIX
     assert policies.MULTINODE_RUN_LABEL == names.MULTINODE_RUN_LABEL
     assert policies.WORKER_LABEL == names.WORKER_LABEL
+    assert policies.HOSTNAME_LABEL == names.HOSTNAME_LABEL
+    assert policies.COPY_COMPONENT_LABEL == names.COPY_COMPONENT_LABEL
 
 
 def test_components_replace_on_the_immutable_fields():

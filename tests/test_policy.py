@@ -19,8 +19,10 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
+from bound_cache import assume_live, live_from_manifest
 from tests.conftest import ROOT, rendered
 from tools.mock_engine import ProgramRun, Registration
+from tools.render import render
 
 sys.path.insert(0, str(ROOT / "policy"))
 import policies
@@ -247,7 +249,7 @@ def test_cache_not_stranded_flags_a_consumer_that_moves_away_from_where_the_cach
     now = rendered(stack, change)
     found = violations(policies.validate_cache_not_stranded, engine_view(rendered(stack), now))
     assert len(found) == 1 and found[0][0].startswith("STRANDS THE CACHE") and expected in found[0][0]
-    assert found[0][1] == now.find("Job")[0].urn and "cache.relocate true" in found[0][0]
+    assert found[0][1] == now.find("Job")[0].urn and "cache.relocate copy" in found[0][0]
 
 
 def test_cache_not_stranded_cannot_judge_the_zone_of_a_cache_created_unpinned_nor_an_unrecorded_claim():
@@ -270,3 +272,20 @@ def test_cache_not_stranded_is_satisfied_by_a_relocation_that_records_the_new_pl
 def test_cache_not_stranded_ignores_network_storage():
     now = rendered("prod", "backend=rook-ceph", "zone=sdsu")
     assert violations(policies.validate_cache_not_stranded, engine_view(rendered("prod"), now)) == []
+
+
+def test_a_move_passes_the_placement_policies_and_its_receiver_is_still_judged():
+    base = next(r for r in rendered("prod").find("PersistentVolumeClaim"))
+    with assume_live(live_from_manifest(base.inputs)):
+        moving, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], [])
+    for validate in (policies.validate_zone_matches_storage, policies.validate_cache_not_stranded):
+        assert violations(validate, stack_args(moving)) == []
+
+    def receiver_in_ucsd(kind, props):
+        if kind == "Job" and props["metadata"]["name"] == "ms-swift-cache-pvc-copy-g1":
+            terms = props["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+            expressions = terms["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"]
+            next(e for e in expressions if e["key"] == policies.ZONE_LABEL)["values"] = ["ucsd"]
+
+    (found,) = violations(policies.validate_zone_matches_storage, stack_args(moving, receiver_in_ucsd))
+    assert "ms-swift-cache-pvc-copy-g1 mounts cache ms-swift-cache-pvc-g1" in found[0]

@@ -32,16 +32,25 @@ from typing import Any
 
 import yaml
 
+from bound_cache import LiveCache, assume_live, live_from_manifest, quantity_bytes
 from bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
-from bound_cache import quantity_bytes
-from names import BACKEND_ANNOTATION, GPU_PRODUCT_LABEL, IMMUTABLE_FIELDS, PROVIDER_REPLACES, WORKER_LABEL, ZONE_LABEL
+from names import (
+    BACKEND_ANNOTATION,
+    COPY_FROM_ANNOTATION,
+    GPU_PRODUCT_LABEL,
+    IMMUTABLE_FIELDS,
+    PROVIDER_REPLACES,
+    WORKER_LABEL,
+    ZONE_LABEL,
+)
 from tools import CHECKOUT
 from tools.cli import ArgumentParser, UsageError, entry_point
 from tools.main import prog
 from tools.render import DIGEST_KEY_ENV, RENDER_ERRORS, as_json, render
-from tools.stack_config import StackConfigError, split_key, stack_file
+from tools.stack_config import StackConfigError, load_stack_config, split_key, stack_file
 
 DATA_LOSS = "DATA LOSS"
+MOVE = "MOVE"
 STRANDS = "STRANDS THE CACHE"
 REFUSED = "the API server will refuse this update"
 
@@ -161,6 +170,7 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
         _annotate(change)
     _flag_stranded_cache(changes, before, after)
     _flag_refused_resizes(changes, after)
+    _say_moves(changes)
     order = {urn: i for i, urn in enumerate([*after, *before])}
     return sorted(changes.values(), key=lambda c: order[c.urn])
 
@@ -268,9 +278,25 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
                 f"{STRANDS}: {_label(obj)} keeps its volume where the previous placement "
                 f"({_describe_placement(was)}) bound it, while {change.label} moves to {_describe_placement(now)}: "
                 "if that node is outside the new placement the pod can never be placed (volume node affinity "
-                "conflict); the program's guard then refuses the up. To move the cache, set cache.relocate true "
-                "in the same change (DATA LOSS, re-warmed by cache.prefetch).",
+                "conflict); the program's guard then refuses the up. To move the cache with its contents, set "
+                "cache.relocate copy in the same change (or fresh: DATA LOSS, re-warmed by cache.prefetch).",
             )
+
+
+def _say_moves(changes: dict[str, Change]) -> None:
+    """A new claim copied from the old one (cache.relocate copy): a move, not a loss."""
+    for change in changes.values():
+        manifest = (change.new or {}).get("manifest") or {}
+        source = _dig(manifest, "metadata", "annotations", COPY_FROM_ANNOTATION)
+        if change.action != "create" or _kind(change.new) != "PersistentVolumeClaim" or not isinstance(source, str):
+            continue
+        size = _dig(manifest, "spec", "resources", "requests", "storage")
+        change.notes.insert(
+            0,
+            f"{MOVE}: the cache is copied from {source} into this new claim ({size}) and verified; {source} and the "
+            "training Job stay as they are until then, and the next `pulumi up` after it switches training here "
+            "and deletes the old claim (docs/moving-the-cache.md)",
+        )
 
 
 def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> None:
@@ -283,7 +309,7 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
         if old_size == new_size or None in (old_size, new_size):
             continue
         old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (change.old, change.new))
-        relocate = "or re-create the cache at the new size with cache.relocate true (DATA LOSS)"
+        relocate = "or move the cache to a claim of the new size with cache.relocate copy"
         if new_size < old_size:
             change.warnings.append(
                 f"{REFUSED}: cache.size shrinks {old_text} -> {new_text} and a volume "
@@ -334,15 +360,19 @@ def report(stack: str, changes: list[Change]) -> str:
     return out.getvalue()
 
 
-def _render_json(project_dir: Path, stack: str, digest_key: str) -> tuple[dict[str, Any] | None, str | None]:
+def _render_json(
+    project_dir: Path, stack: str, digest_key: str, live: LiveCache | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
     """tools.render --json of `stack` for the program in `project_dir`: (plan, None), (None, None) when the
-    revision has no such stack, or (None, the render's error line)."""
+    revision has no such stack, or (None, the render's error line). `live`: the cache the working tree's
+    program finds in the cluster."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
     if project_dir == CHECKOUT:
         # This checkout's program is the one these tools already imported: rendered in this process.
         try:
-            run, _ = render(stack, [], [], project_dir)
+            with assume_live(live):
+                run, _ = render(stack, [], [], project_dir)
         except RENDER_ERRORS as err:
             return None, str(err)
         return as_json(run, digest_key), None
@@ -358,6 +388,24 @@ def _render_json(project_dir: Path, stack: str, digest_key: str) -> tuple[dict[s
     if result.returncode != 0:
         return None, error_line(result.stderr)
     return json.loads(result.stdout), None
+
+
+def _moves(stack: str) -> bool:
+    """The working tree's stack asks for moves by copy (cache.relocate copy)."""
+    try:
+        cache = load_stack_config(stack, [], [], CHECKOUT).values.get("mlcache:cache")
+    except (StackConfigError, FileNotFoundError):
+        return False  # the render says what is wrong
+    return isinstance(cache, dict) and cache.get("relocate") == "copy"
+
+
+def _base_claim(old: dict[str, Any] | None) -> LiveCache | None:
+    """The base revision's cache claim (worker 0's), as live: None when it made none."""
+    for obj in (old or {}).get("objects", []):
+        manifest = obj["manifest"]
+        if _kind(obj) == "PersistentVolumeClaim" and WORKER_LABEL not in (_dig(manifest, "metadata", "labels") or {}):
+            return live_from_manifest(manifest)
+    return None
 
 
 def error_line(stderr: str) -> str:
@@ -436,8 +484,13 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(max_workers=2) as pool:
             # The base revision renders in subprocesses while the working tree renders here.
             base = pool.map(lambda stack: _render_json(base_dir, stack, digest_key), stacks)
-            head = [_render_json(CHECKOUT, stack, digest_key) for stack in stacks]
-            rendered = [side for pair in zip(base, head, strict=True) for side in pair]
+            head = {stack: _render_json(CHECKOUT, stack, digest_key) for stack in stacks if not _moves(stack)}
+            base = list(base)
+        for stack, (old, _) in zip(stacks, base, strict=True):
+            if stack not in head:
+                # A move is decided against the live claim: the one the base revision deployed, bound.
+                head[stack] = _render_json(CHECKOUT, stack, digest_key, _base_claim(old))
+        rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
     gated = False
     reports = []
     for index, stack in enumerate(stacks):
