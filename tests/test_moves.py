@@ -11,24 +11,15 @@ import bound_cache
 from bound_cache import COPYING, FAILED, LOCAL, STREAM, VERIFIED, LiveCache, PlacementRecord, Wanted, judge
 from schema import ConfigError
 from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
+from tests.test_bound_cache import WANTED as BOUND_CACHE_WANTED
 from tools.mock_engine import is_secret_envelope
 from tools.render import render
 from tools.verify import Expectation, follow_move
 
 UCSD, SDSU = node("gpu-ucsd-1", "ucsd"), node("gpu-sdsu-1", "sdsu")
 NEW = f"{CLAIM}-g1"
-WANTED = Wanted(
-    stack="prod",
-    claim=CLAIM,
-    storage_class="linstor-fast-cache",
-    volume_mode="Filesystem",
-    size="500Gi",
-    placement=PlacementRecord("sdsu", A100),
-    relocate="copy",
-    protect=False,
-    expansion_allowed=True,
-    has_consumer=True,
-)
+# The prod cache bound in ucsd (tests/test_bound_cache.py), asked to move to sdsu by copy.
+WANTED = dataclasses.replace(BOUND_CACHE_WANTED, placement=PlacementRecord("sdsu", A100), relocate="copy")
 ROOK = "rook-ceph-block"
 
 
