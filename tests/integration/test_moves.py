@@ -133,3 +133,59 @@ def test_the_runbook_migration_from_rook_ceph_and_back_copies_in_one_pod_mountin
     outputs = rehearsal.up("dev", ["cache.relocate=copy", "backend=rook-ceph"])
     assert outputs["pvcName"] == f"{CLAIM}-g2" and set(claims(rehearsal, namespace)) == {f"{CLAIM}-g2"}
     assert claims(rehearsal, namespace)[f"{CLAIM}-g2"]["spec"]["storageClassName"] == "rook-ceph-block"
+
+
+def uid(obj: dict) -> str:
+    return obj["metadata"]["uid"]
+
+
+def fail_pods_until_the_job_fails(rehearsal, namespace: str, job: str) -> None:
+    """What a copy that cannot finish looks like to the Job controller: each of its pods fails
+    (kwok runs nothing, so the test marks them Failed) until backoffLimit gives up."""
+    core = client.CoreV1Api(rehearsal.api)
+    failed = client.V1PodStatus(phase="Failed", reason="Error", message="cache_copy: verification failed")
+
+    def job_failed() -> bool:
+        status = jobs(rehearsal, namespace)[job].get("status") or {}
+        if any(c["type"] == "Failed" and c["status"] == "True" for c in status.get("conditions") or []):
+            return True
+        for pod in core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items:
+            if pod.status.phase in ("Pending", "Running") and pod.spec.node_name:
+                core.patch_namespaced_pod_status(
+                    pod.metadata.name, namespace, {"status": rehearsal.api.sanitize_for_serialization(failed)}
+                )
+        return False
+
+    wait_for(job_failed, SETTLE, f"Job {job} fails")
+
+
+def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_calls_the_move_off(rehearsal):
+    outputs = rehearsal.up("prod")
+    namespace = outputs["namespace"]
+    rehearsal.report("prod", outputs, SETTLE)
+    move = ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"]
+    outputs = rehearsal.up("prod", move)
+    assert outputs["cacheMove"]["state"] == "copying"
+    wait_for(lambda: len(copy_pods(rehearsal, namespace)) == 2, SETTLE, "both copy pods exist")
+    before = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
+
+    # The copy still runs: the next up changes nothing.
+    outputs = rehearsal.up("prod", move)
+    assert outputs["cacheMove"]["state"] == "copying" and outputs["pvcName"] == CLAIM
+    now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
+    assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
+
+    # The copy fails: the next up retries it (attempt 2); the old claim and training are untouched.
+    fail_pods_until_the_job_fails(rehearsal, namespace, COPY)
+    outputs = rehearsal.up("prod", move)
+    assert outputs["cacheMove"]["state"] == "failed" and outputs["cacheMove"]["attempt"] == 2
+    now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
+    assert uid(now[CLAIM]) == uid(before[CLAIM]) and uid(now[JOB]) == uid(before[JOB]) and uid(now[NEW]) == uid(before[NEW])
+    assert uid(now[COPY]) != uid(before[COPY])
+    assert now[COPY]["spec"]["template"]["metadata"]["annotations"]["mlcache/copy-attempt"] == "2"
+
+    # The zone put back: the move is called off, the new claim and the copy go, the cache stays.
+    outputs = rehearsal.up("prod", ["cache.relocate=copy", "cache.protect=false"])
+    assert outputs.get("cacheMove") is None and outputs["pvcName"] == CLAIM
+    assert set(claims(rehearsal, namespace)) == {CLAIM} and uid(claims(rehearsal, namespace)[CLAIM]) == uid(before[CLAIM])
+    assert set(jobs(rehearsal, namespace)) == {JOB} and uid(jobs(rehearsal, namespace)[JOB]) == uid(before[JOB])
