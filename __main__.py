@@ -50,7 +50,7 @@ cache = CacheVolume(
     workers=settings.job.nodes,
     claim_unbound=live_cache.unbound,
     generation=live_cache.generation,
-    kept=move.source if move and move.copying else None,
+    kept=move.source if move and move.keeps_source else None,
 )
 
 # The warm-up, prewarm and benchmark scripts (Filesystem mode: Block mode has no files to fetch or load).

@@ -200,6 +200,8 @@ class LiveCache:
     generation: int = 0
     older: LiveCache | None = None
     copy_job: Mapping | None = None
+    # While a move is under way: the training Job (None: absent), which a switch would replace.
+    training_job: Mapping | None = None
 
 
 @dataclass(frozen=True)
@@ -425,6 +427,8 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
 
 # A move's states, as `up` and `mlcache verify` tell them.
 COPYING, VERIFIED, FAILED = "copying", "verified", "failed"
+# Verified, but training still runs on the old claim: switching would replace (kill) the run.
+HELD = "verified, training running"
 # How the copy runs: one pod mounting both claims, or a sender beside the old volume streaming to
 # a receiver where the new one binds.
 LOCAL, STREAM = "local", "stream"
@@ -482,7 +486,13 @@ class Move:
 
     @property
     def copying(self) -> bool:
-        """The copy objects are registered: until the old claim is gone."""
+        """The copy objects are registered: until training switches (never after: a changed copy Job
+        would run again, from the old claim into the live one)."""
+        return not self.switched
+
+    @property
+    def keeps_source(self) -> bool:
+        """The old claim is registered: until training switches, or for as long as cache.protect keeps it."""
         return not self.switched or self.keep_source
 
 
@@ -502,6 +512,14 @@ def copy_state(job: Mapping | None) -> tuple[str, int]:
     if conditions.get("Failed") == "True":
         return FAILED, attempt
     return COPYING, attempt
+
+
+def is_running(job: Mapping | None) -> bool:
+    """A Job with pods at work and no final condition yet."""
+    finished = any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in get(job, "status", "conditions") or []
+    )
+    return bool(get(job, "status", "active")) and not finished
 
 
 def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
@@ -555,13 +573,44 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
     state, attempt = copy_state(live.copy_job)
     if _describes(wanted, live.claim):
         source = ClaimFacts.of(older)
-        if state == VERIFIED:
-            kept = (
-                f"{source_where} is kept because cache.protect is true: to delete it, `{PROTECT_FALSE}` and `pulumi up`"
-                if wanted.protect
-                else f"{source_where} and the copy's objects are deleted"
+        switched = get(live.claim, "metadata", "name") in mounted_claims(live.training_job)
+        if switched:
+            # Training runs on the new claim already (an earlier up switched; the old one was kept
+            # by cache.protect): never back, whatever became of the copy Job.
+            state = VERIFIED
+        elif live.copy_job is None:
+            return Verdict(
+                refusal=(
+                    f"bound-cache guard: the copy Job {job} of the move from {source_where} into {target} is gone "
+                    f"(deleted by hand or by a TTL controller) before training switched. Nothing was changed. Run "
+                    f"`pulumi up --refresh` so that the engine notices and creates it again; the copy resumes and is "
+                    f"verified again."
+                )
             )
-            note = f"bound-cache guard: the copy into {target} is verified: training switches to it; {kept}"
+        elif state != VERIFIED and source.pinned and not source.nodes:
+            return Verdict(
+                refusal=(
+                    f"bound-cache guard: the node(s) of {source_where} are gone in the middle of the move into {target}: "
+                    f"nothing is left to copy from (node loss). Nothing was changed. Call the move off (settings back to "
+                    f"{_made_for(older.claim)}) and heal it with `mlcache heal --stack {wanted.stack}`."
+                )
+            )
+        if state == VERIFIED and not switched and is_running(live.training_job):
+            state = HELD
+            note = (
+                f"bound-cache guard: the copy into {target} is verified, but the training Job still runs on "
+                f"{source_where}: switching now would replace (stop) it. Nothing about training changes in this up; "
+                f"run `pulumi up` again once it has finished"
+            )
+        elif state == VERIFIED:
+            kept = (
+                f"{source_where} is kept because cache.protect is true (to delete it: {unprotect_hint(wanted, older)}, "
+                f"`{PROTECT_FALSE}`, `pulumi up`)"
+                if wanted.protect
+                else f"{source_where} is deleted"
+            )
+            runs = "runs on it" if switched else "switches to it"
+            note = f"bound-cache guard: the copy into {target} is verified: training {runs}; the copy's objects go; {kept}"
         elif state == FAILED:
             note = (
                 f"bound-cache guard: the copy Job {job} failed (attempt {attempt}; its logs: `kubectl logs -n "
@@ -584,6 +633,14 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
         )
         return Verdict(notes=(note,), generation=live.generation, move=move)
     if _describes(wanted, older.claim):
+        if wanted.protect:
+            return Verdict(
+                refusal=(
+                    f"bound-cache guard: the settings are back to those of {source_where}, which calls the move into "
+                    f"{target} off and deletes {target}, but cache.protect is true. Nothing was changed. To call it off: "
+                    f"{unprotect_hint(wanted, live)}, `{PROTECT_FALSE}`, `pulumi up`, then set cache.protect back."
+                )
+            )
         return Verdict(
             notes=(
                 f"bound-cache guard: the settings are back to those of {source_where}: the move into {target} is called "
@@ -599,6 +656,18 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             f"{source_where} was made for ({_made_for(older.claim)}) to call it off; move again once it is done."
         )
     )
+
+
+def mounted_claims(job: Mapping | None) -> list[str]:
+    volumes = get(job, "spec", "template", "spec", "volumes") or []
+    return [name for v in volumes if (name := get(v, "persistentVolumeClaim", "claimName"))]
+
+
+def unprotect_hint(wanted: Wanted, live: LiveCache) -> str:
+    """The engine keeps a claim made under cache.protect protected in its state until told otherwise."""
+    name = "cache-pvc" if live.generation == 0 else f"cache-pvc-g{live.generation}"
+    urn = f"urn:pulumi:{wanted.stack}::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::{name}"
+    return f"`pulumi state unprotect '{urn}' --stack {wanted.stack}`"
 
 
 def _made_for(claim: Mapping | None) -> str:
@@ -656,7 +725,11 @@ def _context_namespace(loader: Any) -> str | None:
 
 
 def read_live_cache(
-    cache_name: str, namespace: str | None, provider: ProviderSettings, environ: Mapping[str, str]
+    cache_name: str,
+    namespace: str | None,
+    provider: ProviderSettings,
+    environ: Mapping[str, str],
+    training_job: str | None = None,
 ) -> LiveCache | Unread:
     """The cache's newest claim, its PV, the nodes the PV selects and its class, read like the provider
     would connect; while a move is under way also the claim it copies from and the copy Job."""
@@ -694,13 +767,15 @@ def read_live_cache(
         if get(claim, "spec", "storageClassName"):
             what[0] = f"StorageClass {claim['spec']['storageClassName']}"
             storage_class = optional(storage.read_storage_class, claim["spec"]["storageClassName"])
-        copy_job = None
+        copy_job = running = None
         if older is not None:
+            read_job = lambda name, **kw: batch.read_namespaced_job(name, namespace, **kw)  # noqa: E731
             what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
-            copy_job = optional(
-                lambda name, **kw: batch.read_namespaced_job(name, namespace, **kw), copy_name(cache_name, number)
-            )
-        return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
+            copy_job = optional(read_job, copy_name(cache_name, number))
+            if training_job:
+                what[0] = f"Job {namespace}/{training_job}"
+                running = optional(read_job, training_job)
+        return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job, running)
 
     try:
         claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
@@ -811,6 +886,16 @@ def guard_bound_cache(settings: Any) -> Verdict:
                 namespace=provider.get("namespace"),
             ),
             os.environ,
+            training_job=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
+        )
+    if isinstance(live, Unread) and not _under_mock_engine():
+        # Which claim holds the cache is in the cluster only (a move makes a new one): guessing would
+        # register the wrong claim and delete the right one.
+        raise pulumi.RunError(
+            f"bound-cache guard: cannot read the cache's claims: {live.reason}. mlcache reads them before every "
+            "preview and up to know which claim holds the cache and whether a change would strand it. Nothing was "
+            "changed. Check the kubeconfig and context the provider uses (kubernetes:kubeconfig, kubernetes:context, "
+            "else KUBECONFIG) and that they may list PersistentVolumeClaims and read Jobs in the namespace."
         )
     verdict = judge(wanted, live)
     for note in verdict.notes:

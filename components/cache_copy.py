@@ -234,5 +234,5 @@ def move_output(move: Move | None, cache_name: str, target_claim: pulumi.Input[s
         "copyJob": copy_name(cache_name, move.generation),
         "mode": move.mode,
         "attempt": move.attempt,
-        "oldKept": move.copying,
+        "oldKept": move.keeps_source,
     }

@@ -6,14 +6,16 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from pulumi import RunError
 
 import bound_cache
-from bound_cache import COPYING, FAILED, LOCAL, STREAM, VERIFIED, LiveCache, PlacementRecord, Wanted, judge
+from bound_cache import COPYING, FAILED, HELD, LOCAL, STREAM, VERIFIED, LiveCache, PlacementRecord, Wanted, judge
 from schema import ConfigError
 from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
 from tests.test_bound_cache import WANTED as BOUND_CACHE_WANTED
-from tools.mock_engine import is_secret_envelope
+from tools.mock_engine import ProgramRun, is_secret_envelope, run_program
 from tools.render import render
+from tools.stack_config import load_stack_config
 from tools.verify import Expectation, follow_move
 
 UCSD, SDSU = node("gpu-ucsd-1", "ucsd"), node("gpu-sdsu-1", "sdsu")
@@ -121,12 +123,16 @@ def test_a_move_under_way_waits_retries_or_switches_by_the_copy_jobs_condition(c
     if state == FAILED:
         assert "retries it as attempt 3, resuming" in verdict.notes[0]
     if state == VERIFIED:
-        assert "training switches to it" in verdict.notes[0] and "are deleted" in verdict.notes[0]
+        assert "training switches to it" in verdict.notes[0] and f"{CLAIM} is deleted" in verdict.notes[0]
 
 
 def test_a_verified_move_keeps_a_protected_old_claim_until_unprotected():
     move = judge(wanted(protect=True), under_way("Complete")).move
-    assert move.switched and move.keep_source and move.copying
+    assert move.switched and move.keep_source and move.keeps_source and not move.copying
+    assert (
+        "pulumi state unprotect 'urn:pulumi:prod::mlcache::mlcache:index:CacheVolume$"
+        in judge(wanted(protect=True), under_way("Complete")).notes[0]
+    )
 
 
 def test_putting_the_settings_back_calls_the_move_off_and_anything_else_is_refused():
@@ -170,7 +176,7 @@ def test_a_copy_that_cannot_be_made_is_refused_before_anything_is_registered(ove
 def render_against(monkeypatch, live: LiveCache, *overrides: str):
     """The program as `pulumi up` runs it against a cluster holding `live`."""
     monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
-    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args: live)
+    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args, **kwargs: live)
     run, _ = render("prod", ["zone=sdsu", "cache.relocate=copy", *overrides], [])
     return run
 
@@ -266,7 +272,7 @@ def test_a_failed_copy_is_retried_as_a_new_attempt_with_the_old_claim_and_traini
 
 def test_the_runbook_migration_copies_in_one_pod_mounting_both_claims(monkeypatch):
     monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
-    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args: on_rook_ceph())
+    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args, **kwargs: on_rook_ceph())
     run, _ = render("prod", ["cache.relocate=copy"], [])
     jobs = named(run, "Job")
     assert set(jobs) == {"sft-qwen3vl-fire-4gpu", f"{CLAIM}-copy-g1"}
@@ -307,3 +313,48 @@ def test_verify_says_a_verified_copy_waits_for_the_switch_and_a_failed_one_is_a_
     assert expect.pvc == NEW and "kept while cache.protect is true" in kept.message
     _, (failed,) = follow_move(expectation(), live, copy_job("Failed", attempt=2), CLAIM, None)
     assert failed.level == "FAIL" and "attempt 2" in failed.message and f"job/{CLAIM}-copy-g1" in failed.remedy
+
+
+def test_a_verified_copy_does_not_switch_while_training_still_runs_on_the_old_claim():
+    running = {"status": {"active": 1}}
+    live = dataclasses.replace(under_way("Complete"), training_job=running)
+    verdict = judge(WANTED, live)
+    assert verdict.move.state == HELD and not verdict.move.switched and verdict.move.copying
+    assert "still runs on" in verdict.notes[0] and "once it has finished" in verdict.notes[0]
+    done = {"status": {"active": 0, "conditions": [{"type": "Complete", "status": "True"}]}}
+    assert judge(WANTED, dataclasses.replace(live, training_job=done)).move.switched
+
+
+def training_on(claim_name: str, active: int = 1) -> dict:
+    volume = {"name": "cache", "persistentVolumeClaim": {"claimName": claim_name}}
+    return {"spec": {"template": {"spec": {"volumes": [volume]}}}, "status": {"active": active}}
+
+
+def test_once_training_runs_on_the_new_claim_it_never_goes_back_whatever_became_of_the_copy_job():
+    # cache.protect kept the old claim; a TTL controller then removed the finished copy Job.
+    live = dataclasses.replace(under_way(), copy_job=None, training_job=training_on(NEW))
+    move = judge(wanted(protect=True), live).move
+    assert move.switched and move.keeps_source and not move.copying
+
+
+def test_a_copy_job_gone_before_the_switch_or_a_source_node_lost_mid_move_is_refused_in_one_line():
+    gone = judge(WANTED, dataclasses.replace(under_way(), copy_job=None, training_job=training_on(CLAIM)))
+    assert "is gone" in gone.refusal and "pulumi up --refresh" in gone.refusal and "Nothing was changed" in gone.refusal
+    lost = dataclasses.replace(under_way(), older=dataclasses.replace(bound_in_ucsd(), nodes=[]))
+    refusal = judge(WANTED, lost).refusal
+    assert "gone in the middle of the move" in refusal and "mlcache heal --stack prod" in refusal
+
+
+def test_calling_off_a_protected_move_says_how_to_unprotect_the_new_claim():
+    refusal = judge(wanted(placement=PlacementRecord("ucsd", A100), protect=True), under_way()).refusal
+    assert "Nothing was changed" in refusal and "PersistentVolumeClaim::cache-pvc-g1'" in refusal
+
+
+def test_a_real_up_that_cannot_read_the_claims_is_refused_before_anything_is_registered(monkeypatch):
+    monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
+    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args, **kwargs: bound_cache.Unread("no cluster to read (x)"))
+    run = ProgramRun()
+    with pytest.raises(RunError) as refused:
+        run_program(load_stack_config("prod").engine_config(), [], "prod", run)
+    assert "cannot read the cache's claims: no cluster to read (x)" in str(refused.value)
+    assert run.registrations == []
