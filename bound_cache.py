@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -200,7 +200,7 @@ class LiveCache:
     generation: int = 0
     older: LiveCache | None = None
     copy_job: Mapping | None = None
-    # While a move is under way: the training Job (None: absent), which a switch would replace.
+    # The training Job (None: absent): a move neither starts nor switches while it runs.
     training_job: Mapping | None = None
 
 
@@ -549,6 +549,15 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
+    if is_running(live.training_job):
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = 'copy': the training Job still runs on the cache {where} ({reason}). "
+                f"Nothing was changed. A copy beside a run would wait for its GPUs (and a Rook-Ceph volume's "
+                f"attachment), and the files the run writes would fail verification. Start the move once the run "
+                f"has finished (`kubectl get job -n {live.namespace}`), or put the settings back."
+            )
+        )
     move = Move(source, live.generation + 1, copy_mode(source, wanted.backend), COPYING)
     target = f"{live.namespace}/{generation_claim_name(wanted.claim, move.generation)}"
     return Verdict(
@@ -757,6 +766,9 @@ def read_live_cache(
                 return None
             raise
 
+    def read_job(name: str, **options: Any) -> Any:
+        return batch.read_namespaced_job(name, namespace, **options)
+
     def generation(number: int, claim: Mapping, older: LiveCache | None = None) -> LiveCache:
         volume, nodes, storage_class = None, [], None
         if get(claim, "spec", "volumeName"):
@@ -767,15 +779,11 @@ def read_live_cache(
         if get(claim, "spec", "storageClassName"):
             what[0] = f"StorageClass {claim['spec']['storageClassName']}"
             storage_class = optional(storage.read_storage_class, claim["spec"]["storageClassName"])
-        copy_job = running = None
+        copy_job = None
         if older is not None:
-            read_job = lambda name, **kw: batch.read_namespaced_job(name, namespace, **kw)  # noqa: E731
             what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
             copy_job = optional(read_job, copy_name(cache_name, number))
-            if training_job:
-                what[0] = f"Job {namespace}/{training_job}"
-                running = optional(read_job, training_job)
-        return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job, running)
+        return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
 
     try:
         claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
@@ -787,7 +795,11 @@ def read_live_cache(
         if not generations:
             return LiveCache(namespace=namespace, claim=None)
         older = generation(*generations[-2]) if len(generations) > 1 else None
-        return generation(*generations[-1], older=older)
+        newest = generation(*generations[-1], older=older)
+        if not training_job:
+            return newest
+        what[0] = f"Job {namespace}/{training_job}"
+        return replace(newest, training_job=optional(read_job, training_job))
     except ApiException as err:
         return Unread(f"cannot read {what[0]}: HTTP {err.status} {err.reason}")
     except Exception as err:  # connection refused, DNS, TLS, timeout

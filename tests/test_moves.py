@@ -358,3 +358,11 @@ def test_a_real_up_that_cannot_read_the_claims_is_refused_before_anything_is_reg
         run_program(load_stack_config("prod").engine_config(), [], "prod", run)
     assert "cannot read the cache's claims: no cluster to read (x)" in str(refused.value)
     assert run.registrations == []
+
+
+def test_a_move_does_not_start_while_training_runs_on_the_cache():
+    live = dataclasses.replace(bound_in_ucsd(), training_job=training_on(CLAIM))
+    refusal = judge(WANTED, live).refusal
+    assert "the training Job still runs on the cache" in refusal and "Nothing was changed" in refusal
+    finished = training_on(CLAIM, active=0) | {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
+    assert judge(WANTED, dataclasses.replace(live, training_job=finished)).move is not None

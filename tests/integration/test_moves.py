@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.conftest import wait_for
+from tools.rehearse import UpFailed
 
 SETTLE = 120.0
 CLAIM = "ms-swift-cache-pvc"
@@ -139,24 +140,22 @@ def uid(obj: dict) -> str:
     return obj["metadata"]["uid"]
 
 
-def fail_pods_until_the_job_fails(rehearsal, namespace: str, job: str) -> None:
-    """What a copy that cannot finish looks like to the Job controller: each of its pods fails
-    (kwok runs nothing, so the test marks them Failed) until backoffLimit gives up."""
+def end_pods_until(rehearsal, namespace: str, job: str, phase: str, condition: str) -> None:
+    """What the end of a Job's pods looks like to the Job controller (kwok runs nothing, so the test
+    marks each placed pod `phase`) until the Job has `condition` (Complete, or Failed past backoffLimit)."""
     core = client.CoreV1Api(rehearsal.api)
-    failed = client.V1PodStatus(phase="Failed", reason="Error", message="cache_copy: verification failed")
+    status = {"status": {"phase": phase, "reason": "Error" if phase == "Failed" else "Completed"}}
 
-    def job_failed() -> bool:
-        status = jobs(rehearsal, namespace)[job].get("status") or {}
-        if any(c["type"] == "Failed" and c["status"] == "True" for c in status.get("conditions") or []):
+    def reached() -> bool:
+        conditions = (jobs(rehearsal, namespace)[job].get("status") or {}).get("conditions") or []
+        if any(c["type"] == condition and c["status"] == "True" for c in conditions):
             return True
         for pod in core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items:
             if pod.status.phase in ("Pending", "Running") and pod.spec.node_name:
-                core.patch_namespaced_pod_status(
-                    pod.metadata.name, namespace, {"status": rehearsal.api.sanitize_for_serialization(failed)}
-                )
+                core.patch_namespaced_pod_status(pod.metadata.name, namespace, status)
         return False
 
-    wait_for(job_failed, SETTLE, f"Job {job} fails")
+    wait_for(reached, SETTLE, f"Job {job} {condition}")
 
 
 def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_calls_the_move_off(rehearsal):
@@ -164,6 +163,11 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     namespace = outputs["namespace"]
     rehearsal.report("prod", outputs, SETTLE)
     move = ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"]
+    # No move starts while a run is on the cache: the copy would wait for its GPUs and race its writes.
+    with pytest.raises(UpFailed) as refused:
+        rehearsal.up("prod", move)
+    assert "the training Job still runs on the cache" in str(refused.value)
+    end_pods_until(rehearsal, namespace, JOB, "Succeeded", "Complete")
     outputs = rehearsal.up("prod", move)
     assert outputs["cacheMove"]["state"] == "copying"
     wait_for(lambda: len(copy_pods(rehearsal, namespace)) == 2, SETTLE, "both copy pods exist")
@@ -176,7 +180,7 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
 
     # The copy fails: the next up retries it (attempt 2); the old claim and training are untouched.
-    fail_pods_until_the_job_fails(rehearsal, namespace, COPY)
+    end_pods_until(rehearsal, namespace, COPY, "Failed", "Failed")
     outputs = rehearsal.up("prod", move)
     assert outputs["cacheMove"]["state"] == "failed" and outputs["cacheMove"]["attempt"] == 2
     now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
