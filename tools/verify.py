@@ -802,6 +802,10 @@ def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Fin
     """The stack's expectation and the findings on the live objects (errors as in `connect`)."""
     expect, core, serialize = connect(expect_for, context)
     with cluster_errors():
+        if expect.run is None:
+            # After a move the cache is a later generation of the claim: check the one training mounts.
+            expect, moving = read_move(expect, core, serialize)
+            return expect, moving + verify(expect, core, serialize)
         return expect, verify(expect, core, serialize)
 
 
@@ -920,8 +924,7 @@ def read_move(expect: Expectation, core: Any, serialize) -> tuple[Expectation, l
 def verify(expect: Expectation, core: Any, serialize) -> list[Finding]:
     """Every finding for the stack: its cache and training pod, or each worker's and the run's."""
     if expect.run is None:
-        expect, moving = read_move(expect, core, serialize)
-        return moving + diagnose(read_snapshot(expect, core, serialize), expect)
+        return diagnose(read_snapshot(expect, core, serialize), expect)
     snapshots = [read_snapshot(replace(expect, pvc=claim), core, serialize) for claim in expect.run.claims]
     timeout = {"_request_timeout": REQUEST_TIMEOUT}
     pods = serialize(core.list_pod_for_all_namespaces(**timeout).items)

@@ -10,6 +10,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.conftest import wait_for
+from tests.integration.test_day2 import tool
 from tools.rehearse import UpFailed
 
 SETTLE = 120.0
@@ -91,6 +92,8 @@ def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_train
     assert moved.node == receiver_node and moved.with_cache is True and report.exit_code == 0, report.problems
     assert set(claims(rehearsal, namespace)) == {NEW}
     assert set(jobs(rehearsal, namespace)) == {JOB} and mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
+    verify = tool(rehearsal, "tools.verify", "--stack", "prod")
+    assert verify.stdout.startswith(f"stack prod: PVC {namespace}/{NEW}, class linstor-fast-cache, zone sdsu")
 
     # Set back (relocate off, protected again): the move is over, nothing is replaced.
     after = claims(rehearsal, namespace)[NEW]["metadata"]["uid"]
@@ -178,6 +181,10 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     assert outputs["cacheMove"]["state"] == "copying" and outputs["pvcName"] == CLAIM
     now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
     assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
+    # verify checks the claim training mounts, where it was made, and says what the move is doing.
+    verify = tool(rehearsal, "tools.verify", "--stack", "prod")
+    assert verify.stdout.startswith(f"stack prod: PVC {namespace}/{CLAIM}, class linstor-fast-cache, zone ucsd")
+    assert f"move: copying {namespace}/{CLAIM} -> {namespace}/{NEW} (Job {COPY}, attempt 1)" in verify.stdout
 
     # The copy fails: the next up retries it (attempt 2); the old claim and training are untouched.
     end_pods_until(rehearsal, namespace, COPY, "Failed", "Failed")
