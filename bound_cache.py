@@ -29,6 +29,7 @@ from names import (
     PLACEMENT_ANNOTATION,
     ZONE_LABEL,
     claim_generation,
+    claim_resource_name,
     copy_name,
     generation_claim_name,
 )
@@ -503,23 +504,30 @@ def copy_mode(source: ClaimFacts, backend: str) -> str:
     return LOCAL if not source.pinned or backend != "linstor" else STREAM
 
 
+def job_ended(job: Mapping | None, condition: str) -> bool:
+    """The Job has the final condition `condition` (Complete or Failed)."""
+    return any(c.get("type") == condition and c.get("status") == "True" for c in get(job, "status", "conditions") or [])
+
+
 def copy_state(job: Mapping | None) -> tuple[str, int]:
     """The copy Job's state and attempt (a Job not created yet, or deleted, is still copying)."""
-    conditions = {c.get("type"): c.get("status") for c in get(job, "status", "conditions") or []}
     attempt = int(get(job, "spec", "template", "metadata", "annotations", COPY_ATTEMPT_ANNOTATION) or 1)
-    if conditions.get("Complete") == "True":
+    if job_ended(job, "Complete"):
         return VERIFIED, attempt
-    if conditions.get("Failed") == "True":
+    if job_ended(job, "Failed"):
         return FAILED, attempt
     return COPYING, attempt
 
 
 def is_running(job: Mapping | None) -> bool:
     """A Job with pods at work and no final condition yet."""
-    finished = any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in get(job, "status", "conditions") or []
-    )
-    return bool(get(job, "status", "active")) and not finished
+    return bool(get(job, "status", "active")) and not (job_ended(job, "Complete") or job_ended(job, "Failed"))
+
+
+def cache_generations(cache_name: str, claims: Iterable[Mapping]) -> list[tuple[int, Mapping]]:
+    """The cache's claims among `claims`, each with its generation, oldest first."""
+    found = ((claim_generation(cache_name, get(c, "metadata", "name") or ""), c) for c in claims)
+    return sorted(((number, c) for number, c in found if number is not None), key=lambda pair: pair[0])
 
 
 def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
@@ -674,7 +682,7 @@ def mounted_claims(job: Mapping | None) -> list[str]:
 
 def unprotect_hint(wanted: Wanted, live: LiveCache) -> str:
     """The engine keeps a claim made under cache.protect protected in its state until told otherwise."""
-    name = "cache-pvc" if live.generation == 0 else f"cache-pvc-g{live.generation}"
+    name = claim_resource_name("cache", live.generation)
     urn = f"urn:pulumi:{wanted.stack}::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::{name}"
     return f"`pulumi state unprotect '{urn}' --stack {wanted.stack}`"
 
@@ -787,11 +795,7 @@ def read_live_cache(
 
     try:
         claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
-        generations = sorted(
-            (number, claim)
-            for claim in claims
-            if (number := claim_generation(cache_name, get(claim, "metadata", "name") or "")) is not None
-        )
+        generations = cache_generations(cache_name, claims)
         if not generations:
             return LiveCache(namespace=namespace, claim=None)
         older = generation(*generations[-2]) if len(generations) > 1 else None

@@ -90,6 +90,18 @@ def claim_generation(cache_name: str, claim_name: str) -> int | None:
     return None
 
 
+def cache_name_of(claim_name: str) -> str:
+    """cache.name, from any generation's claim name (the inverse of generation_claim_name)."""
+    base, _, suffix = claim_name.rpartition("-g")
+    return base if base and suffix.isdigit() and claim_generation(base, claim_name) else claim_name
+
+
+def claim_resource_name(component: str, generation: int) -> str:
+    """The claim's Pulumi resource name: generation 0 keeps the one every stack had before moves,
+    so upgrading replaces nothing."""
+    return f"{component}-pvc" if generation == 0 else f"{component}-pvc-g{generation}"
+
+
 def copy_name(cache_name: str, generation: int) -> str:
     """The copy into generation `generation`: its Job (the receiver, or the one local copy pod), and
     with a suffix its sender Job, Service, NetworkPolicy, token Secret and script ConfigMap."""

@@ -18,6 +18,7 @@ from names import (
     SKIP_AWAIT,
     WORKER_LABEL,
     ZONE_ANNOTATION,
+    claim_resource_name,
     generation_claim_name,
     worker_claim_name,
 )
@@ -52,11 +53,6 @@ def placement_record(placement: Placement) -> PlacementRecord:
 def placement_of(record: PlacementRecord) -> Placement:
     """Where pods on a claim made under this record may run (a move keeps training there until it switches)."""
     return Placement(gpu_product=record.gpu_product, zone=record.zone)
-
-
-def resource_name(name: str, generation: int) -> str:
-    """Generation 0 keeps the name every stack had before moves, so upgrading replaces nothing."""
-    return f"{name}-pvc" if generation == 0 else f"{name}-pvc-g{generation}"
 
 
 def pvc_manifest(
@@ -162,7 +158,7 @@ class CacheVolume(pulumi.ComponentResource):
             options = pvc_options(self, cache, storage_class, namespace, adopt and index == 0, claim_unbound)
             self.pvcs.append(
                 k8s.core.v1.PersistentVolumeClaim(
-                    resource_name(name, generation) if index == 0 else f"{name}-pvc-{index}",
+                    claim_resource_name(name, generation) if index == 0 else f"{name}-pvc-{index}",
                     opts=options,
                     **constructor_kwargs(manifest),
                 )
@@ -175,7 +171,7 @@ class CacheVolume(pulumi.ComponentResource):
                 old, kept.storage_class, namespace, kept.backend, placement_of(kept.placement), generation=kept.generation
             )
             kept_pvc = k8s.core.v1.PersistentVolumeClaim(
-                resource_name(name, kept.generation), opts=kept_options(self, cache), **constructor_kwargs(manifest)
+                claim_resource_name(name, kept.generation), opts=kept_options(self, cache), **constructor_kwargs(manifest)
             )
             self.kept_claim_name = kept_pvc.metadata.name
         if backend != "linstor":

@@ -15,7 +15,6 @@ config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,18 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from bound_cache import FAILED, VERIFIED, PlacementRecord, copy_state, has_taint, node_zone, pinned_node_names, ready_condition
+from bound_cache import (
+    FAILED,
+    VERIFIED,
+    PlacementRecord,
+    cache_generations,
+    copy_state,
+    has_taint,
+    mounted_claims,
+    node_zone,
+    pinned_node_names,
+    ready_condition,
+)
 from bound_cache import get as _get
 from names import (
     COPY_LABEL,
@@ -37,7 +47,7 @@ from names import (
     RUN_LABEL,
     WORKER_LABEL,
     ZONE_LABEL,
-    claim_generation,
+    cache_name_of,
     copy_name,
 )
 from tools.cli import ArgumentParser, Unreachable, UsageError, entry_point
@@ -829,12 +839,6 @@ def main(argv: list[str] | None = None) -> int:
 
 # The last progress line of the copy (workloads/cache_copy.py prints them on stderr).
 COPY_PROGRESS_PREFIX = "cache_copy: "
-GENERATION_SUFFIX = re.compile(r"-g[1-9][0-9]*$")
-
-
-def cache_base_name(claim: str) -> str:
-    """cache.name, from any generation's claim name."""
-    return GENERATION_SUFFIX.sub("", claim)
 
 
 def follow_move(
@@ -842,8 +846,8 @@ def follow_move(
 ) -> tuple[Expectation, list[Finding]]:
     """The expectation for the claim training mounts now, and what a move under way says. `claims`:
     the namespace's claims; `mounted`: the claim the training Job mounts (None: no Job yet)."""
-    base = cache_base_name(expect.pvc)
-    generations = sorted((n, c) for c in claims if (n := claim_generation(base, _get(c, "metadata", "name") or "")) is not None)
+    base = cache_name_of(expect.pvc)
+    generations = cache_generations(base, claims)
     if not generations:
         return expect, []
     (newest_number, newest), older = generations[-1], (generations[-2][1] if len(generations) > 1 else None)
@@ -891,12 +895,12 @@ def read_move(expect: Expectation, core: Any, serialize) -> tuple[Expectation, l
 
     timeout = {"_request_timeout": REQUEST_TIMEOUT}
     claims = serialize(core.list_namespaced_persistent_volume_claim(expect.namespace, **timeout).items)
-    base = cache_base_name(expect.pvc)
-    numbers = [n for c in claims if (n := claim_generation(base, _get(c, "metadata", "name") or "")) is not None]
-    if len(numbers) < 2:
+    base = cache_name_of(expect.pvc)
+    generations = cache_generations(base, claims)
+    if len(generations) < 2:
         return follow_move(expect, claims, None, None, None)
     batch = client.BatchV1Api(core.api_client)
-    job_name = copy_name(base, max(numbers))
+    job_name = copy_name(base, generations[-1][0])
 
     def job(name: str | None) -> dict | None:
         try:
@@ -906,9 +910,7 @@ def read_move(expect: Expectation, core: Any, serialize) -> tuple[Expectation, l
                 return None
             raise
 
-    training = job(expect.job)
-    volumes = _get(training, "spec", "template", "spec", "volumes") or []
-    mounted = next((v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v), None)
+    mounted = next(iter(mounted_claims(job(expect.job))), None)
     progress = None
     selector = f"{COPY_LABEL}={job_name},{COPY_ROLE_LABEL} in (receiver,local)"
     for pod in core.list_namespaced_pod(expect.namespace, label_selector=selector, **timeout).items:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
+from bound_cache import mounted_claims
 from tests.integration.conftest import wait_for
 from tests.integration.test_day2 import tool
 from tools.rehearse import UpFailed
@@ -32,11 +33,6 @@ def claims(rehearsal, namespace: str) -> dict[str, dict]:
 
 def jobs(rehearsal, namespace: str) -> dict[str, dict]:
     return {j["metadata"]["name"]: j for j in rehearsal.view(namespace).jobs}
-
-
-def mounted_claims(job: dict) -> list[str]:
-    volumes = job["spec"]["template"]["spec"]["volumes"]
-    return [v["persistentVolumeClaim"]["claimName"] for v in volumes if "persistentVolumeClaim" in v]
 
 
 def copy_pods(rehearsal, namespace: str) -> dict[str, dict]:
