@@ -119,6 +119,13 @@ def _token_mount() -> dict[str, Any]:
     return {"name": TOKEN_VOLUME, "mountPath": COPY_TOKEN_PATH, "readOnly": True}
 
 
+def _stream_end(pod: CachePod, role: str, args: list[str], **options: Any) -> dict[str, Any]:
+    """The sender's or the receiver's container: the script, with the move's token."""
+    command = _script(*args, "--token-file", f"{COPY_TOKEN_PATH}/{TOKEN_KEY}")
+    mounts = [scripts_mount(), _token_mount(), scratch_mount()]
+    return container(pod, role, pod.job.image, command, mounts=mounts, **options)
+
+
 def _copy_job(pod: CachePod, name: str, role: str, spec: dict[str, Any], move: Move) -> dict[str, Any]:
     return job_manifest(
         pod,
@@ -134,15 +141,7 @@ def _copy_job(pod: CachePod, name: str, role: str, spec: dict[str, Any], move: M
 def sender_job_manifest(source: CachePod, name: str, move: Move) -> dict[str, Any]:
     """Beside the old volume, read-only: serves it to one receiver, then exits."""
     args = ["send", "--root", source.cache.mount_path, "--listen", f"0.0.0.0:{COPY_PORT}"]
-    step = container(
-        source,
-        SENDER,
-        source.job.image,
-        _script(*args, "--token-file", f"{COPY_TOKEN_PATH}/{TOKEN_KEY}"),
-        mounts=[scripts_mount(), _token_mount(), scratch_mount()],
-        resources=NODE_SIDE_RESOURCES,
-        read_only=True,
-    )
+    step = _stream_end(source, SENDER, args, resources=NODE_SIDE_RESOURCES, read_only=True)
     step["ports"] = [{"name": "copy", "containerPort": COPY_PORT, "protocol": "TCP"}]
     spec = pod_spec(source, [step], volumes=[_token_volume(name)], scheduling=node_pinning(source.job, move.source.nodes))
     return _copy_job(source, name, SENDER, spec, move)
@@ -151,13 +150,7 @@ def sender_job_manifest(source: CachePod, name: str, move: Move) -> dict[str, An
 def receiver_job_manifest(target: CachePod, name: str, move: Move) -> dict[str, Any]:
     """Placed exactly like training, so the new claim binds where training will run; completes only verified."""
     args = ["receive", "--root", target.cache.mount_path, "--source", f"{name}:{COPY_PORT}", "--streams", str(STREAMS)]
-    step = container(
-        target,
-        RECEIVER,
-        target.job.image,
-        _script(*args, "--token-file", f"{COPY_TOKEN_PATH}/{TOKEN_KEY}"),
-        mounts=[scripts_mount(), _token_mount(), scratch_mount()],
-    )
+    step = _stream_end(target, RECEIVER, args)
     spec = pod_spec(target, [step], volumes=[_token_volume(name)])
     return _copy_job(target, name, RECEIVER, spec, move)
 
