@@ -27,7 +27,7 @@ def test_the_newest_run_that_built_something_gives_the_step_times(tmp_path):
     assert [(f.name, f.wall_s) for f in figures] == [
         ("build cli (v3.274.1)", 522),
         ("build provider (4.34.2-x)", 983),
-        ("build, whole toolchain (two lanes)", 1409),
+        ("build, whole toolchain (2 lanes)", 1409),
     ]
     assert figures[-1].ratio == 1409 / bench_loop.TARGETS["build"]
     rebuilt = COLD + WARM + COLD.replace("522", "100").replace("1409", "700")

@@ -77,9 +77,10 @@ def build_figures(log: Path) -> list[Figure]:
         for m in (re.search(r"\] (\S+) (\S+): built in (\d+) s", line) for line in built[-1])
         if m
     ]
-    total = [m for m in (re.search(r"toolchain ready in .* \((\d+) s\)", line) for line in built[-1]) if m]
+    total = [m for m in (re.search(r"toolchain ready in .* \((\d+) s(?:, (\d) lanes)?\)", line) for line in built[-1]) if m]
     if total:
-        figures.append(Figure("build, whole toolchain (two lanes)", float(total[-1][1]), None, TARGETS["build"]))
+        lanes = total[-1][2] or "2"  # logs written before the lane count was printed ran two
+        figures.append(Figure(f"build, whole toolchain ({lanes} lanes)", float(total[-1][1]), None, TARGETS["build"]))
     return figures
 
 
