@@ -8,21 +8,21 @@ from dataclasses import replace
 
 import pulumi
 
-from bound_cache import guard_bound_cache
-from components.cache_copy import CacheCopy, move_output
-from components.cache_pod import CachePod
-from components.cache_volume import CacheVolume, placement_of
-from components.hub_credentials import HubCredentials
-from components.ingress_isolation import IngressIsolation
-from components.secret_flow import SecretFlow
-from components.storage_benchmark import StorageBenchmark
-from components.storage_class import LinstorStorageClass
-from components.training_job import TrainingJob
-from components.training_workers import TrainingWorkers
-from components.workload_scripts import WorkloadScripts
-from names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
-from settings import load_settings, read_tokens, secret_keys
-from verification import verification_commands
+from mlcache.cluster.bound_cache import guard_bound_cache
+from mlcache.program.components.cache_copy import CacheCopy, move_output
+from mlcache.program.components.cache_pod import CachePod
+from mlcache.program.components.cache_volume import CacheVolume, placement_of
+from mlcache.program.components.hub_credentials import HubCredentials
+from mlcache.program.components.ingress_isolation import IngressIsolation
+from mlcache.program.components.secret_flow import SecretFlow
+from mlcache.program.components.storage_benchmark import StorageBenchmark
+from mlcache.program.components.storage_class import LinstorStorageClass
+from mlcache.program.components.training_job import TrainingJob
+from mlcache.program.components.training_workers import TrainingWorkers
+from mlcache.program.components.workload_scripts import WorkloadScripts
+from mlcache.program.names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
+from mlcache.program.settings import load_settings, read_tokens, secret_keys
+from mlcache.program.verification import verification_commands
 
 settings = load_settings()
 # A key given as a secret keeps every object input and output it flows into secret.

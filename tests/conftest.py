@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools.mock_engine import ProgramRun, Registration  # noqa: E402
-from tools.render import render  # noqa: E402
+from mlcache.preview.mock_engine import ProgramRun, Registration  # noqa: E402
+from mlcache.preview.render import render  # noqa: E402
 
 
 @cache

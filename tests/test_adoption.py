@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from settings import ConfigError, parse_settings
+from mlcache.program.settings import ConfigError, parse_settings
 from tests.conftest import only, rendered
 
 

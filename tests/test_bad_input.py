@@ -11,9 +11,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schema
-from settings import KEYS, RUNBOOK_ZONES, SCALAR_KEYS, STRUCTURED_KEYS, ConfigError, parse_quantity, parse_settings
-from tools.mock_engine import ProgramRun, run_program
+from mlcache.preview.mock_engine import ProgramRun, run_program
+from mlcache.program import schema
+from mlcache.program.settings import (
+    KEYS,
+    RUNBOOK_ZONES,
+    SCALAR_KEYS,
+    STRUCTURED_KEYS,
+    ConfigError,
+    parse_quantity,
+    parse_settings,
+)
 
 # Values of the wrong JSON type for a field that wants a string, list or object.
 NOT_A_STRING = st.one_of(st.integers(), st.booleans(), st.lists(st.text(), max_size=2), st.dictionaries(st.text(), st.text()))

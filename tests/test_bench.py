@@ -1,4 +1,4 @@
-"""tools.bench: the fio report checked against fio's own numbers (real fio on a temp dir), the
+"""mlcache bench: the fio report checked against fio's own numbers (real fio on a temp dir), the
 chart, and the shard-loading benchmark (real safetensors shards, real fio over the same files)."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load
 
+from mlcache.bench import storage
+from mlcache.cli import bench
 from tests.conftest import ROOT
-from tools import bench
 from workloads import shard_bench
 
 
@@ -42,7 +43,7 @@ def run_fio(tmp_path, name: str, *extra: str) -> dict:
 
 def test_report_matches_fios_own_numbers(tmp_path):
     raw = run_fio(tmp_path, "seqread")
-    result = bench.load_result(tmp_path / "seqread.json")
+    result = storage.load_result(tmp_path / "seqread.json")
     read = raw["jobs"][0]["read"]
     assert result.read_bytes_per_s == read["bw_bytes"] and result.iops == pytest.approx(read["iops"])
     assert result.mean_latency_ms == pytest.approx(read["clat_ns"]["mean"] / 1e6)
@@ -52,14 +53,14 @@ def test_report_matches_fios_own_numbers(tmp_path):
 
 def test_jobs_without_group_reporting_are_summed(tmp_path):
     raw = run_fio(tmp_path, "multi", "--numjobs=3")
-    result = bench.load_result(tmp_path / "multi.json")
+    result = storage.load_result(tmp_path / "multi.json")
     assert len(raw["jobs"]) == 3
     assert result.read_bytes_per_s == sum(job["read"]["bw_bytes"] for job in raw["jobs"])
     assert result.iops == pytest.approx(sum(job["read"]["iops"] for job in raw["jobs"]))
 
 
 def test_kubectl_logs_with_lines_around_the_json_are_read():
-    result = bench.load_result(ROOT / "tests" / "data" / "fio-kubectl-logs.txt")
+    result = storage.load_result(ROOT / "tests" / "data" / "fio-kubectl-logs.txt")
     raw = json.loads((ROOT / "tests" / "data" / "fio-kubectl-logs.txt").read_text().split("\n", 1)[1].rsplit("}", 1)[0] + "}")
     assert result.read_bytes_per_s == raw["jobs"][0]["read"]["bw_bytes"] and result.job == "seqread"
 
@@ -70,7 +71,7 @@ def test_two_results_show_ratios_and_a_chart(tmp_path, capsys):
     chart = tmp_path / "chart.png"
     assert bench.main(["report", str(tmp_path / "linstor.json"), str(tmp_path / "rookceph.json"), "--plot", str(chart)]) == 0
     out = capsys.readouterr().out
-    first, second = (bench.load_result(tmp_path / f"{n}.json") for n in ("linstor", "rookceph"))
+    first, second = (storage.load_result(tmp_path / f"{n}.json") for n in ("linstor", "rookceph"))
     assert "vs first" in out and "1.00x" in out
     assert f"{second.read_bytes_per_s / first.read_bytes_per_s:.2f}x" in out
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 10_000

@@ -1,12 +1,12 @@
-"""tools.bench_loop: the loop's figures come from a run and from scripts/build-engine's own log."""
+"""mlcache bench loop: the loop's figures come from a run and from scripts/build-engine's own log."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+from mlcache.bench import loop as bench_loop
 from tests.conftest import ROOT
-from tools import bench_loop
 
 COLD = """\
 [build-engine 14:01:07] provider 4.34.2-x: building (log: /c/.build-provider/build.log)
@@ -43,7 +43,7 @@ def test_no_log_gives_no_build_rows_and_the_table_shows_each_ratio(tmp_path):
 
 def test_an_unreadable_build_log_is_one_line_before_any_test_runs(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tools.bench_loop", "--build-log", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "mlcache", "bench", "loop", "--build-log", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith(f"error: --build-log {tmp_path}: cannot read it") and result.stderr.count("\n") == 1

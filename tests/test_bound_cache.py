@@ -7,7 +7,16 @@ import dataclasses
 
 import pytest
 
-from bound_cache import LiveCache, PlacementRecord, ProviderSettings, Unread, Wanted, judge, quantity_bytes, read_live_cache
+from mlcache.cluster.bound_cache import (
+    LiveCache,
+    PlacementRecord,
+    ProviderSettings,
+    Unread,
+    Wanted,
+    judge,
+    quantity_bytes,
+    read_live_cache,
+)
 from tests.api_objects import A100, CLAIM, H100, NAMESPACE, claim, node, storage_class, volume
 
 UCSD = node("gpu-ucsd-1", "ucsd")

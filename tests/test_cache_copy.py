@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from mlcache.bench.copy import start_sender
 from tests.conftest import ROOT
-from tools.copy_bench import start_sender
 
 SCRIPT = ROOT / "workloads" / "cache_copy.py"
 BIG = 24 << 20  # two files of 6 segments each at --segment-mib 4
@@ -214,7 +214,21 @@ def test_a_short_token_or_missing_source_is_one_line(tmp_path):
 
 def test_the_copy_benchmark_prints_each_side_against_the_slower_fio_figure(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "tools.bench", "copy", "--dir", str(tmp_path), "--files", "1", "--size", "32M", "--rounds", "1"],
+        [
+            sys.executable,
+            "-m",
+            "mlcache",
+            "bench",
+            "copy",
+            "--dir",
+            str(tmp_path),
+            "--files",
+            "1",
+            "--size",
+            "32M",
+            "--rounds",
+            "1",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,

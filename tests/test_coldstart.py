@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load
 
-from components.training_job import RUN_ONCE_SCRIPT
-from settings import ConfigError, parse_settings
+from mlcache.cli import bench
+from mlcache.program.components.training_job import RUN_ONCE_SCRIPT
+from mlcache.program.settings import ConfigError, parse_settings
 from tests.conftest import ROOT, env_of, main_container, only, rendered
 from tests.test_data_path import comparable
-from tools import bench
 from workloads import coldstart, prefetch, prewarm, shard_bench
 
 MiB = 2**20

@@ -11,9 +11,9 @@ import textwrap
 
 import pytest
 
-from settings import ConfigError, parse_settings
+from mlcache.preview.mock_engine import ProgramRun, Registration
+from mlcache.program.settings import ConfigError, parse_settings
 from tests.conftest import ROOT, env_of, only, pod_spec, rendered
-from tools.mock_engine import ProgramRun, Registration
 
 FIO_IMAGE = "docker.io/dmonakhov/alpine-fio:3.35"
 BENCH = ("benchmark.enabled=true", f"benchmark.fioImage={FIO_IMAGE}")

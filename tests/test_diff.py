@@ -1,4 +1,4 @@
-"""tools.diff: the engine's action for each change, and honest data-loss flags."""
+"""mlcache diff: the engine's action for each change, and honest data-loss flags."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-import names
-from bound_cache import assume_live
+from mlcache.cluster.bound_cache import assume_live
+from mlcache.preview.diff import DATA_LOSS, STRANDS, base_claim, plan, report, with_ignored_changes
+from mlcache.preview.render import as_json, documents, render
+from mlcache.program import names
 from tests.conftest import ROOT, rendered
-from tools.diff import DATA_LOSS, STRANDS, _base_claim, plan, report, with_ignored_changes
-from tools.render import as_json, documents, render
 
 
 def _plan(base: tuple[str, ...], head: tuple[str, ...], stack: str = "dev"):
@@ -178,7 +178,7 @@ def project_copy(tmp_path):
 
 
 def _diff(copy, *args):
-    return subprocess.run([sys.executable, "-m", "tools.diff", *args], cwd=copy, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "mlcache", "diff", *args], cwd=copy, capture_output=True, text=True)
 
 
 def test_command_line_against_a_git_revision(project_copy):
@@ -216,14 +216,15 @@ def test_bad_revision_and_bad_config_fail(project_copy):
 
 
 def test_another_project_directory_renders_its_own_modules(tmp_path):
-    """tools.diff renders another revision with these tools: that program must import its own
+    """mlcache diff renders another revision with these tools: that program must import its own
     settings and names, not the ones these tools already imported."""
     for item in [*ROOT.glob("*.py"), *ROOT.glob("Pulumi*.yaml")]:
         shutil.copy(item, tmp_path / item.name)
-    for package in ("components", "workloads"):
+    for package in ("mlcache", "workloads"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     original = 'INGRESS_POLICY = "mlcache-deny-ingress"'
-    (tmp_path / "names.py").write_text((ROOT / "names.py").read_text().replace(original, 'INGRESS_POLICY = "other"'))
+    copied_names = tmp_path / "mlcache" / "program" / "names.py"
+    copied_names.write_text(copied_names.read_text().replace(original, 'INGRESS_POLICY = "other"'))
     other, _ = render("dev", [], [], tmp_path)
     assert "other" in {d["metadata"]["name"] for d in documents(other)}
     assert names.INGRESS_POLICY == "mlcache-deny-ingress"
@@ -233,7 +234,7 @@ def test_another_project_directory_renders_its_own_modules(tmp_path):
 
 def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss():
     base = as_json(rendered("prod"))
-    with assume_live(_base_claim(base)):
+    with assume_live(base_claim(base)):
         head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], [])
     changes = plan(base, as_json(head))
     # Everything is new; the cache, its claim and the training Job stay as they are.

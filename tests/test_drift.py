@@ -1,11 +1,11 @@
-"""tools.drift: the objects a `pulumi preview --refresh --json` changes, named in the summary."""
+"""mlcache drift: the objects a `pulumi preview --refresh --json` changes, named in the summary."""
 
 from __future__ import annotations
 
 import json
 
-from tools.drift import drifted, summary
-from tools.drift import main as drift_main
+from mlcache.cli.drift import main as drift_main
+from mlcache.cluster.drift import drifted, summary
 
 PVC_URN = "urn:pulumi:prod::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::cache-pvc"
 JOB_URN = "urn:pulumi:prod::mlcache::mlcache:index:TrainingJob$kubernetes:batch/v1:Job::training-job"

@@ -1,4 +1,4 @@
-"""tools.fleet: the rehearsal cluster's nodes from a fleet description or `kubectl get nodes -o yaml`."""
+"""mlcache fleet: the rehearsal cluster's nodes from a fleet description or `kubectl get nodes -o yaml`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import pytest
 import yaml
 
+from mlcache.cli.fleet import main as fleet_main
+from mlcache.rehearsal.fleet import KWOK_KEY, POOLS_ANNOTATION, FleetError, fleet_nodes, kubectl_nodes, load
 from tests.conftest import ROOT
-from tools.fleet import KWOK_KEY, POOLS_ANNOTATION, FleetError, fleet_nodes, kubectl_nodes, load
-from tools.fleet import main as fleet_main
 
 ZONE, PRODUCT, COUNT = "topology.kubernetes.io/zone", "nvidia.com/gpu.product", "nvidia.com/gpu.count"
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -163,14 +163,17 @@ def test_duplicate_names_are_refused():
 
 def test_cli_prints_one_node_per_line_and_one_line_on_bad_input(tmp_path):
     good = subprocess.run(
-        [sys.executable, "-m", "tools.fleet", str(ROOT / "fleets" / "runbook.yaml")], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "mlcache", "fleet", str(ROOT / "fleets" / "runbook.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
     )
     assert good.returncode == 0, good.stderr
     nodes = [json.loads(line) for line in good.stdout.splitlines()]
     assert nodes == load(ROOT / "fleets" / "runbook.yaml")
     bad = tmp_path / "fleet.yaml"
     bad.write_text("nodes:\n- {name: a, zone: ucsd, cpu: 8, memory: 64Gi, pool: lots}\n")
-    result = subprocess.run([sys.executable, "-m", "tools.fleet", str(bad)], cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "mlcache", "fleet", str(bad)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
     assert (
         result.stderr.strip()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from settings import ConfigError, parse_settings
+from mlcache.preview.render import documents, to_yaml
+from mlcache.program.settings import ConfigError, parse_settings
 from tests.conftest import ROOT, env_of, main_container, only, pod_spec, rendered
-from tools.render import documents, to_yaml
 
 CHECKOV = ROOT / "venv-checkov" / "bin" / "checkov"
 DIGEST_IMAGE = "repo/trainer@sha256:" + "0" * 64

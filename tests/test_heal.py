@@ -1,13 +1,14 @@
-"""tools.heal's decisions on API-shaped objects: it heals only a proven node loss of a
+"""mlcache heal's decisions on API-shaped objects: it heals only a proven node loss of a
 single-replica volume, and refuses, saying why, in every other case."""
 
 from __future__ import annotations
 
 import pytest
 
+from mlcache.cli.heal import main
+from mlcache.cluster.diagnosis import Expectation, Snapshot
+from mlcache.cluster.heal import plan_heal, render_plan
 from tests.api_objects import claim, node, pod, volume
-from tools.heal import main, plan_heal, render_plan
-from tools.verify import Expectation, Snapshot
 
 EXPECT = Expectation(
     "ms-swift-cache-pvc", "ml-training", "linstor-fast-cache", "linstor", "ucsd", "sft-qwen3vl-fire-4gpu", stack="prod"

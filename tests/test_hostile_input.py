@@ -17,9 +17,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlcache.bench import storage
+from mlcache.cli import bench, diff, heal, render, snapshots, validate, verify
+from mlcache.cli import contract as cli
+from mlcache.preview import diff as diff_library
+from mlcache.preview.stack_config import StackConfigError, load_stack_config
 from tests.conftest import ROOT
-from tools import bench, cli, diff, heal, render, snapshots, validate, verify
-from tools.stack_config import StackConfigError, load_stack_config
 
 
 def _call(capsys, main, *argv):
@@ -228,7 +231,7 @@ def test_stdout_that_cannot_be_written_is_one_line():
 
 def test_no_event_loop_noise_after_a_render():
     # -W default shows the ResourceWarning an unclosed loop gives when the interpreter finalises it.
-    result = _tool("-W", "default", "-m", "tools.render", "--stack", "prod", "--summary")
+    result = _tool("-W", "default", "-m", "mlcache", "render", "--stack", "prod", "--summary")
     assert result.returncode == 0 and result.stderr == ""
 
 
@@ -269,7 +272,7 @@ def test_diff_of_a_stack_that_exists_nowhere_is_an_error(capsys):
 
 
 def test_diff_picks_the_error_line_among_warnings():
-    assert diff.error_line("warning: a\nerror: invalid config mlcache:zone\n") == "invalid config mlcache:zone"
+    assert diff_library.error_line("warning: a\nerror: invalid config mlcache:zone\n") == "invalid config mlcache:zone"
 
 
 @pytest.fixture
@@ -461,6 +464,6 @@ def test_a_report_that_is_a_device_a_fifo_or_huge_is_refused_at_once(capsys, tmp
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     huge = tmp_path / "huge.json"
-    huge.write_bytes(b" " * (bench.MAX_REPORT_BYTES + 1))
+    huge.write_bytes(b" " * (storage.MAX_REPORT_BYTES + 1))
     for path, words in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"), (str(huge), "larger than")):
         assert_refused(*_call(capsys, bench.main, "report", path), path, words)

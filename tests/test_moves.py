@@ -8,15 +8,15 @@ import dataclasses
 import pytest
 from pulumi import RunError
 
-import bound_cache
-from bound_cache import COPYING, FAILED, HELD, LOCAL, STREAM, VERIFIED, LiveCache, PlacementRecord, Wanted, judge
-from schema import ConfigError
+from mlcache.cluster import bound_cache
+from mlcache.cluster.bound_cache import COPYING, FAILED, HELD, LOCAL, STREAM, VERIFIED, LiveCache, PlacementRecord, Wanted, judge
+from mlcache.cluster.diagnosis import Expectation, follow_move
+from mlcache.preview.mock_engine import ProgramRun, is_secret_envelope, run_program
+from mlcache.preview.render import render
+from mlcache.preview.stack_config import load_stack_config
+from mlcache.program.schema import ConfigError
 from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
 from tests.test_bound_cache import WANTED as BOUND_CACHE_WANTED
-from tools.mock_engine import ProgramRun, is_secret_envelope, run_program
-from tools.render import render
-from tools.stack_config import load_stack_config
-from tools.verify import Expectation, follow_move
 
 UCSD, SDSU = node("gpu-ucsd-1", "ucsd"), node("gpu-sdsu-1", "sdsu")
 NEW = f"{CLAIM}-g1"
@@ -149,8 +149,8 @@ def test_putting_the_settings_back_calls_the_move_off_and_anything_else_is_refus
     ("given", "mode"), [("true", "fresh"), (True, "fresh"), ("false", "false"), (False, "false"), ("copy", "copy")]
 )
 def test_relocate_keeps_its_old_spellings(given, mode):
-    from schema import parse_section  # noqa: PLC0415
-    from settings import CacheSettings  # noqa: PLC0415
+    from mlcache.program.schema import parse_section  # noqa: PLC0415
+    from mlcache.program.settings import CacheSettings  # noqa: PLC0415
 
     assert parse_section("cache", {"relocate": given}, CacheSettings).relocate == mode
 

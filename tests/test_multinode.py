@@ -1,6 +1,6 @@
 """Multi-node training (job.nodes > 1) through the real program under the mock engine: one cache
-claim per worker, launch env, one zone, both engines, the queue label, the policy pack, tools.diff
-and tools.verify's run report."""
+claim per worker, launch env, one zone, both engines, the queue label, the policy pack, mlcache diff
+and mlcache verify's run report."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import subprocess
 
 import pytest
 
-from names import MULTINODE_RUN_LABEL, WORKER_LABEL
+from mlcache.cluster.diagnosis import FAIL, OK, Expectation, RunExpectation
+from mlcache.cluster.workers import WorkerPlacement, diagnose_run
+from mlcache.preview.diff import DATA_LOSS, plan, report
+from mlcache.preview.render import as_json, documents
+from mlcache.preview.validate import validation_errors
+from mlcache.program.names import MULTINODE_RUN_LABEL, WORKER_LABEL
 from tests.conftest import env_of, rendered
 from tests.test_policy import stack_args, violations
-from tools.diff import DATA_LOSS, plan, report
-from tools.render import as_json, documents
-from tools.validate import validation_errors
-from tools.verify import FAIL, OK, Expectation, RunExpectation, WorkerPlacement, diagnose_run
 
 RUN = "sft-qwen3vl-fire-4gpu"
 JOBSET = "kubernetes:jobset.x-k8s.io/v1alpha2:JobSet"
@@ -266,7 +267,7 @@ def test_policy_flags_two_workers_on_one_claim():
     assert len(found) == 1 and "both mount claim ms-swift-cache-pvc" in found[0][0]
 
 
-# --- tools.diff
+# --- mlcache diff
 
 
 def _plan(base: tuple[str, ...], head: tuple[str, ...], stack: str = "dev"):
@@ -293,7 +294,7 @@ def test_raising_nodes_adds_empty_caches_said_not_flagged():
     assert "-- a new, empty cache for worker 1" in report("dev", changes)
 
 
-# --- tools.verify: the run report (pure, on API-shaped objects)
+# --- mlcache verify: the run report (pure, on API-shaped objects)
 
 
 def _node(name: str, zone: str, gpus: int = 8, product: str = "NVIDIA-A100-SXM4-80GB") -> dict:
@@ -438,7 +439,7 @@ def test_jobset_workers_have_no_api_access_jobset_restarts_them():
     ],
 )
 def test_names_kubernetes_would_refuse_are_refused_up_front(job, key, says):
-    from settings import ConfigError, parse_settings  # noqa: PLC0415
+    from mlcache.program.settings import ConfigError, parse_settings  # noqa: PLC0415
 
     with pytest.raises(ConfigError) as err:
         parse_settings({"job": job})
@@ -446,13 +447,13 @@ def test_names_kubernetes_would_refuse_are_refused_up_front(job, key, says):
 
 
 def test_the_longest_names_that_fit_are_accepted():
-    from settings import parse_settings  # noqa: PLC0415
+    from mlcache.program.settings import parse_settings  # noqa: PLC0415
 
     assert parse_settings({"job": {"nodes": 3, "name": "x" * 54}}).job.nodes == 3
     assert parse_settings({"job": {"nodes": 2, "engine": "jobset", "name": "x" * 44}}).job.engine == "jobset"
 
 
-# --- tools.rehearse: the placement report of a multi-node run (recorded API objects)
+# --- mlcache rehearse: the placement report of a multi-node run (recorded API objects)
 
 
 def _rehearse_view(placed: dict[int, str | None]):
@@ -493,7 +494,7 @@ def _run_expect(zone: str | None = None) -> Expectation:
 
 
 def test_rehearse_reports_every_worker_with_its_cache_and_one_zone():
-    from tools.placement import build_report, render_report  # noqa: PLC0415
+    from mlcache.rehearsal.report import build_report, render_report  # noqa: PLC0415
 
     report = build_report(_rehearse_view({0: "a100-sdsu-1", 1: "a100-sdsu-2"}), _run_expect(), "dev")
     assert [p.role for p in report.pods] == ["worker 0", "worker 1"]
@@ -506,7 +507,7 @@ def test_rehearse_reports_every_worker_with_its_cache_and_one_zone():
 
 
 def test_rehearse_reports_a_pending_worker_with_the_schedulers_reason_and_fails():
-    from tools.placement import build_report, render_report  # noqa: PLC0415
+    from mlcache.rehearsal.report import build_report, render_report  # noqa: PLC0415
 
     report = build_report(_rehearse_view({0: "a100-ucsd-1", 1: None}), _run_expect(), "dev")
     assert report.exit_code == 1
@@ -525,8 +526,8 @@ def test_an_unpinned_multinode_run_warns_that_its_first_worker_chooses_the_zone(
 
 @pytest.mark.parametrize("engine", ["jobs", "jobset"])
 def test_a_secret_run_name_stays_secret_in_every_worker_object(engine):
+    from mlcache.preview import render  # noqa: PLC0415
     from tests.test_secrets import assert_kept_secret  # noqa: PLC0415
-    from tools import render  # noqa: PLC0415
 
     run, _ = render.render("dev", ["job.nodes=2", f"job.engine={engine}"], ["job.name=sft-hidden-run-77"])
     assert_kept_secret(run, "sft-hidden-run-77")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-import names
-from components.cache_volume import REPLACE_ON_CHANGES as PVC_REPLACES
-from components.storage_class import REPLACE_ON_CHANGES as CLASS_REPLACES
+from mlcache.program import names
+from mlcache.program.components.cache_volume import REPLACE_ON_CHANGES as PVC_REPLACES
+from mlcache.program.components.storage_class import REPLACE_ON_CHANGES as CLASS_REPLACES
 from tests.conftest import ROOT, only, rendered
 
 sys.path.insert(0, str(ROOT / "policy"))

@@ -19,10 +19,10 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
-from bound_cache import assume_live, live_from_manifest
+from mlcache.cluster.bound_cache import assume_live, live_from_manifest
+from mlcache.preview.mock_engine import ProgramRun, Registration
+from mlcache.preview.render import render
 from tests.conftest import ROOT, rendered
-from tools.mock_engine import ProgramRun, Registration
-from tools.render import render
 
 sys.path.insert(0, str(ROOT / "policy"))
 import policies

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from names import GPU_PRODUCT_LABEL, ZONE_LABEL
-from settings import ConfigError
+from mlcache.preview.mock_engine import ProgramRun, run_program
+from mlcache.preview.stack_config import load_stack_config
+from mlcache.program.names import GPU_PRODUCT_LABEL, ZONE_LABEL
+from mlcache.program.settings import ConfigError
 from tests.conftest import env_of, main_container, only, pod_spec, rendered
-from tools.mock_engine import ProgramRun, run_program
-from tools.stack_config import load_stack_config
 
 LINSTOR = "linstor.csi.linbit.com/"
 

@@ -1,4 +1,4 @@
-"""tools.rehearse's decisions as pure functions (tools.placement, tools.verify's reasons) on API
+"""mlcache rehearse's decisions as pure functions (mlcache.rehearsal.report, mlcache verify's reasons) on API
 objects shaped as the API server returns them, and its usage and set-up errors. What the
 scheduler really does with a stack is tests/integration/test_placement.py's job."""
 
@@ -7,10 +7,11 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from tools import rehearse
-from tools.placement import ClusterView, build_report, render_report, still_moving
-from tools.stack_config import load_stack_config
-from tools.verify import FAIL, Expectation, diagnose
+from mlcache.cli import rehearse as rehearse_command
+from mlcache.cluster.diagnosis import FAIL, Expectation, diagnose
+from mlcache.preview.stack_config import load_stack_config
+from mlcache.rehearsal import cluster as rehearse
+from mlcache.rehearsal.report import ClusterView, build_report, render_report, still_moving
 
 API = client.ApiClient()
 NS = "ml-training"
@@ -294,7 +295,7 @@ def test_pinned_zone_full_names_the_holder_the_schedulers_reason_and_zones_with_
     text = render_report(report)
     assert f"Pending (the scheduler's reason)\n  {NS}/sft-1: {SCHEDULER_NO_GPUS}" in text
     assert report.exit_code == 1
-    # tools.verify says the same, from the same objects.
+    # mlcache verify says the same, from the same objects.
     (finding,) = [f for f in report.findings if f.level == FAIL]
     assert finding.check == "pod scheduling" and "a100-ucsd-1 0/4 free" in finding.message and "sdsu" in finding.remedy
 
@@ -336,7 +337,7 @@ def test_what_was_still_moving_fails_the_rehearsal_and_is_listed():
 
 
 def test_verify_without_events_or_allocatable_keeps_its_generic_remedy():
-    from tools.verify import Snapshot  # noqa: PLC0415
+    from mlcache.cluster.diagnosis import Snapshot  # noqa: PLC0415
 
     bare = {n: {"metadata": v["metadata"]} for n, v in FLEET.items()}
     findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=SCHEDULER_NO_GPUS)], nodes=bare), EXPECT)
@@ -404,7 +405,7 @@ def test_the_program_copy_has_no_stack_files_and_the_projects_virtualenv(tmp_pat
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_anything_starts(capsys, argv, expected):
-    assert rehearse.main(argv) == 2
+    assert rehearse_command.main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and expected in err
 
@@ -412,6 +413,6 @@ def test_usage_errors_exit_2_with_one_line_before_anything_starts(capsys, argv, 
 def test_missing_toolchain_exits_2_with_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(rehearse, "ENGINE_CACHE", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
-    assert rehearse.main(["--stack", "dev"]) == 2
+    assert rehearse_command.main(["--stack", "dev"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and "scripts/build-engine" in err

@@ -1,4 +1,4 @@
-"""`python -m tools.render`: the contract other tools and reviewers rely on."""
+"""`mlcache render`: the contract other tools and reviewers rely on."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
+from mlcache.cli.render import main
+from mlcache.preview.render import RENDER_RECORD, documents, to_yaml
 from tests.conftest import ROOT, rendered
-from tools.render import RENDER_RECORD, documents, main, to_yaml
 
 
 def _render(capsys, *argv):
@@ -107,7 +108,7 @@ def test_bad_config_is_one_line_on_stderr_and_nothing_on_stdout(capsys, override
 
 def test_the_real_command_line_fails_cleanly():
     result = subprocess.run(
-        [sys.executable, "-m", "tools.render", "--stack", "prod", "--config", "zone=mars"],
+        [sys.executable, "-m", "mlcache", "render", "--stack", "prod", "--config", "zone=mars"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import ConfigError, parse_settings
+from mlcache.program.settings import ConfigError, parse_settings
 from tests.conftest import env_of, main_container, only, rendered
 
 

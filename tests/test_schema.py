@@ -6,9 +6,9 @@ import itertools
 
 import pytest
 
+from mlcache.preview.render import sent_documents
+from mlcache.preview.validate import DEFAULT_VERSIONS, TARGET_VERSIONS, validation_errors
 from tests.conftest import rendered
-from tools.render import sent_documents
-from tools.validate import DEFAULT_VERSIONS, TARGET_VERSIONS, validation_errors
 
 VARIANTS = list(
     itertools.product(

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
+from mlcache.cli import render as render_command
+from mlcache.preview import render
+from mlcache.preview.diff import manifest_diff, plan, report
+from mlcache.preview.mock_engine import ProgramRun, is_secret_envelope, run_program
+from mlcache.preview.stack_config import SECURE_PLACEHOLDER, load_stack_config
 from tests.conftest import ROOT
-from tools import render
-from tools.diff import manifest_diff, plan, report
-from tools.mock_engine import ProgramRun, is_secret_envelope, run_program
-from tools.stack_config import SECURE_PLACEHOLDER, load_stack_config
 
 
 def plain_text(value: Any) -> Iterator[str]:
@@ -95,7 +96,7 @@ def test_only_what_a_secret_flows_into_is_secret():
 
 
 def _render_cli(capsys, *argv):
-    code = render.main(["--stack", "dev", *argv])
+    code = render_command.main(["--stack", "dev", *argv])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -140,7 +141,7 @@ def test_no_error_line_repeats_a_secret(capsys, assignment, config):
 
 
 def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch):
-    # tools.diff renders both sides with one random digest key (here set by hand, in-process).
+    # mlcache diff renders both sides with one random digest key (here set by hand, in-process).
     monkeypatch.setenv(render.DIGEST_KEY_ENV, "k3y")
     secret = ["cache.name=hidden-cache-pvc-77"]
     old = render.as_json(render.render("dev", [], secret)[0])

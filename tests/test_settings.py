@@ -5,10 +5,19 @@ from __future__ import annotations
 import pytest
 import yaml
 
-import schema
-from settings import KNOWN_KEYS, RUNBOOK_ZONES, SECRET_KEYS, ConfigError, Settings, check_keys, parse_quantity, parse_settings
+from mlcache.program import reference as config_reference
+from mlcache.program import schema
+from mlcache.program.settings import (
+    KNOWN_KEYS,
+    RUNBOOK_ZONES,
+    SECRET_KEYS,
+    ConfigError,
+    Settings,
+    check_keys,
+    parse_quantity,
+    parse_settings,
+)
 from tests.conftest import ROOT
-from tools import config_reference
 
 
 def test_defaults_follow_the_runbook():

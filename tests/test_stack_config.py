@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from mlcache.preview.stack_config import SECURE_PLACEHOLDER, load_stack_config, parse_assignment, stack_names
 from tests.conftest import ROOT
-from tools.stack_config import SECURE_PLACEHOLDER, load_stack_config, parse_assignment, stack_names
 
 
 def test_stacks_are_discovered():

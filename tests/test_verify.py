@@ -1,4 +1,4 @@
-"""tools.verify's decisions on API objects shaped as the API server returns them (the client's
+"""mlcache verify's decisions on API objects shaped as the API server returns them (the client's
 models serialised with ApiClient.sanitize_for_serialization), for every runbook failure mode."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
+from mlcache.cluster.diagnosis import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_from, render_findings
+from mlcache.preview.render import render_or_refuse
 from tests.api_objects import claim, volume
 from tests.api_objects import node as api_node
 from tests.api_objects import pod as api_pod
-from tools.render import render_or_refuse
-from tools.verify import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_from, render_findings
 
 API = client.ApiClient()
 EXPECT = Expectation("ms-swift-cache-pvc", "ml-training", "linstor-fast-cache", "linstor", "ucsd", "sft-qwen3vl-fire-4gpu")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.workers import (
+from mlcache.program.components.workers import (
     Worker,
     headless_service_manifest,
     jobset_manifest,
@@ -13,7 +13,7 @@ from components.workers import (
     peer_ingress_manifest,
     worker_affinity,
 )
-from names import (
+from mlcache.program.names import (
     HOSTNAME_LABEL,
     MULTINODE_RUN_LABEL,
     WORKER_LABEL,

@@ -39,7 +39,7 @@ def test_a_broken_workflow_is_caught(tmp_path):
 def test_preview_runs_the_offline_diff_and_the_real_preview():
     preview = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())
     steps = preview["jobs"]["offline-diff"]["steps"]
-    assert any("tools.diff" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
+    assert any("mlcache diff" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
     actions = [s for s in preview["jobs"]["pulumi-preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions")]
     assert actions[0]["with"]["command"] == "preview" and actions[0]["with"]["comment-on-pr"] is True
 
@@ -51,11 +51,11 @@ def test_prod_deploys_through_its_protected_environment():
     assert job["environment"] == "${{ matrix.stack }}"
 
 
-def test_drift_runs_on_a_schedule_and_on_demand_per_stack_through_tools_drift():
+def test_drift_runs_on_a_schedule_and_on_demand_per_stack_through_mlcache_drift():
     drift = yaml.safe_load((ROOT / ".github/workflows/drift.yml").read_text())
     triggers = drift[True]  # PyYAML reads the key `on` as true
     assert triggers["schedule"][0]["cron"] and "workflow_dispatch" in triggers
     job = drift["jobs"]["drift"]
     assert job["strategy"]["matrix"]["stack"] == ["dev", "prod"] and job["strategy"]["fail-fast"] is False
     runs = [s.get("run", "") for s in job["steps"]]
-    assert any('python -m tools.drift --stack "${{ matrix.stack }}"' in r for r in runs)
+    assert any('mlcache drift --stack "${{ matrix.stack }}"' in r for r in runs)

@@ -1,9 +1,18 @@
-"""Offline tooling around the Pulumi program: rendering, and the engine capture it rests on.
+"""Deprecated aliases: `python -m tools.<name>` runs the matching `mlcache` command with the same flags.
 
-Every tool takes the project directory (the program and its stack files) as a parameter;
-`CHECKOUT`, the project these tools belong to, is only the default.
+Users' CI workflows call these; each prints one note on stderr naming the command to use instead.
+The code lives in the mlcache package; nothing new goes here.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-CHECKOUT = Path(__file__).resolve().parent.parent
+import sys
+from typing import NoReturn
+
+from mlcache.cli.main import main
+
+
+def alias(old: str, command: list[str]) -> NoReturn:
+    """Run `mlcache COMMAND...` with this process's arguments, after a deprecation note."""
+    print(f"note: `python -m tools.{old}` is deprecated; use `{' '.join(['mlcache', *command])}` (same flags)", file=sys.stderr)
+    sys.exit(main([*command, *sys.argv[1:]]))

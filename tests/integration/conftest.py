@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools.rehearse import PROVIDER_VERSION, Rehearsal, SetupError, UpFailed, find_toolchain, stderr_progress, up_stack
+from mlcache.rehearsal.cluster import PROVIDER_VERSION, Rehearsal, SetupError, UpFailed, find_toolchain, stderr_progress, up_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(
@@ -85,7 +85,7 @@ def _missing(reason: str) -> None:
 
 @pytest.fixture
 def rehearsal(request):
-    """A fresh rehearsal cluster, deployed to through tools.rehearse (the same code path as
+    """A fresh rehearsal cluster, deployed to through mlcache rehearse (the same code path as
     `mlcache rehearse`): the runbook's fleet, or what a test passes with
     `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`."""
     try:
@@ -162,7 +162,7 @@ class Project:
         self.pulumi("config", "set", "--path", f"mlcache:{key}", value, stack=stack)
 
     def up(self, stack: str, check: bool = True) -> subprocess.CompletedProcess:
-        """`pulumi up` the way tools.rehearse deploys (the Automation API, tools.rehearse.up_stack)."""
+        """`pulumi up` the way mlcache rehearse deploys (the Automation API, mlcache rehearse.up_stack)."""
         bin_dir = Path(shutil.which("pulumi", path=self.env["PATH"])).parent
         try:
             outputs = up_stack(self.directory, stack, self.env, bin_dir)
@@ -288,8 +288,8 @@ def kube(cluster):
 
 
 def rendered_objects(stack: str, overrides: tuple[str, ...] = ()) -> list[dict]:
-    """What tools.render prints for the stack (the offline renderer under test)."""
-    args = [str(ROOT / "venv" / "bin" / "python"), "-m", "tools.render", "--stack", stack]
+    """What mlcache render prints for the stack (the offline renderer under test)."""
+    args = [str(ROOT / "venv" / "bin" / "python"), "-m", "mlcache", "render", "--stack", stack]
     for override in overrides:
         args += ["--config", override]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout

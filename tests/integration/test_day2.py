@@ -1,6 +1,6 @@
 """Day-2 hazards, observed on the rehearsal cluster (issue: day-2 hazards of a zone-local cache).
 
-Every stack goes up through tools.rehearse (the Automation API); the real kube-scheduler, volume
+Every stack goes up through mlcache rehearse (the Automation API); the real kube-scheduler, volume
 binder, job and node-lifecycle controllers place things and notice a dead node; the LINSTOR
 provisioner stand-in pins each volume to its node. The tests read UIDs, nodes and zones back."""
 
@@ -14,8 +14,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from mlcache.rehearsal.cluster import UpFailed
 from tests.integration.conftest import ROOT, wait_for
-from tools.rehearse import UpFailed
 
 SETTLE = 120.0
 CLAIM = "ms-swift-cache-pvc"
@@ -45,10 +45,10 @@ def uids(rehearsal, namespace: str) -> dict[str, str]:
     return found
 
 
-def tool(rehearsal, module: str, *args: str) -> subprocess.CompletedProcess:
-    """A tool run as users run it: in the rehearsal's project, against the rehearsal cluster."""
+def tool(rehearsal, command: str, *args: str) -> subprocess.CompletedProcess:
+    """`mlcache COMMAND` run as users run it: in the rehearsal's project, against the rehearsal cluster."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, "-m", "mlcache", command, *args],
         cwd=rehearsal.project,
         env={**os.environ, **rehearsal.env},
         capture_output=True,
@@ -106,24 +106,24 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     )
     assert killed.returncode == 0, killed.stderr
 
-    verify = tool(rehearsal, "tools.verify", "--stack", "prod")
+    verify = tool(rehearsal, "verify", "--stack", "prod")
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "[FAIL] node loss" in verify.stdout and first.node in verify.stdout
     assert "only cache data" in verify.stdout and "mlcache heal --stack prod" in verify.stdout
 
     # Not yet proven gone (it only stopped reporting), and prod protects its cache.
-    unproven = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply", "--allow-protected")
+    unproven = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")
     assert unproven.returncode == 1 and f"cannot prove node {first.node} is gone" in unproven.stdout
     # The operator checks the machine is off and says so the Kubernetes way (non-graceful shutdown).
     taints = rehearsal.core.read_node(first.node).spec.taints or []
     rehearsal.core.patch_node(first.node, {"spec": {"taints": [t.to_dict() for t in taints] + [OUT_OF_SERVICE.to_dict()]}})
-    protected = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply")
+    protected = tool(rehearsal, "heal", "--stack", "prod", "--apply")
     assert protected.returncode == 1 and "--allow-protected" in protected.stdout
-    dry = tool(rehearsal, "tools.heal", "--stack", "prod")
+    dry = tool(rehearsal, "heal", "--stack", "prod")
     assert dry.returncode == 1 and "--allow-protected" in dry.stdout
     assert uids(rehearsal, namespace)[f"PersistentVolumeClaim/{CLAIM}"] == before[f"PersistentVolumeClaim/{CLAIM}"]
 
-    healed = tool(rehearsal, "tools.heal", "--stack", "prod", "--apply", "--allow-protected")
+    healed = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
     assert f"healed: claim {namespace}/{CLAIM} re-created" in healed.stdout
@@ -150,7 +150,7 @@ def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api
     outputs = rehearsal.up("prod")
     namespace = outputs["namespace"]
     rehearsal.report("prod", outputs, SETTLE)
-    clean = tool(rehearsal, "tools.drift", "--stack", "prod")
+    clean = tool(rehearsal, "drift", "--stack", "prod")
     assert clean.returncode == 0, clean.stdout + clean.stderr
     assert "no drift" in clean.stdout
 
@@ -162,7 +162,7 @@ def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api
     assert immutable.value.status == 422 and "immutable" in immutable.value.body
     # Its labels are not: an edit of one the stack sets is drift.
     batch.patch_namespaced_job(JOB, namespace, {"metadata": {"labels": {"app.kubernetes.io/managed-by": "kubectl"}}})
-    job_drift = tool(rehearsal, "tools.drift", "--stack", "prod")
+    job_drift = tool(rehearsal, "drift", "--stack", "prod")
     assert job_drift.returncode == 1, job_drift.stdout + job_drift.stderr
     assert f"Job/{JOB}" in job_drift.stdout and "app.kubernetes.io/managed-by" in job_drift.stdout
 
@@ -170,6 +170,6 @@ def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api
     core.patch_namespaced_persistent_volume_claim(
         CLAIM, namespace, {"metadata": {"labels": {"app.kubernetes.io/part-of": "someone-else"}}}
     )
-    both = tool(rehearsal, "tools.drift", "--stack", "prod")
+    both = tool(rehearsal, "drift", "--stack", "prod")
     assert both.returncode == 1, both.stdout + both.stderr
     assert f"PersistentVolumeClaim/{CLAIM}" in both.stdout and f"Job/{JOB}" in both.stdout and "DRIFT in 2" in both.stdout

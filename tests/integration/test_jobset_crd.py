@@ -11,9 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
+from mlcache.preview.render import documents
 from tests.conftest import rendered
 from tests.integration.conftest import CACHE
-from tools.render import documents
 
 
 def jobset_schema() -> dict[str, Any]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from bound_cache import mounted_claims
+from mlcache.cluster.bound_cache import mounted_claims
+from mlcache.rehearsal.cluster import UpFailed
 from tests.integration.conftest import wait_for
 from tests.integration.test_day2 import tool
-from tools.rehearse import UpFailed
 
 SETTLE = 120.0
 CLAIM = "ms-swift-cache-pvc"
@@ -88,7 +88,7 @@ def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_train
     assert moved.node == receiver_node and moved.with_cache is True and report.exit_code == 0, report.problems
     assert set(claims(rehearsal, namespace)) == {NEW}
     assert set(jobs(rehearsal, namespace)) == {JOB} and mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
-    verify = tool(rehearsal, "tools.verify", "--stack", "prod")
+    verify = tool(rehearsal, "verify", "--stack", "prod")
     assert verify.stdout.startswith(f"stack prod: PVC {namespace}/{NEW}, class linstor-fast-cache, zone sdsu")
 
     # Set back (relocate off, protected again): the move is over, nothing is replaced.
@@ -178,7 +178,7 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
     assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
     # verify checks the claim training mounts, where it was made, and says what the move is doing.
-    verify = tool(rehearsal, "tools.verify", "--stack", "prod")
+    verify = tool(rehearsal, "verify", "--stack", "prod")
     assert verify.stdout.startswith(f"stack prod: PVC {namespace}/{CLAIM}, class linstor-fast-cache, zone ucsd")
     assert f"move: copying {namespace}/{CLAIM} -> {namespace}/{NEW} (Job {COPY}, attempt 1)" in verify.stdout
 

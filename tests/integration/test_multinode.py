@@ -1,4 +1,4 @@
-"""Multi-node runs, observed on the rehearsal cluster: every stack goes up through tools.rehearse,
+"""Multi-node runs, observed on the rehearsal cluster: every stack goes up through mlcache rehearse,
 the real kube-scheduler places the workers (pod affinity, anti-affinity, WaitForFirstConsumer),
 the LINSTOR stand-in creates each worker's volume on the node the scheduler chose, and the
 tests read where every worker and every volume landed."""
@@ -14,9 +14,10 @@ import pytest
 import yaml
 from kubernetes import client
 
+from mlcache.cluster.objects import volume_nodes
+from mlcache.program.names import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL
+from mlcache.rehearsal.report import ClusterView
 from tests.integration.conftest import ROOT
-from tools.placement import ClusterView
-from tools.verify import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL, volume_nodes
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 SETTLE = 180.0
@@ -158,9 +159,9 @@ def test_unpinned_workers_stay_with_their_caches_zone_and_the_report_says_anothe
         f"another zone would fit: ucsd (3 free nodes). The run stays in {zone} while its caches are there: "
         f"delete {claim} (DATA LOSS) to move it"
     )
-    # tools.verify, run as users run it, against the same cluster, says the same.
+    # mlcache verify, run as users run it, against the same cluster, says the same.
     verify = subprocess.run(
-        [str(ROOT / "venv" / "bin" / "python"), "-m", "tools.verify", "--stack", "dev", "--config", "job.nodes=2"],
+        [str(ROOT / "venv" / "bin" / "python"), "-m", "mlcache", "verify", "--stack", "dev", "--config", "job.nodes=2"],
         cwd=ROOT,
         env={**os.environ, "KUBECONFIG": str(rehearsal.kubeconfig)},
         capture_output=True,
@@ -227,7 +228,7 @@ def test_jobset_engine_under_the_real_jobset_controller(rehearsal):
 
 
 def test_engine_jobs_a_failed_worker_ends_the_others_with_its_own_narrow_token(rehearsal, tmp_path):
-    from components.workers import STOP_PEERS_PY  # noqa: PLC0415
+    from mlcache.program.components.workers import STOP_PEERS_PY  # noqa: PLC0415
 
     only_ucsd_has_room(rehearsal)
     outputs, _, moving = up_and_settle(rehearsal, "dev", ["job.nodes=3"])

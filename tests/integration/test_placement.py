@@ -1,4 +1,4 @@
-"""Placement, observed: every stack goes up through tools.rehearse (the Automation API against the
+"""Placement, observed: every stack goes up through mlcache rehearse (the Automation API against the
 rehearsal cluster), the real kube-scheduler, volume binder and job controller place it, the
 provisioner stand-ins create the volumes, and the tests read where things landed."""
 
@@ -14,10 +14,11 @@ import pytest
 import yaml
 from kubernetes import client
 
+from mlcache.cluster.objects import selector_matches
+from mlcache.program.names import GPU_PRODUCT_LABEL, ZONE_LABEL
+from mlcache.rehearsal.cluster import UpFailed
+from mlcache.rehearsal.report import ClusterView, Report
 from tests.integration.conftest import ROOT
-from tools.placement import ClusterView, Report
-from tools.rehearse import UpFailed
-from tools.verify import GPU_PRODUCT_LABEL, ZONE_LABEL, selector_matches
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 FLEETS = ROOT / "tests" / "data" / "fleets"
@@ -118,9 +119,9 @@ def test_prod_with_the_pinned_zones_a100s_taken_training_stays_pending_with_the_
     (problem,) = report.problems
     assert f"other-team/holds-{taken[0].metadata.name}" in problem.what
     assert "mlcache:zone=" in problem.fix and "unset mlcache:zone" in problem.fix
-    # tools.verify, run as users run it, against the same cluster, says the same.
+    # mlcache verify, run as users run it, against the same cluster, says the same.
     verify = subprocess.run(
-        [sys.executable, "-m", "tools.verify", "--stack", "prod"],
+        [sys.executable, "-m", "mlcache", "verify", "--stack", "prod"],
         cwd=ROOT,
         env={**os.environ, "KUBECONFIG": str(rehearsal.kubeconfig)},
         capture_output=True,
@@ -224,7 +225,7 @@ def test_block_mode_volume_is_a_block_device_handed_to_the_pod(rehearsal):
 
 
 def test_the_cli_rehearses_prod_prints_the_report_and_keeps_the_cluster_for_kubectl():
-    from tools.rehearse import SetupError, find_toolchain  # noqa: PLC0415
+    from mlcache.rehearsal.cluster import SetupError, find_toolchain  # noqa: PLC0415
 
     try:
         find_toolchain()
@@ -233,7 +234,7 @@ def test_the_cli_rehearses_prod_prints_the_report_and_keeps_the_cluster_for_kube
             pytest.fail(str(err), pytrace=False)
         pytest.skip(str(err))
     done = subprocess.run(
-        [sys.executable, "-m", "tools.rehearse", "--stack", "prod", "--keep"],
+        [sys.executable, "-m", "mlcache", "rehearse", "--stack", "prod", "--keep"],
         cwd=ROOT,
         capture_output=True,
         text=True,

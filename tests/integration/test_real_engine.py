@@ -12,9 +12,9 @@ from kubernetes import client
 from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 
+from mlcache.preview.diff import plan
+from mlcache.preview.render import as_json, render
 from tests.integration.conftest import ROOT, rendered_objects, wait_for
-from tools.diff import plan
-from tools.render import as_json, render
 
 
 def live(api, obj: dict) -> dict | None:
@@ -29,7 +29,7 @@ def live(api, obj: dict) -> dict | None:
 
 
 def assert_contains(expected, actual, path="") -> None:
-    """Everything tools.render printed is in the live object (which adds defaults and status)."""
+    """Everything mlcache render printed is in the live object (which adds defaults and status)."""
     if isinstance(expected, dict):
         assert isinstance(actual, dict), f"{path}: {actual!r}"
         for key, value in expected.items():
@@ -79,7 +79,7 @@ def objects_by_kind(stack: str, *overrides: str) -> dict[str, dict]:
 
 
 def diff_actions(stack: str, head: tuple[str, ...]) -> dict[str, str]:
-    """What tools.diff predicts for the same change."""
+    """What mlcache diff predicts for the same change."""
     before, _ = render(stack, [], [])
     after, _ = render(stack, list(head), [])
     return {change.label.split("/")[0]: change.action for change in plan(as_json(before), as_json(after))}
@@ -213,7 +213,7 @@ def test_verify_reports_the_expected_states(engine, kube):
     project.up("prod")
     pod, pv = placed(kube, objects_by_kind("prod"))
     result = subprocess.run(
-        [str(ROOT / "venv" / "bin" / "python"), "-m", "tools.verify", "--stack", "prod"],
+        [str(ROOT / "venv" / "bin" / "python"), "-m", "mlcache", "verify", "--stack", "prod"],
         cwd=ROOT,
         env={**engine.env},
         capture_output=True,

@@ -1,0 +1,114 @@
+"""Benchmarks: storage, shard loading, cold start, the cache copy, and the development loop.
+
+mlcache bench report RESULT.json [MORE.json]... [--plot FILE.png]
+    fio JSON (also as `kubectl logs` prints it, with other lines around it): read MB/s,
+    IOPS, mean and p99 completion latency per result; each one's ratio to the first.
+mlcache bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3]
+    writes synthetic safetensors shards (kept if present), then with the same page-cache
+    state (files evicted before each run) loads them and runs fio's sequential read over
+    the same files; prints both throughputs and their ratio.
+mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 3]
+    fio, the default loader (safetensors safe_open + get_tensor), prewarm + that loader and the
+    shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
+    alternating rounds, evicted before each run: times, GB/s, ratios to fio (docs/coldstart.md).
+mlcache bench copy --dir DIR [--files 2] [--size 1G] [--streams 4] [--rounds 3]
+    workloads/cache_copy.py local and send|receive against fio read and write.
+mlcache bench loop [--integration] [--build-log FILE] [--json]
+    the development loop: unit suite, real-engine suite, toolchain build steps, beside targets.
+mlcache bench render [--runs N] [--stack dev] [--baseline DIR]
+    the offline render against the import floor.
+mlcache bench rehearse [--runs N] [--stack dev --stack prod]
+    a stack to placed pods with `mlcache rehearse`, phase by phase.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from mlcache.bench import copy as copy_bench
+from mlcache.bench.storage import benchmark_errors, load_result, plot, report, shard_size, shards_benchmark, shards_report
+from mlcache.cli import bench_loop, bench_rehearse, bench_render
+from mlcache.cli.contract import ArgumentParser, UsageError, entry_point, positive_int
+from mlcache.cli.main import prog
+from workloads import coldstart, shard_bench
+
+# Benchmarks with options of their own: `mlcache bench NAME ...` hands the rest of the line to them.
+DELEGATED = {
+    "loop": (bench_loop.main, "the development loop's figures beside their targets"),
+    "render": (bench_render.main, "the offline render against the import floor"),
+    "rehearse": (bench_rehearse.main, "a stack to placed pods on the rehearsal cluster, phase by phase"),
+}
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in and args_in[0] in DELEGATED:
+        return DELEGATED[args_in[0]][0](args_in[1:])
+    parser = ArgumentParser(prog=prog("mlcache.cli.bench"), description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, (_, summary) in DELEGATED.items():
+        commands.add_parser(name, help=f"{summary} (mlcache bench {name} --help)", add_help=False)
+    rep = commands.add_parser("report", help="summarise fio JSON results")
+    rep.add_argument("results", nargs="+", type=Path)
+    rep.add_argument("--plot", type=Path, help="write a comparison chart (PNG)")
+    shards = commands.add_parser("shards", help="shard loading vs fio on the same files")
+    shards.add_argument("--dir", type=Path, required=True)
+    shards.add_argument("--count", type=positive_int, default=8)
+    shards.add_argument("--size", type=shard_size, default="1G")
+    shards.add_argument("--readers", type=positive_int, default=8)
+    shards.add_argument("--rounds", type=positive_int, default=3, help="alternating (load, fio) rounds; medians reported")
+    cold = commands.add_parser("coldstart", help="model shards to process memory: fio, loader, prewarm+loader, shard reader")
+    cold.add_argument("--dir", type=Path, required=True)
+    cold.add_argument(
+        "--count", type=positive_int, default=8, help="synthetic shards, written only into a DIR without *.safetensors"
+    )
+    cold.add_argument("--size", type=shard_size, default="512M")
+    cold.add_argument("--readers", type=positive_int, default=8)
+    cold.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians reported")
+    copy = commands.add_parser("copy", help="cache_copy.py local and send|receive vs fio read and write")
+    copy.add_argument("--dir", type=Path, required=True, help="where the source cache and the copies go")
+    copy.add_argument("--files", type=positive_int, default=2, help="large incompressible files")
+    copy.add_argument("--size", type=shard_size, default="1G", help="size of each large file")
+    copy.add_argument("--streams", type=positive_int, default=4)
+    copy.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians")
+    args = parser.parse_args(args_in)
+    if args.command == "copy":
+        if not shutil.which("fio"):
+            raise UsageError("fio is not installed (Debian: apt-get install fio)")
+        with benchmark_errors(args.dir):
+            result = copy_bench.benchmark(
+                args.dir,
+                args.files,
+                shard_bench.parse_size(args.size),
+                args.streams,
+                args.rounds,
+                lambda line: print(f"bench copy: {line}", file=sys.stderr, flush=True),
+            )
+        print(copy_bench.report(result))
+        return 0
+    if args.command == "coldstart":
+        with benchmark_errors(args.dir):
+            result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size)
+        print(coldstart.report(result))
+        return 0
+    if args.command == "report":
+        try:
+            results = [load_result(path) for path in args.results]
+        except (OSError, ValueError, RecursionError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(report(results))
+        if args.plot:
+            try:
+                plot(results, args.plot)
+            except (OSError, ValueError) as err:  # unwritable, or a format matplotlib does not know
+                raise UsageError(f"--plot {args.plot}: cannot write the chart: {err}") from None
+            print(f"chart: {args.plot}", file=sys.stderr)
+        return 0
+    with benchmark_errors(args.dir):
+        result = shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)
+    print(shards_report(result))
+    return 0

@@ -1,0 +1,43 @@
+"""Benchmark: a stack to placed pods with `mlcache rehearse`, phase by phase.
+
+    mlcache bench rehearse [--runs N] [--stack dev --stack prod]
+
+Runs the rehearsal CLI as a user would (a warm toolchain: scripts/build-engine done), N times
+per stack, alternating stacks, and reads the phase boundaries from its own progress lines:
+cluster start, preparing the stack, `pulumi up` through the Automation API, the scheduler
+settling, and "other" (config check, imports, stopping the cluster at the end); the total is
+the wall time of the whole command (target: <= 60 s). Prints every run and the medians side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from mlcache.bench.rehearse import COLUMNS, TARGET_SECONDS, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mlcache bench rehearse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--stack", action="append", help="stack to rehearse (repeatable; default dev and prod)")
+    args = parser.parse_args(argv)
+    stacks = args.stack or ["dev", "prod"]
+    columns = [*COLUMNS, "other"]
+    print(f"{'stack':<6} {'run':>3} {'exit':>4} " + " ".join(f"{c:>10}" for c in columns) + f" {'total':>8}")
+    results: dict[str, list[tuple[float, dict[str, float]]]] = {stack: [] for stack in stacks}
+    for index in range(1, args.runs + 1):
+        for stack in stacks:
+            code, total, phases = run(stack)
+            phases["other"] = total - sum(phases.values())
+            results[stack].append((total, phases))
+            cells = " ".join(f"{phases[c]:>9.1f}s" for c in columns)
+            print(f"{stack:<6} {index:>3} {code:>4} {cells} {total:>7.1f}s", flush=True)
+    print()
+    for stack, runs in results.items():
+        median = {c: statistics.median(p[c] for _, p in runs) for c in columns}
+        total = statistics.median(t for t, _ in runs)
+        cells = " ".join(f"{median[c]:>9.1f}s" for c in columns)
+        verdict = "met" if total <= TARGET_SECONDS else "NOT met"
+        print(f"{stack:<6} {'med':>3} {'':>4} {cells} {total:>7.1f}s  (target <= {TARGET_SECONDS:.0f} s: {verdict})")
+    return 0

@@ -1,0 +1,101 @@
+"""The contract every command-line tool keeps, whatever it is given (docs/hostile-input.md).
+
+Exit status: 0 done, 1 the tool ran and what it checks failed (its report is on stdout),
+2 bad usage or input (one line on stderr, nothing on stdout), 3 the cluster cannot be read,
+70 a bug (one line on stderr; MLCACHE_DEBUG=1 re-raises it with the traceback).
+A tool's stdout is held until it finishes, so a failure never leaves half an output behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from mlcache.errors import Unreachable, UsageError
+
+OK, CHECK_FAILED, USAGE, UNREACHABLE, INTERNAL = 0, 1, 2, 3, 70
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), raised as UsageError."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def one_line(text: object) -> str:
+    """A message on one line: a library's multi-line error folded (spacing within a line kept)."""
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or "(no message)"
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
+def _write_stdout(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError:
+        # Nothing can reach stdout any more: point it at /dev/null so that the interpreter's
+        # own flush at exit does not print a second error.
+        with contextlib.suppress(OSError, ValueError, io.UnsupportedOperation):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise
+
+
+def entry_point(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """Wrap a tool's main(argv) so that any input ends in a documented status and at most one error line."""
+
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        held = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(held):
+                code = main(argv)
+        except SystemExit as exit_:  # --help (0), or a library's exit with a message
+            if not isinstance(exit_.code, int | None):
+                print(f"error: {one_line(exit_.code)}", file=sys.stderr)
+                return USAGE
+            code = exit_.code or OK
+        except UsageError as err:
+            print(f"error: {one_line(err)}", file=sys.stderr)
+            return USAGE
+        except Unreachable as err:
+            print(f"error: cannot read the cluster: {one_line(err)}", file=sys.stderr)
+            return UNREACHABLE
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:
+            if os.environ.get("MLCACHE_DEBUG"):
+                raise
+            # The type and the place only: the message could hold a config value, maybe a secret.
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno}"
+            print(f"error: internal error ({type(err).__name__} at {where}), please report it", file=sys.stderr)
+            return INTERNAL
+        if code >= USAGE:
+            return code
+        try:
+            _write_stdout(held.getvalue())
+        except OSError as err:
+            print(f"error: cannot write the output to stdout: {err.strerror or one_line(err)}", file=sys.stderr)
+            return USAGE
+        return code
+
+    return run

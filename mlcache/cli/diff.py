@@ -1,0 +1,69 @@
+"""Offline preview: what `pulumi up` would do to each stack, from a git revision to the working tree.
+
+    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss]
+
+Both sides are rendered with this checkout's tools (the base revision's program, stack files
+and components, run under the mock engine). Each changed object gets the action the engine
+would take: create, update, replace or delete. Replacements follow the provider's force-new
+fields, the fields Kubernetes makes immutable, the program's replaceOnChanges and ignoreChanges,
+and the delete-before-replace cascade into resources that use a replaced resource's outputs.
+
+Day-2 rules on top (docs/day2.md): a change of zone, GPU product or pinning that keeps an existing
+LINSTOR cache STRANDS THE CACHE (its volume stays pinned where it was bound) unless the cache is
+re-created in the same change (cache.relocate); a shrink, or a growth the class does not allow, is
+flagged as an update the API server will refuse, with the way out.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from mlcache import CHECKOUT
+from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
+from mlcache.cli.main import prog
+from mlcache.preview.diff import base_claim, chosen_stacks, export_revision, moves_by_copy, plan, render_json, report
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog=prog("mlcache.cli.diff"), description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="git revision to compare the working tree against")
+    parser.add_argument("--stack", action="append", help="stack (repeatable; default: every Pulumi.*.yaml)")
+    parser.add_argument(
+        "--fail-on-data-loss",
+        action="store_true",
+        help="exit 1 when a change wipes or strands the cache, or is an update the API server will refuse",
+    )
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
+        base_dir = Path(tmp)
+        export_revision(args.base, base_dir, CHECKOUT)
+        stacks = chosen_stacks(args.stack, base_dir, CHECKOUT)
+        # One key for both sides: equal secrets show equal digests, and nothing else can read them.
+        digest_key = secrets.token_hex(16)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            # The base revision renders in subprocesses while the working tree renders here.
+            base = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
+            head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
+            base = list(base)
+        for stack, (old, _) in zip(stacks, base, strict=True):
+            if stack not in head:
+                # A move is decided against the live claim: the one the base revision deployed, bound.
+                head[stack] = render_json(CHECKOUT, stack, digest_key, base_claim(old))
+        rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
+    gated = False
+    reports = []
+    for index, stack in enumerate(stacks):
+        (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
+        if old_error or new_error:
+            side = f"the base revision {args.base}" if old_error else "the working tree"
+            raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
+        changes = plan(old, new)
+        gated = gated or any(c.gated for c in changes)
+        reports.append(report(stack, changes))
+    sys.stdout.write("".join(reports))
+    return 1 if args.fail_on_data_loss and gated else 0

@@ -1,0 +1,51 @@
+"""Drift check: does the live cluster still match the stack?
+
+    mlcache drift --stack STACK [--cwd DIR]
+
+Runs `pulumi preview --refresh --expect-no-changes --json --stack STACK` (the refresh reads
+every object back from the cluster; a hand edit of a field the stack sets shows as a change),
+then names each object that differs and the fields that differ. With GITHUB_STEP_SUMMARY set
+(GitHub Actions), the same summary is appended there as Markdown.
+
+A hand edit also makes its editor (kubectl, a client) the Server-Side Apply owner of the field,
+so the provider's dry run of the stack's value conflicts and the preview would stop at the first
+such object, leaving those that depend on it unchecked. The check therefore previews with
+PULUMI_K8S_ENABLE_PATCH_FORCE=true: a preview writes nothing, and every drifted object is named.
+Exit 0 when nothing drifted, 1 on drift (the objects on stdout), 2 on bad usage (no --stack, a
+--cwd that is not a directory, no Pulumi CLI on PATH), 3 when the check could not run (the
+preview failed: the cluster or the state cannot be read), 70 on a bug: "drift" is only ever 1.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from mlcache.cli.contract import ArgumentParser, Unreachable, UsageError, entry_point
+from mlcache.cli.main import prog
+from mlcache.cluster.drift import drifted, run_preview, summary
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog=prog("mlcache.cli.drift"), description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the project directory (default: here)")
+    args = parser.parse_args(argv)
+    if not args.cwd.is_dir():
+        raise UsageError(f"--cwd {str(args.cwd)!r} is not a directory (the project directory, with Pulumi.yaml)")
+    if shutil.which("pulumi") is None:
+        raise UsageError("the drift check runs `pulumi preview --refresh`: the Pulumi CLI is not on PATH")
+    print(f"drift: pulumi preview --refresh --stack {args.stack} (reads every object back from the cluster)", file=sys.stderr)
+    code, document, errors = run_preview(args.stack, args.cwd)
+    drifts = drifted(document or {})
+    if code != 0 and not drifts:
+        raise Unreachable(f"stack {args.stack}: the drift check could not run: {errors.splitlines()[-1] if errors else code}")
+    sys.stdout.write(summary(args.stack, drifts))
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a") as out:
+            out.write(summary(args.stack, drifts, markdown=True))
+    return 1 if drifts else 0

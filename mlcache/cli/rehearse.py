@@ -1,0 +1,72 @@
+"""Rehearse a stack before deploying it: where would the scheduler put the cache and its pods?
+
+    mlcache rehearse --stack STACK [--config KEY=VALUE]... [--fleet FILE] [--keep]
+                             [--timeout SECONDS]
+
+Starts the rehearsal cluster (scripts/local-cluster: the real API server, scheduler, controller
+manager, kwok fake nodes from a fleet file, the storage provisioner stand-ins), runs the stack's
+`pulumi up` against it through the Pulumi Automation API (file backend in a temp dir, the
+stack's config layered as the CLI does, secure values as placeholders), watches pods, claims and
+events until the scheduler settles, and prints the placement report with mlcache verify's
+findings. Exit 0 when every pod that mounts the cache is placed with it, 1 when something is not
+(the report says why and what to change), 2 for usage or set-up errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
+from mlcache.cli.main import prog
+from mlcache.preview.render import render_or_refuse
+from mlcache.rehearsal.cluster import DEFAULT_TIMEOUT, Rehearsal, SetupError, UpFailed, stderr_progress
+from mlcache.rehearsal.fleet import FleetError
+from mlcache.rehearsal.fleet import load as load_fleet
+from mlcache.rehearsal.report import (
+    render_report,
+)
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog=prog("mlcache.cli.rehearse"), description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="override a key as `--path` would")
+    parser.add_argument("--fleet", type=Path, help="fleet file (default: the runbook's fleet), or `kubectl get nodes -o yaml`")
+    parser.add_argument("--keep", action="store_true", help="leave the cluster running and print its kubeconfig")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the scheduler to settle")
+    args = parser.parse_args(argv)
+    run, _ = render_or_refuse(args.stack, args.config, [])  # the program's own validation, before anything starts
+    try:
+        if args.fleet:
+            load_fleet(args.fleet)  # scripts/local-cluster reads it the same way; a bad file stops here
+    except FleetError as err:
+        raise UsageError(str(err)) from None
+    if not args.timeout > 0:
+        raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    benchmark = run.outputs.get("benchmarkJob") is not None
+    try:
+        jobset = run.outputs["run"]["nodes"] > 1 and run.outputs["run"]["engine"] == "jobset"
+        with Rehearsal(
+            fleet=args.fleet, complete_jobs=benchmark, jobset=jobset, keep=args.keep, progress=stderr_progress()
+        ) as rehearsal:
+            try:
+                outputs = rehearsal.up(args.stack, args.config)
+            except UpFailed as err:
+                print(f"pulumi up failed against the rehearsal cluster (it would fail the same way on yours):\n{err}")
+                return 1
+            report = rehearsal.report(args.stack, outputs, args.timeout)
+            sys.stdout.write(render_report(report))
+            if args.keep:
+                print(f"\nThe cluster keeps running: export KUBECONFIG={rehearsal.kubeconfig}")
+                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}")
+            return report.exit_code
+    except SetupError as err:
+        raise UsageError(str(err)) from None
+    except (ApiException, HTTPError) as err:
+        reason = f"{err.status} {err.reason}" if isinstance(err, ApiException) else str(err)
+        raise UsageError(f"the rehearsal cluster stopped answering: {reason}") from None

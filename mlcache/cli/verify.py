@@ -1,0 +1,37 @@
+"""Check a deployed stack against the live cluster: the runbook's troubleshooting and
+performance checks, automated.
+
+    mlcache verify --stack STACK [--config KEY=VALUE]... [--context CONTEXT]
+
+Reads the PVC, its PV, the training pod(s) and the nodes with the kubernetes client (your
+kubeconfig), then decides with pure functions (`diagnose`): PVC phase (Pending is expected
+before the first consumer under WaitForFirstConsumer), the class it used, the PV's node
+affinity, the training pod's node and zone, and whether pod and volume share node and zone.
+It also recognises node loss: the volume's only node is NotReady or gone, so the pod that
+mounts the claim cannot be placed; it says what is lost and the command that heals it.
+Exit 0 when everything holds, 1 on a mismatch (with the runbook's remedy), 2 on bad usage or
+config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden).
+"""
+
+from __future__ import annotations
+
+from mlcache.cli.contract import ArgumentParser, entry_point
+from mlcache.cli.main import prog
+from mlcache.cluster.diagnosis import FAIL, expectation_from, render_findings
+from mlcache.cluster.live import read_cluster
+
+
+@entry_point
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog=prog("mlcache.cli.verify"), description=__doc__.split("\n\n")[0])
+    parser.add_argument("--stack", required=True)
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    args = parser.parse_args(argv)
+    from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
+
+    rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
+    expect, findings = read_cluster(lambda namespace: expectation_from(*rendered, namespace, args.stack), args.context)
+    print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
+    print(render_findings(findings))
+    return 1 if any(f.level == FAIL for f in findings) else 0

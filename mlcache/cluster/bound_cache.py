@@ -1,0 +1,921 @@
+"""The bound cache: where the live claim's volume may be used, and whether a change may touch it.
+
+A single-replica LINSTOR volume is pinned to one node (its PV's node affinity). A change of zone,
+GPU product or pinning that the pinned node cannot satisfy leaves the training pod Pending for
+ever; a shrink, or a growth the class does not allow, is refused by the API server half-way
+through an `up`. `judge` decides, from the live objects, before any resource is registered.
+
+Live state is read with the kubernetes client from the kubeconfig and context the provider uses
+(`kubernetes:kubeconfig`, `kubernetes:context`, `kubernetes:cluster`, `kubernetes:namespace`,
+else KUBECONFIG), synchronously, before the first registration (see docs/day2.md for why not
+`PersistentVolumeClaim.get`). Every decision below is a pure function over API-shaped dicts
+(camelCase, as `ApiClient.sanitize_for_serialization` returns them), shared with mlcache verify
+and mlcache heal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from mlcache.program.names import (
+    BACKEND_ANNOTATION,
+    COPY_ATTEMPT_ANNOTATION,
+    GPU_PRODUCT_LABEL,
+    HOSTNAME_LABEL,
+    PLACEMENT_ANNOTATION,
+    ZONE_LABEL,
+    claim_generation,
+    claim_resource_name,
+    copy_name,
+    generation_claim_name,
+)
+from mlcache.program.schema import parse_quantity
+
+# Zone of a placement record created unpinned.
+ANY_ZONE = "*"
+
+
+def get(obj: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+# --- placement records ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlacementRecord:
+    """Where pods that mount the cache may run: the zone (None = any) and the GPU product."""
+
+    zone: str | None
+    gpu_product: str
+
+    def text(self) -> str:
+        return f"zone={self.zone or ANY_ZONE} gpuProduct={self.gpu_product}"
+
+    def describe(self) -> str:
+        zone = f"zone {self.zone}" if self.zone else "any zone (unpinned)"
+        return f"{zone}, GPU product {self.gpu_product}"
+
+    @staticmethod
+    def parse(text: str | None) -> PlacementRecord | None:
+        """The annotation's value back as a record; None when absent or not ours."""
+        if not text:
+            return None
+        fields = dict(part.partition("=")[::2] for part in text.split())
+        if "zone" not in fields or "gpuProduct" not in fields:
+            return None
+        zone = fields["zone"]
+        return PlacementRecord(zone=None if zone == ANY_ZONE else zone, gpu_product=fields["gpuProduct"])
+
+
+# --- volumes and nodes ------------------------------------------------------------------------
+
+
+def volume_terms(pv: Mapping | None) -> list[dict[str, set[str]]]:
+    """The PV's required node-selector terms (ORed), each as label key -> allowed values (ANDed)."""
+    terms = []
+    for term in get(pv, "spec", "nodeAffinity", "required", "nodeSelectorTerms") or []:
+        constraints: dict[str, set[str]] = {}
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("operator") == "In":
+                constraints.setdefault(expression["key"], set()).update(expression.get("values") or [])
+        if constraints:
+            terms.append(constraints)
+    return terms
+
+
+def node_labels(node: Mapping) -> dict[str, str]:
+    return dict(get(node, "metadata", "labels") or {})
+
+
+def _label_value(node: Mapping, key: str) -> str | None:
+    labels = node_labels(node)
+    # Hostname keys (kubernetes.io/hostname, linbit.com/hostname) name the node when unlabelled.
+    if key not in labels and key.endswith("/hostname"):
+        return get(node, "metadata", "name")
+    return labels.get(key)
+
+
+def node_in_terms(node: Mapping, terms: list[dict[str, set[str]]]) -> bool:
+    return any(all(_label_value(node, key) in values for key, values in term.items()) for term in terms)
+
+
+def volume_nodes(pv: Mapping | None, nodes: Iterable[Mapping]) -> list[Mapping]:
+    """The nodes (of those given) the volume may be used from."""
+    terms = volume_terms(pv)
+    return [n for n in nodes if node_in_terms(n, terms)]
+
+
+def pinned_node_names(pv: Mapping | None) -> list[str]:
+    """Node names the PV pins by hostname (one per diskful replica with remote access off)."""
+    names: set[str] = set()
+    for term in volume_terms(pv):
+        for key, values in term.items():
+            if key.endswith("/hostname"):
+                names.update(values)
+    return sorted(names)
+
+
+def node_zone(node: Mapping | None) -> str | None:
+    return get(node, "metadata", "labels", ZONE_LABEL)
+
+
+def node_reaches(node: Mapping, placement: PlacementRecord) -> bool:
+    labels = node_labels(node)
+    if labels.get(GPU_PRODUCT_LABEL) != placement.gpu_product:
+        return False
+    return placement.zone is None or labels.get(ZONE_LABEL) == placement.zone
+
+
+def ready_condition(node: Mapping) -> Mapping | None:
+    return next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), None)
+
+
+def is_ready(node: Mapping) -> bool:
+    condition = ready_condition(node)
+    return condition is not None and condition.get("status") == "True"
+
+
+def has_taint(node: Mapping, key: str) -> bool:
+    return any(t.get("key") == key for t in get(node, "spec", "taints") or [])
+
+
+def describe_node(node: Mapping) -> str:
+    labels = node_labels(node)
+    return (
+        f"node {get(node, 'metadata', 'name')} (zone {labels.get(ZONE_LABEL, '?')}, "
+        f"GPU product {labels.get(GPU_PRODUCT_LABEL, 'none')})"
+    )
+
+
+# --- quantities -------------------------------------------------------------------------------
+
+
+def quantity_bytes(text: str | None) -> Decimal | None:
+    """A storage quantity as the API returns it ("500Gi", "1T", "536870912000"); None if absent."""
+    return parse_quantity(str(text)) if text else None
+
+
+# --- the guard --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What the stack's settings ask of the cache, in the terms the guard needs."""
+
+    stack: str
+    claim: str
+    storage_class: str
+    volume_mode: str
+    size: str
+    placement: PlacementRecord
+    relocate: str  # settings.RELOCATE_MODES
+    protect: bool
+    # The stack's own class setting (None: the class is not managed here, read it live).
+    expansion_allowed: bool | None
+    # A Job that mounts the cache is configured (training or benchmark).
+    has_consumer: bool
+    backend: str = "linstor"
+
+
+@dataclass(frozen=True)
+class LiveCache:
+    """The live objects, as the API returns them: the claim (None = absent), its PV, the nodes the
+    PV selects, and the claim's StorageClass (None when unread or absent)."""
+
+    namespace: str
+    claim: Mapping | None
+    volume: Mapping | None = None
+    nodes: list[Mapping] = field(default_factory=list)
+    storage_class: Mapping | None = None
+    # The claim's generation (names.generation_claim_name); while a move is under way, the
+    # generation it copies from (still live) and the copy Job into this one (None: absent).
+    generation: int = 0
+    older: LiveCache | None = None
+    copy_job: Mapping | None = None
+    # The training Job (None: absent): a move neither starts nor switches while it runs.
+    training_job: Mapping | None = None
+
+
+@dataclass(frozen=True)
+class Unread:
+    """The guard could not read the cluster: it stands aside and says why."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    refusal: str | None = None
+    notes: tuple[str, ...] = ()
+    # The claim is known to be absent or not bound: no volume pins it yet, so its placement
+    # record may follow the config (otherwise the record keeps the placement it was bound under).
+    unbound: bool = False
+    # The generation of the claim the settings describe, and the move into it (None: no move).
+    generation: int = 0
+    move: Move | None = None
+
+
+PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
+
+
+def relocate_key_hint(mode: str) -> str:
+    return f"pulumi config set --path mlcache:cache.relocate {mode}"
+
+
+# The ways out of a change the bound cache cannot follow, offered by every refusal: move it (kept
+# until the copy is verified), or re-create it empty.
+def move_ways(protect: bool) -> str:
+    protected = f" plus `{PROTECT_FALSE}`" if protect else ""
+    return (
+        f"move the cache with `{relocate_key_hint('copy')}` (the cached models are copied and verified; the old "
+        f"cache is kept until then), or re-create it empty with `{relocate_key_hint('fresh')}`{protected} "
+        f"(DATA LOSS: re-downloaded by cache.prefetch), then set cache.relocate back to false"
+    )
+
+
+def _replacement(wanted: Wanted, claim: Mapping) -> str | None:
+    """Why this up re-creates the claim anyway (then nothing bound is stranded), or None."""
+    live_class = get(claim, "spec", "storageClassName")
+    if live_class != wanted.storage_class:
+        return f"its storage class changes ({live_class} -> {wanted.storage_class})"
+    live_mode = get(claim, "spec", "volumeMode") or "Filesystem"
+    if live_mode != wanted.volume_mode:
+        return f"its volume mode changes ({live_mode} -> {wanted.volume_mode})"
+    return None
+
+
+def _relocation_trigger(wanted: Wanted, claim: Mapping) -> str | None:
+    """With cache.relocate fresh, what makes this up re-create the claim (replaceOnChanges), or None."""
+    if wanted.relocate != "fresh":
+        return None
+    recorded = get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION)
+    if recorded != wanted.placement.text():
+        was = PlacementRecord.parse(recorded)
+        return f"its placement changes ({was.describe() if was else 'unrecorded'} -> {wanted.placement.describe()})"
+    if quantity_bytes(get(claim, "spec", "resources", "requests", "storage")) != quantity_bytes(wanted.size):
+        return f"its size changes ({get(claim, 'spec', 'resources', 'requests', 'storage')} -> {wanted.size})"
+    return None
+
+
+def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
+    """Refuse (one message, before anything is registered) a change the bound cache cannot take."""
+    if isinstance(live, Unread):
+        return Verdict(notes=(f"bound-cache guard stood aside: {live.reason}",))
+    claim = live.claim
+    if claim is None:
+        where = f"{live.namespace}/{wanted.claim}"
+        return Verdict(
+            notes=(f"bound-cache guard: claim {where} does not exist yet; its first consumer places it",), unbound=True
+        )
+    where = f"{live.namespace}/{get(claim, 'metadata', 'name')}"
+    if live.older is not None:
+        return _judge_move_under_way(wanted, live)
+    replaced = _replacement(wanted, claim)
+    bound = get(claim, "status", "phase") == "Bound" and bool(get(claim, "spec", "volumeName"))
+    if replaced and wanted.relocate == "copy" and bound:
+        return _start_move(wanted, live, where, replaced)
+    if replaced:
+        return Verdict(
+            notes=(f"bound-cache guard: claim {where} is re-created by this change ({replaced})",),
+            generation=live.generation,
+        )
+    relocating = _relocation_trigger(wanted, claim)
+    if relocating:
+        return _judge_relocation(wanted, live, where, relocating)
+    phase = get(claim, "status", "phase")
+    requested = get(claim, "spec", "resources", "requests", "storage")
+    if not bound:
+        if quantity_bytes(requested) != quantity_bytes(wanted.size):
+            return Verdict(
+                refusal=(
+                    f"mlcache:cache.size = {wanted.size!r}: claim {where} is not bound yet (phase {phase}) and Kubernetes "
+                    f"allows no size change before a claim is bound (it asks for {requested}). Nothing was changed. "
+                    f"Either put cache.size back to {requested}, or re-create the claim at the new size with "
+                    f"`{relocate_key_hint('fresh')}` (nothing is cached on an unbound claim), then set it back to false."
+                )
+            )
+        return Verdict(
+            notes=(f"bound-cache guard: claim {where} is not bound yet (phase {phase}); its first consumer places it",),
+            unbound=True,
+            generation=live.generation,
+        )
+    notes = [*_placement_notes(wanted, live, where)]
+    stranded = _placement_refusal(wanted, live, where)
+    refusal = stranded or _resize_refusal(wanted, live, where)
+    lost = bool(volume_terms(live.volume)) and not volume_nodes(live.volume, live.nodes)
+    moved = get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) != wanted.placement.text()
+    if wanted.relocate == "copy" and (refusal or (lost and moved)):
+        reason = "the configured placement cannot reach its volume" if stranded or lost else "its size cannot change in place"
+        return _start_move(wanted, live, where, reason)
+    return Verdict(refusal=refusal, notes=tuple(notes), generation=live.generation)
+
+
+def _bound_location(live: LiveCache) -> str:
+    volume = get(live.volume, "metadata", "name") or get(live.claim, "spec", "volumeName")
+    nodes = volume_nodes(live.volume, live.nodes)
+    if nodes:
+        return f"volume {volume} on " + " and ".join(describe_node(n) for n in nodes)
+    pinned = pinned_node_names(live.volume)
+    return f"volume {volume} on node {', '.join(pinned) or '?'} (not found in the cluster)"
+
+
+def _placement_notes(wanted: Wanted, live: LiveCache, where: str) -> list[str]:
+    terms = volume_terms(live.volume)
+    if not terms:
+        return [f"bound-cache guard: claim {where} is bound to network storage (no node affinity): any placement reaches it"]
+    if not volume_nodes(live.volume, live.nodes):
+        pinned = ", ".join(pinned_node_names(live.volume)) or "?"
+        return [
+            f"bound-cache guard: the node(s) of claim {where} ({pinned}) are gone: the cache is lost (node loss); "
+            f"heal it with `mlcache heal --stack {wanted.stack}`"
+        ]
+    return [f"bound-cache guard: claim {where} is bound to {_bound_location(live)}"]
+
+
+def _placement_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
+    nodes = volume_nodes(live.volume, live.nodes)
+    if not wanted.has_consumer or not volume_terms(live.volume) or not nodes:
+        return None
+    if any(node_reaches(n, wanted.placement) for n in nodes):
+        return None
+    bound = node_labels(nodes[0])
+    return (
+        f"bound-cache guard: the cache {where} is bound to {_bound_location(live)}; the configured placement "
+        f"({wanted.placement.describe()}) cannot reach it: the training pod would stay Pending for ever "
+        f"(volume node affinity conflict) holding its GPU quota. Nothing was changed. Either put the placement back "
+        f"(mlcache:zone {bound.get(ZONE_LABEL, '?')} or unset, job.gpuProduct {bound.get(GPU_PRODUCT_LABEL, '?')}), "
+        f"or {move_ways(wanted.protect)}."
+    )
+
+
+def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
+    claim = live.claim
+    requested = get(claim, "spec", "resources", "requests", "storage")
+    capacity = get(claim, "status", "capacity", "storage")
+    new, old, held = quantity_bytes(wanted.size), quantity_bytes(requested), quantity_bytes(capacity)
+    # The API server lets a request shrink only to recover from a failed expansion (above status.capacity).
+    if new < old and (held is None or new <= held):
+        return (
+            f"mlcache:cache.size = {wanted.size!r} is smaller than the live claim {where} ({requested}): Kubernetes "
+            f"cannot shrink a volume and the API server would refuse the update half-way through the up. Nothing was "
+            f"changed. Either put cache.size back to {requested} or more, or, to have it at {wanted.size}, "
+            f"{move_ways(wanted.protect)}."
+        )
+    if new > old:
+        allowed = wanted.expansion_allowed
+        class_name = get(claim, "spec", "storageClassName")
+        if allowed is None:
+            allowed = get(live.storage_class, "allowVolumeExpansion")
+        if allowed is False:
+            allow = (
+                "`pulumi config set --path mlcache:linstor.allowVolumeExpansion true`"
+                if wanted.expansion_allowed is not None
+                else f"ask the cluster admin to set allowVolumeExpansion: true on StorageClass {class_name}"
+            )
+            return (
+                f"mlcache:cache.size = {wanted.size!r} grows the live claim {where} ({requested}) but StorageClass "
+                f"{class_name} does not allow expansion: the API server would refuse the update. Nothing was changed. "
+                f"Either put cache.size back to {requested}, allow expansion ({allow}; expansion keeps the data), or "
+                f"{move_ways(wanted.protect)}."
+            )
+    return None
+
+
+def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str) -> Verdict:
+    if wanted.protect:
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = fresh re-creates the protected cache {where} ({trigger}): set "
+                f"`{PROTECT_FALSE}` in the same change to accept the DATA LOSS, `{relocate_key_hint('copy')}` to "
+                f"move it with its contents, or `{relocate_key_hint('false')}` to keep it. Nothing was changed."
+            )
+        )
+    claim = live.claim
+    growth_only = (
+        get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
+        and quantity_bytes(wanted.size) > quantity_bytes(get(claim, "spec", "resources", "requests", "storage"))
+        and (wanted.expansion_allowed is not False)
+        and (wanted.expansion_allowed or get(live.storage_class, "allowVolumeExpansion") is not False)
+    )
+    if growth_only and get(claim, "status", "phase") == "Bound":
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate is still fresh, so growing cache.size to {wanted.size!r} would re-create the "
+                f"cache {where} (DATA LOSS) although it can expand in place. Nothing was changed. Set "
+                f"`{relocate_key_hint('false')}` to expand it in place, keeping the data."
+            )
+        )
+    bound = _bound_location(live) if get(claim, "spec", "volumeName") else "no volume yet"
+    return Verdict(
+        notes=(
+            f"bound-cache guard: relocating: claim {where} ({bound}) is deleted and re-created because {trigger}; "
+            f"the Job's pod binds a fresh volume where it lands (DATA LOSS: cache.prefetch re-warms it)",
+        ),
+        generation=live.generation,
+    )
+
+
+# --- moves (cache.relocate copy) ----------------------------------------------------------------
+
+# A move's states, as `up` and `mlcache verify` tell them.
+COPYING, VERIFIED, FAILED = "copying", "verified", "failed"
+# Verified, but training still runs on the old claim: switching would replace (kill) the run.
+HELD = "verified, training running"
+# How the copy runs: one pod mounting both claims, or a sender beside the old volume streaming to
+# a receiver where the new one binds.
+LOCAL, STREAM = "local", "stream"
+
+
+@dataclass(frozen=True)
+class ClaimFacts:
+    """A live generation of the cache: what the program needs to keep it exactly as it is during a
+    move, and to place the pods that read it."""
+
+    name: str
+    generation: int
+    storage_class: str
+    backend: str
+    size: str
+    placement: PlacementRecord
+    # The hostnames of the nodes its volume may be used from; `pinned` False: it attaches anywhere.
+    nodes: tuple[str, ...]
+    pinned: bool
+
+    @staticmethod
+    def of(live: LiveCache) -> ClaimFacts:
+        claim = live.claim
+        nodes = volume_nodes(live.volume, live.nodes)
+        record = PlacementRecord.parse(get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION))
+        if record is None:  # made before placement records (adopted): where its volume is
+            record = PlacementRecord(None, node_labels(nodes[0]).get(GPU_PRODUCT_LABEL, "") if nodes else "")
+        return ClaimFacts(
+            name=get(claim, "metadata", "name"),
+            generation=live.generation,
+            storage_class=get(claim, "spec", "storageClassName") or "",
+            backend=get(claim, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor",
+            size=get(claim, "spec", "resources", "requests", "storage"),
+            placement=record,
+            nodes=tuple(sorted({_label_value(n, HOSTNAME_LABEL) or "" for n in nodes})),
+            pinned=bool(volume_terms(live.volume)),
+        )
+
+
+@dataclass(frozen=True)
+class Move:
+    """A move of the cache from `source` into a new claim of generation `generation`."""
+
+    source: ClaimFacts
+    generation: int
+    mode: str  # LOCAL or STREAM
+    state: str  # COPYING, VERIFIED or FAILED (the last copy failed: this up retries it, resuming)
+    attempt: int = 1  # the copy's attempt this up registers
+    keep_source: bool = False  # verified, but cache.protect keeps the old claim
+
+    @property
+    def switched(self) -> bool:
+        """Training runs on the new claim (the copy is verified)."""
+        return self.state == VERIFIED
+
+    @property
+    def copying(self) -> bool:
+        """The copy objects are registered: until training switches (never after: a changed copy Job
+        would run again, from the old claim into the live one)."""
+        return not self.switched
+
+    @property
+    def keeps_source(self) -> bool:
+        """The old claim is registered: until training switches, or for as long as cache.protect keeps it."""
+        return not self.switched or self.keep_source
+
+
+def copy_mode(source: ClaimFacts, backend: str) -> str:
+    """One pod mounting both claims where one side attaches anywhere (a Rook-Ceph volume: the
+    runbook's migration and its rollback); else a sender beside the old volume and a receiver where
+    training will run."""
+    return LOCAL if not source.pinned or backend != "linstor" else STREAM
+
+
+def job_ended(job: Mapping | None, condition: str) -> bool:
+    """The Job has the final condition `condition` (Complete or Failed)."""
+    return any(c.get("type") == condition and c.get("status") == "True" for c in get(job, "status", "conditions") or [])
+
+
+def copy_state(job: Mapping | None) -> tuple[str, int]:
+    """The copy Job's state and attempt (a Job not created yet, or deleted, is still copying)."""
+    attempt = int(get(job, "spec", "template", "metadata", "annotations", COPY_ATTEMPT_ANNOTATION) or 1)
+    if job_ended(job, "Complete"):
+        return VERIFIED, attempt
+    if job_ended(job, "Failed"):
+        return FAILED, attempt
+    return COPYING, attempt
+
+
+def is_running(job: Mapping | None) -> bool:
+    """A Job with pods at work and no final condition yet."""
+    return bool(get(job, "status", "active")) and not (job_ended(job, "Complete") or job_ended(job, "Failed"))
+
+
+def cache_generations(cache_name: str, claims: Iterable[Mapping]) -> list[tuple[int, Mapping]]:
+    """The cache's claims among `claims`, each with its generation, oldest first."""
+    found = ((claim_generation(cache_name, get(c, "metadata", "name") or ""), c) for c in claims)
+    return sorted(((number, c) for number, c in found if number is not None), key=lambda pair: pair[0])
+
+
+def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
+    """The settings are exactly what this claim was made for."""
+    return (
+        get(claim, "spec", "storageClassName") == wanted.storage_class
+        and (get(claim, "spec", "volumeMode") or "Filesystem") == wanted.volume_mode
+        and quantity_bytes(get(claim, "spec", "resources", "requests", "storage")) == quantity_bytes(wanted.size)
+        and get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
+    )
+
+
+def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Verdict:
+    if (get(live.claim, "spec", "volumeMode") or "Filesystem") == "Block":
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = 'copy': the cache {where} is a Block-mode volume, which holds no files to copy "
+                f"and verify. Nothing was changed. Use `{relocate_key_hint('fresh')}` (DATA LOSS) or put the settings back."
+            )
+        )
+    source = ClaimFacts.of(live)
+    if source.pinned and not source.nodes:
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = 'copy': the node(s) of the cache {where} are gone, so there is nothing left to "
+                f"copy from (node loss). Nothing was changed. Heal it with `mlcache heal --stack {wanted.stack}`, or "
+                f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
+            )
+        )
+    if is_running(live.training_job):
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = 'copy': the training Job still runs on the cache {where} ({reason}). "
+                f"Nothing was changed. A copy beside a run would wait for its GPUs (and a Rook-Ceph volume's "
+                f"attachment), and the files the run writes would fail verification. Start the move once the run "
+                f"has finished (`kubectl get job -n {live.namespace}`), or put the settings back."
+            )
+        )
+    move = Move(source, live.generation + 1, copy_mode(source, wanted.backend), COPYING)
+    target = f"{live.namespace}/{generation_claim_name(wanted.claim, move.generation)}"
+    return Verdict(
+        notes=(
+            f"bound-cache guard: moving the cache because {reason}: {where} ({_bound_location(live)}) is copied into "
+            f"the new claim {target} ({move.mode} copy, Job {copy_name(wanted.claim, move.generation)}); training stays on "
+            f"{where} until the copy is verified. Follow it with `mlcache verify --stack {wanted.stack}`, then run "
+            f"`pulumi up` again to switch training to the new claim (docs/moving-the-cache.md)",
+        ),
+        generation=move.generation,
+        move=move,
+    )
+
+
+def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
+    """Two generations live: a move from the older into the newer. Finish it, retry it, or call it off."""
+    older = live.older
+    assert older is not None
+    target = f"{live.namespace}/{get(live.claim, 'metadata', 'name')}"
+    source_where = f"{older.namespace}/{get(older.claim, 'metadata', 'name')}"
+    job = copy_name(wanted.claim, live.generation)
+    state, attempt = copy_state(live.copy_job)
+    if _describes(wanted, live.claim):
+        source = ClaimFacts.of(older)
+        switched = get(live.claim, "metadata", "name") in mounted_claims(live.training_job)
+        if switched:
+            # Training runs on the new claim already (an earlier up switched; the old one was kept
+            # by cache.protect): never back, whatever became of the copy Job.
+            state = VERIFIED
+        elif live.copy_job is None:
+            return Verdict(
+                refusal=(
+                    f"bound-cache guard: the copy Job {job} of the move from {source_where} into {target} is gone "
+                    f"(deleted by hand or by a TTL controller) before training switched. Nothing was changed. Run "
+                    f"`pulumi up --refresh` so that the engine notices and creates it again; the copy resumes and is "
+                    f"verified again."
+                )
+            )
+        elif state != VERIFIED and source.pinned and not source.nodes:
+            return Verdict(
+                refusal=(
+                    f"bound-cache guard: the node(s) of {source_where} are gone in the middle of the move into {target}: "
+                    f"nothing is left to copy from (node loss). Nothing was changed. Call the move off (settings back to "
+                    f"{_made_for(older.claim)}) and heal it with `mlcache heal --stack {wanted.stack}`."
+                )
+            )
+        if state == VERIFIED and not switched and is_running(live.training_job):
+            state = HELD
+            note = (
+                f"bound-cache guard: the copy into {target} is verified, but the training Job still runs on "
+                f"{source_where}: switching now would replace (stop) it. Nothing about training changes in this up; "
+                f"run `pulumi up` again once it has finished"
+            )
+        elif state == VERIFIED:
+            kept = (
+                f"{source_where} is kept because cache.protect is true (to delete it: {unprotect_hint(wanted, older)}, "
+                f"`{PROTECT_FALSE}`, `pulumi up`)"
+                if wanted.protect
+                else f"{source_where} is deleted"
+            )
+            runs = "runs on it" if switched else "switches to it"
+            note = f"bound-cache guard: the copy into {target} is verified: training {runs}; the copy's objects go; {kept}"
+        elif state == FAILED:
+            note = (
+                f"bound-cache guard: the copy Job {job} failed (attempt {attempt}; its logs: `kubectl logs -n "
+                f"{live.namespace} job/{job}`): this up retries it as attempt {attempt + 1}, resuming; training stays "
+                f"on {source_where}"
+            )
+            attempt += 1
+        else:
+            note = (
+                f"bound-cache guard: the copy Job {job} into {target} is not verified yet: training stays on "
+                f"{source_where}; `mlcache verify --stack {wanted.stack}` shows its progress"
+            )
+        move = Move(
+            source,
+            live.generation,
+            copy_mode(source, wanted.backend),
+            state,
+            attempt,
+            keep_source=state == VERIFIED and wanted.protect,
+        )
+        return Verdict(notes=(note,), generation=live.generation, move=move)
+    if _describes(wanted, older.claim):
+        if wanted.protect:
+            return Verdict(
+                refusal=(
+                    f"bound-cache guard: the settings are back to those of {source_where}, which calls the move into "
+                    f"{target} off and deletes {target}, but cache.protect is true. Nothing was changed. To call it off: "
+                    f"{unprotect_hint(wanted, live)}, `{PROTECT_FALSE}`, `pulumi up`, then set cache.protect back."
+                )
+            )
+        return Verdict(
+            notes=(
+                f"bound-cache guard: the settings are back to those of {source_where}: the move into {target} is called "
+                f"off ({target} and the copy's objects are deleted); the cache stays on {source_where}",
+            ),
+            generation=older.generation,
+        )
+    return Verdict(
+        refusal=(
+            f"bound-cache guard: a move of the cache from {source_where} into {target} is under way (copy {state}), and "
+            f"the settings describe neither claim. Nothing was changed. Put zone, job.gpuProduct, backend and cache.size "
+            f"back to what {target} was made for ({_made_for(live.claim)}) to finish the move, or to what "
+            f"{source_where} was made for ({_made_for(older.claim)}) to call it off; move again once it is done."
+        )
+    )
+
+
+def mounted_claims(job: Mapping | None) -> list[str]:
+    volumes = get(job, "spec", "template", "spec", "volumes") or []
+    return [name for v in volumes if (name := get(v, "persistentVolumeClaim", "claimName"))]
+
+
+def unprotect_hint(wanted: Wanted, live: LiveCache) -> str:
+    """The engine keeps a claim made under cache.protect protected in its state until told otherwise."""
+    name = claim_resource_name("cache", live.generation)
+    urn = f"urn:pulumi:{wanted.stack}::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::{name}"
+    return f"`pulumi state unprotect '{urn}' --stack {wanted.stack}`"
+
+
+def _made_for(claim: Mapping | None) -> str:
+    record = PlacementRecord.parse(get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION))
+    placement = record.describe() if record else "placement unrecorded"
+    return (
+        f"{placement}, class {get(claim, 'spec', 'storageClassName')}, "
+        f"size {get(claim, 'spec', 'resources', 'requests', 'storage')}"
+    )
+
+
+# --- reading the cluster (the only I/O here) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """The pulumi-kubernetes default provider's connection settings (`kubernetes:*` config)."""
+
+    kubeconfig: str | None = None  # a path or the file's contents, as the provider accepts
+    context: str | None = None
+    cluster: str | None = None
+    namespace: str | None = None
+
+
+REQUEST_TIMEOUT = 10  # seconds per API call: a preview must not hang on an unreachable cluster
+
+
+def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
+    import io  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from kubernetes.config import kube_config  # noqa: PLC0415
+
+    source = provider.kubeconfig or environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    contents = "\n" in source or source.lstrip().startswith(("{", "apiVersion"))
+    merged = kube_config.KubeConfigMerger(io.StringIO(source) if contents else source).config
+    if merged is None:
+        raise LookupError(f"no kubeconfig found at {source}")
+    loader = kube_config.KubeConfigLoader(config_dict=merged, active_context=provider.context, config_base_path=None)
+    if provider.cluster:
+        _plain(_plain(loader.current_context)["context"])["cluster"] = provider.cluster
+        loader.set_active_context(provider.context)
+    return loader
+
+
+def _plain(node: Any) -> Any:
+    """The dict inside the kubeconfig loader's ConfigNode wrappers (merged files wrap twice)."""
+    while hasattr(node, "value"):
+        node = node.value
+    return node
+
+
+def _context_namespace(loader: Any) -> str | None:
+    return _plain(_plain(loader.current_context).get("context")).get("namespace")
+
+
+def read_live_cache(
+    cache_name: str,
+    namespace: str | None,
+    provider: ProviderSettings,
+    environ: Mapping[str, str],
+    training_job: str | None = None,
+) -> LiveCache | Unread:
+    """The cache's newest claim, its PV, the nodes the PV selects and its class, read like the provider
+    would connect; while a move is under way also the claim it copies from and the copy Job."""
+    try:
+        from kubernetes import client  # noqa: PLC0415
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+        loader = _kubeconfig_loader(provider, environ)
+        configuration = client.Configuration()
+        loader.load_and_set(configuration)
+        configuration.retries = 1
+        namespace = namespace or provider.namespace or _context_namespace(loader) or "default"
+    except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin
+        return Unread(f"no cluster to read ({type(err).__name__}: {err})")
+    api = client.ApiClient(configuration)
+    core, storage, batch = client.CoreV1Api(api), client.StorageV1Api(api), client.BatchV1Api(api)
+    plain = api.sanitize_for_serialization
+    what = [f"PersistentVolumeClaim {namespace}/{cache_name}"]
+
+    def optional(read: Any, name: str) -> Mapping | None:
+        try:
+            return plain(read(name, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def read_job(name: str, **options: Any) -> Any:
+        return batch.read_namespaced_job(name, namespace, **options)
+
+    def generation(number: int, claim: Mapping, older: LiveCache | None = None) -> LiveCache:
+        volume, nodes, storage_class = None, [], None
+        if get(claim, "spec", "volumeName"):
+            what[0] = f"PersistentVolume {claim['spec']['volumeName']}"
+            volume = plain(core.read_persistent_volume(claim["spec"]["volumeName"], _request_timeout=REQUEST_TIMEOUT))
+            what[0] = "the nodes the volume may be used from"
+            nodes = _nodes_of(core, plain, volume)
+        if get(claim, "spec", "storageClassName"):
+            what[0] = f"StorageClass {claim['spec']['storageClassName']}"
+            storage_class = optional(storage.read_storage_class, claim["spec"]["storageClassName"])
+        copy_job = None
+        if older is not None:
+            what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
+            copy_job = optional(read_job, copy_name(cache_name, number))
+        return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
+
+    try:
+        claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
+        generations = cache_generations(cache_name, claims)
+        if not generations:
+            return LiveCache(namespace=namespace, claim=None)
+        older = generation(*generations[-2]) if len(generations) > 1 else None
+        newest = generation(*generations[-1], older=older)
+        if not training_job:
+            return newest
+        what[0] = f"Job {namespace}/{training_job}"
+        return replace(newest, training_job=optional(read_job, training_job))
+    except ApiException as err:
+        return Unread(f"cannot read {what[0]}: HTTP {err.status} {err.reason}")
+    except Exception as err:  # connection refused, DNS, TLS, timeout
+        return Unread(f"cannot reach the cluster to read {what[0]} ({type(err).__name__})")
+
+
+def _nodes_of(core: Any, plain: Any, volume: Mapping) -> list[Mapping]:
+    """The nodes the PV's node affinity selects (all nodes, filtered here: hostname keys may name a
+    node that lacks the label, which a label selector would miss)."""
+    if not volume_terms(volume):
+        return []
+    return volume_nodes(volume, plain(core.list_node(_request_timeout=REQUEST_TIMEOUT).items))
+
+
+# --- in the program ---------------------------------------------------------------------------
+
+
+# The live cache an offline preview assumes (`mlcache diff`: what the base revision deployed, bound),
+# judged instead of the "stood aside" of an offline render.
+_assumed_live: LiveCache | None = None
+
+
+@contextmanager
+def assume_live(live: LiveCache | None) -> Iterator[None]:
+    global _assumed_live  # one offline render at a time in this process
+    _assumed_live = live
+    try:
+        yield
+    finally:
+        _assumed_live = None
+
+
+# What an offline preview cannot know: the node a base revision's LINSTOR volume was bound on.
+BOUND_NODE = "node-bound-at-up"
+
+
+def live_from_manifest(claim: Mapping) -> LiveCache:
+    """A rendered claim as the live, bound claim it becomes: on a LINSTOR node of its recorded
+    zone and GPU product (named BOUND_NODE), or on network storage."""
+    name = get(claim, "metadata", "name")
+    bound = {**claim, "spec": {**claim["spec"], "volumeName": f"pvc-of-{name}"}, "status": {"phase": "Bound"}}
+    if (get(claim, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor") != "linstor":
+        return LiveCache(get(claim, "metadata", "namespace") or "default", bound, {"spec": {}})
+    record = PlacementRecord.parse(get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION))
+    labels = {HOSTNAME_LABEL: BOUND_NODE}
+    if record and record.zone:
+        labels[ZONE_LABEL] = record.zone
+    if record:
+        labels[GPU_PRODUCT_LABEL] = record.gpu_product
+    term = {"matchExpressions": [{"key": HOSTNAME_LABEL, "operator": "In", "values": [BOUND_NODE]}]}
+    volume = {"spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [term]}}}}
+    node = {"metadata": {"name": BOUND_NODE, "labels": labels}}
+    return LiveCache(get(claim, "metadata", "namespace") or "default", bound, volume, [node])
+
+
+def _under_mock_engine() -> bool:
+    from pulumi.runtime import mocks  # noqa: PLC0415
+    from pulumi.runtime import settings as runtime  # noqa: PLC0415
+
+    return isinstance(runtime.SETTINGS.monitor, mocks.MockMonitor)
+
+
+def guard_bound_cache(settings: Any) -> Verdict:
+    """Read the live cache and refuse, before anything is registered, a change it cannot take.
+
+    Under the mock engine (mlcache render, mlcache diff, the tests) no cluster is read: the guard
+    stands aside and says so (a note in `mlcache render --summary`)."""
+    import os  # noqa: PLC0415
+
+    import pulumi  # noqa: PLC0415
+
+    wanted = Wanted(
+        stack=pulumi.get_stack(),
+        claim=settings.cache.name,
+        storage_class=settings.storage_class_name,
+        volume_mode=settings.cache.volume_mode,
+        size=settings.cache.size,
+        placement=PlacementRecord(settings.placement.zone, settings.placement.gpu_product),
+        relocate=settings.cache.relocate,
+        protect=settings.cache.protect,
+        backend=settings.backend,
+        expansion_allowed=settings.linstor.allow_volume_expansion if settings.manages_storage_class else None,
+        has_consumer=settings.job.enabled or settings.benchmark.enabled,
+    )
+    if _under_mock_engine():
+        live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")
+    else:
+        provider = pulumi.Config("kubernetes")
+        live = read_live_cache(
+            settings.cache.name,
+            settings.namespace,
+            ProviderSettings(
+                kubeconfig=provider.get("kubeconfig"),
+                context=provider.get("context"),
+                cluster=provider.get("cluster"),
+                namespace=provider.get("namespace"),
+            ),
+            os.environ,
+            training_job=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
+        )
+    if isinstance(live, Unread) and not _under_mock_engine():
+        # Which claim holds the cache is in the cluster only (a move makes a new one): guessing would
+        # register the wrong claim and delete the right one.
+        raise pulumi.RunError(
+            f"bound-cache guard: cannot read the cache's claims: {live.reason}. mlcache reads them before every "
+            "preview and up to know which claim holds the cache and whether a change would strand it. Nothing was "
+            "changed. Check the kubeconfig and context the provider uses (kubernetes:kubeconfig, kubernetes:context, "
+            "else KUBECONFIG) and that they may list PersistentVolumeClaims and read Jobs in the namespace."
+        )
+    verdict = judge(wanted, live)
+    for note in verdict.notes:
+        pulumi.log.info(note)
+    if verdict.refusal:
+        raise pulumi.RunError(verdict.refusal)
+    return verdict

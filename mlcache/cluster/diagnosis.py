@@ -1,0 +1,478 @@
+"""What the live objects say about a stack's cache and training pod: the runbook's troubleshooting
+checks as pure functions (`diagnose`), from what the stack asked for (`Expectation`, read from its
+outputs) and what the cluster holds (`Snapshot`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from mlcache.cluster.bound_cache import (
+    FAILED,
+    VERIFIED,
+    PlacementRecord,
+    cache_generations,
+    copy_state,
+    has_taint,
+    node_zone,
+    pinned_node_names,
+    ready_condition,
+)
+from mlcache.cluster.bound_cache import get as _get
+from mlcache.cluster.objects import (
+    STANDARD_RESOURCES,
+    amount_text,
+    events_about,
+    free_on,
+    mounts_claim,
+    node_satisfies,
+    pod_fits_labels,
+    pod_label,
+    pod_node_terms,
+    pod_requests,
+    pods_on,
+    pv_constraints,
+    quantity,
+    volume_nodes,
+    wants_gpu,
+)
+from mlcache.program.names import (
+    GPU_PRODUCT_LABEL,
+    OUT_OF_SERVICE_TAINT,
+    PLACEMENT_ANNOTATION,
+    ZONE_LABEL,
+    cache_name_of,
+    copy_name,
+)
+from mlcache.program.verification import linstor_resources_command
+
+# How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
+VOLUME_CONFLICT = ("volume node affinity conflict", "didn't match PersistentVolume's node affinity")
+
+
+OK, INFO, FAIL = "ok", "info", "FAIL"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the stack asked for (from its outputs)."""
+
+    pvc: str
+    namespace: str
+    storage_class: str
+    backend: str
+    zone: str | None
+    job: str | None
+    run: RunExpectation | None = None
+    stack: str = "STACK"
+
+
+@dataclass(frozen=True)
+class RunExpectation:
+    """A multi-node run (job.nodes > 1): its workers, each with its own cache claim."""
+
+    name: str
+    claims: tuple[str, ...]
+    gpu_product: str
+    gpu_resource: str
+    gpus: int
+    jobs: tuple[str, ...] = ()  # each worker's Job
+    benchmark_jobs: tuple[str, ...] = ()
+
+    @property
+    def nodes(self) -> int:
+        return len(self.claims)
+
+
+@dataclass
+class Snapshot:
+    """The live objects as the API returns them (plain dicts, camelCase keys)."""
+
+    pvc: dict | None
+    pv: dict | None = None
+    pods: list[dict] = field(default_factory=list)
+    nodes: dict[str, dict] = field(default_factory=dict)
+    # Every pod bound to a node, any namespace (who holds the GPUs), and the events of the
+    # stack's namespace (the scheduler's FailedScheduling verdicts): optional, for the reasons.
+    bound_pods: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    check: str
+    message: str
+    remedy: str = ""
+
+
+def scheduling_message(pod: dict, events: list[dict] = ()) -> str | None:
+    """The scheduler's own reason a pod is not placed: its latest FailedScheduling event, else
+    the PodScheduled condition it wrote."""
+    failed = events_about(pod, list(events), "FailedScheduling")
+    if failed and not _get(pod, "spec", "nodeName"):
+        return failed[-1].get("message") or failed[-1].get("note")
+    for condition in _get(pod, "status", "conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return condition.get("message") or condition.get("reason") or "unschedulable"
+    return None
+
+
+def lost_volume_node(snapshot: Snapshot) -> tuple[str, str] | None:
+    """(node, how) when the volume's only node is gone or NotReady; None otherwise.
+
+    A node with no Ready condition at all has not reported yet and is not judged."""
+    pinned = pinned_node_names(snapshot.pv)
+    if len(pinned) != 1:
+        return None
+    (name,) = pinned
+    node = snapshot.nodes.get(name)
+    if node is None:
+        return name, "gone (its Node object no longer exists)"
+    condition = ready_condition(node)
+    if condition is None or condition.get("status") == "True":
+        return None
+    since = condition.get("lastTransitionTime") or "?"
+    reason = "the kubelet stopped reporting" if condition.get("status") == "Unknown" else condition.get("reason") or "NotReady"
+    marked = ", marked out-of-service" if has_taint(node, OUT_OF_SERVICE_TAINT) else ""
+    return name, f"NotReady (Ready={condition.get('status')} since {since}: {reason}{marked})"
+
+
+def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, str]) -> Finding:
+    node, how = lost
+    stuck = [
+        _get(p, "metadata", "name")
+        for p in snapshot.pods
+        if not _get(p, "spec", "nodeName") or _get(p, "spec", "nodeName") == node
+    ]
+    pods = f"; pod(s) {', '.join(stuck)} cannot be placed (the volume exists only there)" if stuck else ""
+    return Finding(
+        FAIL,
+        "node loss",
+        f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
+        "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
+        f"rebuildable); the training run restarts from its last checkpoint. Heal: `mlcache heal --stack "
+        f"{expect.stack}` (a dry run that says what it would do), then the same with --apply.",
+    )
+
+
+def stranded_volume(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple[str, str]:
+    """Why a volume node affinity conflict: where the volume is, who put it there, what that
+    node lacks for this pod. Returns (explanation, remedy)."""
+    remedy = (
+        "PVC bound elsewhere. Delete the PVC and let the training pod create it (runbook step 2: this deletes the cached data)"
+    )
+    where = volume_nodes(snapshot.pv, snapshot.nodes) if snapshot.pv else None
+    if not where:
+        return (
+            "the volume was created on a node (or zone) the pod cannot use",
+            remedy + ", or pin mlcache:zone to the volume's zone.",
+        )
+    explanation = "the volume is on " + ", ".join(f"{n} (zone {node_zone(snapshot.nodes[n])})" for n in where)
+    consumers = [
+        p
+        for p in snapshot.bound_pods
+        if _get(p, "spec", "nodeName") in where
+        and mounts_claim(p, expect.pvc)
+        and (_get(p, "metadata", "namespace") or expect.namespace) == expect.namespace
+    ]
+    if consumers:
+        consumer = consumers[0]
+        explanation += f", where its consumer {pod_label(consumer)} runs"
+        if not wants_gpu(consumer):
+            explanation += " (no GPU request, no GPU affinity: it bound the volume wherever it landed)"
+            remedy += (
+                "; benchmark with `benchmark.enabled: true`, whose pod asks for the training pod's GPUs and placement, "
+                "never with a hand-made pod"
+            )
+    needs = pod_requests(pod)
+    for node_name in where:
+        node = snapshot.nodes[node_name]
+        free = free_on(node, snapshot.bound_pods)
+        short = [
+            f"{amount_text(free.get(r, Decimal(0)))} of {amount_text(q)} {r} free"
+            for r, q in needs.items()
+            if free.get(r, Decimal(0)) < q
+        ]
+        if not pod_fits_labels(pod, node, ignore={ZONE_LABEL}):
+            product = (_get(node, "metadata", "labels") or {}).get(GPU_PRODUCT_LABEL, "none")
+            explanation += f"; {node_name} does not match the pod's node affinity ({GPU_PRODUCT_LABEL}={product})"
+        elif short:
+            explanation += f"; {node_name} has {', '.join(short)}"
+        elif not pod_fits_labels(pod, node):
+            remedy += f", or pin mlcache:zone={node_zone(node)} to keep the data ({node_name} has room)"
+    return explanation, remedy + "."
+
+
+def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple[str, str] | None:
+    """When the nodes the pod may use lack an extended resource (GPUs): who holds it, and where
+    else the pod would fit. None without node allocatable data (a plain snapshot)."""
+    needs = pod_requests(pod)
+    extended = {r: q for r, q in needs.items() if r not in STANDARD_RESOURCES}
+    candidates = {n: node for n, node in snapshot.nodes.items() if pod_fits_labels(pod, node)}
+    if not extended or not candidates or not any(_get(n, "status", "allocatable") for n in candidates.values()):
+        return None
+    resource, wanted = next(iter(extended.items()))
+    scope = f"zone {expect.zone}" if expect.zone else "the cluster"
+    product = next(
+        (
+            v
+            for t in pod_node_terms(pod)
+            for e in t.get("matchExpressions") or []
+            if e.get("key") == GPU_PRODUCT_LABEL
+            for v in e.get("values") or []
+        ),
+        None,
+    )
+    described, best = [], Decimal(0)
+    for node_name in sorted(candidates):
+        node = candidates[node_name]
+        allocatable = quantity((_get(node, "status", "allocatable") or {}).get(resource, 0))
+        free = free_on(node, snapshot.bound_pods).get(resource, Decimal(0))
+        best = max(best, free)
+        holders = [
+            f"{pod_label(p)} {amount_text(pod_requests(p)[resource])}"
+            for p in pods_on(node_name, snapshot.bound_pods)
+            if pod_requests(p).get(resource)
+        ]
+        held = f" (held by {', '.join(holders)})" if holders else ""
+        described.append(f"{node_name} {amount_text(free)}/{amount_text(allocatable)} free{held}")
+    what = f"{product} " if product else ""
+    explanation = (
+        f"{scope}'s {what}{resource} capacity is taken: {'; '.join(described)}; the pod needs {amount_text(wanted)} on one node"
+    )
+    elsewhere = []
+    for node_name, node in sorted(snapshot.nodes.items()):
+        if node_name in candidates or not pod_fits_labels(pod, node, ignore={ZONE_LABEL}):
+            continue
+        free = free_on(node, snapshot.bound_pods)
+        if all(free.get(r, Decimal(0)) >= q for r, q in needs.items()):
+            elsewhere.append((node_zone(node), node_name, free.get(resource, Decimal(0))))
+    fixes = [f"free {resource} in {scope} (the pods holding it above)"]
+    if 0 < best < wanted:
+        fixes.append(f"lower job.gpus to {amount_text(best)} (the most free on one node)")
+    if expect.zone and elsewhere:
+        zones = {}
+        for zone, node_name, free in elsewhere:
+            zones.setdefault(zone, f"{node_name}: {amount_text(free)} free")
+        fixes.append("pin a zone with room: " + ", ".join(f"mlcache:zone={z} ({n})" for z, n in sorted(zones.items())))
+        fixes.append("or unset mlcache:zone to let the scheduler choose")
+    return explanation, "; ".join(fixes)
+
+
+def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
+    name = _get(pod, "metadata", "name")
+    message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
+    if lost_volume_node(snapshot):
+        return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message} (see node loss)")
+    if any(words in message for words in VOLUME_CONFLICT):
+        explanation, remedy = stranded_volume(pod, expect, snapshot)
+        return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
+    if expect.zone and not any(node_zone(n) == expect.zone for n in snapshot.nodes.values()):
+        return Finding(
+            FAIL,
+            "pod scheduling",
+            f"pod {name} is Pending and no node is in zone {expect.zone}: {message}",
+            f"no nodes in the requested zone: check `kubectl get nodes -l {ZONE_LABEL}={expect.zone}`, "
+            "fix mlcache:zone, or unset it to let the scheduler choose.",
+        )
+    shortage = capacity_shortage(pod, expect, snapshot) if "Insufficient" in message else None
+    if shortage:
+        explanation, remedy = shortage
+        return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
+    if "Insufficient" in message or "didn't match" in message:
+        return Finding(
+            FAIL,
+            "pod scheduling",
+            f"pod {name} is Pending: {message}",
+            "insufficient resources (GPUs of job.gpuProduct, cpu, memory) in the zone, or no node matches the "
+            "GPU product: `kubectl describe pod` for details; lower job.gpus, change job.gpuProduct or mlcache:zone.",
+        )
+    return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message}")
+
+
+def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
+    """Every check, in the runbook's order. Pure: the tests feed it recorded API objects."""
+    findings: list[Finding] = []
+    pvc = snapshot.pvc
+    if pvc is None:
+        return [Finding(FAIL, "pvc", f"PVC {expect.namespace}/{expect.pvc} not found", "run `pulumi up` for the stack")]
+    phase = _get(pvc, "status", "phase")
+    used_class = _get(pvc, "spec", "storageClassName")
+    if used_class == expect.storage_class:
+        findings.append(Finding(OK, "storage class", f"PVC uses {used_class}"))
+    else:
+        findings.append(
+            Finding(
+                FAIL,
+                "storage class",
+                f"PVC uses {used_class}, the stack expects {expect.storage_class}",
+                "the PVC predates the backend switch: follow the rollback procedure in docs/operations-and-rollback.md",
+            )
+        )
+    pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
+    running = [p for p in pods if _get(p, "spec", "nodeName")]
+    if phase == "Pending":
+        if not pods:
+            findings.append(
+                Finding(OK, "pvc", "PVC is Pending: expected under WaitForFirstConsumer until the training pod is scheduled")
+            )
+        else:
+            findings.append(Finding(INFO, "pvc", "PVC is Pending while its consumer is being scheduled"))
+    elif phase == "Bound":
+        findings.append(Finding(OK, "pvc", f"PVC is Bound to {_get(pvc, 'spec', 'volumeName')}"))
+    else:
+        findings.append(Finding(FAIL, "pvc", f"PVC phase is {phase}", "`kubectl describe pvc` for the provisioner's events"))
+
+    constraints = pv_constraints(snapshot.pv) if snapshot.pv else {}
+    if snapshot.pv is not None:
+        shown = ", ".join(f"{k} in {sorted(v)}" for k, v in sorted(constraints.items())) or "none"
+        level = OK if constraints or expect.backend != "linstor" else FAIL
+        remedy = "" if level == OK else "a LINSTOR volume without node affinity allows remote access: check the class"
+        findings.append(Finding(level, "pv node affinity", f"PV {_get(snapshot.pv, 'metadata', 'name')}: {shown}", remedy))
+        pv_zones = constraints.get(ZONE_LABEL, set())
+        if expect.zone and pv_zones and expect.zone not in pv_zones:
+            findings.append(
+                Finding(
+                    FAIL,
+                    "volume zone",
+                    f"the volume is in {sorted(pv_zones)}, the stack pins {expect.zone}",
+                    "the PVC was bound before the zone was pinned: recreate it (data loss) or pin the volume's zone",
+                )
+            )
+
+    lost = lost_volume_node(snapshot)
+    if lost:
+        findings.append(node_loss_finding(snapshot, expect, lost))
+    if expect.job and not pods:
+        findings.append(Finding(INFO, "training pod", f"no pod of Job {expect.job} (finished and cleaned up, or not created)"))
+    for pod in pods:
+        if not _get(pod, "spec", "nodeName"):
+            findings.append(diagnose_pending_pod(pod, expect, snapshot))
+    for pod in running:
+        name, node_name = _get(pod, "metadata", "name"), _get(pod, "spec", "nodeName")
+        node = snapshot.nodes.get(node_name)
+        zone = node_zone(node)
+        findings.append(Finding(OK, "training pod", f"pod {name} runs on {node_name} in zone {zone}"))
+        if expect.zone and zone != expect.zone:
+            findings.append(
+                Finding(FAIL, "pod zone", f"pod {name} is in zone {zone}, the stack pins {expect.zone}", "check job affinity")
+            )
+        if constraints and node is not None:
+            # `duplicates` pairs the Finding below with the storage-class one by shape: one
+            # Finding per check is data, not repeated logic.
+            if node_satisfies(node, constraints):
+                findings.append(Finding(OK, "locality", f"pod {name} and its volume share node {node_name} and zone {zone}"))
+            else:
+                findings.append(
+                    Finding(
+                        FAIL,
+                        "locality",
+                        f"pod {name} runs on {node_name} (zone {zone}) but the volume is pinned to {shown}",
+                        "the pod reads the cache remotely: with allowRemoteVolumeAccess false this should not "
+                        "schedule; check the class parameters and recreate the PVC next to the pod",
+                    )
+                )
+        elif expect.backend != "linstor":
+            findings.append(
+                Finding(INFO, "locality", "rook-ceph: the volume is network storage; reads may cross zones (rollback path)")
+            )
+    if expect.backend == "linstor" and _get(pvc, "spec", "volumeName"):
+        volume = _get(pvc, "spec", "volumeName")
+        findings.append(
+            Finding(
+                INFO,
+                "linstor replicas",
+                linstor_resources_command(volume),
+            )
+        )
+    return findings
+
+
+def render_findings(findings: list[Finding]) -> str:
+    lines = []
+    for finding in findings:
+        lines.append(f"[{finding.level:>4}] {finding.check}: {finding.message}")
+        if finding.remedy:
+            lines.append(f"       remedy: {finding.remedy}")
+    return "\n".join(lines)
+
+
+def expectation_from(run: Any, config: Any, kube_namespace: str, stack: str = "STACK") -> Expectation:
+    """What a rendered stack (ProgramRun, StackConfig) asks for; the kubeconfig's namespace when it sets none."""
+    return expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace, stack)
+
+
+def expectation_from_outputs(outputs: dict[str, Any], namespace: str, stack: str = "STACK") -> Expectation:
+    """What the stack asked for, from its outputs (`pulumi stack output`, or the mock engine's)."""
+    run_out = outputs.get("run") or {}
+    run = None
+    if run_out.get("nodes", 1) > 1:
+        run = RunExpectation(
+            name=run_out["name"],
+            claims=tuple(run_out["cacheClaims"]),
+            gpu_product=run_out["gpuProduct"],
+            gpu_resource=run_out["gpuResource"],
+            gpus=run_out["gpusPerNode"],
+            jobs=tuple(run_out["jobs"]),
+            benchmark_jobs=tuple(run_out["benchmarkJobs"]),
+        )
+    return Expectation(
+        pvc=outputs["pvcName"],
+        namespace=namespace,
+        storage_class=outputs["storageClass"],
+        backend=outputs["backend"],
+        zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
+        job=outputs.get("jobName"),
+        run=run,
+        stack=stack,
+    )
+
+
+def follow_move(
+    expect: Expectation, claims: list[dict], copy_job: dict | None, mounted: str | None, progress: str | None
+) -> tuple[Expectation, list[Finding]]:
+    """The expectation for the claim training mounts now, and what a move under way says. `claims`:
+    the namespace's claims; `mounted`: the claim the training Job mounts (None: no Job yet)."""
+    base = cache_name_of(expect.pvc)
+    generations = cache_generations(base, claims)
+    if not generations:
+        return expect, []
+    (newest_number, newest), older = generations[-1], (generations[-2][1] if len(generations) > 1 else None)
+    new_name = _get(newest, "metadata", "name")
+    if older is None:
+        return replace(expect, pvc=new_name), []
+    old_name = _get(older, "metadata", "name")
+    state, attempt = copy_state(copy_job)
+    job = copy_name(base, newest_number)
+    current = mounted if mounted in (old_name, new_name) else (new_name if state == VERIFIED else old_name)
+    if current == old_name:
+        # Until the switch, training runs where the old claim was made for.
+        record = PlacementRecord.parse(_get(older, "metadata", "annotations", PLACEMENT_ANNOTATION))
+        expect = replace(expect, storage_class=_get(older, "spec", "storageClassName"), zone=record.zone if record else None)
+    expect = replace(expect, pvc=current)
+    where = f"{expect.namespace}/{old_name} -> {expect.namespace}/{new_name}"
+    if state == FAILED:
+        finding = Finding(
+            FAIL,
+            "move",
+            f"the copy {where} failed (Job {job}, attempt {attempt}); the old cache and training are untouched",
+            f"read `kubectl logs -n {expect.namespace} job/{job}`, then `pulumi up` retries it, resuming",
+        )
+    elif state == VERIFIED and current == old_name:
+        finding = Finding(INFO, "move", f"the copy {where} is verified", "run `pulumi up` to switch training to the new claim")
+    elif state == VERIFIED:
+        finding = Finding(
+            INFO, "move", f"training runs on {new_name}; the old claim {old_name} is kept while cache.protect is true"
+        )
+    else:
+        finding = Finding(
+            INFO,
+            "move",
+            f"copying {where} (Job {job}, attempt {attempt}): {progress or 'no progress reported yet'}; "
+            f"training stays on {old_name}",
+            "run `pulumi up` again once this says verified",
+        )
+    return expect, [finding]

@@ -1,0 +1,73 @@
+"""Drift: the objects a `pulumi preview --refresh --expect-no-changes --json` would change, and the
+fields that differ (the library of `mlcache drift`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Step ops that are not changes (a refresh that found nothing, a read, an unchanged resource).
+NO_CHANGE = {"same", "read", "refresh", "discard"}
+
+
+# The provider's switch to overwrite field-ownership conflicts (pulumi-kubernetes await.patchForce).
+PATCH_FORCE = "PULUMI_K8S_ENABLE_PATCH_FORCE"
+
+
+@dataclass(frozen=True)
+class Drift:
+    op: str
+    type: str
+    name: str
+    fields: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        kind = self.type.rsplit(":", 1)[-1]
+        return f"{kind}/{self.name}"
+
+
+def drifted(preview: dict[str, Any]) -> list[Drift]:
+    """The changed resources of a `pulumi preview --json` document."""
+    found = []
+    for step in preview.get("steps") or []:
+        if step.get("op") in NO_CHANGE:
+            continue
+        state = step.get("newState") or step.get("oldState") or {}
+        inputs = state.get("inputs") or {}
+        name = (inputs.get("metadata") or {}).get("name") or step["urn"].rsplit("::", 1)[-1]
+        fields = tuple(sorted(step.get("detailedDiff") or {})) or tuple(step.get("diffReasons") or [])
+        found.append(Drift(step["op"], step["urn"].split("::")[2].split("$")[-1], name, fields))
+    return found
+
+
+def summary(stack: str, drifts: list[Drift], markdown: bool = False) -> str:
+    if not drifts:
+        return f"stack {stack}: no drift (the live cluster matches the stack)\n"
+    head = f"stack {stack}: DRIFT in {len(drifts)} object(s): the live cluster differs from the stack"
+    lines = [f"### {head}" if markdown else head]
+    for drift in drifts:
+        fields = ", ".join(drift.fields) or "(no field detail)"
+        lines.append(f"- `{drift.label}` ({drift.op}): {fields}" if markdown else f"  {drift.op:<8} {drift.label}: {fields}")
+    lines.append(
+        "Someone edited these objects outside Pulumi. To put the stack's values back: "
+        f"`{PATCH_FORCE}=true pulumi up --stack {stack}` (a plain `pulumi up` is refused with a Server-Side Apply "
+        "conflict while the editor owns the field); or make the edit part of the stack's config."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def run_preview(stack: str, cwd: Path) -> tuple[int, dict[str, Any] | None, str]:
+    command = ["pulumi", "preview", "--refresh", "--expect-no-changes", "--json", "--non-interactive", "--stack", stack]
+    env = {**os.environ, PATCH_FORCE: "true"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    try:
+        document = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        document = None
+    return result.returncode, document, (result.stderr or result.stdout).strip()

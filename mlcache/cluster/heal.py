@@ -1,0 +1,162 @@
+"""Heal a cache lost with its node (the library of `mlcache heal`): decide from the live objects
+whether the node is proven gone and what to delete (`plan_heal`), then carry it out (`apply_plan`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.diagnosis import Expectation, Snapshot
+from mlcache.program.names import OUT_OF_SERVICE_TAINT
+
+DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
+
+
+@dataclass(frozen=True)
+class HealPlan:
+    refusal: str | None = None
+    dead_node: str | None = None
+    proof: str = ""
+    stuck_pods: tuple[str, ...] = ()
+    steps: tuple[str, ...] = field(default_factory=tuple)
+
+
+def mounts_claim(pod: dict, claim: str) -> bool:
+    return any(get(v, "persistentVolumeClaim", "claimName") == claim for v in get(pod, "spec", "volumes") or [])
+
+
+def plan_heal(snapshot: Snapshot, expect: Expectation, *, protected: bool, allow_protected: bool) -> HealPlan:
+    """What healing would do, or why it must not. Pure: the tests feed it API-shaped objects."""
+    where = f"{expect.namespace}/{expect.pvc}"
+    if snapshot.pvc is None:
+        return HealPlan(refusal=f"claim {where} does not exist: nothing to heal (`pulumi up` creates it)")
+    volume = get(snapshot.pvc, "spec", "volumeName")
+    if get(snapshot.pvc, "status", "phase") != "Bound" or not volume or snapshot.pv is None:
+        return HealPlan(refusal=f"claim {where} is not bound to a volume: nothing is lost, nothing to heal")
+    nodes = pinned_node_names(snapshot.pv)
+    if not nodes:
+        return HealPlan(refusal=f"volume {volume} is not pinned to a node (network storage): a node loss does not strand it")
+    if len(nodes) > 1:
+        return HealPlan(
+            refusal=(
+                f"volume {volume} has {len(nodes)} replicas ({', '.join(nodes)}): LINSTOR fails over by itself and "
+                "the pod can use a surviving replica; nothing to heal (check `linstor resource list -r "
+                f"{volume}` in the piraeus-datastore namespace)"
+            )
+        )
+    (name,) = nodes
+    node = snapshot.nodes.get(name)
+    if node is None:
+        proof = f"node {name} no longer exists (its Node object was deleted)"
+    elif has_taint(node, OUT_OF_SERVICE_TAINT):
+        proof = f"node {name} is marked {OUT_OF_SERVICE_TAINT} (checked to be shut down)"
+    elif is_ready(node) and get(node, "spec", "unschedulable"):
+        return HealPlan(
+            refusal=(
+                f"node {name} is only cordoned and still Ready: volume {volume} and its data are there. "
+                f"`kubectl uncordon {name}` lets the pod back on it; nothing to heal"
+            )
+        )
+    elif is_ready(node):
+        return HealPlan(
+            refusal=f"node {name} is Ready: volume {volume} is intact; nothing to heal (mlcache verify says why a pod waits)"
+        )
+    else:
+        condition = next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), {})
+        return HealPlan(
+            refusal=(
+                f"cannot prove node {name} is gone: Ready is {condition.get('status', 'unreported')} since "
+                f"{condition.get('lastTransitionTime', '?')}, which a network partition or a reboot also shows, and the "
+                "volume may come back with it. Once you have checked that it is powered off, mark it the Kubernetes "
+                f"way: `kubectl taint nodes {name} {OUT_OF_SERVICE_TAINT}=nodeshutdown:NoExecute` (or `kubectl delete "
+                f"node {name}`), then run this again"
+            )
+        )
+    if protected and not allow_protected:
+        return HealPlan(
+            refusal=(
+                f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
+                "--allow-protected (its data is already lost with the node; the new claim is protected again)"
+            ),
+            dead_node=name,
+            proof=proof,
+        )
+    stuck = tuple(
+        sorted(
+            get(p, "metadata", "name")
+            for p in snapshot.pods
+            if get(p, "spec", "nodeName") == name and mounts_claim(p, expect.pvc)
+        )
+    )
+    steps = [f"force-delete pod {expect.namespace}/{pod} (bound to the dead node {name})" for pod in stuck]
+    steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
+    steps.append(
+        f"pulumi up --refresh --yes --stack {expect.stack}: re-creates the claim (nothing else is replaced); the "
+        "training pod binds a fresh volume on a healthy node and the warm-up refills it"
+    )
+    return HealPlan(dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps))
+
+
+def render_plan(plan: HealPlan, apply: bool) -> str:
+    if plan.refusal:
+        return f"refused: {plan.refusal}"
+    lines = [f"node loss proven: {plan.proof}", "will:" if apply else "would (dry run; add --apply to act):"]
+    lines += [f"  {index}. {step}" for index, step in enumerate(plan.steps, start=1)]
+    return "\n".join(lines)
+
+
+def read_heal_snapshot(expect: Expectation, core: Any, serialize: Any) -> Snapshot:
+    """The claim, its PV, every node, and every pod of the namespace that mounts the claim."""
+    from mlcache.cluster.live import read_snapshot  # noqa: PLC0415
+
+    snapshot = read_snapshot(expect, core, serialize)
+    pods = serialize(core.list_namespaced_pod(expect.namespace).items)
+    snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
+    return snapshot
+
+
+def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> bool:
+    """Carry the plan out; True when healed (the outcome is printed on stdout either way)."""
+    from kubernetes.client import V1DeleteOptions  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    for pod in plan.stuck_pods:
+        print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
+        try:
+            core.delete_namespaced_pod(pod, expect.namespace, body=V1DeleteOptions(grace_period_seconds=0))
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    print(f"deleting claim {expect.namespace}/{expect.pvc}", file=sys.stderr)
+    core.delete_namespaced_persistent_volume_claim(expect.pvc, expect.namespace)
+    deadline = time.monotonic() + DELETE_TIMEOUT
+    while True:
+        try:
+            core.read_namespaced_persistent_volume_claim(expect.pvc, expect.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                break
+            raise
+        if time.monotonic() > deadline:
+            print(
+                f"not healed: claim {expect.namespace}/{expect.pvc} still exists after {DELETE_TIMEOUT}s (a pod on a "
+                "live node still uses it: `kubectl describe pvc`)"
+            )
+            return False
+        time.sleep(1)
+    from mlcache import CHECKOUT  # noqa: PLC0415
+
+    command = ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", expect.stack]
+    print("running: " + " ".join(command), file=sys.stderr)
+    # pulumi's own output is progress: stderr. stdout keeps the report (the plan and its outcome).
+    code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode
+    if code != 0:
+        print(f"not healed: the claim is deleted, but `{' '.join(command)}` failed (exit {code}); run it again")
+        return False
+    print(f"healed: claim {expect.namespace}/{expect.pvc} re-created; the pending pod binds a fresh volume")
+    return True

@@ -1,0 +1,454 @@
+"""The offline preview of `pulumi up`: the engine's action for each object between two rendered plans,
+and honest flags (DATA LOSS, STRANDS THE CACHE, MOVE, refused updates) (the library of `mlcache diff`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlcache import CHECKOUT
+from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manifest, quantity_bytes
+from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
+from mlcache.errors import UsageError
+from mlcache.preview.render import DIGEST_KEY_ENV, RENDER_ERRORS, as_json, render
+from mlcache.preview.stack_config import StackConfigError, load_stack_config, split_key, stack_file
+from mlcache.program.names import (
+    BACKEND_ANNOTATION,
+    COPY_FROM_ANNOTATION,
+    GPU_PRODUCT_LABEL,
+    IMMUTABLE_FIELDS,
+    PROVIDER_REPLACES,
+    WORKER_LABEL,
+    ZONE_LABEL,
+)
+
+DATA_LOSS = "DATA LOSS"
+
+
+MOVE = "MOVE"
+
+
+STRANDS = "STRANDS THE CACHE"
+
+
+REFUSED = "the API server will refuse this update"
+
+
+@dataclass
+class Change:
+    action: str  # create | update | replace | delete
+    urn: str
+    label: str
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # said, not flagged
+    old: dict[str, Any] | None = None
+    new: dict[str, Any] | None = None
+    cascaded: bool = False
+
+    @property
+    def data_loss(self) -> bool:
+        """Cached data is wiped, or made unreachable."""
+        return any(w.startswith((DATA_LOSS, STRANDS)) for w in self.warnings)
+
+    @property
+    def gated(self) -> bool:
+        """What --fail-on-data-loss stops: data loss, or an update `pulumi up` would fail on."""
+        return self.data_loss or any(w.startswith(REFUSED) for w in self.warnings)
+
+
+def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths (camelCase, list items by index) whose values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        paths = []
+        for key in sorted(set(old) | set(new)):
+            path = f"{prefix}.{key}" if prefix else key
+            paths += changed_paths(old.get(key), new.get(key), path)
+        return paths
+    return [] if old == new else [prefix]
+
+
+def _under(path: str, field_path: str) -> bool:
+    return path == field_path or path.startswith(field_path + ".")
+
+
+def _label(obj: dict[str, Any]) -> str:
+    manifest = obj["manifest"]
+    metadata = manifest.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    # A secret name is printed as mlcache render shows it; a wholly secret metadata by the resource's own name.
+    return f"{manifest['kind']}/{name if isinstance(name, str) else obj['urn'].rpartition('::')[2]}"
+
+
+def _kind(obj: dict[str, Any]) -> str:
+    return obj["manifest"]["kind"]
+
+
+def _path_parts(path: str) -> list[str]:
+    """A Pulumi property path (`a.b["c/d"]`, `a[0]`) as its keys (parsed as `pulumi config set --path` does)."""
+    top, rest = split_key(path)
+    return [top.partition(":")[2], *(str(part) for part in rest)]
+
+
+def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """The new manifest as the engine sends it: each ignoreChanges path keeps its old value
+    (or stays absent when the old object had none)."""
+    result = json.loads(json.dumps(new))
+    for path in paths:
+        *parents, leaf = _path_parts(path)
+        source, target = old, result
+        for key in parents:
+            source = source.get(key) if isinstance(source, dict) else None
+            if not isinstance(target.get(key), dict):
+                break
+            target = target[key]
+        else:
+            if isinstance(source, dict) and leaf in source:
+                target[leaf] = source[leaf]
+            else:
+                target.pop(leaf, None)
+    return result
+
+
+def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]:
+    """The engine's actions to go from the `old` rendered plan to the `new` one (mlcache render --json)."""
+    before = {o["urn"]: o for o in (old or {}).get("objects", [])}
+    after = {o["urn"]: o for o in (new or {}).get("objects", [])}
+    changes: dict[str, Change] = {}
+    for urn, obj in after.items():
+        if urn not in before:
+            changes[urn] = Change("create", urn, _label(obj), new=obj)
+            continue
+        previous = before[urn]
+        obj = {**obj, "manifest": with_ignored_changes(previous["manifest"], obj["manifest"], obj.get("ignoreChanges", []))}
+        after[urn] = obj
+        paths = changed_paths(previous["manifest"], obj["manifest"])
+        if not paths and previous["protect"] == obj["protect"]:
+            continue
+        kind = _kind(obj)
+        replace_on_changes = tuple(".".join(_path_parts(p)) for p in obj["replaceOnChanges"])
+        force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + replace_on_changes
+        # A changed secret hides which of its fields changed: one that holds a force-new field may replace.
+        replacing = sorted({f for p in paths for f in force_new if _under(p, f) or _under(f, p)})
+        change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
+        if replacing:
+            change.reasons.append("changes " + ", ".join(replacing))
+        elif paths:
+            change.reasons.append("changes " + ", ".join(paths))
+            immutable = sorted({f for p in paths for f in IMMUTABLE_FIELDS.get(kind, ()) if _under(p, f)})
+            if immutable:
+                change.warnings.append(f"the API server will refuse this update: {', '.join(immutable)} is immutable")
+        else:
+            change.reasons.append(f"protect {previous['protect']} -> {obj['protect']} (state only)")
+        changes[urn] = change
+    for urn, obj in before.items():
+        if urn not in after:
+            changes[urn] = Change("delete", urn, _label(obj), old=obj)
+    _cascade(changes, after)
+    for change in changes.values():
+        _annotate(change)
+    _flag_stranded_cache(changes, before, after)
+    _flag_refused_resizes(changes, after)
+    _say_moves(changes)
+    order = {urn: i for i, urn in enumerate([*after, *before])}
+    return sorted(changes.values(), key=lambda c: order[c.urn])
+
+
+def _cascade(changes: dict[str, Change], after: dict[str, dict[str, Any]]) -> None:
+    """A delete-before-replace also replaces the resources whose inputs use its outputs."""
+    grew = True
+    while grew:
+        grew = False
+        replaced = {urn for urn, c in changes.items() if c.action == "replace" and after[urn]["deleteBeforeReplace"]}
+        for urn, obj in after.items():
+            sources = [s for s in obj["propertyDependencies"] if s in replaced]
+            current = changes.get(urn)
+            if not sources or (current and (current.action == "create" or current.cascaded)):
+                continue
+            change = current or Change("update", urn, _label(obj), old=obj, new=obj)
+            grew = grew or change.action != "replace"
+            change.action = "replace"
+            change.cascaded = True
+            change.reasons.append("uses the outputs of " + ", ".join(changes[s].label for s in sources) + ", which is replaced")
+            changes[urn] = change
+
+
+def _worker(obj: dict[str, Any] | None) -> str | None:
+    """The multi-node worker a cache claim belongs to (its mlcache/worker label), if any."""
+    value: Any = obj
+    for key in ("manifest", "metadata", "labels", WORKER_LABEL):
+        value = value.get(key) if isinstance(value, dict) else None  # a secret manifest is redacted
+    return value
+
+
+def _annotate(change: Change) -> None:
+    kind = _kind(change.new or change.old)
+    guard = change.new if change.action == "replace" else change.old
+    if change.action in ("replace", "delete") and guard and guard["protect"]:
+        change.warnings.append("BLOCKED: the resource is protected; the preview fails until cache.protect is false")
+    worker = _worker(change.old if change.action == "delete" else change.new)
+    if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
+        verb = "deletes and re-creates" if change.action == "replace" else "deletes"
+        whose = f" (worker {worker}'s cache)" if worker is not None else ""
+        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped")
+    if kind == "PersistentVolumeClaim" and change.action == "create" and worker is not None:
+        change.notes.append(f"a new, empty cache for worker {worker}: its first run downloads the models again")
+    if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
+        effect = "killed and started over" if change.action == "replace" else "stopped"
+        change.warnings.append(f"a running training run of {change.label} is {effect}")
+
+
+def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = _dig(manifest, "spec", "template", "spec")
+    return spec if isinstance(spec, dict) else {}
+
+
+def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(zones, GPU products) a Job's pods are restricted to by required node affinity (() = any)."""
+    terms = _dig(
+        pod_spec(manifest), "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms"
+    )
+    terms = terms if isinstance(terms, list) else []
+    found: dict[str, set[str]] = {ZONE_LABEL: set(), GPU_PRODUCT_LABEL: set()}
+    for term in terms:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") in found and expression.get("operator") == "In":
+                found[expression["key"]].update(expression.get("values") or [])
+    return tuple(sorted(found[ZONE_LABEL])), tuple(sorted(found[GPU_PRODUCT_LABEL]))
+
+
+def _describe_placement(placement: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
+    zones, products = placement
+    return f"zone {', '.join(zones) or 'any (unpinned)'}, GPU product {', '.join(products) or 'any'}"
+
+
+def _claims_of(manifest: dict[str, Any]) -> set[str]:
+    volumes = pod_spec(manifest).get("volumes")
+    return (
+        {_dig(v, "persistentVolumeClaim", "claimName") for v in volumes if isinstance(v, dict)}
+        if isinstance(volumes, list)
+        else set()
+    )
+
+
+def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], after: dict[str, Any]) -> None:
+    """A LINSTOR cache that stays while its consumers move is stranded where it was bound."""
+    for urn, obj in after.items():
+        manifest = obj["manifest"]
+        if urn not in before or _kind(obj) != "PersistentVolumeClaim":
+            continue
+        if changes.get(urn) and changes[urn].action != "update":
+            continue  # re-created in this change (relocated, or replaced for another reason)
+        if (_dig(manifest, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor") != "linstor":
+            continue  # network storage: reachable from every zone
+        claim = _dig(manifest, "metadata", "name")
+        if not isinstance(claim, str):
+            continue
+        for job_urn, job in after.items():
+            previous = before.get(job_urn)
+            if _kind(job) != "Job" or previous is None or claim not in _claims_of(job["manifest"]):
+                continue
+            was, now = job_placement(previous["manifest"]), job_placement(job["manifest"])
+            change = changes.get(job_urn)
+            if was == now or change is None:
+                continue
+            change.warnings.insert(
+                0,
+                f"{STRANDS}: {_label(obj)} keeps its volume where the previous placement "
+                f"({_describe_placement(was)}) bound it, while {change.label} moves to {_describe_placement(now)}: "
+                "if that node is outside the new placement the pod can never be placed (volume node affinity "
+                "conflict); the program's guard then refuses the up. To move the cache with its contents, set "
+                "cache.relocate copy in the same change (or fresh: DATA LOSS, re-warmed by cache.prefetch).",
+            )
+
+
+def _say_moves(changes: dict[str, Change]) -> None:
+    """A new claim copied from the old one (cache.relocate copy): a move, not a loss."""
+    for change in changes.values():
+        manifest = (change.new or {}).get("manifest") or {}
+        source = _dig(manifest, "metadata", "annotations", COPY_FROM_ANNOTATION)
+        if change.action != "create" or _kind(change.new) != "PersistentVolumeClaim" or not isinstance(source, str):
+            continue
+        size = _dig(manifest, "spec", "resources", "requests", "storage")
+        change.notes.insert(
+            0,
+            f"{MOVE}: the cache is copied from {source} into this new claim ({size}) and verified; {source} and the "
+            "training Job stay as they are until then, and the next `pulumi up` after it switches training here "
+            "and deletes the old claim (docs/moving-the-cache.md)",
+        )
+
+
+def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> None:
+    """Shrinks, and growth the class does not allow: updates the API server refuses mid-up."""
+    classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
+    for change in changes.values():
+        if change.action != "update" or _kind(change.new) != "PersistentVolumeClaim":
+            continue
+        old_size, new_size = (_size(c["manifest"]) for c in (change.old, change.new))
+        if old_size == new_size or None in (old_size, new_size):
+            continue
+        old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (change.old, change.new))
+        relocate = "or move the cache to a claim of the new size with cache.relocate copy"
+        if new_size < old_size:
+            change.warnings.append(
+                f"{REFUSED}: cache.size shrinks {old_text} -> {new_text} and a volume "
+                f"cannot shrink; way out: keep cache.size at {old_text} or more, {relocate}"
+            )
+            continue
+        storage_class = classes.get(_dig(change.new["manifest"], "spec", "storageClassName"))
+        if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
+            change.warnings.append(
+                f"{REFUSED}: cache.size grows {old_text} -> {new_text} but StorageClass "
+                f"{_dig(storage_class, 'metadata', 'name')} has allowVolumeExpansion false; way out: set "
+                f"linstor.allowVolumeExpansion true (expands in place, keeps the data), {relocate}"
+            )
+
+
+def _size(manifest: dict[str, Any]):
+    size = _dig(manifest, "spec", "resources", "requests", "storage")
+    try:
+        return quantity_bytes(size) if isinstance(size, str) else None
+    except ValueError:  # a secret's digest, not a quantity
+        return None
+
+
+def manifest_diff(change: Change) -> str:
+    def text(obj):
+        return yaml.safe_dump(obj["manifest"], sort_keys=False).splitlines(keepends=True) if obj else []
+
+    return "".join(difflib.unified_diff(text(change.old), text(change.new), "before", "after", n=3))
+
+
+def report(stack: str, changes: list[Change]) -> str:
+    if not changes:
+        return f"stack {stack}: no changes\n"
+    out = io.StringIO()
+    counts = {a: sum(c.action == a for c in changes) for a in ("create", "update", "replace", "delete")}
+    out.write(f"stack {stack}: " + ", ".join(f"{n} to {a}" for a, n in counts.items() if n) + "\n")
+    for change in changes:
+        out.write(f"  {change.action:<8} {change.label}")
+        out.write(f"  ({'; '.join(change.reasons)})\n" if change.reasons else "\n")
+        for warning in change.warnings:
+            out.write(f"           !! {warning}\n")
+        for note in change.notes:
+            out.write(f"           -- {note}\n")
+    for change in changes:
+        diff = manifest_diff(change)
+        if diff:
+            out.write(f"\n--- {change.action} {change.label}\n{diff}")
+    return out.getvalue()
+
+
+def render_json(
+    project_dir: Path, stack: str, digest_key: str, live: LiveCache | None = None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """mlcache render --json of `stack` for the program in `project_dir`: (plan, None), (None, None) when the
+    revision has no such stack, or (None, the render's error line). `live`: the cache the working tree's
+    program finds in the cluster."""
+    if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
+        return None, None
+    if project_dir == CHECKOUT:
+        # This checkout's program is the one these tools already imported: rendered in this process.
+        try:
+            with assume_live(live):
+                run, _ = render(stack, [], [], project_dir)
+        except RENDER_ERRORS as err:
+            return None, str(err)
+        return as_json(run, digest_key), None
+    # Another revision gets a process of its own: the two programs never share imported modules.
+    result = subprocess.run(
+        [sys.executable, "-m", "mlcache", "render", "--project", str(project_dir), "--stack", stack, "--json"],
+        cwd=CHECKOUT,
+        env={**os.environ, DIGEST_KEY_ENV: digest_key},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        return None, error_line(result.stderr)
+    return json.loads(result.stdout), None
+
+
+def moves_by_copy(stack: str) -> bool:
+    """The working tree's stack asks for moves by copy (cache.relocate copy)."""
+    try:
+        cache = load_stack_config(stack, [], [], CHECKOUT).values.get("mlcache:cache")
+    except (StackConfigError, FileNotFoundError):
+        return False  # the render says what is wrong
+    return isinstance(cache, dict) and cache.get("relocate") == "copy"
+
+
+def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
+    """The base revision's cache claim (worker 0's), as live: None when it made none."""
+    for obj in (old or {}).get("objects", []):
+        manifest = obj["manifest"]
+        if _kind(obj) == "PersistentVolumeClaim" and WORKER_LABEL not in (_dig(manifest, "metadata", "labels") or {}):
+            return live_from_manifest(manifest)
+    return None
+
+
+def error_line(stderr: str) -> str:
+    """The line that says what failed, among warnings and whatever else a failed render printed."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or ["render failed with no message"])[-1]
+
+
+def resolve_revision(ref: str, project_dir: Path) -> str:
+    """The commit `ref` names. A revision, never an option: `--base=--output=FILE` must not reach git as one."""
+    if not ref or ref.startswith("-"):
+        raise UsageError(f"--base {ref!r}: expected a git revision such as origin/main or HEAD~1")
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+            cwd=project_dir,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as err:
+        raise UsageError(f"cannot run git to read --base: {err.strerror}") from None
+    if found.returncode != 0:
+        raise UsageError(f"--base {ref!r}: not a commit in this repository")
+    return found.stdout.strip()
+
+
+def export_revision(ref: str, into: Path, project_dir: Path) -> None:
+    commit = resolve_revision(ref, project_dir)
+    archive = subprocess.run(["git", "archive", "--format=tar", commit], cwd=project_dir, capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise UsageError(f"cannot read git revision {ref!r}: {archive.stderr.decode(errors='replace').strip()}")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+
+
+def _stack_names(directory: Path) -> set[str]:
+    return {p.name[len("Pulumi.") : -len(".yaml")] for p in directory.glob("Pulumi.*.yaml")}
+
+
+def chosen_stacks(requested: list[str] | None, base_dir: Path, project_dir: Path) -> list[str]:
+    """The stacks to compare: every stack of either side, or those asked for, each of which must exist on one side."""
+    known = _stack_names(project_dir) | _stack_names(base_dir)
+    for stack in requested or []:
+        try:
+            stack_file(stack, project_dir)
+        except FileNotFoundError:
+            if stack not in known:
+                raise UsageError(
+                    f"--stack {stack}: no Pulumi.{stack}.yaml in the working tree or the base revision; "
+                    f"stacks: {', '.join(sorted(known))}"
+                ) from None
+        except StackConfigError as err:
+            raise UsageError(str(err)) from None
+    return sorted(set(requested)) if requested else sorted(known)

@@ -1,0 +1,284 @@
+"""Run `__main__.py` under the Pulumi SDK's mock engine and capture what it asks the engine for.
+
+The capture is the full RegisterResource request: inputs exactly as serialised for the
+provider, plus the options that manifests cannot show (protect, depends_on, property
+dependencies, delete_before_replace, replace_on_changes, import ids, custom timeouts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import runpy
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks, rpc
+from pulumi.runtime import settings as runtime_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from mlcache import CHECKOUT
+from mlcache.program.names import PROJECT
+
+# Kinds the provider defaults into the kubeconfig's namespace when metadata.namespace is unset.
+CLUSTER_SCOPED_KINDS = {"StorageClass", "Namespace", "PersistentVolume", "PriorityClass"}
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass
+class Registration:
+    """One RegisterResource request, as the engine would receive it."""
+
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+    # The inputs as serialised: what the engine keeps secret (state, previews) still in its envelope.
+    wire: dict[str, Any]
+    protect: bool
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    delete_before_replace: bool
+    replace_on_changes: list[str]
+    ignore_changes: list[str]
+    retain_on_delete: bool
+    import_id: str
+    custom_timeouts: dict[str, str]
+
+    @property
+    def kind(self) -> str:
+        return self.inputs.get("kind", "")
+
+    @property
+    def object_name(self) -> str:
+        return self.inputs.get("metadata", {}).get("name", "")
+
+    @property
+    def is_kubernetes_object(self) -> bool:
+        return self.custom and self.type.startswith("kubernetes:")
+
+    def shown(self, secret_as: Any) -> dict[str, Any]:
+        """The inputs with every value the engine received as a secret replaced by `secret_as`."""
+        return _plain(self.wire, secret_as)
+
+    @property
+    def shown_name(self) -> str:
+        """The object's name where it may be printed: the resource's own name when the name is secret."""
+        metadata = self.wire.get("metadata") or {}
+        secret = is_secret_envelope(metadata) or is_secret_envelope(metadata.get("name"))
+        return self.name if secret else self.object_name
+
+
+@dataclass
+class ProgramRun:
+    registrations: list[Registration] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
+    # pulumi.log.info messages (the bound-cache guard says here that it stood aside).
+    notes: list[str] = field(default_factory=list)
+
+    def kubernetes_objects(self) -> list[Registration]:
+        return [r for r in self.registrations if r.is_kubernetes_object]
+
+    def find(self, kind: str) -> list[Registration]:
+        return [r for r in self.kubernetes_objects() if r.kind == kind]
+
+
+class _Provider(mocks.Mocks):
+    """Answers like the Kubernetes provider would on create: the object comes back as sent."""
+
+    def new_resource(self, args: mocks.MockResourceArgs):
+        state = dict(args.inputs)
+        metadata = dict(state.get("metadata") or {})
+        if args.typ.startswith("kubernetes:") and state.get("kind") not in CLUSTER_SCOPED_KINDS:
+            metadata.setdefault("namespace", DEFAULT_NAMESPACE)
+        if metadata:
+            state["metadata"] = metadata
+        name = metadata.get("name", args.name)
+        object_id = f"{metadata['namespace']}/{name}" if "namespace" in metadata else name
+        return args.resource_id or object_id, state
+
+    def call(self, args: mocks.MockCallArgs):
+        return {}, None
+
+
+class _CapturingMonitor(mocks.MockMonitor):
+    def __init__(self, run: ProgramRun):
+        super().__init__(_Provider())
+        self.run = run
+
+    def RegisterResource(self, request):
+        try:
+            response = super().RegisterResource(request)
+        finally:
+            _close_worker_loop()
+        if request.type != "pulumi:pulumi:Stack":
+            self.run.registrations.append(_registration(request, response.urn))
+        return response
+
+
+def _close_worker_loop() -> None:
+    """The SDK's mock monitor opens an event loop in the executor thread that serves an RPC and
+    never closes it; closed here, so none is left for the interpreter to finalise at exit."""
+    if threading.current_thread() is threading.main_thread():
+        return
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:  # none in this thread
+        return
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def _registration(request, urn: str) -> Registration:
+    timeouts = request.customTimeouts
+    wire = rpc.deserialize_properties(request.object)
+    return Registration(
+        type=request.type,
+        name=request.name,
+        urn=urn,
+        parent=request.parent,
+        custom=request.custom,
+        inputs=_plain(wire),
+        wire=wire,
+        protect=request.protect,
+        dependencies=list(request.dependencies),
+        property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+        delete_before_replace=request.deleteBeforeReplace,
+        replace_on_changes=list(request.replaceOnChanges),
+        ignore_changes=list(request.ignoreChanges),
+        retain_on_delete=request.retainOnDelete,
+        import_id=request.importId,
+        custom_timeouts={
+            k: v for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete)) if v
+        },
+    )
+
+
+def _plain(value: Any, secret_as: Any = None) -> Any:
+    """Values as the provider would write them to the API server.
+
+    The mock engine hands numbers back as floats (manifests hold integers) and leaves
+    secrets wrapped in the wire format's secret envelope (the provider unwraps them).
+    With `secret_as`, each value the engine received as a secret becomes that instead (or
+    secret_as(value), if callable): redaction by where a secret flows, not by what its text
+    looks like.
+    """
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        if is_secret_envelope(value):
+            if secret_as is None:
+                return _plain(value.get("value"))
+            return secret_as(_plain(value.get("value"))) if callable(secret_as) else secret_as
+        return {k: _plain(v, secret_as) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v, secret_as) for v in value]
+    return value
+
+
+def is_secret_envelope(value: Any) -> bool:
+    """A value of the RegisterResource wire format that the engine keeps secret (state, previews)."""
+    return isinstance(value, dict) and value.get(rpc._special_sig_key) == rpc._special_secret_sig
+
+
+class _WarningCollector(logging.Handler):
+    def __init__(self, run: ProgramRun):
+        super().__init__(logging.INFO)
+        self.run = run
+
+    def emit(self, record: logging.LogRecord) -> None:
+        (self.run.warnings if record.levelno >= logging.WARNING else self.run.notes).append(record.getMessage())
+
+
+def _top_level_modules(directory: Path) -> set[str]:
+    """The program's own modules and packages in a project directory (not the tools or tests)."""
+    found = {p.stem for p in directory.glob("*.py")} | {p.parent.name for p in directory.glob("*/__init__.py")}
+    return found - {"__main__", "tools", "tests"}
+
+
+@contextmanager
+def _program_imports(project_dir: Path) -> Iterator[None]:
+    """The program imports its modules (settings, names, components...) from `project_dir`.
+
+    Modules of this checkout already imported in the process (the tools import `names`) are set
+    aside while another project directory's program runs (mlcache diff renders another
+    revision), and put back after it.
+    """
+    own = _top_level_modules(CHECKOUT) if project_dir != CHECKOUT else set()
+    aside = {name: module for name, module in list(sys.modules.items()) if name.partition(".")[0] in own}
+    for name in aside:
+        del sys.modules[name]
+    sys.path.insert(0, str(project_dir))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(project_dir))
+        for name in [name for name in sys.modules if name.partition(".")[0] in own]:
+            del sys.modules[name]
+        sys.modules.update(aside)
+
+
+def run_program(
+    config: dict[str, str],
+    secret_keys: list[str],
+    stack: str,
+    run: ProgramRun | None = None,
+    project_dir: Path = CHECKOUT,
+) -> ProgramRun:
+    """Evaluate the program in `project_dir` once, in isolation from earlier runs in this process.
+
+    `config` maps full keys ("mlcache:cache") to the strings the CLI would pass (JSON for
+    structured values). Exceptions from the program (ConfigError included) propagate; pass
+    `run` to see what was captured before one.
+    """
+    run = run if run is not None else ProgramRun()
+    # A loop of its own, closed at the end: an unclosed one is finalised at interpreter exit,
+    # sometimes after its executor's threads are gone ("Exception ignored in BaseEventLoop.__del__").
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    logger = logging.getLogger(f"mlcache.mock.{id(run)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(_WarningCollector(run))
+    runtime_settings.ROOT.set(None)
+    pulumi.runtime.set_all_config(dict(config), list(secret_keys))
+    monitor = _CapturingMonitor(run)
+    mocks.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, logger=logger, monitor=monitor)
+
+    def program() -> None:
+        runpy.run_path(str(project_dir / "__main__.py"), run_name="__main__")
+
+    try:
+        with _program_imports(project_dir.resolve()):
+            _sync_await(run_pulumi_func(program))
+        root = runtime_settings.get_root_resource()
+        for name, value in root.outputs.items():
+            output = pulumi.Output.from_input(value)
+            run.outputs[name] = _plain(_sync_await(output.future()))
+            if _sync_await(output.is_secret()):
+                run.secret_outputs.add(name)
+    finally:
+        _close(loop)
+    return run
+
+
+def _close(loop: asyncio.AbstractEventLoop) -> None:
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.run_until_complete(loop.shutdown_default_executor())
+    asyncio.set_event_loop(None)
+    loop.close()

@@ -1,0 +1,317 @@
+"""Stack configuration as the Pulumi CLI would hand it to the program, read without the CLI.
+
+Layering follows the CLI: the `config:` defaults of Pulumi.yaml, then Pulumi.<stack>.yaml,
+where a stack value for an object key replaces the project default whole. Overrides use
+`pulumi config set --path` keys and apply to the stack layer, as the CLI would write them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlcache import CHECKOUT
+from mlcache.program.names import PROJECT
+
+# `secure:` values need the stack's secrets provider to decrypt: offline they become this.
+SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
+_PATH_PART = re.compile(r'\.?([^.\[\]]+)|\[(\d+)\]|\["([^"]+)"\]')
+
+
+class StackConfigError(ValueError):
+    """A stack file, override or key that cannot be read: the message names it (never a secret value)."""
+
+
+# Pulumi's stack names: letters, digits, '-', '_' and '.' (what also keeps a name inside this directory).
+_STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class AsTypedLoader(yaml.SafeLoader):
+    """YAML as the user typed it: plain scalars stay strings, except YAML 1.2's true/false and null.
+
+    PyYAML's YAML 1.1 resolvers would turn `0022` into 18, `1.10` into 1.1, `0x10` into 16,
+    `2026-11-28` into a date and `yes` into true; each setting's kind decides instead what
+    its text means (settings.py). Mapping keys are the text typed; a key given twice (Go's
+    yaml.v3, which the CLI uses, refuses it too), explicit binary, sets and ordered maps are
+    refused, and an explicit timestamp stays text.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(None, None, "a map key must be text", key_node.start_mark)
+            if key_node.value in seen and key_node.tag != "tag:yaml.org,2002:merge":
+                problem = f"the key {key_node.value!r} appears twice"
+                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+            seen.add(key_node.value)
+        self.flatten_mapping(node)
+        return {key_node.value: self.construct_object(value_node, deep=deep) for key_node, value_node in node.value}
+
+    def refuse(self, node):
+        raise yaml.constructor.ConstructorError(None, None, f"{node.tag} is not a config value", node.start_mark)
+
+
+AsTypedLoader.yaml_implicit_resolvers = {}
+AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
+AsTypedLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+AsTypedLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
+for _tag in ("binary", "set", "omap", "pairs"):
+    AsTypedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", AsTypedLoader.refuse)
+
+
+# Bounds that no real setting comes near; they keep hostile input (deep nesting, alias
+# bombs that expand when the value is passed to the program as JSON) from exhausting memory.
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+
+def _check_shape(value: Any, what: str) -> None:
+    pending, nodes = [(value, 0)], 0
+    while pending:
+        item, depth = pending.pop()
+        nodes += 1
+        if depth > MAX_DEPTH:
+            raise StackConfigError(f"{what}: nested more than {MAX_DEPTH} levels deep")
+        if nodes > MAX_NODES:
+            raise StackConfigError(f"{what}: more than {MAX_NODES} values (aliases expanded)")
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        pending.extend((child, depth + 1) for child in children)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> Any:
+    # The same stack files are read for every render of a session (tests, diff): parsed once.
+    return yaml.load(text, Loader=AsTypedLoader)  # a SafeLoader: no Python objects
+
+
+def read_yaml(text: str, what: str) -> Any:
+    """Parse config YAML; StackConfigError naming `what` and the place if it is not valid."""
+    try:
+        value = copy.deepcopy(_parsed(text))  # a copy: callers may change what they get
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise StackConfigError(f"{what}: not valid YAML: {err.problem or err.context}{where}") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        problem = "nested too deeply" if isinstance(err, RecursionError) else str(err).splitlines()[0]
+        raise StackConfigError(f"{what}: not valid YAML: {problem}") from None
+    _check_shape(value, what)
+    return value
+
+
+def _read_mapping_file(path: Path, section: str) -> dict[str, Any]:
+    """The `section` mapping of a YAML file (empty if absent), refusing what is not one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise StackConfigError(f"{path.name}: not a text file (UTF-8 YAML expected)") from None
+    except OSError as err:
+        raise StackConfigError(f"cannot read {path.name}: {err.strerror}") from None
+    document = read_yaml(text, path.name)
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise StackConfigError(f"{path.name}: expected a mapping with a `{section}:` key, got {type(document).__name__}")
+    value = document.get(section)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StackConfigError(f"{path.name}: `{section}:` must be a mapping of keys to values, got {type(value).__name__}")
+    return value
+
+
+@dataclass
+class StackConfig:
+    values: dict[str, Any]
+    secret_keys: set[str]
+
+    def engine_config(self) -> dict[str, str]:
+        """Values as the CLI passes them to a program: strings, JSON for anything structured."""
+        return {key: value if isinstance(value, str) else json.dumps(value) for key, value in self.values.items()}
+
+
+def stack_names(project_dir: Path = CHECKOUT) -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
+
+
+def full_key(key: str) -> str:
+    return key if ":" in key else f"{PROJECT}:{key}"
+
+
+def split_key(key: str) -> tuple[str, list[str | int]]:
+    """`[namespace:]name.path[0]["x.y"]` -> ("namespace:name", ["path", 0, "x.y"]), as `pulumi config set --path` reads it."""
+    namespace, _, path = full_key(key).partition(":")
+    if not namespace or not path:
+        raise StackConfigError(f"invalid config key {key!r}: expected [NAMESPACE:]NAME, such as cache.size or mlcache:zone")
+    parts: list[str | int] = []
+    position = 0
+    while position < len(path):
+        match = _PATH_PART.match(path, position)
+        if not match or match.end() == position:
+            raise StackConfigError(f"invalid config key {key!r}: cannot parse the path at {path[position:]!r}")
+        name, index, quoted = match.groups()
+        parts.append(int(index) if index is not None else (quoted or name))
+        position = match.end()
+    if isinstance(parts[0], int):
+        raise StackConfigError(f"invalid config key {key!r}: a path starts with a key name, not an index")
+    return f"{namespace}:{parts[0]}", parts[1:]
+
+
+def _describe(value: Any) -> str:
+    return {dict: "an object", list: "a list"}.get(type(value), "a single value")
+
+
+def _child(node: Any, part: str | int, key: str, create: Any) -> Any:
+    """node[part], created as `create` when absent (None: do not create); refuses a path through the wrong type."""
+    if isinstance(node, dict) and isinstance(part, str):
+        if part not in node and create is not None:
+            node[part] = create
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int):
+        if part < len(node):
+            return node[part]
+        if part == len(node) and create is not None:
+            node.append(create)
+            return create
+        if create is None:
+            return None
+        end = len(node)
+        raise StackConfigError(f"invalid config key {key!r}: index {part} is past the end of a list of {end} (use {end} to add)")
+    step = f"[{part}]" if isinstance(part, int) else f".{part}"
+    raise StackConfigError(f"invalid config key {key!r}: cannot take {step} of {_describe(node)}")
+
+
+def _set_path(layer: dict[str, Any], key: str, value: Any) -> None:
+    top, rest = split_key(key)
+    if not rest:
+        layer[top] = value
+        return
+    parent = None
+    node = layer.setdefault(top, {} if isinstance(rest[0], str) else [])
+    for part, following in zip(rest, [*rest[1:], None], strict=True):
+        parent, node = node, _child(node, part, key, {} if isinstance(following, str) else [])
+    parent[rest[-1]] = value
+
+
+def _unset_path(layer: dict[str, Any], key: str) -> None:
+    top, rest = split_key(key)
+    if not rest:
+        layer.pop(top, None)
+        return
+    node = layer.get(top)
+    for part in rest[:-1]:
+        if not isinstance(node, (dict, list)):
+            return
+        node = _child(node, part, key, None)
+    if isinstance(node, dict) and isinstance(rest[-1], str):
+        node.pop(rest[-1], None)
+    elif isinstance(node, list) and isinstance(rest[-1], int) and rest[-1] < len(node):
+        del node[rest[-1]]
+
+
+def _strip_secure(value: Any) -> tuple[Any, bool]:
+    """Replace `{secure: ...}` leaves with a placeholder; report whether there was one."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return SECURE_PLACEHOLDER, True
+        found = False
+        result = {}
+        for k, v in value.items():
+            result[k], inner = _strip_secure(v)
+            found = found or inner
+        return result, found
+    if isinstance(value, list):
+        pairs = [_strip_secure(v) for v in value]
+        return [v for v, _ in pairs], any(s for _, s in pairs)
+    return value, False
+
+
+def _check_encodable(key: str, value: Any, *, secret: bool) -> None:
+    """Refuse text that is not Unicode the API server can take: a lone surrogate, from a YAML
+    escape such as "\\ud800" or from command-line bytes that are not UTF-8."""
+    texts = [key]
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            texts.extend(k for k in item if isinstance(k, str))
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = "the value is not shown" if secret else f"{text.encode('utf-8', 'backslashreplace').decode()!r}"
+            raise StackConfigError(f"invalid config {key}: not valid Unicode text ({shown})") from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """KEY=VALUE, VALUE read as YAML, as typed; an empty VALUE means "unset" (None)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise StackConfigError(f"expected KEY=VALUE, got {text!r}")
+    key = key.strip()
+    return key, (read_yaml(raw, f"the value of {key}") if raw != "" else None)
+
+
+def _check_stack_name(stack: str) -> None:
+    if not _STACK_NAME.fullmatch(stack) or stack.strip(".") == "":
+        raise StackConfigError(f"invalid stack name {stack!r}: letters, digits, '-', '_' and '.' only")
+
+
+def stack_file(stack: str, project_dir: Path = CHECKOUT) -> Path:
+    """Pulumi.<stack>.yaml, after checking the name (FileNotFoundError when there is none)."""
+    _check_stack_name(stack)
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    if path.exists() and not path.is_file():
+        # A symlink to /dev/zero or a FIFO would block or never end: refused by what it is.
+        raise StackConfigError(f"{path.name}: not a regular file")
+    if not path.is_file():
+        raise FileNotFoundError(f"no stack file {path.name}; stacks here: {', '.join(stack_names(project_dir))}")
+    return path
+
+
+def load_stack_config(
+    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = CHECKOUT
+) -> StackConfig:
+    path = stack_file(stack, project_dir)
+    declared = _read_mapping_file(project_dir / "Pulumi.yaml", "config")
+    defaults = {full_key(key): decl["default"] for key, decl in declared.items() if isinstance(decl, dict) and "default" in decl}
+    stack_layer = dict(_read_mapping_file(path, "config"))
+    for key in stack_layer:
+        if not key.partition(":")[0] or not key.partition(":")[2]:
+            raise StackConfigError(f"{path.name}: config key {key!r} is not NAMESPACE:NAME (such as {PROJECT}:zone)")
+    secret_keys: set[str] = set()
+    for key, value in list(stack_layer.items()):
+        stack_layer[key], secure = _strip_secure(value)
+        if secure:
+            secret_keys.add(key)
+    for text in overrides:
+        key, value = parse_assignment(text)
+        if value is None:
+            _unset_path(stack_layer, key)
+        else:
+            _set_path(stack_layer, key, value)
+    for text in secrets:
+        # Taken verbatim, not as YAML: a token such as 0123 must not become the number 123.
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            raise StackConfigError("expected KEY=VALUE for --secret (the value is not shown)")
+        _set_path(stack_layer, key.strip(), value)
+        secret_keys.add(split_key(key.strip())[0])
+    for key, value in stack_layer.items():
+        _check_encodable(key, value, secret=key in secret_keys)
+    # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
+    return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)

@@ -1,0 +1,450 @@
+"""The rehearsal cluster: the real control plane and kwok nodes (scripts/local-cluster), the stack
+brought up with the real engine through the Automation API, and a watch until the scheduler settles
+(the library of `mlcache rehearse` and of the real-engine tests).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes.client.exceptions import ApiException
+
+from mlcache import CHECKOUT
+from mlcache.cluster.bound_cache import get as _get
+from mlcache.cluster.bound_cache import node_zone
+from mlcache.cluster.diagnosis import expectation_from_outputs
+from mlcache.preview.stack_config import StackConfig, load_stack_config
+from mlcache.rehearsal.report import (
+    ClusterView,
+    Report,
+    build_report,
+    is_placed,
+    label,
+    latest_verdicts,
+    still_moving,
+    volume_state,
+)
+
+ENGINE_CACHE = Path(
+    os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
+)
+
+
+# The version the pinned pulumi-kubernetes SDK asks the engine for (requirements.txt).
+PROVIDER_VERSION = "4.34.2"
+
+
+# Binary -> the scripts/build-engine step directory it lands in (ENGINE_CACHE/<step>-<version>/).
+TOOLCHAIN = {
+    "pulumi": "cli",
+    "pulumi-language-python": "langhost",
+    "pulumi-language-python-exec": "langhost",
+    "pulumi-resource-kubernetes": f"provider-{PROVIDER_VERSION}",
+    "etcd": "etcd",
+    "kube-apiserver": "apiserver",
+    "kube-controller-manager": "apiserver",
+    "kube-scheduler": "apiserver",
+    "kwok": "kwok",
+    "mlcache-provisioner": "provisioner",
+}
+
+
+# What kwok needs beside its binary (scripts/build-engine copies its Stage documents there).
+KWOK_STAGES = "stages"
+
+
+LOCAL_CLUSTER = CHECKOUT / "scripts" / "local-cluster"
+
+
+# The scheduler re-tries an unschedulable pod within its maximum backoff (kube-scheduler
+# --pod-max-backoff-seconds, default 10 s) of a change to the claims or volumes it waits on.
+SCHEDULER_MAX_BACKOFF = 10.0
+
+
+DEFAULT_TIMEOUT = 180.0
+
+
+# Not copied into the rehearsal's project: environments, the user's stack files (their
+# secure values cannot be decrypted here; the layered config is written instead), the rest.
+NOT_PROGRAM = ("venv*", ".git", ".github", ".ci", "tests", "docs", "engine", "__pycache__", "Pulumi.*.yaml", "*.pyc")
+
+
+class SetupError(Exception):
+    """The rehearsal could not start (toolchain, cluster, fleet): exit 2 with this one line."""
+
+
+class UpFailed(Exception):
+    """`pulumi up` against the rehearsal cluster failed: the stack would fail the same way."""
+
+
+Progress = Callable[[str], None]
+
+
+def stderr_progress() -> Progress:
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:5.1f}s] rehearse: {message}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def find_toolchain(cache: Path | None = None, path: str | None = None) -> dict[str, Path]:
+    """Each binary from PATH if there, else from the engine cache (its newest build); kwok's
+    Stage documents from beside the kwok binary, else from the cache."""
+    cache = cache or ENGINE_CACHE
+    found: dict[str, Path] = {}
+    for binary, step in TOOLCHAIN.items():
+        on_path = shutil.which(binary, path=path)
+        builds = sorted(cache.glob(f"{step}-*/{binary}"), key=lambda p: p.stat().st_mtime)
+        if on_path or builds:
+            found[binary] = Path(on_path) if on_path else builds[-1]
+    if "kwok" in found:
+        beside = found["kwok"].parent / KWOK_STAGES
+        built = sorted(cache.glob(f"kwok-*/{KWOK_STAGES}"), key=lambda p: p.stat().st_mtime)
+        if beside.is_dir() or built:
+            found[KWOK_STAGES] = beside if beside.is_dir() else built[-1]
+    missing = [name for name in [*TOOLCHAIN, KWOK_STAGES] if name not in found]
+    if missing:
+        raise SetupError(
+            f"rehearsal toolchain incomplete (not on PATH, not in {cache}): {', '.join(missing)}; "
+            "build it with scripts/build-engine (cached; about 40 min the first time)"
+        )
+    return found
+
+
+def link_toolchain(found: dict[str, Path], directory: Path) -> Path:
+    """One bin directory with the chosen binaries and kwok's stages: first on PATH for the
+    Automation API's CLI, the language host and scripts/local-cluster (which looks on PATH
+    first, and for the stages beside kwok)."""
+    directory.mkdir(parents=True)
+    for name, source in found.items():
+        (directory / name).symlink_to(source)
+    return directory
+
+
+def copy_program(destination: Path, project_dir: Path = CHECKOUT) -> Path:
+    """The Pulumi program without the user's stack files, with the project's virtualenv."""
+    shutil.copytree(project_dir, destination, ignore=shutil.ignore_patterns(*NOT_PROGRAM), symlinks=True)
+    venv = project_dir / "venv"
+    if not (venv / "bin" / "python").exists():
+        raise SetupError(f"no virtualenv at {venv}: run scripts/setup")
+    (destination / "venv").symlink_to(venv)
+    return destination
+
+
+def rehearsal_config(config: StackConfig, kubeconfig: Path, context: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """(plain values, secret values) for the rehearsal's stack file. The provider is pointed at
+    the rehearsal cluster; the user's own `kubernetes:` settings (their real cluster) are dropped."""
+    wire = config.engine_config()
+    plain = {k: v for k, v in config.values.items() if k not in config.secret_keys and not k.startswith("kubernetes:")}
+    plain["kubernetes:kubeconfig"] = str(kubeconfig)
+    plain["kubernetes:context"] = context
+    return plain, {k: wire[k] for k in config.secret_keys}
+
+
+def outputs_of(result: Any) -> dict[str, Any]:
+    return {name: output.value for name, output in result.outputs.items()}
+
+
+def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path, progress: Progress = quiet) -> dict[str, Any]:
+    """`pulumi up` of a stack in a project directory, through the Automation API: the one path
+    every rehearsal (and every integration test) deploys by. Returns the stack outputs."""
+    from pulumi import automation as auto  # noqa: PLC0415  (the CLI wrapper: only when deploying)
+
+    errors: list[str] = []
+
+    def on_event(event: Any) -> None:
+        if event.res_outputs_event and event.res_outputs_event.metadata.type.startswith("kubernetes:"):
+            step = event.res_outputs_event.metadata
+            if step.op != "same":
+                progress(f"up: {getattr(step.op, 'value', step.op)} {step.type.split(':')[-1]} {step.urn.split('::')[-1]}")
+        elif event.diagnostic_event and event.diagnostic_event.severity == "error":
+            errors.append(event.diagnostic_event.message.strip())
+
+    workspace = auto.LocalWorkspaceOptions(
+        env_vars=env, pulumi_command=auto.PulumiCommand(root=str(bin_dir.parent), skip_version_check=True)
+    )
+    stack = auto.select_stack(stack_name, work_dir=str(work_dir), opts=workspace)
+    try:
+        result = stack.up(on_event=on_event, color="never")
+    except auto.errors.CommandError as err:
+        detail = "\n".join(errors) or str(err)
+        raise UpFailed(detail) from None
+    return outputs_of(result)
+
+
+@dataclass
+class Rehearsal:
+    """A rehearsal cluster and a Pulumi workspace pointed at it. Use as a context manager."""
+
+    fleet: Path | None = None
+    # Job pods succeed at once (kwok's pod-complete stage) instead of running on: a benchmark
+    # Job finishes in minutes and frees its GPUs for training, which runs for hours.
+    complete_jobs: bool = False
+    # The JobSet controller, for multi-node stacks with job.engine jobset.
+    jobset: bool = False
+    keep: bool = False
+    progress: Progress = quiet
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlcache-rehearse-")))
+    toolchain: dict[str, Path] = field(default_factory=find_toolchain)
+
+    def __post_init__(self) -> None:
+        self.cluster = self.work / "cluster"
+        self.kubeconfig = self.cluster / "kubeconfig"
+        self.project = self.work / "project"
+        self.running = False
+        self._api = None
+
+    def __enter__(self) -> Rehearsal:
+        self.bin_dir = link_toolchain(self.toolchain, self.work / "toolchain" / "bin")
+        self.env = {
+            "PATH": f"{self.bin_dir}:{os.environ.get('PATH', '')}",
+            "PULUMI_HOME": str(self.work / "pulumi-home"),
+            "PULUMI_BACKEND_URL": f"file://{self.work / 'state'}",
+            "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+            "KUBECONFIG": str(self.kubeconfig),
+        }
+        (self.work / "state").mkdir()
+        self.running = True
+        try:
+            self._start_cluster()
+            self._register_provider()
+            copy_program(self.project)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_cluster(self) -> None:
+        command = [str(LOCAL_CLUSTER), "start", str(self.cluster)]
+        if self.fleet:
+            command += ["--fleet", str(self.fleet)]
+        if self.complete_jobs:
+            command.append("--complete-jobs")
+        if self.jobset:
+            command.append("--jobset")
+        self.progress(f"starting the rehearsal cluster ({f'fleet {self.fleet}' if self.fleet else 'the runbook fleet'})")
+        try:
+            started = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True, timeout=300)
+        except subprocess.TimeoutExpired:
+            raise SetupError(f"the rehearsal cluster did not start within 300 s (logs in {self.cluster})") from None
+        if started.returncode != 0:
+            lines = (started.stderr or started.stdout).strip().splitlines() or ["no output"]
+            raise SetupError(f"the rehearsal cluster did not start: {lines[-1]}")
+        self.progress(f"cluster up: {len(self.core.list_node().items)} nodes")
+
+    def _register_provider(self) -> None:
+        """The locally built provider, registered as the version the SDK asks for (no download)."""
+        binary = self.toolchain["pulumi-resource-kubernetes"]
+        command = ["pulumi", "plugin", "install", "resource", "kubernetes", f"v{PROVIDER_VERSION}", "--file", str(binary)]
+        done = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            raise SetupError(f"cannot register the Kubernetes provider plugin {binary}: {lines[-1]}")
+
+    def stop(self) -> None:
+        if self.running:
+            subprocess.run([str(LOCAL_CLUSTER), "stop", str(self.cluster)], capture_output=True, timeout=120)
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.running = False
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.keep:
+            self.stop()
+
+    @property
+    def api(self):
+        if self._api is None:
+            from kubernetes import client, config  # noqa: PLC0415
+
+            configuration = client.Configuration()
+            config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
+            self._api = client.ApiClient(configuration)
+        return self._api
+
+    @property
+    def core(self):
+        from kubernetes import client  # noqa: PLC0415
+
+        return client.CoreV1Api(self.api)
+
+    def context(self) -> str:
+        return yaml.safe_load(self.kubeconfig.read_text())["current-context"]
+
+    def ensure_namespace(self, namespace: str) -> None:
+        """The namespace, with the default service account pods need (ServiceAccount
+        admission): the serviceaccount controller adds it, watched for here."""
+        from kubernetes import client, watch  # noqa: PLC0415
+
+        try:
+            self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        except ApiException as err:
+            if err.status != 409:
+                raise
+        accounts = self.core.list_namespaced_service_account(namespace, field_selector="metadata.name=default")
+        if accounts.items:
+            return
+        stream = watch.Watch().stream(
+            self.core.list_namespaced_service_account,
+            namespace,
+            field_selector="metadata.name=default",
+            resource_version=accounts.metadata.resource_version,
+            timeout_seconds=60,
+        )
+        if next(stream, None) is None:
+            raise SetupError(f"namespace {namespace} got no default service account within 60 s (serviceaccount controller)")
+
+    def configure(self, stack: str, config: StackConfig) -> None:
+        """Create the stack in the rehearsal's backend and write its layered config."""
+        from pulumi import automation as auto  # noqa: PLC0415
+
+        workspace = auto.LocalWorkspace(
+            work_dir=str(self.project),
+            env_vars=self.env,
+            pulumi_command=auto.PulumiCommand(root=str(self.bin_dir.parent), skip_version_check=True),
+        )
+        if stack not in {s.name for s in workspace.list_stacks()}:
+            workspace.create_stack(stack)
+        stack_file = self.project / f"Pulumi.{stack}.yaml"
+        settings = yaml.safe_load(stack_file.read_text()) if stack_file.exists() else {}
+        plain, secret = rehearsal_config(config, self.kubeconfig, self.context())
+        stack_file.write_text(yaml.safe_dump({**(settings or {}), "config": plain}, sort_keys=False))
+        for key, value in secret.items():
+            workspace.set_config(stack, key, auto.ConfigValue(value=value, secret=True))
+
+    def up(self, stack: str, overrides: list[str] = ()) -> dict[str, Any]:
+        """The stack's config (Pulumi.yaml < Pulumi.<stack>.yaml < overrides) deployed to the
+        rehearsal cluster. Returns the stack outputs."""
+        config = load_stack_config(stack, list(overrides))
+        namespace = config.values.get("mlcache:namespace")
+        if namespace:
+            self.ensure_namespace(namespace)
+        self.configure(stack, config)
+        self.progress(f"pulumi up --stack {stack} (Automation API, file backend in {self.work / 'state'})")
+        # No secret can be in an error here: secure values never reach the rehearsal (placeholders).
+        outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
+        self.progress("pulumi up done")
+        return outputs
+
+    def view(self, namespace: str) -> ClusterView:
+        from kubernetes import client  # noqa: PLC0415
+
+        core, batch, storage = client.CoreV1Api(self.api), client.BatchV1Api(self.api), client.StorageV1Api(self.api)
+        plain = self.api.sanitize_for_serialization
+        return ClusterView(
+            nodes={n["metadata"]["name"]: n for n in plain(core.list_node().items)},
+            pods=plain(core.list_pod_for_all_namespaces().items),
+            claims=plain(core.list_namespaced_persistent_volume_claim(namespace).items),
+            volumes={v["metadata"]["name"]: v for v in plain(core.list_persistent_volume().items)},
+            classes={c["metadata"]["name"]: c for c in plain(storage.list_storage_class().items)},
+            jobs=plain(batch.list_namespaced_job(namespace).items),
+            events=plain(core.list_namespaced_event(namespace).items),
+        )
+
+    def settle(self, namespace: str, jobs: list[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[ClusterView, list[str]]:
+        """Watch pods, claims, volumes and events until nothing is moving (mlcache.rehearsal.report.
+        still_moving), or until `timeout`: then return what was still moving."""
+        changes: queue.Queue[str] = queue.Queue()
+        watchers = self._watch(changes, namespace, timeout)
+        deadline = time.monotonic() + timeout
+        volumes_changed_at, last_volumes = time.monotonic(), None
+        verdicts: dict[str, tuple[Any, float]] = {}
+        reported: set[str] = set()
+        try:
+            while True:
+                view, now = self.view(namespace), time.monotonic()
+                state = volume_state(view)
+                if state != last_volumes:
+                    volumes_changed_at, last_volumes = now, state
+                for pod, verdict in latest_verdicts(view, namespace).items():
+                    if verdicts.get(pod, (None,))[0] != verdict:
+                        verdicts[pod] = (verdict, now)
+                recheck_until = volumes_changed_at + SCHEDULER_MAX_BACKOFF
+                rechecking = {pod for pod, (_, seen) in verdicts.items() if seen < volumes_changed_at and now < recheck_until}
+                moving = still_moving(view, namespace, jobs, rechecking)
+                self._tell(view, namespace, moving, reported)
+                if not moving:
+                    return view, []
+                if now >= deadline:
+                    return view, moving
+                wake = deadline - now
+                if rechecking:
+                    wake = min(wake, recheck_until - now)
+                try:
+                    changes.get(timeout=max(wake, 0.01))
+                    while not changes.empty():
+                        changes.get_nowait()
+                except queue.Empty:
+                    pass
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+
+    def _watch(self, changes: queue.Queue, namespace: str, timeout: float) -> list[Any]:
+        """A thread per watched kind; each change wakes the settle loop. The server ends the
+        watches when the wait would end anyway."""
+        from kubernetes import client, watch  # noqa: PLC0415
+
+        core = client.CoreV1Api(self.api)
+        sources = [
+            (core.list_pod_for_all_namespaces, {}),
+            (core.list_namespaced_persistent_volume_claim, {"namespace": namespace}),
+            (core.list_persistent_volume, {}),
+            (core.list_namespaced_event, {"namespace": namespace}),
+        ]
+        watchers = []
+        for source, kwargs in sources:
+            watcher = watch.Watch()
+
+            def stream(watcher=watcher, source=source, kwargs=kwargs) -> None:
+                try:
+                    for _ in watcher.stream(source, timeout_seconds=int(timeout) + 1, **kwargs):
+                        changes.put(source.__name__)
+                except Exception:  # the cluster went away: the main loop reads what is left
+                    changes.put("stopped")
+
+            threading.Thread(target=stream, daemon=True).start()
+            watchers.append(watcher)
+        return watchers
+
+    def _tell(self, view: ClusterView, namespace: str, moving: list[str], reported: set[str]) -> None:
+        for pod in view.pods:
+            if _get(pod, "metadata", "namespace") == namespace and is_placed(pod) and label(pod) not in reported:
+                reported.add(label(pod))
+                node = _get(pod, "spec", "nodeName")
+                self.progress(f"placed {label(pod)} on {node} (zone {node_zone(view.nodes.get(node))})")
+        for item in moving:
+            if item not in reported:
+                reported.add(item)
+                self.progress(f"waiting: {item}")
+
+    def report(self, stack: str, outputs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Report:
+        """Wait for the scheduler to settle, then the placement report of the stack's outputs."""
+        expect = expectation_from_outputs(outputs, outputs["namespace"])
+        jobs = [*outputs["run"]["jobs"], *outputs["run"]["benchmarkJobs"]]
+        started = time.monotonic()
+        view, moving = self.settle(expect.namespace, jobs, timeout)
+        if moving:
+            self.progress(f"gave up after {time.monotonic() - started:.0f} s; still moving: {'; '.join(moving)}")
+        else:
+            self.progress(f"settled in {time.monotonic() - started:.1f} s")
+        return build_report(view, expect, stack, outputs.get("benchmarkJob"), moving)
