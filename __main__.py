@@ -21,6 +21,7 @@ from mlcache.program.components.training_job import TrainingJob
 from mlcache.program.components.training_workers import TrainingWorkers
 from mlcache.program.components.workload_scripts import WorkloadScripts
 from mlcache.program.names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
+from mlcache.program.outputs import SCHEDULER_CHOSEN, RunOutput
 from mlcache.program.settings import load_settings, read_tokens, secret_keys
 from mlcache.program.verification import verification_commands
 
@@ -109,26 +110,24 @@ secrets.export("storageClassManaged", settings.manages_storage_class)
 secrets.export("pvcName", cache_pod.claim_name)
 secrets.export("namespace", cache.namespace)
 secrets.export("volumeMode", settings.cache.volume_mode)
-secrets.export("zone", settings.zone or "scheduler-chosen")
+secrets.export("zone", settings.zone or SCHEDULER_CHOSEN)
 secrets.export("cacheMove", move_output(move, settings.cache.name, cache.claim_name))
 secrets.export("jobName", training.name if training else None)
 secrets.export("runMarker", training.run_marker if training else None)
 secrets.export("benchmarkJob", benchmark.name if benchmark else None)
-# The run's workers: what tools.verify and tools.rehearse check placement against.
-secrets.export(
-    "run",
-    {
-        "name": settings.job.run_name,
-        "nodes": settings.job.nodes,
-        "engine": settings.job.engine,
-        "cacheClaims": claim_names,
-        "jobs": training.names if training else [],
-        "benchmarkJobs": benchmark.names if benchmark else [],
-        "gpuProduct": settings.job.gpu_product,
-        "gpuResource": settings.job.gpu_resource,
-        "gpusPerNode": settings.job.gpus,
-    },
+# The run's workers: what mlcache verify and mlcache rehearse check placement against.
+run_output = RunOutput(
+    name=settings.job.run_name,
+    nodes=settings.job.nodes,
+    engine=settings.job.engine,
+    cache_claims=tuple(claim_names),
+    jobs=tuple(training.names if training else ()),
+    benchmark_jobs=tuple(benchmark.names if benchmark else ()),
+    gpu_product=settings.job.gpu_product,
+    gpu_resource=settings.job.gpu_resource,
+    gpus_per_node=settings.job.gpus,
 )
+secrets.export("run", run_output.exported())
 secrets.export(
     "verifyCommands",
     pulumi.Output.all(cache_pod.claim_name, training.name if training else None, cache.namespace).apply(

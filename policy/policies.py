@@ -28,13 +28,13 @@ LINSTOR_PARAMETER = "linstor.csi.linbit.com/"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
-# A move's copy pods (components/cache_copy.py). Those pinned by hostname run beside a node-local
+# A move's copy pods (mlcache/program/components/cache_copy.py). Those pinned by hostname run beside a node-local
 # volume, on the node its PV names: pinned more narrowly than any zone, so not judged by zone.
 COPY_COMPONENT_LABEL = {"app.kubernetes.io/component": "cache-copy"}
-# Set on the cache PVC by components/cache_volume.py.
+# Set on the cache PVC by mlcache/program/components/cache_volume.py.
 BACKEND_ANNOTATION = "mlcache/backend"
 ZONE_ANNOTATION = "mlcache/zone"
-# The placement the cache was created for (bound_cache.py): the engine keeps its old value
+# The placement the cache was created for (mlcache/cluster/bound_cache.py): the engine keeps its old value
 # (ignore_changes) unless cache.relocate re-creates the claim, so here it is the storage side.
 PLACEMENT_ANNOTATION = "mlcache/placement"
 
@@ -49,7 +49,7 @@ POD_TEMPLATE_PATHS = {
 }
 # A JobSet (multi-node engine jobset) holds one Job template per replicated job.
 JOBSET = "kubernetes:jobset.x-k8s.io/v1alpha2:JobSet"
-# Set on every pod of a multi-node run by components/workers.py.
+# Set on every pod of a multi-node run by mlcache/program/components/workers.py.
 MULTINODE_RUN_LABEL = "mlcache/multinode-run"
 WORKER_LABEL = "mlcache/worker"
 GPU_RESOURCE = re.compile(r"^(nvidia\.com/|amd\.com/gpu|gpu\.intel\.com/)")

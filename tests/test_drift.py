@@ -71,3 +71,24 @@ def test_drift_found_through_the_cli_is_exit_1_with_the_objects_on_stdout(tmp_pa
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     code, out, _ = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
     assert code == 1 and "DRIFT in 1 object" in out and "metadata.labels.x" in out
+
+
+def test_drift_as_json_names_each_object_and_its_fields(tmp_path, capsys, monkeypatch):
+    step = {"op": "update", "urn": PVC_URN, "detailedDiff": {"metadata.labels.x": {}}}
+    _fake_pulumi(tmp_path, f"echo '{json.dumps({'steps': [step]})}'; exit 1\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    code, out, _ = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path), "--json")
+    document = json.loads(out)
+    assert code == 1 and document["stack"] == "prod"
+    assert document["drift"] == [
+        {
+            "op": "update",
+            "type": "kubernetes:core/v1:PersistentVolumeClaim",
+            "name": "cache-pvc",
+            "fields": ["metadata.labels.x"],
+            "object": "PersistentVolumeClaim/cache-pvc",
+        }
+    ]
+    _fake_pulumi(tmp_path, "echo '{\"steps\": []}'; exit 0\n")
+    code, out, _ = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path), "--json")
+    assert (code, json.loads(out)) == (0, {"stack": "prod", "drift": []})

@@ -3,10 +3,22 @@ models serialised with ApiClient.sanitize_for_serialization), for every runbook 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from kubernetes import client
 
-from mlcache.cluster.diagnosis import FAIL, INFO, OK, Expectation, Snapshot, diagnose, expectation_from, render_findings
+from mlcache.cluster.diagnosis import (
+    FAIL,
+    INFO,
+    OK,
+    Expectation,
+    Finding,
+    Snapshot,
+    diagnose,
+    expectation_from,
+    render_findings,
+)
 from mlcache.preview.render import render_or_refuse
 from tests.api_objects import claim, volume
 from tests.api_objects import node as api_node
@@ -172,3 +184,22 @@ def test_a_ready_node_or_a_second_replica_is_no_node_loss():
     live = {"gpu-ucsd-1": api_node("gpu-ucsd-1", "ucsd"), "gpu-ucsd-2": api_node("gpu-ucsd-2", "ucsd", ready="Unknown")}
     for pv in (volume("gpu-ucsd-1"), volume("gpu-ucsd-1", "gpu-ucsd-2")):
         assert not [f for f in diagnose(Snapshot(pvc=claim(), pv=pv, nodes=live), EXPECT) if f.check == "node loss"]
+
+
+def test_verify_as_json_carries_every_finding_and_the_verdict(monkeypatch, capsys):
+    from mlcache.cli import verify as verify_command  # noqa: PLC0415
+
+    failing = [Finding(OK, "storage class", "PVC uses linstor-fast-cache"), Finding(FAIL, "locality", "elsewhere", "move it")]
+
+    def read_cluster(expect_for, context):
+        return expect_for("team-ns"), failing
+
+    monkeypatch.setattr(verify_command, "read_cluster", read_cluster)
+    code = verify_command.main(["--stack", "prod", "--json"])
+    document = json.loads(capsys.readouterr().out)
+    assert code == 1 and document["ok"] is False and document["pvc"] == "ms-swift-cache-pvc"
+    assert document["zone"] == "ucsd" and document["namespace"] == "ml-training"
+    assert document["findings"][1] == {"level": "FAIL", "check": "locality", "message": "elsewhere", "remedy": "move it"}
+    monkeypatch.setattr(verify_command, "read_cluster", lambda expect_for, context: (expect_for("x"), failing[:1]))
+    assert verify_command.main(["--stack", "prod", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True

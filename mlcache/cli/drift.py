@@ -18,9 +18,11 @@ preview failed: the cluster or the state cannot be read), 70 on a bug: "drift" i
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from mlcache.cli.contract import ArgumentParser, Unreachable, UsageError, entry_point
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.drift"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the project directory (default: here)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the summary")
     args = parser.parse_args(argv)
     if not args.cwd.is_dir():
         raise UsageError(f"--cwd {str(args.cwd)!r} is not a directory (the project directory, with Pulumi.yaml)")
@@ -43,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     drifts = drifted(document or {})
     if code != 0 and not drifts:
         raise Unreachable(f"stack {args.stack}: the drift check could not run: {errors.splitlines()[-1] if errors else code}")
-    sys.stdout.write(summary(args.stack, drifts))
+    if args.json:
+        document = {"stack": args.stack, "drift": [{**asdict(d), "object": d.label} for d in drifts]}
+        print(json.dumps(document, indent=2))
+    else:
+        sys.stdout.write(summary(args.stack, drifts))
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a") as out:

@@ -22,7 +22,11 @@ cluster cannot be read (no usable kubeconfig, unreachable, forbidden).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
+import sys
+from dataclasses import asdict
 
 from mlcache.cli.contract import CHECK_FAILED, OK, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
@@ -37,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
+    parser.add_argument("--json", action="store_true", help="print the plan (and, with --apply, the outcome) as JSON")
     args = parser.parse_args(argv)
     from mlcache.cluster.diagnosis import expectation_from_outputs  # noqa: PLC0415
     from mlcache.cluster.live import cluster_errors, connect, read_move  # noqa: PLC0415
@@ -56,11 +61,21 @@ def main(argv: list[str] | None = None) -> int:
         expect, _ = read_move(expect, core, serialize)
         snapshot = read_heal_snapshot(expect, core, serialize)
     plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected)
-    print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")
-    print(render_plan(plan, args.apply))
-    if plan.refusal:
-        return 1
-    if not args.apply:
-        return 0
+    document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
+    if not args.json:
+        print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")
+        print(render_plan(plan, args.apply))
+    if plan.refusal or not args.apply:
+        if args.json:
+            print(json.dumps(document, indent=2))
+        return CHECK_FAILED if plan.refusal else OK
     with cluster_errors():
-        return OK if apply_plan(plan, expect, core) else CHECK_FAILED
+        if args.json:
+            # apply_plan reports each outcome on stdout: under --json that text goes to stderr.
+            with contextlib.redirect_stdout(sys.stderr):
+                healed = apply_plan(plan, expect, core)
+        else:
+            healed = apply_plan(plan, expect, core)
+    if args.json:
+        print(json.dumps({**document, "applied": True, "healed": healed}, indent=2))
+    return OK if healed else CHECK_FAILED

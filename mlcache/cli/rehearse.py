@@ -23,6 +23,7 @@ from urllib3.exceptions import HTTPError
 from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.preview.render import render_or_refuse
+from mlcache.program.outputs import StackOutputs
 from mlcache.rehearsal.cluster import DEFAULT_TIMEOUT, Rehearsal, SetupError, UpFailed, stderr_progress
 from mlcache.rehearsal.fleet import FleetError
 from mlcache.rehearsal.fleet import load as load_fleet
@@ -48,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(str(err)) from None
     if not args.timeout > 0:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
-    benchmark = run.outputs.get("benchmarkJob") is not None
+    read = StackOutputs.read(run.outputs)
+    benchmark = read.benchmark_job is not None
     try:
-        jobset = run.outputs["run"]["nodes"] > 1 and run.outputs["run"]["engine"] == "jobset"
+        jobset = read.run.nodes > 1 and read.run.engine == "jobset"
         with Rehearsal(
             fleet=args.fleet, complete_jobs=benchmark, jobset=jobset, keep=args.keep, progress=stderr_progress()
         ) as rehearsal:

@@ -15,6 +15,9 @@ config, 3 when the cluster cannot be read (no kubeconfig, unreachable, forbidden
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import FAIL, expectation_from, render_findings
@@ -27,11 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", required=True)
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     args = parser.parse_args(argv)
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
     expect, findings = read_cluster(lambda namespace: expectation_from(*rendered, namespace, args.stack), args.context)
-    print(f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}")
-    print(render_findings(findings))
-    return 1 if any(f.level == FAIL for f in findings) else 0
+    failed = any(f.level == FAIL for f in findings)
+    if args.json:
+        document = {
+            "stack": args.stack,
+            "namespace": expect.namespace,
+            "pvc": expect.pvc,
+            "storageClass": expect.storage_class,
+            "zone": expect.zone,
+            "ok": not failed,
+            "findings": [asdict(f) for f in findings],
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(
+            f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}"
+        )
+        print(render_findings(findings))
+    return 1 if failed else 0

@@ -46,6 +46,7 @@ from mlcache.program.names import (
     cache_name_of,
     copy_name,
 )
+from mlcache.program.outputs import StackOutputs
 from mlcache.program.verification import linstor_resources_command
 
 # How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
@@ -407,25 +408,25 @@ def expectation_from(run: Any, config: Any, kube_namespace: str, stack: str = "S
 
 def expectation_from_outputs(outputs: dict[str, Any], namespace: str, stack: str = "STACK") -> Expectation:
     """What the stack asked for, from its outputs (`pulumi stack output`, or the mock engine's)."""
-    run_out = outputs.get("run") or {}
+    read = StackOutputs.read(outputs)
     run = None
-    if run_out.get("nodes", 1) > 1:
+    if read.run.nodes > 1:
         run = RunExpectation(
-            name=run_out["name"],
-            claims=tuple(run_out["cacheClaims"]),
-            gpu_product=run_out["gpuProduct"],
-            gpu_resource=run_out["gpuResource"],
-            gpus=run_out["gpusPerNode"],
-            jobs=tuple(run_out["jobs"]),
-            benchmark_jobs=tuple(run_out["benchmarkJobs"]),
+            name=read.run.name,
+            claims=read.run.cache_claims,
+            gpu_product=read.run.gpu_product,
+            gpu_resource=read.run.gpu_resource,
+            gpus=read.run.gpus_per_node,
+            jobs=read.run.jobs,
+            benchmark_jobs=read.run.benchmark_jobs,
         )
     return Expectation(
-        pvc=outputs["pvcName"],
+        pvc=read.pvc_name,
         namespace=namespace,
-        storage_class=outputs["storageClass"],
-        backend=outputs["backend"],
-        zone=None if outputs["zone"] == "scheduler-chosen" else outputs["zone"],
-        job=outputs.get("jobName"),
+        storage_class=read.storage_class,
+        backend=read.backend,
+        zone=read.zone,
+        job=read.job_name,
         run=run,
         stack=stack,
     )

@@ -27,6 +27,7 @@ from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import node_zone
 from mlcache.cluster.diagnosis import expectation_from_outputs
 from mlcache.preview.stack_config import StackConfig, load_stack_config
+from mlcache.program.outputs import StackOutputs
 from mlcache.rehearsal.report import (
     ClusterView,
     Report,
@@ -439,12 +440,13 @@ class Rehearsal:
 
     def report(self, stack: str, outputs: dict[str, Any], timeout: float = DEFAULT_TIMEOUT) -> Report:
         """Wait for the scheduler to settle, then the placement report of the stack's outputs."""
-        expect = expectation_from_outputs(outputs, outputs["namespace"])
-        jobs = [*outputs["run"]["jobs"], *outputs["run"]["benchmarkJobs"]]
+        read = StackOutputs.read(outputs)
+        expect = expectation_from_outputs(outputs, read.namespace)
+        jobs = [*read.run.jobs, *read.run.benchmark_jobs]
         started = time.monotonic()
         view, moving = self.settle(expect.namespace, jobs, timeout)
         if moving:
             self.progress(f"gave up after {time.monotonic() - started:.0f} s; still moving: {'; '.join(moving)}")
         else:
             self.progress(f"settled in {time.monotonic() - started:.1f} s")
-        return build_report(view, expect, stack, outputs.get("benchmarkJob"), moving)
+        return build_report(view, expect, stack, read.benchmark_job, moving)

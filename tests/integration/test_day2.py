@@ -6,6 +6,7 @@ provisioner stand-in pins each volume to its node. The tests read UIDs, nodes an
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -110,6 +111,9 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert verify.returncode == 1, verify.stdout + verify.stderr
     assert "[FAIL] node loss" in verify.stdout and first.node in verify.stdout
     assert "only cache data" in verify.stdout and "mlcache heal --stack prod" in verify.stdout
+    as_json = json.loads(tool(rehearsal, "verify", "--stack", "prod", "--json").stdout)
+    assert as_json["ok"] is False and as_json["pvc"] == CLAIM
+    assert any(f["level"] == "FAIL" and f["check"] == "node loss" and first.node in f["message"] for f in as_json["findings"])
 
     # Not yet proven gone (it only stopped reporting), and prod protects its cache.
     unproven = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")
@@ -121,6 +125,10 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert protected.returncode == 1 and "--allow-protected" in protected.stdout
     dry = tool(rehearsal, "heal", "--stack", "prod")
     assert dry.returncode == 1 and "--allow-protected" in dry.stdout
+    dry_json = tool(rehearsal, "heal", "--stack", "prod", "--allow-protected", "--json")
+    plan = json.loads(dry_json.stdout)
+    assert dry_json.returncode == 0 and plan["applied"] is False and plan["plan"]["dead_node"] == first.node
+    assert plan["plan"]["refusal"] is None and plan["claim"] == CLAIM
     assert uids(rehearsal, namespace)[f"PersistentVolumeClaim/{CLAIM}"] == before[f"PersistentVolumeClaim/{CLAIM}"]
 
     healed = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")

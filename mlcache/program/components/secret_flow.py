@@ -16,6 +16,8 @@ from typing import Any
 
 import pulumi
 
+from mlcache.program.outputs import OUTPUT_INPUTS
+
 # Kubernetes kind -> the config keys its inputs are built from.
 OBJECT_INPUTS: dict[str, frozenset[str]] = {
     "StorageClass": frozenset({"linstor"}),
@@ -32,22 +34,6 @@ OBJECT_INPUTS: dict[str, frozenset[str]] = {
     "ServiceAccount": frozenset({"job", "namespace"}),
     "Role": frozenset({"job", "namespace"}),
     "RoleBinding": frozenset({"job", "namespace"}),
-}
-# Stack output -> the config keys its value comes from.
-OUTPUT_INPUTS: dict[str, frozenset[str]] = {
-    "backend": frozenset({"backend"}),
-    "storageClass": frozenset({"backend", "linstor", "rookCeph"}),
-    "storageClassManaged": frozenset({"backend", "linstor"}),
-    "pvcName": frozenset({"cache"}),
-    "cacheMove": frozenset({"cache", "backend"}),
-    "namespace": frozenset({"namespace"}),
-    "volumeMode": frozenset({"cache"}),
-    "zone": frozenset({"zone"}),
-    "jobName": frozenset({"job"}),
-    "runMarker": frozenset({"job", "cache"}),
-    "benchmarkJob": frozenset({"job", "benchmark"}),
-    "run": frozenset({"job", "cache", "benchmark"}),
-    "verifyCommands": frozenset({"cache", "job", "namespace", "backend"}),
 }
 # Never secret: they say what an object is, and the engine needs them in the clear.
 _OBJECT_TYPE_FIELDS = ("api_version", "kind")
