@@ -31,11 +31,17 @@ def locked(path: Path) -> dict[str, str]:
     return {name.lower().replace("_", "-"): version for name, version, _ in entries}
 
 
-@pytest.mark.parametrize("name", ["dev", "checkov"])
+@pytest.mark.parametrize("name", ["requirements", "requirements-dev", "requirements-checkov"])
 def test_each_lock_pins_its_requirements_with_hashes(name):
-    lock = locked(ROOT / f"requirements-{name}.lock")
-    wanted = direct_pins(ROOT / f"requirements-{name}.txt")
+    lock = locked(ROOT / f"{name}.lock")
+    wanted = direct_pins(ROOT / f"{name}.txt")
     assert {package: lock.get(package) for package in wanted} == wanted
+
+
+def test_the_runtime_lock_pins_the_versions_the_test_lock_pins():
+    """./run installs requirements.lock and ./test requirements-dev.lock into the same venv: one version each."""
+    runtime, dev = locked(ROOT / "requirements.lock"), locked(ROOT / "requirements-dev.lock")
+    assert {package: dev.get(package) for package in runtime} == runtime
 
 
 def test_the_installer_is_pinned_with_hashes():
