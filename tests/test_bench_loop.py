@@ -33,6 +33,14 @@ def test_the_newest_run_that_built_something_gives_the_step_times(tmp_path):
     rebuilt = COLD + WARM + COLD.replace("522", "100").replace("1409", "700")
     log.write_text(rebuilt)
     assert [f.wall_s for f in bench_loop.build_figures(log)] == [100, 983, 700]
+    three = COLD.replace("522", "600").replace("(1409 s)", "(1459 s, 3 lanes)")
+    log.write_text(rebuilt + three)
+    assert [(f.name, f.wall_s) for f in bench_loop.build_figures(log)] == [
+        ("build cli (v3.274.1)", 600),
+        ("build provider (4.34.2-x)", 983),
+        ("build, whole toolchain (2 lanes)", 700),
+        ("build, whole toolchain (3 lanes)", 1459),
+    ]
 
 
 def test_no_log_gives_no_build_rows_and_the_table_shows_each_ratio(tmp_path):

@@ -67,10 +67,14 @@ def build_figures(log: Path) -> list[Figure]:
         for m in (re.search(r"\] (\S+) (\S+): built in (\d+) s", line) for line in built[-1])
         if m
     ]
-    total = [m for m in (re.search(r"toolchain ready in .* \((\d+) s(?:, (\d) lanes)?\)", line) for line in built[-1]) if m]
-    if total:
-        lanes = total[-1][2] or "2"  # logs written before the lane count was printed ran two
-        figures.append(Figure(f"build, whole toolchain ({lanes} lanes)", float(total[-1][1]), None, TARGETS["build"]))
+    # The whole toolchain once per lane count (MLCACHE_BUILD_LANES): the newest run with that count
+    # that built something, so that 2 and 3 lanes stand side by side.
+    wholes: dict[str, float] = {}
+    for run in built:
+        for m in (re.search(r"toolchain ready in .* \((\d+) s(?:, (\d) lanes)?\)", line) for line in run):
+            if m:
+                wholes[m[2] or "2"] = float(m[1])  # logs written before the lane count was printed ran two
+    figures += [Figure(f"build, whole toolchain ({n} lanes)", t, None, TARGETS["build"]) for n, t in sorted(wholes.items())]
     return figures
 
 

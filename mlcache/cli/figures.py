@@ -28,6 +28,7 @@ from mlcache import CHECKOUT
 from mlcache.bench import loop as bench_loop
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
+from mlcache.rehearsal.cluster import ENGINE_CACHE
 
 FIGURES = CHECKOUT / "docs" / "figures.md"
 HEAD = """\
@@ -56,11 +57,12 @@ def loop_section(args: argparse.Namespace) -> str:
 
     unit = count("tests", "--ignore=tests/integration")
     integration = count("tests/integration")
-    figures = bench_loop.measure(args.integration, args.build_log or bench_loop.ENGINE_CACHE / "build-engine.log")
+    figures = bench_loop.measure(args.integration, args.build_log or ENGINE_CACHE / "build-engine.log")
     command = "mlcache bench loop" + (" --integration" if args.integration else "")
     return (
         f"- unit tests: **{unit}**; real-engine tests (`tests/integration`, marker `integration`): **{integration}**\n\n"
-        f"`{command}` (the build rows: the newest scripts/build-engine run that built something):\n\n"
+        f"`{command}` (the build steps: the newest scripts/build-engine run that built something; "
+        "the whole toolchain: the newest build per lane count):\n\n"
         f"{bench_loop.table(figures)}"
     )
 
