@@ -74,6 +74,7 @@ cache_pod = CachePod(
     scripts=scripts.name if scripts else None,
 )
 if move and move.copying:
+    assert cache.kept_claim_name is not None, "a copying move keeps its old claim (Move.keeps_source)"
     CacheCopy(
         "cache-copy",
         move,
@@ -82,11 +83,12 @@ if move and move.copying:
     )
 if move and not move.switched:
     # Until the copy is verified, training stays where it was: on the old claim, placed as it was made for.
+    assert cache.kept_claim_name is not None, "a move not switched yet keeps its old claim (Move.keeps_source)"
     cache_pod = replace(cache_pod, claim_name=cache.kept_claim_name, placement=placement_of(move.source.placement))
 # The claims training mounts, worker 0's first.
 claim_names = [cache_pod.claim_name, *cache.claim_names[1:]]
 
-training = None
+training: TrainingJob | TrainingWorkers | None = None
 if settings.job.enabled:
     tokens = read_tokens()
     credentials = None

@@ -271,28 +271,49 @@ def wrapper(tmp_path: Path, prewarm_script: Path | None, *command: str, **popen)
     )
 
 
-def test_the_wrapper_prewarms_the_model_before_training_starts(tmp_path):
+def timed_lines(proc: subprocess.Popen, timeout: float) -> list[tuple[float, str]]:
+    """Each line of the wrapper's output with the moment it arrived (the pod log, as it is written)."""
+    assert proc.stdout is not None
+    lines, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append((time.monotonic(), line.rstrip("\n")))
+        assert time.monotonic() < deadline, lines
+    proc.wait(timeout=max(deadline - time.monotonic(), 1))
+    return lines
+
+
+def arrived(lines: list[tuple[float, str]], text: str) -> float:
+    return next(at for at, line in lines if text in line)
+
+
+def test_the_prewarm_starts_beside_the_training_commands_safetensors_loader(tmp_path):
     scripts = tmp_path / "opt"
     scripts.mkdir()
     for name in ("prewarm.py", "prefetch.py"):
         shutil.copy(ROOT / "workloads" / name, scripts / name)
-    paths = shards(tmp_path / "model")
-    write_config(scripts, markers=str(tmp_path / "markers"))
-    # The "trainer" records how much of the model is in the page cache when it starts.
     model = tmp_path / "model"
-    check = "; ".join(
+    shards(model, count=4, size=16 * MiB)
+    write_config(scripts, markers=str(tmp_path / "markers"))
+    # The stand-in trainer loads every tensor of every shard through safetensors, as ms-swift does.
+    trainer = "; ".join(
         [
-            f"import sys; sys.path.insert(0, {str(ROOT)!r})",
-            "from pathlib import Path; from workloads.coldstart import resident_bytes",
-            f"print('resident at start', sum(resident_bytes(p) for p in Path({str(model)!r}).glob('*.safetensors')))",
+            "import sys; from pathlib import Path; from safetensors import safe_open",
+            "print('trainer: started', flush=True)",
+            "n = sum(1 for p in sorted(Path(sys.argv[2]).glob('*.safetensors')) "
+            "for f in [safe_open(str(p), 'np')] for k in f.keys() if f.get_tensor(k) is not None)",
+            "print('trainer: loaded', n, 'tensors', flush=True)",
+            "import time; time.sleep(2)",  # then it trains
+            "sys.exit(3)",
         ]
     )
-    proc = wrapper(tmp_path, scripts / "prewarm.py", sys.executable, "-c", check, "--model", str(model))
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    assert out.index("mlcache: prewarm: read") < out.index("resident at start")
-    assert f"resident at start {sum(p.stat().st_size for p in paths)}\n" in out
-    assert (tmp_path / "run.done").exists()
+    proc = wrapper(tmp_path, scripts / "prewarm.py", sys.executable, "-c", trainer, "--model", str(model))
+    lines = timed_lines(proc, 60)
+    text = "\n".join(line for _, line in lines)
+    # Both start at once: the prewarm's first read within a second of the training command's start.
+    assert abs(arrived(lines, "mlcache: prewarm: reading") - arrived(lines, "trainer: started")) < 1.0, text
+    assert "trainer: loaded" in text
+    # The training command's exit status is the wrapper's, and a failed run writes no marker.
+    assert proc.returncode == 3 and not (tmp_path / "run.done").exists(), text
 
 
 @pytest.mark.parametrize(
@@ -302,24 +323,36 @@ def test_a_failing_prewarm_never_fails_the_run(tmp_path, prewarm_body):
     script = tmp_path / "prewarm.py"
     if prewarm_body is not None:
         script.write_text(prewarm_body)
-    proc = wrapper(tmp_path, script, "sh", "-c", "echo trained")
+    proc = wrapper(tmp_path, script, "sh", "-c", "sleep 0.5; echo trained")
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert "training starts without it" in out and out.endswith(
-        "trained\nmlcache: run r completed; marker " + str(tmp_path / "run.done") + "\n"
-    )
+    assert out.endswith("trained\nmlcache: run r completed; marker " + str(tmp_path / "run.done") + "\n")
 
 
-def test_sigterm_during_the_prewarm_stops_the_pod_without_training(tmp_path):
+def test_a_hanging_prewarm_neither_delays_the_run_nor_outlives_it(tmp_path):
+    script = tmp_path / "prewarm.py"
+    script.write_text("import os, pathlib, time; pathlib.Path('prewarm.pid').write_text(str(os.getpid())); time.sleep(600)")
+    began = time.monotonic()
+    proc = wrapper(tmp_path, script, "sh", "-c", "sleep 1; echo trained")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "trained" in out and time.monotonic() - began < 10, out
+    pid = int((tmp_path / "prewarm.pid").read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the prewarm outlived training"
+        time.sleep(0.05)
+
+
+def test_sigterm_stops_training_and_the_prewarm_without_a_marker(tmp_path):
     script = tmp_path / "prewarm.py"
     script.write_text("import pathlib, time; pathlib.Path('prewarming').touch(); time.sleep(60)")
-    proc = wrapper(tmp_path, script, "sh", "-c", "echo trained")
+    proc = wrapper(tmp_path, script, "sh", "-c", "touch training; exec sleep 60")
     deadline = time.monotonic() + 10
-    while not (tmp_path / "prewarming").exists() and time.monotonic() < deadline:
+    while not ((tmp_path / "prewarming").exists() and (tmp_path / "training").exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=10)
-    assert proc.returncode == 143 and "trained" not in out and not (tmp_path / "run.done").exists()
+    assert proc.returncode == 143 and not (tmp_path / "run.done").exists(), out
 
 
 @pytest.mark.parametrize("io", ["direct", "buffered"])
@@ -430,7 +463,24 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
         "MLCACHE_RUN_MARKER": str(tmp_path / "run.done"),
         "MLCACHE_PREWARM": str(scripts / "prewarm.py"),
     }
-    training = ["sh", "-c", 'echo "trained with $*"', *c["args"]]  # swift sft --model ... as the trainer's arguments
+    # The trainer outlasts the prewarm beside it (it waits for it to end), then says what it was given
+    # (swift sft --model ... as its arguments).
+    outlast = (
+        "import os, sys, time\n"
+        "def prewarming():\n"
+        "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "        try:\n"
+        "            if open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[1].endswith(b'/prewarm.py'):\n"
+        "                return True\n"
+        "        except (OSError, IndexError):\n"
+        "            pass\n"
+        "    return False\n"
+        "time.sleep(0.2)\n"
+        "while prewarming():\n"
+        "    time.sleep(0.05)\n"
+        "print('trained with', *sys.argv[1:], flush=True)\n"
+    )
+    training = [sys.executable, "-c", outlast, *c["args"]]
 
     # This machine (24 GiB) has less memory than the rendered reserve: first one rank and no /dev/shm.
     (scripts / "prewarm.json").write_text(json.dumps({**config, "markers": str(markers), "shmBytes": 0}))
@@ -438,7 +488,9 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
         [*c["command"], *training], env={**env, "NPROC_PER_NODE": "1"}, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.index("mlcache: prewarm: read") < done.stdout.index("trained with sft --model Qwen/Qwen3-VL-8B-Instruct")
+    assert done.stdout.index("mlcache: prewarm: read ") < done.stdout.index(
+        "trained with swift sft --model Qwen/Qwen3-VL-8B-Instruct"
+    )
     assert resident(paths) == sum(p.stat().st_size for p in paths)
 
     # The rendered reserve (job.shmSize 32Gi + 4 ranks of 8 GiB) does not fit here: skipped, trained anyway.

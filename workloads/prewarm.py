@@ -1,13 +1,14 @@
-"""Prewarm: read the training model's weight files into the page cache with parallel readers
-before training starts, so that every rank's mmap load is served from memory.
+"""Prewarm: read the training model's weight files into the page cache with parallel readers,
+beside the training command and ahead of its loader, so that the ranks' mmap loads wait on memory.
 
-Runs in the training container, inside the run-once wrapper, just before the training command,
-which it is given: the model is that command's --model (a directory, or a hub id that prefetch.py
+Runs in the training container, started by the run-once wrapper together with the training
+command, which it is given: the model is that command's --model (a directory, or a hub id that prefetch.py
 put on the cache). Python 3 standard library only. Its settings come from prewarm.json in the
 mlcache-scripts ConfigMap, so changing them edits the ConfigMap, never the Job's pod template.
 The page cache it fills is charged to the container's memory cgroup: it reads at most what fits
 in the headroom (limit minus usage minus what training itself needs), truncating or skipping with
-a log line. Any failure is a log line; the wrapper starts training whatever the exit status.
+a log line. Any failure is a log line; the wrapper never waits for it, and stops it when
+training ends.
 
     python3 prewarm.py [--config FILE] -- swift sft --model ORG/NAME ...   the pod's step
     python3 prewarm.py --dir DIR [--dir DIR]... [--readers 8] [--max-bytes N]
@@ -178,6 +179,7 @@ def prewarm(directories: list[Path], readers: int, max_bytes: int | None, reserv
     reads = plan(files, budget)
     if sum(r.length for r in reads) < wanted:
         log(f"truncated: {wanted} bytes of shards, reading the first {budget} ({why})")
+    log(f"reading {sum(r.length for r in reads)} bytes of {len(files)} shards in load order with {readers} readers")
     began = time.perf_counter()
     result["bytes"] = read_into_cache(reads, readers)
     result["seconds"] = time.perf_counter() - began

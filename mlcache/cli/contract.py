@@ -15,8 +15,8 @@ import io
 import os
 import sys
 import traceback
-from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from mlcache.errors import Unreachable, UsageError
 
@@ -58,7 +58,13 @@ def _write_stdout(text: str) -> None:
         raise
 
 
-def entry_point(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+class Main(Protocol):
+    """A tool's main: the command line's arguments (sys.argv's when None) to an exit status."""
+
+    def __call__(self, argv: list[str] | None = None) -> int: ...
+
+
+def entry_point(main: Main) -> Main:
     """Wrap a tool's main(argv) so that any input ends in a documented status and at most one error line."""
 
     @functools.wraps(main)

@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
         digest_key = secrets.token_hex(16)
         with ThreadPoolExecutor(max_workers=2) as pool:
             # The base revision renders in subprocesses while the working tree renders here.
-            base = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
+            rendering = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
             head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
-            base = list(base)
+            base = list(rendering)
         for stack, (old, _) in zip(stacks, base, strict=True):
             if stack not in head:
                 # A move is decided against the live claim: the one the base revision deployed, bound.

@@ -164,6 +164,14 @@ def quantity_bytes(text: str | None) -> Decimal | None:
     return parse_quantity(str(text)) if text else None
 
 
+def required_bytes(text: str | None) -> Decimal:
+    """quantity_bytes of a quantity that is always there: a claim's request (the API requires it)
+    or cache.size (a validated setting)."""
+    value = quantity_bytes(text)
+    assert value is not None, f"no storage quantity: {text!r}"
+    return value
+
+
 # --- the guard --------------------------------------------------------------------------------
 
 
@@ -361,7 +369,7 @@ def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
     claim = live.claim
     requested = get(claim, "spec", "resources", "requests", "storage")
     capacity = get(claim, "status", "capacity", "storage")
-    new, old, held = quantity_bytes(wanted.size), quantity_bytes(requested), quantity_bytes(capacity)
+    new, old, held = required_bytes(wanted.size), required_bytes(requested), quantity_bytes(capacity)
     # The API server lets a request shrink only to recover from a failed expansion (above status.capacity).
     if new < old and (held is None or new <= held):
         return (
@@ -402,7 +410,7 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
     claim = live.claim
     growth_only = (
         get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
-        and quantity_bytes(wanted.size) > quantity_bytes(get(claim, "spec", "resources", "requests", "storage"))
+        and required_bytes(wanted.size) > required_bytes(get(claim, "spec", "resources", "requests", "storage"))
         and (wanted.expansion_allowed is not False)
         and (wanted.expansion_allowed or get(live.storage_class, "allowVolumeExpansion") is not False)
     )

@@ -5,6 +5,7 @@ outputs) and what the cluster holds (`Snapshot`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -109,7 +110,7 @@ class Finding:
     remedy: str = ""
 
 
-def scheduling_message(pod: dict, events: list[dict] = ()) -> str | None:
+def scheduling_message(pod: dict, events: Sequence[dict] = ()) -> str | None:
     """The scheduler's own reason a pod is not placed: its latest FailedScheduling event, else
     the PodScheduled condition it wrote."""
     failed = events_about(pod, list(events), "FailedScheduling")
@@ -248,14 +249,14 @@ def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tup
     for node_name, node in sorted(snapshot.nodes.items()):
         if node_name in candidates or not pod_fits_labels(pod, node, ignore={ZONE_LABEL}):
             continue
-        free = free_on(node, snapshot.bound_pods)
-        if all(free.get(r, Decimal(0)) >= q for r, q in needs.items()):
-            elsewhere.append((node_zone(node), node_name, free.get(resource, Decimal(0))))
+        node_free = free_on(node, snapshot.bound_pods)
+        if all(node_free.get(r, Decimal(0)) >= q for r, q in needs.items()):
+            elsewhere.append((node_zone(node), node_name, node_free.get(resource, Decimal(0))))
     fixes = [f"free {resource} in {scope} (the pods holding it above)"]
     if 0 < best < wanted:
         fixes.append(f"lower job.gpus to {amount_text(best)} (the most free on one node)")
     if expect.zone and elsewhere:
-        zones = {}
+        zones: dict[str | None, str] = {}
         for zone, node_name, free in elsewhere:
             zones.setdefault(zone, f"{node_name}: {amount_text(free)} free")
         fixes.append("pin a zone with room: " + ", ".join(f"mlcache:zone={z} ({n})" for z, n in sorted(zones.items())))
@@ -448,7 +449,9 @@ def follow_move(
     old_name = _get(older, "metadata", "name")
     state, attempt = copy_state(copy_job)
     job = copy_name(base, newest_number)
-    current = mounted if mounted in (old_name, new_name) else (new_name if state == VERIFIED else old_name)
+    current = (
+        mounted if mounted is not None and mounted in (old_name, new_name) else (new_name if state == VERIFIED else old_name)
+    )
     if current == old_name:
         # Until the switch, training runs where the old claim was made for.
         record = PlacementRecord.parse(_get(older, "metadata", "annotations", PLACEMENT_ANNOTATION))

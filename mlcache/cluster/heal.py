@@ -67,7 +67,7 @@ def plan_heal(snapshot: Snapshot, expect: Expectation, *, protected: bool, allow
             refusal=f"node {name} is Ready: volume {volume} is intact; nothing to heal (mlcache verify says why a pod waits)"
         )
     else:
-        condition = next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), {})
+        condition: dict = next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), {})
         return HealPlan(
             refusal=(
                 f"cannot prove node {name} is gone: Ready is {condition.get('status', 'unreported')} since "

@@ -4,6 +4,7 @@ node selection and affinity, resource requests, what is free on a node, events.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -65,7 +66,8 @@ def events_about(obj: dict, events: list[dict], reason: str) -> list[dict]:
 
 
 def _requirement_holds(labels: dict[str, str], expression: dict) -> bool:
-    value, values = labels.get(expression.get("key")), expression.get("values") or []
+    key, values = expression.get("key"), expression.get("values") or []
+    value = labels.get(key) if key is not None else None  # no key: no label's value
     operator = expression.get("operator")
     if operator == "In":
         return value in values
@@ -103,7 +105,7 @@ def pod_node_terms(pod: dict) -> list[dict]:
     )
 
 
-def pod_fits_labels(pod: dict, node: dict, ignore: set[str] = frozenset()) -> bool:
+def pod_fits_labels(pod: dict, node: dict, ignore: Collection[str] = frozenset()) -> bool:
     """Whether the pod's nodeSelector and required node affinity admit the node (keys in
     `ignore` left out, e.g. the zone, to ask "where else would it fit")."""
     labels = _get(node, "metadata", "labels") or {}

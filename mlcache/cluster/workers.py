@@ -4,6 +4,7 @@ run-level checks (one node each, one zone, enough GPUs).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, replace
 
 from mlcache.cluster.bound_cache import get as _get
@@ -81,6 +82,7 @@ def diagnose_run(
 ) -> list[Finding]:
     """Run-level checks of a multi-node run: each worker with its cache, one node each, one zone."""
     run = expect.run
+    assert run is not None, "a multi-node run's expectation has its run"
     findings: list[Finding] = []
     for p in placements:
         cache = f"cache {p.claim} on {', '.join(p.cache_nodes) or 'no node yet'}"
@@ -94,12 +96,14 @@ def diagnose_run(
         else:
             findings.append(Finding(OK, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) with its {cache}"))
     placed = [p for p in placements if p.node]
-    shared = sorted({p.node for p in placed if sum(q.node == p.node for q in placed) > 1})
+    workers_on = Counter(p.node for p in placements if p.node)
+    shared = sorted(node for node, count in workers_on.items() if count > 1)
     if shared:
         findings.append(
             Finding(FAIL, "one node per worker", f"several workers on {', '.join(shared)}", "check the anti-affinity")
         )
-    zones = sorted({p.zone for p in placed} | {z for p in placements for z in p.cache_zones})
+    # A worker's node without a zone label is in zone "?", as a cache's is (None would not sort among zones).
+    zones = sorted({p.zone or "?" for p in placed} | {z for p in placements for z in p.cache_zones})
     if len(zones) > 1:
         findings.append(
             Finding(
@@ -116,7 +120,7 @@ def diagnose_run(
         fits = free_worker_nodes(run, nodes, pods)
         # The zone the run is held in: the pinned one, else where its caches (then its pods) are.
         cache_zones = sorted({z for p in placements for z in p.cache_zones})
-        placed_zones = sorted({p.zone for p in placed})
+        placed_zones = sorted({p.zone for p in placed if p.zone})
         here = expect.zone or next((z[0] for z in (cache_zones, placed_zones) if len(z) == 1), None)
         room = len(fits.get(here, [])) if here else 0
         reason = (
@@ -151,6 +155,7 @@ def diagnose_workers(
 ) -> tuple[list[Finding], list[WorkerPlacement]]:
     """A multi-node run: each worker's cache checks (prefixed with the worker), then the run's.
     `snapshots` in worker order, each with that worker's claim, volume and training pods."""
+    assert expect.run is not None, "a multi-node run's expectation has its run"
     findings: list[Finding] = []
     placements = []
     for worker, (claim, snapshot) in enumerate(zip(expect.run.claims, snapshots, strict=True)):

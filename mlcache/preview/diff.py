@@ -107,6 +107,7 @@ def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[s
     result = json.loads(json.dumps(new))
     for path in paths:
         *parents, leaf = _path_parts(path)
+        source: Any  # the old object's value at the path so far (None once it has no such key)
         source, target = old, result
         for key in parents:
             source = source.get(key) if isinstance(source, dict) else None
@@ -193,7 +194,9 @@ def _worker(obj: dict[str, Any] | None) -> str | None:
 
 
 def _annotate(change: Change) -> None:
-    kind = _kind(change.new or change.old)
+    subject = change.new or change.old
+    assert subject is not None, "a change has an old or a new object"
+    kind = _kind(subject)
     guard = change.new if change.action == "replace" else change.old
     if change.action in ("replace", "delete") and guard and guard["protect"]:
         change.warnings.append("BLOCKED: the resource is protected; the preview fails until cache.protect is false")
@@ -276,9 +279,12 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
 def _say_moves(changes: dict[str, Change]) -> None:
     """A new claim copied from the old one (cache.relocate copy): a move, not a loss."""
     for change in changes.values():
-        manifest = (change.new or {}).get("manifest") or {}
+        if change.action != "create":
+            continue
+        assert change.new is not None, "a create has its new object"
+        manifest = change.new.get("manifest") or {}
         source = _dig(manifest, "metadata", "annotations", COPY_FROM_ANNOTATION)
-        if change.action != "create" or _kind(change.new) != "PersistentVolumeClaim" or not isinstance(source, str):
+        if _kind(change.new) != "PersistentVolumeClaim" or not isinstance(source, str):
             continue
         size = _dig(manifest, "spec", "resources", "requests", "storage")
         change.notes.insert(
@@ -293,12 +299,16 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
     """Shrinks, and growth the class does not allow: updates the API server refuses mid-up."""
     classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
     for change in changes.values():
-        if change.action != "update" or _kind(change.new) != "PersistentVolumeClaim":
+        if change.action != "update":
             continue
-        old_size, new_size = (_size(c["manifest"]) for c in (change.old, change.new))
+        old, new = change.old, change.new
+        assert old is not None and new is not None, "an update has both objects"
+        if _kind(new) != "PersistentVolumeClaim":
+            continue
+        old_size, new_size = (_size(c["manifest"]) for c in (old, new))
         if old_size == new_size or None in (old_size, new_size):
             continue
-        old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (change.old, change.new))
+        old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (old, new))
         relocate = "or move the cache to a claim of the new size with cache.relocate copy"
         if new_size < old_size:
             change.warnings.append(
@@ -306,7 +316,7 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
                 f"cannot shrink; way out: keep cache.size at {old_text} or more, {relocate}"
             )
             continue
-        storage_class = classes.get(_dig(change.new["manifest"], "spec", "storageClassName"))
+        storage_class = classes.get(_dig(new["manifest"], "spec", "storageClassName"))
         if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
             change.warnings.append(
                 f"{REFUSED}: cache.size grows {old_text} -> {new_text} but StorageClass "

@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import mocks, rpc
 from pulumi.runtime import settings as runtime_settings
-from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.stack import Stack, run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from mlcache import CHECKOUT
@@ -263,6 +263,7 @@ def run_program(
         with _program_imports(project_dir.resolve()):
             _sync_await(run_pulumi_func(program))
         root = runtime_settings.get_root_resource()
+        assert isinstance(root, Stack), "run_pulumi_func registers the Stack as the root resource"
         for name, value in root.outputs.items():
             output = pulumi.Output.from_input(value)
             run.outputs[name] = _plain(_sync_await(output.future()))

@@ -11,6 +11,7 @@ import copy
 import functools
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,18 @@ class AsTypedLoader(yaml.SafeLoader):
 AsTypedLoader.yaml_implicit_resolvers = {}
 AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
-AsTypedLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
-AsTypedLoader.add_constructor("tag:yaml.org,2002:map", lambda loader, node: loader.construct_mapping(node, deep=True))
+
+
+def _construct_text(loader: AsTypedLoader, node: yaml.ScalarNode) -> str:
+    return loader.construct_yaml_str(node)
+
+
+def _construct_map(loader: AsTypedLoader, node: yaml.MappingNode) -> dict:
+    return loader.construct_mapping(node, deep=True)
+
+
+AsTypedLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
+AsTypedLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 for _tag in ("binary", "set", "omap", "pairs"):
     AsTypedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", AsTypedLoader.refuse)
 
@@ -167,7 +178,8 @@ def split_key(key: str) -> tuple[str, list[str | int]]:
 
 
 def _describe(value: Any) -> str:
-    return {dict: "an object", list: "a list"}.get(type(value), "a single value")
+    descriptions: dict[type, str] = {dict: "an object", list: "a list"}
+    return descriptions.get(type(value), "a single value")
 
 
 def _child(node: Any, part: str | int, key: str, create: Any) -> Any:
@@ -195,7 +207,7 @@ def _set_path(layer: dict[str, Any], key: str, value: Any) -> None:
     if not rest:
         layer[top] = value
         return
-    parent = None
+    parent: Any = None  # the dict or list that holds the path's last part
     node = layer.setdefault(top, {} if isinstance(rest[0], str) else [])
     for part, following in zip(rest, [*rest[1:], None], strict=True):
         parent, node = node, _child(node, part, key, {} if isinstance(following, str) else [])
@@ -284,7 +296,7 @@ def stack_file(stack: str, project_dir: Path = CHECKOUT) -> Path:
 
 
 def load_stack_config(
-    stack: str, overrides: list[str] = (), secrets: list[str] = (), project_dir: Path = CHECKOUT
+    stack: str, overrides: Sequence[str] = (), secrets: Sequence[str] = (), project_dir: Path = CHECKOUT
 ) -> StackConfig:
     path = stack_file(stack, project_dir)
     declared = _read_mapping_file(project_dir / "Pulumi.yaml", "config")

@@ -37,7 +37,7 @@ _QUANTITY = re.compile(
     r"(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?[0-9]+)?"
 )
 _BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {
+_DECIMAL: dict[str, Decimal | int] = {
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
     "m": Decimal("0.001"),
@@ -375,7 +375,7 @@ def parse_section(key: str, raw: Any, cls: type, prefix: str = "") -> Any:
     unknown = [name for name in raw if name not in fields]
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}", raw[unknown[0]], f"a known field of {key}: {', '.join(fields)}")
-    values = {}
+    values: dict[str, Any] = {}
     for name, (attribute, declaration) in fields.items():
         value = raw.get(name)
         if value is None:
@@ -437,6 +437,7 @@ def reference_rows(cls: type, prefix: str = "") -> list[str]:
             f"| `{key}` | {kind.type_name} | {_default_cell(declaration.default)} | {_cell(kind.allowed)} "
             f"| {_cell(declaration.description)} |"
         )
-        if getattr(kind, "item_cls", None) is not None:  # a list of objects: one row per field of an item
-            rows += reference_rows(kind.item_cls, f"{key}[].")
+        item_cls = getattr(kind, "item_cls", None)
+        if item_cls is not None:  # a list of objects: one row per field of an item
+            rows += reference_rows(item_cls, f"{key}[].")
     return rows

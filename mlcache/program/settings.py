@@ -17,7 +17,7 @@ import contextlib
 import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,11 +114,16 @@ def _is_layer_list(value: str) -> bool:
     return layers[-1] == "storage" and all(layer in LINSTOR_LAYERS for layer in layers)
 
 
-class _Optional(Text):
-    """A string where "" means unset (Pulumi.yaml's default for an unset top-level string)."""
+class _Optional(Kind):
+    """A string where "" means unset (Pulumi.yaml's default for an unset top-level string), else
+    the Text of `allowed` and `check`."""
+
+    def __init__(self, allowed: str, check: Callable[[str], bool] | None = None):
+        self.text = Text(allowed, check)
+        self.allowed = allowed
 
     def parse(self, key: str, value: Any) -> str | None:
-        return None if value == "" else super().parse(key, value)
+        return None if value == "" else self.text.parse(key, value)
 
 
 def _class_name(default: str, description: str) -> Any:

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -332,7 +332,7 @@ class Rehearsal:
         for key, value in secret.items():
             workspace.set_config(stack, key, auto.ConfigValue(value=value, secret=True))
 
-    def up(self, stack: str, overrides: list[str] = ()) -> dict[str, Any]:
+    def up(self, stack: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
         """The stack's config (Pulumi.yaml < Pulumi.<stack>.yaml < overrides) deployed to the
         rehearsal cluster. Returns the stack outputs."""
         config = load_stack_config(stack, list(overrides))

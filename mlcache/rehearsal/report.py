@@ -6,7 +6,9 @@ prints; tests/test_rehearse.py feeds these functions recorded objects.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import node_zone
@@ -92,7 +94,7 @@ def binding_mode(view: ClusterView, claim: dict) -> str:
     return (storage_class or {}).get("volumeBindingMode") or "Immediate"
 
 
-def still_moving(view: ClusterView, namespace: str, jobs: list[str], rechecking: set[str] = frozenset()) -> list[str]:
+def still_moving(view: ClusterView, namespace: str, jobs: list[str], rechecking: Collection[str] = frozenset()) -> list[str]:
     """What has not reached a state the scheduler, binder and provisioner would leave alone.
     Empty = settled: every Job has its pods, every pod is placed or has the scheduler's final
     verdict, every claim is Bound or waits for a consumer. `rechecking`: pods whose verdict
@@ -245,7 +247,7 @@ def pod_placement(pod: dict, view: ClusterView, cache: VolumePlacement | None, r
     zone = node_zone(view.nodes.get(node_name)) if node_name else None
     mounts = cache is not None and mounts_claim(pod, cache.claim.split("/")[-1])
     with_cache = None
-    if mounts and node_name and cache.volume:
+    if cache is not None and mounts and node_name and cache.volume:
         with_cache = cache.nodes is None or node_name in cache.nodes
     return PodPlacement(
         pod=label(pod),
@@ -260,7 +262,7 @@ def pod_placement(pod: dict, view: ClusterView, cache: VolumePlacement | None, r
 
 
 def build_report(
-    view: ClusterView, expect: Expectation, stack: str, benchmark_job: str | None = None, moving: list[str] = ()
+    view: ClusterView, expect: Expectation, stack: str, benchmark_job: str | None = None, moving: Sequence[str] = ()
 ) -> Report:
     # Every cache of the stack: one, or one per worker of a multi-node run.
     claims = list(expect.run.claims) if expect.run else [expect.pvc]
@@ -296,6 +298,7 @@ def build_report(
             what = f"is not placed: {meaning}" if arrow else "is not placed (the scheduler's reason above)"
             problems.append(Problem(f"pod {placed.pod}", what, finding.remedy or "`kubectl describe pod` for its events"))
         elif placed.with_cache is False:
+            assert cache.nodes is not None, "a pod is away from its cache only when the volume has nodes"
             problems.append(
                 Problem(
                     f"pod {placed.pod}",
@@ -361,6 +364,7 @@ def training_verdict(report: Report) -> str:
 def workers_section(report: Report) -> list[str]:
     """A multi-node run: each worker's node and zone with its cache's node, and the one-zone verdict."""
     run = report.expect.run
+    assert run is not None, "a report has workers for a multi-node run only"
     lines = [f"Workers (run {run.name}: {run.nodes} nodes, {run.gpus} x {run.gpu_resource} each)"]
     for w in report.workers:
         where = f"on {w.node} (zone {w.zone})" if w.node else f"not placed ({w.pending or 'no pod yet'})"
@@ -386,7 +390,8 @@ def render_report(report: Report) -> str:
         "",
         "Volume",
     ]
-    for volume in report.volumes or [report.volume]:
+    volumes: Sequence[VolumePlacement | None] = report.volumes or [report.volume]
+    for volume in volumes:
         if volume is None:
             lines.append(f"  claim {expect.namespace}/{expect.pvc}: not found")
             continue
@@ -430,7 +435,7 @@ def render_report(report: Report) -> str:
     return "\n".join(lines) + "\n"
 
 
-def latest_verdicts(view: ClusterView, namespace: str) -> dict[str, tuple[str | None, object]]:
+def latest_verdicts(view: ClusterView, namespace: str) -> dict[str, tuple[str | None, datetime | None]]:
     """Per unplaced pod of the namespace: the scheduler's current message and the time of its
     latest FailedScheduling event (what changes when the scheduler re-tries and says more)."""
     verdicts = {}

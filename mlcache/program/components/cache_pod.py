@@ -19,6 +19,7 @@ claim to mount) and adds only what is particular to its pod.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,7 @@ def container(
     *,
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
-    secret_env: list[dict[str, Any]] = (),
+    secret_env: Sequence[dict[str, Any]] = (),
     worker_env: dict[str, str] | None = None,
     mounts: list[dict[str, Any]] | None = None,
     resources: dict[str, Any] | None = None,
@@ -111,7 +112,7 @@ def pod_spec(
     pod: CachePod,
     steps: list[dict[str, Any]],
     *,
-    volumes: list[dict[str, Any]] = (),
+    volumes: Sequence[dict[str, Any]] = (),
     containers: int = 1,
     scheduling: dict[str, Any] | None = None,
 ) -> dict[str, Any]:

@@ -27,11 +27,13 @@ class HubCredentials(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:HubCredentials", name, None, opts)
+        # Typed: mypy cannot infer Output.secret's type from an Output argument alone.
+        string_data: dict[str, pulumi.Output[str]] = {key: pulumi.Output.secret(value) for key, value in tokens.items()}
         self.secret = k8s.core.v1.Secret(
             f"{name}-secret",
             metadata=metadata(secret_name, namespace, annotations=checkov_skips(namespace_skip(namespace)) or None),
             type="Opaque",
-            string_data={key: pulumi.Output.secret(value) for key, value in tokens.items()},
+            string_data=string_data,
             opts=pulumi.ResourceOptions(parent=self, additional_secret_outputs=["data", "stringData"]),
         )
         self.keys = sorted(tokens)

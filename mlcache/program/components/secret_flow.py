@@ -49,7 +49,7 @@ class SecretFlow:
 
     def _mark_object(self, args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
         props = args.props if isinstance(args.props, dict) else None
-        if not props or not self.secret_keys & OBJECT_INPUTS.get(props.get("kind"), frozenset()):
+        if not props or not self.secret_keys & OBJECT_INPUTS.get(props.get("kind", ""), frozenset()):
             return None
         marked = {
             key: value if key in _OBJECT_TYPE_FIELDS or value is None else pulumi.Output.secret(value)

@@ -58,6 +58,7 @@ def fio_container(pod: CachePod, profile: str, bench: BenchmarkSettings) -> dict
     # In Filesystem mode fio needs its directory to exist first.
     mkdir_then_fio = ["sh", "-c", 'mkdir -p "$0" && exec fio "$@"', bench_dir(cache, "fio")]
     command = ["fio", *args] if cache.is_block else [*mkdir_then_fio, *args]
+    assert bench.fio_image is not None, "settings require benchmark.fioImage with profiles"
     return container(pod, f"fio-{profile}", bench.fio_image, command)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -32,10 +33,12 @@ BLOCK_MODE_WARNING = (
 
 # Runs the training command once per run identity. A Job re-created for a run that already
 # finished (garbage-collected by a TTL, dropped by `pulumi refresh`, re-created by `pulumi up`)
-# finds the marker on the cache and exits 0 at once instead of training again. Before training,
-# the prewarm (when MLCACHE_PREWARM names it) reads the model into the page cache; whatever it
-# does, training starts after it. The shell stays PID 1 to write the marker, so it forwards
-# SIGTERM to the prewarm or the trainer for a clean shutdown (also one that arrives between
+# finds the marker on the cache and exits 0 at once instead of training again. The prewarm (when
+# MLCACHE_PREWARM names it) starts beside the training command, never before it: it reads the
+# model into the page cache in load order, ahead of the loader, so loading waits only on the
+# device or the loader itself (docs/coldstart.md). Its failure, slowness or hang changes nothing:
+# the wrapper never waits for it and stops it when training ends. The shell stays PID 1 to write
+# the marker, so it forwards SIGTERM to both for a clean shutdown (also one that arrives between
 # starting a child and learning its PID).
 RUN_ONCE_SCRIPT = """\
 marker="$MLCACHE_RUN_MARKER"
@@ -43,20 +46,18 @@ if [ -e "$marker" ]; then
   echo "mlcache: run $MLCACHE_RUN_NAME already completed ($(cat "$marker")); marker $marker; nothing to do"
   exit 0
 fi
-stopping= child=
-trap 'stopping=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM INT
+stopping= child= prewarm=
+trap 'stopping=1; for pid in $child $prewarm; do kill -TERM "$pid" 2>/dev/null; done' TERM INT
 if [ -n "${MLCACHE_PREWARM:-}" ]; then
-  python3 "$MLCACHE_PREWARM" -- "$@" &
-  child=$!
-  [ -z "$stopping" ] || kill -TERM "$child" 2>/dev/null
-  wait "$child" || echo "mlcache: prewarm exited with status $?; training starts without it"
-  [ -z "$stopping" ] || exit 143
+  python3 "$MLCACHE_PREWARM" -- "$@" </dev/null &
+  prewarm=$!
 fi
 "$@" &
 child=$!
-[ -z "$stopping" ] || kill -TERM "$child" 2>/dev/null
+[ -z "$stopping" ] || kill -TERM "$child" "$prewarm" 2>/dev/null
 wait "$child"; status=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
+[ -z "$prewarm" ] || kill -TERM "$prewarm" 2>/dev/null
 if [ "$status" -eq 0 ]; then
   mkdir -p "$(dirname "$marker")" && date -u +%Y-%m-%dT%H:%M:%SZ > "$marker.tmp" && mv "$marker.tmp" "$marker"
   echo "mlcache: run $MLCACHE_RUN_NAME completed; marker $marker"
@@ -137,7 +138,7 @@ def container_env(job: JobSettings, cache: CacheSettings) -> dict[str, str]:
     return {"NPROC_PER_NODE": str(job.gpus), **cache_env(cache), **dict(job.env)}
 
 
-def prefetch_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+def prefetch_container(pod: CachePod, token_env: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Init container: download cache.prefetch (listed in the scripts ConfigMap) before training starts."""
     job, cache = pod.job, pod.cache
     command = ["python", f"{SCRIPTS_PATH}/{PREFETCH_SCRIPT}", f"{SCRIPTS_PATH}/{PREFETCH_LIST}", prefetch_markers(cache)]
@@ -147,7 +148,7 @@ def prefetch_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[s
     )
 
 
-def training_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[str, Any]:
+def training_container(pod: CachePod, token_env: Sequence[dict[str, Any]]) -> dict[str, Any]:
     job, cache, worker = pod.job, pod.cache, pod.worker
     env = container_env(job, cache)
     worker_env = worker.launch_env(job.gpus) if worker else {}
@@ -162,6 +163,7 @@ def training_container(pod: CachePod, token_env: list[dict[str, Any]]) -> dict[s
         on_failure = STOP_PEERS if worker and worker.ends_peers else ""
         command, args = ["/bin/sh", "-c", run_once_script(on_failure), "mlcache-run-once"], command + args
         if on_failure:
+            assert worker is not None, "only a worker ends its peers"
             worker_env["MLCACHE_PEER_JOBS"] = " ".join(worker.peers)
     if marker and pod.scripts is not None:
         # Always there in Filesystem mode: job.prewarm* edit the ConfigMap, never this template.
@@ -176,7 +178,7 @@ def queue_labels(job: JobSettings) -> dict[str, str]:
     return {QUEUE_LABEL: job.queue} if job.queue else {}
 
 
-def training_job_manifest(pod: CachePod, token_env: list[dict[str, Any]] = ()) -> dict[str, Any]:
+def training_job_manifest(pod: CachePod, token_env: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """The training Job; for a worker of a multi-node run, worker `index`'s Job (its claim is the
     pod's): it fails at its first failed pod (backoffLimit 0), since one worker restarted alone
     cannot rejoin a torch group that is already running."""

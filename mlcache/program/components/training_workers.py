@@ -4,6 +4,7 @@ its own cache claim, all in one zone, launched as one ms-swift run (see componen
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import pulumi
@@ -43,7 +44,7 @@ UNPINNED_WARNING = (
 
 
 def worker_job_manifests(
-    pod: CachePod, claim_names: list[pulumi.Input[str]], token_env: list[dict[str, Any]] = ()
+    pod: CachePod, claim_names: list[pulumi.Input[str]], token_env: Sequence[dict[str, Any]] = ()
 ) -> list[dict[str, Any]]:
     """One Job per worker, each built as worker `index` on its own claim."""
     job = pod.job
