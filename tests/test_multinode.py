@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from mlcache.cluster.diagnosis import FAIL, OK, Expectation, RunExpectation
-from mlcache.cluster.workers import WorkerPlacement, diagnose_run
+from mlcache.cluster.workers import WorkerLocation, diagnose_run
 from mlcache.preview.diff import DATA_LOSS, plan, report
 from mlcache.preview.render import as_json, documents
 from mlcache.preview.validate import validation_errors
@@ -317,8 +317,8 @@ def _expect(zone: str | None, nodes: int = 2) -> Expectation:
     return Expectation(pvc="cache", namespace="ml", storage_class="c", backend="linstor", zone=zone, job=None, run=run)
 
 
-def _placed(worker: int, node: str, zone: str) -> WorkerPlacement:
-    return WorkerPlacement(worker, f"cache-{worker}", f"pod-{worker}", node, zone, (node,), (zone,), None)
+def _placed(worker: int, node: str, zone: str) -> WorkerLocation:
+    return WorkerLocation(worker, f"cache-{worker}", f"pod-{worker}", node, zone, (node,), (zone,), None)
 
 
 def test_run_report_all_workers_with_their_caches_in_one_zone():
@@ -338,7 +338,7 @@ def test_run_report_says_why_a_worker_is_pending_and_that_another_zone_would_fit
     nodes = {
         n["metadata"]["name"]: n for n in (_node("a1", "ucsd"), _node("a2", "ucsd"), _node("b1", "sdsu"), _node("b2", "sdsu"))
     }
-    pending = WorkerPlacement(1, "cache-1", "pod-1", None, None, (), (), "0/4 nodes are available: ...")
+    pending = WorkerLocation(1, "cache-1", "pod-1", None, None, (), (), "0/4 nodes are available: ...")
     findings = diagnose_run([_placed(0, "a1", "ucsd"), pending], _expect(None), nodes, [_busy("a2", 8)])
     (capacity,) = [f for f in findings if f.check == "capacity"]
     assert capacity.level == FAIL
@@ -350,7 +350,7 @@ def test_run_report_says_why_a_worker_is_pending_and_that_another_zone_would_fit
 
 def test_run_report_pinned_says_to_free_nodes_or_pin_a_zone_with_room():
     nodes = {n["metadata"]["name"]: n for n in (_node("a1", "ucsd"), _node("b1", "sdsu"), _node("b2", "sdsu"))}
-    pending = WorkerPlacement(1, "cache-1", "pod-1", None, None, (), (), "0/3 nodes are available")
+    pending = WorkerLocation(1, "cache-1", "pod-1", None, None, (), (), "0/3 nodes are available")
     findings = diagnose_run([_placed(0, "a1", "ucsd"), pending], _expect("ucsd"), nodes, [])
     (capacity,) = [f for f in findings if f.check == "capacity"]
     assert capacity.remedy == (

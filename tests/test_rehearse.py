@@ -411,7 +411,7 @@ def test_usage_errors_exit_2_with_one_line_before_anything_starts(capsys, argv, 
 
 
 def test_missing_toolchain_exits_2_with_one_line(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(rehearse, "ENGINE_CACHE", tmp_path)
+    monkeypatch.setattr(rehearse, "TOOLCHAIN_CACHE", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
     assert rehearse_command.main(["--stack", "dev"]) == 2
     out, err = capsys.readouterr()

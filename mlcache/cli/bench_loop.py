@@ -19,14 +19,14 @@ from pathlib import Path
 
 from mlcache.bench.loop import measure, table
 from mlcache.cli.contract import ArgumentParser, entry_point
-from mlcache.rehearsal.cluster import ENGINE_CACHE
+from mlcache.rehearsal.cluster import TOOLCHAIN_CACHE
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="mlcache bench loop", description=__doc__.split("\n\n")[0])
     parser.add_argument("--integration", action="store_true", help="also time ./test integration")
-    parser.add_argument("--build-log", type=Path, default=ENGINE_CACHE / "build-engine.log", metavar="FILE")
+    parser.add_argument("--build-log", type=Path, default=TOOLCHAIN_CACHE / "build-engine.log", metavar="FILE")
     parser.add_argument("--json", action="store_true", help="the figures as JSON")
     args = parser.parse_args(argv)
     figures = measure(args.integration, args.build_log)

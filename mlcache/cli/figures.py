@@ -28,7 +28,7 @@ from mlcache import CHECKOUT
 from mlcache.bench import loop as bench_loop
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
-from mlcache.rehearsal.cluster import ENGINE_CACHE
+from mlcache.rehearsal.cluster import TOOLCHAIN_CACHE
 
 FIGURES = CHECKOUT / "docs" / "figures.md"
 HEAD = """\
@@ -57,7 +57,7 @@ def loop_section(args: argparse.Namespace) -> str:
 
     unit = count("tests", "--ignore=tests/integration")
     integration = count("tests/integration")
-    figures = bench_loop.measure(args.integration, args.build_log or ENGINE_CACHE / "build-engine.log")
+    figures = bench_loop.measure(args.integration, args.build_log or TOOLCHAIN_CACHE / "build-engine.log")
     command = "mlcache bench loop" + (" --integration" if args.integration else "")
     return (
         f"- unit tests: **{unit}**; real-engine tests (`tests/integration`, marker `integration`): **{integration}**\n\n"

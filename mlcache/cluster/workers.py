@@ -21,7 +21,7 @@ from mlcache.program.names import (
 
 
 @dataclass(frozen=True)
-class WorkerPlacement:
+class WorkerLocation:
     """Where one worker of a run is, and where its cache is."""
 
     worker: int
@@ -34,7 +34,7 @@ class WorkerPlacement:
     pending: str | None  # the scheduler's reason, while the pod waits
 
 
-def worker_placement(worker: int, claim: str, snapshot: Snapshot) -> WorkerPlacement:
+def worker_location(worker: int, claim: str, snapshot: Snapshot) -> WorkerLocation:
     pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
     live = [p for p in pods if _get(p, "status", "phase") not in TERMINAL] or pods
     pod = live[-1] if live else None
@@ -43,7 +43,7 @@ def worker_placement(worker: int, claim: str, snapshot: Snapshot) -> WorkerPlace
     # linbit.com/hostname, or the zone); none for network storage.
     cache_nodes = (volume_nodes(snapshot.pv, snapshot.nodes) or []) if snapshot.pv else []
     cache_zones = sorted({node_zone(snapshot.nodes.get(n)) or "?" for n in cache_nodes})
-    return WorkerPlacement(
+    return WorkerLocation(
         worker=worker,
         claim=claim,
         pod=_get(pod, "metadata", "name") if pod else None,
@@ -77,14 +77,12 @@ def free_worker_nodes(run: RunExpectation, nodes: dict[str, dict], pods: list[di
     return fits
 
 
-def diagnose_run(
-    placements: list[WorkerPlacement], expect: Expectation, nodes: dict[str, dict], pods: list[dict]
-) -> list[Finding]:
+def diagnose_run(locations: list[WorkerLocation], expect: Expectation, nodes: dict[str, dict], pods: list[dict]) -> list[Finding]:
     """Run-level checks of a multi-node run: each worker with its cache, one node each, one zone."""
     run = expect.run
     assert run is not None, "a multi-node run's expectation has its run"
     findings: list[Finding] = []
-    for p in placements:
+    for p in locations:
         cache = f"cache {p.claim} on {', '.join(p.cache_nodes) or 'no node yet'}"
         if p.node is None:
             why = p.pending if p.pod else "no pod"
@@ -95,15 +93,15 @@ def diagnose_run(
             )
         else:
             findings.append(Finding(OK, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) with its {cache}"))
-    placed = [p for p in placements if p.node]
-    workers_on = Counter(p.node for p in placements if p.node)
+    placed = [p for p in locations if p.node]
+    workers_on = Counter(p.node for p in locations if p.node)
     shared = sorted(node for node, count in workers_on.items() if count > 1)
     if shared:
         findings.append(
             Finding(FAIL, "one node per worker", f"several workers on {', '.join(shared)}", "check the anti-affinity")
         )
     # A worker's node without a zone label is in zone "?", as a cache's is (None would not sort among zones).
-    zones = sorted({p.zone or "?" for p in placed} | {z for p in placements for z in p.cache_zones})
+    zones = sorted({p.zone or "?" for p in placed} | {z for p in locations for z in p.cache_zones})
     if len(zones) > 1:
         findings.append(
             Finding(
@@ -115,11 +113,11 @@ def diagnose_run(
         )
     elif len(placed) == run.nodes:
         findings.append(Finding(OK, "one zone", f"all {run.nodes} workers and their caches in zone {zones[0]}"))
-    waiting = [p for p in placements if p.node is None and p.pod]
+    waiting = [p for p in locations if p.node is None and p.pod]
     if waiting:
         fits = free_worker_nodes(run, nodes, pods)
         # The zone the run is held in: the pinned one, else where its caches (then its pods) are.
-        cache_zones = sorted({z for p in placements for z in p.cache_zones})
+        cache_zones = sorted({z for p in locations for z in p.cache_zones})
         placed_zones = sorted({p.zone for p in placed if p.zone})
         here = expect.zone or next((z[0] for z in (cache_zones, placed_zones) if len(z) == 1), None)
         room = len(fits.get(here, [])) if here else 0
@@ -138,7 +136,7 @@ def diagnose_run(
             if others:
                 remedy += f", or pin a zone with room for all {run.nodes}: {room_elsewhere}"
         elif others:
-            bound = [p.claim for p in placements if p.cache_nodes]
+            bound = [p.claim for p in locations if p.cache_nodes]
             remedy = f"another zone would fit: {room_elsewhere}"
             if bound:
                 held = here or ", ".join(cache_zones)
@@ -152,14 +150,14 @@ def diagnose_run(
 
 def diagnose_workers(
     expect: Expectation, snapshots: list[Snapshot], nodes: dict[str, dict], pods: list[dict]
-) -> tuple[list[Finding], list[WorkerPlacement]]:
+) -> tuple[list[Finding], list[WorkerLocation]]:
     """A multi-node run: each worker's cache checks (prefixed with the worker), then the run's.
     `snapshots` in worker order, each with that worker's claim, volume and training pods."""
     assert expect.run is not None, "a multi-node run's expectation has its run"
     findings: list[Finding] = []
-    placements = []
+    locations = []
     for worker, (claim, snapshot) in enumerate(zip(expect.run.claims, snapshots, strict=True)):
         worker_expect = replace(expect, pvc=claim)
         findings += [replace(f, check=f"worker {worker} {f.check}") for f in diagnose(snapshot, worker_expect)]
-        placements.append(worker_placement(worker, claim, snapshot))
-    return findings + diagnose_run(placements, expect, nodes, pods), placements
+        locations.append(worker_location(worker, claim, snapshot))
+    return findings + diagnose_run(locations, expect, nodes, pods), locations

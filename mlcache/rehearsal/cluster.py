@@ -39,7 +39,7 @@ from mlcache.rehearsal.report import (
     volume_state,
 )
 
-ENGINE_CACHE = Path(
+TOOLCHAIN_CACHE = Path(
     os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
 )
 
@@ -48,7 +48,7 @@ ENGINE_CACHE = Path(
 PROVIDER_VERSION = "4.34.2"
 
 
-# Binary -> the scripts/build-engine step directory it lands in (ENGINE_CACHE/<step>-<version>/).
+# Binary -> the scripts/build-engine step directory it lands in (TOOLCHAIN_CACHE/<step>-<version>/).
 TOOLCHAIN = {
     "pulumi": "cli",
     "pulumi-language-python": "langhost",
@@ -110,7 +110,7 @@ def quiet(_: str) -> None:
 def find_toolchain(cache: Path | None = None, path: str | None = None) -> dict[str, Path]:
     """Each binary from PATH if there, else from the engine cache (its newest build); kwok's
     Stage documents from beside the kwok binary, else from the cache."""
-    cache = cache or ENGINE_CACHE
+    cache = cache or TOOLCHAIN_CACHE
     found: dict[str, Path] = {}
     for binary, step in TOOLCHAIN.items():
         on_path = shutil.which(binary, path=path)

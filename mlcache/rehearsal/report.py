@@ -23,7 +23,7 @@ from mlcache.cluster.diagnosis import (
     scheduling_message,
 )
 from mlcache.cluster.objects import event_time, events_about, mounts_claim, volume_nodes
-from mlcache.cluster.workers import WorkerPlacement, diagnose_workers
+from mlcache.cluster.workers import WorkerLocation, diagnose_workers
 from mlcache.program.names import RUN_LABEL, WORKER_LABEL
 
 SELECTED_NODE = "volume.kubernetes.io/selected-node"
@@ -134,7 +134,7 @@ def still_moving(view: ClusterView, namespace: str, jobs: list[str], rechecking:
 
 
 @dataclass(frozen=True)
-class VolumePlacement:
+class VolumeLocation:
     claim: str
     phase: str
     storage_class: str
@@ -146,7 +146,7 @@ class VolumePlacement:
 
 
 @dataclass(frozen=True)
-class PodPlacement:
+class PodLocation:
     pod: str
     role: str  # training, benchmark, other
     phase: str
@@ -168,14 +168,14 @@ class Problem:
 class Report:
     stack: str
     expect: Expectation
-    volume: VolumePlacement | None
-    pods: list[PodPlacement]
+    volume: VolumeLocation | None
+    pods: list[PodLocation]
     problems: list[Problem]
     findings: list[Finding]
     moving: list[str]
     # A multi-node run: every worker's cache (worker order) and where each worker is.
-    volumes: list[VolumePlacement] = field(default_factory=list)
-    workers: list[WorkerPlacement] = field(default_factory=list)
+    volumes: list[VolumeLocation] = field(default_factory=list)
+    workers: list[WorkerLocation] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -184,11 +184,11 @@ class Report:
         return 1 if failed else 0
 
 
-def volume_placement(view: ClusterView, claim: dict) -> VolumePlacement:
+def volume_location(view: ClusterView, claim: dict) -> VolumeLocation:
     volume = volume_of(view, claim)
     nodes = volume_nodes(volume, view.nodes) if volume else []
     zones = sorted({node_zone(view.nodes[n]) or "none" for n in nodes or []})
-    return VolumePlacement(
+    return VolumeLocation(
         claim=label(claim),
         phase=_get(claim, "status", "phase") or "Pending",
         storage_class=_get(claim, "spec", "storageClassName") or "",
@@ -242,14 +242,14 @@ def snapshot_of(view: ClusterView, expect: Expectation) -> Snapshot:
     )
 
 
-def pod_placement(pod: dict, view: ClusterView, cache: VolumePlacement | None, role: str) -> PodPlacement:
+def pod_location(pod: dict, view: ClusterView, cache: VolumeLocation | None, role: str) -> PodLocation:
     node_name = _get(pod, "spec", "nodeName")
     zone = node_zone(view.nodes.get(node_name)) if node_name else None
     mounts = cache is not None and mounts_claim(pod, cache.claim.split("/")[-1])
     with_cache = None
     if cache is not None and mounts and node_name and cache.volume:
         with_cache = cache.nodes is None or node_name in cache.nodes
-    return PodPlacement(
+    return PodLocation(
         pod=label(pod),
         role=role,
         phase=_get(pod, "status", "phase") or "Pending",
@@ -268,12 +268,12 @@ def build_report(
     claims = list(expect.run.claims) if expect.run else [expect.pvc]
     expects = {name: replace(expect, pvc=name) for name in claims}
     snapshots = {name: snapshot_of(view, expects[name]) for name in claims}
-    caches = {name: volume_placement(view, s.pvc) for name, s in snapshots.items() if s.pvc is not None}
+    caches = {name: volume_location(view, s.pvc) for name, s in snapshots.items() if s.pvc is not None}
     in_namespace = [p for p in view.pods if _get(p, "metadata", "namespace") == expect.namespace]
     ordered = sorted(in_namespace, key=lambda p: (_get(p, "metadata", "creationTimestamp") or "", name_of(p)))
     mounted = [next((name for name in claims if mounts_claim(p, name)), claims[0]) for p in ordered]
     pods = [
-        pod_placement(p, view, caches.get(name), role_of(p, expect, benchmark_job))
+        pod_location(p, view, caches.get(name), role_of(p, expect, benchmark_job))
         for p, name in zip(ordered, mounted, strict=True)
     ]
     problems = [
@@ -316,7 +316,7 @@ def build_report(
                     "pin mlcache:zone to the volume's zone, or re-create the PVC next to the pod",
                 )
             )
-    workers: list[WorkerPlacement] = []
+    workers: list[WorkerLocation] = []
     if expect.run:
         findings, workers = diagnose_workers(expect, [snapshots[name] for name in claims], view.nodes, view.pods)
     else:
@@ -390,7 +390,7 @@ def render_report(report: Report) -> str:
         "",
         "Volume",
     ]
-    volumes: Sequence[VolumePlacement | None] = report.volumes or [report.volume]
+    volumes: Sequence[VolumeLocation | None] = report.volumes or [report.volume]
     for volume in volumes:
         if volume is None:
             lines.append(f"  claim {expect.namespace}/{expect.pvc}: not found")
