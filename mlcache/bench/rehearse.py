@@ -10,6 +10,7 @@ import sys
 import time
 
 from mlcache import CHECKOUT
+from mlcache.errors import UsageError
 
 TARGET_SECONDS = 60.0
 
@@ -49,5 +50,6 @@ def run(stack: str) -> tuple[int, float, dict[str, float]]:
     )
     total = time.perf_counter() - started
     if done.returncode == 2:
-        raise SystemExit(f"mlcache rehearse --stack {stack} could not run: {done.stderr.strip().splitlines()[-1]}")
+        last = done.stderr.strip().splitlines()[-1:] or ["no message"]
+        raise UsageError(f"mlcache rehearse --stack {stack} could not run: {last[0]}")
     return done.returncode, total, phase_times(done.stderr)

@@ -11,15 +11,17 @@ the wall time of the whole command (target: <= 60 s). Prints every run and the m
 
 from __future__ import annotations
 
-import argparse
 import statistics
+import sys
 
 from mlcache.bench.rehearse import COLUMNS, TARGET_SECONDS, run
+from mlcache.cli.contract import ArgumentParser, entry_point, positive_int
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mlcache bench rehearse", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3)
+    parser = ArgumentParser(prog="mlcache bench rehearse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=positive_int, default=3)
     parser.add_argument("--stack", action="append", help="stack to rehearse (repeatable; default dev and prod)")
     args = parser.parse_args(argv)
     stacks = args.stack or ["dev", "prod"]
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[tuple[float, dict[str, float]]]] = {stack: [] for stack in stacks}
     for index in range(1, args.runs + 1):
         for stack in stacks:
+            print(f"bench rehearse: run {index}/{args.runs} of {stack} (about a minute)", file=sys.stderr, flush=True)
             code, total, phases = run(stack)
             phases["other"] = total - sum(phases.values())
             results[stack].append((total, phases))

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     floor = [sys.executable, "-c", FLOOR]
     timed(render), timed(floor)  # warm the file cache and bytecode
     render_times, floor_times, baseline_times = [], [], []
-    for _ in range(args.runs):
+    for index in range(args.runs):
+        print(f"bench render: run {index + 1}/{args.runs}", file=sys.stderr, flush=True)
         render_times.append(timed(render))
         floor_times.append(timed(floor))
         if args.baseline:
