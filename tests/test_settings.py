@@ -122,6 +122,17 @@ BAD_VALUES = [
     ({"job": {"gpus": "010"}}, "job.gpus", "whole number"),
     ({"job": {"tolerations": [{"key": "a", "operator": "Exists", "value": "b"}]}}, "job.tolerations[0].value", "Exists"),
     ({"job": {"tolerations": [{"key": "a", "tolerationSeconds": 5}]}}, "job.tolerations[0].effect", "NoExecute"),
+    # Beyond 2^53 the engine's float64 would change the number (2^63 - 1 arrives as -2^63: evict now).
+    (
+        {"job": {"tolerations": [{"key": "a", "effect": "NoExecute", "tolerationSeconds": 2**63 - 1}]}},
+        "job.tolerations[0].tolerationSeconds",
+        "leave it out to tolerate for ever",
+    ),
+    (
+        {"job": {"tolerations": [{"key": "a", "effect": "NoExecute", "tolerationSeconds": "9007199254740993"}]}},
+        "job.tolerations[0].tolerationSeconds",
+        "from 0 to 9007199254740992",
+    ),
     ({"job": {"tolerations": [{"operator": "Equal", "value": "b"}]}}, "job.tolerations[0].operator", "Exists when the key"),
     ({"job": {"tolerations": [{"key": "bad key!", "operator": "Exists"}]}}, "job.tolerations[0].key", "label key"),
     ({"job": {"tolerations": [{"key": "a", "value": "x" * 64}]}}, "job.tolerations[0].value", "label value"),
@@ -205,6 +216,10 @@ def test_ext4_or_block_lifts_the_xfs_minimum():
         ({"job": {"image": "localhost:5000/img:1"}}, lambda s: s.job.image == "localhost:5000/img:1"),
         ({"job": {"runAsUser": 2**31 - 1}}, lambda s: s.job.run_as_user == 2**31 - 1),
         ({"job": {"tolerations": [{"operator": "Exists"}]}}, lambda s: s.job.tolerations[0].key is None),
+        (
+            {"job": {"tolerations": [{"key": "a", "effect": "NoExecute", "tolerationSeconds": 2**53}]}},
+            lambda s: s.job.tolerations[0].toleration_seconds == 2**53,
+        ),
         ({"job": {"tolerations": [{"key": "a", "value": ""}]}}, lambda s: s.job.tolerations[0].value is None),
         ({"job": {"name": "a" * 49}, "benchmark": {"enabled": True, "fioImage": "fio:3.36"}}, lambda s: s.benchmark.enabled),
         ({"cache": {"mountPath": "/cache/models"}}, lambda s: s.cache.mount_path == "/cache/models"),
@@ -265,3 +280,9 @@ def test_a_trailing_newline_is_refused_for_every_checked_string(key, valid):
     with pytest.raises(ConfigError) as err:
         parse_settings(raw)
     assert err.value.key == f"mlcache:{key}"
+
+
+def test_no_whole_number_setting_can_allow_more_than_the_engine_carries_exactly():
+    assert schema.Integer(0, 2**53).maximum == 2**53
+    with pytest.raises(AssertionError):
+        schema.Integer(0, 2**53 + 1)

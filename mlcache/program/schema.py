@@ -25,6 +25,10 @@ import pulumi
 from mlcache.program.names import PROJECT
 
 INT32_MAX = 2**31 - 1
+# The largest whole number that reaches the API server exactly: Pulumi's engine carries every
+# number of a resource's inputs as a float64 (2^53 + 1 already arrives as 2^53, and 2^63 - 1 as
+# 2^63, which Kubernetes reads as -2^63).
+ENGINE_INT_MAX = 2**53
 
 # Kubernetes' validation (k8s.io/apimachinery/pkg/util/validation): always with re.fullmatch.
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -239,9 +243,10 @@ class Flag(Kind):
 class Integer(Kind):
     type_name = pulumi_type = "integer"
 
-    def __init__(self, minimum: int, maximum: int = INT32_MAX):
+    def __init__(self, minimum: int, maximum: int = INT32_MAX, why: str = ""):
+        assert maximum <= ENGINE_INT_MAX, "the engine would not carry the maximum exactly"
         self.minimum, self.maximum = minimum, maximum
-        self.allowed = f"a whole number from {minimum} to {maximum}"
+        self.allowed = f"a whole number from {minimum} to {maximum}" + (f" ({why})" if why else "")
 
     def parse(self, key: str, value: Any) -> int:
         # Digits as typed (`pulumi config set` stores strings): 0x10, 1e3, 010 or 4.0 are refused.

@@ -36,6 +36,7 @@ from mlcache.program.names import (
 )
 from mlcache.program.schema import (
     DNS_LABEL_MAX,
+    ENGINE_INT_MAX,
     INT32_MAX,
     AnyText,
     Choice,
@@ -223,7 +224,9 @@ class Toleration:
     )
     effect: str | None = setting(Choice("NoSchedule", "PreferNoSchedule", "NoExecute"), None, "Taint effect; unset = all.")
     toleration_seconds: int | None = setting(
-        Integer(0, 2**63 - 1), None, "How long a NoExecute taint is tolerated before eviction."
+        Integer(0, ENGINE_INT_MAX, "Pulumi carries larger numbers inexactly; leave it out to tolerate for ever"),
+        None,
+        "How long a NoExecute taint is tolerated before eviction; unset = for ever.",
     )
 
 
