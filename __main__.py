@@ -12,7 +12,7 @@ from mlcache.cluster.bound_cache import guard_bound_cache
 from mlcache.program.components.cache_copy import CacheCopy, move_output
 from mlcache.program.components.cache_pod import CachePod
 from mlcache.program.components.cache_volume import CacheVolume, placement_of
-from mlcache.program.components.hub_credentials import HubCredentials
+from mlcache.program.components.hub_credentials import HubCredentials, SecretEnv
 from mlcache.program.components.ingress_isolation import IngressIsolation
 from mlcache.program.components.secret_flow import SecretFlow
 from mlcache.program.components.storage_benchmark import StorageBenchmark
@@ -20,9 +20,9 @@ from mlcache.program.components.storage_class import LinstorStorageClass
 from mlcache.program.components.training_job import TrainingJob
 from mlcache.program.components.training_workers import TrainingWorkers
 from mlcache.program.components.workload_scripts import WorkloadScripts
-from mlcache.program.names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name
+from mlcache.program.names import INGRESS_POLICY, SCRIPTS_CONFIG_MAP, hub_secret_name, secret_env_name
 from mlcache.program.outputs import SCHEDULER_CHOSEN, RunOutput
-from mlcache.program.settings import load_settings, read_tokens, secret_keys
+from mlcache.program.settings import load_settings, read_secret_env, read_tokens, secret_keys
 from mlcache.program.verification import verification_commands
 
 settings = load_settings()
@@ -96,11 +96,17 @@ if settings.job.enabled:
         credentials = HubCredentials(
             "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
+    secret_values = read_secret_env(settings)
+    secret_env = None
+    if secret_values:
+        secret_env = SecretEnv(
+            "secret-env", secret_values, secret_name=secret_env_name(settings.job.name), namespace=settings.namespace
+        )
     if settings.job.nodes == 1:
-        training = TrainingJob("training", cache_pod, credentials=credentials)
+        training = TrainingJob("training", cache_pod, credentials=credentials, secret_env=secret_env)
     else:
         # Several nodes: one worker per node, each on its own cache claim, all in one zone.
-        training = TrainingWorkers("training", cache_pod, claim_names=claim_names, credentials=credentials)
+        training = TrainingWorkers("training", cache_pod, claim_names=claim_names, credentials=credentials, secret_env=secret_env)
 
 benchmark = None
 if settings.benchmark.enabled:

@@ -71,6 +71,7 @@ SECRET_KEYS = [
     ("benchmark.fioImage=registry.example.org/hidden/fio:3.36", ("benchmark.enabled=true",)),
     ("benchmark.size=77G", ("benchmark.enabled=true", "benchmark.fioImage=example.org/fio:3.36")),
     ("hfToken=hf_hidden77", ()),
+    ("secretEnv.WANDB_API_KEY=wandb-secret-env-77", ()),
 ]
 
 
@@ -93,6 +94,51 @@ def test_only_what_a_secret_flows_into_is_secret():
     secret_kinds = {r.kind for r in run.kubernetes_objects() if any(is_secret_envelope(v) for v in r.wire.values())}
     assert secret_kinds == {"Job"}
     assert run.secret_outputs == {"jobName", "runMarker", "benchmarkJob", "verifyCommands", "run"}
+
+
+def test_a_secret_env_value_hides_only_itself_the_job_stays_readable():
+    run, _ = render.render("dev", [], ["secretEnv.WANDB_API_KEY=wandb-secret-env-77", "secretEnv.REGISTRY_TOKEN=reg-77"])
+    assert_kept_secret(run, "wandb-secret-env-77")
+    secret_kinds = {r.kind for r in run.kubernetes_objects() if any(is_secret_envelope(v) for v in r.wire.values())}
+    assert secret_kinds == {"Secret"} and not run.secret_outputs
+    (job,) = run.find("Job")
+    (container,) = [c for c in job.inputs["spec"]["template"]["spec"]["containers"] if c["name"] == "sft"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs == {
+        "REGISTRY_TOKEN": {"name": "sft-qwen3vl-fire-4gpu-secret-env", "key": "REGISTRY_TOKEN"},
+        "WANDB_API_KEY": {"name": "sft-qwen3vl-fire-4gpu-secret-env", "key": "WANDB_API_KEY"},
+    }
+    assert not any("hidden in previews" in w for w in run.warnings)
+    (secret,) = [r for r in run.find("Secret") if r.inputs["metadata"]["name"].endswith("-secret-env")]
+    assert (
+        is_secret_envelope(secret.wire["stringData"]) and secret.inputs["metadata"]["name"] == "sft-qwen3vl-fire-4gpu-secret-env"
+    )
+
+
+def test_a_secret_under_job_hides_the_job_and_says_where_secrets_belong():
+    run, _ = render.render("dev", [], ["job.env.WANDB_API_KEY=wandb-9f8e7d6c"])
+    assert any("mlcache:secretEnv" in w and "hidden in previews" in w for w in run.warnings)
+
+
+@pytest.mark.parametrize(
+    ("assignment", "secret", "key", "allowed"),
+    [
+        ("secretEnv.WANDB_API_KEY=plain-77", False, "secretEnv", "pulumi config set --secret --path"),
+        ("secretEnv.bad-name=v-77", True, "secretEnv.bad-name", "environment variable name"),
+        ("secretEnv.HF_TOKEN=v-77", True, "secretEnv.HF_TOKEN", "environment variable name"),
+        ("secretEnv.UMASK=v-77", True, "secretEnv.UMASK", "other than job.env's"),
+    ],
+)
+def test_secret_env_refusals_name_the_key_and_never_the_value(capsys, assignment, secret, key, allowed):
+    args = ["--config", "job.env.UMASK=0022", "--secret" if secret else "--config", assignment]
+    code, out, err = _render_cli(capsys, *args)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert (
+        f"mlcache:{key}" in err
+        and allowed in err
+        and "77" not in err.replace("v-77", "").replace("plain-77", "")
+        and "plain-77" not in err
+    )
 
 
 def _render_cli(capsys, *argv):

@@ -112,6 +112,10 @@ def hub_secret_name(job_name: str) -> str:
     return f"{job_name}-hub-tokens"
 
 
+def secret_env_name(job_name: str) -> str:
+    return f"{job_name}-secret-env"
+
+
 def benchmark_job_name(job_name: str) -> str:
     return f"{job_name}-storage-bench"
 

@@ -100,6 +100,14 @@ TOKEN_DESCRIPTIONS = {
     "stored in a Kubernetes Secret, read by the Job as MODELSCOPE_API_TOKEN. Empty = none.",
 }
 SECRET_KEYS = tuple(TOKEN_ENV)
+# Secret environment variables of the training container: a top-level key of its own, so that its
+# secrecy (Pulumi marks a whole top-level key secret) reaches only the Secret that holds the values.
+SECRET_ENV_KEY = "secretEnv"
+SECRET_ENV_DESCRIPTION = (
+    "Secret environment variables of the training container (W&B keys, registry tokens), set only with "
+    "`pulumi config set --secret --path mlcache:secretEnv.NAME VALUE` (plain text is refused); the values go "
+    "to a Kubernetes Secret read by secretKeyRef, so the Job stays readable in previews. Empty = none."
+)
 
 # Workers of one run (job.nodes): each has its own cache and Job; more is beyond what one run of
 # this program is meant for.
@@ -428,7 +436,7 @@ class Settings:
 KEYS = schema.declarations(Settings)
 STRUCTURED_KEYS = tuple(name for name, (_, d) in KEYS.items() if d.kind.pulumi_type in (None, "array"))
 SCALAR_KEYS = tuple(name for name in KEYS if name not in STRUCTURED_KEYS)
-KNOWN_KEYS = (*KEYS, *SECRET_KEYS)
+KNOWN_KEYS = (*KEYS, *SECRET_KEYS, SECRET_ENV_KEY)
 
 
 def _check_copy(cache: CacheSettings, job: JobSettings) -> None:
@@ -607,6 +615,38 @@ def read_tokens(config: pulumi.Config | None = None) -> dict[str, pulumi.Output[
     return tokens
 
 
+def read_secret_env(settings: Settings, config: pulumi.Config | None = None) -> dict[str, pulumi.Output[str]]:
+    """The `secretEnv` values, as secret Outputs keyed by their environment variable. The names are
+    checked like job.env's (and may not repeat one of job.env); a value is never shown."""
+    full_key = f"{NAMESPACE}:{SECRET_ENV_KEY}"
+    text = pulumi.runtime.get_config(full_key)
+    try:
+        values = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        raise ConfigError(SECRET_ENV_KEY, None, "an object of NAME: value", secret=True) from None
+    if not values:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(SECRET_ENV_KEY, None, "an object of NAME: value", secret=True)
+    if not pulumi.runtime.is_config_secret(full_key):
+        raise ConfigError(
+            SECRET_ENV_KEY, None, f"secret values: pulumi config set --secret --path {full_key}.NAME VALUE", secret=True
+        )
+    taken = {name for name, _ in settings.job.env}
+    for name, value in values.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in RESERVED_ENV or name in taken:
+            allowed = "an environment variable name other than job.env's and " + ", ".join(RESERVED_ENV)
+            raise ConfigError(f"{SECRET_ENV_KEY}.{name}", None, allowed, secret=True)
+        if not isinstance(value, str):
+            raise ConfigError(f"{SECRET_ENV_KEY}.{name}", None, "a string (quote numbers and booleans)", secret=True)
+    whole = (config or pulumi.Config(NAMESPACE)).require_secret_object(SECRET_ENV_KEY)
+
+    def value_of(name: str) -> pulumi.Output[str]:
+        return whole.apply(lambda v: str(v[name]))
+
+    return {name: value_of(name) for name in sorted(values)}
+
+
 def secret_keys() -> frozenset[str]:
     """The keys of this project given as secrets (`--secret`, `secure:`): what they flow into stays secret."""
     return frozenset(key for key in KNOWN_KEYS if runtime_config.is_config_secret(f"{NAMESPACE}:{key}"))
@@ -647,7 +687,10 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
 
 def pulumi_config() -> dict[str, dict[str, Any]]:
     """Pulumi.yaml's `config:` block, derived from the declarations above."""
-    secrets = {key: {"type": "string", "default": "", "description": TOKEN_DESCRIPTIONS[key]} for key in SECRET_KEYS}
+    secrets: dict[str, dict[str, Any]] = {
+        key: {"type": "string", "default": "", "description": TOKEN_DESCRIPTIONS[key]} for key in SECRET_KEYS
+    }
+    secrets[SECRET_ENV_KEY] = {"default": {}, "description": SECRET_ENV_DESCRIPTION}
     return schema.pulumi_config_block(Settings, secrets)
 
 
@@ -657,4 +700,8 @@ def reference_rows() -> list[str]:
         f'| `{key}` | secret string | `""` | a secret (plain text is refused) | {TOKEN_DESCRIPTIONS[key]} |'
         for key in SECRET_KEYS
     ]
+    rows.append(
+        f"| `{SECRET_ENV_KEY}` | map of secret strings | `{{}}` | environment variable names other than job.env's; "
+        f"secret values (plain text is refused) | {SECRET_ENV_DESCRIPTION} |"
+    )
     return rows

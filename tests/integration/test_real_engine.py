@@ -4,8 +4,10 @@ only assume, proven (issue: real engine in the loop)."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from kubernetes import client
@@ -239,3 +241,28 @@ def test_policy_pack_runs_under_the_cli_and_blocks_a_bad_config(engine, kube):
     assert blocked.returncode != 0
     assert "[mandatory]  linstor-cache-binds-locally" in blocked.stdout
     assert "allowRemoteVolumeAccess is 'true'" in blocked.stdout
+
+
+def test_a_secret_env_value_is_hidden_and_the_job_readable_in_the_real_preview_state_and_cluster(engine, kube):
+    """#22: a secret goes through a Secret and secretKeyRef; the Job's fields stay in the clear."""
+    project = engine.project("secret-env")
+    project.init("dev")
+    project.set("dev", "job.name", "secret-env-run")
+    value = "wandb-real-engine-7f3a9c"
+    project.pulumi("config", "set", "--secret", "--path", "mlcache:secretEnv.WANDB_API_KEY", value, stack="dev")
+    preview = project.pulumi("preview", "--diff", stack="dev")
+    assert value not in preview.stdout + preview.stderr
+    job_part = preview.stdout[preview.stdout.index("kubernetes:batch/v1:Job") :]
+    # The Job's fields are there to review, the env var's name and its reference included.
+    for visible in ("WANDB_API_KEY", "secretKeyRef", "secret-env-run-secret-env", "swift", "nvidia.com/gpu"):
+        assert visible in job_part, visible
+    project.up("dev")
+    state_dir = Path(project.env["PULUMI_BACKEND_URL"].removeprefix("file://"))
+    assert not [p for p in state_dir.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
+    job = client.BatchV1Api(kube).read_namespaced_job("secret-env-run", "ml-training")
+    (sft,) = [c for c in job.spec.template.spec.containers if c.name == "sft"]
+    ref = next(e for e in sft.env if e.name == "WANDB_API_KEY").value_from.secret_key_ref
+    assert (ref.name, ref.key) == ("secret-env-run-secret-env", "WANDB_API_KEY")
+    stored = client.CoreV1Api(kube).read_namespaced_secret("secret-env-run-secret-env", "ml-training")
+    assert base64.b64decode(stored.data["WANDB_API_KEY"]).decode() == value
+    project.destroy("dev")

@@ -25,7 +25,7 @@ OBJECT_INPUTS: dict[str, frozenset[str]] = {
     "ConfigMap": frozenset({"cache", "namespace"}),
     # A move's copy objects are named after cache.name.
     "NetworkPolicy": frozenset({"cache", "namespace"}),
-    # Its payload (hub tokens, a move's token) is secret already.
+    # Its payload (hub tokens, secretEnv values, a move's token) is secret already.
     "Secret": frozenset({"job", "cache", "namespace"}),
     "Job": frozenset({"job", "cache", "zone", "namespace", "benchmark", "backend"}),
     # Multi-node runs only (job.nodes > 1): named and labelled from the run.
@@ -44,6 +44,13 @@ class SecretFlow:
 
     def __init__(self, secret_keys: frozenset[str]):
         self.secret_keys = secret_keys
+        if "job" in secret_keys:
+            # Pulumi marks a whole top-level key secret, so the whole Job is hidden from every preview.
+            pulumi.log.warn(
+                "mlcache:job holds a secret value, so the whole training Job is hidden in previews; put secret "
+                "environment variables in mlcache:secretEnv (pulumi config set --secret --path mlcache:secretEnv.NAME "
+                "VALUE) and the Job stays readable"
+            )
         if any(self.secret_keys & keys for keys in OBJECT_INPUTS.values()):
             pulumi.runtime.register_stack_transformation(self._mark_object)
 

@@ -12,12 +12,12 @@ import pulumi_kubernetes as k8s
 
 from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
 from mlcache.program.components.common import constructor_kwargs
-from mlcache.program.components.hub_credentials import HubCredentials, secret_env
+from mlcache.program.components.hub_credentials import HubCredentials, SecretEnv, secret_env_entries
 from mlcache.program.components.security import scratch_mount
 from mlcache.program.components.workers import PEER_STOP_SKIP, STOP_PEERS, service_account_name
 from mlcache.program.components.workload_scripts import PREFETCH_LIST, PREFETCH_SCRIPT, PREWARM_SCRIPT, prefetch_markers
 from mlcache.program.names import QUEUE_LABEL, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, worker_job_name
-from mlcache.program.settings import CacheSettings, JobSettings
+from mlcache.program.settings import TOKEN_ENV, CacheSettings, JobSettings
 
 CONTAINER = "sft"
 PREFETCH_CONTAINER = "prefetch"
@@ -196,6 +196,9 @@ def training_job_manifest(pod: CachePod, token_env: Sequence[dict[str, Any]] = (
         skips["CKV_K8S_35"] = (
             "huggingface_hub and modelscope read their tokens only from HF_TOKEN and MODELSCOPE_API_TOKEN; "
             "the values come from the hub-tokens Secret by secretKeyRef, never inline"
+            if all(entry["name"] in TOKEN_ENV.values() for entry in token_env)
+            else "hub tokens and secretEnv values are read from the environment by design; "
+            "the values come from Secrets by secretKeyRef, never inline"
         )
     spec = pod_spec(pod, steps, volumes=[shm])
     if worker:
@@ -231,11 +234,12 @@ class TrainingJob(pulumi.ComponentResource):
         pod: CachePod,
         *,
         credentials: HubCredentials | None = None,
+        secret_env: SecretEnv | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:TrainingJob", name, None, opts)
         job, cache = pod.job, pod.cache
-        token_env = secret_env(credentials.secret_name, credentials.keys) if credentials else []
+        token_env = secret_env_entries(credentials, secret_env)
         manifest = training_job_manifest(pod, token_env)
         self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
         if cache.is_block:

@@ -12,7 +12,7 @@ import pulumi_kubernetes as k8s
 
 from mlcache.program.components.cache_pod import CachePod
 from mlcache.program.components.common import constructor_kwargs, metadata
-from mlcache.program.components.hub_credentials import HubCredentials, secret_env
+from mlcache.program.components.hub_credentials import HubCredentials, SecretEnv, secret_env_entries
 from mlcache.program.components.security import checkov_skips, namespace_skip
 from mlcache.program.components.training_job import (
     APP_LABEL,
@@ -82,11 +82,12 @@ class TrainingWorkers(pulumi.ComponentResource):
         *,
         claim_names: list[pulumi.Input[str]],
         credentials: HubCredentials | None = None,
+        secret_env: SecretEnv | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:TrainingWorkers", name, None, opts)
         job, cache, namespace = pod.job, pod.cache, pod.namespace
-        token_env = secret_env(credentials.secret_name, credentials.keys) if credentials else []
+        token_env = secret_env_entries(credentials, secret_env)
         manifests = worker_job_manifests(pod, claim_names, token_env)
         skips = checkov_skips(namespace_skip(namespace)) or None
         self.peer_policy = k8s.networking.v1.NetworkPolicy(
