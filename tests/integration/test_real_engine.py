@@ -5,6 +5,7 @@ only assume, proven (issue: real engine in the loop)."""
 from __future__ import annotations
 
 import base64
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -256,13 +257,13 @@ def test_a_secret_env_value_is_hidden_and_the_job_readable_in_the_real_preview_s
     # The Job's fields are there to review, the env var's name and its reference included.
     for visible in ("WANDB_API_KEY", "secretKeyRef", "secret-env-run-secret-env", "swift", "nvidia.com/gpu"):
         assert visible in job_part, visible
-    project.up("dev")
+    outputs = json.loads(project.up("dev").stdout)
     state_dir = Path(project.env["PULUMI_BACKEND_URL"].removeprefix("file://"))
     assert not [p for p in state_dir.rglob("*") if p.is_file() and value.encode() in p.read_bytes()]
-    job = client.BatchV1Api(kube).read_namespaced_job("secret-env-run", "ml-training")
+    job = client.BatchV1Api(kube).read_namespaced_job(outputs["jobName"], outputs["namespace"])
     (sft,) = [c for c in job.spec.template.spec.containers if c.name == "sft"]
     ref = next(e for e in sft.env if e.name == "WANDB_API_KEY").value_from.secret_key_ref
     assert (ref.name, ref.key) == ("secret-env-run-secret-env", "WANDB_API_KEY")
-    stored = client.CoreV1Api(kube).read_namespaced_secret("secret-env-run-secret-env", "ml-training")
+    stored = client.CoreV1Api(kube).read_namespaced_secret("secret-env-run-secret-env", outputs["namespace"])
     assert base64.b64decode(stored.data["WANDB_API_KEY"]).decode() == value
     project.destroy("dev")
