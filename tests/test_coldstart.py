@@ -203,6 +203,19 @@ def test_coldstart_prints_every_side_with_ratios_to_fio(tmp_path, capsys):
     assert "target prewarm+loader <= 1.15x fio time: " in out and "target shard reader >= 0.95x fio GB/s: " in out
     assert "(at most 0 bytes left resident)" in out
     assert "host-to-device: skipped (torch is not installed)" in out
+    # The limit: per round the slower of fio and the loader from the page cache; every row beside it.
+    assert "\nlimit " in out and "target prewarm|loader <= 1.05x the limit: " in out and "time/limit" in out
+
+
+def test_coldstart_json_has_the_rows_and_the_limit_is_the_slower_of_fio_and_the_warm_loader(tmp_path, capsys):
+    argv = ["coldstart", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "2", "--rounds", "2", "--json"]
+    assert bench.main(argv) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    seconds = result["seconds"]
+    assert {"fio", "loader", "loader from page cache", "prewarm+loader", "prewarm|loader", "limit"} <= set(seconds)
+    assert seconds["limit"] == [max(f, w) for f, w in zip(seconds["fio"], seconds["loader from page cache"], strict=True)]
+    assert result["rounds"] == 2 and "\nlimit " in err
 
 
 def test_coldstart_uses_a_directorys_own_shards_and_writes_none(tmp_path):

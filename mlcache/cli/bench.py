@@ -7,10 +7,11 @@ mlcache bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3
     writes synthetic safetensors shards (kept if present), then with the same page-cache
     state (files evicted before each run) loads them and runs fio's sequential read over
     the same files; prints both throughputs and their ratio.
-mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 3]
+mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--json]
     fio, the default loader (safetensors safe_open + get_tensor), prewarm + that loader and the
     shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
-    alternating rounds, evicted before each run: times, GB/s, ratios to fio (docs/coldstart.md).
+    alternating rounds, evicted before each run: times, GB/s, ratios to fio and to the limit
+    (the slower of fio and the loader from the page cache); --json prints the figures (docs/coldstart.md).
 mlcache bench copy --dir DIR [--files 2] [--size 1G] [--streams 4] [--rounds 3]
     workloads/cache_copy.py local and send|receive against fio read and write.
 mlcache bench loop [--integration] [--build-log FILE] [--json]
@@ -23,6 +24,7 @@ mlcache bench rehearse [--runs N] [--stack dev --stack prod]
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -67,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     cold.add_argument("--size", type=shard_size, default="512M")
     cold.add_argument("--readers", type=positive_int, default=8)
-    cold.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians reported")
+    cold.add_argument(
+        "--rounds", type=positive_int, default=coldstart.DEFAULT_ROUNDS, help="rounds of every side, order rotating; medians"
+    )
+    cold.add_argument("--json", action="store_true", help="print the figures as JSON (the report goes to stderr)")
     copy = commands.add_parser("copy", help="cache_copy.py local and send|receive vs fio read and write")
     copy.add_argument("--dir", type=Path, required=True, help="where the source cache and the copies go")
     copy.add_argument("--files", type=positive_int, default=2, help="large incompressible files")
@@ -92,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "coldstart":
         with benchmark_errors(args.dir):
             result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size)
-        print(coldstart.report(result))
+        if args.json:
+            print(coldstart.report(result), file=sys.stderr)
+            print(json.dumps(result, indent=2))
+        else:
+            print(coldstart.report(result))
         return 0
     if args.command == "report":
         try:
