@@ -525,3 +525,15 @@ def test_bench_coldstart_refuses_bad_arguments_in_one_line_before_writing_anythi
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and argv[0] in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_ranks_load_in_that_many_processes_and_their_cpu_is_counted(tmp_path, capsys):
+    argv = ["coldstart", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "2", "--rounds", "1"]
+    assert bench.main([*argv, "--ranks", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["ranks"] == 2 and "2 loader rank(s)" in err
+    # The clock counts the CPU of the processes it waited for (each rank is one).
+    busy = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    with coldstart.Clock() as clock:
+        subprocess.run([sys.executable, "-c", busy], check=True)
+    assert clock.cpu >= 0.25

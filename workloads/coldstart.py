@@ -14,7 +14,7 @@ same files, in alternating rounds, with the files evicted from the page cache be
 Standalone (Python 3.10+, numpy, safetensors; fio when on PATH): it runs in the benchmark Job from
 the mlcache-scripts ConfigMap, and locally through `mlcache bench coldstart`.
 
-    python coldstart.py DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5]
+    python coldstart.py DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--ranks 1]
 
 DIR's *.safetensors are used as they are; synthetic shards are written only into a DIR without any.
 """
@@ -26,6 +26,7 @@ import ctypes
 import ctypes.util
 import json
 import mmap
+import multiprocessing
 import os
 import resource
 import shutil
@@ -33,7 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 from safetensors import safe_open
@@ -126,21 +127,32 @@ def _all_of(paths: list[Path]) -> list[prewarm.Read]:
     return prewarm.plan([(p, p.stat().st_size) for p in paths], sum(p.stat().st_size for p in paths))
 
 
-def prewarm_then_load(paths: list[Path], readers: int) -> tuple[Clock, Clock]:
+def ranked_load(paths: list[Path], ranks: int) -> None:
+    """The loader as `ranks` ranks on one node run it: that many processes at once, each mapping and
+    loading every shard (they share the page cache). One rank loads in this process."""
+    if ranks == 1:
+        default_load(paths)
+        return
+    with ProcessPoolExecutor(max_workers=ranks, mp_context=multiprocessing.get_context("fork")) as pool:
+        for loaded in pool.map(default_load, [paths] * ranks):
+            assert loaded > 0, "a rank loaded nothing"
+
+
+def prewarm_then_load(paths: list[Path], readers: int, ranks: int = 1) -> tuple[Clock, Clock]:
     """The prewarm, then the loader; the clock of each."""
     with Clock() as warming:
         prewarm.read_into_cache(_all_of(paths), readers)
     with Clock() as loading:
-        default_load(paths)
+        ranked_load(paths, ranks)
     return warming, loading
 
 
-def prewarm_alongside_load(paths: list[Path], readers: int) -> None:
+def prewarm_alongside_load(paths: list[Path], readers: int, ranks: int = 1) -> None:
     """The prewarm and the loader at once: the loader's faults wait on pages the prewarm is still
     reading, and are served from memory where it has been."""
     with ThreadPoolExecutor(max_workers=1) as pool:
         warming = pool.submit(prewarm.read_into_cache, _all_of(paths), readers)
-        default_load(paths)
+        ranked_load(paths, ranks)
         warming.result()
 
 
@@ -166,17 +178,18 @@ def host_to_device(paths: list[Path]) -> dict:
 
 
 class Clock:
-    """Wall and CPU seconds (this process, all threads) of a `with` block."""
+    """Wall and CPU seconds of a `with` block: this process's threads and the child processes it
+    waited for (the ranks)."""
 
     def __enter__(self) -> Clock:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        self.wall, self.cpu = time.perf_counter(), time.process_time() + _children_cpu()
         return self
 
     def __exit__(self, *_) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() + _children_cpu() - self.cpu
 
 
-def run_side(side: str, directory: Path, paths: list[Path], readers: int) -> dict[str, tuple[float, float]]:
+def run_side(side: str, directory: Path, paths: list[Path], readers: int, ranks: int = 1) -> dict[str, tuple[float, float]]:
     """(wall, CPU) seconds of the side, and of its parts."""
     if side == FIO:
         return {FIO: fio_seconds(paths, readers)}
@@ -184,7 +197,7 @@ def run_side(side: str, directory: Path, paths: list[Path], readers: int) -> dic
         result = shard_bench.load_shards(directory, readers)
         return {SHARD_READER: (result["wall_seconds"], result["cpu_seconds"])}
     if side == PREWARM_LOADER:
-        warming, loading = prewarm_then_load(paths, readers)
+        warming, loading = prewarm_then_load(paths, readers, ranks)
         return {
             PREWARM_LOADER: (warming.wall + loading.wall, warming.cpu + loading.cpu),
             PREWARM_PART: (warming.wall, warming.cpu),
@@ -192,13 +205,13 @@ def run_side(side: str, directory: Path, paths: list[Path], readers: int) -> dic
         }
     with Clock() as clock:
         if side == LOADER:
-            default_load(paths)
+            ranked_load(paths, ranks)
         else:
-            prewarm_alongside_load(paths, readers)
+            prewarm_alongside_load(paths, readers, ranks)
     return {side: (clock.wall, clock.cpu)}
 
 
-def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str) -> dict:
+def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str, ranks: int = 1) -> dict:
     """`rounds` rounds of every side; each round starts one side later than the last, so no side
     always runs first (or right after the same neighbour)."""
     paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
@@ -211,7 +224,7 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str)
         for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
             shard_bench.evict(paths)
             left_resident = max(left_resident, sum(resident_bytes(p) for p in paths))
-            for row, (wall, cpu) in run_side(side, directory, paths, readers).items():
+            for row, (wall, cpu) in run_side(side, directory, paths, readers, ranks).items():
                 seconds[row].append(wall)
                 cpu_seconds[row].append(cpu)
             # Progress on stderr: a round of every side takes minutes on a real model.
@@ -228,6 +241,7 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str)
         "shards": len(paths),
         "total_bytes": sum(p.stat().st_size for p in paths),
         "readers": readers,
+        "ranks": ranks,
         "rounds": rounds,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
@@ -259,6 +273,7 @@ def report(result: dict) -> str:
 
     lines = [
         f"coldstart: {result['shards']} shards, {total / 1e9:.2f} GB in {result['directory']}, {result['readers']} readers, "
+        f"{result.get('ranks', 1)} loader rank(s), "
         f"{result['rounds']} rounds (order rotating), page cache evicted before each run "
         f"(at most {result['resident_after_evict_bytes']} bytes left resident)",
         f"{'':<25} {'median s':>8} {'min-max s':>13} {'GB/s':>6} {'CPU s':>6} {'time/fio':>9} {'time/limit':>10}"
@@ -299,8 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="512M", help="size of each synthetic shard")
     parser.add_argument("--readers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--ranks", type=int, default=1, help="loader processes at once, as ranks on one node")
     args = parser.parse_args(argv)
-    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size)
+    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size, args.ranks)
     print(report(result), file=sys.stderr)
     print(json.dumps(result))
     return 0

@@ -7,7 +7,7 @@ mlcache bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3
     writes synthetic safetensors shards (kept if present), then with the same page-cache
     state (files evicted before each run) loads them and runs fio's sequential read over
     the same files; prints both throughputs and their ratio.
-mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--json]
+mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--ranks 1] [--json]
     fio, the default loader (safetensors safe_open + get_tensor), prewarm + that loader and the
     shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
     alternating rounds, evicted before each run: times, GB/s, ratios to fio and to the limit
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     cold.add_argument(
         "--rounds", type=positive_int, default=coldstart.DEFAULT_ROUNDS, help="rounds of every side, order rotating; medians"
     )
+    cold.add_argument("--ranks", type=positive_int, default=1, help="loader processes at once, as ranks on one node do")
     cold.add_argument("--json", action="store_true", help="print the figures as JSON (the report goes to stderr)")
     copy = commands.add_parser("copy", help="cache_copy.py local and send|receive vs fio read and write")
     copy.add_argument("--dir", type=Path, required=True, help="where the source cache and the copies go")
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "coldstart":
         with benchmark_errors(args.dir):
-            result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size)
+            result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size, args.ranks)
         if args.json:
             print(coldstart.report(result), file=sys.stderr)
             print(json.dumps(result, indent=2))
