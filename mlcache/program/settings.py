@@ -84,6 +84,7 @@ RESERVED_ENV = (
     "MODELSCOPE_API_TOKEN",
     "MLCACHE_RUN_NAME",
     "MLCACHE_RUN_MARKER",
+    "MLCACHE_PREWARM",
     # The multi-node launch (job.nodes > 1) and the peers a failed worker ends.
     "NNODES",
     "NODE_RANK",

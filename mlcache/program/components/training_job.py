@@ -54,7 +54,7 @@ if [ -n "${MLCACHE_PREWARM:-}" ]; then
 fi
 "$@" &
 child=$!
-[ -z "$stopping" ] || kill -TERM "$child" "$prewarm" 2>/dev/null
+[ -z "$stopping" ] || kill -TERM $child $prewarm 2>/dev/null
 wait "$child"; status=$?
 while kill -0 "$child" 2>/dev/null; do wait "$child"; status=$?; done
 [ -z "$prewarm" ] || kill -TERM "$prewarm" 2>/dev/null
