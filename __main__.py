@@ -12,6 +12,7 @@ from mlcache.cluster.bound_cache import guard_bound_cache
 from mlcache.program.components.cache_copy import CacheCopy, move_output
 from mlcache.program.components.cache_pod import CachePod
 from mlcache.program.components.cache_volume import CacheVolume, placement_of
+from mlcache.program.components.durable_copy import DurableClaim, DurableRefresh, durable_output
 from mlcache.program.components.hub_credentials import HubCredentials, SecretEnv
 from mlcache.program.components.ingress_isolation import IngressIsolation
 from mlcache.program.components.secret_flow import SecretFlow
@@ -64,6 +65,13 @@ if not settings.cache.is_block:
 # No pod that mounts the cache accepts inbound connections.
 IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=settings.namespace)
 
+# The durable copy (cache.durableCopy): a replicated copy of the models for recovery after node loss.
+durable = None
+if settings.cache.durable_copy:
+    durable = DurableClaim(
+        "durable-copy", settings.cache, storage_class_name=settings.rook_ceph.storage_class_name, namespace=settings.namespace
+    )
+
 # Every pod on the cache (training, warm-up, benchmark, copy) is placed, hardened and attached alike.
 cache_pod = CachePod(
     job=settings.job,
@@ -72,6 +80,7 @@ cache_pod = CachePod(
     namespace=settings.namespace,
     claim_name=cache.claim_name,
     scripts=scripts.name if scripts else None,
+    durable_claim=durable.name if durable else None,
 )
 if move and move.copying:
     assert cache.kept_claim_name is not None, "a copying move keeps its old claim (Move.keeps_source)"
@@ -108,6 +117,10 @@ if settings.job.enabled:
         # Several nodes: one worker per node, each on its own cache claim, all in one zone.
         training = TrainingWorkers("training", cache_pod, claim_names=claim_names, credentials=credentials, secret_env=secret_env)
 
+# Refreshed beside the bound cache, after each warm-up (on the next up once the cache is first bound).
+if durable and live_cache.nodes:
+    DurableRefresh("durable-refresh", cache_pod, nodes=live_cache.nodes)
+
 benchmark = None
 if settings.benchmark.enabled:
     benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=claim_names)
@@ -120,6 +133,7 @@ secrets.export("namespace", cache.namespace)
 secrets.export("volumeMode", settings.cache.volume_mode)
 secrets.export("zone", settings.zone or SCHEDULER_CHOSEN)
 secrets.export("cacheMove", move_output(move, settings.cache.name, cache.claim_name))
+secrets.export("durableCopy", durable_output(durable, settings.cache))
 secrets.export("jobName", training.name if training else None)
 secrets.export("runMarker", training.run_marker if training else None)
 secrets.export("benchmarkJob", benchmark.name if benchmark else None)

@@ -31,6 +31,8 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 # A move's copy pods (mlcache/program/components/cache_copy.py). Those pinned by hostname run beside a node-local
 # volume, on the node its PV names: pinned more narrowly than any zone, so not judged by zone.
 COPY_COMPONENT_LABEL = {"app.kubernetes.io/component": "cache-copy"}
+# A claim named <cache>-durable is the cache's durable copy (cache.durableCopy): node loss restores from it.
+DURABLE_CLAIM_SUFFIX = "-durable"
 # Set on the cache PVC by mlcache/program/components/cache_volume.py.
 BACKEND_ANNOTATION = "mlcache/backend"
 ZONE_ANNOTATION = "mlcache/zone"
@@ -273,16 +275,18 @@ def validate_no_plaintext_tokens(args: ResourceValidationArgs, report_violation:
 
 def validate_protected_cache_replicas(args: StackValidationArgs, report_violation: ReportViolation) -> None:
     classes = _storage_classes(args)
+    names = {_name(pvc.props) for pvc in _pvcs(args)}
     for pvc in _pvcs(args):
         storage_class = classes.get(_get(pvc.props, "spec", "storageClassName"))
-        if not pvc.opts.protect or storage_class is None:
+        if not pvc.opts.protect or storage_class is None or f"{_name(pvc.props)}{DURABLE_CLAIM_SUFFIX}" in names:
             continue
         replicas = (storage_class.props.get("parameters") or {}).get(LINSTOR_PARAMETER + "placementCount", "1")
         if replicas == "1":
             report_violation(
                 f"protected cache {_name(pvc.props)} has a single LINSTOR replica: losing its node loses the cache "
-                "(the runbook's speed-over-HA trade-off; the next run re-downloads). Set linstor.replicas to 2 "
-                "with a drbd layer if a re-download is too costly.",
+                "(the runbook's speed-over-HA trade-off; the next run re-downloads). Set cache.durableCopy true "
+                "(a replicated copy to restore from), or linstor.replicas to 2 with a drbd layer, if a re-download "
+                "is too costly.",
                 pvc.urn,
             )
 

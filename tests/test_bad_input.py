@@ -109,6 +109,7 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "cache.mountPath": BAD_PATH,
     "cache.devicePath": BAD_PATH,
     "cache.protect": BAD_FLAG,
+    "cache.durableCopy": BAD_FLAG,
     "cache.relocate": BAD_FLAG,
     "cache.prefetch": st.one_of(
         NOT_A_LIST.filter(lambda v: v != ""), st.just(["Qwen"]), st.just(["hf:org/model"]), st.just(["a/b/c"]), st.just([1])

@@ -14,6 +14,7 @@ import pytest
 from mlcache.preview.mock_engine import ProgramRun, Registration
 from mlcache.program.settings import ConfigError, parse_settings
 from tests.conftest import ROOT, env_of, only, pod_spec, rendered
+from workloads.prefetch import warmup_id
 
 FIO_IMAGE = "docker.io/dmonakhov/alpine-fio:3.35"
 BENCH = ("benchmark.enabled=true", f"benchmark.fioImage={FIO_IMAGE}")
@@ -184,9 +185,13 @@ def test_prefetch_downloads_each_model_once_and_skips_cached_ones(tmp_path):
     assert first.returncode == 0, first.stderr
     assert calls == [["ms", "Qwen/Qwen3-VL-8B-Instruct"], ["hf", "org/model", "hf_tok"]]
     assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == [
+        "complete",
         "huggingface--org--model.done",
         "modelscope--Qwen--Qwen3-VL-8B-Instruct.done",
     ]
+    # The warm-up's own marker names the list it finished, as the program names it (the durable refresh waits for it).
+    list_text = (tmp_path / "list.txt").read_text()
+    assert (tmp_path / "markers" / "complete").read_text().strip() == warmup_id(list_text)
     second, calls_after = run_prefetch(tmp_path, models)
     assert second.returncode == 0 and calls_after == calls  # nothing downloaded again
     assert [json.loads(line)["status"] for line in second.stdout.splitlines()] == ["cached", "cached"]

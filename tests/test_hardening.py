@@ -46,6 +46,10 @@ def checkov_results(tmp_dir: str) -> dict:
     for name, (stack, overrides, secrets) in VARIANTS.items():
         run = rendered(stack, *overrides, secrets=secrets)
         (Path(tmp_dir) / f"{name}.yaml").write_text(to_yaml(documents(run)))
+    # The durable copy with its cache bound: the refresh Job too (registered only once the cache is bound).
+    from tests.test_durable_copy import bound_render  # noqa: PLC0415
+
+    (Path(tmp_dir) / "prod-durable-bound.yaml").write_text(to_yaml(documents(bound_render())))
     result = subprocess.run(
         [str(CHECKOV), "-d", tmp_dir, "--framework", "kubernetes", "--skip-download", "-o", "json"],
         capture_output=True,

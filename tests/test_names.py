@@ -26,6 +26,7 @@ def test_the_policy_packs_copies_match_the_names_module():
     assert policies.WORKER_LABEL == names.WORKER_LABEL
     assert policies.HOSTNAME_LABEL == names.HOSTNAME_LABEL
     assert policies.COPY_COMPONENT_LABEL == names.COPY_COMPONENT_LABEL
+    assert names.durable_claim_name("c") == f"c{policies.DURABLE_CLAIM_SUFFIX}"
 
 
 def test_components_replace_on_the_immutable_fields():

@@ -200,9 +200,11 @@ def test_single_replica_advisory_fires_on_protected_prod_only():
     assert violations(policies.validate_protected_cache_replicas, stack_args(rendered("dev"))) == []
 
 
-def test_single_replica_advisory_is_quiet_with_two_replicas():
+def test_single_replica_advisory_is_quiet_with_two_replicas_or_a_durable_copy():
     run = rendered("prod", "linstor.replicas=2", "linstor.layerList=drbd storage")
     assert violations(policies.validate_protected_cache_replicas, stack_args(run)) == []
+    durable = rendered("prod", "cache.durableCopy=true")
+    assert violations(policies.validate_protected_cache_replicas, stack_args(durable)) == []
 
 
 def test_zone_policy_covers_the_benchmark_job():

@@ -6,6 +6,8 @@ on the destination's disk. Python 3 standard library only: it runs in the traini
     python3 cache_copy.py receive --root DST --source HOST:PORT --token-file F [--streams N]
     python3 cache_copy.py local   --from SRC --to DST [--streams N]
     python3 cache_copy.py verify  --root DST (--source HOST:PORT --token-file F | --from SRC)
+    python3 cache_copy.py refresh --cache C --durable D --part P... --ready FILE --warmup ID
+    python3 cache_copy.py restore --durable D --cache C --part P... --ready FILE
 
 `send` serves SRC read-only until a receiver says it is done. `receive` and `local` make DST an
 exact copy of SRC and exit 0 only once it is verified; `verify` checks DST without changing it.
@@ -25,6 +27,13 @@ holds the sender's bytes (both sides hash it locally, no data crosses the networ
 Auth. Every connection starts with a challenge: the receiver proves it holds the token (HMAC-SHA256
 of a fresh nonce), so the token never crosses the network; a wrong token is refused before the
 receiver touches DST.
+
+The durable copy (cache.durableCopy). `refresh` waits until the warm-up has finished (FILE, the
+warm-up's marker, holds ID), then makes D/tree/P a verified copy of C/P for each part and records it
+in D/refreshed.json (removed first: a refresh cut short is never taken for a verified one).
+`restore` runs before the warm-up in the training pod: when C is not warm (no FILE) and D holds a
+refreshed copy, it copies each part back, verified, models before markers. A restore that fails
+removes what it wrote and exits 0: the warm-up then downloads, as without a durable copy.
 
 Output: progress on stderr every --progress-every seconds (bytes done/total, rate, ETA); one JSON
 line on stdout at the end: files, bytes, bytesSent, bytesKept, seconds, verified.
@@ -577,6 +586,74 @@ def verify_tree(source, root: Path, log: Callable[[str], None], segment: int = S
     }
 
 
+# --- the durable copy
+
+
+DURABLE_TREE = "tree"
+DURABLE_RECORD = "refreshed.json"
+
+
+def mirror_parts(source: Path, target: Path, parts: list[str], streams: int, log: Callable[[str], None], every: float) -> dict:
+    """target/P a verified copy of source/P for each part, in order; a part missing from source is
+    removed from target."""
+    totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
+    for part in parts:
+        origin, copy = source / part, target / part
+        if not origin.is_dir():
+            log(f"{part}: not in {source}")
+            if copy.is_dir():
+                prepare(copy, [])
+                copy.rmdir()
+            continue
+        log(f"{part}: {origin} -> {copy}")
+        result = copy_tree([LocalSource(origin) for _ in range(streams)], copy, log, every)
+        for key in totals:
+            totals[key] += result[key]
+    return totals
+
+
+def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    started = time.monotonic()
+    waited_since = started
+    while not (args.ready.is_file() and args.ready.read_text().strip() == args.warmup):
+        if time.monotonic() - waited_since >= args.progress_every:
+            log(f"waiting for the warm-up {args.warmup} to finish ({args.ready})")
+            waited_since = time.monotonic()
+        time.sleep(min(args.wait_every, args.progress_every))
+    record = args.durable / DURABLE_RECORD
+    record.unlink(missing_ok=True)
+    totals = mirror_parts(args.cache, args.durable / DURABLE_TREE, args.part, args.streams, log, args.progress_every)
+    finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    summary = {"warmup": args.warmup, "finished": finished, **totals}
+    temporary = record.with_suffix(".tmp")
+    temporary.write_text(json.dumps(summary) + "\n")
+    os.sync()
+    temporary.rename(record)
+    return {**summary, "seconds": round(time.monotonic() - started, 3), "verified": True}
+
+
+def restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    if args.ready.exists():
+        log(f"the cache is warm ({args.ready}): nothing to restore")
+        return {"restored": False, "reason": "warm"}
+    record = args.durable / DURABLE_RECORD
+    if not record.is_file():
+        log(f"no refreshed durable copy in {args.durable}: the warm-up downloads")
+        return {"restored": False, "reason": "no durable copy"}
+    copied = json.loads(record.read_text())
+    log(f"restoring the durable copy of warm-up {copied.get('warmup')} ({copied.get('finished')}) into {args.cache}")
+    try:
+        totals = mirror_parts(args.durable / DURABLE_TREE, args.cache, args.part, args.streams, log, args.progress_every)
+    except (CopyError, Mismatch, OSError) as err:
+        log(f"restore failed ({err}); removing what it wrote: the warm-up downloads")
+        for part in args.part:
+            if (args.cache / part).is_dir():
+                prepare(args.cache / part, [])
+                (args.cache / part).rmdir()
+        return {"restored": False, "reason": f"failed: {err}"}
+    return {"restored": True, "warmup": copied.get("warmup"), **totals, "verified": True}
+
+
 # --- the command line
 
 
@@ -591,6 +668,13 @@ def _streams(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from 1 to 64")
     return int(text)
+
+
+def _part(text: str) -> str:
+    path = PurePosixPath(text)
+    if path.is_absolute() or ".." in path.parts or not path.parts or str(path) != text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a relative path inside the cache, without ..")
+    return text
 
 
 def _token(path: Path) -> bytes:
@@ -625,7 +709,17 @@ def main(argv: list[str] | None = None) -> int:
     origin.add_argument("--source", type=_address, metavar="HOST:PORT")
     origin.add_argument("--from", dest="source_root", type=Path)
     verify.add_argument("--token-file", type=Path)
-    for sub in (receive, local, verify, send):
+    durable = commands.add_parser("refresh", help="after the warm-up, copy the cache's parts into the durable copy")
+    durable.add_argument("--warmup", required=True, help="the warm-up the marker must name")
+    durable.add_argument("--wait-every", type=float, default=10.0, metavar="SECONDS", help="poll interval")
+    back = commands.add_parser("restore", help="copy the durable copy into a cache that is not warm")
+    for sub in (durable, back):
+        sub.add_argument("--cache", type=Path, required=True)
+        sub.add_argument("--durable", type=Path, required=True)
+        sub.add_argument("--part", type=_part, action="append", required=True, help="a directory of the cache, relative")
+        sub.add_argument("--ready", type=Path, required=True, help="the warm-up's marker file")
+        sub.add_argument("--streams", type=_streams, default=4)
+    for sub in (receive, local, verify, send, durable, back):
         sub.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
     for sub in (receive, local, verify):
         sub.add_argument("--segment-mib", type=_streams, default=SEGMENT >> 20, help="unit of transfer and resume (MiB)")
@@ -638,6 +732,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "send":
             result = serve(args.root, args.listen, _token(args.token_file), log)
+        elif args.command == "refresh":
+            result = refresh(args, log)
+        elif args.command == "restore":
+            result = restore(args, log)
         elif args.command == "local":
             if args.source_root.resolve() == args.root.resolve():
                 raise CopyError("--from and --to are the same directory")

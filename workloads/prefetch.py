@@ -1,16 +1,20 @@
 """Cache warm-up: download the models listed in the mlcache-scripts ConfigMap onto the cache.
 
-Runs as the training pod's first init container (so training never starts on a half-filled
-cache, and the volume is bound by the training pod itself). Each model gets a marker under
+Runs as an init container of the training pod, after the durable copy's restore step if any
+(so training never starts on a half-filled cache, and the volume is bound by the training pod
+itself). Each model gets a marker under
 <cache>/.mlcache/prefetch/ once fully downloaded; a model with a marker is skipped without
-touching the network. Hub clients read HF_HOME / MODELSCOPE_CACHE and the tokens from the
-environment (HF_TOKEN, MODELSCOPE_API_TOKEN, from a Secret).
+touching the network. Once every model is there, the warm-up's own marker (`complete`) names the
+list it finished (`warmup_id`): the durable copy's refresh waits for it (cache_copy.py refresh).
+Hub clients read HF_HOME / MODELSCOPE_CACHE and the tokens from the environment (HF_TOKEN,
+MODELSCOPE_API_TOKEN, from a Secret).
 
     python prefetch.py LIST_FILE MARKER_DIR
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,6 +23,12 @@ import time
 from pathlib import Path
 
 HUGGINGFACE, MODELSCOPE = "huggingface", "modelscope"
+WARMUP_DONE = "complete"
+
+
+def warmup_id(list_text: str) -> str:
+    """Names a warm-up by its list: a changed list is a new warm-up."""
+    return hashlib.sha256(list_text.encode()).hexdigest()[:16]
 
 
 def parse_entry(entry: str) -> tuple[str, str]:
@@ -47,8 +57,9 @@ def download(hub: str, model: str) -> str:
     return snapshot_download(model)
 
 
-def prefetch(entries: list[str], marker_dir: Path) -> int:
+def prefetch(entries: list[str], marker_dir: Path, warmup: str) -> int:
     marker_dir.mkdir(parents=True, exist_ok=True)
+    (marker_dir / WARMUP_DONE).unlink(missing_ok=True)
     failed = 0
     for entry in entries:
         hub, model = parse_entry(entry)
@@ -66,13 +77,19 @@ def prefetch(entries: list[str], marker_dir: Path) -> int:
         marker.write_text(json.dumps({"path": str(path), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
         seconds = round(time.monotonic() - began, 1)
         print(json.dumps({"model": entry, "status": "downloaded", "path": str(path), "seconds": seconds}), flush=True)
-    return 1 if failed else 0
+    if failed:
+        return 1
+    done = marker_dir / f"{WARMUP_DONE}.tmp"
+    done.write_text(warmup + "\n")
+    done.rename(marker_dir / WARMUP_DONE)
+    return 0
 
 
 def main(argv: list[str]) -> int:
     list_file, marker_dir = Path(argv[0]), Path(argv[1])
-    entries = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-    return prefetch(entries, marker_dir)
+    text = list_file.read_text()
+    entries = [line.strip() for line in text.splitlines() if line.strip()]
+    return prefetch(entries, marker_dir, warmup_id(text))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ from dataclasses import asdict
 from mlcache.cli.contract import CHECK_FAILED, OK, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
-from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, render_plan
+from mlcache.cluster.heal import apply_plan, plan_heal, read_durable, read_heal_snapshot, render_plan
+from mlcache.program.outputs import DurableOutput
 
 
 @entry_point
@@ -60,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         # After a move the cache is a later generation of the claim: heal the one training mounts.
         expect, _ = read_move(expect, core, serialize)
         snapshot = read_heal_snapshot(expect, core, serialize)
-    plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected)
+        output = DurableOutput.read(run.outputs.get("durableCopy"))
+        durable = None
+        if output is not None:
+            durable = read_durable(output.claim, output.refresh_job, expect.namespace, core, serialize)
+    plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected, durable=durable)
     document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
     if not args.json:
         print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")

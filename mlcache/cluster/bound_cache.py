@@ -31,6 +31,7 @@ from mlcache.program.names import (
     claim_generation,
     claim_resource_name,
     copy_name,
+    durable_claim_name,
     generation_claim_name,
 )
 from mlcache.program.schema import parse_quantity
@@ -192,6 +193,7 @@ class Wanted:
     # A Job that mounts the cache is configured (training or benchmark).
     has_consumer: bool
     backend: str = "linstor"
+    durable_copy: bool = False
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,9 @@ class Verdict:
     # The generation of the claim the settings describe, and the move into it (None: no move).
     generation: int = 0
     move: Move | None = None
+    # The hostnames of the node(s) the bound cache's volume is pinned to (none: not bound, not
+    # pinned, or moving): where a pod that reads it beside training goes (the durable refresh).
+    nodes: tuple[str, ...] = ()
 
 
 PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
@@ -278,6 +283,9 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     """Refuse (one message, before anything is registered) a change the bound cache cannot take."""
     if isinstance(live, Unread):
         return Verdict(notes=(f"bound-cache guard stood aside: {live.reason}",))
+    durable = _durable_refusal(wanted, live)
+    if durable:
+        return Verdict(refusal=durable)
     claim = live.claim
     if claim is None:
         where = f"{live.namespace}/{wanted.claim}"
@@ -324,7 +332,23 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     if wanted.relocate == "copy" and (refusal or (lost and moved)):
         reason = "the configured placement cannot reach its volume" if stranded or lost else "its size cannot change in place"
         return _start_move(wanted, live, where, reason)
-    return Verdict(refusal=refusal, notes=tuple(notes), generation=live.generation)
+    nodes = ClaimFacts.of(live).nodes if volume_terms(live.volume) else ()
+    return Verdict(refusal=refusal, notes=tuple(notes), generation=live.generation, nodes=nodes)
+
+
+def _durable_refusal(wanted: Wanted, live: LiveCache) -> str | None:
+    """Turning cache.durableCopy on or off adds or removes the training pod's restore step: that
+    replaces the training Job, so never while it runs."""
+    if not is_running(live.training_job):
+        return None
+    if (durable_claim_name(wanted.claim) in mounted_claims(live.training_job)) == wanted.durable_copy:
+        return None
+    return (
+        f"mlcache:cache.durableCopy = {str(wanted.durable_copy).lower()}: turning it "
+        f"{'on' if wanted.durable_copy else 'off'} changes the training pod (its restore step), which replaces "
+        f"(stops) the training Job {live.namespace}/{get(live.training_job, 'metadata', 'name')} that still runs. "
+        f"Nothing was changed. Set it once the run has finished (`kubectl get job -n {live.namespace}`), or put it back."
+    )
 
 
 def _bound_location(live: LiveCache) -> str:
@@ -895,6 +919,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         backend=settings.backend,
         expansion_allowed=settings.linstor.allow_volume_expansion if settings.manages_storage_class else None,
         has_consumer=settings.job.enabled or settings.benchmark.enabled,
+        durable_copy=settings.cache.durable_copy,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")

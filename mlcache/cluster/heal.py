@@ -10,11 +10,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.bound_cache import get, has_taint, is_ready, job_ended, pinned_node_names
 from mlcache.cluster.diagnosis import Expectation, Snapshot
 from mlcache.program.names import OUT_OF_SERVICE_TAINT
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
+
+
+@dataclass(frozen=True)
+class DurableState:
+    """The durable copy (cache.durableCopy) as the cluster has it: its claim, whether it is bound,
+    and when its refresh last completed (None: never, so it holds no verified copy)."""
+
+    claim: str
+    bound: bool
+    refreshed: str | None
 
 
 @dataclass(frozen=True)
@@ -24,13 +34,31 @@ class HealPlan:
     proof: str = ""
     stuck_pods: tuple[str, ...] = ()
     steps: tuple[str, ...] = field(default_factory=tuple)
+    # The durable copy the new claim is restored from (None: the warm-up downloads again).
+    restores_from: str | None = None
+
+
+def refill(durable: DurableState | None) -> tuple[str, str | None]:
+    """How the new claim gets the models back, and the durable claim it is restored from."""
+    if durable is None:
+        return "the warm-up downloads every model again (no durable copy: cache.durableCopy is off)", None
+    if not durable.bound or durable.refreshed is None:
+        why = "is not bound" if not durable.bound else "was never refreshed (its refresh Job has not completed)"
+        return f"the durable copy {durable.claim} {why}, so the warm-up downloads every model again", None
+    return (
+        f"its restore step copies the durable copy {durable.claim} (refreshed {durable.refreshed}) into it at disk "
+        "speed, verified; the warm-up then finds the models present",
+        durable.claim,
+    )
 
 
 def mounts_claim(pod: dict, claim: str) -> bool:
     return any(get(v, "persistentVolumeClaim", "claimName") == claim for v in get(pod, "spec", "volumes") or [])
 
 
-def plan_heal(snapshot: Snapshot, expect: Expectation, *, protected: bool, allow_protected: bool) -> HealPlan:
+def plan_heal(
+    snapshot: Snapshot, expect: Expectation, *, protected: bool, allow_protected: bool, durable: DurableState | None = None
+) -> HealPlan:
     """What healing would do, or why it must not. Pure: the tests feed it API-shaped objects."""
     where = f"{expect.namespace}/{expect.pvc}"
     if snapshot.pvc is None:
@@ -95,11 +123,12 @@ def plan_heal(snapshot: Snapshot, expect: Expectation, *, protected: bool, allow
     )
     steps = [f"force-delete pod {expect.namespace}/{pod} (bound to the dead node {name})" for pod in stuck]
     steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
+    how, source = refill(durable)
     steps.append(
         f"pulumi up --refresh --yes --stack {expect.stack}: re-creates the claim (nothing else is replaced); the "
-        "training pod binds a fresh volume on a healthy node and the warm-up refills it"
+        f"training pod binds a fresh volume on a healthy node and {how}"
     )
-    return HealPlan(dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps))
+    return HealPlan(dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
 
 
 def render_plan(plan: HealPlan, apply: bool) -> str:
@@ -118,6 +147,25 @@ def read_heal_snapshot(expect: Expectation, core: Any, serialize: Any) -> Snapsh
     pods = serialize(core.list_namespaced_pod(expect.namespace).items)
     snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
     return snapshot
+
+
+def read_durable(claim: str, refresh_job: str | None, namespace: str, core: Any, serialize: Any) -> DurableState:
+    """The durable copy's claim and its refresh Job's completion, read live."""
+    from kubernetes.client import BatchV1Api  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    def optional(read: Any, name: str) -> Any:
+        try:
+            return serialize(read(name, namespace))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    found = optional(core.read_namespaced_persistent_volume_claim, claim)
+    job = optional(BatchV1Api(core.api_client).read_namespaced_job, refresh_job) if refresh_job else None
+    refreshed = (get(job, "status", "completionTime") or "completed") if job_ended(job, "Complete") else None
+    return DurableState(claim=claim, bound=get(found, "status", "phase") == "Bound", refreshed=refreshed)
 
 
 def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> bool:
@@ -158,5 +206,6 @@ def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> bool:
     if code != 0:
         print(f"not healed: the claim is deleted, but `{' '.join(command)}` failed (exit {code}); run it again")
         return False
-    print(f"healed: claim {expect.namespace}/{expect.pvc} re-created; the pending pod binds a fresh volume")
+    refilled = f"restores the durable copy {plan.restores_from}" if plan.restores_from else "the warm-up refills it"
+    print(f"healed: claim {expect.namespace}/{expect.pvc} re-created; the pending pod binds a fresh volume and {refilled}")
     return True

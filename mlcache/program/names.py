@@ -52,6 +52,11 @@ COPY_PORT = 7700
 # The longest cache.name a move can name its objects after (the copy Jobs' pods carry their Job's
 # name as a label value, at most 63 characters: name + "-copy-g" + generation + "-send").
 COPY_CACHE_NAME_MAX = 44
+# The durable copy (cache.durableCopy): a replicated claim beside the cache, refreshed by a copy Job
+# after each warm-up, restored from by the training pod into an empty cache (after node loss).
+DURABLE_ROLE = "refresh"  # its copy pod's COPY_ROLE_LABEL
+# On the refresh Job's pod template: the warm-up it copies (a new prefetch list is a new refresh).
+WARMUP_ANNOTATION = "mlcache/warmup"
 # Kubernetes' marker of a node checked to be shut down (non-graceful node shutdown).
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 # Provider annotation: do not wait for readiness (exactly the string "true").
@@ -106,6 +111,16 @@ def copy_name(cache_name: str, generation: int) -> str:
     """The copy into generation `generation`: its Job (the receiver, or the one local copy pod), and
     with a suffix its sender Job, Service, NetworkPolicy, token Secret and script ConfigMap."""
     return f"{cache_name}-copy-g{generation}"
+
+
+def durable_claim_name(cache_name: str) -> str:
+    """The durable copy's claim (never a generation of the cache: claim_generation ignores it)."""
+    return f"{cache_name}-durable"
+
+
+def durable_refresh_name(cache_name: str) -> str:
+    """The Job that refreshes the durable copy from the cache."""
+    return f"{cache_name}-durable-refresh"
 
 
 def hub_secret_name(job_name: str) -> str:
@@ -167,7 +182,9 @@ SCRIPTS_PATH = "/opt/mlcache"
 # A move's copy pods: the old claim (read-only) and the copy's token.
 COPY_SOURCE_PATH = "/opt/mlcache-source"
 COPY_TOKEN_PATH = "/opt/mlcache-token"
-POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH, COPY_SOURCE_PATH, COPY_TOKEN_PATH)
+# The durable copy, in the training pod (read-only, its restore step) and the refresh pod.
+DURABLE_PATH = "/opt/mlcache-durable"
+POD_MOUNT_PATHS = (SCRATCH_PATH, SHM_PATH, SCRIPTS_PATH, COPY_SOURCE_PATH, COPY_TOKEN_PATH, DURABLE_PATH)
 # The container runtime mounts these itself and refuses a volume on or under them, once the pod
 # has been scheduled (its GPUs reserved); /dev only as a whole (devices and /dev/shm live below it).
 RUNTIME_PATHS = ("/proc", "/sys")

@@ -20,6 +20,7 @@ OUTPUT_INPUTS: dict[str, frozenset[str]] = {
     "storageClassManaged": frozenset({"backend", "linstor"}),
     "pvcName": frozenset({"cache"}),
     "cacheMove": frozenset({"cache", "backend"}),
+    "durableCopy": frozenset({"cache", "rookCeph"}),
     "namespace": frozenset({"namespace"}),
     "volumeMode": frozenset({"cache"}),
     "zone": frozenset({"zone"}),
@@ -74,6 +75,22 @@ class RunOutput:
 
 
 @dataclass(frozen=True)
+class DurableOutput:
+    """The `durableCopy` output: the durable copy's claim, its refresh Job (registered once the cache
+    is bound) and the warm-up it follows."""
+
+    claim: str
+    refresh_job: str
+    warmup: str
+
+    @classmethod
+    def read(cls, value: dict[str, Any] | None) -> DurableOutput | None:
+        if not value:
+            return None
+        return cls(claim=value["claim"], refresh_job=value["refreshJob"], warmup=value["warmup"])
+
+
+@dataclass(frozen=True)
 class StackOutputs:
     """What the read side takes from a stack's outputs (`pulumi stack output --json`, the Automation
     API's result, or the mock engine's)."""
@@ -86,6 +103,7 @@ class StackOutputs:
     job_name: str | None
     benchmark_job: str | None
     run: RunOutput
+    durable: DurableOutput | None = None
 
     @classmethod
     def read(cls, outputs: dict[str, Any]) -> StackOutputs:
@@ -98,4 +116,5 @@ class StackOutputs:
             job_name=outputs.get("jobName"),
             benchmark_job=outputs.get("benchmarkJob"),
             run=RunOutput.read(outputs["run"]),
+            durable=DurableOutput.read(outputs.get("durableCopy")),
         )

@@ -205,6 +205,13 @@ class CacheSettings:
         "follow: false refuses it; copy moves the cache to a new claim, copied and verified before training "
         "switches to it (docs/moving-the-cache.md); fresh re-creates it empty (DATA LOSS; set it back to false afterwards).",
     )
+    durable_copy: bool = setting(
+        Flag(),
+        False,
+        "Keep a second, replicated copy of the cached models on the Rook-Ceph class (rookCeph.storageClassName), "
+        "refreshed after each warm-up; after node loss the training pod restores from it at disk speed instead of "
+        "downloading again (docs/moving-the-cache.md#node-loss-the-durable-copy). LINSTOR, Filesystem mode, one node.",
+    )
     prefetch: tuple[str, ...] = setting(
         ListOf(pattern(_MODEL_ID, "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name"), "model ids"),
         [],
@@ -464,6 +471,28 @@ def _check_copy(cache: CacheSettings, job: JobSettings) -> None:
         )
 
 
+def _check_durable(s: Settings) -> None:
+    """What a durable copy needs: a cache that is not replicated already, files, one claim, a warm-up to
+    follow, and room for the names of its objects."""
+    cache, job = s.cache, s.job
+    needs = (
+        (not s.is_linstor, "false with backend rook-ceph: the cache is on the replicated class already"),
+        (cache.is_block, "false in Block mode: a raw device holds no files to copy and restore"),
+        (job.nodes > 1, f"false with job.nodes {job.nodes}: a durable copy keeps a single-node cache"),
+        (not job.enabled, "false with job.enabled false: the copy is refreshed after the training pod's warm-up"),
+    )
+    for refused, allowed in needs:
+        if refused:
+            raise ConfigError("cache.durableCopy", True, allowed)
+    if len(cache.name) > COPY_CACHE_NAME_MAX or not is_dns_label(cache.name) or not cache.name[0].isalpha():
+        raise ConfigError(
+            "cache.name",
+            cache.name,
+            f"with cache.durableCopy, a DNS label starting with a letter of at most {COPY_CACHE_NAME_MAX} characters "
+            "(the durable copy's claim and Job are named after it)",
+        )
+
+
 def _check(s: Settings) -> None:
     """Rules that tie settings together, and the limits of the names derived from them."""
     if s.zone is not None and s.zone not in s.zones:
@@ -494,6 +523,8 @@ def _check(s: Settings) -> None:
         )
     if cache.relocates_copy:
         _check_copy(cache, job)
+    if cache.durable_copy:
+        _check_durable(s)
     if cache.prefetch and cache.is_block:
         raise ConfigError(
             "cache.prefetch", list(cache.prefetch), "an empty list in Block mode: models are files, a raw device has none"

@@ -32,7 +32,7 @@ from mlcache.program.components.cache_pod import CachePod, container, job_manife
 from mlcache.program.components.common import constructor_kwargs, metadata
 from mlcache.program.components.placement import node_pinning
 from mlcache.program.components.security import checkov_skips, namespace_skip, scratch_mount
-from mlcache.program.components.workload_scripts import WORKLOADS
+from mlcache.program.components.workload_scripts import COPY_SCRIPT, WORKLOADS
 from mlcache.program.names import (
     COPY_ATTEMPT_ANNOTATION,
     COPY_COMPONENT_LABEL,
@@ -46,7 +46,6 @@ from mlcache.program.names import (
     copy_name,
 )
 
-COPY_SCRIPT = "cache_copy.py"
 TOKEN_KEY = "token"
 STREAMS = 4
 # A copy that fails is retried by its Job; each retry resumes (what landed and verifies is kept).
@@ -106,7 +105,7 @@ def policy_manifest(name: str, namespace: str | None) -> dict[str, Any]:
     }
 
 
-def _script(*args: str) -> list[str]:
+def copy_script(*args: str) -> list[str]:
     return ["python3", f"{SCRIPTS_PATH}/{COPY_SCRIPT}", *args]
 
 
@@ -121,7 +120,7 @@ def _token_mount() -> dict[str, Any]:
 
 def _stream_end(pod: CachePod, role: str, args: list[str], **options: Any) -> dict[str, Any]:
     """The sender's or the receiver's container: the script, with the move's token."""
-    command = _script(*args, "--token-file", f"{COPY_TOKEN_PATH}/{TOKEN_KEY}")
+    command = copy_script(*args, "--token-file", f"{COPY_TOKEN_PATH}/{TOKEN_KEY}")
     mounts = [scripts_mount(), _token_mount(), scratch_mount()]
     return container(pod, role, pod.job.image, command, mounts=mounts, **options)
 
@@ -164,7 +163,7 @@ def local_job_manifest(target: CachePod, source_claim: pulumi.Input[str], name: 
         target,
         LOCAL_ROLE,
         target.job.image,
-        _script("local", "--from", COPY_SOURCE_PATH, "--to", target.cache.mount_path, "--streams", str(STREAMS)),
+        copy_script("local", "--from", COPY_SOURCE_PATH, "--to", target.cache.mount_path, "--streams", str(STREAMS)),
         mounts=[source_mount, scripts_mount(), scratch_mount()],
         resources=NODE_SIDE_RESOURCES if beside_source else None,
     )

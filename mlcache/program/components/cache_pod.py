@@ -53,6 +53,7 @@ class CachePod:
     `claim_name` is the PVC's output (a real dependency: replacing the claim replaces the pod).
     `scripts` is the scripts ConfigMap's name when the pod runs one of its scripts.
     `worker` is the pod's place in a multi-node run (labels, affinities), None on one node.
+    `durable_claim` is the durable copy's claim (cache.durableCopy), None without one.
     """
 
     job: JobSettings
@@ -62,6 +63,7 @@ class CachePod:
     claim_name: pulumi.Input[str]
     scripts: pulumi.Input[str] | None = None
     worker: Worker | None = None
+    durable_claim: pulumi.Input[str] | None = None
 
 
 def scripts_mount() -> dict[str, Any]:

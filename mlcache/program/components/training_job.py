@@ -12,10 +12,17 @@ import pulumi_kubernetes as k8s
 
 from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
 from mlcache.program.components.common import constructor_kwargs
+from mlcache.program.components.durable_copy import durable_volume, restore_container
 from mlcache.program.components.hub_credentials import HubCredentials, SecretEnv, secret_env_entries
 from mlcache.program.components.security import scratch_mount
 from mlcache.program.components.workers import PEER_STOP_SKIP, STOP_PEERS, service_account_name
-from mlcache.program.components.workload_scripts import PREFETCH_LIST, PREFETCH_SCRIPT, PREWARM_SCRIPT, prefetch_markers
+from mlcache.program.components.workload_scripts import (
+    PREFETCH_LIST,
+    PREFETCH_SCRIPT,
+    PREWARM_SCRIPT,
+    cache_env,
+    prefetch_markers,
+)
 from mlcache.program.names import QUEUE_LABEL, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, worker_job_name
 from mlcache.program.settings import TOKEN_ENV, CacheSettings, JobSettings
 
@@ -93,13 +100,6 @@ def completion_marker(job: JobSettings, cache: CacheSettings) -> str | None:
     if cache.is_block:
         return None
     return f"{cache.mount_path}/.mlcache/runs/{job.run_name}-{run_fingerprint(job, cache)}.done"
-
-
-def cache_env(cache: CacheSettings) -> dict[str, str]:
-    """Where ms-swift keeps models and datasets: on the cache volume (Filesystem mode only)."""
-    if cache.is_block:
-        return {}
-    return {"MODELSCOPE_CACHE": f"{cache.mount_path}/modelscope", "HF_HOME": f"{cache.mount_path}/huggingface"}
 
 
 def output_dir(job: JobSettings, cache: CacheSettings) -> str:
@@ -190,7 +190,11 @@ def training_job_manifest(pod: CachePod, token_env: Sequence[dict[str, Any]] = (
         # only, never the Job's pod template (which would replace, i.e. kill, the Job).
         steps.insert(0, prefetch_container(pod, token_env))
     # NCCL and dataloader workers need a large /dev/shm; it counts against job.memory.
-    shm = {"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}}
+    volumes = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": job.shm_size}}]
+    if pod.durable_claim is not None:
+        # Before the warm-up: a cache re-created after node loss gets the durable copy back.
+        steps.insert(0, restore_container(pod))
+        volumes.append(durable_volume(pod.durable_claim, read_only=True))
     skips = {}
     if token_env:
         skips["CKV_K8S_35"] = (
@@ -200,7 +204,7 @@ def training_job_manifest(pod: CachePod, token_env: Sequence[dict[str, Any]] = (
             else "hub tokens and secretEnv values are read from the environment by design; "
             "the values come from Secrets by secretKeyRef, never inline"
         )
-    spec = pod_spec(pod, steps, volumes=[shm])
+    spec = pod_spec(pod, steps, volumes=volumes)
     if worker:
         spec |= worker.network
     if worker and worker.ends_peers:

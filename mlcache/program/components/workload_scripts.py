@@ -22,12 +22,25 @@ SHARD_BENCH_SCRIPT = "shard_bench.py"
 PREWARM_SCRIPT = "prewarm.py"
 COLDSTART_SCRIPT = "coldstart.py"
 SCRIPTS = (PREFETCH_SCRIPT, SHARD_BENCH_SCRIPT, PREWARM_SCRIPT, COLDSTART_SCRIPT)
+COPY_SCRIPT = "cache_copy.py"
 PREFETCH_LIST = "prefetch.txt"
 PREWARM_CONFIG = "prewarm.json"
 
 
 def prefetch_markers(cache: CacheSettings) -> str:
     return f"{cache.mount_path}/.mlcache/prefetch"
+
+
+def cache_env(cache: CacheSettings) -> dict[str, str]:
+    """Where ms-swift (and the warm-up) keep models and datasets: on the cache volume (Filesystem mode only)."""
+    if cache.is_block:
+        return {}
+    return {"MODELSCOPE_CACHE": f"{cache.mount_path}/modelscope", "HF_HOME": f"{cache.mount_path}/huggingface"}
+
+
+def prefetch_list(cache: CacheSettings) -> str:
+    """The warm-up's list as the pods read it (prefetch.txt): one model per line."""
+    return "".join(f"{model}\n" for model in cache.prefetch)
 
 
 def prewarm_config(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
@@ -42,8 +55,10 @@ def prewarm_config(job: JobSettings, cache: CacheSettings) -> dict[str, Any]:
 
 
 def scripts_manifest(name: str, namespace: str | None, cache: CacheSettings, job: JobSettings) -> dict[str, Any]:
-    data = {script: (WORKLOADS / script).read_text() for script in SCRIPTS}
-    data[PREFETCH_LIST] = "".join(f"{model}\n" for model in cache.prefetch)
+    # The durable copy's refresh and the training pod's restore step run the copy script.
+    scripts = (*SCRIPTS, COPY_SCRIPT) if cache.durable_copy else SCRIPTS
+    data = {script: (WORKLOADS / script).read_text() for script in scripts}
+    data[PREFETCH_LIST] = prefetch_list(cache)
     data[PREWARM_CONFIG] = json.dumps(prewarm_config(job, cache), indent=2, sort_keys=True) + "\n"
     annotations = checkov_skips(namespace_skip(namespace)) or None
     return {"metadata": metadata(name, namespace, annotations=annotations), "data": data}

@@ -1,0 +1,158 @@
+"""The durable copy (cache.durableCopy): a second, replicated copy of the cached models on the
+Rook-Ceph class, for recovery after node loss (docs/moving-the-cache.md#node-loss-the-durable-copy).
+
+The fast single-replica LINSTOR volume stays what training reads. Beside it:
+
+- the durable claim, `<cache.name>-durable`, on rookCeph.storageClassName (it attaches anywhere);
+- the refresh Job, `<cache.name>-durable-refresh`: a copy pod pinned to the cache volume's node
+  (registered once the guard has read the claim bound), the cache mounted read-only. It waits
+  until the warm-up has finished the current prefetch list, then makes the durable copy a verified
+  copy of the cache's model directories and warm-up markers (workloads/cache_copy.py refresh). A
+  new prefetch list is a new warm-up: the Job is replaced and copies again (what is there is kept);
+- the training pod's first step, `restore`: into a cache that is not warm (a claim re-created
+  after node loss), it copies the durable copy back at disk speed, verified, so the warm-up that
+  follows finds every model it lists present and downloads nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from mlcache.program.components.cache_copy import BACKOFF_LIMIT, copy_script
+from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
+from mlcache.program.components.common import constructor_kwargs, metadata
+from mlcache.program.components.placement import node_pinning
+from mlcache.program.components.security import scratch_mount
+from mlcache.program.components.workload_scripts import cache_env, prefetch_list, prefetch_markers
+from mlcache.program.names import (
+    BACKEND_ANNOTATION,
+    COPY_COMPONENT_LABEL,
+    COPY_LABEL,
+    COPY_ROLE_LABEL,
+    DURABLE_PATH,
+    DURABLE_ROLE,
+    WARMUP_ANNOTATION,
+    durable_claim_name,
+    durable_refresh_name,
+)
+from mlcache.program.settings import CacheSettings
+from workloads.prefetch import WARMUP_DONE, warmup_id
+
+DURABLE_VOLUME = "durable"
+RESTORE_CONTAINER = "restore"
+# Waiting for the warm-up beside training, it must never keep training off its node: it asks for
+# little and may use more while it copies.
+REFRESH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
+
+
+def durable_parts(cache: CacheSettings) -> list[str]:
+    """What the durable copy holds, relative to the cache: the hubs' model directories, then the
+    warm-up's markers (restored last: a cache counts as warm only once its models are back)."""
+    root = cache.mount_path.rstrip("/") + "/"
+    models = sorted(path.removeprefix(root) for path in cache_env(cache).values())
+    return [*models, prefetch_markers(cache).removeprefix(root)]
+
+
+def warmup_marker(cache: CacheSettings) -> str:
+    return f"{prefetch_markers(cache)}/{WARMUP_DONE}"
+
+
+def warmup(cache: CacheSettings) -> str:
+    """The warm-up the refresh follows: the prefetch list's, as prefetch.py names it."""
+    return warmup_id(prefetch_list(cache))
+
+
+def _copy_args(cache: CacheSettings) -> list[str]:
+    parts = [arg for part in durable_parts(cache) for arg in ("--part", part)]
+    return ["--cache", cache.mount_path, "--durable", DURABLE_PATH, *parts, "--ready", warmup_marker(cache)]
+
+
+def durable_volume(claim: pulumi.Input[str], *, read_only: bool) -> dict[str, Any]:
+    return {"name": DURABLE_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+
+
+def durable_mount(*, read_only: bool) -> dict[str, Any]:
+    return {"name": DURABLE_VOLUME, "mountPath": DURABLE_PATH, "readOnly": read_only}
+
+
+def restore_container(pod: CachePod) -> dict[str, Any]:
+    """The training pod's first step: the durable copy into a cache that is not warm, else nothing."""
+    command = copy_script("restore", *_copy_args(pod.cache))
+    return container(
+        pod, RESTORE_CONTAINER, pod.job.image, command, mounts=[durable_mount(read_only=True), scripts_mount(), scratch_mount()]
+    )
+
+
+def durable_claim_manifest(cache: CacheSettings, storage_class_name: str, namespace: str | None) -> dict[str, Any]:
+    return {
+        "metadata": metadata(durable_claim_name(cache.name), namespace, annotations={BACKEND_ANNOTATION: "rook-ceph"}),
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": storage_class_name,
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": cache.size}},
+        },
+    }
+
+
+def refresh_job_manifest(pod: CachePod, nodes: tuple[str, ...]) -> dict[str, Any]:
+    """Beside the cache volume (its node(s) `nodes`), the cache read-only: after the warm-up, the
+    cache's models into the durable copy, verified."""
+    assert pod.durable_claim is not None, "a refresh needs the durable claim"
+    name, current = durable_refresh_name(pod.cache.name), warmup(pod.cache)
+    command = copy_script("refresh", *_copy_args(pod.cache), "--warmup", current)
+    mounts = [durable_mount(read_only=False), scripts_mount(), scratch_mount()]
+    step = container(pod, DURABLE_ROLE, pod.job.image, command, mounts=mounts, resources=REFRESH_RESOURCES, read_only=True)
+    volumes = [durable_volume(pod.durable_claim, read_only=False)]
+    spec = pod_spec(pod, [step], volumes=volumes, scheduling=node_pinning(pod.job, nodes))
+    return job_manifest(
+        pod,
+        name,
+        spec,
+        app_label=COPY_COMPONENT_LABEL,
+        backoff_limit=BACKOFF_LIMIT,
+        pod_labels={COPY_ROLE_LABEL: DURABLE_ROLE, COPY_LABEL: name},
+        pod_annotations={WARMUP_ANNOTATION: current},
+    )
+
+
+class DurableClaim(pulumi.ComponentResource):
+    """The durable copy's claim on the replicated class; `name` is its output."""
+
+    def __init__(
+        self,
+        name: str,
+        cache: CacheSettings,
+        *,
+        storage_class_name: str,
+        namespace: str | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ):
+        super().__init__("mlcache:index:DurableClaim", name, None, opts)
+        manifest = durable_claim_manifest(cache, storage_class_name, namespace)
+        options = pulumi.ResourceOptions(parent=self, protect=cache.protect)
+        self.claim = k8s.core.v1.PersistentVolumeClaim(f"{name}-pvc", opts=options, **constructor_kwargs(manifest))
+        self.name = self.claim.metadata.name
+        self.register_outputs({"name": self.name})
+
+
+class DurableRefresh(pulumi.ComponentResource):
+    """The Job that refreshes the durable copy from the cache on its node(s) `nodes`."""
+
+    def __init__(self, name: str, pod: CachePod, *, nodes: tuple[str, ...], opts: pulumi.ResourceOptions | None = None):
+        super().__init__("mlcache:index:DurableRefresh", name, None, opts)
+        # Replaced as a whole (a new warm-up, a new claim), never patched.
+        options = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+        self.job = k8s.batch.v1.Job(f"{name}-job", opts=options, **constructor_kwargs(refresh_job_manifest(pod, nodes)))
+        self.name = self.job.metadata.name
+        self.register_outputs({"name": self.name})
+
+
+def durable_output(claim: DurableClaim | None, cache: CacheSettings) -> dict[str, Any] | None:
+    """The `durableCopy` stack output, read by verify and heal: None without a durable copy."""
+    if claim is None:
+        return None
+    return {"claim": claim.name, "refreshJob": durable_refresh_name(cache.name), "warmup": warmup(cache)}

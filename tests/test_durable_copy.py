@@ -1,0 +1,298 @@
+"""The durable copy (cache.durableCopy): what the program registers, what the guard allows, what heal
+plans, and the refresh and restore as real processes on real files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from pulumi_policy import ResourceValidationArgs, StackValidationPolicy
+from pulumi_policy.proxy import unknown_checking_proxy
+
+from mlcache.cluster.bound_cache import assume_live, judge, live_from_manifest
+from mlcache.cluster.heal import DurableState, plan_heal, render_plan
+from mlcache.preview.render import render, sent_documents
+from mlcache.preview.validate import validation_errors
+from mlcache.program.schema import ConfigError
+from tests.api_objects import node, pod, volume
+from tests.conftest import ROOT, rendered
+from tests.test_bound_cache import WANTED
+from tests.test_heal import EXPECT, snapshot
+from tests.test_moves import bound_in_ucsd, training_on
+from tests.test_policy import policies, policy_resource, stack_args, violations
+from workloads.prefetch import warmup_id
+
+DURABLE = ("cache.durableCopy=true", "cache.prefetch=[Qwen/Qwen3-VL-8B-Instruct]")
+CLAIM, DURABLE_CLAIM, REFRESH = "ms-swift-cache-pvc", "ms-swift-cache-pvc-durable", "ms-swift-cache-pvc-durable-refresh"
+SCRIPT = ROOT / "workloads" / "cache_copy.py"
+PARTS = ["huggingface", "modelscope", ".mlcache/prefetch"]
+
+
+def claims(run) -> dict[str, dict]:
+    return {r.inputs["metadata"]["name"]: r for r in run.find("PersistentVolumeClaim")}
+
+
+def jobs(run) -> dict[str, dict]:
+    return {r.inputs["metadata"]["name"]: r.inputs for r in run.find("Job")}
+
+
+def bound_render(*overrides: str):
+    """The stack rendered as `up` would run it with its cache claim live and bound on a ucsd node."""
+    base = claims(rendered("prod"))[CLAIM]
+    with assume_live(live_from_manifest(base.inputs)):
+        run, _ = render("prod", [*DURABLE, *overrides], [])
+    return run
+
+
+# --- settings
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        (("backend=rook-ceph",), "false with backend rook-ceph: the cache is on the replicated class already"),
+        (("cache.volumeMode=Block", "cache.prefetch=[]"), "false in Block mode"),
+        (("job.nodes=2",), "false with job.nodes 2"),
+        (("job.enabled=false",), "false with job.enabled false"),
+    ],
+)
+def test_a_durable_copy_is_refused_in_one_line_where_it_cannot_work(overrides, words):
+    with pytest.raises(ConfigError) as refused:
+        render("prod", ["cache.durableCopy=true", *overrides], [])
+    message = str(refused.value)
+    assert message.startswith("invalid config mlcache:cache.durableCopy = true: expected ") and words in message
+    assert "\n" not in message
+
+
+def test_a_cache_name_too_long_for_the_durable_objects_is_refused():
+    with pytest.raises(ConfigError) as refused:
+        render("prod", ["cache.durableCopy=true", f"cache.name={'c' * 45}"], [])
+    assert "mlcache:cache.name" in str(refused.value) and "with cache.durableCopy" in str(refused.value)
+
+
+# --- what the program registers
+
+
+def test_the_durable_claim_is_on_the_rook_ceph_class_and_protected_like_the_cache():
+    run = rendered("prod", *DURABLE, "cache.protect=true")
+    durable = claims(run)[DURABLE_CLAIM]
+    assert durable.inputs["spec"]["storageClassName"] == "rook-ceph-block"
+    assert (
+        durable.inputs["spec"]["resources"]["requests"]["storage"]
+        == claims(run)[CLAIM].inputs["spec"]["resources"]["requests"]["storage"]
+    )
+    assert durable.protect and durable.type == "kubernetes:core/v1:PersistentVolumeClaim"
+    assert run.outputs["durableCopy"]["claim"] == DURABLE_CLAIM and run.outputs["durableCopy"]["refreshJob"] == REFRESH
+    assert rendered("prod").outputs["durableCopy"] is None and DURABLE_CLAIM not in claims(rendered("prod"))
+
+
+def test_the_training_pod_restores_before_its_warm_up_and_mounts_the_durable_copy_read_only():
+    spec = jobs(rendered("prod", *DURABLE))["sft-qwen3vl-fire-4gpu"]["spec"]["template"]["spec"]
+    restore, prefetch = spec["initContainers"]
+    assert (restore["name"], prefetch["name"]) == ("restore", "prefetch")
+    assert restore["command"][1:3] == ["/opt/mlcache/cache_copy.py", "restore"]
+    assert {"name": "durable", "mountPath": "/opt/mlcache-durable", "readOnly": True} in restore["volumeMounts"]
+    durable = next(v for v in spec["volumes"] if v["name"] == "durable")
+    assert durable["persistentVolumeClaim"] == {"claimName": DURABLE_CLAIM, "readOnly": True}
+    # Training itself never touches the durable copy.
+    assert all(m["name"] != "durable" for m in spec["containers"][0]["volumeMounts"])
+    without = jobs(rendered("prod"))["sft-qwen3vl-fire-4gpu"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in without["initContainers"]] == ["prefetch"]
+
+
+def test_the_refresh_waits_until_the_cache_is_bound_then_runs_beside_it_after_the_warm_up():
+    assert REFRESH not in jobs(rendered("prod", *DURABLE))  # offline, nothing read: no node to pin it to
+    run = bound_render()
+    refresh = jobs(run)[REFRESH]
+    template = refresh["spec"]["template"]
+    spec = template["spec"]
+    (step,) = spec["containers"]
+    # Pinned by hostname to the bound volume's node, no GPU, the cache read-only, the durable copy writable.
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"] == [{"key": "kubernetes.io/hostname", "operator": "In", "values": ["node-bound-at-up"]}]
+    assert not any("gpu" in key for key in step["resources"]["requests"])
+    assert {"name": "cache", "mountPath": "/cache", "readOnly": True} in step["volumeMounts"]
+    assert {"name": "durable", "mountPath": "/opt/mlcache-durable", "readOnly": False} in step["volumeMounts"]
+    assert template["metadata"]["labels"]["app.kubernetes.io/component"] == "cache-copy"
+    assert template["metadata"]["labels"]["mlcache/copy-role"] == "refresh"
+    # It follows the warm-up of the list the ConfigMap carries, named as prefetch.py names it.
+    config_map = next(r.inputs for r in run.find("ConfigMap") if r.inputs["metadata"]["name"] == "mlcache-scripts")
+    current = warmup_id(config_map["data"]["prefetch.txt"])
+    args = step["command"]
+    assert args[args.index("--warmup") + 1] == current == template["metadata"]["annotations"]["mlcache/warmup"]
+    assert args[args.index("--ready") + 1] == "/cache/.mlcache/prefetch/complete"
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--part"] == PARTS
+    assert "cache_copy.py" in config_map["data"]
+    # A new prefetch list is a new warm-up: the refresh Job is replaced (and copies again).
+    other = jobs(bound_render("cache.prefetch=[Qwen/Other]"))[REFRESH]
+    assert other["spec"]["template"]["metadata"]["annotations"]["mlcache/warmup"] != current
+
+
+def test_the_guard_names_the_node_of_a_bound_cache_and_none_of_a_lost_one():
+    assert judge(WANTED, bound_in_ucsd()).nodes == ("gpu-ucsd-1",)
+    assert judge(WANTED, dataclasses.replace(bound_in_ucsd(), nodes=[])).nodes == ()
+
+
+def test_turning_the_durable_copy_on_or_off_while_training_runs_is_refused():
+    on = dataclasses.replace(WANTED, durable_copy=True)
+    running = dataclasses.replace(bound_in_ucsd(), training_job=training_on(CLAIM))
+    refusal = judge(on, running).refusal
+    assert "cache.durableCopy = true: turning it on" in refusal and "Nothing was changed" in refusal
+    finished = dataclasses.replace(bound_in_ucsd(), training_job=training_on(CLAIM, active=0))
+    assert judge(on, finished).refusal is None
+    with_durable = training_on(CLAIM)
+    with_durable["spec"]["template"]["spec"]["volumes"].append(
+        {"name": "durable", "persistentVolumeClaim": {"claimName": DURABLE_CLAIM}}
+    )
+    assert judge(on, dataclasses.replace(running, training_job=with_durable)).refusal is None
+    assert "turning it off" in judge(WANTED, dataclasses.replace(running, training_job=with_durable)).refusal
+
+
+# --- heal
+
+
+def test_heal_says_whether_the_new_claim_is_restored_or_downloaded_again():
+    lost = snapshot(None, pods=[pod("sft-old", node_name="gpu-ucsd-1")])
+    refreshed = DurableState(DURABLE_CLAIM, bound=True, refreshed="2026-12-06T17:00:00Z")
+    plan = plan_heal(lost, EXPECT, protected=False, allow_protected=False, durable=refreshed)
+    assert plan.restores_from == DURABLE_CLAIM
+    assert f"copies the durable copy {DURABLE_CLAIM} (refreshed 2026-12-06T17:00:00Z)" in render_plan(plan, apply=True)
+    never = plan_heal(
+        lost, EXPECT, protected=False, allow_protected=False, durable=dataclasses.replace(refreshed, refreshed=None)
+    )
+    assert never.restores_from is None and "was never refreshed" in render_plan(never, apply=False)
+    off = plan_heal(lost, EXPECT, protected=False, allow_protected=False)
+    assert off.restores_from is None and "downloads every model again (no durable copy" in render_plan(off, apply=False)
+
+
+def test_heal_force_deletes_the_refresh_pod_stuck_on_the_dead_node():
+    refresh_pod = pod("ms-swift-cache-pvc-durable-refresh-x1", node_name="gpu-ucsd-1")
+    dead = node("gpu-ucsd-1", "ucsd", ready="Unknown", taints=("node.kubernetes.io/out-of-service",))
+    plan = plan_heal(snapshot(dead, pv=volume("gpu-ucsd-1"), pods=[refresh_pod]), EXPECT, protected=False, allow_protected=False)
+    assert plan.stuck_pods == ("ms-swift-cache-pvc-durable-refresh-x1",)
+
+
+# --- the data path, real processes on real files
+
+
+def make_cache(root, warmup: str | None = "w1") -> None:
+    """A warmed cache: a Hugging Face snapshot (blobs, relative links), a ModelScope model, the
+    warm-up's markers, and what the durable copy leaves out (outputs, run markers)."""
+    blobs = root / "huggingface" / "hub" / "models--org--m" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / "aa11").write_bytes(os.urandom(3 << 20))
+    (blobs / "bb22").write_bytes(b"{}")
+    snap = root / "huggingface" / "hub" / "models--org--m" / "snapshots" / "c0ffee"
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").symlink_to("../../blobs/aa11")
+    (snap / "config.json").symlink_to("../../blobs/bb22")
+    (root / "modelscope" / "Qwen" / "m").mkdir(parents=True)
+    (root / "modelscope" / "Qwen" / "m" / "weights.bin").write_bytes(os.urandom(1 << 20))
+    (root / "modelscope" / "Qwen" / "m" / "empty").touch()
+    markers = root / ".mlcache" / "prefetch"
+    markers.mkdir(parents=True)
+    (markers / "huggingface--org--m.done").write_text("{}")
+    if warmup is not None:
+        (markers / "complete").write_text(warmup + "\n")
+    (root / "output" / "run").mkdir(parents=True)
+    (root / "output" / "run" / "checkpoint").write_bytes(b"x" * 100)
+    (root / ".mlcache" / "runs").mkdir()
+
+
+def copy(command: str, cache, durable, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    parts = [a for p in PARTS for a in ("--part", p)]
+    argv = [sys.executable, str(SCRIPT), command, "--cache", str(cache), "--durable", str(durable), *parts]
+    argv += ["--ready", str(cache / ".mlcache" / "prefetch" / "complete"), "--progress-every", "0.5", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+def tree(root) -> dict[str, object]:
+    """Every entry under root: file bytes, link targets, directories."""
+    found: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        name = path.relative_to(root).as_posix()
+        found[name] = ("link", os.readlink(path)) if path.is_symlink() else "dir" if path.is_dir() else path.read_bytes()
+    return found
+
+
+def test_refresh_waits_for_the_warm_up_then_copies_the_models_and_markers_verified(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache, warmup="old")
+    durable.mkdir()
+    finished: dict[str, subprocess.CompletedProcess] = {}
+    worker = threading.Thread(
+        target=lambda: finished.setdefault("run", copy("refresh", cache, durable, "--warmup", "w2", "--wait-every", "0.1"))
+    )
+    worker.start()
+    time.sleep(1.5)
+    assert worker.is_alive() and not (durable / "tree").exists()  # the marker names another warm-up: it waits
+    (cache / ".mlcache" / "prefetch" / "complete").write_text("w2\n")
+    worker.join(30)
+    result = finished["run"]
+    assert result.returncode == 0, result.stderr
+    assert "waiting for the warm-up w2" in result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["verified"] and summary["warmup"] == "w2" and summary["files"] == 6
+    for part in PARTS:
+        assert tree(durable / "tree" / part) == tree(cache / part)
+    assert not (durable / "tree" / "output").exists() and not (durable / "tree" / ".mlcache" / "runs").exists()
+    assert json.loads((durable / "refreshed.json").read_text())["warmup"] == "w2"
+
+
+def test_restore_brings_an_empty_cache_back_and_leaves_a_warm_one_alone(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    lost = tmp_path / "new-cache"  # the claim re-created after node loss: empty
+    lost.mkdir()
+    result = copy("restore", lost, durable)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["restored"] and summary["verified"] and summary["warmup"] == "w1"
+    for part in PARTS:
+        assert tree(lost / part) == tree(cache / part)
+    assert (lost / "huggingface/hub/models--org--m/snapshots/c0ffee/model.safetensors").read_bytes() == (
+        cache / "huggingface/hub/models--org--m/blobs/aa11"
+    ).read_bytes()
+    # Warm now (its warm-up marker came back last): a second restore changes nothing.
+    (lost / "modelscope" / "Qwen" / "m" / "weights.bin").write_bytes(b"new")
+    again = copy("restore", lost, durable)
+    assert json.loads(again.stdout) == {"restored": False, "reason": "warm"}
+    assert (lost / "modelscope" / "Qwen" / "m" / "weights.bin").read_bytes() == b"new"
+
+
+def test_without_a_refreshed_copy_or_when_the_restore_fails_the_warm_up_downloads(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    cache.mkdir()
+    durable.mkdir()
+    nothing = copy("restore", cache, durable)
+    assert nothing.returncode == 0 and json.loads(nothing.stdout) == {"restored": False, "reason": "no durable copy"}
+    # A durable copy that cannot be read back (here a FIFO, which no cache holds): exit 0, nothing left half-restored.
+    make_cache(tmp_path / "warm")
+    assert copy("refresh", tmp_path / "warm", durable, "--warmup", "w1").returncode == 0
+    os.mkfifo(durable / "tree" / "modelscope" / "Qwen" / "m" / "pipe")
+    failed = copy("restore", cache, durable)
+    assert failed.returncode == 0 and json.loads(failed.stdout)["restored"] is False
+    assert "restore failed" in failed.stderr and sorted(p.name for p in cache.iterdir()) == []
+
+
+def test_the_durable_objects_are_valid_and_pass_every_policy():
+    run = bound_render()
+    assert validation_errors([doc for doc, _ in sent_documents(run)]) == []
+    checked = 0
+    for policy in policies.POLICIES:
+        if isinstance(policy, StackValidationPolicy):
+            assert violations(policy.validate, stack_args(run)) == [], policy.name
+            continue
+        for r in run.kubernetes_objects():
+            args = ResourceValidationArgs(r.type, unknown_checking_proxy(r.inputs), r.urn, r.name, policy_resource(r).opts, None)
+            assert violations(policy.validate, args) == [], (policy.name, r.name)
+            checked += 1
+    assert checked > 20
