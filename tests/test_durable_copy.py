@@ -16,7 +16,8 @@ from pulumi_policy import ResourceValidationArgs, StackValidationPolicy
 from pulumi_policy.proxy import unknown_checking_proxy
 
 from mlcache.cluster.bound_cache import assume_live, judge, live_from_manifest
-from mlcache.cluster.heal import DurableState, plan_heal, render_plan
+from mlcache.cluster.diagnosis import DurableState, durable_finding
+from mlcache.cluster.heal import plan_heal, render_plan
 from mlcache.preview.render import render, sent_documents
 from mlcache.preview.validate import validation_errors
 from mlcache.program.schema import ConfigError
@@ -159,16 +160,34 @@ def test_turning_the_durable_copy_on_or_off_while_training_runs_is_refused():
 
 def test_heal_says_whether_the_new_claim_is_restored_or_downloaded_again():
     lost = snapshot(None, pods=[pod("sft-old", node_name="gpu-ucsd-1")])
-    refreshed = DurableState(DURABLE_CLAIM, bound=True, refreshed="2026-12-06T17:00:00Z")
+    refreshed = DurableState(DURABLE_CLAIM, bound=True, refresh="complete", refreshed="2026-12-06T17:00:00Z")
     plan = plan_heal(lost, EXPECT, protected=False, allow_protected=False, durable=refreshed)
     assert plan.restores_from == DURABLE_CLAIM
     assert f"copies the durable copy {DURABLE_CLAIM} (refreshed 2026-12-06T17:00:00Z)" in render_plan(plan, apply=True)
     never = plan_heal(
-        lost, EXPECT, protected=False, allow_protected=False, durable=dataclasses.replace(refreshed, refreshed=None)
+        lost,
+        EXPECT,
+        protected=False,
+        allow_protected=False,
+        durable=dataclasses.replace(refreshed, refresh="running", refreshed=None),
     )
     assert never.restores_from is None and "was never refreshed" in render_plan(never, apply=False)
     off = plan_heal(lost, EXPECT, protected=False, allow_protected=False)
     assert off.restores_from is None and "downloads every model again (no durable copy" in render_plan(off, apply=False)
+
+
+def test_verify_says_whether_node_loss_would_restore_from_the_durable_copy():
+    def finding(**state):
+        return durable_finding(DurableState(DURABLE_CLAIM, **{"bound": True, **state}), REFRESH, "ml-training")
+
+    done = finding(refresh="complete", refreshed="2026-12-06T17:00:00Z")
+    assert done.level == "ok" and "refreshed 2026-12-06T17:00:00Z: node loss restores from it" in done.message
+    failed = finding(refresh="failed")
+    assert failed.level == "FAIL" and f"job/{REFRESH}" in failed.remedy
+    assert "waits for the warm-up" in finding(refresh="running").message
+    absent = finding(refresh="absent")
+    assert absent.level == "info" and "holds no verified copy" in absent.message and "pulumi up" in absent.remedy
+    assert finding(bound=False, refresh="absent").level == "FAIL"
 
 
 def test_heal_force_deletes_the_refresh_pod_stuck_on_the_dead_node():

@@ -31,8 +31,7 @@ from dataclasses import asdict
 from mlcache.cli.contract import CHECK_FAILED, OK, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
-from mlcache.cluster.heal import apply_plan, plan_heal, read_durable, read_heal_snapshot, render_plan
-from mlcache.program.outputs import DurableOutput
+from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, render_plan
 
 
 @entry_point
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan (and, with --apply, the outcome) as JSON")
     args = parser.parse_args(argv)
     from mlcache.cluster.diagnosis import expectation_from_outputs  # noqa: PLC0415
-    from mlcache.cluster.live import cluster_errors, connect, read_move  # noqa: PLC0415
+    from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move  # noqa: PLC0415
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
@@ -61,10 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         # After a move the cache is a later generation of the claim: heal the one training mounts.
         expect, _ = read_move(expect, core, serialize)
         snapshot = read_heal_snapshot(expect, core, serialize)
-        output = DurableOutput.read(run.outputs.get("durableCopy"))
         durable = None
-        if output is not None:
-            durable = read_durable(output.claim, output.refresh_job, expect.namespace, core, serialize)
+        if expect.durable is not None:
+            durable = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, core, serialize)
     plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected, durable=durable)
     document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
     if not args.json:

@@ -47,7 +47,7 @@ from mlcache.program.names import (
     cache_name_of,
     copy_name,
 )
-from mlcache.program.outputs import StackOutputs
+from mlcache.program.outputs import DurableOutput, StackOutputs
 from mlcache.program.verification import linstor_resources_command
 
 # How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
@@ -69,6 +69,20 @@ class Expectation:
     job: str | None
     run: RunExpectation | None = None
     stack: str = "STACK"
+    # The durable copy's claim and refresh Job (None: cache.durableCopy is off).
+    durable: DurableOutput | None = None
+
+
+@dataclass(frozen=True)
+class DurableState:
+    """The durable copy (cache.durableCopy) as the cluster has it: its claim, whether it is bound,
+    its refresh Job's state (absent, running, failed, complete) and when it last completed (None:
+    never, so it holds no verified copy)."""
+
+    claim: str
+    bound: bool
+    refresh: str
+    refreshed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -430,6 +444,33 @@ def expectation_from_outputs(outputs: dict[str, Any], namespace: str, stack: str
         job=read.job_name,
         run=run,
         stack=stack,
+        durable=read.durable,
+    )
+
+
+def durable_finding(state: DurableState, refresh_job: str, namespace: str) -> Finding:
+    """What verify says of the durable copy: whether node loss would be restored from it."""
+    if not state.bound:
+        return Finding(
+            FAIL, "durable copy", f"claim {state.claim} is not bound", f"`kubectl describe pvc -n {namespace} {state.claim}`"
+        )
+    if state.refresh == "complete":
+        return Finding(OK, "durable copy", f"{state.claim} refreshed {state.refreshed}: node loss restores from it")
+    if state.refresh == "failed":
+        return Finding(
+            FAIL,
+            "durable copy",
+            f"the refresh Job {refresh_job} failed: node loss would restore from an older copy, or download",
+            f"read `kubectl logs -n {namespace} job/{refresh_job}`; `kubectl delete job -n {namespace} {refresh_job}` "
+            "and `pulumi up --refresh` retry it",
+        )
+    if state.refresh == "running":
+        return Finding(INFO, "durable copy", f"the refresh Job {refresh_job} runs: it waits for the warm-up, then copies")
+    return Finding(
+        INFO,
+        "durable copy",
+        f"no refresh Job {refresh_job} yet: {state.claim} holds no verified copy",
+        "run `pulumi up` once the cache is bound: the refresh is registered beside it",
     )
 
 

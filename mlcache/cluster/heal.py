@@ -10,21 +10,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlcache.cluster.bound_cache import get, has_taint, is_ready, job_ended, pinned_node_names
-from mlcache.cluster.diagnosis import Expectation, Snapshot
+from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.program.names import OUT_OF_SERVICE_TAINT
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
-
-
-@dataclass(frozen=True)
-class DurableState:
-    """The durable copy (cache.durableCopy) as the cluster has it: its claim, whether it is bound,
-    and when its refresh last completed (None: never, so it holds no verified copy)."""
-
-    claim: str
-    bound: bool
-    refreshed: str | None
 
 
 @dataclass(frozen=True)
@@ -147,25 +137,6 @@ def read_heal_snapshot(expect: Expectation, core: Any, serialize: Any) -> Snapsh
     pods = serialize(core.list_namespaced_pod(expect.namespace).items)
     snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
     return snapshot
-
-
-def read_durable(claim: str, refresh_job: str | None, namespace: str, core: Any, serialize: Any) -> DurableState:
-    """The durable copy's claim and its refresh Job's completion, read live."""
-    from kubernetes.client import BatchV1Api  # noqa: PLC0415
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
-    def optional(read: Any, name: str) -> Any:
-        try:
-            return serialize(read(name, namespace))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    found = optional(core.read_namespaced_persistent_volume_claim, claim)
-    job = optional(BatchV1Api(core.api_client).read_namespaced_job, refresh_job) if refresh_job else None
-    refreshed = (get(job, "status", "completionTime") or "completed") if job_ended(job, "Complete") else None
-    return DurableState(claim=claim, bound=get(found, "status", "phase") == "Bound", refreshed=refreshed)
 
 
 def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> bool:

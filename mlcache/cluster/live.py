@@ -12,10 +12,11 @@ from typing import Any
 
 from mlcache.cluster.bound_cache import (
     cache_generations,
+    job_ended,
     mounted_claims,
 )
 from mlcache.cluster.bound_cache import get as _get
-from mlcache.cluster.diagnosis import Expectation, Finding, Snapshot, diagnose, follow_move
+from mlcache.cluster.diagnosis import DurableState, Expectation, Finding, Snapshot, diagnose, durable_finding, follow_move
 from mlcache.cluster.workers import diagnose_workers
 from mlcache.errors import Unreachable, UsageError
 from mlcache.program.names import (
@@ -105,8 +106,40 @@ def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Fin
         if expect.run is None:
             # After a move the cache is a later generation of the claim: check the one training mounts.
             expect, moving = read_move(expect, core, serialize)
-            return expect, moving + verify(expect, core, serialize)
+            findings = moving + verify(expect, core, serialize)
+            if expect.durable is not None:
+                state = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, core, serialize)
+                findings.append(durable_finding(state, expect.durable.refresh_job, expect.namespace))
+            return expect, findings
         return expect, verify(expect, core, serialize)
+
+
+def read_durable(claim: str, refresh_job: str, namespace: str, core: Any, serialize: Any) -> DurableState:
+    """The durable copy's claim and its refresh Job's state, read live."""
+    from kubernetes.client import BatchV1Api  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    def optional(read: Any, name: str) -> Any:
+        try:
+            return serialize(read(name, namespace, _request_timeout=REQUEST_TIMEOUT))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    found = optional(core.read_namespaced_persistent_volume_claim, claim)
+    job = optional(BatchV1Api(core.api_client).read_namespaced_job, refresh_job)
+    refresh = (
+        "absent"
+        if job is None
+        else "complete"
+        if job_ended(job, "Complete")
+        else "failed"
+        if job_ended(job, "Failed")
+        else "running"
+    )
+    refreshed = (_get(job, "status", "completionTime") or "at an unrecorded time") if refresh == "complete" else None
+    return DurableState(claim=claim, bound=_get(found, "status", "phase") == "Bound", refresh=refresh, refreshed=refreshed)
 
 
 # The last progress line of the copy (workloads/cache_copy.py prints them on stderr).

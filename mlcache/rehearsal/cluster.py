@@ -200,6 +200,8 @@ class Rehearsal:
     # Job pods succeed at once (kwok's pod-complete stage) instead of running on: a benchmark
     # Job finishes in minutes and frees its GPUs for training, which runs for hours.
     complete_jobs: bool = False
+    # Only the cache-copy pods (a move's copy, the durable refresh) complete; training keeps running.
+    complete_copies: bool = False
     # The JobSet controller, for multi-node stacks with job.engine jobset.
     jobset: bool = False
     keep: bool = False
@@ -241,6 +243,8 @@ class Rehearsal:
             command += ["--fleet", str(self.fleet)]
         if self.complete_jobs:
             command.append("--complete-jobs")
+        elif self.complete_copies:
+            command.append("--complete-copies")
         if self.jobset:
             command.append("--jobset")
         self.progress(f"starting the rehearsal cluster ({f'fleet {self.fleet}' if self.fleet else 'the runbook fleet'})")

@@ -181,3 +181,73 @@ def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api
     both = tool(rehearsal, "drift", "--stack", "prod")
     assert both.returncode == 1, both.stdout + both.stderr
     assert f"PersistentVolumeClaim/{CLAIM}" in both.stdout and f"Job/{JOB}" in both.stdout and "DRIFT in 2" in both.stdout
+
+
+DURABLE = f"{CLAIM}-durable"
+REFRESH = f"{CLAIM}-durable-refresh"
+
+
+@pytest.mark.parametrize("rehearsal", [{"complete_copies": True}], indirect=True)
+def test_node_loss_with_a_durable_copy_heal_restores_from_it_on_a_healthy_node(rehearsal):
+    """cache.durableCopy: the refresh runs beside the bound cache (kwok completes only copy pods, as a
+    verified refresh would; training keeps running), then the node dies and heal re-creates the
+    claim: the new training pod restores from the durable copy, which survived with its UID."""
+    settings = ["cache.durableCopy=true"]
+    outputs = rehearsal.up("prod", settings)
+    namespace = outputs["namespace"]
+    assert outputs["durableCopy"]["claim"] == DURABLE
+    report = rehearsal.report("prod", outputs, SETTLE)
+    first = training(report)
+    assert first.zone == "ucsd" and report.volume.nodes == [first.node]
+    # The next up reads the cache bound and adds the refresh beside it; training is not replaced.
+    job_uid = uids(rehearsal, namespace)[f"Job/{JOB}"]
+    outputs = rehearsal.up("prod", settings)
+
+    def refreshed():
+        jobs = {j["metadata"]["name"]: j for j in rehearsal.view(namespace).jobs}
+        conditions = (jobs.get(REFRESH) or {}).get("status", {}).get("conditions") or []
+        return any(c["type"] == "Complete" and c["status"] == "True" for c in conditions)
+
+    wait_for(refreshed, SETTLE, "the durable refresh completes")
+    view = rehearsal.view(namespace)
+    (refresh_pod,) = [p for p in view.pods if p["metadata"].get("labels", {}).get("job-name") == REFRESH]
+    assert refresh_pod["spec"]["nodeName"] == first.node  # beside the cache volume
+    assert uids(rehearsal, namespace)[f"Job/{JOB}"] == job_uid
+    verify = json.loads(tool(rehearsal, "verify", "--stack", "prod", "--json").stdout)
+    (durable,) = [f for f in verify["findings"] if f["check"] == "durable copy"]
+    assert durable["level"] == "ok" and "node loss restores from it" in durable["message"]
+    before = uids(rehearsal, namespace)
+
+    killed = subprocess.run(
+        [str(ROOT / "scripts" / "local-cluster"), "kill-node", str(rehearsal.cluster), first.node],
+        env={**os.environ, **rehearsal.env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert killed.returncode == 0, killed.stderr
+    taints = rehearsal.core.read_node(first.node).spec.taints or []
+    rehearsal.core.patch_node(first.node, {"spec": {"taints": [t.to_dict() for t in taints] + [OUT_OF_SERVICE.to_dict()]}})
+    dry = json.loads(tool(rehearsal, "heal", "--stack", "prod", "--allow-protected", "--json").stdout)
+    assert dry["plan"]["restores_from"] == DURABLE
+    healed = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert f"copies the durable copy {DURABLE} (refreshed " in healed.stdout
+    assert f"restores the durable copy {DURABLE}" in healed.stdout
+
+    def placed():
+        report = rehearsal.report("prod", outputs, SETTLE)
+        pods = [p for p in report.pods if p.role == "training"]
+        return report if len(pods) == 1 and pods[0].node else None
+
+    report = wait_for(placed, SETTLE, "the healed training pod placed")
+    again = training(report)
+    assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
+    pod = next(p for p in rehearsal.view(namespace).pods if f"{namespace}/{p['metadata']['name']}" == again.pod)
+    assert [c["name"] for c in pod["spec"]["initContainers"]][:2] == ["restore", "prefetch"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if v.get("persistentVolumeClaim")}
+    assert claims == {CLAIM, DURABLE}
+    after = uids(rehearsal, namespace)
+    assert after[f"PersistentVolumeClaim/{DURABLE}"] == before[f"PersistentVolumeClaim/{DURABLE}"]  # the copy survived
+    assert after[f"PersistentVolumeClaim/{CLAIM}"] != before[f"PersistentVolumeClaim/{CLAIM}"]
+    assert after[f"Job/{JOB}"] == before[f"Job/{JOB}"]
