@@ -476,7 +476,7 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
         "MLCACHE_RUN_MARKER": str(tmp_path / "run.done"),
         "MLCACHE_PREWARM": str(scripts / "prewarm.py"),
     }
-    # The trainer outlasts the prewarm beside it (it waits for it to end), then says what it was given
+    # The trainer outlasts the prewarm beside it (it waits for it to appear and end), then says what it was given
     # (swift sft --model ... as its arguments).
     outlast = (
         "import os, sys, time\n"
@@ -488,9 +488,14 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
         "        except (OSError, IndexError):\n"
         "            pass\n"
         "    return False\n"
-        "time.sleep(0.2)\n"
-        "while prewarming():\n"
-        "    time.sleep(0.05)\n"
+        # Until the prewarm has come and gone: it may start late on a loaded machine (a deadline, not a guess).
+        "seen, deadline = False, time.monotonic() + 10\n"
+        "while time.monotonic() < deadline:\n"
+        "    if prewarming():\n"
+        "        seen, deadline = True, time.monotonic() + 50\n"
+        "    elif seen:\n"
+        "        break\n"
+        "    time.sleep(0.02)\n"
         "print('trained with', *sys.argv[1:], flush=True)\n"
     )
     training = [sys.executable, "-c", outlast, *c["args"]]

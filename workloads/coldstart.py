@@ -22,6 +22,7 @@ DIR's *.safetensors are used as they are; synthetic shards are written only into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import ctypes.util
 import json
@@ -37,7 +38,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
-from safetensors import safe_open
+# Absent in the runtime-only venv (./run): `mlcache bench coldstart` refuses before it loads anything.
+with contextlib.suppress(ImportError):
+    from safetensors import safe_open
 
 try:
     from workloads import prewarm, shard_bench

@@ -4,7 +4,7 @@ Each reader reads a whole shard into its page-aligned staging buffer with O_DIRE
 cache, no copy) where the filesystem allows it, buffered otherwise (or with --io buffered).
 
 Standalone (Python 3.10+, numpy, safetensors): it runs in the cluster from the mlcache-scripts
-ConfigMap with the training image, and locally through `python -m tools.bench shards`.
+ConfigMap with the training image, and locally through `mlcache bench shards`.
 
     python shard_bench.py write DIR --count 8 --size 1G     synthetic shards (kept if present)
     python shard_bench.py load DIR [--readers 8] [--io direct] [--evict]   the measurement, JSON on stdout
@@ -24,9 +24,10 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-from safetensors.numpy import save_file
+if TYPE_CHECKING:
+    import numpy as np
 
 TENSOR_BYTES = 64 * 2**20  # synthetic shards hold tensors of at most 64 MiB, like real checkpoints
 PAGE = mmap.PAGESIZE
@@ -34,11 +35,12 @@ DIRECT, BUFFERED = "direct", "buffered"
 IO_MODES = (DIRECT, BUFFERED)
 # O_DIRECT read size: a few max_sectors_kb-sized requests in flight per reader (docs/coldstart.md).
 DIRECT_CHUNK = 16 * 2**20
-# safetensors dtypes as numpy reads them (bf16 and fp8 have no numpy type: their raw bits).
+# safetensors dtypes as numpy reads them (bf16 and fp8 have no numpy type: their raw bits). numpy
+# and safetensors are imported where used: `mlcache bench` parses its options without them.
 DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F8_E4M3": np.uint8, "F8_E5M2": np.uint8,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
-    "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_,
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "uint16", "F8_E4M3": "uint8", "F8_E5M2": "uint8",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
 }  # fmt: skip
 _SIZE = re.compile(r"^([1-9][0-9]*)([KMGT]?)$")
 
@@ -57,6 +59,9 @@ def shard_paths(directory: Path) -> list[Path]:
 
 def write_shards(directory: Path, count: int, size: int) -> list[Path]:
     """Shards named like a Hugging Face checkpoint, each about `size` bytes of bf16-like data."""
+    import numpy as np  # noqa: PLC0415
+    from safetensors.numpy import save_file  # noqa: PLC0415
+
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     paths = []
@@ -90,6 +95,8 @@ def evict(paths: list[Path]) -> None:
 
 def deserialize(buffer: memoryview) -> dict[str, np.ndarray]:
     """Tensors of a safetensors image in memory: header parsed, arrays built over the bytes (no copy)."""
+    import numpy as np  # noqa: PLC0415
+
     header_len = int.from_bytes(buffer[:8], "little")
     header = json.loads(bytes(buffer[8 : 8 + header_len]))
     base = 8 + header_len

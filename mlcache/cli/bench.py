@@ -24,6 +24,7 @@ mlcache bench rehearse [--runs N] [--stack dev --stack prod]
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import sys
@@ -81,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     copy.add_argument("--streams", type=positive_int, default=4)
     copy.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians")
     args = parser.parse_args(args_in)
+    if args.command in ("shards", "coldstart", "copy"):
+        missing = [name for name in ("numpy", "safetensors") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise UsageError(
+                f"mlcache bench {args.command} writes and loads safetensors shards: it needs {' and '.join(missing)}, "
+                "which ./run's runtime environment leaves out; install the test environment with scripts/setup (./test runs it)"
+            )
     if args.command == "copy":
         if not shutil.which("fio"):
             raise UsageError("fio is not installed (Debian: apt-get install fio)")

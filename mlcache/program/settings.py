@@ -349,8 +349,8 @@ class JobSettings:
     prewarm: bool = setting(
         Flag(),
         True,
-        "Before training, read the model (its --model, prefetched by cache.prefetch) into the page cache "
-        "within the memory headroom (Filesystem mode; docs/coldstart.md).",
+        "Beside training, read the model (its --model, prefetched by cache.prefetch) into the page cache "
+        "ahead of the loader, within the memory headroom (Filesystem mode; docs/coldstart.md).",
     )
     prewarm_readers: int = setting(Integer(1, 64), 8, "Parallel readers of the prewarm.")
     prewarm_max_bytes: str | None = setting(
