@@ -447,6 +447,17 @@ SCALAR_KEYS = tuple(name for name in KEYS if name not in STRUCTURED_KEYS)
 KNOWN_KEYS = (*KEYS, *SECRET_KEYS, SECRET_ENV_KEY)
 
 
+def _check_name_room(cache: CacheSettings, feature: str, objects: str) -> None:
+    """cache.name must leave room for the names of the objects `feature` names after it."""
+    if len(cache.name) > COPY_CACHE_NAME_MAX or not is_dns_label(cache.name) or not cache.name[0].isalpha():
+        raise ConfigError(
+            "cache.name",
+            cache.name,
+            f"with {feature}, a DNS label starting with a letter of at most {COPY_CACHE_NAME_MAX} characters "
+            f"({objects} are named after it)",
+        )
+
+
 def _check_copy(cache: CacheSettings, job: JobSettings) -> None:
     """What a move by copy needs: files to copy, one claim, and room for the names of its objects."""
     if cache.is_block:
@@ -462,13 +473,7 @@ def _check_copy(cache: CacheSettings, job: JobSettings) -> None:
             f"false or fresh with job.nodes {job.nodes}: a copy moves a single-node cache "
             "(each worker's claim is not copied yet)",
         )
-    if len(cache.name) > COPY_CACHE_NAME_MAX or not is_dns_label(cache.name) or not cache.name[0].isalpha():
-        raise ConfigError(
-            "cache.name",
-            cache.name,
-            f"with cache.relocate copy, a DNS label starting with a letter of at most {COPY_CACHE_NAME_MAX} characters "
-            "(the copy's Jobs and Service are named after it)",
-        )
+    _check_name_room(cache, "cache.relocate copy", "the copy's Jobs and Service")
 
 
 def _check_durable(s: Settings) -> None:
@@ -484,13 +489,7 @@ def _check_durable(s: Settings) -> None:
     for refused, allowed in needs:
         if refused:
             raise ConfigError("cache.durableCopy", True, allowed)
-    if len(cache.name) > COPY_CACHE_NAME_MAX or not is_dns_label(cache.name) or not cache.name[0].isalpha():
-        raise ConfigError(
-            "cache.name",
-            cache.name,
-            f"with cache.durableCopy, a DNS label starting with a letter of at most {COPY_CACHE_NAME_MAX} characters "
-            "(the durable copy's claim and Job are named after it)",
-        )
+    _check_name_room(cache, "cache.durableCopy", "the durable copy's claim and Job")
 
 
 def _check(s: Settings) -> None:

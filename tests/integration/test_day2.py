@@ -58,6 +58,18 @@ def tool(rehearsal, command: str, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def kill_node(rehearsal, name: str) -> None:
+    """The node stops: its kubelet no longer reports (scripts/local-cluster kill-node)."""
+    killed = subprocess.run(
+        [str(ROOT / "scripts" / "local-cluster"), "kill-node", str(rehearsal.cluster), name],
+        env={**os.environ, **rehearsal.env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert killed.returncode == 0, killed.stderr
+
+
 def test_zone_change_is_refused_with_nothing_changed_and_relocate_moves_the_cache(rehearsal):
     outputs = rehearsal.up("prod")
     namespace = outputs["namespace"]
@@ -98,14 +110,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert first.zone == "ucsd" and report.volume.nodes == [first.node]
     before = uids(rehearsal, namespace)
 
-    killed = subprocess.run(
-        [str(ROOT / "scripts" / "local-cluster"), "kill-node", str(rehearsal.cluster), first.node],
-        env={**os.environ, **rehearsal.env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert killed.returncode == 0, killed.stderr
+    kill_node(rehearsal, first.node)
 
     verify = tool(rehearsal, "verify", "--stack", "prod")
     assert verify.returncode == 1, verify.stdout + verify.stderr
@@ -218,14 +223,7 @@ def test_node_loss_with_a_durable_copy_heal_restores_from_it_on_a_healthy_node(r
     assert durable["level"] == "ok" and "node loss restores from it" in durable["message"]
     before = uids(rehearsal, namespace)
 
-    killed = subprocess.run(
-        [str(ROOT / "scripts" / "local-cluster"), "kill-node", str(rehearsal.cluster), first.node],
-        env={**os.environ, **rehearsal.env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert killed.returncode == 0, killed.stderr
+    kill_node(rehearsal, first.node)
     taints = rehearsal.core.read_node(first.node).spec.taints or []
     rehearsal.core.patch_node(first.node, {"spec": {"taints": [t.to_dict() for t in taints] + [OUT_OF_SERVICE.to_dict()]}})
     dry = json.loads(tool(rehearsal, "heal", "--stack", "prod", "--allow-protected", "--json").stdout)
