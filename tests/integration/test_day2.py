@@ -70,6 +70,19 @@ def kill_node(rehearsal, name: str) -> None:
     assert killed.returncode == 0, killed.stderr
 
 
+def healed_report(rehearsal, outputs):
+    """The report once the healed training pod is placed. After a heal the Job controller makes a new
+    pod; until it is scheduled there is nothing "moving" to wait for, so a report taken too early
+    (seen under load) shows the pod unplaced or no pod."""
+
+    def placed():
+        report = rehearsal.report("prod", outputs, SETTLE)
+        pods = [p for p in report.pods if p.role == "training"]
+        return report if len(pods) == 1 and pods[0].node else None
+
+    return wait_for(placed, SETTLE, "the healed training pod placed")
+
+
 def test_zone_change_is_refused_with_nothing_changed_and_relocate_moves_the_cache(rehearsal):
     outputs = rehearsal.up("prod")
     namespace = outputs["namespace"]
@@ -141,14 +154,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
     assert f"healed: claim {namespace}/{CLAIM} re-created" in healed.stdout
 
-    # After the heal the Job controller makes a new pod; until it is scheduled there is nothing "moving"
-    # to wait for, so a report taken too early (seen under load) shows the pod unplaced or no pod.
-    def placed():
-        report = rehearsal.report("prod", outputs, SETTLE)
-        pods = [p for p in report.pods if p.role == "training"]
-        return report if len(pods) == 1 and pods[0].node else None
-
-    report = wait_for(placed, SETTLE, "the healed training pod placed")
+    report = healed_report(rehearsal, outputs)
     again = training(report)
     assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
     assert again.with_cache is True
@@ -233,12 +239,7 @@ def test_node_loss_with_a_durable_copy_heal_restores_from_it_on_a_healthy_node(r
     assert f"copies the durable copy {DURABLE} (refreshed " in healed.stdout
     assert f"restores the durable copy {DURABLE}" in healed.stdout
 
-    def placed():
-        report = rehearsal.report("prod", outputs, SETTLE)
-        pods = [p for p in report.pods if p.role == "training"]
-        return report if len(pods) == 1 and pods[0].node else None
-
-    report = wait_for(placed, SETTLE, "the healed training pod placed")
+    report = healed_report(rehearsal, outputs)
     again = training(report)
     assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
     pod = next(p for p in rehearsal.view(namespace).pods if f"{namespace}/{p['metadata']['name']}" == again.pod)
