@@ -69,7 +69,11 @@ IngressIsolation("ingress-isolation", policy_name=INGRESS_POLICY, namespace=sett
 durable = None
 if settings.cache.durable_copy:
     durable = DurableClaim(
-        "durable-copy", settings.cache, storage_class_name=settings.rook_ceph.storage_class_name, namespace=settings.namespace
+        "durable-copy",
+        settings.cache,
+        storage_class_name=settings.rook_ceph.storage_class_name,
+        size=live_cache.durable_size or settings.cache.size,
+        namespace=settings.namespace,
     )
 
 # Every pod on the cache (training, warm-up, benchmark, copy) is placed, hardened and attached alike.

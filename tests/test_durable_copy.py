@@ -32,7 +32,6 @@ from workloads.prefetch import warmup_id
 DURABLE = ("cache.durableCopy=true", "cache.prefetch=[Qwen/Qwen3-VL-8B-Instruct]")
 CLAIM, DURABLE_CLAIM, REFRESH = "ms-swift-cache-pvc", "ms-swift-cache-pvc-durable", "ms-swift-cache-pvc-durable-refresh"
 SCRIPT = ROOT / "workloads" / "cache_copy.py"
-PARTS = ["huggingface", "modelscope", ".mlcache/prefetch"]
 
 
 def claims(run) -> dict[str, dict]:
@@ -128,7 +127,7 @@ def test_the_refresh_waits_until_the_cache_is_bound_then_runs_beside_it_after_th
     args = step["command"]
     assert args[args.index("--warmup") + 1] == current == template["metadata"]["annotations"]["mlcache/warmup"]
     assert args[args.index("--ready") + 1] == "/cache/.mlcache/prefetch/complete"
-    assert [args[i + 1] for i, a in enumerate(args) if a == "--part"] == PARTS
+    assert args[args.index("--wait-limit") + 1] == "86400"  # a day, then it fails saying so: never for ever
     assert "cache_copy.py" in config_map["data"]
     # A new prefetch list is a new warm-up: the refresh Job is replaced (and copies again).
     other = jobs(bound_render("cache.prefetch=[Qwen/Other]"))[REFRESH]
@@ -155,6 +154,40 @@ def test_turning_the_durable_copy_on_or_off_while_training_runs_is_refused():
     assert "turning it off" in judge(WANTED, dataclasses.replace(running, training_job=with_durable)).refusal
 
 
+def durable_live(size: str, storage_class: str = "rook-ceph-block", expands: bool = True):
+    claim = {
+        "metadata": {"name": DURABLE_CLAIM},
+        "spec": {"storageClassName": storage_class, "resources": {"requests": {"storage": size}}},
+    }
+    return dataclasses.replace(bound_in_ucsd(), durable=claim, durable_class={"allowVolumeExpansion": expands})
+
+
+def test_the_durable_claim_never_shrinks_never_changes_class_and_grows_only_where_it_can():
+    on = dataclasses.replace(WANTED, durable_copy=True, durable_class="rook-ceph-block")
+    # The cache shrinks (a move at a smaller size): the durable claim keeps its size, saying so.
+    kept = judge(dataclasses.replace(on, size="300Gi", relocate="copy"), durable_live("800Gi"))
+    assert kept.refusal is None and kept.durable_size == "800Gi"
+    assert f"the durable copy's claim {DURABLE_CLAIM} keeps 800Gi (cache.size 300Gi" in kept.notes[-1]
+    assert judge(on, durable_live("500Gi")).durable_size is None  # the same size: cache.size
+    grows = judge(dataclasses.replace(on, size="1Ti"), durable_live("500Gi"))
+    assert grows.refusal is None and grows.durable_size is None
+    cannot_grow = judge(dataclasses.replace(on, size="1Ti"), durable_live("500Gi", expands=False)).refusal
+    assert (
+        cannot_grow.startswith("mlcache:cache.size = '1Ti': the durable copy's claim") and "allowVolumeExpansion" in cannot_grow
+    )
+    moved = judge(dataclasses.replace(on, durable_class="ceph-ssd"), durable_live("500Gi")).refusal
+    assert moved.startswith("mlcache:rookCeph.storageClassName = 'ceph-ssd'") and "class 'rook-ceph-block'" in moved
+    assert judge(WANTED, durable_live("500Gi")).refusal is None  # turning it off: the claim goes, nothing to judge
+
+
+def test_the_rendered_durable_claim_asks_for_what_the_guard_decided():
+    base = claims(rendered("prod"))[CLAIM]
+    live = dataclasses.replace(live_from_manifest(base.inputs), durable=durable_live("2Ti").durable, durable_class={})
+    with assume_live(live):
+        run, _ = render("prod", [*DURABLE], [])
+    assert claims(run)[DURABLE_CLAIM].inputs["spec"]["resources"]["requests"]["storage"] == "2Ti"
+
+
 # --- heal
 
 
@@ -171,7 +204,11 @@ def test_heal_says_whether_the_new_claim_is_restored_or_downloaded_again():
         allow_protected=False,
         durable=dataclasses.replace(refreshed, refresh="running", refreshed=None),
     )
-    assert never.restores_from is None and "was never refreshed" in render_plan(never, apply=False)
+    # Whether an earlier refresh left a verified copy is on the durable volume: the restore step decides.
+    assert never.restores_from == DURABLE_CLAIM
+    assert "if an earlier refresh left a verified copy (its refresh Job is running now)" in render_plan(never, apply=False)
+    unbound = dataclasses.replace(refreshed, bound=False)
+    assert plan_heal(lost, EXPECT, protected=False, allow_protected=False, durable=unbound).restores_from is None
     off = plan_heal(lost, EXPECT, protected=False, allow_protected=False)
     assert off.restores_from is None and "downloads every model again (no durable copy" in render_plan(off, apply=False)
 
@@ -186,7 +223,7 @@ def test_verify_says_whether_node_loss_would_restore_from_the_durable_copy():
     assert failed.level == "FAIL" and f"job/{REFRESH}" in failed.remedy
     assert "waits for the warm-up" in finding(refresh="running").message
     absent = finding(refresh="absent")
-    assert absent.level == "info" and "holds no verified copy" in absent.message and "pulumi up" in absent.remedy
+    assert absent.level == "info" and "restores the last verified refresh" in absent.message and "pulumi up" in absent.remedy
     assert finding(bound=False, refresh="absent").level == "FAIL"
 
 
@@ -200,33 +237,43 @@ def test_heal_force_deletes_the_refresh_pod_stuck_on_the_dead_node():
 # --- the data path, real processes on real files
 
 
+HF_MODEL, MS_MODEL = "huggingface/hub/models--org--m", "modelscope/models/Qwen/m"
+
+
 def make_cache(root, warmup: str | None = "w1") -> None:
-    """A warmed cache: a Hugging Face snapshot (blobs, relative links), a ModelScope model, the
-    warm-up's markers, and what the durable copy leaves out (outputs, run markers)."""
-    blobs = root / "huggingface" / "hub" / "models--org--m" / "blobs"
+    """A warmed cache: a Hugging Face repository (blobs, relative snapshot links), a ModelScope model,
+    the warm-up's markers naming them as prefetch.py records them, and what the durable copy leaves
+    out (a dataset training downloads, outputs, run markers)."""
+    blobs = root / HF_MODEL / "blobs"
     blobs.mkdir(parents=True)
     (blobs / "aa11").write_bytes(os.urandom(3 << 20))
     (blobs / "bb22").write_bytes(b"{}")
-    snap = root / "huggingface" / "hub" / "models--org--m" / "snapshots" / "c0ffee"
+    snap = root / HF_MODEL / "snapshots" / "c0ffee"
     snap.mkdir(parents=True)
     (snap / "model.safetensors").symlink_to("../../blobs/aa11")
     (snap / "config.json").symlink_to("../../blobs/bb22")
-    (root / "modelscope" / "Qwen" / "m").mkdir(parents=True)
-    (root / "modelscope" / "Qwen" / "m" / "weights.bin").write_bytes(os.urandom(1 << 20))
-    (root / "modelscope" / "Qwen" / "m" / "empty").touch()
-    markers = root / ".mlcache" / "prefetch"
-    markers.mkdir(parents=True)
-    (markers / "huggingface--org--m.done").write_text("{}")
+    (root / MS_MODEL).mkdir(parents=True)
+    (root / MS_MODEL / "weights.bin").write_bytes(os.urandom(1 << 20))
+    (root / MS_MODEL / "empty").touch()
+    add_marker(root, "huggingface--org--m", snap)
+    add_marker(root, "modelscope--Qwen--m", root / MS_MODEL)
     if warmup is not None:
-        (markers / "complete").write_text(warmup + "\n")
+        (root / ".mlcache" / "prefetch" / "complete").write_text(warmup + "\n")
+    (root / "huggingface" / "datasets" / "d").mkdir(parents=True)
+    (root / "huggingface" / "datasets" / "d" / "train.arrow").write_bytes(b"rows")
     (root / "output" / "run").mkdir(parents=True)
     (root / "output" / "run" / "checkpoint").write_bytes(b"x" * 100)
     (root / ".mlcache" / "runs").mkdir()
 
 
+def add_marker(root, name: str, path) -> None:
+    markers = root / ".mlcache" / "prefetch"
+    markers.mkdir(parents=True, exist_ok=True)
+    (markers / f"{name}.done").write_text(json.dumps({"path": str(path), "finished": "2026-12-06T10:00:00Z"}))
+
+
 def copy(command: str, cache, durable, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    parts = [a for p in PARTS for a in ("--part", p)]
-    argv = [sys.executable, str(SCRIPT), command, "--cache", str(cache), "--durable", str(durable), *parts]
+    argv = [sys.executable, str(SCRIPT), command, "--cache", str(cache), "--durable", str(durable)]
     argv += ["--ready", str(cache / ".mlcache" / "prefetch" / "complete"), "--progress-every", "0.5", *extra]
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
@@ -240,7 +287,11 @@ def tree(root) -> dict[str, object]:
     return found
 
 
-def test_refresh_waits_for_the_warm_up_then_copies_the_models_and_markers_verified(tmp_path):
+def record(durable) -> dict:
+    return json.loads((durable / "refreshed.json").read_text())
+
+
+def test_refresh_waits_for_the_warm_up_then_copies_the_models_it_names_verified(tmp_path):
     cache, durable = tmp_path / "cache", tmp_path / "durable"
     make_cache(cache, warmup="old")
     durable.mkdir()
@@ -257,11 +308,59 @@ def test_refresh_waits_for_the_warm_up_then_copies_the_models_and_markers_verifi
     assert result.returncode == 0, result.stderr
     assert "waiting for the warm-up w2" in result.stderr
     summary = json.loads(result.stdout)
-    assert summary["verified"] and summary["warmup"] == "w2" and summary["files"] == 6
-    for part in PARTS:
+    assert summary["verified"] and summary["warmup"] == "w2" and summary["files"] == 4
+    assert summary["parts"] == [HF_MODEL, MS_MODEL]
+    for part in (HF_MODEL, MS_MODEL):
         assert tree(durable / "tree" / part) == tree(cache / part)
-    assert not (durable / "tree" / "output").exists() and not (durable / "tree" / ".mlcache" / "runs").exists()
-    assert json.loads((durable / "refreshed.json").read_text())["warmup"] == "w2"
+    # Only the models: the dataset training wrote, the outputs and run markers stay out.
+    assert sorted(p.name for p in (durable / "tree").iterdir()) == ["huggingface", "modelscope"]
+    assert sorted(p.name for p in (durable / "tree" / "huggingface").iterdir()) == ["hub"]
+    saved = record(durable)
+    assert saved["warmup"] == "w2" and saved["markers"]["complete"] == "w2\n"
+    assert json.loads(saved["markers"]["huggingface--org--m.done"])["path"].endswith("snapshots/c0ffee")
+
+
+def test_refresh_gives_up_after_its_wait_limit_with_a_line_saying_so(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache, warmup=None)
+    durable.mkdir()
+    result = copy("refresh", cache, durable, "--warmup", "w1", "--wait-every", "0.1", "--wait-limit", "0.5")
+    assert result.returncode == 2 and "the warm-up w1 did not finish within 0.5 s" in result.stderr
+    assert not (durable / "refreshed.json").exists()
+
+
+def test_the_last_record_stays_valid_until_a_model_it_lists_changes(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    # A new list adds a model that cannot be copied (a FIFO, which no cache holds): the refresh fails,
+    # and the record of w1 still describes the durable copy, untouched.
+    broken = cache / "modelscope" / "models" / "Qwen" / "broken"
+    broken.mkdir()
+    os.mkfifo(broken / "pipe")
+    add_marker(cache, "modelscope--Qwen--broken", broken)
+    (cache / ".mlcache" / "prefetch" / "complete").write_text("w2\n")
+    before = tree(durable / "tree" / HF_MODEL)
+    failed = copy("refresh", cache, durable, "--warmup", "w2")
+    assert failed.returncode == 2, failed.stderr
+    assert record(durable)["warmup"] == "w1" and tree(durable / "tree" / HF_MODEL) == before
+    # A model the record lists changed: its record is withdrawn before the copy touches it.
+    (broken / "pipe").unlink()
+    (broken / "w.bin").write_bytes(b"w")
+    (cache / HF_MODEL / "blobs" / "bb22").write_bytes(b'{"changed": true}')
+    changed = copy("refresh", cache, durable, "--warmup", "w2")
+    assert changed.returncode == 0, changed.stderr
+    assert f"{HF_MODEL} changed since the last refresh" in changed.stderr
+    assert record(durable)["warmup"] == "w2" and tree(durable / "tree" / HF_MODEL) == tree(cache / HF_MODEL)
+    # A model no list names any more leaves the durable copy once the new record is written.
+    (cache / ".mlcache" / "prefetch" / "modelscope--Qwen--m.done").unlink()
+    (cache / ".mlcache" / "prefetch" / "complete").write_text("w3\n")
+    pruned = copy("refresh", cache, durable, "--warmup", "w3")
+    assert pruned.returncode == 0, pruned.stderr
+    assert json.loads(pruned.stdout)["bytesSent"] == 0  # unchanged models are checked, not copied
+    assert record(durable)["parts"] == [HF_MODEL, "modelscope/models/Qwen/broken"]
+    assert not (durable / "tree" / MS_MODEL).exists() and (durable / "tree" / "modelscope/models/Qwen/broken/w.bin").exists()
 
 
 def test_restore_brings_an_empty_cache_back_and_leaves_a_warm_one_alone(tmp_path):
@@ -275,31 +374,49 @@ def test_restore_brings_an_empty_cache_back_and_leaves_a_warm_one_alone(tmp_path
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["restored"] and summary["verified"] and summary["warmup"] == "w1"
-    for part in PARTS:
+    for part in (HF_MODEL, MS_MODEL, ".mlcache/prefetch"):
         assert tree(lost / part) == tree(cache / part)
-    assert (lost / "huggingface/hub/models--org--m/snapshots/c0ffee/model.safetensors").read_bytes() == (
-        cache / "huggingface/hub/models--org--m/blobs/aa11"
-    ).read_bytes()
+    assert (lost / HF_MODEL / "snapshots/c0ffee/model.safetensors").read_bytes() == (cache / HF_MODEL / "blobs/aa11").read_bytes()
     # Warm now (its warm-up marker came back last): a second restore changes nothing.
-    (lost / "modelscope" / "Qwen" / "m" / "weights.bin").write_bytes(b"new")
+    (lost / MS_MODEL / "weights.bin").write_bytes(b"new")
     again = copy("restore", lost, durable)
     assert json.loads(again.stdout) == {"restored": False, "reason": "warm"}
-    assert (lost / "modelscope" / "Qwen" / "m" / "weights.bin").read_bytes() == b"new"
+    assert (lost / MS_MODEL / "weights.bin").read_bytes() == b"new"
+
+
+def test_restore_leaves_a_cache_an_interrupted_warm_up_filled_untouched(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    # The warm-up of a new list started (it removes `complete` first) and was cut short: the cache
+    # holds models and markers but is not warm. The restore must not overwrite or remove any of it.
+    (cache / ".mlcache" / "prefetch" / "complete").unlink()
+    (cache / MS_MODEL / "partial.bin").write_bytes(b"half")
+    before = tree(cache)
+    result = copy("restore", cache, durable)
+    assert result.returncode == 0 and json.loads(result.stdout) == {"restored": False, "reason": "not empty"}
+    assert "the warm-up resumes from it" in result.stderr and tree(cache) == before
 
 
 def test_without_a_refreshed_copy_or_when_the_restore_fails_the_warm_up_downloads(tmp_path):
     cache, durable = tmp_path / "cache", tmp_path / "durable"
-    cache.mkdir()
+    (cache / "huggingface" / "hub").mkdir(parents=True)  # what the new claim held before: kept
     durable.mkdir()
     nothing = copy("restore", cache, durable)
     assert nothing.returncode == 0 and json.loads(nothing.stdout) == {"restored": False, "reason": "no durable copy"}
-    # A durable copy that cannot be read back (here a FIFO, which no cache holds): exit 0, nothing left half-restored.
+    (durable / "refreshed.json").write_text("{not json")
+    unreadable = copy("restore", cache, durable)
+    assert unreadable.returncode == 0 and json.loads(unreadable.stdout)["reason"] == "no durable copy"
+    # A durable copy that cannot be read back (here a FIFO, which no cache holds): exit 0, what it
+    # wrote removed, what was there before kept.
     make_cache(tmp_path / "warm")
     assert copy("refresh", tmp_path / "warm", durable, "--warmup", "w1").returncode == 0
-    os.mkfifo(durable / "tree" / "modelscope" / "Qwen" / "m" / "pipe")
+    os.mkfifo(durable / "tree" / MS_MODEL / "pipe")
     failed = copy("restore", cache, durable)
     assert failed.returncode == 0 and json.loads(failed.stdout)["restored"] is False
-    assert "restore failed" in failed.stderr and sorted(p.name for p in cache.iterdir()) == []
+    assert "restore failed" in failed.stderr
+    assert tree(cache) == {"huggingface": "dir", "huggingface/hub": "dir"}
 
 
 def test_the_durable_objects_are_valid_and_pass_every_policy():

@@ -6,8 +6,8 @@ on the destination's disk. Python 3 standard library only: it runs in the traini
     python3 cache_copy.py receive --root DST --source HOST:PORT --token-file F [--streams N]
     python3 cache_copy.py local   --from SRC --to DST [--streams N]
     python3 cache_copy.py verify  --root DST (--source HOST:PORT --token-file F | --from SRC)
-    python3 cache_copy.py refresh --cache C --durable D --part P... --ready FILE --warmup ID
-    python3 cache_copy.py restore --durable D --cache C --part P... --ready FILE
+    python3 cache_copy.py refresh --cache C --durable D --ready FILE --warmup ID [--wait-limit S]
+    python3 cache_copy.py restore --cache C --durable D --ready FILE
 
 `send` serves SRC read-only until a receiver says it is done. `receive` and `local` make DST an
 exact copy of SRC and exit 0 only once it is verified; `verify` checks DST without changing it.
@@ -29,11 +29,16 @@ of a fresh nonce), so the token never crosses the network; a wrong token is refu
 receiver touches DST.
 
 The durable copy (cache.durableCopy). `refresh` waits until the warm-up has finished (FILE, the
-warm-up's marker, holds ID), then makes D/tree/P a verified copy of C/P for each part and records it
-in D/refreshed.json (removed first: a refresh cut short is never taken for a verified one).
-`restore` runs before the warm-up in the training pod: when C is not warm (no FILE) and D holds a
-refreshed copy, it copies each part back, verified, models before markers. A restore that fails
-removes what it wrote and exits 0: the warm-up then downloads, as without a durable copy.
+warm-up's marker, holds ID; at most --wait-limit seconds), then makes D/tree/M a verified copy of
+C/M for each model directory M the warm-up's markers (FILE's directory) name, and records the
+models and the markers in D/refreshed.json. Nothing else of the cache is copied (datasets and
+outputs training writes stay out). The last record stays until a model it lists is about to
+change; models no list names any more are removed only after the new record is written.
+`restore` runs before the warm-up in the training pod: into a cache that holds none of the
+recorded models and no markers (a claim re-created after node loss) it copies each model back,
+verified, then the markers, the warm-up's own last. A cache that holds any of them is left alone
+(an interrupted warm-up resumes from what it has). `restore` always exits 0: a restore that fails
+removes what it wrote, and the warm-up then downloads, as without a durable copy.
 
 Output: progress on stderr every --progress-every seconds (bytes done/total, rate, ETA); one JSON
 line on stdout at the end: files, bytes, bytesSent, bytesKept, seconds, verified.
@@ -44,6 +49,7 @@ Exit status: 0 copied and verified; 1 verification failed (the line names the fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -591,67 +597,195 @@ def verify_tree(source, root: Path, log: Callable[[str], None], segment: int = S
 
 DURABLE_TREE = "tree"
 DURABLE_RECORD = "refreshed.json"
+MARKER_SUFFIX = ".done"
 
 
-def mirror_parts(source: Path, target: Path, parts: list[str], streams: int, log: Callable[[str], None], every: float) -> dict:
-    """target/P a verified copy of source/P for each part, in order; a part missing from source is
-    removed from target."""
-    totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
-    for part in parts:
-        origin, copy = source / part, target / part
-        if not origin.is_dir():
-            log(f"{part}: not in {source}")
-            if copy.is_dir():
-                prepare(copy, [])
-                copy.rmdir()
-            continue
-        log(f"{part}: {origin} -> {copy}")
-        result = copy_tree([LocalSource(origin) for _ in range(streams)], copy, log, every)
-        for key in totals:
-            totals[key] += result[key]
-    return totals
+def model_dir(recorded: str, cache: Path) -> str:
+    """The directory, relative to the cache, that holds the model a warm-up marker names: a Hugging
+    Face repository (models--org--name: blobs, refs, snapshots) or a ModelScope model directory."""
+    path = PurePosixPath(recorded)
+    try:
+        relative = path.relative_to(PurePosixPath(cache.as_posix()))
+    except ValueError:
+        raise CopyError(f"the model at {recorded} is outside the cache {cache}: the durable copy cannot hold it") from None
+    parts = relative.parts
+    if "snapshots" in parts:  # .../models--org--name/snapshots/<revision>: the repository holds the blobs
+        parts = parts[: parts.index("snapshots")]
+    if not parts or ".." in parts or not (cache / PurePosixPath(*parts)).is_dir():
+        raise CopyError(f"the model at {recorded} is not a directory inside the cache {cache}")
+    return PurePosixPath(*parts).as_posix()
 
 
-def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    started = time.monotonic()
-    waited_since = started
+def warmed_models(cache: Path, markers: Path) -> tuple[list[str], dict[str, str]]:
+    """The model directories the warm-up's markers name, and the markers themselves (name -> text)."""
+    texts = {p.name: p.read_text() for p in sorted(markers.iterdir()) if p.is_file() and not p.name.endswith(".tmp")}
+    models = set()
+    for name, text in texts.items():
+        if name.endswith(MARKER_SUFFIX):
+            try:
+                recorded = json.loads(text)["path"]
+            except (ValueError, KeyError, TypeError):
+                raise CopyError(f"{markers / name}: not a warm-up marker (no path)") from None
+            models.add(model_dir(str(recorded), cache))
+    # A directory inside another one is copied with it.
+    outer = [m for m in sorted(models) if not any(m.startswith(o + "/") for o in models)]
+    return outer, texts
+
+
+def read_record(durable: Path) -> dict | None:
+    """The last verified refresh (None: none, or a record this version cannot trust)."""
+    try:
+        record = json.loads((durable / DURABLE_RECORD).read_text())
+        parts, markers = record["parts"], record["markers"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    safe = all(isinstance(p, str) and _is_part(p) for p in parts) and isinstance(markers, dict)
+    if not safe or not all(isinstance(n, str) and isinstance(t, str) and n == PurePosixPath(n).name for n, t in markers.items()):
+        return None
+    return record
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.rename(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        prepare(path, [])  # empties it, read-only directories included
+        path.rmdir()
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def prune(tree: Path, parts: list[str]) -> None:
+    """Remove from the durable tree everything outside the parts (models no warm-up lists any more)."""
+    keep = {PurePosixPath(p) for p in parts}
+    ancestors = {a for p in keep for a in p.parents}
+
+    def walk(directory: Path, relative: PurePosixPath) -> None:
+        for item in sorted(directory.iterdir()):
+            path = relative / item.name
+            if path in keep:
+                continue
+            if path in ancestors and item.is_dir() and not item.is_symlink():
+                walk(item, path)
+            else:
+                remove_tree(item)
+
+    if tree.is_dir():
+        walk(tree, PurePosixPath())
+
+
+def wait_for_warmup(args: argparse.Namespace, log: Callable[[str], None]) -> None:
+    started = waited_since = time.monotonic()
     while not (args.ready.is_file() and args.ready.read_text().strip() == args.warmup):
+        if time.monotonic() - started >= args.wait_limit:
+            raise CopyError(f"the warm-up {args.warmup} did not finish within {args.wait_limit:g} s ({args.ready})")
         if time.monotonic() - waited_since >= args.progress_every:
             log(f"waiting for the warm-up {args.warmup} to finish ({args.ready})")
             waited_since = time.monotonic()
         time.sleep(min(args.wait_every, args.progress_every))
-    record = args.durable / DURABLE_RECORD
-    record.unlink(missing_ok=True)
-    totals = mirror_parts(args.cache, args.durable / DURABLE_TREE, args.part, args.streams, log, args.progress_every)
+
+
+def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """The durable copy made a verified copy of the models the finished warm-up names. The last
+    record stays valid until a model it lists is about to change, and is replaced only once every
+    model is verified; models no list names any more are removed after that."""
+    started = time.monotonic()
+    wait_for_warmup(args, log)
+    parts, markers = warmed_models(args.cache, args.ready.parent)
+    previous = read_record(args.durable)
+    recorded = set(previous["parts"]) if previous else set()
+    tree = args.durable / DURABLE_TREE
+    totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
+    # New models first: until one the record lists changes, the record still describes the tree.
+    for part in sorted(parts, key=lambda p: p in recorded):
+        origin, copy = args.cache / part, tree / part
+        if part in recorded:
+            try:
+                checked = verify_tree(LocalSource(origin), copy, log)
+                result = {**checked, "bytesSent": 0, "bytesKept": checked["bytes"]}
+            except Mismatch as err:
+                log(f"{part} changed since the last refresh ({err}): its record is withdrawn until this refresh ends")
+                (args.durable / DURABLE_RECORD).unlink(missing_ok=True)
+                recorded.clear()
+                result = copy_tree([LocalSource(origin) for _ in range(args.streams)], copy, log, args.progress_every)
+        else:
+            log(f"{part}: {origin} -> {copy}")
+            result = copy_tree([LocalSource(origin) for _ in range(args.streams)], copy, log, args.progress_every)
+        for key in totals:
+            totals[key] += result[key]
     finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    summary = {"warmup": args.warmup, "finished": finished, **totals}
-    temporary = record.with_suffix(".tmp")
-    temporary.write_text(json.dumps(summary) + "\n")
-    os.sync()
-    temporary.rename(record)
+    summary = {"warmup": args.warmup, "finished": finished, "parts": parts, **totals}
+    write_atomically(args.durable / DURABLE_RECORD, json.dumps({**summary, "markers": markers}) + "\n")
+    prune(tree, parts)
     return {**summary, "seconds": round(time.monotonic() - started, 3), "verified": True}
 
 
 def restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    """Into a cache with nothing of the warm-up in it (a claim re-created after node loss), the
+    durable copy's models, verified, then the warm-up's markers. Never fails the pod: a cache that
+    holds anything the copy would touch is left alone, and a restore that fails removes what it
+    wrote; either way the warm-up then downloads what is missing."""
+    try:
+        return _restore(args, log)
+    except Exception as err:  # reading the cache or the durable copy failed before anything was written
+        log(f"restore skipped ({type(err).__name__}: {err}): the warm-up downloads")
+        return {"restored": False, "reason": f"failed: {err}"}
+
+
+def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
+    markers_dir = args.ready.parent
     if args.ready.exists():
         log(f"the cache is warm ({args.ready}): nothing to restore")
         return {"restored": False, "reason": "warm"}
-    record = args.durable / DURABLE_RECORD
-    if not record.is_file():
+    record = read_record(args.durable)
+    if record is None:
         log(f"no refreshed durable copy in {args.durable}: the warm-up downloads")
         return {"restored": False, "reason": "no durable copy"}
-    copied = json.loads(record.read_text())
-    log(f"restoring the durable copy of warm-up {copied.get('warmup')} ({copied.get('finished')}) into {args.cache}")
+    targets = [args.cache / part for part in record["parts"]] + [markers_dir]
+    occupied = next((t for t in targets if t.is_symlink() or (t.exists() and (not t.is_dir() or any(t.iterdir())))), None)
+    if occupied is not None:
+        log(f"the cache already holds {occupied} (an interrupted warm-up): nothing restored; the warm-up resumes from it")
+        return {"restored": False, "reason": "not empty"}
+    # What the restore may create: the targets and the directories above them inside the cache.
+    created = sorted({d for t in targets for d in (t, *t.parents) if args.cache in d.parents}, key=lambda d: -len(d.parts))
+    existed = {d for d in created if d.is_dir()}
+    log(f"restoring the durable copy of warm-up {record.get('warmup')} ({record.get('finished')}) into {args.cache}")
+    totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
     try:
-        totals = mirror_parts(args.durable / DURABLE_TREE, args.cache, args.part, args.streams, log, args.progress_every)
-    except (CopyError, Mismatch, OSError) as err:
-        log(f"restore failed ({err}); removing what it wrote: the warm-up downloads")
-        for part in args.part:
-            if (args.cache / part).is_dir():
-                prepare(args.cache / part, [])
-                (args.cache / part).rmdir()
+        for part in record["parts"]:
+            origin = args.durable / DURABLE_TREE / part
+            result = copy_tree([LocalSource(origin) for _ in range(args.streams)], args.cache / part, log, args.progress_every)
+            for key in totals:
+                totals[key] += result[key]
+        # The markers last, the warm-up's own last of all: a cache counts as warm only once its models are back.
+        markers_dir.mkdir(parents=True, exist_ok=True)
+        for name in sorted(record["markers"], key=lambda n: n == args.ready.name):
+            write_atomically(markers_dir / name, record["markers"][name])
+    except Exception as err:  # any failure: the warm-up downloads instead
+        log(f"restore failed ({type(err).__name__}: {err}); removing what it wrote: the warm-up downloads")
+        for directory in created:  # deepest first
+            with contextlib.suppress(Exception):
+                if directory in existed:
+                    if directory in targets:
+                        prepare(directory, [])
+                elif directory in targets:
+                    remove_tree(directory)
+                else:
+                    directory.rmdir()  # only if empty: it may hold what the restore did not write
         return {"restored": False, "reason": f"failed: {err}"}
-    return {"restored": True, "warmup": copied.get("warmup"), **totals, "verified": True}
+    return {"restored": True, "warmup": record.get("warmup"), **totals, "verified": True}
 
 
 # --- the command line
@@ -670,11 +804,19 @@ def _streams(text: str) -> int:
     return int(text)
 
 
-def _part(text: str) -> str:
+def _is_part(text: str) -> bool:
     path = PurePosixPath(text)
-    if path.is_absolute() or ".." in path.parts or not path.parts or str(path) != text:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a relative path inside the cache, without ..")
-    return text
+    return bool(path.parts) and not path.is_absolute() and ".." not in path.parts and str(path) == text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds above 0")
+    return value
 
 
 def _token(path: Path) -> bytes:
@@ -711,12 +853,14 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--token-file", type=Path)
     durable = commands.add_parser("refresh", help="after the warm-up, copy the cache's parts into the durable copy")
     durable.add_argument("--warmup", required=True, help="the warm-up the marker must name")
-    durable.add_argument("--wait-every", type=float, default=10.0, metavar="SECONDS", help="poll interval")
+    durable.add_argument("--wait-every", type=_seconds, default=10.0, metavar="SECONDS", help="poll interval")
+    durable.add_argument(
+        "--wait-limit", type=_seconds, default=86400.0, metavar="SECONDS", help="fail when the warm-up has not finished by then"
+    )
     back = commands.add_parser("restore", help="copy the durable copy into a cache that is not warm")
     for sub in (durable, back):
         sub.add_argument("--cache", type=Path, required=True)
         sub.add_argument("--durable", type=Path, required=True)
-        sub.add_argument("--part", type=_part, action="append", required=True, help="a directory of the cache, relative")
         sub.add_argument("--ready", type=Path, required=True, help="the warm-up's marker file")
         sub.add_argument("--streams", type=_streams, default=4)
     for sub in (receive, local, verify, send, durable, back):

@@ -194,6 +194,7 @@ class Wanted:
     has_consumer: bool
     backend: str = "linstor"
     durable_copy: bool = False
+    durable_class: str = ""  # rookCeph.storageClassName: the durable copy's class
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,9 @@ class LiveCache:
     copy_job: Mapping | None = None
     # The training Job (None: absent): a move neither starts nor switches while it runs.
     training_job: Mapping | None = None
+    # The durable copy's claim and its StorageClass (None: absent or unread).
+    durable: Mapping | None = None
+    durable_class: Mapping | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,9 @@ class Verdict:
     # The hostnames of the node(s) the bound cache's volume is pinned to (none: not bound, not
     # pinned, or moving): where a pod that reads it beside training goes (the durable refresh).
     nodes: tuple[str, ...] = ()
+    # What the durable copy's claim asks for (None: cache.size): a live claim larger than cache.size
+    # keeps its size, since no claim can shrink.
+    durable_size: str | None = None
 
 
 PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
@@ -283,9 +290,21 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     """Refuse (one message, before anything is registered) a change the bound cache cannot take."""
     if isinstance(live, Unread):
         return Verdict(notes=(f"bound-cache guard stood aside: {live.reason}",))
-    durable = _durable_refusal(wanted, live)
-    if durable:
-        return Verdict(refusal=durable)
+    refusal = _durable_refusal(wanted, live) or _durable_claim_refusal(wanted, live)
+    if refusal:
+        return Verdict(refusal=refusal)
+    verdict = _judge_cache(wanted, live)
+    kept = _kept_durable_size(wanted, live)
+    if kept is None or verdict.refusal:
+        return verdict
+    note = (
+        f"bound-cache guard: the durable copy's claim {durable_claim_name(wanted.claim)} keeps {kept} "
+        f"(cache.size {wanted.size}: a claim cannot shrink)"
+    )
+    return replace(verdict, durable_size=kept, notes=(*verdict.notes, note))
+
+
+def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
     claim = live.claim
     if claim is None:
         where = f"{live.namespace}/{wanted.claim}"
@@ -349,6 +368,38 @@ def _durable_refusal(wanted: Wanted, live: LiveCache) -> str | None:
         f"(stops) the training Job {live.namespace}/{get(live.training_job, 'metadata', 'name')} that still runs. "
         f"Nothing was changed. Set it once the run has finished (`kubectl get job -n {live.namespace}`), or put it back."
     )
+
+
+def _durable_claim_refusal(wanted: Wanted, live: LiveCache) -> str | None:
+    """The durable copy's claim cannot change class, nor grow on a class that does not expand: the
+    API server would refuse the update halfway through `up`."""
+    if not wanted.durable_copy or live.durable is None:
+        return None
+    name = f"{live.namespace}/{get(live.durable, 'metadata', 'name')}"
+    current = get(live.durable, "spec", "storageClassName")
+    if current and current != wanted.durable_class:
+        return (
+            f"mlcache:rookCeph.storageClassName = {wanted.durable_class!r}: the durable copy's claim {name} is on "
+            f"class {current!r}, and a claim's class cannot change. Nothing was changed. Put it back to {current!r}, "
+            "or move the durable copy: set cache.durableCopy false and `pulumi up` (this deletes the durable copy; "
+            "cache.protect false first if it is protected), then set the class and cache.durableCopy true."
+        )
+    requested = get(live.durable, "spec", "resources", "requests", "storage")
+    grows = (quantity_bytes(requested) or 0) < required_bytes(wanted.size)
+    if grows and get(live.durable_class, "allowVolumeExpansion") is not True:
+        return (
+            f"mlcache:cache.size = {wanted.size!r}: the durable copy's claim {name} asks for {requested} on class "
+            f"{current!r}, which does not allow volume expansion (allowVolumeExpansion), so it cannot grow with the "
+            f"cache. Nothing was changed. Keep cache.size at most {requested}, or allow expansion on {current!r}."
+        )
+    return None
+
+
+def _kept_durable_size(wanted: Wanted, live: LiveCache) -> str | None:
+    requested = get(live.durable, "spec", "resources", "requests", "storage")
+    if not wanted.durable_copy or not requested:
+        return None
+    return requested if (quantity_bytes(requested) or 0) > required_bytes(wanted.size) else None
 
 
 def _bound_location(live: LiveCache) -> str:
@@ -832,6 +883,11 @@ def read_live_cache(
             return LiveCache(namespace=namespace, claim=None)
         older = generation(*generations[-2]) if len(generations) > 1 else None
         newest = generation(*generations[-1], older=older)
+        durable = next((c for c in claims if get(c, "metadata", "name") == durable_claim_name(cache_name)), None)
+        if durable is not None and get(durable, "spec", "storageClassName"):
+            what[0] = f"StorageClass {durable['spec']['storageClassName']}"
+            durable_class = optional(storage.read_storage_class, durable["spec"]["storageClassName"])
+            newest = replace(newest, durable=durable, durable_class=durable_class)
         if not training_job:
             return newest
         what[0] = f"Job {namespace}/{training_job}"
@@ -920,6 +976,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         expansion_allowed=settings.linstor.allow_volume_expansion if settings.manages_storage_class else None,
         has_consumer=settings.job.enabled or settings.benchmark.enabled,
         durable_copy=settings.cache.durable_copy,
+        durable_class=settings.rook_ceph.storage_class_name,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")

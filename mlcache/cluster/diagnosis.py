@@ -460,16 +460,23 @@ def durable_finding(state: DurableState, refresh_job: str, namespace: str) -> Fi
         return Finding(
             FAIL,
             "durable copy",
-            f"the refresh Job {refresh_job} failed: node loss would restore from an older copy, or download",
+            f"the refresh Job {refresh_job} failed: node loss restores the last verified refresh if there was one, "
+            "else downloads",
             f"read `kubectl logs -n {namespace} job/{refresh_job}`; `kubectl delete job -n {namespace} {refresh_job}` "
             "and `pulumi up --refresh` retry it",
         )
     if state.refresh == "running":
-        return Finding(INFO, "durable copy", f"the refresh Job {refresh_job} runs: it waits for the warm-up, then copies")
+        return Finding(
+            INFO,
+            "durable copy",
+            f"the refresh Job {refresh_job} runs: it waits for the warm-up, then copies (until it ends, node loss "
+            "restores the last verified refresh if there was one)",
+        )
     return Finding(
         INFO,
         "durable copy",
-        f"no refresh Job {refresh_job} yet: {state.claim} holds no verified copy",
+        f"no refresh Job {refresh_job}: node loss restores the last verified refresh on {state.claim} if there was "
+        "one, else downloads",
         "run `pulumi up` once the cache is bound: the refresh is registered beside it",
     )
 

@@ -29,15 +29,22 @@ class HealPlan:
 
 
 def refill(durable: DurableState | None) -> tuple[str, str | None]:
-    """How the new claim gets the models back, and the durable claim it is restored from."""
+    """How the new claim gets the models back, and the durable claim its restore step reads."""
     if durable is None:
         return "the warm-up downloads every model again (no durable copy: cache.durableCopy is off)", None
-    if not durable.bound or durable.refreshed is None:
-        why = "is not bound" if not durable.bound else "was never refreshed (its refresh Job has not completed)"
-        return f"the durable copy {durable.claim} {why}, so the warm-up downloads every model again", None
+    if not durable.bound:
+        return f"the durable copy {durable.claim} is not bound, so the warm-up downloads every model again", None
+    if durable.refreshed is not None:
+        return (
+            f"its restore step copies the durable copy {durable.claim} (refreshed {durable.refreshed}) into it at disk "
+            "speed, verified; the warm-up then finds the models present",
+            durable.claim,
+        )
+    # The record of the last verified refresh lives on the durable volume, which only the restore
+    # step reads: a failed or removed refresh Job keeps an earlier record.
     return (
-        f"its restore step copies the durable copy {durable.claim} (refreshed {durable.refreshed}) into it at disk "
-        "speed, verified; the warm-up then finds the models present",
+        f"its restore step copies the durable copy {durable.claim} into it if an earlier refresh left a verified copy "
+        f"(its refresh Job is {durable.refresh} now); otherwise the warm-up downloads every model again",
         durable.claim,
     )
 

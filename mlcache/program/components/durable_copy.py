@@ -7,8 +7,9 @@ The fast single-replica LINSTOR volume stays what training reads. Beside it:
 - the refresh Job, `<cache.name>-durable-refresh`: a copy pod pinned to the cache volume's node
   (registered once the guard has read the claim bound), the cache mounted read-only. It waits
   until the warm-up has finished the current prefetch list, then makes the durable copy a verified
-  copy of the cache's model directories and warm-up markers (workloads/cache_copy.py refresh). A
-  new prefetch list is a new warm-up: the Job is replaced and copies again (what is there is kept);
+  copy of the models the warm-up's markers name, and records them with the markers
+  (workloads/cache_copy.py refresh). A new prefetch list is a new warm-up: the Job is replaced and
+  copies again (what is there is kept; the last record stays valid until a model it lists changes);
 - the training pod's first step, `restore`: into a cache that is not warm (a claim re-created
   after node loss), it copies the durable copy back at disk speed, verified, so the warm-up that
   follows finds every model it lists present and downloads nothing.
@@ -26,7 +27,7 @@ from mlcache.program.components.cache_pod import CachePod, container, job_manife
 from mlcache.program.components.common import constructor_kwargs, metadata
 from mlcache.program.components.placement import node_pinning
 from mlcache.program.components.security import scratch_mount
-from mlcache.program.components.workload_scripts import cache_env, prefetch_list, prefetch_markers
+from mlcache.program.components.workload_scripts import prefetch_list, prefetch_markers
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_COMPONENT_LABEL,
@@ -45,15 +46,10 @@ DURABLE_VOLUME = "durable"
 RESTORE_CONTAINER = "restore"
 # Waiting for the warm-up beside training, it must never keep training off its node: it asks for
 # little and may use more while it copies.
+# A warm-up that has not finished in a day (training not started, the list changed and no pod ran
+# it): the refresh fails with a line saying so instead of holding its requests on the node for ever.
+REFRESH_WAIT_LIMIT = 86400
 REFRESH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
-
-
-def durable_parts(cache: CacheSettings) -> list[str]:
-    """What the durable copy holds, relative to the cache: the hubs' model directories, then the
-    warm-up's markers (restored last: a cache counts as warm only once its models are back)."""
-    root = cache.mount_path.rstrip("/") + "/"
-    models = sorted(path.removeprefix(root) for path in cache_env(cache).values())
-    return [*models, prefetch_markers(cache).removeprefix(root)]
 
 
 def warmup_marker(cache: CacheSettings) -> str:
@@ -66,8 +62,7 @@ def warmup(cache: CacheSettings) -> str:
 
 
 def _copy_args(cache: CacheSettings) -> list[str]:
-    parts = [arg for part in durable_parts(cache) for arg in ("--part", part)]
-    return ["--cache", cache.mount_path, "--durable", DURABLE_PATH, *parts, "--ready", warmup_marker(cache)]
+    return ["--cache", cache.mount_path, "--durable", DURABLE_PATH, "--ready", warmup_marker(cache)]
 
 
 def durable_volume(claim: pulumi.Input[str], *, read_only: bool) -> dict[str, Any]:
@@ -86,14 +81,14 @@ def restore_container(pod: CachePod) -> dict[str, Any]:
     )
 
 
-def durable_claim_manifest(cache: CacheSettings, storage_class_name: str, namespace: str | None) -> dict[str, Any]:
+def durable_claim_manifest(cache: CacheSettings, storage_class_name: str, size: str, namespace: str | None) -> dict[str, Any]:
     return {
         "metadata": metadata(durable_claim_name(cache.name), namespace, annotations={BACKEND_ANNOTATION: "rook-ceph"}),
         "spec": {
             "accessModes": ["ReadWriteOnce"],
             "storageClassName": storage_class_name,
             "volumeMode": "Filesystem",
-            "resources": {"requests": {"storage": cache.size}},
+            "resources": {"requests": {"storage": size}},
         },
     }
 
@@ -103,7 +98,7 @@ def refresh_job_manifest(pod: CachePod, nodes: tuple[str, ...]) -> dict[str, Any
     cache's models into the durable copy, verified."""
     assert pod.durable_claim is not None, "a refresh needs the durable claim"
     name, current = durable_refresh_name(pod.cache.name), warmup(pod.cache)
-    command = copy_script("refresh", *_copy_args(pod.cache), "--warmup", current)
+    command = copy_script("refresh", *_copy_args(pod.cache), "--warmup", current, "--wait-limit", str(REFRESH_WAIT_LIMIT))
     mounts = [durable_mount(read_only=False), scripts_mount(), scratch_mount()]
     step = container(pod, DURABLE_ROLE, pod.job.image, command, mounts=mounts, resources=REFRESH_RESOURCES, read_only=True)
     volumes = [durable_volume(pod.durable_claim, read_only=False)]
@@ -120,7 +115,8 @@ def refresh_job_manifest(pod: CachePod, nodes: tuple[str, ...]) -> dict[str, Any
 
 
 class DurableClaim(pulumi.ComponentResource):
-    """The durable copy's claim on the replicated class; `name` is its output."""
+    """The durable copy's claim on the replicated class, at `size` (cache.size, or more when the live
+    claim is larger: it cannot shrink); `name` is its output."""
 
     def __init__(
         self,
@@ -128,11 +124,12 @@ class DurableClaim(pulumi.ComponentResource):
         cache: CacheSettings,
         *,
         storage_class_name: str,
+        size: str,
         namespace: str | None,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:DurableClaim", name, None, opts)
-        manifest = durable_claim_manifest(cache, storage_class_name, namespace)
+        manifest = durable_claim_manifest(cache, storage_class_name, size, namespace)
         options = pulumi.ResourceOptions(parent=self, protect=cache.protect)
         self.claim = k8s.core.v1.PersistentVolumeClaim(f"{name}-pvc", opts=options, **constructor_kwargs(manifest))
         self.name = self.claim.metadata.name
