@@ -61,6 +61,7 @@ SECRET_KEYS = [
     ("job.image=registry.example.org/private/trainer:7.7.7", ()),
     ("job.args[0]=--hidden-flag-77", ()),
     ("job.runId=hidden-run-77", ()),
+    ("job.gpuProduct=NVIDIA-HIDDEN-77", ()),
     ("cache.name=hidden-cache-pvc-77", ()),
     ("cache.prefetch[0]=hiddenorg/hidden-model-77", ()),
     ("namespace=hidden-ns-77", ()),
@@ -91,8 +92,14 @@ def test_a_secure_value_in_a_stack_file_is_secret_where_it_flows(tmp_path):
 
 def test_only_what_a_secret_flows_into_is_secret():
     run, _ = render.render("dev", [], ["job.env.WANDB_API_KEY=wandb-9f8e7d6c"])
-    secret_kinds = {r.kind for r in run.kubernetes_objects() if any(is_secret_envelope(v) for v in r.wire.values())}
-    assert secret_kinds == {"Job"}
+    secret_fields = {
+        r.kind: sorted(k for k, v in r.wire.items() if is_secret_envelope(v))
+        for r in run.kubernetes_objects()
+        if any(is_secret_envelope(v) for v in r.wire.values())
+    }
+    # The claim's placement record names job.gpuProduct: its metadata only (the SDK marks the
+    # nearest input above the annotation), its spec stays readable.
+    assert secret_fields == {"Job": ["metadata", "spec"], "PersistentVolumeClaim": ["metadata"]}
     assert run.secret_outputs == {"jobName", "runMarker", "benchmarkJob", "verifyCommands", "run"}
 
 
@@ -198,3 +205,17 @@ def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch)
     assert pvc.action == "replace" and pvc.data_loss
     shown = report("dev", list(changes.values()))
     assert "hidden-cache-pvc-77" not in shown and "Block" not in manifest_diff(pvc)
+
+
+def test_the_guard_never_quotes_a_secret_gpu_product():
+    """The guard's notes quote the placement record (zone and GPU product): a secret one is hidden."""
+    from mlcache.cluster.bound_cache import assume_live, live_from_manifest  # noqa: PLC0415
+
+    product = "NVIDIA-A100-SXM4-80GB"  # the dev stack's, so the bound claim's record names it
+    base = next(r for r in render.render("dev", [], [])[0].kubernetes_objects() if r.kind == "PersistentVolumeClaim")
+    with assume_live(live_from_manifest(base.inputs)):
+        plain, _ = render.render("dev", [], [])
+        hidden, _ = render.render("dev", [], [f"job.gpuProduct={product}"])
+    assert any(product in note for note in plain.notes)  # it would be quoted
+    assert hidden.notes and not any(product in note for note in hidden.notes)
+    assert any("[secret]" in note for note in hidden.notes)

@@ -963,6 +963,8 @@ def guard_bound_cache(settings: Any) -> Verdict:
 
     import pulumi  # noqa: PLC0415
 
+    from mlcache.program.settings import hide_secrets  # noqa: PLC0415
+
     wanted = Wanted(
         stack=pulumi.get_stack(),
         claim=settings.cache.name,
@@ -1005,7 +1007,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         )
     verdict = judge(wanted, live)
     for note in verdict.notes:
-        pulumi.log.info(note)
+        pulumi.log.info(hide_secrets(note))
     if verdict.refusal:
-        raise pulumi.RunError(verdict.refusal)
+        raise pulumi.RunError(hide_secrets(verdict.refusal))
     return verdict

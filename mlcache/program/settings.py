@@ -701,6 +701,14 @@ def _secret_leaves() -> list[str]:
     return leaves
 
 
+def hide_secrets(text: str) -> str:
+    """A message with every value given as a secret replaced by [secret] (for lines that quote
+    settings, such as the guard's placement record)."""
+    for leaf in sorted(_secret_leaves(), key=len, reverse=True):
+        text = text.replace(leaf, "[secret]")
+    return text
+
+
 def load_settings(config: pulumi.Config | None = None) -> Settings:
     """The settings; an error about a secret key shows neither its value nor, when it would hold one, the rule."""
     try:

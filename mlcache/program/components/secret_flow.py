@@ -16,6 +16,7 @@ from typing import Any
 
 import pulumi
 
+from mlcache.program.names import PLACEMENT_ANNOTATION
 from mlcache.program.outputs import OUTPUT_INPUTS
 
 # Kubernetes kind -> the config keys its inputs are built from.
@@ -35,6 +36,13 @@ OBJECT_INPUTS: dict[str, frozenset[str]] = {
     "Role": frozenset({"job", "namespace"}),
     "RoleBinding": frozenset({"job", "namespace"}),
 }
+# Single annotations built from keys their object is not otherwise built from: that value is kept
+# secret, and with it (the SDK marks the nearest input) the object's metadata; its spec stays
+# readable. Kind -> annotation -> the keys its value comes from.
+ANNOTATION_INPUTS: dict[str, dict[str, frozenset[str]]] = {
+    # The placement record names job.gpuProduct (names.PLACEMENT_ANNOTATION).
+    "PersistentVolumeClaim": {PLACEMENT_ANNOTATION: frozenset({"job"})},
+}
 # Never secret: they say what an object is, and the engine needs them in the clear.
 _OBJECT_TYPE_FIELDS = ("api_version", "kind")
 
@@ -47,23 +55,44 @@ class SecretFlow:
         if "job" in secret_keys:
             # Pulumi marks a whole top-level key secret, so the whole Job is hidden from every preview.
             pulumi.log.warn(
-                "mlcache:job holds a secret value, so the whole training Job is hidden in previews; put secret "
+                "mlcache:job holds a secret value, so the whole training Job (and the cache claim's metadata, whose "
+                "placement record names job.gpuProduct) is hidden in previews; put secret "
                 "environment variables in mlcache:secretEnv (pulumi config set --secret --path mlcache:secretEnv.NAME "
                 "VALUE) and the Job stays readable"
             )
-        if any(self.secret_keys & keys for keys in OBJECT_INPUTS.values()):
+        flows = [*OBJECT_INPUTS.values(), *(keys for fields in ANNOTATION_INPUTS.values() for keys in fields.values())]
+        if any(self.secret_keys & keys for keys in flows):
             pulumi.runtime.register_stack_transformation(self._mark_object)
 
     def _mark_object(self, args: pulumi.ResourceTransformationArgs) -> pulumi.ResourceTransformationResult | None:
         props = args.props if isinstance(args.props, dict) else None
-        if not props or not self.secret_keys & OBJECT_INPUTS.get(props.get("kind", ""), frozenset()):
+        if not props:
             return None
+        kind = props.get("kind", "")
+        if not self.secret_keys & OBJECT_INPUTS.get(kind, frozenset()):
+            return self._mark_annotations(args, props, ANNOTATION_INPUTS.get(kind, {}))
         marked = {
             key: value if key in _OBJECT_TYPE_FIELDS or value is None else pulumi.Output.secret(value)
             for key, value in props.items()
         }
         return pulumi.ResourceTransformationResult(marked, args.opts)
 
+    def _mark_annotations(
+        self, args: pulumi.ResourceTransformationArgs, props: dict, inputs: dict[str, frozenset[str]]
+    ) -> pulumi.ResourceTransformationResult | None:
+        annotations = (props.get("metadata") or {}).get("annotations") or {}
+        secret = [name for name, keys in inputs.items() if self.secret_keys & keys and name in annotations]
+        if not secret:
+            return None
+        marked = {name: pulumi.Output.secret(value) if name in secret else value for name, value in annotations.items()}
+        metadata = {**props["metadata"], "annotations": marked}
+        return pulumi.ResourceTransformationResult({**props, "metadata": metadata}, args.opts)
+
     def export(self, name: str, value: Any) -> None:
         """pulumi.export, secret when a secret key flows into the output."""
-        pulumi.export(name, pulumi.Output.secret(value) if self.secret_keys & OUTPUT_INPUTS[name] else value)
+        if self.secret_keys & OUTPUT_INPUTS[name]:
+            pulumi.export(name, pulumi.Output.secret(value))
+        else:
+            # No secret key flows into it: secretness the SDK spread from a neighbouring field (a
+            # claim's name read from metadata marked for its placement record) is not kept.
+            pulumi.export(name, pulumi.Output.unsecret(pulumi.Output.from_input(value)))
