@@ -60,6 +60,7 @@ def bound_render(*overrides: str):
         (("cache.volumeMode=Block", "cache.prefetch=[]"), "false in Block mode"),
         (("job.nodes=2",), "false with job.nodes 2"),
         (("job.enabled=false",), "false with job.enabled false"),
+        (("cache.prefetch=[]",), "false with an empty cache.prefetch: it keeps the models the warm-up downloads"),
     ],
 )
 def test_a_durable_copy_is_refused_in_one_line_where_it_cannot_work(overrides, words):
@@ -72,7 +73,7 @@ def test_a_durable_copy_is_refused_in_one_line_where_it_cannot_work(overrides, w
 
 def test_a_cache_name_too_long_for_the_durable_objects_is_refused():
     with pytest.raises(ConfigError) as refused:
-        render("prod", ["cache.durableCopy=true", f"cache.name={'c' * 45}"], [])
+        render("prod", [*DURABLE, f"cache.name={'c' * 45}"], [])
     assert "mlcache:cache.name" in str(refused.value) and "with cache.durableCopy" in str(refused.value)
 
 
@@ -128,6 +129,8 @@ def test_the_refresh_waits_until_the_cache_is_bound_then_runs_beside_it_after_th
     assert args[args.index("--warmup") + 1] == current == template["metadata"]["annotations"]["mlcache/warmup"]
     assert args[args.index("--ready") + 1] == "/cache/.mlcache/prefetch/complete"
     assert args[args.index("--wait-limit") + 1] == "86400"  # a day, then it fails saying so: never for ever
+    rule = refresh["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"] == {"containerName": "refresh", "operator": "In", "values": [4]}
     assert "cache_copy.py" in config_map["data"]
     # A new prefetch list is a new warm-up: the refresh Job is replaced (and copies again).
     other = jobs(bound_render("cache.prefetch=[Qwen/Other]"))[REFRESH]
@@ -154,8 +157,9 @@ def test_turning_the_durable_copy_on_or_off_while_training_runs_is_refused():
     assert "turning it off" in judge(WANTED, dataclasses.replace(running, training_job=with_durable)).refusal
 
 
-def durable_live(size: str, storage_class: str = "rook-ceph-block", expands: bool = True):
+def durable_live(size: str, storage_class: str = "rook-ceph-block", expands: bool = True, phase: str = "Bound"):
     claim = {
+        "status": {"phase": phase},
         "metadata": {"name": DURABLE_CLAIM},
         "spec": {"storageClassName": storage_class, "resources": {"requests": {"storage": size}}},
     }
@@ -175,6 +179,10 @@ def test_the_durable_claim_never_shrinks_never_changes_class_and_grows_only_wher
     assert (
         cannot_grow.startswith("mlcache:cache.size = '1Ti': the durable copy's claim") and "allowVolumeExpansion" in cannot_grow
     )
+    pending = judge(dataclasses.replace(on, size="1Ti"), durable_live("500Gi", phase="Pending")).refusal
+    assert "is not bound yet; Kubernetes resizes only a bound claim" in pending
+    absent_cache = dataclasses.replace(durable_live("500Gi"), claim=None, volume=None, nodes=[])
+    assert judge(dataclasses.replace(on, durable_class="ceph-ssd"), absent_cache).refusal  # judged before the cache claim
     moved = judge(dataclasses.replace(on, durable_class="ceph-ssd"), durable_live("500Gi")).refusal
     assert moved.startswith("mlcache:rookCeph.storageClassName = 'ceph-ssd'") and "class 'rook-ceph-block'" in moved
     assert judge(WANTED, durable_live("500Gi")).refusal is None  # turning it off: the claim goes, nothing to judge
@@ -325,7 +333,8 @@ def test_refresh_gives_up_after_its_wait_limit_with_a_line_saying_so(tmp_path):
     make_cache(cache, warmup=None)
     durable.mkdir()
     result = copy("refresh", cache, durable, "--warmup", "w1", "--wait-every", "0.1", "--wait-limit", "0.5")
-    assert result.returncode == 2 and "the warm-up w1 did not finish within 0.5 s" in result.stderr
+    # Its own exit status: the Job's podFailurePolicy fails at once instead of retrying for another day.
+    assert result.returncode == 4 and "the warm-up w1 did not finish within 0.5 s" in result.stderr
     assert not (durable / "refreshed.json").exists()
 
 
@@ -361,6 +370,64 @@ def test_the_last_record_stays_valid_until_a_model_it_lists_changes(tmp_path):
     assert json.loads(pruned.stdout)["bytesSent"] == 0  # unchanged models are checked, not copied
     assert record(durable)["parts"] == [HF_MODEL, "modelscope/models/Qwen/broken"]
     assert not (durable / "tree" / MS_MODEL).exists() and (durable / "tree" / "modelscope/models/Qwen/broken/w.bin").exists()
+
+
+def test_a_changed_model_is_withdrawn_alone_so_a_cut_short_refresh_still_restores_the_others(tmp_path, monkeypatch, capsys):
+    from workloads import cache_copy  # noqa: PLC0415
+
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    # The Hugging Face model changed, and its copy fails (the node goes away): the refresh has
+    # withdrawn that model alone from the record before touching its copy.
+    (cache / HF_MODEL / "blobs" / "bb22").write_bytes(b'{"changed": true}')
+    (cache / ".mlcache" / "prefetch" / "complete").write_text("w2\n")
+
+    def copy_cut_short(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(cache_copy, "copy_tree", copy_cut_short)
+    argv = ["refresh", "--cache", str(cache), "--durable", str(durable), "--warmup", "w2"]
+    assert cache_copy.main([*argv, "--ready", str(cache / ".mlcache" / "prefetch" / "complete")]) == 2
+    assert f"{HF_MODEL}: withdrawn from the record" in capsys.readouterr().err
+    monkeypatch.undo()
+    left = record(durable)
+    assert left["parts"] == [MS_MODEL] and sorted(left["markers"]) == ["modelscope--Qwen--m.done"]
+    # Node loss now: the ModelScope model comes back verified with its marker; the cache is not warm,
+    # so the warm-up downloads the withdrawn model (it has no marker).
+    lost = tmp_path / "new-cache"
+    lost.mkdir()
+    restored = copy("restore", lost, durable)
+    assert json.loads(restored.stdout)["restored"], restored.stderr
+    assert tree(lost / MS_MODEL) == tree(cache / MS_MODEL) and not (lost / HF_MODEL).exists()
+    assert sorted(p.name for p in (lost / ".mlcache" / "prefetch").iterdir()) == ["modelscope--Qwen--m.done"]
+
+
+def test_a_restore_cut_short_leaves_its_models_staged_never_in_place_and_the_next_one_starts_clean(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    lost = tmp_path / "new-cache"
+    staged = lost / ".mlcache" / "restoring" / HF_MODEL / "blobs"
+    staged.mkdir(parents=True)
+    (staged / "aa11").write_bytes(b"\0" * 1000)  # what a killed restore left: a partly written blob
+    result = copy("restore", lost, durable)
+    assert json.loads(result.stdout)["restored"], result.stderr
+    assert "left by a restore that was cut short" in result.stderr
+    assert not (lost / ".mlcache" / "restoring").exists() and tree(lost / HF_MODEL) == tree(cache / HF_MODEL)
+
+
+def test_the_model_a_marker_names_is_the_hugging_face_repository_or_the_model_directory(tmp_path):
+    from workloads.cache_copy import CopyError, model_dir  # noqa: PLC0415
+
+    (tmp_path / HF_MODEL / "snapshots" / "c0ffee").mkdir(parents=True)
+    (tmp_path / "modelscope" / "models" / "snapshots" / "m").mkdir(parents=True)  # an org named "snapshots"
+    assert model_dir(f"{tmp_path}/{HF_MODEL}/snapshots/c0ffee", tmp_path) == HF_MODEL
+    assert model_dir(f"{tmp_path}/modelscope/models/snapshots/m", tmp_path) == "modelscope/models/snapshots/m"
+    with pytest.raises(CopyError, match="outside the cache"):
+        model_dir("/elsewhere/models--org--m/snapshots/c0ffee", tmp_path)
 
 
 def test_restore_brings_an_empty_cache_back_and_leaves_a_warm_one_alone(tmp_path):

@@ -203,7 +203,7 @@ def test_single_replica_advisory_fires_on_protected_prod_only():
 def test_single_replica_advisory_is_quiet_with_two_replicas_or_a_durable_copy():
     run = rendered("prod", "linstor.replicas=2", "linstor.layerList=drbd storage")
     assert violations(policies.validate_protected_cache_replicas, stack_args(run)) == []
-    durable = rendered("prod", "cache.durableCopy=true")
+    durable = rendered("prod", "cache.durableCopy=true", "cache.prefetch=[Qwen/Qwen3-VL-8B-Instruct]")
     assert violations(policies.validate_protected_cache_replicas, stack_args(durable)) == []
 
 

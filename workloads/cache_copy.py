@@ -32,18 +32,21 @@ The durable copy (cache.durableCopy). `refresh` waits until the warm-up has fini
 warm-up's marker, holds ID; at most --wait-limit seconds), then makes D/tree/M a verified copy of
 C/M for each model directory M the warm-up's markers (FILE's directory) name, and records the
 models and the markers in D/refreshed.json. Nothing else of the cache is copied (datasets and
-outputs training writes stay out). The last record stays until a model it lists is about to
-change; models no list names any more are removed only after the new record is written.
+outputs training writes stay out). Until the new record is written the last one stays valid: a
+model it lists is withdrawn from it, alone, before its copy is rewritten; directories no marker
+names any more are removed after the new record is written.
 `restore` runs before the warm-up in the training pod: into a cache that holds none of the
-recorded models and no markers (a claim re-created after node loss) it copies each model back,
-verified, then the markers, the warm-up's own last. A cache that holds any of them is left alone
-(an interrupted warm-up resumes from what it has). `restore` always exits 0: a restore that fails
-removes what it wrote, and the warm-up then downloads, as without a durable copy.
+recorded models and no markers (a claim re-created after node loss) it copies each model into
+C/.mlcache/restoring, verifies it there and renames it into place, then writes the markers, the
+warm-up's own last. A cache that holds any of them is left alone (an interrupted warm-up resumes
+from what it has). `restore` always exits 0: a restore that fails removes what it wrote, and the
+warm-up then downloads, as without a durable copy.
 
 Output: progress on stderr every --progress-every seconds (bytes done/total, rate, ETA); one JSON
 line on stdout at the end: files, bytes, bytesSent, bytesKept, seconds, verified.
 Exit status: 0 copied and verified; 1 verification failed (the line names the first bad path);
-2 bad usage or a source that cannot be copied; 3 the sender is unreachable or refused the token.
+2 bad usage or a source that cannot be copied; 3 the sender is unreachable or refused the token;
+4 (refresh) the warm-up did not finish within --wait-limit.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ SEGMENT = 64 << 20  # the unit of transfer, verification and resume
 CHUNK = 4 << 20  # one read or send
 SMALL = 1 << 20  # files below this are synced and checked once, at the end, not one fsync each
 PROTOCOL = "mlcache-cache-copy/1"
-EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_PEER = 0, 1, 2, 3
+EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_PEER, EXIT_WAITED = 0, 1, 2, 3, 4
 
 
 class CopyError(Exception):
@@ -80,6 +83,10 @@ class CopyError(Exception):
 
 class PeerError(Exception):
     """The sender is unreachable, refused the token or broke off: exit 3, one line."""
+
+
+class WaitedTooLong(Exception):
+    """The warm-up the refresh follows did not finish in time."""
 
 
 class Mismatch(Exception):
@@ -598,6 +605,8 @@ def verify_tree(source, root: Path, log: Callable[[str], None], segment: int = S
 DURABLE_TREE = "tree"
 DURABLE_RECORD = "refreshed.json"
 MARKER_SUFFIX = ".done"
+HF_REPOSITORY_PREFIXES = ("models--", "datasets--", "spaces--")
+RESTORING = ".mlcache/restoring"  # where a restore stages each model until it is verified
 
 
 def model_dir(recorded: str, cache: Path) -> str:
@@ -609,37 +618,48 @@ def model_dir(recorded: str, cache: Path) -> str:
     except ValueError:
         raise CopyError(f"the model at {recorded} is outside the cache {cache}: the durable copy cannot hold it") from None
     parts = relative.parts
-    if "snapshots" in parts:  # .../models--org--name/snapshots/<revision>: the repository holds the blobs
-        parts = parts[: parts.index("snapshots")]
+    for index in range(1, len(parts) - 1):
+        # .../models--org--name/snapshots/<revision>: the repository (blobs, refs) holds the model
+        if parts[index] == "snapshots" and parts[index - 1].startswith(HF_REPOSITORY_PREFIXES):
+            parts = parts[:index]
+            break
     if not parts or ".." in parts or not (cache / PurePosixPath(*parts)).is_dir():
         raise CopyError(f"the model at {recorded} is not a directory inside the cache {cache}")
     return PurePosixPath(*parts).as_posix()
 
 
-def warmed_models(cache: Path, markers: Path) -> tuple[list[str], dict[str, str]]:
-    """The model directories the warm-up's markers name, and the markers themselves (name -> text)."""
+def warmed_models(cache: Path, markers: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """The model directories the warm-up's markers name, the markers themselves (name -> text), and
+    the model directory each model marker names (name -> directory)."""
     texts = {p.name: p.read_text() for p in sorted(markers.iterdir()) if p.is_file() and not p.name.endswith(".tmp")}
-    models = set()
+    named = {}
     for name, text in texts.items():
         if name.endswith(MARKER_SUFFIX):
             try:
                 recorded = json.loads(text)["path"]
             except (ValueError, KeyError, TypeError):
                 raise CopyError(f"{markers / name}: not a warm-up marker (no path)") from None
-            models.add(model_dir(str(recorded), cache))
+            named[name] = model_dir(str(recorded), cache)
     # A directory inside another one is copied with it.
-    outer = [m for m in sorted(models) if not any(m.startswith(o + "/") for o in models)]
-    return outer, texts
+    outer = [m for m in sorted(set(named.values())) if not any(overlaps(m, o) and m != o for o in named.values())]
+    owners = {name: next(o for o in outer if overlaps(model, o)) for name, model in named.items()}
+    return outer, texts, owners
+
+
+def overlaps(one: str, other: str) -> bool:
+    """One directory is the other or inside it (either way round)."""
+    return one == other or one.startswith(other + "/") or other.startswith(one + "/")
 
 
 def read_record(durable: Path) -> dict | None:
     """The last verified refresh (None: none, or a record this version cannot trust)."""
     try:
         record = json.loads((durable / DURABLE_RECORD).read_text())
-        parts, markers = record["parts"], record["markers"]
+        parts, markers, owners = record["parts"], record["markers"], record["owners"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     safe = all(isinstance(p, str) and _is_part(p) for p in parts) and isinstance(markers, dict)
+    safe = safe and isinstance(owners, dict) and all(owners.get(n) in parts for n in markers if n.endswith(MARKER_SUFFIX))
     if not safe or not all(isinstance(n, str) and isinstance(t, str) and n == PurePosixPath(n).name for n, t in markers.items()):
         return None
     return record
@@ -690,44 +710,57 @@ def wait_for_warmup(args: argparse.Namespace, log: Callable[[str], None]) -> Non
     started = waited_since = time.monotonic()
     while not (args.ready.is_file() and args.ready.read_text().strip() == args.warmup):
         if time.monotonic() - started >= args.wait_limit:
-            raise CopyError(f"the warm-up {args.warmup} did not finish within {args.wait_limit:g} s ({args.ready})")
+            raise WaitedTooLong(f"the warm-up {args.warmup} did not finish within {args.wait_limit:g} s ({args.ready})")
         if time.monotonic() - waited_since >= args.progress_every:
             log(f"waiting for the warm-up {args.warmup} to finish ({args.ready})")
             waited_since = time.monotonic()
         time.sleep(min(args.wait_every, args.progress_every))
 
 
+def withdraw(durable: Path, record: dict, part: str, ready: str, log: Callable[[str], None]) -> dict:
+    """The record without one model and the markers that name it (and without the warm-up's own
+    marker, so a restore from it lets the warm-up download that model): written before the model's
+    copy in the durable tree is touched."""
+    owners = {n: o for n, o in record["owners"].items() if o != part}
+    markers = {n: t for n, t in record["markers"].items() if n != ready and (not n.endswith(MARKER_SUFFIX) or n in owners)}
+    left = {**record, "parts": [p for p in record["parts"] if p != part], "markers": markers, "owners": owners}
+    write_atomically(durable / DURABLE_RECORD, json.dumps(left) + "\n")
+    log(f"{part}: withdrawn from the record until this refresh has copied and verified it")
+    return left
+
+
 def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    """The durable copy made a verified copy of the models the finished warm-up names. The last
-    record stays valid until a model it lists is about to change, and is replaced only once every
-    model is verified; models no list names any more are removed after that."""
+    """The durable copy made a verified copy of the models the finished warm-up's markers name. Until
+    then the last record stays valid: a model it lists is withdrawn from it (alone) before its copy
+    is rewritten. The new record is written once every model is verified; directories no marker
+    names any more are removed after that."""
     started = time.monotonic()
     wait_for_warmup(args, log)
-    parts, markers = warmed_models(args.cache, args.ready.parent)
-    previous = read_record(args.durable)
-    recorded = set(previous["parts"]) if previous else set()
+    parts, markers, owners = warmed_models(args.cache, args.ready.parent)
+    record = read_record(args.durable)
     tree = args.durable / DURABLE_TREE
     totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
-    # New models first: until one the record lists changes, the record still describes the tree.
-    for part in sorted(parts, key=lambda p: p in recorded):
+    # New models first: until a model the record lists changes, the record still describes the tree.
+    for part in sorted(parts, key=lambda p: record is not None and p in record["parts"]):
         origin, copy = args.cache / part, tree / part
-        if part in recorded:
+        result = None
+        if record is not None and part in record["parts"]:
             try:
                 checked = verify_tree(LocalSource(origin), copy, log)
                 result = {**checked, "bytesSent": 0, "bytesKept": checked["bytes"]}
             except Mismatch as err:
-                log(f"{part} changed since the last refresh ({err}): its record is withdrawn until this refresh ends")
-                (args.durable / DURABLE_RECORD).unlink(missing_ok=True)
-                recorded.clear()
-                result = copy_tree([LocalSource(origin) for _ in range(args.streams)], copy, log, args.progress_every)
-        else:
+                log(f"{part} changed since the last refresh ({err})")
+        if result is None:
+            for recorded in list(record["parts"] if record else []):
+                if record is not None and overlaps(part, recorded):  # the copy writes into a recorded model
+                    record = withdraw(args.durable, record, recorded, args.ready.name, log)
             log(f"{part}: {origin} -> {copy}")
             result = copy_tree([LocalSource(origin) for _ in range(args.streams)], copy, log, args.progress_every)
         for key in totals:
             totals[key] += result[key]
     finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary = {"warmup": args.warmup, "finished": finished, "parts": parts, **totals}
-    write_atomically(args.durable / DURABLE_RECORD, json.dumps({**summary, "markers": markers}) + "\n")
+    write_atomically(args.durable / DURABLE_RECORD, json.dumps({**summary, "markers": markers, "owners": owners}) + "\n")
     prune(tree, parts)
     return {**summary, "seconds": round(time.monotonic() - started, 3), "verified": True}
 
@@ -745,7 +778,10 @@ def restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
 
 
 def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
-    markers_dir = args.ready.parent
+    markers_dir, staging = args.ready.parent, args.cache / RESTORING
+    if staging.exists():  # a restore cut short (pod killed): only a restore writes there
+        log(f"removing {staging}, left by a restore that was cut short")
+        remove_tree(staging)
     if args.ready.exists():
         log(f"the cache is warm ({args.ready}): nothing to restore")
         return {"restored": False, "reason": "warm"}
@@ -764,17 +800,28 @@ def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     log(f"restoring the durable copy of warm-up {record.get('warmup')} ({record.get('finished')}) into {args.cache}")
     totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
     try:
+        # Each model is copied into the staging directory, verified there, then renamed into place:
+        # a restore killed halfway never leaves a partly written model where the warm-up would trust it.
         for part in record["parts"]:
-            origin = args.durable / DURABLE_TREE / part
-            result = copy_tree([LocalSource(origin) for _ in range(args.streams)], args.cache / part, log, args.progress_every)
+            staged, final = staging / part, args.cache / part
+            result = copy_tree(
+                [LocalSource(args.durable / DURABLE_TREE / part) for _ in range(args.streams)], staged, log, args.progress_every
+            )
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.is_dir():
+                final.rmdir()  # empty (checked above)
+            staged.rename(final)
             for key in totals:
                 totals[key] += result[key]
+        remove_tree(staging)
         # The markers last, the warm-up's own last of all: a cache counts as warm only once its models are back.
         markers_dir.mkdir(parents=True, exist_ok=True)
         for name in sorted(record["markers"], key=lambda n: n == args.ready.name):
             write_atomically(markers_dir / name, record["markers"][name])
     except Exception as err:  # any failure: the warm-up downloads instead
         log(f"restore failed ({type(err).__name__}: {err}); removing what it wrote: the warm-up downloads")
+        with contextlib.suppress(Exception):
+            remove_tree(staging)
         for directory in created:  # deepest first
             with contextlib.suppress(Exception):
                 if directory in existed:
@@ -905,6 +952,9 @@ def main(argv: list[str] | None = None) -> int:
     except PeerError as err:
         log(f"error: {err}")
         return EXIT_PEER
+    except WaitedTooLong as err:
+        log(f"error: {err}")
+        return EXIT_WAITED
     except Mismatch as err:
         log(f"verification failed: {err}")
         return EXIT_MISMATCH

@@ -385,8 +385,15 @@ def _durable_claim_refusal(wanted: Wanted, live: LiveCache) -> str | None:
             "cache.protect false first if it is protected), then set the class and cache.durableCopy true."
         )
     requested = get(live.durable, "spec", "resources", "requests", "storage")
-    grows = (quantity_bytes(requested) or 0) < required_bytes(wanted.size)
-    if grows and get(live.durable_class, "allowVolumeExpansion") is not True:
+    if (quantity_bytes(requested) or 0) >= required_bytes(wanted.size):
+        return None
+    if get(live.durable, "status", "phase") != "Bound":
+        return (
+            f"mlcache:cache.size = {wanted.size!r}: the durable copy's claim {name} asks for {requested} and is not "
+            "bound yet; Kubernetes resizes only a bound claim. Nothing was changed. Keep cache.size at most "
+            f"{requested} until the durable claim is bound (`kubectl get pvc -n {live.namespace}`)."
+        )
+    if get(live.durable_class, "allowVolumeExpansion") is not True:
         return (
             f"mlcache:cache.size = {wanted.size!r}: the durable copy's claim {name} asks for {requested} on class "
             f"{current!r}, which does not allow volume expansion (allowVolumeExpansion), so it cannot grow with the "
@@ -878,16 +885,16 @@ def read_live_cache(
 
     try:
         claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
+        durable = next((c for c in claims if get(c, "metadata", "name") == durable_claim_name(cache_name)), None)
+        durable_class, durable_class_name = None, get(durable, "spec", "storageClassName")
+        if durable_class_name:
+            what[0] = f"StorageClass {durable_class_name}"
+            durable_class = optional(storage.read_storage_class, durable_class_name)
         generations = cache_generations(cache_name, claims)
         if not generations:
-            return LiveCache(namespace=namespace, claim=None)
+            return LiveCache(namespace=namespace, claim=None, durable=durable, durable_class=durable_class)
         older = generation(*generations[-2]) if len(generations) > 1 else None
-        newest = generation(*generations[-1], older=older)
-        durable = next((c for c in claims if get(c, "metadata", "name") == durable_claim_name(cache_name)), None)
-        if durable is not None and get(durable, "spec", "storageClassName"):
-            what[0] = f"StorageClass {durable['spec']['storageClassName']}"
-            durable_class = optional(storage.read_storage_class, durable["spec"]["storageClassName"])
-            newest = replace(newest, durable=durable, durable_class=durable_class)
+        newest = replace(generation(*generations[-1], older=older), durable=durable, durable_class=durable_class)
         if not training_job:
             return newest
         what[0] = f"Job {namespace}/{training_job}"

@@ -203,7 +203,7 @@ def test_node_loss_with_a_durable_copy_heal_restores_from_it_on_a_healthy_node(r
     """cache.durableCopy: the refresh runs beside the bound cache (kwok completes only copy pods, as a
     verified refresh would; training keeps running), then the node dies and heal re-creates the
     claim: the new training pod restores from the durable copy, which survived with its UID."""
-    settings = ["cache.durableCopy=true"]
+    settings = ["cache.durableCopy=true", "cache.prefetch=[Qwen/Qwen3-VL-8B-Instruct]"]
     outputs = rehearsal.up("prod", settings)
     namespace = outputs["namespace"]
     assert outputs["durableCopy"]["claim"] == DURABLE

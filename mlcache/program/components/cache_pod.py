@@ -150,6 +150,7 @@ def job_manifest(
     pod_annotations: dict[str, str] | None = None,
     skip_await: bool = True,
     skips: dict[str, str] | None = None,
+    pod_failure_policy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A Job around a cache pod. With skipAwait the provider does not wait for Complete (a
     training run would block `pulumi up` for hours, then be recorded as failed to become live).
@@ -162,6 +163,7 @@ def job_manifest(
         "metadata": metadata(name, pod.namespace, labels={**app_label, **(job_labels or {})}, annotations=annotations),
         "spec": {
             "backoffLimit": backoff_limit,
+            **({"podFailurePolicy": pod_failure_policy} if pod_failure_policy else {}),
             "template": {
                 "metadata": {"labels": template_labels, **({"annotations": pod_annotations} if pod_annotations else {})},
                 "spec": spec,

@@ -40,6 +40,7 @@ from mlcache.program.names import (
     durable_refresh_name,
 )
 from mlcache.program.settings import CacheSettings
+from workloads.cache_copy import EXIT_WAITED
 from workloads.prefetch import WARMUP_DONE, warmup_id
 
 DURABLE_VOLUME = "durable"
@@ -49,6 +50,10 @@ RESTORE_CONTAINER = "restore"
 # A warm-up that has not finished in a day (training not started, the list changed and no pod ran
 # it): the refresh fails with a line saying so instead of holding its requests on the node for ever.
 REFRESH_WAIT_LIMIT = 86400
+# ... once: a retry would only wait another day.
+WAITED_TOO_LONG = {
+    "rules": [{"action": "FailJob", "onExitCodes": {"containerName": DURABLE_ROLE, "operator": "In", "values": [EXIT_WAITED]}}]
+}
 REFRESH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "2", "memory": "2Gi"}}
 
 
@@ -111,6 +116,7 @@ def refresh_job_manifest(pod: CachePod, nodes: tuple[str, ...]) -> dict[str, Any
         backoff_limit=BACKOFF_LIMIT,
         pod_labels={COPY_ROLE_LABEL: DURABLE_ROLE, COPY_LABEL: name},
         pod_annotations={WARMUP_ANNOTATION: current},
+        pod_failure_policy=WAITED_TOO_LONG,
     )
 
 
