@@ -9,7 +9,17 @@ import sys
 import pytest
 
 from mlcache.cluster.bound_cache import assume_live
-from mlcache.preview.diff import DATA_LOSS, STRANDS, base_claim, plan, report, with_ignored_changes
+from mlcache.preview.diff import (
+    DATA_LOSS,
+    STRANDS,
+    StackPreview,
+    base_claim,
+    markdown_report,
+    plan,
+    report,
+    with_ignored_changes,
+)
+from mlcache.preview.policy_check import policy_findings
 from mlcache.preview.render import as_json, documents, render
 from mlcache.program import names
 from tests.conftest import ROOT, rendered
@@ -166,6 +176,34 @@ def test_ignored_changes_keep_the_old_value_or_stay_absent():
     assert with_ignored_changes(old, new, paths) == {"metadata": {"annotations": {"a/b": "1", "keep": "y"}}}
 
 
+def test_the_pr_comment_puts_a_summary_first_with_the_risk_and_the_policy_packs_verdict():
+    block = ("cache.volumeMode=Block", "cache.prefetch=[]")
+    dev_new, prod_new = as_json(rendered("dev", *block)), as_json(rendered("prod"))
+    # A mandatory violation the settings cannot produce (they refuse :latest), as the pack sees it.
+    job = next(o for o in dev_new["objects"] if o["manifest"]["kind"] == "Job")
+    job["manifest"]["spec"]["template"]["spec"]["containers"][0]["image"] = "trainer:latest"
+    previews = [
+        StackPreview("dev", plan(as_json(rendered("dev")), dev_new), policy_findings(dev_new["objects"]), dev_new["objects"]),
+        StackPreview("prod", [], policy_findings(prod_new["objects"]), prod_new["objects"]),
+    ]
+    comment = markdown_report("origin/main", previews)
+    summary = comment.split("\n### ")[0]
+    assert summary.startswith("<!-- mlcache-preview -->\n## mlcache preview against `origin/main`")
+    assert "| dev | 2 to replace, 1 to delete | DATA LOSS, RUN RESTARTS | **1 mandatory violation** |" in summary
+    assert "| prod | no changes | - | passes, 1 advisory |" in summary
+    assert "| `PersistentVolumeClaim/ms-swift-cache-pvc` | replace | changes spec.volumeMode | DATA LOSS |" in comment
+    assert "- mandatory `images-pinned` (`training-job`): container sft uses image 'trainer:latest'" in comment
+    assert "- advisory `protected-cache-single-replica`" in comment
+    assert "- `Job/sft-qwen3vl-fire-4gpu`: zone ucsd, GPU product NVIDIA-A100-SXM4-80GB" in comment
+    assert "<details><summary>stack dev: manifest diffs</summary>" in comment and "+  volumeMode: Block" in comment
+    assert "- `PersistentVolumeClaim/ms-swift-cache-pvc`: !! DATA LOSS: deletes and re-creates" in comment.split("<details>")[0]
+    # Over GitHub's limit the details go, last stack first; the summary and the tables stay.
+    trimmed = markdown_report("origin/main", previews, limit=len(comment) - 100)
+    assert len(trimmed) <= len(comment) - 100 and trimmed.split("\n### ")[0] == summary
+    assert "Manifest diffs of stack dev trimmed to fit a comment: `mlcache diff --base origin/main --stack dev`" in trimmed
+    assert "| `PersistentVolumeClaim/ms-swift-cache-pvc` | replace |" in trimmed
+
+
 @pytest.fixture
 def project_copy(tmp_path):
     copy = tmp_path / "repo"
@@ -191,8 +229,12 @@ def test_command_line_against_a_git_revision(project_copy):
     assert gated.returncode == 1 and "stack prod: no changes" in gated.stdout
     assert "replace  PersistentVolumeClaim/ms-swift-cache-pvc" in gated.stdout and DATA_LOSS in gated.stdout
     assert "+  volumeMode: Block" in gated.stdout
-    changed = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
+    changed = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--markdown")
     assert changed.returncode == 0 and "stack prod" not in changed.stdout
+    assert (
+        changed.stdout.startswith("<!-- mlcache-preview -->\n## mlcache preview against `HEAD`")
+        and "| dev | 2 to replace, 1 to delete | DATA LOSS" in changed.stdout
+    )
     stack_file.write_text(stack_file.read_text().replace("volumeMode: Block", "volumeMode: Filesystem"))
     prod = project_copy / "Pulumi.prod.yaml"
     prod.write_text(prod.read_text().replace("mlcache:zone: ucsd", "mlcache:zone: sdsu"))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mlcache.preview.diff import COMMENT_MARKER
 from tests.conftest import ROOT
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -40,6 +41,10 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     preview = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())
     steps = preview["jobs"]["offline-diff"]["steps"]
     assert any("mlcache diff" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
+    # One comment, found by the marker markdown_report starts with, and updated in place.
+    post = next(s for s in steps if s.get("name") == "Post or update the PR comment")
+    assert "--markdown > comment.md" in next(s["run"] for s in steps if "--markdown" in s.get("run", ""))
+    assert f'startswith("{COMMENT_MARKER}")' in post["run"] and "-X PATCH" in post["run"] and "body=@comment.md" in post["run"]
     actions = [s for s in preview["jobs"]["pulumi-preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions")]
     assert actions[0]["with"]["command"] == "preview" and actions[0]["with"]["comment-on-pr"] is True
 

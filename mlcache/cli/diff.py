@@ -1,6 +1,6 @@
 """Offline preview: what `pulumi up` would do to each stack, from a git revision to the working tree.
 
-    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss]
+    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss] [--markdown]
 
 Both sides are rendered with this checkout's tools (the base revision's program, stack files
 and components, run under the mock engine). Each changed object gets the action the engine
@@ -12,6 +12,10 @@ Day-2 rules on top (docs/day2.md): a change of zone, GPU product or pinning that
 LINSTOR cache STRANDS THE CACHE (its volume stays pinned where it was bound) unless the cache is
 re-created in the same change (cache.relocate); a shrink, or a growth the class does not allow, is
 flagged as an update the API server will refuse, with the way out.
+
+--markdown prints the pull request's comment instead: a summary table (changes, risk, the policy
+pack's verdict per stack), then each stack's changes, policy findings and the placement its Jobs
+and claims ask for, with warnings and manifest diffs folded, under GitHub's comment limit.
 """
 
 from __future__ import annotations
@@ -25,7 +29,18 @@ from pathlib import Path
 from mlcache import CHECKOUT
 from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
-from mlcache.preview.diff import base_claim, chosen_stacks, export_revision, moves_by_copy, plan, render_json, report
+from mlcache.preview.diff import (
+    StackPreview,
+    base_claim,
+    chosen_stacks,
+    export_revision,
+    markdown_report,
+    moves_by_copy,
+    plan,
+    render_json,
+    report,
+)
+from mlcache.preview.policy_check import policy_findings
 
 
 @entry_point
@@ -38,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="exit 1 when a change wipes or strands the cache, or is an update the API server will refuse",
     )
+    parser.add_argument("--markdown", action="store_true", help="print the pull request comment (summary first) instead")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
@@ -56,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 head[stack] = render_json(CHECKOUT, stack, digest_key, base_claim(old))
         rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
     gated = False
-    reports = []
+    reports, previews = [], []
     for index, stack in enumerate(stacks):
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
         if old_error or new_error:
@@ -65,5 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         changes = plan(old, new)
         gated = gated or any(c.gated for c in changes)
         reports.append(report(stack, changes))
-    sys.stdout.write("".join(reports))
+        objects = (new or {}).get("objects", [])
+        previews.append(StackPreview(stack, changes, policy_findings(objects) if args.markdown else [], objects))
+    sys.stdout.write(markdown_report(args.base, previews) if args.markdown else "".join(reports))
     return 1 if args.fail_on_data_loss and gated else 0

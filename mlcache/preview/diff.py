@@ -28,6 +28,7 @@ from mlcache.program.names import (
     COPY_FROM_ANNOTATION,
     GPU_PRODUCT_LABEL,
     IMMUTABLE_FIELDS,
+    PLACEMENT_ANNOTATION,
     PROVIDER_REPLACES,
     WORKER_LABEL,
     ZONE_LABEL,
@@ -43,6 +44,12 @@ STRANDS = "STRANDS THE CACHE"
 
 
 REFUSED = "the API server will refuse this update"
+
+
+BLOCKED = "BLOCKED"
+
+
+RESTARTS = "a running training run"
 
 
 @dataclass
@@ -199,7 +206,7 @@ def _annotate(change: Change) -> None:
     kind = _kind(subject)
     guard = change.new if change.action == "replace" else change.old
     if change.action in ("replace", "delete") and guard and guard["protect"]:
-        change.warnings.append("BLOCKED: the resource is protected; the preview fails until cache.protect is false")
+        change.warnings.append(f"{BLOCKED}: the resource is protected; the preview fails until cache.protect is false")
     worker = _worker(change.old if change.action == "delete" else change.new)
     if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
         verb = "deletes and re-creates" if change.action == "replace" else "deletes"
@@ -209,7 +216,7 @@ def _annotate(change: Change) -> None:
         change.notes.append(f"a new, empty cache for worker {worker}: its first run downloads the models again")
     if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
         effect = "killed and started over" if change.action == "replace" else "stopped"
-        change.warnings.append(f"a running training run of {change.label} is {effect}")
+        change.warnings.append(f"{RESTARTS} of {change.label} is {effect}")
 
 
 def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -358,6 +365,126 @@ def report(stack: str, changes: list[Change]) -> str:
         if diff:
             out.write(f"\n--- {change.action} {change.label}\n{diff}")
     return out.getvalue()
+
+
+# GitHub refuses a PR comment longer than this; the summary always fits, details are trimmed.
+COMMENT_LIMIT = 65_536
+# The comment's first line: the PR workflow finds its own comment by it and updates it in place.
+COMMENT_MARKER = "<!-- mlcache-preview -->"
+
+
+@dataclass
+class StackPreview:
+    """One stack's part of the PR comment: its changes, the policy pack's findings on the new plan,
+    and the new plan's objects (for where the cache and training are placed)."""
+
+    stack: str
+    changes: list[Change]
+    findings: list[Any]  # policy_check.PolicyFinding
+    objects: list[dict[str, Any]]
+
+
+def risks(change: Change) -> list[str]:
+    """The flags of one change, as the comment's risk column names them."""
+    found = []
+    for flag, label in ((DATA_LOSS, DATA_LOSS), (STRANDS, STRANDS), (REFUSED, "REFUSED"), (BLOCKED, BLOCKED)):
+        if any(w.startswith(flag) for w in change.warnings):
+            found.append(label)
+    if any(w.startswith(RESTARTS) for w in change.warnings):
+        found.append("RUN RESTARTS" if change.action == "replace" else "RUN STOPS")
+    if any(n.startswith(MOVE) for n in change.notes):
+        found.append(MOVE)
+    return found
+
+
+def placement_lines(objects: list[dict[str, Any]]) -> list[str]:
+    """Where the new plan asks the cache and each training pod to be: the claims' backend and
+    placement record, the Jobs' required zone and GPU product."""
+    lines = []
+    for obj in objects:
+        manifest, kind = obj["manifest"], _kind(obj)
+        if kind == "PersistentVolumeClaim":
+            metadata = manifest.get("metadata")
+            if not isinstance(metadata, dict):  # a secret flows into it: shown as its digest
+                lines.append(f"`{_label(obj)}`: its metadata is secret (a secret setting names its placement)")
+                continue
+            annotations = metadata.get("annotations") or {}
+            record = annotations.get(PLACEMENT_ANNOTATION)
+            where = f"placement record `{record}`" if isinstance(record, str) else "placed by its first consumer"
+            lines.append(f"`{_label(obj)}`: {annotations.get(BACKEND_ANNOTATION, 'linstor')}, {where}")
+        elif kind == "Job":
+            lines.append(f"`{_label(obj)}`: {_describe_placement(job_placement(manifest))}")
+    return lines
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _summary_row(preview: StackPreview) -> str:
+    counts = {a: sum(c.action == a for c in preview.changes) for a in ("create", "update", "replace", "delete")}
+    changes = ", ".join(f"{n} to {a}" for a, n in counts.items() if n) or "no changes"
+    flagged = sorted({r for c in preview.changes for r in risks(c)})
+    mandatory = sum(f.level == "mandatory" for f in preview.findings)
+    advisory = sum(f.level == "advisory" for f in preview.findings)
+    policy = "passes" if not mandatory else f"**{mandatory} mandatory violation{'s' * (mandatory > 1)}**"
+    if advisory:
+        policy += f", {advisory} advisory"
+    return f"| {preview.stack} | {changes} | {', '.join(flagged) or '-'} | {policy} |"
+
+
+def _stack_section(preview: StackPreview) -> tuple[str, str]:
+    """(what always shows, the folded details)."""
+    out = io.StringIO()
+    out.write(f"\n### stack {preview.stack}\n\n")
+    if preview.changes:
+        out.write("| resource | operation | why | risk |\n|---|---|---|---|\n")
+        for change in preview.changes:
+            why = "; ".join(change.reasons) or "-"
+            out.write(f"| `{_cell(change.label)}` | {change.action} | {_cell(why)} | {', '.join(risks(change)) or '-'} |\n")
+        said = [f"- `{c.label}`: !! {_cell(w)}\n" for c in preview.changes for w in c.warnings]
+        said += [f"- `{c.label}`: {_cell(n)}\n" for c in preview.changes for n in c.notes]
+        if said:
+            out.write("\n" + "".join(said))
+    else:
+        out.write("No changes.\n")
+    if preview.findings:
+        out.write("\n**Policy pack:**\n")
+        for finding in preview.findings:
+            on = f" (`{finding.resource}`)" if finding.resource else ""
+            out.write(f"- {finding.level} `{finding.policy}`{on}: {_cell(finding.message)}\n")
+    else:
+        out.write("\n**Policy pack:** every policy passes.\n")
+    lines = placement_lines(preview.objects)
+    if lines:
+        out.write("\n**Placement asked for:**\n" + "".join(f"- {line}\n" for line in lines))
+    diffs = [(change, manifest_diff(change)) for change in preview.changes]
+    folded = "".join(f"\n`{change.action} {change.label}`\n\n```diff\n{diff}```\n" for change, diff in diffs if diff)
+    if folded:
+        folded = f"\n<details><summary>stack {preview.stack}: manifest diffs</summary>\n{folded}\n</details>\n"
+    return out.getvalue(), folded
+
+
+def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMENT_LIMIT) -> str:
+    """The PR comment: a summary table first, then per stack its changes with their warnings, the
+    policy pack's verdict and placement, with the manifest diffs folded. Over `limit`, diffs are
+    dropped from the last stack backwards and said to be; nothing else is ever cut."""
+    head = (
+        f"{COMMENT_MARKER}\n## mlcache preview against `{base}`\n\n| stack | changes | risk | policy pack |\n|---|---|---|---|\n"
+        + "".join(_summary_row(p) + "\n" for p in previews)
+    )
+    sections = [_stack_section(p) for p in previews]
+    details = [folded for _, folded in sections]
+    for index in reversed(range(len(details))):
+        text = head + "".join(shown + folded for (shown, _), folded in zip(sections, details, strict=True))
+        if len(text) <= limit:
+            return text
+        if details[index]:
+            details[index] = (
+                f"\n_Manifest diffs of stack {previews[index].stack} trimmed to fit a comment: "
+                f"`mlcache diff --base {base} --stack {previews[index].stack}` prints them._\n"
+            )
+    return head + "".join(shown + folded for (shown, _), folded in zip(sections, details, strict=True))
 
 
 def render_json(
