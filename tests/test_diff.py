@@ -14,6 +14,7 @@ from mlcache.preview.diff import (
     STRANDS,
     StackPreview,
     base_claim,
+    manifest_diff,
     markdown_report,
     plan,
     report,
@@ -174,6 +175,17 @@ def test_ignored_changes_keep_the_old_value_or_stay_absent():
     new = {"metadata": {"annotations": {"a/b": "2", "keep": "y", "c.d/e": "3"}}}
     paths = ['metadata.annotations["a/b"]', 'metadata.annotations["c.d/e"]']
     assert with_ignored_changes(old, new, paths) == {"metadata": {"annotations": {"a/b": "1", "keep": "y"}}}
+
+
+def test_the_scripts_configmap_is_diffed_by_content_and_only_its_changed_files_are_shown():
+    (change,) = _plan(("cache.prefetch=[Qwen/A]",), ("cache.prefetch=[Qwen/A, Qwen/B]",))
+    shown = manifest_diff(change)
+    assert "-  prefetch.txt: sha256:" in shown and "+  prefetch.txt: sha256:" in shown and "(2 lines)" in shown
+    assert "--- prefetch.txt\n+++ prefetch.txt\n" in shown and "\n+Qwen/B\n" in shown
+    assert "def " not in shown and len(shown) < 1500  # no script body: each file is its hash and length
+    block = ("cache.volumeMode=Block", "cache.prefetch=[]")
+    (created,) = [c for c in _plan(block, ()) if c.label.startswith("ConfigMap")]
+    assert created.action == "create" and "prewarm.py: sha256:" in manifest_diff(created) and len(manifest_diff(created)) < 2000
 
 
 def test_the_pr_comment_puts_a_summary_first_with_the_risk_and_the_policy_packs_verdict():

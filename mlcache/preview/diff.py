@@ -5,6 +5,7 @@ and honest flags (DATA LOSS, STRANDS THE CACHE, MOVE, refused updates) (the libr
 from __future__ import annotations
 
 import difflib
+import hashlib
 import io
 import json
 import os
@@ -340,11 +341,41 @@ def _size(manifest: dict[str, Any]):
         return None
 
 
+# A changed file of a ConfigMap longer than this many diff lines is summarised, not printed.
+FILE_DIFF_LINES = 120
+
+
+def _files(manifest: dict[str, Any]) -> dict[str, str]:
+    """A ConfigMap's files (its data), or nothing for another kind or a secret data digest."""
+    data = manifest.get("data") if manifest.get("kind") == "ConfigMap" else None
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def _by_content(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A ConfigMap with each file as its content hash and length: the scripts (tens of KB of
+    Python) would otherwise be most of any diff that touches them."""
+    files = _files(manifest)
+    if not files:
+        return manifest
+    shown = {k: f"sha256:{hashlib.sha256(v.encode()).hexdigest()[:12]} ({len(v.splitlines())} lines)" for k, v in files.items()}
+    return {**manifest, "data": {**manifest["data"], **shown}}
+
+
 def manifest_diff(change: Change) -> str:
     def text(obj):
-        return yaml.safe_dump(obj["manifest"], sort_keys=False).splitlines(keepends=True) if obj else []
+        return yaml.safe_dump(_by_content(obj["manifest"]), sort_keys=False).splitlines(keepends=True) if obj else []
 
-    return "".join(difflib.unified_diff(text(change.old), text(change.new), "before", "after", n=3))
+    out = "".join(difflib.unified_diff(text(change.old), text(change.new), "before", "after", n=3))
+    old, new = (_files(obj["manifest"]) if obj else {} for obj in (change.old, change.new))
+    for name in sorted(set(old) & set(new)):
+        if old[name] == new[name]:
+            continue
+        lines = list(difflib.unified_diff(old[name].splitlines(True), new[name].splitlines(True), name, name, n=2))
+        if len(lines) > FILE_DIFF_LINES:
+            out += f"{name}: {len(lines)} diff lines, not shown (`mlcache render` prints the file)\n"
+        else:
+            out += "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    return out
 
 
 def report(stack: str, changes: list[Change]) -> str:
