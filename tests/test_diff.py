@@ -209,11 +209,31 @@ def test_the_pr_comment_puts_a_summary_first_with_the_risk_and_the_policy_packs_
     assert "- `Job/sft-qwen3vl-fire-4gpu`: zone ucsd, GPU product NVIDIA-A100-SXM4-80GB" in comment
     assert "<details><summary>stack dev: manifest diffs</summary>" in comment and "+  volumeMode: Block" in comment
     assert "- `PersistentVolumeClaim/ms-swift-cache-pvc`: !! DATA LOSS: deletes and re-creates" in comment.split("<details>")[0]
-    # Over GitHub's limit the details go, last stack first; the summary and the tables stay.
+    # Over GitHub's limit the largest diffs go first, each said to be; the tables stay.
     trimmed = markdown_report("origin/main", previews, limit=len(comment) - 100)
     assert len(trimmed) <= len(comment) - 100 and trimmed.split("\n### ")[0] == summary
-    assert "Manifest diffs of stack dev trimmed to fit a comment: `mlcache diff --base origin/main --stack dev`" in trimmed
+    (largest,) = [
+        t for t in ("delete ConfigMap/mlcache-scripts", "replace Job/sft-qwen3vl-fire-4gpu") if f"`{t}`: trimmed" in trimmed
+    ]
+    assert largest == "replace Job/sft-qwen3vl-fire-4gpu" and "+  volumeMode: Block" in trimmed  # the small one stays
     assert "| `PersistentVolumeClaim/ms-swift-cache-pvc` | replace |" in trimmed
+    # Still too long without any diff: whole sections are cut from the end, saying so; never the summary.
+    tiny = markdown_report("origin/main", previews, limit=len(summary) + 400)
+    assert len(tiny) <= len(summary) + 400 and tiny.startswith(summary)
+    assert "The rest is cut to fit a comment" in tiny and "`mlcache diff --base 'origin/main'` prints everything" in tiny
+
+
+def test_the_pr_comment_survives_backticks_pipes_and_secrets():
+    change = _plan((), ("cache.volumeMode=Block", "cache.prefetch=[]"))
+    diffs = [c for c in change if c.label.startswith("PersistentVolumeClaim")]
+    diffs[0].warnings.append("a ``` fence and a | pipe\nover two lines")
+    new = as_json(rendered("dev", "job.env.X=y"))
+    secret = as_json(render("dev", [], ["job.env.X=y"])[0], "k" * 32)
+    comment = markdown_report("main", [StackPreview("dev", diffs, [], secret["objects"])])
+    assert "!! a ``` fence and a | pipe over two lines" in comment  # one list line, the pipe as typed
+    assert "````diff" in comment or "```diff" in comment
+    assert "its spec is secret" in comment and "its metadata is secret" in comment
+    assert "zone any" not in comment and new["objects"]
 
 
 @pytest.fixture
@@ -237,12 +257,12 @@ def test_command_line_against_a_git_revision(project_copy):
     assert unchanged.stdout == "stack dev: no changes\nstack prod: no changes\n"
     stack_file = project_copy / "Pulumi.dev.yaml"
     stack_file.write_text(stack_file.read_text().replace("volumeMode: Filesystem", "volumeMode: Block"))
-    gated = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
-    assert gated.returncode == 1 and "stack prod: no changes" in gated.stdout
+    gated = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert gated.returncode == 1 and "stack prod" not in gated.stdout
     assert "replace  PersistentVolumeClaim/ms-swift-cache-pvc" in gated.stdout and DATA_LOSS in gated.stdout
     assert "+  volumeMode: Block" in gated.stdout
     changed = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--markdown")
-    assert changed.returncode == 0 and "stack prod" not in changed.stdout
+    assert changed.returncode == 0
     assert (
         changed.stdout.startswith("<!-- mlcache-preview -->\n## mlcache preview against `HEAD`")
         and "| dev | 2 to replace, 1 to delete | DATA LOSS" in changed.stdout
@@ -250,7 +270,7 @@ def test_command_line_against_a_git_revision(project_copy):
     stack_file.write_text(stack_file.read_text().replace("volumeMode: Block", "volumeMode: Filesystem"))
     prod = project_copy / "Pulumi.prod.yaml"
     prod.write_text(prod.read_text().replace("mlcache:zone: ucsd", "mlcache:zone: sdsu"))
-    stranded = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
+    stranded = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
     assert stranded.returncode == 1 and STRANDS in stranded.stdout and f"!! {DATA_LOSS}" not in stranded.stdout
     # The same zone change as a move by copy: the gate lets it through, and the preview says MOVE.
     prod.write_text(prod.read_text().replace("    protect: true\n", "    protect: true\n    relocate: copy\n"))

@@ -43,8 +43,13 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     assert any("mlcache diff" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
     # One comment, found by the marker markdown_report starts with, and updated in place.
     post = next(s for s in steps if s.get("name") == "Post or update the PR comment")
-    assert "--markdown > comment.md" in next(s["run"] for s in steps if "--markdown" in s.get("run", ""))
+    diff = next(s for s in steps if "--markdown" in s.get("run", ""))
+    assert "--markdown --fail-on-data-loss > comment.md" in diff["run"] and "GITHUB_STEP_SUMMARY" in diff["run"]
     assert f'startswith("{COMMENT_MARKER}")' in post["run"] and "-X PATCH" in post["run"] and "body=@comment.md" in post["run"]
+    assert '.user.login == "github-actions[bot]"' in post["run"] and "pipefail" in post["run"]
+    gate = next(s for s in steps if s.get("name", "").startswith("Gate"))
+    assert "steps.diff.outputs.status" in gate["run"] and "allow-data-loss" in gate["if"]
+    assert preview["concurrency"]["cancel-in-progress"] is True
     actions = [s for s in preview["jobs"]["pulumi-preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions")]
     assert actions[0]["with"]["command"] == "preview" and actions[0]["with"]["comment-on-pr"] is True
 

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -341,10 +342,6 @@ def _size(manifest: dict[str, Any]):
         return None
 
 
-# A changed file of a ConfigMap longer than this many diff lines is summarised, not printed.
-FILE_DIFF_LINES = 120
-
-
 def _files(manifest: dict[str, Any]) -> dict[str, str]:
     """A ConfigMap's files (its data), or nothing for another kind or a secret data digest."""
     data = manifest.get("data") if manifest.get("kind") == "ConfigMap" else None
@@ -366,14 +363,13 @@ def manifest_diff(change: Change) -> str:
         return yaml.safe_dump(_by_content(obj["manifest"]), sort_keys=False).splitlines(keepends=True) if obj else []
 
     out = "".join(difflib.unified_diff(text(change.old), text(change.new), "before", "after", n=3))
-    old, new = (_files(obj["manifest"]) if obj else {} for obj in (change.old, change.new))
-    for name in sorted(set(old) & set(new)):
-        if old[name] == new[name]:
-            continue
-        lines = list(difflib.unified_diff(old[name].splitlines(True), new[name].splitlines(True), name, name, n=2))
-        if len(lines) > FILE_DIFF_LINES:
-            out += f"{name}: {len(lines)} diff lines, not shown (`mlcache render` prints the file)\n"
-        else:
+    if change.old is None or change.new is None:
+        return out  # a ConfigMap created or deleted whole: its files are the repository's, by hash here
+    old, new = _files(change.old["manifest"]), _files(change.new["manifest"])
+    for name in sorted(new):  # every changed or added file, line by line (the PR comment trims by size)
+        if old.get(name) != new[name]:
+            before = old.get(name, "").splitlines(True)
+            lines = difflib.unified_diff(before, new[name].splitlines(True), name if name in old else "/dev/null", name, n=2)
             out += "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     return out
 
@@ -443,13 +439,26 @@ def placement_lines(objects: list[dict[str, Any]]) -> list[str]:
             record = annotations.get(PLACEMENT_ANNOTATION)
             where = f"placement record `{record}`" if isinstance(record, str) else "placed by its first consumer"
             lines.append(f"`{_label(obj)}`: {annotations.get(BACKEND_ANNOTATION, 'linstor')}, {where}")
+        elif kind == "Job" and not isinstance(manifest.get("spec"), dict):
+            lines.append(f"`{_label(obj)}`: its spec is secret (a secret setting flows into it)")
         elif kind == "Job":
             lines.append(f"`{_label(obj)}`: {_describe_placement(job_placement(manifest))}")
     return lines
 
 
+def _line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _line(text).replace("|", "\\|")
+
+
+def _fenced(language: str, text: str) -> str:
+    """A code block whose fence no line of `text` can close: one backtick longer than its longest run."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{text}{fence}\n"
 
 
 def _summary_row(preview: StackPreview) -> str:
@@ -464,8 +473,8 @@ def _summary_row(preview: StackPreview) -> str:
     return f"| {preview.stack} | {changes} | {', '.join(flagged) or '-'} | {policy} |"
 
 
-def _stack_section(preview: StackPreview) -> tuple[str, str]:
-    """(what always shows, the folded details)."""
+def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
+    """(what always shows, each change's title and manifest diff, to fold)."""
     out = io.StringIO()
     out.write(f"\n### stack {preview.stack}\n\n")
     if preview.changes:
@@ -473,8 +482,8 @@ def _stack_section(preview: StackPreview) -> tuple[str, str]:
         for change in preview.changes:
             why = "; ".join(change.reasons) or "-"
             out.write(f"| `{_cell(change.label)}` | {change.action} | {_cell(why)} | {', '.join(risks(change)) or '-'} |\n")
-        said = [f"- `{c.label}`: !! {_cell(w)}\n" for c in preview.changes for w in c.warnings]
-        said += [f"- `{c.label}`: {_cell(n)}\n" for c in preview.changes for n in c.notes]
+        said = [f"- `{c.label}`: !! {_line(w)}\n" for c in preview.changes for w in c.warnings]
+        said += [f"- `{c.label}`: {_line(n)}\n" for c in preview.changes for n in c.notes]
         if said:
             out.write("\n" + "".join(said))
     else:
@@ -483,39 +492,62 @@ def _stack_section(preview: StackPreview) -> tuple[str, str]:
         out.write("\n**Policy pack:**\n")
         for finding in preview.findings:
             on = f" (`{finding.resource}`)" if finding.resource else ""
-            out.write(f"- {finding.level} `{finding.policy}`{on}: {_cell(finding.message)}\n")
+            out.write(f"- {finding.level} `{finding.policy}`{on}: {_line(finding.message)}\n")
     else:
         out.write("\n**Policy pack:** every policy passes.\n")
     lines = placement_lines(preview.objects)
     if lines:
         out.write("\n**Placement asked for:**\n" + "".join(f"- {line}\n" for line in lines))
-    diffs = [(change, manifest_diff(change)) for change in preview.changes]
-    folded = "".join(f"\n`{change.action} {change.label}`\n\n```diff\n{diff}```\n" for change, diff in diffs if diff)
-    if folded:
-        folded = f"\n<details><summary>stack {preview.stack}: manifest diffs</summary>\n{folded}\n</details>\n"
-    return out.getvalue(), folded
+    return out.getvalue(), [(f"{change.action} {change.label}", manifest_diff(change)) for change in preview.changes]
+
+
+def _details(stack: str, diffs: list[tuple[str, str | None]]) -> str:
+    """The folded manifest diffs of one stack; a diff that is None was trimmed."""
+    parts = []
+    for title, diff in diffs:
+        if diff is None:
+            parts.append(f"\n`{title}`: trimmed to fit the comment\n")
+        elif diff:
+            parts.append(f"\n`{title}`\n\n{_fenced('diff', diff)}")
+    if not parts:
+        return ""
+    return f"\n<details><summary>stack {stack}: manifest diffs</summary>\n{''.join(parts)}\n</details>\n"
 
 
 def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMENT_LIMIT) -> str:
     """The PR comment: a summary table first, then per stack its changes with their warnings, the
-    policy pack's verdict and placement, with the manifest diffs folded. Over `limit`, diffs are
-    dropped from the last stack backwards and said to be; nothing else is ever cut."""
+    policy pack's verdict and placement, with the manifest diffs folded. Over `limit`, the largest
+    diffs are trimmed first, each said to be; if the rest still does not fit, whole stack sections
+    are cut from the end, with a line saying so (the summary table is never cut)."""
+    full = f"`mlcache diff --base '{base}'` prints everything"
     head = (
-        f"{COMMENT_MARKER}\n## mlcache preview against `{base}`\n\n| stack | changes | risk | policy pack |\n|---|---|---|---|\n"
-        + "".join(_summary_row(p) + "\n" for p in previews)
+        f"{COMMENT_MARKER}\n## mlcache preview against `{_line(base).replace('`', '')}`\n\n"
+        "| stack | changes | risk | policy pack |\n|---|---|---|---|\n" + "".join(_summary_row(p) + "\n" for p in previews)
     )
     sections = [_stack_section(p) for p in previews]
-    details = [folded for _, folded in sections]
-    for index in reversed(range(len(details))):
-        text = head + "".join(shown + folded for (shown, _), folded in zip(sections, details, strict=True))
-        if len(text) <= limit:
-            return text
-        if details[index]:
-            details[index] = (
-                f"\n_Manifest diffs of stack {previews[index].stack} trimmed to fit a comment: "
-                f"`mlcache diff --base {base} --stack {previews[index].stack}` prints them._\n"
-            )
-    return head + "".join(shown + folded for (shown, _), folded in zip(sections, details, strict=True))
+    diffs: list[list[tuple[str, str | None]]] = [list(found) for _, found in sections]
+
+    def text() -> str:
+        return head + "".join(shown + _details(p.stack, d) for p, (shown, _), d in zip(previews, sections, diffs, strict=True))
+
+    # The largest diffs go first: one huge ConfigMap diff should not cost every other stack its diffs.
+    sizes = sorted(((len(d or ""), i, j) for i, found in enumerate(diffs) for j, (_, d) in enumerate(found)), reverse=True)
+    comment = text()
+    for size, i, j in sizes:
+        if len(comment) <= limit or size == 0:
+            break
+        diffs[i][j] = (diffs[i][j][0], None)
+        comment = text()
+    if len(comment) <= limit:
+        return comment
+    cut = f"\n_The rest is cut to fit a comment ({limit} characters): {full}; the job summary has it too._\n"
+    kept = head
+    for preview, (shown, _), found in zip(previews, sections, diffs, strict=True):
+        section = shown + _details(preview.stack, found)
+        if len(kept) + len(section) + len(cut) > limit:
+            break
+        kept += section
+    return kept + cut
 
 
 def render_json(

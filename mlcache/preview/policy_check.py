@@ -9,7 +9,9 @@ it sees the digest, as it would see `[secret]`).
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -43,9 +45,11 @@ def resource_type(urn: str) -> str:
     return urn.split("::")[2].rpartition("$")[2]
 
 
-def policy_findings(objects: list[dict[str, Any]]) -> list[PolicyFinding]:
-    """Every violation the pack reports for the rendered objects (`mlcache render --json`'s `objects`)."""
+def policy_findings(objects: list[dict[str, Any]], pack: Path = POLICIES_FILE) -> list[PolicyFinding]:
+    """Every violation the pack (a file declaring POLICIES) reports for the rendered objects
+    (`mlcache render --json`'s `objects`)."""
     from pulumi_policy import (  # noqa: PLC0415
+        EnforcementLevel,
         PolicyCustomTimeouts,
         PolicyResource,
         PolicyResourceOptions,
@@ -53,7 +57,8 @@ def policy_findings(objects: list[dict[str, Any]]) -> list[PolicyFinding]:
         ResourceValidationPolicy,
         StackValidationArgs,
     )
-    from pulumi_policy.proxy import unknown_checking_proxy  # noqa: PLC0415
+    from pulumi_policy.policy import _NotApplicableError  # noqa: PLC0415  (what not_applicable() raises)
+    from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy  # noqa: PLC0415
 
     resources = []
     for obj in objects:
@@ -71,13 +76,21 @@ def policy_findings(objects: list[dict[str, Any]]) -> list[PolicyFinding]:
         name = obj["urn"].rpartition("::")[2]
         resources.append(PolicyResource(resource_type(obj["urn"]), props, obj["urn"], name, options, None, None, [], {}))
     findings: list[PolicyFinding] = []
-    for policy in _pack().POLICIES:
-        level = getattr(policy.enforcement_level, "value", str(policy.enforcement_level))
+    for policy in _pack(pack).POLICIES:
+        # As the engine's analyzer: the pack's default (advisory: policy/__main__.py sets none) for a
+        # policy without a level, disabled ones skipped, remediate reported as mandatory.
+        level = (policy.enforcement_level or EnforcementLevel.ADVISORY).value
+        if level == EnforcementLevel.DISABLED.value:
+            continue
+        if level == EnforcementLevel.REMEDIATE.value:
+            level = EnforcementLevel.MANDATORY.value
 
         def report(message: str, urn: str | None = None, name: str = policy.name, level: str = level) -> None:
             findings.append(PolicyFinding(name, level, message, urn.rpartition("::")[2] if urn else None))
 
+        calls: list[tuple[Any, Any, Any]] = []
         if isinstance(policy, ResourceValidationPolicy):
+            validates = policy.validate if isinstance(policy.validate, list) else [policy.validate]
             for resource in resources:
                 args = ResourceValidationArgs(
                     resource.resource_type, resource.props, resource.urn, resource.name, resource.opts, None
@@ -86,8 +99,20 @@ def policy_findings(objects: list[dict[str, Any]]) -> list[PolicyFinding]:
                 def report_on(message: str, urn: str | None = None, subject: str = resource.urn) -> None:
                     report(message, urn or subject)
 
-                for validate in policy.validate if isinstance(policy.validate, list) else [policy.validate]:
-                    validate(args, report_on)
-        else:
-            policy.validate(StackValidationArgs(resources), report)
+                calls += [(validate, args, report_on) for validate in validates if validate is not None]
+        elif policy.validate is not None:
+            calls.append((policy.validate, StackValidationArgs(resources), report))
+        for validate, args, on_violation in calls:
+            try:
+                result = validate(args, on_violation)
+                if inspect.isawaitable(result):
+                    asyncio.run(_awaited(result))
+            except (UnknownValueError, _NotApplicableError):
+                continue  # as the engine: an unknown value or a policy that does not apply judges nothing
+            except Exception as err:  # a policy that breaks says so instead of stopping the preview
+                report(f"could not be judged offline ({type(err).__name__}: {err})")
     return findings
+
+
+async def _awaited(result: Any) -> Any:
+    return await result
