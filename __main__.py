@@ -27,6 +27,9 @@ from mlcache.program.settings import load_settings, read_secret_env, read_tokens
 from mlcache.program.verification import verification_commands
 
 settings = load_settings()
+# The secret settings, checked with the others before anything is registered (also with job.enabled
+# false): the hub tokens and secretEnv's values, as secret Outputs.
+tokens, secret_values = read_tokens(), read_secret_env(settings)
 # A key given as a secret keeps every object input and output it flows into secret.
 secrets = SecretFlow(secret_keys())
 
@@ -103,13 +106,11 @@ claim_names = [cache_pod.claim_name, *cache.claim_names[1:]]
 
 training: TrainingJob | TrainingWorkers | None = None
 if settings.job.enabled:
-    tokens = read_tokens()
     credentials = None
     if tokens:
         credentials = HubCredentials(
             "hub-credentials", tokens, secret_name=hub_secret_name(settings.job.name), namespace=settings.namespace
         )
-    secret_values = read_secret_env(settings)
     secret_env = None
     if secret_values:
         secret_env = SecretEnv(

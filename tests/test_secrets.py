@@ -148,6 +148,13 @@ def test_secret_env_refusals_name_the_key_and_never_the_value(capsys, assignment
     )
 
 
+def test_secret_settings_are_checked_before_anything_is_registered_even_without_training(capsys):
+    code, out, err = _render_cli(capsys, "--config", "job.enabled=false", "--config", "secretEnv.WANDB_API_KEY=plain-77")
+    assert code == 2 and out == "" and "mlcache:secretEnv" in err and "plain-77" not in err
+    code, out, err = _render_cli(capsys, "--config", "job.enabled=false", "--config", "hfToken=hf_plain77")
+    assert code == 2 and out == "" and "mlcache:hfToken" in err and "hf_plain77" not in err
+
+
 def _render_cli(capsys, *argv):
     code = render_command.main(["--stack", "dev", *argv])
     out, err = capsys.readouterr()
