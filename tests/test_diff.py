@@ -322,3 +322,22 @@ def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss
     assert claim.notes[0].startswith("MOVE: the cache is copied from ms-swift-cache-pvc into this new claim (500Gi)")
     assert not any(c.gated for c in changes)
     assert any(c.data_loss for c in _plan((), ("zone=sdsu", "cache.relocate=fresh", "cache.protect=false"), stack="prod"))
+
+
+def test_a_changed_secure_value_is_said_though_offline_cannot_show_what_it_changes(tmp_path):
+    from mlcache.preview.diff import secret_changes  # noqa: PLC0415
+    from mlcache.preview.stack_config import secure_values  # noqa: PLC0415
+
+    base, head = tmp_path / "base", tmp_path / "head"
+    for side, token, gpu in ((base, "v1:AAA=", "v1:BBB="), (head, "v1:AAA=", "v1:CCC=")):
+        side.mkdir()
+        body = f"config:\n  mlcache:hfToken:\n    secure: {token}\n  mlcache:job:\n    gpuProduct:\n      secure: {gpu}\n"
+        (side / "Pulumi.dev.yaml").write_text(body)
+    assert secure_values("dev", base) == {"mlcache:hfToken": "v1:AAA=", "mlcache:job.gpuProduct": "v1:BBB="}
+    changed = secret_changes(secure_values("dev", base), secure_values("dev", head))
+    assert changed == ["mlcache:job.gpuProduct"] and secure_values("prod", base) == {}
+    text = report("dev", [], changed)
+    assert text.startswith("stack dev: no changes\n  !! secret values changed or re-encrypted: mlcache:job.gpuProduct")
+    comment = markdown_report("main", [StackPreview("dev", [], [], [], changed)])
+    assert "| dev | no changes; **1 secret value changed, not diffed** |" in comment
+    assert "the real `pulumi preview` decrypts them" in comment and "v1:CCC=" not in comment

@@ -39,8 +39,10 @@ from mlcache.preview.diff import (
     plan,
     render_json,
     report,
+    secret_changes,
 )
 from mlcache.preview.policy_check import policy_findings
+from mlcache.preview.stack_config import secure_values
 
 
 @entry_point
@@ -80,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new)
         gated = gated or any(c.gated for c in changes)
-        reports.append(report(stack, changes))
+        hidden = secret_changes(secure_values(stack, base_dir), secure_values(stack, CHECKOUT))
+        reports.append(report(stack, changes, hidden))
         objects = (new or {}).get("objects", [])
-        previews.append(StackPreview(stack, changes, policy_findings(objects) if args.markdown else [], objects))
+        previews.append(StackPreview(stack, changes, policy_findings(objects) if args.markdown else [], objects, hidden))
     sys.stdout.write(markdown_report(args.base, previews) if args.markdown else "".join(reports))
     return 1 if args.fail_on_data_loss and gated else 0

@@ -374,12 +374,25 @@ def manifest_diff(change: Change) -> str:
     return out
 
 
-def report(stack: str, changes: list[Change]) -> str:
+def secret_changes(base: dict[str, str], head: dict[str, str]) -> list[str]:
+    """The `secure:` values added, removed or re-encrypted between two stack files (secure_values)."""
+    return sorted(key for key in set(base) | set(head) if base.get(key) != head.get(key))
+
+
+def secrets_line(keys: list[str]) -> str:
+    return (
+        f"secret values changed or re-encrypted: {', '.join(keys)}; offline both sides render a placeholder, "
+        "so what they change is not shown here: the real `pulumi preview` decrypts them"
+    )
+
+
+def report(stack: str, changes: list[Change], secrets: list[str] | None = None) -> str:
+    said = f"  !! {secrets_line(secrets)}\n" if secrets else ""
     if not changes:
-        return f"stack {stack}: no changes\n"
+        return f"stack {stack}: no changes\n{said}"
     out = io.StringIO()
     counts = {a: sum(c.action == a for c in changes) for a in ("create", "update", "replace", "delete")}
-    out.write(f"stack {stack}: " + ", ".join(f"{n} to {a}" for a, n in counts.items() if n) + "\n")
+    out.write(f"stack {stack}: " + ", ".join(f"{n} to {a}" for a, n in counts.items() if n) + "\n" + said)
     for change in changes:
         out.write(f"  {change.action:<8} {change.label}")
         out.write(f"  ({'; '.join(change.reasons)})\n" if change.reasons else "\n")
@@ -409,6 +422,8 @@ class StackPreview:
     changes: list[Change]
     findings: list[Any]  # policy_check.PolicyFinding
     objects: list[dict[str, Any]]
+    # `secure:` values of the stack file whose ciphertext differs between the revisions.
+    secrets: list[str] = field(default_factory=list)
 
 
 def risks(change: Change) -> list[str]:
@@ -464,6 +479,8 @@ def _fenced(language: str, text: str) -> str:
 def _summary_row(preview: StackPreview) -> str:
     counts = {a: sum(c.action == a for c in preview.changes) for a in ("create", "update", "replace", "delete")}
     changes = ", ".join(f"{n} to {a}" for a, n in counts.items() if n) or "no changes"
+    if preview.secrets:
+        changes += f"; **{len(preview.secrets)} secret value{'s' * (len(preview.secrets) > 1)} changed, not diffed**"
     flagged = sorted({r for c in preview.changes for r in risks(c)})
     mandatory = sum(f.level == "mandatory" for f in preview.findings)
     advisory = sum(f.level == "advisory" for f in preview.findings)
@@ -488,6 +505,8 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
             out.write("\n" + "".join(said))
     else:
         out.write("No changes.\n")
+    if preview.secrets:
+        out.write(f"\n- !! {_line(secrets_line([f'`{key}`' for key in preview.secrets]))}\n")
     if preview.findings:
         out.write("\n**Policy pack:**\n")
         for finding in preview.findings:

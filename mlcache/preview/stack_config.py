@@ -295,6 +295,29 @@ def stack_file(stack: str, project_dir: Path = CHECKOUT) -> Path:
     return path
 
 
+def secure_values(stack: str, project_dir: Path = CHECKOUT) -> dict[str, str]:
+    """Every `secure:` value of the stack file, by its path (`mlcache:job.env.TOKEN`), as ciphertext:
+    offline they cannot be read, only compared ({} when the revision has no such stack file)."""
+    path = project_dir / f"Pulumi.{stack}.yaml"
+    if not path.is_file():
+        return {}
+    found: dict[str, str] = {}
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            found[where] = str(value["secure"])
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, f"{where}[{index}]")
+
+    for key, value in _read_mapping_file(path, "config").items():
+        walk(value, str(key))
+    return found
+
+
 def load_stack_config(
     stack: str, overrides: Sequence[str] = (), secrets: Sequence[str] = (), project_dir: Path = CHECKOUT
 ) -> StackConfig:
