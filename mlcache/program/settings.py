@@ -208,9 +208,10 @@ class CacheSettings:
     durable_copy: bool = setting(
         Flag(),
         False,
-        "Keep a second, replicated copy of the cached models on the Rook-Ceph class (rookCeph.storageClassName), "
-        "refreshed after each warm-up; after node loss the training pod restores from it at disk speed instead of "
-        "downloading again (docs/moving-the-cache.md#node-loss-the-durable-copy). LINSTOR, Filesystem mode, one node.",
+        "Keep a second, replicated copy of the models cache.prefetch downloads on the Rook-Ceph class "
+        "(rookCeph.storageClassName), refreshed after each warm-up; after node loss the training pod restores from it "
+        "at disk speed instead of downloading again (docs/moving-the-cache.md#node-loss-the-durable-copy). LINSTOR, "
+        "Filesystem mode, one node, a non-empty cache.prefetch.",
     )
     prefetch: tuple[str, ...] = setting(
         ListOf(pattern(_MODEL_ID, "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name"), "model ids"),
