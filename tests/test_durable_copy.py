@@ -419,6 +419,88 @@ def test_a_restore_cut_short_leaves_its_models_staged_never_in_place_and_the_nex
     assert not (lost / ".mlcache" / "restoring").exists() and tree(lost / HF_MODEL) == tree(cache / HF_MODEL)
 
 
+def test_a_durable_copy_damaged_after_its_record_is_never_restored_as_verified(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    (durable / "tree" / MS_MODEL / "weights.bin").unlink()  # lost after the record was written
+    lost = tmp_path / "new-cache"
+    lost.mkdir()
+    result = copy("restore", lost, durable)
+    assert result.returncode == 0 and json.loads(result.stdout)["restored"] is False
+    assert "not the one its refresh recorded" in result.stderr
+    assert tree(lost) == {}  # no model and no marker: the warm-up downloads everything
+
+
+def test_one_refresh_at_a_time_and_no_restore_from_a_copy_being_written(tmp_path):
+    import fcntl  # noqa: PLC0415
+
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    with open(durable / ".lock", "a") as held:  # a refresh holds it while it writes
+        fcntl.flock(held, fcntl.LOCK_EX)
+        lost = tmp_path / "new-cache"
+        lost.mkdir()
+        busy = copy("restore", lost, durable)
+        assert json.loads(busy.stdout) == {"restored": False, "reason": "durable copy busy"} and tree(lost) == {}
+        waiting = subprocess.Popen(
+            [
+                sys.executable,
+                str(SCRIPT),
+                "refresh",
+                "--cache",
+                str(cache),
+                "--durable",
+                str(durable),
+                "--ready",
+                str(cache / ".mlcache/prefetch/complete"),
+                "--warmup",
+                "w1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.0)
+        assert waiting.poll() is None  # the second refresh waits for the first
+    out, err = waiting.communicate(timeout=60)
+    assert waiting.returncode == 0 and json.loads(out)["verified"], err
+
+
+def test_markers_that_name_nested_directories_copy_the_outer_one(tmp_path):
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    add_marker(cache, "modelscope--Qwen--m-sub", cache / MS_MODEL / "sub")
+    (cache / MS_MODEL / "sub").mkdir()
+    durable.mkdir()
+    result = copy("refresh", cache, durable, "--warmup", "w1")
+    assert result.returncode == 0, result.stderr
+    saved = record(durable)
+    assert saved["parts"] == [HF_MODEL, MS_MODEL] and saved["owners"]["modelscope--Qwen--m-sub.done"] == MS_MODEL
+
+
+def test_a_record_that_could_escape_or_overlap_is_not_trusted(tmp_path):
+    from workloads.cache_copy import read_record  # noqa: PLC0415
+
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    good = record(durable)
+    assert read_record(durable) == good
+    for bad in (
+        {"parts": [*good["parts"], "modelscope/models"]},  # overlapping parts
+        {"parts": ["../outside"]},
+        {"markers": {**good["markers"], "../x": "{}"}},
+        {"shapes": {}},
+    ):
+        (durable / "refreshed.json").write_text(json.dumps({**good, **bad}))
+        assert read_record(durable) is None, bad
+
+
 def test_the_model_a_marker_names_is_the_hugging_face_repository_or_the_model_directory(tmp_path):
     from workloads.cache_copy import CopyError, model_dir  # noqa: PLC0415
 

@@ -34,10 +34,12 @@ C/M for each model directory M the warm-up's markers (FILE's directory) name, an
 models and the markers in D/refreshed.json. Nothing else of the cache is copied (datasets and
 outputs training writes stay out). Until the new record is written the last one stays valid: a
 model it lists is withdrawn from it, alone, before its copy is rewritten; directories no marker
-names any more are removed after the new record is written.
+names any more are removed after the new record is written. The record holds each model's shape
+(`shape`); one refresh writes at a time (D/.lock).
 `restore` runs before the warm-up in the training pod: into a cache that holds none of the
 recorded models and no markers (a claim re-created after node loss) it copies each model into
-C/.mlcache/restoring, verifies it there and renames it into place, then writes the markers, the
+C/.mlcache/restoring, verifies it there (against the durable copy, then its recorded shape) and
+renames it into place, then writes the markers, the
 warm-up's own last. A cache that holds any of them is left alone (an interrupted warm-up resumes
 from what it has). `restore` always exits 0: a restore that fails removes what it wrote, and the
 warm-up then downloads, as without a durable copy.
@@ -53,12 +55,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
 import os
 import queue
 import secrets
+import signal
 import socket
 import socketserver
 import stat
@@ -604,6 +608,7 @@ def verify_tree(source, root: Path, log: Callable[[str], None], segment: int = S
 
 DURABLE_TREE = "tree"
 DURABLE_RECORD = "refreshed.json"
+DURABLE_LOCK = ".lock"
 MARKER_SUFFIX = ".done"
 HF_REPOSITORY_PREFIXES = ("models--", "datasets--", "spaces--")
 RESTORING = ".mlcache/restoring"  # where a restore stages each model until it is verified
@@ -641,7 +646,7 @@ def warmed_models(cache: Path, markers: Path) -> tuple[list[str], dict[str, str]
                 raise CopyError(f"{markers / name}: not a warm-up marker (no path)") from None
             named[name] = model_dir(str(recorded), cache)
     # A directory inside another one is copied with it.
-    outer = [m for m in sorted(set(named.values())) if not any(overlaps(m, o) and m != o for o in named.values())]
+    outer = [m for m in sorted(set(named.values())) if not any(m.startswith(o + "/") for o in named.values())]
     owners = {name: next(o for o in outer if overlaps(model, o)) for name, model in named.items()}
     return outer, texts, owners
 
@@ -655,14 +660,30 @@ def read_record(durable: Path) -> dict | None:
     """The last verified refresh (None: none, or a record this version cannot trust)."""
     try:
         record = json.loads((durable / DURABLE_RECORD).read_text())
-        parts, markers, owners = record["parts"], record["markers"], record["owners"]
+        parts, markers, owners, shapes = record["parts"], record["markers"], record["owners"], record["shapes"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    safe = all(isinstance(p, str) and _is_part(p) for p in parts) and isinstance(markers, dict)
-    safe = safe and isinstance(owners, dict) and all(owners.get(n) in parts for n in markers if n.endswith(MARKER_SUFFIX))
-    if not safe or not all(isinstance(n, str) and isinstance(t, str) and n == PurePosixPath(n).name for n, t in markers.items()):
+    if not isinstance(parts, list) or not all(isinstance(p, str) and _is_part(p) for p in parts):
         return None
-    return record
+    if any(overlaps(p, o) for i, p in enumerate(parts) for o in parts[i + 1 :]):
+        return None
+    if not (isinstance(markers, dict) and isinstance(owners, dict) and isinstance(shapes, dict)):
+        return None
+    named = all(isinstance(n, str) and isinstance(t, str) and _is_marker_name(n) for n, t in markers.items())
+    owned = all(owners.get(n) in parts for n in markers if n.endswith(MARKER_SUFFIX))
+    return record if named and owned and all(isinstance(shapes.get(p), str) for p in parts) else None
+
+
+def _is_marker_name(name: str) -> bool:
+    return name not in ("", ".", "..") and name == PurePosixPath(name).name and not name.endswith(".tmp")
+
+
+def shape(root: Path) -> str:
+    """A fingerprint of a copied tree's shape (paths, types, modes, sizes, link targets): restore
+    compares a model's copy with the one the refresh recorded, so a durable copy changed or damaged
+    after its record was written is never restored as verified."""
+    entries = [(e.path, e.type, e.mode, e.size, e.target) for e in scan(root)]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -736,6 +757,9 @@ def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     names any more are removed after that."""
     started = time.monotonic()
     wait_for_warmup(args, log)
+    # One refresh at a time: a replaced Job's pod may still be stopping when the next one starts.
+    lock = open(args.durable / DURABLE_LOCK, "a")  # noqa: SIM115  (held until the process ends)
+    fcntl.flock(lock, fcntl.LOCK_EX)
     parts, markers, owners = warmed_models(args.cache, args.ready.parent)
     record = read_record(args.durable)
     tree = args.durable / DURABLE_TREE
@@ -758,9 +782,13 @@ def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             result = copy_tree([LocalSource(origin) for _ in range(args.streams)], copy, log, args.progress_every)
         for key in totals:
             totals[key] += result[key]
+    if warmed_models(args.cache, args.ready.parent) != (parts, markers, owners):
+        raise CopyError("the warm-up's markers changed while the refresh copied: nothing recorded; the Job's retry copies again")
+    shapes = {part: shape(tree / part) for part in parts}
     finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     summary = {"warmup": args.warmup, "finished": finished, "parts": parts, **totals}
-    write_atomically(args.durable / DURABLE_RECORD, json.dumps({**summary, "markers": markers, "owners": owners}) + "\n")
+    record_text = json.dumps({**summary, "markers": markers, "owners": owners, "shapes": shapes}) + "\n"
+    write_atomically(args.durable / DURABLE_RECORD, record_text)
     prune(tree, parts)
     return {**summary, "seconds": round(time.monotonic() - started, 3), "verified": True}
 
@@ -785,6 +813,14 @@ def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     if args.ready.exists():
         log(f"the cache is warm ({args.ready}): nothing to restore")
         return {"restored": False, "reason": "warm"}
+    lock_file = args.durable / DURABLE_LOCK
+    if lock_file.exists():  # the durable copy is mounted read-only here: lock only what a refresh made
+        lock = open(lock_file)  # noqa: SIM115  (held until the process ends)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("a refresh is writing the durable copy: nothing restored; the warm-up downloads")
+            return {"restored": False, "reason": "durable copy busy"}
     record = read_record(args.durable)
     if record is None:
         log(f"no refreshed durable copy in {args.durable}: the warm-up downloads")
@@ -807,6 +843,8 @@ def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             result = copy_tree(
                 [LocalSource(args.durable / DURABLE_TREE / part) for _ in range(args.streams)], staged, log, args.progress_every
             )
+            if shape(staged) != record["shapes"][part]:
+                raise Mismatch(f"{part}: the durable copy is not the one its refresh recorded (changed or damaged since)")
             final.parent.mkdir(parents=True, exist_ok=True)
             if final.is_dir():
                 final.rmdir()  # empty (checked above)
@@ -919,6 +957,9 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"cache_copy: {message}", file=sys.stderr, flush=True)
 
+    # As a pod's first process, python ignores SIGTERM unless told: stop at once when the pod is deleted.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     sources: list = []
     try:
         if args.command == "send":
