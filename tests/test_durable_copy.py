@@ -4,6 +4,7 @@ plans, and the refresh and restore as real processes on real files."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -129,6 +130,9 @@ def test_the_refresh_waits_until_the_cache_is_bound_then_runs_beside_it_after_th
     assert args[args.index("--warmup") + 1] == current == template["metadata"]["annotations"]["mlcache/warmup"]
     assert args[args.index("--ready") + 1] == "/cache/.mlcache/prefetch/complete"
     assert args[args.index("--wait-limit") + 1] == "86400"  # a day, then it fails saying so: never for ever
+    # A new copy script (a new record format) replaces the refresh Job, so it records again.
+    script = (ROOT / "workloads" / "cache_copy.py").read_bytes()
+    assert template["metadata"]["annotations"]["mlcache/copy-script"] == hashlib.sha256(script).hexdigest()[:12]
     rule = refresh["spec"]["podFailurePolicy"]["rules"][0]
     assert rule["action"] == "FailJob" and rule["onExitCodes"] == {"containerName": "refresh", "operator": "In", "values": [4]}
     assert "cache_copy.py" in config_map["data"]

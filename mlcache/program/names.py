@@ -57,6 +57,9 @@ COPY_CACHE_NAME_MAX = 44
 DURABLE_ROLE = "refresh"  # its copy pod's COPY_ROLE_LABEL
 # On the refresh Job's pod template: the warm-up it copies (a new prefetch list is a new refresh).
 WARMUP_ANNOTATION = "mlcache/warmup"
+# On the durable refresh's pod: the copy script's content hash. A new script (a new record format)
+# replaces the refresh Job, so the durable copy is refreshed and recorded by the script that restores it.
+COPY_SCRIPT_ANNOTATION = "mlcache/copy-script"
 # Kubernetes' marker of a node checked to be shut down (non-graceful node shutdown).
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 # Provider annotation: do not wait for readiness (exactly the string "true").

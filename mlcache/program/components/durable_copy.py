@@ -17,6 +17,7 @@ The fast single-replica LINSTOR volume stays what training reads. Beside it:
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import pulumi
@@ -27,12 +28,13 @@ from mlcache.program.components.cache_pod import CachePod, container, job_manife
 from mlcache.program.components.common import constructor_kwargs, metadata
 from mlcache.program.components.placement import node_pinning
 from mlcache.program.components.security import scratch_mount
-from mlcache.program.components.workload_scripts import prefetch_list, prefetch_markers
+from mlcache.program.components.workload_scripts import COPY_SCRIPT, WORKLOADS, prefetch_list, prefetch_markers
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_COMPONENT_LABEL,
     COPY_LABEL,
     COPY_ROLE_LABEL,
+    COPY_SCRIPT_ANNOTATION,
     DURABLE_PATH,
     DURABLE_ROLE,
     WARMUP_ANNOTATION,
@@ -59,6 +61,10 @@ REFRESH_RESOURCES = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {
 
 def warmup_marker(cache: CacheSettings) -> str:
     return f"{prefetch_markers(cache)}/{WARMUP_DONE}"
+
+
+def script_hash() -> str:
+    return hashlib.sha256((WORKLOADS / COPY_SCRIPT).read_bytes()).hexdigest()[:12]
 
 
 def warmup(cache: CacheSettings) -> str:
@@ -115,7 +121,7 @@ def refresh_job_manifest(pod: CachePod, nodes: tuple[str, ...]) -> dict[str, Any
         app_label=COPY_COMPONENT_LABEL,
         backoff_limit=BACKOFF_LIMIT,
         pod_labels={COPY_ROLE_LABEL: DURABLE_ROLE, COPY_LABEL: name},
-        pod_annotations={WARMUP_ANNOTATION: current},
+        pod_annotations={WARMUP_ANNOTATION: current, COPY_SCRIPT_ANNOTATION: script_hash()},
         pod_failure_policy=WAITED_TOO_LONG,
     )
 
