@@ -585,3 +585,50 @@ def test_the_durable_objects_are_valid_and_pass_every_policy():
             assert violations(policy.validate, args) == [], (policy.name, r.name)
             checked += 1
     assert checked > 20
+
+
+def test_restore_copies_into_staging_and_writes_markers_only_after_every_model_is_in_place(tmp_path, monkeypatch):
+    from workloads import cache_copy  # noqa: PLC0415
+
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    lost = tmp_path / "new-cache"
+    lost.mkdir()
+    seen = []
+    real_copy = cache_copy.copy_tree
+
+    def watched(sources, root, *args, **kwargs):
+        # Each model lands in the staging directory, never where the warm-up looks, and no marker exists yet.
+        seen.append((root.relative_to(lost).as_posix(), (lost / ".mlcache" / "prefetch").exists()))
+        return real_copy(sources, root, *args, **kwargs)
+
+    monkeypatch.setattr(cache_copy, "copy_tree", watched)
+    argv = ["restore", "--cache", str(lost), "--durable", str(durable), "--ready", str(lost / ".mlcache/prefetch/complete")]
+    assert cache_copy.main(argv) == 0
+    assert seen == [(f".mlcache/restoring/{HF_MODEL}", False), (f".mlcache/restoring/{MS_MODEL}", False)]
+    assert (lost / ".mlcache" / "prefetch" / "complete").read_text() == "w1\n"
+
+
+def test_a_refresh_removes_unlisted_models_only_after_the_new_record_is_written(tmp_path, monkeypatch):
+    from workloads import cache_copy  # noqa: PLC0415
+
+    cache, durable = tmp_path / "cache", tmp_path / "durable"
+    make_cache(cache)
+    durable.mkdir()
+    assert copy("refresh", cache, durable, "--warmup", "w1").returncode == 0
+    (cache / ".mlcache" / "prefetch" / "modelscope--Qwen--m.done").unlink()
+    (cache / ".mlcache" / "prefetch" / "complete").write_text("w2\n")
+    present_when_recorded = []
+    real_write = cache_copy.write_atomically
+
+    def watched(path, text):
+        present_when_recorded.append((durable / "tree" / MS_MODEL / "weights.bin").exists())
+        real_write(path, text)
+
+    monkeypatch.setattr(cache_copy, "write_atomically", watched)
+    argv = ["refresh", "--cache", str(cache), "--durable", str(durable), "--warmup", "w2"]
+    assert cache_copy.main([*argv, "--ready", str(cache / ".mlcache/prefetch/complete")]) == 0
+    assert present_when_recorded == [True] and not (durable / "tree" / MS_MODEL).exists()
+    assert record(durable)["parts"] == [HF_MODEL]
