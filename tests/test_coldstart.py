@@ -351,9 +351,17 @@ def test_a_hanging_prewarm_neither_delays_the_run_nor_outlives_it(tmp_path):
     assert proc.returncode == 0 and "trained" in out and time.monotonic() - began < 10, out
     pid = int((tmp_path / "prewarm.pid").read_text())
     deadline = time.monotonic() + 5
-    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]:
+    while running(pid):
         assert time.monotonic() < deadline, "the prewarm outlived training"
         time.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (it may be reaped between any two reads)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_sigterm_stops_training_and_the_prewarm_without_a_marker(tmp_path):
