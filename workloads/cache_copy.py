@@ -109,6 +109,10 @@ class Entry:
     mtime_ns: int = 0
     target: str = ""  # a link's target, as written
 
+    def shape(self) -> tuple[str, int, int, str]:
+        """What a copy must match without reading data: type, mode, size, link target."""
+        return (self.type, self.mode, self.size, self.target)
+
     def segments(self, segment: int = SEGMENT) -> list[tuple[int, int]]:
         if self.type != "file" or self.size == 0:
             return []
@@ -573,7 +577,7 @@ def compare_shape(root: Path, entries: list[Entry]) -> str | None:
         found = here.pop(entry.path, None)
         if found is None:
             return f"{entry.path}: missing"
-        if (found.type, found.mode, found.size, found.target) != (entry.type, entry.mode, entry.size, entry.target):
+        if found.shape() != entry.shape():
             here_is = f"{found.type} mode {found.mode:o} size {found.size}"
             return f"{entry.path}: is {here_is}, the source has {entry.type} mode {entry.mode:o} size {entry.size}"
     if here:
@@ -682,7 +686,7 @@ def shape(root: Path) -> str:
     """A fingerprint of a copied tree's shape (paths, types, modes, sizes, link targets): restore
     compares a model's copy with the one the refresh recorded, so a durable copy changed or damaged
     after its record was written is never restored as verified."""
-    entries = [(e.path, e.type, e.mode, e.size, e.target) for e in scan(root)]
+    entries = [(e.path, *e.shape()) for e in scan(root)]
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
 
@@ -738,6 +742,14 @@ def wait_for_warmup(args: argparse.Namespace, log: Callable[[str], None]) -> Non
         time.sleep(min(args.wait_every, args.progress_every))
 
 
+COPY_TOTALS = ("files", "bytes", "bytesSent", "bytesKept")
+
+
+def add_totals(totals: dict[str, int], result: dict) -> None:
+    for key in COPY_TOTALS:
+        totals[key] = totals.get(key, 0) + result[key]
+
+
 def withdraw(durable: Path, record: dict, part: str, ready: str, log: Callable[[str], None]) -> dict:
     """The record without one model and the markers that name it (and without the warm-up's own
     marker, so a restore from it lets the warm-up download that model): written before the model's
@@ -763,7 +775,7 @@ def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     parts, markers, owners = warmed_models(args.cache, args.ready.parent)
     record = read_record(args.durable)
     tree = args.durable / DURABLE_TREE
-    totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
+    totals = dict.fromkeys(COPY_TOTALS, 0)
     # New models first: until a model the record lists changes, the record still describes the tree.
     for part in sorted(parts, key=lambda p: record is not None and p in record["parts"]):
         origin, copy = args.cache / part, tree / part
@@ -775,13 +787,12 @@ def refresh(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             except Mismatch as err:
                 log(f"{part} changed since the last refresh ({err})")
         if result is None:
-            for recorded in list(record["parts"] if record else []):
-                if record is not None and overlaps(part, recorded):  # the copy writes into a recorded model
+            if record is not None:  # the copy writes into these recorded models: out of the record first
+                for recorded in [p for p in record["parts"] if overlaps(part, p)]:
                     record = withdraw(args.durable, record, recorded, args.ready.name, log)
             log(f"{part}: {origin} -> {copy}")
             result = copy_tree([LocalSource(origin) for _ in range(args.streams)], copy, log, args.progress_every)
-        for key in totals:
-            totals[key] += result[key]
+        add_totals(totals, result)
     if warmed_models(args.cache, args.ready.parent) != (parts, markers, owners):
         raise CopyError("the warm-up's markers changed while the refresh copied: nothing recorded; the Job's retry copies again")
     shapes = {part: shape(tree / part) for part in parts}
@@ -834,7 +845,7 @@ def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     created = sorted({d for t in targets for d in (t, *t.parents) if args.cache in d.parents}, key=lambda d: -len(d.parts))
     existed = {d for d in created if d.is_dir()}
     log(f"restoring the durable copy of warm-up {record.get('warmup')} ({record.get('finished')}) into {args.cache}")
-    totals = {"files": 0, "bytes": 0, "bytesSent": 0, "bytesKept": 0}
+    totals = dict.fromkeys(COPY_TOTALS, 0)
     try:
         # Each model is copied into the staging directory, verified there, then renamed into place:
         # a restore killed halfway never leaves a partly written model where the warm-up would trust it.
@@ -849,8 +860,7 @@ def _restore(args: argparse.Namespace, log: Callable[[str], None]) -> dict:
             if final.is_dir():
                 final.rmdir()  # empty (checked above)
             staged.rename(final)
-            for key in totals:
-                totals[key] += result[key]
+            add_totals(totals, result)
         remove_tree(staging)
         # The markers last, the warm-up's own last of all: a cache counts as warm only once its models are back.
         markers_dir.mkdir(parents=True, exist_ok=True)

@@ -386,13 +386,18 @@ def secrets_line(keys: list[str]) -> str:
     )
 
 
+def action_counts(changes: list[Change]) -> str:
+    """`2 to replace, 1 to delete`, in the engine's order ("" for no change)."""
+    counts = {a: sum(c.action == a for c in changes) for a in ("create", "update", "replace", "delete")}
+    return ", ".join(f"{n} to {a}" for a, n in counts.items() if n)
+
+
 def report(stack: str, changes: list[Change], secrets: list[str] | None = None) -> str:
     said = f"  !! {secrets_line(secrets)}\n" if secrets else ""
     if not changes:
         return f"stack {stack}: no changes\n{said}"
     out = io.StringIO()
-    counts = {a: sum(c.action == a for c in changes) for a in ("create", "update", "replace", "delete")}
-    out.write(f"stack {stack}: " + ", ".join(f"{n} to {a}" for a, n in counts.items() if n) + "\n" + said)
+    out.write(f"stack {stack}: {action_counts(changes)}\n{said}")
     for change in changes:
         out.write(f"  {change.action:<8} {change.label}")
         out.write(f"  ({'; '.join(change.reasons)})\n" if change.reasons else "\n")
@@ -477,8 +482,7 @@ def _fenced(language: str, text: str) -> str:
 
 
 def _summary_row(preview: StackPreview) -> str:
-    counts = {a: sum(c.action == a for c in preview.changes) for a in ("create", "update", "replace", "delete")}
-    changes = ", ".join(f"{n} to {a}" for a, n in counts.items() if n) or "no changes"
+    changes = action_counts(preview.changes) or "no changes"
     if preview.secrets:
         changes += f"; **{len(preview.secrets)} secret value{'s' * (len(preview.secrets) > 1)} changed, not diffed**"
     flagged = sorted({r for c in preview.changes for r in risks(c)})
