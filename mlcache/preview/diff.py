@@ -549,24 +549,23 @@ def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMEN
     )
     sections = [_stack_section(p) for p in previews]
     diffs: list[list[tuple[str, str | None]]] = [list(found) for _, found in sections]
-
-    def text() -> str:
-        return head + "".join(shown + _details(p.stack, d) for p, (shown, _), d in zip(previews, sections, diffs, strict=True))
-
+    folded = [_details(p.stack, d) for p, d in zip(previews, diffs, strict=True)]
+    length = len(head) + sum(len(shown) for shown, _ in sections) + sum(map(len, folded))
     # The largest diffs go first: one huge ConfigMap diff should not cost every other stack its diffs.
     sizes = sorted(((len(d or ""), i, j) for i, found in enumerate(diffs) for j, (_, d) in enumerate(found)), reverse=True)
-    comment = text()
     for size, i, j in sizes:
-        if len(comment) <= limit or size == 0:
+        if length <= limit or size == 0:
             break
         diffs[i][j] = (diffs[i][j][0], None)
-        comment = text()
-    if len(comment) <= limit:
-        return comment
+        trimmed = _details(previews[i].stack, diffs[i])  # only this stack's folded part changes
+        length += len(trimmed) - len(folded[i])
+        folded[i] = trimmed
+    stacks = [shown + details for (shown, _), details in zip(sections, folded, strict=True)]
+    if length <= limit:
+        return head + "".join(stacks)
     cut = f"\n_The rest is cut to fit a comment ({limit} characters): {full}; the job summary has it too._\n"
     kept = head
-    for preview, (shown, _), found in zip(previews, sections, diffs, strict=True):
-        section = shown + _details(preview.stack, found)
+    for section in stacks:
         if len(kept) + len(section) + len(cut) > limit:
             break
         kept += section
