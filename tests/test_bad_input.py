@@ -23,8 +23,12 @@ from mlcache.program.settings import (
     parse_settings,
 )
 
-# Values of the wrong JSON type for a field that wants a string, list or object.
-NOT_A_STRING = st.one_of(st.integers(), st.booleans(), st.lists(st.text(), max_size=2), st.dictionaries(st.text(), st.text()))
+# Values of the wrong JSON type for a field that wants a string, list or object. A whole number
+# is not among them: given for text, it is its digits (the CLI types an unquoted 8 as a number).
+FRACTIONS = st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: not f.is_integer())
+NOT_A_STRING = st.one_of(FRACTIONS, st.booleans(), st.lists(st.text(), max_size=2), st.dictionaries(st.text(), st.text()))
+# What the CLI makes of an unquoted date: refused where text is wanted, asking for quotes.
+CLI_TIME = st.just("2026-11-28 00:00:00 +0000 UTC")
 NOT_A_LIST = st.one_of(st.text(), st.integers(), st.booleans(), st.dictionaries(st.text(), st.text(), max_size=2))
 NOT_AN_OBJECT = st.one_of(st.text(min_size=1), st.integers(), st.booleans(), st.lists(st.integers(), min_size=1, max_size=2))
 NON_EMPTY_TEXT = st.text(min_size=1, max_size=20)
@@ -61,7 +65,7 @@ def is_quantity_above(v: str, floor: int) -> bool:
 def bad_quantity(floor: int) -> st.SearchStrategy:
     """Non-quantities and quantities at or below `floor` (whole numbers are quantities too)."""
     return st.one_of(
-        bad_text(lambda v: is_quantity_above(v, floor)).filter(lambda v: not isinstance(v, int) or isinstance(v, bool)),
+        bad_text(lambda v: is_quantity_above(v, floor)).filter(lambda v: not isinstance(v, (int, float)) or isinstance(v, bool)),
         st.integers(max_value=floor),
         st.just("0"),
         st.just("-1Gi"),
@@ -99,7 +103,7 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "linstor.fsType": bad_choice(("xfs", "ext4")),
     "linstor.layerList": st.one_of(st.just("drbd"), st.just("storage drbd"), st.just("zfs storage"), NOT_A_STRING),
     "linstor.allowRemoteVolumeAccess": BAD_FLAG,
-    "linstor.mountOptions": st.one_of(NOT_A_LIST, st.just(["noatime,nodiratime"]), st.just([""]), st.just([3])),
+    "linstor.mountOptions": st.one_of(NOT_A_LIST, st.just(["noatime,nodiratime"]), st.just([""]), st.just([3.5])),
     "linstor.reclaimPolicy": bad_choice(("Delete", "Retain")),
     "linstor.allowVolumeExpansion": BAD_FLAG,
     "rookCeph.storageClassName": bad_text(is_dns_subdomain),
@@ -127,8 +131,8 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "job.image": st.one_of(st.just("repo/trainer:latest"), st.just("repo/trainer"), st.just("host:5000/trainer"), NOT_A_STRING),
     "job.model": st.one_of(st.just(""), NOT_A_STRING),
     "job.dataset": st.one_of(st.just(""), NOT_A_STRING),
-    "job.command": st.one_of(st.just([]), NOT_A_LIST, st.lists(st.integers(), min_size=1, max_size=2)),
-    "job.args": st.one_of(NOT_A_LIST, st.lists(st.integers(), min_size=1, max_size=2)),
+    "job.command": st.one_of(st.just([]), NOT_A_LIST, st.lists(FRACTIONS, min_size=1, max_size=2)),
+    "job.args": st.one_of(NOT_A_LIST, st.lists(st.one_of(FRACTIONS, CLI_TIME), min_size=1, max_size=2)),
     "job.gpus": bad_int(1),
     "job.gpuResource": bad_text(lambda v: v.count("/") == 1 and is_dns_subdomain(v.split("/")[0]) and bool(v.split("/")[1])),
     "job.gpuProduct": st.one_of(st.just("A100 80GB"), st.just("x" * 64), st.just("-lead"), NOT_A_STRING),
@@ -142,7 +146,10 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
         st.just({"NPROC_PER_NODE": "8"}),
         st.just({"MASTER_ADDR": "elsewhere"}),
         st.just({"OK": [1]}),
-        st.just({"OK": True}),
+        st.just({"OK": 1.10}),
+        st.just({"OK": None}),
+        st.just({"OK": "2026-11-28 00:00:00 +0000 UTC"}),
+        st.just({"OK": "nul\x00"}),
     ),
     "job.tolerations": st.one_of(
         st.text(min_size=1), st.just([{"operator": "Sometimes"}]), st.just([{"keys": "x"}]), st.just([{"effect": "Never"}])
@@ -153,7 +160,7 @@ BAD_VALUES: dict[str, st.SearchStrategy] = {
     "job.waitTimeout": bad_text(lambda v: False).filter(
         lambda v: not (isinstance(v, str) and v[-1:] in "hms" and v[:1].isdigit())
     ),
-    "job.runId": bad_text(lambda v: is_dns_label(v, 63 - len("sft-qwen3vl-fire-4gpu") - 1)),
+    "job.runId": st.one_of(bad_text(lambda v: is_dns_label(v, 63 - len("sft-qwen3vl-fire-4gpu") - 1)), CLI_TIME),
     "job.runAsUser": bad_int(1),
     "job.nodes": st.one_of(bad_int(1), st.integers(min_value=65)),
     "job.engine": bad_choice(("jobs", "jobset")),

@@ -50,14 +50,19 @@ CONFIG_INPUTS = [
     ("--secret", "hfToken[1]=x", "index 1 is past the end"),
     ("--config", "mlcache:=x", "expected [NAMESPACE:]NAME"),
     ("--config", "cache=[unclosed", "the value of cache: not valid YAML"),
-    ("--config", 'cache.name="unterminated', "not valid YAML"),
-    ("--config", "cache.name=*alias", "undefined alias"),
-    ("--config", "cache.name=!!python/object/apply:os.system [x]", "could not determine a constructor"),
-    ("--config", "cache.name=!!binary aGVsbG8=", "binary is not a config value"),
-    ("--config", "cache.prefetch[0]=!!set {a}", "set is not a config value"),
+    # A value in [...] or {...} is read as YAML, as a stack file would be.
+    ("--config", 'cache.prefetch=["unterminated]', "not valid YAML"),
+    ("--config", "cache.prefetch=[*alias]", "undefined alias"),
+    ("--config", "cache.prefetch=[!!python/object/apply:os.system [x]]", "could not determine a constructor"),
+    ("--config", "cache.prefetch=[!!binary aGVsbG8=]", "binary is not a config value"),
+    ("--config", "cache.prefetch=[!!set {a}]", "set is not a config value"),
+    ("--config", "cache.prefetch=[!!int x]", "cannot decode 'x' as a !!int"),
     ("--config", "job.env={[a]: x}", "a map key must be text"),
     ("--config", "job.env={A: 1, A: 2}", "appears twice"),
-    ("--config", "job.env.X=\x00", "unacceptable character"),
+    ("--config", "job.env={X: \x00}", "unacceptable character"),
+    # Anything else is text, as `pulumi config set --path` stores it; the setting's rule refuses it.
+    ("--config", 'cache.name="unterminated', "mlcache:cache.name"),
+    ("--config", "job.env.X=\x00", "no NUL character"),
     ("--config", "job.args=" + "[" * 40 + "]" * 40, "nested more than"),
     ("--config", "cache.size=1e999999999", "mlcache:cache.size"),
     ("--config", "[0]=x", "starts with a key name"),
@@ -135,9 +140,9 @@ def test_text_that_is_not_unicode_is_refused_and_a_secret_one_not_shown(project)
     assert "not shown" in str(raised.value) and "tok" not in str(raised.value)
 
 
-def test_dates_in_stack_files_stay_text(project):
+def test_an_unquoted_date_in_a_stack_file_becomes_the_clis_time_text(project):
     (project / "Pulumi.x.yaml").write_text("config:\n  mlcache:job:\n    runId: 2026-11-28\n")
-    assert load_stack_config("x", project_dir=project).values["mlcache:job"] == {"runId": "2026-11-28"}
+    assert load_stack_config("x", project_dir=project).values["mlcache:job"] == {"runId": "2026-11-28 00:00:00 +0000 UTC"}
 
 
 # --- render --out / --summary / --json

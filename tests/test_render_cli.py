@@ -94,7 +94,7 @@ BAD = [
     ("zon=ucsd", "mlcache:zon", "zone"),
     ("mlcahce:backend=linstor", "mlcahce:backend", "expected the key mlcache:backend"),
     ("job.gpus=0x10", "mlcache:job.gpus", '"0x10"'),
-    ('cache.name="c\\n"', "mlcache:cache.name", '"c\\n"'),
+    ("cache.name=c\n", "mlcache:cache.name", '"c\\n"'),
 ]
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
-from mlcache.preview.stack_config import SECURE_PLACEHOLDER, load_stack_config, parse_assignment, stack_names
+from mlcache.preview.stack_config import SECURE_PLACEHOLDER, StackConfigError, load_stack_config, parse_assignment, stack_names
 from tests.conftest import ROOT
 
 
@@ -23,13 +24,13 @@ def test_project_defaults_then_stack_values():
 
 def test_a_stack_object_replaces_the_project_default_whole():
     values = load_stack_config("dev").values
-    assert values["mlcache:linstor"] == {"replicas": "1"}
+    assert values["mlcache:linstor"] == {"replicas": 1}
 
 
 def test_path_overrides_write_into_the_stack_layer():
     values = load_stack_config("dev", ["cache.volumeMode=Block", "mlcache:linstor.replicas=3"]).values
     assert values["mlcache:cache"]["volumeMode"] == "Block" and values["mlcache:cache"]["size"] == "100Gi"
-    assert values["mlcache:linstor"] == {"replicas": "3"}
+    assert values["mlcache:linstor"] == {"replicas": 3}
 
 
 def test_an_override_of_an_unset_object_starts_from_empty_like_the_cli():
@@ -42,11 +43,13 @@ def test_empty_value_unsets_the_key():
     assert load_stack_config("prod", ["zone="]).values["mlcache:zone"] == ""  # back to the project default
 
 
-def test_values_are_yaml_read_as_typed():
-    assert parse_assignment("linstor.replicas=2") == ("linstor.replicas", "2")
+def test_set_values_are_stored_as_pulumi_config_set_path_stores_them():
+    assert parse_assignment("linstor.replicas=2") == ("linstor.replicas", 2)
     assert parse_assignment("cache.protect=true") == ("cache.protect", True)
     assert parse_assignment("job.gpus=1.5") == ("job.gpus", "1.5")
     assert parse_assignment("zone=ucsd") == ("zone", "ucsd")
+    assert parse_assignment("zone=8") == ("zone", "8")  # a top-level value is stored as typed
+    assert parse_assignment("adopt=true") == ("adopt", "true")
 
 
 def test_engine_config_is_strings_with_json_for_structures():
@@ -90,16 +93,56 @@ def test_other_namespaces_pass_through():
         ("job.cpu=0.5", "0.5"),
         ("cache.protect=yes", "yes"),
         ("cache.protect=true", True),
-        ("job.args=[--x, 010]", ["--x", "010"]),
-        ("job.priorityClassName=~", None),
+        ("job.args=[--x, 010]", ["--x", 8]),
+        ("job.priorityClassName=~", "~"),
+        ("job.gpus=8", 8),
+        ("job.gpus=-3", -3),
+        ("job.env.N=08", "08"),
     ],
 )
-def test_values_are_read_as_typed(text, value):
+def test_set_values_are_coerced_only_as_the_cli_coerces_them(text, value):
     assert parse_assignment(text)[1] == value
 
 
-def test_stack_files_are_read_as_typed(tmp_path):
+def _stack(tmp_path, body: str, overrides=()):
     (tmp_path / "Pulumi.yaml").write_text((ROOT / "Pulumi.yaml").read_text())
-    (tmp_path / "Pulumi.t.yaml").write_text("config:\n  mlcache:job:\n    gpus: 0x10\n    env: {A: 0022, B: 1.10}\n")
-    job = load_stack_config("t", project_dir=tmp_path).values["mlcache:job"]
-    assert job == {"gpus": "0x10", "env": {"A": "0022", "B": "1.10"}}
+    (tmp_path / "Pulumi.t.yaml").write_text("config:\n" + body)
+    return load_stack_config("t", overrides, project_dir=tmp_path)
+
+
+def test_stack_files_are_read_as_the_cli_reads_them(tmp_path):
+    body = "  mlcache:job:\n    gpus: 0x10\n    runId: 2026-11-28\n    env: {A: 0022, B: 1.10, C: 4.0, D: '0022', E: 1_000}\n"
+    job = _stack(tmp_path, body).values["mlcache:job"]
+    assert job == {
+        "gpus": 16,
+        "runId": "2026-11-28 00:00:00 +0000 UTC",
+        "env": {"A": 18, "B": 1.1, "C": 4, "D": "0022", "E": 1000},
+    }
+
+
+def test_top_level_values_reach_the_program_as_the_cli_writes_them(tmp_path):
+    config = _stack(tmp_path, "  mlcache:zone: 0022\n  mlcache:namespace:\n  mlcache:backend: 1e-7\n").engine_config()
+    assert (config["mlcache:zone"], config["mlcache:namespace"], config["mlcache:backend"]) == ("18", "", "1e-7")
+
+
+@pytest.mark.parametrize(
+    ("body", "wanted"),
+    [
+        ("  mlcache:zones: [ucsd, 3]\n", "'mlcache:zones' must be of type 'array<string>'"),
+        ("  mlcache:adopt: yes\n", "'mlcache:adopt' must be of type 'boolean'"),
+        ("  mlcache:zone: [ucsd]\n", "'mlcache:zone' must be of type 'string'"),
+    ],
+)
+def test_a_value_of_another_type_than_pulumi_yaml_declares_is_refused_as_the_cli_refuses_it(tmp_path, body, wanted):
+    with pytest.raises(StackConfigError, match=re.escape(f"Stack 't' with configuration key {wanted}")):
+        _stack(tmp_path, body)
+
+
+def test_a_value_json_cannot_carry_is_refused(tmp_path):
+    with pytest.raises(StackConfigError, match="unsupported value"):
+        _stack(tmp_path, "  mlcache:job: {gpus: .inf}\n")
+
+
+def test_declared_types_that_fit_pass(tmp_path):
+    values = _stack(tmp_path, "  mlcache:adopt: true\n  mlcache:zones: [ucsd, sdsu]\n  mlcache:zone: ucsd\n").values
+    assert (values["mlcache:adopt"], values["mlcache:zones"]) == ("true", ["ucsd", "sdsu"])

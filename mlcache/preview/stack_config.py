@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from mlcache import CHECKOUT
+from mlcache.preview.cli_yaml import CliLoader, UnsupportedValue, as_program_reads, top_level_text
 from mlcache.program.names import PROJECT
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
@@ -32,51 +33,6 @@ class StackConfigError(ValueError):
 
 # Pulumi's stack names: letters, digits, '-', '_' and '.' (what also keeps a name inside this directory).
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class AsTypedLoader(yaml.SafeLoader):
-    """YAML as the user typed it: plain scalars stay strings, except YAML 1.2's true/false and null.
-
-    PyYAML's YAML 1.1 resolvers would turn `0022` into 18, `1.10` into 1.1, `0x10` into 16,
-    `2026-11-28` into a date and `yes` into true; each setting's kind decides instead what
-    its text means (settings.py). Mapping keys are the text typed; a key given twice (Go's
-    yaml.v3, which the CLI uses, refuses it too), explicit binary, sets and ordered maps are
-    refused, and an explicit timestamp stays text.
-    """
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise yaml.constructor.ConstructorError(None, None, "a map key must be text", key_node.start_mark)
-            if key_node.value in seen and key_node.tag != "tag:yaml.org,2002:merge":
-                problem = f"the key {key_node.value!r} appears twice"
-                raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
-            seen.add(key_node.value)
-        self.flatten_mapping(node)
-        return {key_node.value: self.construct_object(value_node, deep=deep) for key_node, value_node in node.value}
-
-    def refuse(self, node):
-        raise yaml.constructor.ConstructorError(None, None, f"{node.tag} is not a config value", node.start_mark)
-
-
-AsTypedLoader.yaml_implicit_resolvers = {}
-AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-AsTypedLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
-
-
-def _construct_text(loader: AsTypedLoader, node: yaml.ScalarNode) -> str:
-    return loader.construct_yaml_str(node)
-
-
-def _construct_map(loader: AsTypedLoader, node: yaml.MappingNode) -> dict:
-    return loader.construct_mapping(node, deep=True)
-
-
-AsTypedLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_text)
-AsTypedLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-for _tag in ("binary", "set", "omap", "pairs"):
-    AsTypedLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", AsTypedLoader.refuse)
 
 
 # Bounds that no real setting comes near; they keep hostile input (deep nesting, alias
@@ -101,7 +57,7 @@ def _check_shape(value: Any, what: str) -> None:
 @functools.lru_cache(maxsize=64)
 def _parsed(text: str) -> Any:
     # The same stack files are read for every render of a session (tests, diff): parsed once.
-    return yaml.load(text, Loader=AsTypedLoader)  # a SafeLoader: no Python objects
+    return yaml.load(text, Loader=CliLoader)  # a SafeLoader: no Python objects
 
 
 def read_yaml(text: str, what: str) -> Any:
@@ -269,13 +225,29 @@ def _check_encodable(key: str, value: Any, *, secret: bool) -> None:
             raise StackConfigError(f"invalid config {key}: not valid Unicode text ({shown})") from None
 
 
+def _coerce(text: str) -> Any:
+    """What `pulumi config set --path` stores below the top level (config.coerce): true and false,
+    and decimal digits without a leading zero, become typed; anything else stays text."""
+    if text in ("true", "false"):
+        return text == "true"
+    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text) and -(2**63) <= int(text) <= 2**64 - 1:
+        return int(text)
+    return text
+
+
 def parse_assignment(text: str) -> tuple[str, Any]:
-    """KEY=VALUE, VALUE read as YAML, as typed; an empty VALUE means "unset" (None)."""
+    """KEY=VALUE as `pulumi config set --path KEY VALUE` stores it: a top-level VALUE as typed, a
+    nested one coerced (`true`, `8`; `0022` and `1.10` stay text). A VALUE in [...] or {...} is
+    read as a stack file would read it. An empty VALUE means "unset" (None)."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise StackConfigError(f"expected KEY=VALUE, got {text!r}")
     key = key.strip()
-    return key, (read_yaml(raw, f"the value of {key}") if raw != "" else None)
+    if raw == "":
+        return key, None
+    if raw.startswith(("[", "{")):
+        return key, read_yaml(raw, f"the value of {key}")
+    return key, _coerce(raw) if split_key(key)[1] else raw
 
 
 def _check_stack_name(stack: str) -> None:
@@ -318,12 +290,47 @@ def secure_values(stack: str, project_dir: Path = CHECKOUT) -> dict[str, str]:
     return found
 
 
+def _as_program_gets(value: Any) -> Any:
+    """A top-level value as the program gets it: text, or what it decodes from an object's JSON."""
+    return as_program_reads(value) if isinstance(value, (dict, list)) else top_level_text(value)
+
+
+def _declared_type(declaration: dict[str, Any]) -> str:
+    """Pulumi.yaml's type as the CLI names it (InferFullTypeName): string, array<string>, ..."""
+    items = declaration.get("items")
+    if isinstance(items, dict) and "type" in items:
+        return f"{declaration['type']}<{_declared_type(items)}>"
+    return declaration["type"]
+
+
+def _fits(declaration: dict[str, Any], value: Any) -> bool:
+    """The CLI's check of a stack value against the project's declared type (ValidateConfigValue),
+    on the value as the program would get it: text, or decoded JSON for an object or list."""
+    kind = declaration["type"]
+    if kind == "string":
+        return isinstance(value, str)
+    if kind == "integer":
+        if isinstance(value, str):
+            return bool(re.fullmatch(r"[+-]?[0-9]+", value)) and -(2**63) <= int(value) < 2**63
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
+    if kind == "boolean":
+        return isinstance(value, bool) or value in ("true", "false")
+    if kind == "object":
+        return isinstance(value, dict)
+    items = declaration.get("items")
+    return isinstance(value, list) and isinstance(items, dict) and all(_fits(items, item) for item in value)
+
+
 def load_stack_config(
     stack: str, overrides: Sequence[str] = (), secrets: Sequence[str] = (), project_dir: Path = CHECKOUT
 ) -> StackConfig:
     path = stack_file(stack, project_dir)
     declared = _read_mapping_file(project_dir / "Pulumi.yaml", "config")
-    defaults = {full_key(key): decl["default"] for key, decl in declared.items() if isinstance(decl, dict) and "default" in decl}
+    defaults = {
+        full_key(key): _as_program_gets(declaration["default"])
+        for key, declaration in declared.items()
+        if isinstance(declaration, dict) and "default" in declaration
+    }
     stack_layer = dict(_read_mapping_file(path, "config"))
     for key in stack_layer:
         if not key.partition(":")[0] or not key.partition(":")[2]:
@@ -348,5 +355,14 @@ def load_stack_config(
         secret_keys.add(split_key(key.strip())[0])
     for key, value in stack_layer.items():
         _check_encodable(key, value, secret=key in secret_keys)
+        try:
+            stack_layer[key] = _as_program_gets(value)
+        except UnsupportedValue as err:
+            raise StackConfigError(f"{path.name}: {key}: {err}") from None
+        declaration = declared.get(key.partition(":")[2]) if key.partition(":")[0] == PROJECT else None
+        if isinstance(declaration, dict) and "type" in declaration and not _fits(declaration, stack_layer[key]):
+            # The CLI's own words (pkg/workspace/config.go), before the program starts.
+            wanted = _declared_type(declaration)
+            raise StackConfigError(f"Stack '{stack}' with configuration key '{key}' must be of type '{wanted}'")
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)

@@ -37,15 +37,25 @@ Generated from the declarations in `settings.py` by `mlcache config`
 top-level keys with `pulumi config set mlcache:zone ucsd`, fields of the object keys with
 `pulumi config set --path 'mlcache:cache.size' 500Gi` (or in `Pulumi.<stack>.yaml`).
 
-Values are read as typed: a string that looks like a number stays that string (`job.env`
-values, `job.runId: 2026-11-28`), whole numbers are decimal digits (`0x10`, `1e3` and `4.0`
-are refused), quantities follow Kubernetes (`job.cpu: 0.5` or `500m`). A bad value stops
-the program before anything is registered, with one line naming the key, the value as typed
-and what is allowed:
+Values are read as the Pulumi CLI reads a stack file (Go's YAML, then JSON to the program;
+`mlcache render` and `mlcache diff` read them the same way). In a stack file an unquoted `8`
+is a number and a text setting takes its digits (`job.env: {OMP_NUM_THREADS: 8}` gives "8",
+`true` gives "true"); `0022` is octal (18) and `0x10` hex (16), so quote digits that must stay
+as typed (`UMASK: "0022"`). An unquoted fraction (`1.10` reaches the program as 1.1) or date
+(`2026-11-28` as the time "2026-11-28 00:00:00 +0000 UTC") is refused where text is wanted,
+asking for quotes. `pulumi config set --path` stores `true`, `false` and decimal digits
+without a leading zero as typed values and anything else as text, so `pulumi config set
+--path mlcache:job.gpus 0x10` is refused. Quantities follow Kubernetes (`job.cpu: 0.5` or
+`500m`). A bad value stops the program before anything is registered, with one line naming
+the key, the value as typed and what is allowed:
 
 ```
 invalid config mlcache:job.gpus = "0x10": expected a whole number from 1 to 64
 ```
+
+A top-level value of another type than `Pulumi.yaml` declares is refused by the CLI itself,
+and offline in the same words (`Stack 'dev' with configuration key 'mlcache:zones' must be of
+type 'array<string>'`).
 
 A key of the project that is not declared, or a mistyped project prefix
 (`mlcahce:backend`), is refused naming the key it probably meant.

@@ -6,9 +6,10 @@ its description. Parsing, the Pulumi.yaml `config:` block and docs/configuration
 derived from those declarations (see `parse_section`, `pulumi_config_block`, `reference_markdown`).
 
 The kinds are as strict as the API server: regexes match the whole value, names keep to the
-limits of the object kind they name, integers to the API's int32 range. Values are read as
-typed: a string that looks like a number stays the string it is, and an error line shows the
-value as the user wrote it.
+limits of the object kind they name, integers to the API's int32 range. Values arrive as the
+Pulumi CLI types a stack file (mlcache/preview/cli_yaml.py): a whole number given where text is
+expected is its decimal digits; a fraction or a date, which would arrive changed, is refused
+with the advice to quote it.
 """
 
 from __future__ import annotations
@@ -155,6 +156,28 @@ def shown(value: Any) -> str:
 
 # --- Kinds: the type and constraint of a setting -------------------------------------------
 
+# Go's time.String(): what the CLI makes of an unquoted date such as 2026-11-28.
+_CLI_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? [+-][0-9]{4} \S+")
+
+
+def cli_text(key: str, value: Any, allowed: str, *, booleans: bool = False) -> str:
+    """A value given for text, as the program gets it from the CLI: a whole number (`8`, as the CLI
+    types it) becomes its digits, and with `booleans` true/false their words. A fraction (`1.10`
+    arrives as 1.1) or a date (as a time) is refused, asking for quotes; other non-text too."""
+    if isinstance(value, bool) and booleans:
+        return "true" if value else "false"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        raise ConfigError(key, value, f"{allowed}; quote it (the Pulumi CLI reads an unquoted 1.10 as the number 1.1)")
+    if isinstance(value, str) and _CLI_TIME.fullmatch(value):
+        raise ConfigError(key, value, f'{allowed}; quote a date ("2026-11-28": unquoted, the Pulumi CLI turns it into a time)')
+    if not isinstance(value, str):
+        raise ConfigError(key, value, allowed)
+    if "\x00" in value:  # no process environment or argument list can carry one
+        raise ConfigError(key, value, f"{allowed} with no NUL character")
+    return value
+
 
 class Kind:
     """Type and constraint of a setting: `parse` returns the typed value or raises ConfigError."""
@@ -176,9 +199,10 @@ class Text(Kind):
         self.check = check
 
     def parse(self, key: str, value: Any) -> str:
-        if not isinstance(value, str) or not value or (self.check is not None and not self.check(value)):
+        text = cli_text(key, value, self.allowed)
+        if not text or (self.check is not None and not self.check(text)):
             raise self.refuse(key, value)
-        return value
+        return text
 
 
 def dns_label(example: str, limit: int = DNS_LABEL_MAX) -> Text:
@@ -202,12 +226,12 @@ def pattern(regex: str, allowed: str) -> Text:
 
 
 class AnyText(Kind):
+    """Any text, such as an argument of the training command (`--epochs: 3` and `true` as typed)."""
+
     allowed = "a string"
 
     def parse(self, key: str, value: Any) -> str:
-        if not isinstance(value, str):
-            raise self.refuse(key, value)
-        return value
+        return cli_text(key, value, self.allowed, booleans=True)
 
 
 class Choice(Kind):
@@ -249,7 +273,8 @@ class Integer(Kind):
         self.allowed = f"a whole number from {minimum} to {maximum}" + (f" ({why})" if why else "")
 
     def parse(self, key: str, value: Any) -> int:
-        # Digits as typed (`pulumi config set` stores strings): 0x10, 1e3, 010 or 4.0 are refused.
+        # Text must be decimal digits (`pulumi config set` without --path stores text: 0x10, 1e3,
+        # 010 and 4.0 are refused); in a stack file the CLI has already read 0x10 as 16.
         if isinstance(value, str) and re.fullmatch(r"0|[1-9][0-9]*", value):
             number = int(value)
         elif isinstance(value, int) and not isinstance(value, bool):
@@ -308,12 +333,13 @@ class ListOf(Kind):
     def parse(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or (self.non_empty and not value):
             raise self.refuse(key, value)
+        items = []
         for index, item in enumerate(value):
             try:
-                self.item.parse(f"{key}[{index}]", item)
-            except ConfigError:
-                raise ConfigError(f"{key}[{index}]", item, f"an item of {self.what}: {self.item.allowed}") from None
-        return tuple(value)
+                items.append(self.item.parse(f"{key}[{index}]", item))
+            except ConfigError as err:
+                raise ConfigError(f"{key}[{index}]", item, f"an item of {self.what}: {err.allowed}") from None
+        return tuple(items)
 
 
 class Section(Kind):

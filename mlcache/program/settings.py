@@ -49,6 +49,7 @@ from mlcache.program.schema import (
     Section,
     Text,
     absolute_path,
+    cli_text,
     dns_label,
     dns_subdomain,
     is_dns_label,
@@ -281,10 +282,7 @@ class _Env(Kind):
         for name, item in value.items():
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in RESERVED_ENV:
                 raise ConfigError(f"{key}.{name}", item, "an environment variable name other than " + ", ".join(RESERVED_ENV))
-            if not isinstance(item, str):
-                # A number would reach the container re-formatted (0022 as 18, 1.10 as 1.1): quote it.
-                raise ConfigError(f"{key}.{name}", item, "a string (quote numbers and booleans so they stay as typed)")
-        return tuple(sorted(value.items()))
+        return tuple(sorted((name, cli_text(f"{key}.{name}", item, "a string", booleans=True)) for name, item in value.items()))
 
 
 @dataclass(frozen=True)
@@ -327,7 +325,7 @@ class JobSettings:
         "How long `pulumi up` waits when waitForCompletion is true.",
     )
     run_id: str | None = setting(
-        dns_label("2026-11-28 or r2", DNS_LABEL_MAX - 2),
+        dns_label('r2 or "2026-11-28" (quoted)', DNS_LABEL_MAX - 2),
         None,
         "Identity of one run: the Job is named name-runId, and a finished run is not repeated.",
     )

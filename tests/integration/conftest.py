@@ -8,6 +8,7 @@ Fixtures for other suites:
       Cluster (kubeconfig, api client, kill_node); stopped at the end of the session.
   `cluster` / `kube`: one shared cluster on fleets/runbook.yaml, and its kubernetes ApiClient
       (namespace ml-training created).
+  `pulumi_cli`: the environment to run the pulumi CLI in, with no cluster (`pulumi config`).
   `engine`: the pulumi CLI and provider wired to the shared cluster (Engine.project(...)).
 """
 
@@ -255,22 +256,29 @@ def cluster(cluster_factory) -> Cluster:
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory, cluster) -> Engine:
+def pulumi_cli(tmp_path_factory) -> dict[str, str]:
+    """The environment of the pulumi CLI and its language host, with a home of their own (no cluster)."""
     tools = toolchain()
-    work = tmp_path_factory.mktemp("engine")
+    work = tmp_path_factory.mktemp("cli")
     bin_dir = work / "bin"
     bin_dir.mkdir()
     for tool in ("pulumi", "langhost"):
         for item in tools[tool].parent.iterdir():
             (bin_dir / item.name).symlink_to(item)
-    env = {
+    return {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "PULUMI_HOME": str(work / "pulumi-home"),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
-        "KUBECONFIG": str(cluster.kubeconfig),
     }
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory, cluster, pulumi_cli) -> Engine:
+    tools = toolchain()
+    work = tmp_path_factory.mktemp("engine")
+    env = {**pulumi_cli, "KUBECONFIG": str(cluster.kubeconfig)}
     subprocess.run(
         ["pulumi", "plugin", "install", "resource", "kubernetes", f"v{PROVIDER_VERSION}", "--file", str(tools["provider"])],
         env=env,
