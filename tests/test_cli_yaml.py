@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 
-from mlcache.preview.cli_yaml import CliLoader, go_float_json, resolve_plain, top_level_text
+from mlcache.preview.cli_yaml import CliLoader, as_program_reads, go_float_json, resolve_plain, top_level_text
 
 
 @pytest.mark.parametrize(
@@ -73,6 +73,11 @@ def test_special_floats():
 )
 def test_floats_are_written_as_go_encoding_json_writes_them(number, text):
     assert go_float_json(number) == text
+
+
+def test_inside_an_object_a_number_past_int64_arrives_as_a_float():
+    assert as_program_reads({"gpus": 2**63, "n": 2**63 - 1}) == {"gpus": 9223372036854776000, "n": 2**63 - 1}
+    assert top_level_text(2**63) == "9223372036854775808"
 
 
 def test_quoted_and_block_scalars_stay_text_and_keys_are_written_with_percent_v():

@@ -140,6 +140,9 @@ def as_program_reads(value: Any) -> Any:
         if math.isnan(value) or math.isinf(value):
             raise UnsupportedValue(f"json: unsupported value: {value}")
         return json.loads(go_float_json(value))
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+        # Pulumi re-reads an object's JSON as int64 or else float64: 2^63 arrives as 9223372036854776000.
+        return json.loads(go_float_json(float(value)))
     if isinstance(value, dict):
         return {key: as_program_reads(item) for key, item in value.items()}
     if isinstance(value, list):
@@ -157,6 +160,8 @@ def top_level_text(value: Any) -> str:
     if isinstance(value, float):
         as_program_reads(value)  # refuses NaN and infinity
         return go_float_json(value)
+    if isinstance(value, int):  # a boolean too; the text is not re-read, so it stays exact
+        return json.dumps(value)
     return json.dumps(as_program_reads(value), sort_keys=True, ensure_ascii=False)
 
 
