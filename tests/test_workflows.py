@@ -50,8 +50,12 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     gate = next(s for s in steps if s.get("name", "").startswith("Gate"))
     assert "steps.diff.outputs.status" in gate["run"] and "allow-data-loss" in gate["if"]
     assert preview["concurrency"]["cancel-in-progress"] is True
-    actions = [s for s in preview["jobs"]["pulumi-preview"]["steps"] if s.get("uses", "").startswith("pulumi/actions")]
+    real = preview["jobs"]["pulumi-preview"]["steps"]
+    actions = [s for s in real if s.get("uses", "").startswith("pulumi/actions")]
     assert actions[0]["with"]["command"] == "preview" and actions[0]["with"]["comment-on-pr"] is True
+    # Before it, whether the credentials let it dry-run on the API server, in the job summary.
+    access = next(index for index, s in enumerate(real) if "mlcache access --stack" in s.get("run", ""))
+    assert access < real.index(actions[0]) and "GITHUB_STEP_SUMMARY" in real[access]["run"]
 
 
 def test_prod_deploys_through_its_protected_environment():

@@ -23,6 +23,7 @@ COMMANDS = {
     "diff": "mlcache.cli.diff",
     "validate": "mlcache.cli.validate",
     "verify": "mlcache.cli.verify",
+    "access": "mlcache.cli.access",
     "heal": "mlcache.cli.heal",
     "drift": "mlcache.cli.drift",
     "rehearse": "mlcache.cli.rehearse",

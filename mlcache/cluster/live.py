@@ -5,10 +5,10 @@ that cannot be read (Unreachable, exit 3).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from mlcache.cluster.bound_cache import (
     cache_generations,
@@ -58,7 +58,10 @@ def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
-def connect(expect_for, context: str | None) -> tuple[Expectation, Any, Any]:
+Expected = TypeVar("Expected")
+
+
+def connect(expect_for: Callable[[str], Expected], context: str | None) -> tuple[Expected, Any, Any]:
     """The stack's expectation (`expect_for(namespace)`, config checked first, offline), a CoreV1Api
     and its serializer, logged in to `context`; a kubeconfig that cannot be used as Unreachable,
     an unknown context as UsageError."""
