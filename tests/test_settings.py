@@ -259,6 +259,13 @@ def test_a_nested_key_set_without_path_is_refused_not_ignored(key):
     assert err.value.key == key and f"pulumi config set --path {key}" in str(err.value)
 
 
+def test_a_secret_key_set_without_path_gets_the_secret_hint_and_its_value_is_not_shown():
+    with pytest.raises(ConfigError) as err:
+        check_keys({"mlcache:secretEnv.WANDB_API_KEY": "wandb-plain-7f3a"})
+    assert "pulumi config set --secret --path mlcache:secretEnv.WANDB_API_KEY" in str(err.value)
+    assert "wandb-plain-7f3a" not in str(err.value)
+
+
 def test_other_namespaces_are_left_alone():
     check_keys({"kubernetes:context": "gpu", "pulumi:tags": "{}", "aws:region": "x"})
 

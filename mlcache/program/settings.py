@@ -105,6 +105,8 @@ SECRET_KEYS = tuple(TOKEN_ENV)
 # Secret environment variables of the training container: a top-level key of its own, so that its
 # secrecy (Pulumi marks a whole top-level key secret) reaches only the Secret that holds the values.
 SECRET_ENV_KEY = "secretEnv"
+# Keys whose values are only ever given with --secret.
+SECRET_TOP_KEYS = (*SECRET_KEYS, SECRET_ENV_KEY)
 SECRET_ENV_DESCRIPTION = (
     "Secret environment variables of the training container (W&B keys, registry tokens), set only with "
     "`pulumi config set --secret --path mlcache:secretEnv.NAME VALUE` (plain text is refused); the values go "
@@ -591,12 +593,14 @@ def check_keys(values: Mapping[str, Any]) -> None:
             top = name.split(".")[0].split("[")[0]
             if top in KNOWN_KEYS and name != top:
                 # `pulumi config set mlcache:job.gpus 8` without --path stores that literal key,
-                # which nothing reads: the run would silently keep the default.
+                # which nothing reads: the run would silently keep the default. A value meant to be
+                # secret is not shown even when --secret was forgotten too.
+                flag = " --secret" if top in SECRET_TOP_KEYS else ""
                 raise ConfigError(
                     key,
                     values.get(key),
-                    f"a key set with --path (pulumi config set --path {key} ...): as typed it is never read",
-                    secret=secret(key),
+                    f"a key set with --path (pulumi config set{flag} --path {key} ...): as typed it is never read",
+                    secret=secret(key) or bool(flag),
                 )
             if top not in KNOWN_KEYS:
                 close = difflib.get_close_matches(name, KNOWN_KEYS, n=1)
