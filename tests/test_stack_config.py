@@ -128,9 +128,9 @@ def test_top_level_values_reach_the_program_as_the_cli_writes_them(tmp_path):
 @pytest.mark.parametrize(
     ("body", "wanted"),
     [
-        ("  mlcache:zones: [ucsd, 3]\n", "'mlcache:zones' must be of type 'array<string>'"),
-        ("  mlcache:adopt: yes\n", "'mlcache:adopt' must be of type 'boolean'"),
-        ("  mlcache:zone: [ucsd]\n", "'mlcache:zone' must be of type 'string'"),
+        ("  mlcache:zones: [ucsd, 3]\n", "'zones' must be of type 'array<string>'"),
+        ("  mlcache:adopt: yes\n", "'adopt' must be of type 'boolean'"),
+        ("  mlcache:zone: [ucsd]\n", "'zone' must be of type 'string'"),
     ],
 )
 def test_a_value_of_another_type_than_pulumi_yaml_declares_is_refused_as_the_cli_refuses_it(tmp_path, body, wanted):

@@ -363,6 +363,7 @@ def load_stack_config(
         if isinstance(declaration, dict) and "type" in declaration and not _fits(declaration, stack_layer[key]):
             # The CLI's own words (pkg/workspace/config.go), before the program starts.
             wanted = _declared_type(declaration)
-            raise StackConfigError(f"Stack '{stack}' with configuration key '{key}' must be of type '{wanted}'")
+            name = key.partition(":")[2]  # the key as Pulumi.yaml declares it
+            raise StackConfigError(f"Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'")
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)

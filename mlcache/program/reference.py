@@ -54,7 +54,7 @@ invalid config mlcache:job.gpus = "0x10": expected a whole number from 1 to 64
 ```
 
 A top-level value of another type than `Pulumi.yaml` declares is refused by the CLI itself,
-and offline in the same words (`Stack 'dev' with configuration key 'mlcache:zones' must be of
+and offline in the same words (`Stack 'dev' with configuration key 'zones' must be of
 type 'array<string>'`).
 
 A key of the project that is not declared, or a mistyped project prefix

@@ -1,5 +1,5 @@
 """`mlcache access` asks the API server itself: an admin may dry-run every update of the stack; a
-ServiceAccount bound to the built-in `view` role may not, and each missing right is named."""
+ServiceAccount that may only read may not, and each missing right is named."""
 
 from __future__ import annotations
 
@@ -31,11 +31,25 @@ def test_admin_can_dry_run_and_a_viewer_cannot_with_what_is_missing_named(cluste
     core.create_namespaced_service_account(
         "default", client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="preview-reader"))
     )
+    # A reader: get, list and watch on the namespaced kinds, nothing else (what a read-only CI role gives).
+    rbac.create_namespaced_role(
+        "default",
+        client.V1Role(
+            metadata=client.V1ObjectMeta(name="preview-reader"),
+            rules=[
+                client.V1PolicyRule(
+                    api_groups=["", "batch", "networking.k8s.io"],
+                    resources=["configmaps", "persistentvolumeclaims", "jobs", "networkpolicies"],
+                    verbs=["get", "list", "watch"],
+                )
+            ],
+        ),
+    )
     rbac.create_namespaced_role_binding(
         "default",
         client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="preview-reader-view"),
-            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+            metadata=client.V1ObjectMeta(name="preview-reader"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name="preview-reader"),
             subjects=[client.RbacV1Subject(kind="ServiceAccount", name="preview-reader", namespace="default")],
         ),
     )
@@ -49,7 +63,7 @@ def test_admin_can_dry_run_and_a_viewer_cannot_with_what_is_missing_named(cluste
     assert result.returncode == 1, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].startswith("stack dev: pulumi preview cannot dry-run on the API server with these credentials")
-    # `view` reads namespaced objects (not Secrets) and applies nothing; cluster-scoped kinds not even read.
-    assert "  create, patch persistentvolumeclaims in namespace default" in lines
-    assert "  create, patch jobs.batch in namespace default" in lines
-    assert "  get, create, patch storageclasses.storage.k8s.io (cluster-wide)" in lines
+    # It may read the namespaced objects but apply none; the cluster-scoped class it may not even read.
+    assert "  create, patch persistentvolumeclaims in namespace default" in lines, result.stdout
+    assert "  create, patch jobs.batch in namespace default" in lines, result.stdout
+    assert "  get, create, patch storageclasses.storage.k8s.io (cluster-wide)" in lines, result.stdout

@@ -110,7 +110,7 @@ PREVIEWED = [case for case in CORPUS if case.get("preview")]
 def test_previewed_cases_get_the_same_verdict_and_environment_from_the_real_engine(engine, tmp_path):
     project = engine.project("parity-preview")
     for case in PREVIEWED:
-        project.pulumi("stack", "init", case["name"], stack=case["name"])
+        project.init(case["name"])
         write_stack(project.directory, case["name"], case)
         offline = offline_verdict(project.directory, case["name"])
         assert offline[0] == case["expect"], case["name"]
