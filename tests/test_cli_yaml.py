@@ -48,6 +48,8 @@ from mlcache.preview.cli_yaml import CliLoader, as_program_reads, go_float_json,
         ("2026-02-30", "2026-02-30"),  # no such day: not a time, and not a number either
         ("2026-11-28T10:00:00", "2026-11-28T10:00:00"),  # RFC 3339 needs its zone
         ("20261128", 20261128),
+        ("2026-11-28T10:00:00.123456789123Z", "2026-11-28 10:00:00.123456789 +0000 UTC"),  # nanoseconds kept
+        ("2026-11-28T10:00:00+05:99", "2026-11-28T10:00:00+05:99"),  # past Go's bounds of an offset: text
     ],
 )
 def test_plain_scalars_resolve_as_yaml_v3_resolves_them(text, value):
@@ -83,6 +85,8 @@ def test_inside_an_object_a_number_past_int64_arrives_as_a_float():
 def test_quoted_and_block_scalars_stay_text_and_keys_are_written_with_percent_v():
     document = yaml.load("a: '8'\nb: \"1.10\"\nc: |\n  0022\n1: x\ntrue: y\n~: z\n0x10: w\n", Loader=CliLoader)
     assert document == {"a": "8", "b": "1.10", "c": "0022\n", "1": "x", "true": "y", "<nil>": "z", "16": "w"}
+    floats = yaml.load("1e6: a\n4.0: b\n1234567.5: c\n0.0001: d\n", Loader=CliLoader)
+    assert list(floats) == ["1e+06", "4", "1.2345675e+06", "0.0001"]  # as fmt's %v writes them
 
 
 def test_explicit_tags_are_checked_like_yaml_v3():

@@ -156,6 +156,7 @@ BAD_VALUES = [
     ({"job": {"env": {"V": 1.1}}}, "job.env.V", "quote it (the Pulumi CLI reads an unquoted 1.10 as the number 1.1)"),
     ({"job": {"runId": "2026-11-28 00:00:00 +0000 UTC"}}, "job.runId", 'quote a date ("2026-11-28"'),
     ({"job": {"env": {"V": "a\x00b"}}}, "job.env.V", "no NUL character"),
+    ({"job": {"env": {"BIG": 12345678901234567000}}}, "job.env.BIG", "carries a number this long inexactly"),
     ({"job": {"cpu": "0.5 "}}, "job.cpu", "quantity"),
     ({"cache": {"size": "1e999999999"}}, "cache.size", "quantity"),
     ({"linstor": {"mountOptions": ["noatime\n"]}}, "linstor.mountOptions[0]", "mount option"),

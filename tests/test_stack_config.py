@@ -98,6 +98,9 @@ def test_other_namespaces_pass_through():
         ("job.gpus=8", 8),
         ("job.gpus=-3", -3),
         ("job.env.N=08", "08"),
+        ("job.gpus=+5", 5),  # Go's ParseInt takes a sign
+        ("job.gpus=-05", -5),
+        ("job.gpus=1_0", "1_0"),
     ],
 )
 def test_set_values_are_coerced_only_as_the_cli_coerces_them(text, value):
@@ -141,6 +144,11 @@ def test_a_value_of_another_type_than_pulumi_yaml_declares_is_refused_as_the_cli
 def test_a_value_json_cannot_carry_is_refused(tmp_path):
     with pytest.raises(StackConfigError, match="unsupported value"):
         _stack(tmp_path, "  mlcache:job: {gpus: .inf}\n")
+
+
+def test_declared_types_are_checked_in_the_clis_order(tmp_path):
+    with pytest.raises(StackConfigError, match=r"^validating stack config: Stack 't' with configuration key 'adopt' must be"):
+        _stack(tmp_path, "  mlcache:zones: [ucsd, 1]\n  mlcache:adopt: yes\n")
 
 
 def test_declared_types_that_fit_pass(tmp_path):

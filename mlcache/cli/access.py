@@ -6,17 +6,23 @@ With server-side apply, an update preview is a dry-run apply, so the API server 
 preview what it would refuse at `pulumi up`; without the rights to apply, the provider falls back
 to a plain diff without a word. This asks the API server (SelfSubjectAccessReview) for get,
 create and patch on every kind the stack's render holds, in its namespace, and names what is
-missing. The PR workflow puts the answer in the job summary beside the real preview.
+missing. It connects as the stack's provider does: `kubernetes:kubeconfig`, `kubernetes:context`
+(or --context), `kubernetes:cluster` and `kubernetes:namespace`, else KUBECONFIG and its
+context. The PR workflow puts the answer in the job summary beside the real preview.
 Exit 0 when the preview can dry-run, 1 when it cannot (what is missing on stdout), 2 on bad
 usage or config, 3 when the cluster cannot be read.
 """
 
 from __future__ import annotations
 
+import os
+
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.access import NotServed, check, report
-from mlcache.cluster.live import cluster_errors, connect
+from mlcache.cluster.bound_cache import ProviderSettings, provider_client
+from mlcache.cluster.live import cluster_errors
+from mlcache.errors import Unreachable
 
 
 @entry_point
@@ -24,16 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.access"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True)
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument("--context", help="kubeconfig context (default: the stack's kubernetes:context, else the current one)")
     args = parser.parse_args(argv)
     from mlcache.preview.render import as_json, render_or_refuse  # noqa: PLC0415
 
-    run, _ = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
+    run, config = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
     objects = [entry["manifest"] for entry in as_json(run)["objects"]]
-    namespace, core, _ = connect(lambda context_namespace: context_namespace, args.context)
+    # The cluster, credentials and namespace the stack's provider uses (its kubernetes:* config).
+    provider = {key: config.values.get(f"kubernetes:{key}") or None for key in ("kubeconfig", "context", "cluster", "namespace")}
+    provider["context"] = args.context or provider["context"]
+    try:
+        api, namespace = provider_client(ProviderSettings(**provider), os.environ)
+    except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin (the client raises many types)
+        raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
     with cluster_errors():
         try:
-            wanted, gaps = check(objects, namespace, core.api_client)
+            wanted, gaps = check(objects, namespace, api)
         except NotServed as err:
             print(f"stack {args.stack}: pulumi preview cannot dry-run on the API server: {err}")
             return 1

@@ -802,6 +802,19 @@ class ProviderSettings:
 REQUEST_TIMEOUT = 10  # seconds per API call: a preview must not hang on an unreachable cluster
 
 
+def provider_client(provider: ProviderSettings, environ: Mapping[str, str]) -> tuple[Any, str]:
+    """A kubernetes ApiClient connected as the provider connects, and the namespace of objects that
+    name none (`kubernetes:namespace`, else the context's, else default). Raises whatever the
+    kubeconfig's loading raises (no file, unknown context, bad credentials plugin)."""
+    from kubernetes import client  # noqa: PLC0415
+
+    loader = _kubeconfig_loader(provider, environ)
+    configuration = client.Configuration()
+    loader.load_and_set(configuration)
+    configuration.retries = 1
+    return client.ApiClient(configuration), provider.namespace or _context_namespace(loader) or "default"
+
+
 def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
     import io  # noqa: PLC0415
     import os  # noqa: PLC0415
@@ -844,14 +857,10 @@ def read_live_cache(
         from kubernetes import client  # noqa: PLC0415
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
-        loader = _kubeconfig_loader(provider, environ)
-        configuration = client.Configuration()
-        loader.load_and_set(configuration)
-        configuration.retries = 1
-        namespace = namespace or provider.namespace or _context_namespace(loader) or "default"
+        api, provider_namespace = provider_client(provider, environ)
+        namespace = namespace or provider_namespace
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin
         return Unread(f"no cluster to read ({type(err).__name__}: {err})")
-    api = client.ApiClient(configuration)
     core, storage, batch = client.CoreV1Api(api), client.StorageV1Api(api), client.BatchV1Api(api)
     plain = api.sanitize_for_serialization
     what = [f"PersistentVolumeClaim {namespace}/{cache_name}"]

@@ -12,8 +12,9 @@ config.object turns each top-level value into the text the program gets (object.
   numbers in Go's encoding/json format (4.0 is written 4, so the program reads the whole number 4);
 - a map key that is not text is written with Go's %v (`1: a` is the key "1", `~: a` the key "<nil>").
 
-Not emulated: the CLI's time zone (a timestamp with an offset is shown as Go shows it on a host in
-UTC) and a map key given as a float (read as its text).
+Not emulated: the CLI host's time zone (a timestamp with an offset is shown as Go shows it on a
+host in UTC); `!!binary`, local tags (`!foo`) and `!!python/...` tags, which the CLI reads as
+plain values and this reader refuses; a `<<` key given twice, or quoted.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _UINT64_MAX = 2**64 - 1
 _TIMESTAMP = re.compile(
     r"(?P<y>[0-9]{4})-(?P<mo>[0-9]{1,2})-(?P<d>[0-9]{1,2})"
     r"(?:(?:(?P<t>[Tt])|(?P<space> ))(?P<h>[0-9]{1,2}):(?P<mi>[0-9]{1,2}):(?P<s>[0-9]{1,2})"
-    r"(?:[.,](?P<frac>[0-9]{1,9}))?(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?"
+    r"(?:[.,](?P<frac>[0-9]+))?(?P<zone>Z|[+-][0-9]{2}:[0-9]{2})?)?"
 )
 
 
@@ -74,6 +75,8 @@ def _timestamp(text: str) -> GoTime | None:
     match = _TIMESTAMP.fullmatch(text)
     if not match or (match["zone"] and not match["t"]) or (match["t"] and not match["zone"]):
         return None  # RFC 3339 needs its zone; the space form has none
+    if match["zone"] not in (None, "Z") and (int(match["zone"][1:3]) > 24 or int(match["zone"][4:]) > 60):
+        return None  # Go's bounds of a zone offset
     try:
         y, mo, d, h, mi, s = (int(match[name] or 0) for name in ("y", "mo", "d", "h", "mi", "s"))
         datetime(y, mo, d, h, mi, s)  # Go refuses the same days and times (Feb 30, 24:00)
@@ -82,7 +85,7 @@ def _timestamp(text: str) -> GoTime | None:
     zone = match["zone"] or "Z"
     numeric = f"{zone[0]}{zone[1:3]}{zone[4:]}"  # Go prints a zone with no name as its offset
     offset = "+0000 UTC" if zone == "Z" or int(zone[1:3] + zone[4:]) == 0 else f"{numeric} {numeric}"
-    fraction = (match["frac"] or "").rstrip("0")
+    fraction = (match["frac"] or "")[:9].rstrip("0")  # nanoseconds
     return GoTime(f"{y:04d}-{mo:02d}-{d:02d} {h:02d}:{mi:02d}:{s:02d}{'.' + fraction if fraction else ''} {offset}")
 
 
@@ -138,7 +141,8 @@ def as_program_reads(value: Any) -> Any:
     """A decoded value as the program reads it back from pulumi's JSON (4.0 becomes 4)."""
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
-            raise UnsupportedValue(f"json: unsupported value: {value}")
+            shown = "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
+            raise UnsupportedValue(f"json: unsupported value: {shown}")
         return json.loads(go_float_json(value))
     if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
         # Pulumi re-reads an object's JSON as int64 or else float64: 2^63 arrives as 9223372036854776000.
@@ -158,8 +162,8 @@ def top_level_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, float):
-        as_program_reads(value)  # refuses NaN and infinity
-        return go_float_json(value)
+        # Pulumi re-reads the JSON text as int64 where it can: 4.0 is "4", -0.0 is "0".
+        return json.dumps(as_program_reads(value)) if isinstance(as_program_reads(value), int) else go_float_json(value)
     if isinstance(value, int):  # a boolean too; the text is not re-read, so it stays exact
         return json.dumps(value)
     return json.dumps(as_program_reads(value), sort_keys=True, ensure_ascii=False)
@@ -171,7 +175,25 @@ def go_key(value: Any) -> str:
         return "<nil>"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float):
+        return _go_float_v(value)
     return str(value)
+
+
+def _go_float_v(number: float) -> str:
+    """fmt's %v of a float64 (%g, shortest): an exponent below -4 or from 6 up is written 1e+06."""
+    if math.isnan(number) or math.isinf(number):
+        return "NaN" if math.isnan(number) else "+Inf" if number > 0 else "-Inf"
+    if number == 0:
+        return "-0" if math.copysign(1, number) < 0 else "0"
+    exact = Decimal(repr(number)).normalize()
+    sign, digits, exponent = exact.as_tuple()
+    assert isinstance(exponent, int)
+    power = exponent + len(digits) - 1
+    if -4 <= power < 6:
+        return format(exact, "f")
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
 
 
 class CliLoader(yaml.SafeLoader):

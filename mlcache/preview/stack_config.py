@@ -2,7 +2,8 @@
 
 Layering follows the CLI: the `config:` defaults of Pulumi.yaml, then Pulumi.<stack>.yaml,
 where a stack value for an object key replaces the project default whole. Overrides use
-`pulumi config set --path` keys and apply to the stack layer, as the CLI would write them.
+`pulumi config set --path` keys and apply to the stack layer, as the CLI would write them; one
+extension: a value in [...] or {...} is read as YAML (the CLI would store that text).
 """
 
 from __future__ import annotations
@@ -230,8 +231,11 @@ def _coerce(text: str) -> Any:
     and decimal digits without a leading zero, become typed; anything else stays text."""
     if text in ("true", "false"):
         return text == "true"
-    if re.fullmatch(r"-?(0|[1-9][0-9]*)", text) and -(2**63) <= int(text) <= 2**64 - 1:
-        return int(text)
+    # Go's ParseInt(text, 10, 64), then ParseUint: a sign is allowed (`-05` is -5), a leading 0 is not.
+    if not (len(text) > 1 and text[0] == "0") and re.fullmatch(r"[+-]?[0-9]+", text):
+        number = int(text)
+        if -(2**63) <= number <= 2**64 - 1 and not (number >= 2**63 and text[0] in "+-"):
+            return number
     return text
 
 
@@ -359,11 +363,14 @@ def load_stack_config(
             stack_layer[key] = _as_program_gets(value)
         except UnsupportedValue as err:
             raise StackConfigError(f"{path.name}: {key}: {err}") from None
-        declaration = declared.get(key.partition(":")[2]) if key.partition(":")[0] == PROJECT else None
-        if isinstance(declaration, dict) and "type" in declaration and not _fits(declaration, stack_layer[key]):
-            # The CLI's own words (pkg/workspace/config.go), before the program starts.
+    # The CLI's check of the declared types, in its order (the declared keys sorted) and its own
+    # words (pkg/workspace/config.go), before the program starts.
+    for name, declaration in sorted(declared.items()):
+        value = stack_layer.get(full_key(name))
+        if isinstance(declaration, dict) and "type" in declaration and value is not None and not _fits(declaration, value):
             wanted = _declared_type(declaration)
-            name = key.partition(":")[2]  # the key as Pulumi.yaml declares it
-            raise StackConfigError(f"Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'")
+            raise StackConfigError(
+                f"validating stack config: Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'"
+            )
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)

@@ -40,10 +40,11 @@ top-level keys with `pulumi config set mlcache:zone ucsd`, fields of the object 
 Values are read as the Pulumi CLI reads a stack file (Go's YAML, then JSON to the program;
 `mlcache render` and `mlcache diff` read them the same way). In a stack file an unquoted `8`
 is a number and a text setting takes its digits (`job.env: {OMP_NUM_THREADS: 8}` gives "8",
-`true` gives "true"); `0022` is octal (18) and `0x10` hex (16), so quote digits that must stay
-as typed (`UMASK: "0022"`). An unquoted fraction (`1.10` reaches the program as 1.1) or date
-(`2026-11-28` as the time "2026-11-28 00:00:00 +0000 UTC") is refused where text is wanted,
-asking for quotes. `pulumi config set --path` stores `true`, `false` and decimal digits
+`true` gives "true"); `0022` is octal (18), `0x10` hex (16) and `8.0` the number 8, so quote
+what must stay as typed (`UMASK: "0022"`, `TORCH_CUDA_ARCH_LIST: "8.0"`). An unquoted
+fraction (`1.10` reaches the program as 1.1), date (`2026-11-28` as the time "2026-11-28
+00:00:00 +0000 UTC") or number longer than 2^53 is refused where text is wanted, asking for
+quotes. `pulumi config set --path` stores `true`, `false` and decimal digits
 without a leading zero as typed values and anything else as text, so `pulumi config set
 --path mlcache:job.gpus 0x10` is refused. Quantities follow Kubernetes (`job.cpu: 0.5` or
 `500m`). A bad value stops the program before anything is registered, with one line naming
