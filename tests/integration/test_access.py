@@ -64,6 +64,11 @@ def test_admin_can_dry_run_and_a_viewer_cannot_with_what_is_missing_named(cluste
     lines = result.stdout.splitlines()
     assert lines[0].startswith("stack dev: pulumi preview cannot dry-run on the API server with these credentials")
     # It may read the namespaced objects but apply none; the cluster-scoped class it may not even read.
-    assert "  create, patch persistentvolumeclaims in namespace default" in lines, result.stdout
-    assert "  create, patch jobs.batch in namespace default" in lines, result.stdout
-    assert "  get, create, patch storageclasses.storage.k8s.io (cluster-wide)" in lines, result.stdout
+    # Exactly what docs/previews-and-ci.md shows.
+    assert lines[1:] == [
+        "  create, patch configmaps in namespace default",
+        "  create, patch persistentvolumeclaims in namespace default",
+        "  create, patch jobs.batch in namespace default",
+        "  create, patch networkpolicies.networking.k8s.io in namespace default",
+        "  get, create, patch storageclasses.storage.k8s.io (cluster-wide)",
+    ], result.stdout
