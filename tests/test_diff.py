@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from mlcache.cluster.bound_cache import assume_live
+from mlcache.preview import diff
 from mlcache.preview.diff import (
     DATA_LOSS,
     STRANDS,
@@ -341,3 +342,29 @@ def test_a_changed_secure_value_is_said_though_offline_cannot_show_what_it_chang
     comment = markdown_report("main", [StackPreview("dev", [], [], [], changed)])
     assert "| dev | no changes; **1 secret value changed, not diffed** |" in comment
     assert "the real `pulumi preview` decrypts them" in comment and "v1:CCC=" not in comment
+
+
+def _program_copy(directory):
+    directory.mkdir()
+    for name in (*diff.PROGRAM_FILES, "Pulumi.dev.yaml"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, directory / name)
+    return directory
+
+
+def test_a_base_with_this_programs_files_renders_here_exactly_as_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """A pull request that changes only stack files: the base renders in this process (no second
+    interpreter), and gives what the subprocess of a revision with other code gives."""
+    base = _program_copy(tmp_path / "base")
+    assert diff.same_program(base)
+    here = diff.render_json(base, "dev", "k" * 32)
+    monkeypatch.setattr(diff, "same_program", lambda project_dir: project_dir == diff.CHECKOUT)
+    assert diff.render_json(base, "dev", "k" * 32) == here and here[0] is not None
+    # One byte of a shipped script differs: another program, rendered in a process of its own.
+    monkeypatch.undo()
+    script = next((base / "workloads").glob("*.py"))
+    script.write_bytes(script.read_bytes() + b"\n")
+    assert not diff.same_program(base)

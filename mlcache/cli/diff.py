@@ -39,6 +39,7 @@ from mlcache.preview.diff import (
     plan,
     render_json,
     report,
+    same_program,
     secret_changes,
 )
 from mlcache.preview.policy_check import policy_findings
@@ -63,11 +64,16 @@ def main(argv: list[str] | None = None) -> int:
         stacks = chosen_stacks(args.stack, base_dir, CHECKOUT)
         # One key for both sides: equal secrets show equal digests, and nothing else can read them.
         digest_key = secrets.token_hex(16)
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            # The base revision renders in subprocesses while the working tree renders here.
-            rendering = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
+        if same_program(base_dir):
+            # Only stack files differ: both sides render here, one after the other (a render is not thread-safe).
+            base = [render_json(base_dir, stack, digest_key) for stack in stacks]
             head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
-            base = list(rendering)
+        else:
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                # The base revision renders in subprocesses while the working tree renders here.
+                rendering = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
+                head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
+                base = list(rendering)
         for stack, (old, _) in zip(stacks, base, strict=True):
             if stack not in head:
                 # A move is decided against the live claim: the one the base revision deployed, bound.

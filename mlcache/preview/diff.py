@@ -572,6 +572,25 @@ def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMEN
     return kept + cut
 
 
+# What a revision's program is made of: its code, the scripts it ships and Pulumi.yaml.
+PROGRAM_FILES = ("__main__.py", "Pulumi.yaml", "mlcache", "workloads")
+
+
+def _program_files(root: Path) -> dict[str, bytes]:
+    found = {}
+    for name in PROGRAM_FILES:
+        path = root / name
+        paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        found.update({str(p.relative_to(root)): p.read_bytes() for p in paths})
+    return found
+
+
+def same_program(project_dir: Path) -> bool:
+    """`project_dir` holds byte for byte this checkout's program (a pull request that changes only
+    stack files): rendering it in this process imports nothing of another revision."""
+    return project_dir == CHECKOUT or _program_files(project_dir) == _program_files(CHECKOUT)
+
+
 def render_json(
     project_dir: Path, stack: str, digest_key: str, live: LiveCache | None = None
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -580,7 +599,7 @@ def render_json(
     program finds in the cluster."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    if project_dir == CHECKOUT:
+    if same_program(project_dir):
         # This checkout's program is the one these tools already imported: rendered in this process.
         try:
             with assume_live(live):
