@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,76 @@ def test_the_pr_comment_puts_a_summary_first_with_the_risk_and_the_policy_packs_
     tiny = markdown_report("origin/main", previews, limit=len(summary) + 400)
     assert len(tiny) <= len(summary) + 400 and tiny.startswith(summary)
     assert "The rest is cut to fit a comment" in tiny and "`mlcache diff --base 'origin/main'` prints everything" in tiny
+
+
+# What `mlcache rehearse --stack prod --json` printed on the runbook's fleet (input to the comment).
+REHEARSED = {
+    "stack": "prod",
+    "ok": False,
+    "volumes": [
+        {
+            "claim": "ml-training/ms-swift-cache-pvc",
+            "phase": "Bound",
+            "storage_class": "linstor-fast-cache",
+            "volume": "pvc-d096",
+            "volume_mode": "Filesystem",
+            "size": "500Gi",
+            "nodes": ["ucsd-a100-1"],
+            "zones": ["ucsd"],
+        }
+    ],
+    "pods": [
+        {
+            "pod": "ml-training/sft-1",
+            "role": "training",
+            "phase": "Running",
+            "node": "ucsd-a100-1",
+            "zone": "ucsd",
+            "mounts_cache": True,
+            "with_cache": True,
+            "reason": None,
+        },
+        {
+            "pod": "ml-training/sft-2",
+            "role": "training",
+            "phase": "Pending",
+            "node": None,
+            "zone": None,
+            "mounts_cache": True,
+            "with_cache": None,
+            "reason": "0/12 nodes are available: 1 node(s) had a volume node affinity conflict.",
+        },
+    ],
+    "problems": [{"subject": "pod ml-training/sft-2", "what": "cannot be placed.", "fix": "free an A100 in ucsd."}],
+}
+
+
+def test_the_pr_comment_shows_where_the_rehearsal_placed_the_cache_and_pods_else_what_is_asked_for():
+    objects = as_json(rendered("prod"))["objects"]
+    rehearsed = markdown_report("main", [StackPreview("prod", [], [], objects, rehearsed=REHEARSED)])
+    placement = rehearsed.split("**Placement, rehearsed on the stack's fleet:**\n")[1]
+    assert placement.splitlines()[:3] == [
+        "- `PersistentVolumeClaim/ml-training/ms-swift-cache-pvc`: Bound, on ucsd-a100-1 (zone ucsd)",
+        "- training pod `ml-training/sft-1`: on ucsd-a100-1 (zone ucsd), with its cache",
+        "- training pod `ml-training/sft-2`: **not placed**: " + REHEARSED["pods"][1]["reason"],
+    ]
+    assert "- !! pod ml-training/sft-2: cannot be placed. Fix: free an A100 in ucsd." in placement
+    assert "Placement asked for" not in rehearsed
+    unfinished = markdown_report("main", [StackPreview("prod", [], [], objects, rehearsed={})])
+    assert "The rehearsal on the stack's fleet did not finish" in unfinished and "**Placement asked for:**" in unfinished
+    assert "rehearsed" not in markdown_report("main", [StackPreview("prod", [], [], objects)])
+
+
+def test_diff_reads_the_rehearsal_of_each_stack_from_the_placement_directory(project_copy, tmp_path):
+    placement = tmp_path / "placement"
+    placement.mkdir()
+    (placement / "prod.json").write_text(json.dumps(REHEARSED))
+    (placement / "dev.json").write_text("")  # a rehearsal that did not finish
+    result = _diff(project_copy, "--base", "HEAD", "--markdown", "--placement", str(placement))
+    assert result.returncode == 0, result.stderr
+    dev, prod = result.stdout.split("### stack dev")[1].split("### stack prod")
+    assert "did not finish" in dev and "Placement asked for" in dev
+    assert "on ucsd-a100-1 (zone ucsd), with its cache" in prod and "Placement asked for" not in prod
 
 
 def test_the_pr_comment_survives_backticks_pipes_and_secrets():

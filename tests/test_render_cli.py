@@ -132,7 +132,7 @@ def test_values_reach_the_manifests_as_typed(capsys):
 @pytest.mark.parametrize("value", ["1e-4", "0o17", "0x1F", "1.", "+1", ".inf", ".NaN", "0123", "20261128"])
 def test_an_env_value_a_yaml_12_reader_would_type_is_printed_quoted(value):
     """kubectl and YAML 1.2 readers type plain 1e-4 or 0o17 as numbers; the render quotes them."""
-    run = rendered("dev", f"job.env.V={value}")
+    run = rendered("dev", f"job.env={{V: '{value}'}}")  # quoted: the text itself (`config set --path` would type +1)
     lines = to_yaml(documents(run)).splitlines()
     assert lines[lines.index("        - name: V") + 1] == f"          value: '{value}'"
     job = next(d for d in yaml.safe_load_all("\n".join(lines)) if d["kind"] == "Job")

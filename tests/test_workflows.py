@@ -44,7 +44,14 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     # One comment, found by the marker markdown_report starts with, and updated in place.
     post = next(s for s in steps if s.get("name") == "Post or update the PR comment")
     diff = next(s for s in steps if "--markdown" in s.get("run", ""))
-    assert "--markdown --fail-on-data-loss > comment.md" in diff["run"] and "GITHUB_STEP_SUMMARY" in diff["run"]
+    assert "--markdown --placement placement --fail-on-data-loss > comment.md" in diff["run"]
+    assert "GITHUB_STEP_SUMMARY" in diff["run"]
+    # Stacks with a fleet file are rehearsed first, with the toolchain the toolchain job caches (same key).
+    rehearse = next(s for s in steps if "mlcache rehearse" in s.get("run", ""))
+    assert steps.index(rehearse) < steps.index(diff) and '--json > "placement/$stack.json"' in rehearse["run"]
+    restored = next(s for s in steps if s.get("uses", "").startswith("actions/cache/restore"))
+    built = next(s for s in preview["jobs"]["toolchain"]["steps"] if s.get("uses", "").startswith("actions/cache@"))
+    assert restored["with"]["key"] == built["with"]["key"] and "cache-hit" in rehearse["if"]
     assert f'startswith("{COMMENT_MARKER}")' in post["run"] and "-X PATCH" in post["run"] and "body=@comment.md" in post["run"]
     assert '.user.login == "github-actions[bot]"' in post["run"] and "pipefail" in post["run"]
     gate = next(s for s in steps if s.get("name", "").startswith("Gate"))

@@ -20,6 +20,7 @@ and claims ask for, with warnings and manifest diffs folded, under GitHub's comm
 
 from __future__ import annotations
 
+import json
 import secrets
 import sys
 import tempfile
@@ -46,6 +47,19 @@ from mlcache.preview.policy_check import policy_findings
 from mlcache.preview.stack_config import secure_values
 
 
+def rehearsed(directory: Path | None, stack: str) -> dict | None:
+    """The stack's rehearsal (`mlcache rehearse --json` in DIR/<stack>.json): None when there is
+    none, {} when it did not finish (an empty or cut-off file)."""
+    path = directory / f"{stack}.json" if directory else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.diff"), description=__doc__.split("\n\n")[0])
@@ -57,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         help="exit 1 when a change wipes or strands the cache, or is an update the API server will refuse",
     )
     parser.add_argument("--markdown", action="store_true", help="print the pull request comment (summary first) instead")
+    parser.add_argument(
+        "--placement",
+        type=Path,
+        metavar="DIR",
+        help="with --markdown: show DIR/<stack>.json (mlcache rehearse --json) as where each stack is placed",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
@@ -91,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden = secret_changes(secure_values(stack, base_dir), secure_values(stack, CHECKOUT))
         reports.append(report(stack, changes, hidden))
         objects = (new or {}).get("objects", [])
-        previews.append(StackPreview(stack, changes, policy_findings(objects) if args.markdown else [], objects, hidden))
+        findings = policy_findings(objects) if args.markdown else []
+        previews.append(StackPreview(stack, changes, findings, objects, hidden, rehearsed(args.placement, stack)))
     sys.stdout.write(markdown_report(args.base, previews) if args.markdown else "".join(reports))
     return 1 if args.fail_on_data_loss and gated else 0

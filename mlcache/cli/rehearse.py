@@ -1,7 +1,7 @@
 """Rehearse a stack before deploying it: where would the scheduler put the cache and its pods?
 
     mlcache rehearse --stack STACK [--config KEY=VALUE]... [--fleet FILE] [--keep]
-                             [--timeout SECONDS]
+                             [--timeout SECONDS] [--json]
 
 Starts the rehearsal cluster (scripts/local-cluster: the real API server, scheduler, controller
 manager, kwok fake nodes from a fleet file, the storage provisioner stand-ins), runs the stack's
@@ -9,11 +9,14 @@ manager, kwok fake nodes from a fleet file, the storage provisioner stand-ins), 
 stack's config layered as the CLI does, secure values as placeholders), watches pods, claims and
 events until the scheduler settles, and prints the placement report with mlcache verify's
 findings. Exit 0 when every pod that mounts the cache is placed with it, 1 when something is not
-(the report says why and what to change), 2 for usage or set-up errors.
+(the report says why and what to change), 2 for usage or set-up errors. With --json, stdout is one
+JSON document instead (`placement_document`: stack, ok, volumes, pods, problems), which
+`mlcache diff --markdown --placement DIR` shows in the PR comment.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -27,9 +30,7 @@ from mlcache.program.outputs import StackOutputs
 from mlcache.rehearsal.cluster import DEFAULT_TIMEOUT, Rehearsal, SetupError, UpFailed, stderr_progress
 from mlcache.rehearsal.fleet import FleetError
 from mlcache.rehearsal.fleet import load as load_fleet
-from mlcache.rehearsal.report import (
-    render_report,
-)
+from mlcache.rehearsal.report import placement_document, render_report
 
 
 @entry_point
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", type=Path, help="fleet file (default: the runbook's fleet), or `kubectl get nodes -o yaml`")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running and print its kubeconfig")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the scheduler to settle")
+    parser.add_argument("--json", action="store_true", help="print the placement as one JSON document instead of the report")
     args = parser.parse_args(argv)
     run, _ = render_or_refuse(args.stack, args.config, [])  # the program's own validation, before anything starts
     try:
@@ -62,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"pulumi up failed against the rehearsal cluster (it would fail the same way on yours):\n{err}")
                 return 1
             report = rehearsal.report(args.stack, outputs, args.timeout)
-            sys.stdout.write(render_report(report))
+            sys.stdout.write(json.dumps(placement_document(report), indent=2) + "\n" if args.json else render_report(report))
             if args.keep:
-                print(f"\nThe cluster keeps running: export KUBECONFIG={rehearsal.kubeconfig}")
-                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}")
+                said = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
+                print(f"\nThe cluster keeps running: export KUBECONFIG={rehearsal.kubeconfig}", file=said)
+                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}", file=said)
             return report.exit_code
     except SetupError as err:
         raise UsageError(str(err)) from None

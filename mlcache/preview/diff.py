@@ -429,6 +429,9 @@ class StackPreview:
     objects: list[dict[str, Any]]
     # `secure:` values of the stack file whose ciphertext differs between the revisions.
     secrets: list[str] = field(default_factory=list)
+    # Where a rehearsal on the stack's fleet put the cache and the pods (mlcache rehearse --json);
+    # {} when that rehearsal did not finish, None when there was none.
+    rehearsed: dict[str, Any] | None = None
 
 
 def risks(change: Change) -> list[str]:
@@ -463,6 +466,24 @@ def placement_lines(objects: list[dict[str, Any]]) -> list[str]:
             lines.append(f"`{_label(obj)}`: its spec is secret (a secret setting flows into it)")
         elif kind == "Job":
             lines.append(f"`{_label(obj)}`: {_describe_placement(job_placement(manifest))}")
+    return lines
+
+
+def rehearsed_lines(document: dict[str, Any]) -> list[str]:
+    """Where the rehearsal put each of the cache's volumes and each pod, and what it found wrong."""
+    lines = []
+    for volume in document.get("volumes", []):
+        nodes = volume.get("nodes")
+        where = "any node (network storage)" if nodes is None else ", ".join(nodes) or "no node yet"
+        zones = f" (zone {', '.join(volume['zones'])})" if volume.get("zones") else ""
+        lines.append(f"`PersistentVolumeClaim/{volume['claim']}`: {volume['phase']}, on {where}{zones}")
+    for pod in document.get("pods", []):
+        if pod.get("node"):
+            cache = {True: ", with its cache", False: ", **not** with its cache"}.get(pod.get("with_cache"), "")
+            lines.append(f"{pod['role']} pod `{pod['pod']}`: on {pod['node']} (zone {pod.get('zone') or '?'}){cache}")
+        else:
+            lines.append(f"{pod['role']} pod `{pod['pod']}`: **not placed**: {_line(pod.get('reason') or pod['phase'])}")
+    lines += [f"!! {_line(p['subject'])}: {_line(p['what'])} Fix: {_line(p['fix'])}" for p in document.get("problems", [])]
     return lines
 
 
@@ -518,9 +539,14 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
             out.write(f"- {finding.level} `{finding.policy}`{on}: {_line(finding.message)}\n")
     else:
         out.write("\n**Policy pack:** every policy passes.\n")
-    lines = placement_lines(preview.objects)
+    if preview.rehearsed:
+        heading, lines = "Placement, rehearsed on the stack's fleet", rehearsed_lines(preview.rehearsed)
+    else:
+        if preview.rehearsed == {}:
+            out.write("\n- !! The rehearsal on the stack's fleet did not finish (see the job log).\n")
+        heading, lines = "Placement asked for", placement_lines(preview.objects)
     if lines:
-        out.write("\n**Placement asked for:**\n" + "".join(f"- {line}\n" for line in lines))
+        out.write(f"\n**{heading}:**\n" + "".join(f"- {line}\n" for line in lines))
     return out.getvalue(), [(f"{change.action} {change.label}", manifest_diff(change)) for change in preview.changes]
 
 

@@ -7,8 +7,9 @@ prints; tests/test_rehearse.py feeds these functions recorded objects.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from typing import Any
 
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import node_zone
@@ -182,6 +183,19 @@ class Report:
         """0: every pod that mounts the cache is placed with it; 1 otherwise."""
         failed = self.problems or self.moving or any(f.level == FAIL for f in self.findings)
         return 1 if failed else 0
+
+
+def placement_document(report: Report) -> dict[str, Any]:
+    """What `mlcache rehearse --json` prints (and `mlcache diff --placement` shows in the PR comment):
+    where the cache's volumes and the pods landed, and what is wrong."""
+    volumes = report.volumes or ([report.volume] if report.volume else [])
+    return {
+        "stack": report.stack,
+        "ok": report.exit_code == 0,
+        "volumes": [asdict(volume) for volume in volumes],
+        "pods": [asdict(pod) for pod in report.pods],
+        "problems": [asdict(problem) for problem in report.problems],
+    }
 
 
 def volume_location(view: ClusterView, claim: dict) -> VolumeLocation:

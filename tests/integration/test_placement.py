@@ -4,6 +4,7 @@ provisioner stand-ins create the volumes, and the tests read where things landed
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -261,3 +262,62 @@ def _api(kubeconfig: Path):
     configuration = client.Configuration()
     config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     return client.ApiClient(configuration)
+
+
+def test_the_pr_comment_shows_where_the_rehearsal_on_the_fleet_placed_the_cache_and_training(tmp_path):
+    """#22: `mlcache rehearse --json`, as the PR workflow runs it for a stack with a fleet file, then
+    `mlcache diff --markdown --placement`: the comment names the node the scheduler chose."""
+    from mlcache.rehearsal.cluster import SetupError, find_toolchain  # noqa: PLC0415
+
+    try:
+        find_toolchain()
+    except SetupError as err:
+        if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
+            pytest.fail(str(err), pytrace=False)
+        pytest.skip(str(err))
+    rehearsed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlcache",
+            "rehearse",
+            "--stack",
+            "prod",
+            "--fleet",
+            str(ROOT / "fleets" / "runbook.yaml"),
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert rehearsed.returncode == 0, rehearsed.stdout + rehearsed.stderr
+    document = json.loads(rehearsed.stdout)
+    (volume,) = document["volumes"]
+    (pod,) = [p for p in document["pods"] if p["role"] == "training"]
+    assert document["ok"] and pod["with_cache"] and volume["nodes"] == [pod["node"]] and volume["zones"] == ["ucsd"]
+    placement = tmp_path / "placement"
+    placement.mkdir()
+    (placement / "prod.json").write_text(rehearsed.stdout)
+    comment = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlcache",
+            "diff",
+            "--base",
+            "HEAD",
+            "--stack",
+            "prod",
+            "--markdown",
+            "--placement",
+            str(placement),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert comment.returncode == 0, comment.stderr
+    assert f"- training pod `{pod['pod']}`: on {pod['node']} (zone ucsd), with its cache" in comment.stdout
