@@ -59,3 +59,18 @@ def test_the_report_names_each_denied_verb_and_says_what_the_preview_loses():
     text = report("dev", wanted, gaps)
     assert text.splitlines()[0].startswith("stack dev: pulumi preview cannot dry-run") and "PVC shrink" in text
     assert report("dev", wanted, []).startswith("stack dev: pulumi preview can dry-run every update")
+
+
+def test_a_secret_kubeconfig_is_not_used_as_a_path_and_kubeconfig_is_said(monkeypatch, capsys):
+    """Offline a secret `kubernetes:kubeconfig` is a placeholder: KUBECONFIG is used instead, saying so."""
+    from mlcache.cli import access  # noqa: PLC0415
+    from mlcache.preview.stack_config import SECURE_PLACEHOLDER  # noqa: PLC0415
+
+    run, config = render("dev", [], [])
+    config.values["kubernetes:kubeconfig"] = SECURE_PLACEHOLDER
+    config.secret_keys.add("kubernetes:kubeconfig")
+    monkeypatch.setattr("mlcache.preview.render.render_or_refuse", lambda *args: (run, config))
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    assert access.main(["--stack", "dev"]) == 3
+    err = capsys.readouterr().err
+    assert "kubernetes:kubeconfig is a secret" in err and "/nonexistent/kubeconfig" in err and SECURE_PLACEHOLDER not in err

@@ -287,12 +287,29 @@ def test_diff_reads_the_rehearsal_of_each_stack_from_the_placement_directory(pro
     placement = tmp_path / "placement"
     placement.mkdir()
     (placement / "prod.json").write_text(json.dumps(REHEARSED))
-    (placement / "dev.json").write_text("")  # a rehearsal that did not finish
+    (placement / "dev.json").write_text('{"volumes": "not a list"}')  # not what rehearse prints: did not finish
+    alone = _diff(project_copy, "--base", "HEAD", "--placement", str(placement))
+    assert alone.returncode == 2 and "use it with --markdown" in alone.stderr
     result = _diff(project_copy, "--base", "HEAD", "--markdown", "--placement", str(placement))
     assert result.returncode == 0, result.stderr
     dev, prod = result.stdout.split("### stack dev")[1].split("### stack prod")
     assert "did not finish" in dev and "Placement asked for" in dev
     assert "on ucsd-a100-1 (zone ucsd), with its cache" in prod and "Placement asked for" not in prod
+
+
+def test_a_failed_or_unfinished_rehearsal_is_said_never_shown_as_placed():
+    objects = as_json(rendered("prod"))["objects"]
+
+    def placement(document):
+        return markdown_report("main", [StackPreview("prod", [], [], objects, rehearsed=document)])
+
+    failed = placement({"stack": "prod", "ok": False, "error": "pulumi up failed against the rehearsal cluster:\nquota"})
+    assert "- !! the rehearsal's pulumi up failed: pulumi up failed against the rehearsal cluster: quota" in failed
+    moving = placement({**REHEARSED, "problems": [], "failed": ["the pod is not with its volume"], "moving": ["copy Job x"]})
+    assert "- !! the pod is not with its volume\n- !! still moving: copy Job x\n" in moving
+    silent = placement({**REHEARSED, "problems": [], "ok": False})
+    assert "!! the rehearsal did not pass" in silent
+    assert diff.valid_placement(REHEARSED) and not diff.valid_placement({"volumes": [{"claim": "x"}], "pods": [], "problems": []})
 
 
 def test_the_pr_comment_survives_backticks_pipes_and_secrets():
@@ -349,6 +366,19 @@ def test_command_line_against_a_git_revision(project_copy):
     moved = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
     assert moved.returncode == 0 and "MOVE: the cache is copied from ms-swift-cache-pvc" in moved.stdout
     assert "create   PersistentVolumeClaim/ms-swift-cache-pvc-g1" in moved.stdout and STRANDS not in moved.stdout
+
+
+def test_an_unchanged_secure_value_is_not_reported_changed(project_copy):
+    """The base revision's `secure:` values are read before its checkout is removed."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    stack_file = project_copy / "Pulumi.dev.yaml"
+    stack_file.write_text(stack_file.read_text() + "  mlcache:hfToken:\n    secure: v1:AAAA/unchanged==\n")
+    subprocess.run([*git, "commit", "-qam", "a secret"], cwd=project_copy, check=True)
+    unchanged = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
+    assert unchanged.returncode == 0 and unchanged.stdout == "stack dev: no changes\n", unchanged.stdout
+    stack_file.write_text(stack_file.read_text().replace("v1:AAAA/unchanged==", "v1:BBBB/changed=="))
+    changed = _diff(project_copy, "--base", "HEAD", "--stack", "dev")
+    assert "mlcache:hfToken" in changed.stdout and "BBBB" not in changed.stdout
 
 
 def test_bad_revision_and_bad_config_fail(project_copy):

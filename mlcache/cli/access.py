@@ -16,6 +16,7 @@ usage or config, 3 when the cluster cannot be read.
 from __future__ import annotations
 
 import os
+import sys
 
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     objects = [entry["manifest"] for entry in as_json(run)["objects"]]
     # The cluster, credentials and namespace the stack's provider uses (its kubernetes:* config).
     provider = {key: config.values.get(f"kubernetes:{key}") or None for key in ("kubeconfig", "context", "cluster", "namespace")}
+    for key in provider:
+        if f"kubernetes:{key}" in config.secret_keys:  # offline a secret is a placeholder: not a setting to use
+            print(f"note: kubernetes:{key} is a secret, unreadable offline: using KUBECONFIG's instead", file=sys.stderr)
+            provider[key] = None
     provider["context"] = args.context or provider["context"]
     try:
         api, namespace = provider_client(ProviderSettings(**provider), os.environ)

@@ -42,6 +42,7 @@ from mlcache.preview.diff import (
     report,
     same_program,
     secret_changes,
+    valid_placement,
 )
 from mlcache.preview.policy_check import policy_findings
 from mlcache.preview.stack_config import secure_values
@@ -57,7 +58,7 @@ def rehearsed(directory: Path | None, stack: str) -> dict | None:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, OSError):
         return {}
-    return document if isinstance(document, dict) else {}
+    return document if valid_placement(document) else {}
 
 
 @entry_point
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         help="with --markdown: show DIR/<stack>.json (mlcache rehearse --json) as where each stack is placed",
     )
     args = parser.parse_args(argv)
+    if args.placement and not args.markdown:
+        raise UsageError("--placement shows rehearsals in the PR comment: use it with --markdown")
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
         export_revision(args.base, base_dir, CHECKOUT)
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                 # A move is decided against the live claim: the one the base revision deployed, bound.
                 head[stack] = render_json(CHECKOUT, stack, digest_key, base_claim(old))
         rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
+        # Read while the base revision's files exist (they go with the temporary directory).
+        hidden_by_stack = {
+            stack: secret_changes(secure_values(stack, base_dir), secure_values(stack, CHECKOUT)) for stack in stacks
+        }
     gated = False
     reports, previews = [], []
     for index, stack in enumerate(stacks):
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new)
         gated = gated or any(c.gated for c in changes)
-        hidden = secret_changes(secure_values(stack, base_dir), secure_values(stack, CHECKOUT))
+        hidden = hidden_by_stack[stack]
         reports.append(report(stack, changes, hidden))
         objects = (new or {}).get("objects", [])
         findings = policy_findings(objects) if args.markdown else []

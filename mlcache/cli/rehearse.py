@@ -61,14 +61,18 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 outputs = rehearsal.up(args.stack, args.config)
             except UpFailed as err:
-                print(f"pulumi up failed against the rehearsal cluster (it would fail the same way on yours):\n{err}")
+                failed = f"pulumi up failed against the rehearsal cluster (it would fail the same way on yours):\n{err}"
+                if args.json:  # stdout stays one JSON document; the job log gets the whole error too
+                    print(failed, file=sys.stderr)
+                    failed = json.dumps({"stack": args.stack, "ok": False, "error": failed}, indent=2)
+                print(failed)
                 return 1
             report = rehearsal.report(args.stack, outputs, args.timeout)
             sys.stdout.write(json.dumps(placement_document(report), indent=2) + "\n" if args.json else render_report(report))
             if args.keep:
-                said = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
-                print(f"\nThe cluster keeps running: export KUBECONFIG={rehearsal.kubeconfig}", file=said)
-                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}", file=said)
+                told = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
+                print(f"\nThe cluster keeps running: export KUBECONFIG={rehearsal.kubeconfig}", file=told)
+                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}", file=told)
             return report.exit_code
     except SetupError as err:
         raise UsageError(str(err)) from None

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 VERBS = ("get", "create", "patch")
+REQUEST_TIMEOUT = 10  # seconds per question: an unreachable API server must not stall a CI step
 
 
 @dataclass(frozen=True, order=True)
@@ -103,7 +104,7 @@ def check(objects: list[dict], namespace: str, api: object) -> tuple[list[Rights
             verb=verb, group=rights.group, resource=rights.resource, namespace=rights.namespace
         )
         review = client.V1SelfSubjectAccessReview(spec=client.V1SelfSubjectAccessReviewSpec(resource_attributes=attributes))
-        return bool(reviews.create_self_subject_access_review(review).status.allowed)
+        return bool(reviews.create_self_subject_access_review(review, _request_timeout=REQUEST_TIMEOUT).status.allowed)
 
     wanted = needed(objects, resource_of, namespace)
     return wanted, missing(wanted, allowed)

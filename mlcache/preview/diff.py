@@ -469,8 +469,31 @@ def placement_lines(objects: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def valid_placement(document: Any) -> bool:
+    """The shape `mlcache rehearse --json` prints (anything else counts as a rehearsal that did not finish)."""
+    volume_keys, pod_keys, problem_keys = (
+        {"claim", "phase", "nodes", "zones"},
+        {"pod", "role", "phase", "node"},
+        {"subject", "what", "fix"},
+    )
+
+    def all_have(items: Any, keys: set[str]) -> bool:
+        return isinstance(items, list) and all(isinstance(item, dict) and keys <= item.keys() for item in items)
+
+    return isinstance(document, dict) and (
+        isinstance(document.get("error"), str)
+        or (
+            all_have(document.get("volumes"), volume_keys)
+            and all_have(document.get("pods"), pod_keys)
+            and all_have(document.get("problems"), problem_keys)
+        )
+    )
+
+
 def rehearsed_lines(document: dict[str, Any]) -> list[str]:
     """Where the rehearsal put each of the cache's volumes and each pod, and what it found wrong."""
+    if "error" in document:
+        return [f"!! the rehearsal's pulumi up failed: {_line(document['error'])[:500]}"]
     lines = []
     for volume in document.get("volumes", []):
         nodes = volume.get("nodes")
@@ -484,6 +507,10 @@ def rehearsed_lines(document: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"{pod['role']} pod `{pod['pod']}`: **not placed**: {_line(pod.get('reason') or pod['phase'])}")
     lines += [f"!! {_line(p['subject'])}: {_line(p['what'])} Fix: {_line(p['fix'])}" for p in document.get("problems", [])]
+    lines += [f"!! {_line(message)}" for message in document.get("failed", [])]
+    lines += [f"!! still moving: {_line(what)}" for what in document.get("moving", [])]
+    if document.get("ok") is False and not any(line.startswith("!! ") for line in lines):
+        lines.append("!! the rehearsal did not pass (`mlcache rehearse` on the stack's fleet says why)")
     return lines
 
 

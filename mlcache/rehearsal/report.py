@@ -195,6 +195,9 @@ def placement_document(report: Report) -> dict[str, Any]:
         "volumes": [asdict(volume) for volume in volumes],
         "pods": [asdict(pod) for pod in report.pods],
         "problems": [asdict(problem) for problem in report.problems],
+        # What else makes `ok` false: verify's failed checks and a move still under way.
+        "failed": [finding.message for finding in report.findings if finding.level == FAIL],
+        "moving": list(report.moving),
     }
 
 
