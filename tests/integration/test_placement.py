@@ -225,7 +225,8 @@ def test_block_mode_volume_is_a_block_device_handed_to_the_pod(rehearsal):
     assert pod.with_cache is True and report.exit_code == 0
 
 
-def test_the_cli_rehearses_prod_prints_the_report_and_keeps_the_cluster_for_kubectl():
+def _require_toolchain() -> None:
+    """The command line runs the toolchain itself: skip without it (fail under CI's MLCACHE_REQUIRE_ENGINE=1)."""
     from mlcache.rehearsal.cluster import SetupError, find_toolchain  # noqa: PLC0415
 
     try:
@@ -234,6 +235,10 @@ def test_the_cli_rehearses_prod_prints_the_report_and_keeps_the_cluster_for_kube
         if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
             pytest.fail(str(err), pytrace=False)
         pytest.skip(str(err))
+
+
+def test_the_cli_rehearses_prod_prints_the_report_and_keeps_the_cluster_for_kubectl():
+    _require_toolchain()
     done = subprocess.run(
         [sys.executable, "-m", "mlcache", "rehearse", "--stack", "prod", "--keep"],
         cwd=ROOT,
@@ -267,14 +272,7 @@ def _api(kubeconfig: Path):
 def test_the_pr_comment_shows_where_the_rehearsal_on_the_fleet_placed_the_cache_and_training(tmp_path):
     """#22: `mlcache rehearse --json`, as the PR workflow runs it for a stack with a fleet file, then
     `mlcache diff --markdown --placement`: the comment names the node the scheduler chose."""
-    from mlcache.rehearsal.cluster import SetupError, find_toolchain  # noqa: PLC0415
-
-    try:
-        find_toolchain()
-    except SetupError as err:
-        if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
-            pytest.fail(str(err), pytrace=False)
-        pytest.skip(str(err))
+    _require_toolchain()
     rehearsed = subprocess.run(
         [
             sys.executable,
