@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
@@ -37,15 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     run, config = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
     objects = [entry["manifest"] for entry in as_json(run)["objects"]]
+
     # The cluster, credentials and namespace the stack's provider uses (its kubernetes:* config).
-    provider = {key: config.values.get(f"kubernetes:{key}") or None for key in ("kubeconfig", "context", "cluster", "namespace")}
-    for key in provider:
-        if f"kubernetes:{key}" in config.secret_keys:  # offline a secret is a placeholder: not a setting to use
-            print(f"note: kubernetes:{key} is a secret, unreadable offline: using KUBECONFIG's instead", file=sys.stderr)
-            provider[key] = None
-    provider["context"] = args.context or provider["context"]
+    def setting(name: str) -> str | None:
+        if f"kubernetes:{name}" in config.secret_keys:  # offline a secret is a placeholder: not a setting to use
+            print(f"note: kubernetes:{name} is a secret, unreadable offline: using KUBECONFIG's instead", file=sys.stderr)
+            return None
+        return config.values.get(f"kubernetes:{name}")
+
+    provider = ProviderSettings.from_config(setting)
+    if args.context:
+        provider = replace(provider, context=args.context)
     try:
-        api, namespace = provider_client(ProviderSettings(**provider), os.environ)
+        api, namespace = provider_client(provider, os.environ)
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin (the client raises many types)
         raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
     with cluster_errors():

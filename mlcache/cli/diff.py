@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         digest_key = secrets.token_hex(16)
         if same_program(base_dir):
             # Only stack files differ: both sides render here, one after the other (a render is not thread-safe).
-            base = [render_json(base_dir, stack, digest_key) for stack in stacks]
+            base = [render_json(base_dir, stack, digest_key, in_process=True) for stack in stacks]
             head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
         else:
             with ThreadPoolExecutor(max_workers=2) as pool:

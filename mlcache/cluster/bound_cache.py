@@ -15,9 +15,9 @@ and mlcache heal.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
@@ -798,6 +798,11 @@ class ProviderSettings:
     cluster: str | None = None
     namespace: str | None = None
 
+    @classmethod
+    def from_config(cls, get: Callable[[str], str | None]) -> ProviderSettings:
+        """From `get(name)`, the value of `kubernetes:<name>` (None or "" when unset)."""
+        return cls(**{setting.name: get(setting.name) or None for setting in fields(cls)})
+
 
 REQUEST_TIMEOUT = 10  # seconds per API call: a preview must not hang on an unreachable cluster
 
@@ -1003,12 +1008,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         live = read_live_cache(
             settings.cache.name,
             settings.namespace,
-            ProviderSettings(
-                kubeconfig=provider.get("kubeconfig"),
-                context=provider.get("context"),
-                cluster=provider.get("cluster"),
-                namespace=provider.get("namespace"),
-            ),
+            ProviderSettings.from_config(provider.get),
             os.environ,
             training_job=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
         )

@@ -41,8 +41,8 @@ _BY_TEXT: dict[str, Any] = {
 }
 _YAML_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
 _INT_DIGITS = {16: "0123456789abcdefABCDEF", 10: "0123456789", 8: "01234567", 2: "01"}
-_INT64 = (-(2**63), 2**63 - 1)
-_UINT64_MAX = 2**64 - 1
+INT64 = (-(2**63), 2**63 - 1)
+UINT64_MAX = 2**64 - 1
 # yaml.v3's timestamp layouts (Go's time.Parse): RFC 3339 with short date fields, with a space
 # and no zone, or a date alone.
 _TIMESTAMP = re.compile(
@@ -67,7 +67,7 @@ def _go_parse_int(text: str, signed: bool) -> int | None:
     if not body or any(char not in _INT_DIGITS[base] for char in body):
         return None
     value = -int(body, base) if sign == "-" else int(body, base)
-    low, high = _INT64 if signed else (0, _UINT64_MAX)
+    low, high = INT64 if signed else (0, UINT64_MAX)
     return value if low <= value <= high else None
 
 
@@ -121,16 +121,23 @@ def _go_float(text: str) -> float | str:
 
 def go_float_json(number: float) -> str:
     """A float as Go's encoding/json writes it: shortest digits, fixed unless < 1e-6 or >= 1e21."""
+    return _go_shortest(number, fixed_powers=range(-6, 21), pad_negative_exponent=False)
+
+
+def _go_shortest(number: float, fixed_powers: range, pad_negative_exponent: bool) -> str:
+    """Go's shortest text of a finite float: fixed notation when its decimal exponent is in
+    `fixed_powers`, else d.ddde+XX (encoding/json writes 1e-7 where fmt writes 1e-07)."""
     if number == 0:
         return "-0" if math.copysign(1, number) < 0 else "0"
     exact = Decimal(repr(number)).normalize()
-    if 1e-6 <= abs(number) < 1e21:
-        return format(exact, "f")
     sign, digits, exponent = exact.as_tuple()
     assert isinstance(exponent, int)
-    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
     power = exponent + len(digits) - 1
-    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):{'d' if power < 0 else '02d'}}"
+    if power in fixed_powers:
+        return format(exact, "f")
+    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
+    width = "d" if power < 0 and not pad_negative_exponent else "02d"
+    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):{width}}"
 
 
 class UnsupportedValue(ValueError):
@@ -144,7 +151,7 @@ def as_program_reads(value: Any) -> Any:
             shown = "NaN" if math.isnan(value) else "+Inf" if value > 0 else "-Inf"
             raise UnsupportedValue(f"json: unsupported value: {shown}")
         return json.loads(go_float_json(value))
-    if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
         # Pulumi re-reads an object's JSON as int64 or else float64: 2^63 arrives as 9223372036854776000.
         return json.loads(go_float_json(float(value)))
     if isinstance(value, dict):
@@ -163,7 +170,8 @@ def top_level_text(value: Any) -> str:
         return value
     if isinstance(value, float):
         # Pulumi re-reads the JSON text as int64 where it can: 4.0 is "4", -0.0 is "0".
-        return json.dumps(as_program_reads(value)) if isinstance(as_program_reads(value), int) else go_float_json(value)
+        read = as_program_reads(value)
+        return json.dumps(read) if isinstance(read, int) else go_float_json(value)
     if isinstance(value, int):  # a boolean too; the text is not re-read, so it stays exact
         return json.dumps(value)
     return json.dumps(as_program_reads(value), sort_keys=True, ensure_ascii=False)
@@ -184,16 +192,7 @@ def _go_float_v(number: float) -> str:
     """fmt's %v of a float64 (%g, shortest): an exponent below -4 or from 6 up is written 1e+06."""
     if math.isnan(number) or math.isinf(number):
         return "NaN" if math.isnan(number) else "+Inf" if number > 0 else "-Inf"
-    if number == 0:
-        return "-0" if math.copysign(1, number) < 0 else "0"
-    exact = Decimal(repr(number)).normalize()
-    sign, digits, exponent = exact.as_tuple()
-    assert isinstance(exponent, int)
-    power = exponent + len(digits) - 1
-    if -4 <= power < 6:
-        return format(exact, "f")
-    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
-    return f"{'-' if sign else ''}{mantissa}e{'-' if power < 0 else '+'}{abs(power):02d}"
+    return _go_shortest(number, fixed_powers=range(-4, 6), pad_negative_exponent=True)
 
 
 class CliLoader(yaml.SafeLoader):

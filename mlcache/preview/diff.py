@@ -645,15 +645,16 @@ def same_program(project_dir: Path) -> bool:
 
 
 def render_json(
-    project_dir: Path, stack: str, digest_key: str, live: LiveCache | None = None
+    project_dir: Path, stack: str, digest_key: str, live: LiveCache | None = None, *, in_process: bool = False
 ) -> tuple[dict[str, Any] | None, str | None]:
     """mlcache render --json of `stack` for the program in `project_dir`: (plan, None), (None, None) when the
     revision has no such stack, or (None, the render's error line). `live`: the cache the working tree's
     program finds in the cluster."""
     if not (project_dir / f"Pulumi.{stack}.yaml").is_file() or not (project_dir / "__main__.py").is_file():
         return None, None
-    if same_program(project_dir):
-        # This checkout's program is the one these tools already imported: rendered in this process.
+    if project_dir == CHECKOUT or in_process:
+        # This checkout's program (or, `in_process`, one that `same_program` found equal to it) is
+        # the one these tools already imported: rendered in this process.
         try:
             with assume_live(live):
                 run, _ = render(stack, [], [], project_dir)

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from mlcache import CHECKOUT
-from mlcache.preview.cli_yaml import CliLoader, UnsupportedValue, as_program_reads, top_level_text
+from mlcache.preview.cli_yaml import INT64, UINT64_MAX, CliLoader, UnsupportedValue, as_program_reads, top_level_text
 from mlcache.program.names import PROJECT
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
@@ -234,7 +234,7 @@ def _coerce(text: str) -> Any:
     # Go's ParseInt(text, 10, 64), then ParseUint: a sign is allowed (`-05` is -5), a leading 0 is not.
     if not (len(text) > 1 and text[0] == "0") and re.fullmatch(r"[+-]?[0-9]+", text):
         number = int(text)
-        if -(2**63) <= number <= 2**64 - 1 and not (number >= 2**63 and text[0] in "+-"):
+        if INT64[0] <= number <= UINT64_MAX and not (number > INT64[1] and text[0] in "+-"):
             return number
     return text
 
@@ -315,7 +315,7 @@ def _fits(declaration: dict[str, Any], value: Any) -> bool:
         return isinstance(value, str)
     if kind == "integer":
         if isinstance(value, str):
-            return bool(re.fullmatch(r"[+-]?[0-9]+", value)) and -(2**63) <= int(value) < 2**63
+            return bool(re.fullmatch(r"[+-]?[0-9]+", value)) and INT64[0] <= int(value) <= INT64[1]
         return isinstance(value, (int, float)) and not isinstance(value, bool) and value == int(value)
     if kind == "boolean":
         return isinstance(value, bool) or value in ("true", "false")

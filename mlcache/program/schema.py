@@ -167,7 +167,7 @@ def cli_text(key: str, value: Any, allowed: str, *, booleans: bool = False) -> s
     if isinstance(value, bool) and booleans:
         return "true" if value else "false"
     if isinstance(value, int) and not isinstance(value, bool):
-        if abs(value) > 2**53:  # carried as a float64 on the way: its last digits are already lost
+        if abs(value) > ENGINE_INT_MAX:  # carried as a float64 on the way: its last digits are already lost
             raise ConfigError(key, value, f"{allowed}; quote it (the Pulumi CLI carries a number this long inexactly)")
         return str(value)
     if isinstance(value, float):
