@@ -18,13 +18,15 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
 from mlcache.rehearsal.cluster import PROVIDER_VERSION, Rehearsal, SetupError, UpFailed, find_toolchain, stderr_progress, up_stack
 
@@ -60,6 +62,9 @@ def pytest_collection_modifyitems(config, items) -> None:
     ours = [item for item in items if here in Path(item.fspath).parents]
     for item in ours:
         item.add_marker(pytest.mark.integration)
+    # Tests on the same kind of rehearsal cluster one after the other, so each worker reuses its
+    # cluster (the `rehearsal` fixture) instead of starting one per test; module order otherwise kept.
+    items.sort(key=lambda item: rehearsal_options(item) if item in ours else "")
     if not ours or os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
         return
     try:
@@ -84,18 +89,54 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(scope="session")
+def idle_rehearsal() -> Iterator[dict[str, tuple[str, Rehearsal]]]:
+    """The rehearsal cluster kept between tests on this worker, with its options; stopped at the
+    end of the session. One at most: an idle cluster still burns CPU (kwok renews every node's
+    lease, the controllers resync), which slowed the other workers' tests more than starting one."""
+    kept: dict[str, tuple[str, Rehearsal]] = {}
+    yield kept
+    for _, cluster in kept.values():
+        cluster.stop()
+
+
+def rehearsal_options(item: pytest.Item) -> str:
+    """The options of the rehearsal cluster a test asks for ("" for none): tests are run grouped by it."""
+    if "rehearsal" not in getattr(item, "fixturenames", ()):
+        return ""
+    callspec = getattr(item, "callspec", None)
+    return repr(sorted(callspec.params.get("rehearsal", {}).items() if callspec else []))
+
+
 @pytest.fixture
-def rehearsal(request):
-    """A fresh rehearsal cluster, deployed to through mlcache rehearse (the same code path as
-    `mlcache rehearse`): the runbook's fleet, or what a test passes with
-    `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`."""
+def rehearsal(request, idle_rehearsal):
+    """A rehearsal cluster as `start` made it, deployed to through mlcache rehearse (the same code
+    path as `mlcache rehearse`): the runbook's fleet, or what a test passes with
+    `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`.
+    The cluster of the previous test on this worker is reused when it has the same options, reset
+    after each test (Rehearsal.reset: namespaces, volumes, classes, edited nodes, Pulumi state);
+    one that does not reset is stopped."""
     try:
         toolchain = find_toolchain()
     except SetupError as err:
         _missing(str(err))
     options = getattr(request, "param", {})
-    with Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()) as cluster:
+    key = rehearsal_options(request.node)
+    kept_key, cluster = idle_rehearsal.pop("cluster", (None, None))
+    if cluster is not None and kept_key != key:
+        cluster.stop()
+        cluster = None
+    if cluster is None:
+        cluster = Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()).__enter__()
+    try:
         yield cluster
+    finally:
+        try:
+            cluster.reset()
+            idle_rehearsal["cluster"] = (key, cluster)
+        except (SetupError, ApiException) as err:
+            print(f"rehearsal cluster stopped, not reused: {err}", file=sys.stderr)
+            cluster.stop()
 
 
 def toolchain() -> dict[str, Path]:
