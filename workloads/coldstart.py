@@ -8,13 +8,18 @@ same files, in alternating rounds, with the files evicted from the page cache be
                    parts are timed: the second is the loader from the page cache
   prewarm|loader   the prewarm and the loader started together: what the training pod does
   shard reader     shard_bench.py's parallel reader (whole shards into staging buffers)
+  loader in budget / prewarm|loader in budget   with --budget SIZE below the model: the loader
+                   alone, and the prewarm beside it in a window ahead of the loader (the budget
+                   minus reader buffers, each rank's largest tensor and two processes), each in a
+                   memory cgroup limited to SIZE, page cache included, so pages read too early are
+                   evicted before use (skipped where no memory cgroup can be made)
   limit            per round, the slower of fio and the loader from the page cache: no prewarm can
                    beat the device, nor the loader's own CPU time (with fio only)
 
 Standalone (Python 3.10+, numpy, safetensors; fio when on PATH): it runs in the benchmark Job from
 the mlcache-scripts ConfigMap, and locally through `mlcache bench coldstart`.
 
-    python coldstart.py DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--ranks 1]
+    python coldstart.py DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--ranks 1] [--budget SIZE]
 
 DIR's *.safetensors are used as they are; synthetic shards are written only into a DIR without any.
 """
@@ -51,6 +56,13 @@ except ImportError:  # in the pod: beside this file in the scripts ConfigMap
 FIO, LOADER, PREWARM_LOADER, ALONGSIDE, SHARD_READER = "fio", "loader", "prewarm+loader", "prewarm|loader", "shard reader"
 FIO_BLOCK = 4 * 2**20
 SIDES = (FIO, LOADER, PREWARM_LOADER, ALONGSIDE, SHARD_READER)
+BUDGET_LOADER, BUDGET_ALONGSIDE = "loader in budget", "prewarm|loader in budget"
+PROCESS_BYTES = 64 * 2**20  # a Python process with numpy and safetensors loaded
+# Memory cgroups, v1 then v2: (the hierarchy, the file only it has, its limit and peak files).
+CGROUP_ROOTS = (
+    (Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes", "memory.limit_in_bytes", "memory.max_usage_in_bytes"),
+    (Path("/sys/fs/cgroup"), "cgroup.controllers", "memory.max", "memory.peak"),
+)
 PREWARM_PART, WARM_LOADER_PART = "prewarm", "loader from page cache"
 LIMIT = "limit"
 TARGETS = {PREWARM_LOADER: ("time", 1.15), SHARD_READER: ("rate", 0.95)}  # issue 14's targets, relative to fio
@@ -159,6 +171,82 @@ def prewarm_alongside_load(paths: list[Path], readers: int, ranks: int = 1) -> N
         warming.result()
 
 
+def memory_cgroup(budget: int) -> tuple[Path | None, str]:
+    """A memory cgroup of its own limited to `budget` bytes, page cache included (v1, else v2):
+    (its directory, "") or (None, why it could not be made)."""
+    why = "no memory cgroup hierarchy mounted at /sys/fs/cgroup"
+    for root, marker, limit, _ in CGROUP_ROOTS:
+        if not (root / marker).exists():
+            continue
+        group = root / f"mlcache-coldstart-{os.getpid()}"
+        try:
+            group.mkdir(exist_ok=True)
+            (group / limit).write_text(str(budget))
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                group.rmdir()
+            why = f"cannot make a memory cgroup under {root}: {err.strerror}"
+            continue
+        return group, ""
+    return None, why
+
+
+def peak_bytes(group: Path) -> int | None:
+    for *_, peak in CGROUP_ROOTS:
+        with contextlib.suppress(OSError, ValueError):
+            return int((group / peak).read_text())
+    return None
+
+
+def _in_cgroup(group: Path, work, *args) -> None:
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+    work(*args)
+
+
+def run_in_cgroup(group: Path, work, *args) -> Clock:
+    """`work(*args)` in a child process that joins `group` first; its clock (the child's CPU counted)."""
+    child = multiprocessing.get_context("fork").Process(target=_in_cgroup, args=(group, work, *args))
+    with Clock() as clock:
+        child.start()
+        child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"the run in memory cgroup {group} failed (exit {child.exitcode}; out of memory?)")
+    return clock
+
+
+def _windowed_prewarm(paths: list[Path], readers: int, window: int) -> None:
+    files = [(p, p.stat().st_size) for p in paths]
+    prewarm.read_into_cache(_all_of(paths), readers, window=prewarm.Window(window, prewarm.LoaderPosition(files), stall=30.0))
+
+
+def largest_tensor(paths: list[Path]) -> int:
+    """The largest tensor's bytes, from the shards' safetensors headers (a loader copies one at a time)."""
+    largest = 0
+    for path in paths:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        spans = [entry["data_offsets"] for name, entry in header.items() if name != "__metadata__"]
+        largest = max([largest, *(end - start for start, end in spans)])
+    return largest
+
+
+def window_in_budget(budget: int, paths: list[Path], readers: int, ranks: int) -> int:
+    """What the prewarm may keep ahead of the loaders in `budget`, as the pod reckons it (headroom
+    minus reserve minus reader buffers): besides the window the budget holds the reader buffers,
+    each rank's copy of the largest tensor and the two Python processes."""
+    return budget - readers * prewarm.CHUNK - ranks * largest_tensor(paths) - 2 * PROCESS_BYTES
+
+
+def prewarm_in_window_alongside_load(paths: list[Path], readers: int, ranks: int, window: int) -> None:
+    """The prewarm beside the loader as the pod runs it when the model is larger than its room: a
+    process of its own (as in the pod; the loader holds the GIL while it copies a tensor), at most
+    `window` bytes ahead of where the loaders are."""
+    warming = multiprocessing.get_context("fork").Process(target=_windowed_prewarm, args=(paths, readers, window))
+    warming.start()
+    ranked_load(paths, ranks)
+    warming.join()
+
+
 def host_to_device(paths: list[Path]) -> dict:
     """Host-to-device copy of every tensor after the load, when torch and a CUDA device are there."""
     try:
@@ -192,8 +280,18 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() + _children_cpu() - self.cpu
 
 
-def run_side(side: str, directory: Path, paths: list[Path], readers: int, ranks: int = 1) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) seconds of the side, and of its parts."""
+def run_side(
+    side: str, directory: Path, paths: list[Path], readers: int, ranks: int = 1, budget: tuple[Path, int] | None = None
+) -> dict[str, tuple[float, float]]:
+    """(wall, CPU) seconds of the side, and of its parts; `budget` is the memory cgroup and its limit."""
+    if side in (BUDGET_LOADER, BUDGET_ALONGSIDE) and budget:
+        group, size = budget
+        if side == BUDGET_LOADER:
+            clock = run_in_cgroup(group, ranked_load, paths, ranks)
+        else:
+            window = window_in_budget(size, paths, readers, ranks)
+            clock = run_in_cgroup(group, prewarm_in_window_alongside_load, paths, readers, ranks, window)
+        return {side: (clock.wall, clock.cpu)}
     if side == FIO:
         return {FIO: fio_seconds(paths, readers)}
     if side == SHARD_READER:  # its own clocks: staging buffers are allocated before they start
@@ -214,11 +312,19 @@ def run_side(side: str, directory: Path, paths: list[Path], readers: int, ranks:
     return {side: (clock.wall, clock.cpu)}
 
 
-def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str, ranks: int = 1) -> dict:
+def benchmark(
+    directory: Path, readers: int, rounds: int, count: int, size: str, ranks: int = 1, budget: int | None = None
+) -> dict:
     """`rounds` rounds of every side; each round starts one side later than the last, so no side
     always runs first (or right after the same neighbour)."""
     paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
     sides = list(SIDES) if shutil.which("fio") else [s for s in SIDES if s != FIO]
+    group, budget_note = (None, "no --budget") if budget is None else memory_cgroup(budget)
+    if group is not None and budget is not None and window_in_budget(budget, paths, readers, ranks) < prewarm.CHUNK:
+        group.rmdir()
+        group, budget_note = None, f"--budget {budget} leaves no room for a window beside the loader and the readers"
+    if group is not None and budget is not None:
+        sides += [BUDGET_LOADER, BUDGET_ALONGSIDE]
     rows = [row for side in sides for row in ([side, PREWARM_PART, WARM_LOADER_PART] if side == PREWARM_LOADER else [side])]
     seconds: dict[str, list[float]] = {row: [] for row in rows}
     cpu_seconds: dict[str, list[float]] = {row: [] for row in rows}
@@ -227,11 +333,15 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str,
         for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
             shard_bench.evict(paths)
             left_resident = max(left_resident, sum(resident_bytes(p) for p in paths))
-            for row, (wall, cpu) in run_side(side, directory, paths, readers, ranks).items():
+            in_budget = (group, budget) if group is not None and budget is not None else None
+            for row, (wall, cpu) in run_side(side, directory, paths, readers, ranks, in_budget).items():
                 seconds[row].append(wall)
                 cpu_seconds[row].append(cpu)
             # Progress on stderr: a round of every side takes minutes on a real model.
             print(f"coldstart: round {index + 1}/{rounds}: {side} {seconds[side][-1]:.2f} s", file=sys.stderr, flush=True)
+    peak = peak_bytes(group) if group is not None else None
+    if group is not None:
+        group.rmdir()
     if FIO in sides:
         seconds[LIMIT] = [max(f, w) for f, w in zip(seconds[FIO], seconds[WARM_LOADER_PART], strict=True)]
         cpu_seconds[LIMIT] = [
@@ -251,6 +361,11 @@ def benchmark(directory: Path, readers: int, rounds: int, count: int, size: str,
         "resident_after_evict_bytes": left_resident,
         "fio": "fio" if FIO in sides else "skipped: fio is not on PATH",
         "host_to_device": host_to_device(paths),
+        "budget": (
+            {"bytes": budget, "window_bytes": window_in_budget(budget, paths, readers, ranks), "peak_bytes": peak}
+            if group is not None and budget is not None
+            else {"skipped": budget_note}
+        ),
     }
 
 
@@ -301,6 +416,15 @@ def report(result: dict) -> str:
             f"target {side} <= {target:.2f}x the limit: {ratio:.2f}x, {'met' if ratio <= target else 'NOT met'} "
             f"(the limit is {'fio: the loader from the page cache is faster' if warm_faster else 'the loader itself'})"
         )
+    in_budget = result.get("budget") or {}
+    if BUDGET_ALONGSIDE in seconds:
+        gain = statistics.median(seconds[BUDGET_LOADER]) / statistics.median(seconds[BUDGET_ALONGSIDE])
+        lines.append(
+            f"budget {in_budget['bytes']} bytes of memory for {total} bytes of shards (peak use {in_budget['peak_bytes']}, "
+            f"window {in_budget['window_bytes']}): the windowed prewarm makes the load {gain:.2f}x as fast as the loader alone"
+        )
+    elif "skipped" in in_budget and in_budget["skipped"] != "no --budget":
+        lines.append(f"budget rows: skipped ({in_budget['skipped']})")
     h2d = result["host_to_device"]
     if "skipped" in h2d:
         lines.append(f"host-to-device: skipped ({h2d['skipped']})")
@@ -318,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--ranks", type=int, default=1, help="loader processes at once, as ranks on one node")
+    parser.add_argument("--budget", help="memory for the budget rows, page cache included (below the model's size)")
     args = parser.parse_args(argv)
-    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size, args.ranks)
+    budget = shard_bench.parse_size(args.budget) if args.budget else None
+    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size, args.ranks, budget)
     print(report(result), file=sys.stderr)
     print(json.dumps(result))
     return 0

@@ -7,11 +7,13 @@ mlcache bench shards --dir DIR [--count 8] [--size 1G] [--readers 8] [--rounds 3
     writes synthetic safetensors shards (kept if present), then with the same page-cache
     state (files evicted before each run) loads them and runs fio's sequential read over
     the same files; prints both throughputs and their ratio.
-mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--ranks 1] [--json]
+mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rounds 5] [--ranks 1] [--budget SIZE] [--json]
     fio, the default loader (safetensors safe_open + get_tensor), prewarm + that loader and the
     shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
     alternating rounds, evicted before each run: times, GB/s, ratios to fio and to the limit
-    (the slower of fio and the loader from the page cache); --json prints the figures (docs/coldstart.md).
+    (the slower of fio and the loader from the page cache); --budget adds the loader alone and the
+    windowed prewarm beside it in a memory cgroup of SIZE (page cache included); --json prints the
+    figures (docs/coldstart.md).
 mlcache bench copy --dir DIR [--files 2] [--size 1G] [--streams 4] [--rounds 3]
     workloads/cache_copy.py local and send|receive against fio read and write.
 mlcache bench loop [--integration] [--build-log FILE] [--json]
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rounds", type=positive_int, default=coldstart.DEFAULT_ROUNDS, help="rounds of every side, order rotating; medians"
     )
     cold.add_argument("--ranks", type=positive_int, default=1, help="loader processes at once, as ranks on one node do")
+    cold.add_argument(
+        "--budget", type=shard_size, help="memory cgroup limit (page cache included) for the rows in budget, below the model"
+    )
     cold.add_argument("--json", action="store_true", help="print the figures as JSON (the report goes to stderr)")
     copy = commands.add_parser("copy", help="cache_copy.py local and send|receive vs fio read and write")
     copy.add_argument("--dir", type=Path, required=True, help="where the source cache and the copies go")
@@ -106,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "coldstart":
         with benchmark_errors(args.dir):
-            result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size, args.ranks)
+            budget = shard_bench.parse_size(args.budget) if args.budget else None
+            result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size, args.ranks, budget)
         if args.json:
             print(coldstart.report(result), file=sys.stderr)
             print(json.dumps(result, indent=2))
