@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -93,58 +92,17 @@ def test_prewarm_puts_the_model_in_the_page_cache(tmp_path, capsys):
     assert "3 of 3 shards whole" in capsys.readouterr().out
 
 
-def test_a_bound_below_the_model_with_no_loader_reads_that_much_in_load_order_then_stops(tmp_path, capsys):
+def test_a_bound_below_the_model_truncates_in_load_order_with_a_log_line(tmp_path, capsys):
     paths = shards(tmp_path, count=3, size=32 * MiB)
-    bound = prewarm.CHUNK + 4 * MiB
-    result = prewarm.prewarm([tmp_path], readers=2, max_bytes=bound, reserve_bytes=0, stall=0.3)
-    # One chunk fits in the window; no loader ever maps a shard, so the window never moves.
-    assert result["bytes"] == prewarm.CHUNK and result["lead_bytes"] == prewarm.CHUNK
+    bound = paths[0].stat().st_size + 4 * MiB
+    result = prewarm.prewarm([tmp_path], readers=2, max_bytes=bound, reserve_bytes=0)
+    assert result["bytes"] == bound
     first, second, third = (coldstart.resident_bytes(p) for p in paths)
-    assert prewarm.CHUNK <= first < paths[0].stat().st_size and second == third == 0  # kernel readahead may add a little
-    out = capsys.readouterr().out
-    assert f"windowed: {sum(p.stat().st_size for p in paths)} bytes of shards, reading at most {bound} ahead" in out
-    assert "stopped: the loaders did not move for 0 s" in out
-
-
-# A loader that maps each shard and touches it page by page, slower than the prewarm reads, and
-# publishes how far it has got (bytes in load order) in a file the test reads.
-SLOW_LOADER = """
-import mmap, os, sys, time
-progress = os.open(sys.argv[1], os.O_RDWR)
-done = 0
-for name in sys.argv[2:]:
-    with open(name, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
-        for offset in range(0, len(m), 4096):
-            m[offset]
-            if offset % (2 << 20) == 0:
-                os.pwrite(progress, (done + offset).to_bytes(8, "little"), 0)
-                time.sleep(0.02)
-        done += len(m)
-os.pwrite(progress, done.to_bytes(8, "little"), 0)
-"""
-
-
-def test_a_model_larger_than_the_bound_is_read_in_a_window_that_follows_the_loader(tmp_path, capsys):
-    paths = shards(tmp_path, count=6, size=24 * MiB)
-    total = sum(p.stat().st_size for p in paths)
-    window = 2 * prewarm.CHUNK
-    progress = tmp_path / "progress"
-    progress.write_bytes(bytes(8))
-    loader = subprocess.Popen([sys.executable, "-c", SLOW_LOADER, str(progress), *map(str, paths)])
-    leads = []
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        warming = pool.submit(prewarm.prewarm, [tmp_path], 2, window, 0, 10.0)
-        while not warming.done():
-            loaded = int.from_bytes(progress.read_bytes(), "little")
-            leads.append(resident(paths) - loaded)
-            time.sleep(0.02)
-        result = warming.result()
-    assert loader.wait(timeout=60) == 0
-    # Everything was read, never much more than the window ahead of the loader (the sample and the
-    # loader's published point lag by one 2 MiB step; the loader's own mmap readahead adds some).
-    assert result["bytes"] + result["passed_bytes"] == total and result["lead_bytes"] <= window
-    assert len(leads) > 20 and max(leads) <= window + 8 * MiB, max(leads)
-    assert f"reading at most {window} ahead of the loaders" in capsys.readouterr().out
+    # The first shard whole, the head of the second (kernel readahead may add a little), not the third.
+    assert first == paths[0].stat().st_size and 4 * MiB <= second < paths[1].stat().st_size and third == 0
+    assert (
+        f"truncated: {sum(p.stat().st_size for p in paths)} bytes of shards, reading the first {bound}" in capsys.readouterr().out
+    )
 
 
 def test_no_headroom_skips_with_a_log_line_and_reads_nothing(tmp_path, capsys):
@@ -265,7 +223,7 @@ def test_budget_rows_run_in_a_memory_cgroup_of_that_size_and_a_budget_with_no_ro
     if group is None:
         pytest.skip(f"no memory cgroup here: {why}")
     group.rmdir()
-    # Two readers' buffers, the two processes, the largest tensor (a whole 16 MiB shard here), and one chunk of window.
+    # Two readers' buffers, the two processes, the largest tensor (a whole 16 MiB shard here), and one chunk to prewarm.
     budget = 2 * prewarm.CHUNK + 2 * coldstart.PROCESS_BYTES + 16 * MiB + prewarm.CHUNK
     argv = ["coldstart", "--dir", str(tmp_path), "--count", "3", "--size", "16M", "--readers", "2", "--rounds", "1"]
     assert bench.main([*argv, "--budget", str(budget), "--json"]) == 0
@@ -273,10 +231,10 @@ def test_budget_rows_run_in_a_memory_cgroup_of_that_size_and_a_budget_with_no_ro
     result = json.loads(out)
     assert len(result["seconds"]["loader in budget"]) == len(result["seconds"]["prewarm|loader in budget"]) == 1
     assert result["budget"]["bytes"] == budget and 0 < result["budget"]["peak_bytes"] <= budget
-    assert result["budget"]["window_bytes"] == prewarm.CHUNK
+    assert result["budget"]["prewarm_bytes"] == prewarm.CHUNK
     assert f"budget {budget} bytes of memory for {result['total_bytes']} bytes of shards" in err
     assert not list(group.parent.glob("mlcache-coldstart-*")), "the benchmark's cgroup is removed"
-    # A budget that leaves no window: the rows are left out, and the report says why.
+    # A budget that leaves no room for the prewarm: the rows are left out, and the report says why.
     assert bench.main([*argv, "--budget", "100M"]) == 0
     out = capsys.readouterr().out
     assert "prewarm|loader in budget" not in out and "budget rows: skipped (--budget 104857600 leaves no room" in out

@@ -9,10 +9,10 @@ same files, in alternating rounds, with the files evicted from the page cache be
   prewarm|loader   the prewarm and the loader started together: what the training pod does
   shard reader     shard_bench.py's parallel reader (whole shards into staging buffers)
   loader in budget / prewarm|loader in budget   with --budget SIZE below the model: the loader
-                   alone, and the prewarm beside it in a window ahead of the loader (the budget
-                   minus reader buffers, each rank's largest tensor and two processes), each in a
-                   memory cgroup limited to SIZE, page cache included, so pages read too early are
-                   evicted before use (skipped where no memory cgroup can be made)
+                   alone, and the prewarm beside it as the pod runs it when the model does not
+                   fit (the first `bound` bytes in load order: the budget minus reader buffers,
+                   each rank's largest tensor and two processes), each in a memory cgroup limited
+                   to SIZE, page cache included (skipped where no memory cgroup can be made)
   limit            per round, the slower of fio and the loader from the page cache: no prewarm can
                    beat the device, nor the loader's own CPU time (with fio only)
 
@@ -214,9 +214,8 @@ def run_in_cgroup(group: Path, work, *args) -> Clock:
     return clock
 
 
-def _windowed_prewarm(paths: list[Path], readers: int, window: int) -> None:
-    files = [(p, p.stat().st_size) for p in paths]
-    prewarm.read_into_cache(_all_of(paths), readers, window=prewarm.Window(window, prewarm.LoaderPosition(files), stall=30.0))
+def _bounded_prewarm(paths: list[Path], readers: int, bound: int) -> None:
+    prewarm.read_into_cache(prewarm.plan([(p, p.stat().st_size) for p in paths], bound), readers)
 
 
 def largest_tensor(paths: list[Path]) -> int:
@@ -230,18 +229,17 @@ def largest_tensor(paths: list[Path]) -> int:
     return largest
 
 
-def window_in_budget(budget: int, paths: list[Path], readers: int, ranks: int) -> int:
-    """What the prewarm may keep ahead of the loaders in `budget`, as the pod reckons it (headroom
-    minus reserve minus reader buffers): besides the window the budget holds the reader buffers,
-    each rank's copy of the largest tensor and the two Python processes."""
+def bound_in_budget(budget: int, paths: list[Path], readers: int, ranks: int) -> int:
+    """What the prewarm reads in `budget`, as the pod reckons it (headroom minus reserve minus
+    reader buffers): besides it the budget holds the reader buffers, each rank's copy of the
+    largest tensor and the two Python processes."""
     return budget - readers * prewarm.CHUNK - ranks * largest_tensor(paths) - 2 * PROCESS_BYTES
 
 
-def prewarm_in_window_alongside_load(paths: list[Path], readers: int, ranks: int, window: int) -> None:
+def bounded_prewarm_alongside_load(paths: list[Path], readers: int, ranks: int, bound: int) -> None:
     """The prewarm beside the loader as the pod runs it when the model is larger than its room: a
-    process of its own (as in the pod; the loader holds the GIL while it copies a tensor), at most
-    `window` bytes ahead of where the loaders are."""
-    warming = multiprocessing.get_context("fork").Process(target=_windowed_prewarm, args=(paths, readers, window))
+    process of its own (as in the pod), reading the first `bound` bytes in load order."""
+    warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound))
     warming.start()
     ranked_load(paths, ranks)
     warming.join()
@@ -289,8 +287,8 @@ def run_side(
         if side == BUDGET_LOADER:
             clock = run_in_cgroup(group, ranked_load, paths, ranks)
         else:
-            window = window_in_budget(size, paths, readers, ranks)
-            clock = run_in_cgroup(group, prewarm_in_window_alongside_load, paths, readers, ranks, window)
+            bound = bound_in_budget(size, paths, readers, ranks)
+            clock = run_in_cgroup(group, bounded_prewarm_alongside_load, paths, readers, ranks, bound)
         return {side: (clock.wall, clock.cpu)}
     if side == FIO:
         return {FIO: fio_seconds(paths, readers)}
@@ -320,9 +318,9 @@ def benchmark(
     paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
     sides = list(SIDES) if shutil.which("fio") else [s for s in SIDES if s != FIO]
     group, budget_note = (None, "no --budget") if budget is None else memory_cgroup(budget)
-    if group is not None and budget is not None and window_in_budget(budget, paths, readers, ranks) < prewarm.CHUNK:
+    if group is not None and budget is not None and bound_in_budget(budget, paths, readers, ranks) < prewarm.CHUNK:
         group.rmdir()
-        group, budget_note = None, f"--budget {budget} leaves no room for a window beside the loader and the readers"
+        group, budget_note = None, f"--budget {budget} leaves no room for a prewarm beside the loader and the readers"
     if group is not None and budget is not None:
         sides += [BUDGET_LOADER, BUDGET_ALONGSIDE]
     rows = [row for side in sides for row in ([side, PREWARM_PART, WARM_LOADER_PART] if side == PREWARM_LOADER else [side])]
@@ -362,7 +360,7 @@ def benchmark(
         "fio": "fio" if FIO in sides else "skipped: fio is not on PATH",
         "host_to_device": host_to_device(paths),
         "budget": (
-            {"bytes": budget, "window_bytes": window_in_budget(budget, paths, readers, ranks), "peak_bytes": peak}
+            {"bytes": budget, "prewarm_bytes": bound_in_budget(budget, paths, readers, ranks), "peak_bytes": peak}
             if group is not None and budget is not None
             else {"skipped": budget_note}
         ),
@@ -421,7 +419,7 @@ def report(result: dict) -> str:
         gain = statistics.median(seconds[BUDGET_LOADER]) / statistics.median(seconds[BUDGET_ALONGSIDE])
         lines.append(
             f"budget {in_budget['bytes']} bytes of memory for {total} bytes of shards (peak use {in_budget['peak_bytes']}, "
-            f"window {in_budget['window_bytes']}): the windowed prewarm makes the load {gain:.2f}x as fast as the loader alone"
+            f"prewarm reads the first {in_budget['prewarm_bytes']}): the load with the prewarm is {gain:.2f}x as fast as alone"
         )
     elif "skipped" in in_budget and in_budget["skipped"] != "no --budget":
         lines.append(f"budget rows: skipped ({in_budget['skipped']})")

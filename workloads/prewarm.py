@@ -5,15 +5,13 @@ Runs in the training container, started by the run-once wrapper together with th
 command, which it is given: the model is that command's --model (a directory, or a hub id that prefetch.py
 put on the cache). Python 3 standard library only. Its settings come from prewarm.json in the
 mlcache-scripts ConfigMap, so changing them edits the ConfigMap, never the Job's pod template.
-The page cache it fills is charged to the container's memory cgroup: it keeps at most what fits
-in the headroom (limit minus usage minus what training itself needs) ahead of the loaders. A
-larger model is read in a window of that size that moves with the loaders (LoaderPosition reads
-where they are from /proc), so what it reads is used before it could be evicted; with no room at
-all it skips, with a log line. Any failure is a log line; the wrapper never waits for it, and
-stops it when training ends.
+The page cache it fills is charged to the container's memory cgroup: it reads at most what fits
+in the headroom (limit minus usage minus what training itself needs), truncating or skipping with
+a log line. Any failure is a log line; the wrapper never waits for it, and stops it when
+training ends.
 
     python3 prewarm.py [--config FILE] -- swift sft --model ORG/NAME ...   the pod's step
-    python3 prewarm.py --dir DIR [--dir DIR]... [--readers 8] [--max-bytes N] [--stall-seconds 120]
+    python3 prewarm.py --dir DIR [--dir DIR]... [--readers 8] [--max-bytes N]
 """
 
 from __future__ import annotations
@@ -24,7 +22,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +38,6 @@ WEIGHT_PATTERN = "*.safetensors"  # what transformers (and so ms-swift) mmaps
 RANK_HOST_BYTES = 8 * 2**30
 CGROUP = Path("/sys/fs/cgroup")
 MEMINFO = Path("/proc/meminfo")
-PROC = Path("/proc")
-POLL_SECONDS = 0.05  # how often a windowed reader looks where the loaders are
-SCAN_SECONDS = 1.0  # how often it looks for loaders among all processes
-# A windowed prewarm stops when the loaders have not moved for this long: training has not
-# started loading, or its loader reads the shards without mapping them (no position to follow).
-STALL_SECONDS = 120.0
 
 
 def log(message: str) -> None:
@@ -136,138 +127,28 @@ def plan(files: list[tuple[Path, int]], budget: int) -> list[Read]:
     return reads
 
 
-class LoaderPosition:
-    """How far the training's loaders have got through the shards, as a byte offset in load order
-    (shard after shard), read from /proc: safetensors maps each shard, and the Rss of a mapping is
-    what that process has faulted in of it. Any process that maps a shard is a loader (every rank
-    of the pod). Per process the furthest point is kept (a loader unmaps a shard once loaded); the
-    position is the least of the points of the loaders that map a shard now, since the slowest
-    rank still needs what lies after it; between shards (or once all are done) the furthest point
-    seen. 0 until a loader has mapped a shard."""
-
-    def __init__(self, files: list[tuple[Path, int]], proc: Path = PROC) -> None:
-        self.proc = proc
-        self.starts: dict[str, tuple[int, int]] = {}
-        offset = 0
-        for path, size in files:
-            self.starts[str(path.resolve())] = (offset, size)
-            offset += size
-        self.furthest: dict[str, int] = {}  # pid -> furthest offset seen
-        self.loaders: set[str] = set()
-        self.scanned_at = -SCAN_SECONDS
-        self.lock = threading.Lock()
-        self.read_at = -1.0
-        self.value = 0
-
-    def __call__(self) -> int:
-        with self.lock:
-            if time.monotonic() - self.read_at >= POLL_SECONDS:
-                self.value = self._read()
-                self.read_at = time.monotonic()
-            return self.value
-
-    def _read(self) -> int:
-        # Every process's maps only now and then (a rank starts late); the known loaders' smaps at each poll.
-        if not self.loaders or time.monotonic() - self.scanned_at >= SCAN_SECONDS:
-            self.loaders = {entry.name for entry in self.proc.iterdir() if entry.name.isdigit() and self._maps_a_shard(entry)}
-            self.scanned_at = time.monotonic()
-        live = set()
-        for pid in self.loaders:
-            point = self._point(self.proc / pid)
-            if point is not None:
-                live.add(pid)
-                self.furthest[pid] = max(self.furthest.get(pid, 0), point)
-        if live:
-            return min(self.furthest[pid] for pid in live)
-        return max(self.furthest.values(), default=0)
-
-    def _maps_a_shard(self, entry: Path) -> bool:
-        try:
-            maps = (entry / "maps").read_text()
-        except OSError:  # gone, or not ours to read
-            return False
-        return any(path in maps for path in self.starts)
-
-    def _point(self, entry: Path) -> int | None:
-        """The process's furthest point: its furthest mapped shard's start plus its Rss there."""
-        try:
-            smaps = (entry / "smaps").read_text()
-        except OSError:
-            return None
-        resident: dict[str, int] = {}
-        current = None
-        for line in smaps.splitlines():
-            fields = line.split()
-            if fields and "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
-                current = fields[5] if len(fields) > 5 and fields[5] in self.starts else None
-            elif current is not None and fields[:1] == ["Rss:"]:
-                resident[current] = resident.get(current, 0) + int(fields[1]) * 1024
-        if not resident:
-            return None
-        return max(self.starts[path][0] + min(rss, self.starts[path][1]) for path, rss in resident.items())
-
-
-class Window:
-    """Lets a reader read a chunk (its end as an offset in load order) only once it is within
-    `size` bytes of the loaders' position: what is read ahead stays in the page cache until used,
-    instead of evicting what the loaders have not read yet. A chunk the loaders are already past
-    is passed (reading it would be wasted). Stops when the loaders have not moved for `stall`
-    seconds (a loader that reads without mapping the shards shows no position)."""
-
-    def __init__(self, size: int, position: Callable[[], int], stall: float) -> None:
-        self.size, self.position, self.stall = size, position, stall
-        self.lead = 0  # the furthest any read got ahead of the loaders, for the log
-        self.passed = 0  # bytes the loaders had read before the prewarm got to them
-        self.stopped = False
-
-    def admit(self, end: int, length: int) -> bool:
-        """True: read the chunk now. False: pass it (see `stopped` for whether to go on)."""
-        last, moved_at = self.position(), time.monotonic()
-        while end - last > self.size and not self.stopped:
-            time.sleep(POLL_SECONDS)
-            now = self.position()
-            if now != last:
-                last, moved_at = now, time.monotonic()
-            elif time.monotonic() - moved_at > self.stall:
-                self.stopped = True
-        if self.stopped:
-            return False
-        if end <= last:
-            self.passed += length
-            return False
-        self.lead = max(self.lead, end - last)
-        return True
-
-
-def read_into_cache(reads: list[Read], readers: int, chunk: int = CHUNK, window: Window | None = None) -> int:
+def read_into_cache(reads: list[Read], readers: int, chunk: int = CHUNK) -> int:
     """Read the planned bytes with `readers` threads, chunk by chunk in load order (so the first
-    shards are complete first), each thread into its own reused buffer; with a `window`, no chunk
-    further ahead of the loaders than it allows (a reader stops when it gives up). Returns bytes read."""
+    shards are complete first), each thread into its own reused buffer. Returns bytes read."""
     if not reads:
         return 0
     fds = {read.path: os.open(read.path, os.O_RDONLY) for read in reads}
-    work, offset = [], 0
-    for read in reads:
-        work += [(read.path, start, min(chunk, read.length - start), offset + start) for start in range(0, read.length, chunk)]
-        offset += read.size
-    chunks = iter(work)
+    work = iter(
+        [(read.path, offset, min(chunk, read.length - offset)) for read in reads for offset in range(0, read.length, chunk)]
+    )
     lock = threading.Lock()
 
     def reader(_: int) -> int:
         buffer, total = memoryview(bytearray(chunk)), 0
         while True:
             with lock:
-                item = next(chunks, None)
+                item = next(work, None)
             if item is None:
                 return total
-            path, start, length, at = item
-            if window is not None and not window.admit(at + length, length):
-                if window.stopped:
-                    return total
-                continue
-            got = os.preadv(fds[path], [buffer[:length]], start)
+            path, offset, length = item
+            got = os.preadv(fds[path], [buffer[:length]], offset)
             if got < length:
-                raise OSError(f"{path}: short read at {start} ({got} of {length} bytes): the file changed under the prewarm")
+                raise OSError(f"{path}: short read at {offset} ({got} of {length} bytes): the file changed under the prewarm")
             total += got
 
     try:
@@ -278,11 +159,8 @@ def read_into_cache(reads: list[Read], readers: int, chunk: int = CHUNK, window:
             os.close(fd)
 
 
-def prewarm(
-    directories: list[Path], readers: int, max_bytes: int | None, reserve_bytes: int, stall: float = STALL_SECONDS
-) -> dict:
-    """Plan against the memory headroom and the configured bound, read, and report. A model larger
-    than the budget is read in a window of that size ahead of the loaders, not truncated."""
+def prewarm(directories: list[Path], readers: int, max_bytes: int | None, reserve_bytes: int) -> dict:
+    """Plan against the memory headroom and the configured bound, read, and report."""
     files = [(path, path.stat().st_size) for directory in directories for path in weight_files(directory)]
     wanted = sum(size for _, size in files)
     headroom, found = memory_headroom()
@@ -295,26 +173,21 @@ def prewarm(
     if not files:
         log("no *.safetensors in " + (", ".join(map(str, directories)) or "no model directory") + "; nothing to read")
         return result
-    if budget < CHUNK:
+    if budget <= 0:
         log(f"skipped: {wanted} bytes of shards, no room ({why}); the shards load from the device")
         return result
-    window = None
-    if budget < wanted:
-        window = Window(budget, LoaderPosition(files), stall)
-        log(f"windowed: {wanted} bytes of shards, reading at most {budget} ahead of the loaders ({why})")
-    reads = plan(files, wanted)
-    log(f"reading {wanted} bytes of {len(files)} shards in load order with {readers} readers")
+    reads = plan(files, budget)
+    if sum(r.length for r in reads) < wanted:
+        log(f"truncated: {wanted} bytes of shards, reading the first {budget} ({why})")
+    log(f"reading {sum(r.length for r in reads)} bytes of {len(files)} shards in load order with {readers} readers")
     began = time.perf_counter()
-    result["bytes"] = read_into_cache(reads, readers, window=window)
+    result["bytes"] = read_into_cache(reads, readers)
     result["seconds"] = time.perf_counter() - began
     rate = result["bytes"] / result["seconds"] / 1e9 if result["seconds"] else 0.0
-    whole = "" if window else f" ({len(files)} of {len(files)} shards whole)"
-    log(f"read {result['bytes']} bytes of {wanted}{whole} in {result['seconds']:.1f} s = {rate:.2f} GB/s with {readers} readers")
-    if window is not None:
-        result["lead_bytes"], result["passed_bytes"] = window.lead, window.passed
-        log(f"at most {window.lead} bytes ahead of the loaders; {window.passed} bytes passed, the loaders had read them first")
-        if window.stopped:
-            log(f"stopped: the loaders did not move for {stall:.0f} s (a loader that does not map the shards shows no position)")
+    log(
+        f"read {result['bytes']} bytes of {wanted} ({sum(r.length == r.size for r in reads)} of {len(files)} shards whole) "
+        f"in {result['seconds']:.1f} s = {rate:.2f} GB/s with {readers} readers"
+    )
     return result
 
 
@@ -348,13 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=8)
     parser.add_argument("--max-bytes", type=int)
     parser.add_argument("--reserve-bytes", type=int, default=0)
-    parser.add_argument(
-        "--stall-seconds", type=float, default=STALL_SECONDS, help="windowed: stop when the loaders stay put this long"
-    )
     args = parser.parse_args(argv[:split])
     try:
         if args.dir:
-            prewarm(args.dir, args.readers, args.max_bytes, args.reserve_bytes, args.stall_seconds)
+            prewarm(args.dir, args.readers, args.max_bytes, args.reserve_bytes)
         else:
             from_config(args.config, argv[split + 1 :])
     except Exception as err:  # one line for the log; the wrapper starts training regardless
