@@ -101,6 +101,7 @@ def _as_made(node: dict[str, Any], made: dict[str, Any]) -> bool:
         )
         and taints == (made.get("spec") or {}).get("taints", [])
         and not node["spec"].get("unschedulable")
+        and all((node.get("status") or {}).get(field) == made["status"].get(field) for field in ("capacity", "allocatable"))
     )
 
 
@@ -305,10 +306,11 @@ class Rehearsal:
         namespaces themselves stay: deleting one took 5 s more per reset here, 10-15 s under
         load), every StorageClass made since deleted, each node a test edited or killed made
         again from the fleet file, and the Pulumi state and program copy empty. Raises SetupError
-        when the cluster does not get back within `timeout` (a volume kept by a Retain class, say)."""
+        when the cluster does not get back within `timeout` s in all (a volume kept by a Retain class, say)."""
         from kubernetes import client  # noqa: PLC0415
 
         started = time.monotonic()
+        deadline = started + timeout
         core, storage = self.core, client.StorageV1Api(self.api)
         for namespace in core.list_namespace().items:
             if namespace.metadata.name not in SYSTEM_NAMESPACES:
@@ -322,12 +324,13 @@ class Rehearsal:
                 core.delete_node(node.metadata.name)
 
         def emptied() -> bool:
+            jobs = client.BatchV1Api(self.api).list_job_for_all_namespaces().items
             pods = core.list_pod_for_all_namespaces().items
             claims = core.list_persistent_volume_claim_for_all_namespaces().items
-            return not [item for item in [*pods, *claims] if item.metadata.namespace not in SYSTEM_NAMESPACES]
+            return not [item for item in [*jobs, *pods, *claims] if item.metadata.namespace not in SYSTEM_NAMESPACES]
 
-        self._wait(timeout, "the rehearsals' pods and claims deleted", emptied)
-        self._wait(timeout, "every volume deleted by the provisioner", lambda: not core.list_persistent_volume().items)
+        self._wait(deadline, "the rehearsals' pods and claims deleted", emptied)
+        self._wait(deadline, "every volume deleted by the provisioner", lambda: not core.list_persistent_volume().items)
         for storage_class in storage.list_storage_class().items:
             if storage_class.metadata.name not in BASE_STORAGE_CLASSES:
                 storage.delete_storage_class(storage_class.metadata.name)
@@ -342,8 +345,8 @@ class Rehearsal:
         def capacity_withdrawn() -> bool:
             return not storage.list_csi_storage_capacity_for_all_namespaces().items
 
-        self._wait(timeout, "the fleet's nodes Ready", nodes_ready)
-        self._wait(timeout, "the capacity of the deleted classes withdrawn", capacity_withdrawn)
+        self._wait(deadline, "the fleet's nodes Ready", nodes_ready)
+        self._wait(deadline, "the capacity of the deleted classes withdrawn", capacity_withdrawn)
         shutil.rmtree(self.work / "state")
         (self.work / "state").mkdir()
         shutil.rmtree(self.project)
@@ -357,7 +360,7 @@ class Rehearsal:
 
         core, batch = self.core, client.BatchV1Api(self.api)
         networking, rbac = client.NetworkingV1Api(self.api), client.RbacAuthorizationV1Api(self.api)
-        batch.delete_collection_namespaced_job(namespace, propagation_policy="Background")
+        # JobSets first: their controller would make again the Jobs deleted before them.
         try:
             client.CustomObjectsApi(self.api).delete_collection_namespaced_custom_object(
                 "jobset.x-k8s.io", "v1alpha2", namespace, "jobsets", propagation_policy="Background"
@@ -365,6 +368,7 @@ class Rehearsal:
         except ApiException as err:
             if err.status != 404:  # no JobSet API on this cluster
                 raise
+        batch.delete_collection_namespaced_job(namespace, propagation_policy="Background")
         core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
         core.delete_collection_namespaced_persistent_volume_claim(namespace)
         for kind, keep in (("config_map", "kube-root-ca.crt"), ("service", "kubernetes"), ("service_account", "default")):
@@ -377,11 +381,10 @@ class Rehearsal:
         rbac.delete_collection_namespaced_role(namespace)
         core.delete_collection_namespaced_event(namespace)
 
-    def _wait(self, timeout: float, what: str, done: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait(self, deadline: float, what: str, done: Callable[[], bool]) -> None:
         while not done():
             if time.monotonic() > deadline:
-                raise SetupError(f"the rehearsal cluster did not reset: {what} not reached within {timeout:.0f} s")
+                raise SetupError(f"the rehearsal cluster did not reset: {what} not reached in time")
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes.client.exceptions import ApiException
 
 from mlcache.rehearsal.cluster import PROVIDER_VERSION, Rehearsal, SetupError, UpFailed, find_toolchain, stderr_progress, up_stack
 
@@ -91,9 +90,10 @@ def _missing(reason: str) -> None:
 
 @pytest.fixture(scope="session")
 def idle_rehearsal() -> Iterator[dict[str, tuple[str, Rehearsal]]]:
-    """The rehearsal cluster kept between tests on this worker, with its options; stopped at the
-    end of the session. One at most: an idle cluster still burns CPU (kwok renews every node's
-    lease, the controllers resync), which slowed the other workers' tests more than starting one."""
+    """The rehearsal cluster kept for the next test on this worker, with its options; stopped at
+    the end of the session. One at most, and only for a next test that uses it: an idle cluster
+    still burns CPU (kwok renews every node's lease, the controllers resync), which slowed the
+    other workers' tests more than starting one."""
     kept: dict[str, tuple[str, Rehearsal]] = {}
     yield kept
     for _, cluster in kept.values():
@@ -108,14 +108,24 @@ def rehearsal_options(item: pytest.Item) -> str:
     return repr(sorted(callspec.params.get("rehearsal", {}).items() if callspec else []))
 
 
+_NEXT_OPTIONS = pytest.StashKey[str | None]()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """Tell the `rehearsal` fixture, before it is torn down, what the worker runs next (None: nothing yet)."""
+    item.stash[_NEXT_OPTIONS] = rehearsal_options(nextitem) if nextitem is not None else None
+    return (yield)
+
+
 @pytest.fixture
 def rehearsal(request, idle_rehearsal):
     """A rehearsal cluster as `start` made it, deployed to through mlcache rehearse (the same code
     path as `mlcache rehearse`): the runbook's fleet, or what a test passes with
     `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`.
-    The cluster of the previous test on this worker is reused when it has the same options, reset
-    after each test (Rehearsal.reset: namespaces, volumes, classes, edited nodes, Pulumi state);
-    one that does not reset is stopped."""
+    When the worker's next test asks for the same options, the cluster is reset for it
+    (Rehearsal.reset: namespaces, volumes, classes, edited nodes, Pulumi state) instead of
+    stopped; one that does not reset is stopped, and so is any cluster when the test run stops."""
     try:
         toolchain = find_toolchain()
     except SetupError as err:
@@ -128,15 +138,23 @@ def rehearsal(request, idle_rehearsal):
         cluster = None
     if cluster is None:
         cluster = Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()).__enter__()
+    else:
+        cluster.progress = stderr_progress()
     try:
         yield cluster
     finally:
-        try:
-            cluster.reset()
-            idle_rehearsal["cluster"] = (key, cluster)
-        except (SetupError, ApiException) as err:
-            print(f"rehearsal cluster stopped, not reused: {err}", file=sys.stderr)
-            cluster.stop()
+        if request.node.stash.get(_NEXT_OPTIONS, None) != key:
+            cluster.stop()  # nothing would reuse it, and an idle cluster still takes CPU
+        else:
+            try:
+                cluster.reset()
+            except BaseException as err:
+                cluster.stop()
+                if not isinstance(err, Exception):
+                    raise
+                print(f"rehearsal cluster stopped, not reused: {type(err).__name__}: {err}", file=sys.stderr)
+            else:
+                idle_rehearsal["cluster"] = (key, cluster)
 
 
 def toolchain() -> dict[str, Path]:
