@@ -12,7 +12,7 @@ mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rou
     shard reader on the same shards (DIR's own, or synthetic ones written into an empty DIR),
     alternating rounds, evicted before each run: times, GB/s, ratios to fio and to the limit
     (the slower of fio and the loader from the page cache); --budget adds the loader alone and the
-    windowed prewarm beside it in a memory cgroup of SIZE (page cache included); --json prints the
+    pod's bounded prewarm beside it in a memory cgroup of SIZE (page cache included); --json prints the
     figures (docs/coldstart.md).
 mlcache bench copy --dir DIR [--files 2] [--size 1G] [--streams 4] [--rounds 3]
     workloads/cache_copy.py local and send|receive against fio read and write.

@@ -7,7 +7,7 @@ Fixtures for other suites:
   `cluster_factory` starts a rehearsal cluster on a fleet file: `cluster_factory(fleet=PATH)` ->
       Cluster (kubeconfig, api client, kill_node); stopped at the end of the session.
   `cluster` / `kube`: one shared cluster on fleets/runbook.yaml, and its kubernetes ApiClient
-      (namespace ml-training created).
+      (namespace ml-training created), kept while the worker's next test uses it too.
   `pulumi_cli`: the environment to run the pulumi CLI in, with no cluster (`pulumi config`).
   `engine`: the pulumi CLI and provider wired to the shared cluster (Engine.project(...)).
 """
@@ -61,9 +61,10 @@ def pytest_collection_modifyitems(config, items) -> None:
     ours = [item for item in items if here in Path(item.fspath).parents]
     for item in ours:
         item.add_marker(pytest.mark.integration)
-    # Tests on the same kind of rehearsal cluster one after the other, so each worker reuses its
-    # cluster (the `rehearsal` fixture) instead of starting one per test; module order otherwise kept.
-    items.sort(key=lambda item: rehearsal_options(item) if item in ours else "")
+    # Tests on the same cluster one after the other (no cluster, the shared one, then each kind of
+    # rehearsal cluster), so each worker keeps a cluster for the next test instead of starting
+    # one per test; module order otherwise kept.
+    items.sort(key=lambda item: cluster_group(item) if item in ours else (0, ""))
     if not ours or os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
         return
     try:
@@ -100,6 +101,13 @@ def idle_rehearsal() -> Iterator[dict[str, tuple[str, Rehearsal]]]:
         cluster.stop()
 
 
+def cluster_group(item: pytest.Item) -> tuple[int, str]:
+    """What cluster a test runs on: none (0), the shared one (1), or a rehearsal cluster (2) of these options."""
+    if "rehearsal" in item.fixturenames:
+        return (2, rehearsal_options(item))
+    return (1, "") if "cluster" in item.fixturenames else (0, "")
+
+
 def rehearsal_options(item: pytest.Item) -> str:
     """The options of the rehearsal cluster a test asks for ("" for none): tests are run grouped by it."""
     if "rehearsal" not in getattr(item, "fixturenames", ()):
@@ -109,12 +117,14 @@ def rehearsal_options(item: pytest.Item) -> str:
 
 
 _NEXT_OPTIONS = pytest.StashKey[str | None]()
+_NEXT_SHARES = pytest.StashKey[bool]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     """Tell the `rehearsal` fixture, before it is torn down, what the worker runs next (None: nothing yet)."""
     item.stash[_NEXT_OPTIONS] = rehearsal_options(nextitem) if nextitem is not None else None
+    item.stash[_NEXT_SHARES] = nextitem is not None and "cluster" in nextitem.fixturenames
     return (yield)
 
 
@@ -309,9 +319,23 @@ def cluster_factory(tmp_path_factory) -> Callable[..., Cluster]:
 
 
 @pytest.fixture(scope="session")
-def cluster(cluster_factory) -> Cluster:
-    """The shared rehearsal cluster on the default fleet (fleets/runbook.yaml)."""
-    return cluster_factory()
+def shared_cluster() -> Iterator[dict[str, Cluster]]:
+    holder: dict[str, Cluster] = {}
+    yield holder
+    if holder:
+        holder.pop("cluster").stop()
+
+
+@pytest.fixture
+def cluster(request, cluster_factory, shared_cluster) -> Iterator[Cluster]:
+    """The shared rehearsal cluster on the default fleet (fleets/runbook.yaml): started for the
+    first of the worker's tests that use it, kept while the next test uses it too, then stopped
+    (an idle cluster takes about 10% of a core: kwok renews 11 node leases every 2 s)."""
+    if not shared_cluster:
+        shared_cluster["cluster"] = cluster_factory()
+    yield shared_cluster["cluster"]
+    if not request.node.stash.get(_NEXT_SHARES, False):
+        shared_cluster.pop("cluster").stop()
 
 
 @pytest.fixture(scope="session")
@@ -334,21 +358,25 @@ def pulumi_cli(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def engine(tmp_path_factory, cluster, pulumi_cli) -> Engine:
+def engine_work(tmp_path_factory, pulumi_cli) -> Path:
+    """The engine's working directory, with the locally built provider registered in its CLI home."""
     tools = toolchain()
-    work = tmp_path_factory.mktemp("engine")
-    env = {**pulumi_cli, "KUBECONFIG": str(cluster.kubeconfig)}
     subprocess.run(
         ["pulumi", "plugin", "install", "resource", "kubernetes", f"v{PROVIDER_VERSION}", "--file", str(tools["provider"])],
-        env=env,
+        env=pulumi_cli,
         check=True,
         capture_output=True,
         timeout=120,
     )
-    return Engine(env=env, kubeconfig=cluster.kubeconfig, work=work)
+    return tmp_path_factory.mktemp("engine")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
+def engine(engine_work, cluster, pulumi_cli) -> Engine:
+    return Engine(env={**pulumi_cli, "KUBECONFIG": str(cluster.kubeconfig)}, kubeconfig=cluster.kubeconfig, work=engine_work)
+
+
+@pytest.fixture
 def kube(cluster):
     """The kubernetes client, logged in to the shared rehearsal cluster."""
     return cluster.api
