@@ -42,6 +42,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 # Absent in the runtime-only venv (./run): `mlcache bench coldstart` refuses before it loads anything.
 with contextlib.suppress(ImportError):
@@ -279,15 +280,14 @@ class Clock:
 
 
 def run_side(
-    side: str, directory: Path, paths: list[Path], readers: int, ranks: int = 1, budget: tuple[Path, int] | None = None
+    side: str, directory: Path, paths: list[Path], readers: int, ranks: int = 1, in_budget: tuple[Path, int] | None = None
 ) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) seconds of the side, and of its parts; `budget` is the memory cgroup and its limit."""
-    if side in (BUDGET_LOADER, BUDGET_ALONGSIDE) and budget:
-        group, size = budget
+    """(wall, CPU) seconds of the side, and of its parts; `in_budget`: the memory cgroup and what the prewarm reads in it."""
+    if side in (BUDGET_LOADER, BUDGET_ALONGSIDE) and in_budget:
+        group, bound = in_budget
         if side == BUDGET_LOADER:
             clock = run_in_cgroup(group, ranked_load, paths, ranks)
         else:
-            bound = bound_in_budget(size, paths, readers, ranks)
             clock = run_in_cgroup(group, bounded_prewarm_alongside_load, paths, readers, ranks, bound)
         return {side: (clock.wall, clock.cpu)}
     if side == FIO:
@@ -317,12 +317,17 @@ def benchmark(
     always runs first (or right after the same neighbour)."""
     paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
     sides = list(SIDES) if shutil.which("fio") else [s for s in SIDES if s != FIO]
-    group, budget_note = (None, "no --budget") if budget is None else memory_cgroup(budget)
-    if group is not None and budget is not None and bound_in_budget(budget, paths, readers, ranks) < prewarm.CHUNK:
-        group.rmdir()
-        group, budget_note = None, f"--budget {budget} leaves no room for a prewarm beside the loader and the readers"
-    if group is not None and budget is not None:
-        sides += [BUDGET_LOADER, BUDGET_ALONGSIDE]
+    in_budget: tuple[Path, int] | None = None  # the memory cgroup and what the prewarm reads in it
+    budget_note = "no --budget"
+    if budget is not None:
+        bound = bound_in_budget(budget, paths, readers, ranks)
+        if bound < prewarm.CHUNK:
+            budget_note = f"--budget {budget} leaves no room for a prewarm beside the loader and the readers"
+        else:
+            group, budget_note = memory_cgroup(budget)
+            if group is not None:
+                in_budget = (group, bound)
+                sides += [BUDGET_LOADER, BUDGET_ALONGSIDE]
     rows = [row for side in sides for row in ([side, PREWARM_PART, WARM_LOADER_PART] if side == PREWARM_LOADER else [side])]
     seconds: dict[str, list[float]] = {row: [] for row in rows}
     cpu_seconds: dict[str, list[float]] = {row: [] for row in rows}
@@ -331,14 +336,15 @@ def benchmark(
         for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
             shard_bench.evict(paths)
             left_resident = max(left_resident, sum(resident_bytes(p) for p in paths))
-            in_budget = (group, budget) if group is not None and budget is not None else None
             for row, (wall, cpu) in run_side(side, directory, paths, readers, ranks, in_budget).items():
                 seconds[row].append(wall)
                 cpu_seconds[row].append(cpu)
             # Progress on stderr: a round of every side takes minutes on a real model.
             print(f"coldstart: round {index + 1}/{rounds}: {side} {seconds[side][-1]:.2f} s", file=sys.stderr, flush=True)
-    peak = peak_bytes(group) if group is not None else None
-    if group is not None:
+    budget_result: dict[str, Any] = {"skipped": budget_note}
+    if in_budget is not None:
+        group, bound = in_budget
+        budget_result = {"bytes": budget, "prewarm_bytes": bound, "peak_bytes": peak_bytes(group)}
         group.rmdir()
     if FIO in sides:
         seconds[LIMIT] = [max(f, w) for f, w in zip(seconds[FIO], seconds[WARM_LOADER_PART], strict=True)]
@@ -359,11 +365,7 @@ def benchmark(
         "resident_after_evict_bytes": left_resident,
         "fio": "fio" if FIO in sides else "skipped: fio is not on PATH",
         "host_to_device": host_to_device(paths),
-        "budget": (
-            {"bytes": budget, "prewarm_bytes": bound_in_budget(budget, paths, readers, ranks), "peak_bytes": peak}
-            if group is not None and budget is not None
-            else {"skipped": budget_note}
-        ),
+        "budget": budget_result,
     }
 
 
