@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -89,82 +90,87 @@ def _missing(reason: str) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def idle_rehearsal() -> Iterator[dict[str, tuple[str, Rehearsal]]]:
-    """The rehearsal cluster kept for the next test on this worker, with its options; stopped at
-    the end of the session. One at most, and only for a next test that uses it: an idle cluster
-    still burns CPU (kwok renews every node's lease, the controllers resync), which slowed the
-    other workers' tests more than starting one."""
-    kept: dict[str, tuple[str, Rehearsal]] = {}
-    yield kept
-    for _, cluster in kept.values():
-        cluster.stop()
-
-
 def cluster_group(item: pytest.Item) -> tuple[int, str]:
-    """What cluster a test runs on: none (0), the shared one (1), or a rehearsal cluster (2) of these options."""
+    """The cluster a test runs on: none (0), the shared one (1), or a rehearsal cluster (2) with
+    these options. Tests are run grouped by it, and a worker keeps a cluster only for a next test
+    of the same group."""
     if "rehearsal" in item.fixturenames:
-        return (2, rehearsal_options(item))
+        callspec = getattr(item, "callspec", None)
+        return (2, repr(sorted(callspec.params.get("rehearsal", {}).items() if callspec else [])))
     return (1, "") if "cluster" in item.fixturenames else (0, "")
 
 
-def rehearsal_options(item: pytest.Item) -> str:
-    """The options of the rehearsal cluster a test asks for ("" for none): tests are run grouped by it."""
-    if "rehearsal" not in getattr(item, "fixturenames", ()):
-        return ""
-    callspec = getattr(item, "callspec", None)
-    return repr(sorted(callspec.params.get("rehearsal", {}).items() if callspec else []))
-
-
-_NEXT_OPTIONS = pytest.StashKey[str | None]()
-_NEXT_SHARES = pytest.StashKey[bool]()
+_NEXT_GROUP = pytest.StashKey[tuple[int, str] | None]()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
-    """Tell the `rehearsal` fixture, before it is torn down, what the worker runs next (None: nothing yet)."""
-    item.stash[_NEXT_OPTIONS] = rehearsal_options(nextitem) if nextitem is not None else None
-    item.stash[_NEXT_SHARES] = nextitem is not None and "cluster" in nextitem.fixturenames
+    """Tell the cluster fixtures, before they are torn down, what the worker runs next (None: nothing yet)."""
+    item.stash[_NEXT_GROUP] = cluster_group(nextitem) if nextitem is not None else None
     return (yield)
 
 
+@pytest.fixture(scope="session")
+def kept_cluster() -> Iterator[dict[tuple[int, str], Any]]:
+    """The cluster (a Rehearsal or the shared Cluster) kept for the worker's next test, by its
+    group; stopped at the end of the session. One at most, and only for a next test that uses
+    it: an idle cluster still takes about 10% of a core (kwok renews 11 node leases every 2 s,
+    the controllers resync), which slowed the other workers' tests more than starting one."""
+    kept: dict[tuple[int, str], Any] = {}
+    yield kept
+    for cluster in kept.values():
+        cluster.stop()
+
+
+def take(kept: dict[tuple[int, str], Any], group: tuple[int, str]) -> Any:
+    """The cluster kept for this test's group, if any (any other kept one is stopped)."""
+    cluster = kept.pop(group, None)
+    for other in kept.values():
+        other.stop()
+    kept.clear()
+    return cluster
+
+
+def hand_on(request, kept: dict[tuple[int, str], Any], cluster: Any, reset: Callable[[], None] = lambda: None) -> None:
+    """After a test: keep `cluster` for the worker's next test if it runs on the same group (made
+    ready by `reset`), else stop it. One that does not reset is stopped (an interrupt re-raised)."""
+    group = cluster_group(request.node)
+    if request.node.stash.get(_NEXT_GROUP, None) != group:
+        cluster.stop()
+        return
+    try:
+        reset()
+    except BaseException as err:
+        cluster.stop()
+        if not isinstance(err, Exception):
+            raise
+        print(f"cluster stopped, not reused: {type(err).__name__}: {err}", file=sys.stderr)
+    else:
+        kept[group] = cluster
+
+
 @pytest.fixture
-def rehearsal(request, idle_rehearsal):
+def rehearsal(request, kept_cluster):
     """A rehearsal cluster as `start` made it, deployed to through mlcache rehearse (the same code
     path as `mlcache rehearse`): the runbook's fleet, or what a test passes with
     `@pytest.mark.parametrize("rehearsal", [{"fleet": FILE, "complete_jobs": True}], indirect=True)`.
     When the worker's next test asks for the same options, the cluster is reset for it
     (Rehearsal.reset: namespaces, volumes, classes, edited nodes, Pulumi state) instead of
-    stopped; one that does not reset is stopped, and so is any cluster when the test run stops."""
+    stopped (hand_on)."""
     try:
         toolchain = find_toolchain()
     except SetupError as err:
         _missing(str(err))
-    options = getattr(request, "param", {})
-    key = rehearsal_options(request.node)
-    kept_key, cluster = idle_rehearsal.pop("cluster", (None, None))
-    if cluster is not None and kept_key != key:
-        cluster.stop()
-        cluster = None
+    cluster = take(kept_cluster, cluster_group(request.node))
     if cluster is None:
+        options = getattr(request, "param", {})
         cluster = Rehearsal(**options, toolchain=toolchain, progress=stderr_progress()).__enter__()
     else:
         cluster.progress = stderr_progress()
     try:
         yield cluster
     finally:
-        if request.node.stash.get(_NEXT_OPTIONS, None) != key:
-            cluster.stop()  # nothing would reuse it, and an idle cluster still takes CPU
-        else:
-            try:
-                cluster.reset()
-            except BaseException as err:
-                cluster.stop()
-                if not isinstance(err, Exception):
-                    raise
-                print(f"rehearsal cluster stopped, not reused: {type(err).__name__}: {err}", file=sys.stderr)
-            else:
-                idle_rehearsal["cluster"] = (key, cluster)
+        hand_on(request, kept_cluster, cluster, cluster.reset)
 
 
 def toolchain() -> dict[str, Path]:
@@ -318,24 +324,13 @@ def cluster_factory(tmp_path_factory) -> Callable[..., Cluster]:
         cluster.stop()
 
 
-@pytest.fixture(scope="session")
-def shared_cluster() -> Iterator[dict[str, Cluster]]:
-    holder: dict[str, Cluster] = {}
-    yield holder
-    if holder:
-        holder.pop("cluster").stop()
-
-
 @pytest.fixture
-def cluster(request, cluster_factory, shared_cluster) -> Iterator[Cluster]:
+def cluster(request, cluster_factory, kept_cluster) -> Iterator[Cluster]:
     """The shared rehearsal cluster on the default fleet (fleets/runbook.yaml): started for the
-    first of the worker's tests that use it, kept while the next test uses it too, then stopped
-    (an idle cluster takes about 10% of a core: kwok renews 11 node leases every 2 s)."""
-    if not shared_cluster:
-        shared_cluster["cluster"] = cluster_factory()
-    yield shared_cluster["cluster"]
-    if not request.node.stash.get(_NEXT_SHARES, False):
-        shared_cluster.pop("cluster").stop()
+    first of the worker's tests that use it, kept while the next test uses it too (hand_on)."""
+    cluster = take(kept_cluster, cluster_group(request.node)) or cluster_factory()
+    yield cluster
+    hand_on(request, kept_cluster, cluster)
 
 
 @pytest.fixture(scope="session")
