@@ -572,3 +572,13 @@ def test_ranks_load_in_that_many_processes_and_their_cpu_is_counted(tmp_path, ca
     with coldstart.Clock() as clock:
         subprocess.run([sys.executable, "-c", busy], check=True)
     assert clock.cpu >= 0.25
+
+
+def test_a_bad_budget_is_one_usage_line_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        coldstart.main([str(tmp_path), "--budget", "2 gigs"])
+    assert stopped.value.code == 2 and list(tmp_path.iterdir()) == []
+    assert (
+        capsys.readouterr().err.splitlines()[-1]
+        == "coldstart.py: error: argument --budget: not a size: '2 gigs' (expected e.g. 512M or 1G)"
+    )

@@ -434,6 +434,14 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _size(text: str) -> int:
+    """argparse type of a size: a bad one is one usage line, not a traceback."""
+    try:
+        return shard_bench.parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coldstart.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("directory", type=Path)
@@ -442,10 +450,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readers", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
     parser.add_argument("--ranks", type=int, default=1, help="loader processes at once, as ranks on one node")
-    parser.add_argument("--budget", help="memory for the budget rows, page cache included (below the model's size)")
+    parser.add_argument("--budget", type=_size, help="memory for the budget rows, page cache included (below the model's size)")
     args = parser.parse_args(argv)
-    budget = shard_bench.parse_size(args.budget) if args.budget else None
-    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size, args.ranks, budget)
+    result = benchmark(args.directory, args.readers, args.rounds, args.count, args.size, args.ranks, args.budget)
     print(report(result), file=sys.stderr)
     print(json.dumps(result))
     return 0
