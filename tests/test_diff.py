@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -9,8 +11,9 @@ import sys
 
 import pytest
 
+from mlcache.cli import diff as diff_command
 from mlcache.cluster.bound_cache import assume_live
-from mlcache.preview import diff
+from mlcache.preview import diff, mock_engine
 from mlcache.preview.diff import (
     DATA_LOSS,
     STRANDS,
@@ -337,11 +340,19 @@ def project_copy(tmp_path):
 
 
 def _diff(copy, *args):
-    return subprocess.run([sys.executable, "-m", "mlcache", "diff", *args], cwd=copy, capture_output=True, text=True)
+    """mlcache diff of the working tree in `copy`, run in this process (its program is this checkout's:
+    rendered here, as the command renders a same-program tree); exit status and output as a process gives them."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        returncode = diff_command.main(["--project", str(copy), *args])
+    return subprocess.CompletedProcess(["mlcache", "diff", *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 
 def test_command_line_against_a_git_revision(project_copy):
-    unchanged = _diff(project_copy, "--base", "HEAD")
+    # The command itself, once, as a process in the working tree (its project by default).
+    unchanged = subprocess.run(
+        [sys.executable, "-m", "mlcache", "diff", "--base", "HEAD"], cwd=project_copy, capture_output=True, text=True
+    )
     assert unchanged.returncode == 0
     assert unchanged.stdout == "stack dev: no changes\nstack prod: no changes\n"
     stack_file = project_copy / "Pulumi.dev.yaml"
@@ -447,7 +458,7 @@ def test_a_changed_secure_value_is_said_though_offline_cannot_show_what_it_chang
 
 def _program_copy(directory):
     directory.mkdir()
-    for name in (*diff.PROGRAM_FILES, "Pulumi.dev.yaml"):
+    for name in (*mock_engine.PROGRAM_FILES, "Pulumi.dev.yaml"):
         source = ROOT / name
         if source.is_dir():
             shutil.copytree(source, directory / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -460,10 +471,10 @@ def test_a_base_with_this_programs_files_renders_here_exactly_as_in_a_process_of
     """A pull request that changes only stack files: the base renders in this process (no second
     interpreter), and gives what the subprocess of a revision with other code gives."""
     base = _program_copy(tmp_path / "base")
-    assert diff.same_program(base)
+    assert mock_engine.same_program(base)
     here = diff.render_json(base, "dev", "k" * 32, in_process=True)
     assert diff.render_json(base, "dev", "k" * 32) == here and here[0] is not None  # in a process of its own
     # One byte of a shipped script differs: another program, rendered in a process of its own.
     script = next((base / "workloads").glob("*.py"))
     script.write_bytes(script.read_bytes() + b"\n")
-    assert not diff.same_program(base)
+    assert not mock_engine.same_program(base)

@@ -1,6 +1,6 @@
 """Offline preview: what `pulumi up` would do to each stack, from a git revision to the working tree.
 
-    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss] [--markdown]
+    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss] [--markdown] [--project DIR]
 
 Both sides are rendered with this checkout's tools (the base revision's program, stack files
 and components, run under the mock engine). Each changed object gets the action the engine
@@ -30,6 +30,7 @@ from pathlib import Path
 from mlcache import CHECKOUT
 from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
+from mlcache.cluster.bound_cache import LiveCache
 from mlcache.preview.diff import (
     StackPreview,
     base_claim,
@@ -40,10 +41,10 @@ from mlcache.preview.diff import (
     plan,
     render_json,
     report,
-    same_program,
     secret_changes,
     valid_placement,
 )
+from mlcache.preview.mock_engine import same_program
 from mlcache.preview.policy_check import policy_findings
 from mlcache.preview.stack_config import secure_values
 
@@ -73,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", action="store_true", help="print the pull request comment (summary first) instead")
     parser.add_argument(
+        "--project",
+        type=Path,
+        default=CHECKOUT,
+        metavar="DIR",
+        help="the working tree and git repository to compare (default: this checkout)",
+    )
+    parser.add_argument(
         "--placement",
         type=Path,
         metavar="DIR",
@@ -81,30 +89,38 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.placement and not args.markdown:
         raise UsageError("--placement shows rehearsals in the PR comment: use it with --markdown")
+    project = args.project.resolve()
+    # A working tree whose program is byte for byte these tools' renders in this process.
+    here = same_program(project)
     with tempfile.TemporaryDirectory(prefix="mlcache-base-") as tmp:
         base_dir = Path(tmp)
-        export_revision(args.base, base_dir, CHECKOUT)
-        stacks = chosen_stacks(args.stack, base_dir, CHECKOUT)
+        export_revision(args.base, base_dir, project)
+        stacks = chosen_stacks(args.stack, base_dir, project)
         # One key for both sides: equal secrets show equal digests, and nothing else can read them.
         digest_key = secrets.token_hex(16)
+
+        def render_head(stack: str, live: LiveCache | None = None) -> tuple[dict | None, str | None]:
+            return render_json(project, stack, digest_key, live, in_process=here)
+
+        copying = {stack for stack in stacks if moves_by_copy(stack, project)}
         if same_program(base_dir):
             # Only stack files differ: both sides render here, one after the other (a render is not thread-safe).
             base = [render_json(base_dir, stack, digest_key, in_process=True) for stack in stacks]
-            head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
+            head = {stack: render_head(stack) for stack in stacks if stack not in copying}
         else:
             with ThreadPoolExecutor(max_workers=2) as pool:
                 # The base revision renders in subprocesses while the working tree renders here.
                 rendering = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
-                head = {stack: render_json(CHECKOUT, stack, digest_key) for stack in stacks if not moves_by_copy(stack)}
+                head = {stack: render_head(stack) for stack in stacks if stack not in copying}
                 base = list(rendering)
         for stack, (old, _) in zip(stacks, base, strict=True):
-            if stack not in head:
+            if stack in copying:
                 # A move is decided against the live claim: the one the base revision deployed, bound.
-                head[stack] = render_json(CHECKOUT, stack, digest_key, base_claim(old))
+                head[stack] = render_head(stack, base_claim(old))
         rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
         # Read while the base revision's files exist (they go with the temporary directory).
         hidden_by_stack = {
-            stack: secret_changes(secure_values(stack, base_dir), secure_values(stack, CHECKOUT)) for stack in stacks
+            stack: secret_changes(secure_values(stack, base_dir), secure_values(stack, project)) for stack in stacks
         }
     gated = False
     reports, previews = [], []

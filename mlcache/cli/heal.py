@@ -54,15 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     def expect_for(namespace: str) -> Expectation:
         return expectation_from_outputs(run.outputs, stack_config.values.get("mlcache:namespace") or namespace, args.stack)
 
-    expect, core, serialize = connect(expect_for, args.context)
+    expect, kube = connect(expect_for, args.context)
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
     with cluster_errors():
         # After a move the cache is a later generation of the claim: heal the one training mounts.
-        expect, _ = read_move(expect, core, serialize)
-        snapshot = read_heal_snapshot(expect, core, serialize)
+        expect, _ = read_move(expect, kube)
+        snapshot = read_heal_snapshot(expect, kube)
         durable = None
         if expect.durable is not None:
-            durable = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, core, serialize)
+            durable = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)
     plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected, durable=durable)
     document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
     if not args.json:
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             # apply_plan reports each outcome on stdout: under --json that text goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                healed = apply_plan(plan, expect, core)
+                healed = apply_plan(plan, expect, kube)
         else:
-            healed = apply_plan(plan, expect, core)
+            healed = apply_plan(plan, expect, kube)
     if args.json:
         print(json.dumps({**document, "applied": True, "healed": healed}, indent=2))
     return OK if healed else CHECK_FAILED

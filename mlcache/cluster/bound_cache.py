@@ -8,9 +8,9 @@ through an `up`. `judge` decides, from the live objects, before any resource is 
 Live state is read with the kubernetes client from the kubeconfig and context the provider uses
 (`kubernetes:kubeconfig`, `kubernetes:context`, `kubernetes:cluster`, `kubernetes:namespace`,
 else KUBECONFIG), synchronously, before the first registration (see docs/day2.md for why not
-`PersistentVolumeClaim.get`). Every decision below is a pure function over API-shaped dicts
-(camelCase, as `ApiClient.sanitize_for_serialization` returns them), shared with mlcache verify
-and mlcache heal.
+`PersistentVolumeClaim.get`), as the API server's JSON (mlcache.cluster.kube). Every decision
+below is a pure function over API-shaped dicts (camelCase, as `kubectl get -o json` shows them),
+shared with mlcache verify and mlcache heal.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
+from mlcache.cluster.kube import CLAIMS, JOB, NODES, STORAGE_CLASS, VOLUME, Kube
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_ATTEMPT_ANNOTATION,
@@ -859,51 +860,41 @@ def read_live_cache(
     """The cache's newest claim, its PV, the nodes the PV selects and its class, read like the provider
     would connect; while a move is under way also the claim it copies from and the copy Job."""
     try:
-        from kubernetes import client  # noqa: PLC0415
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
         api, provider_namespace = provider_client(provider, environ)
         namespace = namespace or provider_namespace
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin
         return Unread(f"no cluster to read ({type(err).__name__}: {err})")
-    core, storage, batch = client.CoreV1Api(api), client.StorageV1Api(api), client.BatchV1Api(api)
-    plain = api.sanitize_for_serialization
+    kube = Kube(api, REQUEST_TIMEOUT)
     what = [f"PersistentVolumeClaim {namespace}/{cache_name}"]
-
-    def optional(read: Any, name: str) -> Mapping | None:
-        try:
-            return plain(read(name, _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    def read_job(name: str, **options: Any) -> Any:
-        return batch.read_namespaced_job(name, namespace, **options)
 
     def generation(number: int, claim: Mapping, older: LiveCache | None = None) -> LiveCache:
         volume, nodes, storage_class = None, [], None
         if get(claim, "spec", "volumeName"):
             what[0] = f"PersistentVolume {claim['spec']['volumeName']}"
-            volume = plain(core.read_persistent_volume(claim["spec"]["volumeName"], _request_timeout=REQUEST_TIMEOUT))
-            what[0] = "the nodes the volume may be used from"
-            nodes = _nodes_of(core, plain, volume)
+            volume = kube.get(VOLUME.format(name=claim["spec"]["volumeName"]))
+            if volume_terms(volume):
+                # All nodes, filtered here: hostname keys may name a node that lacks the label,
+                # which a label selector would miss.
+                what[0] = "the nodes the volume may be used from"
+                nodes = volume_nodes(volume, kube.items(NODES))
         if get(claim, "spec", "storageClassName"):
             what[0] = f"StorageClass {claim['spec']['storageClassName']}"
-            storage_class = optional(storage.read_storage_class, claim["spec"]["storageClassName"])
+            storage_class = kube.optional(STORAGE_CLASS.format(name=claim["spec"]["storageClassName"]))
         copy_job = None
         if older is not None:
             what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
-            copy_job = optional(read_job, copy_name(cache_name, number))
+            copy_job = kube.optional(JOB.format(namespace=namespace, name=copy_name(cache_name, number)))
         return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
 
     try:
-        claims = plain(core.list_namespaced_persistent_volume_claim(namespace, _request_timeout=REQUEST_TIMEOUT).items)
+        claims = kube.items(CLAIMS.format(namespace=namespace))
         durable = next((c for c in claims if get(c, "metadata", "name") == durable_claim_name(cache_name)), None)
         durable_class, durable_class_name = None, get(durable, "spec", "storageClassName")
         if durable_class_name:
             what[0] = f"StorageClass {durable_class_name}"
-            durable_class = optional(storage.read_storage_class, durable_class_name)
+            durable_class = kube.optional(STORAGE_CLASS.format(name=durable_class_name))
         generations = cache_generations(cache_name, claims)
         if not generations:
             return LiveCache(namespace=namespace, claim=None, durable=durable, durable_class=durable_class)
@@ -912,19 +903,11 @@ def read_live_cache(
         if not training_job:
             return newest
         what[0] = f"Job {namespace}/{training_job}"
-        return replace(newest, training_job=optional(read_job, training_job))
+        return replace(newest, training_job=kube.optional(JOB.format(namespace=namespace, name=training_job)))
     except ApiException as err:
         return Unread(f"cannot read {what[0]}: HTTP {err.status} {err.reason}")
     except Exception as err:  # connection refused, DNS, TLS, timeout
         return Unread(f"cannot reach the cluster to read {what[0]} ({type(err).__name__})")
-
-
-def _nodes_of(core: Any, plain: Any, volume: Mapping) -> list[Mapping]:
-    """The nodes the PV's node affinity selects (all nodes, filtered here: hostname keys may name a
-    node that lacks the label, which a label selector would miss)."""
-    if not volume_terms(volume):
-        return []
-    return volume_nodes(volume, plain(core.list_node(_request_timeout=REQUEST_TIMEOUT).items))
 
 
 # --- in the program ---------------------------------------------------------------------------

@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
+from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube
 from mlcache.program.names import OUT_OF_SERVICE_TAINT
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
@@ -136,38 +136,34 @@ def render_plan(plan: HealPlan, apply: bool) -> str:
     return "\n".join(lines)
 
 
-def read_heal_snapshot(expect: Expectation, core: Any, serialize: Any) -> Snapshot:
+def read_heal_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
     """The claim, its PV, every node, and every pod of the namespace that mounts the claim."""
     from mlcache.cluster.live import read_snapshot  # noqa: PLC0415
 
-    snapshot = read_snapshot(expect, core, serialize)
-    pods = serialize(core.list_namespaced_pod(expect.namespace).items)
+    snapshot = read_snapshot(expect, kube)
+    pods = kube.items(NAMESPACED_PODS.format(namespace=expect.namespace))
     snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
     return snapshot
 
 
-def apply_plan(plan: HealPlan, expect: Expectation, core: Any) -> bool:
+def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
     """Carry the plan out; True when healed (the outcome is printed on stdout either way)."""
-    from kubernetes.client import V1DeleteOptions  # noqa: PLC0415
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
     for pod in plan.stuck_pods:
         print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
         try:
-            core.delete_namespaced_pod(pod, expect.namespace, body=V1DeleteOptions(grace_period_seconds=0))
+            kube.delete(POD.format(namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
         except ApiException as err:
             if err.status != 404:
                 raise
     print(f"deleting claim {expect.namespace}/{expect.pvc}", file=sys.stderr)
-    core.delete_namespaced_persistent_volume_claim(expect.pvc, expect.namespace)
+    claim = CLAIM.format(namespace=expect.namespace, name=expect.pvc)
+    kube.delete(claim)
     deadline = time.monotonic() + DELETE_TIMEOUT
     while True:
-        try:
-            core.read_namespaced_persistent_volume_claim(expect.pvc, expect.namespace)
-        except ApiException as err:
-            if err.status == 404:
-                break
-            raise
+        if kube.optional(claim) is None:
+            break
         if time.monotonic() > deadline:
             print(
                 f"not healed: claim {expect.namespace}/{expect.pvc} still exists after {DELETE_TIMEOUT}s (a pod on a "

@@ -1,4 +1,4 @@
-"""Reading a stack's objects from the live cluster with the kubernetes client (your kubeconfig):
+"""Reading a stack's objects from the live cluster (your kubeconfig, mlcache.cluster.kube):
 the snapshot `diagnosis` judges, the claim a move left training on, and the errors of a cluster
 that cannot be read (Unreachable, exit 3).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mlcache.cluster.bound_cache import (
     cache_generations,
@@ -17,6 +17,7 @@ from mlcache.cluster.bound_cache import (
 )
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.diagnosis import DurableState, Expectation, Finding, Snapshot, diagnose, durable_finding, follow_move
+from mlcache.cluster.kube import CLAIM, CLAIMS, EVENTS, JOB, NAMESPACED_PODS, NODES, POD_LOG, PODS, VOLUME, Kube
 from mlcache.cluster.workers import diagnose_workers
 from mlcache.errors import Unreachable, UsageError
 from mlcache.program.names import (
@@ -32,39 +33,33 @@ from mlcache.program.names import (
 REQUEST_TIMEOUT = 15
 
 
-def read_snapshot(expect: Expectation, core: Any, serialize) -> Snapshot:
-    """The live objects, read with a kubernetes CoreV1Api."""
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
-    timeout = {"_request_timeout": REQUEST_TIMEOUT}
-    try:
-        pvc = serialize(core.read_namespaced_persistent_volume_claim(expect.pvc, expect.namespace, **timeout))
-    except ApiException as err:
-        if err.status == 404:
-            return Snapshot(pvc=None)
-        raise
+def read_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
+    """The live objects the diagnosis judges."""
+    pvc = kube.optional(CLAIM.format(namespace=expect.namespace, name=expect.pvc))
+    if pvc is None:
+        return Snapshot(pvc=None)
     volume = _get(pvc, "spec", "volumeName")
-    pv = serialize(core.read_persistent_volume(volume, **timeout)) if volume else None
+    pv = kube.get(VOLUME.format(name=volume)) if volume else None
     pods = []
+    pods_here = NAMESPACED_PODS.format(namespace=expect.namespace)
     if expect.run:
         worker = expect.run.claims.index(expect.pvc)
-        selector = f"{RUN_LABEL}={expect.run.name},{WORKER_LABEL}={worker}"
-        pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=selector, **timeout).items)
+        pods = kube.items(pods_here, labelSelector=f"{RUN_LABEL}={expect.run.name},{WORKER_LABEL}={worker}")
     elif expect.job:
-        pods = serialize(core.list_namespaced_pod(expect.namespace, label_selector=f"job-name={expect.job}", **timeout).items)
-    nodes = {n["metadata"]["name"]: n for n in serialize(core.list_node(**timeout).items)}
-    bound = serialize(core.list_pod_for_all_namespaces(field_selector="spec.nodeName!=", **timeout).items)
-    events = serialize(core.list_namespaced_event(expect.namespace, **timeout).items)
+        pods = kube.items(pods_here, labelSelector=f"job-name={expect.job}")
+    nodes = {n["metadata"]["name"]: n for n in kube.items(NODES)}
+    bound = kube.items(PODS, fieldSelector="spec.nodeName!=")
+    events = kube.items(EVENTS.format(namespace=expect.namespace))
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
 Expected = TypeVar("Expected")
 
 
-def connect(expect_for: Callable[[str], Expected], context: str | None) -> tuple[Expected, Any, Any]:
-    """The stack's expectation (`expect_for(namespace)`, config checked first, offline), a CoreV1Api
-    and its serializer, logged in to `context`; a kubeconfig that cannot be used as Unreachable,
-    an unknown context as UsageError."""
+def connect(expect_for: Callable[[str], Expected], context: str | None) -> tuple[Expected, Kube]:
+    """The stack's expectation (`expect_for(namespace)`, config checked first, offline) and a reader
+    logged in to `context`; a kubeconfig that cannot be used as Unreachable, an unknown context as
+    UsageError."""
     from kubernetes import client, config  # noqa: PLC0415
     from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
 
@@ -84,8 +79,7 @@ def connect(expect_for: Callable[[str], Expected], context: str | None) -> tuple
     except Exception as err:  # a context whose cluster, user or certificate files cannot be loaded
         which = f"context {context}" if context else "the current context"
         raise Unreachable(f"cannot load {which} from the kubeconfig ({type(err).__name__}: {err})") from None
-    api = client.ApiClient()
-    return expect, client.CoreV1Api(api), api.sanitize_for_serialization
+    return expect, Kube(client.ApiClient(), REQUEST_TIMEOUT)
 
 
 @contextmanager
@@ -104,34 +98,23 @@ def cluster_errors() -> Iterator[None]:
 
 def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Finding]]:
     """The stack's expectation and the findings on the live objects (errors as in `connect`)."""
-    expect, core, serialize = connect(expect_for, context)
+    expect, kube = connect(expect_for, context)
     with cluster_errors():
         if expect.run is None:
             # After a move the cache is a later generation of the claim: check the one training mounts.
-            expect, moving = read_move(expect, core, serialize)
-            findings = moving + verify(expect, core, serialize)
+            expect, moving = read_move(expect, kube)
+            findings = moving + verify(expect, kube)
             if expect.durable is not None:
-                state = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, core, serialize)
+                state = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)
                 findings.append(durable_finding(state, expect.durable.refresh_job, expect.namespace))
             return expect, findings
-        return expect, verify(expect, core, serialize)
+        return expect, verify(expect, kube)
 
 
-def read_durable(claim: str, refresh_job: str, namespace: str, core: Any, serialize: Any) -> DurableState:
+def read_durable(claim: str, refresh_job: str, namespace: str, kube: Kube) -> DurableState:
     """The durable copy's claim and its refresh Job's state, read live."""
-    from kubernetes.client import BatchV1Api  # noqa: PLC0415
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
-    def optional(read: Any, name: str) -> Any:
-        try:
-            return serialize(read(name, namespace, _request_timeout=REQUEST_TIMEOUT))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
-
-    found = optional(core.read_namespaced_persistent_volume_claim, claim)
-    job = optional(BatchV1Api(core.api_client).read_namespaced_job, refresh_job)
+    found = kube.optional(CLAIM.format(namespace=namespace, name=claim))
+    job = kube.optional(JOB.format(namespace=namespace, name=refresh_job))
     refresh = (
         "absent"
         if job is None
@@ -149,34 +132,26 @@ def read_durable(claim: str, refresh_job: str, namespace: str, core: Any, serial
 COPY_PROGRESS_PREFIX = "cache_copy: "
 
 
-def read_move(expect: Expectation, core: Any, serialize) -> tuple[Expectation, list[Finding]]:
+def read_move(expect: Expectation, kube: Kube) -> tuple[Expectation, list[Finding]]:
     """follow_move on the live claims, the copy Job, the training Job and the copy pod's last progress line."""
-    from kubernetes import client  # noqa: PLC0415
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
-    timeout = {"_request_timeout": REQUEST_TIMEOUT}
-    claims = serialize(core.list_namespaced_persistent_volume_claim(expect.namespace, **timeout).items)
+    claims = kube.items(CLAIMS.format(namespace=expect.namespace))
     base = cache_name_of(expect.pvc)
     generations = cache_generations(base, claims)
     if len(generations) < 2:
         return follow_move(expect, claims, None, None, None)
-    batch = client.BatchV1Api(core.api_client)
     job_name = copy_name(base, generations[-1][0])
 
     def job(name: str | None) -> dict | None:
-        try:
-            return serialize(batch.read_namespaced_job(name, expect.namespace, **timeout)) if name else None
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        return kube.optional(JOB.format(namespace=expect.namespace, name=name)) if name else None
 
     mounted = next(iter(mounted_claims(job(expect.job))), None)
     progress = None
     selector = f"{COPY_LABEL}={job_name},{COPY_ROLE_LABEL} in (receiver,local)"
-    for pod in core.list_namespaced_pod(expect.namespace, label_selector=selector, **timeout).items:
+    for pod in kube.items(NAMESPACED_PODS.format(namespace=expect.namespace), labelSelector=selector):
         try:
-            log = core.read_namespaced_pod_log(pod.metadata.name, expect.namespace, tail_lines=20, **timeout)
+            log = kube.text(POD_LOG.format(namespace=expect.namespace, name=pod["metadata"]["name"]), tailLines="20")
         except ApiException:
             continue  # not started yet, or no log kept (a kwok node runs nothing)
         lines = [line.removeprefix(COPY_PROGRESS_PREFIX) for line in log.splitlines() if line.startswith(COPY_PROGRESS_PREFIX)]
@@ -184,12 +159,11 @@ def read_move(expect: Expectation, core: Any, serialize) -> tuple[Expectation, l
     return follow_move(expect, claims, job(job_name), mounted, progress)
 
 
-def verify(expect: Expectation, core: Any, serialize) -> list[Finding]:
+def verify(expect: Expectation, kube: Kube) -> list[Finding]:
     """Every finding for the stack: its cache and training pod, or each worker's and the run's."""
     if expect.run is None:
-        return diagnose(read_snapshot(expect, core, serialize), expect)
-    snapshots = [read_snapshot(replace(expect, pvc=claim), core, serialize) for claim in expect.run.claims]
-    timeout = {"_request_timeout": REQUEST_TIMEOUT}
-    pods = serialize(core.list_pod_for_all_namespaces(**timeout).items)
+        return diagnose(read_snapshot(expect, kube), expect)
+    snapshots = [read_snapshot(replace(expect, pvc=claim), kube) for claim in expect.run.claims]
+    pods = kube.items(PODS)
     findings, _ = diagnose_workers(expect, snapshots, snapshots[0].nodes, pods)
     return findings

@@ -625,25 +625,6 @@ def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMEN
     return kept + cut
 
 
-# What a revision's program is made of: its code, the scripts it ships and Pulumi.yaml.
-PROGRAM_FILES = ("__main__.py", "Pulumi.yaml", "mlcache", "workloads")
-
-
-def _program_files(root: Path) -> dict[str, bytes]:
-    found = {}
-    for name in PROGRAM_FILES:
-        path = root / name
-        paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-        found.update({str(p.relative_to(root)): p.read_bytes() for p in paths})
-    return found
-
-
-def same_program(project_dir: Path) -> bool:
-    """`project_dir` holds byte for byte this checkout's program (a pull request that changes only
-    stack files): rendering it in this process imports nothing of another revision."""
-    return project_dir == CHECKOUT or _program_files(project_dir) == _program_files(CHECKOUT)
-
-
 def render_json(
     project_dir: Path, stack: str, digest_key: str, live: LiveCache | None = None, *, in_process: bool = False
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -675,10 +656,10 @@ def render_json(
     return json.loads(result.stdout), None
 
 
-def moves_by_copy(stack: str) -> bool:
+def moves_by_copy(stack: str, project_dir: Path) -> bool:
     """The working tree's stack asks for moves by copy (cache.relocate copy)."""
     try:
-        cache = load_stack_config(stack, [], [], CHECKOUT).values.get("mlcache:cache")
+        cache = load_stack_config(stack, [], [], project_dir).values.get("mlcache:cache")
     except (StackConfigError, FileNotFoundError):
         return False  # the render says what is wrong
     return isinstance(cache, dict) and cache.get("relocate") == "copy"

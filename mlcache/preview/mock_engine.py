@@ -8,6 +8,7 @@ dependencies, delete_before_replace, replace_on_changes, import ids, custom time
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import runpy
 import sys
@@ -201,6 +202,30 @@ class _WarningCollector(logging.Handler):
         (self.run.warnings if record.levelno >= logging.WARNING else self.run.notes).append(record.getMessage())
 
 
+# What a project directory's program is made of: its code, the scripts it ships and Pulumi.yaml.
+PROGRAM_FILES = ("__main__.py", "Pulumi.yaml", "mlcache", "workloads")
+
+
+def _program_files(root: Path) -> dict[str, bytes]:
+    found = {}
+    for name in PROGRAM_FILES:
+        path = root / name
+        paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        found.update({str(p.relative_to(root)): p.read_bytes() for p in paths})
+    return found
+
+
+@functools.cache
+def _checkout_program() -> dict[str, bytes]:
+    return _program_files(CHECKOUT)
+
+
+def same_program(project_dir: Path) -> bool:
+    """`project_dir` holds byte for byte this checkout's program (another working tree, or a revision
+    that changes only stack files): it runs on the modules these tools already imported."""
+    return project_dir == CHECKOUT or _program_files(project_dir) == _checkout_program()
+
+
 def _top_level_modules(directory: Path) -> set[str]:
     """The program's own modules and packages in a project directory (not the tools or tests)."""
     found = {p.stem for p in directory.glob("*.py")} | {p.parent.name for p in directory.glob("*/__init__.py")}
@@ -212,10 +237,11 @@ def _program_imports(project_dir: Path) -> Iterator[None]:
     """The program imports its modules (settings, names, components...) from `project_dir`.
 
     Modules of this checkout already imported in the process (the tools import `names`) are set
-    aside while another project directory's program runs (mlcache diff renders another
-    revision), and put back after it.
+    aside while another program runs (mlcache diff renders another revision), and put back after
+    it. A directory with this checkout's very program keeps them: its modules are these, and what
+    the tools set on them (the live cache `assume_live` gives the guard) reaches the program.
     """
-    own = _top_level_modules(CHECKOUT) if project_dir != CHECKOUT else set()
+    own = set() if same_program(project_dir) else _top_level_modules(CHECKOUT)
     aside = {name: module for name, module in list(sys.modules.items()) if name.partition(".")[0] in own}
     for name in aside:
         del sys.modules[name]

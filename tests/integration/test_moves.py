@@ -6,6 +6,8 @@ mounts, and what each `up` keeps, creates and deletes, read back by UID."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from kubernetes import client
 
@@ -141,9 +143,17 @@ def uid(obj: dict) -> str:
 
 def end_pods_until(rehearsal, namespace: str, job: str, phase: str, condition: str) -> None:
     """What the end of a Job's pods looks like to the Job controller (kwok runs nothing, so the test
-    marks each placed pod `phase`) until the Job has `condition` (Complete, or Failed past backoffLimit)."""
+    marks each placed pod `phase`, its containers terminated as a kubelet reports them) until the Job
+    has `condition` (Complete, or Failed past backoffLimit).
+
+    Each container reports it finished an hour ago, as a long copy does: the Job controller's retry
+    backoff (10 s, doubling, counted from the last failure's finish) has then elapsed, and the
+    retries follow at once instead of after 10 + 20 + 40 s."""
     core = client.CoreV1Api(rehearsal.api)
-    status = {"status": {"phase": phase, "reason": "Error" if phase == "Failed" else "Completed"}}
+    failed = phase == "Failed"
+    finished = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    terminated = {"exitCode": 1 if failed else 0, "reason": "Error" if failed else "Completed", "finishedAt": finished}
+    ended = {"ready": False, "restartCount": 0, "imageID": "", "state": {"terminated": terminated}}
 
     def reached() -> bool:
         conditions = (jobs(rehearsal, namespace)[job].get("status") or {}).get("conditions") or []
@@ -151,7 +161,9 @@ def end_pods_until(rehearsal, namespace: str, job: str, phase: str, condition: s
             return True
         for pod in core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items:
             if pod.status.phase in ("Pending", "Running") and pod.spec.node_name:
-                core.patch_namespaced_pod_status(pod.metadata.name, namespace, status)
+                containers = [{"name": c.name, "image": c.image, **ended} for c in pod.spec.containers]
+                status = {"phase": phase, "reason": terminated["reason"], "containerStatuses": containers}
+                core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})
         return False
 
     wait_for(reached, SETTLE, f"Job {job} {condition}")
