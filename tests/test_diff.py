@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mlcache.cli import diff as diff_command
+from mlcache.cli import render as render_command
 from mlcache.cluster.bound_cache import assume_live
 from mlcache.preview import diff, mock_engine
 from mlcache.preview.diff import (
@@ -478,3 +479,11 @@ def test_a_base_with_this_programs_files_renders_here_exactly_as_in_a_process_of
     script = next((base / "workloads").glob("*.py"))
     script.write_bytes(script.read_bytes() + b"\n")
     assert not mock_engine.same_program(base)
+
+
+def test_a_project_directory_without_pulumi_yaml_is_one_line(capsys, tmp_path):
+    for main, argv in ((diff_command.main, ["--base", "HEAD"]), (render_command.main, ["--stack", "dev"])):
+        assert main(["--project", str(tmp_path / "nowhere"), *argv]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.count("\n") == 1
+        assert f"argument --project: '{tmp_path / 'nowhere'}' is not a Pulumi project directory (no Pulumi.yaml in it)" in err

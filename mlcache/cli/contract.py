@@ -46,6 +46,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def project_dir(text: str) -> Path:
+    """argparse type: a Pulumi project directory (one that holds a Pulumi.yaml)."""
+    path = Path(text)
+    if not (path / "Pulumi.yaml").is_file():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Pulumi project directory (no Pulumi.yaml in it)")
+    return path
+
+
 def _write_stdout(text: str) -> None:
     try:
         sys.stdout.write(text)

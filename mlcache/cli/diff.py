@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlcache import CHECKOUT
-from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
+from mlcache.cli.contract import ArgumentParser, UsageError, entry_point, project_dir
 from mlcache.cli.main import prog
 from mlcache.cluster.bound_cache import LiveCache
 from mlcache.preview.diff import (
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the pull request comment (summary first) instead")
     parser.add_argument(
         "--project",
-        type=Path,
+        type=project_dir,
         default=CHECKOUT,
         metavar="DIR",
         help="the working tree and git repository to compare (default: this checkout)",

@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from mlcache import CHECKOUT
-from mlcache.cli.contract import ArgumentParser, entry_point
+from mlcache.cli.contract import ArgumentParser, entry_point, project_dir
 from mlcache.cli.main import prog
 from mlcache.preview.render import (
     as_json,
@@ -37,7 +36,11 @@ from mlcache.preview.render import (
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
     parser.add_argument(
-        "--project", type=Path, default=CHECKOUT, metavar="DIR", help="the program and its stack files (default: this checkout)"
+        "--project",
+        type=project_dir,
+        default=CHECKOUT,
+        metavar="DIR",
+        help="the program and its stack files (default: this checkout)",
     )
     parser.add_argument(
         "--config",
