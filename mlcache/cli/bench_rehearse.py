@@ -4,7 +4,7 @@
 
 Runs the rehearsal CLI as a user would (a warm toolchain: scripts/build-engine done), N times
 per stack, alternating stacks, and reads the phase boundaries from its own progress lines:
-cluster start, preparing the stack, `pulumi up` through the Automation API, the scheduler
+cluster start, preparing the stack, `pulumi up` with the real CLI, the scheduler
 settling, and "other" (config check, imports, stopping the cluster at the end); the total is
 the wall time of the whole command (target: <= 60 s). Prints every run and the medians side by side.
 """

@@ -5,7 +5,7 @@
 
 Starts the rehearsal cluster (scripts/local-cluster: the real API server, scheduler, controller
 manager, kwok fake nodes from a fleet file, the storage provisioner stand-ins), runs the stack's
-`pulumi up` against it through the Pulumi Automation API (file backend in a temp dir, the
+`pulumi up` against it with the real CLI (file backend in a temp dir, the
 stack's config layered as the CLI does, secure values as placeholders), watches pods, claims and
 events until the scheduler settles, and prints the placement report with mlcache verify's
 findings. Exit 0 when every pod that mounts the cache is placed with it, 1 when something is not

@@ -1,5 +1,5 @@
 """The rehearsal cluster: the real control plane and kwok nodes (scripts/local-cluster), the stack
-brought up with the real engine through the Automation API, and a watch until the scheduler settles
+brought up with the real engine (`pulumi up`), and a watch until the scheduler settles
 (the library of `mlcache rehearse` and of the real-engine tests).
 """
 
@@ -168,7 +168,7 @@ def find_toolchain(cache: Path | None = None, path: str | None = None) -> dict[s
 
 def link_toolchain(found: dict[str, Path], directory: Path) -> Path:
     """One bin directory with the chosen binaries and kwok's stages: first on PATH for the
-    Automation API's CLI, the language host and scripts/local-cluster (which looks on PATH
+    Pulumi CLI, the language host and scripts/local-cluster (which looks on PATH
     first, and for the stages beside kwok)."""
     directory.mkdir(parents=True)
     for name, source in found.items():
@@ -196,42 +196,82 @@ def rehearsal_config(config: StackConfig, kubeconfig: Path, context: str) -> tup
     return plain, {k: wire[k] for k in config.secret_keys}
 
 
-def outputs_of(result: Any) -> dict[str, Any]:
-    return {name: output.value for name, output in result.outputs.items()}
-
-
 @functools.cache
 def pulumi_command(bin_dir: Path) -> Any:
-    """The Automation API's handle on the CLI in `bin_dir`, made once per process: making it runs
-    `pulumi version` (0.2 s of CPU, paid twice per rehearsal up before)."""
+    """The Automation API's handle on the CLI in `bin_dir` (stack init and secret config), made once
+    per process: making it runs `pulumi version`."""
     from pulumi import automation as auto  # noqa: PLC0415
 
     return auto.PulumiCommand(root=str(bin_dir.parent), skip_version_check=True)
 
 
-def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path, progress: Progress = quiet) -> dict[str, Any]:
-    """`pulumi up` of a stack in a project directory, through the Automation API: the one path
-    every rehearsal (and every integration test) deploys by. Returns the stack outputs."""
-    from pulumi import automation as auto  # noqa: PLC0415  (the CLI wrapper: only when deploying)
+# Seconds between reads of the engine's event log while `pulumi up` runs.
+EVENT_POLL = 0.2
 
+
+def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path, progress: Progress = quiet) -> dict[str, Any]:
+    """`pulumi up --yes --skip-preview` of a stack in a project directory, as a user runs it, its
+    engine events followed for progress and errors; then the stack outputs (`pulumi stack output
+    --show-secrets`). The one path every rehearsal (and every integration test) deploys by.
+
+    The CLI is run directly rather than through the Automation API's `Stack.up`, which runs
+    `stack select`, `stack output` twice and `stack history` around every up: about a second of
+    CPU per up on a 2-core machine, for nothing the rehearsal reads."""
+    pulumi = str(bin_dir / "pulumi")
     errors: list[str] = []
 
-    def on_event(event: Any) -> None:
-        if event.res_outputs_event and event.res_outputs_event.metadata.type.startswith("kubernetes:"):
-            step = event.res_outputs_event.metadata
-            if step.op != "same":
-                progress(f"up: {getattr(step.op, 'value', step.op)} {step.type.split(':')[-1]} {step.urn.split('::')[-1]}")
-        elif event.diagnostic_event and event.diagnostic_event.severity == "error":
-            errors.append(event.diagnostic_event.message.strip())
+    def on_event(line: str) -> None:
+        event = json.loads(line)
+        step = (event.get("resOutputsEvent") or {}).get("metadata") or {}
+        if step.get("type", "").startswith("kubernetes:") and step.get("op") != "same":
+            progress(f"up: {step['op']} {step['type'].split(':')[-1]} {step['urn'].split('::')[-1]}")
+        diagnostic = event.get("diagnosticEvent") or {}
+        if diagnostic.get("severity") == "error":
+            errors.append(diagnostic["message"].strip())
 
-    workspace = auto.LocalWorkspaceOptions(env_vars=env, pulumi_command=pulumi_command(bin_dir))
-    stack = auto.select_stack(stack_name, work_dir=str(work_dir), opts=workspace)
-    try:
-        result = stack.up(on_event=on_event, color="never")
-    except auto.errors.CommandError as err:
-        detail = "\n".join(errors) or str(err)
-        raise UpFailed(detail) from None
-    return outputs_of(result)
+    with tempfile.TemporaryDirectory(prefix="mlcache-up-") as tmp:
+        events, output = Path(tmp) / "events.jsonl", Path(tmp) / "output.txt"
+        events.touch()
+        command = ["up", "--yes", "--skip-preview", "--non-interactive", "--color", "never", "--event-log", str(events)]
+        with output.open("w") as sink, events.open() as log:
+            # --event-log exists only with the CLI's debug commands on (as the Automation API runs it).
+            process = subprocess.Popen(
+                [pulumi, *command, "--stack", stack_name],
+                cwd=work_dir,
+                env={**env, "PULUMI_DEBUG_COMMANDS": "true"},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+            pending = ""
+            try:
+                while True:
+                    done = process.poll() is not None
+                    pending += log.read()
+                    *lines, pending = pending.split("\n")
+                    for line in lines:
+                        if line.strip():
+                            on_event(line)
+                    if done:
+                        break
+                    time.sleep(EVENT_POLL)
+            except BaseException:
+                process.terminate()  # the CLI cancels the update cleanly on SIGTERM
+                process.wait()
+                raise
+        if process.returncode != 0:
+            lines = [line for line in output.read_text(errors="replace").splitlines() if line.strip()]
+            raise UpFailed("\n".join(errors) or "\n".join(lines[-20:]) or f"pulumi up exited {process.returncode}")
+    shown = subprocess.run(
+        [pulumi, "stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack", stack_name],
+        cwd=work_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if shown.returncode != 0:
+        raise UpFailed(f"pulumi stack output failed after the up: {shown.stderr.strip()}")
+    return json.loads(shown.stdout)
 
 
 @dataclass
@@ -257,6 +297,8 @@ class Rehearsal:
         self.project = self.work / "project"
         self.running = False
         self._api = None
+        # The stacks this state backend holds, once known: `pulumi stack ls` is not run before every up.
+        self._stacks: set[str] | None = None
 
     def __enter__(self) -> Rehearsal:
         self.bin_dir = link_toolchain(self.toolchain, self.work / "toolchain" / "bin")
@@ -266,13 +308,15 @@ class Rehearsal:
             "PULUMI_BACKEND_URL": f"file://{self.work / 'state'}",
             "PULUMI_CONFIG_PASSPHRASE": secrets.token_hex(16),
             "PULUMI_SKIP_UPDATE_CHECK": "true",
+            # The locally built provider is found on PATH (bin_dir), as the version the SDK asks for:
+            # no download, and no `pulumi plugin install` copying 200 MB into every rehearsal's home.
+            "PULUMI_IGNORE_AMBIENT_PLUGINS": "false",
             "KUBECONFIG": str(self.kubeconfig),
         }
         (self.work / "state").mkdir()
         self.running = True
         try:
             self._start_cluster()
-            self._register_provider()
             copy_program(self.project)
         except BaseException:
             self.stop()
@@ -298,15 +342,6 @@ class Rehearsal:
             lines = (started.stderr or started.stdout).strip().splitlines() or ["no output"]
             raise SetupError(f"the rehearsal cluster did not start: {lines[-1]}")
         self.progress(f"cluster up: {len(self.core.list_node().items)} nodes")
-
-    def _register_provider(self) -> None:
-        """The locally built provider, registered as the version the SDK asks for (no download)."""
-        binary = self.toolchain["pulumi-resource-kubernetes"]
-        command = ["pulumi", "plugin", "install", "resource", "kubernetes", f"v{PROVIDER_VERSION}", "--file", str(binary)]
-        done = subprocess.run(command, env={**os.environ, **self.env}, capture_output=True, text=True)
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines() or ["no output"]
-            raise SetupError(f"cannot register the Kubernetes provider plugin {binary}: {lines[-1]}")
 
     def reset(self, timeout: float = 90.0) -> None:
         """Return the cluster to how `start` left it, for the next rehearsal on the same fleet and
@@ -358,6 +393,7 @@ class Rehearsal:
         self._wait(deadline, "the capacity of the deleted classes withdrawn", capacity_withdrawn)
         shutil.rmtree(self.work / "state")
         (self.work / "state").mkdir()
+        self._stacks = None
         shutil.rmtree(self.project)
         copy_program(self.project)
         self.progress(f"cluster reset in {time.monotonic() - started:.1f} s")
@@ -457,8 +493,11 @@ class Rehearsal:
             env_vars=self.env,
             pulumi_command=pulumi_command(self.bin_dir),
         )
-        if stack not in {s.name for s in workspace.list_stacks()}:
+        if self._stacks is None:
+            self._stacks = {s.name for s in workspace.list_stacks()}
+        if stack not in self._stacks:
             workspace.create_stack(stack)
+            self._stacks.add(stack)
         stack_file = self.project / f"Pulumi.{stack}.yaml"
         settings = yaml.safe_load(stack_file.read_text()) if stack_file.exists() else {}
         plain, secret = rehearsal_config(config, self.kubeconfig, self.context())
@@ -474,7 +513,7 @@ class Rehearsal:
         if namespace:
             self.ensure_namespace(namespace)
         self.configure(stack, config)
-        self.progress(f"pulumi up --stack {stack} (Automation API, file backend in {self.work / 'state'})")
+        self.progress(f"pulumi up --stack {stack} (file backend in {self.work / 'state'})")
         # No secret can be in an error here: secure values never reach the rehearsal (placeholders).
         outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
         self.progress("pulumi up done")

@@ -238,7 +238,7 @@ class Project:
         self.pulumi("config", "set", "--path", f"mlcache:{key}", value, stack=stack)
 
     def up(self, stack: str, check: bool = True) -> subprocess.CompletedProcess:
-        """`pulumi up` the way mlcache rehearse deploys (the Automation API, mlcache rehearse.up_stack)."""
+        """`pulumi up` the way mlcache rehearse deploys (mlcache.rehearsal.cluster.up_stack)."""
         bin_dir = Path(shutil.which("pulumi", path=self.env["PATH"])).parent
         try:
             outputs = up_stack(self.directory, stack, self.env, bin_dir)

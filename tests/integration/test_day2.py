@@ -1,6 +1,6 @@
 """Day-2 hazards, observed on the rehearsal cluster (issue: day-2 hazards of a zone-local cache).
 
-Every stack goes up through mlcache rehearse (the Automation API); the real kube-scheduler, volume
+Every stack goes up through mlcache rehearse (the real `pulumi up`); the real kube-scheduler, volume
 binder, job and node-lifecycle controllers place things and notice a dead node; the LINSTOR
 provisioner stand-in pins each volume to its node. The tests read UIDs, nodes and zones back."""
 

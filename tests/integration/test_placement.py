@@ -1,4 +1,4 @@
-"""Placement, observed: every stack goes up through mlcache rehearse (the Automation API against the
+"""Placement, observed: every stack goes up through mlcache rehearse (the real `pulumi up` against the
 rehearsal cluster), the real kube-scheduler, volume binder and job controller place it, the
 provisioner stand-ins create the volumes, and the tests read where things landed."""
 
