@@ -4,6 +4,8 @@ scheduler really does with a stack is tests/integration/test_placement.py's job.
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 from kubernetes import client
 
@@ -413,6 +415,10 @@ def test_usage_errors_exit_2_with_one_line_before_anything_starts(capsys, argv, 
 def test_missing_toolchain_exits_2_with_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(rehearse, "TOOLCHAIN_CACHE", tmp_path)
     monkeypatch.setenv("PATH", str(tmp_path))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     assert rehearse_command.main(["--stack", "dev"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and "scripts/build-engine" in err
+    assert list(temporary.iterdir()) == []  # no work directory left behind

@@ -288,8 +288,9 @@ class Rehearsal:
     jobset: bool = False
     keep: bool = False
     progress: Progress = quiet
-    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlcache-rehearse-")))
+    # The toolchain is found first: a missing one (SetupError) must not leave an empty work directory behind.
     toolchain: dict[str, Path] = field(default_factory=find_toolchain)
+    work: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mlcache-rehearse-")))
 
     def __post_init__(self) -> None:
         self.cluster = self.work / "cluster"
