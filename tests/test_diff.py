@@ -487,3 +487,14 @@ def test_a_project_directory_without_pulumi_yaml_is_one_line(capsys, tmp_path):
         out, err = capsys.readouterr()
         assert out == "" and err.count("\n") == 1
         assert f"argument --project: '{tmp_path / 'nowhere'}' is not a Pulumi project directory (no Pulumi.yaml in it)" in err
+
+
+def test_a_move_by_copy_in_a_project_with_another_program_is_one_line_not_a_wrong_preview(project_copy):
+    """A move is judged against the base's claim, which only a render in this process can be given."""
+    prod = project_copy / "Pulumi.prod.yaml"
+    prod.write_text(prod.read_text().replace("    protect: true\n", "    protect: true\n    relocate: copy\n"))
+    script = next((project_copy / "workloads").glob("*.py"))
+    script.write_bytes(script.read_bytes() + b"\n")  # another program than these tools'
+    result = _diff(project_copy, "--base", "HEAD", "--stack", "prod")
+    assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1
+    assert "its program differs from these tools' and stack(s) prod move the cache by copy" in result.stderr

@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             return render_json(project, stack, digest_key, live, in_process=here)
 
         copying = {stack for stack in stacks if moves_by_copy(stack, project)}
+        if copying and not here:
+            # A move is judged against the base's claim, which reaches only a render in this process.
+            raise UsageError(
+                f"--project {args.project}: its program differs from these tools' and stack(s) {', '.join(sorted(copying))} "
+                "move the cache by copy; run that checkout's own mlcache diff"
+            )
         if same_program(base_dir):
             # Only stack files differ: both sides render here, one after the other (a render is not thread-safe).
             base = [render_json(base_dir, stack, digest_key, in_process=True) for stack in stacks]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
-from mlcache.cluster.kube import CLAIMS, JOB, NODES, STORAGE_CLASS, VOLUME, Kube
+from mlcache.cluster.kube import CLAIMS, JOB, NODES, STORAGE_CLASS, VOLUME, Kube, api_path
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_ATTEMPT_ANNOTATION,
@@ -873,7 +873,7 @@ def read_live_cache(
         volume, nodes, storage_class = None, [], None
         if get(claim, "spec", "volumeName"):
             what[0] = f"PersistentVolume {claim['spec']['volumeName']}"
-            volume = kube.get(VOLUME.format(name=claim["spec"]["volumeName"]))
+            volume = kube.get(api_path(VOLUME, name=claim["spec"]["volumeName"]))
             if volume_terms(volume):
                 # All nodes, filtered here: hostname keys may name a node that lacks the label,
                 # which a label selector would miss.
@@ -881,20 +881,20 @@ def read_live_cache(
                 nodes = volume_nodes(volume, kube.items(NODES))
         if get(claim, "spec", "storageClassName"):
             what[0] = f"StorageClass {claim['spec']['storageClassName']}"
-            storage_class = kube.optional(STORAGE_CLASS.format(name=claim["spec"]["storageClassName"]))
+            storage_class = kube.optional(api_path(STORAGE_CLASS, name=claim["spec"]["storageClassName"]))
         copy_job = None
         if older is not None:
             what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
-            copy_job = kube.optional(JOB.format(namespace=namespace, name=copy_name(cache_name, number)))
+            copy_job = kube.optional(api_path(JOB, namespace=namespace, name=copy_name(cache_name, number)))
         return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
 
     try:
-        claims = kube.items(CLAIMS.format(namespace=namespace))
+        claims = kube.items(api_path(CLAIMS, namespace=namespace))
         durable = next((c for c in claims if get(c, "metadata", "name") == durable_claim_name(cache_name)), None)
         durable_class, durable_class_name = None, get(durable, "spec", "storageClassName")
         if durable_class_name:
             what[0] = f"StorageClass {durable_class_name}"
-            durable_class = kube.optional(STORAGE_CLASS.format(name=durable_class_name))
+            durable_class = kube.optional(api_path(STORAGE_CLASS, name=durable_class_name))
         generations = cache_generations(cache_name, claims)
         if not generations:
             return LiveCache(namespace=namespace, claim=None, durable=durable, durable_class=durable_class)
@@ -903,7 +903,7 @@ def read_live_cache(
         if not training_job:
             return newest
         what[0] = f"Job {namespace}/{training_job}"
-        return replace(newest, training_job=kube.optional(JOB.format(namespace=namespace, name=training_job)))
+        return replace(newest, training_job=kube.optional(api_path(JOB, namespace=namespace, name=training_job)))
     except ApiException as err:
         return Unread(f"cannot read {what[0]}: HTTP {err.status} {err.reason}")
     except Exception as err:  # connection refused, DNS, TLS, timeout

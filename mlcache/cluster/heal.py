@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
-from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube
+from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube, api_path
 from mlcache.program.names import OUT_OF_SERVICE_TAINT
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
@@ -141,7 +141,7 @@ def read_heal_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
     from mlcache.cluster.live import read_snapshot  # noqa: PLC0415
 
     snapshot = read_snapshot(expect, kube)
-    pods = kube.items(NAMESPACED_PODS.format(namespace=expect.namespace))
+    pods = kube.items(api_path(NAMESPACED_PODS, namespace=expect.namespace))
     snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
     return snapshot
 
@@ -153,12 +153,12 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
     for pod in plan.stuck_pods:
         print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
         try:
-            kube.delete(POD.format(namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
+            kube.delete(api_path(POD, namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
         except ApiException as err:
             if err.status != 404:
                 raise
     print(f"deleting claim {expect.namespace}/{expect.pvc}", file=sys.stderr)
-    claim = CLAIM.format(namespace=expect.namespace, name=expect.pvc)
+    claim = api_path(CLAIM, namespace=expect.namespace, name=expect.pvc)
     kube.delete(claim)
     deadline = time.monotonic() + DELETE_TIMEOUT
     while True:

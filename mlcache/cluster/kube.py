@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import quote
 
 # The API server's paths of the objects mlcache reads.
 CLAIMS = "/api/v1/namespaces/{namespace}/persistentvolumeclaims"
@@ -28,8 +29,14 @@ JOB = "/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
 JOBS = "/apis/batch/v1/namespaces/{namespace}/jobs"
 
 
+def api_path(template: str, **names: str) -> str:
+    """One of the paths above with its namespace and name filled in, each quoted as a path segment
+    (a name from a stack's config never reaches another endpoint)."""
+    return template.format(**{key: quote(value, safe="") for key, value in names.items()})
+
+
 class Kube:
-    """GETs on one ApiClient; `timeout` (seconds) bounds each request."""
+    """Requests on one ApiClient; `timeout` (seconds) bounds each."""
 
     def __init__(self, api: Any, timeout: float | None = None) -> None:
         self.api = api

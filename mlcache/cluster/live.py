@@ -17,7 +17,7 @@ from mlcache.cluster.bound_cache import (
 )
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.diagnosis import DurableState, Expectation, Finding, Snapshot, diagnose, durable_finding, follow_move
-from mlcache.cluster.kube import CLAIM, CLAIMS, EVENTS, JOB, NAMESPACED_PODS, NODES, POD_LOG, PODS, VOLUME, Kube
+from mlcache.cluster.kube import CLAIM, CLAIMS, EVENTS, JOB, NAMESPACED_PODS, NODES, POD_LOG, PODS, VOLUME, Kube, api_path
 from mlcache.cluster.workers import diagnose_workers
 from mlcache.errors import Unreachable, UsageError
 from mlcache.program.names import (
@@ -35,13 +35,13 @@ REQUEST_TIMEOUT = 15
 
 def read_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
     """The live objects the diagnosis judges."""
-    pvc = kube.optional(CLAIM.format(namespace=expect.namespace, name=expect.pvc))
+    pvc = kube.optional(api_path(CLAIM, namespace=expect.namespace, name=expect.pvc))
     if pvc is None:
         return Snapshot(pvc=None)
     volume = _get(pvc, "spec", "volumeName")
-    pv = kube.get(VOLUME.format(name=volume)) if volume else None
+    pv = kube.get(api_path(VOLUME, name=volume)) if volume else None
     pods = []
-    pods_here = NAMESPACED_PODS.format(namespace=expect.namespace)
+    pods_here = api_path(NAMESPACED_PODS, namespace=expect.namespace)
     if expect.run:
         worker = expect.run.claims.index(expect.pvc)
         pods = kube.items(pods_here, labelSelector=f"{RUN_LABEL}={expect.run.name},{WORKER_LABEL}={worker}")
@@ -49,7 +49,7 @@ def read_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
         pods = kube.items(pods_here, labelSelector=f"job-name={expect.job}")
     nodes = {n["metadata"]["name"]: n for n in kube.items(NODES)}
     bound = kube.items(PODS, fieldSelector="spec.nodeName!=")
-    events = kube.items(EVENTS.format(namespace=expect.namespace))
+    events = kube.items(api_path(EVENTS, namespace=expect.namespace))
     return Snapshot(pvc=pvc, pv=pv, pods=pods, nodes=nodes, bound_pods=bound, events=events)
 
 
@@ -113,8 +113,8 @@ def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Fin
 
 def read_durable(claim: str, refresh_job: str, namespace: str, kube: Kube) -> DurableState:
     """The durable copy's claim and its refresh Job's state, read live."""
-    found = kube.optional(CLAIM.format(namespace=namespace, name=claim))
-    job = kube.optional(JOB.format(namespace=namespace, name=refresh_job))
+    found = kube.optional(api_path(CLAIM, namespace=namespace, name=claim))
+    job = kube.optional(api_path(JOB, namespace=namespace, name=refresh_job))
     refresh = (
         "absent"
         if job is None
@@ -136,7 +136,7 @@ def read_move(expect: Expectation, kube: Kube) -> tuple[Expectation, list[Findin
     """follow_move on the live claims, the copy Job, the training Job and the copy pod's last progress line."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
-    claims = kube.items(CLAIMS.format(namespace=expect.namespace))
+    claims = kube.items(api_path(CLAIMS, namespace=expect.namespace))
     base = cache_name_of(expect.pvc)
     generations = cache_generations(base, claims)
     if len(generations) < 2:
@@ -144,14 +144,14 @@ def read_move(expect: Expectation, kube: Kube) -> tuple[Expectation, list[Findin
     job_name = copy_name(base, generations[-1][0])
 
     def job(name: str | None) -> dict | None:
-        return kube.optional(JOB.format(namespace=expect.namespace, name=name)) if name else None
+        return kube.optional(api_path(JOB, namespace=expect.namespace, name=name)) if name else None
 
     mounted = next(iter(mounted_claims(job(expect.job))), None)
     progress = None
     selector = f"{COPY_LABEL}={job_name},{COPY_ROLE_LABEL} in (receiver,local)"
-    for pod in kube.items(NAMESPACED_PODS.format(namespace=expect.namespace), labelSelector=selector):
+    for pod in kube.items(api_path(NAMESPACED_PODS, namespace=expect.namespace), labelSelector=selector):
         try:
-            log = kube.text(POD_LOG.format(namespace=expect.namespace, name=pod["metadata"]["name"]), tailLines="20")
+            log = kube.text(api_path(POD_LOG, namespace=expect.namespace, name=pod["metadata"]["name"]), tailLines="20")
         except ApiException:
             continue  # not started yet, or no log kept (a kwok node runs nothing)
         lines = [line.removeprefix(COPY_PROGRESS_PREFIX) for line in log.splitlines() if line.startswith(COPY_PROGRESS_PREFIX)]

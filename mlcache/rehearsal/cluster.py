@@ -11,6 +11,7 @@ import os
 import queue
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from mlcache import CHECKOUT
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import node_zone
 from mlcache.cluster.diagnosis import expectation_from_outputs
-from mlcache.cluster.kube import CLAIMS, EVENTS, JOBS, NODES, PODS, STORAGE_CLASSES, VOLUMES, Kube
+from mlcache.cluster.kube import CLAIMS, EVENTS, JOBS, NODES, PODS, STORAGE_CLASSES, VOLUMES, Kube, api_path
 from mlcache.preview.stack_config import StackConfig, load_stack_config
 from mlcache.program.outputs import StackOutputs
 from mlcache.rehearsal.report import (
@@ -207,6 +208,8 @@ def pulumi_command(bin_dir: Path) -> Any:
 
 # Seconds between reads of the engine's event log while `pulumi up` runs.
 EVENT_POLL = 0.2
+# Seconds an interrupted `pulumi up` gets to cancel and save its state before it is killed.
+CANCEL_WAIT = 120
 
 
 def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path, progress: Progress = quiet) -> dict[str, Any]:
@@ -221,26 +224,31 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
     errors: list[str] = []
 
     def on_event(line: str) -> None:
-        event = json.loads(line)
-        step = (event.get("resOutputsEvent") or {}).get("metadata") or {}
-        if step.get("type", "").startswith("kubernetes:") and step.get("op") != "same":
-            progress(f"up: {step['op']} {step['type'].split(':')[-1]} {step['urn'].split('::')[-1]}")
-        diagnostic = event.get("diagnosticEvent") or {}
-        if diagnostic.get("severity") == "error":
-            errors.append(diagnostic["message"].strip())
+        try:
+            event = json.loads(line)
+            step = (event.get("resOutputsEvent") or {}).get("metadata") or {}
+            if step.get("type", "").startswith("kubernetes:") and step.get("op") != "same":
+                progress(f"up: {step['op']} {step['type'].split(':')[-1]} {step['urn'].split('::')[-1]}")
+            diagnostic = event.get("diagnosticEvent") or {}
+            if diagnostic.get("severity") == "error":
+                errors.append(diagnostic["message"].strip())
+        except (ValueError, AttributeError, KeyError, TypeError):
+            pass  # a line the rehearsal cannot read only costs a progress line, never the up
 
     with tempfile.TemporaryDirectory(prefix="mlcache-up-") as tmp:
         events, output = Path(tmp) / "events.jsonl", Path(tmp) / "output.txt"
         events.touch()
         command = ["up", "--yes", "--skip-preview", "--non-interactive", "--color", "never", "--event-log", str(events)]
-        with output.open("w") as sink, events.open() as log:
+        with output.open("w") as sink, events.open(encoding="utf-8") as log:
             # --event-log exists only with the CLI's debug commands on (as the Automation API runs it).
+            # A session of its own: a Ctrl-C reaches the CLI once, from here, as one cancel.
             process = subprocess.Popen(
                 [pulumi, *command, "--stack", stack_name],
                 cwd=work_dir,
-                env={**env, "PULUMI_DEBUG_COMMANDS": "true"},
+                env={**os.environ, **env, "PULUMI_DEBUG_COMMANDS": "true"},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             pending = ""
             try:
@@ -255,8 +263,14 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
                         break
                     time.sleep(EVENT_POLL)
             except BaseException:
-                process.terminate()  # the CLI cancels the update cleanly on SIGTERM
-                process.wait()
+                # One SIGINT: the CLI cancels the update and saves its state (a second signal
+                # would end it at once); killed only if it has not stopped within CANCEL_WAIT.
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(timeout=CANCEL_WAIT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
                 raise
         if process.returncode != 0:
             lines = [line for line in output.read_text(errors="replace").splitlines() if line.strip()]
@@ -264,7 +278,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
     shown = subprocess.run(
         [pulumi, "stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack", stack_name],
         cwd=work_dir,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=False,
@@ -526,11 +540,11 @@ class Rehearsal:
         return ClusterView(
             nodes={n["metadata"]["name"]: n for n in kube.items(NODES)},
             pods=kube.items(PODS),
-            claims=kube.items(CLAIMS.format(namespace=namespace)),
+            claims=kube.items(api_path(CLAIMS, namespace=namespace)),
             volumes={v["metadata"]["name"]: v for v in kube.items(VOLUMES)},
             classes={c["metadata"]["name"]: c for c in kube.items(STORAGE_CLASSES)},
-            jobs=kube.items(JOBS.format(namespace=namespace)),
-            events=kube.items(EVENTS.format(namespace=namespace)),
+            jobs=kube.items(api_path(JOBS, namespace=namespace)),
+            events=kube.items(api_path(EVENTS, namespace=namespace)),
         )
 
     def settle(self, namespace: str, jobs: list[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[ClusterView, list[str]]:

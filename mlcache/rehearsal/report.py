@@ -1,6 +1,6 @@
 """Where the scheduler put the cache and the pods that mount it: the rehearsal's settle test and
-placement report, as pure functions over API objects (plain dicts, camelCase keys, as
-`ApiClient.sanitize_for_serialization` returns them). mlcache rehearse reads the cluster and
+placement report, as pure functions over API objects (plain dicts, camelCase keys, the API
+server's JSON as mlcache.cluster.kube reads it). mlcache rehearse reads the cluster and
 prints; tests/test_rehearse.py feeds these functions recorded objects.
 """
 
