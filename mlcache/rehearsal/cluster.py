@@ -221,6 +221,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
     `stack select`, `stack output` twice and `stack history` around every up: about a second of
     CPU per up on a 2-core machine, for nothing the rehearsal reads."""
     pulumi = str(bin_dir / "pulumi")
+    environment = {**os.environ, **env}  # the caller's environment, as the Automation API passed it
     errors: list[str] = []
 
     def on_event(line: str) -> None:
@@ -245,7 +246,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
             process = subprocess.Popen(
                 [pulumi, *command, "--stack", stack_name],
                 cwd=work_dir,
-                env={**os.environ, **env, "PULUMI_DEBUG_COMMANDS": "true"},
+                env={**environment, "PULUMI_DEBUG_COMMANDS": "true"},
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -278,7 +279,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
     shown = subprocess.run(
         [pulumi, "stack", "output", "--json", "--show-secrets", "--non-interactive", "--stack", stack_name],
         cwd=work_dir,
-        env={**os.environ, **env},
+        env=environment,
         capture_output=True,
         text=True,
         check=False,

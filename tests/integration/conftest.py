@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,20 @@ CACHE = Path(
     os.environ.get("MLCACHE_ENGINE_CACHE", Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlcache-engine")
 )
 PASSPHRASE = "mlcache-integration-tests"
+
+
+def ended(containers: Iterable[tuple[str, str]], phase: str, finished_at: str | None = None) -> dict:
+    """A pod status patch: the pod `phase` (Failed or Succeeded) and each (name, image) container
+    terminated, as a kubelet reports them (kwok runs nothing, so tests end pods this way)."""
+    failed = phase == "Failed"
+    terminated = {"exitCode": 1 if failed else 0, "reason": "Error" if failed else "Completed"}
+    if finished_at:
+        terminated["finishedAt"] = finished_at
+    statuses = [
+        {"name": name, "image": image, "ready": False, "restartCount": 0, "imageID": "", "state": {"terminated": terminated}}
+        for name, image in containers
+    ]
+    return {"status": {"phase": phase, "containerStatuses": statuses}}
 
 
 def wait_for(probe: Callable[[], object], timeout: float, what: str) -> object:

@@ -13,7 +13,7 @@ from kubernetes import client
 
 from mlcache.cluster.bound_cache import mounted_claims
 from mlcache.rehearsal.cluster import UpFailed
-from tests.integration.conftest import wait_for
+from tests.integration.conftest import ended, wait_for
 from tests.integration.test_day2 import tool
 
 SETTLE = 120.0
@@ -150,10 +150,7 @@ def end_pods_until(rehearsal, namespace: str, job: str, phase: str, condition: s
     backoff (10 s, doubling, counted from the last failure's finish) has then elapsed, and the
     retries follow at once instead of after 10 + 20 + 40 s."""
     core = client.CoreV1Api(rehearsal.api)
-    failed = phase == "Failed"
     finished = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    terminated = {"exitCode": 1 if failed else 0, "reason": "Error" if failed else "Completed", "finishedAt": finished}
-    ended = {"ready": False, "restartCount": 0, "imageID": "", "state": {"terminated": terminated}}
 
     def reached() -> bool:
         conditions = (jobs(rehearsal, namespace)[job].get("status") or {}).get("conditions") or []
@@ -161,9 +158,8 @@ def end_pods_until(rehearsal, namespace: str, job: str, phase: str, condition: s
             return True
         for pod in core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items:
             if pod.status.phase in ("Pending", "Running") and pod.spec.node_name:
-                containers = [{"name": c.name, "image": c.image, **ended} for c in pod.spec.containers]
-                status = {"phase": phase, "reason": terminated["reason"], "containerStatuses": containers}
-                core.patch_namespaced_pod_status(pod.metadata.name, namespace, {"status": status})
+                containers = [(c.name, c.image) for c in pod.spec.containers]
+                core.patch_namespaced_pod_status(pod.metadata.name, namespace, ended(containers, phase, finished))
         return False
 
     wait_for(reached, SETTLE, f"Job {job} {condition}")

@@ -17,7 +17,7 @@ from kubernetes import client
 from mlcache.cluster.objects import volume_nodes
 from mlcache.program.names import GPU_PRODUCT_LABEL, HOSTNAME_LABEL, ZONE_LABEL
 from mlcache.rehearsal.report import ClusterView
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, ended
 
 A100 = "NVIDIA-A100-SXM4-80GB"
 SETTLE = 180.0
@@ -209,9 +209,7 @@ def test_jobset_engine_under_the_real_jobset_controller(rehearsal):
     # Worker 1 fails (its pod marked Failed, as the kubelet would): JobSet re-creates every
     # worker's Job (all or nothing), and each new worker lands back on its cache's node.
     failed = pods[1]["metadata"]["name"]
-    status = {"name": "sft", "ready": False, "restartCount": 0, "image": "x", "imageID": ""}
-    status["state"] = {"terminated": {"exitCode": 1, "reason": "Error"}}
-    rehearsal.core.patch_namespaced_pod_status(failed, namespace, {"status": {"phase": "Failed", "containerStatuses": [status]}})
+    rehearsal.core.patch_namespaced_pod_status(failed, namespace, ended([("sft", "x")], "Failed"))
     jobsets = client.CustomObjectsApi(rehearsal.api)
     deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline:
