@@ -90,7 +90,7 @@ def table(figures: list[Figure]) -> str:
 
 def measure(integration: bool, build_log: Path) -> list[Figure]:
     build = build_figures(build_log)  # read first: a bad log is refused before minutes of tests
-    figures = [timed(["./test", "unit"], "./test unit", TARGETS["unit"], "timing ./test unit (one to two minutes on 2 cores)")]
+    figures = [timed(["./test", "unit"], "./test unit", TARGETS["unit"], "timing ./test unit (about half a minute on 2 cores)")]
     if integration:
         progress = "timing ./test integration (several minutes; needs scripts/build-engine's toolchain)"
         figures.append(timed(["./test", "integration"], "./test integration", TARGETS["integration"], progress))
