@@ -5,6 +5,7 @@ scheduler really does with a stack is tests/integration/test_placement.py's job.
 from __future__ import annotations
 
 import tempfile
+from datetime import datetime, timedelta
 
 import pytest
 from kubernetes import client
@@ -13,7 +14,7 @@ from mlcache.cli import rehearse as rehearse_command
 from mlcache.cluster.diagnosis import FAIL, Expectation, diagnose
 from mlcache.preview.stack_config import load_stack_config
 from mlcache.rehearsal import cluster as rehearse
-from mlcache.rehearsal.report import ClusterView, build_report, render_report, still_moving
+from mlcache.rehearsal.report import ClusterView, build_report, capacity_rechecks, render_report, still_moving
 
 API = client.ApiClient()
 NS = "ml-training"
@@ -231,8 +232,40 @@ def test_the_schedulers_final_verdict_settles_a_pending_pod_but_a_transient_one_
     transient = pod("sft-1", unschedulable="0/5 nodes are available: pod has unbound immediate PersistentVolumeClaims.")
     assert "scheduler retrying" in still_moving(view([transient], [claim("Pending")]), NS, [TRAINING])[0]
     assert still_moving(view([final], [claim("Pending")]), NS, [TRAINING], rechecking={"sft-1"}) == [
-        f"pod {NS}/sft-1: scheduler re-checking after the volume changed"
+        f"pod {NS}/sft-1: scheduler re-checking after a volume or the storage capacity changed"
     ]
+
+
+def capacity(created: str, updated: str | None = None) -> dict:
+    fields = [{"manager": "mlcache-provisioner", "operation": "Update", "time": updated}] if updated else []
+    return {
+        "metadata": {
+            "name": "csisc-linstor-a100-ucsd-1",
+            "namespace": "kube-system",
+            "creationTimestamp": created,
+            "managedFields": fields,
+        },
+        "storageClassName": "linstor-fast-cache",
+    }
+
+
+def test_a_verdict_no_newer_than_the_last_storage_capacity_change_is_rechecked_for_the_schedulers_backoff():
+    rejected = pod("sft-1", unschedulable="0/11 nodes are available: 1 node(s) did not have enough free storage.")
+    verdict = event(rejected, "FailedScheduling", "0/11 nodes are available: 1 node(s) did not have enough free storage.")
+    at = datetime.fromisoformat("2026-11-28T22:00:05Z")
+
+    def rechecks(*capacities, seconds_after: float = 1.0):
+        moment = view([rejected], [claim("Pending")], events=[verdict])
+        moment.capacities = list(capacities)
+        return capacity_rechecks(moment, NS, at + timedelta(seconds=seconds_after), 10.0)
+
+    # Published in the verdict's second or later: the scheduler re-tries within its backoff.
+    assert rechecks(capacity("2026-11-28T22:00:05Z")) == ({"sft-1"}, 9.0)
+    assert rechecks(capacity("2026-11-28T21:00:00Z", updated="2026-11-28T22:00:07Z")) == ({"sft-1"}, 11.0)
+    # The backoff has passed, the verdict came after the change, or nothing is published: final.
+    assert rechecks(capacity("2026-11-28T22:00:05Z"), seconds_after=10.5) == (set(), 0.0)
+    assert rechecks(capacity("2026-11-28T22:00:04Z")) == (set(), 0.0)
+    assert rechecks() == (set(), 0.0)
 
 
 # --- the report ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ STORAGE_CLASS = "/apis/storage.k8s.io/v1/storageclasses/{name}"
 STORAGE_CLASSES = "/apis/storage.k8s.io/v1/storageclasses"
 JOB = "/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
 JOBS = "/apis/batch/v1/namespaces/{namespace}/jobs"
+CAPACITIES = "/apis/storage.k8s.io/v1/csistoragecapacities"
 
 
 def api_path(template: str, **names: str) -> str:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,14 @@ from mlcache import CHECKOUT
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import node_zone
 from mlcache.cluster.diagnosis import expectation_from_outputs
-from mlcache.cluster.kube import CLAIMS, EVENTS, JOBS, NODES, PODS, STORAGE_CLASSES, VOLUMES, Kube, api_path
+from mlcache.cluster.kube import CAPACITIES, CLAIMS, EVENTS, JOBS, NODES, PODS, STORAGE_CLASSES, VOLUMES, Kube, api_path
 from mlcache.preview.stack_config import StackConfig, load_stack_config
 from mlcache.program.outputs import StackOutputs
 from mlcache.rehearsal.report import (
     ClusterView,
     Report,
     build_report,
+    capacity_rechecks,
     is_placed,
     label,
     latest_verdicts,
@@ -546,6 +548,7 @@ class Rehearsal:
             classes={c["metadata"]["name"]: c for c in kube.items(STORAGE_CLASSES)},
             jobs=kube.items(api_path(JOBS, namespace=namespace)),
             events=kube.items(api_path(EVENTS, namespace=namespace)),
+            capacities=kube.items(CAPACITIES),
         )
 
     def settle(self, namespace: str, jobs: list[str], timeout: float = DEFAULT_TIMEOUT) -> tuple[ClusterView, list[str]]:
@@ -568,6 +571,11 @@ class Rehearsal:
                         verdicts[pod] = (verdict, now)
                 recheck_until = volumes_changed_at + SCHEDULER_MAX_BACKOFF
                 rechecking = {pod for pod, (_, seen) in verdicts.items() if seen < volumes_changed_at and now < recheck_until}
+                recheck_ends = [recheck_until] if rechecking else []
+                stale, left = capacity_rechecks(view, namespace, datetime.now(UTC), SCHEDULER_MAX_BACKOFF)
+                if stale:
+                    rechecking |= stale
+                    recheck_ends.append(now + left)
                 moving = still_moving(view, namespace, jobs, rechecking)
                 self._tell(view, namespace, moving, reported)
                 if not moving:
@@ -575,8 +583,8 @@ class Rehearsal:
                 if now >= deadline:
                     return view, moving
                 wake = deadline - now
-                if rechecking:
-                    wake = min(wake, recheck_until - now)
+                if recheck_ends:
+                    wake = min(wake, *(end - now for end in recheck_ends))
                 try:
                     changes.get(timeout=max(wake, 0.01))
                     while not changes.empty():
@@ -588,8 +596,8 @@ class Rehearsal:
                 watcher.stop()
 
     def _watch(self, changes: queue.Queue, namespace: str, timeout: float) -> list[Any]:
-        """A thread per watched kind; each change wakes the settle loop. The server ends the
-        watches when the wait would end anyway."""
+        """A thread per watched kind (pods, claims, volumes, events, storage capacity); each change
+        wakes the settle loop. The server ends the watches when the wait would end anyway."""
         from kubernetes import client, watch  # noqa: PLC0415
 
         core = client.CoreV1Api(self.api)
@@ -598,6 +606,7 @@ class Rehearsal:
             (core.list_namespaced_persistent_volume_claim, {"namespace": namespace}),
             (core.list_persistent_volume, {}),
             (core.list_namespaced_event, {"namespace": namespace}),
+            (client.StorageV1Api(self.api).list_csi_storage_capacity_for_all_namespaces, {}),
         ]
         watchers = []
         for source, kwargs in sources:

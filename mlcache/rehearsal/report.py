@@ -41,7 +41,8 @@ TRANSIENT_VERDICTS = (
 @dataclass
 class ClusterView:
     """The objects a rehearsal looks at: nodes, every pod (capacity is per node, any
-    namespace), the stack namespace's claims, Jobs and events, the PVs and StorageClasses."""
+    namespace), the stack namespace's claims, Jobs and events, the PVs and StorageClasses, and
+    the storage capacity the provisioner publishes (CSIStorageCapacity)."""
 
     nodes: dict[str, dict] = field(default_factory=dict)
     pods: list[dict] = field(default_factory=list)
@@ -50,6 +51,7 @@ class ClusterView:
     classes: dict[str, dict] = field(default_factory=dict)
     jobs: list[dict] = field(default_factory=list)
     events: list[dict] = field(default_factory=list)
+    capacities: list[dict] = field(default_factory=list)
 
 
 def name_of(obj: dict) -> str:
@@ -99,7 +101,7 @@ def still_moving(view: ClusterView, namespace: str, jobs: list[str], rechecking:
     """What has not reached a state the scheduler, binder and provisioner would leave alone.
     Empty = settled: every Job has its pods, every pod is placed or has the scheduler's final
     verdict, every claim is Bound or waits for a consumer. `rechecking`: pods whose verdict
-    predates the last volume change (the watcher knows; the scheduler re-tries them)."""
+    predates the last change of volumes or storage capacity (the scheduler re-tries them)."""
     moving = []
     for job in jobs:
         if not job_pods(view, namespace, job):
@@ -130,7 +132,7 @@ def still_moving(view: ClusterView, namespace: str, jobs: list[str], rechecking:
             if any(marker in verdict for marker in TRANSIENT_VERDICTS):
                 moving.append(f"pod {label(pod)}: scheduler retrying ({verdict})")
             elif name_of(pod) in rechecking:
-                moving.append(f"pod {label(pod)}: scheduler re-checking after the volume changed")
+                moving.append(f"pod {label(pod)}: scheduler re-checking after a volume or the storage capacity changed")
     return moving
 
 
@@ -461,6 +463,39 @@ def latest_verdicts(view: ClusterView, namespace: str) -> dict[str, tuple[str | 
             failed = events_about(pod, view.events, "FailedScheduling")
             verdicts[name_of(pod)] = (scheduling_message(pod, view.events), event_time(failed[-1]) if failed else None)
     return verdicts
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def capacity_changed_at(view: ClusterView) -> datetime | None:
+    """When the published storage capacity last changed (a CSIStorageCapacity created or
+    updated), by the API server's clock: the scheduler re-tries the pods it found no room for."""
+    times = [
+        _stamp(stamp)
+        for capacity in view.capacities
+        for stamp in [
+            _get(capacity, "metadata", "creationTimestamp"),
+            *(entry.get("time") for entry in _get(capacity, "metadata", "managedFields") or []),
+        ]
+        if stamp
+    ]
+    return max(times, default=None)
+
+
+def capacity_rechecks(view: ClusterView, namespace: str, now: datetime, backoff: float) -> tuple[set[str], float]:
+    """Unplaced pods whose latest scheduling verdict is no newer than the last storage capacity
+    change (whole seconds on both sides, so the same second counts), and for how many more
+    seconds the scheduler may re-try them (its maximum backoff after the change). A provisioner
+    publishes a new class's capacity moments after the class appears, sometimes after the
+    scheduler's first try found no room."""
+    changed = capacity_changed_at(view)
+    left = (changed - now).total_seconds() + backoff if changed is not None else 0.0
+    if changed is None or left <= 0:
+        return set(), 0.0
+    stale = {pod for pod, (_, at) in latest_verdicts(view, namespace).items() if at is not None and at <= changed}
+    return stale, left if stale else 0.0
 
 
 def volume_state(view: ClusterView) -> tuple:
