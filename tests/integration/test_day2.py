@@ -88,7 +88,7 @@ def test_zone_change_is_refused_with_nothing_changed_and_relocate_moves_the_cach
     namespace = outputs["namespace"]
     report = rehearsal.report("prod", outputs, SETTLE)
     bound = training(report)
-    assert bound.zone == "ucsd" and report.volume.zones == ["ucsd"] and report.volume.nodes == [bound.node]
+    assert bound.zone == "ucsd" and report.volume.zones == ["ucsd"] and report.volume.nodes == [bound.node], bound.reason
     before = uids(rehearsal, namespace)
 
     with pytest.raises(UpFailed) as refused:
@@ -103,7 +103,7 @@ def test_zone_change_is_refused_with_nothing_changed_and_relocate_moves_the_cach
     outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=true", "cache.protect=false"])
     report = rehearsal.report("prod", outputs, SETTLE)
     moved = training(report)
-    assert moved.zone == "sdsu" and report.volume.zones == ["sdsu"] and report.volume.nodes == [moved.node]
+    assert moved.zone == "sdsu" and report.volume.zones == ["sdsu"] and report.volume.nodes == [moved.node], moved.reason
     assert moved.with_cache is True and report.exit_code == 0, report.problems
     after = uids(rehearsal, namespace)
     assert after["PersistentVolume"] != before["PersistentVolume"]
@@ -120,7 +120,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     namespace = outputs["namespace"]
     report = rehearsal.report("prod", outputs, SETTLE)
     first = training(report)
-    assert first.zone == "ucsd" and report.volume.nodes == [first.node]
+    assert first.zone == "ucsd" and report.volume.nodes == [first.node], first.reason
     before = uids(rehearsal, namespace)
 
     kill_node(rehearsal, first.node)
@@ -156,7 +156,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
 
     report = healed_report(rehearsal, outputs)
     again = training(report)
-    assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
+    assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node], again.reason
     assert again.with_cache is True
     after = uids(rehearsal, namespace)
     assert after["PersistentVolume"] != before["PersistentVolume"]
@@ -209,7 +209,7 @@ def test_node_loss_with_a_durable_copy_heal_restores_from_it_on_a_healthy_node(r
     assert outputs["durableCopy"]["claim"] == DURABLE
     report = rehearsal.report("prod", outputs, SETTLE)
     first = training(report)
-    assert first.zone == "ucsd" and report.volume.nodes == [first.node]
+    assert first.zone == "ucsd" and report.volume.nodes == [first.node], first.reason
     # The next up reads the cache bound and adds the refresh beside it; training is not replaced.
     job_uid = uids(rehearsal, namespace)[f"Job/{JOB}"]
     outputs = rehearsal.up("prod", settings)
@@ -241,7 +241,7 @@ def test_node_loss_with_a_durable_copy_heal_restores_from_it_on_a_healthy_node(r
 
     report = healed_report(rehearsal, outputs)
     again = training(report)
-    assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node]
+    assert again.node != first.node and again.zone == "ucsd" and report.volume.nodes == [again.node], again.reason
     pod = next(p for p in rehearsal.view(namespace).pods if f"{namespace}/{p['metadata']['name']}" == again.pod)
     assert [c["name"] for c in pod["spec"]["initContainers"]][:2] == ["restore", "prefetch"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"] if v.get("persistentVolumeClaim")}

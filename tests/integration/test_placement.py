@@ -81,7 +81,7 @@ def test_prod_option_b_pod_and_volume_land_in_the_pinned_zone(rehearsal):
     outputs = rehearsal.up("prod")
     report = rehearsal.report("prod", outputs, SETTLE)
     pod = training(report)
-    assert pod.zone == "ucsd" and report.volume.zones == ["ucsd"] and report.volume.nodes == [pod.node]
+    assert pod.zone == "ucsd" and report.volume.zones == ["ucsd"] and report.volume.nodes == [pod.node], pod.reason
     assert report.exit_code == 0, report.problems
 
 
