@@ -14,7 +14,14 @@ from mlcache.cli import rehearse as rehearse_command
 from mlcache.cluster.diagnosis import FAIL, Expectation, diagnose
 from mlcache.preview.stack_config import load_stack_config
 from mlcache.rehearsal import cluster as rehearse
-from mlcache.rehearsal.report import ClusterView, build_report, capacity_rechecks, render_report, still_moving
+from mlcache.rehearsal.report import (
+    ClusterView,
+    build_report,
+    capacity_rechecks,
+    latest_verdicts,
+    render_report,
+    still_moving,
+)
 
 API = client.ApiClient()
 NS = "ml-training"
@@ -257,7 +264,7 @@ def test_a_verdict_no_newer_than_the_last_storage_capacity_change_is_rechecked_f
     def rechecks(*capacities, seconds_after: float = 1.0):
         moment = view([rejected], [claim("Pending")], events=[verdict])
         moment.capacities = list(capacities)
-        return capacity_rechecks(moment, NS, at + timedelta(seconds=seconds_after), 10.0)
+        return capacity_rechecks(moment, latest_verdicts(moment, NS), at + timedelta(seconds=seconds_after), 10.0)
 
     # Published in the verdict's second or later: the scheduler re-tries within its backoff.
     assert rechecks(capacity("2026-11-28T22:00:05Z")) == ({"sft-1"}, 9.0)

@@ -566,13 +566,14 @@ class Rehearsal:
                 state = volume_state(view)
                 if state != last_volumes:
                     volumes_changed_at, last_volumes = now, state
-                for pod, verdict in latest_verdicts(view, namespace).items():
+                latest = latest_verdicts(view, namespace)
+                for pod, verdict in latest.items():
                     if verdicts.get(pod, (None,))[0] != verdict:
                         verdicts[pod] = (verdict, now)
                 recheck_until = volumes_changed_at + SCHEDULER_MAX_BACKOFF
                 rechecking = {pod for pod, (_, seen) in verdicts.items() if seen < volumes_changed_at and now < recheck_until}
                 recheck_ends = [recheck_until] if rechecking else []
-                stale, left = capacity_rechecks(view, namespace, datetime.now(UTC), SCHEDULER_MAX_BACKOFF)
+                stale, left = capacity_rechecks(view, latest, datetime.now(UTC), SCHEDULER_MAX_BACKOFF)
                 if stale:
                     rechecking |= stale
                     recheck_ends.append(now + left)

@@ -465,15 +465,11 @@ def latest_verdicts(view: ClusterView, namespace: str) -> dict[str, tuple[str | 
     return verdicts
 
 
-def _stamp(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
 def capacity_changed_at(view: ClusterView) -> datetime | None:
     """When the published storage capacity last changed (a CSIStorageCapacity created or
     updated), by the API server's clock: the scheduler re-tries the pods it found no room for."""
     times = [
-        _stamp(stamp)
+        datetime.fromisoformat(stamp)
         for capacity in view.capacities
         for stamp in [
             _get(capacity, "metadata", "creationTimestamp"),
@@ -484,18 +480,20 @@ def capacity_changed_at(view: ClusterView) -> datetime | None:
     return max(times, default=None)
 
 
-def capacity_rechecks(view: ClusterView, namespace: str, now: datetime, backoff: float) -> tuple[set[str], float]:
-    """Unplaced pods whose latest scheduling verdict is no newer than the last storage capacity
-    change (whole seconds on both sides, so the same second counts), and for how many more
-    seconds the scheduler may re-try them (its maximum backoff after the change). A provisioner
-    publishes a new class's capacity moments after the class appears, sometimes after the
-    scheduler's first try found no room."""
+def capacity_rechecks(
+    view: ClusterView, verdicts: dict[str, tuple[str | None, datetime | None]], now: datetime, backoff: float
+) -> tuple[set[str], float]:
+    """Of the unplaced pods' `verdicts` (latest_verdicts), those no newer than the last storage
+    capacity change (whole seconds on both sides, so the same second counts), and for how many
+    more seconds the scheduler may re-try them (its maximum backoff after the change). A
+    provisioner publishes a new class's capacity moments after the class appears, sometimes
+    after the scheduler's first try found no room."""
     changed = capacity_changed_at(view)
-    left = (changed - now).total_seconds() + backoff if changed is not None else 0.0
-    if changed is None or left <= 0:
+    if changed is None:
         return set(), 0.0
-    stale = {pod for pod, (_, at) in latest_verdicts(view, namespace).items() if at is not None and at <= changed}
-    return stale, left if stale else 0.0
+    left = (changed - now).total_seconds() + backoff
+    stale = {pod for pod, (_, at) in verdicts.items() if at is not None and at <= changed} if left > 0 else set()
+    return (stale, left) if stale else (set(), 0.0)
 
 
 def volume_state(view: ClusterView) -> tuple:
