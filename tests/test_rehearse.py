@@ -17,10 +17,10 @@ from mlcache.rehearsal import cluster as rehearse
 from mlcache.rehearsal.report import (
     ClusterView,
     build_report,
-    capacity_rechecks,
     latest_verdicts,
     render_report,
     still_moving,
+    storage_rechecks,
 )
 
 API = client.ApiClient()
@@ -256,20 +256,24 @@ def capacity(created: str, updated: str | None = None) -> dict:
     }
 
 
-def test_a_verdict_no_newer_than_the_last_storage_capacity_change_is_rechecked_for_the_schedulers_backoff():
+def test_a_verdict_no_newer_than_the_last_storage_change_is_rechecked_for_the_schedulers_backoff():
     rejected = pod("sft-1", unschedulable="0/11 nodes are available: 1 node(s) did not have enough free storage.")
     verdict = event(rejected, "FailedScheduling", "0/11 nodes are available: 1 node(s) did not have enough free storage.")
     at = datetime.fromisoformat("2026-11-28T22:00:05Z")
 
-    def rechecks(*capacities, seconds_after: float = 1.0):
-        moment = view([rejected], [claim("Pending")], events=[verdict])
+    def rechecks(*capacities, volumes=(), seconds_after: float = 1.0):
+        moment = view([rejected], [claim("Pending")], volumes, events=[verdict])
         moment.capacities = list(capacities)
-        return capacity_rechecks(moment, latest_verdicts(moment, NS), at + timedelta(seconds=seconds_after), 10.0)
+        return storage_rechecks(moment, latest_verdicts(moment, NS), at + timedelta(seconds=seconds_after), 10.0)
 
-    # Published in the verdict's second or later: the scheduler re-tries within its backoff.
+    # Capacity published in the verdict's second or later: the scheduler re-tries within its backoff.
     assert rechecks(capacity("2026-11-28T22:00:05Z")) == ({"sft-1"}, 9.0)
     assert rechecks(capacity("2026-11-28T21:00:00Z", updated="2026-11-28T22:00:07Z")) == ({"sft-1"}, 11.0)
-    # The backoff has passed, the verdict came after the change, or nothing is published: final.
+    # So does a volume provisioned after the verdict (the scheduler's next try selected a node).
+    provisioned = volume("a100-ucsd-1")
+    provisioned["metadata"]["creationTimestamp"] = "2026-11-28T22:00:06Z"
+    assert rechecks(volumes=[provisioned]) == ({"sft-1"}, 10.0)
+    # The backoff has passed, the verdict came after the change, or nothing changed: final.
     assert rechecks(capacity("2026-11-28T22:00:05Z"), seconds_after=10.5) == (set(), 0.0)
     assert rechecks(capacity("2026-11-28T22:00:04Z")) == (set(), 0.0)
     assert rechecks() == (set(), 0.0)

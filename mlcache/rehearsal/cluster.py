@@ -37,11 +37,11 @@ from mlcache.rehearsal.report import (
     ClusterView,
     Report,
     build_report,
-    capacity_rechecks,
     is_placed,
     label,
     latest_verdicts,
     still_moving,
+    storage_rechecks,
     volume_state,
 )
 
@@ -573,7 +573,7 @@ class Rehearsal:
                 recheck_until = volumes_changed_at + SCHEDULER_MAX_BACKOFF
                 rechecking = {pod for pod, (_, seen) in verdicts.items() if seen < volumes_changed_at and now < recheck_until}
                 recheck_ends = [recheck_until] if rechecking else []
-                stale, left = capacity_rechecks(view, latest, datetime.now(UTC), SCHEDULER_MAX_BACKOFF)
+                stale, left = storage_rechecks(view, latest, datetime.now(UTC), SCHEDULER_MAX_BACKOFF)
                 if stale:
                     rechecking |= stale
                     recheck_ends.append(now + left)

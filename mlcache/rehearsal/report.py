@@ -465,30 +465,32 @@ def latest_verdicts(view: ClusterView, namespace: str) -> dict[str, tuple[str | 
     return verdicts
 
 
-def capacity_changed_at(view: ClusterView) -> datetime | None:
-    """When the published storage capacity last changed (a CSIStorageCapacity created or
-    updated), by the API server's clock: the scheduler re-tries the pods it found no room for."""
+def storage_changed_at(view: ClusterView) -> datetime | None:
+    """When the stack's claims, the volumes or the published storage capacity last changed
+    (created or updated: a claim given a node or bound, a volume provisioned, capacity published),
+    by the API server's clock: the scheduler re-tries unschedulable pods on each of these."""
     times = [
         datetime.fromisoformat(stamp)
-        for capacity in view.capacities
+        for obj in [*view.claims, *view.volumes.values(), *view.capacities]
         for stamp in [
-            _get(capacity, "metadata", "creationTimestamp"),
-            *(entry.get("time") for entry in _get(capacity, "metadata", "managedFields") or []),
+            _get(obj, "metadata", "creationTimestamp"),
+            *(entry.get("time") for entry in _get(obj, "metadata", "managedFields") or []),
         ]
         if stamp
     ]
     return max(times, default=None)
 
 
-def capacity_rechecks(
+def storage_rechecks(
     view: ClusterView, verdicts: dict[str, tuple[str | None, datetime | None]], now: datetime, backoff: float
 ) -> tuple[set[str], float]:
     """Of the unplaced pods' `verdicts` (latest_verdicts), those no newer than the last storage
-    capacity change (whole seconds on both sides, so the same second counts), and for how many
-    more seconds the scheduler may re-try them (its maximum backoff after the change). A
-    provisioner publishes a new class's capacity moments after the class appears, sometimes
-    after the scheduler's first try found no room."""
-    changed = capacity_changed_at(view)
+    change (storage_changed_at; whole seconds on both sides, so the same second counts), and for
+    how many more seconds the scheduler may re-try them (its maximum backoff after the change).
+    The server's clock, not the moment a watch saw the change: a provisioner publishes a new
+    class's capacity, and the scheduler selects a node for a claim, moments before or after its
+    first verdict on the pod, possibly before the rehearsal starts watching."""
+    changed = storage_changed_at(view)
     if changed is None:
         return set(), 0.0
     left = (changed - now).total_seconds() + backoff

@@ -222,7 +222,7 @@ def test_block_mode_volume_is_a_block_device_handed_to_the_pod(rehearsal):
     cache_volume = next(v["name"] for v in raw["spec"]["volumes"] if v.get("persistentVolumeClaim"))
     devices = [d for c in raw["spec"]["containers"] for d in c.get("volumeDevices") or []]
     assert devices == [{"name": cache_volume, "devicePath": "/dev/cache"}]
-    assert pod.with_cache is True and report.exit_code == 0
+    assert pod.with_cache is True and report.exit_code == 0, pod.reason
 
 
 def _require_toolchain() -> None:
