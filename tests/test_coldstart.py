@@ -40,11 +40,22 @@ def resident(paths: list[Path]) -> int:
     return sum(coldstart.resident_bytes(p) for p in paths)
 
 
+# Share of a file just read that the kernel may already have reclaimed when memory is short: with a
+# Go build beside the suite, 4184 of 12583176 bytes the prewarm had read were gone by the check.
+RECLAIMED = 0.02
+
+
+def cached(paths: list[Path], expected: int | None = None) -> bool:
+    """`expected` bytes (default: all of the files) are in the page cache, but for a reclaimed page or two."""
+    expected = sum(p.stat().st_size for p in paths) if expected is None else expected
+    return expected * (1 - RECLAIMED) <= resident(paths) <= expected
+
+
 def test_evicted_files_are_not_resident_and_read_ones_are(tmp_path):
     paths = shards(tmp_path)
     assert resident(paths) == 0
     paths[0].read_bytes()
-    assert resident(paths) == paths[0].stat().st_size
+    assert cached(paths[:1]) and resident(paths[1:]) == 0
 
 
 def test_plan_reads_whole_files_in_load_order_then_the_head_of_the_next():
@@ -88,7 +99,7 @@ def test_prewarm_puts_the_model_in_the_page_cache(tmp_path, capsys):
     result = prewarm.prewarm([tmp_path], readers=2, max_bytes=None, reserve_bytes=0)
     total = sum(p.stat().st_size for p in paths)
     assert result["bytes"] == total and result["files"] == 3
-    assert resident(paths) == total
+    assert cached(paths)
     assert "3 of 3 shards whole" in capsys.readouterr().out
 
 
@@ -152,7 +163,7 @@ def test_the_pod_step_prewarms_the_prefetched_training_model(tmp_path, capsys):
     marker.write_text(json.dumps({"path": str(tmp_path / "model")}))
     config = write_config(tmp_path)
     assert prewarm.main(["--config", str(config), "--", "swift", "sft", "--model", "org/m"]) == 0
-    assert resident(paths) == sum(p.stat().st_size for p in paths)
+    assert cached(paths)
     shard_bench.evict(paths)
     write_config(tmp_path, enabled=False)
     assert prewarm.main(["--config", str(config), "--", "swift", "sft", "--model", "org/m"]) == 0
@@ -189,7 +200,7 @@ def test_prewarm_runs_standalone_like_in_the_pod(tmp_path):
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "mlcache: prewarm: read" in done.stdout and resident(paths) == sum(p.stat().st_size for p in paths)
+    assert "mlcache: prewarm: read" in done.stdout and cached(paths)
 
 
 def test_coldstart_prints_every_side_with_ratios_to_fio(tmp_path, capsys):
@@ -403,7 +414,7 @@ def test_the_shard_reader_reads_exactly_the_shards_and_direct_io_bypasses_the_pa
     paths = shards(tmp_path, count=2, size=5 * MiB + 123)
     result = shard_bench.load_shards(tmp_path, readers=2, io=io)
     assert result["io"] == io and result["total_bytes"] == sum(p.stat().st_size for p in paths)
-    assert resident(paths) == (0 if io == "direct" else result["total_bytes"])
+    assert resident(paths) == 0 if io == "direct" else cached(paths, result["total_bytes"])
     for path in paths:
         size = path.stat().st_size
         buffer = shard_bench.staging_buffer(size)
@@ -539,7 +550,7 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
     assert done.stdout.index("mlcache: prewarm: read ") < done.stdout.index(
         "trained with swift sft --model Qwen/Qwen3-VL-8B-Instruct"
     )
-    assert resident(paths) == sum(p.stat().st_size for p in paths)
+    assert cached(paths)
 
     # The rendered reserve (job.shmSize 32Gi + 4 ranks of 8 GiB) does not fit here: skipped, trained anyway.
     shard_bench.evict(paths)
