@@ -37,12 +37,15 @@ secrets = SecretFlow(secret_keys())
 # size that its bound volume cannot take (docs/day2.md).
 live_cache = guard_bound_cache(settings)
 
-storage_class = (
-    LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt) if settings.manages_storage_class else None
-)
-
 # A move (cache.relocate copy) keeps the old claim until the copy into the new one is verified.
 move = live_cache.move
+
+# A move off LINSTOR keeps the class its old claim is on for as long as it keeps the claim.
+storage_class = (
+    LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt)
+    if settings.manages_storage_class or (move and move.keeps_source and settings.linstor.manages(move.source.storage_class))
+    else None
+)
 cache = CacheVolume(
     "cache",
     settings.cache,
@@ -50,7 +53,7 @@ cache = CacheVolume(
     namespace=settings.namespace,
     backend=settings.backend,
     placement=settings.placement,
-    storage_class=storage_class.storage_class if storage_class else None,
+    storage_class=storage_class.storage_class if storage_class and settings.is_linstor else None,
     adopt=settings.adopt,
     workers=settings.job.nodes,
     claim_unbound=live_cache.unbound,

@@ -125,25 +125,31 @@ def test_shard_bench_runs_standalone_like_in_the_cluster(tmp_path):
     assert result["benchmark"] == "shard-load" and len(result["shards"]) == 2
 
 
-def test_bench_without_numpy_or_safetensors_is_one_usage_line_not_a_traceback(tmp_path):
-    """./run installs the runtime packages only: no numpy, no safetensors."""
+def test_bench_without_a_test_environment_module_is_one_usage_line_not_a_traceback(tmp_path):
+    """./run installs the runtime packages only: no numpy, no safetensors, no matplotlib."""
+    blocked = ("numpy", "safetensors", "matplotlib")
     blocker = (
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('numpy', 'safetensors'):\n"
+        f"        if name.split('.')[0] in {blocked}:\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "import importlib.util\n"
         "real = importlib.util.find_spec\n"
-        "importlib.util.find_spec = lambda name, *a: None if name in ('numpy', 'safetensors') else real(name, *a)\n"
+        f"importlib.util.find_spec = lambda name, *a: None if name in {blocked} else real(name, *a)\n"
         "from mlcache.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    for command in ("coldstart", "copy", "shards"):
-        result = subprocess.run(
-            [sys.executable, "-c", blocker, "bench", command, "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60
-        )
+    report = ["report", str(ROOT / "tests" / "data" / "fio-kubectl-logs.txt"), "--plot", str(tmp_path / "chart.png")]
+    for command, needs in [
+        (["coldstart", "--dir", str(tmp_path)], "needs numpy and safetensors"),
+        (["copy", "--dir", str(tmp_path)], "needs numpy and safetensors"),
+        (["shards", "--dir", str(tmp_path)], "needs numpy and safetensors"),
+        (report, "--plot draws the chart: it needs matplotlib"),
+    ]:
+        result = subprocess.run([sys.executable, "-c", blocker, "bench", *command], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, result.stderr
         (line,) = result.stderr.strip().splitlines()
-        assert "needs numpy and safetensors" in line and "scripts/setup" in line and "Traceback" not in result.stderr
+        assert needs in line and "scripts/setup" in line and "Traceback" not in result.stderr
+        assert not (tmp_path / "chart.png").exists() and result.stdout == ""

@@ -434,6 +434,12 @@ def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss
     }
     (claim,) = [c for c in changes if c.label.startswith("PersistentVolumeClaim")]
     assert claim.notes[0].startswith("MOVE: the cache is copied from ms-swift-cache-pvc into this new claim (500Gi)")
+    # prod protects its cache: the switch keeps the old claim; without protection it deletes it.
+    assert "switches training here and keeps ms-swift-cache-pvc (cache.protect is true" in claim.notes[0]
+    with assume_live(base_claim(base)):
+        unprotected, _ = render("prod", ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"], [])
+    (claim,) = [c for c in plan(base, as_json(unprotected)) if c.label.startswith("PersistentVolumeClaim/ms-swift-cache-pvc-g1")]
+    assert "switches training here and deletes ms-swift-cache-pvc (docs" in claim.notes[0]
     assert not any(c.gated for c in changes)
     assert any(c.data_loss for c in _plan((), ("zone=sdsu", "cache.relocate=fresh", "cache.protect=false"), stack="prod"))
 

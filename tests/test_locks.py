@@ -3,6 +3,8 @@ each package with its hashes."""
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -46,3 +48,29 @@ def test_the_runtime_lock_pins_the_versions_the_test_lock_pins():
 
 def test_the_installer_is_pinned_with_hashes():
     assert locked(ROOT / "requirements-uv.lock") == {"uv": "0.13.9"}
+
+
+# Imported by mlcache only behind a usage line naming scripts/setup (mlcache bench's shards and --plot).
+TEST_ENVIRONMENT_ONLY = {"numpy", "safetensors", "matplotlib"}
+
+
+def test_every_module_the_command_imports_is_in_the_runtime_lock():
+    """./run installs requirements.lock only: a module mlcache imports from outside it fails the
+    command there (mlcache diff --markdown did, on pulumi_policy)."""
+    distributions = importlib.metadata.packages_distributions()
+    imported: set[str] = set()
+    for path in (ROOT / "mlcache").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.partition(".")[0])
+    third_party = {name for name in imported - TEST_ENVIRONMENT_ONLY if distributions.get(name, ["mlcache"]) != ["mlcache"]}
+    assert "pulumi_policy" in third_party and "kubernetes" in third_party  # the scan sees function-level imports
+    runtime = locked(ROOT / "requirements.lock")
+    missing = {
+        name: distributions[name]
+        for name in third_party
+        if not any(d.lower().replace("_", "-") in runtime for d in distributions[name])
+    }
+    assert missing == {}

@@ -16,6 +16,7 @@ from mlcache.preview.render import render
 from mlcache.preview.stack_config import load_stack_config
 from mlcache.program.schema import ConfigError
 from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
+from tests.conftest import only, rendered
 from tests.test_bound_cache import WANTED as BOUND_CACHE_WANTED
 
 UCSD, SDSU = node("gpu-ucsd-1", "ucsd"), node("gpu-sdsu-1", "sdsu")
@@ -281,6 +282,24 @@ def test_the_runbook_migration_copies_in_one_pod_mounting_both_claims(monkeypatc
     assert claims == [{"claimName": NEW}, {"claimName": CLAIM, "readOnly": True}]
     assert pod["containers"][0]["command"][2:] == ["local", "--from", "/opt/mlcache-source", "--to", "/cache", "--streams", "4"]
     assert not run.find("Service") and not [s for s in run.find("Secret") if "copy" in s.object_name]
+
+
+def test_the_rollback_off_linstor_keeps_the_class_of_the_old_claim_until_the_claim_goes(monkeypatch):
+    """The old claim stays exactly as it was while it is kept: its StorageClass too (calling the move
+    off finds it as it was); the switch that retires the claim retires the class."""
+    as_made = only(rendered("prod"), "StorageClass").inputs  # before the live cache is faked: rendered() caches
+    copying = render_against(monkeypatch, bound_in_ucsd(), "backend=rook-ceph")
+    assert set(named(copying, "StorageClass")) == {"linstor-fast-cache"}
+    assert named(copying, "StorageClass")["linstor-fast-cache"].inputs == as_made
+    assert named(copying, "PersistentVolumeClaim")[NEW].inputs["spec"]["storageClassName"] == ROOK
+    target = claim(name=NEW, storage_class=ROOK, placement=f"zone=sdsu gpuProduct={A100}", volume="pvc-9f8e")
+    done = LiveCache(NAMESPACE, target, volume(name="pvc-9f8e"), [], None, 1, bound_in_ucsd(), copy_job("Complete"))
+    switched = render_against(monkeypatch, done, "backend=rook-ceph", "cache.protect=false")
+    assert set(named(switched, "PersistentVolumeClaim")) == {NEW} and not switched.find("StorageClass")
+    kept = render_against(monkeypatch, done, "backend=rook-ceph")  # prod protects the old claim: it stays, and its class
+    assert set(named(kept, "PersistentVolumeClaim")) == {CLAIM, NEW} and set(named(kept, "StorageClass")) == {
+        "linstor-fast-cache"
+    }
 
 
 # --- verify follows the claim training mounts ---------------------------------------------------

@@ -5,6 +5,7 @@ passing and one violating case for every policy."""
 from __future__ import annotations
 
 import copy
+import re
 import sys
 
 import pytest
@@ -91,6 +92,11 @@ def test_the_pack_declares_every_policy_and_the_advisory_one():
     assert set(levels.values()) == {EnforcementLevel.MANDATORY}
     config = yaml.safe_load((ROOT / "policy" / "PulumiPolicy.yaml").read_text())
     assert config["runtime"]["name"] == "python"
+
+
+def test_the_docs_table_lists_every_policy_at_its_level():
+    rows = re.findall(r"^\| `([a-z-]+)` \| (mandatory|advisory) \|", (ROOT / "docs" / "previews-and-ci.md").read_text(), re.M)
+    assert dict(rows) == {name: p.enforcement_level.value for name, p in POLICY_BY_NAME.items()}
 
 
 # --- linstor-cache-binds-locally

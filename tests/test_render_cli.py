@@ -92,7 +92,7 @@ BAD = [
     ("linstor.fsType=ntfs", "mlcache:linstor.fsType", "ntfs"),
     ("cache.mountPath=cache", "mlcache:cache.mountPath", "cache"),
     ("zon=ucsd", "mlcache:zon", "zone"),
-    ("mlcahce:backend=linstor", "mlcahce:backend", "expected the key mlcache:backend"),
+    ("mlcahce:backend=linstor", "mlcahce:backend", "(did you mean mlcache:backend?)"),
     ("job.gpus=0x10", "mlcache:job.gpus", '"0x10"'),
     ("cache.name=c\n", "mlcache:cache.name", '"c\\n"'),
 ]

@@ -196,8 +196,23 @@ def test_no_error_line_repeats_a_secret(capsys, assignment, config):
     argv = [arg for c in config for arg in ("--config", c)]
     code, out, err = _render_cli(capsys, *argv, "--secret", assignment)
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert "= [secret]" in err or "rule is not shown" in err
+    assert "= [secret]" in err or "rule is not shown" in err or "invalid config key" in err
     assert assignment.partition("=")[2] not in err
+
+
+@pytest.mark.parametrize(
+    ("assignment", "line"),
+    [
+        ("job.env.HF_TOKEN=hf_abcdefSECRET123", "error: invalid config key mlcache:job.env.HF_TOKEN: expected an environment"),
+        ("hftoken=hf_abcdefSECRET123", "error: invalid config key mlcache:hftoken (did you mean mlcache:hfToken?): expected"),
+        ("job.gpu=hf_abcdefSECRET123", "error: invalid config key mlcache:job.gpu (did you mean mlcache:job.gpus?): expected"),
+    ],
+)
+def test_a_wrong_key_is_named_without_its_value_which_may_be_a_token(capsys, assignment, line):
+    """Not marked secret, but under a reserved or mistyped name a value is beside the point: not shown."""
+    code, out, err = _render_cli(capsys, "--config", assignment)
+    assert code == 2 and out == "" and err.startswith(line) and err.count("\n") == 1
+    assert "SECRET123" not in err
 
 
 def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch):

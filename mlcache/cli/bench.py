@@ -89,12 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     copy.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians")
     args = parser.parse_args(args_in)
     if args.command in ("shards", "coldstart", "copy"):
-        missing = [name for name in ("numpy", "safetensors") if importlib.util.find_spec(name) is None]
-        if missing:
-            raise UsageError(
-                f"mlcache bench {args.command} writes and loads safetensors shards: it needs {' and '.join(missing)}, "
-                "which ./run's runtime environment leaves out; install the test environment with scripts/setup (./test runs it)"
-            )
+        _needs(["numpy", "safetensors"], f"mlcache bench {args.command} writes and loads safetensors shards")
+    if args.command == "report" and args.plot:
+        _needs(["matplotlib"], "--plot draws the chart")
     if args.command == "copy":
         if not shutil.which("fio"):
             raise UsageError("fio is not installed (Debian: apt-get install fio)")
@@ -137,3 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         result = shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)
     print(shards_report(result))
     return 0
+
+
+def _needs(modules: list[str], what: str) -> None:
+    """One usage line when a module only the test environment installs is missing."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"{what}: it needs {' and '.join(missing)}, which ./run's runtime environment leaves out; "
+            "install the test environment with scripts/setup (./test runs it)"
+        )

@@ -170,7 +170,7 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
         _annotate(change)
     _flag_stranded_cache(changes, before, after)
     _flag_refused_resizes(changes, after)
-    _say_moves(changes)
+    _say_moves(changes, after)
     order = {urn: i for i, urn in enumerate([*after, *before])}
     return sorted(changes.values(), key=lambda c: order[c.urn])
 
@@ -285,8 +285,11 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
             )
 
 
-def _say_moves(changes: dict[str, Change]) -> None:
+def _say_moves(changes: dict[str, Change], after: dict[str, Any]) -> None:
     """A new claim copied from the old one (cache.relocate copy): a move, not a loss."""
+    protected = {
+        _dig(o["manifest"], "metadata", "name") for o in after.values() if _kind(o) == "PersistentVolumeClaim" and o["protect"]
+    }
     for change in changes.values():
         if change.action != "create":
             continue
@@ -299,8 +302,13 @@ def _say_moves(changes: dict[str, Change]) -> None:
         change.notes.insert(
             0,
             f"{MOVE}: the cache is copied from {source} into this new claim ({size}) and verified; {source} and the "
-            "training Job stay as they are until then, and the next `pulumi up` after it switches training here "
-            "and deletes the old claim (docs/moving-the-cache.md)",
+            "training Job stay as they are until then, and the next `pulumi up` after it switches training here and "
+            + (
+                f"keeps {source} (cache.protect is true: unprotect it to retire it)"
+                if source in protected
+                else f"deletes {source}"
+            )
+            + " (docs/moving-the-cache.md)",
         )
 
 

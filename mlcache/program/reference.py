@@ -58,8 +58,12 @@ A top-level value of another type than `Pulumi.yaml` declares is refused by the 
 and offline in the same words (`Stack 'dev' with configuration key 'zones' must be of
 type 'array<string>'`).
 
-A key of the project that is not declared, or a mistyped project prefix
-(`mlcahce:backend`), is refused naming the key it probably meant.
+A key or field of the project that is not declared (`cache.sise`), or a mistyped project
+prefix (`mlcahce:backend`), is refused naming the key it probably meant, without its value:
+
+```
+invalid config key mlcache:cache.sise (did you mean mlcache:cache.size?): expected a known field of cache: name, size, …
+```
 
 | key | type | default | allowed | description |
 | --- | --- | --- | --- | --- |

@@ -15,9 +15,10 @@ with the advice to quote it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
@@ -144,6 +145,22 @@ class ConfigError(pulumi.RunError):
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid config {self.key} = {'[secret]' if secret else shown(value)}: expected {allowed}")
+
+    @classmethod
+    def of_key(cls, key: str, allowed: str, meant: str | None = None) -> ConfigError:
+        """A key whose name is what is wrong (unknown, reserved, set without --path): the line names
+        the key and the key probably meant, never the value, which is beside the point and may be a
+        token under a mistyped name."""
+        error = cls(key, None, allowed)
+        hint = f" (did you mean {meant if ':' in meant else f'{PROJECT}:{meant}'}?)" if meant else ""
+        pulumi.RunError.__init__(error, f"invalid config key {error.key}{hint}: expected {allowed}")
+        return error
+
+
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name a mistyped one probably meant, if any is close."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return close[0] if close else None
 
 
 def shown(value: Any) -> str:
@@ -407,7 +424,10 @@ def parse_section(key: str, raw: Any, cls: type, prefix: str = "") -> Any:
         raise ConfigError(key, raw, "an object with the fields " + ", ".join(fields))
     unknown = [name for name in raw if name not in fields]
     if unknown:
-        raise ConfigError(f"{prefix}{unknown[0]}", raw[unknown[0]], f"a known field of {key}: {', '.join(fields)}")
+        meant = closest(unknown[0], fields)
+        raise ConfigError.of_key(
+            f"{prefix}{unknown[0]}", f"a known field of {key}: {', '.join(fields)}", f"{prefix}{meant}" if meant else None
+        )
     values: dict[str, Any] = {}
     for name, (attribute, declaration) in fields.items():
         value = raw.get(name)

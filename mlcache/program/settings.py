@@ -50,6 +50,7 @@ from mlcache.program.schema import (
     Text,
     absolute_path,
     cli_text,
+    closest,
     dns_label,
     dns_subdomain,
     is_dns_label,
@@ -179,6 +180,10 @@ class LinstorSettings:
     reclaim_policy: str = setting(Choice("Delete", "Retain"), "Delete", "What happens to a volume when its claim is deleted.")
     allow_volume_expansion: bool = setting(Flag(), True, "Allow growing the cache online.")
 
+    def manages(self, class_name: str) -> bool:
+        """`class_name` is the class this stack creates (when it creates one)."""
+        return self.manage_storage_class and class_name == self.storage_class_name
+
 
 @dataclass(frozen=True)
 class RookCephSettings:
@@ -281,9 +286,9 @@ class _Env(Kind):
     def parse(self, key: str, value: Any) -> tuple[tuple[str, str], ...]:
         if not isinstance(value, dict):
             raise self.refuse(key, value)
-        for name, item in value.items():
+        for name in value:
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in RESERVED_ENV:
-                raise ConfigError(f"{key}.{name}", item, "an environment variable name other than " + ", ".join(RESERVED_ENV))
+                raise ConfigError.of_key(f"{key}.{name}", "an environment variable name other than " + ", ".join(RESERVED_ENV))
         return tuple(sorted((name, cli_text(f"{key}.{name}", item, "a string", booleans=True)) for name, item in value.items()))
 
 
@@ -582,9 +587,6 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
 def check_keys(values: Mapping[str, Any]) -> None:
     """Refuse keys of this project that are not declared, and mistyped project prefixes."""
 
-    def secret(key: str) -> bool:
-        return runtime_config.is_config_secret(key)
-
     for key in values:
         namespace, sep, name = key.partition(":")
         if not sep:
@@ -593,27 +595,16 @@ def check_keys(values: Mapping[str, Any]) -> None:
             top = name.split(".")[0].split("[")[0]
             if top in KNOWN_KEYS and name != top:
                 # `pulumi config set mlcache:job.gpus 8` without --path stores that literal key,
-                # which nothing reads: the run would silently keep the default. A value meant to be
-                # secret is not shown even when --secret was forgotten too.
+                # which nothing reads: the run would silently keep the default.
                 flag = " --secret" if top in SECRET_TOP_KEYS else ""
-                raise ConfigError(
-                    key,
-                    values.get(key),
-                    f"a key set with --path (pulumi config set{flag} --path {key} ...): as typed it is never read",
-                    secret=secret(key) or bool(flag),
+                raise ConfigError.of_key(
+                    key, f"a key set with --path (pulumi config set{flag} --path {key} ...): as typed it is never read"
                 )
             if top not in KNOWN_KEYS:
-                close = difflib.get_close_matches(name, KNOWN_KEYS, n=1)
-                hint = f"did you mean {NAMESPACE}:{close[0]}? " if close else ""
-                raise ConfigError(
-                    key, values.get(key), f"{hint}a key of this project: {', '.join(KNOWN_KEYS)}", secret=secret(key)
-                )
+                raise ConfigError.of_key(key, f"a key of this project: {', '.join(KNOWN_KEYS)}", closest(name, KNOWN_KEYS))
         elif namespace.lower() != NAMESPACE and difflib.SequenceMatcher(None, namespace.lower(), NAMESPACE).ratio() >= 0.75:
-            raise ConfigError(
-                key,
-                values.get(key),
-                f"the key {NAMESPACE}:{name}: {namespace} is not a namespace this project reads",
-                secret=secret(key),
+            raise ConfigError.of_key(
+                key, f"a key of this project: {namespace} is not a namespace it reads", f"{NAMESPACE}:{name}"
             )
 
 
@@ -671,7 +662,7 @@ def read_secret_env(settings: Settings, config: pulumi.Config | None = None) -> 
     for name, value in values.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in RESERVED_ENV or name in taken:
             allowed = "an environment variable name other than job.env's and " + ", ".join(RESERVED_ENV)
-            raise ConfigError(f"{SECRET_ENV_KEY}.{name}", None, allowed, secret=True)
+            raise ConfigError.of_key(f"{SECRET_ENV_KEY}.{name}", allowed)
         if not isinstance(value, str):
             raise ConfigError(f"{SECRET_ENV_KEY}.{name}", None, "a string (quote numbers and booleans)", secret=True)
     whole = (config or pulumi.Config(NAMESPACE)).require_secret_object(SECRET_ENV_KEY)

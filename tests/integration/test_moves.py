@@ -123,6 +123,7 @@ def test_the_runbook_migration_from_rook_ceph_and_back_copies_in_one_pod_mountin
     report = rehearsal.report("dev", outputs, SETTLE)
     assert outputs["pvcName"] == NEW and training(report).node == only["spec"]["nodeName"] and report.exit_code == 0
     assert set(claims(rehearsal, namespace)) == {NEW}
+    uids_of_classes = {name: c["metadata"]["uid"] for name, c in rehearsal.view(namespace).classes.items()}
 
     # And back (the rollback): the LINSTOR claim is node-local, the Rook-Ceph one attaches anywhere:
     # one pod beside the LINSTOR volume mounts both.
@@ -132,8 +133,11 @@ def test_the_runbook_migration_from_rook_ceph_and_back_copies_in_one_pod_mountin
     wait_for(lambda: completed(rehearsal, namespace, f"{CLAIM}-copy-g2"), SETTLE, "the rollback copy completes")
     (back,) = copy_pods(rehearsal, namespace).values()
     assert back["spec"]["nodeName"] == linstor_node
+    linstor_class = rehearsal.view(namespace).classes["linstor-fast-cache"]  # kept with the claim on it
+    assert linstor_class["metadata"]["uid"] == uids_of_classes["linstor-fast-cache"]
     outputs = rehearsal.up("dev", ["cache.relocate=copy", "backend=rook-ceph"])
     assert outputs["pvcName"] == f"{CLAIM}-g2" and set(claims(rehearsal, namespace)) == {f"{CLAIM}-g2"}
+    assert "linstor-fast-cache" not in rehearsal.view(namespace).classes  # retired with the claim
     assert claims(rehearsal, namespace)[f"{CLAIM}-g2"]["spec"]["storageClassName"] == "rook-ceph-block"
 
 
