@@ -138,3 +138,8 @@ def test_every_command_named_in_the_docs_prose_exists():
     assert len(named) >= 50
     unknown = [(page, word) for page, word in named if word not in command.COMMANDS and word != "--help"]
     assert not unknown, f"commands named in the docs that `mlcache` does not have: {unknown}"
+
+
+def test_the_readme_lists_every_command_in_the_order_help_does():
+    listed = re.search(r"`mlcache --help` lists `([a-z ]+)`", " ".join((ROOT / "README.md").read_text().split()))
+    assert listed and listed[1].split() == list(command.COMMANDS)

@@ -35,7 +35,10 @@ def test_a_deleted_node_is_proof_and_the_plan_recreates_the_claim():
     assert plan.stuck_pods == ("sft-old",)
     text = render_plan(plan, apply=False)
     assert "dry run" in text and "force-delete pod ml-training/sft-old" in text
-    assert "delete claim ml-training/ms-swift-cache-pvc" in text and "pulumi up --refresh --yes --stack prod" in text
+    assert (
+        "delete claim ml-training/ms-swift-cache-pvc" in text
+        and "pulumi up --refresh --yes --skip-preview --non-interactive --stack prod:" in text
+    )
 
 
 def test_the_out_of_service_taint_is_proof():

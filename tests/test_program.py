@@ -308,9 +308,9 @@ def test_bad_config_registers_nothing():
 
 def test_a_plain_text_token_is_refused_without_being_shown():
     token = "hf_" + "p" * 20
-    config = load_stack_config("dev", [f"hfToken={token}"])
+    config = {**load_stack_config("dev").engine_config(), "mlcache:hfToken": token}  # plain in the stack file
     with pytest.raises(ConfigError) as err:
-        run_program(config.engine_config(), [], "dev")
+        run_program(config, [], "dev")
     assert "mlcache:hfToken" in str(err.value) and "--secret" in str(err.value)
     assert token not in str(err.value)
 

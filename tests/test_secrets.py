@@ -15,6 +15,7 @@ from mlcache.preview import render
 from mlcache.preview.diff import manifest_diff, plan, report
 from mlcache.preview.mock_engine import ProgramRun, is_secret_envelope, run_program
 from mlcache.preview.stack_config import SECURE_PLACEHOLDER, load_stack_config
+from mlcache.program.schema import ConfigError
 from tests.conftest import ROOT
 
 
@@ -130,7 +131,6 @@ def test_a_secret_under_job_hides_the_job_and_says_where_secrets_belong():
 @pytest.mark.parametrize(
     ("assignment", "secret", "key", "allowed"),
     [
-        ("secretEnv.WANDB_API_KEY=plain-77", False, "secretEnv", "pulumi config set --secret --path"),
         ("secretEnv.bad-name=v-77", True, "secretEnv.bad-name", "environment variable name"),
         ("secretEnv.HF_TOKEN=v-77", True, "secretEnv.HF_TOKEN", "environment variable name"),
         ("secretEnv.UMASK=v-77", True, "secretEnv.UMASK", "other than job.env's"),
@@ -148,11 +148,22 @@ def test_secret_env_refusals_name_the_key_and_never_the_value(capsys, assignment
     )
 
 
-def test_secret_settings_are_checked_before_anything_is_registered_even_without_training(capsys):
-    code, out, err = _render_cli(capsys, "--config", "job.enabled=false", "--config", "secretEnv.WANDB_API_KEY=plain-77")
-    assert code == 2 and out == "" and "mlcache:secretEnv" in err and "plain-77" not in err
-    code, out, err = _render_cli(capsys, "--config", "job.enabled=false", "--config", "hfToken=hf_plain77")
-    assert code == 2 and out == "" and "mlcache:hfToken" in err and "hf_plain77" not in err
+def test_secret_settings_are_checked_before_anything_is_registered_even_without_training():
+    """A plain value in the stack file (not `secure:`), as the CLI hands it to the program."""
+    config = load_stack_config("dev", ["job.enabled=false"]).engine_config()
+    for key, value in [("mlcache:secretEnv", '{"WANDB_API_KEY": "plain-77"}'), ("mlcache:hfToken", "hf_plain77")]:
+        run = ProgramRun()
+        with pytest.raises(ConfigError) as err:
+            run_program({**config, key: value}, [], "dev", run=run)
+        assert key in str(err.value) and "plain" not in str(err.value) and run.registrations == []
+
+
+@pytest.mark.parametrize("assignment", ["hfToken=hf_plain77", "secretEnv.WANDB_API_KEY=plain-77", "modelscopeToken=ms_plain77"])
+def test_offline_a_secret_setting_given_with_config_is_refused_naming_secret(capsys, assignment):
+    key = assignment.partition("=")[0]
+    code, out, err = _render_cli(capsys, "--config", assignment)
+    assert (code, out) == (2, "")
+    assert err == f"error: --config {key}: a secret setting; give it as --secret {key}=VALUE (the value is not shown)\n"
 
 
 def _render_cli(capsys, *argv):

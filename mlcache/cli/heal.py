@@ -6,7 +6,7 @@ A single-replica LINSTOR volume lives on one node; when that node is gone, the t
 replacement stays Pending for ever (volume node affinity conflict). Only cache data is lost, and
 the cache is rebuildable, so the remedy is a new claim: this tool force-deletes the pods still
 bound to the dead node that mount the claim, deletes the claim, and runs
-`pulumi up --refresh --yes --stack STACK`, which re-creates it (nothing else is replaced); the
+`pulumi up --refresh --yes --skip-preview --non-interactive --stack STACK`, which re-creates it (nothing else is replaced); the
 pending pod then binds a fresh volume on a healthy node and the warm-up refills it.
 
 Dry run by default: it prints what it would do. It refuses, saying why, when the node is only

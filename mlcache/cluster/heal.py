@@ -14,6 +14,13 @@ from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube, api_path
 from mlcache.program.names import OUT_OF_SERVICE_TAINT
 
+
+def up_command(stack: str) -> list[str]:
+    """The `pulumi up` heal --apply runs once the claim is deleted: the refresh drops the claim from
+    the state, the up creates it again."""
+    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack]
+
+
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
 
 
@@ -122,7 +129,7 @@ def plan_heal(
     steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
     how, source = refill(durable)
     steps.append(
-        f"pulumi up --refresh --yes --stack {expect.stack}: re-creates the claim (nothing else is replaced); the "
+        f"{' '.join(up_command(expect.stack))}: re-creates the claim (nothing else is replaced); the "
         f"training pod binds a fresh volume on a healthy node and {how}"
     )
     return HealPlan(dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
@@ -173,7 +180,7 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
         time.sleep(1)
     from mlcache import CHECKOUT  # noqa: PLC0415
 
-    command = ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", expect.stack]
+    command = up_command(expect.stack)
     print("running: " + " ".join(command), file=sys.stderr)
     # pulumi's own output is progress: stderr. stdout keeps the report (the plan and its outcome).
     code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode

@@ -22,6 +22,7 @@ import yaml
 from mlcache import CHECKOUT
 from mlcache.preview.cli_yaml import INT64, UINT64_MAX, CliLoader, UnsupportedValue, as_program_reads, top_level_text
 from mlcache.program.names import PROJECT
+from mlcache.program.settings import SECRET_TOP_KEYS
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
 SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
@@ -113,6 +114,10 @@ def stack_names(project_dir: Path = CHECKOUT) -> list[str]:
 
 def full_key(key: str) -> str:
     return key if ":" in key else f"{PROJECT}:{key}"
+
+
+# The settings only a secret may hold: offline, --secret gives them (the stack file's `secure:`).
+SECRET_FULL_KEYS = frozenset(full_key(key) for key in SECRET_TOP_KEYS)
 
 
 def split_key(key: str) -> tuple[str, list[str | int]]:
@@ -346,6 +351,8 @@ def load_stack_config(
             secret_keys.add(key)
     for text in overrides:
         key, value = parse_assignment(text)
+        if split_key(key)[0] in SECRET_FULL_KEYS and value not in (None, ""):
+            raise StackConfigError(f"--config {key}: a secret setting; give it as --secret {key}=VALUE (the value is not shown)")
         if value is None:
             _unset_path(stack_layer, key)
         else:

@@ -510,7 +510,7 @@ def _check(s: Settings) -> None:
         raise ConfigError(
             "linstor.layerList",
             linstor.layer_list,
-            f"a list with drbd: only DRBD replicates, and linstor.replicas is {linstor.replicas}",
+            f"layers with drbd (such as 'drbd storage'): only DRBD replicates, and linstor.replicas is {linstor.replicas}",
         )
     if s.is_linstor and linstor.fs_type == "xfs" and not cache.is_block and parse_quantity(cache.size) < XFS_MIN_BYTES:
         raise ConfigError("cache.size", cache.size, "a Kubernetes quantity of at least 300Mi (the LINSTOR minimum for XFS)")
@@ -571,7 +571,10 @@ def _check(s: Settings) -> None:
             raise ConfigError("benchmark.shardLoad", True, "false in Block mode: shards are files, a raw device has none")
         if bench.profiles and bench.fio_image is None:
             raise ConfigError(
-                "benchmark.fioImage", None, "a pinned fio image (tag or digest) when benchmark.profiles is not empty"
+                "benchmark.fioImage",
+                None,
+                "a pinned fio image (<registry>/<fio image>:<tag or @sha256:digest>): benchmark.enabled is true and "
+                "benchmark.profiles is not empty",
             )
         if not bench.profiles and not bench.shard_load:
             raise ConfigError("benchmark.profiles", [], "at least one profile, or benchmark.shardLoad true")
