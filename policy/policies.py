@@ -268,8 +268,9 @@ def validate_no_plaintext_tokens(args: ResourceValidationArgs, report_violation:
             if TOKEN_NAME.search(env.get("name", "")) or TOKEN_VALUE.match(value):
                 report_violation(
                     f"container {container.get('name')} sets {env.get('name')} to a plain-text value that looks like a "
-                    "credential: keep it in a Secret and use valueFrom.secretKeyRef (mlcache:hfToken and "
-                    "mlcache:modelscopeToken do this)."
+                    "credential: keep it in a Secret and use valueFrom.secretKeyRef (mlcache does this for "
+                    "`pulumi config set --secret --path mlcache:secretEnv.NAME VALUE`, and for mlcache:hfToken and "
+                    "mlcache:modelscopeToken)."
                 )
 
 

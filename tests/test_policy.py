@@ -20,6 +20,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
+from mlcache.cli import validate as validate_command
 from mlcache.cluster.bound_cache import assume_live, live_from_manifest
 from mlcache.preview.mock_engine import ProgramRun, Registration
 from mlcache.preview.render import render
@@ -297,3 +298,14 @@ def test_a_move_passes_the_placement_policies_and_its_receiver_is_still_judged()
 
     (found,) = violations(policies.validate_zone_matches_storage, stack_args(moving, receiver_in_ucsd))
     assert "ms-swift-cache-pvc-copy-g1 mounts cache ms-swift-cache-pvc-g1" in found[0]
+
+
+def test_validate_runs_the_pack_a_mandatory_violation_fails_it_an_advisory_one_passes(capsys):
+    assert validate_command.main(["--stack", "dev", "--config", "job.env.WANDB_API_KEY=abc123"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("policy no-plaintext-tokens (mandatory) (training-job): container prefetch sets")
+    assert "mlcache:secretEnv.NAME" in err
+    assert validate_command.main(["--stack", "prod"]) == 0
+    out, err = capsys.readouterr()
+    assert "and passing the policy pack (1 advisory): StorageClass/" in out
+    assert err.startswith("policy protected-cache-single-replica (advisory) (cache-pvc): protected cache ms-swift-cache-pvc")

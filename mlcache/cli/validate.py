@@ -1,9 +1,11 @@
-"""Validate a stack's rendered manifests strictly against Kubernetes OpenAPI schemas.
+"""Validate a stack's rendered manifests strictly against Kubernetes OpenAPI schemas and the policy pack.
 
     mlcache validate --stack dev [--config KEY=VALUE]... [--kubernetes-version 1.33]...
 
 Strict mode rejects unknown fields, so a misspelt field fails here instead of being
-silently dropped by the API server.
+silently dropped by the API server. The policy pack (policy/) runs over the same objects as
+`pulumi up --policy-pack policy` runs it: a mandatory violation fails here as it would fail the
+deploy; an advisory one is printed and passes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import sys
 from mlcache.cli.contract import ArgumentParser, entry_point
 from mlcache.cli.main import prog
 from mlcache.cli.render import add_config_arguments
-from mlcache.preview.render import ordered_objects, render_or_refuse, sent_documents
+from mlcache.preview.policy_check import MANDATORY, policy_findings
+from mlcache.preview.render import as_json, ordered_objects, render_or_refuse, sent_documents
 from mlcache.preview.validate import TARGET_VERSIONS, kubernetes_minor, kubernetes_minor_from_env, validation_errors
 
 
@@ -37,8 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     errors = validation_errors(objects, versions, [secret for _, secret in sent])
     for error in errors:
         print(f"invalid: {error}", file=sys.stderr)
-    if errors:
+    findings = policy_findings(as_json(run)["objects"])
+    for finding in findings:
+        where = f" ({finding.resource})" if finding.resource else ""
+        print(f"policy {finding.policy} ({finding.level}){where}: {finding.message}", file=sys.stderr)
+    if errors or any(f.level == MANDATORY for f in findings):
         return 1
     kinds = ", ".join(f"{r.kind}/{r.shown_name}" for r in ordered_objects(run))
-    print(f"{args.stack}: {len(objects)} objects valid (strict) for Kubernetes {', '.join(versions)}: {kinds}")
+    advisory = f" ({len(findings)} advisory)" if findings else ""
+    print(
+        f"{args.stack}: {len(objects)} objects valid (strict) for Kubernetes {', '.join(versions)} "
+        f"and passing the policy pack{advisory}: {kinds}"
+    )
     return 0

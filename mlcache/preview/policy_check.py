@@ -21,6 +21,7 @@ from typing import Any
 from mlcache import CHECKOUT
 
 POLICIES_FILE = CHECKOUT / "policy" / "policies.py"
+MANDATORY = "mandatory"  # the level whose violation fails the deploy (pulumi_policy's EnforcementLevel value)
 
 
 @dataclass(frozen=True)
