@@ -6,6 +6,7 @@ import json
 
 from mlcache.cli.drift import main as drift_main
 from mlcache.cluster.drift import drifted, summary
+from tests.conftest import ROOT
 
 PVC_URN = "urn:pulumi:prod::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::cache-pvc"
 JOB_URN = "urn:pulumi:prod::mlcache::mlcache:index:TrainingJob$kubernetes:batch/v1:Job::training-job"
@@ -42,6 +43,7 @@ def _drift(capsys, *argv):
 
 
 def _fake_pulumi(directory, script: str) -> None:
+    (directory / "Pulumi.prod.yaml").write_text("config: {}\n")  # the project directory's stack
     pulumi = directory / "pulumi"
     pulumi.write_text("#!/bin/sh\n" + script)
     pulumi.chmod(0o755)
@@ -50,8 +52,10 @@ def _fake_pulumi(directory, script: str) -> None:
 def test_a_missing_project_directory_or_cli_is_usage_not_drift(tmp_path, capsys, monkeypatch):
     code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path / "gone"))
     assert (code, out) == (2, "") and "is not a directory" in err and err.count("\n") == 1
+    code, out, err = _drift(capsys, "--stack", "prdo", "--cwd", str(ROOT))
+    assert (code, out, err) == (2, "", "error: no stack file Pulumi.prdo.yaml; stacks here: dev, prod\n")
     monkeypatch.setenv("PATH", str(tmp_path))  # no pulumi here
-    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(ROOT))
     assert (code, out) == (2, "") and "the Pulumi CLI is not on PATH" in err and "Traceback" not in err
 
 

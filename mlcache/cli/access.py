@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import replace
 
-from mlcache.cli.contract import ArgumentParser, entry_point
+from mlcache.cli.contract import CONFIG_HELP, STACK_HELP, ArgumentParser, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.access import NotServed, check, report
 from mlcache.cluster.bound_cache import ProviderSettings, provider_client
@@ -30,8 +30,8 @@ from mlcache.errors import Unreachable
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.access"), description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--stack", required=True, help=STACK_HELP)
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help=CONFIG_HELP)
     parser.add_argument("--context", help="kubeconfig context (default: the stack's kubernetes:context, else the current one)")
     args = parser.parse_args(argv)
     from mlcache.preview.render import as_json, render_or_refuse  # noqa: PLC0415

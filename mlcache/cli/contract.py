@@ -23,6 +23,11 @@ from mlcache.errors import Unreachable, UsageError
 OK, CHECK_FAILED, USAGE, UNREACHABLE, INTERNAL = 0, 1, 2, 3, 70
 
 
+# The options every command that reads a stack shares, in the same words.
+STACK_HELP = "stack name (Pulumi.<stack>.yaml)"
+CONFIG_HELP = "override a key as `pulumi config set --path` would; empty VALUE unsets it"
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are one line (no usage block), raised as UsageError."""
 

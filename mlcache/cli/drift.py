@@ -25,20 +25,25 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mlcache.cli.contract import ArgumentParser, Unreachable, UsageError, entry_point
+from mlcache.cli.contract import STACK_HELP, ArgumentParser, Unreachable, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.drift import drifted, run_preview, summary
+from mlcache.preview.stack_config import StackConfigError, stack_file
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.drift"), description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True)
+    parser.add_argument("--stack", required=True, help=STACK_HELP)
     parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the project directory (default: here)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the summary")
     args = parser.parse_args(argv)
     if not args.cwd.is_dir():
         raise UsageError(f"--cwd {str(args.cwd)!r} is not a directory (the project directory, with Pulumi.yaml)")
+    try:
+        stack_file(args.stack, args.cwd)
+    except (FileNotFoundError, StackConfigError) as err:
+        raise UsageError(str(err)) from None
     if shutil.which("pulumi") is None:
         raise UsageError("the drift check runs `pulumi preview --refresh`: the Pulumi CLI is not on PATH")
     print(f"drift: pulumi preview --refresh --stack {args.stack} (reads every object back from the cluster)", file=sys.stderr)

@@ -28,7 +28,7 @@ import shutil
 import sys
 from dataclasses import asdict
 
-from mlcache.cli.contract import CHECK_FAILED, OK, ArgumentParser, UsageError, entry_point
+from mlcache.cli.contract import CHECK_FAILED, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
 from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, render_plan
@@ -37,7 +37,7 @@ from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, rend
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.heal"), description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True)
+    parser.add_argument("--stack", required=True, help=STACK_HELP)
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")

@@ -23,7 +23,7 @@ from pathlib import Path
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
-from mlcache.cli.contract import ArgumentParser, UsageError, entry_point
+from mlcache.cli.contract import CONFIG_HELP, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.preview.render import render_or_refuse
 from mlcache.program.outputs import StackOutputs
@@ -36,8 +36,8 @@ from mlcache.rehearsal.report import placement_document, render_report
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.rehearse"), description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help="override a key as `--path` would")
+    parser.add_argument("--stack", required=True, help=STACK_HELP)
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help=CONFIG_HELP)
     parser.add_argument("--fleet", type=Path, help="fleet file (default: the runbook's fleet), or `kubectl get nodes -o yaml`")
     parser.add_argument("--keep", action="store_true", help="leave the cluster running and print its kubeconfig")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the scheduler to settle")

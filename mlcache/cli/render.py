@@ -17,7 +17,7 @@ import json
 import sys
 
 from mlcache import CHECKOUT
-from mlcache.cli.contract import ArgumentParser, entry_point, project_dir
+from mlcache.cli.contract import CONFIG_HELP, STACK_HELP, ArgumentParser, entry_point, project_dir
 from mlcache.cli.main import prog
 from mlcache.preview.render import (
     as_json,
@@ -34,7 +34,7 @@ from mlcache.preview.render import (
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stack", required=True, help="stack name (Pulumi.<stack>.yaml)")
+    parser.add_argument("--stack", required=True, help=STACK_HELP)
     parser.add_argument(
         "--project",
         type=project_dir,
@@ -47,7 +47,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key as `pulumi config set --path` would; empty VALUE unsets it",
+        help=CONFIG_HELP,
     )
 
 

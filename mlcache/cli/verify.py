@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from mlcache.cli.contract import ArgumentParser, entry_point
+from mlcache.cli.contract import CONFIG_HELP, STACK_HELP, ArgumentParser, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import FAIL, expectation_from, render_findings
 from mlcache.cluster.live import read_cluster
@@ -27,8 +27,8 @@ from mlcache.cluster.live import read_cluster
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.verify"), description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", required=True)
-    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--stack", required=True, help=STACK_HELP)
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help=CONFIG_HELP)
     parser.add_argument("--context", help="kubeconfig context (default: the current one)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
     args = parser.parse_args(argv)

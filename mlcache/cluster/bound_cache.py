@@ -35,6 +35,7 @@ from mlcache.program.names import (
     durable_claim_name,
     generation_claim_name,
 )
+from mlcache.program.outputs import UNPINNED_ZONE
 from mlcache.program.schema import parse_quantity
 
 # Zone of a placement record created unpinned.
@@ -63,7 +64,7 @@ class PlacementRecord:
         return f"zone={self.zone or ANY_ZONE} gpuProduct={self.gpu_product}"
 
     def describe(self) -> str:
-        zone = f"zone {self.zone}" if self.zone else "any zone (unpinned)"
+        zone = f"zone {self.zone or UNPINNED_ZONE}"
         return f"{zone}, GPU product {self.gpu_product}"
 
     @staticmethod

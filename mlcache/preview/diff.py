@@ -36,6 +36,7 @@ from mlcache.program.names import (
     WORKER_LABEL,
     ZONE_LABEL,
 )
+from mlcache.program.outputs import UNPINNED_ZONE
 
 DATA_LOSS = "DATA LOSS"
 
@@ -243,7 +244,7 @@ def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str,
 
 def _describe_placement(placement: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     zones, products = placement
-    return f"zone {', '.join(zones) or 'any (unpinned)'}, GPU product {', '.join(products) or 'any'}"
+    return f"zone {', '.join(zones) or UNPINNED_ZONE}, GPU product {', '.join(products) or 'any'}"
 
 
 def _claims_of(manifest: dict[str, Any]) -> set[str]:

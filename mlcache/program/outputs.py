@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# The `zone` output of a stack that lets the scheduler choose.
+# The `zone` output of a stack that lets the scheduler choose, and how reports describe that zone.
 SCHEDULER_CHOSEN = "scheduler-chosen"
+UNPINNED_ZONE = f"{SCHEDULER_CHOSEN} (unpinned)"
 
 # Stack output -> the config keys its value comes from: what SecretFlow keeps secret when a key is
 # given as a secret. Also the list of outputs the program exports (it may export no other).
