@@ -80,7 +80,12 @@ _NOT_TEXT_IN_YAML_12 = re.compile(
 )
 
 
-class _ManifestDumper(yaml.SafeDumper):
+# libyaml's emitter (PyYAML's wheels carry it) writes the same documents 15x faster than the pure
+# Python one: 1.7 ms against 26.7 ms for dev's manifests; the representers stay PyYAML's.
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _ManifestDumper(_SafeDumper):  # type: ignore[valid-type,misc]
     def represent_str(self, data: str) -> yaml.ScalarNode:
         if _NOT_TEXT_IN_YAML_12.fullmatch(data):
             return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
