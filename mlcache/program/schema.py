@@ -141,7 +141,7 @@ class ConfigError(pulumi.RunError):
     """A config value that is not allowed. RunError: the CLI prints it without a traceback."""
 
     def __init__(self, key: str, value: Any, allowed: str, *, secret: bool = False):
-        self.key = key if ":" in key else f"{PROJECT}:{key}"
+        self.key = _full_key(key)
         self.value = value
         self.allowed = allowed
         super().__init__(f"invalid config {self.key} = {'[secret]' if secret else shown(value)}: expected {allowed}")
@@ -152,9 +152,13 @@ class ConfigError(pulumi.RunError):
         the key and the key probably meant, never the value, which is beside the point and may be a
         token under a mistyped name."""
         error = cls(key, None, allowed)
-        hint = f" (did you mean {meant if ':' in meant else f'{PROJECT}:{meant}'}?)" if meant else ""
-        pulumi.RunError.__init__(error, f"invalid config key {error.key}{hint}: expected {allowed}")
+        hint = f" (did you mean {_full_key(meant)}?)" if meant else ""
+        error.args = (f"invalid config key {error.key}{hint}: expected {allowed}",)
         return error
+
+
+def _full_key(key: str) -> str:
+    return key if ":" in key else f"{PROJECT}:{key}"
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:
