@@ -89,6 +89,10 @@ class _ManifestDumper(_SafeDumper):  # type: ignore[valid-type,misc]
     def represent_str(self, data: str) -> yaml.ScalarNode:
         if _NOT_TEXT_IN_YAML_12.fullmatch(data):
             return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
+        if "\n" in data:
+            # A file (the scripts ConfigMap's Python) as its lines, as kubectl shows it; the emitter
+            # falls back to a quoted scalar where a block cannot hold the text exactly.
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style="|")
         return super().represent_str(data)
 
 
