@@ -59,7 +59,8 @@ def test_every_module_the_command_imports_is_in_the_runtime_lock():
     command there (mlcache diff --markdown did, on pulumi_policy)."""
     distributions = importlib.metadata.packages_distributions()
     imported: set[str] = set()
-    for path in (ROOT / "mlcache").rglob("*.py"):
+    # The command, the program it renders, and the policy pack `mlcache validate` and `diff --markdown` load.
+    for path in [*(ROOT / "mlcache").rglob("*.py"), ROOT / "__main__.py", *(ROOT / "policy").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.partition(".")[0] for alias in node.names}
@@ -74,3 +75,11 @@ def test_every_module_the_command_imports_is_in_the_runtime_lock():
         if not any(d.lower().replace("_", "-") in runtime for d in distributions[name])
     }
     assert missing == {}
+
+
+def test_pyyaml_carries_libyaml_whose_emitter_wrote_the_snapshots():
+    """The render writes with libyaml's emitter when PyYAML has it (its wheels do); the pure-Python
+    one folds long strings elsewhere, so the byte-for-byte snapshots would differ without it."""
+    import yaml  # noqa: PLC0415
+
+    assert yaml.__with_libyaml__

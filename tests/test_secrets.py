@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from mlcache.cli import render as render_command
+from mlcache.cli import validate as validate_command
 from mlcache.preview import render
 from mlcache.preview.diff import manifest_diff, plan, report
 from mlcache.preview.mock_engine import ProgramRun, is_secret_envelope, run_program
@@ -158,12 +159,33 @@ def test_secret_settings_are_checked_before_anything_is_registered_even_without_
         assert key in str(err.value) and "plain" not in str(err.value) and run.registrations == []
 
 
-@pytest.mark.parametrize("assignment", ["hfToken=hf_plain77", "secretEnv.WANDB_API_KEY=plain-77", "modelscopeToken=ms_plain77"])
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "hfToken=hf_plain77",
+        "secretEnv.WANDB_API_KEY=plain-77",
+        "modelscopeToken=ms_plain77",
+        "secretEnv={X: !!int plain77}",  # a value that is not even valid YAML: refused before it is read
+        "mlcache:secretEnv={X: *plain77}",
+    ],
+)
 def test_offline_a_secret_setting_given_with_config_is_refused_naming_secret(capsys, assignment):
     key = assignment.partition("=")[0]
     code, out, err = _render_cli(capsys, "--config", assignment)
+    assert (code, out) == (2, "") and "plain" not in err
+    assert err == (
+        f"error: --config {key}: a secret setting; give it with --secret (mlcache render, validate) or as a `secure:` "
+        "value in the stack file (the value is not shown)\n"
+    )
+
+
+def test_a_wrong_key_keeps_its_line_when_secrets_are_given(capsys):
+    """load_settings rewrites lines that could quote a secret; a wrong key's line quotes none."""
+    assert validate_command.main(["--stack", "dev", "--secret", "job.gpu=4"]) == 2
+    assert capsys.readouterr().err.startswith("error: invalid config key mlcache:job.gpu (did you mean mlcache:job.gpus?)")
+    code, out, err = _render_cli(capsys, "--secret", "job.env.A=e", "--config", "cache.sise=1Ti")
     assert (code, out) == (2, "")
-    assert err == f"error: --config {key}: a secret setting; give it as --secret {key}=VALUE (the value is not shown)\n"
+    assert err.startswith("error: invalid config key mlcache:cache.sise (did you mean mlcache:cache.size?): expected")
 
 
 def _render_cli(capsys, *argv):

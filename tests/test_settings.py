@@ -261,6 +261,7 @@ def test_values_at_the_edge_of_what_kubernetes_allows_are_accepted(raw, check):
     ("key", "hint"),
     [
         ("mlcahce:backend", "(did you mean mlcache:backend?)"),
+        ("mlcahce:bakend", "(did you mean mlcache:backend?)"),
         ("mlcache:zon", "did you mean mlcache:zone?"),
         ("mlcache:jobs", "did you mean mlcache:job?"),
     ],
@@ -284,6 +285,18 @@ def test_a_secret_key_set_without_path_gets_the_secret_hint_and_its_value_is_not
         check_keys({"mlcache:secretEnv.WANDB_API_KEY": "wandb-plain-7f3a"})
     assert "pulumi config set --secret --path mlcache:secretEnv.WANDB_API_KEY" in str(err.value)
     assert "wandb-plain-7f3a" not in str(err.value)
+
+
+def test_a_mistyped_namespace_with_an_unknown_key_suggests_nothing():
+    with pytest.raises(ConfigError) as err:
+        check_keys({"mlcahce:foo": "1"})
+    assert str(err.value) == "invalid config key mlcahce:foo: expected the namespace mlcache"
+
+
+def test_a_field_name_that_is_not_text_is_refused_in_one_line():
+    with pytest.raises(ConfigError) as err:
+        parse_settings({"cache": {1: "x"}})
+    assert str(err.value).startswith("invalid config key mlcache:cache.1: expected a known field of cache: name, size")
 
 
 def test_other_namespaces_are_left_alone():

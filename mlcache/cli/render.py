@@ -49,15 +49,15 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help=CONFIG_HELP,
     )
+    parser.add_argument(
+        "--secret", action="append", default=[], metavar="KEY=VALUE", help="supply a secret config value (never printed)"
+    )
 
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.render"), description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
-    parser.add_argument(
-        "--secret", action="append", default=[], metavar="KEY=VALUE", help="supply a secret config value (never printed)"
-    )
     parser.add_argument("--out", type=out_dir, metavar="DIR", help="write one file per object into DIR instead of stdout")
     formats = parser.add_mutually_exclusive_group()
     formats.add_argument("--summary", action="store_true", help="print resource options, outputs and warnings")

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     versions = tuple(args.versions or (kubernetes_minor_from_env(v) for v in TARGET_VERSIONS))
-    run, _ = render_or_refuse(args.stack, args.config, [], args.project)
+    run, _ = render_or_refuse(args.stack, args.config, args.secret, args.project)
     sent = sent_documents(run)
     objects = [doc for doc, _ in sent]
     errors = validation_errors(objects, versions, [secret for _, secret in sent])

@@ -350,9 +350,14 @@ def load_stack_config(
         if secure:
             secret_keys.add(key)
     for text in overrides:
+        # Before the value is read: an error about it (bad YAML) would quote it.
+        key_text, _, value_text = text.partition("=")
+        if value_text and key_text.strip() and split_key(key_text.strip())[0] in SECRET_FULL_KEYS:
+            raise StackConfigError(
+                f"--config {key_text.strip()}: a secret setting; give it with --secret (mlcache render, validate) or "
+                "as a `secure:` value in the stack file (the value is not shown)"
+            )
         key, value = parse_assignment(text)
-        if split_key(key)[0] in SECRET_FULL_KEYS and value not in (None, ""):
-            raise StackConfigError(f"--config {key}: a secret setting; give it as --secret {key}=VALUE (the value is not shown)")
         if value is None:
             _unset_path(stack_layer, key)
         else:

@@ -144,6 +144,7 @@ class ConfigError(pulumi.RunError):
         self.key = _full_key(key)
         self.value = value
         self.allowed = allowed
+        self.about_key = False  # of_key: the line holds no value (and no secret: names and field lists only)
         super().__init__(f"invalid config {self.key} = {'[secret]' if secret else shown(value)}: expected {allowed}")
 
     @classmethod
@@ -154,6 +155,7 @@ class ConfigError(pulumi.RunError):
         error = cls(key, None, allowed)
         hint = f" (did you mean {_full_key(meant)}?)" if meant else ""
         error.args = (f"invalid config key {error.key}{hint}: expected {allowed}",)
+        error.about_key = True
         return error
 
 
@@ -428,7 +430,7 @@ def parse_section(key: str, raw: Any, cls: type, prefix: str = "") -> Any:
         raise ConfigError(key, raw, "an object with the fields " + ", ".join(fields))
     unknown = [name for name in raw if name not in fields]
     if unknown:
-        meant = closest(unknown[0], fields)
+        meant = closest(unknown[0], fields) if isinstance(unknown[0], str) else None
         raise ConfigError.of_key(
             f"{prefix}{unknown[0]}", f"a known field of {key}: {', '.join(fields)}", f"{prefix}{meant}" if meant else None
         )

@@ -606,9 +606,9 @@ def check_keys(values: Mapping[str, Any]) -> None:
             if top not in KNOWN_KEYS:
                 raise ConfigError.of_key(key, f"a key of this project: {', '.join(KNOWN_KEYS)}", closest(name, KNOWN_KEYS))
         elif namespace.lower() != NAMESPACE and difflib.SequenceMatcher(None, namespace.lower(), NAMESPACE).ratio() >= 0.75:
-            raise ConfigError.of_key(
-                key, f"a key of this project: {namespace} is not a namespace it reads", f"{NAMESPACE}:{name}"
-            )
+            top = name.split(".")[0].split("[")[0]
+            meant = name if top in KNOWN_KEYS else closest(top, KNOWN_KEYS)
+            raise ConfigError.of_key(key, f"the namespace {NAMESPACE}", f"{NAMESPACE}:{meant}" if meant else None)
 
 
 def read_raw_config(config: pulumi.Config) -> dict[str, Any]:
@@ -712,6 +712,8 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
     try:
         return parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
     except ConfigError as err:
+        if err.about_key:
+            raise
         secret = err.key.partition(":")[2].split(".")[0].split("[")[0] in secret_keys()
         leaves = _secret_leaves()
         if not secret and not any(leaf in err.allowed for leaf in leaves):
