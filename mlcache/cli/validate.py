@@ -1,6 +1,6 @@
 """Validate a stack's rendered manifests strictly against Kubernetes OpenAPI schemas and the policy pack.
 
-    mlcache validate --stack dev [--config KEY=VALUE]... [--kubernetes-version 1.33]...
+    mlcache validate --stack dev [--config KEY=VALUE]... [--secret KEY=VALUE]... [--kubernetes-version 1.33]...
 
 Strict mode rejects unknown fields, so a misspelt field fails here instead of being
 silently dropped by the API server. The policy pack (policy/) runs over the same objects as
