@@ -88,3 +88,22 @@ def test_command_line_needs_a_stack(capsys):
     assert main([]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == "error: mlcache heal: the following arguments are required: --stack (see --help)\n"
+
+
+def test_apply_refuses_before_anything_is_deleted_when_pulumi_up_cannot_run(tmp_path, capsys, monkeypatch):
+    """A stack whose secrets the CLI cannot open (no passphrase here): refused before the cluster is
+    even read, so no pod or claim is deleted for an up that would then fail."""
+    fake = tmp_path / "pulumi"
+    fake.write_text(
+        "#!/bin/sh\necho 'error: getting stack configuration: get stack secrets manager: passphrase must be set' >&2\nexit 255\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "never-read"))
+    code = main(["--stack", "prod", "--allow-protected", "--apply"])
+    out, err = capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: --apply re-creates the claim with `pulumi up` after deleting it: `pulumi up --stack prod` cannot run here "
+        "(error: getting stack configuration: get stack secrets manager: passphrase must be set); nothing was changed\n"
+    )

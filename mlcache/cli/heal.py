@@ -28,10 +28,11 @@ import shutil
 import sys
 from dataclasses import asdict
 
+from mlcache import CHECKOUT
 from mlcache.cli.contract import CHECK_FAILED, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
-from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, render_plan
+from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, render_plan, up_blocker
 
 
 @entry_point
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
     if args.apply and shutil.which("pulumi") is None:
         raise UsageError("--apply re-creates the claim with `pulumi up`: the Pulumi CLI is not on PATH")
+    if args.apply and (blocker := up_blocker(args.stack, CHECKOUT)):
+        raise UsageError(f"--apply re-creates the claim with `pulumi up` after deleting it: {blocker}")
 
     def expect_for(namespace: str) -> Expectation:
         return expectation_from_outputs(run.outputs, stack_config.values.get("mlcache:namespace") or namespace, args.stack)
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
     if not args.json:
         print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")
-        print(render_plan(plan, args.apply))
+        print(render_plan(plan, args.apply), flush=True)  # the plan before the steps' lines on stderr
     if plan.refusal or not args.apply:
         if args.json:
             print(json.dumps(document, indent=2))

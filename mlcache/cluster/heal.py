@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
@@ -19,6 +20,18 @@ def up_command(stack: str) -> list[str]:
     """The `pulumi up` heal --apply runs once the claim is deleted: the refresh drops the claim from
     the state, the up creates it again."""
     return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack]
+
+
+def up_blocker(stack: str, project: Path) -> str | None:
+    """Why `pulumi up` of the stack cannot run here (None: it can get that far), asked before heal
+    deletes anything: the stack's backend (pulumi login), the stack itself and its secrets provider
+    (a passphrase) are what the up needs first. Reads the stack's config, decrypted, and discards it."""
+    command = ["pulumi", "config", "--stack", stack, "--show-secrets", "--json", "--non-interactive"]
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return f"`pulumi up --stack {stack}` cannot run here ({reason}); nothing was changed"
 
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
