@@ -330,8 +330,12 @@ class Rehearsal:
             # no download, and no `pulumi plugin install` copying 200 MB into every rehearsal's home.
             "PULUMI_IGNORE_AMBIENT_PLUGINS": "false",
             "KUBECONFIG": str(self.kubeconfig),
+            # The provider writes the kubeconfig it is given (a bearer token) to a temp file per up and
+            # leaves it: inside the rehearsal's directory, it goes with the directory.
+            "TMPDIR": str(self.work / "tmp"),
         }
         (self.work / "state").mkdir()
+        (self.work / "tmp").mkdir()
         self.running = True
         try:
             self._start_cluster()

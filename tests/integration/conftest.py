@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -348,7 +349,7 @@ def cluster(request, cluster_factory, kept_cluster) -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def pulumi_cli(tmp_path_factory) -> dict[str, str]:
+def pulumi_cli(tmp_path_factory) -> Iterator[dict[str, str]]:
     """The environment of the pulumi CLI and its language host, with a home of their own (no cluster)."""
     tools = toolchain()
     work = tmp_path_factory.mktemp("cli")
@@ -357,13 +358,21 @@ def pulumi_cli(tmp_path_factory) -> dict[str, str]:
     for tool in ("pulumi", "langhost"):
         for item in tools[tool].parent.iterdir():
             (bin_dir / item.name).symlink_to(item)
-    return {
+    yield {
         **os.environ,
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "PULUMI_HOME": str(work / "pulumi-home"),
         "PULUMI_SKIP_UPDATE_CHECK": "true",
         "PULUMI_CONFIG_PASSPHRASE": PASSPHRASE,
     }
+    # A pulumi command that fails while reading the stack's config leaves its language host running
+    # (seen an hour after the suite): end the ones started from this bin directory.
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(str(bin_dir / "pulumi-language-python").encode()):
+                os.kill(int(cmdline.parent.name), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass  # gone meanwhile
 
 
 @pytest.fixture(scope="session")

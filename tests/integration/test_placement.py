@@ -64,6 +64,8 @@ def the_volume(view: ClusterView, report: Report) -> dict:
 
 def test_dev_option_a_training_lands_on_an_a100_node_of_the_schedulers_choosing_with_its_volume(rehearsal):
     outputs = rehearsal.up("dev")
+    # The provider's temp copy of the kubeconfig (a bearer token) stays in the rehearsal's directory.
+    assert list((rehearsal.work / "tmp").glob("kubeconfig*"))
     report = rehearsal.report("dev", outputs, SETTLE)
     view = rehearsal.view(outputs["namespace"])
     pod = training(report)
