@@ -388,7 +388,25 @@ def test_verify_without_events_or_allocatable_keeps_its_generic_remedy():
     bare = {n: {"metadata": v["metadata"]} for n, v in FLEET.items()}
     findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=SCHEDULER_NO_GPUS)], nodes=bare), EXPECT)
     (failure,) = [f for f in findings if f.level == FAIL]
-    assert "insufficient resources" in failure.remedy
+    assert failure.remedy.startswith("too few free GPUs of job.gpuProduct, cpu or memory: lower job.gpus")
+    assert "; no node with job.gpuProduct in the zone: change job.gpuProduct or mlcache:zone" in failure.remedy
+
+
+@pytest.mark.parametrize(
+    ("reason", "fix"),
+    [
+        ("2 node(s) had untolerated taint(s)", "nodes with taints the pod does not tolerate: add the taint to job.tolerations"),
+        ("1 node(s) did not have enough free storage", "less free space than cache.size: lower cache.size or free space"),
+    ],
+)
+def test_each_reason_of_the_scheduler_gets_its_own_fix(reason, fix):
+    from mlcache.cluster.diagnosis import Snapshot  # noqa: PLC0415
+
+    bare = {n: {"metadata": v["metadata"]} for n, v in FLEET.items()}
+    message = f"0/5 nodes are available: {reason}. preemption: not helpful."
+    findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=message)], nodes=bare), EXPECT)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert fix in failure.remedy and "GPUs" not in failure.remedy
 
 
 # --- set-up: toolchain, config, program copy, usage errors -------------------------------------

@@ -128,7 +128,7 @@ def test_insufficient_gpus_in_the_zone():
     message = "0/3 nodes are available: 2 Insufficient nvidia.com/gpu, 1 node(s) didn't match Pod's node affinity/selector."
     findings = diagnose(Snapshot(pvc=pvc("Pending"), pods=[pod(unschedulable=message)], nodes=NODES), EXPECT)
     (failure,) = [f for f in findings if f.level == FAIL]
-    assert "insufficient resources" in failure.remedy
+    assert "too few free GPUs of job.gpuProduct" in failure.remedy
 
 
 def test_pod_in_the_wrong_zone_and_volume_in_the_wrong_zone():

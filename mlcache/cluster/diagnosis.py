@@ -52,6 +52,29 @@ from mlcache.program.verification import linstor_resources_command
 
 # How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
 VOLUME_CONFLICT = ("volume node affinity conflict", "didn't match PersistentVolume's node affinity")
+# The scheduler's reasons (its FailedScheduling message lists each with the count of nodes it ruled
+# out) and the setting that answers each, in the order a user would try them.
+SCHEDULER_REASON_FIXES = (
+    (
+        "untolerated taint",
+        "nodes with taints the pod does not tolerate: add the taint to job.tolerations if training may run "
+        "there (`kubectl describe node` shows it), or free other nodes",
+    ),
+    (
+        "did not have enough free storage",
+        "the storage pool of the nodes that fit has less free space than cache.size: lower cache.size or free "
+        "space in the LINSTOR pool (`kubectl get csistoragecapacities -A`)",
+    ),
+    (
+        "Insufficient",
+        "too few free GPUs of job.gpuProduct, cpu or memory: lower job.gpus, or change job.gpuProduct or mlcache:zone",
+    ),
+    (
+        "didn't match Pod's node affinity",
+        "no node with job.gpuProduct in the zone: change job.gpuProduct or mlcache:zone "
+        f"(`kubectl get nodes -L {ZONE_LABEL} -L {GPU_PRODUCT_LABEL}`)",
+    ),
+)
 
 
 OK, INFO, FAIL = "ok", "info", "FAIL"
@@ -298,14 +321,9 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
     if shortage:
         explanation, remedy = shortage
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
-    if "Insufficient" in message or "didn't match" in message:
-        return Finding(
-            FAIL,
-            "pod scheduling",
-            f"pod {name} is Pending: {message}",
-            "insufficient resources (GPUs of job.gpuProduct, cpu, memory) in the zone, or no node matches the "
-            "GPU product: `kubectl describe pod` for details; lower job.gpus, change job.gpuProduct or mlcache:zone.",
-        )
+    fixes = [fix for words, fix in SCHEDULER_REASON_FIXES if words in message]
+    if fixes:
+        return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message}", "; ".join(fixes) + ".")
     return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message}")
 
 
