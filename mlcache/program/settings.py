@@ -502,7 +502,8 @@ def _check_durable(s: Settings) -> None:
 def _check(s: Settings) -> None:
     """Rules that tie settings together, and the limits of the names derived from them."""
     if s.zone is not None and s.zone not in s.zones:
-        raise ConfigError("zone", s.zone, "empty (the scheduler chooses) or one of the zones: " + ", ".join(s.zones))
+        allowed = "empty (the scheduler chooses) or one of mlcache:zones (the cluster's zones, a setting): "
+        raise ConfigError("zone", s.zone, allowed + ", ".join(s.zones))
     if s.adopt and s.namespace is None:
         raise ConfigError("adopt", s.adopt, "false unless mlcache:namespace is set: the PVC's import id is <namespace>/<name>")
     linstor, cache, job, bench = s.linstor, s.cache, s.job, s.benchmark

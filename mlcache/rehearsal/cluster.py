@@ -363,7 +363,8 @@ class Rehearsal:
         if started.returncode != 0:
             lines = (started.stderr or started.stdout).strip().splitlines() or ["no output"]
             raise SetupError(f"the rehearsal cluster did not start: {lines[-1]}")
-        self.progress(f"cluster up: {len(self.core.list_node().items)} nodes")
+        count = len(self.core.list_node().items)
+        self.progress(f"cluster up: {count} node{'' if count == 1 else 's'}")
 
     def reset(self, timeout: float = 90.0) -> None:
         """Return the cluster to how `start` left it, for the next rehearsal on the same fleet and

@@ -314,7 +314,7 @@ def build_report(
             # The scheduler's words are in the report's Pending section; here what they mean.
             finding = diagnose_pending_pod(raw, expects[name], snapshots[name])
             _, arrow, meaning = finding.message.partition(" -> ")
-            what = f"is not placed: {meaning}" if arrow else "is not placed (the scheduler's reason above)"
+            what = f"is not placed: {meaning}" if arrow else "is not placed (the scheduler's reason: see Pending)"
             problems.append(Problem(f"pod {placed.pod}", what, finding.remedy or "`kubectl describe pod` for its events"))
         elif placed.with_cache is False:
             assert cache.nodes is not None, "a pod is away from its cache only when the volume has nodes"
