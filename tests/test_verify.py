@@ -180,6 +180,15 @@ def test_node_loss_names_the_lost_node_what_is_lost_and_the_heal_command():
     assert any(f.check == "node loss" and "NotReady (Ready=Unknown" in f.message for f in bare)
 
 
+def test_a_pod_still_bound_to_the_lost_node_is_not_said_to_run_there():
+    dead = api_node("gpu-ucsd-1", "ucsd", ready="Unknown")
+    stuck = pod("gpu-ucsd-1")
+    findings = diagnose(Snapshot(pvc=claim(), pv=volume("gpu-ucsd-1"), pods=[stuck], nodes={"gpu-ucsd-1": dead}), EXPECT)
+    assert [f.level for f in findings if f.check == "training pod"] == [INFO]
+    assert not [f for f in findings if f.level == OK and f.check in ("training pod", "locality")]
+    assert any(f.check == "node loss" and f.level == FAIL for f in findings)
+
+
 def test_a_ready_node_or_a_second_replica_is_no_node_loss():
     live = {"gpu-ucsd-1": api_node("gpu-ucsd-1", "ucsd"), "gpu-ucsd-2": api_node("gpu-ucsd-2", "ucsd", ready="Unknown")}
     for pv in (volume("gpu-ucsd-1"), volume("gpu-ucsd-1", "gpu-ucsd-2")):

@@ -389,6 +389,10 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
         name, node_name = _get(pod, "metadata", "name"), _get(pod, "spec", "nodeName")
         node = snapshot.nodes.get(node_name)
         zone = node_zone(node)
+        if lost and node_name == lost[0]:
+            # Its node is gone or NotReady: the pod is not running, whatever its phase still says.
+            findings.append(Finding(INFO, "training pod", f"pod {name} is bound to {node_name}, the lost node (see node loss)"))
+            continue
         findings.append(Finding(OK, "training pod", f"pod {name} runs on {node_name} in zone {zone}"))
         if expect.zone and zone != expect.zone:
             findings.append(
