@@ -4,6 +4,8 @@ scheduler really does with a stack is tests/integration/test_placement.py's job.
 
 from __future__ import annotations
 
+import stat
+import subprocess
 import tempfile
 from datetime import datetime, timedelta
 
@@ -484,3 +486,20 @@ def test_missing_toolchain_exits_2_with_one_line(capsys, monkeypatch, tmp_path):
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and "scripts/build-engine" in err
     assert list(temporary.iterdir()) == []  # no work directory left behind
+
+
+def test_a_kept_rehearsals_environment_file_is_owner_only_and_gives_back_its_values(tmp_path):
+    """What `--keep` prints for drift and heal: a shell file that sets the rehearsal's Pulumi
+    environment (the state's passphrase included, so nobody else may read it)."""
+    rehearsal = rehearse.Rehearsal(toolchain={}, work=tmp_path)
+    rehearsal.env = {"PULUMI_CONFIG_PASSPHRASE": "a b'c$d", "PATH": "/x:/y", "KUBECONFIG": str(tmp_path / "k")}
+    path = rehearsal.write_env()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    shown = subprocess.run(
+        ["sh", "-c", f'. {path} && printf "%s\\n" "$PULUMI_CONFIG_PASSPHRASE" "$PATH" "$KUBECONFIG"'],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={},
+    ).stdout.splitlines()
+    assert shown == ["a b'c$d", "/x:/y", str(tmp_path / "k")]

@@ -72,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.keep:
                 told = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
                 print(f"\nThe cluster keeps running: export KUBECONFIG={rehearsal.kubeconfig}", file=told)
-                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster}", file=told)
+                print(
+                    f"Its stack, for drift and heal: cd {rehearsal.project} && . {rehearsal.write_env()} && "
+                    f"venv/bin/python -m mlcache drift --stack {args.stack}",
+                    file=told,
+                )
+                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster} && rm -rf {rehearsal.work}", file=told)
             return report.exit_code
     except SetupError as err:
         raise UsageError(str(err)) from None

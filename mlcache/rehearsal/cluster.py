@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -365,6 +366,15 @@ class Rehearsal:
             raise SetupError(f"the rehearsal cluster did not start: {lines[-1]}")
         count = len(self.core.list_node().items)
         self.progress(f"cluster up: {count} node{'' if count == 1 else 's'}")
+
+    def write_env(self) -> Path:
+        """The rehearsal's Pulumi and cluster environment as a shell file (owner-only: it holds the
+        state's passphrase), for `mlcache drift` or `heal` against a kept cluster."""
+        path = self.work / "env"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.writelines(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(self.env.items()))
+        return path
 
     def reset(self, timeout: float = 90.0) -> None:
         """Return the cluster to how `start` left it, for the next rehearsal on the same fleet and
