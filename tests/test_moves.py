@@ -14,6 +14,7 @@ from mlcache.cluster.diagnosis import Expectation, follow_move
 from mlcache.preview.mock_engine import ProgramRun, is_secret_envelope, run_program
 from mlcache.preview.render import render
 from mlcache.preview.stack_config import load_stack_config
+from mlcache.program.names import LABELS
 from mlcache.program.schema import ConfigError
 from tests.api_objects import A100, CLAIM, NAMESPACE, claim, node, storage_class, volume
 from tests.conftest import only, rendered
@@ -98,6 +99,27 @@ def test_the_runbook_migration_from_rook_ceph_is_one_local_pod_and_the_rollback_
     assert migration.mode == LOCAL and not migration.source.pinned and migration.source.backend == "linstor"
     rollback = judge(wanted(storage_class=ROOK, backend="rook-ceph", placement=PlacementRecord("ucsd", A100)), bound_in_ucsd())
     assert rollback.move.mode == LOCAL and rollback.move.source.nodes == ("gpu-ucsd-1",)
+
+
+@pytest.mark.parametrize(("made_class", "refused"), [("linstor-fast-cache", False), ("other-class", True), (None, True)])
+def test_a_move_off_linstor_keeps_the_settings_that_make_the_old_claims_class(made_class, refused):
+    """The class the stack made (its labels say so) stays while the old claim on it stays: a rename
+    or manageStorageClass false in the same change would drop it, so it is refused."""
+    made = {**storage_class(), "metadata": {"name": "linstor-fast-cache", "labels": dict(LABELS)}}
+    live = LiveCache(NAMESPACE, claim(), volume("gpu-ucsd-1"), [UCSD], made)
+    rollback = wanted(storage_class=ROOK, backend="rook-ceph", made_class=made_class)
+    for current in (live, under_way_off_linstor(live)):
+        verdict = judge(rollback, current)
+        assert (verdict.refusal is not None) == refused
+        if refused:
+            assert "Keep linstor.storageClassName linstor-fast-cache and linstor.manageStorageClass true" in verdict.refusal
+            assert "Nothing was changed" in verdict.refusal
+
+
+def under_way_off_linstor(source: LiveCache) -> LiveCache:
+    """`source` being copied into a Rook-Ceph claim of generation 1."""
+    target = claim(name=NEW, storage_class=ROOK, volume="pvc-9f8e", placement=f"zone=sdsu gpuProduct={A100}")
+    return LiveCache(NAMESPACE, target, volume(name="pvc-9f8e"), [], None, 1, source, copy_job(None))
 
 
 def test_nothing_to_copy_is_refused_in_one_line():

@@ -27,6 +27,7 @@ from mlcache.program.names import (
     COPY_ATTEMPT_ANNOTATION,
     GPU_PRODUCT_LABEL,
     HOSTNAME_LABEL,
+    LABELS,
     PLACEMENT_ANNOTATION,
     ZONE_LABEL,
     claim_generation,
@@ -197,6 +198,7 @@ class Wanted:
     backend: str = "linstor"
     durable_copy: bool = False
     durable_class: str = ""  # rookCeph.storageClassName: the durable copy's class
+    made_class: str | None = None  # the LINSTOR class the stack makes (linstor.*; None: it makes none)
 
 
 @dataclass(frozen=True)
@@ -632,6 +634,23 @@ def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
     )
 
 
+def _class_kept_with(wanted: Wanted, source: LiveCache, where: str) -> Verdict | None:
+    """A refusal when the move would drop the class its old claim is on: the program keeps the class
+    it makes for as long as it keeps the old claim, so the settings must still make that class."""
+    labels = get(source.storage_class, "metadata", "labels") or {}
+    made_here = bool(labels) and all(labels.get(key) == value for key, value in LABELS.items())
+    name = get(source.claim, "spec", "storageClassName")
+    if not made_here or wanted.made_class == name:
+        return None
+    return Verdict(
+        refusal=(
+            f"mlcache:cache.relocate = 'copy': the cache {where} is on the StorageClass {name}, which this stack made; "
+            f"the move keeps that claim, and so its class, until the copy is verified. Nothing was changed. Keep "
+            f"linstor.storageClassName {name} and linstor.manageStorageClass true until the move is over."
+        )
+    )
+
+
 def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Verdict:
     if (get(live.claim, "spec", "volumeMode") or "Filesystem") == "Block":
         return Verdict(
@@ -640,6 +659,8 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"and verify. Nothing was changed. Use `{relocate_key_hint('fresh')}` (DATA LOSS) or put the settings back."
             )
         )
+    if refusal := _class_kept_with(wanted, live, where):
+        return refusal
     source = ClaimFacts.of(live)
     if source.pinned and not source.nodes:
         return Verdict(
@@ -683,6 +704,10 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
     if _describes(wanted, live.claim):
         source = ClaimFacts.of(older)
         switched = get(live.claim, "metadata", "name") in mounted_claims(live.training_job)
+        # The old claim stays until the switch, and after it while cache.protect keeps it.
+        keeps_source = (not switched and state != VERIFIED) or wanted.protect
+        if keeps_source and (refusal := _class_kept_with(wanted, older, source_where)):
+            return refusal
         if switched:
             # Training runs on the new claim already (an earlier up switched; the old one was kept
             # by cache.protect): never back, whatever became of the copy Job.
@@ -984,6 +1009,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         has_consumer=settings.job.enabled or settings.benchmark.enabled,
         durable_copy=settings.cache.durable_copy,
         durable_class=settings.rook_ceph.storage_class_name,
+        made_class=settings.linstor.storage_class_name if settings.linstor.manage_storage_class else None,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")
