@@ -142,6 +142,7 @@ def test_kubectl_output_without_linstor_labels_gives_every_node_a_pool():
         ({"name": "A_1", "zone": "ucsd", "cpu": 8, "memory": "64Gi"}, "nodes[0].name: 'A_1' is not a node name"),
         ({"name": "a", "zone": "uc sd", "cpu": 8, "memory": "64Gi"}, "nodes[0] (a).zone: 'uc sd' is not a label value"),
         ({"name": "a", "zone": "ucsd", "memory": "64Gi"}, "nodes[0] (a).cpu: missing"),
+        ({"name": "a", "cpu": 8, "memory": "64Gi"}, "nodes[0] (a).zone: missing"),
         (
             {"name": "a", "zone": "ucsd", "cpu": 8, "memory": "1Ti", "taints": [{"key": "k", "effect": "Never"}]},
             "taints[0].effect: 'Never'",
@@ -211,3 +212,9 @@ def test_a_device_or_a_fifo_as_fleet_file_is_refused_at_once(tmp_path, capsys):
     for path in ("/dev/zero", str(fifo)):  # /dev/zero never ends; a FIFO without a writer would block
         assert fleet_main([path]) == 2
         assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_bad_pool_size_is_refused_for_a_fleet_description_too():
+    with pytest.raises(FleetError) as err:
+        load(ROOT / "fleets" / "runbook.yaml", pool_size="lots")
+    assert str(err.value) == "--pool-size: 'lots' is not a Kubernetes quantity (e.g. 96, 500m, 1Ti, 512Gi)"

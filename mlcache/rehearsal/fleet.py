@@ -87,6 +87,8 @@ def _quantity(where: str, value: Any) -> str:
 
 
 def _label_value(where: str, value: Any) -> str:
+    if value is None:
+        raise FleetError(f"{where}: missing")
     if not isinstance(value, str) or not _LABEL_VALUE.match(value):
         raise FleetError(f"{where}: {value!r} is not a label value (up to 63 letters, digits, '-', '_', '.')")
     return value
@@ -254,7 +256,9 @@ def read_bounded(path: Path) -> str:
 
 
 def load(path: Path, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
-    """Nodes from a fleet file of either format."""
+    """Nodes from a fleet file of either format (`pool_size` is checked for both; only a kubectl
+    list uses it, a fleet description gives each pool's size)."""
+    _quantity("--pool-size", pool_size)
     doc = yaml.safe_load(read_bounded(path))
     if not isinstance(doc, dict):
         raise FleetError(f"fleet {path}: {type(doc).__name__} at the top; expected a mapping with nodes: or kind: List")
