@@ -43,7 +43,7 @@ move = live_cache.move
 # A move off LINSTOR keeps the class its old claim is on for as long as it keeps the claim.
 storage_class = (
     LinstorStorageClass("cache-storage-class", settings.linstor, adopt=settings.adopt)
-    if settings.manages_storage_class or (move and move.keeps_source and settings.linstor.manages(move.source.storage_class))
+    if settings.manages_storage_class or (move and move.keeps_source and settings.linstor.made_class == move.source.storage_class)
     else None
 )
 cache = CacheVolume(

@@ -1009,7 +1009,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         has_consumer=settings.job.enabled or settings.benchmark.enabled,
         durable_copy=settings.cache.durable_copy,
         durable_class=settings.rook_ceph.storage_class_name,
-        made_class=settings.linstor.storage_class_name if settings.linstor.manage_storage_class else None,
+        made_class=settings.linstor.made_class,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")

@@ -23,7 +23,7 @@ from mlcache import CHECKOUT
 from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manifest, quantity_bytes
 from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
 from mlcache.errors import UsageError
-from mlcache.preview.policy_check import MANDATORY
+from mlcache.preview.policy_check import ADVISORY, MANDATORY
 from mlcache.preview.render import DIGEST_KEY_ENV, RENDER_ERRORS, as_json, render
 from mlcache.preview.stack_config import StackConfigError, load_stack_config, split_key, stack_file
 from mlcache.program.names import (
@@ -545,7 +545,7 @@ def _summary_row(preview: StackPreview) -> str:
         changes += f"; **{len(preview.secrets)} secret value{'s' * (len(preview.secrets) > 1)} changed, not diffed**"
     flagged = sorted({r for c in preview.changes for r in risks(c)})
     mandatory = sum(f.level == MANDATORY for f in preview.findings)
-    advisory = sum(f.level == "advisory" for f in preview.findings)
+    advisory = sum(f.level == ADVISORY for f in preview.findings)
     policy = "passes" if not mandatory else f"**{mandatory} mandatory violation{'s' * (mandatory > 1)}**"
     if advisory:
         policy += f", {advisory} advisory"

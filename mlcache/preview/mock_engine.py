@@ -272,8 +272,8 @@ def run_program(
     `run` to see what was captured before one.
     """
     run = run if run is not None else ProgramRun()
-    # A loop of its own, closed at the end: an unclosed one is finalised at interpreter exit,
-    # sometimes after its executor's threads are gone ("Exception ignored in BaseEventLoop.__del__").
+    # A loop of its own, closed at the end: an unclosed one is finalised at interpreter exit
+    # ("Exception ignored in BaseEventLoop.__del__").
     loop = asyncio.new_event_loop()
     loop.set_default_executor(_InlineExecutor())
     asyncio.set_event_loop(loop)

@@ -21,7 +21,8 @@ from typing import Any
 from mlcache import CHECKOUT
 
 POLICIES_FILE = CHECKOUT / "policy" / "policies.py"
-MANDATORY = "mandatory"  # the level whose violation fails the deploy (pulumi_policy's EnforcementLevel value)
+# pulumi_policy's EnforcementLevel values: a mandatory violation fails the deploy, an advisory one is shown.
+MANDATORY, ADVISORY = "mandatory", "advisory"
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import yaml
 
 from mlcache import CHECKOUT
 from mlcache.preview.cli_yaml import INT64, UINT64_MAX, CliLoader, UnsupportedValue, as_program_reads, top_level_text
-from mlcache.program.names import PROJECT
+from mlcache.program.names import PROJECT, full_key
 from mlcache.program.settings import SECRET_TOP_KEYS
 
 # `secure:` values need the stack's secrets provider to decrypt: offline they become this.
@@ -110,10 +110,6 @@ class StackConfig:
 
 def stack_names(project_dir: Path = CHECKOUT) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
-
-
-def full_key(key: str) -> str:
-    return key if ":" in key else f"{PROJECT}:{key}"
 
 
 # The settings only a secret may hold: offline, --secret gives them (the stack file's `secure:`).

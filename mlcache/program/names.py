@@ -12,6 +12,12 @@ from __future__ import annotations
 
 PROJECT = "mlcache"
 
+
+def full_key(key: str) -> str:
+    """A config key with its namespace: `zone` -> `mlcache:zone`; `kubernetes:context` as it is."""
+    return key if ":" in key else f"{PROJECT}:{key}"
+
+
 # Node labels (well-known Kubernetes labels and NVIDIA's GPU feature discovery).
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"

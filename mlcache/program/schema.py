@@ -24,7 +24,7 @@ from typing import Any
 
 import pulumi
 
-from mlcache.program.names import PROJECT
+from mlcache.program.names import full_key
 
 INT32_MAX = 2**31 - 1
 # The largest whole number that reaches the API server exactly: Pulumi's engine carries every
@@ -141,7 +141,7 @@ class ConfigError(pulumi.RunError):
     """A config value that is not allowed. RunError: the CLI prints it without a traceback."""
 
     def __init__(self, key: str, value: Any, allowed: str, *, secret: bool = False):
-        self.key = _full_key(key)
+        self.key = full_key(key)
         self.value = value
         self.allowed = allowed
         self.about_key = False  # of_key: the line holds no value (and no secret: names and field lists only)
@@ -153,14 +153,10 @@ class ConfigError(pulumi.RunError):
         the key and the key probably meant, never the value, which is beside the point and may be a
         token under a mistyped name."""
         error = cls(key, None, allowed)
-        hint = f" (did you mean {_full_key(meant)}?)" if meant else ""
+        hint = f" (did you mean {full_key(meant)}?)" if meant else ""
         error.args = (f"invalid config key {error.key}{hint}: expected {allowed}",)
         error.about_key = True
         return error
-
-
-def _full_key(key: str) -> str:
-    return key if ":" in key else f"{PROJECT}:{key}"
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:

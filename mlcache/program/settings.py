@@ -180,9 +180,10 @@ class LinstorSettings:
     reclaim_policy: str = setting(Choice("Delete", "Retain"), "Delete", "What happens to a volume when its claim is deleted.")
     allow_volume_expansion: bool = setting(Flag(), True, "Allow growing the cache online.")
 
-    def manages(self, class_name: str) -> bool:
-        """`class_name` is the class this stack creates (when it creates one)."""
-        return self.manage_storage_class and class_name == self.storage_class_name
+    @property
+    def made_class(self) -> str | None:
+        """The class this stack creates (None: it references an existing one)."""
+        return self.storage_class_name if self.manage_storage_class else None
 
 
 @dataclass(frozen=True)
