@@ -518,13 +518,14 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
         "MLCACHE_PREWARM": str(scripts / "prewarm.py"),
     }
     # The trainer outlasts the prewarm beside it (it waits for it to appear and end), then says what it was given
-    # (swift sft --model ... as its arguments).
+    # (swift sft --model ... as its arguments). Its own prewarm, by path: another test's may run at the same time.
     outlast = (
         "import os, sys, time\n"
+        "mine = os.environ['MLCACHE_PREWARM'].encode()\n"
         "def prewarming():\n"
         "    for pid in filter(str.isdigit, os.listdir('/proc')):\n"
         "        try:\n"
-        "            if open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[1].endswith(b'/prewarm.py'):\n"
+        "            if open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')[1] == mine:\n"
         "                return True\n"
         "        except (OSError, IndexError):\n"
         "            pass\n"
