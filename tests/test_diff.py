@@ -18,6 +18,7 @@ from mlcache.preview import diff, mock_engine
 from mlcache.preview.diff import (
     DATA_LOSS,
     STRANDS,
+    Change,
     StackPreview,
     base_claim,
     manifest_diff,
@@ -504,3 +505,26 @@ def test_a_move_by_copy_in_a_project_with_another_program_is_one_line_not_a_wron
     result = _diff(project_copy, "--base", "HEAD", "--stack", "prod")
     assert result.returncode == 2 and result.stdout == "" and result.stderr.count("\n") == 1
     assert "its program differs from these tools' and stack(s) prod move the cache by copy" in result.stderr
+
+
+def test_a_move_reads_the_protection_of_its_source_in_its_own_namespace():
+    """A protected claim of the same name in another namespace is not the copy's source."""
+
+    def pvc(namespace: str, name: str, protect: bool, source: str | None = None) -> dict:
+        annotations = {names.COPY_FROM_ANNOTATION: source} if source else {}
+        metadata = {"name": name, "namespace": namespace, "annotations": annotations}
+        manifest = {
+            "kind": "PersistentVolumeClaim",
+            "metadata": metadata,
+            "spec": {"resources": {"requests": {"storage": "9Gi"}}},
+        }
+        return {"manifest": manifest, "protect": protect}
+
+    after = {"old-elsewhere": pvc("other", "cache", True), "new": pvc("ml", "cache-g1", False, source="cache")}
+    change = Change("create", "new", "PersistentVolumeClaim/cache-g1", new=after["new"])
+    diff._say_moves({"new": change}, after)
+    assert "switches training here and deletes cache (docs" in change.notes[0]
+    after["old"] = pvc("ml", "cache", True)
+    change.notes.clear()
+    diff._say_moves({"new": change}, after)
+    assert "keeps cache (cache.protect is true" in change.notes[0]

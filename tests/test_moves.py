@@ -314,6 +314,10 @@ def test_the_rollback_off_linstor_keeps_the_class_of_the_old_claim_until_the_cla
     assert set(named(copying, "StorageClass")) == {"linstor-fast-cache"}
     assert named(copying, "StorageClass")["linstor-fast-cache"].inputs == as_made
     assert named(copying, "PersistentVolumeClaim")[NEW].inputs["spec"]["storageClassName"] == ROOK
+    # The old claim is deleted before its class when both go; the new claim, on Rook-Ceph, waits for neither.
+    made = named(copying, "StorageClass")["linstor-fast-cache"].urn
+    assert made in named(copying, "PersistentVolumeClaim")[CLAIM].dependencies
+    assert made not in named(copying, "PersistentVolumeClaim")[NEW].dependencies
     target = claim(name=NEW, storage_class=ROOK, placement=f"zone=sdsu gpuProduct={A100}", volume="pvc-9f8e")
     done = LiveCache(NAMESPACE, target, volume(name="pvc-9f8e"), [], None, 1, bound_in_ucsd(), copy_job("Complete"))
     switched = render_against(monkeypatch, done, "backend=rook-ceph", "cache.protect=false")

@@ -287,11 +287,13 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
             )
 
 
+def _namespaced_name(manifest: dict[str, Any]) -> tuple[Any, Any]:
+    return (_dig(manifest, "metadata", "namespace"), _dig(manifest, "metadata", "name"))
+
+
 def _say_moves(changes: dict[str, Change], after: dict[str, Any]) -> None:
     """A new claim copied from the old one (cache.relocate copy): a move, not a loss."""
-    protected = {
-        _dig(o["manifest"], "metadata", "name") for o in after.values() if _kind(o) == "PersistentVolumeClaim" and o["protect"]
-    }
+    protected = {_namespaced_name(o["manifest"]) for o in after.values() if _kind(o) == "PersistentVolumeClaim" and o["protect"]}
     for change in changes.values():
         if change.action != "create":
             continue
@@ -307,7 +309,7 @@ def _say_moves(changes: dict[str, Change], after: dict[str, Any]) -> None:
             "training Job stay as they are until then, and the next `pulumi up` after it switches training here and "
             + (
                 f"keeps {source} (cache.protect is true: unprotect it to retire it)"
-                if source in protected
+                if (_dig(manifest, "metadata", "namespace"), source) in protected  # the copy's source is in its namespace
                 else f"deletes {source}"
             )
             + " (docs/moving-the-cache.md)",

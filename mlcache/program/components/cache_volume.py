@@ -10,6 +10,7 @@ import pulumi_kubernetes as k8s
 
 from mlcache.cluster.bound_cache import ClaimFacts, PlacementRecord
 from mlcache.program.components.common import adoption_options, constructor_kwargs, metadata
+from mlcache.program.components.storage_class import LinstorStorageClass
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_FROM_ANNOTATION,
@@ -119,9 +120,15 @@ def pvc_options(
     )
 
 
-def kept_options(parent: pulumi.Resource, cache: CacheSettings) -> pulumi.ResourceOptions:
-    """A move's old claim, until the copy is verified: left exactly as it is in the cluster."""
-    return pulumi.ResourceOptions(parent=parent, protect=cache.protect, ignore_changes=["metadata", "spec"])
+def kept_options(parent: pulumi.Resource, cache: CacheSettings, storage_class: pulumi.Resource | None) -> pulumi.ResourceOptions:
+    """A move's old claim, until the copy is verified: left exactly as it is in the cluster, and
+    deleted before its class when both go."""
+    return pulumi.ResourceOptions(
+        parent=parent,
+        depends_on=[storage_class] if storage_class is not None else [],
+        protect=cache.protect,
+        ignore_changes=["metadata", "spec"],
+    )
 
 
 class CacheVolume(pulumi.ComponentResource):
@@ -138,7 +145,7 @@ class CacheVolume(pulumi.ComponentResource):
         namespace: str | None,
         backend: str,
         placement: Placement,
-        storage_class: pulumi.Resource | None = None,
+        made_class: LinstorStorageClass | None = None,
         adopt: bool = False,
         claim_unbound: bool = False,
         workers: int = 1,
@@ -148,6 +155,12 @@ class CacheVolume(pulumi.ComponentResource):
     ):
         super().__init__("mlcache:index:CacheVolume", name, None, opts)
         self.pvcs = []
+
+        def class_of(claim_class: str) -> pulumi.Resource | None:
+            """The class resource a claim on `claim_class` depends on: the one the stack makes, if it is that."""
+            return made_class.storage_class if made_class is not None and made_class.class_name == claim_class else None
+
+        storage_class = class_of(storage_class_name)
         for index in range(workers):
             manifest = pvc_manifest(
                 cache, storage_class_name, namespace, backend, placement, index if workers > 1 else None, generation
@@ -171,7 +184,9 @@ class CacheVolume(pulumi.ComponentResource):
                 old, kept.storage_class, namespace, kept.backend, placement_of(kept.placement), generation=kept.generation
             )
             kept_pvc = k8s.core.v1.PersistentVolumeClaim(
-                claim_resource_name(name, kept.generation), opts=kept_options(self, cache), **constructor_kwargs(manifest)
+                claim_resource_name(name, kept.generation),
+                opts=kept_options(self, cache, class_of(kept.storage_class)),
+                **constructor_kwargs(manifest),
             )
             self.kept_claim_name = kept_pvc.metadata.name
         if backend != "linstor":

@@ -61,6 +61,7 @@ class LinstorStorageClass(pulumi.ComponentResource):
 
     def __init__(self, name: str, linstor: LinstorSettings, *, adopt: bool = False, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlcache:index:LinstorStorageClass", name, None, opts)
+        self.class_name = linstor.storage_class_name  # known before deploy: which claims are on this class
         self.storage_class = k8s.storage.v1.StorageClass(
             f"{name}-class",
             opts=storage_class_options(self, linstor, adopt),
