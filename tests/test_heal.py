@@ -71,9 +71,16 @@ def test_more_than_one_replica_is_refused():
     assert "2 replicas" in plan.refusal and "LINSTOR fails over by itself" in plan.refusal
 
 
-def test_protected_stack_needs_the_explicit_flag():
-    assert "--allow-protected" in heal(snapshot(None), protected=True).refusal
-    assert heal(snapshot(None), protected=True, allow_protected=True).refusal is None
+def test_protected_stack_needs_the_explicit_flag_and_its_dry_run_shows_what_the_flag_would_do():
+    refused, allowed = heal(snapshot(None), protected=True), heal(snapshot(None), protected=True, allow_protected=True)
+    assert "--allow-protected" in refused.refusal and allowed.refusal is None
+    assert refused.steps == allowed.steps and refused.steps
+    lines = render_plan(refused, apply=False).splitlines()
+    assert lines[0].startswith("node loss proven: node gpu-ucsd-1 no longer exists")
+    assert lines[1] == "with --allow-protected it would:"
+    assert lines[2:-1] == [f"  {index}. {step}" for index, step in enumerate(allowed.steps, start=1)]
+    assert lines[-1].startswith("refused: stack prod protects its cache (cache.protect true)")
+    assert render_plan(refused, apply=True) == render_plan(refused, apply=False)
 
 
 def test_nothing_to_heal_without_a_bound_pinned_volume():

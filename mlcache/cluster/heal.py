@@ -122,15 +122,6 @@ def plan_heal(
                 f"node {name}`), then run this again"
             )
         )
-    if protected and not allow_protected:
-        return HealPlan(
-            refusal=(
-                f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
-                "--allow-protected (its data is already lost with the node; the new claim is protected again)"
-            ),
-            dead_node=name,
-            proof=proof,
-        )
     stuck = tuple(
         sorted(
             get(p, "metadata", "name")
@@ -145,14 +136,23 @@ def plan_heal(
         f"{' '.join(up_command(expect.stack))}: re-creates the claim (nothing else is replaced); the "
         f"training pod binds a fresh volume on a healthy node and {how}"
     )
-    return HealPlan(dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
+    refusal = None
+    if protected and not allow_protected:  # refused, with the plan the flag would carry out
+        refusal = (
+            f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
+            "--allow-protected (its data is already lost with the node; the new claim is protected again)"
+        )
+    return HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
 
 
 def render_plan(plan: HealPlan, apply: bool) -> str:
-    if plan.refusal:
+    if plan.refusal and not plan.steps:
         return f"refused: {plan.refusal}"
-    lines = [f"node loss proven: {plan.proof}", "will:" if apply else "would (dry run; add --apply to act):"]
+    heading = "will:" if apply else "would (dry run; add --apply to act):"
+    lines = [f"node loss proven: {plan.proof}", "with --allow-protected it would:" if plan.refusal else heading]
     lines += [f"  {index}. {step}" for index, step in enumerate(plan.steps, start=1)]
+    if plan.refusal:
+        lines.append(f"refused: {plan.refusal}")
     return "\n".join(lines)
 
 

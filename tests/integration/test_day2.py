@@ -143,6 +143,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert protected.returncode == 1 and "--allow-protected" in protected.stdout
     dry = tool(rehearsal, "heal", "--stack", "prod")
     assert dry.returncode == 1 and "--allow-protected" in dry.stdout
+    assert "with --allow-protected it would:" in dry.stdout and f"delete claim {namespace}/{CLAIM}" in dry.stdout
     dry_json = tool(rehearsal, "heal", "--stack", "prod", "--allow-protected", "--json")
     plan = json.loads(dry_json.stdout)
     assert dry_json.returncode == 0 and plan["applied"] is False and plan["plan"]["dead_node"] == first.node
