@@ -43,6 +43,7 @@ def _drift(capsys, *argv):
 
 
 def _fake_pulumi(directory, script: str) -> None:
+    (directory / "Pulumi.yaml").write_text("name: mlcache\nruntime: python\n")
     (directory / "Pulumi.prod.yaml").write_text("config: {}\n")  # the project directory's stack
     pulumi = directory / "pulumi"
     pulumi.write_text("#!/bin/sh\n" + script)
@@ -51,12 +52,25 @@ def _fake_pulumi(directory, script: str) -> None:
 
 def test_a_missing_project_directory_or_cli_is_usage_not_drift(tmp_path, capsys, monkeypatch):
     code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path / "gone"))
-    assert (code, out) == (2, "") and "is not a directory" in err and err.count("\n") == 1
+    assert (code, out) == (2, "") and "is not a Pulumi project directory" in err and err.count("\n") == 1
     code, out, err = _drift(capsys, "--stack", "prdo", "--cwd", str(ROOT))
     assert (code, out, err) == (2, "", "error: no stack file Pulumi.prdo.yaml; stacks here: dev, prod\n")
     monkeypatch.setenv("PATH", str(tmp_path))  # no pulumi here
     code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(ROOT))
     assert (code, out) == (2, "") and "the Pulumi CLI is not on PATH" in err and "Traceback" not in err
+
+
+def test_a_directory_without_pulumi_yaml_is_named_as_not_a_project_not_as_missing_stacks(tmp_path, capsys, monkeypatch):
+    (tmp_path / "Pulumi.prod.yaml").write_text("config: {}\n")  # a stack file alone is no project
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: mlcache drift: argument --cwd: {str(tmp_path)!r} is not a Pulumi project directory "
+        "(no Pulumi.yaml in it) (see --help)\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the default, here
+    code, out, err = _drift(capsys, "--stack", "dev")
+    assert (code, out) == (2, "") and "'.' is not a Pulumi project directory" in err
 
 
 def test_a_preview_that_fails_is_could_not_check_and_a_crash_is_not_drift(tmp_path, capsys, monkeypatch):

@@ -218,3 +218,51 @@ def test_a_bad_pool_size_is_refused_for_a_fleet_description_too():
     with pytest.raises(FleetError) as err:
         load(ROOT / "fleets" / "runbook.yaml", pool_size="lots")
     assert str(err.value) == "--pool-size: 'lots' is not a Kubernetes quantity (e.g. 96, 500m, 1Ti, 512Gi)"
+
+
+def _kubectl_node(**fields) -> dict:
+    node = {"kind": "Node", "metadata": {"name": "a"}, "status": {"allocatable": {"cpu": "8", "memory": "64Gi"}}}
+    return {**node, **fields}
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        (5, "items[0]: '5' is not a Node object"),
+        (_kubectl_node(metadata=5), "items[0].metadata: 5 is not a mapping"),
+        (_kubectl_node(metadata={"name": "A_1"}), "items[0].metadata.name: 'A_1' is not a node name"),
+        (_kubectl_node(status=5), "items[0] (a).status: 5 is not a mapping"),
+        (_kubectl_node(spec=5), "items[0] (a).spec: 5 is not a mapping"),
+        (_kubectl_node(spec={"taints": 5}), "items[0] (a).spec.taints: 5 is not a list of taints"),
+        (_kubectl_node(spec={"taints": [5]}), "items[0] (a).spec.taints[0]: 5 is not a taint"),
+        (_kubectl_node(spec={"unschedulable": "no"}), "items[0] (a).spec.unschedulable: 'no' is not true or false"),
+        (
+            _kubectl_node(status={"allocatable": {"cpu": "abc", "memory": "xyz"}}),
+            "items[0] (a).status.allocatable.cpu: 'abc' is not a Kubernetes quantity",
+        ),
+        (
+            _kubectl_node(status={"allocatable": {"bad key!": "1"}}),
+            "items[0] (a).status.allocatable: 'bad key!' is not a resource name",
+        ),
+        (
+            _kubectl_node(metadata={"name": "a", "labels": {"x": [1]}}),
+            "items[0] (a).metadata.labels.x: [1] is not a label value",
+        ),
+        (
+            _kubectl_node(metadata={"name": "a", "labels": {"bad key!": "x"}}),
+            "items[0] (a).metadata.labels: 'bad key!' is not a label key",
+        ),
+        (_kubectl_node(metadata={"name": "a", "labels": [1]}), "items[0] (a).metadata.labels: [1] is not a mapping"),
+    ],
+)
+def test_bad_kubectl_output_is_refused_like_a_bad_fleet_description(tmp_path, capsys, item, message):
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump({"kind": "List", "items": [item]}))
+    assert fleet_main([str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and f"error: fleet {path}: {message}" in err, err
+
+
+def test_a_node_listed_twice_in_kubectl_output_is_refused():
+    with pytest.raises(FleetError, match=r"items\[1\].metadata.name: 'a' appears twice"):
+        kubectl_nodes({"kind": "List", "items": [_kubectl_node(), _kubectl_node()]})

@@ -21,7 +21,9 @@ from mlcache.bench import storage
 from mlcache.cli import bench, diff, heal, render, snapshots, validate, verify
 from mlcache.cli import contract as cli
 from mlcache.preview import diff as diff_library
+from mlcache.preview.mock_engine import run_program
 from mlcache.preview.stack_config import StackConfigError, load_stack_config
+from mlcache.program.schema import ConfigError
 from tests.conftest import ROOT
 
 
@@ -143,6 +145,41 @@ def test_text_that_is_not_unicode_is_refused_and_a_secret_one_not_shown(project)
 def test_an_unquoted_date_in_a_stack_file_becomes_the_clis_time_text(project):
     (project / "Pulumi.x.yaml").write_text("config:\n  mlcache:job:\n    runId: 2026-11-28\n")
     assert load_stack_config("x", project_dir=project).values["mlcache:job"] == {"runId": "2026-11-28 00:00:00 +0000 UTC"}
+
+
+SECURE = "{secure: v1:AAAAbm90LXJlYWRhYmxlLW9mZmxpbmU=}"
+
+
+@pytest.mark.parametrize(
+    ("config", "key", "given", "option"),
+    [
+        (f"mlcache:job: {{image: {SECURE}}}", "job.image", "job.image=registry.example/org/img:1.0", "--secret job.image=VALUE"),
+        (f"mlcache:zone: {SECURE}", "zone", "zone=ucsd", "--secret zone=VALUE"),
+        (f"mlcache:backend: {SECURE}", "backend", "backend=linstor", "--secret backend=VALUE"),
+        (f"mlcache:job: {{gpus: {SECURE}}}", "job.gpus", "job.gpus=4", "--secret job.gpus=VALUE"),
+        (f"mlcache:cache: {{size: {SECURE}}}", "cache.size", "cache.size=1Ti", "--secret cache.size=VALUE"),
+    ],
+)
+def test_a_secure_value_of_a_checked_setting_is_named_as_unreadable_offline(project, config, key, given, option):
+    (project / "Pulumi.x.yaml").write_text(f"config:\n  {config}\n")
+    config_read = load_stack_config("x", project_dir=project)
+    with pytest.raises(ConfigError) as raised:
+        run_program(config_read.engine_config(), sorted(config_read.secret_keys), "x")
+    assert str(raised.value) == (
+        f"mlcache:{key} is a `secure:` value, which the offline tools cannot read: give its value with {option} to render"
+    )
+    given_read = load_stack_config("x", secrets=[given], project_dir=project)
+    assert run_program(given_read.engine_config(), sorted(given_read.secret_keys), "x").registrations
+
+
+def test_a_wholly_secure_object_is_given_as_yaml_with_config(project):
+    (project / "Pulumi.x.yaml").write_text(f"config:\n  mlcache:cache: {SECURE}\n")
+    config_read = load_stack_config("x", project_dir=project)
+    with pytest.raises(ConfigError, match=r"^mlcache:cache is a `secure:` value, .* with --config 'cache=\{\.\.\.\}' to render$"):
+        run_program(config_read.engine_config(), sorted(config_read.secret_keys), "x")
+    given_read = load_stack_config("x", ["cache={size: 1Ti}"], project_dir=project)
+    assert "mlcache:cache" in given_read.secret_keys
+    assert run_program(given_read.engine_config(), sorted(given_read.secret_keys), "x").registrations
 
 
 # --- render --out / --summary / --json

@@ -15,6 +15,7 @@ from mlcache.program.settings import (
     ConfigError,
     Settings,
     check_keys,
+    check_unset,
     parse_quantity,
     parse_settings,
 )
@@ -285,6 +286,43 @@ def test_a_secret_key_set_without_path_gets_the_secret_hint_and_its_value_is_not
         check_keys({"mlcache:secretEnv.WANDB_API_KEY": "wandb-plain-7f3a"})
     assert "pulumi config set --secret --path mlcache:secretEnv.WANDB_API_KEY" in str(err.value)
     assert "wandb-plain-7f3a" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "path", "line"),
+    [
+        ("mlcache:nosuch", [], "invalid config key mlcache:nosuch: expected a key of this project: backend, "),
+        ("mlcache:cache", ["sise"], "invalid config key mlcache:cache.sise (did you mean mlcache:cache.size?): expected "),
+        ("mlcache:linstor", ["replica"], "invalid config key mlcache:linstor.replica (did you mean mlcache:linstor.replicas?)"),
+        (
+            "mlcache:job",
+            ["tolerations", 0, "kye"],
+            "invalid config key mlcache:job.tolerations[0].kye (did you mean mlcache:job.tolerations[0].key?)",
+        ),
+        ("mlcahce:zone", [], "invalid config key mlcahce:zone (did you mean mlcache:zone?)"),
+    ],
+)
+def test_an_unset_of_a_key_or_field_the_project_does_not_have_is_refused_as_a_set_is(key, path, line):
+    with pytest.raises(ConfigError) as err:
+        check_unset(key, path)
+    assert str(err.value).startswith(line)
+
+
+@pytest.mark.parametrize(
+    ("key", "path"),
+    [
+        ("mlcache:cache", ["size"]),
+        ("mlcache:zone", []),
+        ("mlcache:zones", [0]),
+        ("mlcache:job", ["env", "ANY_NAME"]),
+        ("mlcache:job", ["tolerations", 0, "key"]),
+        ("mlcache:secretEnv", ["ANY_NAME"]),
+        ("mlcache:hfToken", []),
+        ("kubernetes:context", []),
+    ],
+)
+def test_an_unset_of_a_key_the_project_has_passes(key, path):
+    check_unset(key, path)
 
 
 def test_a_mistyped_namespace_with_an_unknown_key_suggests_nothing():

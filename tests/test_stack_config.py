@@ -8,6 +8,7 @@ import re
 import pytest
 
 from mlcache.preview.stack_config import SECURE_PLACEHOLDER, StackConfigError, load_stack_config, parse_assignment, stack_names
+from mlcache.program.schema import ConfigError
 from tests.conftest import ROOT
 
 
@@ -41,6 +42,19 @@ def test_an_override_of_an_unset_object_starts_from_empty_like_the_cli():
 def test_empty_value_unsets_the_key():
     assert "protect" not in load_stack_config("prod", ["cache.protect="]).values["mlcache:cache"]
     assert load_stack_config("prod", ["zone="]).values["mlcache:zone"] == ""  # back to the project default
+
+
+@pytest.mark.parametrize(
+    ("override", "line"),
+    [
+        ("nosuch=", "invalid config key mlcache:nosuch: expected a key of this project"),
+        ("cache.sise=", "invalid config key mlcache:cache.sise (did you mean mlcache:cache.size?)"),
+    ],
+)
+def test_an_unset_of_an_unknown_key_is_refused_as_its_set_is_not_dropped(override, line):
+    with pytest.raises(ConfigError) as err:
+        load_stack_config("dev", [override])
+    assert str(err.value).startswith(line)
 
 
 def test_set_values_are_stored_as_pulumi_config_set_path_stores_them():

@@ -12,7 +12,7 @@ so the provider's dry run of the stack's value conflicts and the preview would s
 such object, leaving those that depend on it unchecked. The check therefore previews with
 PULUMI_K8S_ENABLE_PATCH_FORCE=true: a preview writes nothing, and every drifted object is named.
 Exit 0 when nothing drifted, 1 on drift (the objects on stdout), 2 on bad usage (no --stack, a
---cwd that is not a directory, no Pulumi CLI on PATH), 3 when the check could not run (the
+--cwd that is not a Pulumi project directory, no Pulumi CLI on PATH), 3 when the check could not run (the
 preview failed: the cluster or the state cannot be read), 70 on a bug: "drift" is only ever 1.
 """
 
@@ -23,9 +23,8 @@ import os
 import shutil
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
-from mlcache.cli.contract import STACK_HELP, ArgumentParser, Unreachable, UsageError, entry_point
+from mlcache.cli.contract import STACK_HELP, ArgumentParser, Unreachable, UsageError, entry_point, project_dir
 from mlcache.cli.main import prog
 from mlcache.cluster.drift import drifted, run_preview, summary
 from mlcache.preview.stack_config import StackConfigError, stack_file
@@ -35,11 +34,9 @@ from mlcache.preview.stack_config import StackConfigError, stack_file
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.drift"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help=STACK_HELP)
-    parser.add_argument("--cwd", type=Path, default=Path.cwd(), help="the project directory (default: here)")
+    parser.add_argument("--cwd", type=project_dir, default=".", help="the project directory (default: here)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of the summary")
     args = parser.parse_args(argv)
-    if not args.cwd.is_dir():
-        raise UsageError(f"--cwd {str(args.cwd)!r} is not a directory (the project directory, with Pulumi.yaml)")
     try:
         stack_file(args.stack, args.cwd)
     except (FileNotFoundError, StackConfigError) as err:

@@ -58,9 +58,12 @@ def usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] in ("-h", "--help"):
-        print(usage(), file=sys.stdout if args else sys.stderr)
-        return OK if args else USAGE
+    if not args:
+        print(f"error: mlcache: a command is required (commands: {', '.join(COMMANDS)}; see mlcache --help)", file=sys.stderr)
+        return USAGE
+    if args[0] in ("-h", "--help"):
+        print(usage())
+        return OK
     name, rest = args[0], args[1:]
     if name not in COMMANDS:
         print(f"error: mlcache: unknown command {name!r} (commands: {', '.join(COMMANDS)}; see mlcache --help)", file=sys.stderr)

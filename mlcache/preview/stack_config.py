@@ -22,10 +22,8 @@ import yaml
 from mlcache import CHECKOUT
 from mlcache.preview.cli_yaml import INT64, UINT64_MAX, CliLoader, UnsupportedValue, as_program_reads, top_level_text
 from mlcache.program.names import PROJECT, full_key
-from mlcache.program.settings import SECRET_TOP_KEYS
+from mlcache.program.settings import SECRET_TOP_KEYS, SECURE_PLACEHOLDER, check_unset
 
-# `secure:` values need the stack's secrets provider to decrypt: offline they become this.
-SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
 _PATH_PART = re.compile(r'\.?([^.\[\]]+)|\[(\d+)\]|\["([^"]+)"\]')
 
 
@@ -355,6 +353,7 @@ def load_stack_config(
             )
         key, value = parse_assignment(text)
         if value is None:
+            check_unset(*split_key(key))
             _unset_path(stack_layer, key)
         else:
             _set_path(stack_layer, key, value)

@@ -18,7 +18,7 @@ import dataclasses
 import difflib
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -155,6 +155,17 @@ class ConfigError(pulumi.RunError):
         error = cls(key, None, allowed)
         hint = f" (did you mean {full_key(meant)}?)" if meant else ""
         error.args = (f"invalid config key {error.key}{hint}: expected {allowed}",)
+        error.about_key = True
+        return error
+
+    @classmethod
+    def unreadable_secret(cls, key: str, option: str) -> ConfigError:
+        """A `secure:` value the offline tools hold as a placeholder, which is what failed: the
+        line names the key and the option that gives its value, not the placeholder's rule."""
+        error = cls(key, None, "its value")
+        error.args = (
+            f"{error.key} is a `secure:` value, which the offline tools cannot read: give its value with {option} to render",
+        )
         error.about_key = True
         return error
 
@@ -417,6 +428,31 @@ def section_defaults(cls: type) -> dict[str, Any]:
     return {name: default_of(d) for name, (_, d) in declarations(cls).items() if default_of(d) is not None}
 
 
+def _unknown_field(key: str, name: Any, fields: Iterable[str], prefix: str) -> ConfigError:
+    meant = closest(name, fields) if isinstance(name, str) else None
+    return ConfigError.of_key(
+        f"{prefix}{name}", f"a known field of {key}: {', '.join(fields)}", f"{prefix}{meant}" if meant else None
+    )
+
+
+def check_field_path(key: str, kind: Kind, path: Sequence[str | int]) -> None:
+    """Refuse a path below the setting `key` that names no field (`cache.sise`), as parse_section
+    refuses a value holding that field. For an unset, which never reaches the program's parsing."""
+    for part in path:
+        if isinstance(part, int):
+            item_cls = getattr(kind, "item_cls", None)
+            if item_cls is None:  # a list of single values: nothing below an item to name
+                return
+            kind, key = Section(item_cls), f"{key}[{part}]"
+            continue
+        if not isinstance(kind, Section):  # a map of free names (job.env) or a single value
+            return
+        fields = declarations(kind.cls)
+        if part not in fields:
+            raise _unknown_field(key, part, fields, f"{key}.")
+        kind, key = fields[part][1].kind, f"{key}.{part}"
+
+
 def parse_section(key: str, raw: Any, cls: type, prefix: str = "") -> Any:
     """Parse an object of config values into `cls`; an unknown field (a typo, usually) is refused."""
     fields = declarations(cls)
@@ -426,10 +462,7 @@ def parse_section(key: str, raw: Any, cls: type, prefix: str = "") -> Any:
         raise ConfigError(key, raw, "an object with the fields " + ", ".join(fields))
     unknown = [name for name in raw if name not in fields]
     if unknown:
-        meant = closest(unknown[0], fields) if isinstance(unknown[0], str) else None
-        raise ConfigError.of_key(
-            f"{prefix}{unknown[0]}", f"a known field of {key}: {', '.join(fields)}", f"{prefix}{meant}" if meant else None
-        )
+        raise _unknown_field(key, unknown[0], fields, prefix)
     values: dict[str, Any] = {}
     for name, (attribute, declaration) in fields.items():
         value = raw.get(name)

@@ -17,7 +17,7 @@ import contextlib
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +94,9 @@ RESERVED_ENV = (
     "MASTER_PORT",
     "MLCACHE_PEER_JOBS",
 )
+# What a `secure:` value of a stack file is offline (the tools cannot decrypt it; the rehearsal
+# deploys it too): a value that fails a check is this placeholder, not the user's value.
+SECURE_PLACEHOLDER = "offline-placeholder-for-a-secure-value"
 # Secret keys -> the environment variable the hub clients read.
 TOKEN_ENV = {"hfToken": "HF_TOKEN", "modelscopeToken": "MODELSCOPE_API_TOKEN"}
 TOKEN_DESCRIPTIONS = {
@@ -613,6 +616,15 @@ def check_keys(values: Mapping[str, Any]) -> None:
             raise ConfigError.of_key(key, f"the namespace {NAMESPACE}", f"{NAMESPACE}:{meant}" if meant else None)
 
 
+def check_unset(key: str, path: Sequence[str | int]) -> None:
+    """An unset (`--config KEY=`) of the top-level `key` at `path` below it names a key as a set
+    does: a typo there is refused as it would be in a set, not dropped as a no-op."""
+    check_keys({key: None})
+    namespace, _, name = key.partition(":")
+    if namespace == NAMESPACE and name in KEYS:
+        schema.check_field_path(name, KEYS[name][1].kind, path)
+
+
 def read_raw_config(config: pulumi.Config) -> dict[str, Any]:
     """Decode the non-secret keys of the project's config namespace (structured ones are JSON)."""
     check_keys({**runtime_config.get_config_env(), **runtime_config.CONFIG.get()})
@@ -709,11 +721,25 @@ def hide_secrets(text: str) -> str:
     return text
 
 
+def _option_for(key: str) -> str:
+    """How an offline tool is given the value of `key`: --secret takes text, so a whole object or
+    list comes as YAML with --config (it stays secret: the stack file marks the key)."""
+    name = key.partition(":")[2]
+    kind = KEYS[name][1].kind if name in KEYS else None
+    if isinstance(kind, Section):
+        return f"--config '{name}={{...}}'"
+    if kind is not None and kind.pulumi_type == "array":
+        return f"--config '{name}=[...]'"
+    return f"--secret {name}=VALUE"
+
+
 def load_settings(config: pulumi.Config | None = None) -> Settings:
     """The settings; an error about a secret key shows neither its value nor, when it would hold one, the rule."""
     try:
         return parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
     except ConfigError as err:
+        if err.value == SECURE_PLACEHOLDER:
+            raise ConfigError.unreadable_secret(err.key, _option_for(err.key)) from None
         if err.about_key:
             raise
         secret = err.key.partition(":")[2].split(".")[0].split("[")[0] in secret_keys()

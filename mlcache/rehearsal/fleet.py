@@ -116,6 +116,24 @@ def _node_object(name: str, labels: dict, taints: list, allocatable: dict, pools
     return node
 
 
+def _mapping(where: str, raw: Any, what: str) -> dict:
+    """A mapping field (absent = empty)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise FleetError(f"{where}: {raw!r} is not a mapping of {what}")
+    return raw
+
+
+def _labels(where: str, raw: Any) -> dict[str, str]:
+    labels = {}
+    for key, value in _mapping(where, raw, "label: value").items():
+        if not isinstance(key, str) or not is_qualified_name(key):
+            raise FleetError(f"{where}: {key!r} is not a label key (e.g. example.com/name: a DNS prefix, a name of 63)")
+        labels[key] = _label_value(f"{where}.{key}", value)
+    return labels
+
+
 def _taints(where: str, raw: Any) -> list[dict]:
     if raw is None:
         return []
@@ -182,20 +200,49 @@ def fleet_nodes(doc: dict) -> list[dict]:
             if not isinstance(resource, str) or "/" not in resource:
                 raise FleetError(f"{where}.gpu.resource: {resource!r} is not an extended resource name (e.g. nvidia.com/gpu)")
             allocatable[resource] = str(count)
-        extra = raw.get("labels") or {}
-        if not isinstance(extra, dict):
-            raise FleetError(f"{where}.labels: {extra!r} is not a mapping of label: value")
-        for key, value in extra.items():
-            if not isinstance(key, str) or not is_qualified_name(key):
-                raise FleetError(
-                    f"{where}.labels: {key!r} is not a label key (e.g. example.com/name: a DNS prefix, a name of 63)"
-                )
+        extra = _labels(f"{where}.labels", raw.get("labels"))
+        for key in extra:
             if key in PLACED_BY_FIELDS:
                 raise FleetError(f"{where}.labels: {key!r} comes from the node's `{PLACED_BY_FIELDS[key]}`; set that instead")
-            labels[key] = _label_value(f"{where}.labels.{key}", value)
+        labels.update(extra)
         pools = None if raw.get("pool") is None else {pool_name: _quantity(f"{where}.pool", raw["pool"])}
         nodes.append(_node_object(name, labels, _taints(f"{where}.taints", raw.get("taints")), allocatable, pools))
     return nodes
+
+
+def _kubectl_node(index: int, item: Any, seen: set[str]) -> tuple[str, dict, list[dict], dict, bool]:
+    """One item of `kubectl get nodes -o yaml`, checked as a fleet description's node is: its
+    name, labels, taints (the node-lifecycle controller's dropped), allocatable and unschedulable."""
+    if not isinstance(item, dict) or item.get("kind", "Node") != "Node":
+        raise FleetError(f"items[{index}]: {str(item)[:60]!r} is not a Node object")
+    meta = _mapping(f"items[{index}].metadata", item.get("metadata"), "name, labels...")
+    name = meta.get("name")
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        raise FleetError(f"items[{index}].metadata.name: {name!r} is not a node name (lower-case letters, digits, '-', '.')")
+    if name in seen:
+        raise FleetError(f"items[{index}].metadata.name: {name!r} appears twice")
+    seen.add(name)
+    where = f"items[{index}] ({name})"
+    labels = _labels(f"{where}.metadata.labels", meta.get("labels"))
+    spec = _mapping(f"{where}.spec", item.get("spec"), "taints, unschedulable...")
+    taints = [
+        taint
+        for taint in _taints(f"{where}.spec.taints", spec.get("taints"))
+        if not taint["key"].startswith(CONTROLLER_TAINT_PREFIX)
+    ]
+    unschedulable = spec.get("unschedulable", False)
+    if not isinstance(unschedulable, bool):
+        raise FleetError(f"{where}.spec.unschedulable: {unschedulable!r} is not true or false")
+    status = _mapping(f"{where}.status", item.get("status"), "allocatable, capacity...")
+    raw_allocatable = _mapping(f"{where}.status.allocatable", status.get("allocatable"), "resource: quantity")
+    if not raw_allocatable:
+        raise FleetError(f"{where}.status.allocatable: missing; export with `kubectl get nodes -o yaml`")
+    allocatable = {}
+    for resource, quantity in raw_allocatable.items():
+        if not isinstance(resource, str) or not is_qualified_name(resource):
+            raise FleetError(f"{where}.status.allocatable: {resource!r} is not a resource name (e.g. cpu, nvidia.com/gpu)")
+        allocatable[resource] = _quantity(f"{where}.status.allocatable.{resource}", quantity)
+    return name, labels, taints, allocatable, unschedulable
 
 
 def kubectl_nodes(doc: dict, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
@@ -207,24 +254,11 @@ def kubectl_nodes(doc: dict, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
     if not isinstance(items, list) or not items:
         raise FleetError(f"items: {items!r} is not a non-empty list of Node objects (kubectl get nodes -o yaml)")
     size = _quantity("--pool-size", pool_size)
-    labelled = any(LINSTOR_NODE_LABEL in ((item.get("metadata") or {}).get("labels") or {}) for item in items)
+    seen: set[str] = set()
+    checked = [_kubectl_node(index, item, seen) for index, item in enumerate(items)]
+    labelled = any(LINSTOR_NODE_LABEL in labels for _, labels, _, _, _ in checked)
     nodes = []
-    for index, item in enumerate(items):
-        if not isinstance(item, dict) or item.get("kind", "Node") != "Node":
-            raise FleetError(f"items[{index}]: {str(item)[:60]!r} is not a Node object")
-        meta = item.get("metadata") or {}
-        name = meta.get("name")
-        if not isinstance(name, str) or not name:
-            raise FleetError(f"items[{index}].metadata.name: {name!r} is not a node name")
-        labels = dict(meta.get("labels") or {})
-        allocatable = dict((item.get("status") or {}).get("allocatable") or {})
-        if not allocatable:
-            raise FleetError(f"items[{index}] ({name}).status.allocatable: missing; export with `kubectl get nodes -o yaml`")
-        taints = [
-            t
-            for t in (item.get("spec") or {}).get("taints") or []
-            if not str(t.get("key", "")).startswith(CONTROLLER_TAINT_PREFIX)
-        ]
+    for name, labels, taints, allocatable, unschedulable in checked:
         pools = None
         if not labelled or LINSTOR_NODE_LABEL in labels:
             names = [
@@ -233,8 +267,8 @@ def kubectl_nodes(doc: dict, pool_size: str = DEFAULT_POOL_SIZE) -> list[dict]:
                 if key.startswith(LINSTOR_POOL_LABEL_PREFIX) and key[len(LINSTOR_POOL_LABEL_PREFIX) :] != LINSTOR_DISKLESS_POOL
             ]
             pools = {pool: size for pool in (names or [DEFAULT_POOL_NAME])}
-        node = _node_object(name, labels, _taints(f"items[{index}] ({name}).spec.taints", taints), allocatable, pools)
-        if (item.get("spec") or {}).get("unschedulable"):
+        node = _node_object(name, labels, taints, allocatable, pools)
+        if unschedulable:
             node["spec"]["unschedulable"] = True
         nodes.append(node)
     return nodes
