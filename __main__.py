@@ -58,6 +58,7 @@ cache = CacheVolume(
     workers=settings.job.nodes,
     claim_unbound=live_cache.unbound,
     generation=live_cache.generation,
+    switched_from=live_cache.switched_from,
     kept=move.source if move and move.keeps_source else None,
 )
 

@@ -132,9 +132,20 @@ def test_absent_claim_network_storage_replacement_and_offline_stand_aside():
     assert "does not exist yet" in judge(WANTED, LiveCache(NAMESPACE, None)).notes[0]
     rook = LiveCache(NAMESPACE, claim(), volume(), [])
     assert judge(wanted(placement=PlacementRecord("sdsu", H100)), rook).refusal is None
-    switched = wanted(storage_class="rook-ceph-block", placement=PlacementRecord("sdsu", A100))
+    switched = wanted(storage_class="rook-ceph-block", placement=PlacementRecord("sdsu", A100), relocate="fresh")
     assert "re-created by this change" in judge(switched, bound()).notes[0]
-    assert judge(wanted(volume_mode="Block", size="1Gi"), bound()).refusal is None
+    assert judge(wanted(volume_mode="Block", size="1Gi", relocate="fresh"), bound()).refusal is None
+    pending = LiveCache(NAMESPACE, claim(phase="Pending"))  # nothing cached yet: it simply follows
+    assert "re-created by this change" in judge(dataclasses.replace(switched, relocate="false"), pending).notes[0]
+
+
+def test_a_change_that_re_creates_a_bound_claim_is_refused_unless_relocate_says_how():
+    """A class or volume-mode change re-creates the claim (Kubernetes cannot change either): with
+    cache.relocate false the models would go with it, so the guard refuses and names both ways."""
+    for change in ({"storage_class": "rook-ceph-block"}, {"volume_mode": "Block"}):
+        refusal = judge(wanted(**change), bound()).refusal
+        assert refusal.startswith(f"bound-cache guard: this change re-creates the bound claim {NAMESPACE}/{CLAIM}: its ")
+        assert "Nothing was changed" in refusal and "cache.relocate copy" in refusal and "cache.relocate fresh" in refusal
     offline = judge(wanted(size="1Gi"), Unread("offline render"))
     assert offline.refusal is None and offline.notes == ("bound-cache guard stood aside: offline render",)
 

@@ -3,6 +3,8 @@ single-replica volume, and refuses, saying why, in every other case."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mlcache.cli.heal import main
@@ -114,3 +116,19 @@ def test_apply_refuses_before_anything_is_deleted_when_pulumi_up_cannot_run(tmp_
         "error: --apply re-creates the claim with `pulumi up` after deleting it: `pulumi up --stack prod` cannot run here "
         "(error: getting stack configuration: get stack secrets manager: passphrase must be set); nothing was changed\n"
     )
+
+
+def test_a_cache_with_two_live_generations_is_healed_one_at_a_time():
+    """After a move prod keeps the old claim; during one, the new claim is being filled: deleting
+    the claim training mounts would make the next up take the other generation for the cache."""
+    kept = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1")
+    assert kept.refusal.startswith(f"claim {EXPECT.pvc}, the old claim of the last move, is still kept (cache.protect)")
+    assert "Nothing was changed" in kept.refusal and not kept.steps and kept.proof
+    moving = heal_generations(EXPECT, (0, 1), EXPECT.pvc)
+    assert moving.refusal.startswith(f"a move of the cache from {EXPECT.pvc} into {EXPECT.pvc}-g1 is under way")
+    assert heal_generations(EXPECT, (1,), f"{EXPECT.pvc}-g1").refusal is None
+
+
+def heal_generations(expect, generations, current):
+    expect = dataclasses.replace(expect, pvc=current)
+    return plan_heal(snapshot(None), expect, protected=False, allow_protected=False, generations=generations)

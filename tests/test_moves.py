@@ -25,6 +25,7 @@ NEW = f"{CLAIM}-g1"
 # The prod cache bound in ucsd (tests/test_bound_cache.py), asked to move to sdsu by copy.
 WANTED = dataclasses.replace(BOUND_CACHE_WANTED, placement=PlacementRecord("sdsu", A100), relocate="copy")
 ROOK = "rook-ceph-block"
+RUN = "sft-qwen3vl-fire-4gpu"  # prod's training Job
 
 
 def wanted(**changes) -> Wanted:
@@ -197,7 +198,10 @@ def test_a_copy_that_cannot_be_made_is_refused_before_anything_is_registered(ove
 
 
 def render_against(monkeypatch, live: LiveCache, *overrides: str):
-    """The program as `pulumi up` runs it against a cluster holding `live`."""
+    """The program as `pulumi up` runs it against a cluster holding `live` and, unless it says
+    otherwise, prod's training Job as deployed: finished, on the claim training runs on."""
+    if live.training_job is None and not live.consumers:
+        live = dataclasses.replace(live, training_job=finished_on((live.older or live).claim["metadata"]["name"]))
     monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
     monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args, **kwargs: live)
     run, _ = render("prod", ["zone=sdsu", "cache.relocate=copy", *overrides], [])
@@ -295,7 +299,8 @@ def test_a_failed_copy_is_retried_as_a_new_attempt_with_the_old_claim_and_traini
 
 def test_the_runbook_migration_copies_in_one_pod_mounting_both_claims(monkeypatch):
     monkeypatch.setattr(bound_cache, "_under_mock_engine", lambda: False)
-    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args, **kwargs: on_rook_ceph())
+    live = dataclasses.replace(on_rook_ceph(), training_job=finished_on(CLAIM))
+    monkeypatch.setattr(bound_cache, "read_live_cache", lambda *args, **kwargs: live)
     run, _ = render("prod", ["cache.relocate=copy"], [])
     jobs = named(run, "Job")
     assert set(jobs) == {"sft-qwen3vl-fire-4gpu", f"{CLAIM}-copy-g1"}
@@ -361,18 +366,22 @@ def test_verify_says_a_verified_copy_waits_for_the_switch_and_a_failed_one_is_a_
 
 
 def test_a_verified_copy_does_not_switch_while_training_still_runs_on_the_old_claim():
-    running = {"status": {"active": 1}}
+    running = {"metadata": {"name": RUN}, "status": {"active": 1}}
     live = dataclasses.replace(under_way("Complete"), training_job=running)
     verdict = judge(WANTED, live)
     assert verdict.move.state == HELD and not verdict.move.switched and verdict.move.copying
     assert "still runs on" in verdict.notes[0] and "once it has finished" in verdict.notes[0]
-    done = {"status": {"active": 0, "conditions": [{"type": "Complete", "status": "True"}]}}
+    done = {"metadata": {"name": RUN}, "status": {"active": 0, "conditions": [{"type": "Complete", "status": "True"}]}}
     assert judge(WANTED, dataclasses.replace(live, training_job=done)).move.switched
 
 
-def training_on(claim_name: str, active: int = 1) -> dict:
+def training_on(claim_name: str, active: int = 1, name: str = RUN) -> dict:
     volume = {"name": "cache", "persistentVolumeClaim": {"claimName": claim_name}}
-    return {"spec": {"template": {"spec": {"volumes": [volume]}}}, "status": {"active": active}}
+    return {"metadata": {"name": name}, "spec": {"template": {"spec": {"volumes": [volume]}}}, "status": {"active": active}}
+
+
+def finished_on(claim_name: str, name: str = RUN) -> dict:
+    return training_on(claim_name, active=0, name=name) | {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
 
 
 def test_once_training_runs_on_the_new_claim_it_never_goes_back_whatever_became_of_the_copy_job():
@@ -408,6 +417,78 @@ def test_a_real_up_that_cannot_read_the_claims_is_refused_before_anything_is_reg
 def test_a_move_does_not_start_while_training_runs_on_the_cache():
     live = dataclasses.replace(bound_in_ucsd(), training_job=training_on(CLAIM))
     refusal = judge(WANTED, live).refusal
-    assert "the training Job still runs on the cache" in refusal and "Nothing was changed" in refusal
-    finished = training_on(CLAIM, active=0) | {"status": {"conditions": [{"type": "Complete", "status": "True"}]}}
-    assert judge(WANTED, dataclasses.replace(live, training_job=finished)).move is not None
+    assert f"Job {RUN} still runs on the cache" in refusal and "Nothing was changed" in refusal
+    assert judge(WANTED, dataclasses.replace(live, training_job=finished_on(CLAIM))).move is not None
+
+
+# --- runs and the switch: what the guard reads of every Job on the cache ---------------------------
+
+
+def switched_mark(live: LiveCache) -> LiveCache:
+    """`live` after the up that switched training to its newest claim (the program's mark on it)."""
+    annotations = {**live.claim["metadata"]["annotations"], "mlcache/switched-from": CLAIM}
+    return dataclasses.replace(live, claim={**live.claim, "metadata": {**live.claim["metadata"], "annotations": annotations}})
+
+
+def test_any_job_running_on_the_cache_holds_a_move_whatever_run_the_settings_name():
+    """Run A still trains; the settings name run B: the move must wait for A, not replace it."""
+    live = dataclasses.replace(bound_in_ucsd(), consumers=(training_on(CLAIM, name="sft-a"),))
+    refusal = judge(wanted(run="sft-b"), live).refusal
+    assert "Job sft-a still runs on the cache" in refusal and "Nothing was changed" in refusal
+
+
+def test_a_new_run_waits_until_training_has_switched_to_the_new_claim():
+    """Its outputs and completion marker would land on the old claim after the copy read it."""
+    start = judge(wanted(run="sft-b"), dataclasses.replace(bound_in_ucsd(), consumers=(finished_on(CLAIM, "sft-a"),)))
+    assert start.refusal.startswith("mlcache:job.runId: this up would start a move of the cache")
+    assert "start the training Job sft-b, which is not in the cluster yet" in start.refusal
+    copying = dataclasses.replace(under_way(), consumers=(finished_on(CLAIM, "sft-a"),))
+    refusal = judge(wanted(run="sft-b"), copying).refusal
+    assert "go on with the move into" in refusal and "Nothing was changed" in refusal
+    assert judge(wanted(run="sft-a"), copying).move.state == COPYING  # the same run: the move goes on
+    assert judge(wanted(run=None), copying).move.state == COPYING  # no training Job at all
+    verified = dataclasses.replace(copying, copy_job=copy_job("Complete"))
+    assert judge(wanted(run="sft-b"), verified).move.switched  # the switching up starts it on the new claim
+
+
+def test_after_the_switch_the_mark_not_the_training_job_says_where_training_runs():
+    """prod keeps the old claim; the finished Job was deleted (or job.runId changed) and the switch
+    deleted the copy Job: the mark on the new claim still says the move is over."""
+    after = switched_mark(dataclasses.replace(under_way(), copy_job=None))
+    move = judge(wanted(protect=True, run="sft-next"), after).move
+    assert move.switched and move.keeps_source
+    grown = judge(wanted(protect=True, size="600Gi"), dataclasses.replace(after, storage_class=storage_class()))
+    assert grown.refusal is None and grown.move.switched  # grown in place, the old claim still kept
+    expect, (finding,) = follow_move(expectation(), [after.older.claim, after.claim], None, None, None)
+    assert expect.pvc == NEW and "training runs on" in finding.message
+
+
+def test_after_the_switch_settings_back_to_the_old_claim_never_put_training_back_on_it():
+    after = switched_mark(under_way("Complete"))
+    refusal = judge(wanted(placement=PlacementRecord("ucsd", A100), protect=True), after).refusal
+    assert f"training runs on {NAMESPACE}/{NEW} since the move from {NAMESPACE}/{CLAIM} switched to it" in refusal
+    assert "holds the cache as it was before that move" in refusal and "PersistentVolumeClaim::cache-pvc'" in refusal
+    again = judge(wanted(placement=PlacementRecord("ucsd", "NVIDIA-H100-80GB-HBM3"), protect=True), after).refusal
+    assert "moves the cache on" in again and "A move keeps one old claim at a time" in again
+
+
+def test_the_switching_up_marks_the_new_claim_and_later_ups_keep_the_mark(monkeypatch):
+    done = dataclasses.replace(under_way("Complete"))
+    switching = named(render_against(monkeypatch, done, "cache.protect=false"), "PersistentVolumeClaim")
+    assert switching[NEW].inputs["metadata"]["annotations"]["mlcache/switched-from"] == CLAIM
+    copying = named(render_against(monkeypatch, under_way()), "PersistentVolumeClaim")
+    assert "mlcache/switched-from" not in copying[NEW].inputs["metadata"]["annotations"]
+    alone = dataclasses.replace(switched_mark(done), older=None, copy_job=None, training_job=finished_on(NEW))
+    later = named(render_against(monkeypatch, alone), "PersistentVolumeClaim")
+    assert set(later) == {NEW} and later[NEW].inputs["metadata"]["annotations"]["mlcache/switched-from"] == CLAIM
+
+
+def test_a_claim_deleted_after_node_loss_comes_back_as_the_generation_its_job_mounts():
+    sender = training_on(f"{CLAIM}-g2", name="copy")
+    sender["spec"]["template"]["metadata"] = {"labels": {"mlcache/copy": f"{CLAIM}-copy-g2"}}
+    jobs = [training_on(NEW), training_on("other-claim", name="other"), sender]
+    users = bound_cache.mounting_jobs(jobs, CLAIM)
+    assert users == [jobs[0]]  # neither another claim's Job nor a copy's
+    assert bound_cache.mounted_generation(CLAIM, users) == 1 and bound_cache.mounted_generation(CLAIM, []) == 0
+    healed = LiveCache(NAMESPACE, None, consumers=tuple(users), generation=1)
+    assert judge(WANTED, healed).generation == 1

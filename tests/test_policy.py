@@ -21,9 +21,10 @@ from pulumi_policy import (
 from pulumi_policy.proxy import unknown_checking_proxy
 
 from mlcache.cli import validate as validate_command
-from mlcache.cluster.bound_cache import assume_live, live_from_manifest
+from mlcache.cluster.bound_cache import assume_live
+from mlcache.preview.diff import base_claim
 from mlcache.preview.mock_engine import ProgramRun, Registration
-from mlcache.preview.render import render
+from mlcache.preview.render import as_json, render
 from tests.conftest import ROOT, rendered
 
 sys.path.insert(0, str(ROOT / "policy"))
@@ -284,8 +285,7 @@ def test_cache_not_stranded_ignores_network_storage():
 
 
 def test_a_move_passes_the_placement_policies_and_its_receiver_is_still_judged():
-    base = next(r for r in rendered("prod").find("PersistentVolumeClaim"))
-    with assume_live(live_from_manifest(base.inputs)):
+    with assume_live(base_claim(as_json(rendered("prod")))):  # prod as deployed: its claim and training Job
         moving, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], [])
     for validate in (policies.validate_zone_matches_storage, policies.validate_cache_not_stranded):
         assert violations(validate, stack_args(moving)) == []

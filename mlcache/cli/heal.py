@@ -32,7 +32,7 @@ from mlcache import CHECKOUT
 from mlcache.cli.contract import CHECK_FAILED, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
-from mlcache.cluster.heal import apply_plan, plan_heal, read_heal_snapshot, render_plan, up_blocker
+from mlcache.cluster.heal import apply_plan, plan_heal, read_generations, read_heal_snapshot, render_plan, up_blocker
 
 
 @entry_point
@@ -63,10 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         # After a move the cache is a later generation of the claim: heal the one training mounts.
         expect, _ = read_move(expect, kube)
         snapshot = read_heal_snapshot(expect, kube)
+        generations = read_generations(expect, kube)
         durable = None
         if expect.durable is not None:
             durable = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)
-    plan = plan_heal(snapshot, expect, protected=protected, allow_protected=args.allow_protected, durable=durable)
+    plan = plan_heal(
+        snapshot, expect, protected=protected, allow_protected=args.allow_protected, durable=durable, generations=generations
+    )
     document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
     if not args.json:
         print(f"stack {args.stack}: claim {expect.namespace}/{expect.pvc}")

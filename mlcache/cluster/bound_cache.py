@@ -21,14 +21,17 @@ from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
 from typing import Any
 
-from mlcache.cluster.kube import CLAIMS, JOB, NODES, STORAGE_CLASS, VOLUME, Kube, api_path
+from mlcache.cluster.kube import CLAIMS, JOB, JOBS, NODES, STORAGE_CLASS, VOLUME, Kube, api_path
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_ATTEMPT_ANNOTATION,
+    COPY_LABEL,
+    COPY_ROLE_LABEL,
     GPU_PRODUCT_LABEL,
     HOSTNAME_LABEL,
     LABELS,
     PLACEMENT_ANNOTATION,
+    SWITCHED_ANNOTATION,
     ZONE_LABEL,
     claim_generation,
     claim_resource_name,
@@ -199,6 +202,7 @@ class Wanted:
     durable_copy: bool = False
     durable_class: str = ""  # rookCeph.storageClassName: the durable copy's class
     made_class: str | None = None  # the LINSTOR class the stack makes (linstor.*; None: it makes none)
+    run: str | None = None  # the training Job the settings name (single-node runs; None: none)
 
 
 @dataclass(frozen=True)
@@ -218,6 +222,9 @@ class LiveCache:
     copy_job: Mapping | None = None
     # The training Job (None: absent): a move neither starts nor switches while it runs.
     training_job: Mapping | None = None
+    # Every Job but a copy's that mounts a generation of the cache (training runs, old and new, and
+    # the benchmark): none may run when a move starts, and none may start on the old claim during it.
+    consumers: tuple[Mapping, ...] = ()
     # The durable copy's claim and its StorageClass (None: absent or unread).
     durable: Mapping | None = None
     durable_class: Mapping | None = None
@@ -246,6 +253,9 @@ class Verdict:
     # What the durable copy's claim asks for (None: cache.size): a live claim larger than cache.size
     # keeps its size, since no claim can shrink.
     durable_size: str | None = None
+    # The claim training was switched from onto this generation's (None: no move has switched onto
+    # it): the program marks the claim with it (SWITCHED_ANNOTATION), and keeps the mark.
+    switched_from: str | None = None
 
 
 PROTECT_FALSE = "pulumi config set --path mlcache:cache.protect false"
@@ -297,7 +307,7 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     refusal = _durable_refusal(wanted, live) or _durable_claim_refusal(wanted, live)
     if refusal:
         return Verdict(refusal=refusal)
-    verdict = _judge_cache(wanted, live)
+    verdict = _marked(_judge_cache(wanted, live), live)
     kept = _kept_durable_size(wanted, live)
     if kept is None or verdict.refusal:
         return verdict
@@ -308,12 +318,22 @@ def judge(wanted: Wanted, live: LiveCache | Unread) -> Verdict:
     return replace(verdict, durable_size=kept, notes=(*verdict.notes, note))
 
 
+def _marked(verdict: Verdict, live: LiveCache) -> Verdict:
+    """The switch's mark on the claim of the verdict's generation: set by the up that switches, kept after."""
+    if verdict.move is not None and verdict.move.switched:
+        return replace(verdict, switched_from=verdict.move.source.name)
+    mark = get(live.claim, "metadata", "annotations", SWITCHED_ANNOTATION)
+    return replace(verdict, switched_from=mark) if mark and verdict.generation == live.generation else verdict
+
+
 def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
     claim = live.claim
     if claim is None:
         where = f"{live.namespace}/{wanted.claim}"
         return Verdict(
-            notes=(f"bound-cache guard: claim {where} does not exist yet; its first consumer places it",), unbound=True
+            notes=(f"bound-cache guard: claim {where} does not exist yet; its first consumer places it",),
+            unbound=True,
+            generation=live.generation,
         )
     where = f"{live.namespace}/{get(claim, 'metadata', 'name')}"
     if live.older is not None:
@@ -322,6 +342,14 @@ def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
     bound = get(claim, "status", "phase") == "Bound" and bool(get(claim, "spec", "volumeName"))
     if replaced and wanted.relocate == "copy" and bound:
         return _start_move(wanted, live, where, replaced)
+    if replaced and bound and wanted.relocate == "false":
+        return Verdict(
+            refusal=(
+                f"bound-cache guard: this change re-creates the bound claim {where}: {replaced}, which Kubernetes "
+                f"cannot change on a claim, and the cached models would go with it. Nothing was changed. "
+                f"Either {move_ways(wanted.protect)}."
+            )
+        )
     if replaced:
         return Verdict(
             notes=(f"bound-cache guard: claim {where} is re-created by this change ({replaced})",),
@@ -618,6 +646,55 @@ def is_running(job: Mapping | None) -> bool:
     return bool(get(job, "status", "active")) and not (job_ended(job, "Complete") or job_ended(job, "Failed"))
 
 
+def consumers(live: LiveCache) -> list[Mapping]:
+    """The Jobs that mount the cache: those read by label, and the training Job the settings name."""
+    jobs = {get(job, "metadata", "name"): job for job in live.consumers}
+    if live.training_job is not None:
+        jobs.setdefault(get(live.training_job, "metadata", "name"), live.training_job)
+    return list(jobs.values())
+
+
+def _new_run_refusal(wanted: Wanted, live: LiveCache, where: str, doing: str) -> str | None:
+    """A refusal when the settings name a training Job the cluster does not have yet while training
+    stays on the old claim: the run would train there while it is copied, and what it writes (its
+    outputs, its completion marker) would not reach the new claim, which the switch then trains on."""
+    if wanted.run is None or wanted.run in {get(job, "metadata", "name") for job in consumers(live)}:
+        return None
+    return (
+        f"mlcache:job.runId: this up would {doing} and start the training Job {wanted.run}, which is not in the cluster "
+        f"yet. Nothing was changed. Until the copy is verified training stays on {where}: the new run would train there "
+        f"while it is copied, and what it writes (its outputs, its completion marker) would not reach the new claim. "
+        f"Put job.runId back to the last run (or set job.enabled false) until `mlcache verify --stack {wanted.stack}` "
+        f"says training runs on the new claim, then start the run."
+    )
+
+
+def mounting_jobs(jobs: Iterable[Mapping], cache_name: str) -> list[Mapping]:
+    """The Jobs that mount a generation of the cache, but for a move's copy Jobs and the durable refresh."""
+    return [
+        job
+        for job in jobs
+        if not {COPY_LABEL, COPY_ROLE_LABEL} & set(get(job, "spec", "template", "metadata", "labels") or {})
+        and any(claim_generation(cache_name, name) is not None for name in mounted_claims(job))
+    ]
+
+
+def mounted_generation(cache_name: str, jobs: Iterable[Mapping]) -> int:
+    """The newest generation of the cache the Jobs mount (0: none): a claim deleted after node loss
+    (mlcache heal) comes back under the name its Jobs mount, so they are not replaced."""
+    mounted = [claim_generation(cache_name, name) for job in jobs for name in mounted_claims(job)]
+    return max((number for number in mounted if number is not None), default=0)
+
+
+def switched_to(claim: Mapping | None, jobs: Iterable[Mapping]) -> bool:
+    """Training was switched onto this claim: the switch marked it, or a Job mounts it (only the up
+    that switches puts a Job on a new claim; before it every consumer stays on the old one)."""
+    name = get(claim, "metadata", "name")
+    return get(claim, "metadata", "annotations", SWITCHED_ANNOTATION) is not None or any(
+        name in mounted_claims(job) for job in jobs
+    )
+
+
 def cache_generations(cache_name: str, claims: Iterable[Mapping]) -> list[tuple[int, Mapping]]:
     """The cache's claims among `claims`, each with its generation, oldest first."""
     found = ((claim_generation(cache_name, get(c, "metadata", "name") or ""), c) for c in claims)
@@ -670,15 +747,18 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
-    if is_running(live.training_job):
+    running = [get(job, "metadata", "name") for job in consumers(live) if is_running(job)]
+    if running:
         return Verdict(
             refusal=(
-                f"mlcache:cache.relocate = 'copy': the training Job still runs on the cache {where} ({reason}). "
+                f"mlcache:cache.relocate = 'copy': Job {', '.join(running)} still runs on the cache {where} ({reason}). "
                 f"Nothing was changed. A copy beside a run would wait for its GPUs (and a Rook-Ceph volume's "
                 f"attachment), and the files the run writes would fail verification. Start the move once the run "
                 f"has finished (`kubectl get job -n {live.namespace}`), or put the settings back."
             )
         )
+    if new_run := _new_run_refusal(wanted, live, where, f"start a move of the cache {where} ({reason})"):
+        return Verdict(refusal=new_run)
     move = Move(source, live.generation + 1, copy_mode(source, wanted.backend), COPYING)
     target = f"{live.namespace}/{generation_claim_name(wanted.claim, move.generation)}"
     return Verdict(
@@ -694,25 +774,19 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
 
 
 def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
-    """Two generations live: a move from the older into the newer. Finish it, retry it, or call it off."""
+    """Two generations live: a move from the older into the newer. Finish it, retry it, or call it
+    off; after the switch the older is only kept (cache.protect) and the newer is the cache."""
     older = live.older
     assert older is not None
     target = f"{live.namespace}/{get(live.claim, 'metadata', 'name')}"
     source_where = f"{older.namespace}/{get(older.claim, 'metadata', 'name')}"
+    if switched_to(live.claim, consumers(live)):
+        return _judge_after_switch(wanted, live, source_where, target)
     job = copy_name(wanted.claim, live.generation)
     state, attempt = copy_state(live.copy_job)
     if _describes(wanted, live.claim):
         source = ClaimFacts.of(older)
-        switched = get(live.claim, "metadata", "name") in mounted_claims(live.training_job)
-        # The old claim stays until the switch, and after it while cache.protect keeps it.
-        keeps_source = (not switched and state != VERIFIED) or wanted.protect
-        if keeps_source and (refusal := _class_kept_with(wanted, older, source_where)):
-            return refusal
-        if switched:
-            # Training runs on the new claim already (an earlier up switched; the old one was kept
-            # by cache.protect): never back, whatever became of the copy Job.
-            state = VERIFIED
-        elif live.copy_job is None:
+        if live.copy_job is None:
             return Verdict(
                 refusal=(
                     f"bound-cache guard: the copy Job {job} of the move from {source_where} into {target} is gone "
@@ -721,7 +795,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                     f"verified again."
                 )
             )
-        elif state != VERIFIED and source.pinned and not source.nodes:
+        if state != VERIFIED and source.pinned and not source.nodes:
             return Verdict(
                 refusal=(
                     f"bound-cache guard: the node(s) of {source_where} are gone in the middle of the move into {target}: "
@@ -729,22 +803,22 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                     f"{_made_for(older.claim)}) and heal it with `mlcache heal --stack {wanted.stack}`."
                 )
             )
-        if state == VERIFIED and not switched and is_running(live.training_job):
+        running = [get(j, "metadata", "name") for j in consumers(live) if is_running(j)]
+        if state == VERIFIED and running:
             state = HELD
+        # The old claim stays until the switch, and after it while cache.protect keeps it.
+        if (state != VERIFIED or wanted.protect) and (refusal := _class_kept_with(wanted, older, source_where)):
+            return refusal
+        if state != VERIFIED and (new_run := _new_run_refusal(wanted, live, source_where, f"go on with the move into {target}")):
+            return Verdict(refusal=new_run)
+        if state == HELD:
             note = (
-                f"bound-cache guard: the copy into {target} is verified, but the training Job still runs on "
+                f"bound-cache guard: the copy into {target} is verified, but Job {', '.join(running)} still runs on "
                 f"{source_where}: switching now would replace (stop) it. Nothing about training changes in this up; "
                 f"run `pulumi up` again once it has finished"
             )
         elif state == VERIFIED:
-            kept = (
-                f"{source_where} is kept because cache.protect is true (to delete it: {unprotect_hint(wanted, older)}, "
-                f"`{PROTECT_FALSE}`, `pulumi up`)"
-                if wanted.protect
-                else f"{source_where} is deleted"
-            )
-            runs = "runs on it" if switched else "switches to it"
-            note = f"bound-cache guard: the copy into {target} is verified: training {runs}; the copy's objects go; {kept}"
+            note = f"bound-cache guard: the copy into {target} is verified: training switches to it; {_retired(wanted, older)}"
         elif state == FAILED:
             note = (
                 f"bound-cache guard: the copy Job {job} failed (attempt {attempt}; its logs: `kubectl logs -n "
@@ -790,6 +864,55 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             f"{source_where} was made for ({_made_for(older.claim)}) to call it off; move again once it is done."
         )
     )
+
+
+def _retired(wanted: Wanted, older: LiveCache) -> str:
+    """What becomes of a move's old claim once training runs on the new one."""
+    where = f"{older.namespace}/{get(older.claim, 'metadata', 'name')}"
+    if not wanted.protect:
+        return f"the copy's objects go; {where} is deleted"
+    return (
+        f"the copy's objects go; {where} is kept because cache.protect is true (to delete it: "
+        f"{unprotect_hint(wanted, older)}, `{PROTECT_FALSE}`, `pulumi up`)"
+    )
+
+
+def _judge_after_switch(wanted: Wanted, live: LiveCache, source_where: str, target: str) -> Verdict:
+    """Training runs on the newer claim since an earlier up switched it there; the older one is kept
+    only by cache.protect. The newer claim is the cache, judged as any bound cache is, with the older
+    kept beside it (never back onto it: it holds the cache as it was before the move)."""
+    older = live.older
+    assert older is not None
+    retire = (
+        f"retire {source_where} first ({unprotect_hint(wanted, older)}, `{PROTECT_FALSE}`, `pulumi up` with the "
+        f"settings of {target})"
+    )
+    if _describes(wanted, older.claim) and not _describes(wanted, live.claim):
+        return Verdict(
+            refusal=(
+                f"bound-cache guard: training runs on {target} since the move from {source_where} switched to it, and "
+                f"the settings are back to what {source_where} was made for ({_made_for(older.claim)}). {source_where} "
+                f"is kept only by cache.protect and holds the cache as it was before that move. Nothing was changed. "
+                f"To move back: {retire}, then put the settings back with cache.relocate copy (a new move from {target})."
+            )
+        )
+    verdict = _judge_cache(wanted, replace(live, older=None))
+    if verdict.refusal:
+        return verdict
+    if verdict.move is not None:
+        return Verdict(
+            refusal=(
+                f"bound-cache guard: this change moves the cache on {target} again, while {source_where} is still kept "
+                f"from the last move (cache.protect). Nothing was changed. A move keeps one old claim at a time: "
+                f"{retire}, then move."
+            )
+        )
+    if wanted.protect and (refusal := _class_kept_with(wanted, older, source_where)):
+        return refusal
+    source = ClaimFacts.of(older)
+    move = Move(source, live.generation, copy_mode(source, wanted.backend), VERIFIED, keep_source=wanted.protect)
+    note = f"bound-cache guard: training runs on {target} (the move from {source_where} is over); {_retired(wanted, older)}"
+    return replace(verdict, notes=(*verdict.notes, note), move=move)
 
 
 def mounted_claims(job: Mapping | None) -> list[str]:
@@ -922,10 +1045,13 @@ def read_live_cache(
             what[0] = f"StorageClass {durable_class_name}"
             durable_class = kube.optional(api_path(STORAGE_CLASS, name=durable_class_name))
         generations = cache_generations(cache_name, claims)
+        what[0] = f"the Jobs of namespace {namespace}"
+        users = tuple(mounting_jobs(kube.items(api_path(JOBS, namespace=namespace)), cache_name))
         if not generations:
-            return LiveCache(namespace=namespace, claim=None, durable=durable, durable_class=durable_class)
+            number = mounted_generation(cache_name, users)
+            return LiveCache(namespace, None, generation=number, consumers=users, durable=durable, durable_class=durable_class)
         older = generation(*generations[-2]) if len(generations) > 1 else None
-        newest = replace(generation(*generations[-1], older=older), durable=durable, durable_class=durable_class)
+        newest = replace(generation(*generations[-1], older=older), consumers=users, durable=durable, durable_class=durable_class)
         if not training_job:
             return newest
         what[0] = f"Job {namespace}/{training_job}"
@@ -1010,6 +1136,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         durable_copy=settings.cache.durable_copy,
         durable_class=settings.rook_ceph.storage_class_name,
         made_class=settings.linstor.made_class,
+        run=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")

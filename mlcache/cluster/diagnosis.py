@@ -43,6 +43,7 @@ from mlcache.program.names import (
     GPU_PRODUCT_LABEL,
     OUT_OF_SERVICE_TAINT,
     PLACEMENT_ANNOTATION,
+    SWITCHED_ANNOTATION,
     ZONE_LABEL,
     cache_name_of,
     copy_name,
@@ -519,9 +520,12 @@ def follow_move(
     old_name = _get(older, "metadata", "name")
     state, attempt = copy_state(copy_job)
     job = copy_name(base, newest_number)
-    current = (
-        mounted if mounted is not None and mounted in (old_name, new_name) else (new_name if state == VERIFIED else old_name)
-    )
+    if _get(newest, "metadata", "annotations", SWITCHED_ANNOTATION) is not None:
+        state, current = VERIFIED, new_name  # switched: the copy Job is gone, the Job may be too
+    elif mounted is not None and mounted in (old_name, new_name):
+        current = mounted
+    else:
+        current = new_name if state == VERIFIED else old_name
     if current == old_name:
         # Until the switch, training runs where the old claim was made for.
         record = PlacementRecord.parse(_get(older, "metadata", "annotations", PLACEMENT_ANNOTATION))

@@ -10,10 +10,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlcache.cluster.bound_cache import get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.bound_cache import cache_generations, get, has_taint, is_ready, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
-from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube, api_path
-from mlcache.program.names import OUT_OF_SERVICE_TAINT
+from mlcache.cluster.kube import CLAIM, CLAIMS, NAMESPACED_PODS, POD, Kube, api_path
+from mlcache.program.names import OUT_OF_SERVICE_TAINT, cache_name_of, claim_generation, generation_claim_name
 
 
 def up_command(stack: str) -> list[str]:
@@ -74,9 +74,16 @@ def mounts_claim(pod: dict, claim: str) -> bool:
 
 
 def plan_heal(
-    snapshot: Snapshot, expect: Expectation, *, protected: bool, allow_protected: bool, durable: DurableState | None = None
+    snapshot: Snapshot,
+    expect: Expectation,
+    *,
+    protected: bool,
+    allow_protected: bool,
+    durable: DurableState | None = None,
+    generations: tuple[int, ...] = (),
 ) -> HealPlan:
-    """What healing would do, or why it must not. Pure: the tests feed it API-shaped objects."""
+    """What healing would do, or why it must not. Pure: the tests feed it API-shaped objects.
+    `generations`: those of the cache's live claims (bound_cache.cache_generations)."""
     where = f"{expect.namespace}/{expect.pvc}"
     if snapshot.pvc is None:
         return HealPlan(refusal=f"claim {where} does not exist: nothing to heal (`pulumi up` creates it)")
@@ -137,12 +144,31 @@ def plan_heal(
         f"training pod binds a fresh volume on a healthy node and {how}"
     )
     refusal = None
+    if len(generations) > 1:
+        return HealPlan(refusal=_move_refusal(expect, generations), dead_node=name, proof=proof)
     if protected and not allow_protected:  # refused, with the plan the flag would carry out
         refusal = (
             f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
             "--allow-protected (its data is already lost with the node; the new claim is protected again)"
         )
     return HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
+
+
+def _move_refusal(expect: Expectation, generations: tuple[int, ...]) -> str:
+    """Two generations of the cache live: the program takes the newest for the cache, so heal one at a time."""
+    current = claim_generation(cache_name_of(expect.pvc), expect.pvc)
+    others = ", ".join(generation_claim_name(cache_name_of(expect.pvc), g) for g in generations if g != current)
+    if current == max(generations):
+        return (
+            f"claim {others}, the old claim of the last move, is still kept (cache.protect) beside {expect.pvc}: with "
+            f"{expect.pvc} deleted, `pulumi up` would take it for the cache. Nothing was changed. Retire it first "
+            f"(`mlcache verify --stack {expect.stack}` names it; `pulumi state unprotect` it, set cache.protect false, "
+            f"`pulumi up`), then heal"
+        )
+    return (
+        f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off first "
+        f"(settings back to those of {expect.pvc}, `pulumi up`), then heal"
+    )
 
 
 def render_plan(plan: HealPlan, apply: bool) -> str:
@@ -164,6 +190,12 @@ def read_heal_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
     pods = kube.items(api_path(NAMESPACED_PODS, namespace=expect.namespace))
     snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
     return snapshot
+
+
+def read_generations(expect: Expectation, kube: Kube) -> tuple[int, ...]:
+    """The generations of the cache's live claims, oldest first."""
+    claims = kube.items(api_path(CLAIMS, namespace=expect.namespace))
+    return tuple(number for number, _ in cache_generations(cache_name_of(expect.pvc), claims))
 
 
 def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:

@@ -13,14 +13,14 @@ import re
 import subprocess
 import sys
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mlcache import CHECKOUT
-from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manifest, quantity_bytes
+from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manifest, mounting_jobs, quantity_bytes
 from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
 from mlcache.errors import UsageError
 from mlcache.preview.policy_check import ADVISORY, MANDATORY
@@ -35,6 +35,7 @@ from mlcache.program.names import (
     PROVIDER_REPLACES,
     WORKER_LABEL,
     ZONE_LABEL,
+    cache_name_of,
 )
 from mlcache.program.outputs import UNPINNED_ZONE
 
@@ -204,6 +205,11 @@ def _worker(obj: dict[str, Any] | None) -> str | None:
     return value
 
 
+def _relocates_fresh(obj: dict[str, Any] | None) -> bool:
+    """A cache claim rendered with cache.relocate fresh: a placement change replaces it."""
+    return any(PLACEMENT_ANNOTATION in path for path in (obj or {}).get("replaceOnChanges", []))
+
+
 def _annotate(change: Change) -> None:
     subject = change.new or change.old
     assert subject is not None, "a change has an old or a new object"
@@ -215,7 +221,14 @@ def _annotate(change: Change) -> None:
     if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
         verb = "deletes and re-creates" if change.action == "replace" else "deletes"
         whose = f" (worker {worker}'s cache)" if worker is not None else ""
-        change.warnings.append(f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped")
+        warning = f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped"
+        if change.action == "replace" and worker is None and not _relocates_fresh(change.new):
+            # The program's guard (bound_cache.py) refuses it once the claim is bound: say what `up` does.
+            warning += (
+                "; with cache.relocate false the program's guard refuses this `pulumi up` while the claim is bound "
+                "(nothing changed): set cache.relocate copy to move the cache with its models, or fresh to re-create it empty"
+            )
+        change.warnings.append(warning)
     if kind == "PersistentVolumeClaim" and change.action == "create" and worker is not None:
         change.notes.append(f"a new, empty cache for worker {worker}: its first run downloads the models again")
     if kind in ("Job", "JobSet") and change.action in ("replace", "delete"):
@@ -678,11 +691,15 @@ def moves_by_copy(stack: str, project_dir: Path) -> bool:
 
 
 def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
-    """The base revision's cache claim (worker 0's), as live: None when it made none."""
-    for obj in (old or {}).get("objects", []):
+    """The base revision's cache claim (worker 0's), as live, with the base's Jobs that mount it
+    (deployed, not running: what a preview cannot know the guard reads at up): None when it made none."""
+    objects = (old or {}).get("objects", [])
+    jobs = [obj["manifest"] for obj in objects if _kind(obj) == "Job"]
+    for obj in objects:
         manifest = obj["manifest"]
         if _kind(obj) == "PersistentVolumeClaim" and WORKER_LABEL not in (_dig(manifest, "metadata", "labels") or {}):
-            return live_from_manifest(manifest)
+            users = mounting_jobs(jobs, cache_name_of(manifest["metadata"]["name"]))
+            return replace(live_from_manifest(manifest), consumers=tuple(users))
     return None
 
 

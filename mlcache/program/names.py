@@ -49,6 +49,9 @@ PLACEMENT_ANNOTATION = "mlcache/placement"
 # the one before and verified before training switches to it (bound_cache.py, docs/moving-the-cache.md).
 # On the new claim: the claim it is copied from. On the copy pods: their component and role.
 COPY_FROM_ANNOTATION = "mlcache/copy-from"
+# On the new claim from the up that switches training to it (value: the claim copied from): the
+# move is over, whatever becomes of the training Job, the copy Job or a claim cache.protect keeps.
+SWITCHED_ANNOTATION = "mlcache/switched-from"
 COPY_COMPONENT_LABEL = {"app.kubernetes.io/component": "cache-copy"}
 COPY_ROLE_LABEL = "mlcache/copy-role"
 COPY_LABEL = "mlcache/copy"  # value: the copy's name (names.copy_name)

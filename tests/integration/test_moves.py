@@ -89,6 +89,7 @@ def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_train
     moved = training(report)
     assert moved.node == receiver_node and moved.with_cache is True and report.exit_code == 0, report.problems
     assert set(claims(rehearsal, namespace)) == {NEW}
+    assert claims(rehearsal, namespace)[NEW]["metadata"]["annotations"]["mlcache/switched-from"] == CLAIM  # the switch's mark
     assert set(jobs(rehearsal, namespace)) == {JOB} and mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
     verify = tool(rehearsal, "verify", "--stack", "prod")
     assert verify.stdout.startswith(f"stack prod: PVC {namespace}/{NEW}, class linstor-fast-cache, zone sdsu")

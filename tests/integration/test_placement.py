@@ -200,7 +200,7 @@ def test_rollback_to_rook_ceph_binds_at_once_without_topology_and_back(rehearsal
     outputs = rehearsal.up("dev")
     linstor = rehearsal.report("dev", outputs, SETTLE)
     assert linstor.volume.nodes == [training(linstor).node]
-    outputs = rehearsal.up("dev", ["backend=rook-ceph"])
+    outputs = rehearsal.up("dev", ["backend=rook-ceph", "cache.relocate=fresh"])  # re-created empty: no copy here
     view = rehearsal.view(outputs["namespace"])  # right after `up`, before any pod is scheduled for it
     (claim,) = view.claims
     assert claim["spec"]["storageClassName"] == "rook-ceph-block" and claim["status"]["phase"] == "Bound"
@@ -208,7 +208,7 @@ def test_rollback_to_rook_ceph_binds_at_once_without_topology_and_back(rehearsal
     assert view.volumes[claim["spec"]["volumeName"]]["spec"].get("nodeAffinity") is None
     rook = rehearsal.report("dev", outputs, SETTLE)
     assert rook.volume.nodes is None and training(rook).with_cache is True and rook.exit_code == 0
-    outputs = rehearsal.up("dev", ["backend=linstor"])
+    outputs = rehearsal.up("dev", ["backend=linstor", "cache.relocate=fresh"])
     back = rehearsal.report("dev", outputs, SETTLE)
     assert back.volume.storage_class == "linstor-fast-cache" and back.volume.nodes == [training(back).node]
     assert back.exit_code == 0, back.problems

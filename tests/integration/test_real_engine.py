@@ -113,12 +113,14 @@ def test_volume_mode_change_replaces_the_pvc_and_the_job_as_tools_diff_says(engi
     project.up("dev")
     before = objects_by_kind("dev")
     uids = {kind: uid(kube, obj) for kind, obj in before.items()}
+    # The claim may be bound by now: re-creating it empty is asked for (relocate false refuses it then).
+    project.set("dev", "cache.relocate", "fresh")
     project.set("dev", "cache.volumeMode", "Block")
     ops = project.preview_ops("dev")
     assert ops == {"PersistentVolumeClaim": "replace", "Job": "replace", "ConfigMap": "delete"}
-    assert diff_actions("dev", ("cache.volumeMode=Block",)) == ops
+    assert diff_actions("dev", ("cache.volumeMode=Block", "cache.relocate=fresh")) == ops
     project.up("dev")  # delete-before-replace: no immutable-field patch is attempted
-    after = objects_by_kind("dev", "cache.volumeMode=Block")
+    after = objects_by_kind("dev", "cache.volumeMode=Block", "cache.relocate=fresh")
     assert live(kube, after["PersistentVolumeClaim"])["spec"]["volumeMode"] == "Block"
     assert uid(kube, after["PersistentVolumeClaim"]) != uids["PersistentVolumeClaim"]
     assert uid(kube, after["Job"]) != uids["Job"]
@@ -136,7 +138,8 @@ def test_prod_refuses_to_replace_the_protected_cache_until_unprotected(engine, k
     refused = project.up("prod", check=False)
     assert refused.returncode != 0 and "protect" in (refused.stdout + refused.stderr)
     assert uid(kube, pvc) == original  # nothing was deleted
-    # The one-`up` procedure of docs/operations-and-rollback.md: unprotect in the same change.
+    # The one-`up` procedure of docs/operations-and-rollback.md: re-create it empty, unprotected, in the same change.
+    project.set("prod", "cache.relocate", "fresh")
     project.set("prod", "cache.protect", "false")
     project.up("prod")
     assert uid(kube, pvc) != original
@@ -171,10 +174,11 @@ def test_backend_switch_to_rook_ceph_and_back(engine, kube):
     project.init("dev")
     project.up("dev")
     linstor = objects_by_kind("dev")
+    project.set("dev", "cache.relocate", "fresh")  # re-created empty; the move by copy: tests/integration/test_moves.py
     project.set("dev", "backend", "rook-ceph")
     # Rook-Ceph binds immediately (the cluster's rook-ceph-block class) and the provider waits for Bound.
     project.up("dev")
-    rook = objects_by_kind("dev", "backend=rook-ceph")
+    rook = objects_by_kind("dev", "backend=rook-ceph", "cache.relocate=fresh")
     claim = live(kube, rook["PersistentVolumeClaim"])
     assert claim["spec"]["storageClassName"] == "rook-ceph-block" and claim["status"]["phase"] == "Bound"
     volume = client.CoreV1Api(kube).read_persistent_volume(claim["spec"]["volumeName"])

@@ -17,6 +17,7 @@ from mlcache.program.names import (
     IMMUTABLE_FIELDS,
     PLACEMENT_ANNOTATION,
     SKIP_AWAIT,
+    SWITCHED_ANNOTATION,
     WORKER_LABEL,
     ZONE_ANNOTATION,
     claim_resource_name,
@@ -64,14 +65,18 @@ def pvc_manifest(
     placement: Placement,
     worker: int | None = None,
     generation: int = 0,
+    switched_from: str | None = None,
 ) -> dict[str, Any]:
     """The cache claim of `generation` (one per move); `worker` (multi-node runs only, index 1 and
-    up) makes it that worker's own claim."""
+    up) makes it that worker's own claim; `switched_from`: the claim a move switched training from
+    onto this one (its mark)."""
     claim_name = worker_claim_name(cache.name, worker) if worker else generation_claim_name(cache.name, generation)
     labels = None if worker is None else {WORKER_LABEL: str(worker)}
     annotations = {BACKEND_ANNOTATION: backend}
     if generation and not worker:
         annotations[COPY_FROM_ANNOTATION] = generation_claim_name(cache.name, generation - 1)
+    if switched_from and not worker:
+        annotations[SWITCHED_ANNOTATION] = switched_from
     if placement.zone:
         annotations[ZONE_ANNOTATION] = placement.zone
     annotations[PLACEMENT_ANNOTATION] = placement_record(placement).text()
@@ -150,6 +155,7 @@ class CacheVolume(pulumi.ComponentResource):
         claim_unbound: bool = False,
         workers: int = 1,
         generation: int = 0,
+        switched_from: str | None = None,
         kept: ClaimFacts | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ):
@@ -163,7 +169,14 @@ class CacheVolume(pulumi.ComponentResource):
         storage_class = class_of(storage_class_name)
         for index in range(workers):
             manifest = pvc_manifest(
-                cache, storage_class_name, namespace, backend, placement, index if workers > 1 else None, generation
+                cache,
+                storage_class_name,
+                namespace,
+                backend,
+                placement,
+                index if workers > 1 else None,
+                generation,
+                switched_from,
             )
             # Worker 0 is the single-node claim (same resource name): raising job.nodes keeps it.
             # Only it can be adopted: the runbook made one claim. The bound-cache guard reads
