@@ -322,8 +322,8 @@ def kubeconfig(tmp_path, monkeypatch):
     def write(text: str) -> None:
         path = tmp_path / "kubeconfig"
         path.write_text(text)
-        # The client reads $KUBECONFIG once, at import: a fresh process per run, one process here.
-        monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+        # The commands connect as the stack's provider does, reading $KUBECONFIG when they run.
+        monkeypatch.setenv("KUBECONFIG", str(path))
 
     return write
 
@@ -509,3 +509,22 @@ def test_a_report_that_is_a_device_a_fifo_or_huge_is_refused_at_once(capsys, tmp
     huge.write_bytes(b" " * (storage.MAX_REPORT_BYTES + 1))
     for path, words in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"), (str(huge), "larger than")):
         assert_refused(*_call(capsys, bench.main, "report", path), path, words)
+
+
+@pytest.mark.parametrize("command", [verify.main, heal.main], ids=["verify", "heal"])
+def test_verify_and_heal_connect_to_the_stacks_own_context_not_the_current_one(capsys, kubeconfig, monkeypatch, command):
+    """A stack pinned to a context (kubernetes:context) is checked, and healed, in that cluster:
+    the kubeconfig's current context may be another one."""
+    from mlcache.preview import render as render_module  # noqa: PLC0415
+
+    kubeconfig(UNREACHABLE_KUBECONFIG)
+    stack_render = render_module.render_or_refuse  # as if the stack file set kubernetes:context
+    monkeypatch.setattr(
+        render_module,
+        "render_or_refuse",
+        lambda stack, config, secrets: stack_render(stack, [*config, "kubernetes:context=elsewhere"], secrets),
+    )
+    code, out, err = _call(capsys, command, "--stack", "dev")
+    assert_refused(code, out, err, "cannot read the cluster", "context elsewhere", status=cli.UNREACHABLE)
+    code, out, err = _call(capsys, command, "--stack", "dev", "--context", "here")
+    assert_refused(code, out, err, "cannot read the cluster", "refused", status=cli.UNREACHABLE)  # --context wins

@@ -200,7 +200,7 @@ def test_verify_as_json_carries_every_finding_and_the_verdict(monkeypatch, capsy
 
     failing = [Finding(OK, "storage class", "PVC uses linstor-fast-cache"), Finding(FAIL, "locality", "elsewhere", "move it")]
 
-    def read_cluster(expect_for, context):
+    def read_cluster(expect_for, provider, flag):
         return expect_for("team-ns"), failing
 
     monkeypatch.setattr(verify_command, "read_cluster", read_cluster)
@@ -209,6 +209,6 @@ def test_verify_as_json_carries_every_finding_and_the_verdict(monkeypatch, capsy
     assert code == 1 and document["ok"] is False and document["pvc"] == "ms-swift-cache-pvc"
     assert document["zone"] == "ucsd" and document["namespace"] == "ml-training"
     assert document["findings"][1] == {"level": "FAIL", "check": "locality", "message": "elsewhere", "remedy": "move it"}
-    monkeypatch.setattr(verify_command, "read_cluster", lambda expect_for, context: (expect_for("x"), failing[:1]))
+    monkeypatch.setattr(verify_command, "read_cluster", lambda expect_for, provider, flag: (expect_for("x"), failing[:1]))
     assert verify_command.main(["--stack", "prod", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True

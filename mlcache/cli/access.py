@@ -16,14 +16,12 @@ usage or config, 3 when the cluster cannot be read.
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import replace
 
-from mlcache.cli.contract import CONFIG_HELP, STACK_HELP, ArgumentParser, entry_point
+from mlcache.cli.contract import CONFIG_HELP, CONTEXT_HELP, STACK_HELP, ArgumentParser, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.access import NotServed, check, report
-from mlcache.cluster.bound_cache import ProviderSettings, provider_client
-from mlcache.cluster.live import cluster_errors
+from mlcache.cluster.bound_cache import provider_client
+from mlcache.cluster.live import cluster_errors, stack_provider
 from mlcache.errors import Unreachable
 
 
@@ -32,23 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.access"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help=STACK_HELP)
     parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE", help=CONFIG_HELP)
-    parser.add_argument("--context", help="kubeconfig context (default: the stack's kubernetes:context, else the current one)")
+    parser.add_argument("--context", help=CONTEXT_HELP)
     args = parser.parse_args(argv)
     from mlcache.preview.render import as_json, render_or_refuse  # noqa: PLC0415
 
     run, config = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
     objects = [entry["manifest"] for entry in as_json(run)["objects"]]
 
-    # The cluster, credentials and namespace the stack's provider uses (its kubernetes:* config).
-    def setting(name: str) -> str | None:
-        if f"kubernetes:{name}" in config.secret_keys:  # offline a secret is a placeholder: not a setting to use
-            print(f"note: kubernetes:{name} is a secret, unreadable offline: using KUBECONFIG's instead", file=sys.stderr)
-            return None
-        return config.values.get(f"kubernetes:{name}")
-
-    provider = ProviderSettings.from_config(setting)
-    if args.context:
-        provider = replace(provider, context=args.context)
+    provider = stack_provider(config, args.context)  # the cluster, credentials and namespace the stack's provider uses
     try:
         api, namespace = provider_client(provider, os.environ)
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin (the client raises many types)

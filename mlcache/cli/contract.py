@@ -26,6 +26,7 @@ OK, CHECK_FAILED, USAGE, UNREACHABLE, INTERNAL = 0, 1, 2, 3, 70
 # The options every command that reads a stack shares, in the same words.
 STACK_HELP = "stack name (Pulumi.<stack>.yaml)"
 CONFIG_HELP = "override a key as `pulumi config set --path` would; empty VALUE unsets it"
+CONTEXT_HELP = "kubeconfig context (default: the stack's kubernetes:context, else the kubeconfig's current one)"
 
 
 class ArgumentParser(argparse.ArgumentParser):

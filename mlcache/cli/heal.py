@@ -29,7 +29,7 @@ import sys
 from dataclasses import asdict
 
 from mlcache import CHECKOUT
-from mlcache.cli.contract import CHECK_FAILED, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
+from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
 from mlcache.cluster.heal import apply_plan, plan_heal, read_generations, read_heal_snapshot, render_plan, up_blocker
@@ -39,13 +39,13 @@ from mlcache.cluster.heal import apply_plan, plan_heal, read_generations, read_h
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.heal"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help=STACK_HELP)
-    parser.add_argument("--context", help="kubeconfig context (default: the current one)")
+    parser.add_argument("--context", help=CONTEXT_HELP)
     parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
     parser.add_argument("--json", action="store_true", help="print the plan (and, with --apply, the outcome) as JSON")
     args = parser.parse_args(argv)
     from mlcache.cluster.diagnosis import expectation_from_outputs  # noqa: PLC0415
-    from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move  # noqa: PLC0415
+    from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move, stack_provider  # noqa: PLC0415
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     def expect_for(namespace: str) -> Expectation:
         return expectation_from_outputs(run.outputs, stack_config.values.get("mlcache:namespace") or namespace, args.stack)
 
-    expect, kube = connect(expect_for, args.context)
+    expect, kube = connect(expect_for, stack_provider(stack_config, args.context), args.context)
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
     with cluster_errors():
         # After a move the cache is a later generation of the claim: heal the one training mounts.

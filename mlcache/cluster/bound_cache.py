@@ -970,7 +970,9 @@ def provider_client(provider: ProviderSettings, environ: Mapping[str, str]) -> t
     return client.ApiClient(configuration), provider.namespace or _context_namespace(loader) or "default"
 
 
-def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
+def kubeconfig_of(provider: ProviderSettings, environ: Mapping[str, str]) -> Any:
+    """The kubeconfig the provider reads (kubernetes:kubeconfig, a path or the contents, else
+    KUBECONFIG's files merged, else ~/.kube/config), as the client's loader takes it."""
     import io  # noqa: PLC0415
     import os  # noqa: PLC0415
 
@@ -981,6 +983,21 @@ def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
     merged = kube_config.KubeConfigMerger(io.StringIO(source) if contents else source).config
     if merged is None:
         raise LookupError(f"no kubeconfig found at {source}")
+    return merged
+
+
+def context_names(provider: ProviderSettings, environ: Mapping[str, str]) -> list[str]:
+    """The names of the contexts in the kubeconfig the provider reads."""
+    contexts = _plain(_plain(kubeconfig_of(provider, environ)).get("contexts"))
+    if not isinstance(contexts, list) or not all(isinstance(_plain(c), dict) for c in contexts):
+        raise LookupError("contexts is not a list of contexts")
+    return [str(_plain(c).get("name")) for c in contexts]
+
+
+def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
+    from kubernetes.config import kube_config  # noqa: PLC0415
+
+    merged = kubeconfig_of(provider, environ)
     loader = kube_config.KubeConfigLoader(config_dict=merged, active_context=provider.context, config_base_path=None)
     if provider.cluster:
         _plain(_plain(loader.current_context)["context"])["cluster"] = provider.cluster

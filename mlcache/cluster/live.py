@@ -5,21 +5,29 @@ that cannot be read (Unreachable, exit 3).
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from mlcache.cluster.bound_cache import (
+    ProviderSettings,
     cache_generations,
+    context_names,
     job_ended,
     mounted_claims,
+    provider_client,
 )
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.diagnosis import DurableState, Expectation, Finding, Snapshot, diagnose, durable_finding, follow_move
 from mlcache.cluster.kube import CLAIM, CLAIMS, EVENTS, JOB, NAMESPACED_PODS, NODES, POD_LOG, PODS, VOLUME, Kube, api_path
 from mlcache.cluster.workers import diagnose_workers
 from mlcache.errors import Unreachable, UsageError
+
+if TYPE_CHECKING:
+    from mlcache.preview.stack_config import StackConfig
 from mlcache.program.names import (
     COPY_LABEL,
     COPY_ROLE_LABEL,
@@ -56,30 +64,36 @@ def read_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
 Expected = TypeVar("Expected")
 
 
-def connect(expect_for: Callable[[str], Expected], context: str | None) -> tuple[Expected, Kube]:
-    """The stack's expectation (`expect_for(namespace)`, config checked first, offline) and a reader
-    logged in to `context`; a kubeconfig that cannot be used as Unreachable, an unknown context as
-    UsageError."""
-    from kubernetes import client, config  # noqa: PLC0415
-    from kubernetes.config.config_exception import ConfigException  # noqa: PLC0415
+def stack_provider(config: StackConfig, context: str | None) -> ProviderSettings:
+    """The connection the stack's provider uses (its kubernetes:* config), `context` (--context)
+    over the stack's own. A secret setting is a placeholder offline: not used, and said."""
 
+    def setting(name: str) -> str | None:
+        if f"kubernetes:{name}" in config.secret_keys:
+            print(f"note: kubernetes:{name} is a secret, unreadable offline: using KUBECONFIG's instead", file=sys.stderr)
+            return None
+        return config.values.get(f"kubernetes:{name}")
+
+    provider = ProviderSettings.from_config(setting)
+    return replace(provider, context=context) if context else provider
+
+
+def connect(expect_for: Callable[[str], Expected], provider: ProviderSettings, flag: str | None) -> tuple[Expected, Kube]:
+    """The stack's expectation (`expect_for(namespace)`, config checked first, offline) and a reader
+    connected as the stack's provider connects; a kubeconfig that cannot be used as Unreachable, an
+    unknown --context (`flag`) as UsageError."""
     try:
-        contexts, active = config.list_kube_config_contexts()
-        if not isinstance(contexts, list) or not all(isinstance(c, dict) for c in contexts):
-            raise ConfigException("contexts is not a list of contexts")
+        names = context_names(provider, os.environ)
     except Exception as err:  # no kubeconfig, or one the client cannot parse (its errors are of many types)
         raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
-    if context is not None and context not in {c.get("name") for c in contexts}:
-        names = ", ".join(sorted(str(c.get("name")) for c in contexts)) or "none"
-        raise UsageError(f"--context {context!r} is not in the kubeconfig; contexts: {names}")
-    chosen = next((c for c in contexts if c.get("name") == context), active) if context else active
-    expect = expect_for((chosen or {}).get("context", {}).get("namespace") or "default")
+    if flag is not None and flag not in names:
+        raise UsageError(f"--context {flag!r} is not in the kubeconfig; contexts: {', '.join(sorted(names)) or 'none'}")
     try:
-        config.load_kube_config(context=context)
+        api, namespace = provider_client(provider, os.environ)
     except Exception as err:  # a context whose cluster, user or certificate files cannot be loaded
-        which = f"context {context}" if context else "the current context"
+        which = f"context {provider.context}" if provider.context else "the current context"
         raise Unreachable(f"cannot load {which} from the kubeconfig ({type(err).__name__}: {err})") from None
-    return expect, Kube(client.ApiClient(), REQUEST_TIMEOUT)
+    return expect_for(namespace), Kube(api, REQUEST_TIMEOUT)
 
 
 @contextmanager
@@ -96,9 +110,9 @@ def cluster_errors() -> Iterator[None]:
         raise Unreachable(str(err)) from None
 
 
-def read_cluster(expect_for, context: str | None) -> tuple[Expectation, list[Finding]]:
+def read_cluster(expect_for, provider: ProviderSettings, flag: str | None) -> tuple[Expectation, list[Finding]]:
     """The stack's expectation and the findings on the live objects (errors as in `connect`)."""
-    expect, kube = connect(expect_for, context)
+    expect, kube = connect(expect_for, provider, flag)
     with cluster_errors():
         if expect.run is None:
             # After a move the cache is a later generation of the claim: check the one training mounts.

@@ -61,6 +61,8 @@ def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_train
     assert report.volume.zones == ["ucsd"] and report.volume.nodes == [old_node]
     before = claims(rehearsal, namespace)[CLAIM]
     training_uid = jobs(rehearsal, namespace)[JOB]["metadata"]["uid"]
+    # A move starts once the run on the cache has finished (this cluster completes Job pods at once).
+    wait_for(lambda: completed(rehearsal, namespace, JOB), SETTLE, "the training run completes")
 
     # First up: the new claim and the copy; the old claim and the training Job untouched.
     outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"])
@@ -178,7 +180,7 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     # No move starts while a run is on the cache: the copy would wait for its GPUs and race its writes.
     with pytest.raises(UpFailed) as refused:
         rehearsal.up("prod", move)
-    assert "the training Job still runs on the cache" in str(refused.value)
+    assert f"Job {JOB} still runs on the cache" in str(refused.value)
     end_pods_until(rehearsal, namespace, JOB, "Succeeded", "Complete")
     outputs = rehearsal.up("prod", move)
     assert outputs["cacheMove"]["state"] == "copying"
