@@ -121,7 +121,9 @@ if settings.job.enabled:
             "secret-env", secret_values, secret_name=secret_env_name(settings.job.name), namespace=settings.namespace
         )
     if settings.job.nodes == 1:
-        training = TrainingJob("training", cache_pod, credentials=credentials, secret_env=secret_env)
+        # During a move training stays as it is until the switch (docs/moving-the-cache.md).
+        held = move is not None and not move.switched
+        training = TrainingJob("training", cache_pod, credentials=credentials, secret_env=secret_env, held=held)
     else:
         # Several nodes: one worker per node, each on its own cache claim, all in one zone.
         training = TrainingWorkers("training", cache_pod, claim_names=claim_names, credentials=credentials, secret_env=secret_env)

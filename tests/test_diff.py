@@ -528,3 +528,15 @@ def test_a_move_reads_the_protection_of_its_source_in_its_own_namespace():
     change.notes.clear()
     diff._say_moves({"new": change}, after)
     assert "keeps cache (cache.protect is true" in change.notes[0]
+
+
+def test_a_move_against_a_base_whose_secrets_hide_its_objects_is_previewed_not_a_traceback():
+    """A secret under mlcache:job (an env value) hides the Job, and the claim's placement record
+    with it: the preview cannot read the base's run, so it neither crashes nor refuses the move."""
+    secret = ("job.env.WANDB_API_KEY=not-shown",)
+    base = as_json(rendered("prod", secrets=secret))
+    live = base_claim(base)
+    assert live is None or live.consumers is None
+    with assume_live(live):
+        head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], list(secret))
+    plan(base, as_json(head))  # a plan, whatever the secret hides

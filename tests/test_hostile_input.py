@@ -3,6 +3,7 @@ one line on stderr, never a traceback, and nothing on stdout unless it succeeded
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import json
@@ -528,3 +529,20 @@ def test_verify_and_heal_connect_to_the_stacks_own_context_not_the_current_one(c
     assert_refused(code, out, err, "cannot read the cluster", "context elsewhere", status=cli.UNREACHABLE)
     code, out, err = _call(capsys, command, "--stack", "dev", "--context", "here")
     assert_refused(code, out, err, "cannot read the cluster", "refused", status=cli.UNREACHABLE)  # --context wins
+
+
+def test_heal_apply_refuses_when_the_stacks_cluster_is_a_secret_it_cannot_read(capsys, kubeconfig, monkeypatch):
+    """heal --apply deletes in the cluster it reads, then runs `pulumi up` against the stack's: with
+    a secret kubernetes:kubeconfig the two may differ, so it needs --context."""
+    from mlcache.preview import render as render_module  # noqa: PLC0415
+
+    kubeconfig(UNREACHABLE_KUBECONFIG)
+    stack_render = render_module.render_or_refuse
+
+    def with_secret_kubeconfig(stack, config, secrets):
+        run, stack_config = stack_render(stack, config, secrets)
+        return run, dataclasses.replace(stack_config, secret_keys=stack_config.secret_keys | {"kubernetes:kubeconfig"})
+
+    monkeypatch.setattr(render_module, "render_or_refuse", with_secret_kubeconfig)
+    code, out, err = _call(capsys, heal.main, "--stack", "dev", "--apply")
+    assert_refused(code, out, err, "--apply: kubernetes:kubeconfig is a secret", "give --context")

@@ -45,10 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan (and, with --apply, the outcome) as JSON")
     args = parser.parse_args(argv)
     from mlcache.cluster.diagnosis import expectation_from_outputs  # noqa: PLC0415
-    from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move, stack_provider  # noqa: PLC0415
+    from mlcache.cluster.live import (  # noqa: PLC0415
+        cluster_errors,
+        connect,
+        hidden_connection,
+        read_durable,
+        read_move,
+        stack_provider,
+    )
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
+    if args.apply and not args.context and (hidden := hidden_connection(stack_config)):
+        # It would act on KUBECONFIG's current cluster, then `pulumi up` the stack's own.
+        raise UsageError(
+            f"--apply: {', '.join(hidden)} is a secret, unreadable here, so the cluster to heal is not known; "
+            "give --context naming the stack's cluster"
+        )
     if args.apply and shutil.which("pulumi") is None:
         raise UsageError("--apply re-creates the claim with `pulumi up`: the Pulumi CLI is not on PATH")
     if args.apply and (blocker := up_blocker(args.stack, CHECKOUT)):

@@ -223,8 +223,9 @@ class LiveCache:
     # The training Job (None: absent): a move neither starts nor switches while it runs.
     training_job: Mapping | None = None
     # Every Job but a copy's that mounts a generation of the cache (training runs, old and new, and
-    # the benchmark): none may run when a move starts, and none may start on the old claim during it.
-    consumers: tuple[Mapping, ...] = ()
+    # the benchmark): none may run when a move starts, and no new run may start on the old claim
+    # during it. None: unknown (an offline preview whose base revision hides its Jobs as secret).
+    consumers: tuple[Mapping, ...] | None = ()
     # The durable copy's claim and its StorageClass (None: absent or unread).
     durable: Mapping | None = None
     durable_class: Mapping | None = None
@@ -322,8 +323,9 @@ def _marked(verdict: Verdict, live: LiveCache) -> Verdict:
     """The switch's mark on the claim of the verdict's generation: set by the up that switches, kept after."""
     if verdict.move is not None and verdict.move.switched:
         return replace(verdict, switched_from=verdict.move.source.name)
-    mark = get(live.claim, "metadata", "annotations", SWITCHED_ANNOTATION)
-    return replace(verdict, switched_from=mark) if mark and verdict.generation == live.generation else verdict
+    claims = {live.generation: live.claim, **({live.older.generation: live.older.claim} if live.older else {})}
+    mark = get(claims.get(verdict.generation), "metadata", "annotations", SWITCHED_ANNOTATION)
+    return replace(verdict, switched_from=mark) if mark else verdict
 
 
 def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
@@ -343,11 +345,18 @@ def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
     if replaced and wanted.relocate == "copy" and bound:
         return _start_move(wanted, live, where, replaced)
     if replaced and bound and wanted.relocate == "false":
+        mode_change = replaced.startswith("its volume mode")
+        ways = (  # a raw device holds no files a copy could carry
+            f"re-create it empty with `{relocate_key_hint('fresh')}`"
+            + (f" plus `{PROTECT_FALSE}`" if wanted.protect else "")
+            + " (DATA LOSS), then set cache.relocate back to false"
+            if mode_change
+            else move_ways(wanted.protect)
+        )
         return Verdict(
             refusal=(
                 f"bound-cache guard: this change re-creates the bound claim {where}: {replaced}, which Kubernetes "
-                f"cannot change on a claim, and the cached models would go with it. Nothing was changed. "
-                f"Either {move_ways(wanted.protect)}."
+                f"cannot change on a claim, and the cached models would go with it. Nothing was changed. Either {ways}."
             )
         )
     if replaced:
@@ -646,26 +655,30 @@ def is_running(job: Mapping | None) -> bool:
     return bool(get(job, "status", "active")) and not (job_ended(job, "Complete") or job_ended(job, "Failed"))
 
 
-def consumers(live: LiveCache) -> list[Mapping]:
+def jobs_on_cache(live: LiveCache) -> list[Mapping]:
     """The Jobs that mount the cache: those read by label, and the training Job the settings name."""
-    jobs = {get(job, "metadata", "name"): job for job in live.consumers}
+    jobs = {get(job, "metadata", "name"): job for job in live.consumers or ()}
     if live.training_job is not None:
         jobs.setdefault(get(live.training_job, "metadata", "name"), live.training_job)
     return list(jobs.values())
 
 
 def _new_run_refusal(wanted: Wanted, live: LiveCache, where: str, doing: str) -> str | None:
-    """A refusal when the settings name a training Job the cluster does not have yet while training
-    stays on the old claim: the run would train there while it is copied, and what it writes (its
-    outputs, its completion marker) would not reach the new claim, which the switch then trains on."""
-    if wanted.run is None or wanted.run in {get(job, "metadata", "name") for job in consumers(live)}:
+    """A refusal when the settings name a training Job the cluster does not have while training
+    stays on the old claim: a new run would train there after the copy read it, and what it writes
+    (its outputs, its completion marker) would not reach the new claim, which the switch trains on."""
+    if wanted.run is None or live.consumers is None:
+        return None
+    if wanted.run in {get(job, "metadata", "name") for job in jobs_on_cache(live)}:
         return None
     return (
-        f"mlcache:job.runId: this up would {doing} and start the training Job {wanted.run}, which is not in the cluster "
-        f"yet. Nothing was changed. Until the copy is verified training stays on {where}: the new run would train there "
-        f"while it is copied, and what it writes (its outputs, its completion marker) would not reach the new claim. "
-        f"Put job.runId back to the last run (or set job.enabled false) until `mlcache verify --stack {wanted.stack}` "
-        f"says training runs on the new claim, then start the run."
+        f"bound-cache guard: this up would {doing} while training stays on {where}, and create the training Job "
+        f"{wanted.run} there, which is not in the cluster (a new job.runId, job.enabled turned on, or a finished Job "
+        f"removed by a TTL controller). Nothing was changed. A new run would train on {where} after the copy read it, "
+        f"and what it writes (its outputs, its completion marker) would not reach the new claim. Set job.enabled false "
+        f"(or job.runId back to the run the cluster has) until `mlcache verify --stack {wanted.stack}` says training "
+        f"runs on the new claim, then set it again: a finished run's Job, created then, finds its completion marker "
+        f"on the copy and exits at once."
     )
 
 
@@ -747,7 +760,7 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
-    running = [get(job, "metadata", "name") for job in consumers(live) if is_running(job)]
+    running = [get(job, "metadata", "name") for job in jobs_on_cache(live) if is_running(job)]
     if running:
         return Verdict(
             refusal=(
@@ -780,21 +793,12 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
     assert older is not None
     target = f"{live.namespace}/{get(live.claim, 'metadata', 'name')}"
     source_where = f"{older.namespace}/{get(older.claim, 'metadata', 'name')}"
-    if switched_to(live.claim, consumers(live)):
+    if switched_to(live.claim, jobs_on_cache(live)):
         return _judge_after_switch(wanted, live, source_where, target)
     job = copy_name(wanted.claim, live.generation)
     state, attempt = copy_state(live.copy_job)
     if _describes(wanted, live.claim):
         source = ClaimFacts.of(older)
-        if live.copy_job is None:
-            return Verdict(
-                refusal=(
-                    f"bound-cache guard: the copy Job {job} of the move from {source_where} into {target} is gone "
-                    f"(deleted by hand or by a TTL controller) before training switched. Nothing was changed. Run "
-                    f"`pulumi up --refresh` so that the engine notices and creates it again; the copy resumes and is "
-                    f"verified again."
-                )
-            )
         if state != VERIFIED and source.pinned and not source.nodes:
             return Verdict(
                 refusal=(
@@ -803,13 +807,14 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                     f"{_made_for(older.claim)}) and heal it with `mlcache heal --stack {wanted.stack}`."
                 )
             )
-        running = [get(j, "metadata", "name") for j in consumers(live) if is_running(j)]
+        running = [get(j, "metadata", "name") for j in jobs_on_cache(live) if is_running(j)]
         if state == VERIFIED and running:
             state = HELD
         # The old claim stays until the switch, and after it while cache.protect keeps it.
         if (state != VERIFIED or wanted.protect) and (refusal := _class_kept_with(wanted, older, source_where)):
             return refusal
-        if state != VERIFIED and (new_run := _new_run_refusal(wanted, live, source_where, f"go on with the move into {target}")):
+        doing = f"go on with the move into {target}"
+        if state != VERIFIED and (new_run := _new_run_refusal(wanted, live, source_where, doing)):
             return Verdict(refusal=new_run)
         if state == HELD:
             note = (
@@ -826,6 +831,13 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                 f"on {source_where}"
             )
             attempt += 1
+        elif live.copy_job is None:
+            note = (
+                f"bound-cache guard: the copy Job {job} of the move from {source_where} into {target} is gone (deleted "
+                f"by hand or by a TTL controller) before training switched: training stays on {source_where}, and this "
+                f"up registers the copy again, which the engine creates only once its state has dropped the old one: "
+                f"run `pulumi up --refresh`. The copy resumes and is verified again"
+            )
         else:
             note = (
                 f"bound-cache guard: the copy Job {job} into {target} is not verified yet: training stays on "
@@ -1164,7 +1176,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
             settings.namespace,
             ProviderSettings.from_config(provider.get),
             os.environ,
-            training_job=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
+            training_job=wanted.run,
         )
     if isinstance(live, Unread) and not _under_mock_engine():
         # Which claim holds the cache is in the cluster only (a move makes a new one): guessing would
@@ -1173,7 +1185,8 @@ def guard_bound_cache(settings: Any) -> Verdict:
             f"bound-cache guard: cannot read the cache's claims: {live.reason}. mlcache reads them before every "
             "preview and up to know which claim holds the cache and whether a change would strand it. Nothing was "
             "changed. Check the kubeconfig and context the provider uses (kubernetes:kubeconfig, kubernetes:context, "
-            "else KUBECONFIG) and that they may list PersistentVolumeClaims and read Jobs in the namespace."
+            "else KUBECONFIG) and that they may list PersistentVolumeClaims and Jobs in the namespace and read its "
+            "PersistentVolumes, nodes and StorageClasses."
         )
     verdict = judge(wanted, live)
     for note in verdict.notes:

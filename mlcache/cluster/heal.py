@@ -163,7 +163,7 @@ def _move_refusal(expect: Expectation, generations: tuple[int, ...]) -> str:
             f"claim {others}, the old claim of the last move, is still kept (cache.protect) beside {expect.pvc}: with "
             f"{expect.pvc} deleted, `pulumi up` would take it for the cache. Nothing was changed. Retire it first "
             f"(`mlcache verify --stack {expect.stack}` names it; `pulumi state unprotect` it, set cache.protect false, "
-            f"`pulumi up`), then heal"
+            f"`pulumi up` with the settings {expect.pvc} was made for), then heal"
         )
     return (
         f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off first "

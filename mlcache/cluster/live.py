@@ -25,9 +25,6 @@ from mlcache.cluster.diagnosis import DurableState, Expectation, Finding, Snapsh
 from mlcache.cluster.kube import CLAIM, CLAIMS, EVENTS, JOB, NAMESPACED_PODS, NODES, POD_LOG, PODS, VOLUME, Kube, api_path
 from mlcache.cluster.workers import diagnose_workers
 from mlcache.errors import Unreachable, UsageError
-
-if TYPE_CHECKING:
-    from mlcache.preview.stack_config import StackConfig
 from mlcache.program.names import (
     COPY_LABEL,
     COPY_ROLE_LABEL,
@@ -36,6 +33,9 @@ from mlcache.program.names import (
     cache_name_of,
     copy_name,
 )
+
+if TYPE_CHECKING:
+    from mlcache.preview.stack_config import StackConfig
 
 # Seconds per API request: an unreachable server fails the tool instead of hanging it.
 REQUEST_TIMEOUT = 15
@@ -75,7 +75,14 @@ def stack_provider(config: StackConfig, context: str | None) -> ProviderSettings
         return config.values.get(f"kubernetes:{name}")
 
     provider = ProviderSettings.from_config(setting)
-    return replace(provider, context=context) if context else provider
+    # A context chosen on the command line is the whole choice: its cluster too.
+    return replace(provider, context=context, cluster=None) if context else provider
+
+
+def hidden_connection(config: StackConfig) -> list[str]:
+    """The stack's connection settings that are secret, so unreadable offline: the cluster they
+    name is not known here."""
+    return [f"kubernetes:{name}" for name in ("kubeconfig", "context", "cluster") if f"kubernetes:{name}" in config.secret_keys]
 
 
 def connect(expect_for: Callable[[str], Expected], provider: ProviderSettings, flag: str | None) -> tuple[Expected, Kube]:

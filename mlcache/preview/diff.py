@@ -205,9 +205,13 @@ def _worker(obj: dict[str, Any] | None) -> str | None:
     return value
 
 
-def _relocates_fresh(obj: dict[str, Any] | None) -> bool:
-    """A cache claim rendered with cache.relocate fresh: a placement change replaces it."""
-    return any(PLACEMENT_ANNOTATION in path for path in (obj or {}).get("replaceOnChanges", []))
+def _guard_refuses(change: Change) -> bool:
+    """A cache claim re-created by a class or volume-mode change under cache.relocate false (not
+    rendered to replace on a placement change): the program's guard refuses it once the claim is bound."""
+    if any(PLACEMENT_ANNOTATION in path for path in (change.new or {}).get("replaceOnChanges", [])):
+        return False
+    old, new = ((c or {}).get("manifest") for c in (change.old, change.new))
+    return any(_dig(old, "spec", field) != _dig(new, "spec", field) for field in ("storageClassName", "volumeMode"))
 
 
 def _annotate(change: Change) -> None:
@@ -222,11 +226,12 @@ def _annotate(change: Change) -> None:
         verb = "deletes and re-creates" if change.action == "replace" else "deletes"
         whose = f" (worker {worker}'s cache)" if worker is not None else ""
         warning = f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped"
-        if change.action == "replace" and worker is None and not _relocates_fresh(change.new):
+        if change.action == "replace" and worker is None and _guard_refuses(change):
             # The program's guard (bound_cache.py) refuses it once the claim is bound: say what `up` does.
             warning += (
                 "; with cache.relocate false the program's guard refuses this `pulumi up` while the claim is bound "
-                "(nothing changed): set cache.relocate copy to move the cache with its models, or fresh to re-create it empty"
+                "(nothing changed): set cache.relocate copy to move the cache with its models (not to Block mode, "
+                "which holds no files to copy), or fresh to re-create it empty"
             )
         change.warnings.append(warning)
     if kind == "PersistentVolumeClaim" and change.action == "create" and worker is not None:
@@ -692,14 +697,17 @@ def moves_by_copy(stack: str, project_dir: Path) -> bool:
 
 def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
     """The base revision's cache claim (worker 0's), as live, with the base's Jobs that mount it
-    (deployed, not running: what a preview cannot know the guard reads at up): None when it made none."""
+    (deployed, not running: what a preview cannot know the guard reads at up; unknown when a secret
+    hides them): None when it made none."""
     objects = (old or {}).get("objects", [])
     jobs = [obj["manifest"] for obj in objects if _kind(obj) == "Job"]
     for obj in objects:
         manifest = obj["manifest"]
-        if _kind(obj) == "PersistentVolumeClaim" and WORKER_LABEL not in (_dig(manifest, "metadata", "labels") or {}):
-            users = mounting_jobs(jobs, cache_name_of(manifest["metadata"]["name"]))
-            return replace(live_from_manifest(manifest), consumers=tuple(users))
+        name = _dig(manifest, "metadata", "name")
+        if _kind(obj) == "PersistentVolumeClaim" and isinstance(name, str) and not _worker(obj):
+            hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
+            users = None if hidden else tuple(mounting_jobs(jobs, cache_name_of(name)))
+            return replace(live_from_manifest(manifest), consumers=users)
     return None
 
 

@@ -223,10 +223,14 @@ def training_job_manifest(pod: CachePod, token_env: Sequence[dict[str, Any]] = (
     )
 
 
-def job_options(parent: pulumi.Resource, job: JobSettings) -> pulumi.ResourceOptions:
+def job_options(parent: pulumi.Resource, job: JobSettings, held: bool = False) -> pulumi.ResourceOptions:
+    """`held`: a move of the cache is under way, and training stays exactly as it is in the cluster
+    until the switch (a changed image or command would replace it: a run again on the old claim)."""
     timeouts = pulumi.CustomTimeouts(create=job.wait_timeout, update=job.wait_timeout) if job.wait_for_completion else None
     # Never pulumi.com/replaceUnready: it would replace (kill) a Job that is still training.
-    return pulumi.ResourceOptions(parent=parent, delete_before_replace=True, custom_timeouts=timeouts)
+    return pulumi.ResourceOptions(
+        parent=parent, delete_before_replace=True, custom_timeouts=timeouts, ignore_changes=["spec"] if held else None
+    )
 
 
 class TrainingJob(pulumi.ComponentResource):
@@ -239,13 +243,14 @@ class TrainingJob(pulumi.ComponentResource):
         *,
         credentials: HubCredentials | None = None,
         secret_env: SecretEnv | None = None,
+        held: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:TrainingJob", name, None, opts)
         job, cache = pod.job, pod.cache
         token_env = secret_env_entries(credentials, secret_env)
         manifest = training_job_manifest(pod, token_env)
-        self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job), **constructor_kwargs(manifest))
+        self.job = k8s.batch.v1.Job(f"{name}-job", opts=job_options(self, job, held), **constructor_kwargs(manifest))
         if cache.is_block:
             # Names the key, not its value: logs are kept in the clear, and cache may be a secret key.
             pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
