@@ -74,3 +74,21 @@ def test_a_secret_kubeconfig_is_not_used_as_a_path_and_kubeconfig_is_said(monkey
     assert access.main(["--stack", "dev"]) == 3
     err = capsys.readouterr().err
     assert "kubernetes:kubeconfig is a secret" in err and "/nonexistent/kubeconfig" in err and SECURE_PLACEHOLDER not in err
+
+
+def test_the_guards_reads_are_checked_and_a_reader_without_them_is_told_preview_and_up_fail():
+    from mlcache.cluster.access import guard_gaps, guard_report  # noqa: PLC0415
+
+    namespaced_reader = guard_gaps("ml", lambda verb, rights: rights.namespace == "ml" and verb in ("get", "list"))
+    assert [gap.line() for gap in namespaced_reader] == [
+        "get persistentvolumes (cluster-wide)",
+        "list nodes (cluster-wide)",
+        "get storageclasses.storage.k8s.io (cluster-wide)",
+    ]
+    assert guard_gaps("ml", lambda verb, rights: True) == []
+    assert [gap.line() for gap in guard_gaps("ml", lambda verb, rights: verb == "get")][:2] == [
+        "list persistentvolumeclaims in namespace ml",
+        "list jobs.batch in namespace ml",
+    ]
+    text = guard_report("dev", namespaced_reader)
+    assert "pulumi preview and pulumi up then fail before anything is registered" in text.splitlines()[0]

@@ -6,11 +6,13 @@ With server-side apply, an update preview is a dry-run apply, so the API server 
 preview what it would refuse at `pulumi up`; without the rights to apply, the provider falls back
 to a plain diff without a word. This asks the API server (SelfSubjectAccessReview) for get,
 create and patch on every kind the stack's render holds, in its namespace, and names what is
-missing. It connects as the stack's provider does: `kubernetes:kubeconfig`, `kubernetes:context`
-(or --context), `kubernetes:cluster` and `kubernetes:namespace`, else KUBECONFIG and its
-context. The PR workflow puts the answer in the job summary beside the real preview.
-Exit 0 when the preview can dry-run, 1 when it cannot (what is missing on stdout), 2 on bad
-usage or config, 3 when the cluster cannot be read.
+missing; and for the reads the program's bound-cache guard makes before every preview and up
+(list claims and Jobs in the namespace, get PersistentVolumes and StorageClasses, list nodes),
+without which both fail. It connects as the stack's provider does: `kubernetes:kubeconfig`,
+`kubernetes:context` (or --context), `kubernetes:cluster` and `kubernetes:namespace`, else
+KUBECONFIG and its context. The PR workflow puts the answer in the job summary beside the real
+preview. Exit 0 when the preview can dry-run and the guard can read, 1 when not (what is missing
+on stdout), 2 on bad usage or config, 3 when the cluster cannot be read.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 
 from mlcache.cli.contract import CONFIG_HELP, CONTEXT_HELP, STACK_HELP, ArgumentParser, entry_point
 from mlcache.cli.main import prog
-from mlcache.cluster.access import NotServed, check, report
+from mlcache.cluster.access import NotServed, check, guard_report, report
 from mlcache.cluster.bound_cache import provider_client
 from mlcache.cluster.live import cluster_errors, stack_provider
 from mlcache.errors import Unreachable
@@ -44,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
     with cluster_errors():
         try:
-            wanted, gaps = check(objects, namespace, api)
+            wanted, gaps, unread = check(objects, namespace, api)
         except NotServed as err:
             print(f"stack {args.stack}: pulumi preview cannot dry-run on the API server: {err}")
             return 1
     print(report(args.stack, wanted, gaps))
-    return 1 if gaps else 0
+    if unread:
+        print(guard_report(args.stack, unread))
+    return 1 if gaps or unread else 0

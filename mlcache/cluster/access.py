@@ -15,6 +15,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 VERBS = ("get", "create", "patch")
+# What the program's bound-cache guard reads before every preview and up (bound_cache.read_live_cache):
+# without it both fail, nothing changed. (verb, group, resource, namespaced)
+GUARD_READS = (
+    ("list", "", "persistentvolumeclaims", True),
+    ("list", "batch", "jobs", True),
+    ("get", "", "persistentvolumes", False),
+    ("list", "", "nodes", False),
+    ("get", "storage.k8s.io", "storageclasses", False),
+)
 REQUEST_TIMEOUT = 10  # seconds per question: an unreachable API server must not stall a CI step
 
 
@@ -65,6 +74,24 @@ def missing(wanted: Iterable[Rights], allowed: Callable[[str, Rights], bool]) ->
     return gaps
 
 
+def guard_gaps(namespace: str, allowed: Callable[[str, Rights], bool]) -> list[Missing]:
+    """The reads of the bound-cache guard that `allowed` denies."""
+    gaps = []
+    for verb, group, resource, namespaced in GUARD_READS:
+        rights = Rights(group, resource, namespace if namespaced else None, "")
+        if not allowed(verb, rights):
+            gaps.append(Missing(rights, (verb,)))
+    return gaps
+
+
+def guard_report(stack: str, gaps: list[Missing]) -> str:
+    lines = [
+        f"stack {stack}: the program's bound-cache guard cannot read the cache's claims and Jobs with these "
+        "credentials: pulumi preview and pulumi up then fail before anything is registered. Missing:"
+    ]
+    return "\n".join(lines + [f"  {gap.line()}" for gap in gaps])
+
+
 def report(stack: str, wanted: list[Rights], gaps: list[Missing]) -> str:
     kinds = len({rights.kind for rights in wanted})
     if not gaps:
@@ -81,9 +108,9 @@ def report(stack: str, wanted: list[Rights], gaps: list[Missing]) -> str:
     return "\n".join(lines)
 
 
-def check(objects: list[dict], namespace: str, api: object) -> tuple[list[Rights], list[Missing]]:
-    """The rights the stack needs and those `api` (a kubernetes ApiClient) lacks, asked of the
-    API server itself (discovery, SelfSubjectAccessReview)."""
+def check(objects: list[dict], namespace: str, api: object) -> tuple[list[Rights], list[Missing], list[Missing]]:
+    """The rights the stack needs, those `api` (a kubernetes ApiClient) lacks, and the guard's
+    reads it lacks, asked of the API server itself (discovery, SelfSubjectAccessReview)."""
     from kubernetes import client  # noqa: PLC0415
     from kubernetes.dynamic import DynamicClient  # noqa: PLC0415
     from kubernetes.dynamic.exceptions import ResourceNotFoundError  # noqa: PLC0415
@@ -107,4 +134,4 @@ def check(objects: list[dict], namespace: str, api: object) -> tuple[list[Rights
         return bool(reviews.create_self_subject_access_review(review, _request_timeout=REQUEST_TIMEOUT).status.allowed)
 
     wanted = needed(objects, resource_of, namespace)
-    return wanted, missing(wanted, allowed)
+    return wanted, missing(wanted, allowed), guard_gaps(namespace, allowed)

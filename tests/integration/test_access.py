@@ -71,4 +71,10 @@ def test_admin_can_dry_run_and_a_viewer_cannot_with_what_is_missing_named(cluste
         "  create, patch jobs.batch in namespace default",
         "  create, patch networkpolicies.networking.k8s.io in namespace default",
         "  get, create, patch storageclasses.storage.k8s.io (cluster-wide)",
+        # And the program's guard, which reads before every preview and up, lacks the cluster-scoped reads.
+        "stack dev: the program's bound-cache guard cannot read the cache's claims and Jobs with these credentials: "
+        "pulumi preview and pulumi up then fail before anything is registered. Missing:",
+        "  get persistentvolumes (cluster-wide)",
+        "  list nodes (cluster-wide)",
+        "  get storageclasses.storage.k8s.io (cluster-wide)",
     ], result.stdout
