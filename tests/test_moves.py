@@ -509,3 +509,13 @@ def test_training_stays_exactly_as_it_is_until_the_switch_whatever_else_the_up_c
         assert job.ignore_changes == ["spec"]
     switching = named(render_against(monkeypatch, under_way("Complete"), image), "Job")[RUN]
     assert not switching.ignore_changes  # the switch replaces it onto the new claim
+
+
+def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():
+    """Suspended by Kueue or between retries: no active pod yet, but its pods may yet write to the
+    old claim in the middle of the copy."""
+    suspended = training_on(CLAIM, active=0) | {"spec": {"suspend": True, **training_on(CLAIM)["spec"]}}
+    refusal = judge(WANTED, dataclasses.replace(bound_in_ucsd(), training_job=suspended)).refusal
+    assert f"Job {RUN} still runs on the cache" in refusal and "has not finished" in refusal
+    held = judge(WANTED, dataclasses.replace(under_way("Complete"), training_job=suspended))
+    assert held.move.state == HELD and not held.move.switched

@@ -655,6 +655,12 @@ def is_running(job: Mapping | None) -> bool:
     return bool(get(job, "status", "active")) and not (job_ended(job, "Complete") or job_ended(job, "Failed"))
 
 
+def unfinished(job: Mapping) -> bool:
+    """A Job with no final condition: running, or about to (suspended by Kueue, between retries),
+    so its pods may yet write to the claim it mounts."""
+    return not (job_ended(job, "Complete") or job_ended(job, "Failed"))
+
+
 def jobs_on_cache(live: LiveCache) -> list[Mapping]:
     """The Jobs that mount the cache: those read by label, and the training Job the settings name."""
     jobs = {get(job, "metadata", "name"): job for job in live.consumers or ()}
@@ -760,11 +766,12 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
-    running = [get(job, "metadata", "name") for job in jobs_on_cache(live) if is_running(job)]
+    running = [get(job, "metadata", "name") for job in jobs_on_cache(live) if unfinished(job)]
     if running:
         return Verdict(
             refusal=(
-                f"mlcache:cache.relocate = 'copy': Job {', '.join(running)} still runs on the cache {where} ({reason}). "
+                f"mlcache:cache.relocate = 'copy': Job {', '.join(running)} still runs on the cache {where} ({reason}), "
+                f"or has not finished (a suspended Job, one between retries). "
                 f"Nothing was changed. A copy beside a run would wait for its GPUs (and a Rook-Ceph volume's "
                 f"attachment), and the files the run writes would fail verification. Start the move once the run "
                 f"has finished (`kubectl get job -n {live.namespace}`), or put the settings back."
@@ -807,7 +814,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                     f"{_made_for(older.claim)}) and heal it with `mlcache heal --stack {wanted.stack}`."
                 )
             )
-        running = [get(j, "metadata", "name") for j in jobs_on_cache(live) if is_running(j)]
+        running = [get(j, "metadata", "name") for j in jobs_on_cache(live) if unfinished(j)]
         if state == VERIFIED and running:
             state = HELD
         # The old claim stays until the switch, and after it while cache.protect keeps it.

@@ -706,7 +706,8 @@ def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
         name = _dig(manifest, "metadata", "name")
         if _kind(obj) == "PersistentVolumeClaim" and isinstance(name, str) and not _worker(obj):
             hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
-            users = None if hidden else tuple(mounting_jobs(jobs, cache_name_of(name)))
+            finished = {"conditions": [{"type": "Complete", "status": "True"}]}  # what a preview assumes
+            users = None if hidden else tuple({**job, "status": finished} for job in mounting_jobs(jobs, cache_name_of(name)))
             return replace(live_from_manifest(manifest), consumers=users)
     return None
 
