@@ -108,6 +108,8 @@ if move and not move.switched:
 # The claims training mounts, worker 0's first.
 claim_names = [cache_pod.claim_name, *cache.claim_names[1:]]
 
+# During a move the Jobs on the cache stay as they are until the switch (docs/moving-the-cache.md).
+held = move is not None and not move.switched
 training: TrainingJob | TrainingWorkers | None = None
 if settings.job.enabled:
     credentials = None
@@ -121,8 +123,6 @@ if settings.job.enabled:
             "secret-env", secret_values, secret_name=secret_env_name(settings.job.name), namespace=settings.namespace
         )
     if settings.job.nodes == 1:
-        # During a move training stays as it is until the switch (docs/moving-the-cache.md).
-        held = move is not None and not move.switched
         training = TrainingJob("training", cache_pod, credentials=credentials, secret_env=secret_env, held=held)
     else:
         # Several nodes: one worker per node, each on its own cache claim, all in one zone.
@@ -134,7 +134,7 @@ if durable and live_cache.nodes:
 
 benchmark = None
 if settings.benchmark.enabled:
-    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=claim_names)
+    benchmark = StorageBenchmark("storage-benchmark", cache_pod, settings.benchmark, claim_names=claim_names, held=held)
 
 secrets.export("backend", settings.backend)
 secrets.export("storageClass", storage_class.name if storage_class else settings.storage_class_name)

@@ -546,3 +546,15 @@ def test_heal_apply_refuses_when_the_stacks_cluster_is_a_secret_it_cannot_read(c
     monkeypatch.setattr(render_module, "render_or_refuse", with_secret_kubeconfig)
     code, out, err = _call(capsys, heal.main, "--stack", "dev", "--apply")
     assert_refused(code, out, err, "--apply: kubernetes:kubeconfig is a secret", "give --context")
+
+
+def test_heal_apply_with_another_context_than_the_stack_deploys_to_is_refused(capsys, kubeconfig):
+    """Heal deletes where it reads and `pulumi up` re-creates where the stack deploys: one cluster."""
+    two = UNREACHABLE_KUBECONFIG.replace(
+        "contexts: [{name: here, context: {cluster: c, user: u}}]",
+        "contexts: [{name: here, context: {cluster: c, user: u}}, {name: there, context: {cluster: c, user: u}}]",
+    )
+    assert two != UNREACHABLE_KUBECONFIG
+    kubeconfig(two)
+    code, out, err = _call(capsys, heal.main, "--stack", "dev", "--apply", "--context", "there")
+    assert_refused(code, out, err, "--apply --context 'there'", "deploys with context 'here'")

@@ -509,6 +509,10 @@ def test_training_stays_exactly_as_it_is_until_the_switch_whatever_else_the_up_c
         assert job.ignore_changes == ["spec"]
     switching = named(render_against(monkeypatch, under_way("Complete"), image), "Job")[RUN]
     assert not switching.ignore_changes  # the switch replaces it onto the new claim
+    # The benchmark on the cache likewise.
+    bench = ("benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
+    benchmark = named(render_against(monkeypatch, under_way(), *bench), "Job")
+    assert [j.ignore_changes for n, j in benchmark.items() if "bench" in n] == [["spec"]]
 
 
 def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():
@@ -519,3 +523,16 @@ def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():
     assert f"Job {RUN} still runs on the cache" in refusal and "has not finished" in refusal
     held = judge(WANTED, dataclasses.replace(under_way("Complete"), training_job=suspended))
     assert held.move.state == HELD and not held.move.switched
+
+
+def test_the_way_out_of_a_held_move_works_job_enabled_false_starts_it():
+    """The refusals' way out: with job.enabled false the move starts (no Job needs to reach the
+    volume for a move to follow the placement asked for), and the pending or suspended Job it
+    deletes in the same up holds it no longer."""
+    no_job = wanted(has_consumer=False, run=None, dropped=RUN)
+    assert judge(no_job, dataclasses.replace(bound_in_ucsd(), consumers=())).move.state == COPYING
+    pending = training_on(CLAIM, active=1)
+    assert judge(no_job, dataclasses.replace(bound_in_ucsd(), consumers=(pending,))).move.state == COPYING
+    assert "still runs on the cache" in judge(WANTED, dataclasses.replace(bound_in_ucsd(), consumers=(pending,))).refusal
+    # Without copy, a stack with no Job on its cache is refused nothing, as before.
+    assert judge(wanted(has_consumer=False, relocate="false"), bound_in_ucsd()).refusal is None

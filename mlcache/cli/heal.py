@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from dataclasses import asdict
 from mlcache import CHECKOUT
 from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
+from mlcache.cluster.bound_cache import deployed_context
 from mlcache.cluster.diagnosis import Expectation
 from mlcache.cluster.heal import apply_plan, plan_heal, read_generations, read_heal_snapshot, render_plan, up_blocker
 
@@ -62,6 +64,15 @@ def main(argv: list[str] | None = None) -> int:
             f"--apply: {', '.join(hidden)} is a secret, unreadable here, so the cluster to heal is not known; "
             "give --context naming the stack's cluster"
         )
+    if args.apply and args.context and not hidden_connection(stack_config):
+        # Heal deletes in the cluster it reads, then `pulumi up` deploys where the stack's provider does.
+        deploys_to = deployed_context(stack_provider(stack_config, None), os.environ)
+        if deploys_to != args.context:
+            raise UsageError(
+                f"--apply --context {args.context!r}: `pulumi up` of stack {args.stack} deploys with context "
+                f"{deploys_to!r} (its kubernetes:context, else the kubeconfig's current one), so heal would delete in "
+                "one cluster and re-create in another; drop --context, or name that context"
+            )
     if args.apply and shutil.which("pulumi") is None:
         raise UsageError("--apply re-creates the claim with `pulumi up`: the Pulumi CLI is not on PATH")
     if args.apply and (blocker := up_blocker(args.stack, CHECKOUT)):

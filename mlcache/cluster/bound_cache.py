@@ -203,6 +203,7 @@ class Wanted:
     durable_class: str = ""  # rookCeph.storageClassName: the durable copy's class
     made_class: str | None = None  # the LINSTOR class the stack makes (linstor.*; None: it makes none)
     run: str | None = None  # the training Job the settings name (single-node runs; None: none)
+    dropped: str | None = None  # the training Job this up deletes (job.enabled false): it holds no move
 
 
 @dataclass(frozen=True)
@@ -386,6 +387,9 @@ def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
         )
     notes = [*_placement_notes(wanted, live, where)]
     stranded = _placement_refusal(wanted, live, where)
+    if wanted.relocate == "copy" and not wanted.has_consumer:
+        # A move follows the placement asked for, with or without a Job configured on the cache now.
+        stranded = _placement_refusal(replace(wanted, has_consumer=True), live, where)
     refusal = stranded or _resize_refusal(wanted, live, where)
     lost = bool(volume_terms(live.volume)) and not volume_nodes(live.volume, live.nodes)
     moved = get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) != wanted.placement.text()
@@ -766,7 +770,9 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
-    running = [get(job, "metadata", "name") for job in jobs_on_cache(live) if unfinished(job)]
+    running = [
+        name for job in jobs_on_cache(live) if unfinished(job) and (name := get(job, "metadata", "name")) != wanted.dropped
+    ]
     if running:
         return Verdict(
             refusal=(
@@ -774,7 +780,9 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"or has not finished (a suspended Job, one between retries). "
                 f"Nothing was changed. A copy beside a run would wait for its GPUs (and a Rook-Ceph volume's "
                 f"attachment), and the files the run writes would fail verification. Start the move once the run "
-                f"has finished (`kubectl get job -n {live.namespace}`), or put the settings back."
+                f"has finished (`kubectl get job -n {live.namespace}`); or, for a run that cannot go on (pending, "
+                f"suspended), set job.enabled false, which deletes it, to start the move now, and set it back once "
+                f"training has switched; or put the settings back."
             )
         )
     if new_run := _new_run_refusal(wanted, live, where, f"start a move of the cache {where} ({reason})"):
@@ -1013,6 +1021,11 @@ def context_names(provider: ProviderSettings, environ: Mapping[str, str]) -> lis
     return [str(_plain(c).get("name")) for c in contexts]
 
 
+def deployed_context(provider: ProviderSettings, environ: Mapping[str, str]) -> str | None:
+    """The context the provider uses: kubernetes:context, else the kubeconfig's current one."""
+    return provider.context or _plain(_plain(kubeconfig_of(provider, environ)).get("current-context"))
+
+
 def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
     from kubernetes.config import kube_config  # noqa: PLC0415
 
@@ -1173,6 +1186,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         durable_class=settings.rook_ceph.storage_class_name,
         made_class=settings.linstor.made_class,
         run=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
+        dropped=settings.job.run_name if not settings.job.enabled else None,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")

@@ -119,15 +119,17 @@ class StorageBenchmark(pulumi.ComponentResource):
         bench: BenchmarkSettings,
         *,
         claim_names: list[pulumi.Input[str]],
+        held: bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ):
+        """`held`: a move of the cache is under way: the Jobs stay as they are until the switch."""
         super().__init__("mlcache:index:StorageBenchmark", name, None, opts)
         # The scripts ConfigMap only for the shard-loading run (fio needs none).
         pod = dataclasses.replace(pod, scripts=pod.scripts if bench.shard_load else None)
         self.jobs = [
             k8s.batch.v1.Job(
                 f"{name}-job" if index == 0 else f"{name}-job-{index}",
-                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=["spec"] if held else None),
                 **constructor_kwargs(manifest),
             )
             for index, manifest in enumerate(worker_benchmark_manifests(pod, bench, claim_names))
