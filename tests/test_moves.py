@@ -536,3 +536,9 @@ def test_the_way_out_of_a_held_move_works_job_enabled_false_starts_it():
     assert "still runs on the cache" in judge(WANTED, dataclasses.replace(bound_in_ucsd(), consumers=(pending,))).refusal
     # Without copy, a stack with no Job on its cache is refused nothing, as before.
     assert judge(wanted(has_consumer=False, relocate="false"), bound_in_ucsd()).refusal is None
+
+
+def test_a_move_with_no_job_configured_registers_the_copy_and_no_training(monkeypatch):
+    run = render_against(monkeypatch, dataclasses.replace(bound_in_ucsd(), training_job=None, consumers=()), "job.enabled=false")
+    assert set(named(run, "Job")) == {f"{CLAIM}-copy-g1", f"{CLAIM}-copy-g1-send"}
+    assert set(named(run, "PersistentVolumeClaim")) == {CLAIM, NEW}
