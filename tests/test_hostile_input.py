@@ -558,3 +558,27 @@ def test_heal_apply_with_another_context_than_the_stack_deploys_to_is_refused(ca
     kubeconfig(two)
     code, out, err = _call(capsys, heal.main, "--stack", "dev", "--apply", "--context", "there")
     assert_refused(code, out, err, "--apply --context 'there'", "deploys with context 'here'")
+
+
+def test_heal_apply_context_check_reads_the_current_context_as_pulumi_does_and_refuses_a_cluster_override(
+    capsys, kubeconfig, monkeypatch, tmp_path
+):
+    """KUBECONFIG=a:b: clientcmd takes the current context of the first file that sets one (the
+    Python client's merge keeps the last); a stack's kubernetes:cluster replaces the context's."""
+    from mlcache.cluster.bound_cache import ProviderSettings, deployed_context  # noqa: PLC0415
+    from mlcache.preview import render as render_module  # noqa: PLC0415
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.write_text("apiVersion: v1\nkind: Config\ncurrent-context: here\n")
+    second.write_text("apiVersion: v1\nkind: Config\ncurrent-context: there\n")
+    assert deployed_context(ProviderSettings(), {"KUBECONFIG": f"{first}:{second}"}) == "here"
+    assert deployed_context(ProviderSettings(context="pinned"), {"KUBECONFIG": str(first)}) == "pinned"
+    kubeconfig(UNREACHABLE_KUBECONFIG)
+    stack_render = render_module.render_or_refuse
+    monkeypatch.setattr(
+        render_module,
+        "render_or_refuse",
+        lambda stack, config, secrets: stack_render(stack, [*config, "kubernetes:cluster=other"], secrets),
+    )
+    code, out, err = _call(capsys, heal.main, "--stack", "dev", "--apply", "--context", "here")
+    assert_refused(code, out, err, "sets kubernetes:cluster 'other'", "drop --context")

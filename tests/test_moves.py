@@ -442,7 +442,7 @@ def test_a_new_run_waits_until_training_has_switched_to_the_new_claim():
     """Its outputs and completion marker would land on the old claim after the copy read it."""
     start = judge(wanted(run="sft-b"), dataclasses.replace(bound_in_ucsd(), consumers=(finished_on(CLAIM, "sft-a"),)))
     assert start.refusal.startswith("bound-cache guard: this up would start a move of the cache")
-    assert "create the training Job sft-b there, which is not in the cluster" in start.refusal
+    assert "create the Job sft-b there, which is not in the cluster (a new job.runId" in start.refusal
     assert "Set job.enabled false" in start.refusal and "finds its completion marker" in start.refusal
     # An offline preview whose base hides its Jobs (a secret) cannot tell: it does not refuse.
     unknown = dataclasses.replace(bound_in_ucsd(), consumers=None)
@@ -509,9 +509,10 @@ def test_training_stays_exactly_as_it_is_until_the_switch_whatever_else_the_up_c
         assert job.ignore_changes == ["spec"]
     switching = named(render_against(monkeypatch, under_way("Complete"), image), "Job")[RUN]
     assert not switching.ignore_changes  # the switch replaces it onto the new claim
-    # The benchmark on the cache likewise.
+    # The benchmark on the cache likewise (the one already in the cluster: a new one waits for the switch).
     bench = ("benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
-    benchmark = named(render_against(monkeypatch, under_way(), *bench), "Job")
+    deployed = (finished_on(CLAIM), finished_on(CLAIM, name=f"{RUN}-storage-bench"))
+    benchmark = named(render_against(monkeypatch, dataclasses.replace(under_way(), consumers=deployed), *bench), "Job")
     assert [j.ignore_changes for n, j in benchmark.items() if "bench" in n] == [["spec"]]
 
 
@@ -542,3 +543,15 @@ def test_a_move_with_no_job_configured_registers_the_copy_and_no_training(monkey
     run = render_against(monkeypatch, dataclasses.replace(bound_in_ucsd(), training_job=None, consumers=()), "job.enabled=false")
     assert set(named(run, "Job")) == {f"{CLAIM}-copy-g1", f"{CLAIM}-copy-g1-send"}
     assert set(named(run, "PersistentVolumeClaim")) == {CLAIM, NEW}
+
+
+def test_a_benchmark_turned_on_during_a_move_waits_for_the_switch_and_a_dropped_job_at_work_still_holds_it():
+    bench = f"{RUN}-bench"
+    copying = dataclasses.replace(under_way(), consumers=(finished_on(CLAIM),))
+    refusal = judge(wanted(run=RUN, benchmark=bench), copying).refusal
+    assert f"create the Job {bench} there" in refusal and "Set benchmark.enabled false" in refusal
+    assert judge(wanted(run=RUN, benchmark=None), copying).move.state == COPYING
+    # job.enabled false lets a pending Job go, never one whose pod is at work (Ready).
+    at_work = training_on(CLAIM) | {"status": {"active": 1, "ready": 1}}
+    refused = judge(wanted(has_consumer=False, run=None, dropped=RUN), dataclasses.replace(bound_in_ucsd(), consumers=(at_work,)))
+    assert "still runs on the cache" in refused.refusal

@@ -30,7 +30,7 @@ import sys
 from dataclasses import asdict
 
 from mlcache import CHECKOUT
-from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
+from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, Unreachable, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.cluster.bound_cache import deployed_context
 from mlcache.cluster.diagnosis import Expectation
@@ -66,7 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.apply and args.context and not hidden_connection(stack_config):
         # Heal deletes in the cluster it reads, then `pulumi up` deploys where the stack's provider does.
-        deploys_to = deployed_context(stack_provider(stack_config, None), os.environ)
+        own = stack_provider(stack_config, None)
+        if own.cluster:
+            raise UsageError(
+                f"--apply --context {args.context!r}: stack {args.stack} sets kubernetes:cluster {own.cluster!r}, which "
+                "`pulumi up` uses in place of the context's cluster; drop --context so heal reads that cluster too"
+            )
+        try:
+            deploys_to = deployed_context(own, os.environ)
+        except (OSError, LookupError) as err:
+            raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
         if deploys_to != args.context:
             raise UsageError(
                 f"--apply --context {args.context!r}: `pulumi up` of stack {args.stack} deploys with context "

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from mlcache.cluster.kube import CLAIMS, JOB, JOBS, NODES, STORAGE_CLASS, VOLUME, Kube, api_path
@@ -33,6 +34,7 @@ from mlcache.program.names import (
     PLACEMENT_ANNOTATION,
     SWITCHED_ANNOTATION,
     ZONE_LABEL,
+    benchmark_job_name,
     claim_generation,
     claim_resource_name,
     copy_name,
@@ -204,6 +206,7 @@ class Wanted:
     made_class: str | None = None  # the LINSTOR class the stack makes (linstor.*; None: it makes none)
     run: str | None = None  # the training Job the settings name (single-node runs; None: none)
     dropped: str | None = None  # the training Job this up deletes (job.enabled false): it holds no move
+    benchmark: str | None = None  # the storage benchmark Job the settings name (single-node; None: none)
 
 
 @dataclass(frozen=True)
@@ -674,22 +677,34 @@ def jobs_on_cache(live: LiveCache) -> list[Mapping]:
 
 
 def _new_run_refusal(wanted: Wanted, live: LiveCache, where: str, doing: str) -> str | None:
-    """A refusal when the settings name a training Job the cluster does not have while training
-    stays on the old claim: a new run would train there after the copy read it, and what it writes
-    (its outputs, its completion marker) would not reach the new claim, which the switch trains on."""
-    if wanted.run is None or live.consumers is None:
+    """A refusal when the settings name a training or benchmark Job the cluster does not have while
+    training stays on the old claim: a new run would train there after the copy read it, and what it
+    writes (its outputs, its completion marker) would not reach the new claim, which the switch
+    trains on; a benchmark would write its files there in the middle of the copy."""
+    if live.consumers is None:
         return None
-    if wanted.run in {get(job, "metadata", "name") for job in jobs_on_cache(live)}:
-        return None
-    return (
-        f"bound-cache guard: this up would {doing} while training stays on {where}, and create the training Job "
-        f"{wanted.run} there, which is not in the cluster (a new job.runId, job.enabled turned on, or a finished Job "
-        f"removed by a TTL controller). Nothing was changed. A new run would train on {where} after the copy read it, "
-        f"and what it writes (its outputs, its completion marker) would not reach the new claim. Set job.enabled false "
-        f"(or job.runId back to the run the cluster has) until `mlcache verify --stack {wanted.stack}` says training "
-        f"runs on the new claim, then set it again: a finished run's Job, created then, finds its completion marker "
-        f"on the copy and exits at once."
-    )
+    names = {get(job, "metadata", "name") for job in jobs_on_cache(live)}
+    for key, name in (("job.enabled", wanted.run), ("benchmark.enabled", wanted.benchmark)):
+        if name is None or name in names:
+            continue
+        why = (
+            "a new job.runId, job.enabled turned on, or a finished Job removed by a TTL controller; a new run would "
+            f"train on {where} after the copy read it, and what it writes (its outputs, its completion marker) would "
+            "not reach the new claim"
+            if key == "job.enabled"
+            else f"benchmark.enabled turned on; it would write its files on {where} in the middle of the copy"
+        )
+        return (
+            f"bound-cache guard: this up would {doing} while training stays on {where}, and create the Job {name} "
+            f"there, which is not in the cluster ({why}). Nothing was changed. Set {key} false until `mlcache verify "
+            f"--stack {wanted.stack}` says training runs on the new claim, then set it again"
+            + (
+                ": a finished run's Job, created then, finds its completion marker on the copy and exits at once."
+                if key == "job.enabled"
+                else "."
+            )
+        )
+    return None
 
 
 def mounting_jobs(jobs: Iterable[Mapping], cache_name: str) -> list[Mapping]:
@@ -770,8 +785,11 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
                 f"re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
+    # A training Job this up deletes holds nothing while no pod of it is at work (pending, suspended).
     running = [
-        name for job in jobs_on_cache(live) if unfinished(job) and (name := get(job, "metadata", "name")) != wanted.dropped
+        get(job, "metadata", "name")
+        for job in jobs_on_cache(live)
+        if unfinished(job) and (get(job, "metadata", "name") != wanted.dropped or get(job, "status", "ready"))
     ]
     if running:
         return Verdict(
@@ -1022,8 +1040,27 @@ def context_names(provider: ProviderSettings, environ: Mapping[str, str]) -> lis
 
 
 def deployed_context(provider: ProviderSettings, environ: Mapping[str, str]) -> str | None:
-    """The context the provider uses: kubernetes:context, else the kubeconfig's current one."""
-    return provider.context or _plain(_plain(kubeconfig_of(provider, environ)).get("current-context"))
+    """The context the provider uses: kubernetes:context, else the current one of the kubeconfig,
+    taken as clientcmd (pulumi, kubectl) takes it: from the first of KUBECONFIG's files that sets it
+    (the Python client's merge keeps the last)."""
+    import os  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    if provider.context:
+        return provider.context
+    source = provider.kubeconfig or environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    contents = "\n" in source or source.lstrip().startswith(("{", "apiVersion"))
+    files = [Path(f).expanduser() for f in ([] if contents else source.split(os.pathsep)) if f]
+    for text in [source] if contents else [f.read_text() for f in files if f.is_file()]:
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise LookupError(f"a kubeconfig that is not YAML: {err}") from None
+        current = loaded.get("current-context") if isinstance(loaded, dict) else None
+        if current:
+            return str(current)
+    return None
 
 
 def _kubeconfig_loader(provider: ProviderSettings, environ: Mapping[str, str]):
@@ -1187,6 +1224,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         made_class=settings.linstor.made_class,
         run=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
         dropped=settings.job.run_name if not settings.job.enabled else None,
+        benchmark=benchmark_job_name(settings.job.name) if settings.benchmark.enabled and settings.job.nodes == 1 else None,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")
