@@ -169,12 +169,7 @@ def fleet_nodes(doc: dict) -> list[dict]:
         unknown = sorted(set(raw) - set(NODE_FIELDS))
         if unknown:
             raise FleetError(f"{where}.{unknown[0]}: unknown field; allowed: {', '.join(NODE_FIELDS)}")
-        name = raw.get("name")
-        if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
-            raise FleetError(f"{where}.name: {name!r} is not a node name (lower-case letters, digits, '-', '.')")
-        if name in seen:
-            raise FleetError(f"{where}.name: {name!r} appears twice")
-        seen.add(name)
+        name = _node_name(f"{where}.name", raw.get("name"), seen)
         where = f"nodes[{index}] ({name})"
         labels = {"topology.kubernetes.io/zone": _label_value(f"{where}.zone", raw.get("zone"))}
         if raw.get("region") is not None:
@@ -210,18 +205,23 @@ def fleet_nodes(doc: dict) -> list[dict]:
     return nodes
 
 
+def _node_name(where: str, name: Any, seen: set[str]) -> str:
+    """A node's name, checked and new to the fleet (added to `seen`)."""
+    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
+        raise FleetError(f"{where}: {name!r} is not a node name (lower-case letters, digits, '-', '.')")
+    if name in seen:
+        raise FleetError(f"{where}: {name!r} appears twice")
+    seen.add(name)
+    return name
+
+
 def _kubectl_node(index: int, item: Any, seen: set[str]) -> tuple[str, dict, list[dict], dict, bool]:
     """One item of `kubectl get nodes -o yaml`, checked as a fleet description's node is: its
     name, labels, taints (the node-lifecycle controller's dropped), allocatable and unschedulable."""
     if not isinstance(item, dict) or item.get("kind", "Node") != "Node":
         raise FleetError(f"items[{index}]: {str(item)[:60]!r} is not a Node object")
     meta = _mapping(f"items[{index}].metadata", item.get("metadata"), "name, labels...")
-    name = meta.get("name")
-    if not isinstance(name, str) or not _DNS_SUBDOMAIN.match(name):
-        raise FleetError(f"items[{index}].metadata.name: {name!r} is not a node name (lower-case letters, digits, '-', '.')")
-    if name in seen:
-        raise FleetError(f"items[{index}].metadata.name: {name!r} appears twice")
-    seen.add(name)
+    name = _node_name(f"items[{index}].metadata.name", meta.get("name"), seen)
     where = f"items[{index}] ({name})"
     labels = _labels(f"{where}.metadata.labels", meta.get("labels"))
     spec = _mapping(f"{where}.spec", item.get("spec"), "taints, unschedulable...")
