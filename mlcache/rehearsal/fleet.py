@@ -161,7 +161,8 @@ def fleet_nodes(doc: dict) -> list[dict]:
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or not raw_nodes:
         raise FleetError(f"nodes: {raw_nodes!r} is not a non-empty list of nodes")
-    nodes, seen = [], set()
+    nodes: list[dict] = []
+    seen: set[str] = set()
     for index, raw in enumerate(raw_nodes):
         where = f"nodes[{index}]"
         if not isinstance(raw, dict):
