@@ -274,3 +274,10 @@ def test_the_guard_never_quotes_a_secret_gpu_product():
     assert any(product in note for note in plain.notes)  # it would be quoted
     assert hidden.notes and not any(product in note for note in hidden.notes)
     assert any("[secret]" in note for note in hidden.notes)
+
+
+def test_a_secret_that_hides_a_claims_metadata_leaves_the_namespace_output_as_the_provider_fills_it():
+    """A secret under mlcache:job marks the claim's metadata secret (its placement record); the
+    provider still fills in the namespace, so the offline outputs say `default`, not None."""
+    run, _ = render.render("dev", [], ["job.env.WANDB_API_KEY=not-shown"])
+    assert run.outputs["namespace"] == "default" and "namespace" not in run.secret_outputs

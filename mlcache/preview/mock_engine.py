@@ -100,13 +100,19 @@ class _Provider(mocks.Mocks):
 
     def new_resource(self, args: mocks.MockResourceArgs):
         state = dict(args.inputs)
-        metadata = dict(state.get("metadata") or {})
+        sent = state.get("metadata") or {}
+        # Metadata the SDK keeps secret (a secret key flows into an annotation) arrives wrapped: the
+        # provider fills its namespace in all the same, and it stays secret.
+        secret = is_secret_envelope(sent)
+        metadata = dict(sent["value"] if secret else sent)
         if args.typ.startswith("kubernetes:") and state.get("kind") not in CLUSTER_SCOPED_KINDS:
             metadata.setdefault("namespace", DEFAULT_NAMESPACE)
         if metadata:
-            state["metadata"] = metadata
-        name = metadata.get("name", args.name)
-        object_id = f"{metadata['namespace']}/{name}" if "namespace" in metadata else name
+            state["metadata"] = {**sent, "value": metadata} if secret else metadata
+        # An ID is never secret: one of secret metadata is the resource's name, as before.
+        named = {} if secret else metadata
+        name = named.get("name", args.name)
+        object_id = f"{named['namespace']}/{name}" if "namespace" in named else name
         return args.resource_id or object_id, state
 
     def call(self, args: mocks.MockCallArgs):
