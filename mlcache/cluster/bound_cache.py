@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from mlcache.cluster.kube import CLAIMS, JOB, JOBS, NODES, STORAGE_CLASS, VOLUME, Kube, api_path
+from mlcache.cluster.kube import CLAIMS, JOBS, NODES, STORAGE_CLASS, VOLUME, Kube, api_path
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_ATTEMPT_ANNOTATION,
@@ -390,9 +390,6 @@ def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
         )
     notes = [*_placement_notes(wanted, live, where)]
     stranded = _placement_refusal(wanted, live, where)
-    if wanted.relocate == "copy" and not wanted.has_consumer:
-        # A move follows the placement asked for, with or without a Job configured on the cache now.
-        stranded = _placement_refusal(replace(wanted, has_consumer=True), live, where)
     refusal = stranded or _resize_refusal(wanted, live, where)
     lost = bool(volume_terms(live.volume)) and not volume_nodes(live.volume, live.nodes)
     moved = get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) != wanted.placement.text()
@@ -481,7 +478,9 @@ def _placement_notes(wanted: Wanted, live: LiveCache, where: str) -> list[str]:
 
 def _placement_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
     nodes = volume_nodes(live.volume, live.nodes)
-    if not wanted.has_consumer or not volume_terms(live.volume) or not nodes:
+    # Nothing is stranded while no Job is configured on the cache, unless the settings ask to move it
+    # there by copy: a move follows the placement asked for, with or without a Job now.
+    if not (wanted.has_consumer or wanted.relocate == "copy") or not volume_terms(live.volume) or not nodes:
         return None
     if any(node_reaches(n, wanted.placement) for n in nodes):
         return None
@@ -657,15 +656,15 @@ def copy_state(job: Mapping | None) -> tuple[str, int]:
     return COPYING, attempt
 
 
-def is_running(job: Mapping | None) -> bool:
-    """A Job with pods at work and no final condition yet."""
-    return bool(get(job, "status", "active")) and not (job_ended(job, "Complete") or job_ended(job, "Failed"))
-
-
-def unfinished(job: Mapping) -> bool:
+def unfinished(job: Mapping | None) -> bool:
     """A Job with no final condition: running, or about to (suspended by Kueue, between retries),
     so its pods may yet write to the claim it mounts."""
     return not (job_ended(job, "Complete") or job_ended(job, "Failed"))
+
+
+def is_running(job: Mapping | None) -> bool:
+    """A Job with pods at work and no final condition yet."""
+    return bool(get(job, "status", "active")) and unfinished(job)
 
 
 def jobs_on_cache(live: LiveCache) -> list[Mapping]:
@@ -1015,16 +1014,22 @@ def provider_client(provider: ProviderSettings, environ: Mapping[str, str]) -> t
     return client.ApiClient(configuration), provider.namespace or _context_namespace(loader) or "default"
 
 
-def kubeconfig_of(provider: ProviderSettings, environ: Mapping[str, str]) -> Any:
-    """The kubeconfig the provider reads (kubernetes:kubeconfig, a path or the contents, else
-    KUBECONFIG's files merged, else ~/.kube/config), as the client's loader takes it."""
-    import io  # noqa: PLC0415
+def _kubeconfig_source(provider: ProviderSettings, environ: Mapping[str, str]) -> tuple[str, bool]:
+    """Where the provider reads its kubeconfig (kubernetes:kubeconfig, else KUBECONFIG's files, else
+    ~/.kube/config), and whether that is the file's contents rather than paths."""
     import os  # noqa: PLC0415
+
+    source = provider.kubeconfig or environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    return source, "\n" in source or source.lstrip().startswith(("{", "apiVersion"))
+
+
+def kubeconfig_of(provider: ProviderSettings, environ: Mapping[str, str]) -> Any:
+    """The kubeconfig the provider reads, KUBECONFIG's files merged, as the client's loader takes it."""
+    import io  # noqa: PLC0415
 
     from kubernetes.config import kube_config  # noqa: PLC0415
 
-    source = provider.kubeconfig or environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    contents = "\n" in source or source.lstrip().startswith(("{", "apiVersion"))
+    source, contents = _kubeconfig_source(provider, environ)
     merged = kube_config.KubeConfigMerger(io.StringIO(source) if contents else source).config
     if merged is None:
         raise LookupError(f"no kubeconfig found at {source}")
@@ -1049,8 +1054,7 @@ def deployed_context(provider: ProviderSettings, environ: Mapping[str, str]) -> 
 
     if provider.context:
         return provider.context
-    source = provider.kubeconfig or environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    contents = "\n" in source or source.lstrip().startswith(("{", "apiVersion"))
+    source, contents = _kubeconfig_source(provider, environ)
     files = [Path(f).expanduser() for f in ([] if contents else source.split(os.pathsep)) if f]
     for text in [source] if contents else [f.read_text() for f in files if f.is_file()]:
         try:
@@ -1117,31 +1121,29 @@ def read_live_cache(
         if get(claim, "spec", "storageClassName"):
             what[0] = f"StorageClass {claim['spec']['storageClassName']}"
             storage_class = kube.optional(api_path(STORAGE_CLASS, name=claim["spec"]["storageClassName"]))
-        copy_job = None
-        if older is not None:
-            what[0] = f"Job {namespace}/{copy_name(cache_name, number)}"
-            copy_job = kube.optional(api_path(JOB, namespace=namespace, name=copy_name(cache_name, number)))
+        copy_job = jobs.get(copy_name(cache_name, number)) if older is not None else None
         return LiveCache(namespace, claim, volume, nodes, storage_class, number, older, copy_job)
 
     try:
         claims = kube.items(api_path(CLAIMS, namespace=namespace))
+        # Every Job of the namespace, once: those on the cache, the copy's, the training Job.
+        what[0] = f"the Jobs of namespace {namespace}"
+        listed = kube.items(api_path(JOBS, namespace=namespace))
+        jobs = {get(job, "metadata", "name"): job for job in listed}
+        users = tuple(mounting_jobs(listed, cache_name))
         durable = next((c for c in claims if get(c, "metadata", "name") == durable_claim_name(cache_name)), None)
         durable_class, durable_class_name = None, get(durable, "spec", "storageClassName")
         if durable_class_name:
             what[0] = f"StorageClass {durable_class_name}"
             durable_class = kube.optional(api_path(STORAGE_CLASS, name=durable_class_name))
         generations = cache_generations(cache_name, claims)
-        what[0] = f"the Jobs of namespace {namespace}"
-        users = tuple(mounting_jobs(kube.items(api_path(JOBS, namespace=namespace)), cache_name))
         if not generations:
             number = mounted_generation(cache_name, users)
             return LiveCache(namespace, None, generation=number, consumers=users, durable=durable, durable_class=durable_class)
         older = generation(*generations[-2]) if len(generations) > 1 else None
-        newest = replace(generation(*generations[-1], older=older), consumers=users, durable=durable, durable_class=durable_class)
-        if not training_job:
-            return newest
-        what[0] = f"Job {namespace}/{training_job}"
-        return replace(newest, training_job=kube.optional(api_path(JOB, namespace=namespace, name=training_job)))
+        newest = generation(*generations[-1], older=older)
+        trained = jobs.get(training_job) if training_job else None
+        return replace(newest, consumers=users, training_job=trained, durable=durable, durable_class=durable_class)
     except ApiException as err:
         return Unread(f"cannot read {what[0]}: HTTP {err.status} {err.reason}")
     except Exception as err:  # connection refused, DNS, TLS, timeout
