@@ -24,17 +24,23 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sys
 from dataclasses import asdict
 
 from mlcache import CHECKOUT
-from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, Unreachable, UsageError, entry_point
+from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
-from mlcache.cluster.bound_cache import deployed_context
 from mlcache.cluster.diagnosis import Expectation
-from mlcache.cluster.heal import apply_plan, plan_heal, read_generations, read_heal_snapshot, render_plan, up_blocker
+from mlcache.cluster.heal import (
+    apply_plan,
+    connection_blocker,
+    plan_heal,
+    read_generations,
+    read_heal_snapshot,
+    render_plan,
+    up_blocker,
+)
 
 
 @entry_point
@@ -47,41 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the plan (and, with --apply, the outcome) as JSON")
     args = parser.parse_args(argv)
     from mlcache.cluster.diagnosis import expectation_from_outputs  # noqa: PLC0415
-    from mlcache.cluster.live import (  # noqa: PLC0415
-        cluster_errors,
-        connect,
-        hidden_connection,
-        read_durable,
-        read_move,
-        stack_provider,
-    )
+    from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move, stack_provider  # noqa: PLC0415
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
-    if args.apply and not args.context and (hidden := hidden_connection(stack_config)):
-        # It would act on KUBECONFIG's current cluster, then `pulumi up` the stack's own.
-        raise UsageError(
-            f"--apply: {', '.join(hidden)} is a secret, unreadable here, so the cluster to heal is not known; "
-            "give --context naming the stack's cluster"
-        )
-    if args.apply and args.context and not hidden_connection(stack_config):
-        # Heal deletes in the cluster it reads, then `pulumi up` deploys where the stack's provider does.
-        own = stack_provider(stack_config, None)
-        if own.cluster:
-            raise UsageError(
-                f"--apply --context {args.context!r}: stack {args.stack} sets kubernetes:cluster {own.cluster!r}, which "
-                "`pulumi up` uses in place of the context's cluster; drop --context so heal reads that cluster too"
-            )
-        try:
-            deploys_to = deployed_context(own, os.environ)
-        except (OSError, LookupError) as err:
-            raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
-        if deploys_to != args.context:
-            raise UsageError(
-                f"--apply --context {args.context!r}: `pulumi up` of stack {args.stack} deploys with context "
-                f"{deploys_to!r} (its kubernetes:context, else the kubeconfig's current one), so heal would delete in "
-                "one cluster and re-create in another; drop --context, or name that context"
-            )
+    if args.apply and (blocker := connection_blocker(args.stack, stack_config, args.context)):
+        raise UsageError(blocker)
     if args.apply and shutil.which("pulumi") is None:
         raise UsageError("--apply re-creates the claim with `pulumi up`: the Pulumi CLI is not on PATH")
     if args.apply and (blocker := up_blocker(args.stack, CHECKOUT)):

@@ -4,16 +4,22 @@ whether the node is proven gone and what to delete (`plan_heal`), then carry it 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlcache.cluster.bound_cache import cache_generations, get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.bound_cache import cache_generations, deployed_context, get, has_taint, is_ready, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.cluster.kube import CLAIM, CLAIMS, NAMESPACED_PODS, POD, Kube, api_path
+from mlcache.errors import Unreachable
 from mlcache.program.names import OUT_OF_SERVICE_TAINT, cache_name_of, claim_generation, generation_claim_name
+
+if TYPE_CHECKING:
+    from mlcache.preview.stack_config import StackConfig
 
 
 def up_command(stack: str) -> list[str]:
@@ -129,6 +135,8 @@ def plan_heal(
                 f"node {name}`), then run this again"
             )
         )
+    if len(generations) > 1:
+        return HealPlan(refusal=_move_refusal(expect, generations), dead_node=name, proof=proof)
     stuck = tuple(
         sorted(
             get(p, "metadata", "name")
@@ -144,8 +152,6 @@ def plan_heal(
         f"training pod binds a fresh volume on a healthy node and {how}"
     )
     refusal = None
-    if len(generations) > 1:
-        return HealPlan(refusal=_move_refusal(expect, generations), dead_node=name, proof=proof)
     if protected and not allow_protected:  # refused, with the plan the flag would carry out
         refusal = (
             f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
@@ -156,8 +162,9 @@ def plan_heal(
 
 def _move_refusal(expect: Expectation, generations: tuple[int, ...]) -> str:
     """Two generations of the cache live: the program takes the newest for the cache, so heal one at a time."""
-    current = claim_generation(cache_name_of(expect.pvc), expect.pvc)
-    others = ", ".join(generation_claim_name(cache_name_of(expect.pvc), g) for g in generations if g != current)
+    cache_name = cache_name_of(expect.pvc)
+    current = claim_generation(cache_name, expect.pvc)
+    others = ", ".join(generation_claim_name(cache_name, g) for g in generations if g != current)
     if current == max(generations):
         return (
             f"claim {others}, the old claim of the last move, is still kept (cache.protect) beside {expect.pvc}: with "
@@ -168,6 +175,39 @@ def _move_refusal(expect: Expectation, generations: tuple[int, ...]) -> str:
     return (
         f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off first "
         f"(settings back to those of {expect.pvc}, `pulumi up`), then heal"
+    )
+
+
+def connection_blocker(stack: str, config: StackConfig, context: str | None) -> str | None:
+    """Why `heal --apply` must not run with this connection, or None. It deletes in the cluster it
+    reads, then `pulumi up` re-creates where the stack's provider deploys: one cluster, known here."""
+    from mlcache.cluster.live import hidden_connection, stack_provider  # noqa: PLC0415
+
+    if hidden := hidden_connection(config):
+        if context:
+            return None  # the user names the stack's cluster; nothing here can check it
+        return (
+            f"--apply: {', '.join(hidden)} is a secret, unreadable here, so the cluster to heal is not known; "
+            "give --context naming the stack's cluster"
+        )
+    if not context:
+        return None
+    own = stack_provider(config, None)
+    if own.cluster:
+        return (
+            f"--apply --context {context!r}: stack {stack} sets kubernetes:cluster {own.cluster!r}, which `pulumi up` "
+            "uses in place of the context's cluster; drop --context so heal reads that cluster too"
+        )
+    try:
+        deploys_to = deployed_context(own, os.environ)
+    except (OSError, LookupError) as err:
+        raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
+    if deploys_to == context:
+        return None
+    return (
+        f"--apply --context {context!r}: `pulumi up` of stack {stack} deploys with context {deploys_to!r} (its "
+        "kubernetes:context, else the kubeconfig's current one), so heal would delete in one cluster and re-create in "
+        "another; drop --context, or name that context"
     )
 
 
