@@ -14,6 +14,7 @@ with the advice to quote it.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import difflib
 import json
@@ -211,15 +212,16 @@ def cli_text(key: str, value: Any, allowed: str, *, booleans: bool = False) -> s
     return value
 
 
-class Kind:
+class Kind(abc.ABC):
     """Type and constraint of a setting: `parse` returns the typed value or raises ConfigError."""
 
     type_name = "string"  # as the reference shows it
     pulumi_type: str | None = "string"  # Pulumi.yaml's `type` for a top-level key (None: untyped)
     allowed = ""
 
+    @abc.abstractmethod
     def parse(self, key: str, value: Any) -> Any:
-        raise NotImplementedError
+        """The typed value of `value`, given for `key`."""
 
     def refuse(self, key: str, value: Any) -> ConfigError:
         return ConfigError(key, value, self.allowed)
