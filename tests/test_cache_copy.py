@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from mlcache.bench.copy import start_sender
+from mlcache.program.settings import parse_settings
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "workloads" / "cache_copy.py"
@@ -120,6 +123,62 @@ def test_send_receive_over_the_network_leaves_nothing_extra_and_a_rerun_sends_no
     sender.communicate(timeout=30)
     summary = json.loads(again.stdout)
     assert again.returncode == 0 and summary["bytesSent"] == 0 and summary["bytesKept"] == summary["bytes"]
+
+
+# An interpreter the pods' user can run (this venv's lives under /root, mode 0700).
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a volume root owned by another user needs root")
+@pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="no /usr/bin/python3 for the pods' user to run")
+def test_into_a_volume_root_the_pods_user_does_not_own_past_the_file_systems_lost_found():
+    """As in a copy pod: the pods' user, in a volume root owned by root and shared through fsGroup
+    (mode 2775), on ext4 volumes (Rook-Ceph's) with mkfs's root-only lost+found on both sides."""
+    user = parse_settings({}).job.run_as_user
+    base = Path(tempfile.mkdtemp(prefix="mlcache-volumes-"))  # outside pytest's 0700 directories
+    base.chmod(0o755)
+    try:
+        copy_as_the_pods_user(base, user)
+    finally:
+        shutil.rmtree(base)
+
+
+def copy_as_the_pods_user(base: Path, user: int) -> None:
+    volumes = {}
+    for name in ("src", "dst"):
+        root = volumes[name] = base / name
+        (root / "lost+found").mkdir(parents=True, mode=0o700)
+        os.chown(root, 0, user)
+        root.chmod(0o2775)
+    snapshot = volumes["src"] / "hub" / "models--org--name" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "blobs").mkdir()
+    (snapshot.parent.parent / "blobs" / "c").write_bytes(os.urandom(3 << 20))
+    (snapshot / "model.safetensors").symlink_to("../../blobs/c")
+    (snapshot / "empty.txt").touch()
+    for path in (volumes["src"] / "hub", *(volumes["src"] / "hub").rglob("*")):
+        os.chown(path, user, user, follow_symlinks=False)  # written by the training pod
+    (volumes["dst"] / "left-by-an-earlier-attempt").write_text("removed by the copy")
+    os.chown(volumes["dst"] / "left-by-an-earlier-attempt", user, user)
+
+    script = base / SCRIPT.name  # as the pod has it: a file of the scripts ConfigMap
+    script.write_bytes(SCRIPT.read_bytes())
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), str(script), "local", "--from", str(volumes["src"]), "--to", str(volumes["dst"])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        user=user,
+        group=user,
+        extra_groups=[],
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["verified"] is True
+    without_lost_found = {k: v for k, v in listing(volumes["dst"]).items() if not k.startswith("lost+found")}
+    assert without_lost_found == {k: v for k, v in listing(volumes["src"]).items() if not k.startswith("lost+found")}
+    lost_found = (volumes["dst"] / "lost+found").stat()
+    assert (lost_found.st_uid, oct(lost_found.st_mode & 0o7777)) == (0, "0o700")
+    assert (volumes["dst"].stat().st_uid, oct(volumes["dst"].stat().st_mode & 0o7777)) == (0, "0o2775")
 
 
 def test_a_wrong_token_is_refused_before_the_destination_is_touched(source, tmp_path, token):

@@ -77,6 +77,9 @@ from pathlib import Path, PurePosixPath
 SEGMENT = 64 << 20  # the unit of transfer, verification and resume
 CHUNK = 4 << 20  # one read or send
 SMALL = 1 << 20  # files below this are synced and checked once, at the end, not one fsync each
+# The file system's own entry at a volume's root (ext4's mkfs makes it, root-owned, mode 0700: Rook-Ceph
+# volumes have one): not part of the cache, so never copied, compared or removed.
+FILESYSTEM_ENTRY = "lost+found"
 PROTOCOL = "mlcache-cache-copy/1"
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_PEER, EXIT_WAITED = 0, 1, 2, 3, 4
 
@@ -128,6 +131,8 @@ def scan(root: Path) -> list[Entry]:
     def walk(directory: Path, relative: PurePosixPath) -> None:
         with os.scandir(directory) as items:
             for item in sorted(items, key=lambda i: i.name):
+                if not relative.parts and item.name == FILESYSTEM_ENTRY:
+                    continue
                 path = relative / item.name
                 info = item.stat(follow_symlinks=False)
                 if stat.S_ISLNK(info.st_mode):
@@ -444,12 +449,18 @@ def prepare(root: Path, entries: list[Entry]) -> set[str]:
     whose segments may already hold the right bytes."""
     wanted = {e.path: e for e in entries}
     root.mkdir(parents=True, exist_ok=True)
-    for directory, _, _ in os.walk(root):  # an earlier run may have left read-only directories
-        os.chmod(directory, stat.S_IMODE(os.lstat(directory).st_mode) | 0o700)
+    for directory, dirnames, _ in os.walk(root):  # an earlier run may have left read-only directories
+        if directory == str(root):
+            # A volume's root belongs to root (the pod writes through fsGroup): its mode is not ours to change.
+            dirnames[:] = [name for name in dirnames if name != FILESYSTEM_ENTRY]
+        else:
+            os.chmod(directory, stat.S_IMODE(os.lstat(directory).st_mode) | 0o700)
     for directory, dirnames, filenames in os.walk(root, topdown=False):
         for name in [*filenames, *dirnames]:
             path = Path(directory, name)
             relative = path.relative_to(root).as_posix()
+            if relative.partition("/")[0] == FILESYSTEM_ENTRY:
+                continue
             entry = wanted.get(relative)
             info = path.lstat()
             kind = "link" if stat.S_ISLNK(info.st_mode) else "dir" if stat.S_ISDIR(info.st_mode) else "file"
