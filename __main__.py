@@ -129,7 +129,8 @@ if settings.job.enabled:
         training = TrainingWorkers("training", cache_pod, claim_names=claim_names, credentials=credentials, secret_env=secret_env)
 
 # Refreshed beside the bound cache, after each warm-up (on the next up once the cache is first bound).
-if durable and live_cache.nodes:
+# With job.enabled false (a move's way out) there is no warm-up to follow: the durable copy stays as it is.
+if durable and live_cache.nodes and settings.job.enabled:
     DurableRefresh("durable-refresh", cache_pod, nodes=live_cache.nodes)
 
 benchmark = None

@@ -60,7 +60,6 @@ def bound_render(*overrides: str):
         (("backend=rook-ceph",), "false with backend rook-ceph: the cache is on the replicated class already"),
         (("cache.volumeMode=Block", "cache.prefetch=[]"), "false in Block mode"),
         (("job.nodes=2",), "false with job.nodes 2"),
-        (("job.enabled=false",), "false with job.enabled false"),
         (("cache.prefetch=[]",), "false with an empty cache.prefetch: it keeps the models the warm-up downloads"),
     ],
 )
@@ -92,6 +91,14 @@ def test_the_durable_claim_is_on_the_rook_ceph_class_and_protected_like_the_cach
     assert durable.protect and durable.type == "kubernetes:core/v1:PersistentVolumeClaim"
     assert run.outputs["durableCopy"]["claim"] == DURABLE_CLAIM and run.outputs["durableCopy"]["refreshJob"] == REFRESH
     assert rendered("prod").outputs["durableCopy"] is None and DURABLE_CLAIM not in claims(rendered("prod"))
+
+
+def test_with_job_enabled_false_the_durable_copy_stays_and_no_refresh_waits_for_a_warm_up():
+    """job.enabled false is the way out of a move a pending run holds: the durable copy must not
+    stand in its way, nor be deleted by it."""
+    run = bound_render("job.enabled=false")
+    assert DURABLE_CLAIM in claims(run) and claims(run)[DURABLE_CLAIM].protect is claims(bound_render())[DURABLE_CLAIM].protect
+    assert not jobs(run) and REFRESH in jobs(bound_render())
 
 
 def test_the_training_pod_restores_before_its_warm_up_and_mounts_the_durable_copy_read_only():

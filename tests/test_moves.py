@@ -516,6 +516,40 @@ def test_training_stays_exactly_as_it_is_until_the_switch_whatever_else_the_up_c
     assert [j.ignore_changes for n, j in benchmark.items() if "bench" in n] == [["spec"]]
 
 
+def test_the_copy_jobs_stay_as_the_cluster_has_them_until_a_failed_copy_is_retried(monkeypatch):
+    """A new image (or GPU count) during a move would replace a running copy Job, or re-run a
+    verified one held by training, whose receiver would then wait for training's GPUs."""
+    image = "job.image=nvcr.io/nvidia/pytorch:25.01-py3"
+    copies = (f"{CLAIM}-copy-g1", f"{CLAIM}-copy-g1-send")
+    held_by_training = dataclasses.replace(under_way("Complete"), training_job=training_on(CLAIM))
+    for live in (bound_in_ucsd(), under_way(), held_by_training):
+        jobs = named(render_against(monkeypatch, live, image, "job.gpus=2"), "Job")
+        assert [jobs[name].ignore_changes for name in copies] == [["spec"], ["spec"]]
+    # A retry is a new attempt: the Jobs are replaced, with what the settings say now.
+    retry = named(render_against(monkeypatch, under_way("Failed"), image), "Job")
+    assert [retry[name].ignore_changes for name in copies] == [[], []]
+    assert retry[copies[0]].inputs["spec"]["template"]["spec"]["containers"][0]["image"] == image.partition("=")[2]
+
+
+def test_a_multi_node_run_waits_until_training_has_switched_to_the_new_claim():
+    """Its first worker would train on the old claim after the copy read it (relocate turned off and
+    job.nodes raised in the middle of a move: copy itself refuses job.nodes above 1)."""
+    multi = wanted(relocate="false", run=None, nodes=2)
+    refusal = judge(multi, under_way()).refusal
+    assert "start a run on job.nodes 2 workers" in refusal and "Set job.nodes 1 until `mlcache verify" in refusal
+    assert judge(wanted(relocate="false", run=None, nodes=2, dropped=RUN), under_way()).refusal is None
+    assert judge(multi, under_way("Complete")).move.switched  # the switching up starts them on the new claim
+
+
+def test_adopt_left_on_imports_nothing_into_a_moves_new_claim(monkeypatch):
+    """The runbook's claim is the one adopt imports; the new claim of a move is made (importing the
+    old claim's id under the new name would fail the up half-way)."""
+    assert named(rendered("prod", "adopt=true"), "PersistentVolumeClaim")[CLAIM].import_id == f"ml-training/{CLAIM}"
+    for live in (bound_in_ucsd(), under_way(), under_way("Complete")):
+        claims = named(render_against(monkeypatch, live, "adopt=true", "cache.protect=false"), "PersistentVolumeClaim")
+        assert claims[NEW].import_id == ""
+
+
 def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():
     """Suspended by Kueue or between retries: no active pod yet, but its pods may yet write to the
     old claim in the middle of the copy."""

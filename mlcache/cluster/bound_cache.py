@@ -207,6 +207,7 @@ class Wanted:
     run: str | None = None  # the training Job the settings name (single-node runs; None: none)
     dropped: str | None = None  # the training Job this up deletes (job.enabled false): it holds no move
     benchmark: str | None = None  # the storage benchmark Job the settings name (single-node; None: none)
+    nodes: int = 1  # job.nodes: a multi-node run's workers mount claims a move does not copy
 
 
 @dataclass(frozen=True)
@@ -682,6 +683,13 @@ def _new_run_refusal(wanted: Wanted, live: LiveCache, where: str, doing: str) ->
     trains on; a benchmark would write its files there in the middle of the copy."""
     if live.consumers is None:
         return None
+    if wanted.nodes > 1 and wanted.dropped is None:
+        return (
+            f"bound-cache guard: this up would {doing} while training stays on {where}, and start a run on job.nodes "
+            f"{wanted.nodes} workers, the first of them on {where} after the copy read it (a move copies a single-node "
+            f"cache). Nothing was changed. Set job.nodes 1 until `mlcache verify --stack {wanted.stack}` says training "
+            "runs on the new claim, then set it again."
+        )
     names = {get(job, "metadata", "name") for job in jobs_on_cache(live)}
     for key, name in (("job.enabled", wanted.run), ("benchmark.enabled", wanted.benchmark)):
         if name is None or name in names:
@@ -1227,6 +1235,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         run=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
         dropped=settings.job.run_name if not settings.job.enabled else None,
         benchmark=benchmark_job_name(settings.job.name) if settings.benchmark.enabled and settings.job.nodes == 1 else None,
+        nodes=settings.job.nodes,
     )
     if _under_mock_engine():
         live: LiveCache | Unread = _assumed_live or Unread("offline render (mock engine): the live claim was not read")

@@ -494,7 +494,6 @@ def _check_durable(s: Settings) -> None:
         (not s.is_linstor, "false with backend rook-ceph: the cache is on the replicated class already"),
         (cache.is_block, "false in Block mode: a raw device holds no files to copy and restore"),
         (job.nodes > 1, f"false with job.nodes {job.nodes}: a durable copy keeps a single-node cache"),
-        (not job.enabled, "false with job.enabled false: the copy is refreshed after the training pod's warm-up"),
         (not cache.prefetch, "false with an empty cache.prefetch: it keeps the models the warm-up downloads"),
     )
     for refused, allowed in needs:

@@ -179,9 +179,11 @@ class CacheVolume(pulumi.ComponentResource):
                 switched_from,
             )
             # Worker 0 is the single-node claim (same resource name): raising job.nodes keeps it.
-            # Only it can be adopted: the runbook made one claim. The bound-cache guard reads
-            # worker 0's claim; its verdict stands for the run's other claims.
-            options = pvc_options(self, cache, storage_class, namespace, adopt and index == 0, claim_unbound)
+            # Only it can be adopted, and only under the runbook's name (generation 0): the runbook
+            # made one claim, and a move's new claim is made, never imported, whatever adopt says.
+            # The bound-cache guard reads worker 0's claim; its verdict stands for the run's other claims.
+            adopted = adopt and index == 0 and generation == 0
+            options = pvc_options(self, cache, storage_class, namespace, adopted, claim_unbound)
             self.pvcs.append(
                 k8s.core.v1.PersistentVolumeClaim(
                     claim_resource_name(name, generation) if index == 0 else f"{name}-pvc-{index}",
