@@ -22,7 +22,8 @@ checked the same way after one sync at the end. Symlinks stay links with their t
 DST that is not in SRC is removed, so DST ends equal to SRC.
 
 Resume. A re-run after a failure sends only what is missing: a destination segment that already
-holds the sender's bytes (both sides hash it locally, no data crosses the network) is kept.
+holds the sender's bytes (both sides hash it locally, no data crosses the network; the destination's
+read back from the device like a written one) is kept.
 
 Auth. Every connection starts with a challenge: the receiver proves it holds the token (HMAC-SHA256
 of a fresh nonce), so the token never crosses the network; a wrong token is refused before the
@@ -517,7 +518,8 @@ def copy_tree(sources: list, root: Path, log: Callable[[str], None], progress_ev
             try:
                 if entry.path in present:
                     expected = source.digest(entry.path, offset, length)
-                    if read_range(path, offset, length) == expected:
+                    # Kept only as the device holds it (not as an earlier run left it in the page cache).
+                    if device_digest(path, offset, length) == expected:
                         progress.add(length, sent=False)
                         continue
                 write = _Writer(path, offset)

@@ -500,7 +500,7 @@ def durable_finding(state: DurableState, refresh_job: str, namespace: str) -> Fi
         "durable copy",
         f"no refresh Job {refresh_job}: node loss restores the last verified refresh on {state.claim} if there was "
         "one, else downloads",
-        "run `pulumi up` once the cache is bound: the refresh is registered beside it",
+        "run `pulumi up` once the cache is bound, with job.enabled true: the refresh is registered beside it",
     )
 
 
@@ -540,7 +540,12 @@ def follow_move(
             f"read `kubectl logs -n {expect.namespace} job/{job}`, then `pulumi up` retries it, resuming",
         )
     elif state == VERIFIED and current == old_name:
-        finding = Finding(INFO, "move", f"the copy {where} is verified", "run `pulumi up` to switch training to the new claim")
+        finding = Finding(
+            INFO,
+            "move",
+            f"the copy {where} is verified",
+            "run `pulumi up` to switch training to the new claim (it waits while a Job still runs on the old one)",
+        )
     elif state == VERIFIED:
         finding = Finding(
             INFO, "move", f"training runs on {new_name}; the old claim {old_name} is kept while cache.protect is true"
