@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from mlcache.cli.drift import main as drift_main
-from mlcache.cluster.drift import drifted, summary
+from mlcache.cluster.drift import drifted, guard_notes, summary
 from tests.conftest import ROOT
 
 PVC_URN = "urn:pulumi:prod::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::cache-pvc"
@@ -29,6 +29,23 @@ def test_changed_steps_are_named_with_their_fields():
     text = summary("prod", [drift])
     assert "DRIFT in 1 object" in text and "PersistentVolumeClaim/ms-swift-cache-pvc" in text and "part-of" in text
     assert "`PersistentVolumeClaim/ms-swift-cache-pvc` (update)" in summary("prod", [drift], markdown=True)
+
+
+def test_a_moves_next_step_is_said_with_the_guards_note_not_only_as_an_edit_outside_pulumi():
+    note = "bound-cache guard: the copy into ml-training/c-g1 is verified: training switches to it; the copy's objects go"
+    preview = {
+        "steps": [{"op": "replace", "urn": JOB_URN, "newState": {"inputs": {"metadata": {"name": "run"}}}}],
+        "diagnostics": [
+            {"urn": JOB_URN, "message": "an unrelated warning\n", "severity": "warning"},
+            {"message": note + "\n", "severity": "info"},
+        ],
+    }
+    notes = guard_notes(preview)
+    assert notes == [note]
+    text = summary("prod", drifted(preview), notes=notes)
+    assert f"  {note}" in text and "is the stack's own next step" in text and "`mlcache verify --stack prod`" in text
+    assert "Any other object listed was edited outside Pulumi" in text
+    assert "Someone edited these objects" in summary("prod", drifted(preview))
 
 
 def test_no_changed_steps_is_no_drift():
@@ -109,4 +126,4 @@ def test_drift_as_json_names_each_object_and_its_fields(tmp_path, capsys, monkey
     ]
     _fake_pulumi(tmp_path, "echo '{\"steps\": []}'; exit 0\n")
     code, out, _ = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path), "--json")
-    assert (code, json.loads(out)) == (0, {"stack": "prod", "drift": []})
+    assert (code, json.loads(out)) == (0, {"stack": "prod", "drift": [], "guardNotes": []})

@@ -7,6 +7,10 @@ every object back from the cluster; a hand edit of a field the stack sets shows 
 then names each object that differs and the fields that differ. With GITHUB_STEP_SUMMARY set
 (GitHub Actions), the same summary is appended there as Markdown.
 
+During a move of the cache the preview also shows the move's next step (the switch, a retry) as
+changes; the bound-cache guard's notes in the preview say so, and the summary prints them beside
+the objects (JSON: `guardNotes`).
+
 A hand edit also makes its editor (kubectl, a client) the Server-Side Apply owner of the field,
 so the provider's dry run of the stack's value conflicts and the preview would stop at the first
 such object, leaving those that depend on it unchecked. The check therefore previews with
@@ -26,7 +30,7 @@ from dataclasses import asdict
 
 from mlcache.cli.contract import STACK_HELP, ArgumentParser, Unreachable, UsageError, entry_point, project_dir
 from mlcache.cli.main import prog
-from mlcache.cluster.drift import drifted, run_preview, summary
+from mlcache.cluster.drift import drifted, guard_notes, run_preview, summary
 from mlcache.preview.stack_config import StackConfigError, stack_file
 
 
@@ -45,16 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("the drift check runs `pulumi preview --refresh`: the Pulumi CLI is not on PATH")
     print(f"drift: pulumi preview --refresh --stack {args.stack} (reads every object back from the cluster)", file=sys.stderr)
     code, document, errors = run_preview(args.stack, args.cwd)
-    drifts = drifted(document or {})
+    drifts, notes = drifted(document or {}), guard_notes(document or {})
     if code != 0 and not drifts:
         raise Unreachable(f"stack {args.stack}: the drift check could not run: {errors.splitlines()[-1] if errors else code}")
     if args.json:
-        document = {"stack": args.stack, "drift": [{**asdict(d), "object": d.label} for d in drifts]}
+        document = {"stack": args.stack, "drift": [{**asdict(d), "object": d.label} for d in drifts], "guardNotes": notes}
         print(json.dumps(document, indent=2))
     else:
-        sys.stdout.write(summary(args.stack, drifts))
+        sys.stdout.write(summary(args.stack, drifts, notes=notes))
     step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if step_summary:
         with open(step_summary, "a") as out:
-            out.write(summary(args.stack, drifts, markdown=True))
+            out.write(summary(args.stack, drifts, markdown=True, notes=notes))
     return 1 if drifts else 0

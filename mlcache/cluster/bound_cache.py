@@ -566,6 +566,8 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
 
 # A move's states, as `up` and `mlcache verify` tell them.
 COPYING, VERIFIED, FAILED = "copying", "verified", "failed"
+# How every note and refusal of the guard begins (`mlcache drift` finds its notes in a preview by it).
+NOTE_PREFIX = "bound-cache guard: "
 # Verified, but training still runs on the old claim: switching would replace (kill) the run.
 HELD = "verified, training running"
 # How the copy runs: one pod mounting both claims, or a sender beside the old volume streaming to

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlcache.cluster.bound_cache import NOTE_PREFIX
+
 # Step ops that are not changes (a refresh that found nothing, a read, an unchanged resource).
 NO_CHANGE = {"same", "read", "refresh", "discard"}
 
@@ -46,7 +48,13 @@ def drifted(preview: dict[str, Any]) -> list[Drift]:
     return found
 
 
-def summary(stack: str, drifts: list[Drift], markdown: bool = False) -> str:
+def guard_notes(preview: dict[str, Any]) -> list[str]:
+    """What the bound-cache guard said in the preview (a move under way: its next step)."""
+    messages = ((d.get("message") or "").strip() for d in preview.get("diagnostics") or [])
+    return [m for m in messages if m.startswith(NOTE_PREFIX)]
+
+
+def summary(stack: str, drifts: list[Drift], markdown: bool = False, notes: list[str] | None = None) -> str:
     if not drifts:
         return f"stack {stack}: no drift (the live cluster matches the stack)\n"
     head = f"stack {stack}: DRIFT in {len(drifts)} object(s): the live cluster differs from the stack"
@@ -54,8 +62,17 @@ def summary(stack: str, drifts: list[Drift], markdown: bool = False) -> str:
     for drift in drifts:
         fields = ", ".join(drift.fields) or "(no field detail)"
         lines.append(f"- `{drift.label}` ({drift.op}): {fields}" if markdown else f"  {drift.op:<8} {drift.label}: {fields}")
+    edited = "Someone edited these objects outside Pulumi"
+    if notes:
+        lines += [f"> {note}" if markdown else f"  {note}" for note in notes]
+        lines.append(
+            "The notes above are the bound-cache guard's: what they announce (a move's new claim and copy, a retry, "
+            f"the switch, the old claim's retirement) is the stack's own next step, which `pulumi up --stack {stack}` "
+            f"takes; `mlcache verify --stack {stack}` shows the move."
+        )
+        edited = "Any other object listed was edited outside Pulumi"
     lines.append(
-        "Someone edited these objects outside Pulumi. To put the stack's values back: "
+        f"{edited}. To put the stack's values back: "
         f"`{PATCH_FORCE}=true pulumi up --stack {stack}` (a plain `pulumi up` is refused with a Server-Side Apply "
         "conflict while the editor owns the field); or make the edit part of the stack's config."
     )
