@@ -123,6 +123,7 @@ def test_a_cache_with_two_live_generations_is_healed_one_at_a_time():
     the claim training mounts would make the next up take the other generation for the cache."""
     kept = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1")
     assert kept.refusal.startswith(f"claim {EXPECT.pvc}, the old claim of the last move, is still kept (cache.protect)")
+    assert "may be their only copy left" in kept.refusal and "copy out what you need first" in kept.refusal
     assert "Nothing was changed" in kept.refusal and not kept.steps and kept.proof
     moving = heal_generations(EXPECT, (0, 1), EXPECT.pvc)
     assert moving.refusal.startswith(f"a move of the cache from {EXPECT.pvc} into {EXPECT.pvc}-g1 is under way")

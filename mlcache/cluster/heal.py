@@ -168,9 +168,11 @@ def _move_refusal(expect: Expectation, generations: tuple[int, ...]) -> str:
     if current == max(generations):
         return (
             f"claim {others}, the old claim of the last move, is still kept (cache.protect) beside {expect.pvc}: with "
-            f"{expect.pvc} deleted, `pulumi up` would take it for the cache. Nothing was changed. Retire it first "
-            f"(`mlcache verify --stack {expect.stack}` names it; `pulumi state unprotect` it, set cache.protect false, "
-            f"`pulumi up` with the settings {expect.pvc} was made for), then heal"
+            f"{expect.pvc} deleted, `pulumi up` would take it for the cache. Nothing was changed. It holds the models "
+            f"as they were at the switch, and with {expect.pvc}'s volume lost it may be their only copy left: heal "
+            f"re-creates {expect.pvc} only once it is retired, which deletes it, so copy out what you need first. Retire "
+            f"it (`mlcache verify --stack {expect.stack}` names it; `pulumi state unprotect` it, set cache.protect "
+            f"false, `pulumi up` with the settings {expect.pvc} was made for), then heal"
         )
     return (
         f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off first "
