@@ -192,6 +192,18 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     assert outputs["cacheMove"]["state"] == "copying" and outputs["pvcName"] == CLAIM
     now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
     assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
+    # A new image in the middle of the move: the engine leaves the copy Jobs and training as they are
+    # (ignore_changes until the switch, or until a failed copy is retried).
+    outputs = rehearsal.up("prod", [*move, "job.image=nvcr.io/nvidia/pytorch:25.01-py3"])
+    assert outputs["cacheMove"]["state"] == "copying"
+    now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
+    assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
+    # A new run would train on the old claim after the copy read it: refused, nothing changed.
+    with pytest.raises(UpFailed) as refused:
+        rehearsal.up("prod", [*move, "job.runId=second-run"])
+    assert "which is not in the cluster" in str(refused.value) and "Set job.enabled false until" in str(refused.value)
+    now = {**claims(rehearsal, namespace), **jobs(rehearsal, namespace)}
+    assert {name: uid(o) for name, o in now.items()} == {name: uid(o) for name, o in before.items()}
     # verify checks the claim training mounts, where it was made, and says what the move is doing.
     verify = tool(rehearsal, "verify", "--stack", "prod")
     assert verify.stdout.startswith(f"stack prod: PVC {namespace}/{CLAIM}, class linstor-fast-cache, zone ucsd")
