@@ -550,6 +550,17 @@ def test_adopt_left_on_imports_nothing_into_a_moves_new_claim(monkeypatch):
         assert claims[NEW].import_id == ""
 
 
+def test_the_pods_beside_the_old_volume_go_to_its_node_even_cordoned_and_those_placed_like_training_do_not(monkeypatch):
+    """A cordon is often why the cache moves off a node, and only its node can read the volume."""
+    cordon = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
+    jobs = named(render_against(monkeypatch, bound_in_ucsd()), "Job")
+    sender, receiver = (jobs[name].inputs["spec"]["template"]["spec"] for name in (f"{CLAIM}-copy-g1-send", f"{CLAIM}-copy-g1"))
+    assert cordon in sender["tolerations"] and affinity_values(sender) == {"kubernetes.io/hostname": ["gpu-ucsd-1"]}
+    assert cordon not in receiver.get("tolerations", []) and cordon not in jobs[RUN].inputs["spec"]["template"]["spec"].get(
+        "tolerations", []
+    )
+
+
 def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():
     """Suspended by Kueue or between retries: no active pod yet, but its pods may yet write to the
     old claim in the middle of the copy."""

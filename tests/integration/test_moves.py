@@ -64,6 +64,10 @@ def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_train
     # A move starts once the run on the cache has finished (this cluster completes Job pods at once).
     wait_for(lambda: completed(rehearsal, namespace, JOB), SETTLE, "the training run completes")
 
+    # The old volume's node cordoned, as before maintenance: only that node can read the volume, so
+    # the sender still goes there (it tolerates the cordon; nothing else of the stack does).
+    client.CoreV1Api(rehearsal.api).patch_node(old_node, {"spec": {"unschedulable": True}})
+
     # First up: the new claim and the copy; the old claim and the training Job untouched.
     outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"])
     assert outputs["cacheMove"]["state"] == "copying" and outputs["cacheMove"]["mode"] == "stream"

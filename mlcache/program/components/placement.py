@@ -52,14 +52,17 @@ def pod_scheduling(job: JobSettings, placement: Placement) -> dict[str, Any]:
     return scheduling
 
 
+# A cordoned node's taint. The data on a node-local volume can only be read on its node, and a
+# cordon is often why the cache moves off it: like a DaemonSet's pods, the pods beside the volume
+# still go there (a drain evicts them as it evicts any other pod).
+CORDON_TOLERATION = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"}
+
+
 def node_pinning(job: JobSettings, hostnames: tuple[str, ...]) -> dict[str, Any]:
-    """Where a pod beside a node-local volume may run: on its node(s) only, tolerating what training
-    tolerates (GPU taints). No priority class: such a pod holds no GPU."""
+    """Where a pod beside a node-local volume may run: on its node(s) only, cordoned or not,
+    tolerating what training tolerates (GPU taints). No priority class: such a pod holds no GPU."""
     expressions = [{"key": HOSTNAME_LABEL, "operator": "In", "values": list(hostnames)}]
-    scheduling: dict[str, Any] = {"affinity": required_node_term(expressions)}
-    if job.tolerations:
-        scheduling["tolerations"] = tolerations(job)
-    return scheduling
+    return {"affinity": required_node_term(expressions), "tolerations": [*tolerations(job), CORDON_TOLERATION]}
 
 
 def training_resources(job: JobSettings) -> dict[str, Any]:
