@@ -32,16 +32,19 @@ def test_changed_steps_are_named_with_their_fields():
 
 
 def test_a_moves_next_step_is_said_with_the_guards_note_not_only_as_an_edit_outside_pulumi():
-    note = "bound-cache guard: the copy into ml-training/c-g1 is verified: training switches to it; the copy's objects go"
+    note = "bound-cache guard: move: the copy into ml-training/c-g1 is verified: training switches to it; the copy's objects go"
+    bound = "bound-cache guard: claim ml-training/c-g1 is bound to node gpu-sdsu-1 (zone sdsu)"
     preview = {
         "steps": [{"op": "replace", "urn": JOB_URN, "newState": {"inputs": {"metadata": {"name": "run"}}}}],
         "diagnostics": [
             {"urn": JOB_URN, "message": "an unrelated warning\n", "severity": "warning"},
             {"message": note + "\n", "severity": "info"},
+            {"message": bound + "\n", "severity": "info"},
         ],
     }
     notes = guard_notes(preview)
-    assert notes == [note]
+    assert notes == [note]  # the guard says where the claim is bound on every preview: not a move's step
+    assert guard_notes({"diagnostics": [{"message": bound, "severity": "info"}]}) == []
     text = summary("prod", drifted(preview), notes=notes)
     assert f"  {note}" in text and "is the stack's own next step" in text and "`mlcache verify --stack prod`" in text
     assert "Any other object listed was edited outside Pulumi" in text

@@ -41,17 +41,17 @@ def on_rook_ceph() -> LiveCache:
     return LiveCache(NAMESPACE, claim(storage_class=ROOK), volume(), [], None)
 
 
-def copy_job(condition: str | None, attempt: int = 1) -> dict:
+def copy_job(condition: str | None, attempt: int = 1, ready: int = 0) -> dict:
     conditions = [{"type": condition, "status": "True"}] if condition else []
     annotations = {"mlcache/copy-attempt": str(attempt)}
     return {
         "metadata": {"name": f"{CLAIM}-copy-g1"},
         "spec": {"template": {"metadata": {"annotations": annotations}}},
-        "status": {"conditions": conditions},
+        "status": {"conditions": conditions, **({"ready": ready} if ready else {})},
     }
 
 
-def under_way(condition: str | None = None, attempt: int = 1, new_phase: str = "Bound") -> LiveCache:
+def under_way(condition: str | None = None, attempt: int = 1, new_phase: str = "Bound", ready: int = 0) -> LiveCache:
     """ucsd's claim (generation 0) being copied into sdsu's (generation 1)."""
     target = claim(name=NEW, placement=f"zone=sdsu gpuProduct={A100}", phase=new_phase, volume="pvc-9f8e")
     return LiveCache(
@@ -62,7 +62,7 @@ def under_way(condition: str | None = None, attempt: int = 1, new_phase: str = "
         storage_class(),
         1,
         bound_in_ucsd(),
-        copy_job(condition, attempt),
+        copy_job(condition, attempt, ready),
     )
 
 
@@ -516,19 +516,21 @@ def test_training_stays_exactly_as_it_is_until_the_switch_whatever_else_the_up_c
     assert [j.ignore_changes for n, j in benchmark.items() if "bench" in n] == [["spec"]]
 
 
-def test_the_copy_jobs_stay_as_the_cluster_has_them_until_a_failed_copy_is_retried(monkeypatch):
+def test_the_copy_jobs_stay_as_the_cluster_has_them_while_a_copy_pod_works_and_once_verified(monkeypatch):
     """A new image (or GPU count) during a move would replace a running copy Job, or re-run a
     verified one held by training, whose receiver would then wait for training's GPUs."""
     image = "job.image=nvcr.io/nvidia/pytorch:25.01-py3"
     copies = (f"{CLAIM}-copy-g1", f"{CLAIM}-copy-g1-send")
     held_by_training = dataclasses.replace(under_way("Complete"), training_job=training_on(CLAIM))
-    for live in (bound_in_ucsd(), under_way(), held_by_training):
+    for live in (under_way(ready=1), held_by_training):
         jobs = named(render_against(monkeypatch, live, image, "job.gpus=2"), "Job")
         assert [jobs[name].ignore_changes for name in copies] == [["spec"], ["spec"]]
-    # A retry is a new attempt: the Jobs are replaced, with what the settings say now.
-    retry = named(render_against(monkeypatch, under_way("Failed"), image), "Job")
-    assert [retry[name].ignore_changes for name in copies] == [[], []]
-    assert retry[copies[0]].inputs["spec"]["template"]["spec"]["containers"][0]["image"] == image.partition("=")[2]
+    # Not at work yet (pending, its image not pulled: the change may be the fix), a retry (a new
+    # attempt), the first up: the Jobs take what the settings say now.
+    for live in (under_way(), under_way("Failed"), bound_in_ucsd()):
+        jobs = named(render_against(monkeypatch, live, image), "Job")
+        assert [jobs[name].ignore_changes for name in copies] == [[], []]
+        assert jobs[copies[0]].inputs["spec"]["template"]["spec"]["containers"][0]["image"] == image.partition("=")[2]
 
 
 def test_a_multi_node_run_waits_until_training_has_switched_to_the_new_claim():
@@ -538,7 +540,16 @@ def test_a_multi_node_run_waits_until_training_has_switched_to_the_new_claim():
     refusal = judge(multi, under_way()).refusal
     assert "start a run on job.nodes 2 workers" in refusal and "Set job.nodes 1 until `mlcache verify" in refusal
     assert judge(wanted(relocate="false", run=None, nodes=2, dropped=RUN), under_way()).refusal is None
+    # Nor a multi-node benchmark: its worker 0 would write on the old claim in the middle of the copy.
+    bench = wanted(relocate="false", run=None, nodes=2, dropped=RUN, benchmark=f"{RUN}-storage-bench")
+    assert "benchmark.enabled turned on" in judge(bench, under_way()).refusal
     assert judge(multi, under_way("Complete")).move.switched  # the switching up starts them on the new claim
+
+
+def test_the_program_refuses_a_multi_node_benchmark_in_the_middle_of_a_move(monkeypatch):
+    bench = ("benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
+    with pytest.raises(RunError, match="benchmark.enabled turned on"):
+        render_against(monkeypatch, under_way(), "cache.relocate=false", "job.enabled=false", "job.nodes=2", *bench)
 
 
 def test_adopt_left_on_imports_nothing_into_a_moves_new_claim(monkeypatch):

@@ -78,8 +78,9 @@ from pathlib import Path, PurePosixPath
 SEGMENT = 64 << 20  # the unit of transfer, verification and resume
 CHUNK = 4 << 20  # one read or send
 SMALL = 1 << 20  # files below this are synced and checked once, at the end, not one fsync each
-# The file system's own entry at a volume's root (ext4's mkfs makes it, root-owned, mode 0700: Rook-Ceph
-# volumes have one): not part of the cache, so never copied, compared or removed.
+# The file system's own entry at a volume's root (ext4's mkfs makes it, owned by root: Rook-Ceph volumes
+# have one; mode 0700, or 2770 with the fsGroup once kubelet has applied it): not part of the cache, so
+# never copied, compared or removed.
 FILESYSTEM_ENTRY = "lost+found"
 PROTOCOL = "mlcache-cache-copy/1"
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_PEER, EXIT_WAITED = 0, 1, 2, 3, 4

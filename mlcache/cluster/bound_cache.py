@@ -206,7 +206,7 @@ class Wanted:
     made_class: str | None = None  # the LINSTOR class the stack makes (linstor.*; None: it makes none)
     run: str | None = None  # the training Job the settings name (single-node runs; None: none)
     dropped: str | None = None  # the training Job this up deletes (job.enabled false): it holds no move
-    benchmark: str | None = None  # the storage benchmark Job the settings name (single-node; None: none)
+    benchmark: str | None = None  # the storage benchmark Job the settings name (worker 0's; None: none)
     nodes: int = 1  # job.nodes: a multi-node run's workers mount claims a move does not copy
 
 
@@ -566,8 +566,10 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
 
 # A move's states, as `up` and `mlcache verify` tell them.
 COPYING, VERIFIED, FAILED = "copying", "verified", "failed"
-# How every note and refusal of the guard begins (`mlcache drift` finds its notes in a preview by it).
+# How every note and refusal of the guard begins, and how a note begins that announces a move's
+# next step, which the up takes (`mlcache drift` tells those changes from hand edits by it).
 NOTE_PREFIX = "bound-cache guard: "
+MOVE_NOTE_PREFIX = NOTE_PREFIX + "move: "
 # Verified, but training still runs on the old claim: switching would replace (kill) the run.
 HELD = "verified, training running"
 # How the copy runs: one pod mounting both claims, or a sender beside the old volume streaming to
@@ -619,6 +621,9 @@ class Move:
     state: str  # COPYING, VERIFIED or FAILED (the last copy failed: this up retries it, resuming)
     attempt: int = 1  # the copy's attempt this up registers
     keep_source: bool = False  # verified, but cache.protect keeps the old claim
+    # The copy Job has a pod at work, or has completed: its Jobs stay as the cluster has them (a
+    # pending or image-less one may be fixed by the settings; a failed one is retried anyway).
+    copy_busy: bool = False
 
     @property
     def switched(self) -> bool:
@@ -818,7 +823,7 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
     target = f"{live.namespace}/{generation_claim_name(wanted.claim, move.generation)}"
     return Verdict(
         notes=(
-            f"bound-cache guard: moving the cache because {reason}: {where} ({_bound_location(live)}) is copied into "
+            f"{MOVE_NOTE_PREFIX}moving the cache because {reason}: {where} ({_bound_location(live)}) is copied into "
             f"the new claim {target} ({move.mode} copy, Job {copy_name(wanted.claim, move.generation)}); training stays on "
             f"{where} until the copy is verified. Follow it with `mlcache verify --stack {wanted.stack}`, then run "
             f"`pulumi up` again to switch training to the new claim (docs/moving-the-cache.md)",
@@ -860,29 +865,29 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             return Verdict(refusal=new_run)
         if state == HELD:
             note = (
-                f"bound-cache guard: the copy into {target} is verified, but Job {', '.join(running)} still runs on "
+                f"{MOVE_NOTE_PREFIX}the copy into {target} is verified, but Job {', '.join(running)} still runs on "
                 f"{source_where}: switching now would replace (stop) it. Nothing about training changes in this up; "
                 f"run `pulumi up` again once it has finished"
             )
         elif state == VERIFIED:
-            note = f"bound-cache guard: the copy into {target} is verified: training switches to it; {_retired(wanted, older)}"
+            note = f"{MOVE_NOTE_PREFIX}the copy into {target} is verified: training switches to it; {_retired(wanted, older)}"
         elif state == FAILED:
             note = (
-                f"bound-cache guard: the copy Job {job} failed (attempt {attempt}; its logs: `kubectl logs -n "
+                f"{MOVE_NOTE_PREFIX}the copy Job {job} failed (attempt {attempt}; its logs: `kubectl logs -n "
                 f"{live.namespace} job/{job}`): this up retries it as attempt {attempt + 1}, resuming; training stays "
                 f"on {source_where}"
             )
             attempt += 1
         elif live.copy_job is None:
             note = (
-                f"bound-cache guard: the copy Job {job} of the move from {source_where} into {target} is gone (deleted "
+                f"{MOVE_NOTE_PREFIX}the copy Job {job} of the move from {source_where} into {target} is gone (deleted "
                 f"by hand or by a TTL controller) before training switched: training stays on {source_where}, and this "
                 f"up registers the copy again, which the engine creates only once its state has dropped the old one: "
                 f"run `pulumi up --refresh`. The copy resumes and is verified again"
             )
         else:
             note = (
-                f"bound-cache guard: the copy Job {job} into {target} is not verified yet: training stays on "
+                f"{MOVE_NOTE_PREFIX}the copy Job {job} into {target} is not verified yet: training stays on "
                 f"{source_where}; `mlcache verify --stack {wanted.stack}` shows its progress"
             )
         move = Move(
@@ -892,6 +897,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             state,
             attempt,
             keep_source=state == VERIFIED and wanted.protect,
+            copy_busy=state in (VERIFIED, HELD) or bool(get(live.copy_job, "status", "ready")),
         )
         return Verdict(notes=(note,), generation=live.generation, move=move)
     if _describes(wanted, older.claim):
@@ -905,7 +911,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             )
         return Verdict(
             notes=(
-                f"bound-cache guard: the settings are back to those of {source_where}: the move into {target} is called "
+                f"{MOVE_NOTE_PREFIX}the settings are back to those of {source_where}: the move into {target} is called "
                 f"off ({target} and the copy's objects are deleted); the cache stays on {source_where}",
             ),
             generation=older.generation,
@@ -1236,7 +1242,7 @@ def guard_bound_cache(settings: Any) -> Verdict:
         made_class=settings.linstor.made_class,
         run=settings.job.run_name if settings.job.enabled and settings.job.nodes == 1 else None,
         dropped=settings.job.run_name if not settings.job.enabled else None,
-        benchmark=benchmark_job_name(settings.job.name) if settings.benchmark.enabled and settings.job.nodes == 1 else None,
+        benchmark=benchmark_job_name(settings.job.name) if settings.benchmark.enabled else None,
         nodes=settings.job.nodes,
     )
     if _under_mock_engine():

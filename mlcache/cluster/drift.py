@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlcache.cluster.bound_cache import NOTE_PREFIX
+from mlcache.cluster.bound_cache import MOVE_NOTE_PREFIX
 
 # Step ops that are not changes (a refresh that found nothing, a read, an unchanged resource).
 NO_CHANGE = {"same", "read", "refresh", "discard"}
@@ -49,9 +49,10 @@ def drifted(preview: dict[str, Any]) -> list[Drift]:
 
 
 def guard_notes(preview: dict[str, Any]) -> list[str]:
-    """What the bound-cache guard said in the preview (a move under way: its next step)."""
+    """The bound-cache guard's notes in the preview that announce a move's next step (its changes
+    are the stack's own, not hand edits); its other notes (where the claim is bound) are left out."""
     messages = ((d.get("message") or "").strip() for d in preview.get("diagnostics") or [])
-    return [m for m in messages if m.startswith(NOTE_PREFIX)]
+    return [m for m in messages if m.startswith(MOVE_NOTE_PREFIX)]
 
 
 def summary(stack: str, drifts: list[Drift], markdown: bool = False, notes: list[str] | None = None) -> str:

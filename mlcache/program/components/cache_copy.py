@@ -27,7 +27,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from mlcache.cluster.bound_cache import FAILED, LOCAL, Move
+from mlcache.cluster.bound_cache import LOCAL, Move
 from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
 from mlcache.program.components.common import constructor_kwargs, metadata
 from mlcache.program.components.placement import node_pinning
@@ -191,11 +191,13 @@ class CacheCopy(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         script = k8s.core.v1.ConfigMap(f"{name}-script", opts=child, **constructor_kwargs(script_manifest(copy, namespace)))
         target = replace(target, scripts=script.metadata.name)
-        # The copy Jobs are replaced as a whole when a failed copy is retried (a new attempt), never
-        # patched. Until then they stay exactly as the cluster has them: a settings change during the
-        # move (job.image, job.gpus) would replace a running copy, or re-run a verified one whose
+        # The copy Jobs are replaced as a whole, never patched: when a failed copy is retried (a new
+        # attempt), or when the settings change while no copy pod is at work (pending, or its image
+        # not pulled: the change may be the fix). Once a copy pod works, and after the copy is
+        # verified, they stay exactly as the cluster has them: a settings change during the move
+        # (job.image, job.gpus) would replace a running copy, or re-run a verified one whose
         # receiver then waits for the GPUs training holds.
-        held = None if move.state == FAILED else ["spec"]
+        held = ["spec"] if move.copy_busy else None
         jobs = pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=held)
         if move.mode == LOCAL:
             manifest = local_job_manifest(target, source_claim, copy, move)
