@@ -548,7 +548,7 @@ def test_a_multi_node_run_waits_until_training_has_switched_to_the_new_claim():
 
 def test_the_program_refuses_a_multi_node_benchmark_in_the_middle_of_a_move(monkeypatch):
     bench = ("benchmark.enabled=true", "benchmark.fioImage=docker.io/dmonakhov/alpine-fio:3.35")
-    with pytest.raises(RunError, match="benchmark.enabled turned on"):
+    with pytest.raises(RunError, match=r"benchmark\.enabled turned on"):
         render_against(monkeypatch, under_way(), "cache.relocate=false", "job.enabled=false", "job.nodes=2", *bench)
 
 
