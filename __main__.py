@@ -100,6 +100,7 @@ if move and move.copying:
         move,
         target=cache_pod,
         source_claim=cache.kept_claim_name,
+        into_uid=cache.pvc.metadata.uid,
     )
 if move and not move.switched:
     # Until the copy is verified, training stays where it was: on the old claim, placed as it was made for.

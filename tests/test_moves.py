@@ -3,7 +3,9 @@ the program then registers, read from the requests the engine would receive."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import uuid
 
 import pytest
 from pulumi import RunError
@@ -26,6 +28,7 @@ NEW = f"{CLAIM}-g1"
 WANTED = dataclasses.replace(BOUND_CACHE_WANTED, placement=PlacementRecord("sdsu", A100), relocate="copy")
 ROOK = "rook-ceph-block"
 RUN = "sft-qwen3vl-fire-4gpu"  # prod's training Job
+COPIES = (f"{CLAIM}-copy-g1", f"{CLAIM}-copy-g1-send")  # the receiver's Job and the sender's
 
 
 def wanted(**changes) -> Wanted:
@@ -570,6 +573,31 @@ def test_the_pods_beside_the_old_volume_go_to_its_node_even_cordoned_and_those_p
     assert cordon not in receiver.get("tolerations", []) and cordon not in jobs[RUN].inputs["spec"]["template"]["spec"].get(
         "tolerations", []
     )
+
+
+def with_uids(live: LiveCache, claim_uid: str, copied_into: str | None) -> LiveCache:
+    """`live` with the new claim's UID and the UID the copy Job says it filled."""
+    new_claim = {**live.claim, "metadata": {**live.claim["metadata"], "uid": claim_uid}}
+    job = copy.deepcopy(live.copy_job)
+    if copied_into is not None:
+        job["spec"]["template"]["metadata"]["annotations"]["mlcache/copy-into-uid"] = copied_into
+    return dataclasses.replace(live, claim=new_claim, copy_job=job)
+
+
+def test_a_verified_copy_counts_only_for_the_claim_it_filled_not_one_made_again_under_its_name(monkeypatch):
+    """The new claim deleted by hand after its copy completed, and made again (empty) by the next
+    up: switching training onto it would lose the cache (and delete the old claim unprotected)."""
+    stale = with_uids(under_way("Complete"), "uid-made-again", copied_into="uid-filled")
+    verdict = judge(WANTED, stale)
+    assert verdict.move.state == COPYING and not verdict.move.switched and not verdict.move.copy_busy
+    assert "has since been deleted" in verdict.notes[0] and "makes the copy again" in verdict.notes[0]
+    assert judge(WANTED, with_uids(under_way("Complete"), "uid-filled", copied_into="uid-filled")).move.switched
+    assert judge(WANTED, with_uids(under_way("Complete"), "uid-x", copied_into=None)).move.switched  # Jobs made before
+    # The program makes both copy Jobs again for the claim there now (its UID on their pods).
+    jobs = named(render_against(monkeypatch, stale, "cache.protect=false"), "Job")
+    into = {jobs[name].inputs["spec"]["template"]["metadata"]["annotations"]["mlcache/copy-into-uid"] for name in COPIES}
+    assert [jobs[name].ignore_changes for name in COPIES] == [[], []]
+    assert len(into) == 1 and str(uuid.UUID(into.pop())) != "uid-filled"  # the claim's UID, as the engine returns it
 
 
 def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():

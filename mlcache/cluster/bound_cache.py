@@ -26,6 +26,7 @@ from mlcache.cluster.kube import CLAIMS, JOBS, NODES, STORAGE_CLASS, VOLUME, Kub
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_ATTEMPT_ANNOTATION,
+    COPY_INTO_UID_ANNOTATION,
     COPY_LABEL,
     COPY_ROLE_LABEL,
     GPU_PRODUCT_LABEL,
@@ -654,9 +655,19 @@ def job_ended(job: Mapping | None, condition: str) -> bool:
     return any(c.get("type") == condition and c.get("status") == "True" for c in get(job, "status", "conditions") or [])
 
 
-def copy_state(job: Mapping | None) -> tuple[str, int]:
-    """The copy Job's state and attempt (a Job not created yet, or deleted, is still copying)."""
+def copied_into_another(job: Mapping | None, claim: Mapping | None) -> bool:
+    """The copy Job filled a claim of this name that has since been deleted (by hand): the claim
+    live now is another, empty one, which its Complete does not speak for."""
+    into = get(job, "spec", "template", "metadata", "annotations", COPY_INTO_UID_ANNOTATION)
+    return into is not None and get(claim, "metadata", "uid") not in (None, into)
+
+
+def copy_state(job: Mapping | None, claim: Mapping | None = None) -> tuple[str, int]:
+    """The copy Job's state and attempt (a Job not created yet, or deleted, is still copying, and so
+    is one that filled a claim since deleted: the up makes it again for `claim`)."""
     attempt = int(get(job, "spec", "template", "metadata", "annotations", COPY_ATTEMPT_ANNOTATION) or 1)
+    if copied_into_another(job, claim):
+        return COPYING, attempt
     if job_ended(job, "Complete"):
         return VERIFIED, attempt
     if job_ended(job, "Failed"):
@@ -843,7 +854,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
     if switched_to(live.claim, jobs_on_cache(live)):
         return _judge_after_switch(wanted, live, source_where, target)
     job = copy_name(wanted.claim, live.generation)
-    state, attempt = copy_state(live.copy_job)
+    state, attempt = copy_state(live.copy_job, live.claim)
     if _describes(wanted, live.claim):
         source = ClaimFacts.of(older)
         if state != VERIFIED and source.pinned and not source.nodes:
@@ -878,6 +889,11 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                 f"on {source_where}"
             )
             attempt += 1
+        elif copied_into_another(live.copy_job, live.claim):
+            note = (
+                f"{MOVE_NOTE_PREFIX}the copy Job {job} filled a claim {target} that has since been deleted; the one "
+                f"there now is empty: this up makes the copy again into it; training stays on {source_where}"
+            )
         elif live.copy_job is None:
             note = (
                 f"{MOVE_NOTE_PREFIX}the copy Job {job} of the move from {source_where} into {target} is gone (deleted "

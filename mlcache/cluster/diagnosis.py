@@ -518,7 +518,7 @@ def follow_move(
     if older is None:
         return replace(expect, pvc=new_name), []
     old_name = _get(older, "metadata", "name")
-    state, attempt = copy_state(copy_job)
+    state, attempt = copy_state(copy_job, newest)
     job = copy_name(base, newest_number)
     if _get(newest, "metadata", "annotations", SWITCHED_ANNOTATION) is not None:
         state, current = VERIFIED, new_name  # switched: the copy Job is gone, the Job may be too

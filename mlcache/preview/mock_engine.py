@@ -12,6 +12,7 @@ import functools
 import logging
 import runpy
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -107,6 +108,9 @@ class _Provider(mocks.Mocks):
         metadata = dict(sent["value"] if secret else sent)
         if args.typ.startswith("kubernetes:") and state.get("kind") not in CLUSTER_SCOPED_KINDS:
             metadata.setdefault("namespace", DEFAULT_NAMESPACE)
+        if args.typ.startswith("kubernetes:") and metadata:
+            # The API server gives every object a UID; here one that is the same in every render.
+            metadata.setdefault("uid", str(uuid.uuid5(uuid.NAMESPACE_URL, f"{args.typ}/{metadata.get('namespace')}/{args.name}")))
         if metadata:
             state["metadata"] = {**sent, "value": metadata} if secret else metadata
         # An ID is never secret: one of secret metadata is the resource's name, as before.

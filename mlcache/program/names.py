@@ -57,6 +57,9 @@ COPY_ROLE_LABEL = "mlcache/copy-role"
 COPY_LABEL = "mlcache/copy"  # value: the copy's name (names.copy_name)
 # On the copy Jobs' pod templates: raised by the up after a failed copy, which replaces the Jobs (a retry resumes).
 COPY_ATTEMPT_ANNOTATION = "mlcache/copy-attempt"
+# On the copy Jobs' pod templates: the UID of the claim the copy fills. A verified copy counts for that
+# claim only: one deleted and made again under the same name is empty, and the copy is made again.
+COPY_INTO_UID_ANNOTATION = "mlcache/copy-into-uid"
 COPY_PORT = 7700
 # The longest cache.name a move can name its objects after (the copy Jobs' pods carry their Job's
 # name as a label value, at most 63 characters: name + "-copy-g" + generation + "-send").

@@ -87,6 +87,8 @@ def test_a_zone_move_copies_beside_the_old_volume_into_a_claim_bound_where_train
     running = jobs(rehearsal, namespace)
     assert running[JOB]["metadata"]["uid"] == training_uid and mounted_claims(running[JOB]) == [CLAIM]
     assert mounted_claims(running[f"{COPY}-send"]) == [CLAIM] and mounted_claims(running[COPY]) == [NEW]
+    # The copy says which claim it filled (a claim made again under that name would be copied into again).
+    assert running[COPY]["spec"]["template"]["metadata"]["annotations"]["mlcache/copy-into-uid"] == live[NEW]["metadata"]["uid"]
 
     # Next up, the copy verified: training on the new claim where it is bound; the old claim and the copy gone.
     outputs = rehearsal.up("prod", ["zone=sdsu", "cache.relocate=copy", "cache.protect=false"])

@@ -36,6 +36,7 @@ from mlcache.program.components.workload_scripts import COPY_SCRIPT, WORKLOADS
 from mlcache.program.names import (
     COPY_ATTEMPT_ANNOTATION,
     COPY_COMPONENT_LABEL,
+    COPY_INTO_UID_ANNOTATION,
     COPY_LABEL,
     COPY_PORT,
     COPY_ROLE_LABEL,
@@ -125,7 +126,11 @@ def _stream_end(pod: CachePod, role: str, args: list[str], **options: Any) -> di
     return container(pod, role, pod.job.image, command, mounts=mounts, **options)
 
 
-def _copy_job(pod: CachePod, name: str, role: str, spec: dict[str, Any], move: Move) -> dict[str, Any]:
+def _copy_job(
+    pod: CachePod, name: str, role: str, spec: dict[str, Any], move: Move, into_uid: pulumi.Input[str]
+) -> dict[str, Any]:
+    """Both Jobs of a copy carry its attempt and the UID of the claim it fills: either changing
+    re-makes both (the sender serves one receiver, then exits)."""
     return job_manifest(
         pod,
         f"{name}-send" if role == SENDER else name,
@@ -133,28 +138,30 @@ def _copy_job(pod: CachePod, name: str, role: str, spec: dict[str, Any], move: M
         app_label=COPY_COMPONENT_LABEL,
         backoff_limit=BACKOFF_LIMIT,
         pod_labels=pod_labels(name, role),
-        pod_annotations={COPY_ATTEMPT_ANNOTATION: str(move.attempt)},
+        pod_annotations={COPY_ATTEMPT_ANNOTATION: str(move.attempt), COPY_INTO_UID_ANNOTATION: into_uid},
     )
 
 
-def sender_job_manifest(source: CachePod, name: str, move: Move) -> dict[str, Any]:
+def sender_job_manifest(source: CachePod, name: str, move: Move, into_uid: pulumi.Input[str]) -> dict[str, Any]:
     """Beside the old volume, read-only: serves it to one receiver, then exits."""
     args = ["send", "--root", source.cache.mount_path, "--listen", f"0.0.0.0:{COPY_PORT}"]
     step = _stream_end(source, SENDER, args, resources=NODE_SIDE_RESOURCES, read_only=True)
     step["ports"] = [{"name": "copy", "containerPort": COPY_PORT, "protocol": "TCP"}]
     spec = pod_spec(source, [step], volumes=[_token_volume(name)], scheduling=node_pinning(source.job, move.source.nodes))
-    return _copy_job(source, name, SENDER, spec, move)
+    return _copy_job(source, name, SENDER, spec, move, into_uid)
 
 
-def receiver_job_manifest(target: CachePod, name: str, move: Move) -> dict[str, Any]:
+def receiver_job_manifest(target: CachePod, name: str, move: Move, into_uid: pulumi.Input[str]) -> dict[str, Any]:
     """Placed exactly like training, so the new claim binds where training will run; completes only verified."""
     args = ["receive", "--root", target.cache.mount_path, "--source", f"{name}:{COPY_PORT}", "--streams", str(STREAMS)]
     step = _stream_end(target, RECEIVER, args)
     spec = pod_spec(target, [step], volumes=[_token_volume(name)])
-    return _copy_job(target, name, RECEIVER, spec, move)
+    return _copy_job(target, name, RECEIVER, spec, move, into_uid)
 
 
-def local_job_manifest(target: CachePod, source_claim: pulumi.Input[str], name: str, move: Move) -> dict[str, Any]:
+def local_job_manifest(
+    target: CachePod, source_claim: pulumi.Input[str], name: str, move: Move, into_uid: pulumi.Input[str]
+) -> dict[str, Any]:
     """One pod with both claims: placed like training when the old volume attaches anywhere, else
     beside the old volume (the new one then attaches anywhere)."""
     beside_source = move.source.pinned
@@ -170,7 +177,7 @@ def local_job_manifest(target: CachePod, source_claim: pulumi.Input[str], name: 
     source_volume = {"name": SOURCE_VOLUME, "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True}}
     scheduling = node_pinning(target.job, move.source.nodes) if beside_source else None
     spec = pod_spec(target, [step], volumes=[source_volume], scheduling=scheduling)
-    return _copy_job(target, name, LOCAL_ROLE, spec, move)
+    return _copy_job(target, name, LOCAL_ROLE, spec, move, into_uid)
 
 
 class CacheCopy(pulumi.ComponentResource):
@@ -184,6 +191,7 @@ class CacheCopy(pulumi.ComponentResource):
         *,
         target: CachePod,
         source_claim: pulumi.Input[str],
+        into_uid: pulumi.Input[str],
         opts: pulumi.ResourceOptions | None = None,
     ):
         super().__init__("mlcache:index:CacheCopy", name, None, opts)
@@ -200,7 +208,7 @@ class CacheCopy(pulumi.ComponentResource):
         held = ["spec"] if move.copy_busy else None
         jobs = pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=held)
         if move.mode == LOCAL:
-            manifest = local_job_manifest(target, source_claim, copy, move)
+            manifest = local_job_manifest(target, source_claim, copy, move, into_uid)
         else:
             # A token per move, made once: later ups keep the one the pods already read.
             token = k8s.core.v1.Secret(
@@ -213,9 +221,9 @@ class CacheCopy(pulumi.ComponentResource):
             k8s.networking.v1.NetworkPolicy(f"{name}-policy", opts=child, **constructor_kwargs(policy_manifest(copy, namespace)))
             k8s.core.v1.Service(f"{name}-service", opts=child, **constructor_kwargs(service_manifest(copy, namespace)))
             jobs = pulumi.ResourceOptions.merge(jobs, pulumi.ResourceOptions(depends_on=[token]))
-            sender = sender_job_manifest(replace(target, claim_name=source_claim), copy, move)
+            sender = sender_job_manifest(replace(target, claim_name=source_claim), copy, move, into_uid)
             k8s.batch.v1.Job(f"{name}-sender", opts=jobs, **constructor_kwargs(sender))
-            manifest = receiver_job_manifest(target, copy, move)
+            manifest = receiver_job_manifest(target, copy, move, into_uid)
         self.job = k8s.batch.v1.Job(f"{name}-job", opts=jobs, **constructor_kwargs(manifest))
         self.job_name = self.job.metadata.name
         self.register_outputs({"job_name": self.job_name})

@@ -147,7 +147,7 @@ def job_manifest(
     backoff_limit: int,
     pod_labels: dict[str, str] | None = None,
     job_labels: dict[str, str] | None = None,
-    pod_annotations: dict[str, str] | None = None,
+    pod_annotations: dict[str, pulumi.Input[str]] | None = None,
     skip_await: bool = True,
     skips: dict[str, str] | None = None,
     pod_failure_policy: dict[str, Any] | None = None,
