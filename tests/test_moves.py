@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import uuid
 
 import pytest
 from pulumi import RunError
@@ -469,6 +468,9 @@ def test_after_the_switch_the_mark_not_the_training_job_says_where_training_runs
     assert grown.refusal is None and grown.move.switched  # grown in place, the old claim still kept
     expect, (finding,) = follow_move(expectation(), [after.older.claim, after.claim], None, None, None)
     assert expect.pvc == NEW and "training runs on" in finding.message
+    # Kept, the note is said on every up; unprotected, this up deletes the old claim: a move's step (for drift).
+    assert judge(wanted(protect=True), after).notes[-1].startswith("bound-cache guard: training runs on")
+    assert judge(wanted(protect=False), after).notes[-1].startswith("bound-cache guard: move: training runs on")
 
 
 def test_after_the_switch_settings_back_to_the_old_claim_never_put_training_back_on_it():
@@ -594,10 +596,24 @@ def test_a_verified_copy_counts_only_for_the_claim_it_filled_not_one_made_again_
     assert judge(WANTED, with_uids(under_way("Complete"), "uid-filled", copied_into="uid-filled")).move.switched
     assert judge(WANTED, with_uids(under_way("Complete"), "uid-x", copied_into=None)).move.switched  # Jobs made before
     # The program makes both copy Jobs again for the claim there now (its UID on their pods).
+    # (The claim's UID as the guard read it: the engine's state may still hold the deleted one's.)
     jobs = named(render_against(monkeypatch, stale, "cache.protect=false"), "Job")
     into = {jobs[name].inputs["spec"]["template"]["metadata"]["annotations"]["mlcache/copy-into-uid"] for name in COPIES}
-    assert [jobs[name].ignore_changes for name in COPIES] == [[], []]
-    assert len(into) == 1 and str(uuid.UUID(into.pop())) != "uid-filled"  # the claim's UID, as the engine returns it
+    assert [jobs[name].ignore_changes for name in COPIES] == [[], []] and into == {"uid-made-again"}
+    # The first up of a move: the claim is made in that up, so its UID comes from the engine.
+    first = named(render_against(monkeypatch, bound_in_ucsd()), "Job")[COPIES[0]].inputs["spec"]["template"]["metadata"]
+    assert first["annotations"]["mlcache/copy-into-uid"] == f"(uid of ml-training/{NEW} at up)"
+
+
+def test_a_copy_pod_at_work_is_ready_or_where_the_cluster_counts_no_ready_pods_active():
+    for status, busy in (
+        ({"ready": 1, "active": 1}, True),
+        ({"ready": 0, "active": 1}, False),
+        ({"active": 1}, True),
+        ({}, False),
+    ):
+        live = dataclasses.replace(under_way(), copy_job={**copy_job(None), "status": status})
+        assert judge(WANTED, live).move.copy_busy is busy, status
 
 
 def test_a_job_that_has_not_finished_holds_a_move_even_with_no_pod_at_work():

@@ -625,6 +625,8 @@ class Move:
     # The copy Job has a pod at work, or has completed: its Jobs stay as the cluster has them (a
     # pending or image-less one may be fixed by the settings; a failed one is retried anyway).
     copy_busy: bool = False
+    # The UID of the new claim as the guard read it (None: not made yet): what the copy fills.
+    into_uid: str | None = None
 
     @property
     def switched(self) -> bool:
@@ -653,6 +655,13 @@ def copy_mode(source: ClaimFacts, backend: str) -> str:
 def job_ended(job: Mapping | None, condition: str) -> bool:
     """The Job has the final condition `condition` (Complete or Failed)."""
     return any(c.get("type") == condition and c.get("status") == "True" for c in get(job, "status", "conditions") or [])
+
+
+def copy_at_work(job: Mapping | None) -> bool:
+    """A copy pod is at work: Ready (status.ready), or, where the cluster does not count ready pods
+    (JobReadyPods off, before Kubernetes 1.29), active."""
+    ready = get(job, "status", "ready")
+    return bool(ready) if ready is not None else bool(get(job, "status", "active"))
 
 
 def copied_into_another(job: Mapping | None, claim: Mapping | None) -> bool:
@@ -913,7 +922,8 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             state,
             attempt,
             keep_source=state == VERIFIED and wanted.protect,
-            copy_busy=state in (VERIFIED, HELD) or bool(get(live.copy_job, "status", "ready")),
+            copy_busy=state in (VERIFIED, HELD) or copy_at_work(live.copy_job),
+            into_uid=get(live.claim, "metadata", "uid"),
         )
         return Verdict(notes=(note,), generation=live.generation, move=move)
     if _describes(wanted, older.claim):
@@ -987,7 +997,9 @@ def _judge_after_switch(wanted: Wanted, live: LiveCache, source_where: str, targ
         return refusal
     source = ClaimFacts.of(older)
     move = Move(source, live.generation, copy_mode(source, wanted.backend), VERIFIED, keep_source=wanted.protect)
-    note = f"bound-cache guard: training runs on {target} (the move from {source_where} is over); {_retired(wanted, older)}"
+    # Unprotected, this up deletes the old claim: a move's step (drift tells it from a hand edit by the prefix).
+    prefix = NOTE_PREFIX if wanted.protect else MOVE_NOTE_PREFIX
+    note = f"{prefix}training runs on {target} (the move from {source_where} is over); {_retired(wanted, older)}"
     return replace(verdict, notes=(*verdict.notes, note), move=move)
 
 

@@ -67,9 +67,9 @@ def summary(stack: str, drifts: list[Drift], markdown: bool = False, notes: list
     if notes:
         lines += [f"> {note}" if markdown else f"  {note}" for note in notes]
         lines.append(
-            "The notes above are the bound-cache guard's: what they announce (a move's new claim and copy, a retry, "
-            f"the switch, the old claim's retirement) is the stack's own next step, which `pulumi up --stack {stack}` "
-            f"takes; `mlcache verify --stack {stack}` shows the move."
+            "The notes above are the bound-cache guard's, about a move of the cache: a change they announce (a move's "
+            f"new claim and copy, a retry, the switch, the old claim's retirement) is the stack's own next step, which "
+            f"`pulumi up --stack {stack}` takes; `mlcache verify --stack {stack}` shows the move."
         )
         edited = "Any other object listed was edited outside Pulumi"
     lines.append(

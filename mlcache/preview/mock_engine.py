@@ -12,7 +12,6 @@ import functools
 import logging
 import runpy
 import sys
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -109,8 +108,10 @@ class _Provider(mocks.Mocks):
         if args.typ.startswith("kubernetes:") and state.get("kind") not in CLUSTER_SCOPED_KINDS:
             metadata.setdefault("namespace", DEFAULT_NAMESPACE)
         if args.typ.startswith("kubernetes:") and metadata:
-            # The API server gives every object a UID; here one that is the same in every render.
-            metadata.setdefault("uid", str(uuid.uuid5(uuid.NAMESPACE_URL, f"{args.typ}/{metadata.get('namespace')}/{args.name}")))
+            # The API server gives every object a UID at up; a render says so where one is used.
+            metadata.setdefault(
+                "uid", f"(uid of {metadata.get('namespace') or 'cluster'}/{metadata.get('name', args.name)} at up)"
+            )
         if metadata:
             state["metadata"] = {**sent, "value": metadata} if secret else metadata
         # An ID is never secret: one of secret metadata is the resource's name, as before.

@@ -206,6 +206,9 @@ class CacheCopy(pulumi.ComponentResource):
         # (job.image, job.gpus) would replace a running copy, or re-run a verified one whose
         # receiver then waits for the GPUs training holds.
         held = ["spec"] if move.copy_busy else None
+        # The claim the guard read, once it exists: one made again by hand since (a new UID) is
+        # copied into again, whether or not the engine's state has seen it.
+        into_uid = move.into_uid or into_uid
         jobs = pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=held)
         if move.mode == LOCAL:
             manifest = local_job_manifest(target, source_claim, copy, move, into_uid)
