@@ -6,6 +6,10 @@ mounts, and what each `up` keeps, creates and deletes, read back by UID."""
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
+import subprocess
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -229,3 +233,43 @@ def test_a_running_copy_waits_a_failed_one_is_retried_and_putting_the_zone_back_
     assert outputs.get("cacheMove") is None and outputs["pvcName"] == CLAIM
     assert set(claims(rehearsal, namespace)) == {CLAIM} and uid(claims(rehearsal, namespace)[CLAIM]) == uid(before[CLAIM])
     assert set(jobs(rehearsal, namespace)) == {JOB} and uid(jobs(rehearsal, namespace)[JOB]) == uid(before[JOB])
+
+
+@pytest.mark.parametrize("rehearsal", COMPLETE_JOBS, indirect=True)
+def test_prods_protected_move_keeps_the_old_claim_refuses_a_move_back_and_retires_it_as_the_refusal_says(rehearsal):
+    outputs = rehearsal.up("prod")  # prod: cache.protect true
+    namespace = outputs["namespace"]
+    wait_for(lambda: completed(rehearsal, namespace, JOB), SETTLE, "the training run completes")
+    move = ["zone=sdsu", "cache.relocate=copy"]
+    assert rehearsal.up("prod", move)["cacheMove"]["state"] == "copying"
+    wait_for(lambda: completed(rehearsal, namespace, COPY), SETTLE, "the copy Job completes")
+
+    # The switch: training on the new claim, the old one kept (protected), its copy's objects gone.
+    outputs = rehearsal.up("prod", move)
+    assert outputs["pvcName"] == NEW and outputs["cacheMove"]["oldKept"] is True
+    kept = claims(rehearsal, namespace)
+    assert set(kept) == {CLAIM, NEW} and set(jobs(rehearsal, namespace)) == {JOB}
+    assert mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
+    uids = {name: claim["metadata"]["uid"] for name, claim in kept.items()}
+
+    # Settings back to the old claim's: refused, nothing changed, with the way to retire the old claim.
+    with pytest.raises(UpFailed) as refused:
+        rehearsal.up("prod", ["cache.relocate=copy"])
+    assert {n: c["metadata"]["uid"] for n, c in claims(rehearsal, namespace).items()} == uids
+    (unprotect,) = re.findall(r"`(pulumi state unprotect '[^']+' --stack prod)`", str(refused.value))
+
+    # Retired as the refusal says: unprotect it, cache.protect false for one up; the new claim stays.
+    done = subprocess.run(
+        [*shlex.split(unprotect), "--yes", "--non-interactive"],
+        cwd=rehearsal.project,
+        env={**os.environ, **rehearsal.env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = rehearsal.up("prod", [*move, "cache.protect=false"])
+    assert outputs["pvcName"] == NEW and outputs["cacheMove"]["oldKept"] is False
+    wait_for(lambda: set(claims(rehearsal, namespace)) == {NEW}, SETTLE, "the old claim is deleted")
+    assert claims(rehearsal, namespace)[NEW]["metadata"]["uid"] == uids[NEW]
+    assert mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
