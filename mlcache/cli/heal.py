@@ -36,7 +36,6 @@ from mlcache.cluster.heal import (
     apply_plan,
     connection_blocker,
     plan_heal,
-    read_generations,
     read_heal_snapshot,
     render_plan,
     up_blocker,
@@ -71,9 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
     with cluster_errors():
         # After a move the cache is a later generation of the claim: heal the one training mounts.
-        expect, _ = read_move(expect, kube)
+        expect, _, generations = read_move(expect, kube)
         snapshot = read_heal_snapshot(expect, kube)
-        generations = read_generations(expect, kube)
         durable = None
         if expect.durable is not None:
             durable = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcache.cluster.bound_cache import cache_generations, deployed_context, get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.bound_cache import deployed_context, get, has_taint, is_ready, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
-from mlcache.cluster.kube import CLAIM, CLAIMS, NAMESPACED_PODS, POD, Kube, api_path
+from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube, api_path
 from mlcache.errors import Unreachable
 from mlcache.program.names import OUT_OF_SERVICE_TAINT, cache_name_of, claim_generation, generation_claim_name
 
@@ -232,12 +232,6 @@ def read_heal_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
     pods = kube.items(api_path(NAMESPACED_PODS, namespace=expect.namespace))
     snapshot.pods = [p for p in pods if mounts_claim(p, expect.pvc)]
     return snapshot
-
-
-def read_generations(expect: Expectation, kube: Kube) -> tuple[int, ...]:
-    """The generations of the cache's live claims, oldest first."""
-    claims = kube.items(api_path(CLAIMS, namespace=expect.namespace))
-    return tuple(number for number, _ in cache_generations(cache_name_of(expect.pvc), claims))
 
 
 def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:

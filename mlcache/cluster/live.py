@@ -123,7 +123,7 @@ def read_cluster(expect_for, provider: ProviderSettings, flag: str | None) -> tu
     with cluster_errors():
         if expect.run is None:
             # After a move the cache is a later generation of the claim: check the one training mounts.
-            expect, moving = read_move(expect, kube)
+            expect, moving, _ = read_move(expect, kube)
             findings = moving + verify(expect, kube)
             if expect.durable is not None:
                 state = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)
@@ -153,15 +153,17 @@ def read_durable(claim: str, refresh_job: str, namespace: str, kube: Kube) -> Du
 COPY_PROGRESS_PREFIX = "cache_copy: "
 
 
-def read_move(expect: Expectation, kube: Kube) -> tuple[Expectation, list[Finding]]:
-    """follow_move on the live claims, the copy Job, the training Job and the copy pod's last progress line."""
+def read_move(expect: Expectation, kube: Kube) -> tuple[Expectation, list[Finding], tuple[int, ...]]:
+    """follow_move on the live claims, the copy Job, the training Job and the copy pod's last progress
+    line; and the generations of the cache's live claims, oldest first (what heal plans with)."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
 
     claims = kube.items(api_path(CLAIMS, namespace=expect.namespace))
     base = cache_name_of(expect.pvc)
     generations = cache_generations(base, claims)
+    numbers = tuple(number for number, _ in generations)
     if len(generations) < 2:
-        return follow_move(expect, claims, None, None, None)
+        return (*follow_move(expect, claims, None, None, None), numbers)
     job_name = copy_name(base, generations[-1][0])
 
     def job(name: str | None) -> dict | None:
@@ -177,7 +179,7 @@ def read_move(expect: Expectation, kube: Kube) -> tuple[Expectation, list[Findin
             continue  # not started yet, or no log kept (a kwok node runs nothing)
         lines = [line.removeprefix(COPY_PROGRESS_PREFIX) for line in log.splitlines() if line.startswith(COPY_PROGRESS_PREFIX)]
         progress = lines[-1] if lines else progress
-    return follow_move(expect, claims, job(job_name), mounted, progress)
+    return (*follow_move(expect, claims, job(job_name), mounted, progress), numbers)
 
 
 def verify(expect: Expectation, kube: Kube) -> list[Finding]:
