@@ -28,7 +28,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from mlcache.cluster.bound_cache import LOCAL, Move
-from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
+from mlcache.program.components.cache_pod import CachePod, container, held_spec, job_manifest, pod_spec, scripts_mount
 from mlcache.program.components.common import constructor_kwargs, metadata
 from mlcache.program.components.placement import node_pinning
 from mlcache.program.components.security import checkov_skips, namespace_skip, scratch_mount
@@ -199,17 +199,16 @@ class CacheCopy(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         script = k8s.core.v1.ConfigMap(f"{name}-script", opts=child, **constructor_kwargs(script_manifest(copy, namespace)))
         target = replace(target, scripts=script.metadata.name)
+        # The claim the guard read, once it exists: one made again by hand since (a new UID) is
+        # copied into again, whether or not the engine's state has seen it.
+        into_uid = move.into_uid or into_uid
         # The copy Jobs are replaced as a whole, never patched: when a failed copy is retried (a new
         # attempt), or when the settings change while no copy pod is at work (pending, or its image
         # not pulled: the change may be the fix). Once a copy pod works, and after the copy is
         # verified, they stay exactly as the cluster has them: a settings change during the move
         # (job.image, job.gpus) would replace a running copy, or re-run a verified one whose
         # receiver then waits for the GPUs training holds.
-        held = ["spec"] if move.copy_busy else None
-        # The claim the guard read, once it exists: one made again by hand since (a new UID) is
-        # copied into again, whether or not the engine's state has seen it.
-        into_uid = move.into_uid or into_uid
-        jobs = pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=held)
+        jobs = pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=held_spec(move.copy_busy))
         if move.mode == LOCAL:
             manifest = local_job_manifest(target, source_claim, copy, move, into_uid)
         else:

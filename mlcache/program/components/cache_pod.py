@@ -138,6 +138,12 @@ def pod_spec(
     return spec
 
 
+def held_spec(held: bool) -> list[str] | None:
+    """ignore_changes of a Job on the cache that a move holds: its spec stays as the cluster has it
+    (a changed pod template would replace the Job, and run it again)."""
+    return ["spec"] if held else None
+
+
 def job_manifest(
     pod: CachePod,
     name: str,

@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
+from mlcache.program.components.cache_pod import CachePod, container, held_spec, job_manifest, pod_spec, scripts_mount
 from mlcache.program.components.common import constructor_kwargs
 from mlcache.program.components.security import scratch_mount
 from mlcache.program.components.workers import run_workers
@@ -129,7 +129,7 @@ class StorageBenchmark(pulumi.ComponentResource):
         self.jobs = [
             k8s.batch.v1.Job(
                 f"{name}-job" if index == 0 else f"{name}-job-{index}",
-                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=["spec"] if held else None),
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True, ignore_changes=held_spec(held)),
                 **constructor_kwargs(manifest),
             )
             for index, manifest in enumerate(worker_benchmark_manifests(pod, bench, claim_names))

@@ -10,7 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
-from mlcache.program.components.cache_pod import CachePod, container, job_manifest, pod_spec, scripts_mount
+from mlcache.program.components.cache_pod import CachePod, container, held_spec, job_manifest, pod_spec, scripts_mount
 from mlcache.program.components.common import constructor_kwargs
 from mlcache.program.components.durable_copy import durable_volume, restore_container
 from mlcache.program.components.hub_credentials import HubCredentials, SecretEnv, secret_env_entries
@@ -229,7 +229,7 @@ def job_options(parent: pulumi.Resource, job: JobSettings, held: bool = False) -
     timeouts = pulumi.CustomTimeouts(create=job.wait_timeout, update=job.wait_timeout) if job.wait_for_completion else None
     # Never pulumi.com/replaceUnready: it would replace (kill) a Job that is still training.
     return pulumi.ResourceOptions(
-        parent=parent, delete_before_replace=True, custom_timeouts=timeouts, ignore_changes=["spec"] if held else None
+        parent=parent, delete_before_replace=True, custom_timeouts=timeouts, ignore_changes=held_spec(held)
     )
 
 
