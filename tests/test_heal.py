@@ -119,17 +119,79 @@ def test_apply_refuses_before_anything_is_deleted_when_pulumi_up_cannot_run(tmp_
 
 
 def test_a_cache_with_two_live_generations_is_healed_one_at_a_time():
-    """After a move prod keeps the old claim; during one, the new claim is being filled: deleting
-    the claim training mounts would make the next up take the other generation for the cache."""
-    kept = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1")
-    assert kept.refusal.startswith(f"claim {EXPECT.pvc}, the old claim of the last move, is still kept (cache.protect)")
-    assert "may be their only copy left" in kept.refusal and "copy out what you need first" in kept.refusal
-    assert "Nothing was changed" in kept.refusal and not kept.steps and kept.proof
+    """During a move the new claim is being filled: deleting the claim training mounts would make
+    the next up take the other generation for the cache. After a protected move whose kept claim is
+    lost too, nothing is left to restore from."""
+    both_lost = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1", kept=kept_snapshot(ready="Unknown"))
+    assert both_lost.refusal.startswith(f"claim {EXPECT.pvc}, the old claim of the last move, is kept (cache.protect)")
+    assert "is on gpu-sdsu-1, not Ready either: there is nothing left to restore" in both_lost.refusal
+    assert "Nothing was changed" in both_lost.refusal and not both_lost.steps and both_lost.proof
+    unread = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1")
+    assert "and it was not read: there is nothing left to restore" in unread.refusal and not unread.steps
     moving = heal_generations(EXPECT, (0, 1), EXPECT.pvc)
     assert moving.refusal.startswith(f"a move of the cache from {EXPECT.pvc} into {EXPECT.pvc}-g1 is under way")
     assert heal_generations(EXPECT, (1,), f"{EXPECT.pvc}-g1").refusal is None
 
 
-def heal_generations(expect, generations, current):
+def job_mounting(name: str, claim_name: str) -> dict:
+    volumes = [{"name": "model-cache", "persistentVolumeClaim": {"claimName": claim_name}}]
+    return {"metadata": {"name": name}, "spec": {"template": {"spec": {"volumes": volumes}}}}
+
+
+def kept_snapshot(ready: str = "True") -> Snapshot:
+    kept_node = node("gpu-sdsu-1", "sdsu", ready=ready)
+    return Snapshot(pvc=claim(name=EXPECT.pvc, volume="pvc-kept"), pv=volume("gpu-sdsu-1"), nodes={"gpu-sdsu-1": kept_node})
+
+
+def test_after_a_protected_move_heal_deletes_the_lost_claim_and_its_jobs_and_says_how_to_restore_from_the_kept_one():
+    """The kept claim holds the models as they were at the switch: the user's next ups move them
+    into a new claim like any move, with training off until the copy is verified, so that no pod of
+    a Job on the lost claim binds the new one before the copy has filled it."""
+    current = f"{EXPECT.pvc}-g1"
+    jobs = [job_mounting("sft-run-2", current), job_mounting("sft-run-1", EXPECT.pvc), job_mounting("other", "x")]
+    stuck = pod("sft-run-2-abcde", node_name="gpu-ucsd-1")
+    stuck["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = current
+    expect = dataclasses.replace(EXPECT, pvc=current)
+    plan = plan_heal(
+        snapshot(None, pods=[stuck]),
+        expect,
+        protected=True,
+        allow_protected=True,
+        generations=(0, 1),
+        kept=kept_snapshot(),
+        jobs=jobs,
+    )
+    assert plan.refusal is None and plan.restores_from == EXPECT.pvc and plan.jobs == ("sft-run-2",)
+    assert plan.steps == (
+        "force-delete pod ml-training/sft-run-2-abcde (bound to the dead node gpu-ucsd-1)",
+        "delete Job ml-training/sft-run-2 (it mounts the lost claim: its pods must not bind the new one before the copy "
+        "into it is verified)",
+        f"delete claim ml-training/{current} (volume pvc-0a1b on gpu-ucsd-1): only cache data, already lost",
+    )
+    assert plan.then[0] == (
+        "pulumi config set --path mlcache:job.enabled false --stack prod; pulumi config set --path mlcache:cache.relocate "
+        "copy --stack prod"
+    )
+    assert plan.then[1].startswith(f"pulumi up --refresh --stack prod: a move copies ml-training/{EXPECT.pvc} (the models")
+    assert plan.then[-1].startswith("pulumi config set --path mlcache:job.enabled true --stack prod; pulumi up --stack prod")
+    lines = render_plan(plan, apply=False).splitlines()
+    assert lines[1] == "would (dry run; add --apply to act):" and lines[5] == (
+        f"then you restore it from {EXPECT.pvc} (heal does not change the stack's settings):"
+    )
+    assert lines[6:] == [f"  {index}. {step}" for index, step in enumerate(plan.then, start=4)]
+    # prod protects its cache: the same plan, refused without the flag.
+    refused = plan_heal(
+        snapshot(None, pods=[stuck]),
+        expect,
+        protected=True,
+        allow_protected=False,
+        generations=(0, 1),
+        kept=kept_snapshot(),
+        jobs=jobs,
+    )
+    assert "--allow-protected" in refused.refusal and refused.steps == plan.steps and refused.then == plan.then
+
+
+def heal_generations(expect, generations, current, kept=None):
     expect = dataclasses.replace(expect, pvc=current)
-    return plan_heal(snapshot(None), expect, protected=False, allow_protected=False, generations=generations)
+    return plan_heal(snapshot(None), expect, protected=False, allow_protected=False, generations=generations, kept=kept)

@@ -7,7 +7,10 @@ replacement stays Pending for ever (volume node affinity conflict). Only cache d
 the cache is rebuildable, so the remedy is a new claim: this tool force-deletes the pods still
 bound to the dead node that mount the claim, deletes the claim, and runs
 `pulumi up --refresh --yes --skip-preview --non-interactive --stack STACK`, which re-creates it (nothing else is replaced); the
-pending pod then binds a fresh volume on a healthy node and the warm-up refills it.
+pending pod then binds a fresh volume on a healthy node and the warm-up refills it. After a
+protected move, when the lost claim is the new one and the old one is kept on a live node, it
+deletes the lost claim and the Jobs that mount it, and prints the steps that restore it from the
+kept claim (a move, copied and verified; those steps change settings, so they are yours to run).
 
 Dry run by default: it prints what it would do. It refuses, saying why, when the node is only
 cordoned or still Ready, when the volume has more than one replica (LINSTOR fails over by itself),
@@ -37,6 +40,7 @@ from mlcache.cluster.heal import (
     connection_blocker,
     plan_heal,
     read_heal_snapshot,
+    read_kept,
     render_plan,
     up_blocker,
 )
@@ -72,11 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         # After a move the cache is a later generation of the claim: heal the one training mounts.
         expect, _, generations = read_move(expect, kube)
         snapshot = read_heal_snapshot(expect, kube)
+        kept, jobs = read_kept(expect, generations, kube)
         durable = None
         if expect.durable is not None:
             durable = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)
     plan = plan_heal(
-        snapshot, expect, protected=protected, allow_protected=args.allow_protected, durable=durable, generations=generations
+        snapshot,
+        expect,
+        protected=protected,
+        allow_protected=args.allow_protected,
+        durable=durable,
+        generations=generations,
+        kept=kept,
+        jobs=jobs,
     )
     document = {"stack": args.stack, "namespace": expect.namespace, "claim": expect.pvc, "plan": asdict(plan), "applied": False}
     if not args.json:

@@ -8,13 +8,14 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcache.cluster.bound_cache import deployed_context, get, has_taint, is_ready, pinned_node_names
+from mlcache.cluster.bound_cache import deployed_context, get, has_taint, is_ready, mounted_claims, pinned_node_names
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
-from mlcache.cluster.kube import CLAIM, NAMESPACED_PODS, POD, Kube, api_path
+from mlcache.cluster.kube import CLAIM, JOB, JOBS, NAMESPACED_PODS, POD, Kube, api_path
 from mlcache.errors import Unreachable
 from mlcache.program.names import OUT_OF_SERVICE_TAINT, cache_name_of, claim_generation, generation_claim_name
 
@@ -50,8 +51,15 @@ class HealPlan:
     proof: str = ""
     stuck_pods: tuple[str, ...] = ()
     steps: tuple[str, ...] = field(default_factory=tuple)
-    # The durable copy the new claim is restored from (None: the warm-up downloads again).
+    # The claim the new one is restored from: the durable copy, or the old claim a protected move
+    # kept (None: the warm-up downloads again).
     restores_from: str | None = None
+    # The Jobs heal deletes: those mounting a lost claim that is restored by a move (their pods
+    # must not bind the new claim before the copy into it is verified).
+    jobs: tuple[str, ...] = ()
+    # What the user runs next, when heal does not run `pulumi up` itself (a restore from the kept
+    # claim takes settings only the user should change).
+    then: tuple[str, ...] = ()
 
 
 def refill(durable: DurableState | None) -> tuple[str, str | None]:
@@ -87,9 +95,12 @@ def plan_heal(
     allow_protected: bool,
     durable: DurableState | None = None,
     generations: tuple[int, ...] = (),
+    kept: Snapshot | None = None,
+    jobs: Sequence[dict] = (),
 ) -> HealPlan:
     """What healing would do, or why it must not. Pure: the tests feed it API-shaped objects.
-    `generations`: those of the cache's live claims (bound_cache.cache_generations)."""
+    `generations`: those of the cache's live claims (bound_cache.cache_generations); `kept`: with
+    two, the older one's claim, volume and the nodes; `jobs`: the Jobs of the namespace."""
     where = f"{expect.namespace}/{expect.pvc}"
     if snapshot.pvc is None:
         return HealPlan(refusal=f"claim {where} does not exist: nothing to heal (`pulumi up` creates it)")
@@ -135,8 +146,11 @@ def plan_heal(
                 f"node {name}`), then run this again"
             )
         )
+    kept_claim = None
     if len(generations) > 1:
-        return HealPlan(refusal=_move_refusal(expect, generations), dead_node=name, proof=proof)
+        kept_claim = get(kept.pvc, "metadata", "name") if kept else None
+        if refusal := _move_refusal(expect, generations, kept):
+            return HealPlan(refusal=refusal, dead_node=name, proof=proof)
     stuck = tuple(
         sorted(
             get(p, "metadata", "name")
@@ -145,34 +159,80 @@ def plan_heal(
         )
     )
     steps = [f"force-delete pod {expect.namespace}/{pod} (bound to the dead node {name})" for pod in stuck]
-    steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
-    how, source = refill(durable)
-    steps.append(
-        f"{' '.join(up_command(expect.stack))}: re-creates the claim (nothing else is replaced); the "
-        f"training pod binds a fresh volume on a healthy node and {how}"
-    )
     refusal = None
     if protected and not allow_protected:  # refused, with the plan the flag would carry out
         refusal = (
             f"stack {expect.stack} protects its cache (cache.protect true): re-creating claim {where} needs "
             "--allow-protected (its data is already lost with the node; the new claim is protected again)"
         )
+    if kept_claim is not None:
+        base = HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck)
+        return _restore_from_kept(base, expect, kept_claim, f"{where} (volume {volume} on {name})", jobs, steps)
+    steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
+    how, source = refill(durable)
+    steps.append(
+        f"{' '.join(up_command(expect.stack))}: re-creates the claim (nothing else is replaced); the "
+        f"training pod binds a fresh volume on a healthy node and {how}"
+    )
     return HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
 
 
-def _move_refusal(expect: Expectation, generations: tuple[int, ...]) -> str:
-    """Two generations of the cache live: the program takes the newest for the cache, so heal one at a time."""
+def _restore_from_kept(
+    base: HealPlan, expect: Expectation, kept_claim: str, lost: str, jobs: Sequence[dict], steps: list[str]
+) -> HealPlan:
+    """The lost claim is the newer of two generations, the older kept by cache.protect since the move
+    between them: heal deletes the lost claim and the Jobs that mount it, and the user's next ups
+    move the cache from the kept claim into a new one, as any move does (copied, verified, then
+    training switches), with training off until then so that no pod binds the new claim before the
+    copy has filled it."""
+    on_lost = tuple(sorted(get(j, "metadata", "name") for j in jobs if expect.pvc in mounted_claims(j)))
+    steps += [
+        f"delete Job {expect.namespace}/{job} (it mounts the lost claim: its pods must not bind the new one before "
+        "the copy into it is verified)"
+        for job in on_lost
+    ]
+    steps.append(f"delete claim {lost}: only cache data, already lost")
+    stack = f"--stack {expect.stack}"
+    then = (
+        f"pulumi config set --path mlcache:job.enabled false {stack}; pulumi config set --path mlcache:cache.relocate "
+        f"copy {stack}",
+        f"pulumi up --refresh {stack}: a move copies {expect.namespace}/{kept_claim} (the models as they were at the "
+        f"last switch) into a new {expect.pvc} on a healthy node of its placement, verified",
+        f"mlcache verify {stack}, until it says the copy is verified",
+        f"pulumi config set --path mlcache:job.enabled true {stack}; pulumi up {stack}: training runs on the new "
+        f"{expect.pvc}; {kept_claim} stays kept (cache.protect)",
+    )
+    return replace(base, steps=tuple(steps), restores_from=kept_claim, jobs=on_lost, then=then)
+
+
+def kept_loss(kept: Snapshot) -> str | None:
+    """Why the claim a protected move kept cannot be copied from (None: it can): not bound, or its
+    volume pinned to nodes of which none is Ready and in service."""
+    if get(kept.pvc, "status", "phase") != "Bound" or kept.pv is None:
+        return "is not bound to a volume"
+    nodes = pinned_node_names(kept.pv)
+    usable = [n for n in nodes if (node := kept.nodes.get(n)) and is_ready(node) and not has_taint(node, OUT_OF_SERVICE_TAINT)]
+    if nodes and not usable:
+        return f"is on {', '.join(nodes)}, not Ready either"
+    return None
+
+
+def _move_refusal(expect: Expectation, generations: tuple[int, ...], kept: Snapshot | None) -> str | None:
+    """Two generations of the cache live: the program takes the newest for the cache, so heal one at
+    a time; the newer lost beside an older one kept that can be copied from is restored from it (None)."""
     cache_name = cache_name_of(expect.pvc)
     current = claim_generation(cache_name, expect.pvc)
     others = ", ".join(generation_claim_name(cache_name, g) for g in generations if g != current)
     if current == max(generations):
+        why = kept_loss(kept) if kept is not None else "was not read"
+        if why is None:
+            return None
         return (
-            f"claim {others}, the old claim of the last move, is still kept (cache.protect) beside {expect.pvc}: with "
-            f"{expect.pvc} deleted, `pulumi up` would take it for the cache. Nothing was changed. It holds the models "
-            f"as they were at the switch, and with {expect.pvc}'s volume lost it may be their only copy left: heal "
-            f"re-creates {expect.pvc} only once it is retired, which deletes it, so copy out what you need first. Retire "
-            f"it (`mlcache verify --stack {expect.stack}` names it; `pulumi state unprotect` it, set cache.protect "
-            f"false, `pulumi up` with the settings {expect.pvc} was made for), then heal"
+            f"claim {others}, the old claim of the last move, is kept (cache.protect) beside {expect.pvc}, and it {why}: "
+            f"there is nothing left to restore {expect.pvc} from. Nothing was changed. With {expect.pvc} deleted, "
+            f"`pulumi up` would take {others} for the cache: retire it first (`mlcache verify --stack {expect.stack}` "
+            f"names it; `pulumi state unprotect` it, set cache.protect false, `pulumi up` with the settings "
+            f"{expect.pvc} was made for), then heal"
         )
     return (
         f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off first "
@@ -219,6 +279,9 @@ def render_plan(plan: HealPlan, apply: bool) -> str:
     heading = "will:" if apply else "would (dry run; add --apply to act):"
     lines = [f"node loss proven: {plan.proof}", "with --allow-protected it would:" if plan.refusal else heading]
     lines += [f"  {index}. {step}" for index, step in enumerate(plan.steps, start=1)]
+    if plan.then:
+        lines.append(f"then you restore it from {plan.restores_from} (heal does not change the stack's settings):")
+        lines += [f"  {index}. {step}" for index, step in enumerate(plan.then, start=len(plan.steps) + 1)]
     if plan.refusal:
         lines.append(f"refused: {plan.refusal}")
     return "\n".join(lines)
@@ -234,6 +297,21 @@ def read_heal_snapshot(expect: Expectation, kube: Kube) -> Snapshot:
     return snapshot
 
 
+def read_kept(expect: Expectation, generations: tuple[int, ...], kube: Kube) -> tuple[Snapshot | None, list[dict]]:
+    """With two generations live, the other one's claim, volume and the nodes (None: one generation),
+    and the Jobs of the namespace (what a restore from it deletes)."""
+    from mlcache.cluster.live import read_snapshot  # noqa: PLC0415
+
+    if len(generations) < 2:
+        return None, []
+    cache_name = cache_name_of(expect.pvc)
+    current = claim_generation(cache_name, expect.pvc)
+    other = generation_claim_name(cache_name, next(g for g in reversed(generations) if g != current))
+    return read_snapshot(replace(expect, pvc=other, job=None, run=None), kube), kube.items(
+        api_path(JOBS, namespace=expect.namespace)
+    )
+
+
 def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
     """Carry the plan out; True when healed (the outcome is printed on stdout either way)."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
@@ -242,6 +320,13 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
         print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
         try:
             kube.delete(api_path(POD, namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    for job in plan.jobs:
+        print(f"deleting Job {expect.namespace}/{job}", file=sys.stderr)
+        try:  # its pods with it (the API's default for a Job leaves them)
+            kube.delete(api_path(JOB, namespace=expect.namespace, name=job), {"propagationPolicy": "Background"})
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -259,6 +344,10 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
             )
             return False
         time.sleep(1)
+    if plan.then:
+        print(f"healed: claim {expect.namespace}/{expect.pvc} deleted; restore it from {plan.restores_from} with these steps:")
+        print("\n".join(f"  {index}. {step}" for index, step in enumerate(plan.then, start=len(plan.steps) + 1)))
+        return True
     from mlcache import CHECKOUT  # noqa: PLC0415
 
     command = up_command(expect.stack)

@@ -215,10 +215,13 @@ EVENT_POLL = 0.2
 CANCEL_WAIT = 120
 
 
-def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path, progress: Progress = quiet) -> dict[str, Any]:
-    """`pulumi up --yes --skip-preview` of a stack in a project directory, as a user runs it, its
-    engine events followed for progress and errors; then the stack outputs (`pulumi stack output
-    --show-secrets`). The one path every rehearsal (and every integration test) deploys by.
+def up_stack(
+    work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path, progress: Progress = quiet, refresh: bool = False
+) -> dict[str, Any]:
+    """`pulumi up --yes --skip-preview` of a stack in a project directory (with --refresh: the
+    state first refreshed from the cluster), as a user runs it, its engine events followed for
+    progress and errors; then the stack outputs (`pulumi stack output --show-secrets`). The one
+    path every rehearsal (and every integration test) deploys by.
 
     The CLI is run directly rather than through the Automation API's `Stack.up`, which runs
     `stack select`, `stack output` twice and `stack history` around every up: about a second of
@@ -231,7 +234,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
         try:
             event = json.loads(line)
             step = (event.get("resOutputsEvent") or {}).get("metadata") or {}
-            if step.get("type", "").startswith("kubernetes:") and step.get("op") != "same":
+            if step.get("type", "").startswith("kubernetes:") and step.get("op") not in ("same", "refresh"):
                 progress(f"up: {step['op']} {step['type'].split(':')[-1]} {step['urn'].split('::')[-1]}")
             diagnostic = event.get("diagnosticEvent") or {}
             if diagnostic.get("severity") == "error":
@@ -243,6 +246,7 @@ def up_stack(work_dir: Path, stack_name: str, env: dict[str, str], bin_dir: Path
         events, output = Path(tmp) / "events.jsonl", Path(tmp) / "output.txt"
         events.touch()
         command = ["up", "--yes", "--skip-preview", "--non-interactive", "--color", "never", "--event-log", str(events)]
+        command += ["--refresh"] if refresh else []
         with output.open("w") as sink, events.open(encoding="utf-8") as log:
             # --event-log exists only with the CLI's debug commands on (as the Automation API runs it).
             # A session of its own: a Ctrl-C reaches the CLI once, from here, as one cancel.
@@ -538,17 +542,18 @@ class Rehearsal:
         for key, value in secret.items():
             workspace.set_config(stack, key, auto.ConfigValue(value=value, secret=True))
 
-    def up(self, stack: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    def up(self, stack: str, overrides: Sequence[str] = (), refresh: bool = False) -> dict[str, Any]:
         """The stack's config (Pulumi.yaml < Pulumi.<stack>.yaml < overrides) deployed to the
-        rehearsal cluster. Returns the stack outputs."""
+        rehearsal cluster (`pulumi up --refresh` with `refresh`). Returns the stack outputs."""
         config = load_stack_config(stack, list(overrides))
         namespace = config.values.get("mlcache:namespace")
         if namespace:
             self.ensure_namespace(namespace)
         self.configure(stack, config)
-        self.progress(f"pulumi up --stack {stack} (file backend in {self.work / 'state'})")
+        flags = " --refresh" if refresh else ""
+        self.progress(f"pulumi up{flags} --stack {stack} (file backend in {self.work / 'state'})")
         # No secret can be in an error here: secure values never reach the rehearsal (placeholders).
-        outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress)
+        outputs = up_stack(self.project, stack, self.env, self.bin_dir, self.progress, refresh)
         self.progress("pulumi up done")
         return outputs
 

@@ -18,7 +18,7 @@ from kubernetes import client
 from mlcache.cluster.bound_cache import mounted_claims
 from mlcache.rehearsal.cluster import UpFailed
 from tests.integration.conftest import ended, wait_for
-from tests.integration.test_day2 import tool
+from tests.integration.test_day2 import OUT_OF_SERVICE, kill_node, tool
 
 SETTLE = 120.0
 CLAIM = "ms-swift-cache-pvc"
@@ -272,4 +272,61 @@ def test_prods_protected_move_keeps_the_old_claim_refuses_a_move_back_and_retire
     assert outputs["pvcName"] == NEW and outputs["cacheMove"]["oldKept"] is False
     wait_for(lambda: set(claims(rehearsal, namespace)) == {NEW}, SETTLE, "the old claim is deleted")
     assert claims(rehearsal, namespace)[NEW]["metadata"]["uid"] == uids[NEW]
+    assert mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
+
+
+@pytest.mark.parametrize("rehearsal", COMPLETE_JOBS, indirect=True)
+def test_node_loss_after_a_protected_move_restores_the_new_claim_from_the_kept_old_one_as_heal_says(rehearsal):
+    """prod, first in sdsu, moves to ucsd and keeps its old claim in sdsu (cache.protect). The new
+    claim's node dies: heal deletes the lost claim and the Job on it, and prints the steps that move
+    the models from the kept claim into a new claim, which these ups follow: the copy runs from the
+    kept claim's node into a claim bound on the other ucsd A100 node, then training switches to it;
+    the kept claim keeps its UID."""
+    outputs = rehearsal.up("prod", ["zone=sdsu"])
+    namespace = outputs["namespace"]
+    wait_for(lambda: completed(rehearsal, namespace, JOB), SETTLE, "the training run completes")
+    kept_node = training(rehearsal.report("prod", outputs, SETTLE)).node
+    move = ["zone=ucsd", "cache.relocate=copy"]
+    rehearsal.up("prod", move)
+    wait_for(lambda: completed(rehearsal, namespace, COPY), SETTLE, "the copy Job completes")
+    outputs = rehearsal.up("prod", move)
+    assert outputs["pvcName"] == NEW and outputs["cacheMove"]["oldKept"] is True
+    wait_for(lambda: completed(rehearsal, namespace, JOB), SETTLE, "the run on the new claim completes")
+    lost = claims(rehearsal, namespace)
+    kept_uid = lost[CLAIM]["metadata"]["uid"]
+    (dead,) = rehearsal.view(namespace).volumes[lost[NEW]["spec"]["volumeName"]]["spec"]["nodeAffinity"]["required"][
+        "nodeSelectorTerms"
+    ][0]["matchExpressions"][0]["values"]
+
+    kill_node(rehearsal, dead)
+    taints = rehearsal.core.read_node(dead).spec.taints or []
+    rehearsal.core.patch_node(dead, {"spec": {"taints": [t.to_dict() for t in taints] + [OUT_OF_SERVICE.to_dict()]}})
+    healed = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")
+    assert healed.returncode == 0, healed.stdout + healed.stderr
+    assert f"healed: claim {namespace}/{NEW} deleted; restore it from {CLAIM} with these steps:" in healed.stdout
+    steps = re.findall(r"^  \d+\. (.*)$", healed.stdout.split("with these steps:")[1], re.M)
+    assert len(steps) == 4 and steps[0].startswith("pulumi config set --path mlcache:job.enabled false --stack prod")
+    assert set(claims(rehearsal, namespace)) == {CLAIM} and JOB not in jobs(rehearsal, namespace)
+
+    # An up that skips the first step is refused, nothing changed: a run would bind the new claim empty.
+    with pytest.raises(UpFailed, match=re.escape("Set job.enabled false until")):
+        rehearsal.up("prod", move)
+    assert set(claims(rehearsal, namespace)) == {CLAIM} and JOB not in jobs(rehearsal, namespace)
+
+    # The steps: training off, the move from the kept claim, verified; then training on.
+    outputs = rehearsal.up("prod", [*move, "job.enabled=false"], refresh=True)
+    assert outputs["cacheMove"]["state"] == "copying" and outputs["cacheMove"]["mode"] == "stream"
+    wait_for(lambda: completed(rehearsal, namespace, COPY), SETTLE, "the copy from the kept claim completes")
+    pods = copy_pods(rehearsal, namespace)
+    assert pods["sender"]["spec"]["nodeName"] == kept_node
+    receiver_node = pods["receiver"]["spec"]["nodeName"]
+    assert receiver_node != dead and zone_of(rehearsal, receiver_node) == "ucsd"
+    assert mounted_claims(jobs(rehearsal, namespace)[f"{COPY}-send"]) == [CLAIM]
+    outputs = rehearsal.up("prod", move)
+    assert outputs["pvcName"] == NEW and outputs["cacheMove"]["oldKept"] is True
+    report = rehearsal.report("prod", outputs, SETTLE)
+    assert training(report).node == receiver_node and training(report).with_cache is True, report.problems
+    now = claims(rehearsal, namespace)
+    assert set(now) == {CLAIM, NEW} and now[CLAIM]["metadata"]["uid"] == kept_uid
+    assert now[NEW]["metadata"]["uid"] != lost[NEW]["metadata"]["uid"]
     assert mounted_claims(jobs(rehearsal, namespace)[JOB]) == [NEW]
