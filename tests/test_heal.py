@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from mlcache.cli.heal import main
-from mlcache.cluster.diagnosis import Expectation, Snapshot
+from mlcache.cluster.diagnosis import Expectation, RunExpectation, Snapshot
 from mlcache.cluster.heal import plan_heal, render_plan
 from tests.api_objects import claim, node, pod, volume
 
@@ -118,80 +118,115 @@ def test_apply_refuses_before_anything_is_deleted_when_pulumi_up_cannot_run(tmp_
     )
 
 
+CURRENT = f"{EXPECT.pvc}-g1"
+
+
 def test_a_cache_with_two_live_generations_is_healed_one_at_a_time():
-    """During a move the new claim is being filled: deleting the claim training mounts would make
-    the next up take the other generation for the cache. After a protected move whose kept claim is
-    lost too, nothing is left to restore from."""
-    both_lost = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1", kept=kept_snapshot(ready="Unknown"))
-    assert both_lost.refusal.startswith(f"claim {EXPECT.pvc}, the old claim of the last move, is kept (cache.protect)")
-    assert "is on gpu-sdsu-1, not Ready either: there is nothing left to restore" in both_lost.refusal
-    assert "Nothing was changed" in both_lost.refusal and not both_lost.steps and both_lost.proof
-    unread = heal_generations(EXPECT, (0, 1), f"{EXPECT.pvc}-g1")
-    assert "and it was not read: there is nothing left to restore" in unread.refusal and not unread.steps
-    moving = heal_generations(EXPECT, (0, 1), EXPECT.pvc)
-    assert moving.refusal.startswith(f"a move of the cache from {EXPECT.pvc} into {EXPECT.pvc}-g1 is under way")
-    assert heal_generations(EXPECT, (1,), f"{EXPECT.pvc}-g1").refusal is None
+    """During a move the old claim holds the cache: heal the new one only once the move is called
+    off. After a protected move the kept claim is restored from, unless it is lost too, not read, or
+    its node may yet come back (then nothing is advised that deletes it)."""
+    unproven = heal_generations(EXPECT, (0, 1), CURRENT, kept=kept_snapshot(ready="Unknown"))
+    assert unproven.refusal.startswith(f"claim {EXPECT.pvc}, the old claim of the last move, kept (cache.protect) beside")
+    assert "is on gpu-sdsu-1, not Ready and not proven gone: it may come back" in unproven.refusal
+    assert "Run heal again once it is Ready" in unproven.refusal and "retire" not in unproven.refusal
+    assert not unproven.steps and unproven.proof
+    gone = heal_generations(EXPECT, (0, 1), CURRENT, kept=kept_snapshot(ready="Unknown", out_of_service=True))
+    assert "is lost too (node gpu-sdsu-1 is marked node.kubernetes.io/out-of-service" in gone.refusal
+    assert (
+        f"there is nothing to restore {CURRENT} from. Nothing was changed. To re-create {CURRENT} empty: retire" in gone.refusal
+    )
+    assert not gone.steps
+    unread = heal_generations(EXPECT, (0, 1), CURRENT)
+    assert unread.refusal.endswith("was not read. Nothing was changed") and not unread.steps
+    cordoned = heal_generations(EXPECT, (0, 1), CURRENT, kept=kept_snapshot(cordoned=True))
+    assert cordoned.refusal is None and cordoned.restores_from == EXPECT.pvc  # the sender tolerates the cordon
+    # Verified but not switched (no training Job mounts either claim): the old claim holds the cache.
+    unswitched = heal_generations(EXPECT, (0, 1), CURRENT, kept=kept_snapshot(), switched=False)
+    assert unswitched.refusal.startswith(
+        f"a move of the cache from {EXPECT.pvc} into {CURRENT} is under way, and training has not switched to {CURRENT}"
+    )
+    moving = heal_generations(EXPECT, (0, 1), EXPECT.pvc, kept=kept_snapshot())
+    assert moving.refusal.startswith(f"a move of the cache from {EXPECT.pvc} into {CURRENT} is under way. Nothing")
+    run = RunExpectation("sft", (CURRENT, f"{CURRENT}-w1"), "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu", 4)
+    multi = heal_generations(dataclasses.replace(EXPECT, run=run), (0, 1), CURRENT, kept=kept_snapshot())
+    assert "a move copies a single-node cache. Nothing was changed" in multi.refusal and not multi.steps
+    assert heal_generations(EXPECT, (1,), CURRENT).refusal is None
 
 
-def job_mounting(name: str, claim_name: str) -> dict:
+def job_mounting(name: str, claim_name: str, labels: dict | None = None, complete: bool = False) -> dict:
     volumes = [{"name": "model-cache", "persistentVolumeClaim": {"claimName": claim_name}}]
-    return {"metadata": {"name": name}, "spec": {"template": {"spec": {"volumes": volumes}}}}
+    status = {"conditions": [{"type": "Complete", "status": "True"}]} if complete else {"active": 1}
+    return {
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"template": {"spec": {"volumes": volumes}}},
+        "status": status,
+    }
 
 
-def kept_snapshot(ready: str = "True") -> Snapshot:
-    kept_node = node("gpu-sdsu-1", "sdsu", ready=ready)
+def kept_snapshot(ready: str = "True", out_of_service: bool = False, cordoned: bool = False) -> Snapshot:
+    taints = ("node.kubernetes.io/out-of-service",) if out_of_service else ()
+    kept_node = node("gpu-sdsu-1", "sdsu", ready=ready, taints=taints, cordoned=cordoned)
     return Snapshot(pvc=claim(name=EXPECT.pvc, volume="pvc-kept"), pv=volume("gpu-sdsu-1"), nodes={"gpu-sdsu-1": kept_node})
+
+
+def lost_snapshot(pods=(), switched: bool = True) -> Snapshot:
+    lost = snapshot(None, pods=pods)
+    lost.pvc["metadata"]["name"] = CURRENT
+    if switched:
+        lost.pvc["metadata"]["annotations"]["mlcache/switched-from"] = EXPECT.pvc
+    return lost
 
 
 def test_after_a_protected_move_heal_deletes_the_lost_claim_and_its_jobs_and_says_how_to_restore_from_the_kept_one():
     """The kept claim holds the models as they were at the switch: the user's next ups move them
-    into a new claim like any move, with training off until the copy is verified, so that no pod of
-    a Job on the lost claim binds the new one before the copy has filled it."""
-    current = f"{EXPECT.pvc}-g1"
-    jobs = [job_mounting("sft-run-2", current), job_mounting("sft-run-1", EXPECT.pvc), job_mounting("other", "x")]
+    into a new claim like any move, with the Jobs on the lost claim off until the copy is verified,
+    so that no pod binds the new one before the copy has filled it."""
+    jobs = [
+        job_mounting("sft-run-2", CURRENT),
+        job_mounting("sft-storage-bench", CURRENT, labels={"app": "mlcache-benchmark"}, complete=True),
+        job_mounting("sft-run-1", EXPECT.pvc, complete=True),
+        job_mounting("other", "x"),
+    ]
     stuck = pod("sft-run-2-abcde", node_name="gpu-ucsd-1")
-    stuck["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = current
-    expect = dataclasses.replace(EXPECT, pvc=current)
-    plan = plan_heal(
-        snapshot(None, pods=[stuck]),
-        expect,
-        protected=True,
-        allow_protected=True,
-        generations=(0, 1),
-        kept=kept_snapshot(),
-        jobs=jobs,
-    )
-    assert plan.refusal is None and plan.restores_from == EXPECT.pvc and plan.jobs == ("sft-run-2",)
+    stuck["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] = CURRENT
+    expect = dataclasses.replace(EXPECT, pvc=CURRENT)
+    lost = lost_snapshot(pods=[stuck])
+    plan = plan_heal(lost, expect, protected=True, allow_protected=True, generations=(0, 1), kept=kept_snapshot(), jobs=jobs)
+    assert plan.refusal is None and plan.restores_from == EXPECT.pvc and plan.jobs == ("sft-run-2", "sft-storage-bench")
     assert plan.steps == (
         "force-delete pod ml-training/sft-run-2-abcde (bound to the dead node gpu-ucsd-1)",
-        "delete Job ml-training/sft-run-2 (it mounts the lost claim: its pods must not bind the new one before the copy "
-        "into it is verified)",
-        f"delete claim ml-training/{current} (volume pvc-0a1b on gpu-ucsd-1): only cache data, already lost",
+        "delete Job ml-training/sft-run-2 (it mounts the lost claim: no pod may bind the new one before the copy into "
+        "it is verified)",
+        "delete Job ml-training/sft-storage-bench (it mounts the lost claim: no pod may bind the new one before the "
+        "copy into it is verified)",
+        f"delete claim ml-training/{CURRENT} (volume pvc-0a1b on gpu-ucsd-1): only cache data, already lost",
     )
     assert plan.then[0] == (
-        "pulumi config set --path mlcache:job.enabled false --stack prod; pulumi config set --path mlcache:cache.relocate "
-        "copy --stack prod"
+        "pulumi config set --path mlcache:job.enabled false --stack prod; pulumi config set --path "
+        "mlcache:benchmark.enabled false --stack prod; pulumi config set --path mlcache:cache.relocate copy --stack prod"
     )
     assert plan.then[1].startswith(f"pulumi up --refresh --stack prod: a move copies ml-training/{EXPECT.pvc} (the models")
-    assert plan.then[-1].startswith("pulumi config set --path mlcache:job.enabled true --stack prod; pulumi up --stack prod")
+    assert plan.then[2] == f"mlcache verify --stack prod, until it says the copy into {CURRENT} is verified"
+    assert plan.then[3].startswith(
+        "pulumi config set --path mlcache:job.enabled true --stack prod; pulumi config set --path "
+        "mlcache:benchmark.enabled true --stack prod; pulumi up --stack prod"
+    )
+    assert "Job sft-storage-bench had completed" in plan.then[3]
     lines = render_plan(plan, apply=False).splitlines()
-    assert lines[1] == "would (dry run; add --apply to act):" and lines[5] == (
+    assert lines[1] == "would (dry run; add --apply to act):" and lines[6] == (
         f"then you restore it from {EXPECT.pvc} (heal does not change the stack's settings):"
     )
-    assert lines[6:] == [f"  {index}. {step}" for index, step in enumerate(plan.then, start=4)]
+    assert lines[7:] == [f"  {index}. {step}" for index, step in enumerate(plan.then, start=5)]
     # prod protects its cache: the same plan, refused without the flag.
-    refused = plan_heal(
-        snapshot(None, pods=[stuck]),
-        expect,
-        protected=True,
-        allow_protected=False,
-        generations=(0, 1),
-        kept=kept_snapshot(),
-        jobs=jobs,
-    )
+    refused = plan_heal(lost, expect, protected=True, allow_protected=False, generations=(0, 1), kept=kept_snapshot(), jobs=jobs)
     assert "--allow-protected" in refused.refusal and refused.steps == plan.steps and refused.then == plan.then
+    # A training Job that had completed on the lost claim: said to train again.
+    jobs[0] = job_mounting("sft-run-2", CURRENT, complete=True)
+    finished = plan_heal(lost, expect, protected=True, allow_protected=True, generations=(0, 1), kept=kept_snapshot(), jobs=jobs)
+    assert "(Job sft-run-2, sft-storage-bench had completed, and its completion marker was on the lost claim" in finished.then[3]
 
 
-def heal_generations(expect, generations, current, kept=None):
+def heal_generations(expect, generations, current, kept=None, switched=True):
     expect = dataclasses.replace(expect, pvc=current)
-    return plan_heal(snapshot(None), expect, protected=False, allow_protected=False, generations=generations, kept=kept)
+    lost = lost_snapshot(switched=switched and current == CURRENT)
+    return plan_heal(lost, expect, protected=False, allow_protected=False, generations=generations, kept=kept)

@@ -363,6 +363,10 @@ def test_verify_says_a_verified_copy_waits_for_the_switch_and_a_failed_one_is_a_
     assert expect.pvc == CLAIM and "is verified" in verified.message and "pulumi up" in verified.remedy
     expect, (kept,) = follow_move(expectation(), live, copy_job("Complete"), NEW, None)
     assert expect.pvc == NEW and "kept while cache.protect is true" in kept.message
+    # No training Job (job.enabled false, as heal's restore from a kept claim asks): verified, not switched.
+    expect, (off,) = follow_move(expectation(), live, copy_job("Complete"), None, None)
+    assert expect.pvc == NEW and f"the copy ml-training/{CLAIM} -> ml-training/{NEW} is verified" in off.message
+    assert "switch training" in off.remedy
     _, (failed,) = follow_move(expectation(), live, copy_job("Failed", attempt=2), CLAIM, None)
     assert failed.level == "FAIL" and "attempt 2" in failed.message and f"job/{CLAIM}-copy-g1" in failed.remedy
 

@@ -520,10 +520,11 @@ def follow_move(
     old_name = _get(older, "metadata", "name")
     state, attempt = copy_state(copy_job, newest)
     job = copy_name(base, newest_number)
-    if _get(newest, "metadata", "annotations", SWITCHED_ANNOTATION) is not None:
+    switched = _get(newest, "metadata", "annotations", SWITCHED_ANNOTATION) is not None
+    if switched:
         state, current = VERIFIED, new_name  # switched: the copy Job is gone, the Job may be too
     elif mounted is not None and mounted in (old_name, new_name):
-        current = mounted
+        current, switched = mounted, mounted == new_name
     else:
         current = new_name if state == VERIFIED else old_name
     if current == old_name:
@@ -539,7 +540,7 @@ def follow_move(
             f"the copy {where} failed (Job {job}, attempt {attempt}); the old cache and training are untouched",
             f"read `kubectl logs -n {expect.namespace} job/{job}`, then `pulumi up` retries it, resuming",
         )
-    elif state == VERIFIED and current == old_name:
+    elif state == VERIFIED and not switched:
         finding = Finding(
             INFO,
             "move",

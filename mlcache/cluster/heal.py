@@ -13,11 +13,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlcache.cluster.bound_cache import deployed_context, get, has_taint, is_ready, mounted_claims, pinned_node_names
+from mlcache.cluster.bound_cache import (
+    deployed_context,
+    get,
+    has_taint,
+    is_ready,
+    job_ended,
+    mounted_claims,
+    pinned_node_names,
+)
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.cluster.kube import CLAIM, JOB, JOBS, NAMESPACED_PODS, POD, Kube, api_path
 from mlcache.errors import Unreachable
-from mlcache.program.names import OUT_OF_SERVICE_TAINT, cache_name_of, claim_generation, generation_claim_name
+from mlcache.program.names import (
+    BENCHMARK_APP_LABEL,
+    OUT_OF_SERVICE_TAINT,
+    SWITCHED_ANNOTATION,
+    cache_name_of,
+    claim_generation,
+    generation_claim_name,
+)
 
 if TYPE_CHECKING:
     from mlcache.preview.stack_config import StackConfig
@@ -83,6 +98,15 @@ def refill(durable: DurableState | None) -> tuple[str, str | None]:
     )
 
 
+def gone_proof(name: str, node: dict | None) -> str | None:
+    """What proves the node is gone, the way Kubernetes accepts it (None: nothing does)."""
+    if node is None:
+        return f"node {name} no longer exists (its Node object was deleted)"
+    if has_taint(node, OUT_OF_SERVICE_TAINT):
+        return f"node {name} is marked {OUT_OF_SERVICE_TAINT} (checked to be shut down)"
+    return None
+
+
 def mounts_claim(pod: dict, claim: str) -> bool:
     return any(get(v, "persistentVolumeClaim", "claimName") == claim for v in get(pod, "spec", "volumes") or [])
 
@@ -120,10 +144,8 @@ def plan_heal(
         )
     (name,) = nodes
     node = snapshot.nodes.get(name)
-    if node is None:
-        proof = f"node {name} no longer exists (its Node object was deleted)"
-    elif has_taint(node, OUT_OF_SERVICE_TAINT):
-        proof = f"node {name} is marked {OUT_OF_SERVICE_TAINT} (checked to be shut down)"
+    if proven := gone_proof(name, node):
+        proof = proven
     elif is_ready(node) and get(node, "spec", "unschedulable"):
         return HealPlan(
             refusal=(
@@ -149,7 +171,8 @@ def plan_heal(
     kept_claim = None
     if len(generations) > 1:
         kept_claim = get(kept.pvc, "metadata", "name") if kept else None
-        if refusal := _move_refusal(expect, generations, kept):
+        switched = get(snapshot.pvc, "metadata", "annotations", SWITCHED_ANNOTATION) is not None
+        if refusal := _move_refusal(expect, generations, switched, kept):
             return HealPlan(refusal=refusal, dead_node=name, proof=proof)
     stuck = tuple(
         sorted(
@@ -180,63 +203,100 @@ def plan_heal(
 def _restore_from_kept(
     base: HealPlan, expect: Expectation, kept_claim: str, lost: str, jobs: Sequence[dict], steps: list[str]
 ) -> HealPlan:
-    """The lost claim is the newer of two generations, the older kept by cache.protect since the move
-    between them: heal deletes the lost claim and the Jobs that mount it, and the user's next ups
-    move the cache from the kept claim into a new one, as any move does (copied, verified, then
-    training switches), with training off until then so that no pod binds the new claim before the
-    copy has filled it."""
-    on_lost = tuple(sorted(get(j, "metadata", "name") for j in jobs if expect.pvc in mounted_claims(j)))
+    """The lost claim is the newer of two generations, training switched onto it, the older kept by
+    cache.protect: heal deletes the lost claim and every Job that mounts it (a pod of one would bind
+    the new claim before the copy has filled it, and a finished one would make the guard take the
+    new claim for switched), and the user's next ups move the cache from the kept claim into a new
+    one as any move does (copied, verified, then training switches), with those Jobs off until then."""
+    on_lost = [j for j in jobs if expect.pvc in mounted_claims(j)]
+    names = tuple(sorted(get(j, "metadata", "name") for j in on_lost))
     steps += [
-        f"delete Job {expect.namespace}/{job} (it mounts the lost claim: its pods must not bind the new one before "
-        "the copy into it is verified)"
-        for job in on_lost
+        f"delete Job {expect.namespace}/{name} (it mounts the lost claim: no pod may bind the new one before the copy "
+        "into it is verified)"
+        for name in names
     ]
     steps.append(f"delete claim {lost}: only cache data, already lost")
+    # The settings that name those Jobs, off until the switch.
+    keys = ["job.enabled"]
+    if any(get(j, "metadata", "labels", key) == value for j in on_lost for key, value in BENCHMARK_APP_LABEL.items()):
+        keys.append("benchmark.enabled")
     stack = f"--stack {expect.stack}"
+    finished = [get(j, "metadata", "name") for j in on_lost if job_ended(j, "Complete")]
+    again = (
+        f" (Job {', '.join(finished)} had completed, and its completion marker was on the lost claim: it trains "
+        "again; leave job.enabled false if its outputs are kept elsewhere)"
+        if finished
+        else ""
+    )
     then = (
-        f"pulumi config set --path mlcache:job.enabled false {stack}; pulumi config set --path mlcache:cache.relocate "
-        f"copy {stack}",
+        "; ".join(f"pulumi config set --path mlcache:{key} false {stack}" for key in keys)
+        + f"; pulumi config set --path mlcache:cache.relocate copy {stack}",
         f"pulumi up --refresh {stack}: a move copies {expect.namespace}/{kept_claim} (the models as they were at the "
         f"last switch) into a new {expect.pvc} on a healthy node of its placement, verified",
-        f"mlcache verify {stack}, until it says the copy is verified",
-        f"pulumi config set --path mlcache:job.enabled true {stack}; pulumi up {stack}: training runs on the new "
-        f"{expect.pvc}; {kept_claim} stays kept (cache.protect)",
+        f"mlcache verify {stack}, until it says the copy into {expect.pvc} is verified",
+        "; ".join(f"pulumi config set --path mlcache:{key} true {stack}" for key in keys)
+        + f"; pulumi up {stack}: training runs on the new {expect.pvc}{again}; {kept_claim} stays kept (cache.protect)",
     )
-    return replace(base, steps=tuple(steps), restores_from=kept_claim, jobs=on_lost, then=then)
+    return replace(base, steps=tuple(steps), restores_from=kept_claim, jobs=names, then=then)
 
 
-def kept_loss(kept: Snapshot) -> str | None:
-    """Why the claim a protected move kept cannot be copied from (None: it can): not bound, or its
-    volume pinned to nodes of which none is Ready and in service."""
+def _kept_refusal(expect: Expectation, kept_claim: str, kept: Snapshot | None) -> str | None:
+    """Why the claim a protected move kept cannot be restored from (None: it can): unread, not
+    bound, its volume's node(s) gone too, or not Ready and not proven gone (it may come back)."""
+    where = f"claim {kept_claim}, the old claim of the last move, kept (cache.protect) beside {expect.pvc},"
+    retire = f"Nothing was changed. To re-create {expect.pvc} empty: {_retire(expect, kept_claim)}, then heal"
+    if kept is None:
+        return f"{where} was not read. Nothing was changed"
     if get(kept.pvc, "status", "phase") != "Bound" or kept.pv is None:
-        return "is not bound to a volume"
+        return f"{where} is not bound to a volume: there is nothing to restore {expect.pvc} from. {retire}"
     nodes = pinned_node_names(kept.pv)
-    usable = [n for n in nodes if (node := kept.nodes.get(n)) and is_ready(node) and not has_taint(node, OUT_OF_SERVICE_TAINT)]
-    if nodes and not usable:
-        return f"is on {', '.join(nodes)}, not Ready either"
-    return None
+    if not nodes or any(is_ready(node) for n in nodes if (node := kept.nodes.get(n))):
+        return None  # attaches anywhere, or a node of its volume is up (cordoned: the sender tolerates it)
+    proofs = [gone_proof(n, kept.nodes.get(n)) for n in nodes]
+    if all(proofs):
+        return (
+            f"{where} is lost too ({'; '.join(p for p in proofs if p)}): there is nothing to restore {expect.pvc} from. {retire}"
+        )
+    return (
+        f"{where} is on {', '.join(nodes)}, not Ready and not proven gone: it may come back, with the models as they "
+        f"were at the switch. Nothing was changed. Run heal again once it is Ready (heal then restores {expect.pvc} from "
+        "it) or proven gone"
+    )
 
 
-def _move_refusal(expect: Expectation, generations: tuple[int, ...], kept: Snapshot | None) -> str | None:
+def _move_refusal(expect: Expectation, generations: tuple[int, ...], switched: bool, kept: Snapshot | None) -> str | None:
     """Two generations of the cache live: the program takes the newest for the cache, so heal one at
-    a time; the newer lost beside an older one kept that can be copied from is restored from it (None)."""
+    a time. The newer one lost after training switched onto it, beside an older one kept that can be
+    copied from, is restored from it (None); a multi-node run's is not (a move copies one claim)."""
     cache_name = cache_name_of(expect.pvc)
     current = claim_generation(cache_name, expect.pvc)
     others = ", ".join(generation_claim_name(cache_name, g) for g in generations if g != current)
-    if current == max(generations):
-        why = kept_loss(kept) if kept is not None else "was not read"
-        if why is None:
-            return None
+    if current != max(generations):
         return (
-            f"claim {others}, the old claim of the last move, is kept (cache.protect) beside {expect.pvc}, and it {why}: "
-            f"there is nothing left to restore {expect.pvc} from. Nothing was changed. With {expect.pvc} deleted, "
-            f"`pulumi up` would take {others} for the cache: retire it first (`mlcache verify --stack {expect.stack}` "
-            f"names it; `pulumi state unprotect` it, set cache.protect false, `pulumi up` with the settings "
-            f"{expect.pvc} was made for), then heal"
+            f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off "
+            f"first (settings back to those of {expect.pvc}, `pulumi up`), then heal"
         )
+    if not switched:
+        return (
+            f"a move of the cache from {others} into {expect.pvc} is under way, and training has not switched to "
+            f"{expect.pvc}: {others} still holds the cache. Nothing was changed. Call the move off (settings back to "
+            f"those of {others}, `pulumi up`), which deletes the lost {expect.pvc}; move again once a node of the "
+            "placement is up"
+        )
+    if expect.run is not None:
+        return (
+            f"claim {others}, the old claim of the last move, is kept (cache.protect) beside {expect.pvc}, worker 0's "
+            f"claim of a job.nodes {len(expect.run.claims)} run: a restore from it would be a move, and a move copies a "
+            f"single-node cache. Nothing was changed. To re-create {expect.pvc} empty (the warm-up downloads again): "
+            f"{_retire(expect, others)}, then heal"
+        )
+    return _kept_refusal(expect, others, kept)
+
+
+def _retire(expect: Expectation, kept_claim: str) -> str:
     return (
-        f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off first "
-        f"(settings back to those of {expect.pvc}, `pulumi up`), then heal"
+        f"retire {kept_claim} first, since with {expect.pvc} deleted `pulumi up` would take it for the cache "
+        f"(`pulumi state unprotect` it, set cache.protect false, `pulumi up` with the settings {expect.pvc} was made for)"
     )
 
 

@@ -146,6 +146,10 @@ def secret_env_name(job_name: str) -> str:
     return f"{job_name}-secret-env"
 
 
+# The storage benchmark's Jobs carry it (heal tells them from training Jobs by it).
+BENCHMARK_APP_LABEL = {"app": "mlcache-benchmark"}
+
+
 def benchmark_job_name(job_name: str) -> str:
     return f"{job_name}-storage-bench"
 

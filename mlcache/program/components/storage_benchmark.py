@@ -15,10 +15,9 @@ from mlcache.program.components.common import constructor_kwargs
 from mlcache.program.components.security import scratch_mount
 from mlcache.program.components.workers import run_workers
 from mlcache.program.components.workload_scripts import COLDSTART_SCRIPT, SHARD_BENCH_SCRIPT
-from mlcache.program.names import SCRIPTS_PATH, benchmark_job_name, worker_benchmark_name
+from mlcache.program.names import BENCHMARK_APP_LABEL, SCRIPTS_PATH, benchmark_job_name, worker_benchmark_name
 from mlcache.program.settings import BenchmarkSettings, CacheSettings
 
-APP_LABEL = {"app": "mlcache-benchmark"}
 COLDSTART_ROUNDS = 3
 
 
@@ -90,7 +89,7 @@ def benchmark_manifest(pod: CachePod, bench: BenchmarkSettings) -> dict[str, Any
         steps += [shard_load_container(pod, bench), coldstart_container(pod, bench)]
     worker = pod.worker
     name = worker_benchmark_name(pod.job.name, worker.index) if worker else benchmark_job_name(pod.job.name)
-    return job_manifest(pod, name, pod_spec(pod, steps), app_label=APP_LABEL, backoff_limit=1)
+    return job_manifest(pod, name, pod_spec(pod, steps), app_label=BENCHMARK_APP_LABEL, backoff_limit=1)
 
 
 def worker_benchmark_manifests(
