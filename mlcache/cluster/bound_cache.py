@@ -145,11 +145,11 @@ def node_reaches(node: Mapping, placement: PlacementRecord) -> bool:
     return placement.zone is None or labels.get(ZONE_LABEL) == placement.zone
 
 
-def ready_condition(node: Mapping) -> Mapping | None:
+def ready_condition(node: Mapping | None) -> Mapping | None:
     return next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), None)
 
 
-def is_ready(node: Mapping) -> bool:
+def is_ready(node: Mapping | None) -> bool:
     condition = ready_condition(node)
     return condition is not None and condition.get("status") == "True"
 

@@ -250,7 +250,7 @@ def _kept_refusal(expect: Expectation, kept_claim: str, kept: Snapshot | None) -
     if get(kept.pvc, "status", "phase") != "Bound" or kept.pv is None:
         return f"{where} is not bound to a volume: there is nothing to restore {expect.pvc} from. {retire}"
     nodes = pinned_node_names(kept.pv)
-    if not nodes or any(is_ready(node) for n in nodes if (node := kept.nodes.get(n))):
+    if not nodes or any(is_ready(kept.nodes.get(n)) for n in nodes):
         return None  # attaches anywhere, or a node of its volume is up (cordoned: the sender tolerates it)
     proofs = [gone_proof(n, kept.nodes.get(n)) for n in nodes]
     if all(proofs):
