@@ -43,17 +43,20 @@ def on_rook_ceph() -> LiveCache:
     return LiveCache(NAMESPACE, claim(storage_class=ROOK), volume(), [], None)
 
 
-def copy_job(condition: str | None, attempt: int = 1, ready: int = 0) -> dict:
+def copy_job(condition: str | None, attempt: int = 1, ready: int = 0, failed: int = 0) -> dict:
     conditions = [{"type": condition, "status": "True"}] if condition else []
     annotations = {"mlcache/copy-attempt": str(attempt)}
+    counts = {key: value for key, value in (("ready", ready), ("failed", failed)) if value}
     return {
         "metadata": {"name": f"{CLAIM}-copy-g1"},
         "spec": {"template": {"metadata": {"annotations": annotations}}},
-        "status": {"conditions": conditions, **({"ready": ready} if ready else {})},
+        "status": {"conditions": conditions, **counts},
     }
 
 
-def under_way(condition: str | None = None, attempt: int = 1, new_phase: str = "Bound", ready: int = 0) -> LiveCache:
+def under_way(
+    condition: str | None = None, attempt: int = 1, new_phase: str = "Bound", ready: int = 0, failed: int = 0
+) -> LiveCache:
     """ucsd's claim (generation 0) being copied into sdsu's (generation 1)."""
     target = claim(name=NEW, placement=f"zone=sdsu gpuProduct={A100}", phase=new_phase, volume="pvc-9f8e")
     return LiveCache(
@@ -64,7 +67,7 @@ def under_way(condition: str | None = None, attempt: int = 1, new_phase: str = "
         storage_class(),
         1,
         bound_in_ucsd(),
-        copy_job(condition, attempt, ready),
+        copy_job(condition, attempt, ready, failed),
     )
 
 
@@ -526,12 +529,14 @@ def test_training_stays_exactly_as_it_is_until_the_switch_whatever_else_the_up_c
 
 
 def test_the_copy_jobs_stay_as_the_cluster_has_them_while_a_copy_pod_works_and_once_verified(monkeypatch):
-    """A new image (or GPU count) during a move would replace a running copy Job, or re-run a
-    verified one held by training, whose receiver would then wait for training's GPUs."""
+    """A new image (or GPU count) during a move would replace a running copy Job (also one between
+    retries, whose next pod resumes), or re-run a verified one held by training, whose receiver
+    would then wait for training's GPUs."""
     image = "job.image=nvcr.io/nvidia/pytorch:25.01-py3"
     copies = (f"{CLAIM}-copy-g1", f"{CLAIM}-copy-g1-send")
     held_by_training = dataclasses.replace(under_way("Complete"), training_job=training_on(CLAIM))
-    for live in (under_way(ready=1), held_by_training):
+    # At work, between retries after a pod failed (no pod Ready in the Job's backoff), or verified.
+    for live in (under_way(ready=1), under_way(failed=1), held_by_training):
         jobs = named(render_against(monkeypatch, live, image, "job.gpus=2"), "Job")
         assert [jobs[name].ignore_changes for name in copies] == [["spec"], ["spec"]]
     # Not at work yet (pending, its image not pulled: the change may be the fix), a retry (a new

@@ -66,7 +66,6 @@ SECRET_KEYS = [
     ("job.gpuProduct=NVIDIA-HIDDEN-77", ()),
     ("cache.name=hidden-cache-pvc-77", ()),
     ("cache.prefetch[0]=hiddenorg/hidden-model-77", ()),
-    ("namespace=hidden-ns-77", ()),
     ("zone=hiddenzone77", ("zones=[ucsd, hiddenzone77]",)),
     ("linstor.storageClassName=hidden-class-77", ()),
     ("linstor.storagePool=hiddenpool77", ()),
@@ -82,6 +81,23 @@ SECRET_KEYS = [
 def test_a_secret_key_reaches_the_engine_only_as_a_secret(assignment, config):
     run, _ = render.render("dev", list(config), [assignment])
     assert_kept_secret(run, assignment.partition("=")[2])
+
+
+def test_a_secret_the_state_would_hold_in_plain_text_is_refused_in_one_line(capsys):
+    """The namespace is part of every object's ID, and a Job's custom timeout a resource option:
+    the engine writes both to the state in plain text, so neither can be kept secret."""
+    code, out, err = _render_cli(capsys, "--secret", "namespace=hidden-ns-77")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "hidden-ns-77" not in err
+    assert err.startswith("error: invalid config mlcache:namespace = [secret]: expected a value given as plain text")
+    timeout = ("--config", "job.waitForCompletion=true", "--secret", "job.waitTimeout=77m")
+    code, out, err = _render_cli(capsys, *timeout)
+    assert code == 2 and out == "" and "77m" not in err
+    assert err.startswith("error: invalid config mlcache:job.waitForCompletion = [secret]: expected false while mlcache:job")
+    assert "mlcache:secretEnv" in err
+    # A secret env value in its own key leaves mlcache:job plain: the Job waits, its timeout is no secret.
+    run, _ = render.render("dev", ["job.waitForCompletion=true"], ["secretEnv.WANDB_API_KEY=wandb-77"])
+    (job,) = run.find("Job")
+    assert job.custom_timeouts and "wandb-77" not in str(job.custom_timeouts)
 
 
 def test_a_secure_value_in_a_stack_file_is_secret_where_it_flows(tmp_path):
@@ -260,6 +276,25 @@ def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch)
     assert pvc.action == "replace" and pvc.data_loss
     shown = report("dev", list(changes.values()))
     assert "hidden-cache-pvc-77" not in shown and "Block" not in manifest_diff(pvc)
+
+
+def test_a_value_that_only_became_secret_is_no_change_in_the_diff(monkeypatch):
+    """The issue's own case: a secret env value added under mlcache:job makes the whole object
+    secret, so every field it flows into is a digest on one side and plain on the other. Only what
+    really changed is a change: the claim is not replaced (no DATA LOSS), the Job changes by its env."""
+    monkeypatch.setenv(render.DIGEST_KEY_ENV, "k3y")
+    old = render.as_json(render.render("dev", [], [])[0])
+    new = render.as_json(render.render("dev", [], ["job.env.WANDB_API_KEY=wandb-0123456789"])[0])
+    changes = {c.label: c for c in plan(old, new, "k3y")}
+    assert not any(c.data_loss for c in changes.values()), report("dev", list(changes.values()))
+    assert "PersistentVolumeClaim/cache-pvc" not in changes and set(changes) == {"Job/training-job"}
+    assert changes["Job/training-job"].action == "replace" and "spec.template" in changes["Job/training-job"].reasons[0]
+    # Without the digests' key (a digest cannot be compared), the same change stays a change.
+    assert "PersistentVolumeClaim/cache-pvc" in {c.label for c in plan(old, new)}
+    back = {
+        c.label for c in plan(new, render.as_json(render.render("dev", ["job.env.WANDB_API_KEY=wandb-0123456789"], [])[0]), "k3y")
+    }
+    assert back == set()  # and plain again, the same value: nothing changes
 
 
 def test_the_guard_never_quotes_a_secret_gpu_product():

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if old_error or new_error:
             side = f"the base revision {args.base}" if old_error else "the working tree"
             raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
-        changes = plan(old, new)
+        changes = plan(old, new, digest_key)
         gated = gated or any(c.gated for c in changes)
         hidden = hidden_by_stack[stack]
         reports.append(report(stack, changes, hidden))

@@ -622,8 +622,9 @@ class Move:
     state: str  # COPYING, VERIFIED or FAILED (the last copy failed: this up retries it, resuming)
     attempt: int = 1  # the copy's attempt this up registers
     keep_source: bool = False  # verified, but cache.protect keeps the old claim
-    # The copy Job has a pod at work, or has completed: its Jobs stay as the cluster has them (a
-    # pending or image-less one may be fixed by the settings; a failed one is retried anyway).
+    # The copy Job has a pod at work, or between retries, or has completed: its Jobs stay as the
+    # cluster has them (a pending or image-less one may be fixed by the settings; a failed one is
+    # retried anyway).
     copy_busy: bool = False
     # The UID of the new claim as the guard read it (None: not made yet): what the copy fills.
     into_uid: str | None = None
@@ -662,6 +663,12 @@ def copy_at_work(job: Mapping | None) -> bool:
     (JobReadyPods off, before Kubernetes 1.29), active."""
     ready = get(job, "status", "ready")
     return bool(ready) if ready is not None else bool(get(job, "status", "active"))
+
+
+def copy_retrying(job: Mapping | None) -> bool:
+    """A copy pod failed and its Job has not given up: between retries (the Job's backoff), no pod is
+    at work, but one has been, and the next resumes from what it wrote."""
+    return bool(get(job, "status", "failed")) and unfinished(job)
 
 
 def copied_into_another(job: Mapping | None, claim: Mapping | None) -> bool:
@@ -922,7 +929,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
             state,
             attempt,
             keep_source=state == VERIFIED and wanted.protect,
-            copy_busy=state in (VERIFIED, HELD) or copy_at_work(live.copy_job),
+            copy_busy=state in (VERIFIED, HELD) or copy_at_work(live.copy_job) or copy_retrying(live.copy_job),
             into_uid=get(live.claim, "metadata", "uid"),
         )
         return Verdict(notes=(note,), generation=live.generation, move=move)

@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manife
 from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
 from mlcache.errors import UsageError
 from mlcache.preview.policy_check import ADVISORY, MANDATORY
-from mlcache.preview.render import DIGEST_KEY_ENV, RENDER_ERRORS, as_json, render
+from mlcache.preview.render import DIGEST_KEY_ENV, REDACTED, RENDER_ERRORS, as_json, keyed_digest, render
 from mlcache.preview.stack_config import StackConfigError, load_stack_config, split_key, stack_file
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
@@ -80,15 +81,31 @@ class Change:
         return self.data_loss or any(w.startswith(REFUSED) for w in self.warnings)
 
 
-def changed_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths (camelCase, list items by index) whose values differ."""
+def changed_paths(old: Any, new: Any, prefix: str = "", digest: Callable[[Any], str] | None = None) -> list[str]:
+    """Dotted paths (camelCase, list items by index) whose values differ. `digest`: how both renders
+    showed a secret value (render.keyed_digest), so that a value that only became secret, or plain
+    again, is not a change (the engine sends the same object)."""
     if isinstance(old, dict) and isinstance(new, dict):
         paths = []
         for key in sorted(set(old) | set(new)):
             path = f"{prefix}.{key}" if prefix else key
-            paths += changed_paths(old.get(key), new.get(key), path)
+            paths += changed_paths(old.get(key), new.get(key), path, digest)
         return paths
-    return [] if old == new else [prefix]
+    if old == new or (digest is not None and _same_but_for_secretness(old, new, digest)):
+        return []
+    return [prefix]
+
+
+def _same_but_for_secretness(old: Any, new: Any, digest: Callable[[Any], str]) -> bool:
+    """One side is a secret's keyed digest, and the other side's plain value has that digest."""
+    for shown, other in ((old, new), (new, old)):
+        if _is_digest(shown) and not _is_digest(other):
+            return digest(other) == shown
+    return False
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REDACTED + " ")
 
 
 def _under(path: str, field_path: str) -> bool:
@@ -115,7 +132,8 @@ def _path_parts(path: str) -> list[str]:
 
 def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     """The new manifest as the engine sends it: each ignoreChanges path keeps its old value
-    (or stays absent when the old object had none)."""
+    (or stays absent when the old object had none). Where the old object's value is a secret's
+    digest, what it held there is not known: the new value stands (the engine's may differ)."""
     result = json.loads(json.dumps(new))
     for path in paths:
         *parents, leaf = _path_parts(path)
@@ -123,7 +141,7 @@ def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[s
         source, target = old, result
         for key in parents:
             source = source.get(key) if isinstance(source, dict) else None
-            if not isinstance(target.get(key), dict):
+            if not isinstance(target.get(key), dict) or _is_digest(source):
                 break
             target = target[key]
         else:
@@ -134,8 +152,11 @@ def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[s
     return result
 
 
-def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]:
-    """The engine's actions to go from the `old` rendered plan to the `new` one (mlcache render --json)."""
+def plan(old: dict[str, Any] | None, new: dict[str, Any] | None, digest_key: str | None = None) -> list[Change]:
+    """The engine's actions to go from the `old` rendered plan to the `new` one (mlcache render --json,
+    both rendered with `digest_key`, whose digests of secret values are then compared with the plain
+    values on the other side)."""
+    digest = keyed_digest(digest_key) if digest_key else None
     before = {o["urn"]: o for o in (old or {}).get("objects", [])}
     after = {o["urn"]: o for o in (new or {}).get("objects", [])}
     changes: dict[str, Change] = {}
@@ -146,7 +167,7 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[Change]
         previous = before[urn]
         obj = {**obj, "manifest": with_ignored_changes(previous["manifest"], obj["manifest"], obj.get("ignoreChanges", []))}
         after[urn] = obj
-        paths = changed_paths(previous["manifest"], obj["manifest"])
+        paths = changed_paths(previous["manifest"], obj["manifest"], digest=digest)
         if not paths and previous["protect"] == obj["protect"]:
             continue
         kind = _kind(obj)

@@ -226,7 +226,7 @@ def summary(run: ProgramRun) -> str:
 DIGEST_KEY_ENV = "MLCACHE_SECRET_DIGEST_KEY"
 
 
-def _keyed_digest(key: str) -> Callable[[Any], str]:
+def keyed_digest(key: str) -> Callable[[Any], str]:
     def shown(value: Any) -> str:
         text = json.dumps(value, sort_keys=True, default=str).encode()
         return f"{REDACTED} {hmac.new(key.encode(), text, hashlib.sha256).hexdigest()[:20]}"
@@ -238,7 +238,7 @@ def as_json(run: ProgramRun, digest_key: str | None = None) -> dict[str, Any]:
     """Machine-readable plan: each object with the options the engine sees (for mlcache diff)."""
     names = {r.urn: r.name for r in run.registrations}
     key = digest_key or os.environ.get(DIGEST_KEY_ENV)
-    secret_as = _keyed_digest(key) if key else REDACTED
+    secret_as = keyed_digest(key) if key else REDACTED
     return {
         "objects": [
             {

@@ -732,10 +732,34 @@ def _option_for(key: str) -> str:
     return f"--secret {name}=VALUE"
 
 
+def refuse_plain_text_secrets(settings: Settings, secret: frozenset[str]) -> None:
+    """A secret setting that the engine could only write in plain text is refused (one line, before
+    anything is registered): the namespace is part of every object's ID in Pulumi's state, and a
+    Job's custom timeout (job.waitTimeout, with job.waitForCompletion) is a resource option."""
+    if "namespace" in secret:
+        raise ConfigError(
+            "namespace",
+            None,
+            "a value given as plain text: the namespace is part of every object's ID (namespace/name), which "
+            "Pulumi's state holds in plain text, so it cannot be kept secret",
+            secret=True,
+        )
+    if "job" in secret and settings.job.wait_for_completion:
+        raise ConfigError(
+            "job.waitForCompletion",
+            True,
+            "false while mlcache:job holds a secret value: job.waitTimeout would be written to the state in plain "
+            "text as the Job's custom timeout (put secret environment variables in mlcache:secretEnv: `pulumi "
+            "config set --secret --path mlcache:secretEnv.NAME VALUE`)",
+        )
+
+
 def load_settings(config: pulumi.Config | None = None) -> Settings:
     """The settings; an error about a secret key shows neither its value nor, when it would hold one, the rule."""
     try:
-        return parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
+        settings = parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
+        refuse_plain_text_secrets(settings, secret_keys())
+        return settings
     except ConfigError as err:
         if err.value == SECURE_PLACEHOLDER:
             raise ConfigError.unreadable_secret(err.key, _option_for(err.key)) from None
