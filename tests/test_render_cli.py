@@ -10,8 +10,10 @@ import pytest
 import yaml
 
 from mlcache.cli.render import main
+from mlcache.preview.cli_yaml import CliLoader
 from mlcache.preview.render import RENDER_RECORD, documents, to_yaml
 from tests.conftest import ROOT, rendered
+from tests.test_schema import VARIANTS
 
 
 def _render(capsys, *argv):
@@ -129,7 +131,13 @@ def test_values_reach_the_manifests_as_typed(capsys):
     assert container["resources"]["limits"]["cpu"] == "0.5"
 
 
-@pytest.mark.parametrize("value", ["1e-4", "0o17", "0x1F", "1.", "+1", ".inf", ".NaN", "0123", "20261128"])
+# Each is text to YAML 1.1 (PyYAML) but a number or a boolean to a YAML 1.2 reader or to Go's (the
+# Pulumi CLI's yaml.v3 follows Go's number syntax; kubectl's yaml.v2 reads y and N as booleans).
+TYPED_ELSEWHERE = ["1e-4", "0o17", "0x1F", "1.", "+1", ".inf", ".NaN", "0123", "20261128"]
+TYPED_BY_GO = ["0X1F", "-0o17", "+0o17", "0o1_7", "1_0e3", "1_000", "0b101", "y", "N"]
+
+
+@pytest.mark.parametrize("value", TYPED_ELSEWHERE + TYPED_BY_GO)
 def test_an_env_value_a_yaml_12_reader_would_type_is_printed_quoted(value):
     """kubectl and YAML 1.2 readers type plain 1e-4 or 0o17 as numbers; the render quotes them."""
     run = rendered("dev", f"job.env={{V: '{value}'}}")  # quoted: the text itself (`config set --path` would type +1)
@@ -138,3 +146,20 @@ def test_an_env_value_a_yaml_12_reader_would_type_is_printed_quoted(value):
     job = next(d for d in yaml.safe_load_all("\n".join(lines)) if d["kind"] == "Job")
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["V"] == value
+
+
+SHAPES = [("prod", ()), *(("dev", overrides) for overrides in VARIANTS)]
+
+
+@pytest.mark.parametrize(
+    ("stack", "overrides"), SHAPES, ids=[f"{s}-" + "-".join(o.partition("=")[2] or "any" for o in v) for s, v in SHAPES]
+)
+def test_every_rendered_variant_reads_back_the_same_with_yaml_11_and_with_go_yaml(stack, overrides):
+    """The render as PyYAML (YAML 1.1) and as the CLI's Go reader (yaml.v3, resolve_plain) read it:
+    both give back exactly the objects, with env values that each would type otherwise (every
+    shape of the objects: each backend, volume mode, zone pinning, with and without training)."""
+    env = "job.env={" + ", ".join(f"V{i}: '{v}'" for i, v in enumerate(TYPED_ELSEWHERE + TYPED_BY_GO)) + "}"
+    objects = documents(rendered(stack, *overrides, env))
+    text = to_yaml(objects)
+    assert list(yaml.safe_load_all(text)) == objects
+    assert list(yaml.load_all(text, Loader=CliLoader)) == objects

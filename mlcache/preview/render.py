@@ -21,6 +21,7 @@ import yaml
 
 from mlcache import CHECKOUT
 from mlcache.errors import UsageError
+from mlcache.preview.cli_yaml import resolve_plain
 from mlcache.preview.mock_engine import ProgramRun, Registration, run_program
 from mlcache.preview.stack_config import StackConfig, load_stack_config
 
@@ -85,9 +86,18 @@ _NOT_TEXT_IN_YAML_12 = re.compile(
 _SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+# What Go's YAML readers type besides: yaml.v3 (the Pulumi CLI's) per resolve_plain, which follows
+# Go's number syntax (0X1F, -0o17, 0o1_7, 1_000), and yaml.v2's booleans (kubectl's sigs.k8s.io/yaml).
+_BOOLEANS_IN_GO_YAML_V2 = frozenset({"y", "Y", "n", "N"})
+
+
+def _typed_by_go_yaml(data: str) -> bool:
+    return data in _BOOLEANS_IN_GO_YAML_V2 or (data != "" and "\n" not in data and resolve_plain(data) != data)
+
+
 class _ManifestDumper(_SafeDumper):  # type: ignore[valid-type,misc]
     def represent_str(self, data: str) -> yaml.ScalarNode:
-        if _NOT_TEXT_IN_YAML_12.fullmatch(data):
+        if _NOT_TEXT_IN_YAML_12.fullmatch(data) or _typed_by_go_yaml(data):
             return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")
         if "\n" in data:
             # A file (the scripts ConfigMap's Python) as its lines, as kubectl shows it; the emitter
