@@ -394,6 +394,31 @@ def test_an_unchanged_secure_value_is_not_reported_changed(project_copy):
     assert "mlcache:hfToken" in changed.stdout and "BBBB" not in changed.stdout
 
 
+def test_a_secret_added_under_job_replaces_only_the_job_and_the_diff_says_what_it_hides(project_copy):
+    """The issue's own case: a `secure:` env value under mlcache:job. The claim is not replaced (its
+    metadata only became secret), the gate passes, and the program's warning reaches the preview."""
+    stack_file = project_copy / "Pulumi.dev.yaml"
+    added = "  mlcache:job:\n    env:\n      WANDB_API_KEY:\n        secure: v1:AAAA/wandb==\n    gpus: 4\n"
+    stack_file.write_text(stack_file.read_text().replace("  mlcache:job:\n    gpus: 4\n", added))
+    result = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.startswith("stack dev: 1 to replace\n") and "DATA LOSS" not in result.stdout
+    assert "!! the program warns: mlcache:job holds a secret value, so the whole training Job" in result.stdout
+    comment = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--markdown").stdout
+    assert "- !! the program warns: mlcache:job holds a secret value" in comment
+
+
+def test_a_mandatory_policy_violation_fails_the_gate(project_copy):
+    """`pulumi up` runs the policy pack: a mandatory violation fails it as the API server's refusal would."""
+    stack_file = project_copy / "Pulumi.dev.yaml"
+    plain = "  mlcache:job:\n    env:\n      WANDB_API_KEY: wandb-0123456789abcdef0123\n    gpus: 4\n"
+    stack_file.write_text(stack_file.read_text().replace("  mlcache:job:\n    gpus: 4\n", plain))
+    gate = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert gate.returncode == 1
+    assert "!! `pulumi up` will refuse this: policy no-plaintext-tokens (mandatory) on training-job: container" in gate.stdout
+    assert _diff(project_copy, "--base", "HEAD", "--stack", "dev").returncode == 0  # no gate asked for
+
+
 def test_bad_revision_and_bad_config_fail(project_copy):
     assert _diff(project_copy, "--base", "no-such-ref").returncode == 2
     stack_file = project_copy / "Pulumi.dev.yaml"

@@ -38,6 +38,7 @@ from mlcache.preview.diff import (
     export_revision,
     markdown_report,
     moves_by_copy,
+    new_warnings,
     plan,
     render_json,
     report,
@@ -45,7 +46,7 @@ from mlcache.preview.diff import (
     valid_placement,
 )
 from mlcache.preview.mock_engine import same_program
-from mlcache.preview.policy_check import policy_findings
+from mlcache.preview.policy_check import MANDATORY, policy_findings
 from mlcache.preview.stack_config import secure_values
 
 
@@ -70,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fail-on-data-loss",
         action="store_true",
-        help="exit 1 when a change wipes or strands the cache, or is an update the API server will refuse",
+        help="exit 1 when a change wipes or strands the cache, is an update the API server will refuse, or the "
+        "working tree violates a mandatory policy",
     )
     parser.add_argument("--markdown", action="store_true", help="print the pull request comment (summary first) instead")
     parser.add_argument(
@@ -136,11 +138,15 @@ def main(argv: list[str] | None = None) -> int:
             side = f"the base revision {args.base}" if old_error else "the working tree"
             raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new, digest_key)
-        gated = gated or any(c.gated for c in changes)
-        hidden = hidden_by_stack[stack]
-        reports.append(report(stack, changes, hidden))
+        hidden, warned = hidden_by_stack[stack], new_warnings(old, new)
         objects = (new or {}).get("objects", [])
-        findings = policy_findings(objects) if args.markdown else []
-        previews.append(StackPreview(stack, changes, findings, objects, hidden, rehearsed(args.placement, stack)))
+        findings = policy_findings(objects) if args.markdown or args.fail_on_data_loss else []
+        # A mandatory policy violation fails `pulumi up` as surely as the API server's refusal.
+        refusing = [f for f in findings if f.level == MANDATORY]
+        gated = gated or any(c.gated for c in changes) or bool(refusing)
+        reports.append(report(stack, changes, hidden, warned, refusing if args.fail_on_data_loss else None))
+        previews.append(
+            StackPreview(stack, changes, findings, objects, hidden, rehearsed(args.placement, stack), warnings=warned)
+        )
     sys.stdout.write(markdown_report(args.base, previews) if args.markdown else "".join(reports))
     return 1 if args.fail_on_data_loss and gated else 0

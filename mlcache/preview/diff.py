@@ -443,8 +443,22 @@ def action_counts(changes: list[Change]) -> str:
     return ", ".join(f"{n} to {a}" for a, n in counts.items() if n)
 
 
-def report(stack: str, changes: list[Change], secrets: list[str] | None = None) -> str:
+def report(
+    stack: str,
+    changes: list[Change],
+    secrets: list[str] | None = None,
+    warnings: list[str] | None = None,
+    refusing: list[Any] | None = None,
+) -> str:
+    """The text preview of one stack. `warnings`: the program's warnings the base revision did not
+    have; `refusing`: the mandatory policy findings that fail the gate (policy_check.PolicyFinding)."""
     said = f"  !! {secrets_line(secrets)}\n" if secrets else ""
+    said += "".join(f"  !! the program warns: {w}\n" for w in warnings or [])
+    said += "".join(
+        f"  !! `pulumi up` will refuse this: policy {f.policy} (mandatory){f' on {f.resource}' if f.resource else ''}: "
+        f"{_line(f.message)}\n"
+        for f in refusing or []
+    )
     if not changes:
         return f"stack {stack}: no changes\n{said}"
     out = io.StringIO()
@@ -483,6 +497,8 @@ class StackPreview:
     # Where a rehearsal on the stack's fleet put the cache and the pods (mlcache rehearse --json);
     # {} when that rehearsal did not finish, None when there was none.
     rehearsed: dict[str, Any] | None = None
+    # The program's warnings the base revision's render did not have (a secret hiding the Job).
+    warnings: list[str] = field(default_factory=list)
 
 
 def risks(change: Change) -> list[str]:
@@ -610,6 +626,8 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
         out.write("No changes.\n")
     if preview.secrets:
         out.write(f"\n- !! {_line(secrets_line([f'`{key}`' for key in preview.secrets]))}\n")
+    for warning in preview.warnings:
+        out.write(f"\n- !! the program warns: {_line(warning)}\n")
     if preview.findings:
         out.write("\n**Policy pack:**\n")
         for finding in preview.findings:
@@ -626,6 +644,12 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
     if lines:
         out.write(f"\n**{heading}:**\n" + "".join(f"- {line}\n" for line in lines))
     return out.getvalue(), [(f"{change.action} {change.label}", manifest_diff(change)) for change in preview.changes]
+
+
+def new_warnings(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
+    """The program's warnings in the new render (mlcache render --json) that the old one did not have."""
+    before = set((old or {}).get("warnings", []))
+    return [w for w in (new or {}).get("warnings", []) if w not in before]
 
 
 def _details(stack: str, diffs: list[tuple[str, str | None]]) -> str:
