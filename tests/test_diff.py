@@ -220,9 +220,14 @@ def test_the_pr_comment_puts_a_summary_first_with_the_risk_and_the_policy_packs_
     trimmed = markdown_report("origin/main", previews, limit=len(comment) - 100)
     assert len(trimmed) <= len(comment) - 100 and trimmed.split("\n### ")[0] == summary
     (largest,) = [
-        t for t in ("delete ConfigMap/mlcache-scripts", "replace Job/sft-qwen3vl-fire-4gpu") if f"`{t}`: trimmed" in trimmed
+        t for t in ("delete ConfigMap/mlcache-scripts", "replace Job/sft-qwen3vl-fire-4gpu") if f"`{t}`: its diff (" in trimmed
     ]
     assert largest == "replace Job/sft-qwen3vl-fire-4gpu" and "+  volumeMode: Block" in trimmed  # the small one stays
+    lines = manifest_diff(next(c for c in previews[0].changes if c.label == "Job/sft-qwen3vl-fire-4gpu")).count("\n")
+    assert (
+        f"`replace Job/sft-qwen3vl-fire-4gpu`: its diff ({lines} lines) is trimmed to fit the comment; "
+        "`mlcache diff --base 'origin/main' --stack dev` prints it" in trimmed
+    )
     assert "| `PersistentVolumeClaim/ms-swift-cache-pvc` | replace |" in trimmed
     # Still too long without any diff: whole sections are cut from the end, saying so; never the summary.
     tiny = markdown_report("origin/main", previews, limit=len(summary) + 400)

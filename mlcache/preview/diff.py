@@ -652,12 +652,16 @@ def new_warnings(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list
     return [w for w in (new or {}).get("warnings", []) if w not in before]
 
 
-def _details(stack: str, diffs: list[tuple[str, str | None]]) -> str:
-    """The folded manifest diffs of one stack; a diff that is None was trimmed."""
+def _details(stack: str, diffs: list[tuple[str, str | None]], base: str = "", trimmed: dict[str, int] | None = None) -> str:
+    """The folded manifest diffs of one stack; a diff that is None was trimmed (`trimmed`: its lines, by title)."""
     parts = []
     for title, diff in diffs:
         if diff is None:
-            parts.append(f"\n`{title}`: trimmed to fit the comment\n")
+            lines = (trimmed or {}).get(title, 0)
+            parts.append(
+                f"\n`{title}`: its diff ({lines} lines) is trimmed to fit the comment; "
+                f"`mlcache diff --base '{base}' --stack {stack}` prints it\n"
+            )
         elif diff:
             parts.append(f"\n`{title}`\n\n{_fenced('diff', diff)}")
     if not parts:
@@ -681,17 +685,20 @@ def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMEN
     length = len(head) + sum(len(shown) for shown, _ in sections) + sum(map(len, folded))
     # The largest diffs go first: one huge ConfigMap diff should not cost every other stack its diffs.
     sizes = sorted(((len(d or ""), i, j) for i, found in enumerate(diffs) for j, (_, d) in enumerate(found)), reverse=True)
+    trimmed_lines: dict[str, int] = {}
     for size, i, j in sizes:
         if length <= limit or size == 0:
             break
-        diffs[i][j] = (diffs[i][j][0], None)
-        trimmed = _details(previews[i].stack, diffs[i])  # only this stack's folded part changes
+        title, diff = diffs[i][j]
+        trimmed_lines[title] = (diff or "").count("\n")
+        diffs[i][j] = (title, None)
+        trimmed = _details(previews[i].stack, diffs[i], base, trimmed_lines)  # only this stack's folded part changes
         length += len(trimmed) - len(folded[i])
         folded[i] = trimmed
     stacks = [shown + details for (shown, _), details in zip(sections, folded, strict=True)]
     if length <= limit:
         return head + "".join(stacks)
-    cut = f"\n_The rest is cut to fit a comment ({limit} characters): {full}; the job summary has it too._\n"
+    cut = f"\n_The rest is cut to fit a comment ({limit} characters): {full}._\n"
     kept = head
     for section in stacks:
         if len(kept) + len(section) + len(cut) > limit:
