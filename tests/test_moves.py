@@ -539,9 +539,11 @@ def test_the_copy_jobs_stay_as_the_cluster_has_them_while_a_copy_pod_works_and_o
     for live in (under_way(ready=1), under_way(failed=1), held_by_training):
         jobs = named(render_against(monkeypatch, live, image, "job.gpus=2"), "Job")
         assert [jobs[name].ignore_changes for name in copies] == [["spec"], ["spec"]]
-    # Not at work yet (pending, its image not pulled: the change may be the fix), a retry (a new
-    # attempt), the first up: the Jobs take what the settings say now.
-    for live in (under_way(), under_way("Failed"), bound_in_ucsd()):
+    # Not at work yet (pending, its image not pulled: the change may be the fix; also a next try's
+    # pod that finds no room), a retry (a new attempt), the first up: the Jobs take what the settings say now.
+    next_try_pending = under_way(failed=1)
+    next_try_pending.copy_job["status"].update(active=1, ready=0)  # ready counted: none Ready
+    for live in (under_way(), next_try_pending, under_way("Failed"), bound_in_ucsd()):
         jobs = named(render_against(monkeypatch, live, image), "Job")
         assert [jobs[name].ignore_changes for name in copies] == [[], []]
         assert jobs[copies[0]].inputs["spec"]["template"]["spec"]["containers"][0]["image"] == image.partition("=")[2]

@@ -666,9 +666,10 @@ def copy_at_work(job: Mapping | None) -> bool:
 
 
 def copy_retrying(job: Mapping | None) -> bool:
-    """A copy pod failed and its Job has not given up: between retries (the Job's backoff), no pod is
-    at work, but one has been, and the next resumes from what it wrote."""
-    return bool(get(job, "status", "failed")) and unfinished(job)
+    """A copy pod failed and its Job has not given up, and no pod of it exists: between retries (the
+    Job's backoff), when the next pod resumes from what the last one wrote. A pod made for the next
+    try that cannot start (no room for it any more) is active, not held: the settings may fix it."""
+    return bool(get(job, "status", "failed")) and not get(job, "status", "active") and unfinished(job)
 
 
 def copied_into_another(job: Mapping | None, claim: Mapping | None) -> bool:

@@ -658,6 +658,7 @@ def _details(stack: str, diffs: list[tuple[str, str | None]], base: str = "", tr
     for title, diff in diffs:
         if diff is None:
             lines = (trimmed or {}).get(title, 0)
+            base = _line(base).replace("`", "")
             parts.append(
                 f"\n`{title}`: its diff ({lines} lines) is trimmed to fit the comment; "
                 f"`mlcache diff --base '{base}' --stack {stack}` prints it\n"
@@ -685,14 +686,14 @@ def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMEN
     length = len(head) + sum(len(shown) for shown, _ in sections) + sum(map(len, folded))
     # The largest diffs go first: one huge ConfigMap diff should not cost every other stack its diffs.
     sizes = sorted(((len(d or ""), i, j) for i, found in enumerate(diffs) for j, (_, d) in enumerate(found)), reverse=True)
-    trimmed_lines: dict[str, int] = {}
+    trimmed_lines: list[dict[str, int]] = [{} for _ in previews]  # per stack: a title may be in several
     for size, i, j in sizes:
         if length <= limit or size == 0:
             break
         title, diff = diffs[i][j]
-        trimmed_lines[title] = (diff or "").count("\n")
+        trimmed_lines[i][title] = (diff or "").count("\n")
         diffs[i][j] = (title, None)
-        trimmed = _details(previews[i].stack, diffs[i], base, trimmed_lines)  # only this stack's folded part changes
+        trimmed = _details(previews[i].stack, diffs[i], base, trimmed_lines[i])  # only this stack's folded part changes
         length += len(trimmed) - len(folded[i])
         folded[i] = trimmed
     stacks = [shown + details for (shown, _), details in zip(sections, folded, strict=True)]
