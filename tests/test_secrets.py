@@ -291,6 +291,13 @@ def test_a_value_that_only_became_secret_is_no_change_in_the_diff(monkeypatch):
     assert changes["Job/training-job"].action == "replace" and "spec.template" in changes["Job/training-job"].reasons[0]
     # Without the digests' key (a digest cannot be compared), the same change stays a change.
     assert "PersistentVolumeClaim/cache-pvc" in {c.label for c in plan(old, new)}
+    # With a new GPU product in the same change, the claim's placement record (ignored by the engine)
+    # changes inside the metadata that became secret: still no replacement, and the hidden Job says
+    # that whether it strands the cache is for the guard to judge.
+    moved = render.as_json(render.render("dev", ["job.gpuProduct=NVIDIA-H100-80GB-HBM3"], ["job.env.WANDB_API_KEY=w-0123"])[0])
+    (job,) = plan(old, moved, "k3y")
+    assert job.label == "Job/training-job" and not job.data_loss
+    assert "spec is hidden by a secret: whether it moves away from where PersistentVolumeClaim/" in job.warnings[-1]
     back = {
         c.label for c in plan(new, render.as_json(render.render("dev", ["job.env.WANDB_API_KEY=wandb-0123456789"], [])[0]), "k3y")
     }

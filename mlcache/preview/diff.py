@@ -25,8 +25,16 @@ from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manife
 from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
 from mlcache.errors import UsageError
 from mlcache.preview.policy_check import ADVISORY, MANDATORY
-from mlcache.preview.render import DIGEST_KEY_ENV, REDACTED, RENDER_ERRORS, as_json, keyed_digest, render
-from mlcache.preview.stack_config import StackConfigError, load_stack_config, split_key, stack_file
+from mlcache.preview.render import (
+    DIGEST_KEY_ENV,
+    REDACTED,
+    RENDER_ERRORS,
+    as_json,
+    keyed_digest,
+    property_path_parts,
+    render,
+)
+from mlcache.preview.stack_config import StackConfigError, load_stack_config, stack_file
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_FROM_ANNOTATION,
@@ -124,19 +132,13 @@ def _kind(obj: dict[str, Any]) -> str:
     return obj["manifest"]["kind"]
 
 
-def _path_parts(path: str) -> list[str]:
-    """A Pulumi property path (`a.b["c/d"]`, `a[0]`) as its keys (parsed as `pulumi config set --path` does)."""
-    top, rest = split_key(path)
-    return [top.partition(":")[2], *(str(part) for part in rest)]
-
-
 def with_ignored_changes(old: dict[str, Any], new: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     """The new manifest as the engine sends it: each ignoreChanges path keeps its old value
     (or stays absent when the old object had none). Where the old object's value is a secret's
     digest, what it held there is not known: the new value stands (the engine's may differ)."""
     result = json.loads(json.dumps(new))
     for path in paths:
-        *parents, leaf = _path_parts(path)
+        *parents, leaf = property_path_parts(path)
         source: Any  # the old object's value at the path so far (None once it has no such key)
         source, target = old, result
         for key in parents:
@@ -167,11 +169,14 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None, digest_key: str
         previous = before[urn]
         obj = {**obj, "manifest": with_ignored_changes(previous["manifest"], obj["manifest"], obj.get("ignoreChanges", []))}
         after[urn] = obj
-        paths = changed_paths(previous["manifest"], obj["manifest"], digest=digest)
+        if previous.get("ignoreChanges") == obj.get("ignoreChanges") and "ignoring" in previous and "ignoring" in obj:
+            paths = changed_paths(previous["ignoring"], obj["ignoring"], digest=digest)
+        else:
+            paths = changed_paths(previous["manifest"], obj["manifest"], digest=digest)
         if not paths and previous["protect"] == obj["protect"]:
             continue
         kind = _kind(obj)
-        replace_on_changes = tuple(".".join(_path_parts(p)) for p in obj["replaceOnChanges"])
+        replace_on_changes = tuple(".".join(property_path_parts(p)) for p in obj["replaceOnChanges"])
         force_new = PROVIDER_REPLACES["*"] + PROVIDER_REPLACES.get(kind, ()) + replace_on_changes
         # A changed secret hides which of its fields changed: one that holds a force-new field may replace.
         replacing = sorted({f for p in paths for f in force_new if _under(p, f) or _under(f, p)})
@@ -305,15 +310,25 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
             continue  # re-created in this change (relocated, or replaced for another reason)
         if (_dig(manifest, "metadata", "annotations", BACKEND_ANNOTATION) or "linstor") != "linstor":
             continue  # network storage: reachable from every zone
+        for job_urn, job in after.items():
+            change = changes.get(job_urn)
+            if _kind(job) == "Job" and change is not None and _is_digest(job["manifest"].get("spec")):
+                # A secret under mlcache:job hides where the Job goes: the guard judges it at up.
+                hidden = (
+                    f"{change.label}'s spec is hidden by a secret: whether it moves away from where {_label(obj)} "
+                    "is bound (STRANDS THE CACHE) cannot be told offline; the program's guard refuses such an up"
+                )
+                if hidden not in change.warnings:
+                    change.warnings.append(hidden)
         claim = _dig(manifest, "metadata", "name")
         if not isinstance(claim, str):
             continue
         for job_urn, job in after.items():
+            change = changes.get(job_urn)
             previous = before.get(job_urn)
             if _kind(job) != "Job" or previous is None or claim not in _claims_of(job["manifest"]):
                 continue
             was, now = job_placement(previous["manifest"]), job_placement(job["manifest"])
-            change = changes.get(job_urn)
             if was == now or change is None:
                 continue
             change.warnings.insert(

@@ -8,11 +8,12 @@ dependencies, delete_before_replace, replace_on_changes, import ids, custom time
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
 import logging
 import runpy
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,9 +68,15 @@ class Registration:
     def is_kubernetes_object(self) -> bool:
         return self.custom and self.type.startswith("kubernetes:")
 
-    def shown(self, secret_as: Any) -> dict[str, Any]:
-        """The inputs with every value the engine received as a secret replaced by `secret_as`."""
-        return _plain(self.wire, secret_as)
+    def shown(self, secret_as: Any, without: Sequence[list[str]] = ()) -> dict[str, Any]:
+        """The inputs with every value the engine received as a secret replaced by `secret_as`;
+        `without`: property paths (as their keys) left out, inside secret values too."""
+        wire = self.wire
+        if without:
+            wire = copy.deepcopy(wire)
+            for parts in without:
+                _drop(wire, parts)
+        return _plain(wire, secret_as)
 
     @property
     def shown_name(self) -> str:
@@ -200,6 +207,19 @@ def _plain(value: Any, secret_as: Any = None) -> Any:
     if isinstance(value, list):
         return [_plain(v, secret_as) for v in value]
     return value
+
+
+def _drop(value: Any, parts: list[str]) -> None:
+    """Remove the property at `parts` from wire-format `value`, looking through secret envelopes."""
+    *parents, leaf = parts
+    for key in parents:
+        value = value.get("value") if is_secret_envelope(value) else value
+        if not isinstance(value, dict) or key not in value:
+            return
+        value = value[key]
+    value = value.get("value") if is_secret_envelope(value) else value
+    if isinstance(value, dict):
+        value.pop(leaf, None)
 
 
 def is_secret_envelope(value: Any) -> bool:

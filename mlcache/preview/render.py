@@ -23,7 +23,7 @@ from mlcache import CHECKOUT
 from mlcache.errors import UsageError
 from mlcache.preview.cli_yaml import resolve_plain
 from mlcache.preview.mock_engine import ProgramRun, Registration, run_program
-from mlcache.preview.stack_config import StackConfig, load_stack_config
+from mlcache.preview.stack_config import StackConfig, load_stack_config, split_key
 
 REDACTED = "<redacted>"
 
@@ -244,6 +244,12 @@ def keyed_digest(key: str) -> Callable[[Any], str]:
     return shown
 
 
+def property_path_parts(path: str) -> list[str]:
+    """A Pulumi property path (`a.b["c/d"]`, `a[0]`) as its keys (parsed as `pulumi config set --path` does)."""
+    top, rest = split_key(path)
+    return [top.partition(":")[2], *(str(part) for part in rest)]
+
+
 def as_json(run: ProgramRun, digest_key: str | None = None) -> dict[str, Any]:
     """Machine-readable plan: each object with the options the engine sees (for mlcache diff)."""
     names = {r.urn: r.name for r in run.registrations}
@@ -258,6 +264,13 @@ def as_json(run: ProgramRun, digest_key: str | None = None) -> dict[str, Any]:
                 "deleteBeforeReplace": r.delete_before_replace,
                 "replaceOnChanges": r.replace_on_changes,
                 "ignoreChanges": r.ignore_changes,
+                # The manifest without the fields the engine ignores, for what changed (inside a
+                # secret the manifest's digest covers them, and the diff cannot take them out).
+                **(
+                    {"ignoring": _ordered(r.shown(secret_as, [property_path_parts(p) for p in r.ignore_changes]))}
+                    if r.ignore_changes
+                    else {}
+                ),
                 "propertyDependencies": sorted({u for urns in r.property_dependencies.values() for u in urns}),
                 "dependencies": sorted(u for u in r.dependencies if u != r.parent and u in names),
             }
