@@ -670,13 +670,13 @@ def new_warnings(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list
 def _details(stack: str, diffs: list[tuple[str, str | None]], base: str = "", trimmed: dict[str, int] | None = None) -> str:
     """The folded manifest diffs of one stack; a diff that is None was trimmed (`trimmed`: its lines, by title)."""
     parts = []
+    shown_base = _line(base).replace("`", "")
     for title, diff in diffs:
         if diff is None:
             lines = (trimmed or {}).get(title, 0)
-            base = _line(base).replace("`", "")
             parts.append(
                 f"\n`{title}`: its diff ({lines} lines) is trimmed to fit the comment; "
-                f"`mlcache diff --base '{base}' --stack {stack}` prints it\n"
+                f"`mlcache diff --base '{shown_base}' --stack {stack}` prints it\n"
             )
         elif diff:
             parts.append(f"\n`{title}`\n\n{_fenced('diff', diff)}")
