@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from mlcache.cli.render import main
 from mlcache.preview.stack_config import SECURE_PLACEHOLDER, StackConfigError, load_stack_config, parse_assignment, stack_names
 from mlcache.program.schema import ConfigError
 from tests.conftest import ROOT
@@ -168,3 +169,27 @@ def test_declared_types_are_checked_in_the_clis_order(tmp_path):
 def test_declared_types_that_fit_pass(tmp_path):
     values = _stack(tmp_path, "  mlcache:adopt: true\n  mlcache:zones: [ucsd, sdsu]\n  mlcache:zone: ucsd\n").values
     assert (values["mlcache:adopt"], values["mlcache:zones"]) == ("true", ["ucsd", "sdsu"])
+
+
+def test_a_whole_number_whose_text_the_cli_does_not_keep_is_warned_about_where_text_matters(tmp_path, capsys):
+    """`UMASK: 0022` is the number 18 to the Pulumi CLI, so the variable is "18" on both paths:
+    only a reader of the file can say so. Quoted text, and numbers the CLI writes back as typed, are
+    not warned about, nor are number settings."""
+    for name in ("Pulumi.yaml", "__main__.py"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    (tmp_path / "Pulumi.ci.yaml").write_text(
+        "config:\n  mlcache:job:\n    gpus: 04\n    env:\n      UMASK: 0022\n      MASK: '0022'\n      THREADS: 8\n"
+        "      BIG: 1_000\n    args: [--x, 0x10]\n"
+    )
+    config = load_stack_config("ci", project_dir=tmp_path)
+    assert config.warnings == [
+        "Pulumi.ci.yaml line 5: mlcache:job.env.UMASK is written 0022, which the Pulumi CLI reads as the number 18: "
+        "the value is \"18\"; quote it ('0022') to keep the text",
+        "Pulumi.ci.yaml line 8: mlcache:job.env.BIG is written 1_000, which the Pulumi CLI reads as the number 1000: "
+        "the value is \"1000\"; quote it ('1_000') to keep the text",
+        "Pulumi.ci.yaml line 9: mlcache:job.args[1] is written 0x10, which the Pulumi CLI reads as the number 16: "
+        "the value is \"16\"; quote it ('0x10') to keep the text",
+    ]
+    # The render prints it with the program's warnings (and mlcache diff shows it as new).
+    assert main(["--stack", "ci", "--project", str(tmp_path), "--summary"]) == 0
+    assert "warning: Pulumi.ci.yaml line 5: mlcache:job.env.UMASK is written 0022" in capsys.readouterr().err

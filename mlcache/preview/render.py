@@ -283,7 +283,9 @@ def as_json(run: ProgramRun, digest_key: str | None = None) -> dict[str, Any]:
 
 def render(stack: str, overrides: list[str], secrets: list[str], project_dir: Path = CHECKOUT) -> tuple[ProgramRun, StackConfig]:
     config = load_stack_config(stack, overrides, secrets, project_dir)
-    return run_program(config.engine_config(), sorted(config.secret_keys), stack, project_dir=project_dir), config
+    run = run_program(config.engine_config(), sorted(config.secret_keys), stack, project_dir=project_dir)
+    run.warnings[:0] = config.warnings
+    return run, config
 
 
 def render_or_refuse(

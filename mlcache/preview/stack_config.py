@@ -13,14 +13,22 @@ import functools
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from mlcache import CHECKOUT
-from mlcache.preview.cli_yaml import INT64, UINT64_MAX, CliLoader, UnsupportedValue, as_program_reads, top_level_text
+from mlcache.preview.cli_yaml import (
+    INT64,
+    UINT64_MAX,
+    CliLoader,
+    UnsupportedValue,
+    as_program_reads,
+    resolve_plain,
+    top_level_text,
+)
 from mlcache.program.names import PROJECT, full_key
 from mlcache.program.settings import SECRET_TOP_KEYS, SECURE_PLACEHOLDER, check_unset
 
@@ -96,10 +104,44 @@ def _read_mapping_file(path: Path, section: str) -> dict[str, Any]:
     return value
 
 
+def _node_at(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    return next((value for name, value in node.value if isinstance(name, yaml.ScalarNode) and name.value == key), None)
+
+
+def retyped_text(text: str, file_name: str) -> list[str]:
+    """Warnings for job.env values and job.args items that the stack file writes as plain whole
+    numbers whose text the Pulumi CLI does not keep: `UMASK: 0022` is the number 18 to it, so the
+    variable is "18" on both paths, silently. Only a reader of the file can see the text."""
+    try:
+        job = _node_at(_node_at(yaml.compose(text, Loader=CliLoader), "config"), f"{PROJECT}:job")
+    except yaml.YAMLError:
+        return []  # read_yaml says what is wrong
+    items: list[tuple[str, yaml.Node]] = []
+    if isinstance(env := _node_at(job, "env"), yaml.MappingNode):
+        items += [(f"{PROJECT}:job.env.{name.value}", value) for name, value in env.value]
+    if isinstance(args := _node_at(job, "args"), yaml.SequenceNode):
+        items += [(f"{PROJECT}:job.args[{index}]", item) for index, item in enumerate(args.value)]
+    warnings = []
+    for key, node in items:
+        if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+            continue
+        value = resolve_plain(node.value)
+        if isinstance(value, int) and not isinstance(value, bool) and str(value) != node.value:
+            warnings.append(
+                f"{file_name} line {node.start_mark.line + 1}: {key} is written {node.value}, which the Pulumi CLI "
+                f"reads as the number {value}: the value is \"{value}\"; quote it ('{node.value}') to keep the text"
+            )
+    return warnings
+
+
 @dataclass
 class StackConfig:
     values: dict[str, Any]
     secret_keys: set[str]
+    # What the stack file says that the CLI reads otherwise than it reads (retyped_text).
+    warnings: list[str] = field(default_factory=list)
 
     def engine_config(self) -> dict[str, str]:
         """Values as the CLI passes them to a program: strings, JSON for anything structured."""
@@ -380,4 +422,5 @@ def load_stack_config(
                 f"validating stack config: Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'"
             )
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
-    return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys)
+    warnings = retyped_text(path.read_text(encoding="utf-8"), path.name)
+    return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys, warnings=warnings)
