@@ -134,6 +134,9 @@ def test_insufficient_gpus_in_the_zone():
 def test_pod_in_the_wrong_zone_and_volume_in_the_wrong_zone():
     findings = diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-sdsu-1", "sdsu"), pods=[pod("gpu-sdsu-1")], nodes=NODES), EXPECT)
     assert {f.check for f in findings if f.level == FAIL} == {"pod zone", "volume zone"}
+    # The way out keeps the cached models: a move by copy, never "recreate it".
+    (volume,) = [f for f in findings if f.check == "volume zone"]
+    assert "mlcache:cache.relocate copy" in volume.remedy and "data loss" not in volume.remedy.lower()
 
 
 def test_wrong_class_and_missing_pvc():

@@ -374,7 +374,9 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                     FAIL,
                     "volume zone",
                     f"the volume is in {sorted(pv_zones)}, the stack pins {expect.zone}",
-                    "the PVC was bound before the zone was pinned: recreate it (data loss) or pin the volume's zone",
+                    "the volume was bound where the stack pinned it before: move the cache with `pulumi config set "
+                    "--path mlcache:cache.relocate copy` and `pulumi up` (copied and verified, the old claim kept until "
+                    "then: docs/moving-the-cache.md), or set zone back to the volume's",
                 )
             )
 
