@@ -83,25 +83,32 @@ def read_yaml(text: str, what: str) -> Any:
     return value
 
 
-def _read_mapping_file(path: Path, section: str) -> dict[str, Any]:
-    """The `section` mapping of a YAML file (empty if absent), refusing what is not one."""
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise StackConfigError(f"{path.name}: not a text file (UTF-8 YAML expected)") from None
     except OSError as err:
         raise StackConfigError(f"cannot read {path.name}: {err.strerror}") from None
-    document = read_yaml(text, path.name)
+
+
+def _mapping_in(text: str, file_name: str, section: str) -> dict[str, Any]:
+    """The `section` mapping of a YAML file's text (empty if absent), refusing what is not one."""
+    document = read_yaml(text, file_name)
     if document is None:
         return {}
     if not isinstance(document, dict):
-        raise StackConfigError(f"{path.name}: expected a mapping with a `{section}:` key, got {type(document).__name__}")
+        raise StackConfigError(f"{file_name}: expected a mapping with a `{section}:` key, got {type(document).__name__}")
     value = document.get(section)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise StackConfigError(f"{path.name}: `{section}:` must be a mapping of keys to values, got {type(value).__name__}")
+        raise StackConfigError(f"{file_name}: `{section}:` must be a mapping of keys to values, got {type(value).__name__}")
     return value
+
+
+def _read_mapping_file(path: Path, section: str) -> dict[str, Any]:
+    return _mapping_in(_read_text(path), path.name, section)
 
 
 def _node_at(node: yaml.Node | None, key: str) -> yaml.Node | None:
@@ -110,14 +117,15 @@ def _node_at(node: yaml.Node | None, key: str) -> yaml.Node | None:
     return next((value for name, value in node.value if isinstance(name, yaml.ScalarNode) and name.value == key), None)
 
 
-def retyped_text(text: str, file_name: str) -> list[str]:
+@functools.lru_cache(maxsize=64)
+def retyped_text(text: str, file_name: str) -> tuple[str, ...]:
     """Warnings for job.env values and job.args items that the stack file writes as plain whole
     numbers whose text the Pulumi CLI does not keep: `UMASK: 0022` is the number 18 to it, so the
     variable is "18" on both paths, silently. Only a reader of the file can see the text."""
     try:
         job = _node_at(_node_at(yaml.compose(text, Loader=CliLoader), "config"), f"{PROJECT}:job")
     except yaml.YAMLError:
-        return []  # read_yaml says what is wrong
+        return ()  # read_yaml says what is wrong
     items: list[tuple[str, yaml.Node]] = []
     if isinstance(env := _node_at(job, "env"), yaml.MappingNode):
         items += [(f"{PROJECT}:job.env.{name.value}", value) for name, value in env.value]
@@ -133,7 +141,7 @@ def retyped_text(text: str, file_name: str) -> list[str]:
                 f"{file_name} line {node.start_mark.line + 1}: {key} is written {node.value}, which the Pulumi CLI "
                 f"reads as the number {value}: the value is \"{value}\"; quote it ('{node.value}') to keep the text"
             )
-    return warnings
+    return tuple(warnings)
 
 
 @dataclass
@@ -376,7 +384,8 @@ def load_stack_config(
         for key, declaration in declared.items()
         if isinstance(declaration, dict) and "default" in declaration
     }
-    stack_layer = dict(_read_mapping_file(path, "config"))
+    text = _read_text(path)
+    stack_layer = dict(_mapping_in(text, path.name, "config"))
     for key in stack_layer:
         if not key.partition(":")[0] or not key.partition(":")[2]:
             raise StackConfigError(f"{path.name}: config key {key!r} is not NAMESPACE:NAME (such as {PROJECT}:zone)")
@@ -422,5 +431,5 @@ def load_stack_config(
                 f"validating stack config: Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'"
             )
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
-    warnings = retyped_text(path.read_text(encoding="utf-8"), path.name)
+    warnings = list(retyped_text(text, path.name))  # cached per text, as _parsed is
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys, warnings=warnings)
