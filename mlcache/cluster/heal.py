@@ -374,22 +374,13 @@ def read_kept(expect: Expectation, generations: tuple[int, ...], kube: Kube) -> 
 
 def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
     """Carry the plan out; True when healed (the outcome is printed on stdout either way)."""
-    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
-
     for pod in plan.stuck_pods:
         print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
-        try:
-            kube.delete(api_path(POD, namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        kube.delete_if_present(api_path(POD, namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
     for job in plan.jobs:
         print(f"deleting Job {expect.namespace}/{job}", file=sys.stderr)
-        try:  # its pods with it (the API's default for a Job leaves them)
-            kube.delete(api_path(JOB, namespace=expect.namespace, name=job), {"propagationPolicy": "Background"})
-        except ApiException as err:
-            if err.status != 404:
-                raise
+        # Its pods with it (the API's default for a Job leaves them).
+        kube.delete_if_present(api_path(JOB, namespace=expect.namespace, name=job), {"propagationPolicy": "Background"})
     print(f"deleting claim {expect.namespace}/{expect.pvc}", file=sys.stderr)
     claim = api_path(CLAIM, namespace=expect.namespace, name=expect.pvc)
     kube.delete(claim)

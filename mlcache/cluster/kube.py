@@ -73,6 +73,16 @@ class Kube:
         """DELETE `path` (body: DeleteOptions, e.g. {"gracePeriodSeconds": 0})."""
         self.request("DELETE", path, body)
 
+    def delete_if_present(self, path: str, body: dict[str, Any] | None = None) -> None:
+        """delete(), where an object already gone (404) is no error."""
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+        try:
+            self.delete(path, body)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
     def optional(self, path: str) -> dict[str, Any] | None:
         """The object at `path`, or None when there is none (404)."""
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
