@@ -190,6 +190,8 @@ def test_a_whole_number_whose_text_the_cli_does_not_keep_is_warned_about_where_t
         "Pulumi.ci.yaml line 9: mlcache:job.args[1] is written 0x10, which the Pulumi CLI reads as the number 16: "
         "the value is \"16\"; quote it ('0x10') to keep the text",
     ]
+    # Overrides leave the file's warnings as they are.
+    assert load_stack_config("ci", ["job.gpus=2"], project_dir=tmp_path).warnings == config.warnings
     # The render prints it with the program's warnings (and mlcache diff shows it as new).
     assert main(["--stack", "ci", "--project", str(tmp_path), "--summary"]) == 0
     assert "warning: Pulumi.ci.yaml line 5: mlcache:job.env.UMASK is written 0022" in capsys.readouterr().err

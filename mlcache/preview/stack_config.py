@@ -384,8 +384,8 @@ def load_stack_config(
         for key, declaration in declared.items()
         if isinstance(declaration, dict) and "default" in declaration
     }
-    text = _read_text(path)
-    stack_layer = dict(_mapping_in(text, path.name, "config"))
+    file_text = _read_text(path)
+    stack_layer = dict(_mapping_in(file_text, path.name, "config"))
     for key in stack_layer:
         if not key.partition(":")[0] or not key.partition(":")[2]:
             raise StackConfigError(f"{path.name}: config key {key!r} is not NAMESPACE:NAME (such as {PROJECT}:zone)")
@@ -431,5 +431,5 @@ def load_stack_config(
                 f"validating stack config: Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'"
             )
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
-    warnings = list(retyped_text(text, path.name))  # cached per text, as _parsed is
+    warnings = list(retyped_text(file_text, path.name))  # cached per text, as _parsed is
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys, warnings=warnings)
