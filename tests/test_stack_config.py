@@ -192,6 +192,10 @@ def test_a_whole_number_whose_text_the_cli_does_not_keep_is_warned_about_where_t
     ]
     # Overrides leave the file's warnings as they are.
     assert load_stack_config("ci", ["job.gpus=2"], project_dir=tmp_path).warnings == config.warnings
+    # A secret under mlcache:job makes its every value secret to the engine: the key is named, not the value.
+    (hidden,) = load_stack_config("ci", ["job.args=[--x]"], ["job.env.TOKEN=t0k3n"], project_dir=tmp_path).warnings[:1]
+    assert hidden.startswith("Pulumi.ci.yaml line 5: mlcache:job.env.UMASK is written as a number the Pulumi CLI reads")
+    assert "0022" not in hidden and "18" not in hidden
     # The render prints it with the program's warnings (and mlcache diff shows it as new).
     assert main(["--stack", "ci", "--project", str(tmp_path), "--summary"]) == 0
     assert "warning: Pulumi.ci.yaml line 5: mlcache:job.env.UMASK is written 0022" in capsys.readouterr().err

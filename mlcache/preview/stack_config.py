@@ -118,10 +118,12 @@ def _node_at(node: yaml.Node | None, key: str) -> yaml.Node | None:
 
 
 @functools.lru_cache(maxsize=64)
-def retyped_text(text: str, file_name: str) -> tuple[str, ...]:
+def retyped_text(text: str, file_name: str, secret: bool = False) -> tuple[str, ...]:
     """Warnings for job.env values and job.args items that the stack file writes as plain whole
     numbers whose text the Pulumi CLI does not keep: `UMASK: 0022` is the number 18 to it, so the
-    variable is "18" on both paths, silently. Only a reader of the file can see the text."""
+    variable is "18" on both paths, silently. Only a reader of the file can see the text.
+    `secret`: mlcache:job holds a secret, which makes every value under it secret to the engine:
+    the warning names the key, never the value."""
     try:
         job = _node_at(_node_at(yaml.compose(text, Loader=CliLoader), "config"), f"{PROJECT}:job")
     except yaml.YAMLError:
@@ -136,10 +138,18 @@ def retyped_text(text: str, file_name: str) -> tuple[str, ...]:
         if not isinstance(node, yaml.ScalarNode) or node.style is not None:
             continue
         value = resolve_plain(node.value)
-        if isinstance(value, int) and not isinstance(value, bool) and str(value) != node.value:
+        if not isinstance(value, int) or isinstance(value, bool) or str(value) == node.value:
+            continue
+        where = f"{file_name} line {node.start_mark.line + 1}: {key}"
+        if secret:
             warnings.append(
-                f"{file_name} line {node.start_mark.line + 1}: {key} is written {node.value}, which the Pulumi CLI "
-                f"reads as the number {value}: the value is \"{value}\"; quote it ('{node.value}') to keep the text"
+                f"{where} is written as a number the Pulumi CLI reads otherwise (a leading zero, a base prefix or "
+                "'_'): its text is not kept; quote it to keep the text"
+            )
+        else:
+            warnings.append(
+                f"{where} is written {node.value}, which the Pulumi CLI reads as the number {value}: the value is "
+                f"\"{value}\"; quote it ('{node.value}') to keep the text"
             )
     return tuple(warnings)
 
@@ -431,5 +441,5 @@ def load_stack_config(
                 f"validating stack config: Stack '{stack}' with configuration key '{name}' must be of type '{wanted}'"
             )
     # Keys the project does not declare (or a mistyped prefix) are refused by the program itself.
-    warnings = list(retyped_text(file_text, path.name))  # cached per text, as _parsed is
+    warnings = list(retyped_text(file_text, path.name, f"{PROJECT}:job" in secret_keys))  # cached per text, as _parsed is
     return StackConfig(values={**defaults, **stack_layer}, secret_keys=secret_keys, warnings=warnings)
