@@ -308,8 +308,9 @@ def run_program(
     loop = asyncio.new_event_loop()
     loop.set_default_executor(_InlineExecutor())
     asyncio.set_event_loop(loop)
-    logger = logging.getLogger(f"mlcache.mock.{id(run)}")
-    logger.propagate = False
+    # A logger of this run's own, outside logging's registry: a registered one (getLogger) is kept
+    # for the life of the process, with its handler and so this run, one per render.
+    logger = logging.Logger("mlcache.mock")
     logger.setLevel(logging.INFO)
     logger.addHandler(_WarningCollector(run))
     runtime_settings.ROOT.set(None)
