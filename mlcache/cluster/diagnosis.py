@@ -328,6 +328,13 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
     return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message}")
 
 
+# The way out for a cache that is not where the stack says: it keeps the cached models.
+MOVE_BY_COPY = (
+    "move the cache with `pulumi config set --path mlcache:cache.relocate copy` and `pulumi up` (copied and "
+    "verified, the old claim kept until then: docs/moving-the-cache.md)"
+)
+
+
 def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
     """Every check, in the runbook's order. Pure: the tests feed it recorded API objects."""
     findings: list[Finding] = []
@@ -344,7 +351,8 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 FAIL,
                 "storage class",
                 f"PVC uses {used_class}, the stack expects {expect.storage_class}",
-                "the PVC predates the backend switch: follow the rollback procedure in docs/operations-and-rollback.md",
+                "the claim was made before the backend changed (a switch or a rollback not yet applied, or a "
+                f"kept claim heal restores from): {MOVE_BY_COPY}, or set backend back to the claim's",
             )
         )
     pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
@@ -374,9 +382,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                     FAIL,
                     "volume zone",
                     f"the volume is in {sorted(pv_zones)}, the stack pins {expect.zone}",
-                    "the volume was bound where the stack pinned it before: move the cache with `pulumi config set "
-                    "--path mlcache:cache.relocate copy` and `pulumi up` (copied and verified, the old claim kept until "
-                    "then: docs/moving-the-cache.md), or set zone back to the volume's",
+                    f"the volume was bound where the stack pinned it before: {MOVE_BY_COPY}, or set zone back to the volume's",
                 )
             )
 
