@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -18,7 +17,6 @@ import pytest
 from mlcache.bench.copy import start_sender
 from mlcache.program.settings import parse_settings
 from tests.conftest import ROOT
-from workloads import cache_copy
 
 SCRIPT = ROOT / "workloads" / "cache_copy.py"
 BIG = 24 << 20  # two files of 6 segments each at --segment-mib 4
@@ -296,57 +294,11 @@ def test_the_copy_benchmark_prints_each_side_against_the_slower_fio_figure(tmp_p
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    # side: GB/s, ratio to the limit, (copies:) ratio to the bound, rounds
-    rows = {line[:17].strip(): line[17:].split() for line in result.stdout.splitlines()[2:8]}
-    assert set(rows) == {"fio read", "fio write", "fio read direct", "fio write direct", "local", "send|receive"}
-    rates = {side: float(row[0]) for side, row in rows.items()}
+    rows = {line[:14].strip(): line[14:].split() for line in result.stdout.splitlines()[2:6]}  # side: GB/s, ratio, rounds
+    assert set(rows) == {"fio read", "fio write", "local", "send|receive"}
     ratios = {side: float(row[1].rstrip("x")) for side, row in rows.items()}
-    assert min(ratios["fio read"], ratios["fio write"]) == 1.0  # the limit is the slower buffered fio figure
-    assert all(rate > 0 for rate in rates.values())  # GB/s, measured for every side
-    bound = 1 / (2 / rates["fio read direct"] + 1 / rates["fio write direct"])
-    for copy in ("local", "send|receive"):
-        assert float(rows[copy][2].rstrip("x")) == pytest.approx(rates[copy] / bound, rel=0.2)  # GB/s rounded to 0.01
-    assert "limit = the slower buffered fio figure" in result.stdout
-    assert "bound = one disk passed over three times" in result.stdout
-    assert result.stderr.count("bench copy: round 1/1:") == 6  # progress, one line per side
+    assert min(ratios["fio read"], ratios["fio write"]) == 1.0  # the limit is the slower fio figure
+    assert all(float(row[0]) > 0 for row in rows.values())  # GB/s, measured for every side
+    assert "limit = the slower fio figure" in result.stdout
+    assert result.stderr.count("bench copy: round 1/1:") == 4  # progress, one line per side
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "token"]  # the copies are removed
-
-
-@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, (4 << 20) + 1, (8 << 20) + 4095])
-def test_a_range_read_with_direct_io_gives_the_bytes_exact_at_any_size_and_falls_back_without_it(tmp_path, monkeypatch, size):
-    """Ranges as the copy reads them (whole segments at block-aligned offsets, a file's tail of any
-    length), with O_DIRECT, and where the file system refuses it, with plain reads: the same bytes."""
-    import hashlib  # noqa: PLC0415
-
-    data = os.urandom(size)
-    path = tmp_path / "blob"
-    path.write_bytes(data)
-    segment = 4 << 20
-    ranges = [(offset, min(segment, size - offset)) for offset in range(0, size, segment)] or [(0, 0)]
-    opened = []
-    real_open = os.open
-
-    def recording_open(file, flags, *args):
-        opened.append(flags & os.O_DIRECT)
-        return real_open(file, flags, *args)
-
-    monkeypatch.setattr(os, "open", recording_open)
-    for offset, length in ranges:
-        seen = bytearray()
-        digest = cache_copy.read_range(path, offset, length, seen.extend)
-        assert (bytes(seen), digest) == (
-            data[offset : offset + length],
-            hashlib.sha256(data[offset : offset + length]).hexdigest(),
-        )
-    assert all(opened)  # this machine's /tmp has direct I/O: every read took it
-
-    def no_direct_io(file, flags, *args):
-        if flags & os.O_DIRECT:
-            raise OSError(errno.EINVAL, "Invalid argument")
-        return real_open(file, flags, *args)
-
-    monkeypatch.setattr(os, "open", no_direct_io)
-    for offset, length in ranges:
-        assert cache_copy.read_range(path, offset, length) == hashlib.sha256(data[offset : offset + length]).hexdigest()
-    with pytest.raises(cache_copy.CopyError, match="shorter than its size"):
-        cache_copy.read_range(path, 0, size + 1)
