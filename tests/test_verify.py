@@ -14,6 +14,7 @@ from mlcache.cluster.diagnosis import (
     OK,
     Expectation,
     Finding,
+    RunExpectation,
     Snapshot,
     diagnose,
     expectation_from,
@@ -146,6 +147,30 @@ def test_wrong_class_and_missing_pvc():
     # after a protected move) is moved by copy, the models kept, as for a volume in the wrong zone.
     (wrong_class,) = [f for f in findings if f.check == "storage class"]
     assert "mlcache:cache.relocate copy" in wrong_class.remedy and "heal" in wrong_class.remedy
+    assert "job.nodes 1" not in wrong_class.remedy
+
+
+def test_the_way_out_of_a_misplaced_cache_is_one_the_guard_allows():
+    """A move by copy where the guard starts one; a Block-mode cache, which it refuses to copy, is
+    put back or re-created empty (said as data loss); a multi-node run goes to one node first."""
+
+    def block(storage_class: str) -> dict:
+        claim = pvc(storage_class=storage_class)
+        return claim | {"spec": claim["spec"] | {"volumeMode": "Block"}}
+
+    wrong_class = Snapshot(pvc=block("rook-ceph-block"), nodes=NODES)
+    wrong_zone = Snapshot(pvc=block("linstor-fast-cache"), pv=pv("gpu-sdsu-1", "sdsu"), nodes=NODES)
+    for snapshot in (wrong_class, wrong_zone):
+        (misplaced,) = [f for f in diagnose(snapshot, EXPECT) if f.level == FAIL]
+        assert "relocate copy" not in misplaced.remedy
+        assert "Block-mode cache holds no files to copy" in misplaced.remedy and "relocate fresh" in misplaced.remedy
+        assert "DATA LOSS" in misplaced.remedy
+    run = RunExpectation("sft", ("ms-swift-cache-pvc", "ms-swift-cache-pvc-w1"), "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu", 4)
+    multinode = Expectation(**{**EXPECT.__dict__, "run": run})
+    findings = diagnose(Snapshot(pvc=pvc(storage_class="rook-ceph-block"), pv=pv("gpu-sdsu-1", "sdsu"), nodes=NODES), multinode)
+    for check in ("storage class", "volume zone"):
+        (misplaced,) = [f for f in findings if f.check == check]
+        assert "set job.nodes 1 (a move copies a single-node cache), then move the cache" in misplaced.remedy
     (missing,) = diagnose(Snapshot(pvc=None), EXPECT)
     assert missing.level == FAIL and "not found" in missing.message
 

@@ -328,11 +328,20 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
     return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message}")
 
 
-# The way out for a cache that is not where the stack says: it keeps the cached models.
-MOVE_BY_COPY = (
-    "move the cache with `pulumi config set --path mlcache:cache.relocate copy` and `pulumi up` (copied and "
-    "verified, the old claim kept until then: docs/moving-the-cache.md)"
-)
+def move_remedy(pvc: dict, expect: Expectation, why: str, put_back: str) -> str:
+    """The way out for a cache that is not where the stack says: a move by copy, which keeps the
+    cached models, where the guard allows one; else what it allows."""
+    back = f"or set {put_back} back to the claim's"
+    if (_get(pvc, "spec", "volumeMode") or "Filesystem") == "Block":
+        return (
+            f"{why}: a Block-mode cache holds no files to copy, so it cannot be moved with its data: {back}, or "
+            "re-create it empty with `pulumi config set --path mlcache:cache.relocate fresh` and `pulumi up` (DATA LOSS)"
+        )
+    single_node = "" if expect.run is None else "set job.nodes 1 (a move copies a single-node cache), then "
+    return (
+        f"{why}: {single_node}move the cache with `pulumi config set --path mlcache:cache.relocate copy` and `pulumi "
+        f"up` (copied and verified, the old claim kept until then: docs/moving-the-cache.md), {back}"
+    )
 
 
 def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
@@ -351,8 +360,13 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                 FAIL,
                 "storage class",
                 f"PVC uses {used_class}, the stack expects {expect.storage_class}",
-                "the claim was made before the backend changed (a switch or a rollback not yet applied, or a "
-                f"kept claim heal restores from): {MOVE_BY_COPY}, or set backend back to the claim's",
+                move_remedy(
+                    pvc,
+                    expect,
+                    "the claim was made before the class changed (a backend switch or rollback not yet applied, or "
+                    "the kept claim heal restores from)",
+                    "backend (or linstor.storageClassName)",
+                ),
             )
         )
     pods = sorted(snapshot.pods, key=lambda p: _get(p, "metadata", "creationTimestamp") or "")
@@ -382,7 +396,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                     FAIL,
                     "volume zone",
                     f"the volume is in {sorted(pv_zones)}, the stack pins {expect.zone}",
-                    f"the volume was bound where the stack pinned it before: {MOVE_BY_COPY}, or set zone back to the volume's",
+                    move_remedy(pvc, expect, "the volume was bound where the stack pinned it before", "zone"),
                 )
             )
 
