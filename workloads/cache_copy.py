@@ -48,7 +48,8 @@ warm-up then downloads, as without a durable copy.
 Output: progress on stderr every --progress-every seconds (bytes done/total, rate, ETA); one JSON
 line on stdout at the end: files, bytes, bytesSent, bytesKept, seconds, verified.
 Exit status: 0 copied and verified; 1 verification failed (the line names the first bad path);
-2 bad usage or a source that cannot be copied; 3 the sender is unreachable or refused the token;
+2 bad usage or a source that cannot be copied; 3 the sender is unreachable, refused the token, or
+could not read a source file (it changed under the copy: both ends say which);
 4 (refresh) the warm-up did not finish within --wait-limit.
 """
 
@@ -96,6 +97,10 @@ class PeerError(Exception):
 
 class WaitedTooLong(Exception):
     """The warm-up the refresh follows did not finish in time."""
+
+
+class _ReceiverGone(Exception):
+    """The receiver's end of a stream closed: it resumes on a new connection."""
 
 
 class Mismatch(Exception):
@@ -289,7 +294,10 @@ class RemoteSource:
             while left:
                 got = self.sock.recv_into(buffer, min(len(buffer), left))
                 if not got:
-                    raise PeerError("the sender closed the connection in the middle of a segment")
+                    raise PeerError(
+                        f"the sender closed the connection in the middle of a segment of {path} (the network failed, or "
+                        "the sender could not read the file: its log says which)"
+                    )
                 write(memoryview(buffer)[:got])
                 left -= got
             return _recv_frame(self.sock)["sha256"]
@@ -340,6 +348,15 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
             except (OSError, ValueError, PeerError):
                 return  # the receiver went away; it resumes on a new connection
 
+        def cannot_read(self, sock: socket.socket | None, entry: Entry, err: OSError | CopyError | str) -> bool:
+            """One line in the sender's log, and in the receiver's when it is still listening for a frame."""
+            own_path = f"{root / entry.path}: "  # CopyError's own prefix: the line names the path once
+            reason = (err.strerror or str(err)) if isinstance(err, OSError) else str(err).removeprefix(own_path)
+            log(f"cannot serve {entry.path}: {reason}")
+            if sock is not None:
+                _send_frame(sock, {"error": f"cannot read {entry.path}: {reason}"})
+            return False
+
         def answer(self, sock: socket.socket, request: dict) -> bool:
             op = request.get("op")
             if op == "manifest":
@@ -362,11 +379,35 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
             ):
                 _send_frame(sock, {"error": f"bad request {json.dumps(request)[:200]}"})
                 return False
+            path = root / entry.path
             if op == "digest":
-                _send_frame(sock, {"sha256": read_range(root / entry.path, offset, length)})
+                try:
+                    digest = read_range(path, offset, length)
+                except (OSError, CopyError) as err:
+                    return self.cannot_read(sock, entry, err)
+                _send_frame(sock, {"sha256": digest})
                 return True
+            try:
+                size = path.stat().st_size
+            except OSError as err:
+                return self.cannot_read(sock, entry, err)
+            if size < offset + length:
+                return self.cannot_read(sock, entry, f"{size} bytes, {entry.size} when the copy began: it changed under the copy")
             _send_frame(sock, {"ok": True, "length": length})
-            digest = read_range(root / entry.path, offset, length, sock.sendall)
+
+            def send(data: memoryview) -> None:
+                try:
+                    sock.sendall(data)
+                except OSError as err:
+                    raise _ReceiverGone from err
+
+            try:
+                digest = read_range(path, offset, length, send)
+            except _ReceiverGone:
+                return False  # it resumes on a new connection
+            except (OSError, CopyError) as err:  # in the middle of a segment: the receiver can only see the stream end
+                self.cannot_read(None, entry, err)
+                return False
             _send_frame(sock, {"sha256": digest})
             with lock:
                 sent["bytesSent"] += length
