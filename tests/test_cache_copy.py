@@ -305,32 +305,41 @@ def test_the_copy_benchmark_prints_each_side_against_the_slower_fio_figure(tmp_p
 
 
 def test_a_source_file_that_changes_or_goes_under_the_copy_is_one_line_on_both_ends(tmp_path, token):
-    """The receiver says which file and why, the sender's log says the same in one line (no
-    traceback), and the receiver exits 3: the copy cannot finish until the source is put right."""
+    """Shrunk, grown, rewritten at the same size, or gone after the sender took its manifest: the
+    receiver says which file and why and exits 3, and the sender's log says the same in one line
+    (no traceback). The copy cannot finish until the source is left alone."""
     source = tmp_path / "src"
     source.mkdir()
-    (source / "weights.bin").write_bytes(os.urandom(6 << 20))
     (source / "config.json").write_text("{}")
-    sender, address = start_sender(source, token)  # its manifest is taken now
-    (source / "weights.bin").write_bytes(b"truncated")
-    received = run(*receiving(tmp_path / "dst", address, token, "--segment-mib", "4"))
-    sender.kill()
-    _, log = sender.communicate(timeout=30)
-    assert received.returncode == 3
-    why = "cannot read weights.bin: 9 bytes, 6291456 when the copy began: it changed under the copy"
-    assert received.stderr.splitlines()[-1] == f"cache_copy: error: the sender: {why}"
-    assert f"cache_copy: cannot serve weights.bin: {why.removeprefix('cannot read weights.bin: ')}" in log
-    assert "Traceback" not in log
-
-    # A resume asks the sender for the digest of what DST already holds: a file gone is said the same way.
-    (tmp_path / "dst").mkdir(exist_ok=True)
-    (tmp_path / "dst" / "weights.bin").write_bytes(b"\0" * (6 << 20))
-    (source / "weights.bin").write_bytes(os.urandom(6 << 20))
+    weights = source / "weights.bin"
+    cases = [
+        (lambda: weights.write_bytes(b"truncated"), "it changed under the copy (9 bytes now, 6291456 when the copy began)"),
+        (
+            lambda: weights.write_bytes(os.urandom(7 << 20)),
+            "it changed under the copy (7340032 bytes now, 6291456 when the copy began)",
+        ),
+        (lambda: os.utime(weights, ns=(1, 1)), "it changed under the copy (modified since the copy began, same size)"),
+        (weights.unlink, "No such file or directory"),
+    ]
+    for change, why in cases:
+        weights.write_bytes(os.urandom(6 << 20))
+        sender, address = start_sender(source, token)  # its manifest is taken now
+        change()
+        received = run(*receiving(tmp_path / "dst", address, token, "--segment-mib", "4"))
+        sender.kill()
+        _, log = sender.communicate(timeout=30)
+        assert received.returncode == 3, received.stderr
+        assert received.stderr.splitlines()[-1] == f"cache_copy: error: the sender: cannot read weights.bin: {why}"
+        assert f"cache_copy: cannot serve weights.bin: {why}" in log and "Traceback" not in log
+    # A resume asks for the digest of what DST already holds; `verify --source` asks the same way.
+    assert (tmp_path / "dst" / "weights.bin").stat().st_size == 6 << 20
+    weights.write_bytes(os.urandom(6 << 20))
     sender, address = start_sender(source, token)
-    (source / "weights.bin").unlink()
-    received = run(*receiving(tmp_path / "dst", address, token, "--segment-mib", "4"))
+    weights.write_bytes(b"truncated")
+    checked = run("verify", "--root", str(tmp_path / "dst"), "--source", address, "--token-file", str(token))
     sender.kill()
-    _, log = sender.communicate(timeout=30)
-    assert received.returncode == 3
-    assert received.stderr.splitlines()[-1] == "cache_copy: error: the sender: cannot read weights.bin: No such file or directory"
-    assert "cache_copy: cannot serve weights.bin: No such file or directory" in log and "Traceback" not in log
+    sender.communicate(timeout=30)
+    assert checked.returncode == 3
+    assert checked.stderr.splitlines()[-1].endswith(
+        "cannot read weights.bin: it changed under the copy (9 bytes now, 6291456 when the copy began)"
+    )

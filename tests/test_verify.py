@@ -164,13 +164,13 @@ def test_the_way_out_of_a_misplaced_cache_is_one_the_guard_allows():
         (misplaced,) = [f for f in diagnose(snapshot, EXPECT) if f.level == FAIL]
         assert "relocate copy" not in misplaced.remedy
         assert "Block-mode cache holds no files to copy" in misplaced.remedy and "relocate fresh" in misplaced.remedy
-        assert "DATA LOSS" in misplaced.remedy
+        assert "DATA LOSS" in misplaced.remedy and "cache.protect false" in misplaced.remedy
     run = RunExpectation("sft", ("ms-swift-cache-pvc", "ms-swift-cache-pvc-w1"), "NVIDIA-A100-SXM4-80GB", "nvidia.com/gpu", 4)
     multinode = Expectation(**{**EXPECT.__dict__, "run": run})
     findings = diagnose(Snapshot(pvc=pvc(storage_class="rook-ceph-block"), pv=pv("gpu-sdsu-1", "sdsu"), nodes=NODES), multinode)
     for check in ("storage class", "volume zone"):
         (misplaced,) = [f for f in findings if f.check == check]
-        assert "set job.nodes 1 (a move copies a single-node cache), then move the cache" in misplaced.remedy
+        assert "set job.enabled false and job.nodes 1 (a move copies a single-node cache" in misplaced.remedy
     (missing,) = diagnose(Snapshot(pvc=None), EXPECT)
     assert missing.level == FAIL and "not found" in missing.message
 

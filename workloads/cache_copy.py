@@ -300,9 +300,12 @@ class RemoteSource:
                     )
                 write(memoryview(buffer)[:got])
                 left -= got
-            return _recv_frame(self.sock)["sha256"]
+            answer = _recv_frame(self.sock)
         except OSError as err:
             raise PeerError(f"the connection to the sender failed: {err}") from None
+        if "error" in answer:  # the file changed while the sender read it
+            raise PeerError(f"the sender: {answer['error']}")
+        return answer["sha256"]
 
     def digest(self, path: str, offset: int, length: int) -> str:
         return self._ask({"op": "digest", "path": path, "offset": offset, "length": length})["sha256"]
@@ -325,6 +328,15 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
     sent = {"bytesSent": 0, "connections": 0, "refused": 0}
     lock = threading.Lock()
     finished = threading.Event()
+
+    def changed(entry: Entry) -> str | None:
+        """How a file differs from the manifest's entry (size, modification time), None if it does not."""
+        now = (root / entry.path).stat()
+        if now.st_size != entry.size:
+            return f"it changed under the copy ({now.st_size} bytes now, {entry.size} when the copy began)"
+        if now.st_mtime_ns != entry.mtime_ns:
+            return "it changed under the copy (modified since the copy began, same size)"
+        return None
 
     class Handler(socketserver.BaseRequestHandler):
         def handle(self) -> None:
@@ -380,34 +392,47 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
                 _send_frame(sock, {"error": f"bad request {json.dumps(request)[:200]}"})
                 return False
             path = root / entry.path
+            # The file as the manifest has it, and readable, before the first byte is sent: else the
+            # receiver gets the reason instead of a stream cut short.
+            try:
+                with open(path, "rb"):
+                    pass
+                why = changed(entry)
+            except OSError as err:
+                return self.cannot_read(sock, entry, err)
+            if why:
+                return self.cannot_read(sock, entry, why)
             if op == "digest":
                 try:
                     digest = read_range(path, offset, length)
                 except (OSError, CopyError) as err:
                     return self.cannot_read(sock, entry, err)
-                _send_frame(sock, {"sha256": digest})
-                return True
+            else:
+                _send_frame(sock, {"ok": True, "length": length})
+
+                def send(data: memoryview) -> None:
+                    try:
+                        sock.sendall(data)
+                    except OSError as err:
+                        raise _ReceiverGone from err
+
+                try:
+                    digest = read_range(path, offset, length, send)
+                except _ReceiverGone:
+                    return False  # it resumes on a new connection
+                except (OSError, CopyError) as err:  # mid-segment: the receiver sees the stream end, the log why
+                    self.cannot_read(None, entry, err)
+                    return False
+            # Written to while it was read: the digest is of neither version.
             try:
-                size = path.stat().st_size
+                why = changed(entry)
             except OSError as err:
                 return self.cannot_read(sock, entry, err)
-            if size < offset + length:
-                return self.cannot_read(sock, entry, f"{size} bytes, {entry.size} when the copy began: it changed under the copy")
-            _send_frame(sock, {"ok": True, "length": length})
-
-            def send(data: memoryview) -> None:
-                try:
-                    sock.sendall(data)
-                except OSError as err:
-                    raise _ReceiverGone from err
-
-            try:
-                digest = read_range(path, offset, length, send)
-            except _ReceiverGone:
-                return False  # it resumes on a new connection
-            except (OSError, CopyError) as err:  # in the middle of a segment: the receiver can only see the stream end
-                self.cannot_read(None, entry, err)
-                return False
+            if why:
+                return self.cannot_read(sock, entry, why)
+            if op == "digest":
+                _send_frame(sock, {"sha256": digest})
+                return True
             _send_frame(sock, {"sha256": digest})
             with lock:
                 sent["bytesSent"] += length

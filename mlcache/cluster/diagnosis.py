@@ -331,16 +331,22 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
 def move_remedy(pvc: dict, expect: Expectation, why: str, put_back: str) -> str:
     """The way out for a cache that is not where the stack says: a move by copy, which keeps the
     cached models, where the guard allows one; else what it allows."""
-    back = f"or set {put_back} back to the claim's"
+    back = f"set {put_back} back to the claim's"
     if (_get(pvc, "spec", "volumeMode") or "Filesystem") == "Block":
         return (
             f"{why}: a Block-mode cache holds no files to copy, so it cannot be moved with its data: {back}, or "
-            "re-create it empty with `pulumi config set --path mlcache:cache.relocate fresh` and `pulumi up` (DATA LOSS)"
+            "re-create it empty with `pulumi config set --path mlcache:cache.relocate fresh` (and cache.protect false "
+            "on a protected stack) and `pulumi up` (DATA LOSS)"
         )
-    single_node = "" if expect.run is None else "set job.nodes 1 (a move copies a single-node cache), then "
+    single_node = (
+        ""
+        if expect.run is None
+        else "set job.enabled false and job.nodes 1 (a move copies a single-node cache; training goes back on after "
+        "the switch), then "
+    )
     return (
         f"{why}: {single_node}move the cache with `pulumi config set --path mlcache:cache.relocate copy` and `pulumi "
-        f"up` (copied and verified, the old claim kept until then: docs/moving-the-cache.md), {back}"
+        f"up` (copied and verified, the old claim kept until then: docs/moving-the-cache.md), or {back}"
     )
 
 
@@ -364,8 +370,8 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
                     pvc,
                     expect,
                     "the claim was made before the class changed (a backend switch or rollback not yet applied, or "
-                    "the kept claim heal restores from)",
-                    "backend (or linstor.storageClassName)",
+                    "the kept claim heal restores from; a class this stack made keeps its name until a move is over)",
+                    "backend (or the backend's storageClassName)",
                 ),
             )
         )
