@@ -201,7 +201,7 @@ def plan_heal(
 
 
 def _restore_from_kept(
-    base: HealPlan, expect: Expectation, kept_claim: str, lost: str, jobs: Sequence[dict], steps: list[str]
+    base: HealPlan, expect: Expectation, kept_claim: str, lost: str, jobs: Sequence[dict], steps: Sequence[str]
 ) -> HealPlan:
     """The lost claim is the newer of two generations, training switched onto it, the older kept by
     cache.protect: heal deletes the lost claim and every Job that mounts it (a pod of one would bind
@@ -210,12 +210,15 @@ def _restore_from_kept(
     one as any move does (copied, verified, then training switches), with those Jobs off until then."""
     on_lost = [j for j in jobs if expect.pvc in mounted_claims(j)]
     names = tuple(sorted(get(j, "metadata", "name") for j in on_lost))
-    steps += [
-        f"delete Job {expect.namespace}/{name} (it mounts the lost claim: no pod may bind the new one before the copy "
-        "into it is verified)"
-        for name in names
+    steps = [
+        *steps,
+        *(
+            f"delete Job {expect.namespace}/{name} (it mounts the lost claim: no pod may bind the new one before the "
+            "copy into it is verified)"
+            for name in names
+        ),
+        f"delete claim {lost}: only cache data, already lost",
     ]
-    steps.append(f"delete claim {lost}: only cache data, already lost")
     # The settings that name those Jobs, off until the switch.
     keys = ["job.enabled"]
     if any(get(j, "metadata", "labels", key) == value for j in on_lost for key, value in BENCHMARK_APP_LABEL.items()):
