@@ -333,6 +333,7 @@ def test_a_source_file_that_changes_or_goes_under_the_copy_is_one_line_on_both_e
         assert f"cache_copy: cannot serve weights.bin: {why}" in log and "Traceback" not in log
     # A resume asks for the digest of what DST already holds; `verify --source` asks the same way.
     assert (tmp_path / "dst" / "weights.bin").stat().st_size == 6 << 20
+    (tmp_path / "dst" / "config.json").write_text("{}")  # whether a failed run above got to it is a race
     weights.write_bytes(os.urandom(6 << 20))
     sender, address = start_sender(source, token)
     weights.write_bytes(b"truncated")
