@@ -369,6 +369,18 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
                 _send_frame(sock, {"error": f"cannot read {entry.path}: {reason}"})
             return False
 
+        def unservable(self, sock: socket.socket, entry: Entry) -> bool:
+            """The file is not as the manifest has it, or cannot be opened: the reason said, True."""
+            try:
+                with open(root / entry.path, "rb"):
+                    pass
+                why: OSError | str | None = changed(entry)
+            except OSError as err:
+                why = err
+            if why:
+                self.cannot_read(sock, entry, why)
+            return bool(why)
+
         def answer(self, sock: socket.socket, request: dict) -> bool:
             op = request.get("op")
             if op == "manifest":
@@ -392,16 +404,9 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
                 _send_frame(sock, {"error": f"bad request {json.dumps(request)[:200]}"})
                 return False
             path = root / entry.path
-            # The file as the manifest has it, and readable, before the first byte is sent: else the
-            # receiver gets the reason instead of a stream cut short.
-            try:
-                with open(path, "rb"):
-                    pass
-                why = changed(entry)
-            except OSError as err:
-                return self.cannot_read(sock, entry, err)
-            if why:
-                return self.cannot_read(sock, entry, why)
+            # Checked before the first byte is sent: else the receiver gets a stream cut short, not the reason.
+            if self.unservable(sock, entry):
+                return False
             if op == "digest":
                 try:
                     digest = read_range(path, offset, length)
@@ -423,19 +428,12 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
                 except (OSError, CopyError) as err:  # mid-segment: the receiver sees the stream end, the log why
                     self.cannot_read(None, entry, err)
                     return False
-            # Written to while it was read: the digest is of neither version.
-            try:
-                why = changed(entry)
-            except OSError as err:
-                return self.cannot_read(sock, entry, err)
-            if why:
-                return self.cannot_read(sock, entry, why)
-            if op == "digest":
-                _send_frame(sock, {"sha256": digest})
-                return True
+            if self.unservable(sock, entry):  # written to while it was read: the digest is of neither version
+                return False
             _send_frame(sock, {"sha256": digest})
-            with lock:
-                sent["bytesSent"] += length
+            if op == "fetch":
+                with lock:
+                    sent["bytesSent"] += length
             return True
 
     class Server(socketserver.ThreadingTCPServer):
