@@ -330,8 +330,10 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
     finished = threading.Event()
 
     def changed(entry: Entry) -> str | None:
-        """How a file differs from the manifest's entry (size, modification time), None if it does not."""
-        now = (root / entry.path).stat()
+        """How a file differs from the manifest's entry (size, modification time), None if it does not.
+        Opened, not only looked up: a file that cannot be read raises here, before anything is sent."""
+        with open(root / entry.path, "rb") as file:
+            now = os.fstat(file.fileno())
         if now.st_size != entry.size:
             return f"it changed under the copy ({now.st_size} bytes now, {entry.size} when the copy began)"
         if now.st_mtime_ns != entry.mtime_ns:
@@ -372,8 +374,6 @@ def serve(root: Path, address: tuple[str, int], token: bytes, log: Callable[[str
         def unservable(self, sock: socket.socket, entry: Entry) -> bool:
             """The file is not as the manifest has it, or cannot be opened: the reason said, True."""
             try:
-                with open(root / entry.path, "rb"):
-                    pass
                 why: OSError | str | None = changed(entry)
             except OSError as err:
                 why = err

@@ -267,13 +267,19 @@ def _kept_refusal(expect: Expectation, kept_claim: str, kept: Snapshot | None) -
     )
 
 
+def _other_generations(expect: Expectation, generations: tuple[int, ...]) -> tuple[int | None, list[str]]:
+    """The generation of the claim training mounts, and the claims of the others live, oldest first."""
+    cache_name = cache_name_of(expect.pvc)
+    current = claim_generation(cache_name, expect.pvc)
+    return current, [generation_claim_name(cache_name, g) for g in sorted(generations) if g != current]
+
+
 def _move_refusal(expect: Expectation, generations: tuple[int, ...], switched: bool, kept: Snapshot | None) -> str | None:
     """Two generations of the cache live: the program takes the newest for the cache, so heal one at
     a time. The newer one lost after training switched onto it, beside an older one kept that can be
     copied from, is restored from it (None); a multi-node run's is not (a move copies one claim)."""
-    cache_name = cache_name_of(expect.pvc)
-    current = claim_generation(cache_name, expect.pvc)
-    others = ", ".join(generation_claim_name(cache_name, g) for g in generations if g != current)
+    current, other_claims = _other_generations(expect, generations)
+    others = ", ".join(other_claims)
     if current != max(generations):
         return (
             f"a move of the cache from {expect.pvc} into {others} is under way. Nothing was changed. Call the move off "
@@ -336,15 +342,19 @@ def connection_blocker(stack: str, config: StackConfig, context: str | None) -> 
     )
 
 
+def _numbered(steps: Sequence[str], start: int = 1) -> list[str]:
+    return [f"  {index}. {step}" for index, step in enumerate(steps, start=start)]
+
+
 def render_plan(plan: HealPlan, apply: bool) -> str:
     if plan.refusal and not plan.steps:
         return f"refused: {plan.refusal}"
     heading = "will:" if apply else "would (dry run; add --apply to act):"
     lines = [f"node loss proven: {plan.proof}", "with --allow-protected it would:" if plan.refusal else heading]
-    lines += [f"  {index}. {step}" for index, step in enumerate(plan.steps, start=1)]
+    lines += _numbered(plan.steps)
     if plan.then:
         lines.append(f"then you restore it from {plan.restores_from} (heal does not change the stack's settings):")
-        lines += [f"  {index}. {step}" for index, step in enumerate(plan.then, start=len(plan.steps) + 1)]
+        lines += _numbered(plan.then, start=len(plan.steps) + 1)
     if plan.refusal:
         lines.append(f"refused: {plan.refusal}")
     return "\n".join(lines)
@@ -367,9 +377,7 @@ def read_kept(expect: Expectation, generations: tuple[int, ...], kube: Kube) -> 
 
     if len(generations) < 2:
         return None, []
-    cache_name = cache_name_of(expect.pvc)
-    current = claim_generation(cache_name, expect.pvc)
-    other = generation_claim_name(cache_name, next(g for g in reversed(generations) if g != current))
+    other = _other_generations(expect, generations)[1][-1]  # the newest of them
     return read_snapshot(replace(expect, pvc=other, job=None, run=None), kube), kube.items(
         api_path(JOBS, namespace=expect.namespace)
     )
@@ -400,7 +408,7 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
         time.sleep(1)
     if plan.then:
         print(f"healed: claim {expect.namespace}/{expect.pvc} deleted; restore it from {plan.restores_from} with these steps:")
-        print("\n".join(f"  {index}. {step}" for index, step in enumerate(plan.then, start=len(plan.steps) + 1)))
+        print("\n".join(_numbered(plan.then, start=len(plan.steps) + 1)))
         return True
     from mlcache import CHECKOUT  # noqa: PLC0415
 
