@@ -594,3 +594,25 @@ def test_a_bad_budget_is_one_usage_line_before_anything_is_written(tmp_path, cap
         capsys.readouterr().err.splitlines()[-1]
         == "coldstart.py: error: argument --budget: not a size: '2 gigs' (expected e.g. 512M or 1G)"
     )
+
+
+def test_the_prewarm_beside_the_loader_is_a_process_of_its_own_as_in_the_pod(tmp_path, monkeypatch):
+    # In a thread of the loader's process its readers would share the loader's GIL, which the pod's
+    # prewarm (a process the wrapper starts) never does; a failed prewarm makes the row fail.
+    paths = shards(tmp_path / "shards", count=2, size=MiB)
+    readers_pid = tmp_path / "pid"
+
+    def record_pid(reads, readers):
+        readers_pid.write_text(str(os.getpid()))
+        return sum(read.length for read in reads)
+
+    monkeypatch.setattr(prewarm, "read_into_cache", record_pid)
+    coldstart.prewarm_alongside_load(paths, readers=2)
+    assert int(readers_pid.read_text()) != os.getpid()
+
+    def fail(reads, readers):
+        raise OSError("the device went away")
+
+    monkeypatch.setattr(prewarm, "read_into_cache", fail)
+    with pytest.raises(RuntimeError, match="the prewarm process failed"):
+        coldstart.prewarm_alongside_load(paths, readers=2)

@@ -40,7 +40,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -163,13 +163,18 @@ def prewarm_then_load(paths: list[Path], readers: int, ranks: int = 1) -> tuple[
     return warming, loading
 
 
-def prewarm_alongside_load(paths: list[Path], readers: int, ranks: int = 1) -> None:
-    """The prewarm and the loader at once: the loader's faults wait on pages the prewarm is still
-    reading, and are served from memory where it has been."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        warming = pool.submit(prewarm.read_into_cache, _all_of(paths), readers)
-        ranked_load(paths, ranks)
-        warming.result()
+def prewarm_alongside_load(paths: list[Path], readers: int, ranks: int = 1, bound: int | None = None) -> None:
+    """The prewarm and the loader at once, as the pod runs them: the prewarm a process of its own
+    (in a thread of the loader's process its readers would wait on the loader's GIL), reading the
+    first `bound` bytes in load order (all of them by default). The loader's faults wait on pages
+    the prewarm is still reading, and are served from memory where it has been."""
+    bound = sum(p.stat().st_size for p in paths) if bound is None else bound
+    warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound))
+    warming.start()
+    ranked_load(paths, ranks)
+    warming.join()
+    if warming.exitcode != 0:
+        raise RuntimeError(f"the prewarm process failed (exit status {warming.exitcode})")
 
 
 def memory_cgroup(budget: int) -> tuple[Path | None, str]:
@@ -237,15 +242,6 @@ def bound_in_budget(budget: int, paths: list[Path], readers: int, ranks: int) ->
     return budget - readers * prewarm.CHUNK - ranks * largest_tensor(paths) - 2 * PROCESS_BYTES
 
 
-def bounded_prewarm_alongside_load(paths: list[Path], readers: int, ranks: int, bound: int) -> None:
-    """The prewarm beside the loader as the pod runs it when the model is larger than its room: a
-    process of its own (as in the pod), reading the first `bound` bytes in load order."""
-    warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound))
-    warming.start()
-    ranked_load(paths, ranks)
-    warming.join()
-
-
 def host_to_device(paths: list[Path]) -> dict:
     """Host-to-device copy of every tensor after the load, when torch and a CUDA device are there."""
     try:
@@ -288,7 +284,7 @@ def run_side(
         if side == BUDGET_LOADER:
             clock = run_in_cgroup(group, ranked_load, paths, ranks)
         else:
-            clock = run_in_cgroup(group, bounded_prewarm_alongside_load, paths, readers, ranks, bound)
+            clock = run_in_cgroup(group, prewarm_alongside_load, paths, readers, ranks, bound)
         return {side: (clock.wall, clock.cpu)}
     if side == FIO:
         return {FIO: fio_seconds(paths, readers)}
