@@ -574,6 +574,18 @@ def test_bench_coldstart_refuses_bad_arguments_in_one_line_before_writing_anythi
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["--readers", "2,0"], ["--readers", ""], ["--chunks", "16M,banana"], ["--chunks", "64K"], ["--rounds", "0"]],
+    ids=lambda a: " ".join(a),
+)
+def test_bench_prewarm_refuses_bad_arguments_in_one_line_before_writing_anything(capsys, tmp_path, argv):
+    code = bench.main(["prewarm", "--dir", str(tmp_path / "s"), *argv])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and argv[0] in err, err
+    assert not (tmp_path / "s").exists()
+
+
 def test_ranks_load_in_that_many_processes_and_their_cpu_is_counted(tmp_path, capsys):
     argv = ["coldstart", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "2", "--rounds", "1"]
     assert bench.main([*argv, "--ranks", "2", "--json"]) == 0
@@ -602,7 +614,7 @@ def test_the_prewarm_beside_the_loader_is_a_process_of_its_own_as_in_the_pod(tmp
     paths = shards(tmp_path / "shards", count=2, size=MiB)
     readers_pid = tmp_path / "pid"
 
-    def record_pid(reads, readers):
+    def record_pid(reads, readers, chunk):
         readers_pid.write_text(str(os.getpid()))
         return sum(read.length for read in reads)
 
@@ -610,9 +622,28 @@ def test_the_prewarm_beside_the_loader_is_a_process_of_its_own_as_in_the_pod(tmp
     coldstart.prewarm_alongside_load(paths, readers=2)
     assert int(readers_pid.read_text()) != os.getpid()
 
-    def fail(reads, readers):
+    def fail(reads, readers, chunk):
         raise OSError("the device went away")
 
     monkeypatch.setattr(prewarm, "read_into_cache", fail)
     with pytest.raises(RuntimeError, match="the prewarm process failed"):
         coldstart.prewarm_alongside_load(paths, readers=2)
+
+
+def test_the_prewarm_sweep_times_each_readers_and_chunk_against_its_rounds_limit(tmp_path, capsys):
+    argv = ["prewarm", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "1,8", "--chunks", "1M,16M"]
+    assert bench.main([*argv, "--rounds", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    result = json.loads(out)
+    assert [(c["readers"], c["chunk_bytes"] >> 20) for c in result["cells"]] == [(1, 1), (1, 16), (8, 1), (8, 16)]
+    assert all(len(c["seconds"]) == 2 and min(c["seconds"]) > 0 for c in result["cells"])
+    fio, warm = result["seconds"]["fio"], result["seconds"]["loader from page cache"]
+    assert result["limit_seconds"] == [max(f, w) for f, w in zip(fio, warm, strict=True)]
+    assert "bench prewarm: round 2/2: 8 x 16M" in err  # progress while it runs
+    table = err.split("prewarm|loader", 1)[1].splitlines()[1:]
+    rows = {line.split("  ")[0]: line for line in table}
+    assert set(rows) == {"1 x 1M", "1 x 16M", "8 x 1M", "8 x 16M"}
+    assert rows["8 x 16M"].endswith("<- the pod's default") and "default" not in rows["1 x 1M"]
+    cell = result["cells"][0]
+    ratios = [t / bound for t, bound in zip(cell["seconds"], result["limit_seconds"], strict=True)]
+    assert rows["1 x 1M"].endswith("   " + " ".join(f"{r:.2f}" for r in ratios))  # each round against its own limit

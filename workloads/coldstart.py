@@ -163,13 +163,15 @@ def prewarm_then_load(paths: list[Path], readers: int, ranks: int = 1) -> tuple[
     return warming, loading
 
 
-def prewarm_alongside_load(paths: list[Path], readers: int, ranks: int = 1, bound: int | None = None) -> None:
+def prewarm_alongside_load(
+    paths: list[Path], readers: int, ranks: int = 1, bound: int | None = None, chunk: int = prewarm.CHUNK
+) -> None:
     """The prewarm and the loader at once, as the pod runs them: the prewarm a process of its own
     (in a thread of the loader's process its readers would wait on the loader's GIL), reading the
-    first `bound` bytes in load order (all of them by default). The loader's faults wait on pages
-    the prewarm is still reading, and are served from memory where it has been."""
+    first `bound` bytes in load order (all of them by default) in `chunk`-sized reads. The loader's
+    faults wait on pages the prewarm is still reading, and are served from memory where it has been."""
     bound = sum(p.stat().st_size for p in paths) if bound is None else bound
-    warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound))
+    warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound, chunk))
     warming.start()
     ranked_load(paths, ranks)
     warming.join()
@@ -220,8 +222,8 @@ def run_in_cgroup(group: Path, work, *args) -> Clock:
     return clock
 
 
-def _bounded_prewarm(paths: list[Path], readers: int, bound: int) -> None:
-    prewarm.read_into_cache(prewarm.plan([(p, p.stat().st_size) for p in paths], bound), readers)
+def _bounded_prewarm(paths: list[Path], readers: int, bound: int, chunk: int) -> None:
+    prewarm.read_into_cache(prewarm.plan([(p, p.stat().st_size) for p in paths], bound), readers, chunk)
 
 
 def largest_tensor(paths: list[Path]) -> int:

@@ -14,6 +14,9 @@ mlcache bench coldstart --dir DIR [--count 8] [--size 512M] [--readers 8] [--rou
     (the slower of fio and the loader from the page cache); --budget adds the loader alone and the
     pod's bounded prewarm beside it in a memory cgroup of SIZE (page cache included); --json prints the
     figures (docs/coldstart.md).
+mlcache bench prewarm --dir DIR [--readers 2,4,8,16] [--chunks 4M,16M,64M] [--rounds 3] [--json]
+    the prewarm beside the loader (prewarm|loader, as the pod runs it) for each readers x chunk
+    size, each against the limit of its round (docs/coldstart.md: how the defaults were chosen).
 mlcache bench copy --dir DIR [--files 2] [--size 1G] [--streams 4] [--rounds 3]
     workloads/cache_copy.py local and send|receive against fio read and write.
 mlcache bench loop [--integration] [--build-log FILE] [--json]
@@ -26,18 +29,21 @@ mlcache bench rehearse [--runs N] [--stack dev --stack prod]
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.util
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from mlcache.bench import copy as copy_bench
+from mlcache.bench import prewarm as prewarm_bench
 from mlcache.bench.storage import benchmark_errors, load_result, plot, report, shard_size, shards_benchmark, shards_report
 from mlcache.cli.contract import ArgumentParser, UsageError, entry_point, positive_int
 from mlcache.cli.main import prog
-from workloads import coldstart, shard_bench
+from workloads import coldstart, prewarm, shard_bench
 
 # Benchmarks with options of their own: `mlcache bench NAME ...` hands the rest of the line to them.
 # Imported when asked for: the rehearsal's (the kubernetes client) would cost every other bench a second.
@@ -81,6 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         "--budget", type=shard_size, help="memory cgroup limit (page cache included) for the rows in budget, below the model"
     )
     cold.add_argument("--json", action="store_true", help="print the figures as JSON (the report goes to stderr)")
+    sweep = commands.add_parser("prewarm", help="prewarm|loader for each readers x chunk size, against the limit")
+    sweep.add_argument("--dir", type=Path, required=True)
+    sweep.add_argument(
+        "--count", type=positive_int, default=8, help="synthetic shards, written only into a DIR without *.safetensors"
+    )
+    sweep.add_argument("--size", type=shard_size, default="512M")
+    sweep.add_argument("--readers", type=_list_of(positive_int), default=prewarm_bench.READERS, help="e.g. 2,4,8,16")
+    sweep.add_argument("--chunks", type=_list_of(_chunk), default=prewarm_bench.CHUNKS, help="e.g. 4M,16M,64M")
+    sweep.add_argument(
+        "--rounds", type=positive_int, default=prewarm_bench.DEFAULT_ROUNDS, help="rounds, order rotating; medians"
+    )
+    sweep.add_argument("--json", action="store_true", help="print the figures as JSON (the report goes to stderr)")
     copy = commands.add_parser("copy", help="cache_copy.py local and send|receive vs fio read and write")
     copy.add_argument("--dir", type=Path, required=True, help="where the source cache and the copies go")
     copy.add_argument("--files", type=positive_int, default=2, help="large incompressible files")
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     copy.add_argument("--streams", type=positive_int, default=4)
     copy.add_argument("--rounds", type=positive_int, default=3, help="rounds of every side, order rotating; medians")
     args = parser.parse_args(args_in)
-    if args.command in ("shards", "coldstart", "copy"):
+    if args.command in ("shards", "coldstart", "copy", "prewarm"):
         _needs(["numpy", "safetensors"], f"mlcache bench {args.command} writes and loads safetensors shards")
     if args.command == "report" and args.plot:
         _needs(["matplotlib"], "--plot draws the chart")
@@ -105,6 +123,17 @@ def main(argv: list[str] | None = None) -> int:
                 lambda line: print(f"bench copy: {line}", file=sys.stderr, flush=True),
             )
         print(copy_bench.report(result))
+        return 0
+    if args.command == "prewarm":
+        if not shutil.which("fio"):
+            raise UsageError("fio is not installed (Debian: apt-get install fio): the limit is made of its figure")
+        with benchmark_errors(args.dir):
+            result = prewarm_bench.sweep(args.dir, args.readers, args.chunks, args.rounds, args.count, args.size)
+        if args.json:
+            print(prewarm_bench.report(result), file=sys.stderr)
+            print(json.dumps(result, indent=2))
+        else:
+            print(prewarm_bench.report(result))
         return 0
     if args.command == "coldstart":
         with benchmark_errors(args.dir):
@@ -134,6 +163,23 @@ def main(argv: list[str] | None = None) -> int:
         result = shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)
     print(shards_report(result))
     return 0
+
+
+def _chunk(text: str) -> int:
+    """argparse type of a prewarm chunk: one read each, so at least 1M (a smaller one is millions of reads per GB)."""
+    size = shard_bench.parse_size(shard_size(text))
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is below 1M (the prewarm reads {prewarm.CHUNK >> 20}M at a time)")
+    return size
+
+
+def _list_of(item: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
+    """argparse type of a comma-separated list, each item checked by `item`."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        return tuple(item(part) for part in text.split(","))
+
+    return parse
 
 
 def _needs(modules: list[str], what: str) -> None:
