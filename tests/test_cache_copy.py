@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -344,3 +345,49 @@ def test_a_source_file_that_changes_or_goes_under_the_copy_is_one_line_on_both_e
     assert checked.stderr.splitlines()[-1].endswith(
         "cannot read weights.bin: it changed under the copy (9 bytes now, 6291456 when the copy began)"
     )
+
+
+def test_a_file_written_to_while_its_segment_is_sent_fails_the_copy_not_verified(tmp_path, token, monkeypatch):
+    """The sender's check after reading: a file modified while its segment was being read (both
+    checks before the first byte passed) is refused after the bytes, instead of their digest. The
+    sender runs in this process so that the write can happen exactly then."""
+    import importlib.util  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("cache_copy_sender", SCRIPT)
+    assert spec and spec.loader
+    copy = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, copy)  # its dataclasses look their module up
+    spec.loader.exec_module(copy)
+    secret = copy._token(token)
+    source = tmp_path / "src"
+    source.mkdir()
+    weights = source / "weights.bin"
+    weights.write_bytes(os.urandom(6 << 20))
+    read_whole = copy.read_range
+    sent_before_the_write = []
+
+    def read_then_written_to(path, offset, length, sink=None):
+        digest = read_whole(path, offset, length, sink)
+        if sink is not None:  # a fetch: its bytes are on their way; now the file is written to
+            sent_before_the_write.append(length)
+            os.utime(path, ns=(1, 1))
+        return digest
+
+    monkeypatch.setattr(copy, "read_range", read_then_written_to)
+    port = free_port()
+    log: list[str] = []
+    sender = threading.Thread(target=copy.serve, args=(source, ("127.0.0.1", port), secret, log.append), daemon=True)
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not any(line.startswith("serving") for line in log) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    received = run(*receiving(tmp_path / "dst", f"127.0.0.1:{port}", token, "--segment-mib", "4"))
+    why = "it changed under the copy (modified since the copy began, same size)"
+    assert received.returncode == 3, received.stderr
+    assert received.stderr.splitlines()[-1] == f"cache_copy: error: the sender: cannot read weights.bin: {why}"
+    assert sent_before_the_write and f"cannot serve weights.bin: {why}" in log
+    assert '"verified": true' not in received.stdout
+    copy.RemoteSource(("127.0.0.1", port), secret).close(done=True)  # the sender ends
+    sender.join(timeout=10)
+    assert not sender.is_alive()
