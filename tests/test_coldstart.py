@@ -576,7 +576,17 @@ def test_bench_coldstart_refuses_bad_arguments_in_one_line_before_writing_anythi
 
 @pytest.mark.parametrize(
     "argv",
-    [["--readers", "2,0"], ["--readers", ""], ["--chunks", "16M,banana"], ["--chunks", "64K"], ["--rounds", "0"]],
+    [
+        ["--readers", "2,0"],
+        ["--readers", ""],
+        ["--readers", "4,4"],
+        ["--chunks", "16M,banana"],
+        ["--chunks", "64K"],
+        ["--chunks", "1536K"],
+        ["--chunks", "2G"],
+        ["--chunks", "1M,1024K"],
+        ["--rounds", "0"],
+    ],
     ids=lambda a: " ".join(a),
 )
 def test_bench_prewarm_refuses_bad_arguments_in_one_line_before_writing_anything(capsys, tmp_path, argv):
@@ -626,13 +636,32 @@ def test_the_prewarm_beside_the_loader_is_a_process_of_its_own_as_in_the_pod(tmp
         raise OSError("the device went away")
 
     monkeypatch.setattr(prewarm, "read_into_cache", fail)
-    with pytest.raises(RuntimeError, match="the prewarm process failed"):
+    with pytest.raises(coldstart.RunFailed, match="the prewarm beside the loader failed"):
         coldstart.prewarm_alongside_load(paths, readers=2)
 
+    # A loader that fails ends the run at once: its prewarm is stopped, not waited for.
+    def hang(reads, readers, chunk):
+        time.sleep(60)
 
-def test_the_prewarm_sweep_times_each_readers_and_chunk_against_its_rounds_limit(tmp_path, capsys):
+    monkeypatch.setattr(prewarm, "read_into_cache", hang)
+    (tmp_path / "shards" / "model-00000-of-00002.safetensors").write_bytes(b"not a shard")
+    started = time.monotonic()
+    with pytest.raises(coldstart.RunFailed, match=r"model-00000-of-00002\.safetensors: not a shard safetensors can load"):
+        coldstart.prewarm_alongside_load(sorted((tmp_path / "shards").glob("*.safetensors")), readers=2)
+    assert time.monotonic() - started < 10
+
+
+def test_the_prewarm_sweep_times_each_readers_and_chunk_against_its_rounds_limit(tmp_path, capsys, monkeypatch):
+    ran, run_alongside = [], coldstart.prewarm_alongside_load
+
+    def recorded(paths, readers, ranks=1, bound=None, chunk=prewarm.CHUNK):
+        ran.append((readers, chunk >> 20))
+        run_alongside(paths, readers, ranks, bound, chunk)
+
+    monkeypatch.setattr(coldstart, "prewarm_alongside_load", recorded)
     argv = ["prewarm", "--dir", str(tmp_path), "--count", "2", "--size", "4M", "--readers", "1,8", "--chunks", "1M,16M"]
     assert bench.main([*argv, "--rounds", "2", "--json"]) == 0
+    assert sorted(ran) == sorted([(1, 1), (1, 16), (8, 1), (8, 16)] * 2)  # each cell as labelled, once a round
     out, err = capsys.readouterr()
     result = json.loads(out)
     assert [(c["readers"], c["chunk_bytes"] >> 20) for c in result["cells"]] == [(1, 1), (1, 16), (8, 1), (8, 16)]
@@ -647,3 +676,12 @@ def test_the_prewarm_sweep_times_each_readers_and_chunk_against_its_rounds_limit
     cell = result["cells"][0]
     ratios = [t / bound for t, bound in zip(cell["seconds"], result["limit_seconds"], strict=True)]
     assert rows["1 x 1M"].endswith("   " + " ".join(f"{r:.2f}" for r in ratios))  # each round against its own limit
+
+
+def test_a_file_that_is_not_a_shard_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "model-00001-of-00001.safetensors").write_bytes(b"not a shard" * 6000)
+    code = bench.main(["coldstart", "--dir", str(tmp_path), "--rounds", "1"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and "Traceback" not in err
+    last = err.splitlines()[-1]  # after the progress lines
+    assert last.startswith(f"error: --dir {tmp_path}: model-00001-of-00001.safetensors: not a shard safetensors can load")

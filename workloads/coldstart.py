@@ -46,13 +46,19 @@ from typing import Any
 
 # Absent in the runtime-only venv (./run): `mlcache bench coldstart` refuses before it loads anything.
 with contextlib.suppress(ImportError):
-    from safetensors import safe_open
+    import numpy  # noqa: F401  (safetensors imports it on the first get_tensor: here, before any clock starts)
+    from safetensors import SafetensorError, safe_open
 
 try:
     from workloads import prewarm, shard_bench
 except ImportError:  # in the pod: beside this file in the scripts ConfigMap
     import prewarm
     import shard_bench
+
+
+class RunFailed(RuntimeError):
+    """A side's own process failed (the prewarm beside the loader, a run in a memory cgroup)."""
+
 
 FIO, LOADER, PREWARM_LOADER, ALONGSIDE, SHARD_READER = "fio", "loader", "prewarm+loader", "prewarm|loader", "shard reader"
 FIO_BLOCK = 4 * 2**20
@@ -133,13 +139,17 @@ def default_load(paths: list[Path]) -> int:
     """Every tensor of every shard through safe_open + get_tensor (mmap page faults, tensor by tensor)."""
     loaded = 0
     for path in paths:
-        with safe_open(str(path), framework="np") as shard:
-            for name in shard.keys():  # noqa: SIM118  (safe_open is not a mapping)
-                loaded += shard.get_tensor(name).nbytes
+        try:
+            with safe_open(str(path), framework="np") as shard:
+                for name in shard.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                    loaded += shard.get_tensor(name).nbytes
+        except SafetensorError as err:
+            raise RunFailed(f"{path.name}: not a shard safetensors can load ({err})") from None
     return loaded
 
 
-def _all_of(paths: list[Path]) -> list[prewarm.Read]:
+def whole_model(paths: list[Path]) -> list[prewarm.Read]:
+    """The prewarm's plan for every byte of the shards."""
     return prewarm.plan([(p, p.stat().st_size) for p in paths], sum(p.stat().st_size for p in paths))
 
 
@@ -157,7 +167,7 @@ def ranked_load(paths: list[Path], ranks: int) -> None:
 def prewarm_then_load(paths: list[Path], readers: int, ranks: int = 1) -> tuple[Clock, Clock]:
     """The prewarm, then the loader; the clock of each."""
     with Clock() as warming:
-        prewarm.read_into_cache(_all_of(paths), readers)
+        prewarm.read_into_cache(whole_model(paths), readers)
     with Clock() as loading:
         ranked_load(paths, ranks)
     return warming, loading
@@ -173,10 +183,15 @@ def prewarm_alongside_load(
     bound = sum(p.stat().st_size for p in paths) if bound is None else bound
     warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound, chunk))
     warming.start()
-    ranked_load(paths, ranks)
-    warming.join()
+    try:
+        ranked_load(paths, ranks)
+    except BaseException:
+        warming.terminate()  # the run is over: its prewarm must not outlive it
+        raise
+    finally:
+        warming.join()
     if warming.exitcode != 0:
-        raise RuntimeError(f"the prewarm process failed (exit status {warming.exitcode})")
+        raise RunFailed(f"the prewarm beside the loader failed (exit status {warming.exitcode}; its error is above)")
 
 
 def memory_cgroup(budget: int) -> tuple[Path | None, str]:
@@ -218,7 +233,7 @@ def run_in_cgroup(group: Path, work, *args) -> Clock:
         child.start()
         child.join()
     if child.exitcode != 0:
-        raise RuntimeError(f"the run in memory cgroup {group} failed (exit {child.exitcode}; out of memory?)")
+        raise RunFailed(f"the run in memory cgroup {group} failed (exit {child.exitcode}; out of memory?)")
     return clock
 
 

@@ -29,22 +29,25 @@ def _cell(readers: int, chunk: int) -> str:
 
 
 def sweep(directory: Path, readers: tuple[int, ...], chunks: tuple[int, ...], rounds: int, count: int, size: str) -> dict:
+    """`rounds` rounds of fio, the warm loader and every cell; chunks are whole MiB, no value twice."""
     paths = shard_bench.shard_paths(directory) or shard_bench.write_shards(directory, count, shard_bench.parse_size(size))
-    cells = [(r, c) for r in readers for c in chunks]
-    sides = [coldstart.FIO, coldstart.WARM_LOADER_PART, *(_cell(r, c) for r, c in cells)]
+    cells = {_cell(r, c): (r, c) for r in readers for c in chunks}
+    sides = [coldstart.FIO, coldstart.WARM_LOADER_PART, *cells]
     seconds: dict[str, list[float]] = {side: [] for side in sides}
+    left_resident = 0
     for index in range(rounds):
         for side in sides[index % len(sides) :] + sides[: index % len(sides)]:
             shard_bench.evict(paths)
+            left_resident = max(left_resident, sum(coldstart.resident_bytes(p) for p in paths))
             if side == coldstart.FIO:
                 wall = coldstart.fio_seconds(paths, DEFAULT_READERS)[0]
             elif side == coldstart.WARM_LOADER_PART:
-                prewarm.read_into_cache(coldstart._all_of(paths), DEFAULT_READERS)
+                prewarm.read_into_cache(coldstart.whole_model(paths), DEFAULT_READERS)
                 with coldstart.Clock() as clock:
                     coldstart.ranked_load(paths, 1)
                 wall = clock.wall
             else:
-                cell_readers, chunk = cells[sides.index(side) - 2]
+                cell_readers, chunk = cells[side]
                 with coldstart.Clock() as clock:
                     coldstart.prewarm_alongside_load(paths, cell_readers, chunk=chunk)
                 wall = clock.wall
@@ -57,9 +60,10 @@ def sweep(directory: Path, readers: tuple[int, ...], chunks: tuple[int, ...], ro
         "shards": len(paths),
         "total_bytes": sum(p.stat().st_size for p in paths),
         "rounds": rounds,
-        "cells": [{"readers": r, "chunk_bytes": c, "seconds": seconds[_cell(r, c)]} for r, c in cells],
+        "cells": [{"readers": r, "chunk_bytes": c, "seconds": seconds[label]} for label, (r, c) in cells.items()],
         "seconds": {coldstart.FIO: seconds[coldstart.FIO], coldstart.WARM_LOADER_PART: seconds[coldstart.WARM_LOADER_PART]},
         "limit_seconds": limit,
+        "resident_after_evict_bytes": left_resident,
     }
 
 
@@ -67,7 +71,8 @@ def report(result: dict) -> str:
     limit = result["limit_seconds"]
     lines = [
         f"prewarm: {result['shards']} shards, {result['total_bytes'] / 1e9:.2f} GB in {result['directory']}, "
-        f"{result['rounds']} rounds (order rotating), page cache evicted before each run",
+        f"{result['rounds']} rounds (order rotating), page cache evicted before each run "
+        f"(at most {result['resident_after_evict_bytes']} bytes left resident)",
         f"limit per round = max(fio {' '.join(f'{s:.2f}' for s in result['seconds'][coldstart.FIO])}, "
         f"loader from page cache {' '.join(f'{s:.2f}' for s in result['seconds'][coldstart.WARM_LOADER_PART])}) s",
         f"{'prewarm|loader':<16} {'median s':>8} {'min-max s':>13} {'time/limit':>10}   per round",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlcache.errors import UsageError, read_user_file
-from workloads import shard_bench
+from workloads import coldstart, shard_bench
 
 # A fio report (or `kubectl logs` around one) is tens of KiB: a bigger file is not one.
 MAX_REPORT_BYTES = 16 * 1024 * 1024
@@ -192,3 +192,5 @@ def benchmark_errors(directory: Path) -> Iterator[None]:
         raise UsageError(f"--dir {directory}: {err.strerror or err}") from None
     except subprocess.CalledProcessError as err:
         raise UsageError(f"fio failed: {(err.stderr or '').strip() or err}") from None
+    except coldstart.RunFailed as err:
+        raise UsageError(f"--dir {directory}: {err}") from None

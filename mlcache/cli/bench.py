@@ -166,18 +166,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _chunk(text: str) -> int:
-    """argparse type of a prewarm chunk: one read each, so at least 1M (a smaller one is millions of reads per GB)."""
+    """argparse type of a prewarm chunk, one read each: whole MiB from 1M (smaller is millions of reads
+    per GB) to 1G (each reader holds one chunk in memory)."""
     size = shard_bench.parse_size(shard_size(text))
-    if size < 1 << 20:
-        raise argparse.ArgumentTypeError(f"{text!r} is below 1M (the prewarm reads {prewarm.CHUNK >> 20}M at a time)")
+    if size < 1 << 20 or size > 1 << 30 or size % (1 << 20):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a chunk is whole MiB from 1M to 1G (the prewarm reads {prewarm.CHUNK >> 20}M at a time)"
+        )
     return size
 
 
 def _list_of(item: Callable[[str], int]) -> Callable[[str], tuple[int, ...]]:
-    """argparse type of a comma-separated list, each item checked by `item`."""
+    """argparse type of a comma-separated list, each item checked by `item`, none twice."""
 
     def parse(text: str) -> tuple[int, ...]:
-        return tuple(item(part) for part in text.split(","))
+        values = tuple(item(part) for part in text.split(","))
+        if len(set(values)) < len(values):
+            raise argparse.ArgumentTypeError(f"{text!r} lists a value twice")
+        return values
 
     return parse
 
