@@ -152,6 +152,34 @@ def test_a_change_that_re_creates_a_bound_claim_is_refused_unless_relocate_says_
     assert offline.refusal is None and offline.notes == ("bound-cache guard stood aside: offline render",)
 
 
+def test_where_a_move_by_copy_is_refused_no_refusal_offers_it():
+    """Block mode (a raw device: no files) and multi-node runs (a copy moves one claim): the settings
+    refuse cache.relocate copy there, so the guard's ways out name fresh only, and say why."""
+    block = claim(volume_mode="Block")
+    cases = [
+        (wanted(volume_mode="Block", placement=PlacementRecord("sdsu", A100)), bound(block), "a raw device holds no files"),
+        (wanted(volume_mode="Block", size="100Gi"), bound(block), "a raw device holds no files"),
+        (wanted(volume_mode="Filesystem"), bound(block), "a raw device holds no files"),  # Block -> Filesystem
+        (wanted(nodes=2, placement=PlacementRecord("sdsu", A100)), bound(), "a copy moves a single-node cache"),
+        (wanted(nodes=2, size="100Gi"), bound(), "a copy moves a single-node cache"),
+    ]
+    for asked, live, why in cases:
+        refusal = judge(asked, live).refusal
+        assert "cache.relocate copy" not in refusal and "cache.relocate fresh" in refusal, refusal
+        assert f"(no move by copy here: {why}" in refusal
+    protected = judge(wanted(volume_mode="Block", relocate="fresh", protect=True, size="100Gi"), bound(block)).refusal
+    assert "re-creates the protected cache" in protected and "cache.relocate copy" not in protected
+    assert "(no move by copy here: a raw device holds no files" in protected
+    # Where it can, the move is offered first.
+    assert "cache.relocate copy" in judge(wanted(placement=PlacementRecord("sdsu", A100)), bound()).refusal
+
+
+def test_a_growth_with_relocate_fresh_left_on_says_to_set_it_false_even_when_protected():
+    """Unprotecting would only lead to the growth refusal: that one comes first."""
+    refusal = judge(wanted(relocate="fresh", protect=True, size="600Gi"), bound()).refusal
+    assert "relocate is still fresh" in refusal and "cache.protect false" not in refusal
+
+
 def test_a_gone_node_is_reported_as_node_loss_not_refused():
     verdict = judge(wanted(placement=PlacementRecord("sdsu", A100)), bound(nodes=()))
     assert verdict.refusal is None and "mlcache heal --stack prod" in verdict.notes[0]

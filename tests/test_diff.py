@@ -17,6 +17,7 @@ from mlcache.cluster.bound_cache import assume_live
 from mlcache.preview import diff, mock_engine
 from mlcache.preview.diff import (
     DATA_LOSS,
+    REFUSED,
     STRANDS,
     Change,
     StackPreview,
@@ -128,6 +129,26 @@ def test_a_placement_change_that_keeps_the_cache_strands_it(stack, change):
     assert "cache.relocate copy" in stranded and "PersistentVolumeClaim/ms-swift-cache-pvc" in stranded
     assert next(c for c in changes if c.label.startswith("Job")).data_loss
     assert _actions(changes).get("PersistentVolumeClaim", "update") == "update"
+
+
+def test_where_a_move_by_copy_is_refused_the_diff_offers_fresh_only_and_says_why():
+    """Block mode and multi-node runs: cache.relocate copy is refused by the settings, so no way out
+    the diff prints names it."""
+    block = ("cache.volumeMode=Block",)
+    cases = [
+        (_plan(block, (*block, "zone=sdsu"), stack="prod"), "Job", STRANDS),
+        (_plan(block, (*block, "cache.size=100Gi"), stack="prod"), "PersistentVolumeClaim", REFUSED),
+        (_plan(block, ("cache.protect=false",), stack="prod"), "PersistentVolumeClaim", DATA_LOSS),  # Block -> Filesystem
+    ]
+    for changes, kind, flag in cases:
+        (warning,) = [w for w in _warnings(changes, kind) if w.startswith(flag)]
+        assert "cache.relocate copy" not in warning and "cache.relocate fresh" in warning, warning
+        assert "no move by copy here: a raw device holds no files to copy and verify" in warning
+    nodes = ("job.nodes=2",)
+    refused = [w for w in _warnings(_plan(nodes, (*nodes, "cache.size=100Gi"), stack="prod"), "Persistent") if REFUSED in w]
+    assert len(refused) == 2  # each worker's claim
+    for warning in refused:
+        assert "cache.relocate copy" not in warning and "no move by copy here: a copy moves a single-node cache" in warning
 
 
 def test_a_placement_change_that_recreates_the_cache_does_not_strand_it():

@@ -28,6 +28,8 @@ from mlcache.program.names import (
     COPY_ATTEMPT_ANNOTATION,
     COPY_INTO_UID_ANNOTATION,
     COPY_LABEL,
+    COPY_NEEDS_FILES,
+    COPY_NEEDS_ONE_NODE,
     COPY_ROLE_LABEL,
     GPU_PRODUCT_LABEL,
     HOSTNAME_LABEL,
@@ -272,14 +274,32 @@ def relocate_key_hint(mode: str) -> str:
     return f"pulumi config set --path mlcache:cache.relocate {mode}"
 
 
+def copy_unavailable(wanted: Wanted, live_mode: str) -> str | None:
+    """Why a move by copy cannot carry this cache (the settings or the guard refuse `copy`), or None."""
+    if "Block" in (live_mode, wanted.volume_mode):
+        return COPY_NEEDS_FILES
+    if wanted.nodes > 1:
+        return COPY_NEEDS_ONE_NODE
+    return None
+
+
+def _volume_mode(claim: Mapping | None) -> str:
+    return get(claim, "spec", "volumeMode") or "Filesystem"
+
+
 # The ways out of a change the bound cache cannot follow, offered by every refusal: move it (kept
-# until the copy is verified), or re-create it empty.
-def move_ways(protect: bool) -> str:
-    protected = f" plus `{PROTECT_FALSE}`" if protect else ""
+# until the copy is verified) where a copy can carry it, or re-create it empty.
+def move_ways(wanted: Wanted, live: LiveCache) -> str:
+    protected = f" plus `{PROTECT_FALSE}`" if wanted.protect else ""
+    fresh = (
+        f"re-create it empty with `{relocate_key_hint('fresh')}`{protected} "
+        f"(DATA LOSS: re-downloaded by cache.prefetch), then set cache.relocate back to false"
+    )
+    if why_not := copy_unavailable(wanted, _volume_mode(live.claim)):
+        return f"{fresh} (no move by copy here: {why_not})"
     return (
         f"move the cache with `{relocate_key_hint('copy')}` (the cached models are copied and verified; the old "
-        f"cache is kept until then), or re-create it empty with `{relocate_key_hint('fresh')}`{protected} "
-        f"(DATA LOSS: re-downloaded by cache.prefetch), then set cache.relocate back to false"
+        f"cache is kept until then), or {fresh}"
     )
 
 
@@ -288,7 +308,7 @@ def _replacement(wanted: Wanted, claim: Mapping) -> str | None:
     live_class = get(claim, "spec", "storageClassName")
     if live_class != wanted.storage_class:
         return f"its storage class changes ({live_class} -> {wanted.storage_class})"
-    live_mode = get(claim, "spec", "volumeMode") or "Filesystem"
+    live_mode = _volume_mode(claim)
     if live_mode != wanted.volume_mode:
         return f"its volume mode changes ({live_mode} -> {wanted.volume_mode})"
     return None
@@ -351,18 +371,11 @@ def _judge_cache(wanted: Wanted, live: LiveCache) -> Verdict:
     if replaced and wanted.relocate == "copy" and bound:
         return _start_move(wanted, live, where, replaced)
     if replaced and bound and wanted.relocate == "false":
-        mode_change = replaced.startswith("its volume mode")
-        ways = (  # a raw device holds no files a copy could carry
-            f"re-create it empty with `{relocate_key_hint('fresh')}`"
-            + (f" plus `{PROTECT_FALSE}`" if wanted.protect else "")
-            + " (DATA LOSS), then set cache.relocate back to false"
-            if mode_change
-            else move_ways(wanted.protect)
-        )
         return Verdict(
             refusal=(
                 f"bound-cache guard: this change re-creates the bound claim {where}: {replaced}, which Kubernetes "
-                f"cannot change on a claim, and the cached models would go with it. Nothing was changed. Either {ways}."
+                f"cannot change on a claim, and the cached models would go with it. Nothing was changed. Either "
+                f"{move_ways(wanted, live)}."
             )
         )
     if replaced:
@@ -492,7 +505,7 @@ def _placement_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | Non
         f"({wanted.placement.describe()}) cannot reach it: the training pod would stay Pending for ever "
         f"(volume node affinity conflict) holding its GPU quota. Nothing was changed. Either put the placement back "
         f"(mlcache:zone {bound.get(ZONE_LABEL, '?')} or unset, job.gpuProduct {bound.get(GPU_PRODUCT_LABEL, '?')}), "
-        f"or {move_ways(wanted.protect)}."
+        f"or {move_ways(wanted, live)}."
     )
 
 
@@ -507,7 +520,7 @@ def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
             f"mlcache:cache.size = {wanted.size!r} is smaller than the live claim {where} ({requested}): Kubernetes "
             f"cannot shrink a volume and the API server would refuse the update half-way through the up. Nothing was "
             f"changed. Either put cache.size back to {requested} or more, or, to have it at {wanted.size}, "
-            f"{move_ways(wanted.protect)}."
+            f"{move_ways(wanted, live)}."
         )
     if new > old:
         allowed = wanted.expansion_allowed
@@ -524,20 +537,12 @@ def _resize_refusal(wanted: Wanted, live: LiveCache, where: str) -> str | None:
                 f"mlcache:cache.size = {wanted.size!r} grows the live claim {where} ({requested}) but StorageClass "
                 f"{class_name} does not allow expansion: the API server would refuse the update. Nothing was changed. "
                 f"Either put cache.size back to {requested}, allow expansion ({allow}; expansion keeps the data), or "
-                f"{move_ways(wanted.protect)}."
+                f"{move_ways(wanted, live)}."
             )
     return None
 
 
 def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str) -> Verdict:
-    if wanted.protect:
-        return Verdict(
-            refusal=(
-                f"mlcache:cache.relocate = fresh re-creates the protected cache {where} ({trigger}): set "
-                f"`{PROTECT_FALSE}` in the same change to accept the DATA LOSS, `{relocate_key_hint('copy')}` to "
-                f"move it with its contents, or `{relocate_key_hint('false')}` to keep it. Nothing was changed."
-            )
-        )
     claim = live.claim
     growth_only = (
         get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
@@ -545,12 +550,23 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
         and (wanted.expansion_allowed is not False)
         and (wanted.expansion_allowed or get(live.storage_class, "allowVolumeExpansion") is not False)
     )
+    # Before the protection: unprotecting would only lead to this refusal.
     if growth_only and get(claim, "status", "phase") == "Bound":
         return Verdict(
             refusal=(
                 f"mlcache:cache.relocate is still fresh, so growing cache.size to {wanted.size!r} would re-create the "
                 f"cache {where} (DATA LOSS) although it can expand in place. Nothing was changed. Set "
                 f"`{relocate_key_hint('false')}` to expand it in place, keeping the data."
+            )
+        )
+    if wanted.protect:
+        why_not = copy_unavailable(wanted, _volume_mode(claim))
+        move = "" if why_not else f"`{relocate_key_hint('copy')}` to move it with its contents, "
+        return Verdict(
+            refusal=(
+                f"mlcache:cache.relocate = fresh re-creates the protected cache {where} ({trigger}): set "
+                f"`{PROTECT_FALSE}` in the same change to accept the DATA LOSS, {move}or `{relocate_key_hint('false')}` "
+                f"to keep it{f' (no move by copy here: {why_not})' if why_not else ''}. Nothing was changed."
             )
         )
     bound = _bound_location(live) if get(claim, "spec", "volumeName") else "no volume yet"
@@ -785,7 +801,7 @@ def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
     """The settings are exactly what this claim was made for."""
     return (
         get(claim, "spec", "storageClassName") == wanted.storage_class
-        and (get(claim, "spec", "volumeMode") or "Filesystem") == wanted.volume_mode
+        and _volume_mode(claim) == wanted.volume_mode
         and quantity_bytes(get(claim, "spec", "resources", "requests", "storage")) == quantity_bytes(wanted.size)
         and get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
     )
@@ -809,7 +825,7 @@ def _class_kept_with(wanted: Wanted, source: LiveCache, where: str) -> Verdict |
 
 
 def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Verdict:
-    if (get(live.claim, "spec", "volumeMode") or "Filesystem") == "Block":
+    if _volume_mode(live.claim) == "Block":
         return Verdict(
             refusal=(
                 f"mlcache:cache.relocate = 'copy': the cache {where} is a Block-mode volume, which holds no files to copy "

@@ -38,6 +38,8 @@ from mlcache.preview.stack_config import StackConfigError, load_stack_config, st
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_FROM_ANNOTATION,
+    COPY_NEEDS_FILES,
+    COPY_NEEDS_ONE_NODE,
     GPU_PRODUCT_LABEL,
     IMMUTABLE_FIELDS,
     PLACEMENT_ANNOTATION,
@@ -231,6 +233,18 @@ def _worker(obj: dict[str, Any] | None) -> str | None:
     return value
 
 
+def _copy_unavailable(*claims: dict[str, Any] | None) -> str | None:
+    """Why `cache.relocate copy` cannot move these claims (the settings refuse it), or None."""
+    for claim in claims:
+        if claim is None:
+            continue
+        if _dig(claim.get("manifest"), "spec", "volumeMode") == "Block":
+            return COPY_NEEDS_FILES
+        if _worker(claim) is not None:
+            return COPY_NEEDS_ONE_NODE
+    return None
+
+
 def _guard_refuses(change: Change) -> bool:
     """A cache claim re-created by a class or volume-mode change under cache.relocate false (not
     rendered to replace on a placement change): the program's guard refuses it once the claim is bound."""
@@ -254,10 +268,15 @@ def _annotate(change: Change) -> None:
         warning = f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped"
         if change.action == "replace" and worker is None and _guard_refuses(change):
             # The program's guard (bound_cache.py) refuses it once the claim is bound: say what `up` does.
+            why_not = _copy_unavailable(change.old, change.new)
             warning += (
                 "; with cache.relocate false the program's guard refuses this `pulumi up` while the claim is bound "
-                "(nothing changed): set cache.relocate copy to move the cache with its models (not to Block mode, "
-                "which holds no files to copy), or fresh to re-create it empty"
+                "(nothing changed): "
+                + (
+                    f"set cache.relocate fresh to re-create it empty (no move by copy here: {why_not})"
+                    if why_not
+                    else "set cache.relocate copy to move the cache with its models, or fresh to re-create it empty"
+                )
             )
         change.warnings.append(warning)
     if kind == "PersistentVolumeClaim" and change.action == "create" and worker is not None:
@@ -336,8 +355,14 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
                 f"{STRANDS}: {_label(obj)} keeps its volume where the previous placement "
                 f"({_describe_placement(was)}) bound it, while {change.label} moves to {_describe_placement(now)}: "
                 "if that node is outside the new placement the pod can never be placed (volume node affinity "
-                "conflict); the program's guard then refuses the up. To move the cache with its contents, set "
-                "cache.relocate copy in the same change (or fresh: DATA LOSS, re-warmed by cache.prefetch).",
+                "conflict); the program's guard then refuses the up. "
+                + (
+                    f"Set cache.relocate fresh in the same change to re-create it there (DATA LOSS, re-warmed by "
+                    f"cache.prefetch; no move by copy here: {why_not})."
+                    if (why_not := _copy_unavailable(obj))
+                    else "To move the cache with its contents, set cache.relocate copy in the same change (or fresh: "
+                    "DATA LOSS, re-warmed by cache.prefetch)."
+                ),
             )
 
 
@@ -384,7 +409,12 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
         if old_size == new_size or None in (old_size, new_size):
             continue
         old_text, new_text = (_dig(c["manifest"], "spec", "resources", "requests", "storage") for c in (old, new))
-        relocate = "or move the cache to a claim of the new size with cache.relocate copy"
+        why_not = _copy_unavailable(old, new)
+        relocate = (
+            f"or re-create it at the new size with cache.relocate fresh (DATA LOSS; no move by copy here: {why_not})"
+            if why_not
+            else "or move the cache to a claim of the new size with cache.relocate copy"
+        )
         if new_size < old_size:
             change.warnings.append(
                 f"{REFUSED}: cache.size shrinks {old_text} -> {new_text} and a volume "

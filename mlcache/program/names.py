@@ -223,6 +223,11 @@ IMMUTABLE_FIELDS = {
     "StorageClass": ("reclaimPolicy", "volumeBindingMode"),
 }
 
+# What a move by copy (cache.relocate copy) cannot carry: the settings refuse `copy` for these, and
+# no refusal or preview offers it as the way out for them.
+COPY_NEEDS_FILES = "a raw device holds no files to copy and verify"
+COPY_NEEDS_ONE_NODE = "a copy moves a single-node cache (each worker's claim is not copied yet)"
+
 
 def worker_benchmark_name(job_name: str, index: int) -> str:
     """Worker i's storage benchmark Job (worker 0 keeps the single-node name)."""

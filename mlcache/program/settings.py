@@ -27,6 +27,8 @@ from pulumi.runtime import config as runtime_config
 from mlcache.program import schema
 from mlcache.program.names import (
     COPY_CACHE_NAME_MAX,
+    COPY_NEEDS_FILES,
+    COPY_NEEDS_ONE_NODE,
     POD_MOUNT_PATHS,
     PROJECT,
     RUNTIME_DEV,
@@ -474,14 +476,13 @@ def _check_copy(cache: CacheSettings, job: JobSettings) -> None:
         raise ConfigError(
             "cache.relocate",
             "copy",
-            "false or fresh in Block mode: a raw device holds no files to copy and verify (fresh re-creates it empty, DATA LOSS)",
+            f"false or fresh in Block mode: {COPY_NEEDS_FILES} (fresh re-creates it empty, DATA LOSS)",
         )
     if job.nodes > 1:
         raise ConfigError(
             "cache.relocate",
             "copy",
-            f"false or fresh with job.nodes {job.nodes}: a copy moves a single-node cache "
-            "(each worker's claim is not copied yet)",
+            f"false or fresh with job.nodes {job.nodes}: {COPY_NEEDS_ONE_NODE}",
         )
     _check_name_room(cache, "cache.relocate copy", "the copy's Jobs and Service")
 
