@@ -29,7 +29,7 @@ from mlcache.preview.diff import (
     with_ignored_changes,
 )
 from mlcache.preview.policy_check import policy_findings
-from mlcache.preview.render import as_json, documents, render
+from mlcache.preview.render import RENDER_ERRORS, as_json, documents, render
 from mlcache.program import names
 from tests.conftest import ROOT, rendered
 
@@ -494,6 +494,16 @@ def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss
     assert "switches training here and deletes ms-swift-cache-pvc (docs" in claim.notes[0]
     assert not any(c.gated for c in changes)
     assert any(c.data_loss for c in _plan((), ("zone=sdsu", "cache.relocate=fresh", "cache.protect=false"), stack="prod"))
+
+
+@pytest.mark.parametrize("unmade", ["linstor.manageStorageClass=false", "linstor.storageClassName=other-class"])
+def test_a_move_that_would_drop_the_class_its_old_claim_is_on_is_refused_offline_as_at_up(unmade):
+    """The guard keeps the class this stack made while it keeps the old claim: the diff's assumed live
+    claim carries the base's class, so the preview refuses what `up` refuses."""
+    base = as_json(rendered("prod"))
+    refused = pytest.raises(RENDER_ERRORS, match="on the StorageClass linstor-fast-cache, which this stack made")
+    with refused, assume_live(base_claim(base)):
+        render("prod", ["backend=rook-ceph", "cache.relocate=copy", unmade], [])
 
 
 def test_a_changed_secure_value_is_said_though_offline_cannot_show_what_it_changes(tmp_path):

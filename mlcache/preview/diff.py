@@ -794,11 +794,12 @@ def moves_by_copy(stack: str, project_dir: Path) -> bool:
 
 
 def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
-    """The base revision's cache claim (worker 0's), as live, with the base's Jobs that mount it
-    (deployed, not running: what a preview cannot know the guard reads at up; unknown when a secret
-    hides them): None when it made none."""
+    """The base revision's cache claim (worker 0's), as live, with its StorageClass when the base
+    made it and the base's Jobs that mount it (deployed, not running: what a preview cannot know
+    the guard reads at up; unknown when a secret hides them): None when it made none."""
     objects = (old or {}).get("objects", [])
     jobs = [obj["manifest"] for obj in objects if _kind(obj) == "Job"]
+    classes = {_dig(obj["manifest"], "metadata", "name"): obj["manifest"] for obj in objects if _kind(obj) == "StorageClass"}
     for obj in objects:
         manifest = obj["manifest"]
         name = _dig(manifest, "metadata", "name")
@@ -806,7 +807,8 @@ def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
             hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
             finished = {"conditions": [{"type": "Complete", "status": "True"}]}  # what a preview assumes
             users = None if hidden else tuple({**job, "status": finished} for job in mounting_jobs(jobs, cache_name_of(name)))
-            return replace(live_from_manifest(manifest), consumers=users)
+            storage_class = classes.get(_dig(manifest, "spec", "storageClassName"))
+            return replace(live_from_manifest(manifest), consumers=users, storage_class=storage_class)
     return None
 
 
