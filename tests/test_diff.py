@@ -151,6 +151,16 @@ def test_where_a_move_by_copy_is_refused_the_diff_offers_fresh_only_and_says_why
         assert "cache.relocate copy" not in warning and "no move by copy here: a copy moves a single-node cache" in warning
 
 
+def test_a_new_job_placed_away_from_where_its_kept_claim_was_placed_strands_it():
+    """From several nodes to one with a zone change: the single-node Job is new (no previous Job to
+    compare with), so the claim's own placement record is what it is compared with."""
+    changes = _plan(("job.nodes=2",), ("zone=sdsu",), stack="prod")
+    (stranded,) = [w for w in _warnings(changes, "Job/sft-qwen3vl-fire-4gpu") if w.startswith(STRANDS)]
+    assert "PersistentVolumeClaim/ms-swift-cache-pvc keeps its volume where the previous placement (zone ucsd" in stranded
+    assert not [w for w in _warnings(_plan(("job.nodes=2",), (), stack="prod"), "Job") if w.startswith(STRANDS)]
+    assert not [w for w in _warnings(_plan((), ("job.runId=r2",), stack="prod"), "Job") if w.startswith(STRANDS)]
+
+
 def test_a_placement_change_that_recreates_the_cache_does_not_strand_it():
     for head in (("zone=ucsd", "cache.volumeMode=Block"), ("zone=ucsd", "backend=rook-ceph")):
         changes = _plan((), head)

@@ -21,7 +21,14 @@ from typing import Any
 import yaml
 
 from mlcache import CHECKOUT
-from mlcache.cluster.bound_cache import LiveCache, assume_live, live_from_manifest, mounting_jobs, quantity_bytes
+from mlcache.cluster.bound_cache import (
+    LiveCache,
+    PlacementRecord,
+    assume_live,
+    live_from_manifest,
+    mounting_jobs,
+    quantity_bytes,
+)
 from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
 from mlcache.errors import UsageError
 from mlcache.preview.policy_check import ADVISORY, MANDATORY
@@ -37,6 +44,7 @@ from mlcache.preview.render import (
 from mlcache.preview.stack_config import StackConfigError, load_stack_config, stack_file
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
+    COPY_COMPONENT_LABEL,
     COPY_FROM_ANNOTATION,
     COPY_NEEDS_FILES,
     COPY_NEEDS_ONE_NODE,
@@ -342,12 +350,22 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
         claim = _dig(manifest, "metadata", "name")
         if not isinstance(claim, str):
             continue
+        recorded = PlacementRecord.parse(_dig(before[urn]["manifest"], "metadata", "annotations", PLACEMENT_ANNOTATION))
         for job_urn, job in after.items():
             change = changes.get(job_urn)
             previous = before.get(job_urn)
-            if _kind(job) != "Job" or previous is None or claim not in _claims_of(job["manifest"]):
+            if _kind(job) != "Job" or claim not in _claims_of(job["manifest"]):
                 continue
-            was, now = job_placement(previous["manifest"]), job_placement(job["manifest"])
+            labels = _dig(job["manifest"], "metadata", "labels") or {}
+            if all(labels.get(key) == value for key, value in COPY_COMPONENT_LABEL.items()):
+                continue  # a move's sender goes to the old volume's node by design
+            if previous is not None:
+                was = job_placement(previous["manifest"])
+            elif recorded is not None:  # a new Job (a new run, or a run of another shape): where the claim was placed
+                was = ((recorded.zone,) if recorded.zone else (), (recorded.gpu_product,))
+            else:
+                continue
+            now = job_placement(job["manifest"])
             if was == now or change is None:
                 continue
             change.warnings.insert(
