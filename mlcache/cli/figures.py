@@ -6,7 +6,9 @@ Sections: `loop` (test counts, and mlcache bench loop: the unit suite, with --in
 real-engine suite, and the toolchain build's per-step times from scripts/build-engine's log),
 `render` (mlcache bench render), `fio` (the benchmark Job's two fio profiles, scaled down, on a local
 directory, through mlcache bench report), `shards` (mlcache bench shards), `copy` (mlcache bench copy:
-workloads/cache_copy.py against fio's read and write). A section that is not run keeps its
+workloads/cache_copy.py against fio's read and write), `coldstart` (mlcache bench coldstart: the
+prewarm beside the loader against the limit), `prewarm` (mlcache bench prewarm: its readers and
+chunk size). A section that is not run keeps its
 previous text, so one figure can be refreshed at a time. The docs link here instead of
 repeating numbers in prose.
 """
@@ -108,12 +110,29 @@ def copy_section(_: argparse.Namespace) -> str:
     return _block(" ".join(["mlcache bench copy --dir DIR", *args]), out)
 
 
+def _shards_bench(name: str, args: list[str]) -> str:
+    """`mlcache bench NAME --dir DIR ARGS` on the default synthetic shards (8 x 512M) in a fresh DIR."""
+    with tempfile.TemporaryDirectory(prefix=f"mlcache-{name}-", dir=CHECKOUT) as tmp:
+        out = _run([sys.executable, "-m", "mlcache", "bench", name, "--dir", tmp, *args])
+    return _block(" ".join(["mlcache bench", name, "--dir DIR", *args]), out)
+
+
+def coldstart_section(_: argparse.Namespace) -> str:
+    return _shards_bench("coldstart", [])  # its defaults: 5 rounds of every side, the pod's readers
+
+
+def prewarm_section(_: argparse.Namespace) -> str:
+    return _shards_bench("prewarm", [])  # its default grid of readers x chunk size
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], str | None]] = {
     "loop": loop_section,
     "render": render_section,
     "fio": fio_section,
     "shards": shards_section,
     "copy": copy_section,
+    "coldstart": coldstart_section,
+    "prewarm": prewarm_section,
 }
 
 
