@@ -185,6 +185,18 @@ def test_relocate_on_or_off_alone_changes_nothing_and_left_on_a_growth_recreates
     assert _actions(grown)["PersistentVolumeClaim"] == "replace" and any(c.data_loss for c in grown)
 
 
+def test_a_growth_that_relocate_fresh_would_wipe_says_the_guard_refuses_it_and_how_to_expand():
+    """The guard refuses re-creating a bound claim only to grow it where it could expand in place."""
+    fresh = ("cache.relocate=fresh", "cache.protect=false")
+    (loss,) = [w for w in _warnings(_plan(fresh, (*fresh, "cache.size=800Gi"), stack="prod"), "Persistent") if DATA_LOSS in w]
+    assert loss.endswith(
+        "cache.relocate is still fresh, and the claim can grow in place: set cache.relocate false to expand it, keeping the data"
+    )
+    # Re-created for another reason as well (a new zone): nothing to expand in place.
+    moved = _plan(fresh, (*fresh, "cache.size=800Gi", "zone=sdsu"), stack="prod")
+    assert not [w for w in _warnings(moved, "Persistent") if "grow in place" in w]
+
+
 def test_other_job_changes_do_not_strand_the_cache():
     assert not [w for w in _warnings(_plan((), ("job.gpus=8",)), "Job") if w.startswith(STRANDS)]
 

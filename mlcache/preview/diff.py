@@ -209,6 +209,7 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None, digest_key: str
         _annotate(change)
     _flag_stranded_cache(changes, before, after)
     _flag_refused_resizes(changes, after)
+    _flag_wiping_growth(changes, after)
     _say_moves(changes, after)
     order = {urn: i for i, urn in enumerate([*after, *before])}
     return sorted(changes.values(), key=lambda c: order[c.urn])
@@ -446,6 +447,32 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
                 f"{_dig(storage_class, 'metadata', 'name')} has allowVolumeExpansion false; way out: set "
                 f"linstor.allowVolumeExpansion true (expands in place, keeps the data), {relocate}"
             )
+
+
+def _flag_wiping_growth(changes: dict[str, Change], after: dict[str, Any]) -> None:
+    """A claim re-created (cache.relocate fresh) only because it grows, where it could expand in place:
+    the program's guard refuses that `up` while the claim is bound, so the preview says so."""
+    classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
+    for change in changes.values():
+        old, new = change.old, change.new
+        if change.action != "replace" or old is None or new is None or _kind(new) != "PersistentVolumeClaim":
+            continue
+        old_size, new_size = (_size(c["manifest"]) for c in (old, new))
+        if None in (old_size, new_size) or not new_size > old_size:
+            continue
+        same = [("metadata", "annotations", PLACEMENT_ANNOTATION), ("spec", "storageClassName"), ("spec", "volumeMode")]
+        if any(_dig(old["manifest"], *path) != _dig(new["manifest"], *path) for path in same):
+            continue
+        storage_class = classes.get(_dig(new["manifest"], "spec", "storageClassName"))
+        if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
+            continue
+        for index, warning in enumerate(change.warnings):
+            if warning.startswith(DATA_LOSS):
+                change.warnings[index] = (
+                    f"{warning}; the program's guard refuses this `pulumi up` while the claim is bound (nothing "
+                    "changed): cache.relocate is still fresh, and the claim can grow in place: set cache.relocate "
+                    "false to expand it, keeping the data"
+                )
 
 
 def _size(manifest: dict[str, Any]):
