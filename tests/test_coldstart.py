@@ -562,21 +562,9 @@ def test_the_rendered_wrapper_and_prewarm_json_prewarm_the_prefetched_model(tmp_
     assert resident(paths) == 0
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [["--readers", "0"], ["--size", "1X"], ["--count", "-1"], ["--rounds", "0"], ["--dir", "/proc/no/such/place"]],
-    ids=lambda a: " ".join(a),
-)
-def test_bench_coldstart_refuses_bad_arguments_in_one_line_before_writing_anything(capsys, tmp_path, argv):
-    code = bench.main(["coldstart", "--dir", str(tmp_path / "s"), *argv])
-    out, err = capsys.readouterr()
-    assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and argv[0] in err, err
-    assert not (tmp_path / "s").exists()
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
+BAD_ARGUMENTS = {
+    "coldstart": [["--readers", "0"], ["--size", "1X"], ["--count", "-1"], ["--rounds", "0"], ["--dir", "/proc/no/such/place"]],
+    "prewarm": [
         ["--readers", "2,0"],
         ["--readers", ""],
         ["--readers", "4,4"],
@@ -587,10 +575,16 @@ def test_bench_coldstart_refuses_bad_arguments_in_one_line_before_writing_anythi
         ["--chunks", "1M,1024K"],
         ["--rounds", "0"],
     ],
-    ids=lambda a: " ".join(a),
+}
+
+
+@pytest.mark.parametrize(
+    ("command", "argv"),
+    [(command, argv) for command, cases in BAD_ARGUMENTS.items() for argv in cases],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else a,
 )
-def test_bench_prewarm_refuses_bad_arguments_in_one_line_before_writing_anything(capsys, tmp_path, argv):
-    code = bench.main(["prewarm", "--dir", str(tmp_path / "s"), *argv])
+def test_bench_coldstart_and_prewarm_refuse_bad_arguments_in_one_line_before_writing_anything(capsys, tmp_path, command, argv):
+    code = bench.main([command, "--dir", str(tmp_path / "s"), *argv])
     out, err = capsys.readouterr()
     assert code == 2 and out == "" and err.startswith("error: ") and err.count("\n") == 1 and argv[0] in err, err
     assert not (tmp_path / "s").exists()

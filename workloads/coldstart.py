@@ -323,6 +323,22 @@ def run_side(
     return {side: (clock.wall, clock.cpu)}
 
 
+def result_head(benchmark: str, directory: Path, paths: list[Path]) -> dict[str, Any]:
+    """What a shards benchmark's result starts with: which benchmark, on which shards."""
+    return {
+        "benchmark": benchmark,
+        "directory": str(directory),
+        "shards": len(paths),
+        "total_bytes": sum(p.stat().st_size for p in paths),
+    }
+
+
+def limit_seconds(fio: list[float], warm_loader: list[float]) -> list[float]:
+    """Per round, the slower of fio and the loader from the page cache: no prewarm can finish before
+    the device has delivered the bytes, nor before the loader has consumed them."""
+    return [max(f, w) for f, w in zip(fio, warm_loader, strict=True)]
+
+
 def benchmark(
     directory: Path, readers: int, rounds: int, count: int, size: str, ranks: int = 1, budget: int | None = None
 ) -> dict:
@@ -360,16 +376,13 @@ def benchmark(
         budget_result = {"bytes": budget, "prewarm_bytes": bound, "peak_bytes": peak_bytes(group)}
         group.rmdir()
     if FIO in sides:
-        seconds[LIMIT] = [max(f, w) for f, w in zip(seconds[FIO], seconds[WARM_LOADER_PART], strict=True)]
+        seconds[LIMIT] = limit_seconds(seconds[FIO], seconds[WARM_LOADER_PART])
         cpu_seconds[LIMIT] = [
             cpu_seconds[FIO if f >= w else WARM_LOADER_PART][i]
             for i, (f, w) in enumerate(zip(seconds[FIO], seconds[WARM_LOADER_PART], strict=True))
         ]
     return {
-        "benchmark": "coldstart",
-        "directory": str(directory),
-        "shards": len(paths),
-        "total_bytes": sum(p.stat().st_size for p in paths),
+        **result_head("coldstart", directory, paths),
         "readers": readers,
         "ranks": ranks,
         "rounds": rounds,

@@ -53,12 +53,9 @@ def sweep(directory: Path, readers: tuple[int, ...], chunks: tuple[int, ...], ro
                 wall = clock.wall
             seconds[side].append(wall)
             print(f"bench prewarm: round {index + 1}/{rounds}: {side} {wall:.2f} s", file=sys.stderr, flush=True)
-    limit = [max(f, w) for f, w in zip(seconds[coldstart.FIO], seconds[coldstart.WARM_LOADER_PART], strict=True)]
+    limit = coldstart.limit_seconds(seconds[coldstart.FIO], seconds[coldstart.WARM_LOADER_PART])
     return {
-        "benchmark": "prewarm",
-        "directory": str(directory),
-        "shards": len(paths),
-        "total_bytes": sum(p.stat().st_size for p in paths),
+        **coldstart.result_head("prewarm", directory, paths),
         "rounds": rounds,
         "cells": [{"readers": r, "chunk_bytes": c, "seconds": seconds[label]} for label, (r, c) in cells.items()],
         "seconds": {coldstart.FIO: seconds[coldstart.FIO], coldstart.WARM_LOADER_PART: seconds[coldstart.WARM_LOADER_PART]},

@@ -129,21 +129,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("fio is not installed (Debian: apt-get install fio): the limit is made of its figure")
         with benchmark_errors(args.dir):
             result = prewarm_bench.sweep(args.dir, args.readers, args.chunks, args.rounds, args.count, args.size)
-        if args.json:
-            print(prewarm_bench.report(result), file=sys.stderr)
-            print(json.dumps(result, indent=2))
-        else:
-            print(prewarm_bench.report(result))
+        _print(prewarm_bench.report(result), result, args.json)
         return 0
     if args.command == "coldstart":
         with benchmark_errors(args.dir):
             budget = shard_bench.parse_size(args.budget) if args.budget else None
             result = coldstart.benchmark(args.dir, args.readers, args.rounds, args.count, args.size, args.ranks, budget)
-        if args.json:
-            print(coldstart.report(result), file=sys.stderr)
-            print(json.dumps(result, indent=2))
-        else:
-            print(coldstart.report(result))
+        _print(coldstart.report(result), result, args.json)
         return 0
     if args.command == "report":
         try:
@@ -163,6 +155,15 @@ def main(argv: list[str] | None = None) -> int:
         result = shards_benchmark(args.dir, args.count, args.size, args.readers, args.rounds)
     print(shards_report(result))
     return 0
+
+
+def _print(report: str, result: dict, as_json: bool) -> None:
+    """The report on stdout; with --json the figures there instead, and the report on stderr."""
+    if as_json:
+        print(report, file=sys.stderr)
+        print(json.dumps(result, indent=2))
+    else:
+        print(report)
 
 
 def _chunk(text: str) -> int:
