@@ -170,6 +170,8 @@ def test_where_a_move_by_copy_is_refused_no_refusal_offers_it():
     protected = judge(wanted(volume_mode="Block", relocate="fresh", protect=True, size="100Gi"), bound(block)).refusal
     assert "re-creates the protected cache" in protected and "cache.relocate copy" not in protected
     assert "(no move by copy here: a raw device holds no files" in protected
+    named = judge(wanted(claim="ms.swift-cache", placement=PlacementRecord("sdsu", A100)), bound()).refusal
+    assert "cache.relocate copy" not in named and "no move by copy here: the copy's objects are named after cache.name" in named
     # Where it can, the move is offered first.
     assert "cache.relocate copy" in judge(wanted(placement=PlacementRecord("sdsu", A100)), bound()).refusal
 

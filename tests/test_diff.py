@@ -144,6 +144,24 @@ def test_where_a_move_by_copy_is_refused_the_diff_offers_fresh_only_and_says_why
         (warning,) = [w for w in _warnings(changes, kind) if w.startswith(flag)]
         assert "cache.relocate copy" not in warning and "cache.relocate fresh" in warning, warning
         assert "no move by copy here: a raw device holds no files to copy and verify" in warning
+    # From several nodes to one, the new settings allow the move: it is offered.
+    (loss,) = [
+        w
+        for w in _warnings(_plan(("job.nodes=2",), ("backend=rook-ceph", "cache.protect=false"), stack="prod"), "Persistent")
+        if w.startswith(f"{DATA_LOSS}: deletes and re-creates")
+    ]
+    assert "set cache.relocate copy" in loss and "no move by copy here" not in loss
+    # A cache.name with no room for the copy's names: the settings refuse copy, so it is not offered.
+    (stranded,) = [
+        w
+        for w in _warnings(_plan(("cache.name=ms.swift-cache",), ("cache.name=ms.swift-cache", "zone=sdsu"), stack="prod"), "Job")
+        if w.startswith(STRANDS)
+    ]
+    assert (
+        "cache.relocate copy" not in stranded
+        and "Set cache.relocate fresh and cache.protect false in the same change" in stranded
+    )
+    assert "no move by copy here: the copy's objects are named after cache.name" in stranded
     nodes = ("job.nodes=2",)
     refused = [w for w in _warnings(_plan(nodes, (*nodes, "cache.size=100Gi"), stack="prod"), "Persistent") if REFUSED in w]
     assert len(refused) == 2  # each worker's claim
@@ -195,6 +213,8 @@ def test_a_growth_that_relocate_fresh_would_wipe_says_the_guard_refuses_it_and_h
     # Re-created for another reason as well (a new zone): nothing to expand in place.
     moved = _plan(fresh, (*fresh, "cache.size=800Gi", "zone=sdsu"), stack="prod")
     assert not [w for w in _warnings(moved, "Persistent") if "grow in place" in w]
+    renamed = _plan(fresh, (*fresh, "cache.size=800Gi", "cache.name=other-cache"), stack="prod")
+    assert not [w for w in _warnings(renamed, "Persistent") if "grow in place" in w]
 
 
 def test_other_job_changes_do_not_strand_the_cache():

@@ -26,9 +26,11 @@ from mlcache.cluster.kube import CLAIMS, JOBS, NODES, STORAGE_CLASS, VOLUME, Kub
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
     COPY_ATTEMPT_ANNOTATION,
+    COPY_CACHE_NAME_MAX,
     COPY_INTO_UID_ANNOTATION,
     COPY_LABEL,
     COPY_NEEDS_FILES,
+    COPY_NEEDS_NAME_ROOM,
     COPY_NEEDS_ONE_NODE,
     COPY_ROLE_LABEL,
     GPU_PRODUCT_LABEL,
@@ -45,7 +47,7 @@ from mlcache.program.names import (
     generation_claim_name,
 )
 from mlcache.program.outputs import UNPINNED_ZONE
-from mlcache.program.schema import parse_quantity
+from mlcache.program.schema import names_fit_after, parse_quantity
 
 # Zone of a placement record created unpinned.
 ANY_ZONE = "*"
@@ -280,6 +282,8 @@ def copy_unavailable(wanted: Wanted, live_mode: str) -> str | None:
         return COPY_NEEDS_FILES
     if wanted.nodes > 1:
         return COPY_NEEDS_ONE_NODE
+    if not names_fit_after(wanted.claim, COPY_CACHE_NAME_MAX):
+        return COPY_NEEDS_NAME_ROOM
     return None
 
 

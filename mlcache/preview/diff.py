@@ -44,9 +44,11 @@ from mlcache.preview.render import (
 from mlcache.preview.stack_config import StackConfigError, load_stack_config, stack_file
 from mlcache.program.names import (
     BACKEND_ANNOTATION,
+    COPY_CACHE_NAME_MAX,
     COPY_COMPONENT_LABEL,
     COPY_FROM_ANNOTATION,
     COPY_NEEDS_FILES,
+    COPY_NEEDS_NAME_ROOM,
     COPY_NEEDS_ONE_NODE,
     GPU_PRODUCT_LABEL,
     IMMUTABLE_FIELDS,
@@ -57,6 +59,7 @@ from mlcache.program.names import (
     cache_name_of,
 )
 from mlcache.program.outputs import UNPINNED_ZONE
+from mlcache.program.schema import names_fit_after
 
 DATA_LOSS = "DATA LOSS"
 
@@ -242,15 +245,19 @@ def _worker(obj: dict[str, Any] | None) -> str | None:
     return value
 
 
-def _copy_unavailable(*claims: dict[str, Any] | None) -> str | None:
-    """Why `cache.relocate copy` cannot move these claims (the settings refuse it), or None."""
-    for claim in claims:
-        if claim is None:
-            continue
-        if _dig(claim.get("manifest"), "spec", "volumeMode") == "Block":
-            return COPY_NEEDS_FILES
-        if _worker(claim) is not None:
-            return COPY_NEEDS_ONE_NODE
+def _copy_unavailable(old: dict[str, Any] | None, new: dict[str, Any] | None) -> str | None:
+    """Why `cache.relocate copy` cannot move the cache from the old claim as the new settings ask
+    (the settings or the guard refuse it), or None: Block mode on either side; with the new settings,
+    a worker's claim (job.nodes > 1) or a cache.name with no room for the copy's names."""
+    if any(_dig((claim or {}).get("manifest"), "spec", "volumeMode") == "Block" for claim in (old, new)):
+        return COPY_NEEDS_FILES
+    if new is None:
+        return None
+    if _worker(new) is not None:
+        return COPY_NEEDS_ONE_NODE
+    name = _dig(new.get("manifest"), "metadata", "name")
+    if isinstance(name, str) and not names_fit_after(cache_name_of(name), COPY_CACHE_NAME_MAX):
+        return COPY_NEEDS_NAME_ROOM
     return None
 
 
@@ -376,9 +383,10 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
                 "if that node is outside the new placement the pod can never be placed (volume node affinity "
                 "conflict); the program's guard then refuses the up. "
                 + (
-                    f"Set cache.relocate fresh in the same change to re-create it there (DATA LOSS, re-warmed by "
-                    f"cache.prefetch; no move by copy here: {why_not})."
-                    if (why_not := _copy_unavailable(obj))
+                    f"Set cache.relocate fresh{' and cache.protect false' if obj.get('protect') else ''} in the same "
+                    f"change to re-create it there (DATA LOSS, re-warmed by cache.prefetch; no move by copy here: "
+                    f"{why_not})."
+                    if (why_not := _copy_unavailable(before[urn], obj))
                     else "To move the cache with its contents, set cache.relocate copy in the same change (or fresh: "
                     "DATA LOSS, re-warmed by cache.prefetch)."
                 ),
@@ -460,7 +468,13 @@ def _flag_wiping_growth(changes: dict[str, Change], after: dict[str, Any]) -> No
         old_size, new_size = (_size(c["manifest"]) for c in (old, new))
         if None in (old_size, new_size) or not new_size > old_size:
             continue
-        same = [("metadata", "annotations", PLACEMENT_ANNOTATION), ("spec", "storageClassName"), ("spec", "volumeMode")]
+        same = [
+            ("metadata", "name"),
+            ("metadata", "namespace"),
+            ("metadata", "annotations", PLACEMENT_ANNOTATION),
+            ("spec", "storageClassName"),
+            ("spec", "volumeMode"),
+        ]
         if any(_dig(old["manifest"], *path) != _dig(new["manifest"], *path) for path in same):
             continue
         storage_class = classes.get(_dig(new["manifest"], "spec", "storageClassName"))

@@ -227,6 +227,10 @@ IMMUTABLE_FIELDS = {
 # no refusal or preview offers it as the way out for them.
 COPY_NEEDS_FILES = "a raw device holds no files to copy and verify"
 COPY_NEEDS_ONE_NODE = "a copy moves a single-node cache (each worker's claim is not copied yet)"
+COPY_NEEDS_NAME_ROOM = (
+    f"the copy's objects are named after cache.name, which must be a DNS label starting with a letter of at "
+    f"most {COPY_CACHE_NAME_MAX} characters"
+)
 
 
 def worker_benchmark_name(job_name: str, index: int) -> str:

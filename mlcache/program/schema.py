@@ -72,6 +72,12 @@ def is_dns_label(value: str) -> bool:
     return len(value) <= DNS_LABEL_MAX and bool(_DNS_LABEL.fullmatch(value))
 
 
+def names_fit_after(name: str, longest: int) -> bool:
+    """A name other objects are named after (with a suffix): a DNS label starting with a letter, at
+    most `longest` characters."""
+    return len(name) <= longest and is_dns_label(name) and name[:1].isalpha()
+
+
 def is_dns_subdomain(value: str) -> bool:
     return len(value) <= DNS_SUBDOMAIN_MAX and bool(_DNS_SUBDOMAIN.fullmatch(value))
 

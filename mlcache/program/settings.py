@@ -55,9 +55,9 @@ from mlcache.program.schema import (
     closest,
     dns_label,
     dns_subdomain,
-    is_dns_label,
     is_label_value,
     is_qualified_name,
+    names_fit_after,
     parse_quantity,
     parse_section,
     paths_overlap,
@@ -461,7 +461,7 @@ KNOWN_KEYS = (*KEYS, *SECRET_KEYS, SECRET_ENV_KEY)
 
 def _check_name_room(cache: CacheSettings, feature: str, objects: str) -> None:
     """cache.name must leave room for the names of the objects `feature` names after it."""
-    if len(cache.name) > COPY_CACHE_NAME_MAX or not is_dns_label(cache.name) or not cache.name[0].isalpha():
+    if not names_fit_after(cache.name, COPY_CACHE_NAME_MAX):
         raise ConfigError(
             "cache.name",
             cache.name,
