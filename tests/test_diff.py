@@ -179,6 +179,17 @@ def test_a_new_job_placed_away_from_where_its_kept_claim_was_placed_strands_it()
     assert not [w for w in _warnings(_plan((), ("job.runId=r2",), stack="prod"), "Job") if w.startswith(STRANDS)]
 
 
+def test_a_jobset_moved_away_from_its_workers_claims_strands_each_of_them():
+    jobset = ("job.nodes=2", "job.engine=jobset")
+    stranded = [w for w in _warnings(_plan(jobset, (*jobset, "zone=sdsu"), stack="prod"), "JobSet") if w.startswith(STRANDS)]
+    assert sorted(w.split(" keeps ")[0] for w in stranded) == [
+        f"{STRANDS}: PersistentVolumeClaim/ms-swift-cache-pvc",
+        f"{STRANDS}: PersistentVolumeClaim/ms-swift-cache-pvc-1",
+    ]
+    assert all("no move by copy here: a copy moves a single-node cache" in w for w in stranded)
+    assert not [w for w in _warnings(_plan(jobset, (*jobset, "job.runId=r2"), stack="prod"), "JobSet") if STRANDS in w]
+
+
 def test_a_placement_change_that_recreates_the_cache_does_not_strand_it():
     for head in (("zone=ucsd", "cache.volumeMode=Block"), ("zone=ucsd", "backend=rook-ceph")):
         changes = _plan((), head)

@@ -321,6 +321,16 @@ def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str,
     return tuple(sorted(found[ZONE_LABEL])), tuple(sorted(found[GPU_PRODUCT_LABEL]))
 
 
+def _job_templates(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A Job as itself, a JobSet as its replicated Jobs' templates, by name: what places pods."""
+    if manifest.get("kind") != "JobSet":
+        return {"": manifest}
+    replicated = _dig(manifest, "spec", "replicatedJobs")
+    if not isinstance(replicated, list):
+        return {}
+    return {str(r.get("name")): r.get("template") or {} for r in replicated if isinstance(r, dict)}
+
+
 def _describe_placement(placement: tuple[tuple[str, ...], tuple[str, ...]]) -> str:
     zones, products = placement
     return f"zone {', '.join(zones) or UNPINNED_ZONE}, GPU product {', '.join(products) or 'any'}"
@@ -361,20 +371,24 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
         recorded = PlacementRecord.parse(_dig(before[urn]["manifest"], "metadata", "annotations", PLACEMENT_ANNOTATION))
         for job_urn, job in after.items():
             change = changes.get(job_urn)
-            previous = before.get(job_urn)
-            if _kind(job) != "Job" or claim not in _claims_of(job["manifest"]):
+            if change is None or _kind(job) not in ("Job", "JobSet"):
                 continue
             labels = _dig(job["manifest"], "metadata", "labels") or {}
             if all(labels.get(key) == value for key, value in COPY_COMPONENT_LABEL.items()):
                 continue  # a move's sender goes to the old volume's node by design
-            if previous is not None:
-                was = job_placement(previous["manifest"])
+            previous = _job_templates(before[job_urn]["manifest"]) if job_urn in before else {}
+            mounting = [(name, t) for name, t in _job_templates(job["manifest"]).items() if claim in _claims_of(t)]
+            if not mounting:
+                continue
+            name, template = mounting[0]  # one claim, one worker
+            if name in previous:
+                was = job_placement(previous[name])
             elif recorded is not None:  # a new Job (a new run, or a run of another shape): where the claim was placed
                 was = ((recorded.zone,) if recorded.zone else (), (recorded.gpu_product,))
             else:
                 continue
-            now = job_placement(job["manifest"])
-            if was == now or change is None:
+            now = job_placement(template)
+            if was == now:
                 continue
             change.warnings.insert(
                 0,
