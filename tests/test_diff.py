@@ -224,6 +224,9 @@ def test_a_growth_that_relocate_fresh_would_wipe_says_the_guard_refuses_it_and_h
     # Re-created for another reason as well (a new zone): nothing to expand in place.
     moved = _plan(fresh, (*fresh, "cache.size=800Gi", "zone=sdsu"), stack="prod")
     assert not [w for w in _warnings(moved, "Persistent") if "grow in place" in w]
+    rook = ("backend=rook-ceph", *fresh)  # a class this stack does not make: read only at up
+    (grown,) = [w for w in _warnings(_plan(rook, (*rook, "cache.size=800Gi"), stack="prod"), "Persistent") if DATA_LOSS in w]
+    assert "(nothing changed) if StorageClass rook-ceph-block allows expansion: cache.relocate is still fresh" in grown
     renamed = _plan(fresh, (*fresh, "cache.size=800Gi", "cache.name=other-cache"), stack="prod")
     assert not [w for w in _warnings(renamed, "Persistent") if "grow in place" in w]
 

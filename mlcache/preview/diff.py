@@ -494,12 +494,18 @@ def _flag_wiping_growth(changes: dict[str, Change], after: dict[str, Any]) -> No
         storage_class = classes.get(_dig(new["manifest"], "spec", "storageClassName"))
         if storage_class is not None and storage_class.get("allowVolumeExpansion") is False:
             continue
+        # A class this stack does not make is read only at up: the guard refuses only if it allows expansion.
+        unless = (
+            ""
+            if storage_class is not None
+            else f" if StorageClass {_dig(new['manifest'], 'spec', 'storageClassName')} allows expansion"
+        )
         for index, warning in enumerate(change.warnings):
             if warning.startswith(DATA_LOSS):
                 change.warnings[index] = (
                     f"{warning}; the program's guard refuses this `pulumi up` while the claim is bound (nothing "
-                    "changed): cache.relocate is still fresh, and the claim can grow in place: set cache.relocate "
-                    "false to expand it, keeping the data"
+                    f"changed){unless}: cache.relocate is still fresh, and the claim can grow in place: set "
+                    "cache.relocate false to expand it, keeping the data"
                 )
 
 
