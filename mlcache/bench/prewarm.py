@@ -42,10 +42,7 @@ def sweep(directory: Path, readers: tuple[int, ...], chunks: tuple[int, ...], ro
             if side == coldstart.FIO:
                 wall = coldstart.fio_seconds(paths, DEFAULT_READERS)[0]
             elif side == coldstart.WARM_LOADER_PART:
-                prewarm.read_into_cache(coldstart.whole_model(paths), DEFAULT_READERS)
-                with coldstart.Clock() as clock:
-                    coldstart.ranked_load(paths, 1)
-                wall = clock.wall
+                wall = coldstart.prewarm_then_load(paths, DEFAULT_READERS)[1].wall  # the loading part
             else:
                 cell_readers, chunk = cells[side]
                 with coldstart.Clock() as clock:

@@ -95,34 +95,28 @@ def fio_section(_: argparse.Namespace) -> str:
     )
 
 
-def shards_section(_: argparse.Namespace) -> str:
-    with tempfile.TemporaryDirectory(prefix="mlcache-shards-", dir=CHECKOUT) as tmp:
-        args = ["--dir", tmp, "--count", "8", "--size", "256M", "--readers", "8", "--rounds", "5"]
-        out = _run([sys.executable, "-m", "mlcache", "bench", "shards", *args])
-    return _block("mlcache bench shards --dir DIR --count 8 --size 256M --readers 8 --rounds 5", out)
-
-
-def copy_section(_: argparse.Namespace) -> str:
-    # Five rounds: this disk's rate swings by a third between rounds, and a median of three moved with it.
-    args = ["--files", "2", "--size", "1G", "--streams", "4", "--rounds", "5"]
-    with tempfile.TemporaryDirectory(prefix="mlcache-copy-", dir=CHECKOUT) as tmp:
-        out = _run([sys.executable, "-m", "mlcache", "bench", "copy", "--dir", tmp, *args])
-    return _block(" ".join(["mlcache bench copy --dir DIR", *args]), out)
-
-
-def _shards_bench(name: str, args: list[str]) -> str:
-    """`mlcache bench NAME --dir DIR ARGS` on the default synthetic shards (8 x 512M) in a fresh DIR."""
+def _bench_in_fresh_dir(name: str, args: list[str]) -> str:
+    """`mlcache bench NAME --dir DIR ARGS` in a fresh DIR (its synthetic files written there), as a block."""
     with tempfile.TemporaryDirectory(prefix=f"mlcache-{name}-", dir=CHECKOUT) as tmp:
         out = _run([sys.executable, "-m", "mlcache", "bench", name, "--dir", tmp, *args])
     return _block(" ".join(["mlcache bench", name, "--dir DIR", *args]), out)
 
 
+def shards_section(_: argparse.Namespace) -> str:
+    return _bench_in_fresh_dir("shards", ["--count", "8", "--size", "256M", "--readers", "8", "--rounds", "5"])
+
+
+def copy_section(_: argparse.Namespace) -> str:
+    # Five rounds: this disk's rate swings by a third between rounds, and a median of three moved with it.
+    return _bench_in_fresh_dir("copy", ["--files", "2", "--size", "1G", "--streams", "4", "--rounds", "5"])
+
+
 def coldstart_section(_: argparse.Namespace) -> str:
-    return _shards_bench("coldstart", [])  # its defaults: 5 rounds of every side, the pod's readers
+    return _bench_in_fresh_dir("coldstart", [])  # its defaults: 5 rounds of every side, the pod's readers
 
 
 def prewarm_section(_: argparse.Namespace) -> str:
-    return _shards_bench("prewarm", [])  # its default grid of readers x chunk size
+    return _bench_in_fresh_dir("prewarm", [])  # its default grid of readers x chunk size
 
 
 SECTIONS: dict[str, Callable[[argparse.Namespace], str | None]] = {

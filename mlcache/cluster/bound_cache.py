@@ -287,7 +287,8 @@ def copy_unavailable(wanted: Wanted, live_mode: str) -> str | None:
     return None
 
 
-def _volume_mode(claim: Mapping | None) -> str:
+def volume_mode(claim: Mapping | None) -> str:
+    """A claim's volume mode, Kubernetes' default (Filesystem) where it names none."""
     return get(claim, "spec", "volumeMode") or "Filesystem"
 
 
@@ -299,7 +300,7 @@ def move_ways(wanted: Wanted, live: LiveCache) -> str:
         f"re-create it empty with `{relocate_key_hint('fresh')}`{protected} "
         f"(DATA LOSS: re-downloaded by cache.prefetch), then set cache.relocate back to false"
     )
-    if why_not := copy_unavailable(wanted, _volume_mode(live.claim)):
+    if why_not := copy_unavailable(wanted, volume_mode(live.claim)):
         return f"{fresh} (no move by copy here: {why_not})"
     return (
         f"move the cache with `{relocate_key_hint('copy')}` (the cached models are copied and verified; the old "
@@ -312,7 +313,7 @@ def _replacement(wanted: Wanted, claim: Mapping) -> str | None:
     live_class = get(claim, "spec", "storageClassName")
     if live_class != wanted.storage_class:
         return f"its storage class changes ({live_class} -> {wanted.storage_class})"
-    live_mode = _volume_mode(claim)
+    live_mode = volume_mode(claim)
     if live_mode != wanted.volume_mode:
         return f"its volume mode changes ({live_mode} -> {wanted.volume_mode})"
     return None
@@ -564,7 +565,7 @@ def _judge_relocation(wanted: Wanted, live: LiveCache, where: str, trigger: str)
             )
         )
     if wanted.protect:
-        why_not = copy_unavailable(wanted, _volume_mode(claim))
+        why_not = copy_unavailable(wanted, volume_mode(claim))
         move = "" if why_not else f"`{relocate_key_hint('copy')}` to move it with its contents, "
         return Verdict(
             refusal=(
@@ -805,7 +806,7 @@ def _describes(wanted: Wanted, claim: Mapping | None) -> bool:
     """The settings are exactly what this claim was made for."""
     return (
         get(claim, "spec", "storageClassName") == wanted.storage_class
-        and _volume_mode(claim) == wanted.volume_mode
+        and volume_mode(claim) == wanted.volume_mode
         and quantity_bytes(get(claim, "spec", "resources", "requests", "storage")) == quantity_bytes(wanted.size)
         and get(claim, "metadata", "annotations", PLACEMENT_ANNOTATION) == wanted.placement.text()
     )
@@ -829,7 +830,7 @@ def _class_kept_with(wanted: Wanted, source: LiveCache, where: str) -> Verdict |
 
 
 def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Verdict:
-    if _volume_mode(live.claim) == "Block":
+    if volume_mode(live.claim) == "Block":
         return Verdict(
             refusal=(
                 f"mlcache:cache.relocate = 'copy': the cache {where} is a Block-mode volume, which holds no files to copy "

@@ -20,6 +20,8 @@ from mlcache.cluster.bound_cache import (
     node_zone,
     pinned_node_names,
     ready_condition,
+    relocate_key_hint,
+    volume_mode,
 )
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.objects import (
@@ -332,10 +334,10 @@ def move_remedy(pvc: dict, expect: Expectation, why: str, put_back: str) -> str:
     """The way out for a cache that is not where the stack says: a move by copy, which keeps the
     cached models, where the guard allows one; else what it allows."""
     back = f"set {put_back} back to the claim's"
-    if (_get(pvc, "spec", "volumeMode") or "Filesystem") == "Block":
+    if volume_mode(pvc) == "Block":
         return (
             f"{why}: a Block-mode cache holds no files to copy, so it cannot be moved with its data: {back}, or "
-            "re-create it empty with `pulumi config set --path mlcache:cache.relocate fresh` (and cache.protect false "
+            f"re-create it empty with `{relocate_key_hint('fresh')}` (and cache.protect false "
             "on a protected stack) and `pulumi up` (DATA LOSS)"
         )
     single_node = (
@@ -345,7 +347,7 @@ def move_remedy(pvc: dict, expect: Expectation, why: str, put_back: str) -> str:
         "the switch), then "
     )
     return (
-        f"{why}: {single_node}move the cache with `pulumi config set --path mlcache:cache.relocate copy` and `pulumi "
+        f"{why}: {single_node}move the cache with `{relocate_key_hint('copy')}` and `pulumi "
         f"up` (copied and verified, the old claim kept until then: docs/moving-the-cache.md), or {back}"
     )
 

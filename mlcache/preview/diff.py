@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -436,9 +436,14 @@ def _say_moves(changes: dict[str, Change], after: dict[str, Any]) -> None:
         )
 
 
+def _storage_classes(objects: Iterable[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """A render's StorageClass manifests by name."""
+    return {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in objects if _kind(o) == "StorageClass"}
+
+
 def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> None:
     """Shrinks, and growth the class does not allow: updates the API server refuses mid-up."""
-    classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
+    classes = _storage_classes(after.values())
     for change in changes.values():
         if change.action != "update":
             continue
@@ -474,7 +479,7 @@ def _flag_refused_resizes(changes: dict[str, Change], after: dict[str, Any]) -> 
 def _flag_wiping_growth(changes: dict[str, Change], after: dict[str, Any]) -> None:
     """A claim re-created (cache.relocate fresh) only because it grows, where it could expand in place:
     the program's guard refuses that `up` while the claim is bound, so the preview says so."""
-    classes = {_dig(o["manifest"], "metadata", "name"): o["manifest"] for o in after.values() if _kind(o) == "StorageClass"}
+    classes = _storage_classes(after.values())
     for change in changes.values():
         old, new = change.old, change.new
         if change.action != "replace" or old is None or new is None or _kind(new) != "PersistentVolumeClaim":
@@ -878,7 +883,7 @@ def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
     the guard reads at up; unknown when a secret hides them): None when it made none."""
     objects = (old or {}).get("objects", [])
     jobs = [obj["manifest"] for obj in objects if _kind(obj) == "Job"]
-    classes = {_dig(obj["manifest"], "metadata", "name"): obj["manifest"] for obj in objects if _kind(obj) == "StorageClass"}
+    classes = _storage_classes(objects)
     for obj in objects:
         manifest = obj["manifest"]
         name = _dig(manifest, "metadata", "name")
