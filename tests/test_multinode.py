@@ -525,9 +525,9 @@ def test_an_unpinned_multinode_run_warns_that_its_first_worker_chooses_the_zone(
 
 
 @pytest.mark.parametrize("engine", ["jobs", "jobset"])
-def test_a_secret_run_name_stays_secret_in_every_worker_object(engine):
+def test_a_secret_under_job_stays_secret_in_every_worker_object(engine):
     from mlcache.preview import render  # noqa: PLC0415
     from tests.test_secrets import assert_kept_secret  # noqa: PLC0415
 
-    run, _ = render.render("dev", ["job.nodes=2", f"job.engine={engine}"], ["job.name=sft-hidden-run-77"])
-    assert_kept_secret(run, "sft-hidden-run-77")
+    run, _ = render.render("dev", ["job.nodes=2", f"job.engine={engine}"], ["job.image=example.org/hidden77/sft:1.0"])
+    assert_kept_secret(run, "hidden77")

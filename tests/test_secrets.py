@@ -52,6 +52,10 @@ def assert_kept_secret(run: ProgramRun, secret: str) -> None:
     for registration in run.registrations:
         leaked = [text for text in plain_text(registration.wire) if secret in text]
         assert not leaked, f"{registration.type} {registration.name} holds the secret in the clear: {leaked[:2]}"
+        # What the state holds beside the inputs, never secret: the ID, the import ID, the timeouts.
+        beside = [registration.id, registration.import_id, str(registration.custom_timeouts), registration.urn]
+        assert not [text for text in beside if secret in text], f"{registration.type} {registration.name}: {beside}"
+    assert not [line for line in run.warnings + run.notes if secret in line], "a message quotes the secret"
     for name, value in run.outputs.items():
         assert name in run.secret_outputs or secret not in str(value), f"output {name} shows the secret"
 
@@ -59,15 +63,11 @@ def assert_kept_secret(run: ProgramRun, secret: str) -> None:
 # A distinctive value for each key, so that a plain occurrence can only be a leak.
 SECRET_KEYS = [
     ("job.env.WANDB_API_KEY=wandb-9f8e7d6c", ()),
-    ("job.name=sft-hidden-run-77", ()),
     ("job.image=registry.example.org/private/trainer:7.7.7", ()),
     ("job.args[0]=--hidden-flag-77", ()),
-    ("job.runId=hidden-run-77", ()),
     ("job.gpuProduct=NVIDIA-HIDDEN-77", ()),
-    ("cache.name=hidden-cache-pvc-77", ()),
     ("cache.prefetch[0]=hiddenorg/hidden-model-77", ()),
     ("zone=hiddenzone77", ("zones=[ucsd, hiddenzone77]",)),
-    ("linstor.storageClassName=hidden-class-77", ()),
     ("linstor.storagePool=hiddenpool77", ()),
     ("rookCeph.storageClassName=hidden-ceph-77", ("backend=rook-ceph",)),
     ("benchmark.fioImage=registry.example.org/hidden/fio:3.36", ("benchmark.enabled=true",)),
@@ -83,12 +83,35 @@ def test_a_secret_key_reaches_the_engine_only_as_a_secret(assignment, config):
     assert_kept_secret(run, assignment.partition("=")[2])
 
 
+NAMES = [
+    ("--secret", "namespace=hidden-ns-77"),
+    ("--secret", "cache.name=hidden-cache-pvc-77"),
+    ("--secret", "job.name=sft-hidden-run-77"),
+    ("--secret", "job.runId=hidden-run-77"),
+    ("--secret", "linstor.storageClassName=hidden-class-77"),
+    # Pulumi marks the whole of mlcache:cache secret: the name given beside the secret may be the secret.
+    ("--config", "cache.name=hidden-cache-pvc-77", "--secret", "cache.size=200Gi"),
+]
+
+
+@pytest.mark.parametrize("argv", NAMES, ids=[a[1].partition("=")[0] for a in NAMES])
+def test_a_name_given_under_a_secret_key_is_refused_in_one_line(capsys, argv):
+    """A name is part of its object's ID (namespace/name), which the engine writes to the state in
+    plain text: a name under a secret key is refused before anything is registered."""
+    code, out, err = _render_cli(capsys, *argv)
+    key = argv[1].partition("=")[0]
+    assert code == 2 and out == "" and err.count("\n") == 1 and "hidden" not in err
+    assert err.startswith(f"error: invalid config mlcache:{key} = [secret]: expected a value given as plain text")
+
+
+def test_a_default_name_under_a_secret_key_is_no_secret():
+    run, _ = render.render("dev", [], ["cache.size=177Gi", "job.image=registry.example.org/private/trainer:7.7.7"])
+    ids = {r.kind: r.id for r in run.kubernetes_objects()}
+    assert ids["PersistentVolumeClaim"].endswith("/ms-swift-cache-pvc") and ids["Job"].endswith("/sft-qwen3vl-fire-4gpu")
+
+
 def test_a_secret_the_state_would_hold_in_plain_text_is_refused_in_one_line(capsys):
-    """The namespace is part of every object's ID, and a Job's custom timeout a resource option:
-    the engine writes both to the state in plain text, so neither can be kept secret."""
-    code, out, err = _render_cli(capsys, "--secret", "namespace=hidden-ns-77")
-    assert code == 2 and out == "" and err.count("\n") == 1 and "hidden-ns-77" not in err
-    assert err.startswith("error: invalid config mlcache:namespace = [secret]: expected a value given as plain text")
+    """A Job's custom timeout is a resource option, which the engine writes to the state in plain text."""
     timeout = ("--config", "job.waitForCompletion=true", "--secret", "job.waitTimeout=77m")
     code, out, err = _render_cli(capsys, *timeout)
     assert code == 2 and out == "" and "77m" not in err
@@ -267,7 +290,7 @@ def test_a_wrong_key_is_named_without_its_value_which_may_be_a_token(capsys, ass
 def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch):
     # mlcache diff renders both sides with one random digest key (here set by hand, in-process).
     monkeypatch.setenv(render.DIGEST_KEY_ENV, "k3y")
-    secret = ["cache.name=hidden-cache-pvc-77"]
+    secret = ["cache.size=177Gi"]
     old = render.as_json(render.render("dev", [], secret)[0])
     new = render.as_json(render.render("dev", ["cache.volumeMode=Block"], secret)[0])
     assert plan(old, render.as_json(render.render("dev", [], secret)[0])) == []  # equal secrets, equal digests
@@ -275,7 +298,7 @@ def test_diff_sees_a_change_inside_a_secret_and_flags_the_data_loss(monkeypatch)
     pvc = changes["PersistentVolumeClaim/cache-pvc"]
     assert pvc.action == "replace" and pvc.data_loss
     shown = report("dev", list(changes.values()))
-    assert "hidden-cache-pvc-77" not in shown and "Block" not in manifest_diff(pvc)
+    assert "177Gi" not in shown and "Block" not in manifest_diff(pvc)
 
 
 def test_a_value_that_only_became_secret_is_no_change_in_the_diff(monkeypatch):

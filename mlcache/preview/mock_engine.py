@@ -55,6 +55,8 @@ class Registration:
     retain_on_delete: bool
     import_id: str
     custom_timeouts: dict[str, str]
+    # The engine's ID of the resource: plain text in state, whatever was secret in its inputs.
+    id: str
 
     @property
     def kind(self) -> str:
@@ -121,10 +123,9 @@ class _Provider(mocks.Mocks):
             )
         if metadata:
             state["metadata"] = {**sent, "value": metadata} if secret else metadata
-        # An ID is never secret: one of secret metadata is the resource's name, as before.
-        named = {} if secret else metadata
-        name = named.get("name", args.name)
-        object_id = f"{named['namespace']}/{name}" if "namespace" in named else name
+        # An ID is never secret: the provider's is namespace/name, also of secret metadata.
+        name = metadata.get("name", args.name)
+        object_id = f"{metadata['namespace']}/{name}" if "namespace" in metadata else name
         return args.resource_id or object_id, state
 
     def call(self, args: mocks.MockCallArgs):
@@ -139,7 +140,7 @@ class _CapturingMonitor(mocks.MockMonitor):
     def RegisterResource(self, request):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
-            self.run.registrations.append(_registration(request, response.urn))
+            self.run.registrations.append(_registration(request, response.urn, response.id))
         return response
 
 
@@ -162,7 +163,7 @@ class _InlineExecutor(ThreadPoolExecutor):
         return future
 
 
-def _registration(request, urn: str) -> Registration:
+def _registration(request, urn: str, resource_id: str) -> Registration:
     timeouts = request.customTimeouts
     wire = rpc.deserialize_properties(request.object)
     return Registration(
@@ -184,6 +185,7 @@ def _registration(request, urn: str) -> Registration:
         custom_timeouts={
             k: v for k, v in (("create", timeouts.create), ("update", timeouts.update), ("delete", timeouts.delete)) if v
         },
+        id=resource_id,
     )
 
 

@@ -733,18 +733,37 @@ def _option_for(key: str) -> str:
     return f"--secret {name}=VALUE"
 
 
+# The settings that name the objects mlcache makes or imports. A name is part of its object's ID (namespace/name), which Pulumi's
+# state, import IDs and the engine's messages hold in plain text: no name can be kept secret.
+NAME_KEYS = ("namespace", "cache.name", "job.name", "job.runId", "linstor.storageClassName")
+
+
+def _differs_from_default(settings: Settings, key: str) -> bool:
+    """Whether the setting at a dotted key (`cache.name`) holds other than its declared default."""
+    value: Any = settings
+    for part in key.split("."):
+        attribute, declaration = schema.declarations(type(value))[part]
+        value = getattr(value, attribute)
+    return value != declaration.default
+
+
 def refuse_plain_text_secrets(settings: Settings, secret: frozenset[str]) -> None:
     """A secret setting that the engine could only write in plain text is refused (one line, before
-    anything is registered): the namespace is part of every object's ID in Pulumi's state, and a
-    Job's custom timeout (job.waitTimeout, with job.waitForCompletion) is a resource option."""
-    if "namespace" in secret:
-        raise ConfigError(
-            "namespace",
-            None,
-            "a value given as plain text: the namespace is part of every object's ID (namespace/name), which "
-            "Pulumi's state holds in plain text, so it cannot be kept secret",
-            secret=True,
-        )
+    anything is registered): a name given under a secret key (Pulumi tells the program only which
+    top-level keys are secret, so any name given there may be the secret), and a Job's custom
+    timeout (job.waitTimeout, with job.waitForCompletion), which is a resource option."""
+    for key in NAME_KEYS:
+        top = key.split(".")[0]
+        if top in secret and _differs_from_default(settings, key):
+            section = f"; keep secrets out of mlcache:{top} (secret environment variables go in mlcache:secretEnv)"
+            raise ConfigError(
+                key,
+                None,
+                "a value given as plain text: it names objects, and a name is part of each object's ID "
+                "(namespace/name), which Pulumi's state holds in plain text, so it cannot be kept secret"
+                + ("" if top == key else section),
+                secret=True,
+            )
     if "job" in secret and settings.job.wait_for_completion:
         raise ConfigError(
             "job.waitForCompletion",

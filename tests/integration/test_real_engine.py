@@ -252,6 +252,12 @@ def test_a_secret_env_value_is_hidden_and_the_job_readable_in_the_real_preview_s
     """#22: a secret goes through a Secret and secretKeyRef; the Job's fields stay in the clear."""
     project = engine.project("secret-env")
     project.init("dev")
+    # A name under a secret key would reach the object's ID, plain text in state: refused in one line.
+    project.pulumi("config", "set", "--secret", "--path", "mlcache:cache.name", "hidden-cache-7f3a", stack="dev")
+    refused = project.pulumi("preview", stack="dev", check=False)
+    assert refused.returncode != 0 and "hidden-cache-7f3a" not in refused.stdout + refused.stderr
+    assert "invalid config mlcache:cache.name = [secret]: expected a value given as plain text" in refused.stdout
+    project.pulumi("config", "rm", "--path", "mlcache:cache", stack="dev")
     project.set("dev", "job.name", "secret-env-run")
     value = "wandb-real-engine-7f3a9c"
     project.pulumi("config", "set", "--secret", "--path", "mlcache:secretEnv.WANDB_API_KEY", value, stack="dev")
