@@ -377,11 +377,67 @@ def test_diff_reads_the_rehearsal_of_each_stack_from_the_placement_directory(pro
     (placement / "dev.json").write_text('{"volumes": "not a list"}')  # not what rehearse prints: did not finish
     alone = _diff(project_copy, "--base", "HEAD", "--placement", str(placement))
     assert alone.returncode == 2 and "use it with --markdown" in alone.stderr
-    result = _diff(project_copy, "--base", "HEAD", "--markdown", "--placement", str(placement))
+    # The real preview of prod failed (the API server refused its dry-run); dev's was not run.
+    real = tmp_path / "real"
+    _write_real_preview(real / "prod", 255, REFUSED_PREVIEW, 0, "stack prod: pulumi preview can dry-run every update")
+    argv = ("--base", "HEAD", "--markdown", "--placement", str(placement), "--real-preview", str(real))
+    result = _diff(project_copy, *argv)
     assert result.returncode == 0, result.stderr
     dev, prod = result.stdout.split("### stack dev")[1].split("### stack prod")
     assert "did not finish" in dev and "Placement asked for" in dev
     assert "on ucsd-a100-1 (zone ucsd), with its cache" in prod and "Placement asked for" not in prod
+    assert "| dev | no changes | - | passes | not run |" in result.stdout and "**Real `pulumi preview`:** not run" in dev
+    assert "| **fails** (exit 255) |" in result.stdout and "field can not be less than previous value" in prod
+    # The gate fails with it: `pulumi up` would fail the same way.
+    gated = _diff(project_copy, *argv, "--fail-on-data-loss")
+    assert gated.returncode == 1 and gated.stdout == result.stdout
+
+
+REFUSED_PREVIEW = (
+    "error: resource ml-training/ms-swift-cache-pvc was not successfully updated: PersistentVolumeClaim "
+    '"ms-swift-cache-pvc" is invalid: spec.resources.requests.storage: Forbidden: field can not be less than previous value\n'
+)
+
+
+def _write_real_preview(folder, code, output, access_code, access):
+    folder.mkdir(parents=True)
+    for name, text in (
+        ("preview.rc", f"{code}\n"),
+        ("preview.txt", output),
+        ("access.rc", f"{access_code}\n"),
+        ("access.txt", access),
+    ):
+        (folder / name).write_text(text)
+
+
+def test_the_pr_comment_carries_each_real_preview_and_whether_it_could_dry_run(tmp_path):
+    objects = as_json(rendered("prod"))["objects"]
+    cannot = "stack prod: pulumi preview cannot dry-run on the API server with these credentials: it falls back"
+    _write_real_preview(tmp_path / "passed", 0, "Previewing update (prod):\nResources:\n    9 unchanged\n", 0, "stack prod: can")
+    _write_real_preview(tmp_path / "plain", 0, "Resources:\n    9 unchanged\n", 1, cannot + "\n  create, patch jobs.batch\n")
+    _write_real_preview(tmp_path / "refused", 255, REFUSED_PREVIEW * 40, 0, "stack prod: can")
+    (tmp_path / "cut").mkdir()  # the job stopped before it wrote its exit status
+
+    def comment(folder, limit=diff.COMMENT_LIMIT):
+        real = diff_command.real_preview(tmp_path, folder)
+        return markdown_report("main", [StackPreview("prod", [], [], objects, real=real)], limit)
+
+    assert "| prod | no changes | - | passes | passes, dry-run on the API server |" in comment("passed")
+    assert "**Real `pulumi preview`:** passes.\n  - stack prod: can\n" in comment("passed")
+    plain = comment("plain")
+    assert "| passes, **without server-side dry-run** |" in plain
+    assert f"**Real `pulumi preview`:** passes.\n  - !! {cannot}; create, patch jobs.batch\n" in plain
+    refused = comment("refused")
+    assert "| **fails** (exit 255) |" in refused and "`pulumi up` would fail too" in refused
+    assert "<details><summary>stack prod: manifest diffs, pulumi preview</summary>" in refused
+    # Over the limit its output is trimmed like a diff, and the comment says where the whole of it is.
+    trimmed = comment("refused", limit=len(refused) - 1000)
+    assert "`pulumi preview --diff`: its output (40 lines) is trimmed to fit the comment; the pulumi-preview job's log" in trimmed
+    assert trimmed.split("\n### ")[0] == refused.split("\n### ")[0]
+    assert "| **did not finish** |" in comment("cut") and "| not run |" in comment("absent")
+    assert diff_command.real_preview(None, "prod") is None and "real preview" not in markdown_report(
+        "main", [StackPreview("prod", [], [], objects)]
+    )
 
 
 def test_a_failed_or_unfinished_rehearsal_is_said_never_shown_as_placed():

@@ -44,7 +44,12 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     # One comment, found by the marker markdown_report starts with, and updated in place.
     post = next(s for s in steps if s.get("name") == "Post or update the PR comment")
     diff = next(s for s in steps if "--markdown" in s.get("run", ""))
-    assert "--markdown --placement placement --fail-on-data-loss > comment.md" in diff["run"]
+    assert '--markdown --placement placement "${real[@]}" --fail-on-data-loss > comment.md' in diff["run"]
+    assert "real=(--real-preview real)" in diff["run"]
+    # The one comment carries the real previews: the diff waits for them and reads what they left.
+    assert preview["jobs"]["offline-diff"]["needs"] == "pulumi-preview" and "cancelled()" in preview["jobs"]["offline-diff"]["if"]
+    collect = next(s for s in steps if s.get("uses", "").startswith("actions/download-artifact"))
+    assert collect["with"]["pattern"] == "real-preview-*" and steps.index(collect) < steps.index(diff)
     assert "GITHUB_STEP_SUMMARY" in diff["run"]
     # Stacks with a fleet file are rehearsed first, with the toolchain the toolchain job caches (same key).
     rehearse = next(s for s in steps if "mlcache rehearse" in s.get("run", ""))
@@ -61,11 +66,16 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     assert "steps.diff.outputs.status" in gate["run"] and "allow-data-loss" in gate["if"]
     assert preview["concurrency"]["cancel-in-progress"] is True
     real = preview["jobs"]["pulumi-preview"]["steps"]
-    actions = [s for s in real if s.get("uses", "").startswith("pulumi/actions")]
-    assert actions[0]["with"]["command"] == "preview" and actions[0]["with"]["comment-on-pr"] is True
-    # Before it, whether the credentials let it dry-run on the API server, in the job summary.
+    (install,) = [s for s in real if s.get("uses", "").startswith("pulumi/actions")]
+    assert "with" not in install  # the CLI only: no comment of its own, the preview runs in a step of the job
+    # Before it, whether the credentials let it dry-run on the API server, in the job summary and for the comment.
     access = next(index for index, s in enumerate(real) if "mlcache access --stack" in s.get("run", ""))
-    assert access < real.index(actions[0]) and "GITHUB_STEP_SUMMARY" in real[access]["run"]
+    run = next(index for index, s in enumerate(real) if "pulumi preview --stack" in s.get("run", ""))
+    assert real.index(install) < access < run and "GITHUB_STEP_SUMMARY" in real[access]["run"]
+    assert 'echo "$status" > "real/${{ matrix.stack }}/access.rc"' in real[access]["run"]
+    assert '"real/${{ matrix.stack }}/preview.rc"' in real[run]["run"] and "--diff --non-interactive" in real[run]["run"]
+    upload = next(s for s in real if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["with"]["name"] == "real-preview-${{ matrix.stack }}" and "always()" in upload["if"]
 
 
 def test_prod_deploys_through_its_protected_environment():

@@ -1,6 +1,7 @@
 """Offline preview: what `pulumi up` would do to each stack, from a git revision to the working tree.
 
-    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss] [--markdown] [--project DIR]
+    mlcache diff --base REF [--stack STACK]... [--fail-on-data-loss] [--project DIR]
+                 [--markdown [--placement DIR] [--real-preview DIR]]
 
 Both sides are rendered with this checkout's tools (the base revision's program, stack files
 and components, run under the mock engine). Each changed object gets the action the engine
@@ -15,7 +16,9 @@ flagged as an update the API server will refuse, with the way out.
 
 --markdown prints the pull request's comment instead: a summary table (changes, risk, the policy
 pack's verdict per stack), then each stack's changes, policy findings and the placement its Jobs
-and claims ask for, with warnings and manifest diffs folded, under GitHub's comment limit.
+and claims ask for, with warnings and manifest diffs folded, under GitHub's comment limit; with
+--real-preview, each stack's real `pulumi preview` too (its verdict, whether it could dry-run on
+the API server, its output folded).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from mlcache.cli.contract import ArgumentParser, UsageError, entry_point, projec
 from mlcache.cli.main import prog
 from mlcache.cluster.bound_cache import LiveCache
 from mlcache.preview.diff import (
+    RealPreview,
     StackPreview,
     base_claim,
     chosen_stacks,
@@ -63,6 +67,29 @@ def rehearsed(directory: Path | None, stack: str) -> dict | None:
     return document if valid_placement(document) else {}
 
 
+def real_preview(directory: Path | None, stack: str) -> RealPreview | None:
+    """The stack's real preview as the PR workflow leaves it in DIR/<stack>/: preview.txt and
+    preview.rc (`pulumi preview --diff` and its exit status), access.txt and access.rc (`mlcache
+    access`). None without DIR; not run when DIR has no folder for the stack."""
+    if directory is None:
+        return None
+    folder = directory / stack
+    if not folder.is_dir():
+        return RealPreview(ran=False)
+
+    def read(name: str) -> str:
+        try:
+            return (folder / name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    def status(name: str) -> int | None:
+        text = read(name).strip()
+        return int(text) if text.isdigit() else None
+
+    return RealPreview(True, status("preview.rc"), read("preview.txt"), status("access.rc"), read("access.txt"))
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.diff"), description=__doc__.split("\n\n")[0])
@@ -88,9 +115,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="with --markdown: show DIR/<stack>.json (mlcache rehearse --json) as where each stack is placed",
     )
+    parser.add_argument(
+        "--real-preview",
+        type=Path,
+        metavar="DIR",
+        help="with --markdown: show DIR/<stack>/ (preview.txt, preview.rc, access.txt, access.rc) as each stack's real "
+        "pulumi preview; one that fails counts for --fail-on-data-loss",
+    )
     args = parser.parse_args(argv)
     if args.placement and not args.markdown:
         raise UsageError("--placement shows rehearsals in the PR comment: use it with --markdown")
+    if args.real_preview and not args.markdown:
+        raise UsageError("--real-preview shows the real previews in the PR comment: use it with --markdown")
     project = args.project.resolve()
     # A working tree whose program is byte for byte these tools' renders in this process.
     here = same_program(project)
@@ -143,10 +179,11 @@ def main(argv: list[str] | None = None) -> int:
         findings = policy_findings(objects) if args.markdown or args.fail_on_data_loss else []
         # A mandatory policy violation fails `pulumi up` as surely as the API server's refusal.
         refusing = [f for f in findings if f.level == MANDATORY]
-        gated = gated or any(c.gated for c in changes) or bool(refusing)
+        real = real_preview(args.real_preview, stack)
+        # The API server refused it in a dry-run, or the program failed: `pulumi up` fails the same way.
+        gated = gated or any(c.gated for c in changes) or bool(refusing) or bool(real and real.failed)
         reports.append(report(stack, changes, hidden, warned, refusing if args.fail_on_data_loss else None))
-        previews.append(
-            StackPreview(stack, changes, findings, objects, hidden, rehearsed(args.placement, stack), warnings=warned)
-        )
+        placed = rehearsed(args.placement, stack)
+        previews.append(StackPreview(stack, changes, findings, objects, hidden, placed, warnings=warned, real=real))
     sys.stdout.write(markdown_report(args.base, previews) if args.markdown else "".join(reports))
     return 1 if args.fail_on_data_loss and gated else 0

@@ -612,6 +612,40 @@ COMMENT_LIMIT = 65_536
 COMMENT_MARKER = "<!-- mlcache-preview -->"
 
 
+@dataclass(frozen=True)
+class RealPreview:
+    """What the PR workflow's real `pulumi preview --diff` of one stack did, and whether its
+    credentials let the preview dry-run on the API server (`mlcache access`)."""
+
+    # None: the directory holds no preview of the stack; else its exit status (None inside: it did not finish).
+    ran: bool
+    exit_code: int | None = None
+    output: str = ""
+    # mlcache access: 0 the preview dry-runs on the API server, 1 it cannot, else unknown.
+    access_code: int | None = None
+    access: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.ran and self.exit_code not in (0, None)
+
+    def verdict(self) -> str:
+        """The summary table's cell."""
+        if not self.ran:
+            return "not run"
+        if self.exit_code is None:
+            return "**did not finish**"
+        if self.exit_code != 0:
+            return f"**fails** (exit {self.exit_code})"
+        if self.access_code == 0:
+            return "passes, dry-run on the API server"
+        return "passes, **without server-side dry-run**"
+
+
+# The folded part of a stack's real preview, trimmed like a manifest diff when the comment is too long.
+REAL_PREVIEW_TITLE = "pulumi preview --diff"
+
+
 @dataclass
 class StackPreview:
     """One stack's part of the PR comment: its changes, the policy pack's findings on the new plan,
@@ -628,6 +662,8 @@ class StackPreview:
     rehearsed: dict[str, Any] | None = None
     # The program's warnings the base revision's render did not have (a secret hiding the Job).
     warnings: list[str] = field(default_factory=list)
+    # The PR workflow's real preview of the stack; None when the comment has no real previews.
+    real: RealPreview | None = None
 
 
 def risks(change: Change) -> list[str]:
@@ -735,7 +771,8 @@ def _summary_row(preview: StackPreview) -> str:
     policy = "passes" if not mandatory else f"**{mandatory} mandatory violation{'s' * (mandatory > 1)}**"
     if advisory:
         policy += f", {advisory} advisory"
-    return f"| {preview.stack} | {changes} | {', '.join(flagged) or '-'} | {policy} |"
+    real = f" {preview.real.verdict()} |" if preview.real else ""
+    return f"| {preview.stack} | {changes} | {', '.join(flagged) or '-'} | {policy} |{real}"
 
 
 def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
@@ -772,7 +809,40 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
         heading, lines = "Placement asked for", placement_lines(preview.objects)
     if lines:
         out.write(f"\n**{heading}:**\n" + "".join(f"- {line}\n" for line in lines))
-    return out.getvalue(), [(f"{change.action} {change.label}", manifest_diff(change)) for change in preview.changes]
+    folded = [(f"{change.action} {change.label}", manifest_diff(change)) for change in preview.changes]
+    if preview.real:
+        out.write(f"\n**Real `pulumi preview`:** {_real_preview_line(preview.real)}\n")
+        if preview.real.output:
+            folded.append((REAL_PREVIEW_TITLE, preview.real.output))
+    return out.getvalue(), folded
+
+
+def _real_preview_line(real: RealPreview) -> str:
+    if not real.ran:
+        return "not run for this stack (its credentials are not set in this repository, or the job was skipped)."
+    if real.exit_code is None:
+        verdict = "did not finish (the pulumi-preview job's log says why)."
+    elif real.exit_code:
+        verdict = f"**fails** (exit {real.exit_code}): `pulumi up` would fail too; its output is folded below."
+    else:
+        verdict = "passes."
+    said = _access_statements(real.access) if real.access_code in (0, 1) else []
+    if not said:
+        return f"{verdict} Whether it could dry-run on the API server was not checked."
+    flag = "!! " if real.access_code else ""
+    return verdict + "".join(f"\n  - {flag}{statement}" for statement in said)
+
+
+def _access_statements(text: str) -> list[str]:
+    """mlcache access's answer, one statement per line: each of its lines with the indented ones
+    that follow it (what is missing) joined on."""
+    statements: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(" ") and statements:
+            statements[-1] += ("; " if not statements[-1].endswith(":") else " ") + _cell(line)
+        elif line.strip():
+            statements.append(_cell(line))
+    return statements
 
 
 def new_warnings(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list[str]:
@@ -788,15 +858,19 @@ def _details(stack: str, diffs: list[tuple[str, str | None]], base: str = "", tr
     for title, diff in diffs:
         if diff is None:
             lines = (trimmed or {}).get(title, 0)
-            parts.append(
-                f"\n`{title}`: its diff ({lines} lines) is trimmed to fit the comment; "
-                f"`mlcache diff --base '{shown_base}' --stack {stack}` prints it\n"
+            where = (
+                "the pulumi-preview job's log has it"
+                if title == REAL_PREVIEW_TITLE
+                else f"`mlcache diff --base '{shown_base}' --stack {stack}` prints it"
             )
+            what = "output" if title == REAL_PREVIEW_TITLE else "diff"
+            parts.append(f"\n`{title}`: its {what} ({lines} lines) is trimmed to fit the comment; {where}\n")
         elif diff:
             parts.append(f"\n`{title}`\n\n{_fenced('diff', diff)}")
     if not parts:
         return ""
-    return f"\n<details><summary>stack {stack}: manifest diffs</summary>\n{''.join(parts)}\n</details>\n"
+    what = "manifest diffs" + (", pulumi preview" if any(title == REAL_PREVIEW_TITLE for title, _ in diffs) else "")
+    return f"\n<details><summary>stack {stack}: {what}</summary>\n{''.join(parts)}\n</details>\n"
 
 
 def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMENT_LIMIT) -> str:
@@ -805,9 +879,11 @@ def markdown_report(base: str, previews: list[StackPreview], limit: int = COMMEN
     diffs are trimmed first, each said to be; if the rest still does not fit, whole stack sections
     are cut from the end, with a line saying so (the summary table is never cut)."""
     full = f"`mlcache diff --base '{base}'` prints everything"
+    real = any(p.real for p in previews)
+    columns = "| stack | changes | risk | policy pack |" + (" real preview |" if real else "")
     head = (
         f"{COMMENT_MARKER}\n## mlcache preview against `{_line(base).replace('`', '')}`\n\n"
-        "| stack | changes | risk | policy pack |\n|---|---|---|---|\n" + "".join(_summary_row(p) + "\n" for p in previews)
+        f"{columns}\n{'|---' * columns.count(' |')}|\n" + "".join(_summary_row(p) + "\n" for p in previews)
     )
     sections = [_stack_section(p) for p in previews]
     diffs: list[list[tuple[str, str | None]]] = [list(found) for _, found in sections]
