@@ -346,3 +346,19 @@ def test_the_cache_records_its_placement_and_keeps_it_unless_relocating(stack):
     assert any("cache.relocate is fresh" in w and "DATA LOSS" in w for w in relocating.warnings)
     assert not any("relocate" in w for w in rendered(stack).warnings)
     assert "bound-cache guard stood aside: offline render" in rendered(stack).notes[0]
+
+
+def test_the_mock_engine_skips_the_sdks_stack_traces_and_puts_its_recorder_back(monkeypatch):
+    """The SDK's recorder of source positions (a quarter of a render's CPU) is not called during a
+    render and is back after it; an SDK that renames it fails here (setattr raises), not silently slow."""
+    from pulumi.runtime import resource as runtime_resource  # noqa: PLC0415
+
+    calls = []
+
+    def recorder():
+        calls.append(1)
+        return runtime_resource.source_pb2.StackTrace()
+
+    monkeypatch.setattr(runtime_resource, "_get_stack_trace", recorder)
+    run = run_program({}, [], "dev")
+    assert run.registrations and not calls and runtime_resource._get_stack_trace is recorder
