@@ -173,6 +173,14 @@ def test_the_way_out_of_a_misplaced_cache_is_one_the_guard_allows():
         assert "set job.enabled false and job.nodes 1 (a move copies a single-node cache" in misplaced.remedy
     (missing,) = diagnose(Snapshot(pvc=None), EXPECT)
     assert missing.level == FAIL and "not found" in missing.message
+    # A cache.name too long to name the copy's objects after (settings refuse copy for it): no move by copy.
+    long_name = "c" * 45
+    named = Expectation(**{**EXPECT.__dict__, "pvc": long_name})
+    claim = pvc(storage_class="rook-ceph-block")
+    snapshot = Snapshot(pvc=claim | {"metadata": claim["metadata"] | {"name": long_name}}, nodes=NODES)
+    (misplaced,) = [f for f in diagnose(snapshot, named) if f.check == "storage class"]
+    assert "relocate copy" not in misplaced.remedy and "relocate fresh" in misplaced.remedy
+    assert "copy's objects are named after cache.name" in misplaced.remedy and "DATA LOSS" in misplaced.remedy
 
 
 def test_rook_ceph_reports_network_storage_not_a_failure():

@@ -42,6 +42,8 @@ from mlcache.cluster.objects import (
     wants_gpu,
 )
 from mlcache.program.names import (
+    COPY_CACHE_NAME_MAX,
+    COPY_NEEDS_NAME_ROOM,
     GPU_PRODUCT_LABEL,
     OUT_OF_SERVICE_TAINT,
     PLACEMENT_ANNOTATION,
@@ -51,6 +53,7 @@ from mlcache.program.names import (
     copy_name,
 )
 from mlcache.program.outputs import DurableOutput, StackOutputs
+from mlcache.program.schema import names_fit_after
 from mlcache.program.verification import linstor_resources_command
 
 # How kube-scheduler says a bound volume's node affinity rules a node out (1.34 uses both).
@@ -334,12 +337,14 @@ def move_remedy(pvc: dict, expect: Expectation, why: str, put_back: str) -> str:
     """The way out for a cache that is not where the stack says: a move by copy, which keeps the
     cached models, where the guard allows one; else what it allows."""
     back = f"set {put_back} back to the claim's"
+    fresh = (
+        f"re-create it empty with `{relocate_key_hint('fresh')}` (and cache.protect false on a protected stack) and "
+        "`pulumi up` (DATA LOSS)"
+    )
     if volume_mode(pvc) == "Block":
-        return (
-            f"{why}: a Block-mode cache holds no files to copy, so it cannot be moved with its data: {back}, or "
-            f"re-create it empty with `{relocate_key_hint('fresh')}` (and cache.protect false "
-            "on a protected stack) and `pulumi up` (DATA LOSS)"
-        )
+        return f"{why}: a Block-mode cache holds no files to copy, so it cannot be moved with its data: {back}, or {fresh}"
+    if not names_fit_after(cache_name_of(expect.pvc), COPY_CACHE_NAME_MAX):
+        return f"{why}: it cannot be moved with its data ({COPY_NEEDS_NAME_ROOM}): {back}, or {fresh}"
     single_node = (
         ""
         if expect.run is None
