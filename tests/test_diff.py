@@ -608,6 +608,18 @@ def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss
     assert any(c.data_loss for c in _plan((), ("zone=sdsu", "cache.relocate=fresh", "cache.protect=false"), stack="prod"))
 
 
+def test_a_multi_node_bases_live_cache_is_worker_0s_claim_as_the_guard_reads_it():
+    """Going back to one node with a move: `up` reads the claim named cache.name, worker 0's, and
+    moves it; the diff assumes the same claim live, so it shows the move too (not a silent update)."""
+    base = as_json(rendered("prod", "job.nodes=2"))
+    live = base_claim(base)
+    assert live is not None and live.claim["metadata"]["name"] == "ms-swift-cache-pvc"
+    with assume_live(live):
+        head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy", "job.enabled=false"], [])
+    (claim,) = [c for c in plan(base, as_json(head)) if c.label == "PersistentVolumeClaim/ms-swift-cache-pvc-g1"]
+    assert claim.action == "create" and claim.notes[0].startswith("MOVE: the cache is copied from ms-swift-cache-pvc")
+
+
 @pytest.mark.parametrize("unmade", ["linstor.manageStorageClass=false", "linstor.storageClassName=other-class"])
 def test_a_move_that_would_drop_the_class_its_old_claim_is_on_is_refused_offline_as_at_up(unmade):
     """The guard keeps the class this stack made while it keeps the old claim: the diff's assumed live

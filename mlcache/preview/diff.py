@@ -963,7 +963,7 @@ def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
     for obj in objects:
         manifest = obj["manifest"]
         name = _dig(manifest, "metadata", "name")
-        if _kind(obj) == "PersistentVolumeClaim" and isinstance(name, str) and not _worker(obj):
+        if _kind(obj) == "PersistentVolumeClaim" and isinstance(name, str) and _worker(obj) in (None, "0"):
             hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
             finished = {"conditions": [{"type": "Complete", "status": "True"}]}  # what a preview assumes
             users = None if hidden else tuple({**job, "status": finished} for job in mounting_jobs(jobs, cache_name_of(name)))
