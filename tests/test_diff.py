@@ -429,12 +429,19 @@ def test_the_pr_comment_carries_each_real_preview_and_whether_it_could_dry_run(t
     assert f"**Real `pulumi preview`:** passes.\n  - !! {cannot}; create, patch jobs.batch\n" in plain
     refused = comment("refused")
     assert "| **fails** (exit 255) |" in refused and "`pulumi up` would fail too" in refused
-    assert "<details><summary>stack prod: manifest diffs, pulumi preview</summary>" in refused
+    assert "<details><summary>stack prod: pulumi preview</summary>" in refused  # no manifest diff to fold beside it
     # Over the limit its output is trimmed like a diff, and the comment says where the whole of it is.
     trimmed = comment("refused", limit=len(refused) - 1000)
     assert "`pulumi preview --diff`: its output (40 lines) is trimmed to fit the comment; the pulumi-preview job's log" in trimmed
     assert trimmed.split("\n### ")[0] == refused.split("\n### ")[0]
     assert "| **did not finish** |" in comment("cut") and "| not run |" in comment("absent")
+    # What it would have refused is unknown: the gate counts it as failed; a stack it never ran for, not.
+    assert diff_command.real_preview(tmp_path, "cut").failed and not diff_command.real_preview(tmp_path, "absent").failed
+    # `mlcache access` could not say (a cluster it could not read): neither with nor without dry-run.
+    _write_real_preview(tmp_path / "unchecked", 0, "error: killed", 3, "error: cannot read the cluster")
+    unchecked = comment("unchecked")
+    assert "| passes (dry-run not checked) |" in unchecked and "was not checked" in unchecked
+    assert "```diff\nerror: killed\n```\n" in unchecked  # output without a last newline: the fence still closes
     assert diff_command.real_preview(None, "prod") is None and "real preview" not in markdown_report(
         "main", [StackPreview("prod", [], [], objects)]
     )

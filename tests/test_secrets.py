@@ -66,6 +66,8 @@ SECRET_KEYS = [
     ("job.image=registry.example.org/private/trainer:7.7.7", ()),
     ("job.args[0]=--hidden-flag-77", ()),
     ("job.gpuProduct=NVIDIA-HIDDEN-77", ()),
+    # Unpinned workers: a warning names the GPU product whose free nodes are too few.
+    ("job.gpuProduct=NVIDIA-HIDDEN-78", ("job.nodes=2",)),
     ("cache.prefetch[0]=hiddenorg/hidden-model-77", ()),
     ("zone=hiddenzone77", ("zones=[ucsd, hiddenzone77]",)),
     ("linstor.storagePool=hiddenpool77", ()),
@@ -102,6 +104,18 @@ def test_a_name_given_under_a_secret_key_is_refused_in_one_line(capsys, argv):
     key = argv[1].partition("=")[0]
     assert code == 2 and out == "" and err.count("\n") == 1 and "hidden" not in err
     assert err.startswith(f"error: invalid config mlcache:{key} = [secret]: expected a value given as plain text")
+
+
+def test_a_secret_provider_namespace_is_refused_where_it_names_every_object(capsys):
+    code, out, err = _render_cli(capsys, "--secret", "kubernetes:namespace=hidden-ns-77")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "hidden-ns-77" not in err
+    assert err.startswith("error: invalid config kubernetes:namespace = [secret]: expected a value given as plain text while")
+    # mlcache:namespace names every object's namespace: the provider's is then in no ID.
+    run, _ = render.render("dev", ["namespace=ml-training"], ["kubernetes:namespace=hidden-ns-77"])
+    assert {r.id.partition("/")[0] for r in run.kubernetes_objects() if r.kind != "StorageClass"} == {"ml-training"}
+    # In plain text it is the namespace of every object, as the provider does.
+    plain, _ = render.render("dev", ["kubernetes:namespace=team-a"], [])
+    assert {r.id.partition("/")[0] for r in plain.kubernetes_objects() if r.kind != "StorageClass"} == {"team-a"}
 
 
 def test_a_default_name_under_a_secret_key_is_no_secret():

@@ -74,6 +74,10 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     assert real.index(install) < access < run and "GITHUB_STEP_SUMMARY" in real[access]["run"]
     assert 'echo "$status" > "real/${{ matrix.stack }}/access.rc"' in real[access]["run"]
     assert '"real/${{ matrix.stack }}/preview.rc"' in real[run]["run"] and "--diff --non-interactive" in real[run]["run"]
+    # The preview's folder is made right after the checkout: a step failing before the preview shows as not finished.
+    started = next(index for index, s in enumerate(real) if 'mkdir -p "real/${{ matrix.stack }}"' in s.get("run", ""))
+    checkout = next(index for index, s in enumerate(real) if s.get("uses", "").startswith("actions/checkout"))
+    assert checkout < started < access and "continue-on-error" not in collect
     upload = next(s for s in real if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["with"]["name"] == "real-preview-${{ matrix.stack }}" and "always()" in upload["if"]
 

@@ -617,8 +617,9 @@ class RealPreview:
     """What the PR workflow's real `pulumi preview --diff` of one stack did, and whether its
     credentials let the preview dry-run on the API server (`mlcache access`)."""
 
-    # None: the directory holds no preview of the stack; else its exit status (None inside: it did not finish).
+    # Whether the workflow started a real preview of the stack (its folder exists).
     ran: bool
+    # The preview's exit status; None: it did not finish (a timeout, or a step before it failed).
     exit_code: int | None = None
     output: str = ""
     # mlcache access: 0 the preview dry-runs on the API server, 1 it cannot, else unknown.
@@ -627,7 +628,8 @@ class RealPreview:
 
     @property
     def failed(self) -> bool:
-        return self.ran and self.exit_code not in (0, None)
+        """It failed or did not finish: what it would have refused is unknown, so the gate does not pass it."""
+        return self.ran and self.exit_code != 0
 
     def verdict(self) -> str:
         """The summary table's cell."""
@@ -639,7 +641,9 @@ class RealPreview:
             return f"**fails** (exit {self.exit_code})"
         if self.access_code == 0:
             return "passes, dry-run on the API server"
-        return "passes, **without server-side dry-run**"
+        if self.access_code == 1:
+            return "passes, **without server-side dry-run**"
+        return "passes (dry-run not checked)"
 
 
 # The folded part of a stack's real preview, trimmed like a manifest diff when the comment is too long.
@@ -758,7 +762,8 @@ def _fenced(language: str, text: str) -> str:
     """A code block whose fence no line of `text` can close: one backtick longer than its longest run."""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * max(3, longest + 1)
-    return f"{fence}{language}\n{text}{fence}\n"
+    ending = "" if text.endswith("\n") else "\n"  # a fence closes only on a line of its own
+    return f"{fence}{language}\n{text}{ending}{fence}\n"
 
 
 def _summary_row(preview: StackPreview) -> str:
@@ -812,18 +817,22 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
     folded = [(f"{change.action} {change.label}", manifest_diff(change)) for change in preview.changes]
     if preview.real:
         out.write(f"\n**Real `pulumi preview`:** {_real_preview_line(preview.real)}\n")
-        if preview.real.output:
+        if preview.real.output.strip():
             folded.append((REAL_PREVIEW_TITLE, preview.real.output))
     return out.getvalue(), folded
 
 
 def _real_preview_line(real: RealPreview) -> str:
     if not real.ran:
-        return "not run for this stack (its credentials are not set in this repository, or the job was skipped)."
+        return (
+            "not run: this run has no real preview of the stack (the pulumi-preview job runs the stacks in its matrix "
+            "when the repository's credentials are set)."
+        )
     if real.exit_code is None:
-        verdict = "did not finish (the pulumi-preview job's log says why)."
+        verdict = "**did not finish** (a timeout, or a step before it failed: the pulumi-preview job's log says which)."
     elif real.exit_code:
-        verdict = f"**fails** (exit {real.exit_code}): `pulumi up` would fail too; its output is folded below."
+        output = "; its output is folded below" if real.output.strip() else ""
+        verdict = f"**fails** (exit {real.exit_code}): `pulumi up` would fail too{output}."
     else:
         verdict = "passes."
     said = _access_statements(real.access) if real.access_code in (0, 1) else []
@@ -852,24 +861,30 @@ def new_warnings(old: dict[str, Any] | None, new: dict[str, Any] | None) -> list
 
 
 def _details(stack: str, diffs: list[tuple[str, str | None]], base: str = "", trimmed: dict[str, int] | None = None) -> str:
-    """The folded manifest diffs of one stack; a diff that is None was trimmed (`trimmed`: its lines, by title)."""
-    parts = []
+    """The folded manifest diffs (and real preview) of one stack; one that is None was trimmed
+    (`trimmed`: its lines, by title)."""
+    parts, kinds = [], set()
     shown_base = _line(base).replace("`", "")
     for title, diff in diffs:
+        real = title == REAL_PREVIEW_TITLE
         if diff is None:
             lines = (trimmed or {}).get(title, 0)
             where = (
                 "the pulumi-preview job's log has it"
-                if title == REAL_PREVIEW_TITLE
+                if real
                 else f"`mlcache diff --base '{shown_base}' --stack {stack}` prints it"
             )
-            what = "output" if title == REAL_PREVIEW_TITLE else "diff"
-            parts.append(f"\n`{title}`: its {what} ({lines} lines) is trimmed to fit the comment; {where}\n")
+            parts.append(
+                f"\n`{title}`: its {'output' if real else 'diff'} ({lines} lines) is trimmed to fit the comment; {where}\n"
+            )
         elif diff:
             parts.append(f"\n`{title}`\n\n{_fenced('diff', diff)}")
+        else:
+            continue
+        kinds.add("pulumi preview" if real else "manifest diffs")
     if not parts:
         return ""
-    what = "manifest diffs" + (", pulumi preview" if any(title == REAL_PREVIEW_TITLE for title, _ in diffs) else "")
+    what = ", ".join(kind for kind in ("manifest diffs", "pulumi preview") if kind in kinds)
     return f"\n<details><summary>stack {stack}: {what}</summary>\n{''.join(parts)}\n</details>\n"
 
 

@@ -29,7 +29,7 @@ from pulumi.runtime.stack import Stack, run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from mlcache import CHECKOUT
-from mlcache.program.names import PROJECT
+from mlcache.program.names import PROJECT, PROVIDER_NAMESPACE
 
 # Kinds the provider defaults into the kubeconfig's namespace when metadata.namespace is unset.
 CLUSTER_SCOPED_KINDS = {"StorageClass", "Namespace", "PersistentVolume", "PriorityClass"}
@@ -117,7 +117,8 @@ class _Provider(mocks.Mocks):
         secret = is_secret_envelope(sent)
         metadata = dict(sent["value"] if secret else sent)
         if args.typ.startswith("kubernetes:") and state.get("kind") not in CLUSTER_SCOPED_KINDS:
-            metadata.setdefault("namespace", DEFAULT_NAMESPACE)
+            # The provider's default: its `namespace` setting, else (as with no kubeconfig namespace) default.
+            metadata.setdefault("namespace", pulumi.runtime.get_config(PROVIDER_NAMESPACE) or DEFAULT_NAMESPACE)
         if args.typ.startswith("kubernetes:") and metadata:
             # The API server gives every object a UID at up; a render says so where one is used.
             metadata.setdefault(

@@ -18,6 +18,9 @@ def full_key(key: str) -> str:
     return key if ":" in key else f"{PROJECT}:{key}"
 
 
+# The Kubernetes provider's config key for its default namespace: every object's without one of its own.
+PROVIDER_NAMESPACE = "kubernetes:namespace"
+
 # Node labels (well-known Kubernetes labels and NVIDIA's GPU feature discovery).
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"

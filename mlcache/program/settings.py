@@ -31,6 +31,7 @@ from mlcache.program.names import (
     COPY_NEEDS_ONE_NODE,
     POD_MOUNT_PATHS,
     PROJECT,
+    PROVIDER_NAMESPACE,
     RUNTIME_DEV,
     RUNTIME_PATHS,
     longest_generated_name,
@@ -744,14 +745,23 @@ def _differs_from_default(settings: Settings, key: str) -> bool:
     for part in key.split("."):
         attribute, declaration = schema.declarations(type(value))[part]
         value = getattr(value, attribute)
-    return value != declaration.default
+    return (value or None) != (declaration.default or None)  # an empty value is the unset default
 
 
-def refuse_plain_text_secrets(settings: Settings, secret: frozenset[str]) -> None:
+def refuse_plain_text_secrets(settings: Settings, secret: frozenset[str], provider_namespace_secret: bool = False) -> None:
     """A secret setting that the engine could only write in plain text is refused (one line, before
     anything is registered): a name given under a secret key (Pulumi tells the program only which
-    top-level keys are secret, so any name given there may be the secret), and a Job's custom
-    timeout (job.waitTimeout, with job.waitForCompletion), which is a resource option."""
+    top-level keys are secret, so any name given there may be the secret), the provider's namespace
+    when it is every object's (mlcache:namespace unset), and a Job's custom timeout (job.waitTimeout,
+    with job.waitForCompletion), which is a resource option."""
+    if provider_namespace_secret and settings.namespace is None:
+        raise ConfigError(
+            PROVIDER_NAMESPACE,
+            None,
+            "a value given as plain text while mlcache:namespace is unset: the provider puts every object in it, "
+            "and the namespace is part of each object's ID (namespace/name), which Pulumi's state holds in plain text",
+            secret=True,
+        )
     for key in NAME_KEYS:
         top = key.split(".")[0]
         if top in secret and _differs_from_default(settings, key):
@@ -778,7 +788,7 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
     """The settings; an error about a secret key shows neither its value nor, when it would hold one, the rule."""
     try:
         settings = parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
-        refuse_plain_text_secrets(settings, secret_keys())
+        refuse_plain_text_secrets(settings, secret_keys(), runtime_config.is_config_secret(PROVIDER_NAMESPACE))
         return settings
     except ConfigError as err:
         if err.value == SECURE_PLACEHOLDER:

@@ -30,7 +30,7 @@ from mlcache.program.components.workers import (
     service_account_name,
 )
 from mlcache.program.names import RUN_LABEL, SKIP_AWAIT, replicated_job_name, worker_job_name
-from mlcache.program.settings import JobSettings
+from mlcache.program.settings import JobSettings, hide_secrets
 
 # The provider's await for a custom resource: the JobSet's own Completed condition.
 JOBSET_WAIT_FOR = {"pulumi.com/waitFor": "condition=Completed"}
@@ -141,8 +141,10 @@ class TrainingWorkers(pulumi.ComponentResource):
             self.names = [j.metadata.name for j in self.jobs]
             self.name = self.names[0]
         if cache.is_block:
-            pulumi.log.warn(BLOCK_MODE_WARNING.format(device=cache.device_path), resource=self)
+            pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
         if pod.placement.zone is None:
-            pulumi.log.warn(UNPINNED_WARNING.format(nodes=job.nodes, product=job.gpu_product), resource=self)
+            # Logs are kept in the clear, and job.gpuProduct may be a secret.
+            warning = UNPINNED_WARNING.format(nodes=job.nodes, product=job.gpu_product)
+            pulumi.log.warn(hide_secrets(warning), resource=self)
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"names": self.names, "run_marker": self.run_marker})
