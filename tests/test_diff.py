@@ -399,6 +399,12 @@ REFUSED_PREVIEW = (
 )
 
 
+def test_a_real_preview_directory_that_is_not_one_is_refused(capsys, tmp_path):
+    code = diff_command.main(["--base", "HEAD", "--markdown", "--real-preview", str(tmp_path / "typo")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--real-preview" in err and "not a directory" in err
+
+
 def _write_real_preview(folder, code, output, access_code, access):
     folder.mkdir(parents=True)
     for name, text in (
@@ -440,8 +446,15 @@ def test_the_pr_comment_carries_each_real_preview_and_whether_it_could_dry_run(t
     # `mlcache access` could not say (a cluster it could not read): neither with nor without dry-run.
     _write_real_preview(tmp_path / "unchecked", 0, "error: killed", 3, "error: cannot read the cluster")
     unchecked = comment("unchecked")
-    assert "| passes (dry-run not checked) |" in unchecked and "was not checked" in unchecked
+    assert "| passes (dry-run not checked) |" in unchecked
+    assert "was not checked: `mlcache access` failed: error: cannot read the cluster." in unchecked
     assert "```diff\nerror: killed\n```\n" in unchecked  # output without a last newline: the fence still closes
+    # A long output keeps its end, where pulumi prints what failed.
+    long = "".join(f"  ~ line {n}\n" for n in range(3000)) + "error: the API server refused the dry-run\n"
+    _write_real_preview(tmp_path / "long", 1, long, 0, "stack prod: can")
+    tail = comment("long")
+    assert "... (2601 earlier lines: the pulumi-preview job's log has them)" in tail
+    assert "error: the API server refused the dry-run" in tail and "~ line 2601\n" in tail and "~ line 2600\n" not in tail
     assert diff_command.real_preview(None, "prod") is None and "real preview" not in markdown_report(
         "main", [StackPreview("prod", [], [], objects)]
     )

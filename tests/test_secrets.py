@@ -182,6 +182,16 @@ def test_a_secret_under_job_hides_the_job_and_says_where_secrets_belong():
     assert any("mlcache:secretEnv" in w and "hidden in previews" in w for w in run.warnings)
 
 
+@pytest.mark.parametrize("assignment", ["cache.size=177Gi", "zone=ucsd"])
+def test_any_secret_key_that_hides_whole_objects_says_which(assignment):
+    run, _ = render.render("dev", [], [assignment])
+    key = assignment.split(".")[0].split("=")[0]
+    (warning,) = [w for w in run.warnings if w.startswith(f"mlcache:{key} holds a secret value")]
+    hidden = {r.kind for r in run.kubernetes_objects() if is_secret_envelope(r.wire.get("spec"))}
+    assert hidden >= {"PersistentVolumeClaim", "Job"} and all(kind in warning for kind in hidden)
+    assert "177Gi" not in warning and "mlcache:secretEnv" in warning
+
+
 @pytest.mark.parametrize(
     ("assignment", "secret", "key", "allowed"),
     [

@@ -127,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--placement shows rehearsals in the PR comment: use it with --markdown")
     if args.real_preview and not args.markdown:
         raise UsageError("--real-preview shows the real previews in the PR comment: use it with --markdown")
+    if args.real_preview and not args.real_preview.is_dir():
+        raise UsageError(f"--real-preview {args.real_preview}: not a directory (the real previews' DIR/<stack>/ folders)")
     project = args.project.resolve()
     # A working tree whose program is byte for byte these tools' renders in this process.
     here = same_program(project)

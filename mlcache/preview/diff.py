@@ -818,8 +818,20 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
     if preview.real:
         out.write(f"\n**Real `pulumi preview`:** {_real_preview_line(preview.real)}\n")
         if preview.real.output.strip():
-            folded.append((REAL_PREVIEW_TITLE, preview.real.output))
+            folded.append((REAL_PREVIEW_TITLE, _tail(preview.real.output)))
     return out.getvalue(), folded
+
+
+# The last lines of a real preview's output the comment keeps: its diagnostics and summary come last.
+REAL_PREVIEW_LINES = 400
+
+
+def _tail(output: str) -> str:
+    lines = output.splitlines(keepends=True)
+    if len(lines) <= REAL_PREVIEW_LINES:
+        return output
+    cut = len(lines) - REAL_PREVIEW_LINES
+    return f"... ({cut} earlier lines: the pulumi-preview job's log has them)\n" + "".join(lines[cut:])
 
 
 def _real_preview_line(real: RealPreview) -> str:
@@ -835,9 +847,10 @@ def _real_preview_line(real: RealPreview) -> str:
         verdict = f"**fails** (exit {real.exit_code}): `pulumi up` would fail too{output}."
     else:
         verdict = "passes."
-    said = _access_statements(real.access) if real.access_code in (0, 1) else []
-    if not said:
-        return f"{verdict} Whether it could dry-run on the API server was not checked."
+    said = _access_statements(real.access)
+    if real.access_code not in (0, 1):
+        why = f": `mlcache access` failed: {said[-1]}" if said else ""  # its error line is its last
+        return f"{verdict} Whether it could dry-run on the API server was not checked{why}."
     flag = "!! " if real.access_code else ""
     return verdict + "".join(f"\n  - {flag}{statement}" for statement in said)
 

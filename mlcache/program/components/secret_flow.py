@@ -60,6 +60,13 @@ class SecretFlow:
                 "environment variables in mlcache:secretEnv (pulumi config set --secret --path mlcache:secretEnv.NAME "
                 "VALUE) and the Job stays readable"
             )
+        for key in sorted(secret_keys - {"job"}):
+            if kinds := [kind for kind, keys in OBJECT_INPUTS.items() if key in keys]:
+                pulumi.log.warn(
+                    f"mlcache:{key} holds a secret value, so every object it flows into is hidden whole in previews "
+                    f"(of the kinds {', '.join(kinds)}); keep secrets out of it (secret environment variables go "
+                    "in mlcache:secretEnv) and those objects stay readable"
+                )
         flows = [*OBJECT_INPUTS.values(), *(keys for fields in ANNOTATION_INPUTS.values() for keys in fields.values())]
         if any(self.secret_keys & keys for keys in flows):
             pulumi.runtime.register_stack_transformation(self._mark_object)
