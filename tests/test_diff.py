@@ -508,6 +508,30 @@ def _diff(copy, *args):
     return subprocess.CompletedProcess(["mlcache", "diff", *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 
+def test_a_stack_whose_secure_value_its_checks_refuse_is_left_to_the_real_preview(project_copy, tmp_path):
+    """A `secure:` job.image renders offline only as a placeholder, which its check refuses: the diff
+    says the stack is not previewed offline (not a failed preview of every stack), and the gate passes
+    it only on a real preview that passed."""
+    stack_file = project_copy / "Pulumi.prod.yaml"
+    text = stack_file.read_text()
+    image = next(line for line in text.splitlines() if line.startswith("    image: "))
+    stack_file.write_text(text.replace(image, "    image:\n      secure: v1:AAAAAAAAAAAAAAAA"))
+    alone = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
+    assert alone.returncode == 1, alone.stderr
+    assert "stack dev: no changes\n" in alone.stdout
+    assert "stack prod: not previewed offline: mlcache:job.image is a `secure:` value, which the offline tools cannot read;" in (
+        alone.stdout
+    )
+    assert "--secret" not in alone.stdout  # diff takes no values: no hint it cannot follow
+    real = tmp_path / "real"
+    _write_real_preview(real / "prod", 0, "Resources:\n    9 unchanged\n", 0, "stack prod: can")
+    passed = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss", "--markdown", "--real-preview", str(real))
+    assert passed.returncode == 0, passed.stderr
+    assert "| prod | **not previewed offline** (a `secure:` value)" in passed.stdout and "| not judged offline |" in passed.stdout
+    (real / "prod" / "preview.rc").write_text("1\n")
+    assert _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss", "--markdown", "--real-preview", str(real)).returncode == 1
+
+
 def test_command_line_against_a_git_revision(project_copy):
     # The command itself, once, as a process in the working tree (its project by default).
     unchanged = subprocess.run(

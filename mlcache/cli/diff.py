@@ -47,11 +47,13 @@ from mlcache.preview.diff import (
     render_json,
     report,
     secret_changes,
+    unrendered_report,
     valid_placement,
 )
 from mlcache.preview.mock_engine import same_program
 from mlcache.preview.policy_check import MANDATORY, policy_findings
 from mlcache.preview.stack_config import secure_values
+from mlcache.program.schema import UNREADABLE_SECRET
 
 
 def rehearsed(directory: Path | None, stack: str) -> dict | None:
@@ -172,20 +174,31 @@ def main(argv: list[str] | None = None) -> int:
     reports, previews = [], []
     for index, stack in enumerate(stacks):
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
+        real, placed, hidden = real_preview(args.real_preview, stack), rehearsed(args.placement, stack), hidden_by_stack[stack]
+        errors = [error for error in (old_error, new_error) if error]
+        if errors and all(UNREADABLE_SECRET in error for error in errors):
+            # A `secure:` value its checks refuse as a placeholder, the same on each side it fails:
+            # only the real preview (which decrypts it) can judge the stack.
+            error = errors[-1]  # the working tree's, where both fail
+            why = error[: error.index(UNREADABLE_SECRET) + len(UNREADABLE_SECRET)]  # not the hint: diff takes no values
+            preview = StackPreview(stack, [], [], [], hidden, placed, real=real, unrendered=why)
+            gated = gated or preview.gated
+            reports.append(unrendered_report(stack, why))
+            previews.append(preview)
+            continue
         if old_error or new_error:
             side = f"the base revision {args.base}" if old_error else "the working tree"
             raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new, digest_key)
-        hidden, warned = hidden_by_stack[stack], new_warnings(old, new)
+        warned = new_warnings(old, new)
         objects = (new or {}).get("objects", [])
         findings = policy_findings(objects) if args.markdown or args.fail_on_data_loss else []
         # A mandatory policy violation fails `pulumi up` as surely as the API server's refusal.
         refusing = [f for f in findings if f.level == MANDATORY]
-        real = real_preview(args.real_preview, stack)
+        preview = StackPreview(stack, changes, findings, objects, hidden, placed, warnings=warned, real=real)
         # The API server refused it in a dry-run, or the program failed: `pulumi up` fails the same way.
-        gated = gated or any(c.gated for c in changes) or bool(refusing) or bool(real and real.failed)
+        gated = gated or any(c.gated for c in changes) or bool(refusing) or preview.gated
         reports.append(report(stack, changes, hidden, warned, refusing if args.fail_on_data_loss else None))
-        placed = rehearsed(args.placement, stack)
-        previews.append(StackPreview(stack, changes, findings, objects, hidden, placed, warnings=warned, real=real))
+        previews.append(preview)
     sys.stdout.write(markdown_report(args.base, previews) if args.markdown else "".join(reports))
     return 1 if args.fail_on_data_loss and gated else 0

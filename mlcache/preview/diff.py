@@ -668,6 +668,17 @@ class StackPreview:
     warnings: list[str] = field(default_factory=list)
     # The PR workflow's real preview of the stack; None when the comment has no real previews.
     real: RealPreview | None = None
+    # Why the stack could not be rendered offline (a `secure:` value its checks refuse as a
+    # placeholder): only its real preview can judge it. None: rendered.
+    unrendered: str | None = None
+
+    @property
+    def gated(self) -> bool:
+        """What fails --fail-on-data-loss besides the changes: a real preview that failed or did not
+        finish; a stack not rendered offline, unless its real preview passed."""
+        if self.real is not None and self.real.failed:
+            return True
+        return self.unrendered is not None and not (self.real is not None and self.real.ran and self.real.exit_code == 0)
 
 
 def risks(change: Change) -> list[str]:
@@ -766,14 +777,23 @@ def _fenced(language: str, text: str) -> str:
     return f"{fence}{language}\n{text}{ending}{fence}\n"
 
 
+def unrendered_report(stack: str, why: str) -> str:
+    """The text preview of a stack that could not be rendered offline."""
+    return f"stack {stack}: not previewed offline: {why}; the real `pulumi preview` (which decrypts it) judges this stack\n"
+
+
 def _summary_row(preview: StackPreview) -> str:
     changes = action_counts(preview.changes) or "no changes"
+    if preview.unrendered:
+        changes = "**not previewed offline** (a `secure:` value)"
     if preview.secrets:
         changes += f"; **{len(preview.secrets)} secret value{'s' * (len(preview.secrets) > 1)} changed, not diffed**"
     flagged = sorted({r for c in preview.changes for r in risks(c)})
     mandatory = sum(f.level == MANDATORY for f in preview.findings)
     advisory = sum(f.level == ADVISORY for f in preview.findings)
     policy = "passes" if not mandatory else f"**{mandatory} mandatory violation{'s' * (mandatory > 1)}**"
+    if preview.unrendered:
+        policy = "not judged offline"
     if advisory:
         policy += f", {advisory} advisory"
     real = f" {preview.real.verdict()} |" if preview.real else ""
@@ -784,7 +804,12 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
     """(what always shows, each change's title and manifest diff, to fold)."""
     out = io.StringIO()
     out.write(f"\n### stack {preview.stack}\n\n")
-    if preview.changes:
+    if preview.unrendered:
+        out.write(
+            f"!! Not previewed offline: {_line(preview.unrendered)}. Only the real `pulumi preview`, which decrypts "
+            "it, can judge this stack: the gate passes it only when that preview ran and passed.\n"
+        )
+    elif preview.changes:
         out.write("| resource | operation | why | risk |\n|---|---|---|---|\n")
         for change in preview.changes:
             why = "; ".join(change.reasons) or "-"
@@ -799,7 +824,9 @@ def _stack_section(preview: StackPreview) -> tuple[str, list[tuple[str, str]]]:
         out.write(f"\n- !! {_line(secrets_line([f'`{key}`' for key in preview.secrets]))}\n")
     for warning in preview.warnings:
         out.write(f"\n- !! the program warns: {_line(warning)}\n")
-    if preview.findings:
+    if preview.unrendered:
+        out.write("\n**Policy pack:** not judged offline (the deploy runs it).\n")
+    elif preview.findings:
         out.write("\n**Policy pack:**\n")
         for finding in preview.findings:
             on = f" (`{finding.resource}`)" if finding.resource else ""

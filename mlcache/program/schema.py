@@ -144,6 +144,10 @@ def parse_quantity(text: str) -> Decimal:
         raise ValueError(text) from err
 
 
+# What an error line says of a `secure:` value a check refused offline (mlcache diff tells it by this).
+UNREADABLE_SECRET = "is a `secure:` value, which the offline tools cannot read"
+
+
 class ConfigError(pulumi.RunError):
     """A config value that is not allowed. RunError: the CLI prints it without a traceback."""
 
@@ -170,9 +174,7 @@ class ConfigError(pulumi.RunError):
         """A `secure:` value the offline tools hold as a placeholder, which is what failed: the
         line names the key and the option that gives its value, not the placeholder's rule."""
         error = cls(key, None, "its value")
-        error.args = (
-            f"{error.key} is a `secure:` value, which the offline tools cannot read: give its value with {option} to render",
-        )
+        error.args = (f"{error.key} {UNREADABLE_SECRET}: give its value with {option} to render",)
         error.about_key = True
         return error
 
