@@ -139,6 +139,11 @@ def _name(props: dict[str, Any]) -> str | None:
     return _get(props, "metadata", "name")
 
 
+def _named(props: dict[str, Any]) -> str:
+    """An object's name for a message: a preview offline sees no name in metadata a secret hides."""
+    return _name(props) or "(its metadata is secret)"
+
+
 def _annotations(props: dict[str, Any]) -> dict[str, str]:
     return _get(props, "metadata", "annotations") or {}
 
@@ -169,7 +174,7 @@ def validate_linstor_cache_binding(args: StackValidationArgs, report_violation: 
             problems.append(f"allowRemoteVolumeAccess is {remote!r}, not 'false'")
         if problems:
             report_violation(
-                f"cache PVC {_name(pvc.props)} uses LINSTOR class {_name(props)} that does not bind zone-locally: "
+                f"cache PVC {_named(pvc.props)} uses LINSTOR class {_named(props)} that does not bind zone-locally: "
                 + "; ".join(problems)
                 + ". The volume would not follow the training pod, so shard reads cross nodes or zones.",
                 pvc.urn,
@@ -193,7 +198,7 @@ def _check_zone_matches_storage(resource: Any, spec: Mapping[str, Any], zone_of_
         if zones != {storage_zone}:
             shown = ", ".join(sorted(zones)) or "no zone"
             report_violation(
-                f"{_name(resource.props)} mounts cache {claim}, whose storage settings pin zone {storage_zone}, "
+                f"{_named(resource.props)} mounts cache {claim}, whose storage settings pin zone {storage_zone}, "
                 f"but the pod is pinned to {shown}: it would wait forever or strand the volume in another zone.",
                 resource.urn,
             )
@@ -226,7 +231,7 @@ def validate_cache_not_stranded(args: StackValidationArgs, report_violation: Rep
                     moved.append(f"GPU product {', '.join(sorted(products)) or 'any'} instead of {record['gpuProduct']}")
                 if moved:
                     report_violation(
-                        f"STRANDS THE CACHE: {_name(resource.props)} mounts cache {claim}, created for "
+                        f"STRANDS THE CACHE: {_named(resource.props)} mounts cache {claim}, created for "
                         f"{annotations_text(record)}, but its pods are placed by {'; '.join(moved)}: the volume stays "
                         "pinned where it was bound and the pod would never be placed. Put the placement back, or set "
                         "cache.relocate copy in the same change to move the cache there with its contents.",
@@ -284,7 +289,7 @@ def validate_protected_cache_replicas(args: StackValidationArgs, report_violatio
         replicas = (storage_class.props.get("parameters") or {}).get(LINSTOR_PARAMETER + "placementCount", "1")
         if replicas == "1":
             report_violation(
-                f"protected cache {_name(pvc.props)} has a single LINSTOR replica: losing its node loses the cache "
+                f"protected cache {_named(pvc.props)} has a single LINSTOR replica: losing its node loses the cache "
                 "(the runbook's speed-over-HA trade-off; the next run re-downloads). Set cache.durableCopy true "
                 "(a replicated copy to restore from), or linstor.replicas to 2 with a drbd layer, if a re-download "
                 "is too costly.",

@@ -51,3 +51,11 @@ def test_the_offline_pack_judges_as_the_engines_analyzer(tmp_path):
 def test_the_resource_type_is_read_from_the_urn():
     urn = "urn:pulumi:dev::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::cache-pvc"
     assert resource_type(urn) == "kubernetes:core/v1:PersistentVolumeClaim"
+
+
+def test_a_finding_on_an_object_whose_metadata_a_secret_hides_says_so_not_none():
+    from mlcache.preview.render import render  # noqa: PLC0415
+
+    run, _ = render("prod", [], ["job.image=example.org/hidden/trainer:1.0"])
+    (finding,) = [f for f in policy_findings(as_json(run)["objects"]) if f.policy == "protected-cache-single-replica"]
+    assert "protected cache (its metadata is secret) has" in finding.message and "None" not in finding.message
