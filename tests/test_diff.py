@@ -519,9 +519,8 @@ def test_a_stack_whose_secure_value_its_checks_refuse_is_left_to_the_real_previe
     alone = _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss")
     assert alone.returncode == 1, alone.stderr
     assert "stack dev: no changes\n" in alone.stdout
-    assert "stack prod: not previewed offline: mlcache:job.image is a `secure:` value, which the offline tools cannot read;" in (
-        alone.stdout
-    )
+    said = "stack prod: not previewed offline: the working tree: mlcache:job.image is a `secure:` value, which the offline"
+    assert said in alone.stdout
     assert "--secret" not in alone.stdout  # diff takes no values: no hint it cannot follow
     real = tmp_path / "real"
     _write_real_preview(real / "prod", 0, "Resources:\n    9 unchanged\n", 0, "stack prod: can")
@@ -530,6 +529,11 @@ def test_a_stack_whose_secure_value_its_checks_refuse_is_left_to_the_real_previe
     assert "| prod | **not previewed offline** (a `secure:` value)" in passed.stdout and "| not judged offline |" in passed.stdout
     (real / "prod" / "preview.rc").write_text("1\n")
     assert _diff(project_copy, "--base", "HEAD", "--fail-on-data-loss", "--markdown", "--real-preview", str(real)).returncode == 1
+    # Another failure whose line quotes the phrase in a value is a failed preview (exit 2), not this.
+    quoted = text.replace(image, '    image: "bad is a `secure:` value, which the offline tools cannot read: x"')
+    stack_file.write_text(quoted)
+    failed = _diff(project_copy, "--base", "HEAD", "--stack", "prod")
+    assert failed.returncode == 2 and "cannot render the working tree: invalid config mlcache:job.image" in failed.stderr
 
 
 def test_command_line_against_a_git_revision(project_copy):

@@ -531,3 +531,5 @@ def test_a_secret_under_job_stays_secret_in_every_worker_object(engine):
 
     run, _ = render.render("dev", ["job.nodes=2", f"job.engine={engine}"], ["job.image=example.org/hidden77/sft:1.0"])
     assert_kept_secret(run, "hidden77")
+    # Only a secret value is hidden in the warnings: the counts under the secret key stay readable.
+    assert any("fewer than 2 free NVIDIA-A100-SXM4-80GB nodes" in w for w in run.warnings)

@@ -77,7 +77,10 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     # The preview's folder is made right after the checkout: a step failing before the preview shows as not finished.
     started = next(index for index, s in enumerate(real) if 'mkdir -p "real/${{ matrix.stack }}"' in s.get("run", ""))
     checkout = next(index for index, s in enumerate(real) if s.get("uses", "").startswith("actions/checkout"))
-    assert checkout < started < access and "continue-on-error" not in collect
+    python = next(index for index, s in enumerate(real) if s.get("uses", "").startswith("actions/setup-python"))
+    assert checkout + 1 == started < python < access and "continue-on-error" not in collect
+    # A file in it: the upload skips empty folders, and an empty artifact would read as "not run".
+    assert 'echo started > "real/${{ matrix.stack }}/started"' in real[started]["run"]
     upload = next(s for s in real if s.get("uses", "").startswith("actions/upload-artifact"))
     assert upload["with"]["name"] == "real-preview-${{ matrix.stack }}" and "always()" in upload["if"]
 

@@ -53,7 +53,7 @@ from mlcache.preview.diff import (
 from mlcache.preview.mock_engine import same_program
 from mlcache.preview.policy_check import MANDATORY, policy_findings
 from mlcache.preview.stack_config import secure_values
-from mlcache.program.schema import UNREADABLE_SECRET
+from mlcache.program.schema import unreadable_secret_of
 
 
 def rehearsed(directory: Path | None, stack: str) -> dict | None:
@@ -175,20 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     for index, stack in enumerate(stacks):
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
         real, placed, hidden = real_preview(args.real_preview, stack), rehearsed(args.placement, stack), hidden_by_stack[stack]
-        errors = [error for error in (old_error, new_error) if error]
-        if errors and all(UNREADABLE_SECRET in error for error in errors):
-            # A `secure:` value its checks refuse as a placeholder, the same on each side it fails:
-            # only the real preview (which decrypts it) can judge the stack.
-            error = errors[-1]  # the working tree's, where both fail
-            why = error[: error.index(UNREADABLE_SECRET) + len(UNREADABLE_SECRET)]  # not the hint: diff takes no values
-            preview = StackPreview(stack, [], [], [], hidden, placed, real=real, unrendered=why)
+        sides = [(f"the base revision {args.base}", old_error), ("the working tree", new_error)]
+        failed = [(side, error) for side, error in sides if error]
+        for side, error in failed:
+            if not unreadable_secret_of(error):  # a failure of its own: the preview fails, naming it
+                raise UsageError(f"stack {stack}: cannot render {side}: {error}")
+        if failed:
+            # A `secure:` value its checks refuse as a placeholder: only the real preview (which
+            # decrypts it) can judge the stack. The line names the side, not the --secret hint.
+            why = "; ".join(f"{side}: {unreadable_secret_of(error)}" for side, error in failed)
+            preview = StackPreview(stack, [], [], [], [], placed, real=real, unrendered=why)
             gated = gated or preview.gated
             reports.append(unrendered_report(stack, why))
             previews.append(preview)
             continue
-        if old_error or new_error:
-            side = f"the base revision {args.base}" if old_error else "the working tree"
-            raise UsageError(f"stack {stack}: cannot render {side}: {old_error or new_error}")
         changes = plan(old, new, digest_key)
         warned = new_warnings(old, new)
         objects = (new or {}).get("objects", [])

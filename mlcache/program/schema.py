@@ -148,6 +148,13 @@ def parse_quantity(text: str) -> Decimal:
 UNREADABLE_SECRET = "is a `secure:` value, which the offline tools cannot read"
 
 
+def unreadable_secret_of(line: str) -> str | None:
+    """`KEY is a secure: value, which the offline tools cannot read` when an error line says so of
+    a key (at its start: a value quoted later in another error cannot pass for it), else None."""
+    found = re.match(rf"(?:error: )?(\S+) {re.escape(UNREADABLE_SECRET)}:", line)
+    return f"{found.group(1)} {UNREADABLE_SECRET}" if found else None
+
+
 class ConfigError(pulumi.RunError):
     """A config value that is not allowed. RunError: the CLI prints it without a traceback."""
 
@@ -174,7 +181,7 @@ class ConfigError(pulumi.RunError):
         """A `secure:` value the offline tools hold as a placeholder, which is what failed: the
         line names the key and the option that gives its value, not the placeholder's rule."""
         error = cls(key, None, "its value")
-        elsewhere = " (commands without --secret take it as --config)" if option.startswith("--secret") else ""
+        elsewhere = " (mlcache access and verify take it as --config)" if option.startswith("--secret") else ""
         error.args = (f"{error.key} {UNREADABLE_SECRET}: give its value with {option} to render{elsewhere}",)
         error.about_key = True
         return error

@@ -714,6 +714,12 @@ def _secret_leaves() -> list[str]:
     return leaves
 
 
+def shown_value(value: str) -> str:
+    """A setting's value for a log line: [secret] when it is one of the values given as secrets
+    (whole values only: a count such as 2 under a secret key does not garble other text)."""
+    return "[secret]" if value in _secret_leaves() else value
+
+
 def hide_secrets(text: str) -> str:
     """A message with every value given as a secret replaced by [secret] (for lines that quote
     settings, such as the guard's placement record)."""
