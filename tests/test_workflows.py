@@ -62,6 +62,10 @@ def test_preview_runs_the_offline_diff_and_the_real_preview():
     assert toolchain[True]["push"]["branches"] == ["main"] and "fleets" in built["if"]
     assert f'startswith("{COMMENT_MARKER}")' in post["run"] and "-X PATCH" in post["run"] and "body=@comment.md" in post["run"]
     assert '.user.login == "github-actions[bot]"' in post["run"] and "pipefail" in post["run"]
+    # A revision that cannot be rendered: the comment carries the error line, and no label lets it through.
+    assert "2> diff-error.txt" in diff["run"] and "tail -n 1 diff-error.txt" in diff["run"]
+    unrendered = next(s for s in steps if s.get("name", "").startswith("Fail when a revision cannot be rendered"))
+    assert "if" not in unrendered and '[ "$status" -lt 2 ]' in unrendered["run"]
     gate = next(s for s in steps if s.get("name", "").startswith("Gate"))
     assert "steps.diff.outputs.status" in gate["run"] and "allow-data-loss" in gate["if"]
     assert preview["concurrency"]["cancel-in-progress"] is True
