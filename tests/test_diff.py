@@ -589,6 +589,8 @@ def test_a_secret_added_under_job_replaces_only_the_job_and_the_diff_says_what_i
     result = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
     assert result.returncode == 0, result.stdout
     assert result.stdout.startswith("stack dev: 1 to replace\n") and "DATA LOSS" not in result.stdout
+    # Which of the Job's fields changed is hidden: the reason says so instead of listing them as changed.
+    assert "(changes spec (a secret hides which of its fields: it holds spec.completions, " in result.stdout
     assert "!! the program warns: mlcache:job holds a secret value, so the whole training Job" in result.stdout
     comment = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--markdown").stdout
     assert "- !! the program warns: mlcache:job holds a secret value" in comment

@@ -194,7 +194,16 @@ def plan(old: dict[str, Any] | None, new: dict[str, Any] | None, digest_key: str
         # A changed secret hides which of its fields changed: one that holds a force-new field may replace.
         replacing = sorted({f for p in paths for f in force_new if _under(p, f) or _under(f, p)})
         change = Change("replace" if replacing else "update", urn, _label(obj), old=previous, new=obj)
-        if replacing:
+        # A changed path above a force-new field was compared whole: a secret hides its fields.
+        hidden = [p for p in paths if any(_under(f, p) and f != p for f in force_new)]
+        if hidden:
+            held = sorted({f for p in hidden for f in force_new if _under(f, p) and f != p})
+            shown = sorted(set(replacing) - set(held))
+            change.reasons.append(
+                "changes " + ", ".join([*shown, *hidden]) + f" (a secret hides which of its fields: it holds "
+                f"{', '.join(held)}, which replace)"
+            )
+        elif replacing:
             change.reasons.append("changes " + ", ".join(replacing))
         elif paths:
             change.reasons.append("changes " + ", ".join(paths))
