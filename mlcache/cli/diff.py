@@ -176,14 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         (old, old_error), (new, new_error) = rendered[2 * index], rendered[2 * index + 1]
         real, placed, hidden = real_preview(args.real_preview, stack), rehearsed(args.placement, stack), hidden_by_stack[stack]
         sides = [(f"the base revision {args.base}", old_error), ("the working tree", new_error)]
-        failed = [(side, error) for side, error in sides if error]
-        for side, error in failed:
-            if not unreadable_secret_of(error):  # a failure of its own: the preview fails, naming it
+        failed = [(side, error, unreadable_secret_of(error)) for side, error in sides if error]
+        for side, error, unreadable in failed:
+            if not unreadable:  # a failure of its own: the preview fails, naming it
                 raise UsageError(f"stack {stack}: cannot render {side}: {error}")
         if failed:
             # A `secure:` value its checks refuse as a placeholder: only the real preview (which
             # decrypts it) can judge the stack. The line names the side, not the --secret hint.
-            why = "; ".join(f"{side}: {unreadable_secret_of(error)}" for side, error in failed)
+            why = "; ".join(f"{side}: {unreadable}" for side, _, unreadable in failed)
             preview = StackPreview(stack, [], [], [], [], placed, real=real, unrendered=why)
             gated = gated or preview.gated
             reports.append(unrendered_report(stack, why))

@@ -636,9 +636,13 @@ class RealPreview:
     access: str = ""
 
     @property
+    def passed(self) -> bool:
+        return self.ran and self.exit_code == 0
+
+    @property
     def failed(self) -> bool:
         """It failed or did not finish: what it would have refused is unknown, so the gate does not pass it."""
-        return self.ran and self.exit_code != 0
+        return self.ran and not self.passed
 
     def verdict(self) -> str:
         """The summary table's cell."""
@@ -687,7 +691,7 @@ class StackPreview:
         finish; a stack not rendered offline, unless its real preview passed."""
         if self.real is not None and self.real.failed:
             return True
-        return self.unrendered is not None and not (self.real is not None and self.real.ran and self.real.exit_code == 0)
+        return self.unrendered is not None and not (self.real is not None and self.real.passed)
 
 
 def risks(change: Change) -> list[str]:
