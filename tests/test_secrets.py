@@ -4,9 +4,11 @@ no error line repeats one."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
+import pulumi
 import pytest
 import yaml
 
@@ -363,6 +365,25 @@ def test_the_guard_never_quotes_a_secret_gpu_product():
     assert any(product in note for note in plain.notes)  # it would be quoted
     assert hidden.notes and not any(product in note for note in hidden.notes)
     assert any("[secret]" in note for note in hidden.notes)
+
+
+def test_a_short_secret_value_is_hidden_as_a_word_of_its_own_never_inside_another():
+    """Under a secret mlcache:job every value is secret, counts included: `4` is hidden where it
+    stands alone, not inside `SXM4` (which would garble the line and point at it); a long value is
+    hidden wherever it appears, and a replacement is never matched again."""
+    from mlcache.program.settings import hide_secrets  # noqa: PLC0415
+
+    job = {"gpus": 4, "waitForCompletion": False, "env": {"TOKEN": "tok-0123456789", "SHORT": "secret"}}
+    pulumi.runtime.set_all_config({"mlcache:job": json.dumps(job)}, ["mlcache:job"])
+    try:
+        line = "gpus=4 on NVIDIA-A100-SXM4-80GB (4 of 8); wait: false; url https://u:tok-0123456789@host/4x; secret"
+        assert hide_secrets(line) == (
+            "gpus=[secret] on NVIDIA-A100-SXM4-80GB ([secret] of 8); wait: [secret]; url https://u:[secret]@host/4x; [secret]"
+        )
+        pulumi.runtime.set_all_config({"mlcache:job": json.dumps(job)}, [])
+        assert hide_secrets(line) == line  # nothing secret: nothing hidden
+    finally:
+        pulumi.runtime.set_all_config({}, [])
 
 
 def test_a_secret_that_hides_a_claims_metadata_leaves_the_namespace_output_as_the_provider_fills_it():

@@ -710,7 +710,7 @@ def _secret_leaves() -> list[str]:
             elif isinstance(item, list):
                 pending += item
             elif item is not None and str(item):
-                leaves.append(str(item))
+                leaves.append(json.dumps(item) if isinstance(item, bool) else str(item))  # as a line writes it
     return leaves
 
 
@@ -720,12 +720,24 @@ def shown_value(value: str) -> str:
     return "[secret]" if value in _secret_leaves() else value
 
 
+# A secret value this short (a count, a flag) is hidden where it stands as a word of its own, not
+# inside a longer one: replaced anywhere, a `4` would make `SXM4` read `SXM[secret]`, garbling the
+# line and pointing at the secret. A longer value is hidden wherever it appears.
+WHOLE_WORD_BELOW = 6
+
+
 def hide_secrets(text: str) -> str:
     """A message with every value given as a secret replaced by [secret] (for lines that quote
-    settings, such as the guard's placement record)."""
-    for leaf in sorted(_secret_leaves(), key=len, reverse=True):
-        text = text.replace(leaf, "[secret]")
-    return text
+    settings, such as the guard's placement record). One pass, longest value first, so a
+    replacement is never matched again."""
+    leaves = sorted(set(_secret_leaves()), key=len, reverse=True)
+    if not leaves:
+        return text
+    patterns = (
+        rf"(?<![A-Za-z0-9]){re.escape(leaf)}(?![A-Za-z0-9])" if len(leaf) < WHOLE_WORD_BELOW else re.escape(leaf)
+        for leaf in leaves
+    )
+    return re.sub("|".join(patterns), "[secret]", text)
 
 
 def _option_for(key: str) -> str:
