@@ -4,6 +4,7 @@ single-replica volume, and refuses, saying why, in every other case."""
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -115,6 +116,36 @@ def test_apply_refuses_before_anything_is_deleted_when_pulumi_up_cannot_run(tmp_
     assert err == (
         "error: --apply re-creates the claim with `pulumi up` after deleting it: `pulumi up --stack prod` cannot run here "
         "(error: getting stack configuration: get stack secrets manager: passphrase must be set); nothing was changed\n"
+    )
+
+
+def test_a_secure_value_the_render_cannot_read_is_given_with_config_and_only_such_a_value(tmp_path, capsys, monkeypatch):
+    """A `secure:` job.image (its check refuses the offline placeholder) stopped heal at the render;
+    --config gives it, the claim healed still being the stack file's. Any other key is refused:
+    heal would otherwise act on a claim `pulumi up` does not re-create."""
+    import mlcache.cli.heal as heal_command  # noqa: PLC0415
+    from tests.conftest import ROOT  # noqa: PLC0415
+
+    for name in ("__main__.py", "Pulumi.yaml", "mlcache", "workloads"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    stack, found = re.subn(r"(?m)^    image: .*$", "    image:\n      secure: v1:AAAAbm90LXJlYWRhYmxl", (ROOT / "Pulumi.prod.yaml").read_text())
+    assert found == 1  # the Job's image, under mlcache:job
+    (tmp_path / "Pulumi.prod.yaml").write_text(stack)
+    monkeypatch.setattr(heal_command, "CHECKOUT", tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "never-read"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    assert main(["--stack", "prod"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: mlcache:job.image is a `secure:` value, which the offline tools cannot read: give its value with "
+        "--secret job.image=VALUE to render (mlcache access, verify and heal take it as --config)"
+    )
+    assert main(["--stack", "prod", "--config", "job.image=registry.example/org/sft:1.0"]) == 3  # rendered: on to the cluster
+    assert "kubeconfig" in capsys.readouterr().err.lower()
+    assert main(["--stack", "prod", "--config", "job.image=registry.example/org/sft:1.0", "--config", "zone=sdsu"]) == 2
+    assert capsys.readouterr().err == (
+        "error: --config zone: heal takes --config only for a `secure:` value of Pulumi.prod.yaml, which the offline "
+        "render cannot read; every other value comes from the stack file, which `pulumi up` applies\n"
     )
 
 

@@ -168,7 +168,7 @@ def test_a_secure_value_of_a_checked_setting_is_named_as_unreadable_offline(proj
         run_program(config_read.engine_config(), sorted(config_read.secret_keys), "x")
     assert str(raised.value) == (
         f"mlcache:{key} is a `secure:` value, which the offline tools cannot read: give its value with {option} to render"
-        " (mlcache access and verify take it as --config)"
+        " (mlcache access, verify and heal take it as --config)"
     )
     given_read = load_stack_config("x", secrets=[given], project_dir=project)
     assert run_program(given_read.engine_config(), sorted(given_read.secret_keys), "x").registrations

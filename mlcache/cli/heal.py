@@ -1,6 +1,6 @@
 """Heal a cache lost with its node: re-create the claim so the next pod binds a fresh volume.
 
-    mlcache heal --stack STACK [--context CONTEXT] [--apply] [--allow-protected]
+    mlcache heal --stack STACK [--config KEY=VALUE]... [--context CONTEXT] [--apply] [--allow-protected]
 
 A single-replica LINSTOR volume lives on one node; when that node is gone, the training pod's
 replacement stays Pending for ever (volume node affinity conflict). Only cache data is lost, and
@@ -18,6 +18,9 @@ when the stack protects its cache and --allow-protected is not given, or when it
 node is gone: proof is the Node object being deleted, or the node carrying Kubernetes'
 `node.kubernetes.io/out-of-service` taint (set by whoever checked it is powered off). A node that
 merely stopped reporting (Ready=Unknown) may be partitioned, not dead.
+A `secure:` value of the stack file that the offline render cannot read (its check refuses the
+placeholder) is given with --config KEY=VALUE; only such keys: every other value comes from the
+stack file, so the claim healed is the one `pulumi up` re-creates.
 Exit 0 when healed (or, dry run, when it would heal); 1 when it refuses or could not finish (why,
 on stdout); 2 on bad usage or config, or --apply without the Pulumi CLI on PATH; 3 when the
 cluster cannot be read (no usable kubeconfig, unreachable, forbidden).
@@ -30,6 +33,7 @@ import json
 import shutil
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from mlcache import CHECKOUT
 from mlcache.cli.contract import CHECK_FAILED, CONTEXT_HELP, OK, STACK_HELP, ArgumentParser, UsageError, entry_point
@@ -46,10 +50,36 @@ from mlcache.cluster.heal import (
 )
 
 
+def secure_overrides(stack: str, overrides: list[str], project_dir: Path) -> list[str]:
+    """The --config values, each of a `secure:` key of the stack file (it stays secret: the file marks it)."""
+    from mlcache.preview.stack_config import StackConfigError, secure_values  # noqa: PLC0415
+    from mlcache.program.names import full_key  # noqa: PLC0415
+
+    try:
+        secure = secure_values(stack, project_dir)
+    except StackConfigError as err:
+        raise UsageError(str(err)) from None
+    for text in overrides:
+        key = full_key(text.partition("=")[0].strip())
+        if key not in secure:
+            raise UsageError(
+                f"--config {key.partition(':')[2]}: heal takes --config only for a `secure:` value of Pulumi.{stack}.yaml, "
+                "which the offline render cannot read; every other value comes from the stack file, which `pulumi up` applies"
+            )
+    return overrides
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog=prog("mlcache.cli.heal"), description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", required=True, help=STACK_HELP)
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="the value of a `secure:` key of the stack file, which the offline render cannot read (only those)",
+    )
     parser.add_argument("--context", help=CONTEXT_HELP)
     parser.add_argument("--apply", action="store_true", help="act (default: a dry run that prints the plan)")
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
@@ -59,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move, stack_provider  # noqa: PLC0415
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
-    run, stack_config = render_or_refuse(args.stack, [], [])  # bad config fails here, before the cluster is asked
+    # Bad config fails here, before the cluster is asked.
+    run, stack_config = render_or_refuse(args.stack, secure_overrides(args.stack, args.config, CHECKOUT), [], CHECKOUT)
     if args.apply and (blocker := connection_blocker(args.stack, stack_config, args.context)):
         raise UsageError(blocker)
     if args.apply and shutil.which("pulumi") is None:

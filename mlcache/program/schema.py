@@ -181,7 +181,7 @@ class ConfigError(pulumi.RunError):
         """A `secure:` value the offline tools hold as a placeholder, which is what failed: the
         line names the key and the option that gives its value, not the placeholder's rule."""
         error = cls(key, None, "its value")
-        elsewhere = " (mlcache access and verify take it as --config)" if option.startswith("--secret") else ""
+        elsewhere = " (mlcache access, verify and heal take it as --config)" if option.startswith("--secret") else ""
         error.args = (f"{error.key} {UNREADABLE_SECRET}: give its value with {option} to render{elsewhere}",)
         error.about_key = True
         return error
