@@ -124,14 +124,18 @@ def test_a_secure_value_the_render_cannot_read_is_given_with_config_and_only_suc
     --config gives it, the claim healed still being the stack file's. Any other key is refused:
     heal would otherwise act on a claim `pulumi up` does not re-create."""
     import mlcache.cli.heal as heal_command  # noqa: PLC0415
+    from mlcache.preview import render as render_module  # noqa: PLC0415
     from tests.conftest import ROOT  # noqa: PLC0415
 
     for name in ("__main__.py", "Pulumi.yaml", "mlcache", "workloads"):
         (tmp_path / name).symlink_to(ROOT / name)
-    stack, found = re.subn(r"(?m)^    image: .*$", "    image:\n      secure: v1:AAAAbm90LXJlYWRhYmxl", (ROOT / "Pulumi.prod.yaml").read_text())
+    secure_image = "    image:\n      secure: v1:AAAAbm90LXJlYWRhYmxl"
+    stack, found = re.subn(r"(?m)^    image: .*$", secure_image, (ROOT / "Pulumi.prod.yaml").read_text())
     assert found == 1  # the Job's image, under mlcache:job
     (tmp_path / "Pulumi.prod.yaml").write_text(stack)
     monkeypatch.setattr(heal_command, "CHECKOUT", tmp_path)
+    stack_render = render_module.render_or_refuse
+    monkeypatch.setattr(render_module, "render_or_refuse", lambda *args: stack_render(*args, project_dir=tmp_path))
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "never-read"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     # Bad config fails here, before the cluster is asked.
-    run, stack_config = render_or_refuse(args.stack, secure_overrides(args.stack, args.config, CHECKOUT), [], CHECKOUT)
+    run, stack_config = render_or_refuse(args.stack, secure_overrides(args.stack, args.config, CHECKOUT), [])
     if args.apply and (blocker := connection_blocker(args.stack, stack_config, args.context)):
         raise UsageError(blocker)
     if args.apply and shutil.which("pulumi") is None:
