@@ -37,6 +37,21 @@ def test_a_broken_workflow_is_caught(tmp_path):
     assert result.returncode != 0
 
 
+def test_the_real_preview_runs_for_every_stack_file_the_pull_request_has(tmp_path):
+    """The matrix is the stack files, listed by the stacks job: a new stack is previewed at once."""
+    jobs = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())["jobs"]
+    assert jobs["pulumi-preview"]["needs"] == "stacks"
+    assert jobs["pulumi-preview"]["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.stacks.outputs.names) }}"
+    (listing,) = [s for s in jobs["stacks"]["steps"] if s.get("id") == "list"]
+    assert jobs["stacks"]["outputs"]["names"] == "${{ steps.list.outputs.names }}"
+    for name in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.team-a.prod.yaml", "Pulumi.prod.yaml", "README.md"):
+        (tmp_path / name).write_text("")
+    output = tmp_path / "github-output"
+    environment = {"GITHUB_OUTPUT": str(output), "PATH": "/usr/bin:/bin"}
+    subprocess.run(["bash", "-c", listing["run"]], cwd=tmp_path, env=environment, check=True)
+    assert output.read_text() == 'names=["dev", "prod", "team-a.prod"]\n'
+
+
 def test_preview_runs_the_offline_diff_and_the_real_preview():
     preview = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())
     steps = preview["jobs"]["offline-diff"]["steps"]
