@@ -148,9 +148,10 @@ def default_load(paths: list[Path]) -> int:
     return loaded
 
 
-def whole_model(paths: list[Path]) -> list[prewarm.Read]:
-    """The prewarm's plan for every byte of the shards."""
-    return prewarm.plan([(p, p.stat().st_size) for p in paths], sum(p.stat().st_size for p in paths))
+def load_order_plan(paths: list[Path], bound: int | None = None) -> list[prewarm.Read]:
+    """The prewarm's plan: the first `bound` bytes of the shards in load order (all of them by default)."""
+    sizes = [(p, p.stat().st_size) for p in paths]
+    return prewarm.plan(sizes, sum(size for _, size in sizes) if bound is None else bound)
 
 
 def ranked_load(paths: list[Path], ranks: int) -> None:
@@ -167,7 +168,7 @@ def ranked_load(paths: list[Path], ranks: int) -> None:
 def prewarm_then_load(paths: list[Path], readers: int, ranks: int = 1) -> tuple[Clock, Clock]:
     """The prewarm, then the loader; the clock of each."""
     with Clock() as warming:
-        prewarm.read_into_cache(whole_model(paths), readers)
+        prewarm.read_into_cache(load_order_plan(paths), readers)
     with Clock() as loading:
         ranked_load(paths, ranks)
     return warming, loading
@@ -180,8 +181,9 @@ def prewarm_alongside_load(
     (in a thread of the loader's process its readers would wait on the loader's GIL), reading the
     first `bound` bytes in load order (all of them by default) in `chunk`-sized reads. The loader's
     faults wait on pages the prewarm is still reading, and are served from memory where it has been."""
-    bound = sum(p.stat().st_size for p in paths) if bound is None else bound
-    warming = multiprocessing.get_context("fork").Process(target=_bounded_prewarm, args=(paths, readers, bound, chunk))
+    warming = multiprocessing.get_context("fork").Process(
+        target=prewarm.read_into_cache, args=(load_order_plan(paths, bound), readers, chunk)
+    )
     warming.start()
     try:
         ranked_load(paths, ranks)
@@ -235,10 +237,6 @@ def run_in_cgroup(group: Path, work, *args) -> Clock:
     if child.exitcode != 0:
         raise RunFailed(f"the run in memory cgroup {group} failed (exit {child.exitcode}; out of memory?)")
     return clock
-
-
-def _bounded_prewarm(paths: list[Path], readers: int, bound: int, chunk: int) -> None:
-    prewarm.read_into_cache(prewarm.plan([(p, p.stat().st_size) for p in paths], bound), readers, chunk)
 
 
 def largest_tensor(paths: list[Path]) -> int:
