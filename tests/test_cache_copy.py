@@ -301,6 +301,12 @@ def test_the_copy_benchmark_prints_each_side_against_the_slower_fio_figure(tmp_p
     assert min(ratios["fio read"], ratios["fio write"]) == 1.0  # the limit is the slower fio figure
     assert all(float(row[0]) > 0 for row in rows.values())  # GB/s, measured for every side
     assert "limit = the slower fio figure" in result.stdout
+    # The verification's cost: two reads and one write one after another, at fio's median rates.
+    serial = result.stdout.splitlines()[-1]
+    assert serial.startswith("a verified copy reads each byte twice and writes it once: one after another at fio's rates ")
+    rates = {side: float(row[0]) for side, row in rows.items()}
+    expected = 1 / (2 / rates["fio read"] + 1 / rates["fio write"])
+    assert abs(float(serial.split("rates ")[1].split(" GB/s")[0]) - expected) <= 0.011 + 0.02 * expected
     assert result.stderr.count("bench copy: round 1/1:") == 4  # progress, one line per side
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "token"]  # the copies are removed
 

@@ -8,6 +8,8 @@ times, with the source evicted from the page cache first:
   send|receive  cache_copy.py send + receive --streams N over the loopback (the two-pod path)
 Each copy is timed to its verified end (it reads every written byte back from the device). The
 ratio is the copy's rate over the slower fio figure: the limit a copy between the two can reach.
+The last line says what the verification costs: the rate of its two reads and one write done one
+after another at fio's rates (a copy above it overlaps them).
 """
 
 from __future__ import annotations
@@ -159,4 +161,12 @@ def report(result: dict) -> str:
         spread = " ".join(f"{v / 1e9:.2f}" for v in values)
         lines.append(f"{side:<14} {medians[side] / 1e9:6.2f} {medians[side] / limit:7.2f}x   {spread}")
     lines.append(f"limit = the slower fio figure, {limit / 1e9:.2f} GB/s; target for the copies >= 0.70x")
+    # What the verification costs: every byte is read twice (the source, then the destination back
+    # from the device) and written once. Done one after another at fio's rates, that is this rate;
+    # a copy above it overlaps them.
+    serial = 1 / (2 / medians["fio read"] + 1 / medians["fio write"])
+    lines.append(
+        f"a verified copy reads each byte twice and writes it once: one after another at fio's rates "
+        f"{serial / 1e9:.2f} GB/s ({serial / limit:.2f}x)"
+    )
     return "\n".join(lines)
