@@ -567,6 +567,34 @@ def test_command_line_against_a_git_revision(project_copy):
     assert "create   PersistentVolumeClaim/ms-swift-cache-pvc-g1" in moved.stdout and STRANDS not in moved.stdout
 
 
+@pytest.mark.parametrize(
+    ("renamed", "claim"),
+    [
+        (("    name: ms-swift-cache-pvc\n", "    name: models-cache\n"), "ml-training/models-cache"),
+        (("mlcache:namespace: ml-training", "mlcache:namespace: ml-other"), "ml-other/ms-swift-cache-pvc"),
+    ],
+    ids=["cache.name", "namespace"],
+)
+def test_a_move_by_copy_that_renames_the_cache_is_data_loss_not_a_move_from_a_claim_it_cannot_find(project_copy, renamed, claim):
+    """At up the guard reads the cache by the new cache.name, in the new namespace: it finds none, so
+    nothing is copied and the old claim is replaced. The diff said MOVE, from a claim of the new name
+    that never existed, and passed the gate."""
+    prod = project_copy / "Pulumi.prod.yaml"
+    text = prod.read_text().replace("mlcache:zone: ucsd", "mlcache:zone: sdsu").replace(*renamed)
+    prod.write_text(text.replace("    protect: true\n", "    protect: true\n    relocate: copy\n"))
+    shown = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "MOVE" not in shown.stdout and DATA_LOSS in shown.stdout
+    assert (
+        "cache.relocate copy moves the cache within its name and namespace: this change makes claim "
+        f"ml-training/ms-swift-cache-pvc into {claim}, so at `pulumi up` the guard finds no cache under the new name"
+    ) in shown.stdout
+    # The same move without the rename is a move.
+    prod.write_text(prod.read_text().replace(*reversed(renamed)))
+    moved = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
+    assert moved.returncode == 0 and "MOVE: the cache is copied from ms-swift-cache-pvc" in moved.stdout
+
+
 def test_an_unchanged_secure_value_is_not_reported_changed(project_copy):
     """The base revision's `secure:` values are read before its checkout is removed."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]

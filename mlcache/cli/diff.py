@@ -37,8 +37,10 @@ from mlcache.cluster.bound_cache import LiveCache
 from mlcache.preview.diff import (
     RealPreview,
     StackPreview,
+    another_cache,
     base_claim,
     chosen_stacks,
+    explain_another_cache,
     export_revision,
     markdown_report,
     moves_by_copy,
@@ -161,10 +163,16 @@ def main(argv: list[str] | None = None) -> int:
                 rendering = pool.map(lambda stack: render_json(base_dir, stack, digest_key), stacks)
                 head = {stack: render_head(stack) for stack in stacks if stack not in copying}
                 base = list(rendering)
+        another: dict[str, str] = {}  # stacks whose move renames the cache: why it is no move
         for stack, (old, _) in zip(stacks, base, strict=True):
             if stack in copying:
-                # A move is decided against the live claim: the one the base revision deployed, bound.
-                head[stack] = render_head(stack, base_claim(old))
+                # A move is decided against the live claim: the one the base revision deployed, bound,
+                # when it is the working tree's cache (the guard reads it by the new cache.name).
+                fresh = render_head(stack)
+                why = another_cache(old, fresh[0])
+                head[stack] = fresh if why else render_head(stack, base_claim(old))
+                if why:
+                    another[stack] = why
         rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
         # Read while the base revision's files exist (they go with the temporary directory).
         hidden_by_stack = {
@@ -190,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             previews.append(preview)
             continue
         changes = plan(old, new, digest_key)
+        if stack in another:
+            explain_another_cache(changes, another[stack])
         warned = new_warnings(old, new)
         objects = (new or {}).get("objects", [])
         findings = policy_findings(objects) if args.markdown or args.fail_on_data_loss else []

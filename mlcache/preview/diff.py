@@ -57,6 +57,7 @@ from mlcache.program.names import (
     WORKER_LABEL,
     ZONE_LABEL,
     cache_name_of,
+    claim_generation,
 )
 from mlcache.program.outputs import UNPINNED_ZONE
 from mlcache.program.schema import names_fit_after
@@ -1021,23 +1022,58 @@ def moves_by_copy(stack: str, project_dir: Path) -> bool:
     return isinstance(cache, dict) and cache.get("relocate") == "copy"
 
 
+def _cache_claim(rendered: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cache's claim (worker 0's) in a render, when it made one whose name is readable."""
+    for obj in (rendered or {}).get("objects", []):
+        named = isinstance(_dig(obj["manifest"], "metadata", "name"), str)
+        if _kind(obj) == "PersistentVolumeClaim" and named and _worker(obj) in (None, "0"):
+            return obj["manifest"]
+    return None
+
+
 def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
     """The base revision's cache claim (worker 0's), as live, with its StorageClass when the base
     made it and the base's Jobs that mount it (deployed, not running: what a preview cannot know
     the guard reads at up; unknown when a secret hides them): None when it made none."""
+    manifest = _cache_claim(old)
+    if manifest is None:
+        return None
     objects = (old or {}).get("objects", [])
     jobs = [obj["manifest"] for obj in objects if _kind(obj) == "Job"]
-    classes = _storage_classes(objects)
-    for obj in objects:
-        manifest = obj["manifest"]
-        name = _dig(manifest, "metadata", "name")
-        if _kind(obj) == "PersistentVolumeClaim" and isinstance(name, str) and _worker(obj) in (None, "0"):
-            hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
-            finished = {"conditions": [{"type": "Complete", "status": "True"}]}  # what a preview assumes
-            users = None if hidden else tuple({**job, "status": finished} for job in mounting_jobs(jobs, cache_name_of(name)))
-            storage_class = classes.get(_dig(manifest, "spec", "storageClassName"))
-            return replace(live_from_manifest(manifest), consumers=users, storage_class=storage_class)
-    return None
+    hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
+    finished = {"conditions": [{"type": "Complete", "status": "True"}]}  # what a preview assumes
+    mounting = mounting_jobs(jobs, cache_name_of(manifest["metadata"]["name"]))
+    users = None if hidden else tuple({**job, "status": finished} for job in mounting)
+    storage_class = _storage_classes(objects).get(_dig(manifest, "spec", "storageClassName"))
+    return replace(live_from_manifest(manifest), consumers=users, storage_class=storage_class)
+
+
+def another_cache(old: dict[str, Any] | None, fresh: dict[str, Any] | None) -> str | None:
+    """Why the working tree's cache is not the base's, when cache.name or the namespace changed
+    (`fresh`: the working tree rendered with no live cache, so its claim is named cache.name).
+    At up the guard reads the cache by the new name in the new namespace, finds none, and a move
+    by copy has nothing to copy from: the old claim is replaced. None when it is the same cache."""
+    before, after = _cache_claim(old), _cache_claim(fresh)
+    if before is None or after is None:
+        return None
+    where = [_dig(m, "metadata", "namespace") or "default" for m in (before, after)]
+    names = [m["metadata"]["name"] for m in (before, after)]
+    if where[0] == where[1] and claim_generation(names[1], names[0]) is not None:
+        return None
+    return (
+        f"cache.relocate copy moves the cache within its name and namespace: this change makes claim "
+        f"{where[0]}/{names[0]} into {where[1]}/{names[1]}, so at `pulumi up` the guard finds no cache under the new "
+        "name to copy from and the old claim is replaced, its cached models lost; keep cache.name and namespace to "
+        "move by copy"
+    )
+
+
+def explain_another_cache(changes: list[Change], why: str) -> None:
+    """Put `another_cache`'s reason on the change that deletes or replaces the base's claim."""
+    for change in changes:
+        if change.action in ("replace", "delete") and change.old and _cache_claim({"objects": [change.old]}):
+            change.notes.append(why)
+            return
 
 
 def error_line(stderr: str) -> str:
