@@ -587,7 +587,7 @@ def test_a_move_by_copy_that_renames_the_cache_is_data_loss_not_a_move_from_a_cl
     assert "MOVE" not in shown.stdout and DATA_LOSS in shown.stdout
     assert (
         "cache.relocate copy moves the cache within its name and namespace: this change makes claim "
-        f"ml-training/ms-swift-cache-pvc into {claim}, so at `pulumi up` the guard finds no cache under the new name"
+        f"ml-training/ms-swift-cache-pvc into {claim}, so at `pulumi up` the guard finds no cache there to copy from"
     ) in shown.stdout
     # The same move without the rename is a move.
     prod.write_text(prod.read_text().replace(*reversed(renamed)))

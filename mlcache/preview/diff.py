@@ -1062,8 +1062,8 @@ def another_cache(old: dict[str, Any] | None, fresh: dict[str, Any] | None) -> s
         return None
     return (
         f"cache.relocate copy moves the cache within its name and namespace: this change makes claim "
-        f"{where[0]}/{names[0]} into {where[1]}/{names[1]}, so at `pulumi up` the guard finds no cache under the new "
-        "name to copy from and the old claim is replaced, its cached models lost; keep cache.name and namespace to "
+        f"{where[0]}/{names[0]} into {where[1]}/{names[1]}, so at `pulumi up` the guard finds no cache there to copy "
+        "from and the old claim is replaced, its cached models lost; keep cache.name and namespace to "
         "move by copy"
     )
 
