@@ -686,6 +686,17 @@ def test_a_move_by_copy_is_a_move_that_passes_the_gate_and_fresh_stays_data_loss
     assert any(c.data_loss for c in _plan((), ("zone=sdsu", "cache.relocate=fresh", "cache.protect=false"), stack="prod"))
 
 
+def test_the_placement_asked_for_shows_a_copy_pod_pinned_beside_the_volume_it_reads():
+    base = as_json(rendered("prod"))
+    with assume_live(base_claim(base)):
+        head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], [])
+    lines = diff.placement_lines(as_json(head)["objects"])
+    sender = "`Job/ms-swift-cache-pvc-copy-g1-send`: pinned to node node-bound-at-up (where the claim it reads is bound)"
+    assert sender in lines
+    # The receiver is placed like training, so the new claim binds where training will run.
+    assert "`Job/ms-swift-cache-pvc-copy-g1`: zone sdsu, GPU product NVIDIA-A100-SXM4-80GB" in lines
+
+
 def test_a_multi_node_bases_live_cache_is_worker_0s_claim_as_the_guard_reads_it():
     """Going back to one node with a move: `up` reads the claim named cache.name, worker 0's, and
     moves it; the diff assumes the same claim live, so it shows the move too (not a silent update)."""
@@ -696,6 +707,11 @@ def test_a_multi_node_bases_live_cache_is_worker_0s_claim_as_the_guard_reads_it(
         head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy", "job.enabled=false"], [])
     (claim,) = [c for c in plan(base, as_json(head)) if c.label == "PersistentVolumeClaim/ms-swift-cache-pvc-g1"]
     assert claim.action == "create" and claim.notes[0].startswith("MOVE: the cache is copied from ms-swift-cache-pvc")
+    # job.enabled false: the plan deletes the training Job, and the note does not say it stays.
+    assert (
+        "stays as it is until then (no training Job in this plan), and the next `pulumi up` after it switches the cache"
+        in (claim.notes[0])
+    )
 
 
 @pytest.mark.parametrize("unmade", ["linstor.manageStorageClass=false", "linstor.storageClassName=other-class"])
@@ -786,7 +802,7 @@ def test_a_move_reads_the_protection_of_its_source_in_its_own_namespace():
     after = {"old-elsewhere": pvc("other", "cache", True), "new": pvc("ml", "cache-g1", False, source="cache")}
     change = Change("create", "new", "PersistentVolumeClaim/cache-g1", new=after["new"])
     diff._say_moves({"new": change}, after)
-    assert "switches training here and deletes cache (docs" in change.notes[0]
+    assert "switches the cache here and deletes cache (docs" in change.notes[0]  # no training Job here
     after["old"] = pvc("ml", "cache", True)
     change.notes.clear()
     diff._say_moves({"new": change}, after)

@@ -51,6 +51,7 @@ from mlcache.program.names import (
     COPY_NEEDS_NAME_ROOM,
     COPY_NEEDS_ONE_NODE,
     GPU_PRODUCT_LABEL,
+    HOSTNAME_LABEL,
     IMMUTABLE_FIELDS,
     PLACEMENT_ANNOTATION,
     PROVIDER_REPLACES,
@@ -317,18 +318,22 @@ def pod_spec(manifest: dict[str, Any]) -> dict[str, Any]:
     return spec if isinstance(spec, dict) else {}
 
 
-def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(zones, GPU products) a Job's pods are restricted to by required node affinity (() = any)."""
+def _required(manifest: dict[str, Any], label: str) -> tuple[str, ...]:
+    """The values of `label` a Job's pods are restricted to by required node affinity (() = any)."""
     terms = _dig(
         pod_spec(manifest), "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms"
     )
-    terms = terms if isinstance(terms, list) else []
-    found: dict[str, set[str]] = {ZONE_LABEL: set(), GPU_PRODUCT_LABEL: set()}
-    for term in terms:
+    found: set[str] = set()
+    for term in terms if isinstance(terms, list) else []:
         for expression in term.get("matchExpressions") or []:
-            if expression.get("key") in found and expression.get("operator") == "In":
-                found[expression["key"]].update(expression.get("values") or [])
-    return tuple(sorted(found[ZONE_LABEL])), tuple(sorted(found[GPU_PRODUCT_LABEL]))
+            if expression.get("key") == label and expression.get("operator") == "In":
+                found.update(expression.get("values") or [])
+    return tuple(sorted(found))
+
+
+def job_placement(manifest: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(zones, GPU products) a Job's pods are restricted to by required node affinity (() = any)."""
+    return _required(manifest, ZONE_LABEL), _required(manifest, GPU_PRODUCT_LABEL)
 
 
 def _job_templates(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -383,8 +388,7 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
             change = changes.get(job_urn)
             if change is None or _kind(job) not in ("Job", "JobSet"):
                 continue
-            labels = _dig(job["manifest"], "metadata", "labels") or {}
-            if all(labels.get(key) == value for key, value in COPY_COMPONENT_LABEL.items()):
+            if _is_copy_pod(job["manifest"]):
                 continue  # a move's sender goes to the old volume's node by design
             previous = _job_templates(before[job_urn]["manifest"]) if job_urn in before else {}
             mounting = [(name, t) for name, t in _job_templates(job["manifest"]).items() if claim in _claims_of(t)]
@@ -417,6 +421,12 @@ def _flag_stranded_cache(changes: dict[str, Change], before: dict[str, Any], aft
             )
 
 
+def _is_copy_pod(manifest: dict[str, Any]) -> bool:
+    """A move's or the durable copy's Job (labelled as a cache-copy component)."""
+    labels = _dig(manifest, "metadata", "labels") or {}
+    return all(labels.get(key) == value for key, value in COPY_COMPONENT_LABEL.items())
+
+
 def _namespaced_name(manifest: dict[str, Any]) -> tuple[Any, Any]:
     return (_dig(manifest, "metadata", "namespace"), _dig(manifest, "metadata", "name"))
 
@@ -433,10 +443,23 @@ def _say_moves(changes: dict[str, Change], after: dict[str, Any]) -> None:
         if _kind(change.new) != "PersistentVolumeClaim" or not isinstance(source, str):
             continue
         size = _dig(manifest, "spec", "resources", "requests", "storage")
+        training = any(
+            _kind(job) in ("Job", "JobSet")
+            and not _is_copy_pod(job["manifest"])
+            and any(source in _claims_of(t) for t in _job_templates(job["manifest"]).values())
+            for job in after.values()
+        )
+        until = (
+            f"{source} and the training Job stay as they are until then, and the next `pulumi up` after it switches "
+            "training here and "
+            if training
+            else f"{source} stays as it is until then (no training Job in this plan), and the next `pulumi up` after it "
+            "switches the cache here and "
+        )
         change.notes.insert(
             0,
-            f"{MOVE}: the cache is copied from {source} into this new claim ({size}) and verified; {source} and the "
-            "training Job stay as they are until then, and the next `pulumi up` after it switches training here and "
+            f"{MOVE}: the cache is copied from {source} into this new claim ({size}) and verified; "
+            + until
             + (
                 f"keeps {source} (cache.protect is true: unprotect it to retire it)"
                 if (_dig(manifest, "metadata", "namespace"), source) in protected  # the copy's source is in its namespace
@@ -725,6 +748,9 @@ def placement_lines(objects: list[dict[str, Any]]) -> list[str]:
             lines.append(f"`{_label(obj)}`: {annotations.get(BACKEND_ANNOTATION, 'linstor')}, {where}")
         elif kind == "Job" and not isinstance(manifest.get("spec"), dict):
             lines.append(f"`{_label(obj)}`: its spec is secret (a secret setting flows into it)")
+        elif kind == "Job" and (nodes := _required(manifest, HOSTNAME_LABEL)):
+            # A copy pod beside the volume it reads: pinned more narrowly than any zone.
+            lines.append(f"`{_label(obj)}`: pinned to node {', '.join(nodes)} (where the claim it reads is bound)")
         elif kind == "Job":
             lines.append(f"`{_label(obj)}`: {_describe_placement(job_placement(manifest))}")
     return lines
