@@ -233,3 +233,14 @@ def test_the_program_registers_nothing_when_a_value_is_invalid(data):
         run_program(engine_config(key, value), [], "dev", run=run)
     assert err.value.key.startswith(f"mlcache:{key}")
     assert run.registrations == []
+
+
+@pytest.mark.parametrize("zone", ["sdsu ", "SDSU", "no such zone!"])
+def test_a_zone_not_in_the_clusters_zones_is_answered_with_them_whatever_its_form(zone):
+    """A stray space or a character no label value has gets the list of zones, as a wrong name does."""
+    with pytest.raises(ConfigError) as err:
+        parse_settings(raw_config("zone", zone))
+    assert str(err.value) == (
+        f"invalid config mlcache:zone = {json.dumps(zone)}: expected empty (the scheduler chooses) or one of mlcache:zones "
+        "(the cluster's zones, a setting): " + ", ".join(RUNBOOK_ZONES)
+    )

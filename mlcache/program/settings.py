@@ -408,7 +408,8 @@ class Settings:
         "Storage backend of the cache, linstor (zone-local, default) or rook-ceph (the rollback to an existing Rook-Ceph class).",
     )
     zone: str | None = setting(
-        _Optional("a zone name (a node label value)", is_label_value),
+        # Checked against mlcache:zones (node label values) in _check, whose line lists them.
+        _Optional("a zone name, one of mlcache:zones"),
         "",
         "Zone to pin the training Job (and so the volume) to; empty lets the scheduler choose (runbook Option A).",
     )
