@@ -585,6 +585,10 @@ def test_a_move_by_copy_that_renames_the_cache_is_data_loss_not_a_move_from_a_cl
     shown = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "MOVE" not in shown.stdout and DATA_LOSS in shown.stdout
+    if claim.endswith("/models-cache"):  # the claim deleted is the old one, under its old name
+        assert "DATA LOSS: deletes PersistentVolumeClaim/ms-swift-cache-pvc and creates PersistentVolumeClaim/models-cache" in (
+            shown.stdout
+        )
     assert (
         "cache.relocate copy moves the cache within its name and namespace: this change makes claim "
         f"ml-training/ms-swift-cache-pvc into {claim}, so at `pulumi up` the guard finds no cache there to copy from"

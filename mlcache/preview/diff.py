@@ -290,9 +290,14 @@ def _annotate(change: Change) -> None:
         change.warnings.append(f"{BLOCKED}: the resource is protected; the preview fails until cache.protect is false")
     worker = _worker(change.old if change.action == "delete" else change.new)
     if kind == "PersistentVolumeClaim" and change.action in ("replace", "delete"):
-        verb = "deletes and re-creates" if change.action == "replace" else "deletes"
         whose = f" (worker {worker}'s cache)" if worker is not None else ""
-        warning = f"{DATA_LOSS}: {verb} {change.label}{whose}: every cached model and dataset on it is wiped"
+        if change.action == "delete":
+            what = f"deletes {change.label}{whose}"
+        elif change.old and (before := _label(change.old)) != change.label:  # a new name: another claim
+            what = f"deletes {before}{whose} and creates {change.label} in its place"
+        else:
+            what = f"deletes and re-creates {change.label}{whose}"
+        warning = f"{DATA_LOSS}: {what}: every cached model and dataset on it is wiped"
         if change.action == "replace" and worker is None and _guard_refuses(change):
             # The program's guard (bound_cache.py) refuses it once the claim is bound: say what `up` does.
             why_not = _copy_unavailable(change.old, change.new)
