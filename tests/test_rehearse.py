@@ -488,6 +488,18 @@ def test_missing_toolchain_exits_2_with_one_line(capsys, monkeypatch, tmp_path):
     assert list(temporary.iterdir()) == []  # no work directory left behind
 
 
+def test_a_rehearsal_of_a_move_by_copy_says_it_has_no_cache_to_move(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(rehearse, "TOOLCHAIN_CACHE", tmp_path)  # stops right after, as a missing toolchain does
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert rehearse_command.main(["--stack", "prod", "--config", "zone=sdsu", "--config", "cache.relocate=copy"]) == 2
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == (
+        "rehearse: cache.relocate is copy, but a rehearsal starts from an empty cluster: there is no cache to move, so this "
+        "shows where a first deploy of these settings lands (`mlcache diff` previews the move itself)"
+    )
+    assert "scripts/build-engine" in said[1]
+
+
 def test_a_kept_rehearsals_environment_file_is_owner_only_and_gives_back_its_values(tmp_path):
     """What `--keep` prints for drift and heal: a shell file that sets the rehearsal's Pulumi
     environment (the state's passphrase included, so nobody else may read it)."""

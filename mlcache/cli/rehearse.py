@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the scheduler to settle")
     parser.add_argument("--json", action="store_true", help="print the placement as one JSON document instead of the report")
     args = parser.parse_args(argv)
-    run, _ = render_or_refuse(args.stack, args.config, [])  # the program's own validation, before anything starts
+    run, stack_config = render_or_refuse(args.stack, args.config, [])  # the program's own validation, before anything starts
     try:
         if args.fleet:
             load_fleet(args.fleet)  # scripts/local-cluster reads it the same way; a bad file stops here
@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
     read = StackOutputs.read(run.outputs)
     benchmark = read.benchmark_job is not None
+    cache = stack_config.values.get("mlcache:cache")
+    if isinstance(cache, dict) and cache.get("relocate") == "copy":
+        print(
+            "rehearse: cache.relocate is copy, but a rehearsal starts from an empty cluster: there is no cache to move, "
+            "so this shows where a first deploy of these settings lands (`mlcache diff` previews the move itself)",
+            file=sys.stderr,
+        )
     try:
         jobset = read.run.nodes > 1 and read.run.engine == "jobset"
         with Rehearsal(
