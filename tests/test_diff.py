@@ -491,7 +491,7 @@ def test_the_pr_comment_survives_backticks_pipes_and_secrets():
 @pytest.fixture
 def project_copy(tmp_path):
     copy = tmp_path / "repo"
-    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("venv*", ".git", "__pycache__", ".*cache"))
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("venv*", ".git", "__pycache__", ".*cache", ".hypothesis"))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
@@ -597,6 +597,44 @@ def test_a_move_by_copy_that_renames_the_cache_is_data_loss_not_a_move_from_a_cl
     prod.write_text(prod.read_text().replace(*reversed(renamed)))
     moved = _diff(project_copy, "--base", "HEAD", "--stack", "prod", "--fail-on-data-loss")
     assert moved.returncode == 0 and "MOVE: the cache is copied from ms-swift-cache-pvc" in moved.stdout
+
+
+def _commit(copy, message: str) -> None:
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run([*git, "commit", "-qam", message], cwd=copy, check=True)
+
+
+def test_a_move_reads_the_namespace_the_provider_puts_the_cache_in_not_the_manifests(project_copy):
+    """The base's claim names no namespace and the stack's kubernetes:namespace is ml; the working
+    tree says mlcache:namespace ml. At up the guard reads the cache in ml, where it is: a move."""
+    dev = project_copy / "Pulumi.dev.yaml"
+    dev.write_text(dev.read_text() + "  kubernetes:namespace: ml\n")
+    _commit(project_copy, "the provider's namespace")
+    text = (
+        dev.read_text().replace('mlcache:zone: ""', "mlcache:zone: sdsu").replace("    protect: false\n", "    relocate: copy\n")
+    )
+    dev.write_text(text + "  mlcache:namespace: ml\n")
+    moved = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert "MOVE: the cache is copied from ms-swift-cache-pvc into this new claim" in moved.stdout
+    dev.write_text(text + "  mlcache:namespace: other\n")  # another namespace than the cache's
+    renamed = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert renamed.returncode == 1 and "makes claim ml/ms-swift-cache-pvc into other/ms-swift-cache-pvc" in renamed.stdout
+
+
+def test_a_cache_renamed_to_the_name_its_old_name_reads_as_a_generation_of_is_no_move(project_copy):
+    """Base cache.name foo-g1, working tree foo: at up the guard would read foo-g1 as generation 1 of
+    foo, a generation the state holds under another resource. A rename, shown as one (DATA LOSS)."""
+    dev = project_copy / "Pulumi.dev.yaml"
+    dev.write_text(dev.read_text().replace("    size: 100Gi\n", "    name: foo-g1\n    size: 100Gi\n"))
+    _commit(project_copy, "a cache named like a generation")
+    text = (
+        dev.read_text().replace('mlcache:zone: ""', "mlcache:zone: sdsu").replace("    protect: false\n", "    relocate: copy\n")
+    )
+    dev.write_text(text.replace("    name: foo-g1\n", "    name: foo\n"))
+    renamed = _diff(project_copy, "--base", "HEAD", "--stack", "dev", "--fail-on-data-loss")
+    assert renamed.returncode == 1 and "MOVE" not in renamed.stdout
+    assert "makes claim default/foo-g1 into default/foo, so at `pulumi up`" in renamed.stdout
 
 
 def test_an_unchanged_secure_value_is_not_reported_changed(project_copy):

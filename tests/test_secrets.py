@@ -373,13 +373,16 @@ def test_a_short_secret_value_is_hidden_as_a_word_of_its_own_never_inside_anothe
     hidden wherever it appears, and a replacement is never matched again."""
     from mlcache.program.settings import hide_secrets  # noqa: PLC0415
 
-    job = {"gpus": 4, "waitForCompletion": False, "env": {"TOKEN": "tok-0123456789", "SHORT": "secret"}}
+    job = {"gpus": 4, "waitForCompletion": False, "env": {"TOKEN": "tok-0123456789", "SHORT": "secret", "B": "build-2024x"}}
     pulumi.runtime.set_all_config({"mlcache:job": json.dumps(job)}, ["mlcache:job"])
     try:
         line = "gpus=4 on NVIDIA-A100-SXM4-80GB (4 of 8); wait: false; url https://u:tok-0123456789@host/4x; secret"
+        # A flag is no secret worth hiding: `false` stays readable in the remedies lines give.
         assert hide_secrets(line) == (
-            "gpus=[secret] on NVIDIA-A100-SXM4-80GB ([secret] of 8); wait: [secret]; url https://u:[secret]@host/4x; [secret]"
+            "gpus=[secret] on NVIDIA-A100-SXM4-80GB ([secret] of 8); wait: false; url https://u:[secret]@host/4x; [secret]"
         )
+        # Overlapping values: every character of both is hidden, not the first match alone.
+        assert hide_secrets("id build-2024xtok-0123456789 and secretsecret") == "id [secret] and [secret]"
         pulumi.runtime.set_all_config({"mlcache:job": json.dumps(job)}, [])
         assert hide_secrets(line) == line  # nothing secret: nothing hidden
     finally:

@@ -37,11 +37,10 @@ from mlcache.cluster.bound_cache import LiveCache
 from mlcache.preview.diff import (
     RealPreview,
     StackPreview,
-    another_cache,
-    base_claim,
     chosen_stacks,
     explain_another_cache,
     export_revision,
+    live_cache_for,
     markdown_report,
     moves_by_copy,
     new_warnings,
@@ -169,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 # A move is decided against the live claim: the one the base revision deployed, bound,
                 # when it is the working tree's cache (the guard reads it by the new cache.name).
                 fresh = render_head(stack)
-                why = another_cache(old, fresh[0])
-                head[stack] = fresh if why else render_head(stack, base_claim(old))
+                live, why = live_cache_for(old, fresh[0])
+                head[stack] = render_head(stack, live) if live else fresh
                 if why:
                     another[stack] = why
         rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]

@@ -58,7 +58,6 @@ from mlcache.program.names import (
     WORKER_LABEL,
     ZONE_LABEL,
     cache_name_of,
-    claim_generation,
 )
 from mlcache.program.outputs import UNPINNED_ZONE
 from mlcache.program.schema import names_fit_after
@@ -1058,17 +1057,27 @@ def _cache_claim(rendered: dict[str, Any] | None) -> dict[str, Any] | None:
     for obj in (rendered or {}).get("objects", []):
         named = isinstance(_dig(obj["manifest"], "metadata", "name"), str)
         if _kind(obj) == "PersistentVolumeClaim" and named and _worker(obj) in (None, "0"):
-            return obj["manifest"]
+            return obj
     return None
+
+
+def _namespace(obj: dict[str, Any]) -> str:
+    """The namespace the provider puts an object in: its ID's (the stack's kubernetes:namespace when
+    the manifest names none), else the manifest's."""
+    ident = obj.get("id")
+    if isinstance(ident, str) and "/" in ident:
+        return ident.partition("/")[0]
+    return _dig(obj["manifest"], "metadata", "namespace") or "default"
 
 
 def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
     """The base revision's cache claim (worker 0's), as live, with its StorageClass when the base
     made it and the base's Jobs that mount it (deployed, not running: what a preview cannot know
     the guard reads at up; unknown when a secret hides them): None when it made none."""
-    manifest = _cache_claim(old)
-    if manifest is None:
+    claim = _cache_claim(old)
+    if claim is None:
         return None
+    manifest = claim["manifest"]
     objects = (old or {}).get("objects", [])
     jobs = [obj["manifest"] for obj in objects if _kind(obj) == "Job"]
     hidden = any(not isinstance(job.get("metadata"), dict) for job in jobs)
@@ -1079,23 +1088,25 @@ def base_claim(old: dict[str, Any] | None) -> LiveCache | None:
     return replace(live_from_manifest(manifest), consumers=users, storage_class=storage_class)
 
 
-def another_cache(old: dict[str, Any] | None, fresh: dict[str, Any] | None) -> str | None:
-    """Why the working tree's cache is not the base's, when cache.name or the namespace changed
-    (`fresh`: the working tree rendered with no live cache, so its claim is named cache.name).
-    At up the guard reads the cache by the new name in the new namespace, finds none, and a move
-    by copy has nothing to copy from: the old claim is replaced. None when it is the same cache."""
+def live_cache_for(old: dict[str, Any] | None, fresh: dict[str, Any] | None) -> tuple[LiveCache | None, str | None]:
+    """The base revision's claim as the live cache of the working tree's settings: (that claim, None)
+    when the working tree names the same cache (`fresh`: the working tree rendered with no live
+    cache, so its claim is named cache.name; the base's, rendered alike, is named its cache.name),
+    else (None, why a move by copy finds nothing to copy from). At up the guard reads the cache by
+    the new cache.name in the new namespace: under a new name it finds none, or (a name such as
+    foo-g1 becoming foo) a generation of another cache the state does not hold as one."""
     before, after = _cache_claim(old), _cache_claim(fresh)
     if before is None or after is None:
-        return None
-    where = [_dig(m, "metadata", "namespace") or "default" for m in (before, after)]
-    names = [m["metadata"]["name"] for m in (before, after)]
-    if where[0] == where[1] and claim_generation(names[1], names[0]) is not None:
-        return None
-    return (
+        return base_claim(old), None
+    where = [_namespace(obj) for obj in (before, after)]
+    names = [obj["manifest"]["metadata"]["name"] for obj in (before, after)]
+    if where[0] == where[1] and names[0] == names[1]:
+        return base_claim(old), None
+    return None, (
         f"cache.relocate copy moves the cache within its name and namespace: this change makes claim "
         f"{where[0]}/{names[0]} into {where[1]}/{names[1]}, so at `pulumi up` the guard finds no cache there to copy "
-        "from and the old claim is replaced, its cached models lost; keep cache.name and namespace to "
-        "move by copy"
+        "from, and the old claim is replaced, its cached models lost (a protected claim stops the up instead); keep "
+        "cache.name and namespace to move by copy"
     )
 
 

@@ -259,6 +259,7 @@ def as_json(run: ProgramRun, digest_key: str | None = None) -> dict[str, Any]:
         "objects": [
             {
                 "urn": r.urn,
+                "id": r.id,  # namespace/name as the provider makes it (the namespace: the manifest's, else the stack's)
                 "manifest": _ordered(r.shown(secret_as)),
                 "protect": r.protect,
                 "deleteBeforeReplace": r.delete_before_replace,

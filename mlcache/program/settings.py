@@ -710,8 +710,9 @@ def _secret_leaves() -> list[str]:
                 pending += list(item.values())
             elif isinstance(item, list):
                 pending += item
-            elif item is not None and str(item):
-                leaves.append(json.dumps(item) if isinstance(item, bool) else str(item))  # as a line writes it
+            elif item is not None and not isinstance(item, bool) and str(item):
+                # Not a flag: `true` and `false` are in every remedy a line gives, and hide nothing.
+                leaves.append(str(item))
     return leaves
 
 
@@ -729,16 +730,20 @@ WHOLE_WORD_BELOW = 6
 
 def hide_secrets(text: str) -> str:
     """A message with every value given as a secret replaced by [secret] (for lines that quote
-    settings, such as the guard's placement record). One pass, longest value first, so a
-    replacement is never matched again."""
-    leaves = sorted(set(_secret_leaves()), key=len, reverse=True)
-    if not leaves:
-        return text
-    patterns = (
-        rf"(?<![A-Za-z0-9]){re.escape(leaf)}(?![A-Za-z0-9])" if len(leaf) < WHOLE_WORD_BELOW else re.escape(leaf)
-        for leaf in leaves
-    )
-    return re.sub("|".join(patterns), "[secret]", text)
+    settings, such as the guard's placement record). Where values overlap, all of their characters
+    are hidden, as one [secret]."""
+    spans: list[tuple[int, int]] = []
+    for leaf in set(_secret_leaves()):
+        value = re.escape(leaf)
+        pattern = rf"(?<![A-Za-z0-9]){value}(?![A-Za-z0-9])" if len(leaf) < WHOLE_WORD_BELOW else value
+        # In a lookahead, so that overlapping occurrences of one value are all found.
+        spans += [(m.start(1), m.end(1)) for m in re.finditer(f"(?=({pattern}))", text)]
+    shown, end = [], -1  # spans that overlap or touch become one [secret]
+    for start, stop in sorted(spans):
+        if start > end:
+            shown += [text[max(end, 0) : start], "[secret]"]
+        end = max(end, stop)
+    return "".join([*shown, text[max(end, 0) :]])
 
 
 def _option_for(key: str) -> str:
@@ -815,11 +820,11 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
         if err.about_key:
             raise
         secret = err.key.partition(":")[2].split(".")[0].split("[")[0] in secret_keys()
-        leaves = _secret_leaves()
-        if not secret and not any(leaf in err.allowed for leaf in leaves):
+        quotes_a_secret = hide_secrets(err.allowed) != err.allowed
+        if not secret and not quotes_a_secret:
             raise
         allowed = err.allowed
-        if any(leaf in allowed for leaf in leaves):
+        if quotes_a_secret:
             allowed = "a valid value (the rule is not shown: it would show a secret value)"
         raise ConfigError(err.key, None if secret else err.value, allowed, secret=secret) from None
 

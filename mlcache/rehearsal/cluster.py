@@ -87,7 +87,19 @@ DEFAULT_TIMEOUT = 180.0
 
 # Not copied into the rehearsal's project: environments, the user's stack files (their
 # secure values cannot be decrypted here; the layered config is written instead), the rest.
-NOT_PROGRAM = ("venv*", ".git", ".github", ".ci", "tests", "docs", "engine", "__pycache__", "Pulumi.*.yaml", "*.pyc")
+NOT_PROGRAM = (
+    "venv*",
+    ".git",
+    ".github",
+    ".ci",
+    "tests",
+    "docs",
+    "engine",
+    "__pycache__",
+    ".hypothesis",
+    "Pulumi.*.yaml",
+    "*.pyc",
+)
 
 
 # What scripts/local-cluster start makes before any stack: everything else is a rehearsal's (reset).
