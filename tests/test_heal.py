@@ -144,8 +144,11 @@ def test_a_secure_value_the_render_cannot_read_is_given_with_config_and_only_suc
         "error: mlcache:job.image is a `secure:` value, which the offline tools cannot read: give its value with "
         "--secret job.image=VALUE to render (mlcache access, verify and heal take it as --config)"
     )
-    assert main(["--stack", "prod", "--config", "job.image=registry.example/org/sft:1.0"]) == 3  # rendered: on to the cluster
-    assert "kubeconfig" in capsys.readouterr().err.lower()
+    for key in ("job.image", "mlcache:job.image", 'job["image"]'):  # one path, as `pulumi config set --path` reads it
+        assert main(["--stack", "prod", "--config", f"{key}=registry.example/org/sft:1.0"]) == 3  # rendered: on to the cluster
+        assert "kubeconfig" in capsys.readouterr().err.lower()
+    assert main(["--stack", "nope", "--config", "job.image=x"]) == 2
+    assert capsys.readouterr().err.startswith("error: no stack file Pulumi.nope.yaml; stacks here: prod")
     assert main(["--stack", "prod", "--config", "job.image=registry.example/org/sft:1.0", "--config", "zone=sdsu"]) == 2
     assert capsys.readouterr().err == (
         "error: --config zone: heal takes --config only for a `secure:` value of Pulumi.prod.yaml, which the offline "

@@ -20,7 +20,8 @@ node is gone: proof is the Node object being deleted, or the node carrying Kuber
 merely stopped reporting (Ready=Unknown) may be partitioned, not dead.
 A `secure:` value of the stack file that the offline render cannot read (its check refuses the
 placeholder) is given with --config KEY=VALUE; only such keys: every other value comes from the
-stack file, so the claim healed is the one `pulumi up` re-creates.
+stack file, so the claim healed is the one `pulumi up` re-creates. The value is trusted: give the
+stack's own.
 Exit 0 when healed (or, dry run, when it would heal); 1 when it refuses or could not finish (why,
 on stdout); 2 on bad usage or config, or --apply without the Pulumi CLI on PATH; 3 when the
 cluster cannot be read (no usable kubeconfig, unreachable, forbidden).
@@ -50,22 +51,32 @@ from mlcache.cluster.heal import (
 )
 
 
-def secure_overrides(stack: str, overrides: list[str], project_dir: Path) -> list[str]:
-    """The --config values, each of a `secure:` key of the stack file (it stays secret: the file marks it)."""
-    from mlcache.preview.stack_config import StackConfigError, secure_values  # noqa: PLC0415
-    from mlcache.program.names import full_key  # noqa: PLC0415
+def checked_secure_overrides(stack: str, overrides: list[str], project_dir: Path) -> list[str]:
+    """The --config values, once each is found to set a `secure:` value of the stack file (the
+    path compared as `pulumi config set --path` reads it; the value stays secret: the file marks it)."""
+    from mlcache.preview.stack_config import StackConfigError, secure_values, split_key, stack_file  # noqa: PLC0415
+
+    def path(key: str) -> tuple[str, tuple[str | int, ...]] | None:
+        try:
+            top, parts = split_key(key)
+        except StackConfigError:
+            return None  # not a path `--config` can name
+        return top, tuple(parts)
 
     try:
-        secure = secure_values(stack, project_dir)
-    except StackConfigError as err:
+        stack_file(stack, project_dir)
+        secure = {path(key) for key in secure_values(stack, project_dir)} - {None}
+        for text in overrides:
+            typed = text.partition("=")[0].strip()
+            if path(typed) is None:
+                split_key(typed)  # the line that says what is wrong with it
+            if path(typed) not in secure:
+                raise UsageError(
+                    f"--config {typed}: heal takes --config only for a `secure:` value of Pulumi.{stack}.yaml, which the "
+                    "offline render cannot read; every other value comes from the stack file, which `pulumi up` applies"
+                )
+    except (StackConfigError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
-    for text in overrides:
-        key = full_key(text.partition("=")[0].strip())
-        if key not in secure:
-            raise UsageError(
-                f"--config {key.partition(':')[2]}: heal takes --config only for a `secure:` value of Pulumi.{stack}.yaml, "
-                "which the offline render cannot read; every other value comes from the stack file, which `pulumi up` applies"
-            )
     return overrides
 
 
@@ -90,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
     # Bad config fails here, before the cluster is asked.
-    run, stack_config = render_or_refuse(args.stack, secure_overrides(args.stack, args.config, CHECKOUT), [])
+    run, stack_config = render_or_refuse(args.stack, checked_secure_overrides(args.stack, args.config, CHECKOUT), [])
     if args.apply and (blocker := connection_blocker(args.stack, stack_config, args.context)):
         raise UsageError(blocker)
     if args.apply and shutil.which("pulumi") is None:
