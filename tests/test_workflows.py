@@ -44,12 +44,55 @@ def test_the_real_preview_runs_for_every_stack_file_the_pull_request_has(tmp_pat
     assert jobs["pulumi-preview"]["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.stacks.outputs.names) }}"
     (listing,) = [s for s in jobs["stacks"]["steps"] if s.get("id") == "list"]
     assert jobs["stacks"]["outputs"]["names"] == "${{ steps.list.outputs.names }}"
-    for name in ("Pulumi.yaml", "Pulumi.dev.yaml", "Pulumi.team-a.prod.yaml", "Pulumi.prod.yaml", "README.md"):
-        (tmp_path / name).write_text("")
+    for name in (
+        "Pulumi.yaml",
+        "Pulumi.dev.yaml",
+        "Pulumi.team-a.prod.yaml",
+        "Pulumi.prod.yaml",
+        "README.md",
+        "Pulumi.$(id).yaml",
+    ):
+        (tmp_path / name).write_text("")  # a name no stack can have goes into no script
     output = tmp_path / "github-output"
     environment = {"GITHUB_OUTPUT": str(output), "PATH": "/usr/bin:/bin"}
     subprocess.run(["bash", "-c", listing["run"]], cwd=tmp_path, env=environment, check=True)
     assert output.read_text() == 'names=["dev", "prod", "team-a.prod"]\n'
+
+
+@pytest.mark.parametrize(
+    ("answer", "previewed"),
+    [("error: no stack named 'dev' found", False), ("error: could not reach the backend", True)],
+    ids=["not-in-the-backend", "backend-failed"],
+)
+def test_a_stack_the_backend_does_not_hold_yet_gets_no_real_preview_and_nothing_else_is_skipped(tmp_path, answer, previewed):
+    """`pulumi stack select` of a stack never initialised says `no stack named 'dev' found` (the CLI
+    v3.274.1 built here, file backend): that stack's folder goes, so the comment says "not run".
+    Any other failure runs the preview, whose failure the comment shows and the gate counts."""
+    jobs = yaml.safe_load((ROOT / ".github/workflows/preview.yml").read_text())["jobs"]
+    step = next(s for s in jobs["pulumi-preview"]["steps"] if s.get("name") == "pulumi preview --diff")
+    fail = next(s for s in jobs["pulumi-preview"]["steps"] if s.get("name") == "Fail when the preview failed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pulumi"
+    fake.write_text(f'#!/bin/bash\nif [ "$1" = stack ]; then echo "{answer}" >&2; exit 6; fi\necho previewed; exit 255\n')
+    fake.chmod(0o755)
+    (tmp_path / "real" / "dev").mkdir(parents=True)
+    (tmp_path / "real" / "dev" / "started").write_text("started\n")
+    environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", "PULUMI_BACKEND_URL": "file:///nowhere"}
+
+    def run(script: str) -> subprocess.CompletedProcess:
+        command = ["bash", "-e", "-c", script.replace("${{ matrix.stack }}", "dev")]
+        return subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True)
+
+    preview = run(step["run"])
+    assert preview.returncode == 0, preview.stderr
+    assert (tmp_path / "real" / "dev").exists() == previewed
+    if previewed:
+        assert (tmp_path / "real" / "dev" / "preview.rc").read_text() == "255\n"
+        assert run(fail["run"]).returncode == 255  # the job is red
+    else:
+        assert "::notice::stack dev is not in the state backend yet (pulumi stack init dev)" in preview.stdout
+        assert run(fail["run"]).returncode == 0
 
 
 def test_preview_runs_the_offline_diff_and_the_real_preview():
