@@ -4,6 +4,7 @@ models serialised with ApiClient.sanitize_for_serialization), for every runbook 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from kubernetes import client
@@ -117,6 +118,49 @@ def test_pod_pending_on_volume_node_affinity_conflict_names_the_remedy():
     assert "PVC bound elsewhere" in failures[0].remedy and "Delete the PVC" in failures[0].remedy
 
 
+def _gpu_node(name: str, cordoned: bool = False) -> dict:
+    labels = {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": "ucsd", "nvidia.com/gpu.product": "NVIDIA-A100"}
+    return as_api(
+        client.V1Node(
+            metadata=client.V1ObjectMeta(name=name, labels=labels),
+            spec=client.V1NodeSpec(unschedulable=cordoned or None),
+            status=client.V1NodeStatus(allocatable={"nvidia.com/gpu": "8", "cpu": "64", "memory": "512Gi"}),
+        )
+    )
+
+
+def _gpu_pod(name: str, gpus: str, node_name: str | None = None, unschedulable: str | None = None) -> dict:
+    pending = pod(unschedulable=unschedulable)
+    container = client.V1Container(
+        name="sft", image="img:1", resources=client.V1ResourceRequirements(requests={"nvidia.com/gpu": gpus})
+    )
+    return {
+        **pending,
+        "metadata": {**pending["metadata"], "name": name, "namespace": "other" if node_name else "ml-training"},
+        "spec": {**as_api(client.V1PodSpec(containers=[container])), "nodeName": node_name},
+        "status": {**pending["status"], "phase": "Running" if node_name else "Pending"},
+    }
+
+
+@pytest.mark.parametrize("cause", ["cordoned", "gpus-held"])
+def test_a_volume_on_a_node_the_pod_cannot_use_for_now_is_never_answered_with_deleting_the_cache(cause):
+    """The volume's node suits the pod but is cordoned, or its GPUs are taken: the cache is intact,
+    and the remedy is the node's (uncordon; free the GPUs, naming who holds them), not a new PVC."""
+    message = "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) had volume node affinity conflict."
+    pending = _gpu_pod("sft-qwen3vl-fire-4gpu-x7k2p", "4", unschedulable=message)
+    nodes = {n: _gpu_node(n, cordoned=cause == "cordoned" and n == "gpu-ucsd-1") for n in ("gpu-ucsd-1", "gpu-ucsd-2")}
+    holding = [] if cause == "cordoned" else [_gpu_pod("someone-else", "8", node_name="gpu-ucsd-1")]
+    snapshot = Snapshot(pvc=pvc(), pv=pv("gpu-ucsd-1"), pods=[pending], nodes=nodes, bound_pods=holding)
+    findings = diagnose(snapshot, EXPECT)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert "Delete the PVC" not in failure.remedy and failure.remedy.startswith("the cache is intact on its node: ")
+    if cause == "cordoned":
+        assert "gpu-ucsd-1 is cordoned" in failure.message and "`kubectl uncordon gpu-ucsd-1`" in failure.remedy
+    else:
+        assert "gpu-ucsd-1 has 0 of 4 nvidia.com/gpu free" in failure.message
+        assert "free nvidia.com/gpu on gpu-ucsd-1 (held by other/someone-else), or wait for it" in failure.remedy
+
+
 def test_no_nodes_in_zone():
     expect = Expectation(**{**EXPECT.__dict__, "zone": "udel"})
     message = "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
@@ -215,7 +259,12 @@ def test_node_loss_names_the_lost_node_what_is_lost_and_the_heal_command():
         )
         (loss,) = [f for f in findings if f.level == FAIL]
         assert loss.check == "node loss" and "gpu-ucsd-1" in loss.message and "cannot be placed" in loss.message
-        assert "only cache data" in loss.remedy and "mlcache heal --stack prod" in loss.remedy
+        assert "only cache data" in loss.remedy and "`mlcache heal --stack prod` (a dry run" in loss.remedy
+    # A protected cache (prod's) is healed only with --allow-protected: the command says so.
+    protected = diagnose(Snapshot(pvc=claim(), pv=volume("gpu-ucsd-1"), nodes={}), replace(expect, protected=True))
+    (loss,) = [f for f in protected if f.level == FAIL]
+    assert "`mlcache heal --stack prod --allow-protected` (a dry run" in loss.remedy
+    assert expectation_from(*render_or_refuse("prod", [], []), "x", "prod").protected  # read from the render
     bare = diagnose(Snapshot(pvc=claim(), pv=volume("gpu-ucsd-1"), nodes={"gpu-ucsd-1": dead}), expect)
     assert any(f.check == "node loss" and "NotReady (Ready=Unknown" in f.message for f in bare)
 

@@ -100,6 +100,8 @@ class Expectation:
     stack: str = "STACK"
     # The durable copy's claim and refresh Job (None: cache.durableCopy is off).
     durable: DurableOutput | None = None
+    # cache.protect: heal re-creates the claim only with --allow-protected.
+    protected: bool = False
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,8 @@ def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, 
         f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
         "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
         f"rebuildable); the training run restarts from its last checkpoint. Heal: `mlcache heal --stack "
-        f"{expect.stack}` (a dry run that says what it would do), then the same with --apply.",
+        f"{expect.stack}{' --allow-protected' if expect.protected else ''}` (a dry run that says what it would do), "
+        "then the same with --apply.",
     )
 
 
@@ -233,21 +236,38 @@ def stranded_volume(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple
                 "never with a hand-made pod"
             )
     needs = pod_requests(pod)
+    # What keeps the pod off a node of its volume that suits it: passing, so the cache is intact.
+    passing: list[str] = []
     for node_name in where:
         node = snapshot.nodes[node_name]
-        free = free_on(node, snapshot.bound_pods)
-        short = [
-            f"{amount_text(free.get(r, Decimal(0)))} of {amount_text(q)} {r} free"
-            for r, q in needs.items()
-            if free.get(r, Decimal(0)) < q
-        ]
         if not pod_fits_labels(pod, node, ignore={ZONE_LABEL}):
             product = (_get(node, "metadata", "labels") or {}).get(GPU_PRODUCT_LABEL, "none")
             explanation += f"; {node_name} does not match the pod's node affinity ({GPU_PRODUCT_LABEL}={product})"
-        elif short:
-            explanation += f"; {node_name} has {', '.join(short)}"
-        elif not pod_fits_labels(pod, node):
-            remedy += f", or pin mlcache:zone={node_zone(node)} to keep the data ({node_name} has room)"
+            continue
+        free = free_on(node, snapshot.bound_pods)
+        short = {r: q for r, q in needs.items() if free.get(r, Decimal(0)) < q}
+        cordoned = bool(_get(node, "spec", "unschedulable"))
+        reasons = []
+        if cordoned:
+            explanation += f"; {node_name} is cordoned"
+            reasons.append(f"`kubectl uncordon {node_name}` once it may run pods again")
+        if short:
+            on_node = pods_on(node_name, snapshot.bound_pods)
+            holders = [pod_label(p) for p in on_node if any(pod_requests(p).get(r) for r in short)]
+            explanation += f"; {node_name} has " + ", ".join(
+                f"{amount_text(free.get(r, Decimal(0)))} of {amount_text(q)} {r} free" for r, q in short.items()
+            )
+            held = f" (held by {', '.join(holders)})" if holders else ""
+            reasons.append(f"free {', '.join(short)} on {node_name}{held}, or wait for it")
+        if not pod_fits_labels(pod, node):  # the pinned zone is not the volume's
+            room = f" ({node_name} has room)" if not reasons else ""
+            remedy += f", or pin mlcache:zone={node_zone(node)} to keep the data{room}"
+        elif reasons:
+            passing.append(" and ".join(reasons))
+    if passing and len(passing) == len(where):
+        # Every node of the volume suits the pod but for a passing reason: deleting the claim would
+        # lose the cache for nothing.
+        return explanation, "the cache is intact on its node: " + "; or ".join(passing) + " (keep the PVC: it holds the cache)."
     return explanation, remedy + "."
 
 
@@ -476,7 +496,8 @@ def render_findings(findings: list[Finding]) -> str:
 
 def expectation_from(run: Any, config: Any, kube_namespace: str, stack: str = "STACK") -> Expectation:
     """What a rendered stack (ProgramRun, StackConfig) asks for; the kubeconfig's namespace when it sets none."""
-    return expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace, stack)
+    expect = expectation_from_outputs(run.outputs, config.values.get("mlcache:namespace") or kube_namespace, stack)
+    return replace(expect, protected=any(r.protect for r in run.find("PersistentVolumeClaim")))
 
 
 def expectation_from_outputs(outputs: dict[str, Any], namespace: str, stack: str = "STACK") -> Expectation:
