@@ -40,7 +40,7 @@ def test_a_deleted_node_is_proof_and_the_plan_recreates_the_claim():
     assert "dry run" in text and "force-delete pod ml-training/sft-old" in text
     assert (
         "delete claim ml-training/ms-swift-cache-pvc" in text
-        and "pulumi up --refresh --yes --skip-preview --non-interactive --stack prod:" in text
+        and "pulumi up --refresh --stack prod --target <the claim's URN>: re-creates the claim and nothing else" in text
     )
 
 

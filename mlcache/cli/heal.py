@@ -6,7 +6,8 @@ A single-replica LINSTOR volume lives on one node; when that node is gone, the t
 replacement stays Pending for ever (volume node affinity conflict). Only cache data is lost, and
 the cache is rebuildable, so the remedy is a new claim: this tool force-deletes the pods still
 bound to the dead node that mount the claim, deletes the claim, and runs
-`pulumi up --refresh --yes --skip-preview --non-interactive --stack STACK`, which re-creates it (nothing else is replaced); the
+`pulumi up --refresh --yes --skip-preview --non-interactive --stack STACK --target CLAIM-URN`, which re-creates it and
+nothing else (a setting changed since the last up waits for yours); the
 pending pod then binds a fresh volume on a healthy node and the warm-up refills it. After a
 protected move, when the lost claim is the new one and the old one is kept on a live node, it
 deletes the lost claim and the Jobs that mount it, and prints the steps that restore it from the
@@ -42,6 +43,7 @@ from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
 from mlcache.cluster.heal import (
     apply_plan,
+    claim_urn,
     connection_blocker,
     plan_heal,
     read_heal_snapshot,
@@ -140,13 +142,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(document, indent=2))
         return CHECK_FAILED if plan.refusal else OK
+    urn = None
+    if not plan.then:  # re-created by `pulumi up --target` the claim's URN, found before anything is deleted
+        urn, why = claim_urn(args.stack, expect.namespace, expect.pvc, CHECKOUT)
+        if urn is None:
+            print(f"not healed: the claim's URN for `pulumi up --target` cannot be read ({why}); nothing was changed")
+            return CHECK_FAILED
     with cluster_errors():
         if args.json:
             # apply_plan reports each outcome on stdout: under --json that text goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                healed = apply_plan(plan, expect, kube)
+                healed = apply_plan(plan, expect, kube, urn)
         else:
-            healed = apply_plan(plan, expect, kube)
+            healed = apply_plan(plan, expect, kube, urn)
     if args.json:
         print(json.dumps({**document, "applied": True, "healed": healed}, indent=2))
     return OK if healed else CHECK_FAILED

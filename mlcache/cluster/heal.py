@@ -4,6 +4,7 @@ whether the node is proven gone and what to delete (`plan_heal`), then carry it 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,10 +39,28 @@ if TYPE_CHECKING:
     from mlcache.preview.stack_config import StackConfig
 
 
-def up_command(stack: str) -> list[str]:
+def up_command(stack: str, claim_urn: str) -> list[str]:
     """The `pulumi up` heal --apply runs once the claim is deleted: the refresh drops the claim from
-    the state, the up creates it again."""
-    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack]
+    the state, the up creates it again, and only it (--target): a setting changed since the last up
+    (a new job.gpus) waits for the user's own `pulumi up` instead of replacing the training Job here."""
+    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack, "--target", claim_urn]
+
+
+def claim_urn(stack: str, namespace: str, claim: str, project: Path) -> tuple[str | None, str]:
+    """The URN the stack's state holds the claim under (found by its ID, namespace/name, which the
+    state keeps in plain text), or (None, why not), read with `pulumi stack export`."""
+    command = ["pulumi", "stack", "export", "--stack", stack, "--non-interactive"]
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return None, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    try:
+        resources = json.loads(done.stdout).get("deployment", {}).get("resources") or []
+    except (json.JSONDecodeError, AttributeError):
+        return None, "`pulumi stack export` printed no deployment"
+    for resource in resources:
+        if resource.get("type") == "kubernetes:core/v1:PersistentVolumeClaim" and resource.get("id") == f"{namespace}/{claim}":
+            return resource["urn"], ""
+    return None, f"the state of stack {stack} holds no claim {namespace}/{claim}"
 
 
 def up_blocker(stack: str, project: Path) -> str | None:
@@ -194,8 +213,9 @@ def plan_heal(
     steps.append(f"delete claim {where} (volume {volume} on {name}: only cache data, already lost)")
     how, source = refill(durable)
     steps.append(
-        f"{' '.join(up_command(expect.stack))}: re-creates the claim (nothing else is replaced); the "
-        f"training pod binds a fresh volume on a healthy node and {how}"
+        f"pulumi up --refresh --stack {expect.stack} --target <the claim's URN>: re-creates the claim and nothing else "
+        f"(a setting changed since the last up waits for yours); the training pod binds a fresh volume on a healthy node "
+        f"and {how}"
     )
     return HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
 
@@ -383,8 +403,10 @@ def read_kept(expect: Expectation, generations: tuple[int, ...], kube: Kube) -> 
     )
 
 
-def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
-    """Carry the plan out; True when healed (the outcome is printed on stdout either way)."""
+def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube, urn: str | None = None) -> bool:
+    """Carry the plan out; True when healed (the outcome is printed on stdout either way). `urn`: the
+    claim's in the state (claim_urn), for the `pulumi up` that re-creates it (a plan that restores
+    from a kept claim runs none)."""
     for pod in plan.stuck_pods:
         print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
         kube.delete_if_present(api_path(POD, namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
@@ -412,7 +434,8 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube) -> bool:
         return True
     from mlcache import CHECKOUT  # noqa: PLC0415
 
-    command = up_command(expect.stack)
+    assert urn is not None, "a plan that re-creates the claim has its URN"
+    command = up_command(expect.stack, urn)
     print("running: " + " ".join(command), file=sys.stderr)
     # pulumi's own output is progress: stderr. stdout keeps the report (the plan and its outcome).
     code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode

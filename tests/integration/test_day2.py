@@ -15,6 +15,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from mlcache.preview.stack_config import load_stack_config
 from mlcache.rehearsal.cluster import UpFailed
 from tests.integration.conftest import ROOT, wait_for
 
@@ -150,10 +151,14 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert plan["plan"]["refusal"] is None and plan["claim"] == CLAIM
     assert uids(rehearsal, namespace)[f"PersistentVolumeClaim/{CLAIM}"] == before[f"PersistentVolumeClaim/{CLAIM}"]
 
+    # A setting changed since the last up (not applied yet): heal's up re-creates the claim alone
+    # (--target), so it does not replace the training Job with 2 GPUs behind the user's back.
+    rehearsal.configure("prod", load_stack_config("prod", ["job.gpus=2"]))
     healed = tool(rehearsal, "heal", "--stack", "prod", "--apply", "--allow-protected")
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
     assert f"healed: claim {namespace}/{CLAIM} re-created" in healed.stdout
+    assert "--target urn:pulumi:prod::mlcache::" in healed.stderr
 
     report = healed_report(rehearsal, outputs)
     again = training(report)
