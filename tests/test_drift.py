@@ -97,7 +97,16 @@ def test_a_preview_that_fails_is_could_not_check_and_a_crash_is_not_drift(tmp_pa
     _fake_pulumi(tmp_path, 'echo "error: failed to read the cluster: connection refused" >&2; exit 255\n')
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
-    assert (code, out) == (3, "") and "could not run: error: failed to read the cluster: connection refused" in err
+    assert (code, out) == (3, "") and err.endswith("could not run: failed to read the cluster: connection refused\n")
+    # The reason is the preview's error diagnostic, not the last line printed (a plugin's warning on
+    # stderr, the --json document's closing brace on stdout).
+    failed = {"diagnostics": [{"severity": "warning", "message": "w"}, {"severity": "error", "message": "unreachable\ncluster"}]}
+    warned = "echo 'warning: using pulumi-language-python from $PATH' >&2; "
+    printed = f"cat <<'JSON'\n{json.dumps(failed, indent=2)}\nJSON\nexit 255\n"  # sh's echo would read the \\n
+    for script in (warned + printed, printed):
+        _fake_pulumi(tmp_path, script)
+        code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+        assert (code, out) == (3, "") and err.endswith("the drift check could not run: unreachable cluster\n"), err
     _fake_pulumi(tmp_path, 'echo \'{"steps": [{"op": "update"}]}\'; exit 1\n')  # a step without its urn: a bug here
     code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
     assert (code, out) == (70, "") and "internal error" in err

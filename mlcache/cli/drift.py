@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     code, document, errors = run_preview(args.stack, args.cwd)
     drifts, notes = drifted(document or {}), guard_notes(document or {})
     if code != 0 and not drifts:
-        raise Unreachable(f"stack {args.stack}: the drift check could not run: {errors.splitlines()[-1] if errors else code}")
+        raise Unreachable(f"stack {args.stack}: the drift check could not run: {errors or f'exit {code}'}")
     if args.json:
         document = {"stack": args.stack, "drift": [{**asdict(d), "object": d.label} for d in drifts], "guardNotes": notes}
         print(json.dumps(document, indent=2))

@@ -73,11 +73,27 @@ def summary(stack: str, drifts: list[Drift], markdown: bool = False, notes: list
         )
         edited = "Any other object listed was edited outside Pulumi"
     lines.append(
-        f"{edited}. To put the stack's values back: "
-        f"`{PATCH_FORCE}=true pulumi up --stack {stack}` (a plain `pulumi up` is refused with a Server-Side Apply "
-        "conflict while the editor owns the field); or make the edit part of the stack's config."
+        f"{edited}. To put the stack's values back: `{restore_command(stack)}` (--refresh reads the edited values "
+        f"first: without it `pulumi up` compares against its state and sees nothing to change; {PATCH_FORCE} takes "
+        "the fields over where the editor applied them server-side); or make the edit part of the stack's config."
     )
     return "\n".join(lines) + "\n"
+
+
+def restore_command(stack: str) -> str:
+    """What puts the stack's values back over hand edits."""
+    return f"{PATCH_FORCE}=true pulumi up --refresh --stack {stack}"
+
+
+def failure_line(stderr: str, document: dict[str, Any] | None) -> str:
+    """Why a preview failed: its error diagnostic (the --json document's, or an `error:` line on
+    stderr), not the last line printed (a plugin's warning, the document's closing brace)."""
+    for event in (document or {}).get("diagnostics") or []:
+        if event.get("severity") == "error" and str(event.get("message", "")).strip():
+            return " ".join(str(event["message"]).split())
+    errors = [line.strip() for line in stderr.splitlines() if line.strip().startswith("error:")]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return (errors or lines or ["no error message"])[-1].removeprefix("error: ")
 
 
 def run_preview(stack: str, cwd: Path) -> tuple[int, dict[str, Any] | None, str]:
@@ -88,4 +104,4 @@ def run_preview(stack: str, cwd: Path) -> tuple[int, dict[str, Any] | None, str]
         document = json.loads(result.stdout)
     except json.JSONDecodeError:
         document = None
-    return result.returncode, document, (result.stderr or result.stdout).strip()
+    return result.returncode, document, failure_line(result.stderr, document) if result.returncode else ""

@@ -199,6 +199,23 @@ def test_drift_check_passes_untouched_and_names_an_object_edited_through_the_api
     assert both.returncode == 1, both.stdout + both.stderr
     assert f"PersistentVolumeClaim/{CLAIM}" in both.stdout and f"Job/{JOB}" in both.stdout and "DRIFT in 2" in both.stdout
 
+    # The remedy it prints puts the stack's values back (--yes etc.: as a script runs it, unprompted).
+    remedy = "PULUMI_K8S_ENABLE_PATCH_FORCE=true pulumi up --refresh --stack prod"
+    assert f"`{remedy}`" in both.stdout
+    restored = subprocess.run(
+        [str(rehearsal.bin_dir / "pulumi"), "up", "--refresh", "--stack", "prod", "--yes", "--skip-preview", "--non-interactive"],
+        cwd=rehearsal.project,
+        env={**os.environ, **rehearsal.env, "PULUMI_K8S_ENABLE_PATCH_FORCE": "true"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert restored.returncode == 0, restored.stdout[-3000:] + restored.stderr[-3000:]
+    clean_again = tool(rehearsal, "drift", "--stack", "prod")
+    assert clean_again.returncode == 0, clean_again.stdout + clean_again.stderr
+    labels = batch.read_namespaced_job(JOB, namespace).metadata.labels
+    assert labels["app.kubernetes.io/managed-by"] == "pulumi"
+
 
 DURABLE = f"{CLAIM}-durable"
 REFRESH = f"{CLAIM}-durable-refresh"
