@@ -114,8 +114,10 @@ def test_pod_pending_on_volume_node_affinity_conflict_names_the_remedy():
     message = "0/3 nodes are available: 1 node(s) had volume node affinity conflict, 2 Insufficient nvidia.com/gpu."
     findings = diagnose(Snapshot(pvc=pvc(), pv=pv("gpu-sdsu-1"), pods=[pod(unschedulable=message)], nodes=NODES), EXPECT)
     failures = [f for f in findings if f.level == FAIL]
-    assert [f.check for f in failures] == ["pod scheduling"]
-    assert "PVC bound elsewhere" in failures[0].remedy and "Delete the PVC" in failures[0].remedy
+    # The volume names its node only (as a single-replica LINSTOR volume does): its zone is its node's.
+    assert [f.check for f in failures] == ["volume zone", "pod scheduling"]
+    assert failures[0].message == "the volume is in ['sdsu'], the stack pins ucsd" and "copy" in failures[0].remedy
+    assert "PVC bound elsewhere" in failures[1].remedy and "Delete the PVC" in failures[1].remedy
 
 
 def _gpu_node(name: str, cordoned: bool = False) -> dict:

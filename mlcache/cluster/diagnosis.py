@@ -422,7 +422,10 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
         level = OK if constraints or expect.backend != "linstor" else FAIL
         remedy = "" if level == OK else "a LINSTOR volume without node affinity allows remote access: check the class"
         findings.append(Finding(level, "pv node affinity", f"PV {_get(snapshot.pv, 'metadata', 'name')}: {shown}", remedy))
-        pv_zones = constraints.get(ZONE_LABEL, set())
+        # A single-replica LINSTOR volume names its node only (linbit.com/hostname): its zone is its nodes'.
+        pv_zones = constraints.get(ZONE_LABEL, set()) or {
+            zone for name in volume_nodes(snapshot.pv, snapshot.nodes) or [] if (zone := node_zone(snapshot.nodes[name]))
+        }
         if expect.zone and pv_zones and expect.zone not in pv_zones:
             findings.append(
                 Finding(
