@@ -303,6 +303,10 @@ def test_validate_refuses_an_unknown_kubernetes_version(capsys):
 
 def test_snapshots_takes_no_arguments(capsys):
     assert_refused(*_call(capsys, snapshots.main, "--bogus"), "unrecognized arguments")
+    # A flag is taken only as spelled: a prefix of --apply is not --apply (heal deletes claims), and a
+    # mistyped flag is named, with the one meant, before the missing --stack it hides.
+    assert_refused(*_call(capsys, heal.main, "--stack", "dev", "--app"), "unrecognized arguments: --app (did you mean --apply?)")
+    assert_refused(*_call(capsys, verify.main, "--stak", "dev"), "unrecognized arguments: --stak (did you mean --stack?)")
 
 
 def test_diff_base_is_a_revision_never_an_option(capsys, tmp_path):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import functools
 import io
 import os
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mlcache.errors import Unreachable, UsageError
 
@@ -30,10 +32,26 @@ CONTEXT_HELP = "kubeconfig context (default: the stack's kubernetes:context, els
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are one line (no usage block), raised as UsageError."""
+    """argparse whose errors are one line (no usage block), raised as UsageError; a flag is taken
+    only as spelled (`heal --app` is not --apply), and a mistyped one is named before what is missing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UsageError(f"{self.prog}: {message} (see --help)")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        argv = sys.argv[1:] if args is None else list(args)
+        if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            known = list(self._option_string_actions)
+            for token in argv[: argv.index("--")] if "--" in argv else argv:
+                flag = token.partition("=")[0]
+                if flag.startswith("--") and flag not in known:
+                    meant = difflib.get_close_matches(flag, known, n=1)
+                    self.error(f"unrecognized arguments: {flag}" + (f" (did you mean {meant[0]}?)" if meant else ""))
+        return super().parse_args(argv, namespace)
 
 
 def one_line(text: object) -> str:
