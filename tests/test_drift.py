@@ -112,6 +112,15 @@ def test_a_preview_that_fails_is_could_not_check_and_a_crash_is_not_drift(tmp_pa
     assert (code, out) == (70, "") and "internal error" in err
 
 
+def test_a_stack_the_backend_does_not_hold_is_usage_not_an_unreadable_cluster(tmp_path, capsys, monkeypatch):
+    _fake_pulumi(tmp_path, "echo \"error: no stack named 'prod' found\" >&2; exit 255\n")
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    code, out, err = _drift(capsys, "--stack", "prod", "--cwd", str(tmp_path))
+    assert (code, out) == (2, "") and err.endswith(
+        "error: stack prod is not in the state backend Pulumi is logged in to (no stack named 'prod' found): nothing to check\n"
+    )
+
+
 def test_drift_found_through_the_cli_is_exit_1_with_the_objects_on_stdout(tmp_path, capsys, monkeypatch):
     step = {"op": "update", "urn": PVC_URN, "detailedDiff": {"metadata.labels.x": {}}}
     _fake_pulumi(tmp_path, f"echo '{json.dumps({'steps': [step]})}'; exit 1\n")

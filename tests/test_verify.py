@@ -158,6 +158,8 @@ def test_a_volume_on_a_node_the_pod_cannot_use_for_now_is_never_answered_with_de
     assert "Delete the PVC" not in failure.remedy and failure.remedy.startswith("the cache is intact on its node: ")
     if cause == "cordoned":
         assert "gpu-ucsd-1 is cordoned" in failure.message and "`kubectl uncordon gpu-ucsd-1`" in failure.remedy
+        (said,) = [f for f in findings if f.check == "volume node"]  # said also while nothing is pending
+        assert said.level == INFO and said.message.startswith("the volume's node gpu-ucsd-1 is cordoned")
     else:
         assert "gpu-ucsd-1 has 0 of 4 nvidia.com/gpu free" in failure.message
         assert "free nvidia.com/gpu on gpu-ucsd-1 (held by other/someone-else), or wait for it" in failure.remedy

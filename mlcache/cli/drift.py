@@ -16,7 +16,8 @@ so the provider's dry run of the stack's value conflicts and the preview would s
 such object, leaving those that depend on it unchecked. The check therefore previews with
 PULUMI_K8S_ENABLE_PATCH_FORCE=true: a preview writes nothing, and every drifted object is named.
 Exit 0 when nothing drifted, 1 on drift (the objects on stdout), 2 on bad usage (no --stack, a
---cwd that is not a Pulumi project directory, no Pulumi CLI on PATH), 3 when the check could not run (the
+--cwd that is not a Pulumi project directory, no Pulumi CLI on PATH, a stack the backend does not
+hold), 3 when the check could not run (the
 preview failed: the cluster or the state cannot be read), 70 on a bug: "drift" is only ever 1.
 """
 
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"drift: pulumi preview --refresh --stack {args.stack} (reads every object back from the cluster)", file=sys.stderr)
     code, document, errors = run_preview(args.stack, args.cwd)
     drifts, notes = drifted(document or {}), guard_notes(document or {})
+    if code != 0 and not drifts and "no stack named" in errors:
+        raise UsageError(f"stack {args.stack} is not in the state backend Pulumi is logged in to ({errors}): nothing to check")
     if code != 0 and not drifts:
         raise Unreachable(f"stack {args.stack}: the drift check could not run: {errors or f'exit {code}'}")
     if args.json:

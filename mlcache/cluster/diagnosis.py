@@ -439,6 +439,19 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
     lost = lost_volume_node(snapshot)
     if lost:
         findings.append(node_loss_finding(snapshot, expect, lost))
+    elif snapshot.pv is not None:
+        cordoned = [
+            n for n in volume_nodes(snapshot.pv, snapshot.nodes) or [] if _get(snapshot.nodes[n], "spec", "unschedulable")
+        ]
+        if cordoned:
+            findings.append(
+                Finding(
+                    INFO,
+                    "volume node",
+                    f"the volume's node {', '.join(cordoned)} is cordoned: a pod that starts now (a retry, the next run) "
+                    f"cannot land beside the cache until `kubectl uncordon {' '.join(cordoned)}`",
+                )
+            )
     if expect.job and not pods:
         findings.append(Finding(INFO, "training pod", f"no pod of Job {expect.job} (finished and cleaned up, or not created)"))
     for pod in pods:
