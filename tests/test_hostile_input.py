@@ -350,7 +350,15 @@ def test_verify_checks_the_config_before_the_cluster(capsys, kubeconfig):
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("garbage: [", "no usable kubeconfig"), ("contexts: 5\n", "no usable kubeconfig"), (UNREACHABLE_KUBECONFIG, "refused")],
+    [
+        ("garbage: [", "no usable kubeconfig"),
+        ("contexts: 5\n", "no usable kubeconfig"),
+        # The server named, and the cause in its own words (not urllib3's retry wrapper and object address).
+        (
+            UNREACHABLE_KUBECONFIG,
+            "the API server at https://127.0.0.1:1 cannot be reached: Failed to establish a new connection: ",
+        ),
+    ],
     ids=["unparsable", "wrong shape", "unreachable server"],
 )
 @pytest.mark.parametrize("command", [verify.main, heal.main], ids=["verify", "heal"])

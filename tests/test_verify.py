@@ -294,14 +294,19 @@ def test_verify_as_json_carries_every_finding_and_the_verdict(monkeypatch, capsy
     failing = [Finding(OK, "storage class", "PVC uses linstor-fast-cache"), Finding(FAIL, "locality", "elsewhere", "move it")]
 
     def read_cluster(expect_for, provider, flag):
-        return expect_for("team-ns"), failing
+        return expect_for("team-ns"), failing, "https://10.0.0.1:6443"
 
     monkeypatch.setattr(verify_command, "read_cluster", read_cluster)
     code = verify_command.main(["--stack", "prod", "--json"])
     document = json.loads(capsys.readouterr().out)
     assert code == 1 and document["ok"] is False and document["pvc"] == "ms-swift-cache-pvc"
     assert document["zone"] == "ucsd" and document["namespace"] == "ml-training"
+    assert document["server"] == "https://10.0.0.1:6443"  # which cluster was read
     assert document["findings"][1] == {"level": "FAIL", "check": "locality", "message": "elsewhere", "remedy": "move it"}
-    monkeypatch.setattr(verify_command, "read_cluster", lambda expect_for, provider, flag: (expect_for("x"), failing[:1]))
+    monkeypatch.setattr(verify_command, "read_cluster", lambda expect_for, provider, flag: (expect_for("x"), failing[:1], "h"))
     assert verify_command.main(["--stack", "prod", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] is True
+    assert verify_command.main(["--stack", "prod"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "stack prod: PVC ml-training/ms-swift-cache-pvc, class linstor-fast-cache, zone ucsd; read from h\n"
+    )

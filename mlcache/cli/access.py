@@ -23,6 +23,7 @@ from mlcache.cli.contract import CONFIG_HELP, CONTEXT_HELP, STACK_HELP, Argument
 from mlcache.cli.main import prog
 from mlcache.cluster.access import NotServed, check, guard_report, report
 from mlcache.cluster.bound_cache import provider_client
+from mlcache.cluster.kube import Kube
 from mlcache.cluster.live import cluster_errors, stack_provider
 from mlcache.errors import Unreachable
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         api, namespace = provider_client(provider, os.environ)
     except Exception as err:  # no kubeconfig, unknown context, bad credentials plugin (the client raises many types)
         raise Unreachable(f"no usable kubeconfig ({type(err).__name__}: {err})") from None
-    with cluster_errors():
+    with cluster_errors(Kube(api)):
         try:
             wanted, gaps, unread = check(objects, namespace, api)
         except NotServed as err:

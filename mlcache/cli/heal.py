@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     expect, kube = connect(expect_for, stack_provider(stack_config, args.context), args.context)
     protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
-    with cluster_errors():
+    with cluster_errors(kube):
         # After a move the cache is a later generation of the claim: heal the one training mounts.
         expect, _, generations = read_move(expect, kube)
         snapshot = read_heal_snapshot(expect, kube)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if urn is None:
             print(f"not healed: the claim's URN for `pulumi up --target` cannot be read ({why}); nothing was changed")
             return CHECK_FAILED
-    with cluster_errors():
+    with cluster_errors(kube):
         if args.json:
             # apply_plan reports each outcome on stdout: under --json that text goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):

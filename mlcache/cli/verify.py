@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rendered = render_or_refuse(args.stack, args.config, [])  # bad config fails here, before the cluster is asked
     provider = stack_provider(rendered[1], args.context)  # the cluster the stack deploys to
-    expect, findings = read_cluster(lambda namespace: expectation_from(*rendered, namespace, args.stack), provider, args.context)
+    expect, findings, server = read_cluster(
+        lambda namespace: expectation_from(*rendered, namespace, args.stack), provider, args.context
+    )
     failed = any(f.level == FAIL for f in findings)
     if args.json:
         document = {
@@ -46,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
             "pvc": expect.pvc,
             "storageClass": expect.storage_class,
             "zone": expect.zone,
+            "server": server,
             "ok": not failed,
             "findings": [asdict(f) for f in findings],
         }
         print(json.dumps(document, indent=2))
     else:
         print(
-            f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, zone {expect.zone or 'any'}"
+            f"stack {args.stack}: PVC {expect.namespace}/{expect.pvc}, class {expect.storage_class}, "
+            f"zone {expect.zone or 'any'}; read from {server}"
         )
         print(render_findings(findings))
     return 1 if failed else 0

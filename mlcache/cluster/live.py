@@ -6,6 +6,7 @@ that cannot be read (Unreachable, exit 3).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -104,23 +105,34 @@ def connect(expect_for: Callable[[str], Expected], provider: ProviderSettings, f
 
 
 @contextmanager
-def cluster_errors() -> Iterator[None]:
-    """The API server's refusals and the network's failures, as Unreachable (exit 3)."""
+def cluster_errors(kube: Kube) -> Iterator[None]:
+    """The API server's refusals and the network's failures, as Unreachable (exit 3), naming the
+    server they came from (a kubeconfig pointing at another cluster than meant shows here)."""
     from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
     from urllib3.exceptions import HTTPError  # noqa: PLC0415
 
+    server = f"the API server at {kube.api.configuration.host}"
     try:
         yield
     except ApiException as err:
-        raise Unreachable(f"the API server answered {err.status} {err.reason}") from None
+        raise Unreachable(f"{server} answered {err.status} {err.reason}") from None
     except (OSError, HTTPError) as err:
-        raise Unreachable(str(err)) from None
+        # urllib3 wraps the cause (a refused connection, a timeout) in a retry error naming the URL.
+        cause = str(getattr(err, "reason", None) or err)
+        raise Unreachable(f"{server} cannot be reached: {_OBJECT_AT.sub('', cause)}") from None
 
 
-def read_cluster(expect_for, provider: ProviderSettings, flag: str | None) -> tuple[Expectation, list[Finding]]:
-    """The stack's expectation and the findings on the live objects (errors as in `connect`)."""
+# What urllib3 puts before a connection error's own words: the connection object, as
+# "<urllib3.connection.HTTPSConnection object at 0x7f...>: " or "HTTPSConnection(host='h', port=1): ".
+_OBJECT_AT = re.compile(r"^(<[^<>]* object at 0x[0-9a-f]+>|\w+\(host=[^()]*\)): ")
+
+
+def read_cluster(expect_for, provider: ProviderSettings, flag: str | None) -> tuple[Expectation, list[Finding], str]:
+    """The stack's expectation, the findings on the live objects and the API server read (so that a
+    kubeconfig pointing at another cluster than meant shows); errors as in `connect`."""
     expect, kube = connect(expect_for, provider, flag)
-    with cluster_errors():
+    server = kube.api.configuration.host
+    with cluster_errors(kube):
         if expect.run is None:
             # After a move the cache is a later generation of the claim: check the one training mounts.
             expect, moving, _ = read_move(expect, kube)
@@ -128,8 +140,8 @@ def read_cluster(expect_for, provider: ProviderSettings, flag: str | None) -> tu
             if expect.durable is not None:
                 state = read_durable(expect.durable.claim, expect.durable.refresh_job, expect.namespace, kube)
                 findings.append(durable_finding(state, expect.durable.refresh_job, expect.namespace))
-            return expect, findings
-        return expect, verify(expect, kube)
+            return expect, findings, server
+        return expect, verify(expect, kube), server
 
 
 def read_durable(claim: str, refresh_job: str, namespace: str, kube: Kube) -> DurableState:
