@@ -4,7 +4,9 @@ single-replica volume, and refuses, saying why, in every other case."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
+import shlex
 
 import pytest
 
@@ -154,6 +156,61 @@ def test_a_secure_value_the_render_cannot_read_is_given_with_config_and_only_suc
         "error: --config zone: heal takes --config only for a `secure:` value of Pulumi.prod.yaml, which the offline "
         "render cannot read; every other value comes from the stack file, which `pulumi up` applies\n"
     )
+
+
+CLAIM_URN = "urn:pulumi:prod::mlcache::mlcache:index:CacheVolume$kubernetes:core/v1:PersistentVolumeClaim::cache-pvc"
+REFRESH_URN = "urn:pulumi:prod::mlcache::mlcache:index:DurableRefresh$kubernetes:batch/v1:Job::refresh"
+
+
+@pytest.mark.parametrize("preview_fails", [False, True], ids=["preview-passes", "preview-fails"])
+def test_heals_up_targets_the_claim_and_the_durable_refresh_found_by_id_and_is_previewed_first(
+    tmp_path, monkeypatch, preview_fails
+):
+    """The claim (and the durable copy's refresh Job, pinned to the lost node) by their IDs in the
+    state; the targeted up previewed before anything is deleted, a failing preview refused in one line."""
+    import mlcache.cli.heal as heal_command  # noqa: PLC0415
+    from mlcache.program.outputs import DurableOutput  # noqa: PLC0415
+
+    resources = [
+        {"urn": CLAIM_URN, "type": "kubernetes:core/v1:PersistentVolumeClaim", "id": "ml-training/ms-swift-cache-pvc"},
+        {"urn": REFRESH_URN, "type": "kubernetes:batch/v1:Job", "id": "ml-training/ms-swift-cache-pvc-durable-refresh"},
+        {"urn": "urn:other", "type": "kubernetes:core/v1:PersistentVolumeClaim", "id": "elsewhere/ms-swift-cache-pvc"},
+    ]
+    (tmp_path / "export.json").write_text(json.dumps({"deployment": {"resources": resources}}))
+    fake = tmp_path / "pulumi"
+    failing = "echo 'error: provider urn:x has not been registered yet' >&2; exit 255" if preview_fails else "exit 0"
+    fake.write_text(
+        f'#!/bin/sh\nif [ "$1" = stack ]; then cat {tmp_path}/export.json; exit 0; fi\n'
+        f'echo "$@" > {tmp_path}/preview-args\n{failing}\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    durable = DurableOutput("ms-swift-cache-pvc-durable", "ms-swift-cache-pvc-durable-refresh", "w")
+    targets: list[str] = []
+    blocker = heal_command.heal_targets_blocker("prod", dataclasses.replace(EXPECT, durable=durable), targets)
+    assert targets == [CLAIM_URN, REFRESH_URN]
+    previewed = (tmp_path / "preview-args").read_text().split()
+    assert previewed[:2] == ["preview", "--refresh"] and previewed[-4:] == ["--target", CLAIM_URN, "--target", REFRESH_URN]
+    if preview_fails:
+        assert blocker is not None and blocker.startswith(
+            "the preview of the targeted `pulumi up` fails (error: provider urn:x has not been registered yet); "
+            "nothing was changed"
+        )
+    else:
+        assert blocker is None
+    # A state without the claim: refused, nothing deleted.
+    (tmp_path / "export.json").write_text(json.dumps({"deployment": {"resources": resources[1:]}}))
+    assert heal_command.heal_targets_blocker("prod", EXPECT, []) == (
+        "the claim's URN for `pulumi up --target` cannot be read (the state of stack prod holds no claim "
+        "ml-training/ms-swift-cache-pvc); nothing was changed"
+    )
+
+
+def test_the_up_heal_runs_is_printed_quoted_to_paste():
+    from mlcache.cluster.heal import up_command  # noqa: PLC0415
+
+    assert shlex.split(shlex.join(up_command("prod", [CLAIM_URN]))) == up_command("prod", [CLAIM_URN])
+    assert up_command("prod", [CLAIM_URN])[-2:] == ["--target", CLAIM_URN]
 
 
 CURRENT = f"{EXPECT.pvc}-g1"

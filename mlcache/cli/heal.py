@@ -43,12 +43,13 @@ from mlcache.cli.main import prog
 from mlcache.cluster.diagnosis import Expectation
 from mlcache.cluster.heal import (
     apply_plan,
-    claim_urn,
     connection_blocker,
     plan_heal,
     read_heal_snapshot,
     read_kept,
     render_plan,
+    state_urns,
+    targeted_up_blocker,
     up_blocker,
 )
 
@@ -80,6 +81,22 @@ def checked_secure_overrides(stack: str, overrides: list[str], project_dir: Path
     except (StackConfigError, FileNotFoundError) as err:
         raise UsageError(str(err)) from None
     return overrides
+
+
+def heal_targets_blocker(stack: str, expect: Expectation, targets: list[str]) -> str | None:
+    """Fill `targets` with the URNs heal's `pulumi up` targets: the claim, and the durable copy's
+    refresh Job when the state holds it (pinned to the lost node, the program drops it). Why not
+    (None: found, and the targeted preview passes)."""
+    claim_id = f"{expect.namespace}/{expect.pvc}"
+    wanted = {claim_id: "kubernetes:core/v1:PersistentVolumeClaim"}
+    if expect.durable is not None:
+        wanted[f"{expect.namespace}/{expect.durable.refresh_job}"] = "kubernetes:batch/v1:Job"
+    found, why = state_urns(stack, wanted, CHECKOUT)
+    if claim_id not in found:
+        reason = why or f"the state of stack {stack} holds no claim {claim_id}"
+        return f"the claim's URN for `pulumi up --target` cannot be read ({reason}); nothing was changed"
+    targets += [found[claim_id], *(urn for key, urn in found.items() if key != claim_id)]
+    return targeted_up_blocker(stack, targets, CHECKOUT)
 
 
 @entry_point
@@ -142,19 +159,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(document, indent=2))
         return CHECK_FAILED if plan.refusal else OK
-    urn = None
-    if not plan.then:  # re-created by `pulumi up --target` the claim's URN, found before anything is deleted
-        urn, why = claim_urn(args.stack, expect.namespace, expect.pvc, CHECKOUT)
-        if urn is None:
-            print(f"not healed: the claim's URN for `pulumi up --target` cannot be read ({why}); nothing was changed")
-            return CHECK_FAILED
+    targets: list[str] = []
+    # Re-created by `pulumi up --target`: what it targets, found and previewed before anything is deleted.
+    if not plan.then and (blocker := heal_targets_blocker(args.stack, expect, targets)):
+        if args.json:
+            print(json.dumps({**document, "plan": {**document["plan"], "refusal": blocker}}, indent=2))
+        else:
+            print(f"not healed: {blocker}")
+        return CHECK_FAILED
     with cluster_errors(kube):
         if args.json:
             # apply_plan reports each outcome on stdout: under --json that text goes to stderr.
             with contextlib.redirect_stdout(sys.stderr):
-                healed = apply_plan(plan, expect, kube, urn)
+                healed = apply_plan(plan, expect, kube, targets)
         else:
-            healed = apply_plan(plan, expect, kube, urn)
+            healed = apply_plan(plan, expect, kube, targets)
     if args.json:
         print(json.dumps({**document, "applied": True, "healed": healed}, indent=2))
     return OK if healed else CHECK_FAILED

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,28 +40,52 @@ if TYPE_CHECKING:
     from mlcache.preview.stack_config import StackConfig
 
 
-def up_command(stack: str, claim_urn: str) -> list[str]:
+def up_command(stack: str, targets: Sequence[str]) -> list[str]:
     """The `pulumi up` heal --apply runs once the claim is deleted: the refresh drops the claim from
-    the state, the up creates it again, and only it (--target): a setting changed since the last up
-    (a new job.gpus) waits for the user's own `pulumi up` instead of replacing the training Job here."""
-    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack, "--target", claim_urn]
+    the state, the up creates it again, and only the targets (the claim; the durable copy's refresh
+    Job, pinned to the lost node, which the program no longer registers): a setting changed since the
+    last up (a new job.gpus) waits for the user's own `pulumi up` instead of replacing the training
+    Job here."""
+    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack] + [
+        flag for urn in targets for flag in ("--target", urn)
+    ]
 
 
-def claim_urn(stack: str, namespace: str, claim: str, project: Path) -> tuple[str | None, str]:
-    """The URN the stack's state holds the claim under (found by its ID, namespace/name, which the
-    state keeps in plain text), or (None, why not), read with `pulumi stack export`."""
+def state_urns(stack: str, wanted: Mapping[str, str], project: Path) -> tuple[dict[str, str], str]:
+    """The URNs the stack's state holds objects under, by ID (namespace/name, which the state keeps in
+    plain text): {ID: URN} for the IDs of `wanted` ({ID: type}) it holds, read with `pulumi stack
+    export`, or ({}, why not)."""
     command = ["pulumi", "stack", "export", "--stack", stack, "--non-interactive"]
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return None, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return {}, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
     try:
         resources = json.loads(done.stdout).get("deployment", {}).get("resources") or []
     except (json.JSONDecodeError, AttributeError):
-        return None, "`pulumi stack export` printed no deployment"
-    for resource in resources:
-        if resource.get("type") == "kubernetes:core/v1:PersistentVolumeClaim" and resource.get("id") == f"{namespace}/{claim}":
-            return resource["urn"], ""
-    return None, f"the state of stack {stack} holds no claim {namespace}/{claim}"
+        return {}, "`pulumi stack export` printed no deployment"
+    found = {
+        r["id"]: r["urn"]
+        for r in resources
+        if isinstance(r, dict) and r.get("id") in wanted and r.get("type") == wanted[r["id"]] and not r.get("delete")
+    }
+    return found, ""
+
+
+def targeted_up_blocker(stack: str, targets: Sequence[str], project: Path) -> str | None:
+    """Why `pulumi up --target` of these cannot run (None: its preview passes), asked before anything
+    is deleted: a targeted update refuses, among others, a provider the checkout changed since the
+    last up and a dependency (a StorageClass new since then) left out of the targets."""
+    command = ["pulumi", "preview", "--refresh", "--non-interactive", "--stack", stack]
+    command += [flag for urn in targets for flag in ("--target", urn)]
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    errors = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("error:")]
+    reason = (errors or done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    return (
+        f"the preview of the targeted `pulumi up` fails ({reason}); nothing was changed. Apply the stack's pending "
+        f"changes first (`pulumi up --refresh --stack {stack}`), then heal"
+    )
 
 
 def up_blocker(stack: str, project: Path) -> str | None:
@@ -214,8 +239,8 @@ def plan_heal(
     how, source = refill(durable)
     steps.append(
         f"pulumi up --refresh --stack {expect.stack} --target <the claim's URN>: re-creates the claim and nothing else "
-        f"(a setting changed since the last up waits for yours); the training pod binds a fresh volume on a healthy node "
-        f"and {how}"
+        f"(a setting changed since the last up waits for yours, but for the claim's own); the training pod binds a fresh "
+        f"volume on a healthy node and {how}"
     )
     return HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
 
@@ -403,10 +428,10 @@ def read_kept(expect: Expectation, generations: tuple[int, ...], kube: Kube) -> 
     )
 
 
-def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube, urn: str | None = None) -> bool:
-    """Carry the plan out; True when healed (the outcome is printed on stdout either way). `urn`: the
-    claim's in the state (claim_urn), for the `pulumi up` that re-creates it (a plan that restores
-    from a kept claim runs none)."""
+def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube, targets: Sequence[str] = ()) -> bool:
+    """Carry the plan out; True when healed (the outcome is printed on stdout either way). `targets`:
+    the URNs of the `pulumi up` that re-creates the claim, the claim's first (state_urns); a plan that
+    restores from a kept claim runs none."""
     for pod in plan.stuck_pods:
         print(f"force-deleting pod {expect.namespace}/{pod}", file=sys.stderr)
         kube.delete_if_present(api_path(POD, namespace=expect.namespace, name=pod), {"gracePeriodSeconds": 0})
@@ -434,13 +459,20 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube, urn: str | None 
         return True
     from mlcache import CHECKOUT  # noqa: PLC0415
 
-    assert urn is not None, "a plan that re-creates the claim has its URN"
-    command = up_command(expect.stack, urn)
-    print("running: " + " ".join(command), file=sys.stderr)
+    if not targets:
+        raise ValueError("a plan that re-creates the claim needs its URN to target")
+    command = up_command(expect.stack, targets)
+    print("running: " + shlex.join(command), file=sys.stderr)  # a URN holds `$`: quoted to paste
     # pulumi's own output is progress: stderr. stdout keeps the report (the plan and its outcome).
     code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode
     if code != 0:
-        print(f"not healed: the claim is deleted, but `{' '.join(command)}` failed (exit {code}); run it again")
+        print(
+            f"not healed: the claim is deleted, but `{shlex.join(command)}` failed (exit {code}); run it again, or "
+            f"`pulumi up --refresh --stack {expect.stack}`, which also applies every other pending change"
+        )
+        return False
+    if kube.optional(claim) is None:
+        print(f"not healed: `pulumi up` ran but did not re-create claim {expect.namespace}/{expect.pvc}: see `mlcache verify`")
         return False
     refilled = f"restores the durable copy {plan.restores_from}" if plan.restores_from else "the warm-up refills it"
     print(f"healed: claim {expect.namespace}/{expect.pvc} re-created; the pending pod binds a fresh volume and {refilled}")

@@ -158,7 +158,7 @@ def test_node_loss_verify_diagnoses_heal_recreates_the_claim_and_training_lands_
     assert healed.returncode == 0, healed.stdout + healed.stderr
     assert "node loss proven" in healed.stdout and "out-of-service" in healed.stdout
     assert f"healed: claim {namespace}/{CLAIM} re-created" in healed.stdout
-    assert "--target urn:pulumi:prod::mlcache::" in healed.stderr
+    assert "--target 'urn:pulumi:prod::mlcache::" in healed.stderr  # quoted: a URN holds `$`
 
     report = healed_report(rehearsal, outputs)
     again = training(report)
