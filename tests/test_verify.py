@@ -120,13 +120,16 @@ def test_pod_pending_on_volume_node_affinity_conflict_names_the_remedy():
     assert "PVC bound elsewhere" in failures[1].remedy and "Delete the PVC" in failures[1].remedy
 
 
-def _gpu_node(name: str, cordoned: bool = False) -> dict:
+def _gpu_node(name: str, cordoned: bool = False, ready: str = "True") -> dict:
     labels = {"kubernetes.io/hostname": name, "topology.kubernetes.io/zone": "ucsd", "nvidia.com/gpu.product": "NVIDIA-A100"}
+    condition = client.V1NodeCondition(type="Ready", status=ready, last_transition_time="2026-11-28T23:00:00Z")
     return as_api(
         client.V1Node(
             metadata=client.V1ObjectMeta(name=name, labels=labels),
             spec=client.V1NodeSpec(unschedulable=cordoned or None),
-            status=client.V1NodeStatus(allocatable={"nvidia.com/gpu": "8", "cpu": "64", "memory": "512Gi"}),
+            status=client.V1NodeStatus(
+                allocatable={"nvidia.com/gpu": "8", "cpu": "64", "memory": "512Gi"}, conditions=[condition]
+            ),
         )
     )
 
@@ -163,6 +166,32 @@ def test_a_volume_on_a_node_the_pod_cannot_use_for_now_is_never_answered_with_de
     else:
         assert "gpu-ucsd-1 has 0 of 4 nvidia.com/gpu free" in failure.message
         assert "free nvidia.com/gpu on gpu-ucsd-1 (held by other/someone-else), or wait for it" in failure.remedy
+
+
+def test_the_cache_is_not_said_intact_where_waiting_cannot_help():
+    """A pod that asks more GPUs than the volume's node has at all, or a volume on nodes that are not
+    Ready: no "free them, or wait" (the default answer stands; node loss is heal's)."""
+    message = "0/3 nodes are available: 1 node(s) were unschedulable, 2 node(s) had volume node affinity conflict."
+    nodes = {n: _gpu_node(n) for n in ("gpu-ucsd-1", "gpu-ucsd-2")}
+    too_big = Snapshot(pvc=pvc(), pv=pv("gpu-ucsd-1"), pods=[_gpu_pod("p", "16", unschedulable=message)], nodes=nodes)
+    (failure,) = [f for f in diagnose(too_big, EXPECT) if f.level == FAIL]
+    assert "intact" not in failure.remedy and "gpu-ucsd-1 has 8 nvidia.com/gpu in all, the pod asks 16" in failure.message
+    down = {n: _gpu_node(n, cordoned=True, ready="Unknown") for n in ("gpu-ucsd-1", "gpu-ucsd-2")}
+    two_replicas = pv("gpu-ucsd-1")
+    two_replicas["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] = list(down)
+    stranded = Snapshot(pvc=pvc(), pv=two_replicas, pods=[_gpu_pod("p", "4", unschedulable=message)], nodes=down)
+    failures = [f for f in diagnose(stranded, EXPECT) if f.level == FAIL]
+    assert failures and not any("intact" in f.remedy for f in failures)
+    assert any("gpu-ucsd-1 is not Ready" in f.message for f in failures)
+
+
+def test_a_volume_on_a_lost_node_gets_no_move_remedy_only_node_loss():
+    """Its zone read from its node, a hostname-only volume in another zone would be answered with a
+    move by copy: not when that node is lost, where there is nothing left to copy from."""
+    lost = api_node("gpu-sdsu-1", "sdsu", ready="Unknown")
+    findings = diagnose(Snapshot(pvc=claim(), pv=volume("gpu-sdsu-1"), nodes={**NODES, "gpu-sdsu-1": lost}), EXPECT)
+    checks = [f.check for f in findings if f.level == FAIL]
+    assert "node loss" in checks and "volume zone" not in checks
 
 
 def test_no_nodes_in_zone():

@@ -17,6 +17,7 @@ from mlcache.cluster.bound_cache import (
     cache_generations,
     copy_state,
     has_taint,
+    is_ready,
     node_zone,
     pinned_node_names,
     ready_condition,
@@ -246,8 +247,17 @@ def stranded_volume(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple
             continue
         free = free_on(node, snapshot.bound_pods)
         short = {r: q for r, q in needs.items() if free.get(r, Decimal(0)) < q}
+        allocatable = _get(node, "status", "allocatable") or {}
+        never = [r for r in short if allocatable and quantity(allocatable.get(r, 0)) < needs[r]]
         cordoned = bool(_get(node, "spec", "unschedulable"))
         reasons = []
+        if not is_ready(node):  # not a passing reason: node loss (or a node that lost its status) is heal's
+            explanation += f"; {node_name} is not Ready"
+            continue
+        if never:  # asks more than the node has: waiting never helps
+            explanation += f"; {node_name} has {', '.join(f'{amount_text(quantity(allocatable.get(r, 0)))} {r}' for r in never)}"
+            explanation += f" in all, the pod asks {', '.join(amount_text(needs[r]) for r in never)}"
+            continue
         if cordoned:
             explanation += f"; {node_name} is cordoned"
             reasons.append(f"`kubectl uncordon {node_name}` once it may run pods again")
@@ -422,10 +432,12 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
         level = OK if constraints or expect.backend != "linstor" else FAIL
         remedy = "" if level == OK else "a LINSTOR volume without node affinity allows remote access: check the class"
         findings.append(Finding(level, "pv node affinity", f"PV {_get(snapshot.pv, 'metadata', 'name')}: {shown}", remedy))
-        # A single-replica LINSTOR volume names its node only (linbit.com/hostname): its zone is its nodes'.
-        pv_zones = constraints.get(ZONE_LABEL, set()) or {
-            zone for name in volume_nodes(snapshot.pv, snapshot.nodes) or [] if (zone := node_zone(snapshot.nodes[name]))
-        }
+        # A single-replica LINSTOR volume names its node only (linbit.com/hostname): its zone is its nodes'
+        # (not on a lost node: nothing is left to move, and node loss says what is).
+        pv_zones = constraints.get(ZONE_LABEL, set())
+        if not pv_zones and not lost_volume_node(snapshot):
+            nodes = volume_nodes(snapshot.pv, snapshot.nodes) or []
+            pv_zones = {zone for name in nodes if (zone := node_zone(snapshot.nodes[name]))}
         if expect.zone and pv_zones and expect.zone not in pv_zones:
             findings.append(
                 Finding(
