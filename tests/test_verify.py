@@ -339,3 +339,26 @@ def test_verify_as_json_carries_every_finding_and_the_verdict(monkeypatch, capsy
     assert capsys.readouterr().out.startswith(
         "stack prod: PVC ml-training/ms-swift-cache-pvc, class linstor-fast-cache, zone ucsd; read from h\n"
     )
+
+
+def test_an_unreachable_api_server_is_named_with_the_cause_in_its_own_words():
+    """Not urllib3's retry wrapper, URL and connection object: the server, and what went wrong."""
+    from urllib3.connection import HTTPSConnection  # noqa: PLC0415
+    from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError  # noqa: PLC0415
+
+    from mlcache.cluster.kube import Kube  # noqa: PLC0415
+    from mlcache.cluster.live import cluster_errors  # noqa: PLC0415
+    from mlcache.errors import Unreachable  # noqa: PLC0415
+
+    api = client.ApiClient(client.Configuration(host="https://10.0.0.1:6443"))
+    connection = HTTPSConnection("10.0.0.1", 6443)
+    for cause, words in [
+        (
+            ConnectTimeoutError(connection, "Connection to 10.0.0.1 timed out. (connect timeout=5)"),
+            "Connection to 10.0.0.1 timed",
+        ),
+        (NewConnectionError(connection, "Failed to establish a new connection: [Errno 111] Connection refused"), "Failed to"),
+    ]:
+        with pytest.raises(Unreachable) as raised, cluster_errors(Kube(api)):
+            raise MaxRetryError(None, "/api/v1/nodes", cause)
+        assert str(raised.value).startswith(f"the API server at https://10.0.0.1:6443 cannot be reached: {words}")

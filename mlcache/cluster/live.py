@@ -117,9 +117,12 @@ def cluster_errors(kube: Kube) -> Iterator[None]:
     except ApiException as err:
         raise Unreachable(f"{server} answered {err.status} {err.reason}") from None
     except (OSError, HTTPError) as err:
-        # urllib3 wraps the cause (a refused connection, a timeout) in a retry error naming the URL.
-        cause = str(getattr(err, "reason", None) or err)
-        raise Unreachable(f"{server} cannot be reached: {_OBJECT_AT.sub('', cause)}") from None
+        # urllib3 wraps the cause (a refused connection, a timeout) in a retry error naming the URL;
+        # the cause's own words are its last argument, after the connection object.
+        cause = getattr(err, "reason", None) or err
+        args = getattr(cause, "args", ())
+        words = args[-1] if args and isinstance(args[-1], str) else str(cause)
+        raise Unreachable(f"{server} cannot be reached: {_OBJECT_AT.sub('', words)}") from None
 
 
 # What urllib3 puts before a connection error's own words: the connection object, as
