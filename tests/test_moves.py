@@ -134,6 +134,9 @@ def test_nothing_to_copy_is_refused_in_one_line():
     gone = LiveCache(NAMESPACE, claim(), volume("gpu-ucsd-1"), [], storage_class())
     refusal = judge(wanted(), gone).refusal
     assert "nothing left to copy from" in refusal and "mlcache heal --stack prod" in refusal
+    # The heal command as the stack needs it: a protected cache is healed with --allow-protected.
+    assert "`mlcache heal --stack prod --allow-protected`" in judge(wanted(protect=True), gone).refusal
+    assert "`mlcache heal --stack prod`" in judge(wanted(protect=False), gone).refusal
     # Not bound yet: nothing is cached, so no move: the claim simply follows (as without copy).
     pending = judge(wanted(), LiveCache(NAMESPACE, claim(phase="Pending"))).move
     assert pending is None
