@@ -303,8 +303,11 @@ def test_validate_refuses_an_unknown_kubernetes_version(capsys):
 
 def test_snapshots_takes_no_arguments(capsys):
     assert_refused(*_call(capsys, snapshots.main, "--bogus"), "unrecognized arguments")
-    # A flag is taken only as spelled: a prefix of --apply is not --apply (heal deletes claims), and a
-    # mistyped flag is named, with the one meant, before the missing --stack it hides.
+
+
+def test_a_flag_is_taken_only_as_spelled_and_a_mistyped_one_is_named(capsys):
+    """A prefix of --apply is not --apply (heal deletes claims), and a mistyped flag is named, with
+    the one meant, before the missing --stack it hides."""
     assert_refused(*_call(capsys, heal.main, "--stack", "dev", "--app"), "unrecognized arguments: --app (did you mean --apply?)")
     assert_refused(*_call(capsys, verify.main, "--stak", "dev"), "unrecognized arguments: --stak (did you mean --stack?)")
 

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--allow-protected", action="store_true", help="heal a stack whose cache.protect is true")
     parser.add_argument("--json", action="store_true", help="print the plan (and, with --apply, the outcome) as JSON")
     args = parser.parse_args(argv)
-    from mlcache.cluster.diagnosis import expectation_from_outputs  # noqa: PLC0415
+    from mlcache.cluster.diagnosis import expectation_from  # noqa: PLC0415
     from mlcache.cluster.live import cluster_errors, connect, read_durable, read_move, stack_provider  # noqa: PLC0415
     from mlcache.preview.render import render_or_refuse  # noqa: PLC0415
 
@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--apply re-creates the claim with `pulumi up` after deleting it: {blocker}")
 
     def expect_for(namespace: str) -> Expectation:
-        return expectation_from_outputs(run.outputs, stack_config.values.get("mlcache:namespace") or namespace, args.stack)
+        return expectation_from(run, stack_config, namespace, args.stack)
 
     expect, kube = connect(expect_for, stack_provider(stack_config, args.context), args.context)
-    protected = any(r.protect for r in run.find("PersistentVolumeClaim"))
     with cluster_errors(kube):
         # After a move the cache is a later generation of the claim: heal the one training mounts.
         expect, _, generations = read_move(expect, kube)
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_heal(
         snapshot,
         expect,
-        protected=protected,
+        protected=expect.protected,
         allow_protected=args.allow_protected,
         durable=durable,
         generations=generations,
