@@ -458,6 +458,7 @@ def test_the_program_copy_has_no_stack_files_and_the_projects_virtualenv(tmp_pat
     assert (copy / "__main__.py").is_file() and (copy / "Pulumi.yaml").is_file()
     assert not list(copy.glob("Pulumi.*.yaml")) and not (copy / "tests").exists()
     assert (copy / "venv").is_symlink() and (copy / "venv" / "bin" / "python").exists()
+    assert not [p.name for p in copy.iterdir() if p.name.endswith("_cache") or p.name == ".hypothesis"]  # tools' caches
 
 
 @pytest.mark.parametrize(

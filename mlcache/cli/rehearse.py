@@ -23,6 +23,7 @@ from pathlib import Path
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from mlcache import CHECKOUT
 from mlcache.cli.contract import CONFIG_HELP, STACK_HELP, ArgumentParser, UsageError, entry_point
 from mlcache.cli.main import prog
 from mlcache.preview.render import render_or_refuse
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"venv/bin/python -m mlcache drift --stack {args.stack}",
                     file=told,
                 )
-                print(f"Stop it with: scripts/local-cluster stop {rehearsal.cluster} && rm -rf {rehearsal.work}", file=told)
+                stop = CHECKOUT / "scripts" / "local-cluster"  # a path that works from any directory
+                print(f"Stop it with: {stop} stop {rehearsal.cluster} && rm -rf {rehearsal.work}", file=told)
             return report.exit_code
     except SetupError as err:
         raise UsageError(str(err)) from None

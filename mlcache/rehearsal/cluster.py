@@ -97,6 +97,7 @@ NOT_PROGRAM = (
     "engine",
     "__pycache__",
     ".hypothesis",
+    ".*_cache",
     "Pulumi.*.yaml",
     "*.pyc",
 )
