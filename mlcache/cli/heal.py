@@ -59,21 +59,19 @@ def checked_secure_overrides(stack: str, overrides: list[str], project_dir: Path
     path compared as `pulumi config set --path` reads it; the value stays secret: the file marks it)."""
     from mlcache.preview.stack_config import StackConfigError, secure_values, split_key, stack_file  # noqa: PLC0415
 
-    def path(key: str) -> tuple[str, tuple[str | int, ...]] | None:
-        try:
-            top, parts = split_key(key)
-        except StackConfigError:
-            return None  # not a path `--config` can name
+    def path(key: str) -> tuple[str, tuple[str | int, ...]]:
+        top, parts = split_key(key)
         return top, tuple(parts)
 
     try:
         stack_file(stack, project_dir)
-        secure = {path(key) for key in secure_values(stack, project_dir)} - {None}
+        secure = set()
+        for key in secure_values(stack, project_dir):
+            with contextlib.suppress(StackConfigError):  # a key no `--config` path can name
+                secure.add(path(key))
         for text in overrides:
             typed = text.partition("=")[0].strip()
-            if path(typed) is None:
-                split_key(typed)  # the line that says what is wrong with it
-            if path(typed) not in secure:
+            if path(typed) not in secure:  # a typed path that cannot be read is its own one-line error
                 raise UsageError(
                     f"--config {typed}: heal takes --config only for a `secure:` value of Pulumi.{stack}.yaml, which the "
                     "offline render cannot read; every other value comes from the stack file, which `pulumi up` applies"

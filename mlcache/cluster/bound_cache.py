@@ -158,6 +158,10 @@ def is_ready(node: Mapping | None) -> bool:
     return condition is not None and condition.get("status") == "True"
 
 
+def is_cordoned(node: Mapping | None) -> bool:
+    return bool(get(node, "spec", "unschedulable"))
+
+
 def has_taint(node: Mapping, key: str) -> bool:
     return any(t.get("key") == key for t in get(node, "spec", "taints") or [])
 
@@ -215,9 +219,9 @@ class Wanted:
     nodes: int = 1  # job.nodes: a multi-node run's workers mount claims a move does not copy
 
 
-def heal_flags(wanted: Wanted) -> str:
-    """What `mlcache heal` needs beyond --stack for this stack: --allow-protected on a protected cache."""
-    return " --allow-protected" if wanted.protect else ""
+def heal_command(stack: str, protected: bool) -> str:
+    """The `mlcache heal` a stack's node loss needs: with --allow-protected on a protected cache."""
+    return f"mlcache heal --stack {stack}" + (" --allow-protected" if protected else "")
 
 
 @dataclass(frozen=True)
@@ -496,7 +500,7 @@ def _placement_notes(wanted: Wanted, live: LiveCache, where: str) -> list[str]:
         pinned = ", ".join(pinned_node_names(live.volume)) or "?"
         return [
             f"bound-cache guard: the node(s) of claim {where} ({pinned}) are gone: the cache is lost (node loss); "
-            f"heal it with `mlcache heal --stack {wanted.stack}{heal_flags(wanted)}`"
+            f"heal it with `{heal_command(wanted.stack, wanted.protect)}`"
         ]
     return [f"bound-cache guard: claim {where} is bound to {_bound_location(live)}"]
 
@@ -849,8 +853,8 @@ def _start_move(wanted: Wanted, live: LiveCache, where: str, reason: str) -> Ver
         return Verdict(
             refusal=(
                 f"mlcache:cache.relocate = 'copy': the node(s) of the cache {where} are gone, so there is nothing left to "
-                f"copy from (node loss). Nothing was changed. Heal it with `mlcache heal --stack {wanted.stack}"
-                f"{heal_flags(wanted)}`, or re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
+                f"copy from (node loss). Nothing was changed. Heal it with `{heal_command(wanted.stack, wanted.protect)}`, "
+                f"or re-create it empty with `{relocate_key_hint('fresh')}` (DATA LOSS)."
             )
         )
     # A training Job this up deletes holds nothing while no pod of it is at work (pending, suspended).
@@ -905,7 +909,7 @@ def _judge_move_under_way(wanted: Wanted, live: LiveCache) -> Verdict:
                 refusal=(
                     f"bound-cache guard: the node(s) of {source_where} are gone in the middle of the move into {target}: "
                     f"nothing is left to copy from (node loss). Nothing was changed. Call the move off (settings back to "
-                    f"{_made_for(older.claim)}) and heal it with `mlcache heal --stack {wanted.stack}{heal_flags(wanted)}`."
+                    f"{_made_for(older.claim)}) and heal it with `{heal_command(wanted.stack, wanted.protect)}`."
                 )
             )
         running = [get(j, "metadata", "name") for j in jobs_on_cache(live) if unfinished(j)]

@@ -17,6 +17,8 @@ from mlcache.cluster.bound_cache import (
     cache_generations,
     copy_state,
     has_taint,
+    heal_command,
+    is_cordoned,
     is_ready,
     node_zone,
     pinned_node_names,
@@ -201,9 +203,8 @@ def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, 
         "node loss",
         f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
         "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
-        f"rebuildable); the training run restarts from its last checkpoint. Heal: `mlcache heal --stack "
-        f"{expect.stack}{' --allow-protected' if expect.protected else ''}` (a dry run that says what it would do), "
-        "then the same with --apply.",
+        "rebuildable); the training run restarts from its last checkpoint. Heal: "
+        f"`{heal_command(expect.stack, expect.protected)}` (a dry run that says what it would do), then the same with --apply.",
     )
 
 
@@ -245,20 +246,19 @@ def stranded_volume(pod: dict, expect: Expectation, snapshot: Snapshot) -> tuple
             product = (_get(node, "metadata", "labels") or {}).get(GPU_PRODUCT_LABEL, "none")
             explanation += f"; {node_name} does not match the pod's node affinity ({GPU_PRODUCT_LABEL}={product})"
             continue
+        if not is_ready(node):  # not a passing reason: node loss (or a node that lost its status) is heal's
+            explanation += f"; {node_name} is not Ready"
+            continue
         free = free_on(node, snapshot.bound_pods)
         short = {r: q for r, q in needs.items() if free.get(r, Decimal(0)) < q}
         allocatable = _get(node, "status", "allocatable") or {}
         never = [r for r in short if allocatable and quantity(allocatable.get(r, 0)) < needs[r]]
-        cordoned = bool(_get(node, "spec", "unschedulable"))
         reasons = []
-        if not is_ready(node):  # not a passing reason: node loss (or a node that lost its status) is heal's
-            explanation += f"; {node_name} is not Ready"
-            continue
         if never:  # asks more than the node has: waiting never helps
             explanation += f"; {node_name} has {', '.join(f'{amount_text(quantity(allocatable.get(r, 0)))} {r}' for r in never)}"
             explanation += f" in all, the pod asks {', '.join(amount_text(needs[r]) for r in never)}"
             continue
-        if cordoned:
+        if is_cordoned(node):
             explanation += f"; {node_name} is cordoned"
             reasons.append(f"`kubectl uncordon {node_name}` once it may run pods again")
         if short:
@@ -452,9 +452,7 @@ def diagnose(snapshot: Snapshot, expect: Expectation) -> list[Finding]:
     if lost:
         findings.append(node_loss_finding(snapshot, expect, lost))
     elif snapshot.pv is not None:
-        cordoned = [
-            n for n in volume_nodes(snapshot.pv, snapshot.nodes) or [] if _get(snapshot.nodes[n], "spec", "unschedulable")
-        ]
+        cordoned = [n for n in volume_nodes(snapshot.pv, snapshot.nodes) or [] if is_cordoned(snapshot.nodes[n])]
         if cordoned:
             findings.append(
                 Finding(

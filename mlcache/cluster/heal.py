@@ -19,6 +19,7 @@ from mlcache.cluster.bound_cache import (
     deployed_context,
     get,
     has_taint,
+    is_cordoned,
     is_ready,
     job_ended,
     mounted_claims,
@@ -46,9 +47,17 @@ def up_command(stack: str, targets: Sequence[str]) -> list[str]:
     Job, pinned to the lost node, which the program no longer registers): a setting changed since the
     last up (a new job.gpus) waits for the user's own `pulumi up` instead of replacing the training
     Job here."""
-    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack] + [
-        flag for urn in targets for flag in ("--target", urn)
-    ]
+    return ["pulumi", "up", "--refresh", "--yes", "--skip-preview", "--non-interactive", "--stack", stack, *_targeting(targets)]
+
+
+def _targeting(targets: Sequence[str]) -> list[str]:
+    return [flag for urn in targets for flag in ("--target", urn)]
+
+
+def _why_failed(done: subprocess.CompletedProcess) -> str:
+    """Why a Pulumi CLI command failed: its last `error:` line, else its last line on stderr."""
+    errors = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("error:")]
+    return (errors or done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
 
 
 def state_urns(stack: str, wanted: Mapping[str, str], project: Path) -> tuple[dict[str, str], str]:
@@ -58,7 +67,7 @@ def state_urns(stack: str, wanted: Mapping[str, str], project: Path) -> tuple[di
     command = ["pulumi", "stack", "export", "--stack", stack, "--non-interactive"]
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        return {}, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+        return {}, _why_failed(done)
     try:
         resources = json.loads(done.stdout).get("deployment", {}).get("resources") or []
     except (json.JSONDecodeError, AttributeError):
@@ -75,13 +84,11 @@ def targeted_up_blocker(stack: str, targets: Sequence[str], project: Path) -> st
     """Why `pulumi up --target` of these cannot run (None: its preview passes), asked before anything
     is deleted: a targeted update refuses, among others, a provider the checkout changed since the
     last up and a dependency (a StorageClass new since then) left out of the targets."""
-    command = ["pulumi", "preview", "--refresh", "--non-interactive", "--stack", stack]
-    command += [flag for urn in targets for flag in ("--target", urn)]
+    command = ["pulumi", "preview", "--refresh", "--non-interactive", "--stack", stack, *_targeting(targets)]
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
     if done.returncode == 0:
         return None
-    errors = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip().startswith("error:")]
-    reason = (errors or done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    reason = _why_failed(done)
     return (
         f"the preview of the targeted `pulumi up` fails ({reason}); nothing was changed. Apply the stack's pending "
         f"changes first (`pulumi up --refresh --stack {stack}`), then heal"
@@ -96,8 +103,7 @@ def up_blocker(stack: str, project: Path) -> str | None:
     done = subprocess.run(command, cwd=project, capture_output=True, text=True, check=False)
     if done.returncode == 0:
         return None
-    reason = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-    return f"`pulumi up --stack {stack}` cannot run here ({reason}); nothing was changed"
+    return f"`pulumi up --stack {stack}` cannot run here ({_why_failed(done)}); nothing was changed"
 
 
 DELETE_TIMEOUT = 120  # seconds to wait for the claim to go once its users are gone
@@ -190,7 +196,7 @@ def plan_heal(
     node = snapshot.nodes.get(name)
     if proven := gone_proof(name, node):
         proof = proven
-    elif is_ready(node) and get(node, "spec", "unschedulable"):
+    elif is_ready(node) and is_cordoned(node):
         return HealPlan(
             refusal=(
                 f"node {name} is only cordoned and still Ready: volume {volume} and its data are there. "

@@ -1111,7 +1111,7 @@ def live_cache_for(old: dict[str, Any] | None, fresh: dict[str, Any] | None) -> 
 
 
 def explain_another_cache(changes: list[Change], why: str) -> None:
-    """Put `another_cache`'s reason on the change that deletes or replaces the base's claim."""
+    """Put `live_cache_for`'s reason on the change that deletes or replaces the base's claim."""
     for change in changes:
         if change.action in ("replace", "delete") and change.old and _cache_claim({"objects": [change.old]}):
             change.notes.append(why)
