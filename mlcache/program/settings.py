@@ -716,13 +716,7 @@ def _secret_leaves() -> list[str]:
     return leaves
 
 
-def shown_value(value: str) -> str:
-    """A setting's value for a log line: [secret] when it is one of the values given as secrets
-    (whole values only: a count such as 2 under a secret key does not garble other text)."""
-    return "[secret]" if value in _secret_leaves() else value
-
-
-# A secret value this short (a count, a flag) is hidden where it stands as a word of its own, not
+# A secret value this short (a count) is hidden where it stands as a word of its own, not
 # inside a longer one: replaced anywhere, a `4` would make `SXM4` read `SXM[secret]`, garbling the
 # line and pointing at the secret. A longer value is hidden wherever it appears.
 WHOLE_WORD_BELOW = 6

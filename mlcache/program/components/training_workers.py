@@ -30,7 +30,7 @@ from mlcache.program.components.workers import (
     service_account_name,
 )
 from mlcache.program.names import RUN_LABEL, SKIP_AWAIT, replicated_job_name, worker_job_name
-from mlcache.program.settings import JobSettings, shown_value
+from mlcache.program.settings import JobSettings, hide_secrets
 
 # The provider's await for a custom resource: the JobSet's own Completed condition.
 JOBSET_WAIT_FOR = {"pulumi.com/waitFor": "condition=Completed"}
@@ -144,7 +144,7 @@ class TrainingWorkers(pulumi.ComponentResource):
             pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
         if pod.placement.zone is None:
             # Logs are kept in the clear, and job.gpuProduct may be a secret.
-            warning = UNPINNED_WARNING.format(nodes=job.nodes, product=shown_value(job.gpu_product))
+            warning = UNPINNED_WARNING.format(nodes=job.nodes, product=hide_secrets(job.gpu_product))
             pulumi.log.warn(warning, resource=self)
         self.run_marker = completion_marker(job, cache)
         self.register_outputs({"names": self.names, "run_marker": self.run_marker})
