@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pulumi
 import pytest
 
 from mlcache.cluster.bound_cache import (
@@ -13,11 +14,17 @@ from mlcache.cluster.bound_cache import (
     ProviderSettings,
     Unread,
     Wanted,
+    assume_live,
     judge,
     quantity_bytes,
     read_live_cache,
 )
+from mlcache.preview.diff import base_claim
+from mlcache.preview.mock_engine import ProgramRun, run_program
+from mlcache.preview.render import as_json
+from mlcache.preview.stack_config import load_stack_config
 from tests.api_objects import A100, CLAIM, H100, NAMESPACE, claim, node, storage_class, volume
+from tests.conftest import rendered
 
 UCSD = node("gpu-ucsd-1", "ucsd")
 WANTED = Wanted(
@@ -221,3 +228,20 @@ def test_no_kubeconfig_or_no_reachable_cluster_makes_the_guard_stand_aside(tmp_p
         assert unreachable.reason.startswith("cannot reach the cluster to read PersistentVolumeClaim team/ms-swift-cache-pvc")
     unknown_context = read_live_cache(CLAIM, None, ProviderSettings(context="elsewhere"), {"KUBECONFIG": str(path)})
     assert isinstance(unknown_context, Unread) and "elsewhere" in unknown_context.reason
+
+
+def test_a_refused_change_prints_the_refusal_alone_not_the_guards_pass_line_before_it():
+    """`pulumi preview` of a zone change the cache cannot follow: the error, with no `claim ... is
+    bound to ...` note ahead of it that reads as the guard having passed the change."""
+    live = base_claim(as_json(rendered("prod")))
+    for overrides, refused in ((["zone=sdsu"], True), ([], False)):
+        config = load_stack_config("prod", overrides)
+        run = ProgramRun()
+        with assume_live(live):
+            if refused:
+                with pytest.raises(pulumi.RunError, match=r"bound-cache guard: the cache .* is bound to"):
+                    run_program(config.engine_config(), sorted(config.secret_keys), "prod", run)
+            else:
+                run_program(config.engine_config(), sorted(config.secret_keys), "prod", run)
+        said = [note for note in run.notes if note.startswith("bound-cache guard: claim")]
+        assert bool(said) is not refused, run.notes

@@ -1333,8 +1333,9 @@ def guard_bound_cache(settings: Any) -> Verdict:
             "PersistentVolumes, nodes and StorageClasses."
         )
     verdict = judge(wanted, live)
+    if verdict.refusal:
+        # The refusal alone: a note printed before it reads as the guard having let the change pass.
+        raise pulumi.RunError(hide_secrets(verdict.refusal))
     for note in verdict.notes:
         pulumi.log.info(hide_secrets(note))
-    if verdict.refusal:
-        raise pulumi.RunError(hide_secrets(verdict.refusal))
     return verdict
