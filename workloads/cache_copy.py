@@ -482,14 +482,24 @@ class Progress:
         rate = self.done / seconds
         eta = f"{(self.total - self.done) / rate:.0f} s" if rate > 0 else "unknown"
         share = 100 * self.done / self.total if self.total else 100
+        scale, unit = size_unit(self.total)
         return (
-            f"{self.done / 1e9:.2f} of {self.total / 1e9:.2f} GB ({share:.0f}%), {rate / 1e6:.0f} MB/s, ETA {eta}; "
-            f"sent {self.sent / 1e9:.2f} GB, kept {self.kept / 1e9:.2f} GB already there"
+            f"{self.done / scale:.2f} of {self.total / scale:.2f} {unit} ({share:.0f}%), {rate / 1e6:.0f} MB/s, "
+            f"ETA {eta}; sent {self.sent / scale:.2f} {unit}, kept {self.kept / scale:.2f} {unit} already there"
         )
 
     def report_until(self, stop: threading.Event) -> None:
         while not stop.wait(self.every):
             self.log(self.line())
+
+
+def size_unit(total: int) -> tuple[float, str]:
+    """The decimal unit a size of `total` bytes reads best in (a model cache: GB; a small tree: MB or kB),
+    so a progress line never reads `0.00 of 0.00 GB`."""
+    for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
+        if total >= scale:
+            return scale, unit
+    return 1.0, "bytes"
 
 
 class _Writer:
@@ -569,7 +579,8 @@ def copy_tree(sources: list, root: Path, log: Callable[[str], None], progress_ev
             work.put((entry, offset, length))
     small: list[tuple[Entry, int, int, str]] = []
     progress = Progress(total, log, progress_every)
-    log(f"copying {total / 1e9:.2f} GB in {len(files)} files over {len(sources)} streams")
+    scale, unit = size_unit(total)
+    log(f"copying {total / scale:.2f} {unit} in {len(files)} files over {len(sources)} streams")
     errors: list[BaseException] = []
     lock = threading.Lock()
 
