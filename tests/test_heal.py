@@ -325,3 +325,40 @@ def heal_generations(expect, generations, current, kept=None, switched=True):
     expect = dataclasses.replace(expect, pvc=current)
     lost = lost_snapshot(switched=switched and current == CURRENT)
     return plan_heal(lost, expect, protected=False, allow_protected=False, generations=generations, kept=kept)
+
+
+def test_the_plan_says_when_no_healthy_node_of_the_placement_has_room_for_the_training_pod():
+    """Heal re-creates the claim either way (its data is lost), but promises a healthy node only
+    when a Ready one of the placement has room: else it says the pod waits, and where room is short."""
+
+    def with_gpus(obj: dict, section: str, gpus: int) -> dict:
+        copy = json.loads(json.dumps(obj))
+        if section == "allocatable":
+            copy["status"]["allocatable"] = {"cpu": "64", "memory": "512Gi", "nvidia.com/gpu": str(gpus)}
+        else:
+            copy["spec"]["containers"][0]["resources"] = {"requests": {"nvidia.com/gpu": str(gpus)}}
+        return copy
+
+    training = with_gpus(pod("sft-new", unschedulable="1 node(s) had volume node affinity conflict"), "requests", 4)
+    healthy = with_gpus(HEALTHY, "allocatable", 4)
+    holder = {**with_gpus(pod("other-run", node_name="gpu-ucsd-2"), "requests", 4), "metadata": {"name": "other-run"}}
+    elsewhere = with_gpus(node("gpu-sdsu-1", "sdsu", product="NVIDIA-H100-80GB-HBM3"), "allocatable", 8)
+    training["spec"]["nodeSelector"] = {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+
+    def plan_text(bound: list[dict]) -> str:
+        snap = Snapshot(
+            pvc=claim(),
+            pv=volume("gpu-ucsd-1"),
+            pods=[training],
+            nodes={"gpu-ucsd-2": healthy, "gpu-sdsu-1": elsewhere},
+            bound_pods=bound,
+        )
+        return render_plan(heal(snap), apply=False)
+
+    full = plan_text([holder])
+    assert (
+        "on a healthy node of its placement once one has room for it: none has now (gpu-ucsd-2 0 nvidia.com/gpu free; it needs 4)"
+        in full
+    )
+    assert "gpu-sdsu-1" not in full  # another GPU product: not of the placement
+    assert "binds a fresh volume on a healthy node and" in plan_text([])

@@ -391,6 +391,13 @@ def test_verify_without_events_or_allocatable_keeps_its_generic_remedy():
     findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=SCHEDULER_NO_GPUS)], nodes=bare), EXPECT)
     (failure,) = [f for f in findings if f.level == FAIL]
     assert failure.remedy.startswith("too few free GPUs of job.gpuProduct, cpu or memory: lower job.gpus")
+    # a100-ucsd-1 is of the placement: the 4 nodes the affinity ruled out are left out as asked, no fix.
+    assert "no node with job.gpuProduct in the zone" not in failure.remedy
+    elsewhere = Expectation(**{**EXPECT.__dict__, "zone": "chico"})
+    findings = diagnose(
+        Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", zone="chico", unschedulable=SCHEDULER_NO_GPUS)], nodes=bare), elsewhere
+    )
+    (failure,) = [f for f in findings if f.level == FAIL]
     assert "; no node with job.gpuProduct in the zone: change job.gpuProduct or mlcache:zone" in failure.remedy
 
 
@@ -409,6 +416,33 @@ def test_each_reason_of_the_scheduler_gets_its_own_fix(reason, fix):
     findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=message)], nodes=bare), EXPECT)
     (failure,) = [f for f in findings if f.level == FAIL]
     assert fix in failure.remedy and "GPUs" not in failure.remedy
+
+
+def test_after_a_node_loss_the_remedy_names_the_dead_nodes_taint_and_the_nodes_short_of_storage():
+    """A healed cache whose pod waits: the lost node is tainted unreachable and the node of the
+    placement that is up lacks storage. Tolerating the dead node's taint is no remedy; the nodes
+    short of storage are named."""
+    from mlcache.cluster.diagnosis import Snapshot  # noqa: PLC0415
+
+    bare = {n: {"metadata": v["metadata"]} for n, v in FLEET.items()}
+    dead = {**bare["a100-ucsd-1"], "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}
+    up = {**bare["a100-sdsu-1"], "metadata": {**bare["a100-sdsu-1"]["metadata"], "name": "a100-ucsd-2"}}
+    up["metadata"]["labels"] = {**up["metadata"]["labels"], "topology.kubernetes.io/zone": "ucsd"}
+    nodes = {**bare, "a100-ucsd-1": dead, "a100-ucsd-2": up}
+    message = (
+        "0/6 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, 1 node(s) did not "
+        "have enough free storage, 4 node(s) didn't match Pod's node affinity/selector. preemption: not helpful."
+    )
+    findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=message)], nodes=nodes), EXPECT)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert "job.tolerations" not in failure.remedy and "node.kubernetes.io/unreachable are down" in failure.remedy
+    assert "the storage pool of the nodes that fit (a100-ucsd-2) has less free space" in failure.remedy
+    assert "no node with job.gpuProduct" not in failure.remedy
+    # Any other taint in the way keeps the tolerations fix.
+    nodes["cpu-ucsd-1"] = {**bare["cpu-ucsd-1"], "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}}
+    findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=message)], nodes=nodes), EXPECT)
+    (failure,) = [f for f in findings if f.level == FAIL]
+    assert "add the taint to job.tolerations" in failure.remedy
 
 
 # --- set-up: toolchain, config, program copy, usage errors -------------------------------------

@@ -86,6 +86,11 @@ SCHEDULER_REASON_FIXES = (
 )
 
 
+# Taints Kubernetes puts on a node that is down (the node lifecycle controller) or shut down for good
+# (out-of-service): tolerating them would only place training on a dead node.
+DOWN_NODE_TAINTS = ("node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready", OUT_OF_SERVICE_TAINT)
+
+
 OK, INFO, FAIL = "ok", "info", "FAIL"
 
 
@@ -337,6 +342,45 @@ def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tup
     return explanation, "; ".join(fixes)
 
 
+def scheduler_fixes(pod: dict, message: str, snapshot: Snapshot) -> list[str]:
+    """The fix for each reason the scheduler gives, read against the nodes: a reason that only
+    counts nodes outside the placement, or nodes that are down, asks for no setting."""
+    placed = {name: node for name, node in snapshot.nodes.items() if pod_fits_labels(pod, node)}
+    up = [name for name, node in sorted(placed.items()) if not is_cordoned(node) and not _is_down(node)]
+    fixes = []
+    for words, fix in SCHEDULER_REASON_FIXES:
+        if words not in message:
+            continue
+        if words == "didn't match Pod's node affinity" and placed:
+            continue  # nodes of the placement exist: the others are left out as asked
+        if words == "untolerated taint" and (down := _down_taints(pod, snapshot)):
+            fix = (
+                f"the nodes tainted {', '.join(down)} are down: tolerating that would place training on a dead "
+                "node; the pod needs room on the nodes that are up"
+            )
+        elif words == "did not have enough free storage" and up:
+            fix = fix.replace("the nodes that fit", f"the nodes that fit ({', '.join(up)})", 1)
+        fixes.append(fix)
+    return fixes
+
+
+def _is_down(node: dict) -> bool:
+    return any(has_taint(node, key) for key in DOWN_NODE_TAINTS)
+
+
+def _down_taints(pod: dict, snapshot: Snapshot) -> list[str]:
+    """The keys of the taints the pod does not tolerate on the nodes, when each is one Kubernetes puts
+    on a node that is down; [] if any other taint is in the way (or no node says which)."""
+    tolerated = {t.get("key") for t in _get(pod, "spec", "tolerations") or []}
+    keys = {
+        taint.get("key")
+        for node in snapshot.nodes.values()
+        for taint in _get(node, "spec", "taints") or []
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and taint.get("key") not in tolerated
+    }
+    return sorted(keys) if keys and keys <= set(DOWN_NODE_TAINTS) else []
+
+
 def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> Finding:
     name = _get(pod, "metadata", "name")
     message = scheduling_message(pod, snapshot.events) or "not scheduled yet"
@@ -357,7 +401,7 @@ def diagnose_pending_pod(pod: dict, expect: Expectation, snapshot: Snapshot) -> 
     if shortage:
         explanation, remedy = shortage
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message} -> {explanation}", remedy)
-    fixes = [fix for words, fix in SCHEDULER_REASON_FIXES if words in message]
+    fixes = scheduler_fixes(pod, message, snapshot)
     if fixes:
         return Finding(FAIL, "pod scheduling", f"pod {name} is Pending: {message}", "; ".join(fixes) + ".")
     return Finding(INFO, "pod scheduling", f"pod {name} is Pending: {message}")

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from mlcache.cluster.bound_cache import (
 )
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.cluster.kube import CLAIM, JOB, JOBS, NAMESPACED_PODS, POD, Kube, api_path
+from mlcache.cluster.objects import STANDARD_RESOURCES, amount_text, free_on, pod_fits_labels, pod_requests
 from mlcache.errors import Unreachable
 from mlcache.program.names import (
     BENCHMARK_APP_LABEL,
@@ -246,9 +248,34 @@ def plan_heal(
     steps.append(
         f"pulumi up --refresh --stack {expect.stack} --target <the claim's URN>: re-creates the claim and nothing else "
         f"(a setting changed since the last up waits for yours, but for the claim's own); the training pod binds a fresh "
-        f"volume on a healthy node and {how}"
+        f"volume on {healthy_node(snapshot, name)} and {how}"
     )
     return HealPlan(refusal=refusal, dead_node=name, proof=proof, stuck_pods=stuck, steps=tuple(steps), restores_from=source)
+
+
+def healthy_node(snapshot: Snapshot, dead: str) -> str:
+    """Where the training pod lands once the claim is re-created: a Ready, schedulable node of its
+    placement with room for what it requests, other than the dead one; said plainly when none has
+    room now (the pod then waits Pending, the new claim unbound, until one has)."""
+    pod = next(iter(snapshot.pods), None)
+    if pod is None or not any(get(n, "status", "allocatable") for n in snapshot.nodes.values()):
+        return "a healthy node"  # nothing to check against
+    needs = pod_requests(pod)
+    placed = {
+        name: node
+        for name, node in snapshot.nodes.items()
+        if name != dead and pod_fits_labels(pod, node) and is_ready(node) and not is_cordoned(node)
+    }
+    free = {name: free_on(node, snapshot.bound_pods) for name, node in placed.items()}
+    if any(all(free[name].get(r, Decimal(0)) >= q for r, q in needs.items()) for name in placed):
+        return "a healthy node"
+    gpus = next((r for r in needs if r not in STANDARD_RESOURCES), "cpu")
+    short = ", ".join(f"{name} {amount_text(free[name].get(gpus, Decimal(0)))} {gpus} free" for name in sorted(placed))
+    return (
+        "a healthy node of its placement once one has room for it: none has now "
+        f"({short or 'no Ready, schedulable node of its placement'}; it needs {amount_text(needs.get(gpus, Decimal(0)))}), "
+        "so the pod waits Pending until then (`mlcache verify` says why)"
+    )
 
 
 def _restore_from_kept(
