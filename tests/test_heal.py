@@ -362,3 +362,36 @@ def test_the_plan_says_when_no_healthy_node_of_the_placement_has_room_for_the_tr
     )
     assert "gpu-sdsu-1" not in full  # another GPU product: not of the placement
     assert "binds a fresh volume on a healthy node and" in plan_text([])
+
+
+def test_a_pulumi_cli_that_cannot_start_is_said_as_such_not_as_an_unreachable_cluster(tmp_path, monkeypatch, capfd):
+    """apply_plan runs inside the block that turns network errors into "the API server cannot be
+    reached": a CLI that cannot start (not executable here) is reported as the up's failure instead."""
+    from mlcache.cluster.heal import apply_plan  # noqa: PLC0415
+    from mlcache.cluster.live import cluster_errors  # noqa: PLC0415
+
+    class Cluster:
+        """The claim as the API server keeps it: deleted on request."""
+
+        api = type("Api", (), {"configuration": type("Configuration", (), {"host": "https://10.0.0.1:6443"})()})()
+
+        def __init__(self) -> None:
+            self.claim: dict | None = claim()
+
+        def delete_if_present(self, path: str, body: dict) -> None:
+            pass
+
+        def delete(self, path: str) -> None:
+            self.claim = None
+
+        def optional(self, path: str) -> dict | None:
+            return self.claim
+
+    (tmp_path / "pulumi").write_text("#!/bin/sh\nexit 0\n")  # not executable: PermissionError
+    monkeypatch.setenv("PATH", str(tmp_path))
+    plan = heal(snapshot(None))
+    with cluster_errors(Cluster()):
+        healed = apply_plan(plan, EXPECT, Cluster(), [CLAIM_URN])
+    out = capfd.readouterr().out
+    assert healed is False and "cannot be reached" not in out
+    assert "not healed: the claim is deleted, but `pulumi up --refresh" in out and "failed (PermissionError: " in out

@@ -497,10 +497,14 @@ def apply_plan(plan: HealPlan, expect: Expectation, kube: Kube, targets: Sequenc
     command = up_command(expect.stack, targets)
     print("running: " + shlex.join(command), file=sys.stderr)  # a URN holds `$`: quoted to paste
     # pulumi's own output is progress: stderr. stdout keeps the report (the plan and its outcome).
-    code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode
-    if code != 0:
+    try:
+        code = subprocess.run(command, cwd=CHECKOUT, stdout=sys.stderr, check=False).returncode
+        failure = f"exit {code}" if code else None
+    except OSError as err:  # the CLI itself, not the cluster (this runs where cluster errors are caught)
+        failure = f"{type(err).__name__}: {err}"
+    if failure is not None:
         print(
-            f"not healed: the claim is deleted, but `{shlex.join(command)}` failed (exit {code}); run it again, or "
+            f"not healed: the claim is deleted, but `{shlex.join(command)}` failed ({failure}); run it again, or "
             f"`pulumi up --refresh --stack {expect.stack}`, which also applies every other pending change"
         )
         return False
