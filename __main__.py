@@ -165,7 +165,9 @@ run_output = RunOutput(
 secrets.export("run", run_output.exported())
 secrets.export(
     "verifyCommands",
-    pulumi.Output.all(cache_pod.claim_name, training.name if training else None, cache.namespace).apply(
-        lambda names: verification_commands(names[0], names[1], names[2], linstor=settings.is_linstor)
+    pulumi.Output.all(cache_pod.claim_name, training.name if training else None, cache.namespace, *claim_names).apply(
+        lambda names: verification_commands(
+            names[0], names[1], names[2], linstor=settings.is_linstor, workers=names[3:], run=settings.job.run_name
+        )
     ),
 )

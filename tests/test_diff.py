@@ -488,14 +488,23 @@ def test_the_pr_comment_survives_backticks_pipes_and_secrets():
     assert "zone any" not in comment and new["objects"]
 
 
-@pytest.fixture
-def project_copy(tmp_path):
-    copy = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def committed_checkout(tmp_path_factory):
+    """This checkout's files, committed once per module in a repository of their own."""
+    copy = tmp_path_factory.mktemp("committed") / "repo"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("venv*", ".git", "__pycache__", ".*cache", ".hypothesis"))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
     subprocess.run(["git", "init", "-q"], cwd=copy, check=True)
     subprocess.run([*git, "add", "-A"], cwd=copy, check=True)
     subprocess.run([*git, "commit", "-qm", "base"], cwd=copy, check=True)
+    return copy
+
+
+@pytest.fixture
+def project_copy(committed_checkout, tmp_path):
+    """A repository of this checkout's files, one commit, clean, for the test to change."""
+    copy = tmp_path / "repo"
+    shutil.copytree(committed_checkout, copy, symlinks=True)
     return copy
 
 

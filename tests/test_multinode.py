@@ -533,3 +533,26 @@ def test_a_secret_under_job_stays_secret_in_every_worker_object(engine):
     assert_kept_secret(run, "hidden77")
     # Only a secret value is hidden in the warnings: the counts under the secret key stay readable.
     assert any("fewer than 2 free NVIDIA-A100-SXM4-80GB nodes" in w for w in run.warnings)
+
+
+@pytest.mark.parametrize("engine", ["jobs", "jobset"])
+def test_the_verify_commands_of_a_run_cover_every_workers_claim_and_select_every_training_pod(engine):
+    """`pulumi stack output verifyCommands` of a multi-node run: each check names every worker's
+    claim, and the pod checks select by a label every training pod carries (a JobSet's pods carry
+    job-name of the child Jobs, not the JobSet's name)."""
+    run = rendered("prod", "job.nodes=3", f"job.engine={engine}")
+    commands = run.outputs["verifyCommands"]
+    claims = run.outputs["run"]["cacheClaims"]
+    assert len(claims) == 3
+    for key in ("pvcBinding", "pvcUsage", "pvNodeAffinity", "linstorResources"):
+        assert all(claim in commands[key].split() or f"{claim} " in commands[key] for claim in claims), key
+    label, value = commands["podNode"].split(" -l ")[1].split()[0].split("=")
+    templates = []
+    for obj in documents(run):
+        if obj["kind"] == "JobSet":
+            templates += [r["template"]["spec"]["template"] for r in obj["spec"]["replicatedJobs"]]
+        elif obj["kind"] == "Job" and obj["metadata"]["labels"].get("app") == "ms-swift":
+            templates.append(obj["spec"]["template"])
+    training = [t for t in templates if WORKER_LABEL in t["metadata"]["labels"] and "fio" not in str(t["spec"]["containers"])]
+    assert len(training) == 3 and all(t["metadata"]["labels"].get(label) == value for t in training)
+    assert f"-l {label}={value}" in commands["podZone"]

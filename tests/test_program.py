@@ -254,7 +254,8 @@ def test_stack_outputs(stack):
     assert out["zone"] == {"dev": "scheduler-chosen", "prod": "ucsd"}[stack]
     assert out["namespace"] == {"dev": "default", "prod": "ml-training"}[stack]
     commands = out["verifyCommands"]
-    assert set(commands) >= {"pvcBinding", "podNode", "podZone", "pvNodeAffinity", "linstorResources"}
+    assert set(commands) >= {"pvcBinding", "podNode", "podZone", "pvNodeAffinity", "linstorResources", "linstorStoragePools"}
+    assert commands["linstorStoragePools"].endswith("-- linstor storage-pool list")  # the runbook's "Check Linstor status"
     assert "kubectl get pvc ms-swift-cache-pvc" in commands["pvcBinding"]
     assert "job-name=sft-qwen3vl-fire-4gpu" in commands["podNode"]
     assert f"-n {out['namespace']}" in commands["pvcBinding"]
@@ -264,7 +265,7 @@ def test_stack_outputs(stack):
 def test_rook_ceph_outputs_and_no_linstor_commands():
     out = rendered("dev", "backend=rook-ceph").outputs
     assert out["backend"] == "rook-ceph" and out["storageClass"] == "rook-ceph-block"
-    assert "linstorResources" not in out["verifyCommands"]
+    assert not {"linstorResources", "linstorPods", "linstorStoragePools"} & set(out["verifyCommands"])
 
 
 # 6. Stacks

@@ -4,8 +4,9 @@ them (`verifyCommands`) and mlcache verify prints them as remedies."""
 from __future__ import annotations
 
 import shlex
+from collections.abc import Sequence
 
-from mlcache.program.names import LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, ZONE_LABEL
+from mlcache.program.names import LINSTOR_CONTROLLER, LINSTOR_NAMESPACE, RUN_LABEL, ZONE_LABEL
 
 ZONE_JSONPATH = "{.metadata.labels." + ZONE_LABEL.replace(".", "\\.") + "}"
 
@@ -15,8 +16,22 @@ def linstor_resources_command(volume: str) -> str:
     return f"kubectl -n {LINSTOR_NAMESPACE} exec {LINSTOR_CONTROLLER} -- linstor resource list -r {volume}"
 
 
-def verification_commands(pvc: str, job: str | None, namespace: str | None, linstor: bool) -> dict[str, str]:
+# The runbook's "Check Linstor status": its pods, and the storage pools' free space on each node.
+LINSTOR_STATUS = {
+    "linstorPods": f"kubectl get pods -n {LINSTOR_NAMESPACE}",
+    "linstorStoragePools": f"kubectl -n {LINSTOR_NAMESPACE} exec {LINSTOR_CONTROLLER} -- linstor storage-pool list",
+}
+
+
+def verification_commands(
+    pvc: str, job: str | None, namespace: str | None, linstor: bool, workers: Sequence[str] = (), run: str | None = None
+) -> dict[str, str]:
+    """The checks of one cache and its training pod; of a multi-node run (`workers`: each worker's
+    claim, `run`: the run's name, on every training pod as RUN_LABEL) the same checks over every
+    worker's claim and pod."""
     ns = f" -n {shlex.quote(namespace)}" if namespace else ""
+    if len(workers) > 1:
+        return _run_commands(workers, run, ns, linstor)
     volume = f"$(kubectl get pvc {pvc}{ns} -o jsonpath='{{.spec.volumeName}}')"
     commands = {
         "pvcBinding": f"kubectl get pvc {pvc}{ns} -w",
@@ -29,4 +44,27 @@ def verification_commands(pvc: str, job: str | None, namespace: str | None, lins
         commands["podZone"] = f"kubectl get node {pod_node} -o jsonpath='{ZONE_JSONPATH}'"
     if linstor:
         commands["linstorResources"] = linstor_resources_command(volume)
+        commands.update(LINSTOR_STATUS)
+    return commands
+
+
+def _run_commands(claims: Sequence[str], run: str | None, ns: str, linstor: bool) -> dict[str, str]:
+    names = " ".join(claims)
+    volumes = f"$(kubectl get pvc {names}{ns} -o jsonpath='{{.items[*].spec.volumeName}}')"
+    commands = {
+        "pvcBinding": f"kubectl get pvc {names}{ns} -w",
+        # Columns, not a jsonpath over .items: with one volume bound so far kubectl prints an object, not a list.
+        "pvNodeAffinity": (
+            f"kubectl get pv {volumes} -o custom-columns=NAME:.metadata.name,"
+            "NODE_AFFINITY:.spec.nodeAffinity.required.nodeSelectorTerms"
+        ),
+        "pvcUsage": f"kubectl get pvc {names}{ns} -o custom-columns=NAME:.metadata.name,CAPACITY:.status.capacity.storage",
+    }
+    if run:
+        pods = f"kubectl get pods{ns} -l {RUN_LABEL}={run}"
+        commands["podNode"] = f"{pods} -o wide"
+        commands["podZone"] = f"kubectl get nodes -L {ZONE_LABEL} $({pods} -o jsonpath='{{.items[*].spec.nodeName}}')"
+    if linstor:
+        commands["linstorResources"] = linstor_resources_command(volumes)
+        commands.update(LINSTOR_STATUS)
     return commands
