@@ -121,3 +121,27 @@ def test_an_ingress_policy_selects_every_cache_pod(stack):
 def test_run_as_user_zero_is_refused():
     with pytest.raises(ConfigError, match=r"mlcache:job\.runAsUser"):
         parse_settings({"job": {"runAsUser": 0}})
+
+
+@pytest.mark.parametrize("nodes", ["1", "2"])
+def test_a_raw_device_is_reached_through_the_disk_group_and_a_filesystem_needs_no_extra_group(nodes):
+    """Block mode: fsGroup does not reach a raw device, which the runtime gives the container as the
+    host's node (root:disk, 0660); every pod with the device (training, benchmark) is in the disk group."""
+    from mlcache.program.names import DISK_GROUP  # noqa: PLC0415
+
+    def pod_templates(run) -> list[dict]:
+        found = []
+        for obj in documents(run):
+            if obj["kind"] == "Job":
+                found.append(obj["spec"]["template"]["spec"])
+            elif obj["kind"] == "JobSet":
+                found += [r["template"]["spec"]["template"]["spec"] for r in obj["spec"]["replicatedJobs"]]
+        return found
+
+    benchmark = ("benchmark.enabled=true", f"benchmark.fioImage={DIGEST_IMAGE}", "benchmark.shardLoad=false")
+    block = pod_templates(rendered("prod", "cache.volumeMode=Block", f"job.nodes={nodes}", *benchmark))
+    with_device = [p for p in block if any(c.get("volumeDevices") for c in p.get("initContainers", []) + p["containers"])]
+    assert len(with_device) == 2 * int(nodes)  # each worker's training pod and its benchmark pod
+    assert all(p["securityContext"]["supplementalGroups"] == [DISK_GROUP] for p in with_device)
+    filesystem = pod_templates(rendered("prod", f"job.nodes={nodes}", *benchmark))
+    assert filesystem and not any("supplementalGroups" in p["securityContext"] for p in filesystem)

@@ -22,6 +22,10 @@ def full_key(key: str) -> str:
 PROVIDER_NAMESPACE = "kubernetes:namespace"
 
 # Node labels (well-known Kubernetes labels and NVIDIA's GPU feature discovery).
+# The group that owns block devices on the nodes (`disk`, GID 6 on Debian, Ubuntu, RHEL and their
+# kin): a non-root pod reads and writes the cache's raw device (Block mode) through it.
+DISK_GROUP = 6
+
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"

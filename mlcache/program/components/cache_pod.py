@@ -125,7 +125,7 @@ def pod_spec(
         # Never: a failed pod is kept for its logs and the Job's backoffLimit decides retries.
         "restartPolicy": "Never",
         **(scheduling if scheduling is not None else pod_scheduling(pod.job, pod.placement)),
-        **pod_hardening(pod.job.run_as_user),
+        **pod_hardening(pod.job.run_as_user, block=pod.cache.is_block),
         "containers": steps[-containers:],
         "volumes": [{"name": CACHE_VOLUME, "persistentVolumeClaim": {"claimName": pod.claim_name}}, *volumes, scratch_volume()],
     }

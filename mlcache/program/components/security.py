@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlcache.program.names import SCRATCH_PATH
+from mlcache.program.names import DISK_GROUP, SCRATCH_PATH
 
 SCRATCH_VOLUME = "scratch"
 # A writable HOME and a user name for libraries that look them up (getpass, triton, torch).
@@ -21,8 +21,8 @@ def _non_root(run_as_user: int) -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": run_as_user}
 
 
-def pod_security_context(run_as_user: int) -> dict[str, Any]:
-    return {
+def pod_security_context(run_as_user: int, block: bool = False) -> dict[str, Any]:
+    context = {
         **_non_root(run_as_user),
         "runAsGroup": run_as_user,
         # The cache is writable through its group; OnRootMismatch chowns it only once, not on
@@ -31,12 +31,17 @@ def pod_security_context(run_as_user: int) -> dict[str, Any]:
         "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
+    if block:
+        # fsGroup does not reach a raw device: the runtime gives the container the host's device
+        # node (root:disk, 0660) unless it sets device_ownership_from_security_context.
+        context["supplementalGroups"] = [DISK_GROUP]
+    return context
 
 
-def pod_hardening(run_as_user: int) -> dict[str, Any]:
+def pod_hardening(run_as_user: int, block: bool = False) -> dict[str, Any]:
     """Pod-level fields of every pod on the cache: no API token (none of them talks to the
-    Kubernetes API) and the non-root security context."""
-    return {"automountServiceAccountToken": False, "securityContext": pod_security_context(run_as_user)}
+    Kubernetes API) and the non-root security context (in the disk group for a raw device)."""
+    return {"automountServiceAccountToken": False, "securityContext": pod_security_context(run_as_user, block)}
 
 
 def container_security_context(run_as_user: int) -> dict[str, Any]:

@@ -34,7 +34,8 @@ APP_LABEL = {"app": "ms-swift"}
 BLOCK_MODE_WARNING = (
     "cache.volumeMode is Block: the Job gets the raw device at cache.devicePath (volumeDevices), not a "
     "filesystem. ms-swift cannot keep its model cache there unless the application reads the device "
-    "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk."
+    "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk, and so does the run's "
+    "--output_dir (the trained weights), lost with the pod unless job.args sends it elsewhere."
 )
 
 
