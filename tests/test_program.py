@@ -363,3 +363,10 @@ def test_the_mock_engine_skips_the_sdks_stack_traces_and_puts_its_recorder_back(
     monkeypatch.setattr(runtime_resource, "_get_stack_trace", recorder)
     run = run_program({}, [], "dev")
     assert run.registrations and not calls and runtime_resource._get_stack_trace is recorder
+
+
+@pytest.mark.parametrize("nodes", ["1", "2"])
+def test_more_gpus_than_a_node_of_the_platform_has_is_warned_with_the_way_to_spread_them(nodes):
+    said = [w for w in rendered("prod", "job.gpus=16", f"job.nodes={nodes}").warnings if w.startswith("job.gpus is 16")]
+    assert len(said) == 1 and "at most 8" in said[0] and "job.nodes" in said[0]
+    assert not [w for w in rendered("prod", "job.gpus=8", f"job.nodes={nodes}").warnings if w.startswith("job.gpus is")]

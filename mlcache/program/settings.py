@@ -312,7 +312,7 @@ class JobSettings:
     args: tuple[str, ...] | None = setting(
         ListOf(AnyText(), "strings"), None, "Arguments of the command; unset = a LoRA run of model on dataset."
     )
-    gpus: int = setting(Integer(1, 64), 4, "GPUs of the pod (NPROC_PER_NODE).")
+    gpus: int = setting(Integer(1, 64), 4, "GPUs of the pod (NPROC_PER_NODE); above 8, a warning (NRP nodes have at most 8).")
     gpu_resource: str = setting(
         Text("an extended resource name such as nvidia.com/gpu or nvidia.com/a100", schema.is_extended_resource_name),
         "nvidia.com/gpu",

@@ -24,7 +24,7 @@ from mlcache.program.components.workload_scripts import (
     prefetch_markers,
 )
 from mlcache.program.names import QUEUE_LABEL, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, worker_job_name
-from mlcache.program.settings import TOKEN_ENV, CacheSettings, JobSettings
+from mlcache.program.settings import TOKEN_ENV, CacheSettings, JobSettings, hide_secrets
 
 CONTAINER = "sft"
 PREFETCH_CONTAINER = "prefetch"
@@ -37,6 +37,22 @@ BLOCK_MODE_WARNING = (
     "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk, and so does the run's "
     "--output_dir (the trained weights), lost with the pod unless job.args sends it elsewhere."
 )
+
+# NRP's nodes carry at most 8 GPUs (platform convention): a pod asking for more waits for a node
+# that has them, on such a cluster for ever.
+GPUS_PER_NODE = 8
+
+
+def too_many_gpus_warning(job: JobSettings) -> str | None:
+    """The warning for a pod that asks for more GPUs than a node of the platform has."""
+    if job.gpus <= GPUS_PER_NODE:
+        return None
+    # Logs are kept in the clear, and job may be a secret key.
+    return hide_secrets(
+        f"job.gpus is {job.gpus}: each training pod asks for {job.gpus} GPUs on one node, and NRP's nodes have at "
+        f"most {GPUS_PER_NODE}: there the pod stays Pending. For more GPUs, spread the run over nodes with job.nodes "
+        "(job.gpus per node)."
+    )
 
 
 # Runs the training command once per run identity. A Job re-created for a run that already
@@ -255,6 +271,8 @@ class TrainingJob(pulumi.ComponentResource):
         if cache.is_block:
             # Names the key, not its value: logs are kept in the clear, and cache may be a secret key.
             pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
+        if warning := too_many_gpus_warning(job):
+            pulumi.log.warn(warning, resource=self)
         self.name = self.job.metadata.name
         self.names = [self.name]
         self.run_marker = completion_marker(job, cache)

@@ -20,6 +20,7 @@ from mlcache.program.components.training_job import (
     completion_marker,
     job_options,
     queue_labels,
+    too_many_gpus_warning,
     training_job_manifest,
 )
 from mlcache.program.components.workers import (
@@ -142,6 +143,8 @@ class TrainingWorkers(pulumi.ComponentResource):
             self.name = self.names[0]
         if cache.is_block:
             pulumi.log.warn(BLOCK_MODE_WARNING, resource=self)
+        if warning := too_many_gpus_warning(job):
+            pulumi.log.warn(warning, resource=self)
         if pod.placement.zone is None:
             # Logs are kept in the clear, and job.gpuProduct may be a secret.
             warning = UNPINNED_WARNING.format(nodes=job.nodes, product=hide_secrets(job.gpu_product))
