@@ -310,6 +310,9 @@ def test_a_flag_is_taken_only_as_spelled_and_a_mistyped_one_is_named(capsys):
     the one meant, before the missing --stack it hides."""
     assert_refused(*_call(capsys, heal.main, "--stack", "dev", "--app"), "unrecognized arguments: --app (did you mean --apply?)")
     assert_refused(*_call(capsys, verify.main, "--stak", "dev"), "unrecognized arguments: --stak (did you mean --stack?)")
+    # A subcommand's own flags: named with the one meant, before its missing --dir.
+    code, out, err = _call(capsys, bench.main, "copy", "--stremas", "4")
+    assert_refused(code, out, err, "mlcache bench copy: unrecognized arguments: --stremas (did you mean --streams?)")
 
 
 def test_diff_base_is_a_revision_never_an_option(capsys, tmp_path):

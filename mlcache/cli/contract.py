@@ -44,13 +44,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
         argv = sys.argv[1:] if args is None else list(args)
-        if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
-            known = list(self._option_string_actions)
-            for token in argv[: argv.index("--")] if "--" in argv else argv:
-                flag = token.partition("=")[0]
-                if flag.startswith("--") and flag not in known:
-                    meant = difflib.get_close_matches(flag, known, n=1)
-                    self.error(f"unrecognized arguments: {flag}" + (f" (did you mean {meant[0]}?)" if meant else ""))
+        tokens = argv[: argv.index("--")] if "--" in argv else argv
+        parser, known = self, list(self._option_string_actions)
+        for token in tokens:
+            subcommands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            if subcommands is not None and token in subcommands.choices:
+                # The subcommand's flags from here on (its parser is one of these: their class).
+                parser = subcommands.choices[token]
+                known = [*known, *parser._option_string_actions]
+                continue
+            flag = token.partition("=")[0]
+            if flag.startswith("--") and flag not in known:
+                meant = difflib.get_close_matches(flag, known, n=1)
+                parser.error(f"unrecognized arguments: {flag}" + (f" (did you mean {meant[0]}?)" if meant else ""))
         return super().parse_args(argv, namespace)
 
 
