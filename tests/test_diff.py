@@ -870,3 +870,22 @@ def test_a_move_against_a_base_whose_secrets_hide_its_objects_is_previewed_not_a
     with assume_live(live):
         head, _ = render("prod", ["zone=sdsu", "cache.relocate=copy"], list(secret))
     plan(base, as_json(head))  # a plan, whatever the secret hides
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("Pulumi.dev.yaml", "  mlcache:cache:\n    size: 1Gi\n", "the key 'mlcache:cache' appears twice"),
+        ("Pulumi.x.yaml", "config: [1]\n", "`config:` must be a mapping of keys to values, got list"),
+    ],
+    ids=["duplicate-key", "config-a-list"],
+)
+def test_a_stack_file_that_cannot_be_read_is_its_one_line_exit_2_not_an_internal_error(project_copy, name, text, said):
+    """The render's own line, as `mlcache render` gives it: the secure values read beside the render
+    must not fail first (they did, exit 70)."""
+    path = project_copy / name
+    path.write_text((path.read_text() if path.exists() else "") + text)
+    done = _diff(project_copy, "--base", "HEAD")
+    assert done.returncode == 2 and done.stdout == ""
+    stack = name.removeprefix("Pulumi.").removesuffix(".yaml")
+    assert done.stderr.startswith(f"error: stack {stack}: cannot render the working tree: {name}: ") and said in done.stderr

@@ -53,7 +53,7 @@ from mlcache.preview.diff import (
 )
 from mlcache.preview.mock_engine import same_program
 from mlcache.preview.policy_check import MANDATORY, policy_findings
-from mlcache.preview.stack_config import secure_values
+from mlcache.preview.stack_config import StackConfigError, secure_values
 from mlcache.program.schema import unreadable_secret_of
 
 
@@ -91,6 +91,15 @@ def real_preview(directory: Path | None, stack: str) -> RealPreview | None:
         return int(text) if text.isdigit() else None
 
     return RealPreview(True, status("preview.rc"), read("preview.txt"), status("access.rc"), read("access.txt"))
+
+
+def secure_values_or_none(stack: str, directory: Path) -> dict[str, str]:
+    """secure_values, or none from a stack file that cannot be read: its render failed on it and
+    says why, naming the file (exit 2)."""
+    try:
+        return secure_values(stack, directory)
+    except StackConfigError:
+        return {}
 
 
 @entry_point
@@ -175,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         rendered = [side for stack, old in zip(stacks, base, strict=True) for side in (old, head[stack])]
         # Read while the base revision's files exist (they go with the temporary directory).
         hidden_by_stack = {
-            stack: secret_changes(secure_values(stack, base_dir), secure_values(stack, project)) for stack in stacks
+            stack: secret_changes(secure_values_or_none(stack, base_dir), secure_values_or_none(stack, project))
+            for stack in stacks
         }
     gated = False
     reports, previews = [], []
