@@ -12,9 +12,12 @@ import pytest
 from mlcache.cluster.diagnosis import FAIL, OK, Expectation, RunExpectation
 from mlcache.cluster.workers import WorkerLocation, diagnose_run
 from mlcache.preview.diff import DATA_LOSS, plan, report
+from mlcache.preview.mock_engine import ProgramRun, run_program
 from mlcache.preview.render import as_json, documents
+from mlcache.preview.stack_config import load_stack_config
 from mlcache.preview.validate import validation_errors
 from mlcache.program.names import MULTINODE_RUN_LABEL, WORKER_LABEL
+from mlcache.program.settings import ConfigError
 from tests.conftest import env_of, rendered
 from tests.test_policy import stack_args, violations
 
@@ -556,3 +559,18 @@ def test_the_verify_commands_of_a_run_cover_every_workers_claim_and_select_every
     training = [t for t in templates if WORKER_LABEL in t["metadata"]["labels"] and "fio" not in str(t["spec"]["containers"])]
     assert len(training) == 3 and all(t["metadata"]["labels"].get(label) == value for t in training)
     assert f"-l {label}={value}" in commands["podZone"]
+
+
+@pytest.mark.parametrize("nodes", [2, 12])
+def test_a_cache_name_that_leaves_no_room_for_the_workers_claims_is_refused_before_anything_is_registered(nodes):
+    """Each worker's claim is cache.name-N: the last must fit a name the API server takes (253)."""
+    suffix = len(f"-{nodes - 1}")
+    fits = "c" * (253 - suffix)
+    assert rendered("dev", f"cache.name={fits}", f"job.nodes={nodes}").outputs["run"]["cacheClaims"][-1] == f"{fits}-{nodes - 1}"
+    longer = fits + "c"
+    run = ProgramRun()
+    with pytest.raises(ConfigError) as refused:
+        run_program(load_stack_config("dev", [f"cache.name={longer}", f"job.nodes={nodes}"]).engine_config(), [], "dev", run)
+    assert refused.value.key == "mlcache:cache.name" and refused.value.value == longer
+    assert f"with job.nodes {nodes}, at most {253 - suffix} characters" in str(refused.value)
+    assert run.registrations == []

@@ -36,9 +36,11 @@ from mlcache.program.names import (
     RUNTIME_PATHS,
     longest_generated_name,
     worker_benchmark_name,
+    worker_claim_name,
 )
 from mlcache.program.schema import (
     DNS_LABEL_MAX,
+    DNS_SUBDOMAIN_MAX,
     ENGINE_INT_MAX,
     INT32_MAX,
     AnyText,
@@ -564,6 +566,14 @@ def _check(s: Settings) -> None:
                 value,
                 f"with job.nodes {job.nodes} (engine {job.engine}), a run name starting with a letter whose workers' "
                 f"names fit {DNS_LABEL_MAX} characters (the longest, {longest}, has {len(longest)})",
+            )
+        last_claim = worker_claim_name(cache.name, job.nodes - 1)
+        if len(last_claim) > DNS_SUBDOMAIN_MAX:
+            raise ConfigError(
+                "cache.name",
+                cache.name,
+                f"with job.nodes {job.nodes}, at most {DNS_SUBDOMAIN_MAX - len(last_claim) + len(cache.name)} characters "
+                f"(each worker's claim is named after it, the last cache.name-{job.nodes - 1}, within {DNS_SUBDOMAIN_MAX})",
             )
     if bench.enabled:
         bench_name = worker_benchmark_name(job.name, job.nodes - 1)
