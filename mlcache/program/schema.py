@@ -275,6 +275,24 @@ def pattern(regex: str, allowed: str) -> Text:
     return Text(allowed, lambda v: bool(compiled.fullmatch(v)))
 
 
+# Go's time.Duration, which the engine parses a custom timeout into: at most 2^63-1 nanoseconds.
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
+_NANOSECONDS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6}
+GO_DURATION_MAX_HOURS = (2**63 - 1) // _NANOSECONDS["h"]
+
+
+def is_go_duration(text: str) -> bool:
+    """A duration as Go's time.ParseDuration reads it (h, m, s, ms parts), within its range."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return False
+    return sum(Decimal(number) * _NANOSECONDS[unit] for number, unit in parts) <= 2**63 - 1
+
+
+def go_duration(example: str) -> Text:
+    return Text(f"a duration such as {example}, at most {GO_DURATION_MAX_HOURS}h (Go's longest)", is_go_duration)
+
+
 class AnyText(Kind):
     """Any text, such as an argument of the training command (`--epochs: 3` and `true` as typed)."""
 

@@ -58,6 +58,7 @@ from mlcache.program.schema import (
     closest,
     dns_label,
     dns_subdomain,
+    go_duration,
     is_label_value,
     is_qualified_name,
     names_fit_after,
@@ -336,7 +337,7 @@ class JobSettings:
     backoff_limit: int = setting(Integer(1), 2, "Retries of the Job.")
     wait_for_completion: bool = setting(Flag(), False, "Make `pulumi up` wait until the Job completes.")
     wait_timeout: str = setting(
-        pattern(r"([0-9]+(\.[0-9]+)?(h|m|s|ms))+", "a duration such as 24h or 90m"),
+        go_duration("24h or 90m"),
         "24h",
         "How long `pulumi up` waits when waitForCompletion is true.",
     )
