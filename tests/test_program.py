@@ -370,3 +370,24 @@ def test_more_gpus_than_a_node_of_the_platform_has_is_warned_with_the_way_to_spr
     said = [w for w in rendered("prod", "job.gpus=16", f"job.nodes={nodes}").warnings if w.startswith("job.gpus is 16")]
     assert len(said) == 1 and "at most 8" in said[0] and "job.nodes" in said[0]
     assert not [w for w in rendered("prod", "job.gpus=8", f"job.nodes={nodes}").warnings if w.startswith("job.gpus is")]
+
+
+def test_the_longest_prefetch_list_allowed_keeps_the_scripts_configmap_within_the_api_servers_1_mib():
+    """The list goes into the scripts ConfigMap, whose data the API server caps at 1 MiB: the most
+    ids of the longest form fit; one more id is refused, before anything is registered."""
+    import json  # noqa: PLC0415
+
+    from mlcache.program.settings import PREFETCH_MAX  # noqa: PLC0415
+
+    longest = [f"huggingface:{'o' * 96}/{'n' * 92}{index:04d}" for index in range(PREFETCH_MAX)]
+    run = run_program({"mlcache:cache": json.dumps({"prefetch": longest})}, [], "dev")
+    data = only(run, "ConfigMap").inputs["data"]
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in data.items())
+    assert data["prefetch.txt"].count("\n") == PREFETCH_MAX and size <= 1 << 20
+    refused_run = ProgramRun()
+    with pytest.raises(ConfigError) as refused:
+        run_program({"mlcache:cache": json.dumps({"prefetch": [*longest, "org/one-more"]})}, [], "dev", refused_run)
+    assert str(refused.value).startswith(f"invalid config mlcache:cache.prefetch = [{PREFETCH_MAX + 1} items]: expected a list")
+    assert refused_run.registrations == []
+    with pytest.raises(ConfigError, match=r"owner and name of at most 96 characters"):
+        run_program({"mlcache:cache": json.dumps({"prefetch": [f"org/{'n' * 97}"]})}, [], "dev")

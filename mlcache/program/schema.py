@@ -388,19 +388,33 @@ def pinned_image() -> Text:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class ItemCount:
+    """A list too long to quote in one line, as its length: shown as `[1001 items]`."""
+
+    count: int
+
+    def __repr__(self) -> str:
+        return f"[{self.count} items]"
+
+
 class ListOf(Kind):
     pulumi_type = "array"
 
-    def __init__(self, item: Kind, what: str, non_empty: bool = False):
+    def __init__(self, item: Kind, what: str, non_empty: bool = False, max_items: int | None = None):
         self.item = item
         self.non_empty = non_empty
+        self.max_items = max_items
         self.type_name = "list of strings"
-        self.what = f"a {'non-empty ' if non_empty else ''}list of {what}"
+        most = f" (at most {max_items})" if max_items is not None else ""
+        self.what = f"a {'non-empty ' if non_empty else ''}list of {what}{most}"
         self.allowed = self.what if isinstance(item, (Choice, AnyText)) else f"{self.what} ({item.allowed})"
 
     def parse(self, key: str, value: Any) -> tuple[str, ...]:
         if not isinstance(value, list) or (self.non_empty and not value):
             raise self.refuse(key, value)
+        if self.max_items is not None and len(value) > self.max_items:
+            raise ConfigError(key, ItemCount(len(value)), self.allowed)
         items = []
         for index, item in enumerate(value):
             try:

@@ -127,7 +127,10 @@ SECRET_ENV_DESCRIPTION = (
 # this program is meant for.
 MAX_NODES = 64
 # A model on a hub: [huggingface:|modelscope:]org/name (no prefix: ModelScope, ms-swift's default).
-_MODEL_ID = r"(huggingface:|modelscope:)?[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*"
+# A hub's repository id: an owner and a name of at most 96 characters each (huggingface_hub's rule).
+_MODEL_ID = r"(huggingface:|modelscope:)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
+# The list goes into the scripts ConfigMap, which the API server caps at 1 MiB: 1000 ids take at most ~200 KB.
+PREFETCH_MAX = 1000
 # fio's size syntax: a whole number with an optional binary suffix (fio's default kb_base=1024).
 _FIO_SIZE = pattern(r"[1-9][0-9]*[KMGT]?", "a size in fio's syntax such as 10G or 512M")
 
@@ -232,7 +235,14 @@ class CacheSettings:
         "Filesystem mode, one node, a non-empty cache.prefetch.",
     )
     prefetch: tuple[str, ...] = setting(
-        ListOf(pattern(_MODEL_ID, "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name"), "model ids"),
+        ListOf(
+            pattern(
+                _MODEL_ID,
+                "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name, owner and name of at most 96 characters",
+            ),
+            "model ids",
+            max_items=PREFETCH_MAX,
+        ),
         [],
         "Models downloaded onto the cache before training starts (Filesystem mode).",
     )
