@@ -207,6 +207,13 @@ def shown(value: Any) -> str:
 _CLI_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)? [+-][0-9]{4} \S+")
 
 
+def exact(key: str, value: int, allowed: str) -> int:
+    """A whole number from the CLI, refused when it is too long to have arrived as typed."""
+    if abs(value) > ENGINE_INT_MAX:  # carried as a float64 on the way: its last digits are already lost
+        raise ConfigError(key, value, f"{allowed}; quote it (the Pulumi CLI carries a number this long inexactly)")
+    return value
+
+
 def cli_text(key: str, value: Any, allowed: str, *, booleans: bool = False) -> str:
     """A value given for text, as the program gets it from the CLI: a whole number (`8`, as the CLI
     types it) becomes its digits, and with `booleans` true/false their words. A fraction (`1.10`
@@ -214,9 +221,7 @@ def cli_text(key: str, value: Any, allowed: str, *, booleans: bool = False) -> s
     if isinstance(value, bool) and booleans:
         return "true" if value else "false"
     if isinstance(value, int) and not isinstance(value, bool):
-        if abs(value) > ENGINE_INT_MAX:  # carried as a float64 on the way: its last digits are already lost
-            raise ConfigError(key, value, f"{allowed}; quote it (the Pulumi CLI carries a number this long inexactly)")
-        return str(value)
+        return str(exact(key, value, allowed))
     if isinstance(value, float):
         raise ConfigError(key, value, f"{allowed}; quote it (the Pulumi CLI reads an unquoted 1.10 as the number 1.1)")
     if isinstance(value, str) and _CLI_TIME.fullmatch(value):
@@ -362,7 +367,9 @@ class Quantity(Kind):
 
     def parse(self, key: str, value: Any) -> str:
         # A bare number from a YAML or JSON document (cpu: 0.5) is the quantity it reads as.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = repr(exact(key, value, self.allowed))
+        elif isinstance(value, float):
             value = repr(value)
         if not isinstance(value, str):
             raise self.refuse(key, value)
