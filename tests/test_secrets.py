@@ -198,8 +198,8 @@ def test_any_secret_key_that_hides_whole_objects_says_which(assignment):
     ("assignment", "secret", "key", "allowed"),
     [
         ("secretEnv.bad-name=v-77", True, "secretEnv.bad-name", "environment variable name"),
-        ("secretEnv.HF_TOKEN=v-77", True, "secretEnv.HF_TOKEN", "environment variable name"),
-        ("secretEnv.UMASK=v-77", True, "secretEnv.UMASK", "other than job.env's"),
+        ("secretEnv.HF_TOKEN=v-77", True, "secretEnv.HF_TOKEN", "a name mlcache does not set itself"),
+        ("secretEnv.UMASK=v-77", True, "secretEnv.UMASK", "a name job.env does not set already"),
     ],
 )
 def test_secret_env_refusals_name_the_key_and_never_the_value(capsys, assignment, secret, key, allowed):
@@ -301,7 +301,7 @@ def test_no_error_line_repeats_a_secret(capsys, assignment, config):
 @pytest.mark.parametrize(
     ("assignment", "line"),
     [
-        ("job.env.HF_TOKEN=hf_abcdefSECRET123", "error: invalid config key mlcache:job.env.HF_TOKEN: expected an environment"),
+        ("job.env.HF_TOKEN=hf_abcdefSECRET123", "error: invalid config key mlcache:job.env.HF_TOKEN: expected a name mlcache"),
         ("hftoken=hf_abcdefSECRET123", "error: invalid config key mlcache:hftoken (did you mean mlcache:hfToken?): expected"),
         ("job.gpu=hf_abcdefSECRET123", "error: invalid config key mlcache:job.gpu (did you mean mlcache:job.gpus?): expected"),
     ],

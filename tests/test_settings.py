@@ -186,9 +186,14 @@ def test_bad_values_name_the_key_the_value_and_what_is_allowed(raw, key, allowed
         ({"linstor": {"replica": 2}}, "invalid config key mlcache:linstor.replica (did you mean mlcache:linstor.replicas?): "),
         (
             {"job": {"env": {"NPROC_PER_NODE": "8"}}},
-            "invalid config key mlcache:job.env.NPROC_PER_NODE: expected an environment ",
+            "invalid config key mlcache:job.env.NPROC_PER_NODE: expected a name mlcache does not set itself (it sets ",
         ),
-        ({"job": {"env": {"HF_TOKEN": "1Ti"}}}, "invalid config key mlcache:job.env.HF_TOKEN: expected an environment variable "),
+        ({"job": {"env": {"HF_TOKEN": "1Ti"}}}, "invalid config key mlcache:job.env.HF_TOKEN: expected a name mlcache does "),
+        (
+            {"job": {"env": {"1A": "1Ti"}}},
+            "invalid config key mlcache:job.env.1A: expected an environment variable name of letters, digits and '_', not "
+            "starting with a digit",
+        ),
     ],
 )
 def test_a_wrong_name_is_named_with_the_name_it_probably_meant_and_without_the_value(raw, line):

@@ -17,7 +17,7 @@ import contextlib
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -299,6 +299,20 @@ class _Tolerations(Kind):
         return tuple(tolerations)
 
 
+def env_name_problem(name: Any, taken: Collection[str] = (), taken_by: str = "") -> str | None:
+    """What an environment variable's name must be, when `name` is not that (None when it is)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return (
+            "an environment variable name of letters, digits and '_', not starting with a digit (the portable form "
+            "shells and programs read; Kubernetes would take more)"
+        )
+    if name in RESERVED_ENV:
+        return "a name mlcache does not set itself (it sets " + ", ".join(RESERVED_ENV) + ")"
+    if name in taken:
+        return f"a name {taken_by} does not set already"
+    return None
+
+
 class _Env(Kind):
     type_name = "map of strings"
     allowed = "a map of environment variable names to string values"
@@ -307,8 +321,8 @@ class _Env(Kind):
         if not isinstance(value, dict):
             raise self.refuse(key, value)
         for name in value:
-            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in RESERVED_ENV:
-                raise ConfigError.of_key(f"{key}.{name}", "an environment variable name other than " + ", ".join(RESERVED_ENV))
+            if problem := env_name_problem(name):
+                raise ConfigError.of_key(f"{key}.{name}", problem)
         return tuple(sorted((name, cli_text(f"{key}.{name}", item, "a string", booleans=True)) for name, item in value.items()))
 
 
@@ -700,9 +714,8 @@ def read_secret_env(settings: Settings, config: pulumi.Config | None = None) -> 
         )
     taken = {name for name, _ in settings.job.env}
     for name, value in values.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or name in RESERVED_ENV or name in taken:
-            allowed = "an environment variable name other than job.env's and " + ", ".join(RESERVED_ENV)
-            raise ConfigError.of_key(f"{SECRET_ENV_KEY}.{name}", allowed)
+        if problem := env_name_problem(name, taken, "job.env"):
+            raise ConfigError.of_key(f"{SECRET_ENV_KEY}.{name}", problem)
         if not isinstance(value, str):
             raise ConfigError(f"{SECRET_ENV_KEY}.{name}", None, "a string (quote numbers and booleans)", secret=True)
     whole = (config or pulumi.Config(NAMESPACE)).require_secret_object(SECRET_ENV_KEY)
