@@ -101,6 +101,9 @@ BAD_VALUES = [
     ({"job": {"env": ["A=1"]}}, "job.env", "map"),
     ({"job": {"tolerations": [{"operator": "Maybe"}]}}, "job.tolerations[0].operator", "Equal, Exists"),
     ({"job": {"tolerations": [{"effect": "Never"}]}}, "job.tolerations[0].effect", "NoSchedule"),
+    # Equal is the default operator: without a key, the key is what is missing, not an operator never typed.
+    ({"job": {"tolerations": [{"effect": "NoSchedule"}]}}, "job.tolerations[0].key", "the key of the taint to tolerate"),
+    ({"job": {"tolerations": [{"operator": "Equal"}]}}, "job.tolerations[0].operator", "Exists when the key is empty"),
     ({"job": {"tolerations": {"key": "a"}}}, "job.tolerations", "list"),
     ({"job": {"backoffLimit": 0}}, "job.backoffLimit", "from 1"),
     ({"job": {"waitForCompletion": "sometimes"}}, "job.waitForCompletion", "true or false"),

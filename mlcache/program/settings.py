@@ -290,6 +290,13 @@ class _Tolerations(Kind):
             here = f"{key}[{index}]"
             t = parse_section(here, item, Toleration, prefix=f"{here}.")
             if t.key is None and t.operator != "Exists":
+                given = isinstance(item, dict) and "operator" in item
+                if not given:  # Equal is the default: what is missing is the taint's key
+                    raise ConfigError(
+                        f"{here}.key",
+                        None,
+                        "the key of the taint to tolerate (or operator Exists with no key, which tolerates every taint)",
+                    )
                 raise ConfigError(f"{here}.operator", t.operator, "Exists when the key is empty (it tolerates every taint)")
             if t.operator == "Exists" and t.value is not None:
                 raise ConfigError(f"{here}.value", t.value, "no value with operator Exists")
