@@ -438,7 +438,7 @@ def test_jobset_workers_have_no_api_access_jobset_restarts_them():
         ({"nodes": 3, "name": "x" * 55}, "job.name", f"the longest, {'x' * 55}-worker-2, has 64"),
         ({"nodes": 2, "engine": "jobset", "name": "x" * 45}, "job.name", "-worker-1-0-0-abcde, has 64"),
         ({"nodes": 2, "engine": "jobset", "name": "sft", "runId": "r" * 41}, "job.runId", "fit 63 characters"),
-        ({"nodes": 2, "env": {"NODE_RANK": "1"}}, "job.env.NODE_RANK", "other than"),
+        ({"nodes": 2, "env": {"NODE_RANK": "1"}}, "job.env.NODE_RANK", "a name mlcache does not set itself"),
     ],
 )
 def test_names_kubernetes_would_refuse_are_refused_up_front(job, key, says):

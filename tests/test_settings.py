@@ -101,6 +101,23 @@ BAD_VALUES = [
     ({"job": {"env": ["A=1"]}}, "job.env", "map"),
     ({"job": {"tolerations": [{"operator": "Maybe"}]}}, "job.tolerations[0].operator", "Equal, Exists"),
     ({"job": {"tolerations": [{"effect": "Never"}]}}, "job.tolerations[0].effect", "NoSchedule"),
+    # The benchmark's files are on the cache: they must fit in it (fio's units are binary: 2G > 2Gi is false).
+    (
+        {"cache": {"size": "2Gi"}, "benchmark": {"enabled": True, "fioImage": "r/fio:3.35", "size": "3G", "shardLoad": False}},
+        "benchmark.size",
+        "a size within cache.size (2Gi)",
+    ),
+    (
+        {"cache": {"size": "2Gi"}, "benchmark": {"enabled": True, "fioImage": "r/fio:3.35", "profiles": [], "shardCount": 3}},
+        "benchmark.shardSize",
+        "benchmark.shardCount (3) files fit within cache.size (2Gi) for the shardLoad step",
+    ),
+    (
+        {"cache": {"size": "2Gi"}, "benchmark": {"enabled": True, "fioImage": "r/fio:3.35", "size": "1G", "readers": 3}},
+        "benchmark.shardSize",
+        "benchmark.readers (3) files fit within cache.size (2Gi) for the shards step",
+    ),
+    ({"benchmark": {"size": "10g"}}, "benchmark.size", "optional K, M, G or T suffix"),
     # Equal is the default operator: without a key, the key is what is missing, not an operator never typed.
     ({"job": {"tolerations": [{"effect": "NoSchedule"}]}}, "job.tolerations[0].key", "the key of the taint to tolerate"),
     ({"job": {"tolerations": [{"operator": "Equal"}]}}, "job.tolerations[0].operator", "Exists when the key is empty"),

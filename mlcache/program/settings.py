@@ -132,7 +132,15 @@ _MODEL_ID = r"(huggingface:|modelscope:)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z
 # The list goes into the scripts ConfigMap, which the API server caps at 1 MiB: 1000 ids take at most ~200 KB.
 PREFETCH_MAX = 1000
 # fio's size syntax: a whole number with an optional binary suffix (fio's default kb_base=1024).
-_FIO_SIZE = pattern(r"[1-9][0-9]*[KMGT]?", "a size in fio's syntax such as 10G or 512M")
+_FIO_SIZE = pattern(
+    r"[1-9][0-9]*[KMGT]?", "a whole number with an optional K, M, G or T suffix (binary, as fio reads them) such as 10G or 512M"
+)
+
+
+def fio_bytes(size: str) -> int:
+    """Bytes of a size in _FIO_SIZE's form (fio's binary units)."""
+    power = "KMGT".find(size[-1]) + 1
+    return int(size[:-1] if power else size) * 1024**power
 
 
 def _is_layer_list(value: str) -> bool:
@@ -618,6 +626,21 @@ def _check(s: Settings) -> None:
             )
         if bench.shard_load and cache.is_block:
             raise ConfigError("benchmark.shardLoad", True, "false in Block mode: shards are files, a raw device has none")
+        # Each step's files are on the cache, one step at a time (Block mode: that much of the device is read).
+        cache_bytes = parse_quantity(cache.size)
+        if "seqread" in bench.profiles and fio_bytes(bench.size) > cache_bytes:
+            raise ConfigError(
+                "benchmark.size", bench.size, f"a size within cache.size ({cache.size}): fio's file is on the cache"
+            )
+        for step, files in (("shards", bench.readers), ("shardLoad", bench.shard_count)):
+            wanted = step in bench.profiles if step == "shards" else bench.shard_load
+            if wanted and files * fio_bytes(bench.shard_size) > cache_bytes:
+                counted = "benchmark.readers" if step == "shards" else "benchmark.shardCount"
+                raise ConfigError(
+                    "benchmark.shardSize",
+                    bench.shard_size,
+                    f"a size whose {counted} ({files}) files fit within cache.size ({cache.size}) for the {step} step",
+                )
         if bench.profiles and bench.fio_image is None:
             raise ConfigError(
                 "benchmark.fioImage",
