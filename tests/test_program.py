@@ -391,3 +391,15 @@ def test_the_longest_prefetch_list_allowed_keeps_the_scripts_configmap_within_th
     assert refused_run.registrations == []
     with pytest.raises(ConfigError, match=r"owner and name of at most 96 characters"):
         run_program({"mlcache:cache": json.dumps({"prefetch": [f"org/{'n' * 97}"]})}, [], "dev")
+
+
+def test_the_providers_namespace_every_object_goes_to_must_be_one_the_api_server_takes():
+    run = ProgramRun()
+    with pytest.raises(ConfigError) as refused:
+        run_program({"kubernetes:namespace": "Bad_NS"}, [], "dev", run)
+    assert refused.value.key == "kubernetes:namespace" and "a DNS label" in str(refused.value) and run.registrations == []
+    # Where mlcache:namespace names the namespace, the provider's is not where the objects go.
+    placed = run_program({"kubernetes:namespace": "Bad_NS", "mlcache:namespace": "ml-training"}, [], "dev")
+    assert {r.inputs["metadata"].get("namespace") for r in placed.kubernetes_objects() if r.kind != "StorageClass"} == {
+        "ml-training"
+    }

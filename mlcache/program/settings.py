@@ -870,7 +870,13 @@ def load_settings(config: pulumi.Config | None = None) -> Settings:
     """The settings; an error about a secret key shows neither its value nor, when it would hold one, the rule."""
     try:
         settings = parse_settings(read_raw_config(config or pulumi.Config(NAMESPACE)))
-        refuse_plain_text_secrets(settings, secret_keys(), runtime_config.is_config_secret(PROVIDER_NAMESPACE))
+        provider_secret = runtime_config.is_config_secret(PROVIDER_NAMESPACE)
+        refuse_plain_text_secrets(settings, secret_keys(), provider_secret)
+        if settings.namespace is None and not provider_secret:
+            # The provider puts every object there: a name the API server refuses fails each one at up.
+            provider_namespace = runtime_config.get_config(PROVIDER_NAMESPACE)
+            if provider_namespace and not schema.is_dns_label(provider_namespace):
+                raise ConfigError(PROVIDER_NAMESPACE, provider_namespace, dns_label("ml-training").allowed)
         return settings
     except ConfigError as err:
         if err.value == SECURE_PLACEHOLDER:
