@@ -357,10 +357,19 @@ def test_the_plan_says_when_no_healthy_node_of_the_placement_has_room_for_the_tr
 
     full = plan_text([holder])
     assert (
-        "on a healthy node of its placement once one has room for it: none has now (gpu-ucsd-2 0 nvidia.com/gpu free; it needs 4)"
+        "on a healthy node of its placement once one has room for it: none has now (gpu-ucsd-2: 0 of 4 nvidia.com/gpu free)"
         in full
     )
     assert "gpu-sdsu-1" not in full  # another GPU product: not of the placement
+    assert "binds a fresh volume on a healthy node and" in plan_text([])
+    # Short of memory, not GPUs: the shortage named is the memory's.
+    training["spec"]["containers"][0]["resources"]["requests"]["memory"] = "768Gi"
+    assert "none has now (gpu-ucsd-2: 512Gi of 768Gi memory free)" in plan_text([])
+    del training["spec"]["containers"][0]["resources"]["requests"]["memory"]
+    # A node whose taint the pod does not tolerate is no place for it.
+    healthy["spec"]["taints"] = [{"key": "dedicated", "value": "other-team", "effect": "NoSchedule"}]
+    assert "none has now (no Ready, schedulable node of its placement whose taints it tolerates)" in plan_text([])
+    training["spec"]["tolerations"] = [{"key": "dedicated", "operator": "Equal", "value": "other-team"}]
     assert "binds a fresh volume on a healthy node and" in plan_text([])
 
 

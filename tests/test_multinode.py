@@ -559,6 +559,9 @@ def test_the_verify_commands_of_a_run_cover_every_workers_claim_and_select_every
     training = [t for t in templates if WORKER_LABEL in t["metadata"]["labels"] and "fio" not in str(t["spec"]["containers"])]
     assert len(training) == 3 and all(t["metadata"]["labels"].get(label) == value for t in training)
     assert f"-l {label}={value}" in commands["podZone"]
+    # No training Job, no pods to check (as with one node).
+    idle = rendered("prod", "job.nodes=3", f"job.engine={engine}", "job.enabled=false").outputs["verifyCommands"]
+    assert "podNode" not in idle and "podZone" not in idle and claims[2] in idle["pvcBinding"]
 
 
 @pytest.mark.parametrize("nodes", [2, 12])

@@ -419,13 +419,19 @@ def test_each_reason_of_the_scheduler_gets_its_own_fix(reason, fix):
 
 
 def test_after_a_node_loss_the_remedy_names_the_dead_nodes_taint_and_the_nodes_short_of_storage():
-    """A healed cache whose pod waits: the lost node is tainted unreachable and the node of the
-    placement that is up lacks storage. Tolerating the dead node's taint is no remedy; the nodes
+    """A healed cache whose pod waits: the lost node is tainted unreachable (NoSchedule and NoExecute,
+    as the node lifecycle controller does) and the node of the placement that is up lacks storage.
+    The pod carries the API server's default tolerations of those keys (NoExecute, 300 s), which
+    do not tolerate the NoSchedule one. Tolerating the dead node's taint is no remedy; the nodes
     short of storage are named."""
     from mlcache.cluster.diagnosis import Snapshot  # noqa: PLC0415
 
+    unreachable = "node.kubernetes.io/unreachable"
     bare = {n: {"metadata": v["metadata"]} for n, v in FLEET.items()}
-    dead = {**bare["a100-ucsd-1"], "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]}}
+    dead = {
+        **bare["a100-ucsd-1"],
+        "spec": {"taints": [{"key": unreachable, "effect": "NoSchedule"}, {"key": unreachable, "effect": "NoExecute"}]},
+    }
     up = {**bare["a100-sdsu-1"], "metadata": {**bare["a100-sdsu-1"]["metadata"], "name": "a100-ucsd-2"}}
     up["metadata"]["labels"] = {**up["metadata"]["labels"], "topology.kubernetes.io/zone": "ucsd"}
     nodes = {**bare, "a100-ucsd-1": dead, "a100-ucsd-2": up}
@@ -433,16 +439,32 @@ def test_after_a_node_loss_the_remedy_names_the_dead_nodes_taint_and_the_nodes_s
         "0/6 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unreachable: }, 1 node(s) did not "
         "have enough free storage, 4 node(s) didn't match Pod's node affinity/selector. preemption: not helpful."
     )
-    findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=message)], nodes=nodes), EXPECT)
-    (failure,) = [f for f in findings if f.level == FAIL]
-    assert "job.tolerations" not in failure.remedy and "node.kubernetes.io/unreachable are down" in failure.remedy
-    assert "the storage pool of the nodes that fit (a100-ucsd-2) has less free space" in failure.remedy
-    assert "no node with job.gpuProduct" not in failure.remedy
-    # Any other taint in the way keeps the tolerations fix.
+    waiting = pod("sft-1", unschedulable=message)
+    waiting["spec"]["tolerations"] = [
+        {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+        for key in (unreachable, "node.kubernetes.io/not-ready")
+    ]
+
+    def remedy(nodes: dict) -> str:
+        findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[waiting], nodes=nodes), EXPECT)
+        (failure,) = [f for f in findings if f.level == FAIL]
+        return failure.remedy
+
+    said = remedy(nodes)
+    assert "job.tolerations" not in said and f"the nodes of the placement tainted {unreachable} are down" in said
+    assert "the storage pool of the nodes that fit (a100-ucsd-2) has less free space" in said
+    assert "no node with job.gpuProduct" not in said
+    # A taint outside the placement is none of its business; another taint on a node of it keeps the tolerations fix.
     nodes["cpu-ucsd-1"] = {**bare["cpu-ucsd-1"], "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}}
-    findings = diagnose(Snapshot(pvc=claim("Pending"), pods=[pod("sft-1", unschedulable=message)], nodes=nodes), EXPECT)
-    (failure,) = [f for f in findings if f.level == FAIL]
-    assert "add the taint to job.tolerations" in failure.remedy
+    assert "job.tolerations" not in remedy(nodes)
+    nodes["a100-ucsd-2"] = {**up, "spec": {"taints": [{"key": "dedicated", "effect": "NoSchedule"}]}}
+    assert "add the taint to job.tolerations" in remedy(nodes)
+    # Every node of the placement down: changing the placement is the way out, and said.
+    alone = {name: node for name, node in nodes.items() if name != "a100-ucsd-2"}
+    said = remedy(alone)
+    assert (
+        "none of them is up" in said and "no node with job.gpuProduct in the zone: change job.gpuProduct or mlcache:zone" in said
+    )
 
 
 # --- set-up: toolchain, config, program copy, usage errors -------------------------------------

@@ -105,17 +105,17 @@ BAD_VALUES = [
     (
         {"cache": {"size": "2Gi"}, "benchmark": {"enabled": True, "fioImage": "r/fio:3.35", "size": "3G", "shardLoad": False}},
         "benchmark.size",
-        "a size within cache.size (2Gi)",
+        "a size of at most 90% of cache.size (2Gi)",
     ),
     (
         {"cache": {"size": "2Gi"}, "benchmark": {"enabled": True, "fioImage": "r/fio:3.35", "profiles": [], "shardCount": 3}},
         "benchmark.shardSize",
-        "benchmark.shardCount (3) files fit within cache.size (2Gi) for the shardLoad step",
+        "benchmark.shardCount (3) files take at most 90% of cache.size (2Gi) for the shardLoad step",
     ),
     (
         {"cache": {"size": "2Gi"}, "benchmark": {"enabled": True, "fioImage": "r/fio:3.35", "size": "1G", "readers": 3}},
         "benchmark.shardSize",
-        "benchmark.readers (3) files fit within cache.size (2Gi) for the shards step",
+        "benchmark.readers (3) files take at most 90% of cache.size (2Gi) for the shards step",
     ),
     ({"benchmark": {"size": "10g"}}, "benchmark.size", "optional K, M, G or T suffix"),
     # Equal is the default operator: without a key, the key is what is missing, not an operator never typed.

@@ -482,10 +482,10 @@ class Progress:
         rate = self.done / seconds
         eta = f"{(self.total - self.done) / rate:.0f} s" if rate > 0 else "unknown"
         share = 100 * self.done / self.total if self.total else 100
-        scale, unit = size_unit(self.total)
+        amount, unit = size_unit(self.total)
         return (
-            f"{self.done / scale:.2f} of {self.total / scale:.2f} {unit} ({share:.0f}%), {rate / 1e6:.0f} MB/s, "
-            f"ETA {eta}; sent {self.sent / scale:.2f} {unit}, kept {self.kept / scale:.2f} {unit} already there"
+            f"{amount(self.done)} of {amount(self.total)} {unit} ({share:.0f}%), {rate / 1e6:.0f} MB/s, "
+            f"ETA {eta}; sent {amount(self.sent)} {unit}, kept {amount(self.kept)} {unit} already there"
         )
 
     def report_until(self, stop: threading.Event) -> None:
@@ -493,13 +493,14 @@ class Progress:
             self.log(self.line())
 
 
-def size_unit(total: int) -> tuple[float, str]:
-    """The decimal unit a size of `total` bytes reads best in (a model cache: GB; a small tree: MB or kB),
-    so a progress line never reads `0.00 of 0.00 GB`."""
+def size_unit(total: int) -> tuple[Callable[[int], str], str]:
+    """How to write sizes beside a total of `total` bytes, and their unit: the decimal unit it reads
+    best in (a model cache: GB; a small tree: MB or kB; bytes counted whole), so a progress line
+    never reads `0.00 of 0.00 GB`."""
     for scale, unit in ((1e9, "GB"), (1e6, "MB"), (1e3, "kB")):
         if total >= scale:
-            return scale, unit
-    return 1.0, "bytes"
+            return (lambda size, scale=scale: f"{size / scale:.2f}"), unit
+    return str, "bytes"
 
 
 class _Writer:
@@ -579,8 +580,8 @@ def copy_tree(sources: list, root: Path, log: Callable[[str], None], progress_ev
             work.put((entry, offset, length))
     small: list[tuple[Entry, int, int, str]] = []
     progress = Progress(total, log, progress_every)
-    scale, unit = size_unit(total)
-    log(f"copying {total / scale:.2f} {unit} in {len(files)} files over {len(sources)} streams")
+    amount, unit = size_unit(total)
+    log(f"copying {amount(total)} {unit} in {len(files)} files over {len(sources)} streams")
     errors: list[BaseException] = []
     lock = threading.Lock()
 

@@ -41,6 +41,7 @@ from mlcache.cluster.objects import (
     pods_on,
     pv_constraints,
     quantity,
+    untolerated_taints,
     volume_nodes,
     wants_gpu,
 )
@@ -343,20 +344,21 @@ def capacity_shortage(pod: dict, expect: Expectation, snapshot: Snapshot) -> tup
 
 
 def scheduler_fixes(pod: dict, message: str, snapshot: Snapshot) -> list[str]:
-    """The fix for each reason the scheduler gives, read against the nodes: a reason that only
-    counts nodes outside the placement, or nodes that are down, asks for no setting."""
+    """The fix for each reason the scheduler gives, read against the nodes of the pod's placement:
+    a reason that only counts nodes outside it asks for no setting while some node of it is up, and
+    the taints of its nodes that are down ask for none either."""
     placed = {name: node for name, node in snapshot.nodes.items() if pod_fits_labels(pod, node)}
     up = [name for name, node in sorted(placed.items()) if not is_cordoned(node) and not _is_down(node)]
     fixes = []
     for words, fix in SCHEDULER_REASON_FIXES:
         if words not in message:
             continue
-        if words == "didn't match Pod's node affinity" and placed:
-            continue  # nodes of the placement exist: the others are left out as asked
-        if words == "untolerated taint" and (down := _down_taints(pod, snapshot)):
+        if words == "didn't match Pod's node affinity" and up:
+            continue  # nodes of the placement are up: the others are left out as asked
+        if words == "untolerated taint" and (down := _down_taints(pod, placed)):
             fix = (
-                f"the nodes tainted {', '.join(down)} are down: tolerating that would place training on a dead "
-                "node; the pod needs room on the nodes that are up"
+                f"the nodes of the placement tainted {', '.join(down)} are down: tolerating that would place "
+                "training on a dead node" + ("; the pod needs room on those that are up" if up else "; none of them is up")
             )
         elif words == "did not have enough free storage" and up:
             fix = fix.replace("the nodes that fit", f"the nodes that fit ({', '.join(up)})", 1)
@@ -368,16 +370,10 @@ def _is_down(node: dict) -> bool:
     return any(has_taint(node, key) for key in DOWN_NODE_TAINTS)
 
 
-def _down_taints(pod: dict, snapshot: Snapshot) -> list[str]:
-    """The keys of the taints the pod does not tolerate on the nodes, when each is one Kubernetes puts
-    on a node that is down; [] if any other taint is in the way (or no node says which)."""
-    tolerated = {t.get("key") for t in _get(pod, "spec", "tolerations") or []}
-    keys = {
-        taint.get("key")
-        for node in snapshot.nodes.values()
-        for taint in _get(node, "spec", "taints") or []
-        if taint.get("effect") in ("NoSchedule", "NoExecute") and taint.get("key") not in tolerated
-    }
+def _down_taints(pod: dict, placed: dict[str, dict]) -> list[str]:
+    """The keys of the taints that keep the pod off the nodes of its placement, when each is one
+    Kubernetes puts on a node that is down; [] if any other taint is in the way (or none is)."""
+    keys = {str(taint.get("key")) for node in placed.values() for taint in untolerated_taints(pod, node)}
     return sorted(keys) if keys and keys <= set(DOWN_NODE_TAINTS) else []
 
 

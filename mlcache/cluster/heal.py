@@ -28,7 +28,7 @@ from mlcache.cluster.bound_cache import (
 )
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.cluster.kube import CLAIM, JOB, JOBS, NAMESPACED_PODS, POD, Kube, api_path
-from mlcache.cluster.objects import STANDARD_RESOURCES, amount_text, free_on, pod_fits_labels, pod_requests
+from mlcache.cluster.objects import amount_text, free_on, pod_fits_labels, pod_requests, untolerated_taints
 from mlcache.errors import Unreachable
 from mlcache.program.names import (
     BENCHMARK_APP_LABEL,
@@ -255,8 +255,8 @@ def plan_heal(
 
 def healthy_node(snapshot: Snapshot, dead: str) -> str:
     """Where the training pod lands once the claim is re-created: a Ready, schedulable node of its
-    placement with room for what it requests, other than the dead one; said plainly when none has
-    room now (the pod then waits Pending, the new claim unbound, until one has)."""
+    placement whose taints it tolerates, with room for what it requests, other than the dead one;
+    said plainly when none has room now (the pod then waits Pending, the new claim unbound)."""
     pod = next(iter(snapshot.pods), None)
     if pod is None or not any(get(n, "status", "allocatable") for n in snapshot.nodes.values()):
         return "a healthy node"  # nothing to check against
@@ -264,18 +264,32 @@ def healthy_node(snapshot: Snapshot, dead: str) -> str:
     placed = {
         name: node
         for name, node in snapshot.nodes.items()
-        if name != dead and pod_fits_labels(pod, node) and is_ready(node) and not is_cordoned(node)
+        if name != dead
+        and pod_fits_labels(pod, node)
+        and is_ready(node)
+        and not is_cordoned(node)
+        and not untolerated_taints(pod, node)
     }
-    free = {name: free_on(node, snapshot.bound_pods) for name, node in placed.items()}
-    if any(all(free[name].get(r, Decimal(0)) >= q for r, q in needs.items()) for name in placed):
-        return "a healthy node"
-    gpus = next((r for r in needs if r not in STANDARD_RESOURCES), "cpu")
-    short = ", ".join(f"{name} {amount_text(free[name].get(gpus, Decimal(0)))} {gpus} free" for name in sorted(placed))
+    short = {}
+    for name, node in sorted(placed.items()):
+        free = free_on(node, snapshot.bound_pods)
+        lacking = {r: (free.get(r, Decimal(0)), q) for r, q in needs.items() if free.get(r, Decimal(0)) < q}
+        if not lacking:
+            return "a healthy node"
+        short[name] = ", ".join(f"{_amount(r, has)} of {_amount(r, wants)} {r}" for r, (has, wants) in lacking.items())
+    where = "; ".join(f"{name}: {lacking} free" for name, lacking in short.items())
     return (
         "a healthy node of its placement once one has room for it: none has now "
-        f"({short or 'no Ready, schedulable node of its placement'}; it needs {amount_text(needs.get(gpus, Decimal(0)))}), "
-        "so the pod waits Pending until then (`mlcache verify` says why)"
+        f"({where or 'no Ready, schedulable node of its placement whose taints it tolerates'}), so the pod waits "
+        "Pending until then (`mlcache verify` says why)"
     )
+
+
+def _amount(resource: str, value: Decimal) -> str:
+    """A request or a free amount as a person reads it: bytes in Gi, anything else as counted."""
+    if resource in ("memory", "ephemeral-storage"):
+        return f"{value / 2**30:.4g}Gi"
+    return amount_text(value)
 
 
 def _restore_from_kept(

@@ -99,6 +99,28 @@ def selector_matches(node: dict, terms: list[dict]) -> bool:
     return not terms or any(term_matches(node, term) for term in terms)
 
 
+def tolerates(toleration: dict, taint: dict) -> bool:
+    """Kubernetes' ToleratesTaint: the effect (empty: every effect), then the key (empty with
+    Exists: every key), then the value (Exists: any; Equal, the default: the same)."""
+    if toleration.get("effect") and toleration.get("effect") != taint.get("effect"):
+        return False
+    if toleration.get("key") and toleration.get("key") != taint.get("key"):
+        return False
+    if toleration.get("operator") == "Exists":
+        return True
+    return bool(toleration.get("key")) and (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+def untolerated_taints(pod: dict, node: dict) -> list[dict]:
+    """The node's taints that keep the pod off it (NoSchedule, NoExecute) and that it does not tolerate."""
+    tolerations = _get(pod, "spec", "tolerations") or []
+    return [
+        taint
+        for taint in _get(node, "spec", "taints") or []
+        if taint.get("effect") in ("NoSchedule", "NoExecute") and not any(tolerates(t, taint) for t in tolerations)
+    ]
+
+
 def pod_node_terms(pod: dict) -> list[dict]:
     return (
         _get(pod, "spec", "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms") or []

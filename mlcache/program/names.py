@@ -22,10 +22,6 @@ def full_key(key: str) -> str:
 PROVIDER_NAMESPACE = "kubernetes:namespace"
 
 # Node labels (well-known Kubernetes labels and NVIDIA's GPU feature discovery).
-# The group that owns block devices on the nodes (`disk`, GID 6 on Debian, Ubuntu, RHEL and their
-# kin): a non-root pod reads and writes the cache's raw device (Block mode) through it.
-DISK_GROUP = 6
-
 ZONE_LABEL = "topology.kubernetes.io/zone"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
@@ -243,3 +239,11 @@ COPY_NEEDS_NAME_ROOM = (
 def worker_benchmark_name(job_name: str, index: int) -> str:
     """Worker i's storage benchmark Job (worker 0 keeps the single-node name)."""
     return benchmark_job_name(job_name) if index == 0 else f"{benchmark_job_name(job_name)}-{index}"
+
+
+# Facts of the nodes. The group that owns block devices (`disk`, GID 6 on Debian, Ubuntu, RHEL and
+# their kin): a non-root pod reads and writes the cache's raw device (Block mode) through it.
+DISK_GROUP = 6
+# NRP's nodes carry at most 8 GPUs (platform convention): a pod asking for more waits for a node
+# that has them, on such a cluster for ever.
+GPUS_PER_NODE = 8

@@ -281,13 +281,13 @@ def pattern(regex: str, allowed: str) -> Text:
 
 
 # Go's time.Duration, which the engine parses a custom timeout into: at most 2^63-1 nanoseconds.
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|m|s)")
-_NANOSECONDS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6}
-GO_DURATION_MAX_HOURS = (2**63 - 1) // _NANOSECONDS["h"]
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|ms|us|µs|μs|ns|m|s)")
+_NANOSECONDS = {"h": 3600 * 10**9, "m": 60 * 10**9, "s": 10**9, "ms": 10**6, "us": 10**3, "µs": 10**3, "μs": 10**3, "ns": 1}
+GO_DURATION_MAX = "2562047h47m16.854775807s"  # time.Duration(1<<63 - 1).String()
 
 
 def is_go_duration(text: str) -> bool:
-    """A duration as Go's time.ParseDuration reads it (h, m, s, ms parts), within its range."""
+    """A positive duration as Go's time.ParseDuration reads it (h, m, s, ms, us, ns parts), within its range."""
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
         return False
@@ -295,7 +295,7 @@ def is_go_duration(text: str) -> bool:
 
 
 def go_duration(example: str) -> Text:
-    return Text(f"a duration such as {example}, at most {GO_DURATION_MAX_HOURS}h (Go's longest)", is_go_duration)
+    return Text(f"a duration such as {example}, at most {GO_DURATION_MAX} (Go's longest)", is_go_duration)
 
 
 class AnyText(Kind):

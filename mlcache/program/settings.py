@@ -19,6 +19,7 @@ import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import pulumi
@@ -29,6 +30,7 @@ from mlcache.program.names import (
     COPY_CACHE_NAME_MAX,
     COPY_NEEDS_FILES,
     COPY_NEEDS_ONE_NODE,
+    GPUS_PER_NODE,
     POD_MOUNT_PATHS,
     PROJECT,
     PROVIDER_NAMESPACE,
@@ -127,10 +129,15 @@ SECRET_ENV_DESCRIPTION = (
 # this program is meant for.
 MAX_NODES = 64
 # A model on a hub: [huggingface:|modelscope:]org/name (no prefix: ModelScope, ms-swift's default).
-# A hub's repository id: an owner and a name of at most 96 characters each (huggingface_hub's rule).
-_MODEL_ID = r"(huggingface:|modelscope:)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
+# A hub's repository id, owner/name. The hub caps the name at 96 characters; the owner is capped
+# alike here, so that the list (below) has a bounded size.
+MODEL_ID_PART_MAX = 96
+_PART = f"[A-Za-z0-9][A-Za-z0-9_.-]{{0,{MODEL_ID_PART_MAX - 1}}}"
+_MODEL_ID = f"(huggingface:|modelscope:)?{_PART}/{_PART}"
 # The list goes into the scripts ConfigMap, which the API server caps at 1 MiB: 1000 ids take at most ~200 KB.
 PREFETCH_MAX = 1000
+# The share of cache.size a benchmark step's files may take (see the check).
+BENCHMARK_SHARE = 0.9
 # fio's size syntax: a whole number with an optional binary suffix (fio's default kb_base=1024).
 _FIO_SIZE = pattern(
     r"[1-9][0-9]*[KMGT]?", "a whole number with an optional K, M, G or T suffix (binary, as fio reads them) such as 10G or 512M"
@@ -246,7 +253,8 @@ class CacheSettings:
         ListOf(
             pattern(
                 _MODEL_ID,
-                "a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name, owner and name of at most 96 characters",
+                f"a model id such as Qwen/Qwen3-VL-8B-Instruct or huggingface:org/name, owner and name of at most "
+                f"{MODEL_ID_PART_MAX} characters",
             ),
             "model ids",
             max_items=PREFETCH_MAX,
@@ -354,7 +362,11 @@ class JobSettings:
     args: tuple[str, ...] | None = setting(
         ListOf(AnyText(), "strings"), None, "Arguments of the command; unset = a LoRA run of model on dataset."
     )
-    gpus: int = setting(Integer(1, 64), 4, "GPUs of the pod (NPROC_PER_NODE); above 8, a warning (NRP nodes have at most 8).")
+    gpus: int = setting(
+        Integer(1, 64),
+        4,
+        f"GPUs of the pod (NPROC_PER_NODE); above {GPUS_PER_NODE}, a warning (NRP nodes have at most {GPUS_PER_NODE}).",
+    )
     gpu_resource: str = setting(
         Text("an extended resource name such as nvidia.com/gpu or nvidia.com/a100", schema.is_extended_resource_name),
         "nvidia.com/gpu",
@@ -613,7 +625,8 @@ def _check(s: Settings) -> None:
                 "cache.name",
                 cache.name,
                 f"with job.nodes {job.nodes}, at most {DNS_SUBDOMAIN_MAX - len(last_claim) + len(cache.name)} characters "
-                f"(each worker's claim is named after it, the last cache.name-{job.nodes - 1}, within {DNS_SUBDOMAIN_MAX})",
+                f"(each worker's claim is named after it, the last {worker_claim_name('cache.name', job.nodes - 1)}, "
+                f"within {DNS_SUBDOMAIN_MAX})",
             )
     if bench.enabled:
         bench_name = worker_benchmark_name(job.name, job.nodes - 1)
@@ -626,20 +639,21 @@ def _check(s: Settings) -> None:
             )
         if bench.shard_load and cache.is_block:
             raise ConfigError("benchmark.shardLoad", True, "false in Block mode: shards are files, a raw device has none")
-        # Each step's files are on the cache, one step at a time (Block mode: that much of the device is read).
-        cache_bytes = parse_quantity(cache.size)
-        if "seqread" in bench.profiles and fio_bytes(bench.size) > cache_bytes:
-            raise ConfigError(
-                "benchmark.size", bench.size, f"a size within cache.size ({cache.size}): fio's file is on the cache"
-            )
+        # Each step's files are on the cache, one step at a time (Block mode: that much of the device is
+        # read). The file system keeps part of the volume for itself (ext4 also 5% for root, which the
+        # pods are not): a step may use at most BENCHMARK_SHARE of cache.size.
+        share_text = f"at most {BENCHMARK_SHARE:.0%} of cache.size ({cache.size})"
+        usable = parse_quantity(cache.size) * Decimal(str(BENCHMARK_SHARE))
+        if "seqread" in bench.profiles and fio_bytes(bench.size) > usable:
+            raise ConfigError("benchmark.size", bench.size, f"a size of {share_text}: fio's file is on the cache")
         for step, files in (("shards", bench.readers), ("shardLoad", bench.shard_count)):
             wanted = step in bench.profiles if step == "shards" else bench.shard_load
-            if wanted and files * fio_bytes(bench.shard_size) > cache_bytes:
+            if wanted and files * fio_bytes(bench.shard_size) > usable:
                 counted = "benchmark.readers" if step == "shards" else "benchmark.shardCount"
                 raise ConfigError(
                     "benchmark.shardSize",
                     bench.shard_size,
-                    f"a size whose {counted} ({files}) files fit within cache.size ({cache.size}) for the {step} step",
+                    f"a size whose {counted} ({files}) files take {share_text} for the {step} step",
                 )
         if bench.profiles and bench.fio_image is None:
             raise ConfigError(

@@ -31,7 +31,7 @@ def verification_commands(
     worker's claim and pod."""
     ns = f" -n {shlex.quote(namespace)}" if namespace else ""
     if len(workers) > 1:
-        return _run_commands(workers, run, ns, linstor)
+        return _run_commands(workers, run if job else None, ns, linstor)  # no Job: no pods to check
     volume = f"$(kubectl get pvc {pvc}{ns} -o jsonpath='{{.spec.volumeName}}')"
     commands = {
         "pvcBinding": f"kubectl get pvc {pvc}{ns} -w",

@@ -23,7 +23,7 @@ from mlcache.program.components.workload_scripts import (
     cache_env,
     prefetch_markers,
 )
-from mlcache.program.names import QUEUE_LABEL, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, worker_job_name
+from mlcache.program.names import GPUS_PER_NODE, QUEUE_LABEL, RUN_LABEL, SCRIPTS_PATH, SHM_PATH, worker_job_name
 from mlcache.program.settings import TOKEN_ENV, CacheSettings, JobSettings, hide_secrets
 
 CONTAINER = "sft"
@@ -37,10 +37,6 @@ BLOCK_MODE_WARNING = (
     "itself; MODELSCOPE_CACHE and HF_HOME stay on the container's ephemeral disk, and so does the run's "
     "--output_dir (the trained weights), lost with the pod unless job.args sends it elsewhere."
 )
-
-# NRP's nodes carry at most 8 GPUs (platform convention): a pod asking for more waits for a node
-# that has them, on such a cluster for ever.
-GPUS_PER_NODE = 8
 
 
 def too_many_gpus_warning(job: JobSettings) -> str | None:
