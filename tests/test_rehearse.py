@@ -525,6 +525,9 @@ def test_the_program_copy_has_no_stack_files_and_the_projects_virtualenv(tmp_pat
         (["--stack", "prod", "--fleet", "/no/such/fleet.yaml"], "error: fleet /no/such/fleet.yaml: cannot read it"),
         (["--stack", "prod", "--fleet", "Pulumi.yaml"], "neither a fleet description"),
         (["--stack", "prod", "--timeout", "0"], "error: --timeout 0: must be a positive number of seconds"),
+        # A deadline no clock can hold crashed the waits once the cluster was up (exit 70).
+        (["--stack", "prod", "--timeout", "inf"], "error: --timeout inf: must be a positive number of seconds, at most 86400"),
+        (["--stack", "prod", "--timeout", "1e12"], "error: --timeout 1e+12: must be a positive number of seconds, at most"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line_before_anything_starts(capsys, argv, expected):

@@ -33,6 +33,8 @@ from mlcache.rehearsal.fleet import FleetError
 from mlcache.rehearsal.fleet import load as load_fleet
 from mlcache.rehearsal.report import placement_document, render_report
 
+MAX_TIMEOUT = 86400.0
+
 
 @entry_point
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             load_fleet(args.fleet)  # scripts/local-cluster reads it the same way; a bad file stops here
     except FleetError as err:
         raise UsageError(str(err)) from None
-    if not args.timeout > 0:
-        raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    if not 0 < args.timeout <= MAX_TIMEOUT:  # nan and inf too: the waits take a deadline a clock can hold
+        raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds, at most {MAX_TIMEOUT:g} (a day)")
     read = StackOutputs.read(run.outputs)
     benchmark = read.benchmark_job is not None
     cache = stack_config.values.get("mlcache:cache")
