@@ -577,3 +577,19 @@ def test_a_cache_name_that_leaves_no_room_for_the_workers_claims_is_refused_befo
     assert refused.value.key == "mlcache:cache.name" and refused.value.value == longer
     assert f"with job.nodes {nodes}, at most {253 - suffix} characters" in str(refused.value)
     assert run.registrations == []
+
+
+def test_a_worker_cache_on_network_storage_is_said_to_be_reachable_from_any_node_not_on_no_node_yet():
+    """Rook-Ceph: a bound volume with no node affinity is on no particular node (the rehearsal's
+    Workers section and verify's run report said "on no node yet")."""
+    from mlcache.cluster.diagnosis import Snapshot  # noqa: PLC0415
+    from mlcache.cluster.workers import worker_location  # noqa: PLC0415
+
+    node = {"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "ucsd"}}}
+    pod = {"metadata": {"name": "w1"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}}
+    bound = Snapshot(
+        pvc={"spec": {"volumeName": "pv-1"}}, pv={"metadata": {"name": "pv-1"}, "spec": {}}, pods=[pod], nodes={"n1": node}
+    )
+    assert worker_location(1, "cache-1", bound).cache_text() == "cache cache-1 on any node (network storage)"
+    unbound = Snapshot(pvc={"spec": {}}, pods=[pod], nodes={"n1": node})
+    assert worker_location(1, "cache-1", unbound).cache_text() == "cache cache-1 on no node yet"

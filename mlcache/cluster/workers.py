@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import (
     node_zone,
+    volume_terms,
 )
 from mlcache.cluster.diagnosis import FAIL, INFO, OK, Expectation, Finding, RunExpectation, Snapshot, diagnose, scheduling_message
 from mlcache.cluster.objects import TERMINAL, requested, volume_nodes
@@ -32,6 +33,11 @@ class WorkerLocation:
     cache_nodes: tuple[str, ...]
     cache_zones: tuple[str, ...]
     pending: str | None  # the scheduler's reason, while the pod waits
+    network: bool = False  # its volume has no node affinity: any node reaches it
+
+    def cache_text(self) -> str:
+        where = "any node (network storage)" if self.network else ", ".join(self.cache_nodes) or "no node yet"
+        return f"cache {self.claim} on {where}"
 
 
 def worker_location(worker: int, claim: str, snapshot: Snapshot) -> WorkerLocation:
@@ -52,6 +58,7 @@ def worker_location(worker: int, claim: str, snapshot: Snapshot) -> WorkerLocati
         cache_nodes=tuple(cache_nodes),
         cache_zones=tuple(cache_zones),
         pending=(scheduling_message(pod, snapshot.events) or "not scheduled yet") if pod and not node else None,
+        network=snapshot.pv is not None and not volume_terms(snapshot.pv),
     )
 
 
@@ -83,7 +90,7 @@ def diagnose_run(locations: list[WorkerLocation], expect: Expectation, nodes: di
     assert run is not None, "a multi-node run's expectation has its run"
     findings: list[Finding] = []
     for p in locations:
-        cache = f"cache {p.claim} on {', '.join(p.cache_nodes) or 'no node yet'}"
+        cache = p.cache_text()
         if p.node is None:
             why = p.pending if p.pod else "no pod"
             findings.append(Finding(FAIL if p.pod else INFO, f"worker {p.worker}", f"not placed ({why}); {cache}"))

@@ -387,7 +387,7 @@ def workers_section(report: Report) -> list[str]:
     lines = [f"Workers (run {run.name}: {run.nodes} nodes, {run.gpus} x {run.gpu_resource} each)"]
     for w in report.workers:
         where = f"on {w.node} (zone {w.zone})" if w.node else f"not placed ({w.pending or 'no pod yet'})"
-        cache = f"cache {w.claim} on {', '.join(w.cache_nodes) or 'no node yet'}"
+        cache = w.cache_text()
         verdict = "with it" if w.node and w.node in w.cache_nodes else ("ELSEWHERE" if w.node and w.cache_nodes else "")
         lines.append(f"  worker {w.worker}: {w.pod or 'no pod'} {where}; {cache}{f': {verdict}' if verdict else ''}")
     zones = sorted({w.zone for w in report.workers if w.zone} | {z for w in report.workers for z in w.cache_zones})
