@@ -4,6 +4,7 @@ and mlcache verify's run report."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 
@@ -593,3 +594,23 @@ def test_a_worker_cache_on_network_storage_is_said_to_be_reachable_from_any_node
     assert worker_location(1, "cache-1", bound).cache_text() == "cache cache-1 on any node (network storage)"
     unbound = Snapshot(pvc={"spec": {}}, pods=[pod], nodes={"n1": node})
     assert worker_location(1, "cache-1", unbound).cache_text() == "cache cache-1 on no node yet"
+
+
+def test_a_lost_worker_node_is_flagged_and_its_remedy_is_one_heal_can_carry_out():
+    """mlcache heal re-creates worker 0's claim only: a lost worker 1 is told the steps for its own
+    claim, never a heal that refuses; and its pod on the dead node is no longer `ok`."""
+    from mlcache.cluster.diagnosis import Snapshot, node_loss_finding  # noqa: PLC0415
+
+    ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    dead = {"status": {"conditions": [{"type": "Ready", "status": "Unknown", "lastTransitionTime": "t"}]}}
+    nodes = {"a1": {"metadata": {"name": "a1"}, **ready}, "a2": {"metadata": {"name": "a2"}, **dead}}
+    findings = diagnose_run([_placed(0, "a1", "ucsd"), _placed(1, "a2", "ucsd")], _expect(None), nodes, [])
+    (flagged,) = [f for f in findings if f.check == "worker 1"]
+    assert flagged.level == FAIL and "a2 (zone ucsd), which is not Ready" in flagged.message
+    expect = dataclasses.replace(_expect(None), stack="prod")
+    pv = {"metadata": {"name": "pv-1"}}
+    worker_1 = node_loss_finding(Snapshot(pvc={}, pv=pv), dataclasses.replace(expect, pvc="cache-1"), ("a2", "gone"))
+    assert "mlcache heal" not in worker_1.remedy.replace("mlcache heal re-creates worker 0's claim only", "")
+    assert "`kubectl delete pvc -n ml cache-1`, then `pulumi up --refresh --stack prod`" in worker_1.remedy
+    worker_0 = node_loss_finding(Snapshot(pvc={}, pv=pv), expect, ("a1", "gone"))
+    assert "`mlcache heal --stack prod`" in worker_0.remedy

@@ -204,13 +204,26 @@ def node_loss_finding(snapshot: Snapshot, expect: Expectation, lost: tuple[str, 
         if not _get(p, "spec", "nodeName") or _get(p, "spec", "nodeName") == node
     ]
     pods = f"; pod(s) {', '.join(stuck)} cannot be placed (the volume exists only there)" if stuck else ""
-    return Finding(
-        FAIL,
-        "node loss",
-        f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}",
+    lost_data = (
         "what is lost: only cache data (models and datasets, re-downloaded by the warm-up: the cache is "
-        "rebuildable); the training run restarts from its last checkpoint. Heal: "
-        f"`{heal_command(expect.stack, expect.protected)}` (a dry run that says what it would do), then the same with --apply.",
+        "rebuildable); the training run restarts from its last checkpoint. "
+    )
+    if expect.run is not None and expect.pvc != expect.run.claims[0]:
+        # mlcache heal re-creates worker 0's claim (the stack's cache) only: the other workers' by hand.
+        ns = f" -n {expect.namespace}" if expect.namespace else ""
+        remedy = (
+            f"{lost_data}mlcache heal re-creates worker 0's claim only; for this worker's, once node {node} is proven "
+            f"gone: `kubectl delete pod{ns} --force --grace-period=0 POD` for each pod still bound to it, "
+            f"`kubectl delete pvc{ns} {expect.pvc}`, then `pulumi up --refresh --stack {expect.stack}` re-creates the "
+            "claim; the run ended with its worker: a new job.runId starts it again"
+        )
+    else:
+        remedy = (
+            f"{lost_data}Heal: `{heal_command(expect.stack, expect.protected)}` (a dry run that says what it would do), "
+            "then the same with --apply."
+        )
+    return Finding(
+        FAIL, "node loss", f"the only node of volume {_get(snapshot.pv, 'metadata', 'name')}, {node}, is {how}{pods}", remedy
     )
 
 

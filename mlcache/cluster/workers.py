@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import (
     node_zone,
+    ready_condition,
     volume_terms,
 )
 from mlcache.cluster.diagnosis import FAIL, INFO, OK, Expectation, Finding, RunExpectation, Snapshot, diagnose, scheduling_message
@@ -84,6 +85,15 @@ def free_worker_nodes(run: RunExpectation, nodes: dict[str, dict], pods: list[di
     return fits
 
 
+def _is_down(nodes: dict[str, dict], name: str) -> bool:
+    """Gone, or reporting Ready other than True (a node that reports no condition yet is not judged)."""
+    if not nodes:
+        return False  # no nodes read
+    node = nodes.get(name)
+    condition = ready_condition(node) if node is not None else {"status": "gone"}
+    return condition is not None and condition.get("status") != "True"
+
+
 def diagnose_run(locations: list[WorkerLocation], expect: Expectation, nodes: dict[str, dict], pods: list[dict]) -> list[Finding]:
     """Run-level checks of a multi-node run: each worker with its cache, one node each, one zone."""
     run = expect.run
@@ -97,6 +107,15 @@ def diagnose_run(locations: list[WorkerLocation], expect: Expectation, nodes: di
         elif p.cache_nodes and p.node not in p.cache_nodes:
             findings.append(
                 Finding(FAIL, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) but its {cache}", "see locality")
+            )
+        elif _is_down(nodes, p.node):
+            findings.append(
+                Finding(
+                    FAIL,
+                    f"worker {p.worker}",
+                    f"pod {p.pod} on {p.node} (zone {p.zone}), which is not Ready, with its {cache}",
+                    f"see worker {p.worker} node loss, if its volume is there",
+                )
             )
         else:
             findings.append(Finding(OK, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) with its {cache}"))
