@@ -17,6 +17,7 @@ JSON document instead (`placement_document`: stack, ok, volumes, pods, problems)
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -34,6 +35,10 @@ from mlcache.rehearsal.fleet import load as load_fleet
 from mlcache.rehearsal.report import placement_document, render_report
 
 MAX_TIMEOUT = 86400.0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @entry_point
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             "so this shows where a first deploy of these settings lands (`mlcache diff` previews the move itself)",
             file=sys.stderr,
         )
+    # A TERM (a CI job cancelled, `timeout`) stops the cluster and removes its files, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         jobset = read.run.nodes > 1 and read.run.engine == "jobset"
         with Rehearsal(

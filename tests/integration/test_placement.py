@@ -4,9 +4,11 @@ provisioner stand-ins create the volumes, and the tests read where things landed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -237,6 +239,39 @@ def _require_toolchain() -> None:
         if os.environ.get("MLCACHE_REQUIRE_ENGINE") == "1":
             pytest.fail(str(err), pytrace=False)
         pytest.skip(str(err))
+
+
+def test_a_term_to_the_whole_process_group_stops_the_cluster_and_removes_its_files(tmp_path):
+    """A cancelled CI job or `timeout` sends TERM to the whole process group, mid `pulumi up`: the
+    rehearsal stops its cluster and removes its files, as Ctrl-C does (TERM left both behind)."""
+    _require_toolchain()
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where its work directories go
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlcache", "rehearse", "--stack", "prod"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stderr is not None
+    said = []
+    for line in process.stderr:
+        said.append(line)
+        if "rehearse: up: " in line:  # pulumi up is running against the cluster
+            break
+    os.killpg(process.pid, signal.SIGTERM)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode == 130 and err.strip().endswith("error: interrupted"), "".join(said) + err
+    assert list(tmp_path.iterdir()) == []
+    left = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if str(tmp_path).encode() in (entry / "cmdline").read_bytes():
+                    left.append(entry.name)
+    assert left == []
 
 
 def test_the_cli_rehearses_prod_prints_the_report_and_keeps_the_cluster_for_kubectl():
