@@ -520,6 +520,10 @@ def test_rehearse_reports_a_pending_worker_with_the_schedulers_reason_and_fails(
     assert "All workers in one zone: not yet (1 not placed)" in text
     # ucsd has one A100 node; sdsu has two: the run report says another zone would fit.
     assert "another zone would fit: sdsu (2 free nodes)" in text
+    # ... and so does the Problems section, for the worker the run's own affinity holds back
+    # (the scheduler's reason has no fix of its own: it said `kubectl describe pod`).
+    (problem,) = [p for p in report.problems if "worker-1" in p.subject]
+    assert "another zone would fit: sdsu (2 free nodes)" in problem.fix and "kubectl describe pod" not in problem.fix
 
 
 def test_an_unpinned_multinode_run_warns_that_its_first_worker_chooses_the_zone():

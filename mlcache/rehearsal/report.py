@@ -160,6 +160,10 @@ class PodLocation:
     reason: str | None  # the scheduler's, when not placed
 
 
+# The fix of a Pending pod whose reasons have none of their own.
+DESCRIBE_POD = "`kubectl describe pod` for its events"
+
+
 @dataclass(frozen=True)
 class Problem:
     subject: str
@@ -315,7 +319,7 @@ def build_report(
             finding = diagnose_pending_pod(raw, expects[name], snapshots[name])
             _, arrow, meaning = finding.message.partition(" -> ")
             what = f"is not placed: {meaning}" if arrow else "is not placed (the scheduler's reason: see Pending)"
-            problems.append(Problem(f"pod {placed.pod}", what, finding.remedy or "`kubectl describe pod` for its events"))
+            problems.append(Problem(f"pod {placed.pod}", what, finding.remedy or DESCRIBE_POD))
         elif placed.with_cache is False:
             assert cache.nodes is not None, "a pod is away from its cache only when the volume has nodes"
             problems.append(
@@ -338,6 +342,12 @@ def build_report(
     workers: list[WorkerLocation] = []
     if expect.run:
         findings, workers = diagnose_workers(expect, [snapshots[name] for name in claims], view.nodes, view.pods)
+        # A worker held back by the run's own affinities (one zone, one node each) has no fix of its
+        # own: the run's capacity finding says which zone has room for all of them.
+        capacity = next((f for f in findings if f.check == "capacity" and f.remedy), None)
+        if capacity is not None:
+            fix = f"{capacity.remedy} ({capacity.message})"
+            problems = [replace(p, fix=fix) if p.fix == DESCRIBE_POD else p for p in problems]
     else:
         findings = diagnose(snapshots[expect.pvc], expect)
     return Report(
