@@ -580,7 +580,7 @@ def test_a_cache_name_that_leaves_no_room_for_the_workers_claims_is_refused_befo
     with pytest.raises(ConfigError) as refused:
         run_program(load_stack_config("dev", [f"cache.name={longer}", f"job.nodes={nodes}"]).engine_config(), [], "dev", run)
     assert refused.value.key == "mlcache:cache.name" and refused.value.value == longer
-    assert f"with job.nodes {nodes}, at most {253 - suffix} characters" in str(refused.value)
+    assert f"at most {253 - suffix} characters with job.nodes {nodes} (each worker's claim" in str(refused.value)
     assert run.registrations == []
 
 

@@ -515,6 +515,12 @@ SCALAR_KEYS = tuple(name for name in KEYS if name not in STRUCTURED_KEYS)
 KNOWN_KEYS = (*KEYS, *SECRET_KEYS, SECRET_ENV_KEY)
 
 
+def _check_derived_name(key: str, base: str, derived: str, limit: int, why: str) -> None:
+    """`base`, the setting at `key`, names the object `derived`, which must fit `limit` characters."""
+    if len(derived) > limit:
+        raise ConfigError(key, base, f"at most {limit - len(derived) + len(base)} characters {why}, within {limit}")
+
+
 def _check_name_room(cache: CacheSettings, feature: str, objects: str) -> None:
     """cache.name must leave room for the names of the objects `feature` names after it."""
     if not names_fit_after(cache.name, COPY_CACHE_NAME_MAX):
@@ -619,24 +625,17 @@ def _check(s: Settings) -> None:
                 f"with job.nodes {job.nodes} (engine {job.engine}), a run name starting with a letter whose workers' "
                 f"names fit {DNS_LABEL_MAX} characters (the longest, {longest}, has {len(longest)})",
             )
-        last_claim = worker_claim_name(cache.name, job.nodes - 1)
-        if len(last_claim) > DNS_SUBDOMAIN_MAX:
-            raise ConfigError(
-                "cache.name",
-                cache.name,
-                f"with job.nodes {job.nodes}, at most {DNS_SUBDOMAIN_MAX - len(last_claim) + len(cache.name)} characters "
-                f"(each worker's claim is named after it, the last {worker_claim_name('cache.name', job.nodes - 1)}, "
-                f"within {DNS_SUBDOMAIN_MAX})",
-            )
+        _check_derived_name(
+            "cache.name",
+            cache.name,
+            worker_claim_name(cache.name, job.nodes - 1),
+            DNS_SUBDOMAIN_MAX,
+            f"with job.nodes {job.nodes} (each worker's claim is named after it, the last "
+            f"{worker_claim_name('cache.name', job.nodes - 1)})",
+        )
     if bench.enabled:
         bench_name = worker_benchmark_name(job.name, job.nodes - 1)
-        if len(bench_name) > DNS_LABEL_MAX:
-            raise ConfigError(
-                "job.name",
-                job.name,
-                f"at most {DNS_LABEL_MAX - len(bench_name) + len(job.name)} characters with the benchmark enabled "
-                f"(its Job {bench_name} must fit in {DNS_LABEL_MAX})",
-            )
+        _check_derived_name("job.name", job.name, bench_name, DNS_LABEL_MAX, f"with the benchmark enabled (its Job {bench_name})")
         if bench.shard_load and cache.is_block:
             raise ConfigError("benchmark.shardLoad", True, "false in Block mode: shards are files, a raw device has none")
         # Each step's files are on the cache, one step at a time (Block mode: that much of the device is

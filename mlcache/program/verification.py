@@ -26,45 +26,34 @@ LINSTOR_STATUS = {
 def verification_commands(
     pvc: str, job: str | None, namespace: str | None, linstor: bool, workers: Sequence[str] = (), run: str | None = None
 ) -> dict[str, str]:
-    """The checks of one cache and its training pod; of a multi-node run (`workers`: each worker's
-    claim, `run`: the run's name, on every training pod as RUN_LABEL) the same checks over every
-    worker's claim and pod."""
+    """The runbook's checks of one cache and its training pod, as the runbook writes them; of a
+    multi-node run (`workers`: each worker's claim, `run`: the run's name, on every training pod as
+    RUN_LABEL) the same checks over every worker's claim and pod."""
     ns = f" -n {shlex.quote(namespace)}" if namespace else ""
     if len(workers) > 1:
-        return _run_commands(workers, run if job else None, ns, linstor)  # no Job: no pods to check
-    volume = f"$(kubectl get pvc {pvc}{ns} -o jsonpath='{{.spec.volumeName}}')"
+        claims = " ".join(workers)
+        volume = f"$(kubectl get pvc {claims}{ns} -o jsonpath='{{.items[*].spec.volumeName}}')"
+        # Columns, not a jsonpath over .items: with one volume bound so far kubectl prints an object, not a list.
+        affinity = "-o custom-columns=NAME:.metadata.name,NODE_AFFINITY:.spec.nodeAffinity.required.nodeSelectorTerms"
+        usage = "-o custom-columns=NAME:.metadata.name,CAPACITY:.status.capacity.storage"
+        pods = f"kubectl get pods{ns} -l {RUN_LABEL}={run}"
+        zone = f"kubectl get nodes -L {ZONE_LABEL} $({pods} -o jsonpath='{{.items[*].spec.nodeName}}')"
+    else:
+        claims = pvc
+        volume = f"$(kubectl get pvc {pvc}{ns} -o jsonpath='{{.spec.volumeName}}')"
+        affinity = "-o jsonpath='{.spec.nodeAffinity}'"
+        usage = "-o jsonpath='{.status.capacity.storage}'"
+        pods = f"kubectl get pods{ns} -l job-name={job}"
+        zone = f"kubectl get node $({pods} -o jsonpath='{{.items[0].spec.nodeName}}') -o jsonpath='{ZONE_JSONPATH}'"
     commands = {
-        "pvcBinding": f"kubectl get pvc {pvc}{ns} -w",
-        "pvNodeAffinity": f"kubectl get pv {volume} -o jsonpath='{{.spec.nodeAffinity}}'",
-        "pvcUsage": f"kubectl get pvc {pvc}{ns} -o jsonpath='{{.status.capacity.storage}}'",
+        "pvcBinding": f"kubectl get pvc {claims}{ns} -w",
+        "pvNodeAffinity": f"kubectl get pv {volume} {affinity}",
+        "pvcUsage": f"kubectl get pvc {claims}{ns} {usage}",
     }
-    if job:
-        pod_node = f"$(kubectl get pods{ns} -l job-name={job} -o jsonpath='{{.items[0].spec.nodeName}}')"
-        commands["podNode"] = f"kubectl get pods{ns} -l job-name={job} -o wide"
-        commands["podZone"] = f"kubectl get node {pod_node} -o jsonpath='{ZONE_JSONPATH}'"
+    if job:  # no Job, no pods to check
+        commands["podNode"] = f"{pods} -o wide"
+        commands["podZone"] = zone
     if linstor:
         commands["linstorResources"] = linstor_resources_command(volume)
-        commands.update(LINSTOR_STATUS)
-    return commands
-
-
-def _run_commands(claims: Sequence[str], run: str | None, ns: str, linstor: bool) -> dict[str, str]:
-    names = " ".join(claims)
-    volumes = f"$(kubectl get pvc {names}{ns} -o jsonpath='{{.items[*].spec.volumeName}}')"
-    commands = {
-        "pvcBinding": f"kubectl get pvc {names}{ns} -w",
-        # Columns, not a jsonpath over .items: with one volume bound so far kubectl prints an object, not a list.
-        "pvNodeAffinity": (
-            f"kubectl get pv {volumes} -o custom-columns=NAME:.metadata.name,"
-            "NODE_AFFINITY:.spec.nodeAffinity.required.nodeSelectorTerms"
-        ),
-        "pvcUsage": f"kubectl get pvc {names}{ns} -o custom-columns=NAME:.metadata.name,CAPACITY:.status.capacity.storage",
-    }
-    if run:
-        pods = f"kubectl get pods{ns} -l {RUN_LABEL}={run}"
-        commands["podNode"] = f"{pods} -o wide"
-        commands["podZone"] = f"kubectl get nodes -L {ZONE_LABEL} $({pods} -o jsonpath='{{.items[*].spec.nodeName}}')"
-    if linstor:
-        commands["linstorResources"] = linstor_resources_command(volumes)
         commands.update(LINSTOR_STATUS)
     return commands
