@@ -24,6 +24,7 @@ from mlcache.rehearsal.report import (
     still_moving,
     storage_rechecks,
 )
+from tests.conftest import ROOT
 
 API = client.ApiClient()
 NS = "ml-training"
@@ -575,3 +576,15 @@ def test_a_kept_rehearsals_environment_file_is_owner_only_and_gives_back_its_val
         env={},
     ).stdout.splitlines()
     assert shown == ["a b'c$d", "/x:/y", str(tmp_path / "k")]
+
+
+@pytest.mark.parametrize("action", [["stop"], ["kill-node", "ucsd-a100-1"]])
+def test_local_cluster_on_a_directory_with_no_cluster_is_bad_input_exit_2(tmp_path, action):
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "local-cluster"), action[0], str(tmp_path / "none"), *action[1:]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"local-cluster: no cluster in {tmp_path / 'none'}\n"
