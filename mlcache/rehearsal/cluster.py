@@ -252,6 +252,10 @@ def up_stack(
             diagnostic = event.get("diagnosticEvent") or {}
             if diagnostic.get("severity") == "error":
                 errors.append(diagnostic["message"].strip())
+            elif diagnostic.get("severity") == "warning" and diagnostic.get("urn"):
+                # A resource's warning (the program's, the provider's), as `pulumi up` shows it; not the
+                # CLI's own about the rehearsal's toolchain.
+                progress(f"up: warning: {diagnostic['message'].strip()}")
         except (ValueError, AttributeError, KeyError, TypeError):
             pass  # a line the rehearsal cannot read only costs a progress line, never the up
 

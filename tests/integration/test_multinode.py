@@ -136,7 +136,15 @@ def test_unpinned_workers_stay_with_their_caches_zone_and_the_report_says_anothe
     # ucsd's A100 nodes are taken by another team: one worker lands in a one-A100 zone (sdsu or
     # gatech), the other cannot follow it there.
     holders = hold_gpus(rehearsal, "ucsd")
-    outputs, view, _ = up_and_settle(rehearsal, "dev", ["job.nodes=2"])
+    said: list[str] = []
+    shown, rehearsal.progress = rehearsal.progress, said.append
+    try:
+        outputs, view, _ = up_and_settle(rehearsal, "dev", ["job.nodes=2"])
+    finally:
+        rehearsal.progress = shown
+    # The program's warning reaches the rehearsal's output, as `pulumi up` shows it (and nothing of the CLI's own).
+    warned = [line for line in said if line.startswith("up: warning: ")]
+    assert len(warned) == 1 and "the first worker the scheduler places chooses the zone" in warned[0], said
     pods = workers(view, outputs["namespace"])
     placed = {i: p["spec"]["nodeName"] for i, p in pods.items() if p["spec"].get("nodeName")}
     assert len(pods) == 2 and len(placed) == 1
