@@ -588,3 +588,26 @@ def test_local_cluster_on_a_directory_with_no_cluster_is_bad_input_exit_2(tmp_pa
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"local-cluster: no cluster in {tmp_path / 'none'}\n"
+
+
+def test_a_workers_storage_shortage_names_only_the_nodes_its_run_leaves_it():
+    """A multi-node run's worker may not share a node with another of its run: the nodes the storage
+    fix names are the placement's nodes no other worker holds (it named the peers' nodes too)."""
+    from mlcache.cluster.diagnosis import Snapshot  # noqa: PLC0415
+    from mlcache.program.names import MULTINODE_RUN_LABEL  # noqa: PLC0415
+
+    bare = {n: {"metadata": v["metadata"]} for n, v in FLEET.items()}
+    small = {**bare["a100-sdsu-1"], "metadata": {**bare["a100-sdsu-1"]["metadata"], "name": "a100-ucsd-small"}}
+    small["metadata"]["labels"] = {**small["metadata"]["labels"], "topology.kubernetes.io/zone": "ucsd"}
+    nodes = {**bare, "a100-ucsd-small": small}
+    message = (
+        "0/6 nodes are available: 1 node(s) did not have enough free storage, 1 node(s) didn't match pod anti-affinity "
+        "rules, 4 node(s) didn't match Pod's node affinity/selector. preemption: not helpful."
+    )
+    waiting = pod("sft-1", unschedulable=message)
+    peer = pod("sft-0", "a100-ucsd-1")
+    for member in (waiting, peer):
+        member["metadata"]["labels"] = {**(member["metadata"].get("labels") or {}), MULTINODE_RUN_LABEL: "sft"}
+    snapshot = Snapshot(pvc=claim("Pending"), pods=[waiting], nodes=nodes, bound_pods=[peer])
+    (failure,) = [f for f in diagnose(snapshot, EXPECT) if f.level == FAIL]
+    assert "the storage pool of the nodes that fit (a100-ucsd-small) has less free space" in failure.remedy

@@ -49,6 +49,7 @@ from mlcache.program.names import (
     COPY_CACHE_NAME_MAX,
     COPY_NEEDS_NAME_ROOM,
     GPU_PRODUCT_LABEL,
+    MULTINODE_RUN_LABEL,
     OUT_OF_SERVICE_TAINT,
     PLACEMENT_ANNOTATION,
     SWITCHED_ANNOTATION,
@@ -361,7 +362,14 @@ def scheduler_fixes(pod: dict, message: str, snapshot: Snapshot) -> list[str]:
     a reason that only counts nodes outside it asks for no setting while some node of it is up, and
     the taints of its nodes that are down ask for none either."""
     placed = {name: node for name, node in snapshot.nodes.items() if pod_fits_labels(pod, node)}
-    up = [name for name, node in sorted(placed.items()) if not is_cordoned(node) and not _is_down(node)]
+    # A multi-node run's worker may not share a node with another of its run (its anti-affinity).
+    run = (_get(pod, "metadata", "labels") or {}).get(MULTINODE_RUN_LABEL)
+    taken = {
+        _get(p, "spec", "nodeName")
+        for p in snapshot.bound_pods
+        if run and (_get(p, "metadata", "labels") or {}).get(MULTINODE_RUN_LABEL) == run
+    }
+    up = [name for name, node in sorted(placed.items()) if not is_cordoned(node) and not _is_down(node) and name not in taken]
     fixes = []
     for words, fix in SCHEDULER_REASON_FIXES:
         if words not in message:
