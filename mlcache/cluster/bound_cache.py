@@ -158,6 +158,13 @@ def is_ready(node: Mapping | None) -> bool:
     return condition is not None and condition.get("status") == "True"
 
 
+def reports_not_ready(node: Mapping | None) -> bool:
+    """The node says it is not Ready (False or Unknown); one that reports no Ready condition yet is
+    not judged."""
+    condition = ready_condition(node)
+    return condition is not None and condition.get("status") != "True"
+
+
 def is_cordoned(node: Mapping | None) -> bool:
     return bool(get(node, "spec", "unschedulable"))
 

@@ -24,6 +24,7 @@ from mlcache.cluster.bound_cache import (
     pinned_node_names,
     ready_condition,
     relocate_key_hint,
+    reports_not_ready,
     volume_mode,
 )
 from mlcache.cluster.bound_cache import get as _get
@@ -188,9 +189,9 @@ def lost_volume_node(snapshot: Snapshot) -> tuple[str, str] | None:
     node = snapshot.nodes.get(name)
     if node is None:
         return name, "gone (its Node object no longer exists)"
-    condition = ready_condition(node)
-    if condition is None or condition.get("status") == "True":
+    if not reports_not_ready(node):
         return None
+    condition = ready_condition(node) or {}
     since = condition.get("lastTransitionTime") or "?"
     reason = "the kubelet stopped reporting" if condition.get("status") == "Unknown" else condition.get("reason") or "NotReady"
     marked = ", marked out-of-service" if has_taint(node, OUT_OF_SERVICE_TAINT) else ""
@@ -369,7 +370,9 @@ def scheduler_fixes(pod: dict, message: str, snapshot: Snapshot) -> list[str]:
         for p in snapshot.bound_pods
         if run and (_get(p, "metadata", "labels") or {}).get(MULTINODE_RUN_LABEL) == run
     }
-    up = [name for name, node in sorted(placed.items()) if not is_cordoned(node) and not _is_down(node) and name not in taken]
+    up = [
+        name for name, node in sorted(placed.items()) if not is_cordoned(node) and not _has_down_taint(node) and name not in taken
+    ]
     fixes = []
     for words, fix in SCHEDULER_REASON_FIXES:
         if words not in message:
@@ -387,7 +390,7 @@ def scheduler_fixes(pod: dict, message: str, snapshot: Snapshot) -> list[str]:
     return fixes
 
 
-def _is_down(node: dict) -> bool:
+def _has_down_taint(node: dict) -> bool:
     return any(has_taint(node, key) for key in DOWN_NODE_TAINTS)
 
 

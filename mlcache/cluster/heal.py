@@ -25,6 +25,7 @@ from mlcache.cluster.bound_cache import (
     job_ended,
     mounted_claims,
     pinned_node_names,
+    ready_condition,
 )
 from mlcache.cluster.diagnosis import DurableState, Expectation, Snapshot
 from mlcache.cluster.kube import CLAIM, JOB, JOBS, NAMESPACED_PODS, POD, Kube, api_path
@@ -210,7 +211,7 @@ def plan_heal(
             refusal=f"node {name} is Ready: volume {volume} is intact; nothing to heal (mlcache verify says why a pod waits)"
         )
     else:
-        condition: dict = next((c for c in get(node, "status", "conditions") or [] if c.get("type") == "Ready"), {})
+        condition = ready_condition(node) or {}
         return HealPlan(
             refusal=(
                 f"cannot prove node {name} is gone: Ready is {condition.get('status', 'unreported')} since "

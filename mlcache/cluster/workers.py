@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from mlcache.cluster.bound_cache import get as _get
 from mlcache.cluster.bound_cache import (
     node_zone,
-    ready_condition,
+    reports_not_ready,
     volume_terms,
 )
 from mlcache.cluster.diagnosis import FAIL, INFO, OK, Expectation, Finding, RunExpectation, Snapshot, diagnose, scheduling_message
@@ -85,13 +85,9 @@ def free_worker_nodes(run: RunExpectation, nodes: dict[str, dict], pods: list[di
     return fits
 
 
-def _is_down(nodes: dict[str, dict], name: str) -> bool:
-    """Gone, or reporting Ready other than True (a node that reports no condition yet is not judged)."""
-    if not nodes:
-        return False  # no nodes read
-    node = nodes.get(name)
-    condition = ready_condition(node) if node is not None else {"status": "gone"}
-    return condition is not None and condition.get("status") != "True"
+def _is_lost(nodes: dict[str, dict], name: str) -> bool:
+    """Gone, or saying it is not Ready (when any node was read at all)."""
+    return bool(nodes) and (name not in nodes or reports_not_ready(nodes[name]))
 
 
 def diagnose_run(locations: list[WorkerLocation], expect: Expectation, nodes: dict[str, dict], pods: list[dict]) -> list[Finding]:
@@ -108,7 +104,7 @@ def diagnose_run(locations: list[WorkerLocation], expect: Expectation, nodes: di
             findings.append(
                 Finding(FAIL, f"worker {p.worker}", f"pod {p.pod} on {p.node} (zone {p.zone}) but its {cache}", "see locality")
             )
-        elif _is_down(nodes, p.node):
+        elif _is_lost(nodes, p.node):
             findings.append(
                 Finding(
                     FAIL,

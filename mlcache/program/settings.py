@@ -71,6 +71,7 @@ from mlcache.program.schema import (
     pinned_image,
     setting,
 )
+from workloads.shard_bench import parse_size  # the sizes as the pod's shard benchmark reads them
 
 __all__ = ["ConfigError", "parse_quantity"]
 
@@ -142,12 +143,6 @@ BENCHMARK_SHARE = 0.9
 _FIO_SIZE = pattern(
     r"[1-9][0-9]*[KMGT]?", "a whole number with an optional K, M, G or T suffix (binary, as fio reads them) such as 10G or 512M"
 )
-
-
-def fio_bytes(size: str) -> int:
-    """Bytes of a size in _FIO_SIZE's form (fio's binary units)."""
-    power = "KMGT".find(size[-1]) + 1
-    return int(size[:-1] if power else size) * 1024**power
 
 
 def _is_layer_list(value: str) -> bool:
@@ -643,11 +638,11 @@ def _check(s: Settings) -> None:
         # pods are not): a step may use at most BENCHMARK_SHARE of cache.size.
         share_text = f"at most {BENCHMARK_SHARE:.0%} of cache.size ({cache.size})"
         usable = parse_quantity(cache.size) * Decimal(str(BENCHMARK_SHARE))
-        if "seqread" in bench.profiles and fio_bytes(bench.size) > usable:
+        if "seqread" in bench.profiles and parse_size(bench.size) > usable:
             raise ConfigError("benchmark.size", bench.size, f"a size of {share_text}: fio's file is on the cache")
         for step, files in (("shards", bench.readers), ("shardLoad", bench.shard_count)):
             wanted = step in bench.profiles if step == "shards" else bench.shard_load
-            if wanted and files * fio_bytes(bench.shard_size) > usable:
+            if wanted and files * parse_size(bench.shard_size) > usable:
                 counted = "benchmark.readers" if step == "shards" else "benchmark.shardCount"
                 raise ConfigError(
                     "benchmark.shardSize",
