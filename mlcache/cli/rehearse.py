@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--timeout {args.timeout:g}: must be a positive number of seconds, at most {MAX_TIMEOUT:g} (a day)")
     read = StackOutputs.read(run.outputs)
     benchmark = read.benchmark_job is not None
-    cache = stack_config.values.get("mlcache:cache")
-    if isinstance(cache, dict) and cache.get("relocate") == "copy":
+    if stack_config.moves_by_copy():
         print(
             "rehearse: cache.relocate is copy, but a rehearsal starts from an empty cluster: there is no cache to move, "
             "so this shows where a first deploy of these settings lands (`mlcache diff` previews the move itself)",

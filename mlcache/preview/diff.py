@@ -1046,10 +1046,9 @@ def render_json(
 def moves_by_copy(stack: str, project_dir: Path) -> bool:
     """The working tree's stack asks for moves by copy (cache.relocate copy)."""
     try:
-        cache = load_stack_config(stack, [], [], project_dir).values.get("mlcache:cache")
+        return load_stack_config(stack, [], [], project_dir).moves_by_copy()
     except (StackConfigError, FileNotFoundError):
         return False  # the render says what is wrong
-    return isinstance(cache, dict) and cache.get("relocate") == "copy"
 
 
 def _cache_claim(rendered: dict[str, Any] | None) -> dict[str, Any] | None:

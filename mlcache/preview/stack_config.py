@@ -165,6 +165,11 @@ class StackConfig:
         """Values as the CLI passes them to a program: strings, JSON for anything structured."""
         return {key: value if isinstance(value, str) else json.dumps(value) for key, value in self.values.items()}
 
+    def moves_by_copy(self) -> bool:
+        """The stack asks for moves by copy (cache.relocate copy)."""
+        cache = self.values.get("mlcache:cache")
+        return isinstance(cache, dict) and cache.get("relocate") == "copy"
+
 
 def stack_names(project_dir: Path = CHECKOUT) -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
