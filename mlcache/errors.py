@@ -33,3 +33,11 @@ def read_user_file(path: Path, limit: int) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8 text") from None
+
+
+def error_line(output: str, fallback: str = "no error message") -> str:
+    """The line that says what failed in a command's output (a render, the Pulumi CLI): its last
+    `error: ` line, without the prefix, among warnings and whatever else it printed; else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or [fallback])[-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mlcache.cluster.bound_cache import MOVE_NOTE_PREFIX
+from mlcache.errors import error_line
 
 # Step ops that are not changes (a refresh that found nothing, a read, an unchanged resource).
 NO_CHANGE = {"same", "read", "refresh", "discard"}
@@ -91,9 +92,7 @@ def failure_line(stderr: str, document: dict[str, Any] | None) -> str:
     for event in (document or {}).get("diagnostics") or []:
         if event.get("severity") == "error" and str(event.get("message", "")).strip():
             return " ".join(str(event["message"]).split())
-    errors = [line.strip() for line in stderr.splitlines() if line.strip().startswith("error:")]
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return (errors or lines or ["no error message"])[-1].removeprefix("error: ")
+    return error_line(stderr)
 
 
 def run_preview(stack: str, cwd: Path) -> tuple[int, dict[str, Any] | None, str]:

@@ -30,7 +30,7 @@ from mlcache.cluster.bound_cache import (
     quantity_bytes,
 )
 from mlcache.cluster.bound_cache import get as _dig  # a nested field, or None (a secret digest is a string: nothing to read)
-from mlcache.errors import UsageError
+from mlcache.errors import UsageError, error_line
 from mlcache.preview.policy_check import ADVISORY, MANDATORY
 from mlcache.preview.render import (
     DIGEST_KEY_ENV,
@@ -1039,7 +1039,7 @@ def render_json(
         check=False,
     )
     if result.returncode != 0:
-        return None, error_line(result.stderr)
+        return None, error_line(result.stderr, "render failed with no message")
     return json.loads(result.stdout), None
 
 
@@ -1115,13 +1115,6 @@ def explain_another_cache(changes: list[Change], why: str) -> None:
         if change.action in ("replace", "delete") and change.old and _cache_claim({"objects": [change.old]}):
             change.notes.append(why)
             return
-
-
-def error_line(stderr: str) -> str:
-    """The line that says what failed, among warnings and whatever else a failed render printed."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return (errors or lines or ["render failed with no message"])[-1]
 
 
 def resolve_revision(ref: str, project_dir: Path) -> str:
